@@ -1,0 +1,63 @@
+"""Checking a certificate without trusting its publisher.
+
+`verify_certificate` re-derives the verdict from the signatures inside the certificate: the spec
+signed by the submitter, the awards signed by the submitter, and the reveals signed by the
+executors themselves. A certificate whose claimed verdict does not follow from those is rejected.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from .errors import RemoteProtocolError
+from .messages import Award, Certificate, JobSpec, Reveal, Signed, job_id_of, verify
+from .results import result_hash as compute_result_hash
+from .tally import Tally, tally
+
+
+@dataclass(frozen=True)
+class CheckedCertificate:
+    certificate: Certificate
+    spec: JobSpec
+    awards: dict[bytes, Award]
+    reveals: dict[bytes, Reveal]
+    tally: Tally
+    raw: bytes
+
+
+def verify_certificate(raw: bytes) -> CheckedCertificate:
+    signed = verify(raw, Certificate)
+    cert: Certificate = signed.msg
+    spec_signed: Signed = verify(cert.signed_spec, JobSpec)
+    spec: JobSpec = spec_signed.msg
+    if signed.signer != spec.submitter:
+        raise RemoteProtocolError("wrong_signer", "certificate not signed by the job's submitter")
+    if job_id_of(cert.signed_spec) != cert.job_id:
+        raise RemoteProtocolError("malformed", "certificate job_id does not match its spec")
+    awards: dict[bytes, Award] = {}
+    for raw_award in cert.awards:
+        a = verify(raw_award, Award)
+        if a.signer != spec.submitter or a.msg.job_id != cert.job_id:
+            raise RemoteProtocolError("bad_award", "award not by the submitter or for another job")
+        if a.msg.executor in awards:
+            raise RemoteProtocolError("bad_award", "one executor holds two slots")
+        awards[a.msg.executor] = a.msg
+    reveals: dict[bytes, Reveal] = {}
+    for raw_reveal in cert.reveals:
+        r: Reveal = verify(raw_reveal, Reveal).msg
+        if r.job_id != cert.job_id:
+            raise RemoteProtocolError("bad_reveal", "reveal for another job")
+        if r.executor not in awards:
+            raise RemoteProtocolError("bad_reveal", "reveal from an executor that was not awarded")
+        if r.executor in reveals:
+            raise RemoteProtocolError("bad_reveal", "two reveals from one executor")
+        if compute_result_hash(r.exit_code, r.timed_out, r.stdout, r.stdout_truncated) != r.result_hash:
+            raise RemoteProtocolError("bad_reveal", "reveal's hash does not match its output")
+        reveals[r.executor] = r
+    result = tally({e: r.result_hash for e, r in reveals.items()}, spec.quorum)
+    if cert.status == "verified":
+        if result.outcome != "verified" or result.result_hash != cert.result_hash:
+            raise RemoteProtocolError("bad_verdict", "the reveals do not support the claimed result")
+    elif result.outcome == "verified":
+        raise RemoteProtocolError("bad_verdict", "certificate says failed but the reveals agree")
+    return CheckedCertificate(cert, spec, awards, reveals, result, raw)

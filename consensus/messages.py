@@ -1,0 +1,376 @@
+"""The protocol's message types and their bodies.
+
+Each type has a `kind` (the envelope's kind string), `to_body()` giving the fixed-order field array,
+and `from_body(body)` that validates every field's type and range and raises
+`RemoteProtocolError("malformed", field)` otherwise. A message only becomes trusted through
+`verify(...)`, which opens the envelope (signature) and parses the body.
+
+Flow (see ARCHITECTURE.md, "A job's life"):
+  JobSpec   signed by the submitter; `job_id` = SHA-256 of the signed spec's canonical bytes.
+  Announce  gossip: the signed spec plus the submitter's multiaddrs, signed by the submitter.
+  Bid       executor -> submitter: price, capacity, sandbox kinds.
+  Award     submitter -> executor: one slot of the job, with a deadline.
+  Commit    executor -> submitter: seal = H(executor || job_id || result_hash).
+  RevealRequest submitter -> executor, only after the commit phase closed.
+  Reveal    executor -> submitter: result hash, exit code, stdout.
+  Certificate gossip: the verdict with the signed awards and reveals it rests on.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+from .codec import Envelope, Identity, encode, open_envelope, sha256
+from .errors import RemoteProtocolError
+
+# Size caps per kind (bytes of the whole envelope). A reveal carries stdout, a certificate carries
+# up to n reveals plus awards, so they get more room than the small control messages.
+STDOUT_CAP = 64 * 1024
+MAX_SIZE = {
+    "spec": 64 * 1024,
+    "announce": 72 * 1024,
+    "bid": 2 * 1024,
+    "award": 72 * 1024 + 1024,
+    "commit": 1024,
+    "reveal_request": 1024,
+    "reveal": STDOUT_CAP + 4 * 1024,
+    "certificate": 16 * (STDOUT_CAP + 8 * 1024),
+}
+MAX_ENVELOPE = max(MAX_SIZE.values())
+MAX_REPLICAS = 16
+
+
+def _fail(name: str, why: str = "") -> RemoteProtocolError:
+    return RemoteProtocolError("malformed", f"{name} {why}".strip())
+
+
+def _int(v: Any, name: str, lo: int = 0, hi: int = 2**63 - 1) -> int:
+    if not isinstance(v, int) or isinstance(v, bool) or not lo <= v <= hi:
+        raise _fail(name, f"must be an integer in [{lo}, {hi}]")
+    return v
+
+
+def _str(v: Any, name: str, max_len: int = 256, allow_empty: bool = True) -> str:
+    if not isinstance(v, str) or len(v) > max_len or (not allow_empty and not v):
+        raise _fail(name, f"must be a string of at most {max_len} chars")
+    return v
+
+
+def _bytes(v: Any, name: str, length: int | None = None, max_len: int = 1 << 20) -> bytes:
+    if not isinstance(v, bytes) or (length is not None and len(v) != length) or len(v) > max_len:
+        raise _fail(name, "has the wrong type or length")
+    return v
+
+
+def _list(v: Any, name: str, max_len: int) -> list:
+    if not isinstance(v, list) or len(v) > max_len:
+        raise _fail(name, f"must be a list of at most {max_len} items")
+    return v
+
+
+def _bool(v: Any, name: str) -> bool:
+    if not isinstance(v, bool):
+        raise _fail(name, "must be a boolean")
+    return v
+
+
+def _arity(body: list, n: int, name: str) -> None:
+    if len(body) != n:
+        raise _fail(name, f"body must have {n} fields, has {len(body)}")
+
+
+@dataclass(frozen=True)
+class JobSpec:
+    """What to run and how it is verified. `cpu_millis` is thousandths of a core (no floats on the
+    wire); `replicas` is n (BOINC's target_nresults) and `quorum` is k (min_quorum)."""
+
+    kind: ClassVar[str] = "spec"
+    author: ClassVar[str | None] = "submitter"
+    submitter: bytes
+    nonce: bytes
+    created_ms: int
+    name: str
+    image: str
+    command: tuple[str, ...]
+    env: tuple[tuple[str, str], ...] = ()
+    cpu_millis: int = 1000
+    memory_mb: int = 256
+    timeout_s: int = 60
+    replicas: int = 3
+    quorum: int = 2
+    price: int = 1
+
+    def to_body(self) -> list:
+        return [
+            self.submitter, self.nonce, self.created_ms, self.name, self.image,
+            list(self.command), [list(p) for p in sorted(self.env)], self.cpu_millis,
+            self.memory_mb, self.timeout_s, self.replicas, self.quorum, self.price,
+        ]
+
+    @classmethod
+    def from_body(cls, body: list) -> "JobSpec":
+        _arity(body, 13, "spec")
+        command = tuple(_str(a, "command[]", 4096) for a in _list(body[5], "command", 256))
+        if not command:
+            raise _fail("command", "must not be empty")
+        env = []
+        for pair in _list(body[6], "env", 128):
+            pair = _list(pair, "env[]", 2)
+            if len(pair) != 2:
+                raise _fail("env[]", "must be a [name, value] pair")
+            env.append((_str(pair[0], "env name", 256, False), _str(pair[1], "env value", 4096)))
+        if env != sorted(env) or len({k for k, _ in env}) != len(env):
+            raise _fail("env", "must be sorted by name without duplicates")
+        spec = cls(
+            submitter=_bytes(body[0], "submitter", 32),
+            nonce=_bytes(body[1], "nonce", 16),
+            created_ms=_int(body[2], "created_ms"),
+            name=_str(body[3], "name", 256),
+            image=_str(body[4], "image", 512, False),
+            command=command,
+            env=tuple(env),
+            cpu_millis=_int(body[7], "cpu_millis", 1, 256_000),
+            memory_mb=_int(body[8], "memory_mb", 4, 1 << 20),
+            timeout_s=_int(body[9], "timeout_s", 1, 7 * 24 * 3600),
+            replicas=_int(body[10], "replicas", 1, MAX_REPLICAS),
+            quorum=_int(body[11], "quorum", 1, MAX_REPLICAS),
+            price=_int(body[12], "price", 0, 2**53),
+        )
+        if spec.quorum > spec.replicas:
+            raise _fail("quorum", "must not exceed replicas")
+        return spec
+
+
+@dataclass(frozen=True)
+class Announce:
+    """Gossiped once per job: the signed spec and where to reach its submitter."""
+
+    kind: ClassVar[str] = "announce"
+    author: ClassVar[str | None] = None  # the submitter; checked against the spec by the caller
+    signed_spec: bytes
+    submitter_addrs: tuple[str, ...]
+
+    def to_body(self) -> list:
+        return [self.signed_spec, list(self.submitter_addrs)]
+
+    @classmethod
+    def from_body(cls, body: list) -> "Announce":
+        _arity(body, 2, "announce")
+        addrs = tuple(_str(a, "submitter_addrs[]", 512) for a in _list(body[1], "submitter_addrs", 16))
+        return cls(_bytes(body[0], "signed_spec", max_len=MAX_SIZE["spec"]), addrs)
+
+
+@dataclass(frozen=True)
+class Bid:
+    kind: ClassVar[str] = "bid"
+    author: ClassVar[str | None] = "bidder"
+    job_id: bytes
+    bidder: bytes
+    price: int
+    cpu_millis: int
+    memory_mb: int
+    sandboxes: tuple[str, ...]
+    created_ms: int
+
+    def to_body(self) -> list:
+        return [self.job_id, self.bidder, self.price, self.cpu_millis, self.memory_mb,
+                list(self.sandboxes), self.created_ms]
+
+    @classmethod
+    def from_body(cls, body: list) -> "Bid":
+        _arity(body, 7, "bid")
+        return cls(
+            job_id=_bytes(body[0], "job_id", 32),
+            bidder=_bytes(body[1], "bidder", 32),
+            price=_int(body[2], "price", 0, 2**53),
+            cpu_millis=_int(body[3], "cpu_millis", 0, 256_000),
+            memory_mb=_int(body[4], "memory_mb", 0, 1 << 24),
+            sandboxes=tuple(_str(s, "sandboxes[]", 32) for s in _list(body[5], "sandboxes", 8)),
+            created_ms=_int(body[6], "created_ms"),
+        )
+
+
+@dataclass(frozen=True)
+class Award:
+    """One executor slot. Carries the signed spec so the executor needs nothing else to run."""
+
+    kind: ClassVar[str] = "award"
+    author: ClassVar[str | None] = None  # the submitter; checked against the spec by the caller
+    job_id: bytes
+    executor: bytes
+    slot: int
+    deadline_ms: int
+    signed_spec: bytes
+
+    def to_body(self) -> list:
+        return [self.job_id, self.executor, self.slot, self.deadline_ms, self.signed_spec]
+
+    @classmethod
+    def from_body(cls, body: list) -> "Award":
+        _arity(body, 5, "award")
+        return cls(
+            job_id=_bytes(body[0], "job_id", 32),
+            executor=_bytes(body[1], "executor", 32),
+            slot=_int(body[2], "slot", 0, 1024),
+            deadline_ms=_int(body[3], "deadline_ms"),
+            signed_spec=_bytes(body[4], "signed_spec", max_len=MAX_SIZE["spec"]),
+        )
+
+
+@dataclass(frozen=True)
+class Commit:
+    kind: ClassVar[str] = "commit"
+    author: ClassVar[str | None] = "executor"
+    job_id: bytes
+    executor: bytes
+    seal: bytes
+
+    def to_body(self) -> list:
+        return [self.job_id, self.executor, self.seal]
+
+    @classmethod
+    def from_body(cls, body: list) -> "Commit":
+        _arity(body, 3, "commit")
+        return cls(_bytes(body[0], "job_id", 32), _bytes(body[1], "executor", 32), _bytes(body[2], "seal", 32))
+
+
+@dataclass(frozen=True)
+class RevealRequest:
+    kind: ClassVar[str] = "reveal_request"
+    author: ClassVar[str | None] = None  # the submitter; checked against the spec by the caller
+    job_id: bytes
+    executor: bytes
+
+    def to_body(self) -> list:
+        return [self.job_id, self.executor]
+
+    @classmethod
+    def from_body(cls, body: list) -> "RevealRequest":
+        _arity(body, 2, "reveal_request")
+        return cls(_bytes(body[0], "job_id", 32), _bytes(body[1], "executor", 32))
+
+
+@dataclass(frozen=True)
+class Reveal:
+    """The executor's result. `result_hash` must equal `result_hash(exit_code, stdout, manifest)`
+    and match the executor's earlier seal; both are checked by `check_reveal`."""
+
+    kind: ClassVar[str] = "reveal"
+    author: ClassVar[str | None] = "executor"
+    job_id: bytes
+    executor: bytes
+    result_hash: bytes
+    exit_code: int
+    stdout: bytes
+    stdout_truncated: bool
+    timed_out: bool
+
+    def to_body(self) -> list:
+        return [self.job_id, self.executor, self.result_hash, self.exit_code, self.stdout,
+                self.stdout_truncated, self.timed_out]
+
+    @classmethod
+    def from_body(cls, body: list) -> "Reveal":
+        _arity(body, 7, "reveal")
+        return cls(
+            job_id=_bytes(body[0], "job_id", 32),
+            executor=_bytes(body[1], "executor", 32),
+            result_hash=_bytes(body[2], "result_hash", 32),
+            exit_code=_int(body[3], "exit_code", -(2**31), 2**31),
+            stdout=_bytes(body[4], "stdout", max_len=STDOUT_CAP),
+            stdout_truncated=_bool(body[5], "stdout_truncated"),
+            timed_out=_bool(body[6], "timed_out"),
+        )
+
+
+@dataclass(frozen=True)
+class Certificate:
+    """The submitter's verdict, self-proving: it carries the signed spec, the signed awards and the
+    executors' own signed reveals, so any node can re-check it (see `verify_certificate`)."""
+
+    kind: ClassVar[str] = "certificate"
+    author: ClassVar[str | None] = None  # the submitter; checked against the spec by the caller
+    job_id: bytes
+    status: str  # "verified" | "failed"
+    result_hash: bytes  # b"" when failed
+    signed_spec: bytes
+    awards: tuple[bytes, ...]
+    reveals: tuple[bytes, ...]
+    created_ms: int
+
+    def to_body(self) -> list:
+        return [self.job_id, self.status, self.result_hash, self.signed_spec, list(self.awards),
+                list(self.reveals), self.created_ms]
+
+    @classmethod
+    def from_body(cls, body: list) -> "Certificate":
+        _arity(body, 7, "certificate")
+        status = _str(body[1], "status", 16)
+        if status not in ("verified", "failed"):
+            raise _fail("status", "must be verified or failed")
+        rh = _bytes(body[2], "result_hash", max_len=32)
+        if len(rh) not in (0, 32):
+            raise _fail("result_hash", "must be empty or 32 bytes")
+        return cls(
+            job_id=_bytes(body[0], "job_id", 32),
+            status=status,
+            result_hash=rh,
+            signed_spec=_bytes(body[3], "signed_spec", max_len=MAX_SIZE["spec"]),
+            awards=tuple(_bytes(a, "awards[]", max_len=MAX_SIZE["award"]) for a in _list(body[4], "awards", 4 * MAX_REPLICAS)),
+            reveals=tuple(_bytes(r, "reveals[]", max_len=MAX_SIZE["reveal"]) for r in _list(body[5], "reveals", 4 * MAX_REPLICAS)),
+            created_ms=_int(body[6], "created_ms"),
+        )
+
+
+MESSAGE_TYPES: dict[str, type] = {
+    t.kind: t for t in (JobSpec, Announce, Bid, Award, Commit, RevealRequest, Reveal, Certificate)
+}
+
+
+@dataclass(frozen=True)
+class Signed:
+    """A verified message: the parsed body, who signed it, and the exact bytes that were signed."""
+
+    msg: Any
+    signer: bytes
+    raw: bytes
+
+    @property
+    def digest(self) -> bytes:
+        return sha256(self.raw)
+
+
+def sign(identity: Identity, msg: Any) -> bytes:
+    return identity.sign(msg.kind, msg.to_body())
+
+
+def verify(data: bytes, expect: type) -> Signed:
+    """Open an envelope of type `expect`, check its signature and parse its body.
+    Where the message names its author (a spec's submitter, a bid's bidder, a commit's or reveal's
+    executor) the author must be the signer. Raises RemoteProtocolError (reasons: oversize,
+    malformed, noncanonical, wrong_kind, bad_signature, wrong_signer)."""
+    env: Envelope = open_envelope(data, MAX_SIZE[expect.kind], expect.kind)
+    msg = expect.from_body(env.body)
+    if expect.author is not None and getattr(msg, expect.author) != env.signer:
+        raise RemoteProtocolError("wrong_signer", f"{expect.kind} {expect.author} is not its signer")
+    return Signed(msg, env.signer, env.raw)
+
+
+def decode_unsigned(data: bytes, expect: type, max_size: int | None = None) -> Any:
+    """For tests and local storage: parse a bare body (not an envelope)."""
+    from .codec import decode_canonical
+
+    value = decode_canonical(data, max_size or MAX_SIZE[expect.kind])
+    if not isinstance(value, list):
+        raise _fail(expect.kind, "body is not an array")
+    return expect.from_body(value)
+
+
+def encode_body(msg: Any) -> bytes:
+    return encode(msg.to_body())
+
+
+def job_id_of(signed_spec: bytes) -> bytes:
+    """`job_id` is the SHA-256 of the canonical bytes of the signed spec."""
+    return sha256(signed_spec)

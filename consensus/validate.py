@@ -1,0 +1,43 @@
+"""Checks on gossiped announcements that need only the message and the time.
+
+Replay detection (a spec seen before) needs the node's memory of seen job ids and lives in node/;
+everything that can be decided from the bytes and `now_ms` lives here.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from .errors import RemoteProtocolError
+from .messages import Announce, JobSpec, Signed, job_id_of, verify
+
+# A spec may be at most this old when first seen, and at most this far in the future: clocks of
+# volunteers' machines drift, but an announcement travels in well under a second.
+MAX_SPEC_AGE_MS = 10 * 60 * 1000
+MAX_CLOCK_SKEW_MS = 60 * 1000
+
+
+@dataclass(frozen=True)
+class CheckedAnnounce:
+    job_id: bytes
+    spec: JobSpec
+    signed_spec: bytes
+    submitter_addrs: tuple[str, ...]
+    raw: bytes
+
+
+def check_spec_time(spec: JobSpec, now_ms: int) -> None:
+    if spec.created_ms > now_ms + MAX_CLOCK_SKEW_MS:
+        raise RemoteProtocolError("future_dated", "spec created in the future")
+    if spec.created_ms < now_ms - MAX_SPEC_AGE_MS:
+        raise RemoteProtocolError("stale", "spec is too old")
+
+
+def check_announce(raw: bytes, now_ms: int) -> CheckedAnnounce:
+    ann: Signed = verify(raw, Announce)
+    spec: Signed = verify(ann.msg.signed_spec, JobSpec)
+    if ann.signer != spec.msg.submitter:
+        raise RemoteProtocolError("wrong_signer", "announce not signed by the spec's submitter")
+    check_spec_time(spec.msg, now_ms)
+    return CheckedAnnounce(job_id_of(ann.msg.signed_spec), spec.msg, ann.msg.signed_spec,
+                           ann.msg.submitter_addrs, raw)
