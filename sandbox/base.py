@@ -1,0 +1,161 @@
+"""The sandbox contract: what a job asks for, what comes back, and how a backend is chosen.
+
+Every backend runs one argv to completion under limits and returns a `RunResult`; it raises
+`SandboxError` only when the sandbox itself could not run the job (daemon unreachable, image
+missing). A job that fails, is killed on timeout or runs out of memory is a normal result: every
+honest executor should report the same outcome for it.
+
+This package imports nothing from the rest of distributeai.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from collections.abc import Callable
+from typing import Protocol
+
+__all__ = [
+    "KINDS",
+    "LogSink",
+    "RunRequest",
+    "RunResult",
+    "Sandbox",
+    "SandboxError",
+    "open_sandbox",
+]
+
+KINDS = ("docker", "process")
+
+# Docker refuses a memory limit under 6 MB; the process backend could not even exec with less.
+MIN_MEMORY_MB = 6
+
+# Exit code of a job killed by a signal, as a shell and `docker wait` report it: 128 + signal.
+SIGNAL_EXIT_BASE = 128
+# Exit codes a shell gives for a command that is missing (127) or not executable (126); both
+# backends report these the same way so executors agree on them.
+EXIT_NOT_FOUND = 127
+EXIT_NOT_EXECUTABLE = 126
+
+LogSink = logging.Logger | Callable[[str], object]
+
+
+@dataclass(frozen=True)
+class RunRequest:
+    """One job: an argv and the limits it runs under."""
+
+    image: str  # docker image; the process backend ignores it
+    command: list[str]  # argv, run as is (no shell, the image's ENTRYPOINT is replaced)
+    env: dict[str, str] = field(default_factory=dict)
+    cpu: float = 1.0  # cores
+    memory_mb: int = 256
+    timeout_s: float = 60.0  # wall clock from start
+    pids_limit: int = 64
+    output_cap: int = 1 << 20  # max bytes kept of stdout and of stderr each
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.command, list) or not self.command:
+            raise ValueError("command must be a non-empty list of str")
+        for arg in self.command:
+            if not isinstance(arg, str) or "\0" in arg:
+                raise ValueError(f"command arguments must be str without NUL: {arg!r}")
+        for key, value in self.env.items():
+            if not isinstance(key, str) or not isinstance(value, str):
+                raise ValueError(f"env must map str to str: {key!r}")
+            if not key or "=" in key or "\0" in key or "\0" in value:
+                raise ValueError(f"invalid env entry: {key!r}")
+        if not self.cpu > 0:
+            raise ValueError(f"cpu must be > 0, got {self.cpu}")
+        if self.memory_mb < MIN_MEMORY_MB:
+            raise ValueError(f"memory_mb must be >= {MIN_MEMORY_MB}, got {self.memory_mb}")
+        if not self.timeout_s > 0:
+            raise ValueError(f"timeout_s must be > 0, got {self.timeout_s}")
+        if self.pids_limit < 1:
+            raise ValueError(f"pids_limit must be >= 1, got {self.pids_limit}")
+        if self.output_cap < 0:
+            raise ValueError(f"output_cap must be >= 0, got {self.output_cap}")
+
+
+@dataclass(frozen=True)
+class RunResult:
+    exit_code: int  # 128 + signal when killed (137 after a timeout or an OOM kill)
+    stdout: bytes  # at most output_cap bytes, the first ones the job wrote
+    stderr: bytes
+    timed_out: bool
+    oom_killed: bool
+    stdout_truncated: bool
+    stderr_truncated: bool
+    duration_s: float  # start→exit wall time
+    sandbox: str  # "docker" | "process"
+
+
+class SandboxError(Exception):
+    """The sandbox could not run the job; says nothing about the job itself.
+
+    `reason` is a short stable code for callers and metrics:
+      daemon_unreachable  the Docker daemon did not answer
+      image_missing       the image is not present locally
+      limits_unsupported  the daemon cannot enforce memory or pids limits
+      invalid_request     the backend rejected the request's settings (e.g. more cpus than the host)
+      start_failed        the sandbox failed to start the job for another reason
+      backend_error       any other failure of the backend
+    """
+
+    def __init__(self, reason: str, message: str = "") -> None:
+        super().__init__(f"{reason}: {message}" if message else reason)
+        self.reason = reason
+        self.message = message
+
+
+class Sandbox(Protocol):
+    name: str
+
+    def check(self) -> None:
+        """Raise SandboxError if the backend cannot run jobs now."""
+
+    def has_image(self, image: str) -> bool:
+        """Whether `image` can run without a pull (the process backend: always)."""
+
+    def run(self, req: RunRequest) -> RunResult:
+        """Run one job to completion. BLOCKING: call it via trio.to_thread.run_sync."""
+
+    def close(self) -> None:
+        """Release the backend's resources; running jobs are not affected."""
+
+
+def exec_failure_message(argv0: str, code: int) -> bytes:
+    """stderr of a job whose argv[0] could not be executed; the same bytes from every backend."""
+    why = "not found" if code == EXIT_NOT_FOUND else "permission denied"
+    return f"sandbox: cannot execute {argv0}: {why}\n".encode()
+
+
+def warn(log: LogSink, message: str) -> None:
+    """Send a warning to a Logger, or to a print-like callable with a WARNING prefix."""
+    if isinstance(log, logging.Logger):
+        log.warning(message)
+    else:
+        log(f"WARNING: {message}")
+
+
+def open_sandbox(
+    kind: str,
+    *,
+    docker_host: str | None = None,
+    log: LogSink | None = None,
+) -> Sandbox:
+    """Open a backend by name. Never picks one on its own: the caller (config) names it.
+
+    Opening contacts nothing; `check()` tells whether the backend can run jobs.
+    docker_host: URL of the daemon (e.g. unix:///tmp/dai-docker/docker.sock); default env DOCKER_HOST.
+    log: a logging.Logger or a print-like callable; default the logger "distributeai.sandbox".
+    """
+    sink: LogSink = log if log is not None else logging.getLogger("distributeai.sandbox")
+    if kind == "docker":
+        from .docker_backend import DockerSandbox
+
+        return DockerSandbox(docker_host=docker_host, log=sink)
+    if kind == "process":
+        from .process_backend import ProcessSandbox
+
+        return ProcessSandbox(log=sink)
+    raise ValueError(f"unknown sandbox kind {kind!r}; allowed: {', '.join(KINDS)}")

@@ -1,0 +1,259 @@
+"""Jobs in Docker containers, through the blocking `docker` SDK.
+
+One job: create → start → wait(timeout) → on timeout kill and wait again → read stdout and stderr
+(capped while streaming) → inspect OOMKilled → remove, always. Not `containers.run(remove=True)`:
+it removes the container before its logs are read (docker-py #2427).
+
+Settings, measured on the project's machines (shared/notes/sandbox.md): no network, read-only root
+with a size-capped tmpfs at /tmp, uid 65534, no capabilities, no-new-privileges, memory = memory +
+swap, cpu quota, pids limit, the `local` log driver (returned full output; json-file inflates output
+on disk and its max-size truncates what logs() returns).
+
+Containers carry the label distributeai.sandbox=job, so leftovers of a crashed worker can be
+found: `docker ps -a --filter label=distributeai.sandbox=job`.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from collections.abc import Iterator
+
+import docker
+import docker.errors
+import docker.types
+import requests.exceptions
+
+from .base import (
+    EXIT_NOT_EXECUTABLE,
+    EXIT_NOT_FOUND,
+    LogSink,
+    RunRequest,
+    RunResult,
+    SandboxError,
+    exec_failure_message,
+    warn,
+)
+
+__all__ = ["DockerSandbox", "LABELS"]
+
+NAME = "docker"
+LABELS = {"distributeai": "1", "distributeai.sandbox": "job"}
+DEFAULT_DOCKER_HOST = "unix:///var/run/docker.sock"  # the SDK's and the CLI's default
+
+# /tmp is the only writable path. 64 MB bounds disk use; it also counts against the memory limit.
+# mode=1777 because the job runs as uid 65534 (without it the job cannot write there).
+TMPFS = {"/tmp": "size=64m,mode=1777"}
+USER = "65534:65534"  # nobody:nogroup; exists as a number in any image
+HOSTNAME = "sandbox"  # fixed, so jobs that print it agree across executors (default: container id)
+# The local driver keeps up to max-file × max-size per container (100 MB with these, its defaults,
+# written out so a daemon's own defaults cannot change them). Output past that drops the oldest
+# file, i.e. the head we keep: outputs over 100 MB may come back without their first bytes.
+LOG_CONFIG = docker.types.LogConfig(
+    type="local", config={"max-size": "20m", "max-file": "5"}
+)
+KILL_WAIT_S = 10.0  # after SIGKILL a container exits in milliseconds; this only bounds a sick daemon
+
+_UNREACHABLE = (requests.exceptions.ConnectionError, requests.exceptions.Timeout)
+
+
+def _read_capped(chunks: Iterator[bytes], cap: int) -> tuple[bytes, bool]:
+    """Keep the first `cap` bytes of a chunk stream; stop reading (and close it) past the cap."""
+    kept = bytearray()
+    truncated = False
+    try:
+        for chunk in chunks:
+            if not chunk:
+                continue
+            room = cap - len(kept)
+            if len(chunk) > room:
+                kept += chunk[:room]
+                truncated = True
+                break
+            kept += chunk
+    finally:
+        close = getattr(chunks, "close", None)
+        if close is not None:
+            close()
+    return bytes(kept), truncated
+
+
+def _exec_failure_code(explanation: str) -> int | None:
+    """The shell's exit code for a start error that is the job's fault (bad argv[0]), else None."""
+    text = explanation.lower()
+    if "executable file not found" in text or "no such file or directory" in text:
+        return EXIT_NOT_FOUND
+    if "permission denied" in text or "exec format error" in text:
+        return EXIT_NOT_EXECUTABLE
+    return None
+
+
+class DockerSandbox:
+    """Sandbox backend on a Docker daemon. Thread-safe: jobs may run from several threads."""
+
+    name = NAME
+
+    def __init__(self, *, docker_host: str | None, log: LogSink) -> None:
+        self._url = docker_host or os.environ.get("DOCKER_HOST") or DEFAULT_DOCKER_HOST
+        self._log = log
+        self._lock = threading.Lock()
+        self._client: docker.DockerClient | None = None
+        self._closed = False
+        self._warned_swap = False
+
+    # -- client --------------------------------------------------------------------------------
+
+    def _get_client(self) -> docker.DockerClient:
+        """The SDK client, made on first use: making it asks the daemon for its API version."""
+        with self._lock:
+            if self._closed:
+                raise SandboxError("backend_error", "sandbox is closed")
+            if self._client is None:
+                try:
+                    self._client = docker.DockerClient(base_url=self._url)
+                except docker.errors.DockerException as e:
+                    raise SandboxError("daemon_unreachable", f"{self._url}: {e}") from e
+            return self._client
+
+    def _unreachable(self, e: Exception) -> SandboxError:
+        return SandboxError("daemon_unreachable", f"{self._url}: {e}")
+
+    # -- Sandbox -------------------------------------------------------------------------------
+
+    def check(self) -> None:
+        client = self._get_client()
+        try:
+            info = client.info()
+        except _UNREACHABLE as e:
+            raise self._unreachable(e) from e
+        except docker.errors.APIError as e:
+            raise SandboxError("backend_error", str(e)) from e
+        missing = [key for key in ("MemoryLimit", "PidsLimit") if not info.get(key)]
+        if missing:
+            raise SandboxError(
+                "limits_unsupported", f"daemon at {self._url} cannot enforce {', '.join(missing)}"
+            )
+        if not info.get("SwapLimit") and not self._warned_swap:
+            self._warned_swap = True
+            warn(self._log, f"daemon at {self._url} has no swap limit: jobs may swap past memory_mb")
+
+    def has_image(self, image: str) -> bool:
+        client = self._get_client()
+        try:
+            client.api.inspect_image(image)
+        except docker.errors.ImageNotFound:
+            return False
+        except _UNREACHABLE as e:
+            raise self._unreachable(e) from e
+        except docker.errors.APIError as e:
+            raise SandboxError("backend_error", str(e)) from e
+        return True
+
+    def run(self, req: RunRequest) -> RunResult:
+        client = self._get_client()
+        try:
+            container = client.containers.create(
+                req.image,
+                # argv exactly as given, whatever ENTRYPOINT/CMD the image declares
+                entrypoint=list(req.command),
+                environment=[f"{k}={v}" for k, v in req.env.items()],
+                network_mode="none",
+                read_only=True,
+                tmpfs=TMPFS,
+                user=USER,
+                hostname=HOSTNAME,
+                # No working_dir: setting it to the tmpfs (/tmp) makes Docker reset that
+                # directory to mode 755, and uid 65534 could no longer write there.
+                cap_drop=["ALL"],
+                security_opt=["no-new-privileges"],
+                mem_limit=f"{req.memory_mb}m",
+                memswap_limit=f"{req.memory_mb}m",
+                nano_cpus=int(req.cpu * 1e9),
+                pids_limit=req.pids_limit,
+                log_config=LOG_CONFIG,
+                labels=LABELS,
+                stdin_open=False,
+                tty=False,
+            )
+        except docker.errors.ImageNotFound as e:
+            raise SandboxError("image_missing", req.image) from e
+        except _UNREACHABLE as e:
+            raise self._unreachable(e) from e
+        except docker.errors.APIError as e:
+            if e.status_code == 400:
+                raise SandboxError("invalid_request", e.explanation or str(e)) from e
+            raise SandboxError("backend_error", str(e)) from e
+        try:
+            return self._run_created(container, req)
+        except _UNREACHABLE as e:
+            raise self._unreachable(e) from e
+        except docker.errors.APIError as e:
+            raise SandboxError("backend_error", str(e)) from e
+        finally:
+            try:
+                container.remove(force=True)
+            except Exception as e:  # noqa: BLE001 - cleanup must not mask the job's outcome
+                warn(self._log, f"could not remove container {container.id[:12]}: {e}")
+
+    def _run_created(self, container, req: RunRequest) -> RunResult:
+        started = time.monotonic()
+        try:
+            container.start()
+        except docker.errors.APIError as e:
+            code = _exec_failure_code(str(e.explanation or e))
+            if code is None:
+                raise SandboxError("start_failed", str(e.explanation or e)) from e
+            return RunResult(
+                exit_code=code,
+                stdout=b"",
+                stderr=exec_failure_message(req.command[0], code),
+                timed_out=False,
+                oom_killed=False,
+                stdout_truncated=False,
+                stderr_truncated=False,
+                duration_s=time.monotonic() - started,
+                sandbox=NAME,
+            )
+        timed_out = False
+        remaining = req.timeout_s - (time.monotonic() - started)
+        try:
+            status = container.wait(timeout=max(remaining, 0.001))
+        except _UNREACHABLE:
+            # The wait's read timed out (the SDK reports it as ConnectionError or ReadTimeout).
+            # If the daemon is gone instead, kill() raises and run() reports it unreachable.
+            try:
+                container.kill()
+                timed_out = True
+            except docker.errors.APIError as e:
+                if e.status_code != 409:  # 409: it exited by itself just now
+                    raise
+            status = container.wait(timeout=KILL_WAIT_S)
+        duration = time.monotonic() - started
+        stdout, stdout_truncated = _read_capped(
+            container.logs(stdout=True, stderr=False, stream=True, follow=False), req.output_cap
+        )
+        stderr, stderr_truncated = _read_capped(
+            container.logs(stdout=False, stderr=True, stream=True, follow=False), req.output_cap
+        )
+        container.reload()
+        state = container.attrs.get("State", {})
+        return RunResult(
+            exit_code=int(status.get("StatusCode", state.get("ExitCode", -1))),
+            stdout=stdout,
+            stderr=stderr,
+            timed_out=timed_out,
+            oom_killed=bool(state.get("OOMKilled", False)),
+            stdout_truncated=stdout_truncated,
+            stderr_truncated=stderr_truncated,
+            duration_s=duration,
+            sandbox=NAME,
+        )
+
+    def close(self) -> None:
+        with self._lock:
+            self._closed = True
+            client, self._client = self._client, None
+        if client is not None:
+            client.close()
+

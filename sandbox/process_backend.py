@@ -1,0 +1,262 @@
+"""Jobs as plain child processes: for development and tests on machines without Docker.
+
+This isolates NOTHING: a job runs as the node's user, sees the host's files and network and can
+escape its process group (setsid). It is never chosen automatically; opening it logs a warning.
+
+What it does give, so results match the Docker backend for honest jobs:
+- the argv runs with exactly the given env plus a minimal PATH, in a fresh temporary directory;
+- rlimits: address space = memory_mb, CPU seconds = cpu × timeout_s, no core files, files up to
+  64 MB (the Docker backend's /tmp size); no RLIMIT_NPROC, since it counts every process and thread
+  of the user (the node's own too) and root ignores it, so pids_limit is not enforced here;
+- on timeout the whole process group gets SIGKILL; when the job's main process exits the rest of
+  its group is killed too, as Docker does when a container's main process exits;
+- stdout and stderr are read in chunks and kept up to output_cap each; the rest is read and
+  dropped, so a chatty job neither blocks on a full pipe nor fills the node's memory;
+- exit codes as Docker reports them: 128 + signal for a killed job, 127/126 when argv[0] cannot
+  be executed.
+"""
+
+from __future__ import annotations
+
+import errno
+import math
+import os
+import resource
+import selectors
+import shutil
+import signal
+import subprocess
+import tempfile
+import time
+
+from .base import (
+    EXIT_NOT_EXECUTABLE,
+    EXIT_NOT_FOUND,
+    SIGNAL_EXIT_BASE,
+    LogSink,
+    RunRequest,
+    RunResult,
+    SandboxError,
+    exec_failure_message,
+    warn,
+)
+
+__all__ = ["ProcessSandbox"]
+
+NAME = "process"
+WARNING = "process sandbox isolates nothing: jobs run as this user on this host"
+DEFAULT_PATH = "/usr/local/bin:/usr/bin:/bin"
+FILE_SIZE_LIMIT = 64 << 20  # matches the Docker backend's /tmp tmpfs size
+CHUNK = 64 << 10  # one pipe buffer's worth per read
+# After the main process exits, how long to keep reading pipes that an escaped process (one that
+# left the group) may hold open. Output written after that is lost; the job's outcome is known.
+DRAIN_S = 1.0
+POLL_S = 0.05  # only without pidfd_open (Linux < 5.3): how often to look for the exit
+
+
+def _rlimits(req: RunRequest) -> list[tuple[int, tuple[int, int]]]:
+    """The limits to set in the child, clamped to the current hard limits (raising them needs root)."""
+    cpu_s = max(1, math.ceil(req.cpu * req.timeout_s))
+    wanted = [
+        (resource.RLIMIT_AS, req.memory_mb << 20, req.memory_mb << 20),
+        # soft: SIGXCPU, hard one second later: SIGKILL
+        (resource.RLIMIT_CPU, cpu_s, cpu_s + 1),
+        (resource.RLIMIT_CORE, 0, 0),
+        (resource.RLIMIT_FSIZE, FILE_SIZE_LIMIT, FILE_SIZE_LIMIT),
+    ]
+    limits = []
+    for res, soft, hard in wanted:
+        _, cur_hard = resource.getrlimit(res)
+        if cur_hard != resource.RLIM_INFINITY:
+            hard = min(hard, cur_hard)
+            soft = min(soft, hard)
+        limits.append((res, (soft, hard)))
+    return limits
+
+
+def _set_rlimits(limits: list[tuple[int, tuple[int, int]]]) -> None:
+    # Runs in the forked child before exec. Only calls into an already-imported C function, so it
+    # takes no lock another thread of the node could hold (the preexec_fn caveat).
+    for res, pair in limits:
+        resource.setrlimit(res, pair)
+
+
+def _kill_group(pgid: int) -> None:
+    try:
+        os.killpg(pgid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
+class _ExitWatch:
+    """Tells when the child has exited without reaping it, so its pgid stays valid for killpg."""
+
+    def __init__(self, pid: int, sel: selectors.BaseSelector) -> None:
+        self.pid = pid
+        self.fd: int | None = None
+        try:
+            self.fd = os.pidfd_open(pid)
+            sel.register(self.fd, selectors.EVENT_READ, "exit")
+        except (AttributeError, OSError):
+            self.fd = None
+
+    @property
+    def poll_interval(self) -> float | None:
+        return None if self.fd is not None else POLL_S
+
+    def exited(self) -> bool:
+        if self.fd is not None:
+            return False  # reported through the selector
+        info = os.waitid(os.P_PID, self.pid, os.WEXITED | os.WNOHANG | os.WNOWAIT)
+        return info is not None
+
+    def close(self, sel: selectors.BaseSelector) -> None:
+        if self.fd is not None:
+            try:
+                sel.unregister(self.fd)
+            except (KeyError, ValueError):
+                pass
+            os.close(self.fd)
+            self.fd = None
+
+
+class ProcessSandbox:
+    """Sandbox backend running jobs as child processes of the node. Thread-safe."""
+
+    name = NAME
+
+    def __init__(self, *, log: LogSink) -> None:
+        warn(log, WARNING)
+
+    def check(self) -> None:
+        return None
+
+    def has_image(self, image: str) -> bool:
+        return True
+
+    def close(self) -> None:
+        return None
+
+    def run(self, req: RunRequest) -> RunResult:
+        workdir = tempfile.mkdtemp(prefix="dai-job-")
+        try:
+            return self._run_in(workdir, req)
+        finally:
+            shutil.rmtree(workdir, ignore_errors=True)
+
+    def _run_in(self, workdir: str, req: RunRequest) -> RunResult:
+        env = {"PATH": DEFAULT_PATH, **req.env}
+        limits = _rlimits(req)
+        started = time.monotonic()
+        try:
+            proc = subprocess.Popen(
+                req.command,
+                env=env,
+                cwd=workdir,
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                close_fds=True,
+                start_new_session=True,  # own session and process group: killpg reaches all of it
+                preexec_fn=lambda: _set_rlimits(limits),
+            )
+        except (FileNotFoundError, NotADirectoryError):
+            return self._exec_failure(req, EXIT_NOT_FOUND, started)
+        except PermissionError:
+            return self._exec_failure(req, EXIT_NOT_EXECUTABLE, started)
+        except OSError as e:
+            if e.errno == errno.ENOEXEC:
+                return self._exec_failure(req, EXIT_NOT_EXECUTABLE, started)
+            raise SandboxError("start_failed", f"{req.command[0]}: {e}") from e
+        except subprocess.SubprocessError as e:  # preexec_fn failed
+            raise SandboxError("start_failed", str(e)) from e
+        try:
+            return self._supervise(proc, req, started)
+        finally:
+            if proc.returncode is None:
+                _kill_group(proc.pid)
+                proc.wait()
+            assert proc.stdout is not None and proc.stderr is not None
+            proc.stdout.close()
+            proc.stderr.close()
+
+    def _supervise(self, proc: subprocess.Popen, req: RunRequest, started: float) -> RunResult:
+        assert proc.stdout is not None and proc.stderr is not None
+        kept = {"stdout": bytearray(), "stderr": bytearray()}
+        truncated = {"stdout": False, "stderr": False}
+        deadline = started + req.timeout_s
+        timed_out = False
+        exited_at: float | None = None
+        with selectors.DefaultSelector() as sel:
+            for name, pipe in (("stdout", proc.stdout), ("stderr", proc.stderr)):
+                os.set_blocking(pipe.fileno(), False)
+                sel.register(pipe.fileno(), selectors.EVENT_READ, name)
+            watch = _ExitWatch(proc.pid, sel)
+            try:
+                open_pipes = 2
+                while open_pipes or exited_at is None:
+                    if exited_at is None and watch.exited():
+                        exited_at = time.monotonic()
+                        _kill_group(proc.pid)
+                    now = time.monotonic()
+                    if exited_at is None:
+                        if now >= deadline and not timed_out:
+                            timed_out = True
+                            _kill_group(proc.pid)
+                        wait = max(deadline - now, 0.0) if not timed_out else None
+                    else:
+                        wait = exited_at + DRAIN_S - now
+                        if wait <= 0:
+                            break  # pipes held by a process that left the group
+                    poll = watch.poll_interval
+                    if poll is not None:
+                        wait = poll if wait is None else min(wait, poll)
+                    for key, _ in sel.select(wait):
+                        if key.data == "exit":
+                            watch.close(sel)
+                            exited_at = time.monotonic()
+                            # The exited child is not reaped yet, so its pgid is still ours.
+                            _kill_group(proc.pid)
+                            continue
+                        try:
+                            chunk = os.read(key.fd, CHUNK)
+                        except BlockingIOError:
+                            continue
+                        if not chunk:
+                            sel.unregister(key.fd)
+                            open_pipes -= 1
+                            continue
+                        buf = kept[key.data]
+                        room = req.output_cap - len(buf)
+                        if len(chunk) > room:
+                            truncated[key.data] = True
+                            chunk = chunk[:room]
+                        buf += chunk
+            finally:
+                watch.close(sel)
+        returncode = proc.wait()
+        assert exited_at is not None
+        return RunResult(
+            exit_code=SIGNAL_EXIT_BASE - returncode if returncode < 0 else returncode,
+            stdout=bytes(kept["stdout"]),
+            stderr=bytes(kept["stderr"]),
+            timed_out=timed_out,
+            oom_killed=False,  # RLIMIT_AS makes allocations fail instead
+            stdout_truncated=truncated["stdout"],
+            stderr_truncated=truncated["stderr"],
+            duration_s=exited_at - started,
+            sandbox=NAME,
+        )
+
+    def _exec_failure(self, req: RunRequest, code: int, started: float) -> RunResult:
+        return RunResult(
+            exit_code=code,
+            stdout=b"",
+            stderr=exec_failure_message(req.command[0], code),
+            timed_out=False,
+            oom_killed=False,
+            stdout_truncated=False,
+            stderr_truncated=False,
+            duration_s=time.monotonic() - started,
+            sandbox=NAME,
+        )

@@ -1,0 +1,424 @@
+"""Tests of sandbox/: one conformance suite run against every backend, then what only one backend
+promises (Docker's isolation, the process backend's env and workdir), then pure logic.
+
+Docker tests need a real dockerd (fixture `docker_host` in conftest.py); nothing here fakes it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import socket
+import threading
+import time
+from collections.abc import Iterator
+
+import pytest
+import trio
+
+from distributeai.sandbox import KINDS, RunRequest, RunResult, SandboxError, open_sandbox
+from distributeai.sandbox.base import exec_failure_message
+from distributeai.sandbox.docker_backend import LABELS, _exec_failure_code, _read_capped
+
+IMAGE = "alpine:latest"  # on test machines: the busybox image scripts/dockerd.sh builds
+HELLO = ["sh", "-c", "echo 'Hello' | sha256sum"]
+HELLO_STDOUT = b"66a045b452102c59d840ec097d59d9467e13a3f34f6494e539ffd32c1bb35f18  -\n"
+# A killed job must come back well within this, though its command would run for 30 s.
+PROMPT_S = 5.0
+
+
+def job(*argv: str, **kw) -> RunRequest:
+    return RunRequest(image=IMAGE, command=list(argv), **kw)
+
+
+def quiet(_message: str) -> None:
+    pass
+
+
+@pytest.fixture(params=["process", pytest.param("docker", marks=pytest.mark.docker)])
+def sandbox(request):
+    if request.param == "docker":
+        host = request.getfixturevalue("docker_host")
+        sb = open_sandbox("docker", docker_host=host, log=logging.getLogger("test"))
+    else:
+        sb = open_sandbox("process", log=quiet)
+    sb.check()
+    yield sb
+    sb.close()
+
+
+@pytest.fixture
+def docker_sandbox(docker_host):
+    sb = open_sandbox("docker", docker_host=docker_host, log=logging.getLogger("test"))
+    sb.check()
+    yield sb
+    sb.close()
+
+
+@pytest.fixture
+def process_sandbox():
+    sb = open_sandbox("process", log=quiet)
+    yield sb
+    sb.close()
+
+
+def timed_run(sb, req: RunRequest) -> tuple[RunResult, float]:
+    started = time.monotonic()
+    result = sb.run(req)
+    return result, time.monotonic() - started
+
+
+# ---- conformance: every backend ---------------------------------------------------------------
+
+
+def test_demo_hash_job(sandbox):
+    result = sandbox.run(job(*HELLO))
+    assert result.stdout == HELLO_STDOUT
+    assert result.stderr == b""
+    assert result.exit_code == 0
+    assert not (result.timed_out or result.oom_killed)
+    assert not (result.stdout_truncated or result.stderr_truncated)
+    assert result.sandbox == sandbox.name
+    assert 0 < result.duration_s < PROMPT_S
+
+
+def test_nonzero_exit_and_separate_streams(sandbox):
+    result = sandbox.run(job("sh", "-c", "echo out; echo err >&2; exit 3"))
+    assert (result.exit_code, result.stdout, result.stderr) == (3, b"out\n", b"err\n")
+    assert not result.timed_out
+
+
+def test_env_is_passed(sandbox):
+    env = {"GREETING": "hi there", "EMPTY": ""}
+    result = sandbox.run(job("sh", "-c", 'printf "%s|%s" "$GREETING" "$EMPTY"', env=env))
+    assert result.stdout == b"hi there|"
+
+
+def test_timeout_kills_job(sandbox):
+    result, elapsed = timed_run(sandbox, job("sleep", "30", timeout_s=1))
+    assert result.timed_out
+    assert result.exit_code == 137  # SIGKILL
+    assert not result.oom_killed
+    assert 0.9 <= result.duration_s < PROMPT_S
+    assert elapsed < PROMPT_S
+
+
+def test_timeout_kills_background_children(sandbox):
+    # The children hold stdout open: the backend must kill them, not wait for EOF.
+    result, elapsed = timed_run(sandbox, job("sh", "-c", "sleep 30 & sleep 30 & wait", timeout_s=1))
+    assert result.timed_out
+    assert elapsed < PROMPT_S
+
+
+def test_exit_of_main_process_ends_job(sandbox):
+    # A detached grandchild keeps the pipes open; the job still ends with its main process.
+    result, elapsed = timed_run(sandbox, job("sh", "-c", "(sleep 30 &); echo done", timeout_s=20))
+    assert (result.exit_code, result.stdout, result.timed_out) == (0, b"done\n", False)
+    assert elapsed < PROMPT_S
+
+
+def test_stdout_over_cap_is_truncated_to_exactly_cap(sandbox):
+    result = sandbox.run(job("head", "-c", "100000", "/dev/zero", output_cap=1000))
+    assert result.stdout == b"\0" * 1000
+    assert result.stdout_truncated
+    assert not result.stderr_truncated
+    assert result.exit_code == 0
+
+
+def test_stderr_over_cap_is_truncated_independently(sandbox):
+    result = sandbox.run(job("sh", "-c", "echo small; head -c 5000 /dev/zero >&2", output_cap=100))
+    assert (result.stdout, result.stdout_truncated) == (b"small\n", False)
+    assert (len(result.stderr), result.stderr_truncated) == (100, True)
+
+
+def test_output_of_exactly_cap_is_not_truncated(sandbox):
+    result = sandbox.run(job("head", "-c", "1000", "/dev/zero", output_cap=1000))
+    assert (len(result.stdout), result.stdout_truncated) == (1000, False)
+
+
+def test_large_output_keeps_the_head(sandbox):
+    # 3 MB through the default 1 MiB cap: the first bytes are kept, in order.
+    script = "i=0; while [ $i -lt 3000 ]; do printf '%01023d\\n' $i; i=$((i+1)); done"
+    result = sandbox.run(job("sh", "-c", script))
+    assert result.stdout_truncated
+    assert len(result.stdout) == 1 << 20
+    assert result.stdout.startswith(b"0" * 1023 + b"\n" + b"0" * 1022 + b"1\n")
+    assert result.exit_code == 0
+
+
+def test_zero_cap_keeps_nothing(sandbox):
+    result = sandbox.run(job("echo", "x", output_cap=0))
+    assert (result.stdout, result.stdout_truncated) == (b"", True)
+
+
+def test_missing_executable_is_a_job_failure(sandbox):
+    result = sandbox.run(job("no-such-program-dai"))
+    assert result.exit_code == 127
+    assert result.stderr == exec_failure_message("no-such-program-dai", 127)
+
+
+async def test_runs_concurrently_from_trio_threads(sandbox):
+    results: list[RunResult] = []
+
+    async def one(i: int) -> None:
+        req = job("sh", "-c", f"echo {i}")
+        results.append(await trio.to_thread.run_sync(sandbox.run, req))
+
+    async with trio.open_nursery() as nursery:
+        for i in range(4):
+            nursery.start_soon(one, i)
+    assert sorted(r.stdout for r in results) == [b"0\n", b"1\n", b"2\n", b"3\n"]
+
+
+# ---- docker only ------------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def tcp_greeter() -> Iterator[int]:
+    """A TCP server on all host addresses that greets and closes each connection; yields its port."""
+    server = socket.socket()
+    server.bind(("0.0.0.0", 0))
+    server.listen(8)
+    stop = threading.Event()
+
+    def serve() -> None:
+        while not stop.is_set():
+            try:
+                conn, _ = server.accept()
+            except OSError:
+                return
+            with conn:
+                conn.sendall(b"hello-from-host\n")
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    try:
+        yield server.getsockname()[1]
+    finally:
+        stop.set()
+        server.shutdown(socket.SHUT_RDWR)
+        server.close()
+        thread.join(timeout=5)
+
+
+def host_address() -> str | None:
+    """The host's address on its default route (a route lookup only; nothing is sent)."""
+    probe = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    try:
+        probe.connect(("192.0.2.1", 9))
+        return probe.getsockname()[0]
+    except OSError:
+        return None
+    finally:
+        probe.close()
+
+
+@pytest.mark.docker
+def test_docker_has_no_network(docker_sandbox, process_sandbox):
+    targets = ["127.0.0.1"] + [a for a in [host_address()] if a and a != "127.0.0.1"]
+    with tcp_greeter() as port:
+        probe = " ; ".join(f"busybox nc -w 2 {a} {port} </dev/null; echo rc=$?" for a in targets)
+        # Control: the same probe from the host reaches the server, so the probe itself works.
+        control = process_sandbox.run(job("sh", "-c", probe, timeout_s=10))
+        assert control.stdout.count(b"hello-from-host") == len(targets)
+        result = docker_sandbox.run(job("sh", "-c", probe, timeout_s=10))
+    assert b"hello-from-host" not in result.stdout
+    assert result.stdout.count(b"rc=1") == len(targets)
+    interfaces = docker_sandbox.run(job("sh", "-c", "tail -n +3 /proc/net/dev | cut -d: -f1 | tr -d ' '"))
+    assert interfaces.stdout == b"lo\n"
+
+
+@pytest.mark.docker
+def test_docker_root_is_read_only_and_tmp_is_writable(docker_sandbox):
+    script = "echo x > /etc/x; echo etc=$?; echo y > /tmp/y && cat /tmp/y; id -u; id -g"
+    result = docker_sandbox.run(job("sh", "-c", script))
+    assert result.stdout.split() == [b"etc=1", b"y", b"65534", b"65534"]
+    assert b"Read-only file system" in result.stderr
+
+
+@pytest.mark.docker
+def test_docker_oom_is_reported(docker_sandbox):
+    # busybox tail buffers its last lines; /dev/zero has none, so it allocates until killed.
+    result, elapsed = timed_run(docker_sandbox, job("tail", "/dev/zero", memory_mb=32, timeout_s=20))
+    assert result.oom_killed
+    assert result.exit_code == 137
+    assert not result.timed_out
+    assert elapsed < PROMPT_S
+
+
+@pytest.mark.docker
+def test_docker_pids_limit_holds(docker_sandbox):
+    script = "i=0; while [ $i -lt 30 ]; do sleep 10 & i=$((i+1)); done; echo spawned"
+    result = docker_sandbox.run(job("sh", "-c", script, pids_limit=8, timeout_s=20))
+    assert b"can't fork" in result.stderr
+
+
+@pytest.mark.docker
+def test_docker_hostname_is_fixed(docker_sandbox):
+    # The default hostname is the container id, which would differ between executors.
+    assert docker_sandbox.run(job("hostname")).stdout == b"sandbox\n"
+
+
+@pytest.mark.docker
+def test_docker_missing_image(docker_sandbox):
+    missing = "distributeai-test/no-such-image:none"
+    assert not docker_sandbox.has_image(missing)
+    assert docker_sandbox.has_image(IMAGE)
+    with pytest.raises(SandboxError) as err:
+        docker_sandbox.run(RunRequest(image=missing, command=["true"]))
+    assert err.value.reason == "image_missing"
+
+
+@pytest.mark.docker
+def test_docker_leaves_no_containers(docker_host, docker_sandbox):
+    import docker
+
+    docker_sandbox.run(job("true"))
+    docker_sandbox.run(job("sleep", "30", timeout_s=0.5))
+    client = docker.DockerClient(base_url=docker_host)
+    try:
+        label = ",".join(f"{k}={v}" for k, v in LABELS.items())
+        assert client.containers.list(all=True, filters={"label": label.split(",")}) == []
+    finally:
+        client.close()
+
+
+def test_docker_unreachable_daemon(tmp_path):
+    sb = open_sandbox("docker", docker_host=f"unix://{tmp_path}/no.sock", log=quiet)
+    for call in (sb.check, lambda: sb.has_image(IMAGE), lambda: sb.run(job("true"))):
+        with pytest.raises(SandboxError) as err:
+            call()
+        assert err.value.reason == "daemon_unreachable"
+    sb.close()
+
+
+# ---- process only -----------------------------------------------------------------------------
+
+
+def test_process_env_is_isolated(process_sandbox, monkeypatch):
+    monkeypatch.setenv("DAI_HOST_SECRET", "leak")
+    result = process_sandbox.run(job("env", env={"FOO": "bar"}))
+    assert sorted(result.stdout.splitlines()) == [b"FOO=bar", b"PATH=/usr/local/bin:/usr/bin:/bin"]
+
+
+def test_process_path_can_be_overridden(process_sandbox):
+    result = process_sandbox.run(job("/usr/bin/env", env={"PATH": "/bin"}))
+    assert result.stdout == b"PATH=/bin\n"
+
+
+def test_process_runs_in_fresh_temp_dir_removed_after(process_sandbox):
+    result = process_sandbox.run(job("sh", "-c", "pwd; ls -A; echo x > f && cat f"))
+    cwd, *rest = result.stdout.decode().splitlines()
+    assert os.path.basename(cwd).startswith("dai-job-")
+    assert rest == ["x"]  # empty before the job wrote f
+    assert not os.path.exists(cwd)
+
+
+def test_process_memory_limit(process_sandbox):
+    result, elapsed = timed_run(process_sandbox, job("tail", "/dev/zero", memory_mb=32, timeout_s=20))
+    assert result.exit_code != 0
+    assert not result.timed_out and not result.oom_killed
+    assert elapsed < PROMPT_S
+
+
+def test_process_warns_once_when_opened():
+    messages: list[str] = []
+    sb = open_sandbox("process", log=messages.append)
+    sb.run(job("true"))
+    sb.run(job("true"))
+    assert len(messages) == 1
+    assert "isolates nothing" in messages[0] and messages[0].startswith("WARNING")
+
+
+def test_process_warns_through_a_logger(caplog):
+    with caplog.at_level(logging.WARNING, logger="distributeai.sandbox"):
+        open_sandbox("process")
+    assert [r.levelname for r in caplog.records] == ["WARNING"]
+
+
+# ---- pure logic -------------------------------------------------------------------------------
+
+
+def test_unknown_kind_names_the_allowed_ones():
+    with pytest.raises(ValueError) as err:
+        open_sandbox("vm")
+    assert all(kind in str(err.value) for kind in KINDS)
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        {"command": []},
+        {"command": "echo hi"},
+        {"command": ["a\0b"]},
+        {"env": {"A=B": "x"}},
+        {"env": {"A": 1}},
+        {"cpu": 0},
+        {"memory_mb": 1},
+        {"timeout_s": 0},
+        {"pids_limit": 0},
+        {"output_cap": -1},
+    ],
+)
+def test_run_request_rejects_nonsense(bad):
+    fields = {"image": IMAGE, "command": ["true"], **bad}
+    with pytest.raises(ValueError):
+        RunRequest(**fields)
+
+
+def test_run_request_defaults():
+    req = RunRequest(image=IMAGE, command=["true"])
+    assert (req.env, req.cpu, req.memory_mb, req.timeout_s, req.pids_limit, req.output_cap) == (
+        {}, 1.0, 256, 60.0, 64, 1 << 20,
+    )
+
+
+class FakeStream:
+    def __init__(self, chunks: list[bytes]) -> None:
+        self.chunks = chunks
+        self.read = 0
+        self.closed = False
+
+    def __iter__(self):
+        for chunk in self.chunks:
+            self.read += 1
+            yield chunk
+
+    def close(self) -> None:
+        self.closed = True
+
+
+@pytest.mark.parametrize(
+    "chunks, cap, kept, truncated",
+    [
+        ([b"abc", b"def"], 6, b"abcdef", False),
+        ([b"abc", b"def"], 5, b"abcde", True),
+        ([b"abc", b"", b"def"], 3, b"abc", True),
+        ([b"", b""], 0, b"", False),
+        ([b"x"], 0, b"", True),
+    ],
+)
+def test_read_capped(chunks, cap, kept, truncated):
+    stream = FakeStream(chunks)
+    assert _read_capped(stream, cap) == (kept, truncated)
+    assert stream.closed
+
+
+def test_read_capped_stops_reading_past_cap():
+    stream = FakeStream([b"ab", b"cd", b"ef", b"gh"])
+    assert _read_capped(stream, 3) == (b"abc", True)
+    assert stream.read == 2
+
+
+@pytest.mark.parametrize(
+    "explanation, code",
+    [
+        ('exec: "nosuch": executable file not found in $PATH: unknown', 127),
+        ('exec: "/etc/x": stat /etc/x: no such file or directory: unknown', 127),
+        ('exec: "/etc/passwd": permission denied: unknown', 126),
+        ("cgroup mountpoint does not exist", None),
+    ],
+)
+def test_exec_failure_codes(explanation, code):
+    assert _exec_failure_code(explanation) == code
