@@ -35,8 +35,8 @@ def _memory_mb(value: Any, field: str) -> int:
         mb = {"k": max(1, n // 1024), "m": n, "g": n * 1024}[unit]
     else:
         raise JobFileError(field, "must be MiB as an integer or a string like '512m'")
-    if not 4 <= mb <= 1 << 20:
-        raise JobFileError(field, "must be between 4 MiB and 1 TiB")
+    if not 6 <= mb <= 1 << 20:
+        raise JobFileError(field, "must be between 6 MiB (Docker's minimum) and 1 TiB")
     return mb
 
 

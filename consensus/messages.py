@@ -131,7 +131,7 @@ class JobSpec:
             command=command,
             env=tuple(env),
             cpu_millis=_int(body[7], "cpu_millis", 1, 256_000),
-            memory_mb=_int(body[8], "memory_mb", 4, 1 << 20),
+            memory_mb=_int(body[8], "memory_mb", 6, 1 << 20),
             timeout_s=_int(body[9], "timeout_s", 1, 7 * 24 * 3600),
             replicas=_int(body[10], "replicas", 1, MAX_REPLICAS),
             quorum=_int(body[11], "quorum", 1, MAX_REPLICAS),

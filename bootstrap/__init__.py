@@ -1,0 +1,1 @@
+"""The bootstrap: DHT seed, stats aggregation, and its HTTP endpoints."""

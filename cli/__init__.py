@@ -1,0 +1,1 @@
+"""The `distributeai` command (typer): nothing imports it."""

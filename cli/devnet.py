@@ -1,0 +1,144 @@
+"""A local network of real processes on 127.0.0.1: one bootstrap and N nodes.
+
+Used by `distributeai devnet` (the README's first command) and by the end-to-end tests, so both
+exercise exactly the same start-up path as a volunteer: `distributeai bootstrap start` and
+`distributeai node start` as separate OS processes, each with its own data directory.
+
+Readiness is read from the processes themselves: the bootstrap prints its multiaddr as its first
+stdout line, a node prints one JSON line when it listens; `wait_connected` then asks each node's
+control API until every node sees every other one (with a deadline, never a fixed sleep).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import selectors
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from distributeai.node.control import call
+
+
+class DevnetError(RuntimeError):
+    pass
+
+
+class LineReader:
+    """Reads a child's stdout line by line with a deadline, keeping what it read past a line."""
+
+    def __init__(self, proc: subprocess.Popen, what: str, log: Path) -> None:
+        assert proc.stdout is not None
+        self.proc, self.what, self.log = proc, what, log
+        self.buf = b""
+
+    def readline(self, timeout: float) -> str:
+        """The next stdout line, or DevnetError (with the tail of the log) at the deadline."""
+        deadline = time.monotonic() + timeout
+        with selectors.DefaultSelector() as sel:
+            sel.register(self.proc.stdout, selectors.EVENT_READ)
+            while b"\n" not in self.buf:
+                left = deadline - time.monotonic()
+                if left <= 0 or self.proc.poll() is not None:
+                    tail = self.log.read_text(errors="replace")[-3000:] if self.log.exists() else ""
+                    raise DevnetError(f"{self.what} did not become ready (exit code {self.proc.poll()}):\n{tail}")
+                if sel.select(min(left, 0.5)):
+                    self.buf += os.read(self.proc.stdout.fileno(), 4096)
+        line, _, self.buf = self.buf.partition(b"\n")
+        return line.decode()
+
+
+@dataclass
+class Devnet:
+    root: Path
+    nodes: int = 3
+    sandbox: str = "process"
+    docker_host: str | None = None
+    log_level: str = "info"
+    procs: list[subprocess.Popen] = field(default_factory=list)
+    bootstrap_addr: str = ""
+    http_url: str = ""
+    node_dirs: list[Path] = field(default_factory=list)
+    node_info: list[dict] = field(default_factory=list)
+
+    def _spawn(self, args: list[str], log: Path) -> subprocess.Popen:
+        env = dict(os.environ)
+        if self.docker_host:
+            env["DOCKER_HOST"] = self.docker_host
+        env.setdefault("PYTHONUNBUFFERED", "1")
+        with open(log, "ab") as err:
+            proc = subprocess.Popen([sys.executable, "-m", "distributeai.cli.main", *args],
+                                    stdout=subprocess.PIPE, stderr=err, stdin=subprocess.DEVNULL, env=env)
+        self.procs.append(proc)
+        return proc
+
+    def start(self, timeout: float = 60.0) -> "Devnet":
+        self.root.mkdir(parents=True, exist_ok=True)
+        boot_dir = self.root / "bootstrap"
+        boot_dir.mkdir(exist_ok=True)
+        proc = self._spawn(["bootstrap", "start", "--listen", "/ip4/127.0.0.1/tcp/0", "--http", "127.0.0.1:0",
+                            "--data-dir", str(boot_dir), "--log-level", self.log_level], boot_dir / "log")
+        reader = LineReader(proc, "bootstrap", boot_dir / "log")
+        self.bootstrap_addr = reader.readline(timeout)
+        http_line = reader.readline(timeout)
+        self.http_url = http_line.split()[-1].rsplit("/api/stats", 1)[0]
+        starting = []
+        for i in range(self.nodes):
+            d = self.root / f"node{i + 1}"
+            d.mkdir(exist_ok=True)
+            self.node_dirs.append(d)
+            starting.append((d, self._spawn(["node", "start", "--bootstrap", self.bootstrap_addr, "--data-dir", str(d),
+                                             "--sandbox", self.sandbox, "--log-level", self.log_level], d / "log")))
+        for d, p in starting:
+            self.node_info.append(json.loads(LineReader(p, f"node {d.name}", d / "log").readline(timeout)))
+        return self
+
+    def info(self, i: int) -> dict:
+        return call(self.node_dirs[i] / "control.sock", {"op": "info"}, timeout=10)
+
+    def wait_connected(self, timeout: float = 30.0) -> None:
+        """Until every node is connected to every other node (found through the DHT)."""
+        ids = {n["peer_id"] for n in self.node_info}
+        deadline = time.monotonic() + timeout
+        while True:
+            missing = {}
+            for i, n in enumerate(self.node_info):
+                seen = set(self.info(i)["peers"])
+                lacking = ids - {n["peer_id"]} - seen
+                if lacking:
+                    missing[n["peer_id"]] = sorted(lacking)
+            if not missing:
+                return
+            if time.monotonic() > deadline:
+                raise DevnetError(f"nodes did not find each other within {timeout} s: {missing}")
+            time.sleep(0.1)  # polling the nodes' own view; each round is a fresh observation
+
+    def stop(self) -> None:
+        for p in reversed(self.procs):
+            if p.poll() is None:
+                p.send_signal(signal.SIGTERM)
+        for p in reversed(self.procs):
+            try:
+                p.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                p.kill()
+                p.wait()
+            if p.stdout:
+                p.stdout.close()
+        self.procs.clear()
+
+    def __enter__(self) -> "Devnet":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+
+def reset(root: Path) -> None:
+    if root.exists():
+        shutil.rmtree(root)

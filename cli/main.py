@@ -1,0 +1,361 @@
+"""`distributeai`: start nodes and the bootstrap, submit jobs, look at them.
+
+Conventions: a user's mistake is one line on stderr and exit code 2; a node or bootstrap that cannot
+be reached is one line naming what was tried and exit code 1; `--json` prints one JSON object.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+import sys
+import time
+from pathlib import Path
+from typing import Any, Optional
+
+import typer
+
+app = typer.Typer(add_completion=True, no_args_is_help=True, pretty_exceptions_enable=False,
+                  help="DistributeAI: a peer-to-peer compute network with k-of-n verified results.")
+node_app = typer.Typer(no_args_is_help=True, help="Run or inspect a volunteer node.")
+bootstrap_app = typer.Typer(no_args_is_help=True, help="Run the bootstrap (DHT seed and stats page).")
+job_app = typer.Typer(no_args_is_help=True, help="Look at jobs.")
+app.add_typer(node_app, name="node")
+app.add_typer(bootstrap_app, name="bootstrap")
+app.add_typer(job_app, name="job")
+
+DataDir = typer.Option(..., "--data-dir", help="The node's data directory (key, store, control socket).")
+
+
+def fail(message: str, code: int = 2) -> None:
+    typer.echo(f"error: {message}", err=True)
+    raise typer.Exit(code)
+
+
+def setup_logging(level: str) -> None:
+    # Import libp2p first: importing it clears the handlers of its loggers (libp2p.md, "Install").
+    import libp2p  # noqa: F401
+
+    from distributeai.p2p.overlay import quiet_libp2p_logs
+
+    logging.basicConfig(level=getattr(logging, level.upper(), logging.INFO), stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    quiet_libp2p_logs()
+
+
+def run_service(async_fn, *args) -> None:
+    """Run a trio service until it ends, SIGINT or SIGTERM; both signals stop it cleanly."""
+    import trio
+
+    async def main() -> None:
+        async with trio.open_nursery() as nursery:
+            async def watch_signals() -> None:
+                with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+                    async for _ in signals:
+                        nursery.cancel_scope.cancel()
+                        return
+
+            nursery.start_soon(watch_signals)
+            await async_fn(*args)
+            nursery.cancel_scope.cancel()
+
+    trio.run(main)
+
+
+# --- bootstrap ----------------------------------------------------------------------------------
+
+def parse_hostport(value: str, option: str) -> tuple[str, int]:
+    host, sep, port = value.rpartition(":")
+    if not sep or not port.isdigit() or not 0 <= int(port) <= 65535:
+        fail(f"{option} must be HOST:PORT, got {value!r}")
+    return host or "127.0.0.1", int(port)
+
+
+@bootstrap_app.command("start")
+def bootstrap_start(
+    listen: str = typer.Option("/ip4/127.0.0.1/tcp/4001", help="libp2p listen multiaddr."),
+    http: str = typer.Option("127.0.0.1:8080", help="HOST:PORT of the stats page and /api/stats."),
+    data_dir: Path = DataDir,
+    log_level: str = typer.Option("info", help="debug, info, warning or error."),
+) -> None:
+    """Start the bootstrap. Prints its full multiaddr as the first line of stdout once ready.
+
+    Example: distributeai bootstrap start --listen /ip4/127.0.0.1/tcp/4001 --http 127.0.0.1:8080 --data-dir ./boot
+    """
+    host, port = parse_hostport(http, "--http")
+    check_multiaddr(listen, "--listen")
+    setup_logging(log_level)
+    import trio
+
+    from distributeai.bootstrap.service import BootstrapConfig, run_bootstrap
+
+    async def serve() -> None:
+        async with trio.open_nursery() as nursery:
+            info = await nursery.start(run_bootstrap, BootstrapConfig(data_dir, listen, host, port))
+            print(info["multiaddr"], flush=True)
+            print(f"stats: {info['http']}/api/stats", flush=True)
+
+    run_service(serve)
+
+
+# --- node ---------------------------------------------------------------------------------------
+
+def check_multiaddr(value: str, option: str) -> None:
+    from multiaddr import Multiaddr
+
+    try:
+        Multiaddr(value)
+    except Exception as exc:  # multiaddr raises several types for bad input
+        fail(f"{option}: {value!r} is not a multiaddr ({exc})")
+
+
+@node_app.command("start")
+def node_start(
+    data_dir: Path = DataDir,
+    bootstrap: list[str] = typer.Option([], "--bootstrap", help="Bootstrap multiaddr ending in /p2p/<peer id>; repeatable."),
+    listen: str = typer.Option("/ip4/127.0.0.1/tcp/0", help="libp2p listen multiaddr."),
+    sandbox: str = typer.Option("docker", help="docker, or process (runs jobs unisolated on this host)."),
+    docker_host: Optional[str] = typer.Option(None, envvar="DOCKER_HOST", help="Docker daemon address."),
+    cpu: float = typer.Option(2.0, help="Cores this node offers to jobs."),
+    memory_mb: int = typer.Option(2048, help="Memory in MiB this node offers to jobs."),
+    max_jobs: int = typer.Option(4, help="Jobs run at once."),
+    log_level: str = typer.Option("info", help="debug, info, warning or error."),
+) -> None:
+    """Start a volunteer node: discover peers, bid on jobs, run them, verify results.
+
+    Example: distributeai node start --bootstrap /ip4/127.0.0.1/tcp/4001/p2p/12D3KooW... --data-dir ./node1 --sandbox docker
+    """
+    if sandbox not in ("docker", "process"):
+        fail(f"--sandbox must be docker or process, got {sandbox!r}")
+    for b in bootstrap:
+        check_multiaddr(b, "--bootstrap")
+        if "/p2p/" not in b:
+            fail(f"--bootstrap {b!r} must end in /p2p/<peer id>")
+    check_multiaddr(listen, "--listen")
+    setup_logging(log_level)
+    from distributeai.node.bidding import Capacity
+    from distributeai.node.daemon import DataDirBusy, NodeConfig, run_node
+
+    config = NodeConfig(data_dir=data_dir, bootstrap=tuple(bootstrap), listen=listen, sandbox=sandbox,
+                        docker_host=docker_host,
+                        capacity=Capacity(int(cpu * 1000), memory_mb, max_jobs))
+    import trio
+
+    async def serve() -> None:
+        async with trio.open_nursery() as nursery:
+            info = await nursery.start(run_node, config)
+            print(json.dumps({"peer_id": info["peer_id"], "multiaddrs": info["multiaddrs"]}), flush=True)
+
+    try:
+        run_service(serve)
+    except DataDirBusy as exc:
+        fail(str(exc), 1)
+
+
+def control(data_dir: Path, request: dict, timeout: float | None = 30.0) -> dict:
+    from distributeai.node.control import call
+    from distributeai.node.daemon import control_path
+
+    try:
+        answer = call(control_path(data_dir), request, timeout=timeout)
+    except (ConnectionError, OSError) as exc:
+        fail(f"cannot reach the node: {exc} (start one with `distributeai node start --data-dir {data_dir}`)", 1)
+    return answer
+
+
+@node_app.command("info")
+def node_info(data_dir: Path = DataDir, as_json: bool = typer.Option(False, "--json", help="Print JSON.")) -> None:
+    """Show the node's peer id, addresses, peers and counters.
+
+    Example: distributeai node info --data-dir ./node1 --json
+    """
+    info = control(data_dir, {"op": "info"}, timeout=10)
+    if as_json:
+        typer.echo(json.dumps(info))
+        return
+    for key in ("peer_id", "multiaddrs", "sandbox", "peers", "running", "counters", "rejected"):
+        typer.echo(f"{key:12} {info.get(key)}")
+
+
+# --- submitting and watching ------------------------------------------------------------------------
+
+def load_job_file(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        fail(f"job file {path} does not exist")
+    except json.JSONDecodeError as exc:
+        fail(f"job file {path} is not valid JSON: {exc}")
+
+
+def print_job(view: dict, as_json: bool) -> None:
+    if as_json:
+        typer.echo(json.dumps(view))
+        return
+    typer.echo(f"job      {view['job_id']}")
+    typer.echo(f"status   {view['status']}{' (' + view['reason'] + ')' if view.get('reason') else ''}")
+    typer.echo(f"elapsed  {view.get('elapsed_s')} s")
+    for e in view.get("executors", []):
+        mark = "agrees" if e["agreed"] else ("dissents" if e["result_hash"] else "no result")
+        typer.echo(f"executor {e['peer_id']}  {mark}  {(e['result_hash'] or '')[:16]}")
+    if view.get("result_hash"):
+        typer.echo(f"result   {view['result_hash']}  exit code {view['exit_code']}")
+        typer.echo("stdout:")
+        typer.echo(view.get("stdout") or "", nl=False)
+
+
+@app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+def submit(
+    ctx: typer.Context,
+    data_dir: Path = DataDir,
+    file: Optional[Path] = typer.Option(None, "-f", "--file", help="Job file (JSON), e.g. the seed's job files."),
+    image: Optional[str] = typer.Option(None, help="Container image, e.g. alpine:latest."),
+    cmd: Optional[str] = typer.Option(None, "--cmd", help="The command; the arguments after it belong to it."),
+    replicas: Optional[int] = typer.Option(None, help="Executors to run the job (n). Default 3."),
+    quorum: Optional[int] = typer.Option(None, help="Executors that must agree (k). Default 2."),
+    timeout: Optional[int] = typer.Option(None, help="Seconds a job may run. Default 60."),
+    price: Optional[int] = typer.Option(None, help="Credits paid to each agreeing executor. Default 1."),
+    no_wait: bool = typer.Option(False, "--no-wait", help="Print the job id and return at once."),
+    as_json: bool = typer.Option(False, "--json", help="Print the outcome as one JSON object."),
+) -> None:
+    """Sign a job with the node's key, announce it, and wait until it is verified or fails.
+
+    Example: distributeai submit --data-dir ./node1 --image alpine:latest --cmd sh -c "echo 'Hello' | sha256sum" --json
+    """
+    from distributeai.consensus.codec import Identity
+    from distributeai.consensus.errors import JobFileError
+    from distributeai.consensus.jobfile import parse_job
+    from distributeai.consensus.messages import JobSpec, job_id_of, sign
+    from distributeai.node.daemon import key_path
+
+    extra = list(ctx.args)
+    if extra and cmd is None:
+        fail(f"unexpected argument {extra[0]!r}")
+    if file is not None and (image or cmd):
+        fail("give either -f FILE or --image/--cmd, not both")
+    if file is not None:
+        doc = load_job_file(file)
+    elif image or cmd:
+        if not image:
+            fail("--image is required with --cmd")
+        if cmd is None:
+            fail("--cmd is required with --image")
+        doc = {"image": image, "command": [cmd, *extra]}
+    else:
+        fail("nothing to submit: give -f FILE or --image IMAGE --cmd ARG ...")
+    if isinstance(doc, dict):
+        for key, value in (("replicas", replicas), ("quorum", quorum), ("timeout", timeout), ("price", price)):
+            if value is not None:
+                doc[key] = value
+    try:
+        fields = parse_job(doc)
+    except JobFileError as exc:
+        fail(f"invalid job: {exc}")
+    if not key_path(data_dir).exists():
+        fail(f"no node key in {data_dir}: start a node there first with `distributeai node start --data-dir {data_dir}`", 1)
+    from distributeai.p2p.identity import load_or_create_key
+
+    identity = Identity.from_seed(load_or_create_key(key_path(data_dir)))
+    spec = JobSpec(submitter=identity.public_key, nonce=os.urandom(16), created_ms=int(time.time() * 1000), **fields)
+    signed = sign(identity, spec)
+    answer = control(data_dir, {"op": "submit", "signed_spec": signed.hex()})
+    if "error" in answer:
+        fail(f"the node refused the job: {answer['error']}", 1)
+    job_hex = answer["job_id"]
+    assert job_hex == job_id_of(signed).hex()
+    if no_wait:
+        typer.echo(json.dumps({"job_id": job_hex}) if as_json else job_hex)
+        return
+    if not as_json:
+        typer.echo(f"submitted {job_hex}; waiting for {spec.quorum} of {spec.replicas} executors to agree", err=True)
+    deadline = time.monotonic() + spec.timeout_s + 120
+    view = answer
+    while time.monotonic() < deadline:
+        view = control(data_dir, {"op": "wait", "job_id": job_hex, "timeout": 30}, timeout=60)
+        if view.get("status") in ("verified", "failed"):
+            break
+    print_job(view, as_json)
+    raise typer.Exit(0 if view.get("status") == "verified" else 1)
+
+
+@job_app.command("status")
+def job_status(
+    job_id: str = typer.Argument(..., help="The job id (hex) printed by submit."),
+    data_dir: Path = DataDir,
+    as_json: bool = typer.Option(False, "--json", help="Print JSON."),
+) -> None:
+    """Show a job this node knows: status, executors, result.
+
+    Example: distributeai job status 3f2a... --data-dir ./node1 --json
+    """
+    try:
+        if len(job_id) != 64:
+            raise ValueError
+        bytes.fromhex(job_id)
+    except ValueError:
+        fail(f"job id must be 64 hex characters, got {job_id!r}")
+    view = control(data_dir, {"op": "status", "job_id": job_id})
+    if "error" in view:
+        fail(view["error"], 1)
+    print_job(view, as_json)
+
+
+DEMO_COMMAND = ["sh", "-c", "echo 'Hello' | sha256sum"]
+
+
+@app.command()
+def devnet(
+    nodes: int = typer.Option(3, help="Number of nodes."),
+    sandbox: str = typer.Option("docker", help="docker or process."),
+    data_dir: Path = typer.Option(Path(".run/devnet"), "--data-dir", help="Where the network keeps its data (reset at start)."),
+    demo: bool = typer.Option(False, "--demo", help="Submit the demo job, print its verified result, and stop."),
+) -> None:
+    """Run a bootstrap and N nodes on 127.0.0.1 as separate processes.
+
+    Example: distributeai devnet --nodes 3 --sandbox docker --data-dir .run/demo --demo
+    """
+    import subprocess
+
+    from distributeai.cli.devnet import Devnet, DevnetError, reset
+
+    if sandbox not in ("docker", "process"):
+        fail(f"--sandbox must be docker or process, got {sandbox!r}")
+    if nodes < 1:
+        fail("--nodes must be at least 1")
+    reset(data_dir)
+    net = Devnet(data_dir.resolve(), nodes=nodes, sandbox=sandbox, docker_host=os.environ.get("DOCKER_HOST"))
+    try:
+        with net:
+            net.start()
+            net.wait_connected()
+            typer.echo(f"bootstrap {net.bootstrap_addr}", err=True)
+            typer.echo(f"stats     {net.http_url}/api/stats", err=True)
+            for d, info in zip(net.node_dirs, net.node_info):
+                typer.echo(f"node      {info['peer_id']}  data {d}", err=True)
+            if demo:
+                started = time.monotonic()
+                out = subprocess.run([sys.executable, "-m", "distributeai.cli.main", "submit", "--data-dir",
+                                      str(net.node_dirs[0]), "--image", "alpine:latest", "--cmd", *DEMO_COMMAND],
+                                     capture_output=True, text=True)
+                typer.echo(out.stdout, nl=False)
+                typer.echo(f"submit -> {('verified' if out.returncode == 0 else 'failed')} in "
+                           f"{time.monotonic() - started:.2f} s", err=True)
+                if out.returncode != 0:
+                    typer.echo(out.stderr, err=True, nl=False)
+                    raise typer.Exit(1)
+                return
+            typer.echo("network running; Ctrl-C stops it", err=True)
+            signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
+            signal.sigwait({signal.SIGINT, signal.SIGTERM})
+    except DevnetError as exc:
+        fail(str(exc), 1)
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

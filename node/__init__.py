@@ -1,0 +1,1 @@
+"""DistributeAI node package."""

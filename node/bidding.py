@@ -1,0 +1,71 @@
+"""Whether this node bids on a job: small predicates, each returning a decision with a reason.
+
+Checked in order, first refusal wins (semantic checks before resource checks, as in Bacalhau's
+bid strategies):
+
+    predicate          refuses when
+    sandbox_ready      the node's sandbox cannot run anything (e.g. dockerd unreachable)
+    image_present      the image is not available locally (no registry pulls yet)
+    fits_resources     the job asks for more CPU or memory than the node offers
+    has_free_slot      the node already runs its maximum number of jobs
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+from distributeai.consensus.messages import JobSpec
+
+
+@dataclass(frozen=True)
+class Capacity:
+    cpu_millis: int = 2000      # what the volunteer lends: both cores of a small machine
+    memory_mb: int = 2048       # a quarter of a modest machine's memory
+    max_running: int = 4        # concurrent jobs; sandbox starts dominate beyond this on 2 cores
+
+
+@dataclass(frozen=True)
+class Decision:
+    bid: bool
+    reason: str
+
+
+@dataclass(frozen=True)
+class BidContext:
+    spec: JobSpec
+    capacity: Capacity
+    running: int
+    sandbox_ok: bool
+    image_ok: Callable[[str], bool]
+
+
+def sandbox_ready(c: BidContext) -> Decision | None:
+    return None if c.sandbox_ok else Decision(False, "sandbox unavailable")
+
+
+def image_present(c: BidContext) -> Decision | None:
+    return None if c.image_ok(c.spec.image) else Decision(False, f"image {c.spec.image} not available locally")
+
+
+def fits_resources(c: BidContext) -> Decision | None:
+    if c.spec.cpu_millis > c.capacity.cpu_millis:
+        return Decision(False, f"needs {c.spec.cpu_millis} millicores, offers {c.capacity.cpu_millis}")
+    if c.spec.memory_mb > c.capacity.memory_mb:
+        return Decision(False, f"needs {c.spec.memory_mb} MiB, offers {c.capacity.memory_mb}")
+    return None
+
+
+def has_free_slot(c: BidContext) -> Decision | None:
+    return None if c.running < c.capacity.max_running else Decision(False, "all job slots busy")
+
+
+PREDICATES = (sandbox_ready, fits_resources, has_free_slot, image_present)
+
+
+def decide(c: BidContext) -> Decision:
+    for predicate in PREDICATES:
+        refusal = predicate(c)
+        if refusal is not None:
+            return refusal
+    return Decision(True, "fits")

@@ -1,0 +1,120 @@
+"""The control API: how `distributeai submit`, `job status` and `node info` talk to a running node.
+
+It listens only on a Unix socket, `DATA_DIR/control.sock`, created with mode 0600: only the user who
+owns the data directory (and its key) can use it. One request per connection: a JSON object on one
+line, answered with a JSON object on one line. Requests are capped at MAX_REQUEST bytes.
+
+    {"op": "info"}                                   -> node info
+    {"op": "submit", "signed_spec": HEX}             -> {"job_id": HEX}
+    {"op": "status", "job_id": HEX}                  -> job view
+    {"op": "wait", "job_id": HEX, "timeout": SECS}   -> job view once verified/failed (or at timeout)
+    {"op": "list"}                                   -> {"jobs": [job view, ...]}
+Errors: {"error": "message", "code": "reason"}.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import socket
+from pathlib import Path
+
+import trio
+
+from distributeai.consensus.errors import LocalProtocolError
+
+from .agent import Agent
+
+log = logging.getLogger("distributeai.node.control")
+MAX_REQUEST = 256 * 1024
+MAX_WAIT_S = 3600.0
+
+
+async def _read_line(stream: trio.SocketStream) -> bytes:
+    buf = bytearray()
+    while b"\n" not in buf:
+        chunk = await stream.receive_some(65536)
+        if not chunk:
+            break
+        buf += chunk
+        if len(buf) > MAX_REQUEST:
+            raise ValueError("request too large")
+    return bytes(buf.split(b"\n", 1)[0])
+
+
+async def _dispatch(agent: Agent, req: dict) -> dict:
+    op = req.get("op")
+    if op == "info":
+        return agent.info()
+    if op == "submit":
+        try:
+            job_id = await agent.submit(bytes.fromhex(str(req.get("signed_spec", ""))))
+        except LocalProtocolError as exc:
+            return {"error": str(exc), "code": exc.reason}
+        return {"job_id": job_id.hex()}
+    if op in ("status", "wait"):
+        job_hex = str(req.get("job_id", "")).lower()
+        if op == "wait":
+            timeout = min(float(req.get("timeout", 60)), MAX_WAIT_S)
+            view = await agent.wait_job(job_hex, timeout)
+        else:
+            view = await agent.job_status(job_hex)
+        return view if view is not None else {"error": f"no job {job_hex} known to this node", "code": "unknown_job"}
+    if op == "list":
+        rows = await agent.store.list_jobs(limit=int(req.get("limit", 50)))
+        return {"jobs": [await agent.job_status(r["job_id"]) for r in rows]}
+    return {"error": f"unknown op {op!r}", "code": "bad_request"}
+
+
+async def serve_control(agent: Agent, path: Path, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
+    if path.exists():
+        path.unlink()  # a socket left by a killed node; the data dir's lock guards against two nodes
+    sock = trio.socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    old_umask = os.umask(0o177)  # the socket is born 0600: no window in which others could connect
+    try:
+        await sock.bind(str(path))
+    finally:
+        os.umask(old_umask)
+    sock.listen(64)
+    listener = trio.SocketListener(sock)
+
+    async def handle(stream: trio.SocketStream) -> None:
+        async with stream:
+            try:
+                line = await _read_line(stream)
+                req = json.loads(line)
+                if not isinstance(req, dict):
+                    raise ValueError("request must be a JSON object")
+                answer = await _dispatch(agent, req)
+            except (ValueError, TypeError) as exc:
+                answer = {"error": f"bad request: {exc}", "code": "bad_request"}
+            try:
+                await stream.send_all(json.dumps(answer).encode() + b"\n")
+            except trio.BrokenResourceError:
+                pass  # the client went away (e.g. Ctrl-C while waiting)
+
+    await trio.serve_listeners(handle, [listener], task_status=task_status)
+
+
+def call(path: Path, request: dict, timeout: float | None = None) -> dict:
+    """Blocking client used by the CLI. Raises ConnectionError if no node listens at `path`."""
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    s.settimeout(timeout)
+    try:
+        try:
+            s.connect(str(path))
+        except (FileNotFoundError, ConnectionRefusedError) as exc:
+            raise ConnectionError(f"no node is running with control socket {path}") from exc
+        s.sendall(json.dumps(request).encode() + b"\n")
+        buf = bytearray()
+        while not buf.endswith(b"\n"):
+            chunk = s.recv(1 << 20)
+            if not chunk:
+                break
+            buf += chunk
+    finally:
+        s.close()
+    if not buf:
+        raise ConnectionError(f"node at {path} closed the connection without answering")
+    return json.loads(buf)

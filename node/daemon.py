@@ -1,0 +1,107 @@
+"""`distributeai node start`: wires key, store, overlay, sandbox, agent and control API together.
+
+Readiness: `run_node` calls `task_status.started(info)` once the node listens, has dialed its
+bootstrap peers and serves its control socket; it then writes `DATA_DIR/node.json` (peer id,
+multiaddrs, pid) for tools that look without a running node.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import logging
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import trio
+
+from distributeai.consensus.codec import Identity
+from distributeai.consensus.names import JOBS_TOPIC
+from distributeai.p2p.identity import load_or_create_key
+from distributeai.p2p.overlay import open_overlay
+from distributeai.sandbox import open_sandbox
+
+from .agent import Agent, NodeSettings, now_ms
+from .bidding import Capacity
+from .control import serve_control
+from .store import Store
+
+log = logging.getLogger("distributeai.node")
+PEER_SAVE_INTERVAL_S = 10.0  # known peers are saved this often so a restart can rejoin
+
+
+@dataclass(frozen=True)
+class NodeConfig:
+    data_dir: Path
+    bootstrap: tuple[str, ...] = ()
+    listen: str = "/ip4/127.0.0.1/tcp/0"
+    sandbox: str = "docker"
+    docker_host: str | None = None
+    capacity: Capacity = field(default_factory=Capacity)
+    price: int = 1
+
+
+def key_path(data_dir: Path) -> Path:
+    return data_dir / "node.key"
+
+
+def control_path(data_dir: Path) -> Path:
+    return data_dir / "control.sock"
+
+
+class DataDirBusy(RuntimeError):
+    pass
+
+
+def lock_data_dir(data_dir: Path) -> int:
+    """Hold an exclusive lock on the data directory for the life of the process."""
+    fd = os.open(data_dir / "lock", os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        raise DataDirBusy(f"another process is using {data_dir}") from None
+    return fd
+
+
+async def _save_peers(agent: Agent, store: Store) -> None:
+    while True:
+        await trio.sleep(PEER_SAVE_INTERVAL_S)  # periodic work, not synchronization
+        connected = set(agent.overlay.connected_peers())
+        await store.upsert_peers([(p, a) for p, a in agent.overlay.known_peers() if p in connected], now_ms())
+
+
+async def run_node(config: NodeConfig, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
+    data_dir = config.data_dir
+    data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    lock_fd = lock_data_dir(data_dir)
+    try:
+        seed = load_or_create_key(key_path(data_dir))
+        identity = Identity.from_seed(seed)
+        store = await Store.open(data_dir / "node.db")
+        sandbox = open_sandbox(config.sandbox, docker_host=config.docker_host, log=log)
+        # Known peers from earlier runs come after the configured bootstrap, so a restarted node
+        # rejoins even when the bootstrap is gone.
+        remembered = [a for _, addrs in await store.known_peers(limit=8) for a in addrs[:1]]
+        bootstrap = list(dict.fromkeys([*config.bootstrap, *remembered]))
+        try:
+            async with open_overlay(seed, listen=config.listen, bootstrap=bootstrap, topics=[JOBS_TOPIC]) as overlay:
+                agent = Agent(identity, store, overlay, sandbox, NodeSettings(config.sandbox, config.capacity, config.price))
+                async with trio.open_nursery() as nursery:
+                    await nursery.start(agent.run)
+                    await nursery.start(serve_control, agent, control_path(data_dir))
+                    nursery.start_soon(_save_peers, agent, store)
+                    await store.upsert_peers([(p, a) for p, a in overlay.known_peers()
+                                              if p in set(overlay.connected_peers())], now_ms())
+                    info = agent.info()
+                    (data_dir / "node.json").write_text(json.dumps(
+                        {"peer_id": info["peer_id"], "multiaddrs": info["multiaddrs"], "pid": os.getpid()}))
+                    log.info("node %s listening on %s", info["peer_id"], " ".join(info["multiaddrs"]))
+                    task_status.started(info)
+        finally:
+            sandbox.close()
+            with trio.CancelScope(shield=True):
+                await store.aclose()
+    finally:
+        os.close(lock_fd)

@@ -1,0 +1,225 @@
+"""The node's SQLite store: stdlib `sqlite3` in WAL mode behind trio.
+
+aiosqlite binds to asyncio's loop and cannot be awaited from trio, so every statement runs through
+`trio.to_thread.run_sync` with a one-slot limiter: one connection, one statement at a time, never on
+the trio thread. `synchronous=FULL` because a node killed with SIGKILL must come back where it was.
+
+What is stored (and why):
+- `jobs`: every job this node knows, in any role (submitter, executor, observer), with its signed
+  spec and, once known, the certificate. The job id doubles as the replay filter for announcements.
+- `inputs`: every message that advanced one of this node's own submitter jobs, with the time it
+  was applied. Replaying them through `SubmitterJob` rebuilds the job after a restart.
+- `executions`: what this node ran as an executor: the award, the sandbox result, the commit state.
+- `peers`: known peers and their addresses, so a restarted node rejoins without the bootstrap.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from pathlib import Path
+from typing import Any, Callable
+
+import trio
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS jobs (
+    job_id      TEXT PRIMARY KEY,
+    role        TEXT NOT NULL,
+    name        TEXT NOT NULL DEFAULT '',
+    signed_spec BLOB NOT NULL,
+    status      TEXT NOT NULL,
+    reason      TEXT NOT NULL DEFAULT '',
+    created_ms  INTEGER NOT NULL,
+    updated_ms  INTEGER NOT NULL,
+    submitter_addrs TEXT NOT NULL DEFAULT '[]',
+    certificate BLOB
+);
+CREATE TABLE IF NOT EXISTS inputs (
+    seq     INTEGER PRIMARY KEY AUTOINCREMENT,
+    job_id  TEXT NOT NULL,
+    kind    TEXT NOT NULL,
+    raw     BLOB NOT NULL,
+    now_ms  INTEGER NOT NULL
+);
+CREATE INDEX IF NOT EXISTS inputs_job ON inputs(job_id, seq);
+CREATE TABLE IF NOT EXISTS executions (
+    job_id      TEXT PRIMARY KEY,
+    award       BLOB NOT NULL,
+    status      TEXT NOT NULL,
+    reason      TEXT NOT NULL DEFAULT '',
+    result      TEXT,
+    reveal      BLOB,
+    updated_ms  INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS peers (
+    peer_id     TEXT PRIMARY KEY,
+    addrs       TEXT NOT NULL,
+    last_seen_ms INTEGER NOT NULL
+);
+"""
+
+
+class Store:
+    """Open with `await Store.open(path)`; every method is a coroutine that runs one transaction."""
+
+    def __init__(self, conn: sqlite3.Connection) -> None:
+        self._conn = conn
+        self._limiter = trio.CapacityLimiter(1)
+
+    @classmethod
+    async def open(cls, path: Path) -> "Store":
+        def connect() -> sqlite3.Connection:
+            conn = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None)
+            conn.row_factory = sqlite3.Row
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.execute("PRAGMA synchronous=FULL")
+            conn.execute("PRAGMA busy_timeout=5000")
+            conn.executescript(SCHEMA)
+            return conn
+
+        return cls(await trio.to_thread.run_sync(connect))
+
+    async def _run(self, fn: Callable[[sqlite3.Connection], Any]) -> Any:
+        def tx() -> Any:
+            self._conn.execute("BEGIN IMMEDIATE")
+            try:
+                out = fn(self._conn)
+            except BaseException:
+                self._conn.execute("ROLLBACK")
+                raise
+            self._conn.execute("COMMIT")
+            return out
+
+        return await trio.to_thread.run_sync(tx, limiter=self._limiter)
+
+    async def aclose(self) -> None:
+        await trio.to_thread.run_sync(self._conn.close, limiter=self._limiter)
+
+    # --- jobs ---------------------------------------------------------------------------------
+
+    async def insert_job(self, job_id: str, role: str, name: str, signed_spec: bytes, status: str,
+                         now_ms: int, submitter_addrs: list[str] | None = None) -> bool:
+        """Insert a job seen for the first time; False if the job id is already known (a replay)."""
+
+        def fn(c: sqlite3.Connection) -> bool:
+            cur = c.execute(
+                "INSERT OR IGNORE INTO jobs(job_id, role, name, signed_spec, status, created_ms, updated_ms, submitter_addrs)"
+                " VALUES (?,?,?,?,?,?,?,?)",
+                (job_id, role, name, signed_spec, status, now_ms, now_ms, json.dumps(submitter_addrs or [])),
+            )
+            return cur.rowcount == 1
+
+        return await self._run(fn)
+
+    async def set_job_status(self, job_id: str, status: str, reason: str, now_ms: int,
+                             certificate: bytes | None = None) -> None:
+        def fn(c: sqlite3.Connection) -> None:
+            c.execute(
+                "UPDATE jobs SET status=?, reason=?, updated_ms=?, certificate=COALESCE(?, certificate) WHERE job_id=?",
+                (status, reason, now_ms, certificate, job_id),
+            )
+
+        await self._run(fn)
+
+    async def get_job(self, job_id: str) -> dict | None:
+        def fn(c: sqlite3.Connection) -> dict | None:
+            row = c.execute("SELECT * FROM jobs WHERE job_id=?", (job_id,)).fetchone()
+            return dict(row) if row else None
+
+        return await self._run(fn)
+
+    async def list_jobs(self, role: str | None = None, limit: int = 100) -> list[dict]:
+        def fn(c: sqlite3.Connection) -> list[dict]:
+            if role:
+                rows = c.execute("SELECT * FROM jobs WHERE role=? ORDER BY created_ms DESC LIMIT ?", (role, limit))
+            else:
+                rows = c.execute("SELECT * FROM jobs ORDER BY created_ms DESC LIMIT ?", (limit,))
+            return [dict(r) for r in rows]
+
+        return await self._run(fn)
+
+    async def add_job_role(self, job_id: str, role: str) -> None:
+        """A job this node observed and now also executes keeps one row; the strongest role wins."""
+        order = {"observer": 0, "executor": 1, "submitter": 2}
+
+        def fn(c: sqlite3.Connection) -> None:
+            row = c.execute("SELECT role FROM jobs WHERE job_id=?", (job_id,)).fetchone()
+            if row and order[role] > order[row["role"]]:
+                c.execute("UPDATE jobs SET role=? WHERE job_id=?", (role, job_id))
+
+        await self._run(fn)
+
+    # --- submitter inputs -----------------------------------------------------------------------
+
+    async def append_input(self, job_id: str, kind: str, raw: bytes, now_ms: int) -> None:
+        await self._run(lambda c: c.execute(
+            "INSERT INTO inputs(job_id, kind, raw, now_ms) VALUES (?,?,?,?)", (job_id, kind, raw, now_ms)))
+
+    async def inputs(self, job_id: str) -> list[tuple[str, bytes, int]]:
+        def fn(c: sqlite3.Connection) -> list[tuple[str, bytes, int]]:
+            rows = c.execute("SELECT kind, raw, now_ms FROM inputs WHERE job_id=? ORDER BY seq", (job_id,))
+            return [(r["kind"], r["raw"], r["now_ms"]) for r in rows]
+
+        return await self._run(fn)
+
+    # --- executions ---------------------------------------------------------------------------
+
+    async def insert_execution(self, job_id: str, award: bytes, now_ms: int) -> bool:
+        def fn(c: sqlite3.Connection) -> bool:
+            cur = c.execute(
+                "INSERT OR IGNORE INTO executions(job_id, award, status, updated_ms) VALUES (?,?,?,?)",
+                (job_id, award, "awarded", now_ms),
+            )
+            return cur.rowcount == 1
+
+        return await self._run(fn)
+
+    async def update_execution(self, job_id: str, now_ms: int, *, status: str, reason: str = "",
+                               result: dict | None = None, reveal: bytes | None = None) -> None:
+        def fn(c: sqlite3.Connection) -> None:
+            c.execute(
+                "UPDATE executions SET status=?, reason=?, result=COALESCE(?, result),"
+                " reveal=COALESCE(?, reveal), updated_ms=? WHERE job_id=?",
+                (status, reason, json.dumps(result) if result is not None else None, reveal, now_ms, job_id),
+            )
+
+        await self._run(fn)
+
+    async def get_execution(self, job_id: str) -> dict | None:
+        def fn(c: sqlite3.Connection) -> dict | None:
+            row = c.execute("SELECT * FROM executions WHERE job_id=?", (job_id,)).fetchone()
+            if not row:
+                return None
+            out = dict(row)
+            out["result"] = json.loads(out["result"]) if out["result"] else None
+            return out
+
+        return await self._run(fn)
+
+    async def executions_with_status(self, *statuses: str) -> list[dict]:
+        def fn(c: sqlite3.Connection) -> list[dict]:
+            marks = ",".join("?" * len(statuses))
+            rows = c.execute(f"SELECT * FROM executions WHERE status IN ({marks})", statuses)
+            return [dict(r) for r in rows]
+
+        return await self._run(fn)
+
+    # --- peers --------------------------------------------------------------------------------
+
+    async def upsert_peers(self, peers: list[tuple[str, list[str]]], now_ms: int) -> None:
+        def fn(c: sqlite3.Connection) -> None:
+            c.executemany(
+                "INSERT INTO peers(peer_id, addrs, last_seen_ms) VALUES (?,?,?)"
+                " ON CONFLICT(peer_id) DO UPDATE SET addrs=excluded.addrs, last_seen_ms=excluded.last_seen_ms",
+                [(p, json.dumps(a), now_ms) for p, a in peers if a],
+            )
+
+        await self._run(fn)
+
+    async def known_peers(self, limit: int = 50) -> list[tuple[str, list[str]]]:
+        def fn(c: sqlite3.Connection) -> list[tuple[str, list[str]]]:
+            rows = c.execute("SELECT peer_id, addrs FROM peers ORDER BY last_seen_ms DESC LIMIT ?", (limit,))
+            return [(r["peer_id"], json.loads(r["addrs"])) for r in rows]
+
+        return await self._run(fn)

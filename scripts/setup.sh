@@ -1,0 +1,42 @@
+#!/usr/bin/env bash
+# Install everything DistributeAI needs on a fresh Debian 12 machine, as root, idempotently:
+#   - system packages: libgmp-dev (fastecdsa, a libp2p dependency, compiles against it), gcc and the
+#     Python headers, docker.io and busybox-static (the Docker sandbox and its local image);
+#   - a virtualenv in .venv with the project installed editable, with its test tools.
+# Re-running it does nothing that is already done.
+set -euo pipefail
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$ROOT"
+
+log() { printf 'setup.sh: %s\n' "$*" >&2; }
+
+PY="${PYTHON:-python3}"
+PACKAGES=(libgmp-dev gcc docker.io busybox-static tmux)
+# Debian's own interpreter needs its headers and venv module as packages; a pyenv build has both.
+"$PY" -c 'import sysconfig, os, sys; sys.exit(0 if os.path.exists(os.path.join(sysconfig.get_paths()["include"], "Python.h")) else 1)' \
+    || PACKAGES+=(python3-dev)
+"$PY" -c 'import ensurepip' 2>/dev/null || PACKAGES+=(python3-venv)
+missing=()
+for p in "${PACKAGES[@]}"; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+    [ "$(id -u)" -eq 0 ] || { log "need root to apt-get install ${missing[*]}"; exit 1; }
+    log "installing ${missing[*]}"
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -q >&2
+    apt-get install -y -q --no-install-recommends "${missing[@]}" >&2
+fi
+
+STAMP=.venv/.installed
+WANT="$(sha256sum pyproject.toml | cut -c1-64)"
+if [ ! -x .venv/bin/python ]; then
+    log "creating .venv"
+    "$PY" -m venv .venv
+fi
+if [ "$(cat "$STAMP" 2>/dev/null || true)" != "$WANT" ]; then
+    log "installing Python packages into .venv"
+    .venv/bin/pip install -q --upgrade pip >&2 2>/dev/null || true
+    .venv/bin/pip install -q -e '.[test]' >&2
+    echo "$WANT" >"$STAMP"
+fi

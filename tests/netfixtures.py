@@ -1,0 +1,38 @@
+"""Helpers for tests that run real networks of processes."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+DEMO_STDOUT = "66a045b452102c59d840ec097d59d9467e13a3f34f6494e539ffd32c1bb35f18  -\n"
+DEMO_ARGS = ["--image", "alpine:latest", "--cmd", "sh", "-c", "echo 'Hello' | sha256sum"]
+
+
+def cli(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "distributeai.cli.main", *args],
+                          capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL)
+
+
+def submit_json(data_dir: Path, *args: str) -> tuple[dict, float]:
+    """Submit through the CLI and return its JSON outcome and the submit->verified wall time."""
+    started = time.monotonic()
+    out = cli("submit", "--data-dir", str(data_dir), "--json", *args)
+    elapsed = time.monotonic() - started
+    assert out.stdout, f"submit printed nothing; stderr:\n{out.stderr}"
+    return json.loads(out.stdout), elapsed
+
+
+def wait_for(check, timeout: float, what: str):
+    """Poll `check()` until it returns a truthy value; fail naming `what` at the deadline."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = check()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+        time.sleep(0.05)  # each round observes the system afresh; the deadline bounds the wait
