@@ -1,0 +1,261 @@
+"""Every py-libp2p 0.8.1 setting and workaround the project needs, in one place.
+
+Each item names the defect, the libp2p file:line (installed 0.8.1 package) and the entry of
+/work/shared/notes/libp2p.md it comes from, so that a later pin can drop what it fixes.
+Re-check the line numbers when the pin moves.
+
+Applied elsewhere in p2p/ (they are calls, not settings; each carries its own comment):
+- libp2p.md item 4, `host/basic_host.py:588-613`: leaving `host.run()` does not close
+  connections -> `overlay.py` calls `host.close()` on exit.
+- libp2p.md item 6, `kad_dht/kad_dht.py:632`: connected peers are not added to the routing
+  table -> `overlay.py` calls `dht.add_peer()` after every connect, and for inbound peers in
+  the discovery loop.
+- libp2p.md item 5, star topology (`pubsub/gossipsub.py:1846-1856`) -> `overlay.py`'s
+  discovery loop connects nodes to each other, not only to the bootstrap.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import time
+from collections.abc import Sequence
+from typing import Any
+
+# Importing libp2p clears the handlers of the `libp2p` logger and sets propagate=False
+# (`utils/logging.py:117-124`, libp2p.md "Install"); everything below that touches logging
+# must therefore run after this import.
+import libp2p  # noqa: F401  (imported for its side effect on logging, see above)
+import multiaddr
+import trio
+from libp2p.abc import IMuxedConn
+from libp2p.crypto.keys import KeyPair
+from libp2p.crypto.x25519 import create_new_key_pair as new_x25519_key_pair
+from libp2p.network.config import ConnectionConfig
+from libp2p.network.connection.raw_connection import RawConnection
+from libp2p.pubsub.gossipsub import PROTOCOL_ID_V11, GossipSub
+from libp2p.security.noise.transport import PROTOCOL_ID as NOISE_PROTOCOL_ID
+from libp2p.security.noise.transport import Transport as NoiseTransport
+from libp2p.stream_muxer.yamux.yamux import PROTOCOL_ID as YAMUX_PROTOCOL_ID
+from libp2p.stream_muxer.yamux.yamux import Yamux
+from libp2p.utils.address_validation import expand_wildcard_address
+
+logger = logging.getLogger(__name__)
+
+# --- GossipSub parameters ------------------------------------------------------------------
+# libp2p.md item 5: the default heartbeat is 120 s (`pubsub/gossipsub.py:179`); the mesh is
+# built and repaired only on heartbeats, so a slow one leaves new peers out for minutes.
+GOSSIP_HEARTBEAT_S = 1
+# Mesh degree as measured in libp2p.md; degree_high well above degree so a node with many
+# links does not trim its mesh on every heartbeat (the trim is what flags leaves as GRAFT
+# flooders in a star, `pubsub/gossipsub.py:1846-1856`).
+GOSSIP_DEGREE, GOSSIP_DEGREE_LOW, GOSSIP_DEGREE_HIGH = 6, 4, 12
+
+
+def security_options(key_pair: KeyPair) -> dict[Any, Any]:
+    """Noise only.
+
+    libp2p.md item 1: the default security options also offer `/plaintext/2.0.0`, whose
+    handshake never proves possession of the key (`security/insecure/transport.py:124-200`):
+    a dialer knowing only a victim's public key was accepted as the victim.
+    """
+    noise = NoiseTransport(key_pair, noise_privkey=new_x25519_key_pair().private_key)
+    return {NOISE_PROTOCOL_ID: noise}
+
+
+def muxer_options() -> dict[Any, Any]:
+    """Yamux only (the default list also offers mplex, `__init__.py:248-258`)."""
+    return {YAMUX_PROTOCOL_ID: Yamux}
+
+
+def connection_config() -> ConnectionConfig:
+    """libp2p.md item 2: with the default max_connections_per_peer=3 every dial waits 250 ms for
+    a happy-eyeballs second attempt (`network/swarm.py:936`); with 1 a dial takes 6-12 ms.
+
+    libp2p.md item 7, left as is: the auto-connector dials every known peer every 30 s while
+    the node has fewer than `low_watermark` (100) connections (`network/config.py:17-20`).
+    For this project's network sizes that is harmless background discovery.
+    """
+    return ConnectionConfig(max_connections_per_peer=1)
+
+
+def new_gossipsub() -> GossipSub:
+    """GossipSub v1.1 with a 1 s heartbeat and spam protection off.
+
+    libp2p.md item 5: spam protection allows 10 msg/s per peer per topic, own publishes
+    included, and drops the rest silently (`pubsub/gossipsub.py:2872-2905`). The project's
+    rates are far below what the CPU cost allows anyway (about 6 ms per message per node).
+    """
+    return GossipSub(
+        [PROTOCOL_ID_V11],
+        degree=GOSSIP_DEGREE,
+        degree_low=GOSSIP_DEGREE_LOW,
+        degree_high=GOSSIP_DEGREE_HIGH,
+        heartbeat_interval=GOSSIP_HEARTBEAT_S,
+        spam_protection_enabled=False,
+    )
+
+
+def advertised_addrs(candidates: Sequence[multiaddr.Multiaddr]) -> list[multiaddr.Multiaddr]:
+    """`addrs_factory` for the host: replace wildcard listen addrs by concrete interface addrs.
+
+    libp2p advertises its listen addrs as bound (`host/basic_host.py:492-540`), so a node
+    listening on /ip4/0.0.0.0 would hand peers and the DHT an address nobody can dial.
+    """
+    out: list[multiaddr.Multiaddr] = []
+    seen: set[str] = set()
+    for addr in candidates:
+        text = str(addr)
+        expanded = (
+            expand_wildcard_address(addr)
+            if text.startswith(("/ip4/0.0.0.0/", "/ip6/::/"))
+            else [addr]
+        )
+        for a in expanded:
+            if str(a) not in seen:
+                seen.add(str(a))
+                out.append(a)
+    return out
+
+
+def release_inbound_slot_on_close(swarm: Any) -> None:
+    """Hold an inbound-connection slot only while that connection is open.
+
+    libp2p.md item 3: `Swarm._handle_inbound_connection` takes a slot of `_inbound_limiter`
+    (`network/swarm.py:1981-1999`) and `_do_handle_inbound_connection` then waits for the
+    whole swarm to finish (`network/swarm.py:2058-2059`, "Intentional barrier"), so the slot
+    and the handler task outlive the connection. After `max_connections - min_connections`
+    (250) inbound connections in a node's life, every new inbound connection is refused,
+    logged only at DEBUG.
+
+    This replaces, on this one swarm instance, the TCP branch of
+    `_do_handle_inbound_connection` (`network/swarm.py:2002-2073`) by the same steps with the
+    barrier moved to the muxed connection's own `event_closed`
+    (`stream_muxer/yamux/yamux.py:687,814,1730`). When the handler returns, trio closes the
+    socket (`trio.serve_listeners`) and the swarm releases the slot: no slot and no task leak.
+    Pre-multiplexed transports (QUIC, not used here) keep libp2p's own path.
+    """
+    original = swarm._do_handle_inbound_connection
+
+    async def handle(read_write_closer: Any, maddr: multiaddr.Multiaddr, failure_event: Any) -> None:
+        if isinstance(read_write_closer, IMuxedConn):
+            await original(read_write_closer, maddr, failure_event)
+            return
+        remote = swarm._build_remote_multiaddr(read_write_closer)
+        if remote is not None and not await swarm.connection_gate.is_allowed(remote):
+            await _close_quietly(read_write_closer)
+            return
+        raw_conn = RawConnection(read_write_closer, False)
+        try:
+            muxed_conn = await swarm.upgrade_inbound_raw_conn(raw_conn, maddr)
+        except Exception as exc:  # task boundary: one bad dialer must not hurt the listener
+            logger.debug("inbound connection on %s failed: %r", maddr, exc)
+            await _close_quietly(raw_conn)
+            return
+        closed = getattr(muxed_conn, "event_closed", None)
+        if isinstance(closed, trio.Event):
+            await closed.wait()
+        else:  # unknown muxer: keep libp2p's barrier rather than close a live connection
+            await swarm.manager.wait_finished()
+
+    swarm._do_handle_inbound_connection = handle
+
+
+async def _close_quietly(conn: Any) -> None:
+    try:
+        await conn.close()
+    except Exception:  # closing a half-open socket may fail in many ways; nothing to do
+        pass
+
+
+def fix_pubsub_seqno(pubsub: Any) -> None:
+    """Start the pubsub sequence number at the current time in nanoseconds, not seconds.
+
+    Message ids are author + seqno (`pubsub/pubsub.py:139-141`), and the seqno counter starts
+    at `int(time.time())` and adds 1 per publish (`pubsub/pubsub.py:478,1797-1800`). A node
+    that published more than one message per second of its life and restarts reuses seqnos;
+    peers then drop its new messages as already seen for `seen_ttl` (120 s). Nanoseconds
+    leave room for a billion publishes a second and still fit the 8-byte field.
+    """
+    pubsub.counter = time.time_ns()
+
+
+def check_port_free(listen: multiaddr.Multiaddr) -> None:
+    """Refuse a fixed listen port that another socket is already listening on.
+
+    The TCP transport sets SO_REUSEPORT on its listen sockets for hole punching
+    (`transport/tcp/tcp.py:44-61,89`), so a second node started on the same port binds
+    without error and the kernel splits incoming connections between the two. A probe bound
+    without SO_REUSEPORT fails while anyone listens there. Port 0 needs no check.
+    """
+    try:
+        port = int(listen.value_for_protocol("tcp"))
+    except Exception:
+        return
+    if port == 0:
+        return
+    for proto, family in (("ip4", socket.AF_INET), ("ip6", socket.AF_INET6)):
+        try:
+            host = listen.value_for_protocol(proto)
+        except Exception:
+            continue
+        if not host:
+            continue
+        probe = socket.socket(family, socket.SOCK_STREAM)
+        try:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # ignore TIME_WAIT
+            probe.bind((host, port))
+        except OSError as exc:
+            raise OSError(exc.errno, f"cannot listen on {listen}: {exc.strerror}") from None
+        finally:
+            probe.close()
+
+
+# --- Log noise ------------------------------------------------------------------------------
+
+
+class _DropStreamOpenFailures(logging.Filter):
+    """libp2p.md item 8: a peer lacking a protocol makes `BasicHost.new_stream` log a multi-line
+    ERROR (`host/basic_host.py:1048`). The overlay reports that failure to its caller as a
+    RemoteError, so the record is only noise."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith("Failed to open stream to peer")
+
+
+_STREAM_OPEN_FILTER = _DropStreamOpenFailures()
+
+
+def quiet_libp2p_logs() -> None:
+    """Turn the `libp2p.*` loggers down; root logging is left alone. Idempotent.
+
+    Called when `overlay` is imported; call it again after importing any further libp2p
+    module, since some turn their own logger up on import.
+
+    - `libp2p` propagates again (the import set propagate=False with no handler, which sent its
+      WARNINGs to `logging.lastResort` on stderr, outside the project's logging config), at
+      WARNING.
+    - `libp2p.kad_dht` at ERROR: each normal DHT stream close logs a WARNING
+      (`kad_dht/kad_dht.py:661`), 1,600+ lines a run (libp2p.md item 8).
+    - the multi-line "Failed to open stream" ERROR of `host/basic_host.py:1048` is dropped.
+    - loggers that libp2p modules turned up to INFO/DEBUG on import inherit again.
+    - `libp2p.pubsub` at ERROR: "fail to deliver message to subscription" is a WARNING per
+      message (`pubsub/pubsub.py:1374`); the overlay drains subscriptions and counts its own
+      drops instead.
+    If LIBP2P_DEBUG is set, libp2p's own debug logging is left untouched.
+    """
+    if os.environ.get("LIBP2P_DEBUG"):
+        return
+    root = logging.getLogger("libp2p")
+    root.propagate = True
+    root.setLevel(logging.WARNING)
+    # Some modules turn their own logger up on import, e.g. `network/auto_connector.py:137`
+    # sets INFO and then logs two lines per 30 s tick. Let every such logger inherit again.
+    for name, existing in list(logging.root.manager.loggerDict.items()):
+        if name.startswith("libp2p.") and isinstance(existing, logging.Logger):
+            if logging.NOTSET < existing.level < logging.WARNING:
+                existing.setLevel(logging.NOTSET)
+    logging.getLogger("libp2p.kad_dht").setLevel(logging.ERROR)
+    logging.getLogger("libp2p.pubsub").setLevel(logging.ERROR)
+    logging.getLogger("libp2p.host.basic_host").addFilter(_STREAM_OPEN_FILTER)  # a set: no dup
