@@ -65,6 +65,7 @@ class Devnet:
     http_url: str = ""
     node_dirs: list[Path] = field(default_factory=list)
     node_info: list[dict] = field(default_factory=list)
+    node_procs: list[subprocess.Popen] = field(default_factory=list)
 
     def _spawn(self, args: list[str], log: Path) -> subprocess.Popen:
         env = dict(os.environ)
@@ -87,16 +88,32 @@ class Devnet:
         self.bootstrap_addr = reader.readline(timeout)
         http_line = reader.readline(timeout)
         self.http_url = http_line.split()[-1].rsplit("/api/stats", 1)[0]
-        starting = []
         for i in range(self.nodes):
             d = self.root / f"node{i + 1}"
             d.mkdir(exist_ok=True)
             self.node_dirs.append(d)
-            starting.append((d, self._spawn(["node", "start", "--bootstrap", self.bootstrap_addr, "--data-dir", str(d),
-                                             "--sandbox", self.sandbox, "--log-level", self.log_level], d / "log")))
-        for d, p in starting:
+            self.node_procs.append(self._spawn_node(d))
+        for d, p in zip(self.node_dirs, self.node_procs):
             self.node_info.append(json.loads(LineReader(p, f"node {d.name}", d / "log").readline(timeout)))
         return self
+
+    def _spawn_node(self, d: Path) -> subprocess.Popen:
+        return self._spawn(["node", "start", "--bootstrap", self.bootstrap_addr, "--data-dir", str(d),
+                            "--sandbox", self.sandbox, "--log-level", self.log_level], d / "log")
+
+    def kill_node(self, i: int) -> None:
+        """SIGKILL node i: no clean shutdown, as when a volunteer's machine loses power."""
+        p = self.node_procs[i]
+        p.kill()
+        p.wait()
+
+    def restart_node(self, i: int, timeout: float = 60.0) -> dict:
+        """Start node i again on its data directory; returns its new ready line."""
+        d = self.node_dirs[i]
+        p = self._spawn_node(d)
+        self.node_procs[i] = p
+        self.node_info[i] = json.loads(LineReader(p, f"node {d.name}", d / "log").readline(timeout))
+        return self.node_info[i]
 
     def info(self, i: int) -> dict:
         return call(self.node_dirs[i] / "control.sock", {"op": "info"}, timeout=10)

@@ -252,7 +252,11 @@ class Agent:
         signed = verify(data, Commit)
         if peer_id_from_public_key(signed.signer) != peer:
             raise RemoteProtocolError("wrong_sender", "commit signed by a key other than the sending peer's")
-        await self._apply(self._own_job(signed.msg.job_id), "commit", signed)
+        job = self._own_job(signed.msg.job_id)
+        earlier = job.commits.get(signed.msg.executor)
+        if earlier is not None and earlier.raw == signed.raw:
+            return wire.ok()  # a retry whose first answer was lost: already applied, not an offence
+        await self._apply(job, "commit", signed)
         return wire.ok()
 
     # --- gossip -------------------------------------------------------------------------------
@@ -337,14 +341,11 @@ class Agent:
         now = now_ms()
         await self.store.insert_job(job_hex, "executor", spec.msg.name, award.signed_spec, "announced", now)
         await self.store.add_job_role(job_hex, "executor")
+        # A repeated award (a restarted submitter re-sends those without a commit) changes nothing:
+        # the execution already under way commits when it is done, and keeps retrying until then.
         if await self.store.insert_execution(job_hex, data, now):
             assert self._nursery is not None
             self._nursery.start_soon(self._execute, award, spec.msg)
-        else:
-            existing = await self.store.get_execution(job_hex)
-            if existing and existing["status"] in ("executed", "committed"):
-                assert self._nursery is not None
-                self._nursery.start_soon(self._send_commit, award, existing["reveal"])
         return wire.ok()
 
     async def _execute(self, award: Award, spec: JobSpec) -> None:
