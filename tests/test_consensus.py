@@ -93,7 +93,7 @@ spec_strategy = st.builds(
     command=st.lists(st.text(max_size=20), min_size=1, max_size=5).map(tuple),
     env=st.dictionaries(st.text(min_size=1, max_size=8), st.text(max_size=8), max_size=4).map(lambda d: tuple(sorted(d.items()))),
     cpu_millis=st.integers(1, 256_000),
-    memory_mb=st.integers(4, 1 << 20),
+    memory_mb=st.integers(6, 1 << 20),
     timeout_s=st.integers(1, 3600),
     replicas=st.integers(1, 16),
     quorum=st.just(1),
