@@ -12,6 +12,15 @@ Applied elsewhere in p2p/ (they are calls, not settings; each carries its own co
   the discovery loop.
 - libp2p.md item 5, star topology (`pubsub/gossipsub.py:1846-1856`) -> `overlay.py`'s
   discovery loop connects nodes to each other, not only to the bootstrap.
+- libp2p.md item 5, 32-slot subscription channel (`pubsub/pubsub.py:124`) -> `overlay.py`
+  drains every subscription in its own task into a 4096-slot channel, counting drops.
+- Found here, not in libp2p.md: a yamux frame write is not shielded from cancellation
+  (`stream_muxer/yamux/yamux.py:874-875`) and Noise splits a 64 KiB frame in two
+  (`security/noise/io.py:68-79`), so a cancelled write corrupts the connection ->
+  `overlay._write_request` never cancels a request write (and `reqresp.py` puts no deadline
+  on response writes).
+- Found here: `host.run()` ignores a failed listen (`host/basic_host.py:590`; `Swarm.listen`
+  returns False, `network/swarm.py:1945`) -> `overlay._run` raises OSError.
 """
 
 from __future__ import annotations
@@ -215,16 +224,28 @@ def check_port_free(listen: multiaddr.Multiaddr) -> None:
 # --- Log noise ------------------------------------------------------------------------------
 
 
-class _DropStreamOpenFailures(logging.Filter):
-    """libp2p.md item 8: a peer lacking a protocol makes `BasicHost.new_stream` log a multi-line
-    ERROR (`host/basic_host.py:1048`). The overlay reports that failure to its caller as a
-    RemoteError, so the record is only noise."""
+class _DropRecordsStartingWith(logging.Filter):
+    """Drops the records of one logger whose message starts with one of `prefixes`."""
+
+    def __init__(self, *prefixes: str) -> None:
+        super().__init__()
+        self._prefixes = prefixes
 
     def filter(self, record: logging.LogRecord) -> bool:
-        return not str(record.msg).startswith("Failed to open stream to peer")
+        return not str(record.msg).startswith(self._prefixes)
 
 
-_STREAM_OPEN_FILTER = _DropStreamOpenFailures()
+# libp2p.md item 8: a peer lacking a protocol makes `BasicHost.new_stream` log a multi-line
+# ERROR (`host/basic_host.py:1048`). The overlay reports that failure to its caller as a
+# RemoteError, so the record is only noise.
+_STREAM_OPEN_FILTER = _DropRecordsStartingWith("Failed to open stream to peer")
+# Every failed TCP dial is an ERROR (`transport/tcp/tcp.py:483`): with the auto-connector and
+# DHT lookups redialing known peers, each peer that went offline logs one every few seconds.
+# Dial failures that matter reach the caller as RemoteError.
+_TCP_DIAL_FILTER = _DropRecordsStartingWith("Failed to open TCP stream")
+# A full subscription channel logs a WARNING per message (`pubsub/pubsub.py:1374`); the
+# overlay drains subscriptions at once and counts its own drops (stats()["gossip_dropped"]).
+_SUBSCRIPTION_FULL_FILTER = _DropRecordsStartingWith("fail to deliver message to subscription")
 
 
 def quiet_libp2p_logs() -> None:
@@ -238,11 +259,12 @@ def quiet_libp2p_logs() -> None:
       WARNING.
     - `libp2p.kad_dht` at ERROR: each normal DHT stream close logs a WARNING
       (`kad_dht/kad_dht.py:661`), 1,600+ lines a run (libp2p.md item 8).
-    - the multi-line "Failed to open stream" ERROR of `host/basic_host.py:1048` is dropped.
+    - the multi-line "Failed to open stream" ERROR of `host/basic_host.py:1048` and the
+      "Failed to open TCP stream" ERROR of every failed dial (`transport/tcp/tcp.py:483`) are
+      dropped.
     - loggers that libp2p modules turned up to INFO/DEBUG on import inherit again.
-    - `libp2p.pubsub` at ERROR: "fail to deliver message to subscription" is a WARNING per
-      message (`pubsub/pubsub.py:1374`); the overlay drains subscriptions and counts its own
-      drops instead.
+    - the "fail to deliver message to subscription" WARNING per message
+      (`pubsub/pubsub.py:1374`) is dropped: the overlay counts its own drops.
     If LIBP2P_DEBUG is set, libp2p's own debug logging is left untouched.
     """
     if os.environ.get("LIBP2P_DEBUG"):
@@ -257,5 +279,6 @@ def quiet_libp2p_logs() -> None:
             if logging.NOTSET < existing.level < logging.WARNING:
                 existing.setLevel(logging.NOTSET)
     logging.getLogger("libp2p.kad_dht").setLevel(logging.ERROR)
-    logging.getLogger("libp2p.pubsub").setLevel(logging.ERROR)
-    logging.getLogger("libp2p.host.basic_host").addFilter(_STREAM_OPEN_FILTER)  # a set: no dup
+    logging.getLogger("libp2p.host.basic_host").addFilter(_STREAM_OPEN_FILTER)  # no duplicates
+    logging.getLogger("libp2p.transport.tcp.tcp").addFilter(_TCP_DIAL_FILTER)
+    logging.getLogger("libp2p.pubsub.pubsub").addFilter(_SUBSCRIPTION_FULL_FILTER)

@@ -36,7 +36,10 @@ if [ ! -x .venv/bin/python ]; then
 fi
 if [ "$(cat "$STAMP" 2>/dev/null || true)" != "$WANT" ]; then
     log "installing Python packages into .venv"
-    .venv/bin/pip install -q --upgrade pip >&2 2>/dev/null || true
-    .venv/bin/pip install -q -e '.[test]' >&2
+    if ! .venv/bin/pip install -q -e '.[test]' >.venv/pip.log 2>&1; then
+        cat .venv/pip.log >&2
+        log "pip install failed (log above, also in .venv/pip.log)"
+        exit 1
+    fi
     echo "$WANT" >"$STAMP"
 fi

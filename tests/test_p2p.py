@@ -24,7 +24,7 @@ import pytest
 import trio
 
 from distributeai.p2p import identity
-from distributeai.p2p.overlay import RemoteError, open_overlay
+from distributeai.p2p.overlay import open_overlay
 
 PEER_SCRIPT = pathlib.Path(__file__).with_name("p2p_peer.py")
 TOPIC = "test/announce"
