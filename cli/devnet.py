@@ -119,16 +119,20 @@ class Devnet:
         return call(self.node_dirs[i] / "control.sock", {"op": "info"}, timeout=10)
 
     def wait_connected(self, timeout: float = 30.0) -> None:
-        """Until every node is connected to every other node (found through the DHT)."""
+        """Until every node is connected to every other node (found through the DHT) and has a
+        gossip mesh on the jobs topic (so that an announcement reaches someone)."""
         ids = {n["peer_id"] for n in self.node_info}
+        want_mesh = min(len(ids), 4)  # the other nodes and the bootstrap, up to gossip's low degree
         deadline = time.monotonic() + timeout
         while True:
             missing = {}
             for i, n in enumerate(self.node_info):
-                seen = set(self.info(i)["peers"])
-                lacking = ids - {n["peer_id"]} - seen
+                info = self.info(i)
+                lacking = ids - {n["peer_id"]} - set(info["peers"])
                 if lacking:
                     missing[n["peer_id"]] = sorted(lacking)
+                elif len(info["mesh_peers"]) < want_mesh:
+                    missing[n["peer_id"]] = f"gossip mesh {info['mesh_peers']}"
             if not missing:
                 return
             if time.monotonic() > deadline:

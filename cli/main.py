@@ -171,12 +171,30 @@ def node_info(data_dir: Path = DataDir, as_json: bool = typer.Option(False, "--j
 
     Example: distributeai node info --data-dir ./node1 --json
     """
-    info = control(data_dir, {"op": "info"}, timeout=10)
+    from distributeai.node.control import call
+    from distributeai.node.daemon import control_path, key_path
+
+    try:
+        info = call(control_path(data_dir), {"op": "info"}, timeout=10)
+        info["running"] = True
+    except (ConnectionError, OSError) as exc:
+        # No node running: what the data directory itself can tell (identity, last addresses).
+        if not key_path(data_dir).exists():
+            fail(f"cannot reach the node: {exc}, and {data_dir} holds no node key", 1)
+        from distributeai.p2p.identity import load_or_create_key, peer_id_from_public_key, public_key_bytes
+
+        last = data_dir / "node.json"
+        info = {
+            "peer_id": peer_id_from_public_key(public_key_bytes(load_or_create_key(key_path(data_dir)))),
+            "multiaddrs": json.loads(last.read_text()).get("multiaddrs", []) if last.exists() else [],
+            "running": False,
+        }
     if as_json:
         typer.echo(json.dumps(info))
         return
-    for key in ("peer_id", "multiaddrs", "sandbox", "peers", "running", "counters", "rejected"):
-        typer.echo(f"{key:12} {info.get(key)}")
+    for key in ("peer_id", "multiaddrs", "running", "sandbox", "peers", "counters", "rejected"):
+        if key in info:
+            typer.echo(f"{key:12} {info[key]}")
 
 
 # --- submitting and watching ------------------------------------------------------------------------

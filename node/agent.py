@@ -50,7 +50,8 @@ from .views import job_view
 log = logging.getLogger("distributeai.node")
 
 TERMINAL = ("verified", "failed")
-COMMIT_RETRIES = 5  # the submitter may be briefly unreachable; each try has its own deadline
+COMMIT_RETRIES = 5
+REANNOUNCE_INTERVAL_S = 1.0  # about one gossip heartbeat: the mesh may have changed by then  # the submitter may be briefly unreachable; each try has its own deadline
 
 
 def now_ms() -> int:
@@ -148,7 +149,19 @@ class Agent:
         self.counters["announced"] += 1
         self._notify()
         await self._consider_bidding(job_id, spec.msg, submitter_peer=self.peer_id)
+        assert self._nursery is not None
+        self._nursery.start_soon(self._reannounce, job, announce)
         return job_id
+
+    async def _reannounce(self, job: SubmitterJob, announce: bytes) -> None:
+        """Gossip is best effort: a publish reaches only the current mesh, and nothing reports a
+        loss. While the job still lacks bidders, publish the same announcement again; receivers
+        that have it already ignore it."""
+        while job.state == "bidding" and len(job.awards) < job.spec.replicas:
+            await trio.sleep(REANNOUNCE_INTERVAL_S)  # a retry period, not synchronization
+            if job.state == "bidding" and len(job.awards) < job.spec.replicas:
+                await self.overlay.publish(JOBS_TOPIC, announce)
+                self.counters["reannounced"] += 1
 
     async def _apply(self, job: SubmitterJob, kind: str, signed: Signed) -> None:
         """Feed one verified input to a submitter job; persist it; then act on it."""
@@ -281,7 +294,10 @@ class Agent:
             job_hex = ann.job_id.hex()
             if not await self.store.insert_job(job_hex, "observer", ann.spec.name, ann.signed_spec,
                                                "announced", now_ms(), list(ann.submitter_addrs)):
-                raise RemoteProtocolError("replay", "job already seen")
+                # The author (checked above; gossip signs it) announcing its job again is a
+                # re-announce for peers that missed it, not a replay by a third party.
+                self.counters["announce_repeats"] += 1
+                return
             self._notify()
             await self._consider_bidding(ann.job_id, ann.spec, message.from_peer, ann.submitter_addrs)
         elif kind == "certificate":
@@ -475,7 +491,8 @@ class Agent:
             "sandbox": self.settings.sandbox_name,
             "sandbox_ok": self._sandbox_ok,
             "peers": sorted(self.overlay.connected_peers()),
-            "running": self.running,
+            "mesh_peers": sorted(self.overlay.gossip_peers(JOBS_TOPIC)),
+            "jobs_running": self.running,
             "active_jobs": sum(1 for j in self.jobs.values() if not j.done),
             "counters": dict(self.counters),
             "rejected": dict(self.rejected),

@@ -40,8 +40,11 @@ def run_demo(tmp_path, sandbox: str, docker_host: str | None = None) -> None:
         for d in net.node_dirs[1:]:
             def verified_there(d=d):
                 seen = cli("job", "status", outcome["job_id"], "--data-dir", str(d), "--json")
-                return seen.returncode == 0 and json.loads(seen.stdout)["status"] == "verified"
-            wait_for(verified_there, 10, f"the certificate at {d.name}")
+                return seen.returncode == 0 and (v := json.loads(seen.stdout))["status"] == "verified" and v
+            view = wait_for(verified_there, 10, f"the certificate at {d.name}")
+            # Each executor ran the job in the sandbox it was asked for.
+            assert view["execution"]["result"]["sandbox"] == sandbox
+            assert view["execution"]["result"]["exit_code"] == 0
         # The bootstrap counted the announcement and the certificate.
         import urllib.request
 

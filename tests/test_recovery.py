@@ -47,6 +47,11 @@ def test_restarted_node_keeps_its_identity_and_its_jobs(tmp_path):
         job = json.loads(out.stdout)
         before = net.node_info[1]["peer_id"]
         net.kill_node(1)
+        # With the node down, `node info` still tells its identity and last addresses.
+        down = cli("node", "info", "--data-dir", str(net.node_dirs[1]), "--json")
+        assert down.returncode == 0, down.stderr
+        assert json.loads(down.stdout) == {"peer_id": before, "multiaddrs": net.node_info[1]["multiaddrs"],
+                                           "running": False}
         assert net.restart_node(1)["peer_id"] == before
         r = cli("job", "status", job["job_id"], "--data-dir", str(net.node_dirs[1]), "--json")
         assert r.returncode == 0, r.stderr
