@@ -20,11 +20,14 @@ import os
 import socket
 from pathlib import Path
 
+from typing import TYPE_CHECKING
+
 import trio
 
 from distributeai.consensus.errors import LocalProtocolError
 
-from .agent import Agent
+if TYPE_CHECKING:  # the CLI imports `call` from here and must not load libp2p for it
+    from .agent import Agent
 
 log = logging.getLogger("distributeai.node.control")
 MAX_REQUEST = 256 * 1024

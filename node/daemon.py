@@ -25,6 +25,7 @@ from distributeai.sandbox import open_sandbox
 from .agent import Agent, NodeSettings, now_ms
 from .bidding import Capacity
 from .control import serve_control
+from .paths import control_path, key_path, last_start_path
 from .store import Store
 
 log = logging.getLogger("distributeai.node")
@@ -40,14 +41,6 @@ class NodeConfig:
     docker_host: str | None = None
     capacity: Capacity = field(default_factory=Capacity)
     price: int = 1
-
-
-def key_path(data_dir: Path) -> Path:
-    return data_dir / "node.key"
-
-
-def control_path(data_dir: Path) -> Path:
-    return data_dir / "control.sock"
 
 
 class DataDirBusy(RuntimeError):
@@ -95,7 +88,7 @@ async def run_node(config: NodeConfig, *, task_status=trio.TASK_STATUS_IGNORED) 
                     await store.upsert_peers([(p, a) for p, a in overlay.known_peers()
                                               if p in set(overlay.connected_peers())], now_ms())
                     info = agent.info()
-                    (data_dir / "node.json").write_text(json.dumps(
+                    last_start_path(data_dir).write_text(json.dumps(
                         {"peer_id": info["peer_id"], "multiaddrs": info["multiaddrs"], "pid": os.getpid()}))
                     log.info("node %s listening on %s", info["peer_id"], " ".join(info["multiaddrs"]))
                     task_status.started(info)
