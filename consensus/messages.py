@@ -18,7 +18,7 @@ Flow (see ARCHITECTURE.md, "A job's life"):
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, ClassVar
 
 from .codec import Envelope, Identity, encode, open_envelope, sha256

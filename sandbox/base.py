@@ -123,10 +123,21 @@ class Sandbox(Protocol):
         """Release the backend's resources; running jobs are not affected."""
 
 
-def exec_failure_message(argv0: str, code: int) -> bytes:
-    """stderr of a job whose argv[0] could not be executed; the same bytes from every backend."""
+def exec_failure_result(argv0: str, code: int, duration_s: float, sandbox: str) -> RunResult:
+    """The result of a job whose argv[0] could not be executed (exit 127 or 126, as a shell
+    reports it); the same exit code and stderr bytes from every backend."""
     why = "not found" if code == EXIT_NOT_FOUND else "permission denied"
-    return f"sandbox: cannot execute {argv0}: {why}\n".encode()
+    return RunResult(
+        exit_code=code,
+        stdout=b"",
+        stderr=f"sandbox: cannot execute {argv0}: {why}\n".encode(),
+        timed_out=False,
+        oom_killed=False,
+        stdout_truncated=False,
+        stderr_truncated=False,
+        duration_s=duration_s,
+        sandbox=sandbox,
+    )
 
 
 def warn(log: LogSink, message: str) -> None:

@@ -32,7 +32,7 @@ from .base import (
     RunRequest,
     RunResult,
     SandboxError,
-    exec_failure_message,
+    exec_failure_result,
     warn,
 )
 
@@ -204,17 +204,7 @@ class DockerSandbox:
             code = _exec_failure_code(str(e.explanation or e))
             if code is None:
                 raise SandboxError("start_failed", str(e.explanation or e)) from e
-            return RunResult(
-                exit_code=code,
-                stdout=b"",
-                stderr=exec_failure_message(req.command[0], code),
-                timed_out=False,
-                oom_killed=False,
-                stdout_truncated=False,
-                stderr_truncated=False,
-                duration_s=time.monotonic() - started,
-                sandbox=NAME,
-            )
+            return exec_failure_result(req.command[0], code, time.monotonic() - started, NAME)
         timed_out = False
         remaining = req.timeout_s - (time.monotonic() - started)
         try:

@@ -37,7 +37,7 @@ from .base import (
     RunRequest,
     RunResult,
     SandboxError,
-    exec_failure_message,
+    exec_failure_result,
     warn,
 )
 
@@ -249,14 +249,4 @@ class ProcessSandbox:
         )
 
     def _exec_failure(self, req: RunRequest, code: int, started: float) -> RunResult:
-        return RunResult(
-            exit_code=code,
-            stdout=b"",
-            stderr=exec_failure_message(req.command[0], code),
-            timed_out=False,
-            oom_killed=False,
-            stdout_truncated=False,
-            stderr_truncated=False,
-            duration_s=time.monotonic() - started,
-            sandbox=NAME,
-        )
+        return exec_failure_result(req.command[0], code, time.monotonic() - started, NAME)

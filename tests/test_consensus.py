@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import os
 
 import msgpack
 import pytest
-from hypothesis import given, settings
+from hypothesis import given
 from hypothesis import strategies as st
 
 from distributeai.consensus.certificate import verify_certificate
