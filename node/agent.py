@@ -365,6 +365,14 @@ class Agent:
         return wire.ok()
 
     async def _execute(self, award: Award, spec: JobSpec) -> None:
+        """Task boundary: whatever goes wrong with one job is that job's failure, never the node's."""
+        try:
+            await self._execute_job(award, spec)
+        except Exception:
+            log.exception("execution of %s failed unexpectedly", award.job_id.hex()[:12])
+            await self.store.update_execution(award.job_id.hex(), now_ms(), status="failed", reason="internal error")
+
+    async def _execute_job(self, award: Award, spec: JobSpec) -> None:
         job_hex = award.job_id.hex()
         self.running += 1
         try:

@@ -13,7 +13,8 @@ from distributeai.consensus.codec import Identity, decode_canonical, encode
 from distributeai.consensus.errors import JobFileError, RemoteProtocolError
 from distributeai.consensus.jobfile import parse_job
 from distributeai.consensus.messages import (
-    Announce, Award, Bid, Certificate, Commit, JobSpec, Reveal, RevealRequest, job_id_of, sign, verify,
+    MESSAGE_TYPES, Announce, Award, Bid, Certificate, Commit, JobSpec, Reveal, RevealRequest, job_id_of, sign,
+    verify,
 )
 from distributeai.consensus.results import result_hash, seal
 from distributeai.consensus.submitter import (
@@ -80,6 +81,43 @@ def test_decoding_arbitrary_bytes_never_crashes(data):
             verify(data, t)
         except RemoteProtocolError:
             pass
+
+
+@given(st.sampled_from(sorted(MESSAGE_TYPES)), st.lists(values, max_size=14))
+def test_signed_envelopes_with_arbitrary_bodies_are_rejected_cleanly(kind, body):
+    """A correctly signed envelope whose body has the wrong shape or types is a RemoteProtocolError,
+    never another exception."""
+    raw = SUBMITTER.sign(kind, body)
+    try:
+        verify(raw, MESSAGE_TYPES[kind])
+    except RemoteProtocolError:
+        pass
+
+
+def valid_bodies() -> dict[str, list]:
+    spec = make_spec()
+    spec_raw = sign(SUBMITTER, spec)
+    jid = job_id_of(spec_raw)
+    ex = EXECUTORS[0].public_key
+    msgs = [spec, Announce(spec_raw, ("/ip4/127.0.0.1/tcp/1",)), Bid(jid, ex, 1, 1000, 256, ("docker",), NOW),
+            Award(jid, ex, 0, NOW, spec_raw), Commit(jid, ex, b"s" * 32), RevealRequest(jid, ex),
+            Reveal(jid, ex, b"h" * 32, 0, b"out", False, False),
+            Certificate(jid, "failed", b"", spec_raw, (), (), NOW)]
+    return {m.kind: m.to_body() for m in msgs}
+
+
+VALID_BODIES = valid_bodies()
+
+
+@given(st.sampled_from(sorted(VALID_BODIES)), st.data())
+def test_one_field_replaced_by_anything_is_rejected_cleanly(kind, data):
+    body = list(VALID_BODIES[kind])
+    index = data.draw(st.integers(0, len(body) - 1))
+    body[index] = data.draw(values)
+    try:
+        verify(SUBMITTER.sign(kind, body), MESSAGE_TYPES[kind])
+    except RemoteProtocolError:
+        pass
 
 
 spec_strategy = st.builds(
