@@ -121,6 +121,7 @@ def node_start(
     cpu: float = typer.Option(2.0, help="Cores this node offers to jobs."),
     memory_mb: int = typer.Option(2048, help="Memory in MiB this node offers to jobs."),
     max_jobs: int = typer.Option(4, help="Jobs run at once."),
+    genesis_credits: int = typer.Option(100, help="Credits every identity starts with, in this node's view."),
     log_level: str = typer.Option("info", help="debug, info, warning or error."),
 ) -> None:
     """Start a volunteer node: discover peers, bid on jobs, run them, verify results.
@@ -140,7 +141,7 @@ def node_start(
 
     config = NodeConfig(data_dir=data_dir, bootstrap=tuple(bootstrap), listen=listen, sandbox=sandbox,
                         docker_host=docker_host,
-                        capacity=Capacity(int(cpu * 1000), memory_mb, max_jobs))
+                        capacity=Capacity(int(cpu * 1000), memory_mb, max_jobs), genesis_credits=genesis_credits)
     import trio
 
     async def serve() -> None:
@@ -192,7 +193,8 @@ def node_info(data_dir: Path = DataDir, as_json: bool = typer.Option(False, "--j
     if as_json:
         typer.echo(json.dumps(info))
         return
-    for key in ("peer_id", "multiaddrs", "running", "sandbox", "peers", "counters", "rejected"):
+    for key in ("peer_id", "multiaddrs", "running", "sandbox", "reputation", "credits", "peers", "counters",
+                "rejected"):
         if key in info:
             typer.echo(f"{key:12} {info[key]}")
 
@@ -235,6 +237,9 @@ def submit(
     quorum: Optional[int] = typer.Option(None, help="Executors that must agree (k). Default 2."),
     timeout: Optional[int] = typer.Option(None, help="Seconds a job may run. Default 60."),
     price: Optional[int] = typer.Option(None, help="Credits paid to each agreeing executor. Default 1."),
+    max_error_results: Optional[int] = typer.Option(None, help="Executors that may fail before the job does. Default 3."),
+    max_total_results: Optional[int] = typer.Option(None, help="Awards in all, replacements included. Default 2n."),
+    result_deadline: Optional[int] = typer.Option(None, help="Seconds from award to commit per executor. Default timeout + 30."),
     no_wait: bool = typer.Option(False, "--no-wait", help="Print the job id and return at once."),
     as_json: bool = typer.Option(False, "--json", help="Print the outcome as one JSON object."),
 ) -> None:
@@ -264,7 +269,9 @@ def submit(
     else:
         fail("nothing to submit: give -f FILE or --image IMAGE --cmd ARG ...")
     if isinstance(doc, dict):
-        for key, value in (("replicas", replicas), ("quorum", quorum), ("timeout", timeout), ("price", price)):
+        for key, value in (("replicas", replicas), ("quorum", quorum), ("timeout", timeout), ("price", price),
+                           ("max_error_results", max_error_results), ("max_total_results", max_total_results),
+                           ("result_deadline", result_deadline)):
             if value is not None:
                 doc[key] = value
     try:
@@ -292,10 +299,25 @@ def submit(
     view = answer
     while time.monotonic() < deadline:
         view = control(data_dir, {"op": "wait", "job_id": job_hex, "timeout": 30}, timeout=60)
-        if view.get("status") in ("verified", "failed"):
+        if view.get("status") in ("verified", "failed", "nondeterministic"):
             break
     print_job(view, as_json)
     raise typer.Exit(0 if view.get("status") == "verified" else 1)
+
+
+@app.command()
+def credits(data_dir: Path = DataDir, as_json: bool = typer.Option(False, "--json", help="Print JSON.")) -> None:
+    """Show this node's credit balance and its last transfers, in its own view.
+
+    Example: distributeai credits --data-dir ./node1 --json
+    """
+    answer = control(data_dir, {"op": "credits"}, timeout=10)
+    if as_json:
+        typer.echo(json.dumps(answer))
+        return
+    typer.echo(f"balance  {answer['balance']} credits (genesis grant {answer['genesis']})")
+    for t in answer["transfers"]:
+        typer.echo(f"{t['amount']:+6d}  job {t['job_id'][:16]}  {t['from'][-8:]} -> {t['to'][-8:]}")
 
 
 @job_app.command("status")

@@ -54,10 +54,20 @@ def verify_certificate(raw: bytes) -> CheckedCertificate:
         if compute_result_hash(r.exit_code, r.timed_out, r.stdout, r.stdout_truncated) != r.result_hash:
             raise RemoteProtocolError("bad_reveal", "reveal's hash does not match its output")
         reveals[r.executor] = r
-    result = tally({e: r.result_hash for e, r in reveals.items()}, spec.quorum)
+    votes = {e: r.result_hash for e, r in reveals.items()}
+    result = tally(votes, spec.quorum)
     if cert.status == "verified":
         if result.outcome != "verified" or result.result_hash != cert.result_hash:
             raise RemoteProtocolError("bad_verdict", "the reveals do not support the claimed result")
     elif result.outcome == "verified":
-        raise RemoteProtocolError("bad_verdict", "certificate says failed but the reveals agree")
+        raise RemoteProtocolError("bad_verdict", f"certificate says {cert.status} but the reveals agree")
+    elif cert.status == "nondeterministic" and not is_nondeterministic(votes):
+        raise RemoteProtocolError("bad_verdict", "nondeterministic needs two or more reveals, no two alike")
+    if cert.status != "verified" and cert.result_hash:
+        raise RemoteProtocolError("bad_verdict", "only a verified certificate names a result")
     return CheckedCertificate(cert, spec, awards, reveals, result, raw)
+
+
+def is_nondeterministic(votes: dict[bytes, bytes]) -> bool:
+    """At least two results and no two alike: the job itself does not give one answer."""
+    return len(votes) >= 2 and len(set(votes.values())) == len(votes)

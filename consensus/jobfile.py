@@ -2,7 +2,9 @@
 
 Accepts the seed's job files, `{"name", "docker_image", "command": [...], "required_cpu",
 "required_memory"}`, and this project's names (`image`, `cpu`, `memory_mb`, `timeout`, `replicas`,
-`quorum`, `price`, `env`). `required_cpu` / `cpu` are cores (a number); `required_memory` /
+`quorum`, `price`, `env`) and BOINC's policy names: `target_nresults` (= replicas, n), `min_quorum`
+(= quorum, k), `max_error_results`, `max_total_results`, `result_deadline` (seconds from award to
+commit; default: timeout + 30). `required_cpu` / `cpu` are cores (a number); `required_memory` /
 `memory_mb` are MiB as an integer, or a string with a unit (`"512m"`, `"1g"`, `"256Mi"`).
 Every problem raises `JobFileError` naming the field.
 """
@@ -13,12 +15,16 @@ import re
 from typing import Any
 
 from .errors import JobFileError
-from .messages import MAX_REPLICAS
+from .messages import MAX_REPLICAS, MAX_TOTAL_RESULTS
 
-DEFAULTS = {"replicas": 3, "quorum": 2, "timeout": 60, "price": 1, "cpu": 1.0, "memory_mb": 256}
+DEFAULTS = {"replicas": 3, "quorum": 2, "timeout": 60, "price": 1, "cpu": 1.0, "memory_mb": 256,
+            "max_error_results": 3}
+RESULT_GRACE_S = 30  # default result deadline beyond the job's timeout: sandbox start, image, upload
+ALIASES = {"target_nresults": "replicas", "min_quorum": "quorum"}  # BOINC's names
 KNOWN = {
     "name", "docker_image", "image", "command", "required_cpu", "cpu", "required_memory",
-    "memory_mb", "timeout", "replicas", "quorum", "price", "env",
+    "memory_mb", "timeout", "replicas", "quorum", "price", "env", "max_error_results",
+    "max_total_results", "result_deadline", *ALIASES,
 }
 
 
@@ -48,6 +54,12 @@ def parse_job(doc: Any) -> dict:
     unknown = sorted(set(doc) - KNOWN)
     if unknown:
         raise JobFileError(unknown[0], "is not a known job field")
+    doc = dict(doc)
+    for alias, name in ALIASES.items():
+        if alias in doc:
+            if name in doc and doc[name] != doc[alias]:
+                raise JobFileError(alias, f"contradicts {name}")
+            doc[name] = doc.pop(alias)
     image_field = "docker_image" if "docker_image" in doc else "image"
     image = doc.get(image_field)
     if not isinstance(image, str) or not image.strip() or len(image) > 512:
@@ -67,14 +79,21 @@ def parse_job(doc: Any) -> dict:
     mem_field = "required_memory" if "required_memory" in doc else "memory_mb"
     memory_mb = _memory_mb(doc.get(mem_field, DEFAULTS["memory_mb"]), mem_field)
     ints = {}
-    for key, lo, hi in (("timeout", 1, 7 * 24 * 3600), ("replicas", 1, MAX_REPLICAS),
-                        ("quorum", 1, MAX_REPLICAS), ("price", 0, 2**53)):
-        v = doc.get(key, DEFAULTS[key])
+
+    def integer(key: str, lo: int, hi: int, default: int) -> int:
+        v = doc.get(key, default)
         if isinstance(v, bool) or not isinstance(v, int) or not lo <= v <= hi:
             raise JobFileError(key, f"must be an integer between {lo} and {hi}")
-        ints[key] = v
+        return v
+
+    for key, lo, hi in (("timeout", 1, 7 * 24 * 3600), ("replicas", 1, MAX_REPLICAS),
+                        ("quorum", 1, MAX_REPLICAS), ("price", 0, 2**53), ("max_error_results", 0, 4 * MAX_REPLICAS)):
+        ints[key] = integer(key, lo, hi, DEFAULTS[key])
     if ints["quorum"] > ints["replicas"]:
         raise JobFileError("quorum", "must not exceed replicas")
+    ints["max_total_results"] = integer("max_total_results", ints["replicas"], MAX_TOTAL_RESULTS,
+                                        min(MAX_TOTAL_RESULTS, 2 * ints["replicas"]))
+    ints["result_deadline"] = integer("result_deadline", 1, 30 * 24 * 3600, ints["timeout"] + RESULT_GRACE_S)
     env = doc.get("env", {})
     if not isinstance(env, dict) or not all(isinstance(k, str) and k and isinstance(v, str) for k, v in env.items()):
         raise JobFileError("env", "must be an object of string names to string values")
@@ -89,4 +108,7 @@ def parse_job(doc: Any) -> dict:
         "replicas": ints["replicas"],
         "quorum": ints["quorum"],
         "price": ints["price"],
+        "max_error_results": ints["max_error_results"],
+        "max_total_results": ints["max_total_results"],
+        "result_deadline_s": ints["result_deadline"],
     }

@@ -11,6 +11,7 @@ Flow (see ARCHITECTURE.md, "A job's life"):
   Bid       executor -> submitter: price, capacity, sandbox kinds.
   Award     submitter -> executor: one slot of the job, with a deadline.
   Commit    executor -> submitter: seal = H(executor || job_id || result_hash).
+  Withdraw  executor -> submitter: cannot deliver; award a replacement now.
   RevealRequest submitter -> executor, only after the commit phase closed.
   Reveal    executor -> submitter: result hash, exit code, stdout.
   Certificate gossip: the verdict with the signed awards and reveals it rests on.
@@ -24,21 +25,25 @@ from typing import Any, ClassVar
 from .codec import Envelope, Identity, encode, open_envelope, sha256
 from .errors import RemoteProtocolError
 
-# Size caps per kind (bytes of the whole envelope). A reveal carries stdout, a certificate carries
-# up to n reveals plus awards, so they get more room than the small control messages.
-STDOUT_CAP = 64 * 1024
+# Size caps per kind (bytes of the whole envelope). A reveal carries stdout; a certificate carries
+# the spec and up to MAX_TOTAL_RESULTS awards and reveals, and must still fit one gossip message
+# (the overlay's default cap is 1 MiB).
+STDOUT_CAP = 32 * 1024
+MAX_REPLICAS = 16
+MAX_TOTAL_RESULTS = 16
+CERTIFICATE_STATUSES = ("verified", "failed", "nondeterministic")
 MAX_SIZE = {
     "spec": 64 * 1024,
-    "announce": 72 * 1024,
-    "bid": 2 * 1024,
-    "award": 72 * 1024 + 1024,
+    "announce": 66 * 1024,
+    "bid": 1024,
+    "award": 1024,
     "commit": 1024,
+    "withdraw": 1024,
     "reveal_request": 1024,
-    "reveal": STDOUT_CAP + 4 * 1024,
-    "certificate": 16 * (STDOUT_CAP + 8 * 1024),
+    "reveal": STDOUT_CAP + 1024,
 }
+MAX_SIZE["certificate"] = MAX_SIZE["spec"] + MAX_TOTAL_RESULTS * (MAX_SIZE["reveal"] + MAX_SIZE["award"]) + 1024
 MAX_ENVELOPE = max(MAX_SIZE.values())
-MAX_REPLICAS = 16
 
 
 def _fail(name: str, why: str = "") -> RemoteProtocolError:
@@ -97,20 +102,32 @@ class JobSpec:
     cpu_millis: int = 1000
     memory_mb: int = 256
     timeout_s: int = 60
-    replicas: int = 3
-    quorum: int = 2
-    price: int = 1
+    replicas: int = 3            # BOINC's target_nresults (n)
+    quorum: int = 2              # BOINC's min_quorum (k)
+    price: int = 1               # credits paid to each agreeing executor
+    max_error_results: int = 3   # executors that may fail, time out or vanish before the job fails
+    max_total_results: int = 6   # awards in all, replacements included
+    result_deadline_s: int = 90  # BOINC's delay_bound: from award to commit, per executor
 
     def to_body(self) -> list:
         return [
             self.submitter, self.nonce, self.created_ms, self.name, self.image,
             list(self.command), [list(p) for p in sorted(self.env)], self.cpu_millis,
             self.memory_mb, self.timeout_s, self.replicas, self.quorum, self.price,
+            self.max_error_results, self.max_total_results, self.result_deadline_s,
         ]
+
+    @property
+    def min_quorum(self) -> int:
+        return self.quorum
+
+    @property
+    def target_nresults(self) -> int:
+        return self.replicas
 
     @classmethod
     def from_body(cls, body: list) -> "JobSpec":
-        _arity(body, 13, "spec")
+        _arity(body, 16, "spec")
         command = tuple(_str(a, "command[]", 4096) for a in _list(body[5], "command", 256))
         if not command:
             raise _fail("command", "must not be empty")
@@ -136,9 +153,14 @@ class JobSpec:
             replicas=_int(body[10], "replicas", 1, MAX_REPLICAS),
             quorum=_int(body[11], "quorum", 1, MAX_REPLICAS),
             price=_int(body[12], "price", 0, 2**53),
+            max_error_results=_int(body[13], "max_error_results", 0, 4 * MAX_REPLICAS),
+            max_total_results=_int(body[14], "max_total_results", 1, MAX_TOTAL_RESULTS),
+            result_deadline_s=_int(body[15], "result_deadline_s", 1, 30 * 24 * 3600),
         )
         if spec.quorum > spec.replicas:
             raise _fail("quorum", "must not exceed replicas")
+        if spec.max_total_results < spec.replicas:
+            raise _fail("max_total_results", "must be at least replicas")
         return spec
 
 
@@ -193,7 +215,8 @@ class Bid:
 
 @dataclass(frozen=True)
 class Award:
-    """One executor slot. Carries the signed spec so the executor needs nothing else to run."""
+    """One executor slot of a job, with the deadline for its commit. The executor already holds
+    the signed spec: it came in the announcement the executor bid on."""
 
     kind: ClassVar[str] = "award"
     author: ClassVar[str | None] = None  # the submitter; checked against the spec by the caller
@@ -201,20 +224,18 @@ class Award:
     executor: bytes
     slot: int
     deadline_ms: int
-    signed_spec: bytes
 
     def to_body(self) -> list:
-        return [self.job_id, self.executor, self.slot, self.deadline_ms, self.signed_spec]
+        return [self.job_id, self.executor, self.slot, self.deadline_ms]
 
     @classmethod
     def from_body(cls, body: list) -> "Award":
-        _arity(body, 5, "award")
+        _arity(body, 4, "award")
         return cls(
             job_id=_bytes(body[0], "job_id", 32),
             executor=_bytes(body[1], "executor", 32),
-            slot=_int(body[2], "slot", 0, 1024),
+            slot=_int(body[2], "slot", 0, MAX_TOTAL_RESULTS),
             deadline_ms=_int(body[3], "deadline_ms"),
-            signed_spec=_bytes(body[4], "signed_spec", max_len=MAX_SIZE["spec"]),
         )
 
 
@@ -233,6 +254,26 @@ class Commit:
     def from_body(cls, body: list) -> "Commit":
         _arity(body, 3, "commit")
         return cls(_bytes(body[0], "job_id", 32), _bytes(body[1], "executor", 32), _bytes(body[2], "seal", 32))
+
+
+@dataclass(frozen=True)
+class Withdraw:
+    """Executor -> submitter: this executor cannot deliver (sandbox failure, image missing), so
+    the submitter can award a replacement at once instead of waiting for the deadline."""
+
+    kind: ClassVar[str] = "withdraw"
+    author: ClassVar[str | None] = "executor"
+    job_id: bytes
+    executor: bytes
+    reason: str
+
+    def to_body(self) -> list:
+        return [self.job_id, self.executor, self.reason]
+
+    @classmethod
+    def from_body(cls, body: list) -> "Withdraw":
+        _arity(body, 3, "withdraw")
+        return cls(_bytes(body[0], "job_id", 32), _bytes(body[1], "executor", 32), _str(body[2], "reason", 200))
 
 
 @dataclass(frozen=True)
@@ -292,8 +333,8 @@ class Certificate:
     kind: ClassVar[str] = "certificate"
     author: ClassVar[str | None] = None  # the submitter; checked against the spec by the caller
     job_id: bytes
-    status: str  # "verified" | "failed"
-    result_hash: bytes  # b"" when failed
+    status: str  # "verified" | "failed" | "nondeterministic"
+    result_hash: bytes  # b"" unless verified
     signed_spec: bytes
     awards: tuple[bytes, ...]
     reveals: tuple[bytes, ...]
@@ -307,8 +348,8 @@ class Certificate:
     def from_body(cls, body: list) -> "Certificate":
         _arity(body, 7, "certificate")
         status = _str(body[1], "status", 16)
-        if status not in ("verified", "failed"):
-            raise _fail("status", "must be verified or failed")
+        if status not in CERTIFICATE_STATUSES:
+            raise _fail("status", f"must be one of {', '.join(CERTIFICATE_STATUSES)}")
         rh = _bytes(body[2], "result_hash", max_len=32)
         if len(rh) not in (0, 32):
             raise _fail("result_hash", "must be empty or 32 bytes")
@@ -317,14 +358,14 @@ class Certificate:
             status=status,
             result_hash=rh,
             signed_spec=_bytes(body[3], "signed_spec", max_len=MAX_SIZE["spec"]),
-            awards=tuple(_bytes(a, "awards[]", max_len=MAX_SIZE["award"]) for a in _list(body[4], "awards", 4 * MAX_REPLICAS)),
-            reveals=tuple(_bytes(r, "reveals[]", max_len=MAX_SIZE["reveal"]) for r in _list(body[5], "reveals", 4 * MAX_REPLICAS)),
+            awards=tuple(_bytes(a, "awards[]", max_len=MAX_SIZE["award"]) for a in _list(body[4], "awards", MAX_TOTAL_RESULTS)),
+            reveals=tuple(_bytes(r, "reveals[]", max_len=MAX_SIZE["reveal"]) for r in _list(body[5], "reveals", MAX_TOTAL_RESULTS)),
             created_ms=_int(body[6], "created_ms"),
         )
 
 
 MESSAGE_TYPES: dict[str, type] = {
-    t.kind: t for t in (JobSpec, Announce, Bid, Award, Commit, RevealRequest, Reveal, Certificate)
+    t.kind: t for t in (JobSpec, Announce, Bid, Award, Commit, Withdraw, RevealRequest, Reveal, Certificate)
 }
 
 

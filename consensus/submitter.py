@@ -2,40 +2,55 @@
 
 `SubmitterJob` never does I/O and never reads a clock: every input carries `now_ms`, and every
 method returns a list of actions for the adapter (node/) to carry out. It signs awards, reveal
-requests and the certificate with the submitter's identity, which is pure computation.
+requests and the certificate with the submitter's identity, which is pure computation. Anything
+that depends on the node's changing view (a bidder's reputation) is passed in with the input, so
+replaying stored inputs rebuilds exactly the same job.
 
-States and transitions:
-    bidding    --bid (until n awarded)------------------------> executing
-    executing  --all awarded executors committed--------------> revealing
-    executing  --commit deadline, >= k commits----------------> revealing
-    executing  --commit deadline, < k commits-----------------> failed("too_few_commits")
-    bidding    --bid deadline, < k bidders--------------------> failed("too_few_bids")
-    bidding    --bid deadline, >= k bidders-------------------> executing (awards what it has)
-    revealing  --all committed executors revealed-------------> verified | failed("no_quorum")
-    revealing  --reveal deadline-------------------------------> verified | failed("no_quorum")
-Awards go to the first n bidders (ranking by reputation and price comes later); one peer never holds
-two slots. Messages that are illegal in the current state raise `RemoteProtocolError` and change
-nothing.
+The job's life, with BOINC's names for the policy (all in the signed spec):
+- bidding: bids are collected for `bid_window_ms`, then ranked (reputation, then price, then fit,
+  then H(job_id || bidder), which no bidder can predict before the announcement) and the best
+  `target_nresults` (n) bidders are awarded. One peer never holds two slots.
+- running: each award has a deadline (`result_deadline_s`, BOINC's delay_bound). An executor that
+  withdraws, misses its deadline, cannot be reached, or reveals something that breaks its seal is
+  an error; it is replaced from the remaining bids (or, with none left, the adapter re-announces)
+  until `max_total_results` awards were made. More than `max_error_results` errors fail the job.
+- the commit phase closes once `min_quorum` (k) executors have committed, or once no awarded
+  executor is still expected to commit. Only then are reveals requested, each executor's own
+  once it has committed: a reveal goes to the submitter alone, so nobody can copy a revealed hash
+  into a commit, and a copied commit names the wrong executor (see results.seal).
+- the tally decides as soon as the outstanding results can no longer change the outcome:
+  verified (k agree and lead), nondeterministic (n or more results, no two alike: reported, not
+  punished), failed (with the reason). If the results in hand are inconclusive but could still
+  reach k, further executors are awarded, within `max_total_results`.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from .codec import Identity
+from .certificate import is_nondeterministic
+from .codec import Identity, sha256
 from .errors import RemoteProtocolError
 from .messages import (
-    Award, Bid, Certificate, Commit, JobSpec, Reveal, RevealRequest, Signed, job_id_of, sign,
+    Award, Bid, Certificate, Commit, JobSpec, Reveal, RevealRequest, Signed, Withdraw, job_id_of, sign,
 )
 from .results import result_hash as compute_result_hash
 from .results import seal as compute_seal
 from .tally import Tally, tally
 
-# Default phase lengths. Bids come within a gossip round trip, so a few seconds is generous; the
-# commit deadline adds the job's own timeout to time for pulling an image and starting a sandbox.
-BID_WINDOW_MS = 10_000
-START_GRACE_MS = 30_000
-REVEAL_WINDOW_MS = 10_000
+TERMINAL = ("verified", "failed", "nondeterministic")
+# Slot states. An executor's slot is live while awarded/committed/revealed; every other value is
+# the reason it ended without a usable result.
+LIVE = ("awarded", "committed", "revealed")
+
+
+@dataclass(frozen=True)
+class Timing:
+    """The submitter's own timing, not part of the spec. Each default has its reason."""
+
+    bid_window_ms: int = 300      # bids arrive within a gossip round trip (~10 ms here); 300 ms lets slower peers in
+    bid_wait_ms: int = 15_000     # short of executors with no bid for this long: give up
+    reveal_window_ms: int = 10_000  # a reveal is a stored answer; 10 s covers a busy peer
 
 
 @dataclass(frozen=True)
@@ -56,13 +71,28 @@ class PublishCertificate:
 
 
 @dataclass(frozen=True)
+class Penalize:
+    """An offence this submitter saw itself; it lowers `executor`'s reputation in its view only."""
+
+    executor: bytes
+    reason: str
+
+
+@dataclass(frozen=True)
 class Finished:
-    status: str  # "verified" | "failed"
+    status: str  # "verified" | "failed" | "nondeterministic"
     reason: str
     tally: Tally | None
 
 
-Action = SendAward | RequestReveal | PublishCertificate | Finished
+Action = SendAward | RequestReveal | PublishCertificate | Penalize | Finished
+
+
+def rank_key(job_id: bytes, bid: Bid, spec: JobSpec, reputation: int) -> tuple:
+    """Higher reputation first, then lower price, then more headroom (fit), then a hash of the job
+    id and the bidder that no bidder can predict before the job is announced."""
+    fit = min(bid.cpu_millis * 1000 // max(1, spec.cpu_millis), bid.memory_mb * 1000 // max(1, spec.memory_mb))
+    return (-reputation, bid.price, -fit, sha256(job_id + bid.bidder))
 
 
 @dataclass
@@ -71,137 +101,235 @@ class SubmitterJob:
     signed_spec: bytes
     spec: JobSpec
     started_ms: int
-    bid_window_ms: int = BID_WINDOW_MS
-    start_grace_ms: int = START_GRACE_MS
-    reveal_window_ms: int = REVEAL_WINDOW_MS
+    timing: Timing = field(default_factory=Timing)
     state: str = "bidding"
     reason: str = ""
     bids: dict[bytes, Signed] = field(default_factory=dict)
+    rank: dict[bytes, tuple] = field(default_factory=dict)
     awards: dict[bytes, Signed] = field(default_factory=dict)
+    slot: dict[bytes, str] = field(default_factory=dict)
     commits: dict[bytes, Signed] = field(default_factory=dict)
     reveals: dict[bytes, Signed] = field(default_factory=dict)
+    reveal_asked_ms: dict[bytes, int] = field(default_factory=dict)
+    commit_closed: bool = False
+    errors: int = 0
+    extra: int = 0  # executors wanted beyond n, when the results in hand are inconclusive
+    starved_since_ms: int | None = None
+    history: list[tuple[int, str, bytes, str]] = field(default_factory=list)
     result: Tally | None = None
     certificate: bytes | None = None
-    phase_deadline_ms: int = 0
 
     def __post_init__(self) -> None:
         self.job_id = job_id_of(self.signed_spec)
-        self.phase_deadline_ms = self.started_ms + self.bid_window_ms
 
     @property
     def done(self) -> bool:
-        return self.state in ("verified", "failed")
+        return self.state in TERMINAL
+
+    @property
+    def wants_bids(self) -> bool:
+        """Short of executors with no unawarded bid left: the adapter should re-announce."""
+        return not self.done and (self.state == "bidding" and len(self.bids) < self.spec.replicas
+                                  or self.starved_since_ms is not None)
+
+    def next_deadline_ms(self) -> int | None:
+        if self.done:
+            return None
+        times = []
+        if self.state == "bidding":
+            times.append(self.started_ms + self.timing.bid_window_ms)
+        times += [a.msg.deadline_ms for e, a in self.awards.items() if self.slot[e] == "awarded"]
+        times += [t + self.timing.reveal_window_ms for e, t in self.reveal_asked_ms.items()
+                  if self.slot[e] == "committed"]
+        if self.starved_since_ms is not None:
+            times.append(self.starved_since_ms + self.timing.bid_wait_ms)
+        return min(times) if times else None
 
     # --- inputs -------------------------------------------------------------------------------
 
-    def receive_bid(self, bid: Signed, now_ms: int) -> list[Action]:
+    def receive_bid(self, bid: Signed, now_ms: int, reputation: int = 0) -> list[Action]:
+        """`reputation` is the bidder's reputation in this node's view when the bid arrived."""
         b: Bid = bid.msg
         self._check_job(b.job_id, "bid")
-        if self.state != "bidding":
-            raise RemoteProtocolError("late_bid", "bidding has closed")
+        if self.done:
+            raise RemoteProtocolError("job_finished", "the job has ended")
         if b.bidder in self.bids:
             raise RemoteProtocolError("duplicate", "peer already bid")
         self.bids[b.bidder] = bid
-        actions: list[Action] = [self._award(b.bidder, now_ms)]
-        if len(self.awards) >= self.spec.replicas:
-            actions += self._enter_executing(now_ms)
-        return actions
+        self.rank[b.bidder] = rank_key(self.job_id, b, self.spec, reputation)
+        return [] if self.state == "bidding" else self._advance(now_ms)
 
     def receive_commit(self, commit: Signed, now_ms: int) -> list[Action]:
         c: Commit = commit.msg
         self._check_job(c.job_id, "commit")
         if c.executor not in self.awards:
             raise RemoteProtocolError("not_awarded", "commit from a peer without an award")
-        if self.state not in ("bidding", "executing"):
-            raise RemoteProtocolError("late_commit", "the commit phase has closed")
-        if c.executor in self.commits:
+        if self.done:
+            raise RemoteProtocolError("job_finished", "the job has ended")
+        status = self.slot[c.executor]
+        if status in ("committed", "revealed"):
             raise RemoteProtocolError("duplicate", "executor already committed")
+        if status != "awarded" or now_ms > self.awards[c.executor].msg.deadline_ms:
+            raise RemoteProtocolError("late_commit", "the executor's commit deadline has passed")
         self.commits[c.executor] = commit
-        if self.state == "executing" and len(self.commits) == len(self.awards):
-            return self._enter_revealing(now_ms)
-        return []
+        self._set(c.executor, "committed", now_ms, "commit")
+        return self._advance(now_ms)
+
+    def receive_withdraw(self, withdraw: Signed, now_ms: int) -> list[Action]:
+        w: Withdraw = withdraw.msg
+        self._check_job(w.job_id, "withdraw")
+        if w.executor not in self.awards:
+            raise RemoteProtocolError("not_awarded", "withdraw from a peer without an award")
+        if self.done or self.slot[w.executor] != "awarded":
+            raise RemoteProtocolError("unexpected_withdraw", "nothing to withdraw from")
+        self._error(w.executor, "withdrawn", now_ms, w.reason)
+        return self._advance(now_ms)
+
+    def award_undelivered(self, executor: bytes, now_ms: int) -> list[Action]:
+        """The adapter could not deliver the award: the executor is gone. Replace it now."""
+        if self.done or self.slot.get(executor) != "awarded":
+            return []
+        self._error(executor, "unreachable", now_ms)
+        return self._advance(now_ms)
 
     def receive_reveal(self, reveal: Signed, now_ms: int) -> list[Action]:
         r: Reveal = reveal.msg
         self._check_job(r.job_id, "reveal")
-        if self.state != "revealing":
-            raise RemoteProtocolError("unexpected_reveal", f"job is {self.state}")
-        if r.executor not in self.commits:
-            raise RemoteProtocolError("not_committed", "reveal from a peer without a commit")
-        if r.executor in self.reveals:
-            raise RemoteProtocolError("duplicate", "executor already revealed")
-        check_reveal(r, self.commits[r.executor].msg.seal)
+        if self.done:
+            raise RemoteProtocolError("job_finished", "the job has ended")
+        if r.executor not in self.reveal_asked_ms or self.slot.get(r.executor) != "committed":
+            raise RemoteProtocolError("unexpected_reveal", "no reveal was asked of this peer")
+        try:
+            check_reveal(r, self.commits[r.executor].msg.seal)
+        except RemoteProtocolError as exc:
+            self._error(r.executor, exc.reason, now_ms)
+            return [Penalize(r.executor, exc.reason), *self._advance(now_ms)]
         self.reveals[r.executor] = reveal
-        if len(self.reveals) == len(self.commits):
-            return self._finish(now_ms)
-        return []
+        self._set(r.executor, "revealed", now_ms, "reveal", r.result_hash.hex()[:16])
+        return self._advance(now_ms)
 
     def tick(self, now_ms: int) -> list[Action]:
-        """Advance on time alone; call at or after `phase_deadline_ms`."""
-        if self.done or now_ms < self.phase_deadline_ms:
+        """Advance on time alone; call at or after `next_deadline_ms()`."""
+        if self.done:
             return []
+        actions: list[Action] = []
+        if self.state == "bidding" and now_ms >= self.started_ms + self.timing.bid_window_ms:
+            self.state = "running"
+            self.history.append((now_ms, "bids_closed", b"", f"{len(self.bids)} bids"))
+        for e, a in list(self.awards.items()):
+            if self.slot[e] == "awarded" and now_ms >= a.msg.deadline_ms:
+                self._error(e, "timed_out", now_ms)
+                actions.append(Penalize(e, "never_committed"))
+        for e, asked in list(self.reveal_asked_ms.items()):
+            if self.slot[e] == "committed" and now_ms >= asked + self.timing.reveal_window_ms:
+                self._error(e, "no_reveal", now_ms)
+                actions.append(Penalize(e, "never_revealed"))
         if self.state == "bidding":
-            if len(self.awards) < self.spec.quorum:
-                return self._fail("too_few_bids")
-            return self._enter_executing(now_ms)
-        if self.state == "executing":
-            if len(self.commits) < self.spec.quorum:
-                return self._fail("too_few_commits")
-            return self._enter_revealing(now_ms)
-        if self.state == "revealing":
-            return self._finish(now_ms)
-        return []
+            return actions
+        return actions + self._advance(now_ms)
 
-    # --- transitions --------------------------------------------------------------------------
+    # --- the rules --------------------------------------------------------------------------
+
+    def _advance(self, now_ms: int) -> list[Action]:
+        if self.done or self.state == "bidding":
+            return []
+        if self.errors > self.spec.max_error_results:
+            return self._finish("failed", "too_many_errors", now_ms)
+        actions: list[Action] = list(self._fill(now_ms))
+        pending = [e for e in self.awards if self.slot[e] == "awarded"]
+        committed = [e for e in self.awards if self.slot[e] in ("committed", "revealed")]
+        if not self.commit_closed and (len(committed) >= self.spec.quorum or (committed and not pending)):
+            self.commit_closed = True
+            self.history.append((now_ms, "commits_closed", b"", f"{len(committed)} commits"))
+        if self.commit_closed:
+            for e in committed:
+                if e not in self.reveal_asked_ms:
+                    self.reveal_asked_ms[e] = now_ms
+                    actions.append(RequestReveal(e, sign(self.identity, RevealRequest(self.job_id, e))))
+        votes = {e: s.msg.result_hash for e, s in self.reveals.items()}
+        outstanding = len(pending) + sum(1 for e in committed if self.slot[e] == "committed")
+        self.result = tally(votes, self.spec.quorum, outstanding)
+        if self.result.outcome == "verified":
+            return actions + self._finish("verified", "", now_ms)
+        if outstanding:
+            return actions
+        # Nothing outstanding and no verdict.
+        # Two results that differ may be one liar; three or more, no two alike, is the job itself.
+        if is_nondeterministic(votes) and len(votes) >= max(self.spec.replicas, 3):
+            return actions + self._finish("nondeterministic", "no two results agree", now_ms)
+        top = max((list(votes.values()).count(h) for h in set(votes.values())), default=0)
+        live = sum(1 for e in self.awards if self.slot[e] in LIVE)
+        if live >= self.spec.replicas + self.extra:
+            self.extra += max(1, self.spec.quorum - top)  # ask for as many more as could still reach k
+            more = self._fill(now_ms)
+            if more:
+                return actions + more
+        if len(self.awards) >= self.spec.max_total_results:
+            status = "nondeterministic" if is_nondeterministic(votes) else "failed"
+            return actions + self._finish(status, "max_total_results reached without a quorum", now_ms)
+        if self.starved_since_ms is not None and now_ms >= self.starved_since_ms + self.timing.bid_wait_ms:
+            status = "nondeterministic" if is_nondeterministic(votes) else "failed"
+            return actions + self._finish(status, "no bidders left to replace failed executors", now_ms)
+        return actions
+
+    def _fill(self, now_ms: int) -> list[Action]:
+        """Award the best remaining bidders until n (plus any extra) slots are live."""
+        actions: list[Action] = []
+        target = self.spec.replicas + self.extra
+        while (sum(1 for e in self.awards if self.slot[e] in LIVE) < target
+               and len(self.awards) < self.spec.max_total_results):
+            candidates = [e for e in self.bids if e not in self.awards]
+            if not candidates:
+                break
+            best = min(candidates, key=lambda e: self.rank[e])
+            actions.append(self._award(best, now_ms))
+        short = sum(1 for e in self.awards if self.slot[e] in LIVE) < target
+        if short and len(self.awards) < self.spec.max_total_results:
+            if self.starved_since_ms is None:
+                self.starved_since_ms = now_ms
+        else:
+            self.starved_since_ms = None
+        return actions
+
+    def _award(self, executor: bytes, now_ms: int) -> SendAward:
+        deadline = now_ms + self.spec.result_deadline_s * 1000
+        award = Award(self.job_id, executor, len(self.awards), deadline)
+        raw = sign(self.identity, award)
+        what = "replacement" if len(self.awards) >= self.spec.replicas else "award"
+        self.awards[executor] = Signed(award, self.identity.public_key, raw)
+        self._set(executor, "awarded", now_ms, what, f"slot {award.slot}")
+        return SendAward(executor, raw)
+
+    def _set(self, executor: bytes, status: str, now_ms: int, event: str, detail: str = "") -> None:
+        self.slot[executor] = status
+        self.history.append((now_ms, event, executor, detail))
+
+    def _error(self, executor: bytes, reason: str, now_ms: int, detail: str = "") -> None:
+        self.errors += 1
+        self._set(executor, reason, now_ms, "error", f"{reason} {detail}".strip())
 
     def _check_job(self, job_id: bytes, what: str) -> None:
         if job_id != self.job_id:
             raise RemoteProtocolError("unknown_job", f"{what} for another job")
 
-    def _award(self, executor: bytes, now_ms: int) -> SendAward:
-        deadline = now_ms + self.spec.timeout_s * 1000 + self.start_grace_ms
-        award = Award(self.job_id, executor, len(self.awards), deadline, self.signed_spec)
-        raw = sign(self.identity, award)
-        self.awards[executor] = Signed(award, self.identity.public_key, raw)
-        return SendAward(executor, raw)
-
-    def _enter_executing(self, now_ms: int) -> list[Action]:
-        self.state = "executing"
-        self.phase_deadline_ms = max(a.msg.deadline_ms for a in self.awards.values())
-        if self.awards and len(self.commits) == len(self.awards):
-            return self._enter_revealing(now_ms)
-        return []
-
-    def _enter_revealing(self, now_ms: int) -> list[Action]:
-        self.state = "revealing"
-        self.phase_deadline_ms = now_ms + self.reveal_window_ms
-        return [
-            RequestReveal(e, sign(self.identity, RevealRequest(self.job_id, e)))
-            for e in sorted(self.commits)
-        ]
-
-    def _finish(self, now_ms: int) -> list[Action]:
-        votes = {e: s.msg.result_hash for e, s in self.reveals.items()}
-        self.result = tally(votes, self.spec.quorum, outstanding=0)
-        status = "verified" if self.result.outcome == "verified" else "failed"
+    def _finish(self, status: str, reason: str, now_ms: int) -> list[Action]:
         self.state = status
-        self.reason = "" if status == "verified" else self.result.outcome
+        self.reason = reason
+        self.starved_since_ms = None
+        votes = {e: s.msg.result_hash for e, s in self.reveals.items()}
+        self.result = tally(votes, self.spec.quorum)
         cert = Certificate(
             job_id=self.job_id,
             status=status,
-            result_hash=self.result.result_hash or b"",
+            result_hash=(self.result.result_hash or b"") if status == "verified" else b"",
             signed_spec=self.signed_spec,
-            awards=tuple(self.awards[e].raw for e in sorted(self.awards)),
+            awards=tuple(a.raw for a in self.awards.values()),
             reveals=tuple(self.reveals[e].raw for e in sorted(self.reveals)),
             created_ms=now_ms,
         )
         self.certificate = sign(self.identity, cert)
-        return [PublishCertificate(self.certificate), Finished(status, self.reason, self.result)]
-
-    def _fail(self, reason: str) -> list[Action]:
-        self.state = "failed"
-        self.reason = reason
-        return [Finished("failed", reason, None)]
+        self.history.append((now_ms, status, b"", reason))
+        return [PublishCertificate(self.certificate), Finished(status, reason, self.result)]
 
 
 def check_reveal(r: Reveal, committed_seal: bytes) -> None:

@@ -4,6 +4,7 @@ Checked in order, first refusal wins (semantic checks before resource checks, as
 bid strategies):
 
     predicate          refuses when
+    submitter_pays     the submitter cannot pay price x replicas in this node's view of credits
     sandbox_ready      the node's sandbox cannot run anything (e.g. dockerd unreachable)
     image_present      the image is not available locally (no registry pulls yet)
     fits_resources     the job asks for more CPU or memory than the node offers
@@ -38,6 +39,11 @@ class BidContext:
     running: int
     sandbox_ok: bool
     image_ok: Callable[[str], bool]
+    submitter_can_pay: bool = True
+
+
+def submitter_pays(c: BidContext) -> Decision | None:
+    return None if c.submitter_can_pay else Decision(False, "the submitter cannot pay for this job")
 
 
 def sandbox_ready(c: BidContext) -> Decision | None:
@@ -60,7 +66,7 @@ def has_free_slot(c: BidContext) -> Decision | None:
     return None if c.running < c.capacity.max_running else Decision(False, "all job slots busy")
 
 
-PREDICATES = (sandbox_ready, fits_resources, has_free_slot, image_present)
+PREDICATES = (submitter_pays, sandbox_ready, fits_resources, has_free_slot, image_present)
 
 
 def decide(c: BidContext) -> Decision:

@@ -9,6 +9,8 @@ line, answered with a JSON object on one line. Requests are capped at MAX_REQUES
     {"op": "status", "job_id": HEX}                  -> job view
     {"op": "wait", "job_id": HEX, "timeout": SECS}   -> job view once verified/failed (or at timeout)
     {"op": "list"}                                   -> {"jobs": [job view, ...]}
+    {"op": "credits"}                                -> {"balance", "genesis", "transfers": [...]}
+    {"op": "reputation"}                             -> {"reputation": {peer id: value}}
 Errors: {"error": "message", "code": "reason"}.
 """
 
@@ -52,7 +54,7 @@ async def _dispatch(agent: Agent, req: dict) -> dict:
         return agent.info()
     if op == "submit":
         try:
-            job_id = await agent.submit(bytes.fromhex(str(req.get("signed_spec", ""))))
+            job_id = await agent.submitting.submit(bytes.fromhex(str(req.get("signed_spec", ""))))
         except LocalProtocolError as exc:
             return {"error": str(exc), "code": exc.reason}
         return {"job_id": job_id.hex()}
@@ -64,6 +66,10 @@ async def _dispatch(agent: Agent, req: dict) -> dict:
         else:
             view = await agent.job_status(job_hex)
         return view if view is not None else {"error": f"no job {job_hex} known to this node", "code": "unknown_job"}
+    if op == "credits":
+        return agent.credits()
+    if op == "reputation":
+        return {"reputation": agent.reputation_view()}
     if op == "list":
         rows = await agent.store.list_jobs(limit=int(req.get("limit", 50)))
         return {"jobs": [await agent.job_status(r["job_id"]) for r in rows]}

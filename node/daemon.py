@@ -22,14 +22,19 @@ from distributeai.p2p.identity import load_or_create_key
 from distributeai.p2p.overlay import open_overlay
 from distributeai.sandbox import open_sandbox
 
-from .agent import Agent, NodeSettings, now_ms
+from distributeai.consensus.ledger import GENESIS_CREDITS
+from distributeai.consensus.submitter import Timing
+
+from .agent import Agent, NodeSettings
 from .bidding import Capacity
+from .clock import now_ms
 from .control import serve_control
 from .paths import control_path, key_path, last_start_path
 from .store import Store
 
 log = logging.getLogger("distributeai.node")
-PEER_SAVE_INTERVAL_S = 10.0  # known peers are saved this often so a restart can rejoin
+PEER_CHECK_INTERVAL_S = 1.0  # how often the connected set is compared with what was last saved
+AGENT_CLASS = Agent  # tests/byzantine_node.py runs the real node with a dishonest Agent subclass
 
 
 @dataclass(frozen=True)
@@ -41,6 +46,8 @@ class NodeConfig:
     docker_host: str | None = None
     capacity: Capacity = field(default_factory=Capacity)
     price: int = 1
+    genesis_credits: int = GENESIS_CREDITS
+    timing: Timing = field(default_factory=Timing)
 
 
 class DataDirBusy(RuntimeError):
@@ -59,10 +66,15 @@ def lock_data_dir(data_dir: Path) -> int:
 
 
 async def _save_peers(agent: Agent, store: Store) -> None:
+    """Store the connected peers whenever the set changes, so a restart rejoins without the
+    bootstrap. libp2p offers no event for a new connection, so the set is compared each second."""
+    saved: set[str] = set()
     while True:
-        await trio.sleep(PEER_SAVE_INTERVAL_S)  # periodic work, not synchronization
         connected = set(agent.overlay.connected_peers())
-        await store.upsert_peers([(p, a) for p, a in agent.overlay.known_peers() if p in connected], now_ms())
+        if connected - saved:
+            await store.upsert_peers([(p, a) for p, a in agent.overlay.known_peers() if p in connected], now_ms())
+            saved = connected
+        await trio.sleep(PEER_CHECK_INTERVAL_S)  # a sampling period, not synchronization
 
 
 async def run_node(config: NodeConfig, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
@@ -80,13 +92,13 @@ async def run_node(config: NodeConfig, *, task_status=trio.TASK_STATUS_IGNORED) 
         bootstrap = list(dict.fromkeys([*config.bootstrap, *remembered]))
         try:
             async with open_overlay(seed, listen=config.listen, bootstrap=bootstrap, topics=[JOBS_TOPIC]) as overlay:
-                agent = Agent(identity, store, overlay, sandbox, NodeSettings(config.sandbox, config.capacity, config.price))
+                settings = NodeSettings(config.sandbox, config.capacity, config.price,
+                                        genesis_credits=config.genesis_credits, timing=config.timing)
+                agent = AGENT_CLASS(identity, store, overlay, sandbox, settings)
                 async with trio.open_nursery() as nursery:
                     await nursery.start(agent.run)
                     await nursery.start(serve_control, agent, control_path(data_dir))
                     nursery.start_soon(_save_peers, agent, store)
-                    await store.upsert_peers([(p, a) for p, a in overlay.known_peers()
-                                              if p in set(overlay.connected_peers())], now_ms())
                     info = agent.info()
                     last_start_path(data_dir).write_text(json.dumps(
                         {"peer_id": info["peer_id"], "multiaddrs": info["multiaddrs"], "pid": os.getpid()}))

@@ -10,6 +10,9 @@ What is stored (and why):
 - `inputs`: every message that advanced one of this node's own submitter jobs, with the time it
   was applied. Replaying them through `SubmitterJob` rebuilds the job after a restart.
 - `executions`: what this node ran as an executor: the award, the sandbox result, the commit state.
+- `ledger`: the events reputation and credits are folded from, in the order they were applied:
+  verified certificates (this node's own and those received over gossip) and offences this node
+  saw itself. Rebuilding the ledger from it after a restart gives the same figures.
 - `peers`: known peers and their addresses, so a restarted node rejoins without the bootstrap.
 """
 
@@ -33,6 +36,7 @@ CREATE TABLE IF NOT EXISTS jobs (
     created_ms  INTEGER NOT NULL,
     updated_ms  INTEGER NOT NULL,
     submitter_addrs TEXT NOT NULL DEFAULT '[]',
+    announce    BLOB,
     certificate BLOB
 );
 CREATE TABLE IF NOT EXISTS inputs (
@@ -40,9 +44,20 @@ CREATE TABLE IF NOT EXISTS inputs (
     job_id  TEXT NOT NULL,
     kind    TEXT NOT NULL,
     raw     BLOB NOT NULL,
+    meta    TEXT NOT NULL DEFAULT '{}',
     now_ms  INTEGER NOT NULL
 );
 CREATE INDEX IF NOT EXISTS inputs_job ON inputs(job_id, seq);
+CREATE TABLE IF NOT EXISTS ledger (
+    seq     INTEGER PRIMARY KEY AUTOINCREMENT,
+    kind    TEXT NOT NULL,          -- 'certificate' | 'offence'
+    job_id  TEXT NOT NULL,
+    peer    BLOB,                   -- offence: the offender's public key
+    raw     BLOB,                   -- certificate: its signed bytes
+    reason  TEXT NOT NULL DEFAULT '',
+    at_ms   INTEGER NOT NULL
+);
+CREATE UNIQUE INDEX IF NOT EXISTS ledger_certificate ON ledger(job_id) WHERE kind = 'certificate';
 CREATE TABLE IF NOT EXISTS executions (
     job_id      TEXT PRIMARY KEY,
     award       BLOB NOT NULL,
@@ -99,14 +114,15 @@ class Store:
     # --- jobs ---------------------------------------------------------------------------------
 
     async def insert_job(self, job_id: str, role: str, name: str, signed_spec: bytes, status: str,
-                         now_ms: int, submitter_addrs: list[str] | None = None) -> bool:
+                         now_ms: int, submitter_addrs: list[str] | None = None,
+                         announce: bytes | None = None) -> bool:
         """Insert a job seen for the first time; False if the job id is already known (a replay)."""
 
         def fn(c: sqlite3.Connection) -> bool:
             cur = c.execute(
-                "INSERT OR IGNORE INTO jobs(job_id, role, name, signed_spec, status, created_ms, updated_ms, submitter_addrs)"
-                " VALUES (?,?,?,?,?,?,?,?)",
-                (job_id, role, name, signed_spec, status, now_ms, now_ms, json.dumps(submitter_addrs or [])),
+                "INSERT OR IGNORE INTO jobs(job_id, role, name, signed_spec, status, created_ms, updated_ms,"
+                " submitter_addrs, announce) VALUES (?,?,?,?,?,?,?,?,?)",
+                (job_id, role, name, signed_spec, status, now_ms, now_ms, json.dumps(submitter_addrs or []), announce),
             )
             return cur.rowcount == 1
 
@@ -152,14 +168,64 @@ class Store:
 
     # --- submitter inputs -----------------------------------------------------------------------
 
-    async def append_input(self, job_id: str, kind: str, raw: bytes, now_ms: int) -> None:
-        await self._run(lambda c: c.execute(
-            "INSERT INTO inputs(job_id, kind, raw, now_ms) VALUES (?,?,?,?)", (job_id, kind, raw, now_ms)))
+    async def record_input(self, job_id: str, kind: str, raw: bytes, meta: dict, now_ms: int, *,
+                           status: str, reason: str, certificate: bytes | None,
+                           offences: list[tuple[bytes, str]]) -> bool:
+        """One input to a submitter job and everything it changed, in one transaction: the input,
+        the job's status, its certificate (also a ledger event) and any offences it revealed.
+        Returns True if the certificate was new to the ledger."""
 
-    async def inputs(self, job_id: str) -> list[tuple[str, bytes, int]]:
-        def fn(c: sqlite3.Connection) -> list[tuple[str, bytes, int]]:
-            rows = c.execute("SELECT kind, raw, now_ms FROM inputs WHERE job_id=? ORDER BY seq", (job_id,))
-            return [(r["kind"], r["raw"], r["now_ms"]) for r in rows]
+        def fn(c: sqlite3.Connection) -> bool:
+            c.execute("INSERT INTO inputs(job_id, kind, raw, meta, now_ms) VALUES (?,?,?,?,?)",
+                      (job_id, kind, raw, json.dumps(meta), now_ms))
+            c.execute("UPDATE jobs SET status=?, reason=?, updated_ms=?, certificate=COALESCE(?, certificate)"
+                      " WHERE job_id=?", (status, reason, now_ms, certificate, job_id))
+            for peer, why in offences:
+                c.execute("INSERT INTO ledger(kind, job_id, peer, reason, at_ms) VALUES ('offence',?,?,?,?)",
+                          (job_id, peer, why, now_ms))
+            if certificate is None:
+                return False
+            cur = c.execute("INSERT OR IGNORE INTO ledger(kind, job_id, raw, at_ms) VALUES ('certificate',?,?,?)",
+                            (job_id, certificate, now_ms))
+            return cur.rowcount == 1
+
+        return await self._run(fn)
+
+    async def inputs(self, job_id: str) -> list[tuple[str, bytes, dict, int]]:
+        def fn(c: sqlite3.Connection) -> list[tuple[str, bytes, dict, int]]:
+            rows = c.execute("SELECT kind, raw, meta, now_ms FROM inputs WHERE job_id=? ORDER BY seq", (job_id,))
+            return [(r["kind"], r["raw"], json.loads(r["meta"]), r["now_ms"]) for r in rows]
+
+        return await self._run(fn)
+
+    # --- the ledger -----------------------------------------------------------------------------
+
+    async def record_certificate(self, job_id: str, raw: bytes, status: str, reason: str, now_ms: int,
+                                 *, role_if_new: str, name: str, signed_spec: bytes) -> bool:
+        """A certificate received over gossip: stored on its job (created if unknown) and appended
+        to the ledger. False if this job's certificate was recorded before (a replay)."""
+
+        def fn(c: sqlite3.Connection) -> bool:
+            cur = c.execute("INSERT OR IGNORE INTO ledger(kind, job_id, raw, at_ms) VALUES ('certificate',?,?,?)",
+                            (job_id, raw, now_ms))
+            if cur.rowcount == 0:
+                return False
+            c.execute("INSERT OR IGNORE INTO jobs(job_id, role, name, signed_spec, status, created_ms, updated_ms)"
+                      " VALUES (?,?,?,?,?,?,?)", (job_id, role_if_new, name, signed_spec, status, now_ms, now_ms))
+            c.execute("UPDATE jobs SET status=?, reason=?, updated_ms=?, certificate=? WHERE job_id=?",
+                      (status, reason, now_ms, raw, job_id))
+            return True
+
+        return await self._run(fn)
+
+    async def record_offence(self, job_id: str, peer: bytes, reason: str, now_ms: int) -> None:
+        await self._run(lambda c: c.execute(
+            "INSERT INTO ledger(kind, job_id, peer, reason, at_ms) VALUES ('offence',?,?,?,?)",
+            (job_id, peer, reason, now_ms)))
+
+    async def ledger_events(self) -> list[dict]:
+        def fn(c: sqlite3.Connection) -> list[dict]:
+            return [dict(r) for r in c.execute("SELECT * FROM ledger ORDER BY seq")]
 
         return await self._run(fn)
 

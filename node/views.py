@@ -1,7 +1,11 @@
 """The job status object shown by `job status --json`, `submit --json` and the control API.
 
-Built from what the node has: the live `SubmitterJob` while a job runs, the stored certificate once
-it is done (re-checked, so the view can never show a verdict the signatures do not support).
+Built from what the node has: the live `SubmitterJob` while it runs (or after a restart, rebuilt
+from the store), else the stored certificate (re-checked, so the view can never show a verdict the
+signatures do not support). Keys: job_id, name, role, status, reason, spec fields, result_hash,
+exit_code, stdout, executors (each awarded peer: its slot, state, result hash, whether it agreed),
+history (awards, replacements, commits, reveals, errors with reasons), and for a nondeterministic
+job `differences` (what differs between the executors' results).
 """
 
 from __future__ import annotations
@@ -9,7 +13,8 @@ from __future__ import annotations
 from typing import Callable
 
 from distributeai.consensus.certificate import verify_certificate
-from distributeai.consensus.messages import JobSpec, Reveal, verify
+from distributeai.consensus.codec import sha256
+from distributeai.consensus.messages import Award, JobSpec, Reveal, verify
 from distributeai.consensus.submitter import SubmitterJob
 from distributeai.consensus.tally import tally
 
@@ -31,6 +36,12 @@ def job_view(row: dict, machine: SubmitterJob | None, execution: dict | None,
         "command": list(spec.command),
         "replicas": spec.replicas,
         "quorum": spec.quorum,
+        "target_nresults": spec.replicas,
+        "min_quorum": spec.quorum,
+        "max_error_results": spec.max_error_results,
+        "max_total_results": spec.max_total_results,
+        "result_deadline_s": spec.result_deadline_s,
+        "price": spec.price,
         "submitter": peer_id_of(spec.submitter),
         "created_ms": row["created_ms"],
         "updated_ms": row["updated_ms"],
@@ -41,32 +52,54 @@ def job_view(row: dict, machine: SubmitterJob | None, execution: dict | None,
         "executors": [],
     }
     reveals: dict[bytes, Reveal] = {}
-    awarded: list[bytes] = []
+    awards: dict[bytes, Award] = {}
+    slots: dict[bytes, str] = {}
     winner: bytes | None = None
-    if row.get("certificate"):
-        checked = verify_certificate(row["certificate"])
-        reveals, awarded = checked.reveals, sorted(checked.awards)
-        winner = checked.tally.result_hash
-    elif machine is not None:
+    if machine is not None:
         reveals = {e: s.msg for e, s in machine.reveals.items()}
-        awarded = sorted(machine.awards)
-        view.update(bids=len(machine.bids), commits=len(machine.commits))
-        t = tally({e: r.result_hash for e, r in reveals.items()}, spec.quorum,
-                  outstanding=len(machine.commits) - len(reveals))
-        winner = t.result_hash
+        awards = {e: s.msg for e, s in machine.awards.items()}
+        slots = dict(machine.slot)
+        view.update(bids=len(machine.bids), commits=len(machine.commits), errors=machine.errors,
+                    history=[{"at_ms": t, "event": ev, "peer_id": peer_id_of(e) if e else None, "detail": d}
+                             for t, ev, e, d in machine.history])
+        t = tally({e: r.result_hash for e, r in reveals.items()}, spec.quorum)
+        winner = t.result_hash if machine.state == "verified" else None
+    elif row.get("certificate"):
+        checked = verify_certificate(row["certificate"])
+        reveals, awards = checked.reveals, checked.awards
+        winner = checked.tally.result_hash if checked.certificate.status == "verified" else None
     if winner is not None:
         agreeing = next(r for r in reveals.values() if r.result_hash == winner)
         view.update(result_hash=winner.hex(), exit_code=agreeing.exit_code, stdout=_text(agreeing.stdout))
     view["executors"] = [
         {
             "peer_id": peer_id_of(e),
+            "slot": a.slot,
+            "state": slots.get(e, "revealed" if e in reveals else "unknown"),
             "result_hash": reveals[e].result_hash.hex() if e in reveals else None,
             "exit_code": reveals[e].exit_code if e in reveals else None,
             "agreed": winner is not None and e in reveals and reveals[e].result_hash == winner,
         }
-        for e in awarded
+        for e, a in sorted(awards.items(), key=lambda kv: kv[1].slot)
     ]
+    if row["status"] == "nondeterministic":
+        view["differences"] = differences(reveals, peer_id_of)
     if execution is not None:
         view["execution"] = {"status": execution["status"], "reason": execution["reason"],
                              "result": execution["result"]}
     return view
+
+
+def differences(reveals: dict[bytes, Reveal], peer_id_of: Callable[[bytes], str]) -> dict:
+    """What differs between the executors' results: for each part of the result hash that is not
+    the same everywhere, each executor's value (stdout as its SHA-256). Output files join the
+    manifest comparison once jobs have them."""
+    parts = {
+        "exit_code": {peer_id_of(e): r.exit_code for e, r in reveals.items()},
+        "timed_out": {peer_id_of(e): r.timed_out for e, r in reveals.items()},
+        "stdout_sha256": {peer_id_of(e): sha256(r.stdout).hex() for e, r in reveals.items()},
+        "stdout_truncated": {peer_id_of(e): r.stdout_truncated for e, r in reveals.items()},
+    }
+    differing = {k: v for k, v in parts.items() if len(set(v.values())) > 1}
+    return {"result_hash": {peer_id_of(e): r.result_hash.hex() for e, r in reveals.items()},
+            "differing": differing, "manifest": []}

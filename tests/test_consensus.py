@@ -13,12 +13,13 @@ from distributeai.consensus.codec import Identity, decode_canonical, encode
 from distributeai.consensus.errors import JobFileError, RemoteProtocolError
 from distributeai.consensus.jobfile import parse_job
 from distributeai.consensus.messages import (
-    MESSAGE_TYPES, Announce, Award, Bid, Certificate, Commit, JobSpec, Reveal, RevealRequest, job_id_of, sign,
-    verify,
+    MESSAGE_TYPES, Announce, Award, Bid, Certificate, Commit, JobSpec, Reveal, RevealRequest, Withdraw, job_id_of,
+    sign, verify,
 )
 from distributeai.consensus.results import result_hash, seal
+from distributeai.consensus.ledger import Ledger
 from distributeai.consensus.submitter import (
-    Finished, PublishCertificate, RequestReveal, SendAward, SubmitterJob,
+    Finished, Penalize, PublishCertificate, RequestReveal, SendAward, SubmitterJob,
 )
 from distributeai.consensus.tally import tally
 from distributeai.consensus.validate import check_announce
@@ -76,7 +77,7 @@ def test_noncanonical_encodings_are_rejected():
 
 @given(st.binary(max_size=300))
 def test_decoding_arbitrary_bytes_never_crashes(data):
-    for t in (JobSpec, Announce, Bid, Award, Commit, RevealRequest, Reveal, Certificate):
+    for t in MESSAGE_TYPES.values():
         try:
             verify(data, t)
         except RemoteProtocolError:
@@ -100,7 +101,7 @@ def valid_bodies() -> dict[str, list]:
     jid = job_id_of(spec_raw)
     ex = EXECUTORS[0].public_key
     msgs = [spec, Announce(spec_raw, ("/ip4/127.0.0.1/tcp/1",)), Bid(jid, ex, 1, 1000, 256, ("docker",), NOW),
-            Award(jid, ex, 0, NOW, spec_raw), Commit(jid, ex, b"s" * 32), RevealRequest(jid, ex),
+            Award(jid, ex, 0, NOW), Commit(jid, ex, b"s" * 32), Withdraw(jid, ex, "why"), RevealRequest(jid, ex),
             Reveal(jid, ex, b"h" * 32, 0, b"out", False, False),
             Certificate(jid, "failed", b"", spec_raw, (), (), NOW)]
     return {m.kind: m.to_body() for m in msgs}
@@ -135,6 +136,9 @@ spec_strategy = st.builds(
     replicas=st.integers(1, 16),
     quorum=st.just(1),
     price=st.integers(0, 2**53),
+    max_error_results=st.integers(0, 64),
+    max_total_results=st.just(16),
+    result_deadline_s=st.integers(1, 3600),
 )
 
 
@@ -239,26 +243,35 @@ def run_executor(executor: Identity, job_id: bytes, stdout: bytes):
     return commit, reveal
 
 
+def bid(ex: Identity, job: SubmitterJob, price: int = 1):
+    return verify(sign(ex, Bid(job.job_id, ex.public_key, price, 1000, 256, ("process",), NOW)), Bid)
+
+
+def new_job(**spec_fields) -> SubmitterJob:
+    spec = make_spec(**spec_fields)
+    return SubmitterJob(SUBMITTER, sign(SUBMITTER, spec), spec, started_ms=NOW)
+
+
+def close_bidding(job: SubmitterJob, bidders, reputations=None) -> list:
+    for i, ex in enumerate(bidders):
+        assert job.receive_bid(bid(ex, job), NOW, (reputations or {}).get(i, 0)) == []
+    return job.tick(NOW + job.timing.bid_window_ms)
+
+
 def drive(outputs: list[bytes], quorum: int = 2):
-    spec = make_spec(replicas=len(outputs), quorum=quorum)
-    spec_raw = sign(SUBMITTER, spec)
-    job = SubmitterJob(SUBMITTER, spec_raw, spec, started_ms=NOW)
-    actions = []
-    for ex in EXECUTORS[: len(outputs)]:
-        bid = sign(ex, Bid(job.job_id, ex.public_key, 1, 1000, 256, ("process",), NOW))
-        actions += job.receive_bid(verify(bid, Bid), NOW)
+    job = new_job(replicas=len(outputs), quorum=quorum)
+    actions = close_bidding(job, EXECUTORS[: len(outputs)])
     assert [type(a) for a in actions] == [SendAward] * len(outputs)
-    assert job.state == "executing"
-    reveals = {}
-    actions = []
+    assert job.state == "running"
+    reveals, actions = {}, []
     for ex, out in zip(EXECUTORS, outputs):
         commit, reveals[ex.public_key] = run_executor(ex, job.job_id, out)
         actions += job.receive_commit(verify(commit, Commit), NOW + 1)
-    assert job.state == "revealing"
     assert {a.executor for a in actions if isinstance(a, RequestReveal)} == set(reveals)
     actions = []
     for e, r in reveals.items():
-        actions += job.receive_reveal(verify(r, Reveal), NOW + 2)
+        if not job.done:
+            actions += job.receive_reveal(verify(r, Reveal), NOW + 2)
     return job, actions
 
 
@@ -268,15 +281,104 @@ def test_two_of_three_verifies_and_certificate_checks_out():
     cert = next(a for a in actions if isinstance(a, PublishCertificate)).certificate
     checked = verify_certificate(cert)
     assert checked.tally.outcome == "verified"
-    assert len(checked.tally.agreeing) == 2 and len(checked.tally.dissenting) == 1
+    assert len(checked.tally.agreeing) == 2
     assert checked.reveals[checked.tally.agreeing[0]].stdout == b"A\n"
     assert isinstance(actions[-1], Finished) and actions[-1].status == "verified"
 
 
-def test_no_agreement_fails():
+def test_verdict_comes_as_soon_as_the_outstanding_reveal_cannot_change_it():
+    job, actions = drive([b"A", b"A", b"A"])
+    assert job.state == "verified"
+    # the third reveal was not needed: two of three agreeing cannot be overturned by one
+    assert len(verify_certificate(job.certificate).reveals) == 2
+
+
+def test_no_two_alike_is_nondeterministic_and_nobody_is_punished():
     job, actions = drive([b"A", b"B", b"C"])
-    assert job.state == "failed" and job.reason == "no_quorum"
-    verify_certificate(next(a for a in actions if isinstance(a, PublishCertificate)).certificate)
+    assert job.state == "nondeterministic"
+    checked = verify_certificate(job.certificate)
+    ledger = Ledger()
+    ledger.apply_certificate(checked, NOW)
+    assert all(ledger.reputation_of(e.public_key) == 0 for e in EXECUTORS)
+    assert not any(isinstance(a, Penalize) for a in actions)
+
+
+def test_inconclusive_split_awards_one_more_executor():
+    job = new_job(replicas=2, quorum=2)
+    close_bidding(job, EXECUTORS[:3])
+    a, b = EXECUTORS[0], EXECUTORS[1]
+    awarded = list(job.awards)
+    out = {awarded[0]: b"A", awarded[1]: b"B"}
+    ids = {e.public_key: e for e in EXECUTORS}
+    reveals = {}
+    for e in awarded:
+        commit, reveals[e] = run_executor(ids[e], job.job_id, out[e])
+        job.receive_commit(verify(commit, Commit), NOW + 1)
+    actions = []
+    for e in awarded:
+        actions += job.receive_reveal(verify(reveals[e], Reveal), NOW + 2)
+    more = [x for x in actions if isinstance(x, SendAward)]
+    assert len(more) == 1 and more[0].executor not in awarded
+    third = ids[more[0].executor]
+    commit, reveal = run_executor(third, job.job_id, b"A")
+    job.receive_commit(verify(commit, Commit), NOW + 3)
+    job.receive_reveal(verify(reveal, Reveal), NOW + 4)
+    assert job.state == "verified"
+    assert verify_certificate(job.certificate).tally.dissenting == (awarded[1],)
+
+
+def test_bids_are_ranked_by_reputation_then_price_and_one_peer_gets_one_slot():
+    job = new_job(replicas=2, quorum=1)
+    job.receive_bid(bid(EXECUTORS[0], job, price=1), NOW, reputation=-10)
+    job.receive_bid(bid(EXECUTORS[1], job, price=5), NOW, reputation=20)
+    job.receive_bid(bid(EXECUTORS[2], job, price=1), NOW, reputation=20)
+    with pytest.raises(RemoteProtocolError):
+        job.receive_bid(bid(EXECUTORS[2], job), NOW)
+    actions = job.tick(NOW + job.timing.bid_window_ms)
+    assert [a.executor for a in actions] == [EXECUTORS[2].public_key, EXECUTORS[1].public_key]
+
+
+def test_executor_that_misses_its_deadline_is_replaced_and_penalized_locally():
+    job = new_job(result_deadline_s=5)
+    close_bidding(job, EXECUTORS[:4])
+    first = list(job.awards)
+    assert len(first) == 3
+    deadline = job.next_deadline_ms()
+    ids = {e.public_key: e for e in EXECUTORS}
+    for e in first[:2]:
+        job.receive_commit(verify(run_executor(ids[e], job.job_id, b"A")[0], Commit), NOW + 1)
+    actions = job.tick(deadline)
+    assert Penalize(first[2], "never_committed") in actions
+    replacement = [a for a in actions if isinstance(a, SendAward)]
+    spare = ({e.public_key for e in EXECUTORS[:4]} - set(first)).pop()
+    assert len(replacement) == 1 and replacement[0].executor == spare
+    assert job.slot[first[2]] == "timed_out"
+    # its commit, now too late, is refused and changes nothing
+    with pytest.raises(RemoteProtocolError) as e:
+        job.receive_commit(verify(run_executor(ids[first[2]], job.job_id, b"A")[0], Commit), deadline + 1)
+    assert e.value.reason == "late_commit"
+    assert [ev for ev in job.history if ev[1] == "replacement"]
+
+
+def test_withdrawn_executor_is_replaced_at_once_and_errors_are_bounded():
+    job = new_job(max_error_results=1)
+    close_bidding(job, EXECUTORS[:4])
+    first = list(job.awards)
+    ids = {e.public_key: e for e in EXECUTORS}
+    actions = job.receive_withdraw(verify(sign(ids[first[0]], Withdraw(job.job_id, first[0], "image missing")), Withdraw), NOW + 1)
+    assert [type(a) for a in actions] == [SendAward]
+    actions = job.receive_withdraw(verify(sign(ids[first[1]], Withdraw(job.job_id, first[1], "oops")), Withdraw), NOW + 2)
+    assert job.state == "failed" and job.reason == "too_many_errors"
+    verify_certificate(job.certificate)
+
+
+def test_no_bids_fails_after_waiting():
+    job = new_job()
+    assert job.tick(NOW + job.timing.bid_window_ms) == []
+    assert job.wants_bids
+    actions = job.tick(job.next_deadline_ms())
+    assert job.state == "failed" and "no bidders" in job.reason
+    assert isinstance(actions[-1], Finished)
 
 
 def test_certificate_with_forged_verdict_is_rejected():
@@ -287,67 +389,97 @@ def test_certificate_with_forged_verdict_is_rejected():
     with pytest.raises(RemoteProtocolError) as e:
         verify_certificate(sign(SUBMITTER, forged))
     assert e.value.reason == "bad_verdict"
-    # dropping a dissenting reveal's award makes the reveal unawarded
+    # dropping an award makes its reveal unawarded
     forged2 = Certificate(cert.job_id, cert.status, cert.result_hash, cert.signed_spec,
                           cert.awards[1:], cert.reveals, cert.created_ms)
     with pytest.raises(RemoteProtocolError):
         verify_certificate(sign(SUBMITTER, forged2))
+    # fewer than k agreeing reveals cannot be verified
+    good, _ = drive([b"A", b"A", b"B"])
+    gc = verify(good.certificate, Certificate).msg
+    agreeing = [r for r in gc.reveals if verify(r, Reveal).msg.result_hash == gc.result_hash]
+    short = Certificate(gc.job_id, "verified", gc.result_hash, gc.signed_spec, gc.awards, tuple(agreeing[:1]), gc.created_ms)
+    with pytest.raises(RemoteProtocolError) as e:
+        verify_certificate(sign(SUBMITTER, short))
+    assert e.value.reason == "bad_verdict"
+    # a reveal from another job
+    other, _ = drive([b"A", b"A", b"A"])
+    oc = verify(other.certificate, Certificate).msg
+    mixed = Certificate(gc.job_id, gc.status, gc.result_hash, gc.signed_spec, gc.awards, gc.reveals + oc.reveals[:1], gc.created_ms)
+    with pytest.raises(RemoteProtocolError) as e:
+        verify_certificate(sign(SUBMITTER, mixed))
+    assert e.value.reason == "bad_reveal"
     # signed by someone other than the submitter
     with pytest.raises(RemoteProtocolError) as e:
         verify_certificate(sign(EXECUTORS[0], cert))
     assert e.value.reason == "wrong_signer"
 
 
-def test_reveal_contradicting_its_seal_is_rejected_and_changes_nothing():
-    spec = make_spec()
-    spec_raw = sign(SUBMITTER, spec)
-    job = SubmitterJob(SUBMITTER, spec_raw, spec, started_ms=NOW)
-    for ex in EXECUTORS[:3]:
-        job.receive_bid(verify(sign(ex, Bid(job.job_id, ex.public_key, 1, 1000, 256, ("process",), NOW)), Bid), NOW)
-    ex = EXECUTORS[0]
-    commit, _ = run_executor(ex, job.job_id, b"honest")
-    job.receive_commit(verify(commit, Commit), NOW)
-    for other in EXECUTORS[1:3]:
-        job.receive_commit(verify(run_executor(other, job.job_id, b"honest")[0], Commit), NOW)
-    _, lying = run_executor(ex, job.job_id, b"changed my mind")
+def test_reveal_contradicting_its_seal_voids_the_slot_and_is_penalized():
+    job = new_job()
+    close_bidding(job, EXECUTORS[:3])
+    for ex in EXECUTORS[:2]:
+        job.receive_commit(verify(run_executor(ex, job.job_id, b"honest")[0], Commit), NOW)
+    _, lying = run_executor(EXECUTORS[0], job.job_id, b"changed my mind")
+    actions = job.receive_reveal(verify(lying, Reveal), NOW)
+    assert Penalize(EXECUTORS[0].public_key, "seal_mismatch") in actions
+    assert job.reveals == {} and job.slot[EXECUTORS[0].public_key] == "seal_mismatch"
+
+
+def test_copied_seal_gains_nothing():
+    """A lazy executor copies an honest executor's seal into its own commit: its reveal cannot
+    match, whatever hash it reveals."""
+    job = new_job()
+    close_bidding(job, EXECUTORS[:3])
+    honest, lazy = EXECUTORS[0], EXECUTORS[1]
+    honest_commit, honest_reveal = run_executor(honest, job.job_id, b"A")
+    job.receive_commit(verify(honest_commit, Commit), NOW)
+    copied = sign(lazy, Commit(job.job_id, lazy.public_key, verify(honest_commit, Commit).msg.seal))
+    job.receive_commit(verify(copied, Commit), NOW)
+    _, lazy_reveal = run_executor(lazy, job.job_id, b"A")  # even the right answer
+    actions = job.receive_reveal(verify(lazy_reveal, Reveal), NOW + 1)
+    assert Penalize(lazy.public_key, "seal_mismatch") in actions
+    # and replaying the honest executor's signed commit is refused as its author's, not the lazy one's
     with pytest.raises(RemoteProtocolError) as e:
-        job.receive_reveal(verify(lying, Reveal), NOW)
-    assert e.value.reason == "seal_mismatch"
-    assert job.reveals == {}
+        job.receive_commit(verify(honest_commit, Commit), NOW + 1)
+    assert e.value.reason == "duplicate"
 
 
 def test_commit_from_unawarded_peer_and_duplicate_bids_are_rejected():
-    spec = make_spec()
-    spec_raw = sign(SUBMITTER, spec)
-    job = SubmitterJob(SUBMITTER, spec_raw, spec, started_ms=NOW)
-    bid = verify(sign(EXECUTORS[0], Bid(job.job_id, EXECUTORS[0].public_key, 1, 1000, 256, ("process",), NOW)), Bid)
-    job.receive_bid(bid, NOW)
+    job = new_job()
+    b = bid(EXECUTORS[0], job)
+    job.receive_bid(b, NOW)
     with pytest.raises(RemoteProtocolError) as e:
-        job.receive_bid(bid, NOW)
+        job.receive_bid(b, NOW)
     assert e.value.reason == "duplicate"
-    assert len(job.awards) == 1
     commit, _ = run_executor(EXECUTORS[3], job.job_id, b"x")
     with pytest.raises(RemoteProtocolError) as e:
         job.receive_commit(verify(commit, Commit), NOW)
     assert e.value.reason == "not_awarded"
 
 
-def test_deadlines_advance_the_job():
-    spec = make_spec()
-    spec_raw = sign(SUBMITTER, spec)
-    job = SubmitterJob(SUBMITTER, spec_raw, spec, started_ms=NOW)
-    assert job.tick(NOW + 1) == []
-    [f] = job.tick(job.phase_deadline_ms)
-    assert f == Finished("failed", "too_few_bids", None)
-    # two bidders, the third never comes: after the bid window the job runs with two
-    job = SubmitterJob(SUBMITTER, spec_raw, spec, started_ms=NOW)
-    for ex in EXECUTORS[:2]:
-        job.receive_bid(verify(sign(ex, Bid(job.job_id, ex.public_key, 1, 1000, 256, ("process",), NOW)), Bid), NOW)
-    assert job.tick(job.phase_deadline_ms) == [] and job.state == "executing"
-    [f] = job.tick(job.phase_deadline_ms)
-    assert f.reason == "too_few_commits" and job.state == "failed"
-    [f] = SubmitterJob(SUBMITTER, spec_raw, spec, started_ms=NOW).tick(NOW + 10**9)
-    assert f.reason == "too_few_bids"
+# --- reputation and credits -------------------------------------------------------------------
+
+def test_ledger_rewards_agreement_penalizes_dissent_and_pays_agreeing_executors():
+    job, _ = drive([b"A", b"A", b"B"])
+    checked = verify_certificate(job.certificate)
+    ledger = Ledger(genesis=100)
+    assert ledger.apply_certificate(checked, NOW)
+    assert not ledger.apply_certificate(checked, NOW)  # idempotent
+    for e in checked.tally.agreeing:
+        assert ledger.reputation_of(e) == 5 and ledger.balance(e) == 101
+    for e in checked.tally.dissenting:
+        assert ledger.reputation_of(e) == -10 and ledger.balance(e) == 100
+    assert ledger.balance(SUBMITTER.public_key) == 100 - len(checked.tally.agreeing)
+    assert len(ledger.transfers) == len(checked.tally.agreeing)
+    assert ledger.can_pay(SUBMITTER.public_key, 1, 3) and not ledger.can_pay(SUBMITTER.public_key, 50, 3)
+
+
+def test_reputation_is_bounded():
+    ledger = Ledger()
+    for _ in range(50):
+        ledger.apply_offence(EXECUTORS[0].public_key)
+    assert ledger.reputation_of(EXECUTORS[0].public_key) == -100
 
 
 # --- job files --------------------------------------------------------------------------------

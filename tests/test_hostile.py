@@ -85,11 +85,11 @@ async def test_hostile_peer_is_rejected_counted_and_harmless(tmp_path):
             forged_commit = flip_last_signature_byte(sign(me, Commit(b"\1" * 32, me.public_key, b"\2" * 32)))
             assert refusal_reason(await attacker.call(cmd="request", peer=victim_peer, protocol=COMMIT_PROTOCOL,
                                                       data=forged_commit.hex())) == "bad_signature"
-            # An award for a job the attacker did not submit: signed by the attacker, spec by the victim.
+            # An award for a job the victim never saw announced.
             spec = spec_by(victim, now)
-            fake_award = sign(me, Award(job_id_of(spec), victim.public_key, 0, now + 60_000, spec))
+            fake_award = sign(me, Award(job_id_of(spec), victim.public_key, 0, now + 60_000))
             assert refusal_reason(await attacker.call(cmd="request", peer=victim_peer, protocol=AWARD_PROTOCOL,
-                                                      data=fake_award.hex())) == "wrong_sender"
+                                                      data=fake_award.hex())) == "unknown_job"
 
             # Every node dropped and counted the gossip; the victim also counted the requests.
             for i in range(3):

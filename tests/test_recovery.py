@@ -26,7 +26,7 @@ def test_submitter_killed_mid_job_finishes_the_job_after_restart(tmp_path):
             r = cli("job", "status", job_id, "--data-dir", str(net.node_dirs[i]), "--json")
             return json.loads(r.stdout) if r.returncode == 0 else {}
 
-        wait_for(lambda: status(0).get("status") == "executing", 20, "the job to be awarded")
+        wait_for(lambda: len(status(0).get("executors", [])) == 3, 20, "the job to be awarded")
         net.kill_node(0)
         net.restart_node(0)
         final = wait_for(lambda: (s := status(0)).get("status") in ("verified", "failed") and s, 60,

@@ -1,0 +1,192 @@
+"""The executor's side of the node: bid, run awarded jobs in the sandbox, commit, reveal.
+
+Contract: the result and the signed reveal are written to the store before the commit is sent; a
+restarted node re-runs what was awarded but not finished and re-sends commits not yet accepted.
+A sandbox that cannot run the job sends a signed Withdraw so the submitter replaces this node at
+once. A repeated award changes nothing.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING
+
+import trio
+
+from distributeai.consensus.errors import RemoteProtocolError
+from distributeai.consensus.messages import (
+    STDOUT_CAP, Award, Bid, Commit, JobSpec, Reveal, RevealRequest, Withdraw, sign, verify,
+)
+from distributeai.consensus.names import BID_PROTOCOL, COMMIT_PROTOCOL, WITHDRAW_PROTOCOL
+from distributeai.consensus.results import result_hash, seal
+from distributeai.p2p.identity import peer_id_from_public_key
+from distributeai.p2p.overlay import RemoteError
+from distributeai.sandbox.base import RunRequest, RunResult, SandboxError
+
+from . import wire
+from .bidding import BidContext, decide
+from .clock import now_ms
+
+if TYPE_CHECKING:
+    from .agent import Agent
+
+log = logging.getLogger("distributeai.node.executor")
+SEND_RETRIES = 6  # the submitter may be restarting; backoff 0.5 s doubling: about 30 s in all
+
+
+class Executing:
+    def __init__(self, agent: "Agent") -> None:
+        self.agent = agent
+        self.running = 0
+        self._limiter = trio.CapacityLimiter(agent.settings.capacity.max_running)
+
+    # --- bidding --------------------------------------------------------------------------------
+
+    async def consider(self, job_id: bytes, spec: JobSpec, addrs: tuple[str, ...]) -> None:
+        a = self.agent
+        decision = decide(BidContext(spec, a.settings.capacity, self.running, a.sandbox_ok, a.sandbox.has_image,
+                                     submitter_can_pay=a.ledger.can_pay(spec.submitter, spec.price, spec.replicas)))
+        if not decision.bid:
+            log.info("not bidding on %s: %s", job_id.hex()[:12], decision.reason)
+            return
+        bid = sign(a.identity, Bid(job_id, a.me, a.settings.price, a.settings.capacity.cpu_millis,
+                                   a.settings.capacity.memory_mb, (a.settings.sandbox_name,), now_ms()))
+        a.nursery.start_soon(self._send_bid, spec.submitter, bid, addrs)
+
+    async def _send_bid(self, submitter: bytes, bid: bytes, addrs: tuple[str, ...]) -> None:
+        a = self.agent
+        if submitter != a.me and peer_id_from_public_key(submitter) not in a.overlay.connected_peers():
+            for addr in addrs:
+                try:
+                    await a.overlay.connect(addr)
+                    break
+                except (RemoteError, ValueError) as exc:
+                    log.debug("dial %s failed: %s", addr, exc)
+        try:
+            await a.deliver(submitter, BID_PROTOCOL, bid)
+            a.count("bids_sent")
+        except (RemoteError, RemoteProtocolError) as exc:
+            log.info("bid not accepted: %s", exc)
+
+    # --- awards ---------------------------------------------------------------------------------
+
+    async def handle_award(self, peer: str, data: bytes) -> bytes:
+        a = self.agent
+        signed = verify(data, Award)
+        award: Award = signed.msg
+        if award.executor != a.me:
+            raise RemoteProtocolError("malformed", "award names another executor")
+        row = await a.store.get_job(award.job_id.hex())
+        if row is None:
+            raise RemoteProtocolError("unknown_job", "award for a job this node never saw")
+        spec: JobSpec = verify(row["signed_spec"], JobSpec).msg
+        if signed.signer != spec.submitter or peer_id_from_public_key(signed.signer) != peer:
+            raise RemoteProtocolError("wrong_sender", "award not from the job's submitter")
+        job_hex = award.job_id.hex()
+        await a.store.add_job_role(job_hex, "executor")
+        if await a.store.insert_execution(job_hex, data, now_ms()):
+            a.nursery.start_soon(self.execute, award, spec)
+        return wire.ok()
+
+    async def execute(self, award: Award, spec: JobSpec) -> None:
+        """Task boundary: whatever goes wrong with one job is that job's failure, never the node's."""
+        try:
+            await self._execute(award, spec)
+        except Exception:
+            log.exception("execution of %s failed unexpectedly", award.job_id.hex()[:12])
+            await self.agent.store.update_execution(award.job_id.hex(), now_ms(), status="failed",
+                                                    reason="internal error")
+
+    async def _execute(self, award: Award, spec: JobSpec) -> None:
+        a = self.agent
+        job_hex = award.job_id.hex()
+        self.running += 1
+        try:
+            await a.store.update_execution(job_hex, now_ms(), status="running")
+            try:
+                request = RunRequest(image=spec.image, command=list(spec.command), env=dict(spec.env),
+                                     cpu=spec.cpu_millis / 1000, memory_mb=spec.memory_mb,
+                                     timeout_s=float(spec.timeout_s))
+                result = await trio.to_thread.run_sync(a.sandbox.run, request, limiter=self._limiter)
+            except (SandboxError, ValueError) as exc:
+                log.warning("job %s could not run: %s", job_hex[:12], exc)
+                await a.store.update_execution(job_hex, now_ms(), status="failed", reason=str(exc))
+                await self._withdraw(award, spec, str(exc)[:200])
+                return
+        finally:
+            self.running -= 1
+        reveal = self.make_reveal(award, result)
+        r: Reveal = verify(reveal, Reveal).msg
+        summary = {"exit_code": result.exit_code, "timed_out": result.timed_out, "oom_killed": result.oom_killed,
+                   "stdout_truncated": r.stdout_truncated, "duration_s": round(result.duration_s, 4),
+                   "sandbox": result.sandbox, "result_hash": r.result_hash.hex()}
+        await a.store.update_execution(job_hex, now_ms(), status="executed", result=summary, reveal=reveal)
+        a.count("executed")
+        a.notify()
+        await self.send_commit(award, spec, reveal)
+
+    def make_reveal(self, award: Award, result: RunResult) -> bytes:
+        """The signed reveal of a result. (tests/byzantine_node.py overrides this to lie.)"""
+        a = self.agent
+        stdout = result.stdout[:STDOUT_CAP]
+        truncated = result.stdout_truncated or len(result.stdout) > STDOUT_CAP
+        rh = result_hash(result.exit_code, result.timed_out, stdout, truncated)
+        return sign(a.identity, Reveal(award.job_id, a.me, rh, result.exit_code, stdout, truncated, result.timed_out))
+
+    def make_commit(self, award: Award, reveal: bytes) -> bytes:
+        """The signed commit for a reveal: its seal binds the result to this executor."""
+        rh = verify(reveal, Reveal).msg.result_hash
+        return sign(self.agent.identity, Commit(award.job_id, self.agent.me, seal(self.agent.me, award.job_id, rh)))
+
+    async def send_commit(self, award: Award, spec: JobSpec, reveal: bytes) -> None:
+        if await self._send_with_retries(spec.submitter, COMMIT_PROTOCOL, self.make_commit(award, reveal), award):
+            await self.agent.store.update_execution(award.job_id.hex(), now_ms(), status="committed")
+
+    async def _withdraw(self, award: Award, spec: JobSpec, reason: str) -> None:
+        msg = sign(self.agent.identity, Withdraw(award.job_id, self.agent.me, reason))
+        await self._send_with_retries(spec.submitter, WITHDRAW_PROTOCOL, msg, award)
+
+    async def _send_with_retries(self, to: bytes, protocol: str, data: bytes, award: Award) -> bool:
+        for attempt in range(SEND_RETRIES):
+            try:
+                await self.agent.deliver(to, protocol, data)
+                return True
+            except RemoteProtocolError as exc:
+                log.info("%s refused for %s: %s", protocol, award.job_id.hex()[:12], exc)
+                return False
+            except RemoteError as exc:
+                log.info("%s attempt %d for %s failed: %s", protocol, attempt + 1, award.job_id.hex()[:12], exc)
+                await trio.sleep(0.5 * 2**attempt)  # back-off between retries, not synchronization
+        return False
+
+    # --- reveals --------------------------------------------------------------------------------
+
+    async def handle_reveal(self, peer: str, data: bytes) -> bytes:
+        a = self.agent
+        signed = verify(data, RevealRequest)
+        req: RevealRequest = signed.msg
+        execution = await a.store.get_execution(req.job_id.hex())
+        if execution is None or req.executor != a.me:
+            raise RemoteProtocolError("unknown_job", "no execution of this job here")
+        row = await a.store.get_job(req.job_id.hex())
+        submitter = verify(row["signed_spec"], JobSpec).msg.submitter
+        if signed.signer != submitter or peer_id_from_public_key(submitter) != peer:
+            raise RemoteProtocolError("wrong_sender", "reveal requested by someone other than the submitter")
+        # "executed": our commit reached the submitter (it asks only those it has) but its answer was lost.
+        if execution["status"] not in ("executed", "committed", "revealed") or execution["reveal"] is None:
+            raise RemoteProtocolError("not_committed", "nothing committed to reveal")
+        await a.store.update_execution(req.job_id.hex(), now_ms(), status="revealed")
+        return wire.ok(execution["reveal"])
+
+    # --- recovery -------------------------------------------------------------------------------
+
+    async def recover(self) -> None:
+        a = self.agent
+        for execution in await a.store.executions_with_status("awarded", "running", "executed"):
+            award: Award = verify(execution["award"], Award).msg
+            row = await a.store.get_job(award.job_id.hex())
+            spec = verify(row["signed_spec"], JobSpec).msg
+            if execution["status"] == "executed":
+                a.nursery.start_soon(self.send_commit, award, spec, execution["reveal"])
+            else:
+                a.nursery.start_soon(self.execute, award, spec)
