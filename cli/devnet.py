@@ -66,14 +66,17 @@ class Devnet:
     node_dirs: list[Path] = field(default_factory=list)
     node_info: list[dict] = field(default_factory=list)
     node_procs: list[subprocess.Popen] = field(default_factory=list)
+    # Node index -> the program to run instead of `python -m distributeai.cli.main` (the failure
+    # tests run a byzantine node this way); its arguments are the CLI's.
+    programs: dict[int, list[str]] = field(default_factory=dict)
 
-    def _spawn(self, args: list[str], log: Path) -> subprocess.Popen:
+    def _spawn(self, args: list[str], log: Path, program: list[str] | None = None) -> subprocess.Popen:
         env = dict(os.environ)
         if self.docker_host:
             env["DOCKER_HOST"] = self.docker_host
         env.setdefault("PYTHONUNBUFFERED", "1")
         with open(log, "ab") as err:
-            proc = subprocess.Popen([sys.executable, "-m", "distributeai.cli.main", *args],
+            proc = subprocess.Popen([*(program or [sys.executable, "-m", "distributeai.cli.main"]), *args],
                                     stdout=subprocess.PIPE, stderr=err, stdin=subprocess.DEVNULL, env=env)
         self.procs.append(proc)
         return proc
@@ -92,14 +95,16 @@ class Devnet:
             d = self.root / f"node{i + 1}"
             d.mkdir(exist_ok=True)
             self.node_dirs.append(d)
-            self.node_procs.append(self._spawn_node(d))
+            self.node_procs.append(self._spawn_node(i))
         for d, p in zip(self.node_dirs, self.node_procs):
             self.node_info.append(json.loads(LineReader(p, f"node {d.name}", d / "log").readline(timeout)))
         return self
 
-    def _spawn_node(self, d: Path) -> subprocess.Popen:
+    def _spawn_node(self, i: int) -> subprocess.Popen:
+        d = self.node_dirs[i]
         return self._spawn(["node", "start", "--bootstrap", self.bootstrap_addr, "--data-dir", str(d),
-                            "--sandbox", self.sandbox, "--log-level", self.log_level], d / "log")
+                            "--sandbox", self.sandbox, "--log-level", self.log_level], d / "log",
+                           self.programs.get(i))
 
     def kill_node(self, i: int) -> None:
         """SIGKILL node i: no clean shutdown, as when a volunteer's machine loses power."""
@@ -110,7 +115,7 @@ class Devnet:
     def restart_node(self, i: int, timeout: float = 60.0) -> dict:
         """Start node i again on its data directory; returns its new ready line."""
         d = self.node_dirs[i]
-        p = self._spawn_node(d)
+        p = self._spawn_node(i)
         self.node_procs[i] = p
         self.node_info[i] = json.loads(LineReader(p, f"node {d.name}", d / "log").readline(timeout))
         return self.node_info[i]
@@ -122,7 +127,8 @@ class Devnet:
         """Until every node is connected to every other node (found through the DHT) and has a
         gossip mesh on the jobs topic (so that an announcement reaches someone)."""
         ids = {n["peer_id"] for n in self.node_info}
-        want_mesh = min(len(ids), 4)  # the other nodes and the bootstrap, up to gossip's low degree
+        # The other nodes and the bootstrap (while it lives), up to gossip's low degree.
+        want_mesh = min(len(ids) - 1 + (self.procs[0].poll() is None), 4)
         deadline = time.monotonic() + timeout
         while True:
             missing = {}
@@ -138,6 +144,14 @@ class Devnet:
             if time.monotonic() > deadline:
                 raise DevnetError(f"nodes did not find each other within {timeout} s: {missing}")
             time.sleep(0.1)  # polling the nodes' own view; each round is a fresh observation
+
+    def kill_bootstrap(self) -> None:
+        """SIGKILL the bootstrap; the nodes must carry on without it."""
+        self.procs[0].kill()
+        self.procs[0].wait()
+
+    def call(self, i: int, request: dict, timeout: float = 30) -> dict:
+        return call(self.node_dirs[i] / "control.sock", request, timeout=timeout)
 
     def stop(self) -> None:
         for p in reversed(self.procs):

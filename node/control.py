@@ -11,6 +11,7 @@ line, answered with a JSON object on one line. Requests are capped at MAX_REQUES
     {"op": "list"}                                   -> {"jobs": [job view, ...]}
     {"op": "credits"}                                -> {"balance", "genesis", "transfers": [...]}
     {"op": "reputation"}                             -> {"reputation": {peer id: value}}
+    {"op": "stored_peers"}                           -> {"peers": [peer id, ...]} remembered for restarts
 Errors: {"error": "message", "code": "reason"}.
 """
 
@@ -66,6 +67,8 @@ async def _dispatch(agent: Agent, req: dict) -> dict:
         else:
             view = await agent.job_status(job_hex)
         return view if view is not None else {"error": f"no job {job_hex} known to this node", "code": "unknown_job"}
+    if op == "stored_peers":
+        return {"peers": [p for p, _ in await agent.store.known_peers(limit=1000)]}
     if op == "credits":
         return agent.credits()
     if op == "reputation":

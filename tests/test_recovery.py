@@ -31,8 +31,12 @@ def test_submitter_killed_mid_job_finishes_the_job_after_restart(tmp_path):
         net.restart_node(0)
         final = wait_for(lambda: (s := status(0)).get("status") in ("verified", "failed") and s, 60,
                          "the restarted submitter to finish the job")
+        print(f"\nsubmitter killed and restarted: {final['status']} after {final['elapsed_s']:.2f} s")
         assert final["status"] == "verified", final
         assert final["stdout"] == DEMO_STDOUT
+        # job status shows the whole story, rebuilt from the store: awards, commits, reveals, verdict
+        events = [h["event"] for h in final["history"]]
+        assert events.count("award") == 3 and "verified" in events and "reveal" in events
         assert len(final["executors"]) == 3 and sum(e["agreed"] for e in final["executors"]) >= 2
 
 

@@ -1,0 +1,64 @@
+"""A real node whose executor cheats, for the failure tests. Everything but one method is the
+production node, started through the production CLI.
+
+    python tests/byzantine_node.py wrong node start ...   reveals a wrong result, at once, for every job
+    python tests/byzantine_node.py lazy  node start ...   runs nothing: commits a seal copied from the
+                                                        job's submitter (as a colluder would pass it
+                                                        on) and reveals the right hash, learned the
+                                                        same way (BYZANTINE_STDOUT)
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+from distributeai.consensus.messages import Award, Commit, JobSpec, Reveal, sign
+from distributeai.consensus.results import result_hash, seal
+from distributeai.node import agent as agent_module
+from distributeai.node import daemon
+from distributeai.node.clock import now_ms
+from distributeai.node.executing import Executing
+
+WRONG_STDOUT = b"this is not the answer\n"
+
+
+class WrongExecutor(Executing):
+    async def execute(self, award: Award, spec: JobSpec) -> None:
+        a = self.agent
+        rh = result_hash(0, False, WRONG_STDOUT, False)
+        reveal = sign(a.identity, Reveal(award.job_id, a.me, rh, 0, WRONG_STDOUT, False, False))
+        await a.store.update_execution(award.job_id.hex(), now_ms(), status="executed", reveal=reveal,
+                                       result={"byzantine": "wrong"})
+        await self.send_commit(award, spec, reveal)
+
+
+class LazyExecutor(Executing):
+    async def execute(self, award: Award, spec: JobSpec) -> None:
+        a = self.agent
+        stdout = os.environ["BYZANTINE_STDOUT"].encode()
+        rh = result_hash(0, False, stdout, False)
+        copied = seal(spec.submitter, award.job_id, rh)  # the seal the submitter's own executor sent
+        reveal = sign(a.identity, Reveal(award.job_id, a.me, rh, 0, stdout, False, False))
+        await a.store.update_execution(award.job_id.hex(), now_ms(), status="executed", reveal=reveal,
+                                       result={"byzantine": "lazy"})
+        commit = sign(a.identity, Commit(award.job_id, a.me, copied))
+        if await self._send_with_retries(spec.submitter, "/distributeai/commit/1", commit, award):
+            await a.store.update_execution(award.job_id.hex(), now_ms(), status="committed")
+
+
+class ByzantineAgent(agent_module.Agent):
+    pass
+
+
+def main() -> None:
+    behaviour, args = sys.argv[1], sys.argv[2:]
+    ByzantineAgent.executing_class = {"wrong": WrongExecutor, "lazy": LazyExecutor}[behaviour]
+    daemon.AGENT_CLASS = ByzantineAgent
+    from distributeai.cli.main import app
+
+    app(args, prog_name="distributeai")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,50 @@
+"""Node components on their own: bidding predicates (pure) and the SQLite store (real SQLite)."""
+
+from __future__ import annotations
+
+from distributeai.consensus.codec import Identity
+from distributeai.consensus.messages import JobSpec
+from distributeai.node.bidding import BidContext, Capacity, decide
+from distributeai.node.store import Store
+
+SPEC = JobSpec(submitter=b"\1" * 32, nonce=b"\0" * 16, created_ms=0, name="", image="alpine:latest",
+               command=("true",), cpu_millis=1000, memory_mb=256)
+
+
+def ctx(**kw) -> BidContext:
+    fields = dict(spec=SPEC, capacity=Capacity(), running=0, sandbox_ok=True, image_ok=lambda _: True)
+    fields.update(kw)
+    return BidContext(**fields)
+
+
+def test_bidding_predicates_each_refuse_with_a_reason():
+    assert decide(ctx()).bid
+    assert decide(ctx(submitter_can_pay=False)).reason == "the submitter cannot pay for this job"
+    assert "sandbox" in decide(ctx(sandbox_ok=False)).reason
+    assert "millicores" in decide(ctx(capacity=Capacity(cpu_millis=500))).reason
+    assert "MiB" in decide(ctx(capacity=Capacity(memory_mb=128))).reason
+    assert "busy" in decide(ctx(running=4)).reason
+    assert "not available" in decide(ctx(image_ok=lambda _: False)).reason
+
+
+async def test_store_keeps_jobs_inputs_ledger_and_peers_across_reopen(tmp_path):
+    path = tmp_path / "node.db"
+    store = await Store.open(path)
+    assert await store.insert_job("ab", "submitter", "n", b"spec", "bidding", 1, announce=b"ann")
+    assert not await store.insert_job("ab", "observer", "n", b"spec", "announced", 2)  # replay
+    new = await store.record_input("ab", "commit", b"raw", {"reputation": 5}, 3, status="verified", reason="",
+                                   certificate=b"cert", offences=[(b"\2" * 32, "never_committed")])
+    assert new
+    await store.upsert_peers([("peerA", ["/ip4/127.0.0.1/tcp/1/p2p/peerA"])], 4)
+    await store.aclose()
+    store = await Store.open(path)
+    row = await store.get_job("ab")
+    assert row["status"] == "verified" and row["certificate"] == b"cert" and row["announce"] == b"ann"
+    assert await store.inputs("ab") == [("commit", b"raw", {"reputation": 5}, 3)]
+    events = await store.ledger_events()
+    assert [(e["kind"], e["reason"]) for e in events] == [("offence", "never_committed"), ("certificate", "")]
+    # the same certificate again is not a new ledger event
+    assert not await store.record_certificate("ab", b"cert", "verified", "", 5, role_if_new="observer",
+                                              name="n", signed_spec=b"spec")
+    assert await store.known_peers() == [("peerA", ["/ip4/127.0.0.1/tcp/1/p2p/peerA"])]
+    await store.aclose()
