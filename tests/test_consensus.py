@@ -306,7 +306,6 @@ def test_no_two_alike_is_nondeterministic_and_nobody_is_punished():
 def test_inconclusive_split_awards_one_more_executor():
     job = new_job(replicas=2, quorum=2)
     close_bidding(job, EXECUTORS[:3])
-    a, b = EXECUTORS[0], EXECUTORS[1]
     awarded = list(job.awards)
     out = {awarded[0]: b"A", awarded[1]: b"B"}
     ids = {e.public_key: e for e in EXECUTORS}

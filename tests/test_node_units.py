@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from distributeai.consensus.codec import Identity
 from distributeai.consensus.messages import JobSpec
 from distributeai.node.bidding import BidContext, Capacity, decide
 from distributeai.node.store import Store
