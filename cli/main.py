@@ -116,7 +116,8 @@ def node_start(
     data_dir: Path = DataDir,
     bootstrap: list[str] = typer.Option([], "--bootstrap", help="Bootstrap multiaddr ending in /p2p/<peer id>; repeatable."),
     listen: str = typer.Option("/ip4/127.0.0.1/tcp/0", help="libp2p listen multiaddr."),
-    sandbox: str = typer.Option("docker", help="docker, or process (runs jobs unisolated on this host)."),
+    sandbox: str = typer.Option("auto", help="Container jobs: auto (docker if its daemon answers, else bwrap), docker, bwrap, or process (runs jobs unisolated on this host). WASM jobs always run in wasm."),
+    gpu: bool = typer.Option(False, "--gpu", help="This node offers a GPU (jobs that need one are bid on)."),
     docker_host: Optional[str] = typer.Option(None, envvar="DOCKER_HOST", help="Docker daemon address."),
     cpu: float = typer.Option(2.0, help="Cores this node offers to jobs."),
     memory_mb: int = typer.Option(2048, help="Memory in MiB this node offers to jobs."),
@@ -128,8 +129,8 @@ def node_start(
 
     Example: distributeai node start --bootstrap /ip4/127.0.0.1/tcp/4001/p2p/12D3KooW... --data-dir ./node1 --sandbox docker
     """
-    if sandbox not in ("docker", "process"):
-        fail(f"--sandbox must be docker or process, got {sandbox!r}")
+    if sandbox not in ("auto", "docker", "bwrap", "process"):
+        fail(f"--sandbox must be auto, docker, bwrap or process, got {sandbox!r}")
     for b in bootstrap:
         check_multiaddr(b, "--bootstrap")
         if "/p2p/" not in b:
@@ -141,7 +142,8 @@ def node_start(
 
     config = NodeConfig(data_dir=data_dir, bootstrap=tuple(bootstrap), listen=listen, sandbox=sandbox,
                         docker_host=docker_host,
-                        capacity=Capacity(int(cpu * 1000), memory_mb, max_jobs), genesis_credits=genesis_credits)
+                        capacity=Capacity(int(cpu * 1000), memory_mb, max_jobs), genesis_credits=genesis_credits,
+                        gpu=gpu)
     import trio
 
     async def serve() -> None:
@@ -210,6 +212,13 @@ def load_job_file(path: Path) -> Any:
         fail(f"job file {path} is not valid JSON: {exc}")
 
 
+def read_bytes(path: Path, what: str) -> bytes:
+    try:
+        return path.read_bytes()
+    except OSError as exc:
+        fail(f"{what}: cannot read {path}: {exc.strerror}")
+
+
 def print_job(view: dict, as_json: bool) -> None:
     if as_json:
         typer.echo(json.dumps(view))
@@ -240,6 +249,12 @@ def submit(
     max_error_results: Optional[int] = typer.Option(None, help="Executors that may fail before the job does. Default 3."),
     max_total_results: Optional[int] = typer.Option(None, help="Awards in all, replacements included. Default 2n."),
     result_deadline: Optional[int] = typer.Option(None, help="Seconds from award to commit per executor. Default timeout + 30."),
+    wasm: Optional[Path] = typer.Option(None, "--wasm", help="A WebAssembly (WASI) module to run instead of an image."),
+    stdin: Optional[str] = typer.Option(None, "--stdin", help="Text fed to the job's standard input."),
+    stdin_file: Optional[Path] = typer.Option(None, "--stdin-file", help="A file fed to the job's standard input."),
+    fuel: Optional[int] = typer.Option(None, "--fuel", help="WASM: the fuel limit."),
+    price_per_mfuel: Optional[int] = typer.Option(None, "--price-per-mfuel", help="WASM: credits per million fuel."),
+    gpu: bool = typer.Option(False, "--gpu", help="The job needs a GPU."),
     no_wait: bool = typer.Option(False, "--no-wait", help="Print the job id and return at once."),
     as_json: bool = typer.Option(False, "--json", help="Print the outcome as one JSON object."),
 ) -> None:
@@ -256,24 +271,34 @@ def submit(
     extra = list(ctx.args)
     if extra and cmd is None:
         fail(f"unexpected argument {extra[0]!r}")
-    if file is not None and (image or cmd):
-        fail("give either -f FILE or --image/--cmd, not both")
+    if file is not None and (image or cmd or wasm):
+        fail("give either -f FILE or --image/--wasm with --cmd, not both")
+    if image and wasm:
+        fail("give either --image or --wasm, not both")
     if file is not None:
         doc = load_job_file(file)
-    elif image or cmd:
-        if not image:
-            fail("--image is required with --cmd")
+        if isinstance(doc, dict) and "wasm_file" in doc:
+            doc["wasm_module"] = read_bytes((file.parent / str(doc.pop("wasm_file"))), "wasm_file")
+    elif image or cmd or wasm:
+        if not (image or wasm):
+            fail("--image or --wasm is required with --cmd")
         if cmd is None:
-            fail("--cmd is required with --image")
-        doc = {"image": image, "command": [cmd, *extra]}
+            fail("--cmd is required (for --wasm: the program name, then its arguments)")
+        doc = {"image": image, "command": [cmd, *extra]} if image else \
+              {"wasm_module": read_bytes(wasm, "--wasm"), "command": [cmd, *extra]}
     else:
-        fail("nothing to submit: give -f FILE or --image IMAGE --cmd ARG ...")
+        fail("nothing to submit: give -f FILE, or --image IMAGE (or --wasm FILE) --cmd ARG ...")
+    if stdin is not None and stdin_file is not None:
+        fail("give either --stdin or --stdin-file, not both")
     if isinstance(doc, dict):
         for key, value in (("replicas", replicas), ("quorum", quorum), ("timeout", timeout), ("price", price),
                            ("max_error_results", max_error_results), ("max_total_results", max_total_results),
-                           ("result_deadline", result_deadline)):
+                           ("result_deadline", result_deadline), ("fuel", fuel), ("price_per_mfuel", price_per_mfuel),
+                           ("stdin", stdin if stdin_file is None else read_bytes(stdin_file, "--stdin-file")),
+                           ("gpu", gpu or None)):
             if value is not None:
                 doc[key] = value
+    module = doc.get("wasm_module") if isinstance(doc, dict) else None
     try:
         fields = parse_job(doc)
     except JobFileError as exc:
@@ -285,7 +310,10 @@ def submit(
     identity = Identity.from_seed(load_or_create_key(key_path(data_dir)))
     spec = JobSpec(submitter=identity.public_key, nonce=os.urandom(16), created_ms=int(time.time() * 1000), **fields)
     signed = sign(identity, spec)
-    answer = control(data_dir, {"op": "submit", "signed_spec": signed.hex()})
+    request = {"op": "submit", "signed_spec": signed.hex()}
+    if spec.wasm_sha256:
+        request["module"] = module.hex()
+    answer = control(data_dir, request)
     if "error" in answer:
         fail(f"the node refused the job: {answer['error']}", 1)
     job_hex = answer["job_id"]

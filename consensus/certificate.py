@@ -11,7 +11,6 @@ from dataclasses import dataclass
 
 from .errors import RemoteProtocolError
 from .messages import Award, Certificate, JobSpec, Reveal, Signed, job_id_of, verify
-from .results import result_hash as compute_result_hash
 from .tally import Tally, tally
 
 
@@ -51,7 +50,7 @@ def verify_certificate(raw: bytes) -> CheckedCertificate:
             raise RemoteProtocolError("bad_reveal", "reveal from an executor that was not awarded")
         if r.executor in reveals:
             raise RemoteProtocolError("bad_reveal", "two reveals from one executor")
-        if compute_result_hash(r.exit_code, r.timed_out, r.stdout, r.stdout_truncated) != r.result_hash:
+        if r.expected_hash() != r.result_hash:
             raise RemoteProtocolError("bad_reveal", "reveal's hash does not match its output")
         reveals[r.executor] = r
     votes = {e: r.result_hash for e, r in reveals.items()}

@@ -6,6 +6,10 @@ Accepts the seed's job files, `{"name", "docker_image", "command": [...], "requi
 (= quorum, k), `max_error_results`, `max_total_results`, `result_deadline` (seconds from award to
 commit; default: timeout + 30). `required_cpu` / `cpu` are cores (a number); `required_memory` /
 `memory_mb` are MiB as an integer, or a string with a unit (`"512m"`, `"1g"`, `"256Mi"`).
+Also: `stdin` (text, or bytes from the CLI), `gpu` (bool), and for WebAssembly jobs `wasm_module`
+(the module's bytes, read by the CLI from `--wasm FILE` or a job file's `wasm_file`), `fuel`
+(fuel limit) and `price_per_mfuel`. A module larger than WASM_INLINE_CAP travels by its SHA-256:
+the spec then carries `wasm_sha256` and the node serves the bytes to executors.
 Every problem raises `JobFileError` naming the field.
 """
 
@@ -15,7 +19,8 @@ import re
 from typing import Any
 
 from .errors import JobFileError
-from .messages import MAX_REPLICAS, MAX_TOTAL_RESULTS
+from .codec import sha256
+from .messages import MAX_REPLICAS, MAX_TOTAL_RESULTS, STDIN_CAP, WASM_INLINE_CAP
 
 DEFAULTS = {"replicas": 3, "quorum": 2, "timeout": 60, "price": 1, "cpu": 1.0, "memory_mb": 256,
             "max_error_results": 3}
@@ -24,7 +29,7 @@ ALIASES = {"target_nresults": "replicas", "min_quorum": "quorum"}  # BOINC's nam
 KNOWN = {
     "name", "docker_image", "image", "command", "required_cpu", "cpu", "required_memory",
     "memory_mb", "timeout", "replicas", "quorum", "price", "env", "max_error_results",
-    "max_total_results", "result_deadline", *ALIASES,
+    "max_total_results", "result_deadline", "stdin", "gpu", "wasm_module", "fuel", "price_per_mfuel", *ALIASES,
 }
 
 
@@ -60,9 +65,15 @@ def parse_job(doc: Any) -> dict:
             if name in doc and doc[name] != doc[alias]:
                 raise JobFileError(alias, f"contradicts {name}")
             doc[name] = doc.pop(alias)
+    module = doc.get("wasm_module")
+    if module is not None and (not isinstance(module, bytes) or not module):
+        raise JobFileError("wasm_module", "must be the bytes of a WebAssembly module")
     image_field = "docker_image" if "docker_image" in doc else "image"
-    image = doc.get(image_field)
-    if not isinstance(image, str) or not image.strip() or len(image) > 512:
+    image = doc.get(image_field, "" if module else None)
+    if module is not None:
+        if image:
+            raise JobFileError(image_field, "a wasm job runs a module, not an image")
+    elif not isinstance(image, str) or not image.strip() or len(image) > 512:
         raise JobFileError(image_field, "is required: a non-empty image name")
     command = doc.get("command")
     if isinstance(command, str):
@@ -94,12 +105,24 @@ def parse_job(doc: Any) -> dict:
     ints["max_total_results"] = integer("max_total_results", ints["replicas"], MAX_TOTAL_RESULTS,
                                         min(MAX_TOTAL_RESULTS, 2 * ints["replicas"]))
     ints["result_deadline"] = integer("result_deadline", 1, 30 * 24 * 3600, ints["timeout"] + RESULT_GRACE_S)
+    stdin = doc.get("stdin", b"")
+    if isinstance(stdin, str):
+        stdin = stdin.encode()
+    if not isinstance(stdin, bytes) or len(stdin) > STDIN_CAP:
+        raise JobFileError("stdin", f"must be text or bytes of at most {STDIN_CAP} bytes")
+    gpu = doc.get("gpu", False)
+    if not isinstance(gpu, bool):
+        raise JobFileError("gpu", "must be true or false")
+    fuel = integer("fuel", 0, 2**62, 0)
+    price_per_mfuel = integer("price_per_mfuel", 0, 2**40, 0)
+    if module is None and (fuel or price_per_mfuel):
+        raise JobFileError("fuel", "fuel applies to wasm jobs only")
     env = doc.get("env", {})
     if not isinstance(env, dict) or not all(isinstance(k, str) and k and isinstance(v, str) for k, v in env.items()):
         raise JobFileError("env", "must be an object of string names to string values")
     return {
         "name": name,
-        "image": image.strip(),
+        "image": image.strip() if image else "",
         "command": tuple(command),
         "env": tuple(sorted(env.items())),
         "cpu_millis": max(1, round(cpu * 1000)),
@@ -111,4 +134,11 @@ def parse_job(doc: Any) -> dict:
         "max_error_results": ints["max_error_results"],
         "max_total_results": ints["max_total_results"],
         "result_deadline_s": ints["result_deadline"],
+        "sandbox": "wasm" if module else "container",
+        "stdin": stdin,
+        "wasm_module": module if module and len(module) <= WASM_INLINE_CAP else b"",
+        "wasm_sha256": sha256(module) if module and len(module) > WASM_INLINE_CAP else b"",
+        "gpu": gpu,
+        "fuel_limit": fuel,
+        "price_per_mfuel": price_per_mfuel,
     }

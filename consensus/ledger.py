@@ -13,9 +13,10 @@ Reputation (per identity, in this node's view):
 
 Credits (per identity, in this node's view):
 - a genesis grant (configurable, default 100) for every identity, the first time it is seen;
-- at a verified certificate the submitter pays `price` to each agreeing executor (paying itself
-  is a no-op). Balances may go below zero only if views diverge; nodes do not bid for a submitter
-  whose balance cannot cover `price * replicas`.
+- at a verified certificate the submitter pays each agreeing executor `price`, plus, for a wasm
+  job priced per fuel, `price_per_mfuel` per million fuel units the agreed result used (paying
+  itself is a no-op). Balances may go below zero only if views diverge; nodes do not bid for a
+  submitter whose balance cannot cover the most the job can cost (`max_cost`).
 """
 
 from __future__ import annotations
@@ -23,6 +24,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from .certificate import CheckedCertificate
+from .messages import JobSpec
+from .results import fuel_cost
 
 REPUTATION_START = 0
 REPUTATION_MIN = -100
@@ -56,8 +59,8 @@ class Ledger:
     def balance(self, who: bytes) -> int:
         return self.genesis + self.spent.get(who, 0)
 
-    def can_pay(self, who: bytes, price: int, replicas: int) -> bool:
-        return self.balance(who) >= price * replicas
+    def can_pay(self, spec: JobSpec) -> bool:
+        return self.balance(spec.submitter) >= max_cost(spec)
 
     def _bump(self, who: bytes, delta: int) -> None:
         value = self.reputation_of(who) + delta
@@ -75,7 +78,9 @@ class Ledger:
             self._bump(who, AGREE_REWARD)
         for who in cert.tally.dissenting:
             self._bump(who, DISSENT_PENALTY)
-        payer, price = cert.spec.submitter, cert.spec.price
+        payer = cert.spec.submitter
+        fuel = cert.reveals[cert.tally.agreeing[0]].fuel_used if cert.tally.agreeing else -1
+        price = cert.spec.price + fuel_cost(fuel, cert.spec.price_per_mfuel)
         for payee in cert.tally.agreeing:
             if payee == payer or price == 0:
                 continue
@@ -86,3 +91,8 @@ class Ledger:
 
     def apply_offence(self, who: bytes) -> None:
         self._bump(who, OFFENCE_PENALTY)
+
+
+def max_cost(spec: JobSpec) -> int:
+    """The most a job can cost its submitter: every target executor paid, fuel at its limit."""
+    return spec.replicas * (spec.price + fuel_cost(spec.fuel_limit, spec.price_per_mfuel))

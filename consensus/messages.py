@@ -29,6 +29,11 @@ from .errors import RemoteProtocolError
 # the spec and up to MAX_TOTAL_RESULTS awards and reveals, and must still fit one gossip message
 # (the overlay's default cap is 1 MiB).
 STDOUT_CAP = 32 * 1024
+STDIN_CAP = 8 * 1024          # input data carried in the spec
+WASM_INLINE_CAP = 48 * 1024   # a module up to this size travels in the spec; larger ones by SHA-256
+MANIFEST_MAX_ENTRIES = 64     # output files listed in a reveal
+MANIFEST_PATH_MAX = 255
+SANDBOX_KINDS = ("container", "wasm")
 MAX_REPLICAS = 16
 MAX_TOTAL_RESULTS = 16
 CERTIFICATE_STATUSES = ("verified", "failed", "nondeterministic")
@@ -40,7 +45,7 @@ MAX_SIZE = {
     "commit": 1024,
     "withdraw": 1024,
     "reveal_request": 1024,
-    "reveal": STDOUT_CAP + 1024,
+    "reveal": STDOUT_CAP + MANIFEST_MAX_ENTRIES * (MANIFEST_PATH_MAX + 48) + 1024,
 }
 MAX_SIZE["certificate"] = MAX_SIZE["spec"] + MAX_TOTAL_RESULTS * (MAX_SIZE["reveal"] + MAX_SIZE["award"]) + 1024
 MAX_ENVELOPE = max(MAX_SIZE.values())
@@ -108,6 +113,13 @@ class JobSpec:
     max_error_results: int = 3   # executors that may fail, time out or vanish before the job fails
     max_total_results: int = 6   # awards in all, replacements included
     result_deadline_s: int = 90  # BOINC's delay_bound: from award to commit, per executor
+    sandbox: str = "container"   # "container" (docker, bwrap, process) or "wasm" (always the wasm sandbox)
+    stdin: bytes = b""
+    wasm_module: bytes = b""     # inline module (at most WASM_INLINE_CAP) ...
+    wasm_sha256: bytes = b""     # ... or only its SHA-256, fetched from the submitter
+    gpu: bool = False            # a node without a GPU does not bid
+    fuel_limit: int = 0          # wasm: fuel budget (0: the executor's default)
+    price_per_mfuel: int = 0     # wasm: credits per million fuel units, paid on top of `price`
 
     def to_body(self) -> list:
         return [
@@ -115,7 +127,14 @@ class JobSpec:
             list(self.command), [list(p) for p in sorted(self.env)], self.cpu_millis,
             self.memory_mb, self.timeout_s, self.replicas, self.quorum, self.price,
             self.max_error_results, self.max_total_results, self.result_deadline_s,
+            self.sandbox, self.stdin, self.wasm_module, self.wasm_sha256, self.gpu, self.fuel_limit,
+            self.price_per_mfuel,
         ]
+
+    @property
+    def module_digest(self) -> bytes:
+        """The SHA-256 of the wasm module, whether it travels inline or not."""
+        return self.wasm_sha256 or (sha256(self.wasm_module) if self.wasm_module else b"")
 
     @property
     def min_quorum(self) -> int:
@@ -127,7 +146,7 @@ class JobSpec:
 
     @classmethod
     def from_body(cls, body: list) -> "JobSpec":
-        _arity(body, 16, "spec")
+        _arity(body, 23, "spec")
         command = tuple(_str(a, "command[]", 4096) for a in _list(body[5], "command", 256))
         if not command:
             raise _fail("command", "must not be empty")
@@ -144,7 +163,7 @@ class JobSpec:
             nonce=_bytes(body[1], "nonce", 16),
             created_ms=_int(body[2], "created_ms"),
             name=_str(body[3], "name", 256),
-            image=_str(body[4], "image", 512, False),
+            image=_str(body[4], "image", 512),
             command=command,
             env=tuple(env),
             cpu_millis=_int(body[7], "cpu_millis", 1, 256_000),
@@ -156,7 +175,23 @@ class JobSpec:
             max_error_results=_int(body[13], "max_error_results", 0, 4 * MAX_REPLICAS),
             max_total_results=_int(body[14], "max_total_results", 1, MAX_TOTAL_RESULTS),
             result_deadline_s=_int(body[15], "result_deadline_s", 1, 30 * 24 * 3600),
+            sandbox=_str(body[16], "sandbox", 16),
+            stdin=_bytes(body[17], "stdin", max_len=STDIN_CAP),
+            wasm_module=_bytes(body[18], "wasm_module", max_len=WASM_INLINE_CAP),
+            wasm_sha256=_bytes(body[19], "wasm_sha256", max_len=32),
+            gpu=_bool(body[20], "gpu"),
+            fuel_limit=_int(body[21], "fuel_limit", 0, 2**62),
+            price_per_mfuel=_int(body[22], "price_per_mfuel", 0, 2**40),
         )
+        if spec.sandbox not in SANDBOX_KINDS:
+            raise _fail("sandbox", f"must be one of {', '.join(SANDBOX_KINDS)}")
+        if len(spec.wasm_sha256) not in (0, 32):
+            raise _fail("wasm_sha256", "must be empty or 32 bytes")
+        if spec.sandbox == "wasm":
+            if bool(spec.wasm_module) == bool(spec.wasm_sha256):
+                raise _fail("wasm_module", "a wasm job carries its module or its SHA-256, not both or neither")
+        elif spec.wasm_module or spec.wasm_sha256 or not spec.image:
+            raise _fail("image", "a container job names an image and carries no wasm module")
         if spec.quorum > spec.replicas:
             raise _fail("quorum", "must not exceed replicas")
         if spec.max_total_results < spec.replicas:
@@ -294,8 +329,9 @@ class RevealRequest:
 
 @dataclass(frozen=True)
 class Reveal:
-    """The executor's result. `result_hash` must equal `result_hash(exit_code, stdout, manifest)`
-    and match the executor's earlier seal; both are checked by `check_reveal`."""
+    """The executor's result. `result_hash` must equal `expected_hash()` (exit code, timeout,
+    stdout, output manifest, fuel) and match the executor's earlier seal; `check_reveal` checks
+    both. `oom_killed` and `sandbox` are reported, signed, but not part of the hash."""
 
     kind: ClassVar[str] = "reveal"
     author: ClassVar[str | None] = "executor"
@@ -306,14 +342,34 @@ class Reveal:
     stdout: bytes
     stdout_truncated: bool
     timed_out: bool
+    manifest: tuple[tuple[str, int, bytes], ...] = ()
+    fuel_used: int = -1  # -1: not a wasm job
+    oom_killed: bool = False
+    sandbox: str = ""
 
     def to_body(self) -> list:
         return [self.job_id, self.executor, self.result_hash, self.exit_code, self.stdout,
-                self.stdout_truncated, self.timed_out]
+                self.stdout_truncated, self.timed_out, [list(m) for m in self.manifest], self.fuel_used,
+                self.oom_killed, self.sandbox]
+
+    def expected_hash(self) -> bytes:
+        from .results import result_hash
+
+        return result_hash(self.exit_code, self.timed_out, self.stdout, self.stdout_truncated,
+                           self.manifest, self.fuel_used)
 
     @classmethod
     def from_body(cls, body: list) -> "Reveal":
-        _arity(body, 7, "reveal")
+        _arity(body, 11, "reveal")
+        manifest = []
+        for entry in _list(body[7], "manifest", MANIFEST_MAX_ENTRIES):
+            entry = _list(entry, "manifest[]", 3)
+            if len(entry) != 3:
+                raise _fail("manifest[]", "must be [path, size, sha256]")
+            manifest.append((_str(entry[0], "manifest path", MANIFEST_PATH_MAX, False),
+                             _int(entry[1], "manifest size"), _bytes(entry[2], "manifest sha256", 32)))
+        if manifest != sorted(manifest) or len({m[0] for m in manifest}) != len(manifest):
+            raise _fail("manifest", "must be sorted by path without duplicates")
         return cls(
             job_id=_bytes(body[0], "job_id", 32),
             executor=_bytes(body[1], "executor", 32),
@@ -322,6 +378,10 @@ class Reveal:
             stdout=_bytes(body[4], "stdout", max_len=STDOUT_CAP),
             stdout_truncated=_bool(body[5], "stdout_truncated"),
             timed_out=_bool(body[6], "timed_out"),
+            manifest=tuple(manifest),
+            fuel_used=_int(body[8], "fuel_used", -1, 2**63 - 1),
+            oom_killed=_bool(body[9], "oom_killed"),
+            sandbox=_str(body[10], "sandbox", 16),
         )
 
 

@@ -1,8 +1,9 @@
 """Result hashes and commit seals: pure functions over canonical bytes.
 
 - `result_hash` covers exactly what honest executors must agree on: exit code, whether the job timed
-  out, stdout (as carried in the reveal, at most STDOUT_CAP bytes), whether stdout was truncated, and
-  the manifest of output files as (path, size, sha256) sorted by path.
+  out, stdout (as carried in the reveal, at most STDOUT_CAP bytes), whether stdout was truncated,
+  the manifest of output files as (path, size, sha256) sorted by path, and for a wasm job the fuel
+  it used (-1 otherwise), so that agreeing executors also agree on what the job cost.
 - `seal(executor, job_id, result_hash)` = H(executor || job_id || result_hash), as in iExec's proof of
   contribution: a copied seal names the wrong executor.
 """
@@ -15,9 +16,17 @@ ManifestEntry = tuple[str, int, bytes]
 
 
 def result_hash(exit_code: int, timed_out: bool, stdout: bytes, stdout_truncated: bool,
-                manifest: tuple[ManifestEntry, ...] = ()) -> bytes:
+                manifest: tuple[ManifestEntry, ...] = (), fuel_used: int = -1) -> bytes:
     entries = [[path, size, digest] for path, size, digest in sorted(manifest)]
-    return sha256(b"distributeai/result/v1\x00" + encode([exit_code, timed_out, stdout, stdout_truncated, entries]))
+    return sha256(b"distributeai/result/v1\x00"
+                  + encode([exit_code, timed_out, stdout, stdout_truncated, entries, fuel_used]))
+
+
+def fuel_cost(fuel_used: int, price_per_mfuel: int) -> int:
+    """Credits for `fuel_used` at `price_per_mfuel` credits per million, rounded up."""
+    if fuel_used <= 0 or price_per_mfuel <= 0:
+        return 0
+    return -(-fuel_used * price_per_mfuel // 1_000_000)
 
 
 def seal(executor: bytes, job_id: bytes, result_hash_: bytes) -> bytes:

@@ -34,7 +34,6 @@ from .errors import RemoteProtocolError
 from .messages import (
     Award, Bid, Certificate, Commit, JobSpec, Reveal, RevealRequest, Signed, Withdraw, job_id_of, sign,
 )
-from .results import result_hash as compute_result_hash
 from .results import seal as compute_seal
 from .tally import Tally, tally
 
@@ -334,8 +333,7 @@ class SubmitterJob:
 
 def check_reveal(r: Reveal, committed_seal: bytes) -> None:
     """A reveal must hash to its own claimed result and match the executor's earlier seal."""
-    expected = compute_result_hash(r.exit_code, r.timed_out, r.stdout, r.stdout_truncated)
-    if r.result_hash != expected:
+    if r.result_hash != r.expected_hash():
         raise RemoteProtocolError("bad_result_hash", "result hash does not match the revealed output")
     if compute_seal(r.executor, r.job_id, r.result_hash) != committed_seal:
         raise RemoteProtocolError("seal_mismatch", "reveal does not match the executor's seal")

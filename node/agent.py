@@ -17,6 +17,7 @@ from __future__ import annotations
 import logging
 import os
 from collections import Counter
+from pathlib import Path
 from dataclasses import dataclass, field
 from typing import Any, Awaitable, Callable
 
@@ -28,7 +29,8 @@ from distributeai.consensus.errors import RemoteProtocolError
 from distributeai.consensus.ledger import GENESIS_CREDITS, Ledger
 from distributeai.consensus.messages import MAX_ENVELOPE
 from distributeai.consensus.names import (
-    AWARD_PROTOCOL, BID_PROTOCOL, COMMIT_PROTOCOL, JOBS_TOPIC, REVEAL_PROTOCOL, WITHDRAW_PROTOCOL,
+    AWARD_PROTOCOL, BID_PROTOCOL, BLOB_PROTOCOL, COMMIT_PROTOCOL, JOBS_TOPIC, REVEAL_PROTOCOL,
+    WITHDRAW_PROTOCOL,
 )
 from distributeai.consensus.submitter import Timing
 from distributeai.consensus.validate import check_announce
@@ -50,7 +52,8 @@ Handler = Callable[[str, bytes], Awaitable[bytes]]
 
 @dataclass
 class NodeSettings:
-    sandbox_name: str
+    sandbox_name: str  # the backend of container jobs: docker, bwrap or process
+    gpu: bool = False  # whether this node offers a GPU; jobs that need one are not bid on otherwise
     capacity: Capacity = field(default_factory=Capacity)
     price: int = 1
     request_timeout_s: float = 10.0
@@ -61,26 +64,30 @@ class NodeSettings:
 class Agent:
     executing_class = Executing  # tests/byzantine_node.py swaps in a dishonest executor
 
-    def __init__(self, identity: Identity, store: Store, overlay: Overlay, sandbox: Sandbox,
-                 settings: NodeSettings) -> None:
+    def __init__(self, identity: Identity, store: Store, overlay: Overlay, sandboxes: dict[str, Sandbox],
+                 settings: NodeSettings, outputs_dir: Path | None = None) -> None:
+        """`sandboxes` maps a spec's sandbox kind ("container", "wasm") to the backend that runs it."""
         self.identity = identity
         self.me = identity.public_key
         self.peer_id = peer_id_from_public_key(self.me)
         self.store = store
         self.overlay = overlay
-        self.sandbox = sandbox
+        self.sandboxes = sandboxes
+        self.outputs_dir = outputs_dir
         self.settings = settings
         self.ledger = Ledger(genesis=settings.genesis_credits)
         self.rejected: Counter[str] = Counter()
         self.counters: Counter[str] = Counter()
         self.changed = trio.Event()  # replaced on every change; waiters re-check their condition
         self.nursery: trio.Nursery = None  # type: ignore[assignment]  # set by run()
-        self.sandbox_ok = True
-        try:
-            sandbox.check()
-        except SandboxError as exc:
-            log.warning("sandbox %s unusable, this node will not bid: %s", settings.sandbox_name, exc)
-            self.sandbox_ok = False
+        self.sandbox_ok: dict[str, bool] = {}
+        for kind, sandbox in sandboxes.items():
+            try:
+                sandbox.check()
+                self.sandbox_ok[kind] = True
+            except SandboxError as exc:
+                log.warning("sandbox %s unusable, this node will not bid on %s jobs: %s", sandbox.name, kind, exc)
+                self.sandbox_ok[kind] = False
         self.submitting = Submitting(self, settings.timing)
         self.executing = self.executing_class(self)
         self.handlers: dict[str, Handler] = {
@@ -89,6 +96,7 @@ class Agent:
             WITHDRAW_PROTOCOL: self.submitting.handle_withdraw,
             AWARD_PROTOCOL: self.executing.handle_award,
             REVEAL_PROTOCOL: self.executing.handle_reveal,
+            BLOB_PROTOCOL: self.handle_blob,
         }
 
     # --- lifecycle ----------------------------------------------------------------------------
@@ -144,6 +152,15 @@ class Agent:
             answer = await self.overlay.request(peer_id_from_public_key(to), protocol, data,
                                                 timeout=self.settings.request_timeout_s)
         return wire.parse_answer(answer)
+
+    async def handle_blob(self, peer: str, data: bytes) -> bytes:
+        """Serve a blob this node holds (a wasm module of one of its jobs) by its SHA-256."""
+        if len(data) != 32:
+            raise RemoteProtocolError("malformed", "a blob request is a 32-byte SHA-256")
+        blob = await self.store.get_blob(data.hex())
+        if blob is None:
+            raise RemoteProtocolError("unknown_blob", "no such blob here")
+        return wire.ok(blob)
 
     # --- the ledger ---------------------------------------------------------------------------
 
@@ -240,7 +257,7 @@ class Agent:
             "peer_id": self.peer_id,
             "multiaddrs": self.overlay.multiaddrs(),
             "sandbox": self.settings.sandbox_name,
-            "sandbox_ok": self.sandbox_ok,
+            "sandboxes": {kind: {"backend": sb.name, "ok": self.sandbox_ok[kind]} for kind, sb in self.sandboxes.items()},
             "reputation": self.ledger.reputation_of(self.me),
             "credits": self.ledger.balance(self.me),
             "peers": sorted(self.overlay.connected_peers()),

@@ -4,8 +4,9 @@ Checked in order, first refusal wins (semantic checks before resource checks, as
 bid strategies):
 
     predicate          refuses when
-    submitter_pays     the submitter cannot pay price x replicas in this node's view of credits
-    sandbox_ready      the node's sandbox cannot run anything (e.g. dockerd unreachable)
+    submitter_pays     the submitter cannot pay the job's most cost in this node's view of credits
+    sandbox_ready      no working backend for the job's sandbox kind (e.g. dockerd unreachable)
+    has_gpu            the job needs a GPU and this node offers none
     image_present      the image is not available locally (no registry pulls yet)
     fits_resources     the job asks for more CPU or memory than the node offers
     has_free_slot      the node already runs its maximum number of jobs
@@ -40,6 +41,7 @@ class BidContext:
     sandbox_ok: bool
     image_ok: Callable[[str], bool]
     submitter_can_pay: bool = True
+    gpu_ok: bool = True
 
 
 def submitter_pays(c: BidContext) -> Decision | None:
@@ -47,11 +49,15 @@ def submitter_pays(c: BidContext) -> Decision | None:
 
 
 def sandbox_ready(c: BidContext) -> Decision | None:
-    return None if c.sandbox_ok else Decision(False, "sandbox unavailable")
+    return None if c.sandbox_ok else Decision(False, f"no working sandbox for {c.spec.sandbox} jobs")
 
 
 def image_present(c: BidContext) -> Decision | None:
     return None if c.image_ok(c.spec.image) else Decision(False, f"image {c.spec.image} not available locally")
+
+
+def has_gpu(c: BidContext) -> Decision | None:
+    return None if c.gpu_ok else Decision(False, "the job needs a GPU and this node has none")
 
 
 def fits_resources(c: BidContext) -> Decision | None:
@@ -66,7 +72,7 @@ def has_free_slot(c: BidContext) -> Decision | None:
     return None if c.running < c.capacity.max_running else Decision(False, "all job slots busy")
 
 
-PREDICATES = (submitter_pays, sandbox_ready, fits_resources, has_free_slot, image_present)
+PREDICATES = (submitter_pays, sandbox_ready, has_gpu, fits_resources, has_free_slot, image_present)
 
 
 def decide(c: BidContext) -> Decision:

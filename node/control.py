@@ -5,7 +5,8 @@ owns the data directory (and its key) can use it. One request per connection: a 
 line, answered with a JSON object on one line. Requests are capped at MAX_REQUEST bytes.
 
     {"op": "info"}                                   -> node info
-    {"op": "submit", "signed_spec": HEX}             -> {"job_id": HEX}
+    {"op": "submit", "signed_spec": HEX[, "module": HEX]} -> {"job_id": HEX}
+                                                        (module: a wasm module too large to travel in the spec)
     {"op": "status", "job_id": HEX}                  -> job view
     {"op": "wait", "job_id": HEX, "timeout": SECS}   -> job view once verified/failed (or at timeout)
     {"op": "list"}                                   -> {"jobs": [job view, ...]}
@@ -33,7 +34,7 @@ if TYPE_CHECKING:  # the CLI imports `call` from here and must not load libp2p f
     from .agent import Agent
 
 log = logging.getLogger("distributeai.node.control")
-MAX_REQUEST = 256 * 1024
+MAX_REQUEST = 4 << 20  # a submit may carry a wasm module (hex) too large for the spec
 MAX_WAIT_S = 3600.0
 
 
@@ -55,7 +56,8 @@ async def _dispatch(agent: Agent, req: dict) -> dict:
         return agent.info()
     if op == "submit":
         try:
-            job_id = await agent.submitting.submit(bytes.fromhex(str(req.get("signed_spec", ""))))
+            module = bytes.fromhex(str(req.get("module", "")))
+            job_id = await agent.submitting.submit(bytes.fromhex(str(req.get("signed_spec", ""))), module or None)
         except LocalProtocolError as exc:
             return {"error": str(exc), "code": exc.reason}
         return {"job_id": job_id.hex()}

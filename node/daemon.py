@@ -20,7 +20,7 @@ from distributeai.consensus.codec import Identity
 from distributeai.consensus.names import JOBS_TOPIC
 from distributeai.p2p.identity import load_or_create_key
 from distributeai.p2p.overlay import open_overlay
-from distributeai.sandbox import open_sandbox
+from distributeai.sandbox import Sandbox, SandboxError, open_sandbox
 
 from distributeai.consensus.ledger import GENESIS_CREDITS
 from distributeai.consensus.submitter import Timing
@@ -42,7 +42,8 @@ class NodeConfig:
     data_dir: Path
     bootstrap: tuple[str, ...] = ()
     listen: str = "/ip4/127.0.0.1/tcp/0"
-    sandbox: str = "docker"
+    sandbox: str = "auto"  # container jobs: auto (docker if its daemon answers, else bwrap), docker, bwrap, process
+    gpu: bool = False
     docker_host: str | None = None
     capacity: Capacity = field(default_factory=Capacity)
     price: int = 1
@@ -77,6 +78,28 @@ async def _save_peers(agent: Agent, store: Store) -> None:
         await trio.sleep(PEER_CHECK_INTERVAL_S)  # a sampling period, not synchronization
 
 
+def open_sandboxes(config: NodeConfig, log: logging.Logger) -> dict[str, Sandbox]:
+    """The backend for each sandbox kind of a spec. Container jobs: the configured backend, or with
+    "auto" Docker when its daemon answers and bubblewrap otherwise (never the unsafe process
+    backend). WASM jobs always run in the wasm backend."""
+    kind = config.sandbox
+    if kind == "auto":
+        docker = open_sandbox("docker", docker_host=config.docker_host, log=log)
+        try:
+            docker.check()
+            kind = "docker"
+        except SandboxError as exc:
+            log.info("sandbox auto: Docker unusable (%s); using bwrap", exc)
+            kind = "bwrap"
+        docker.close()
+    sandboxes = {"container": open_sandbox(kind, docker_host=config.docker_host, log=log)}
+    try:
+        sandboxes["wasm"] = open_sandbox("wasm", log=log)
+    except ImportError as exc:  # wasmtime missing: this node simply does not bid on wasm jobs
+        log.warning("no wasm sandbox (%s); this node will not bid on wasm jobs", exc)
+    return sandboxes
+
+
 async def run_node(config: NodeConfig, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
     data_dir = config.data_dir
     data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
@@ -85,16 +108,17 @@ async def run_node(config: NodeConfig, *, task_status=trio.TASK_STATUS_IGNORED) 
         seed = load_or_create_key(key_path(data_dir))
         identity = Identity.from_seed(seed)
         store = await Store.open(data_dir / "node.db")
-        sandbox = open_sandbox(config.sandbox, docker_host=config.docker_host, log=log)
+        sandboxes = open_sandboxes(config, log)
         # Known peers from earlier runs come after the configured bootstrap, so a restarted node
         # rejoins even when the bootstrap is gone.
         remembered = [a for _, addrs in await store.known_peers(limit=8) for a in addrs[:1]]
         bootstrap = list(dict.fromkeys([*config.bootstrap, *remembered]))
         try:
             async with open_overlay(seed, listen=config.listen, bootstrap=bootstrap, topics=[JOBS_TOPIC]) as overlay:
-                settings = NodeSettings(config.sandbox, config.capacity, config.price,
-                                        genesis_credits=config.genesis_credits, timing=config.timing)
-                agent = AGENT_CLASS(identity, store, overlay, sandbox, settings)
+                settings = NodeSettings(sandboxes["container"].name, gpu=config.gpu, capacity=config.capacity,
+                                        price=config.price, genesis_credits=config.genesis_credits,
+                                        timing=config.timing)
+                agent = AGENT_CLASS(identity, store, overlay, sandboxes, settings, outputs_dir=data_dir / "outputs")
                 async with trio.open_nursery() as nursery:
                     await nursery.start(agent.run)
                     await nursery.start(serve_control, agent, control_path(data_dir))
@@ -105,7 +129,8 @@ async def run_node(config: NodeConfig, *, task_status=trio.TASK_STATUS_IGNORED) 
                     log.info("node %s listening on %s", info["peer_id"], " ".join(info["multiaddrs"]))
                     task_status.started(info)
         finally:
-            sandbox.close()
+            for sandbox in sandboxes.values():
+                sandbox.close()
             with trio.CancelScope(shield=True):
                 await store.aclose()
     finally:

@@ -9,19 +9,22 @@ once. A repeated award changes nothing.
 from __future__ import annotations
 
 import logging
+import shutil
 from typing import TYPE_CHECKING
 
 import trio
 
 from distributeai.consensus.errors import RemoteProtocolError
+from distributeai.consensus.codec import sha256
 from distributeai.consensus.messages import (
-    STDOUT_CAP, Award, Bid, Commit, JobSpec, Reveal, RevealRequest, Withdraw, sign, verify,
+    MANIFEST_MAX_ENTRIES, MANIFEST_PATH_MAX, STDOUT_CAP, Award, Bid, Commit, JobSpec, Reveal, RevealRequest,
+    Withdraw, sign, verify,
 )
-from distributeai.consensus.names import BID_PROTOCOL, COMMIT_PROTOCOL, WITHDRAW_PROTOCOL
+from distributeai.consensus.names import BID_PROTOCOL, BLOB_PROTOCOL, COMMIT_PROTOCOL, WITHDRAW_PROTOCOL
 from distributeai.consensus.results import result_hash, seal
 from distributeai.p2p.identity import peer_id_from_public_key
 from distributeai.p2p.overlay import RemoteError
-from distributeai.sandbox.base import RunRequest, RunResult, SandboxError
+from distributeai.sandbox.base import RunRequest, RunResult, Sandbox, SandboxError
 
 from . import wire
 from .bidding import BidContext, decide
@@ -39,19 +42,57 @@ class Executing:
         self.agent = agent
         self.running = 0
         self._limiter = trio.CapacityLimiter(agent.settings.capacity.max_running)
+        self._pull_limiter = trio.CapacityLimiter(1)  # one image pull at a time
 
     # --- bidding --------------------------------------------------------------------------------
 
     async def consider(self, job_id: bytes, spec: JobSpec, addrs: tuple[str, ...]) -> None:
+        """Bid if the job fits; a missing image is pulled first where a registry answers, else the
+        job is declined with the reason (log, and `bid` in this node's job status)."""
         a = self.agent
-        decision = decide(BidContext(spec, a.settings.capacity, self.running, a.sandbox_ok, a.sandbox.has_image,
-                                     submitter_can_pay=a.ledger.can_pay(spec.submitter, spec.price, spec.replicas)))
-        if not decision.bid:
-            log.info("not bidding on %s: %s", job_id.hex()[:12], decision.reason)
+        sandbox = a.sandboxes.get(spec.sandbox)
+        image_ok = True
+        if spec.sandbox == "container" and sandbox is not None and a.sandbox_ok.get("container"):
+            image_ok = await self._has_image(sandbox, spec.image)
+        decision = decide(BidContext(spec, a.settings.capacity, self.running, a.sandbox_ok.get(spec.sandbox, False),
+                                     lambda _: image_ok, submitter_can_pay=a.ledger.can_pay(spec),
+                                     gpu_ok=a.settings.gpu or not spec.gpu))
+        if not decision.bid and not image_ok and decision.reason.startswith("image"):
+            a.nursery.start_soon(self._pull_then_bid, job_id, spec, addrs)
             return
-        bid = sign(a.identity, Bid(job_id, a.me, a.settings.price, a.settings.capacity.cpu_millis,
-                                   a.settings.capacity.memory_mb, (a.settings.sandbox_name,), now_ms()))
-        a.nursery.start_soon(self._send_bid, spec.submitter, bid, addrs)
+        await self._decided(job_id, spec, addrs, decision.bid, decision.reason)
+
+    async def _decided(self, job_id: bytes, spec: JobSpec, addrs: tuple[str, ...], bid: bool, reason: str) -> None:
+        a = self.agent
+        if spec.submitter != a.me:
+            await a.store.set_bid_decision(job_id.hex(), "bid" if bid else f"declined: {reason}")
+        if not bid:
+            log.info("not bidding on %s: %s", job_id.hex()[:12], reason)
+            return
+        msg = sign(a.identity, Bid(job_id, a.me, a.settings.price, a.settings.capacity.cpu_millis,
+                                   a.settings.capacity.memory_mb, (a.sandboxes[spec.sandbox].name,), now_ms()))
+        a.nursery.start_soon(self._send_bid, spec.submitter, msg, addrs)
+
+    @staticmethod
+    async def _has_image(sandbox: Sandbox, image: str) -> bool:
+        try:
+            return await trio.to_thread.run_sync(sandbox.has_image, image)
+        except SandboxError:
+            return False
+
+    async def _pull_then_bid(self, job_id: bytes, spec: JobSpec, addrs: tuple[str, ...]) -> None:
+        sandbox = self.agent.sandboxes["container"]
+        pull = getattr(sandbox, "pull", None)
+        if pull is None:
+            await self._decided(job_id, spec, addrs, False, f"image {spec.image} is not available to {sandbox.name}")
+            return
+        try:
+            await trio.to_thread.run_sync(pull, spec.image, limiter=self._pull_limiter)
+        except SandboxError as exc:
+            await self._decided(job_id, spec, addrs, False,
+                                f"image {spec.image} is not available locally and could not be pulled ({exc})")
+            return
+        await self.consider(job_id, spec, addrs)
 
     async def _send_bid(self, submitter: bytes, bid: bytes, addrs: tuple[str, ...]) -> None:
         a = self.agent
@@ -104,11 +145,9 @@ class Executing:
         try:
             await a.store.update_execution(job_hex, now_ms(), status="running")
             try:
-                request = RunRequest(image=spec.image, command=list(spec.command), env=dict(spec.env),
-                                     cpu=spec.cpu_millis / 1000, memory_mb=spec.memory_mb,
-                                     timeout_s=float(spec.timeout_s))
-                result = await trio.to_thread.run_sync(a.sandbox.run, request, limiter=self._limiter)
-            except (SandboxError, ValueError) as exc:
+                request = await self._request(award, spec)
+                result = await trio.to_thread.run_sync(a.sandboxes[spec.sandbox].run, request, limiter=self._limiter)
+            except (SandboxError, ValueError, RemoteError, RemoteProtocolError) as exc:
                 log.warning("job %s could not run: %s", job_hex[:12], exc)
                 await a.store.update_execution(job_hex, now_ms(), status="failed", reason=str(exc))
                 await self._withdraw(award, spec, str(exc)[:200])
@@ -118,20 +157,57 @@ class Executing:
         reveal = self.make_reveal(award, result)
         r: Reveal = verify(reveal, Reveal).msg
         summary = {"exit_code": result.exit_code, "timed_out": result.timed_out, "oom_killed": result.oom_killed,
-                   "stdout_truncated": r.stdout_truncated, "duration_s": round(result.duration_s, 4),
-                   "sandbox": result.sandbox, "result_hash": r.result_hash.hex()}
+                   "stdout_truncated": r.stdout_truncated, "stderr_truncated": result.stderr_truncated,
+                   "duration_s": round(result.duration_s, 4), "sandbox": result.sandbox,
+                   "result_hash": r.result_hash.hex(), "fuel_used": result.fuel_used,
+                   "files": len(result.manifest), "out_truncated": result.out_truncated,
+                   "stderr": result.stderr[:2048].decode("utf-8", "replace")}
         await a.store.update_execution(job_hex, now_ms(), status="executed", result=summary, reveal=reveal)
         a.count("executed")
         a.notify()
         await self.send_commit(award, spec, reveal)
 
+    async def _request(self, award: Award, spec: JobSpec) -> RunRequest:
+        """The sandbox request for a job: its module (fetched by SHA-256 if it did not travel in the
+        spec), its input, and a fresh output directory for container jobs."""
+        module = None
+        out_dir = None
+        if spec.sandbox == "wasm":
+            module = spec.wasm_module or await self._fetch_module(spec)
+        elif self.agent.outputs_dir is not None:
+            path = self.agent.outputs_dir / award.job_id.hex()
+            if path.exists():
+                await trio.to_thread.run_sync(shutil.rmtree, path)  # a run cut short by a restart
+            path.mkdir(parents=True)
+            out_dir = str(path)
+        return RunRequest(image=spec.image or "wasm", command=list(spec.command), env=dict(spec.env),
+                          cpu=spec.cpu_millis / 1000, memory_mb=spec.memory_mb, timeout_s=float(spec.timeout_s),
+                          stdin=spec.stdin, out_dir=out_dir, wasm_module=module, fuel=spec.fuel_limit or None)
+
+    async def _fetch_module(self, spec: JobSpec) -> bytes:
+        a = self.agent
+        digest = spec.wasm_sha256
+        cached = await a.store.get_blob(digest.hex())
+        if cached is not None:
+            return cached
+        blob = await a.deliver(spec.submitter, BLOB_PROTOCOL, digest)
+        if sha256(blob) != digest:
+            raise RemoteProtocolError("bad_blob", "the submitter served a module with another hash")
+        await a.store.put_blob(digest.hex(), blob)
+        return blob
+
     def make_reveal(self, award: Award, result: RunResult) -> bytes:
-        """The signed reveal of a result. (tests/byzantine_node.py overrides this to lie.)"""
+        """The signed reveal of a result. The manifest keeps the first MANIFEST_MAX_ENTRIES files
+        by path whose paths fit, so every honest executor lists the same ones."""
         a = self.agent
         stdout = result.stdout[:STDOUT_CAP]
         truncated = result.stdout_truncated or len(result.stdout) > STDOUT_CAP
-        rh = result_hash(result.exit_code, result.timed_out, stdout, truncated)
-        return sign(a.identity, Reveal(award.job_id, a.me, rh, result.exit_code, stdout, truncated, result.timed_out))
+        manifest = tuple((path, size, bytes.fromhex(digest)) for path, size, digest in sorted(result.manifest)
+                         if len(path) <= MANIFEST_PATH_MAX)[:MANIFEST_MAX_ENTRIES]
+        fuel = result.fuel_used if result.fuel_used is not None else -1
+        rh = result_hash(result.exit_code, result.timed_out, stdout, truncated, manifest, fuel)
+        return sign(a.identity, Reveal(award.job_id, a.me, rh, result.exit_code, stdout, truncated,
+                                       result.timed_out, manifest, fuel, result.oom_killed, result.sandbox))
 
     def make_commit(self, award: Award, reveal: bytes) -> bytes:
         """The signed commit for a reveal: its seal binds the result to this executor."""

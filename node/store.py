@@ -37,7 +37,12 @@ CREATE TABLE IF NOT EXISTS jobs (
     updated_ms  INTEGER NOT NULL,
     submitter_addrs TEXT NOT NULL DEFAULT '[]',
     announce    BLOB,
-    certificate BLOB
+    certificate BLOB,
+    bid         TEXT NOT NULL DEFAULT ''    -- this node's decision on bidding, with the reason
+);
+CREATE TABLE IF NOT EXISTS blobs (
+    sha256  TEXT PRIMARY KEY,
+    data    BLOB NOT NULL
 );
 CREATE TABLE IF NOT EXISTS inputs (
     seq     INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -137,6 +142,19 @@ class Store:
             )
 
         await self._run(fn)
+
+    async def set_bid_decision(self, job_id: str, decision: str) -> None:
+        await self._run(lambda c: c.execute("UPDATE jobs SET bid=? WHERE job_id=?", (decision, job_id)))
+
+    async def put_blob(self, digest: str, data: bytes) -> None:
+        await self._run(lambda c: c.execute("INSERT OR IGNORE INTO blobs(sha256, data) VALUES (?,?)", (digest, data)))
+
+    async def get_blob(self, digest: str) -> bytes | None:
+        def fn(c: sqlite3.Connection) -> bytes | None:
+            row = c.execute("SELECT data FROM blobs WHERE sha256=?", (digest,)).fetchone()
+            return row["data"] if row else None
+
+        return await self._run(fn)
 
     async def get_job(self, job_id: str) -> dict | None:
         def fn(c: sqlite3.Connection) -> dict | None:

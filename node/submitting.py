@@ -13,7 +13,9 @@ from typing import TYPE_CHECKING
 
 import trio
 
+from distributeai.consensus.codec import sha256
 from distributeai.consensus.errors import LocalProtocolError, RemoteProtocolError
+from distributeai.consensus.ledger import max_cost
 from distributeai.consensus.messages import (
     Announce, Bid, Commit, JobSpec, Reveal, RevealRequest, Signed, Withdraw, job_id_of, sign, verify,
 )
@@ -48,9 +50,10 @@ class Submitting:
 
     # --- entry points -------------------------------------------------------------------------
 
-    async def submit(self, signed_spec: bytes) -> bytes:
+    async def submit(self, signed_spec: bytes, module: bytes | None = None) -> bytes:
         """Announce a job signed by this node's user. Raises LocalProtocolError if it is not,
-        or if this node cannot pay for it in its own view."""
+        or if this node cannot pay for it in its own view. `module` is the wasm module of a spec
+        that carries only its SHA-256; this node then serves it to the executors."""
         a = self.agent
         try:
             spec = verify(signed_spec, JobSpec)
@@ -59,10 +62,14 @@ class Submitting:
             raise LocalProtocolError(exc.reason, exc.detail) from None
         if spec.signer != a.me:
             raise LocalProtocolError("wrong_signer", "a node announces only jobs signed with its own key")
-        if not a.ledger.can_pay(a.me, spec.msg.price, spec.msg.replicas):
+        if not a.ledger.can_pay(spec.msg):
             raise LocalProtocolError(
                 "insufficient_credits",
-                f"price {spec.msg.price} x {spec.msg.replicas} executors exceeds this node's {a.ledger.balance(a.me)} credits")
+                f"the job may cost {max_cost(spec.msg)} credits, this node has {a.ledger.balance(a.me)}")
+        if spec.msg.wasm_sha256:
+            if module is None or sha256(module) != spec.msg.wasm_sha256:
+                raise LocalProtocolError("missing_module", "the spec names a wasm module by hash; send the module too")
+            await a.store.put_blob(spec.msg.wasm_sha256.hex(), module)
         job_id = job_id_of(signed_spec)
         now = now_ms()
         announce = sign(a.identity, Announce(signed_spec, tuple(a.overlay.multiaddrs())))

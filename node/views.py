@@ -70,7 +70,11 @@ def job_view(row: dict, machine: SubmitterJob | None, execution: dict | None,
         winner = checked.tally.result_hash if checked.certificate.status == "verified" else None
     if winner is not None:
         agreeing = next(r for r in reveals.values() if r.result_hash == winner)
-        view.update(result_hash=winner.hex(), exit_code=agreeing.exit_code, stdout=_text(agreeing.stdout))
+        view.update(result_hash=winner.hex(), exit_code=agreeing.exit_code, stdout=_text(agreeing.stdout),
+                    timed_out=agreeing.timed_out, stdout_truncated=agreeing.stdout_truncated,
+                    oom_killed=agreeing.oom_killed, sandbox_used=agreeing.sandbox,
+                    fuel_used=agreeing.fuel_used if agreeing.fuel_used >= 0 else None,
+                    files=[{"path": p, "size": n, "sha256": d.hex()} for p, n, d in agreeing.manifest])
     view["executors"] = [
         {
             "peer_id": peer_id_of(e),
@@ -78,10 +82,14 @@ def job_view(row: dict, machine: SubmitterJob | None, execution: dict | None,
             "state": slots.get(e, "revealed" if e in reveals else "unknown"),
             "result_hash": reveals[e].result_hash.hex() if e in reveals else None,
             "exit_code": reveals[e].exit_code if e in reveals else None,
+            "sandbox": reveals[e].sandbox if e in reveals else None,
             "agreed": winner is not None and e in reveals and reveals[e].result_hash == winner,
         }
         for e, a in sorted(awards.items(), key=lambda kv: kv[1].slot)
     ]
+    view["sandbox"] = spec.sandbox
+    view["gpu"] = spec.gpu
+    view["bid"] = row.get("bid", "")
     if row["status"] == "nondeterministic":
         view["differences"] = differences(reveals, peer_id_of)
     if execution is not None:
@@ -92,8 +100,8 @@ def job_view(row: dict, machine: SubmitterJob | None, execution: dict | None,
 
 def differences(reveals: dict[bytes, Reveal], peer_id_of: Callable[[bytes], str]) -> dict:
     """What differs between the executors' results: for each part of the result hash that is not
-    the same everywhere, each executor's value (stdout as its SHA-256). Output files join the
-    manifest comparison once jobs have them."""
+    the same everywhere, each executor's value (stdout as its SHA-256), and the output-file
+    manifest entries that differ (path, and each executor's size and SHA-256 or null)."""
     parts = {
         "exit_code": {peer_id_of(e): r.exit_code for e, r in reveals.items()},
         "timed_out": {peer_id_of(e): r.timed_out for e, r in reveals.items()},
@@ -101,5 +109,9 @@ def differences(reveals: dict[bytes, Reveal], peer_id_of: Callable[[bytes], str]
         "stdout_truncated": {peer_id_of(e): r.stdout_truncated for e, r in reveals.items()},
     }
     differing = {k: v for k, v in parts.items() if len(set(v.values())) > 1}
+    manifests = {peer_id_of(e): {p: (n, d.hex()) for p, n, d in r.manifest} for e, r in reveals.items()}
+    paths = sorted({p for m in manifests.values() for p in m})
+    manifest = [{"path": p, "entries": {who: m.get(p) for who, m in manifests.items()}}
+                for p in paths if len({str(m.get(p)) for m in manifests.values()}) > 1]
     return {"result_hash": {peer_id_of(e): r.result_hash.hex() for e, r in reveals.items()},
-            "differing": differing, "manifest": []}
+            "differing": differing, "manifest": manifest}

@@ -25,7 +25,7 @@ __all__ = [
     "open_sandbox",
 ]
 
-KINDS = ("docker", "process")
+KINDS = ("docker", "bwrap", "wasm", "process")
 
 # Docker refuses a memory limit under 6 MB; the process backend could not even exec with less.
 MIN_MEMORY_MB = 6
@@ -52,6 +52,13 @@ class RunRequest:
     timeout_s: float = 60.0  # wall clock from start
     pids_limit: int = 64
     output_cap: int = 1 << 20  # max bytes kept of stdout and of stderr each
+    stdin: bytes = b""  # fed to the job's standard input, then closed
+    # A host directory that the job sees as /out (docker, bwrap; the process backend passes it as
+    # $OUT_DIR; wasm has no directories). Files left there are listed in RunResult.manifest.
+    out_dir: str | None = None
+    out_cap: int = 64 << 20  # bytes of /out kept; past it the manifest is cut and out_truncated set
+    wasm_module: bytes | None = None  # the wasm backend runs this module; command[0] is its argv[0]
+    fuel: int | None = None  # wasm: the fuel limit (None: the backend's default)
 
     def __post_init__(self) -> None:
         if not isinstance(self.command, list) or not self.command:
@@ -86,7 +93,12 @@ class RunResult:
     stdout_truncated: bool
     stderr_truncated: bool
     duration_s: float  # start→exit wall time
-    sandbox: str  # "docker" | "process"
+    sandbox: str  # "docker" | "bwrap" | "wasm" | "process"
+    # (path relative to /out, size, sha256 hex) of every regular file the job left in /out,
+    # sorted by path; see `build_manifest`.
+    manifest: tuple[tuple[str, int, str], ...] = ()
+    out_truncated: bool = False
+    fuel_used: int | None = None  # wasm only: exact, the same on every honest executor
 
 
 class SandboxError(Exception):
@@ -140,6 +152,41 @@ def exec_failure_result(argv0: str, code: int, duration_s: float, sandbox: str) 
     )
 
 
+def build_manifest(out_dir: str | None, cap: int) -> tuple[tuple[tuple[str, int, str], ...], bool]:
+    """List the regular files under `out_dir` as (relative path, size, sha256 hex), sorted by path,
+    hashing at most `cap` bytes in all; returns (manifest, truncated). Symlinks and special files
+    are not followed or listed: a job cannot point the node at a file outside its /out."""
+    import hashlib
+    import os
+    import stat
+
+    if out_dir is None:
+        return (), False
+    entries: list[tuple[str, int, str]] = []
+    total = 0
+    truncated = False
+    for root, dirs, files in os.walk(out_dir, followlinks=False):
+        dirs.sort()
+        for name in sorted(files):
+            path = os.path.join(root, name)
+            try:
+                st = os.lstat(path)
+            except OSError:
+                continue
+            if not stat.S_ISREG(st.st_mode):
+                continue
+            if total + st.st_size > cap:
+                truncated = True
+                continue
+            digest = hashlib.sha256()
+            with open(path, "rb", buffering=0) as f:
+                while chunk := f.read(1 << 20):
+                    digest.update(chunk)
+            total += st.st_size
+            entries.append((os.path.relpath(path, out_dir), st.st_size, digest.hexdigest()))
+    return tuple(sorted(entries)), truncated
+
+
 def warn(log: LogSink, message: str) -> None:
     """Send a warning to a Logger, or to a print-like callable with a WARNING prefix."""
     if isinstance(log, logging.Logger):
@@ -169,4 +216,12 @@ def open_sandbox(
         from .process_backend import ProcessSandbox
 
         return ProcessSandbox(log=sink)
+    if kind == "bwrap":
+        from .bwrap_backend import BwrapSandbox
+
+        return BwrapSandbox(log=sink)
+    if kind == "wasm":
+        from .wasm_backend import WasmSandbox
+
+        return WasmSandbox(log=sink)
     raise ValueError(f"unknown sandbox kind {kind!r}; allowed: {', '.join(KINDS)}")

@@ -471,7 +471,7 @@ def test_ledger_rewards_agreement_penalizes_dissent_and_pays_agreeing_executors(
         assert ledger.reputation_of(e) == -10 and ledger.balance(e) == 100
     assert ledger.balance(SUBMITTER.public_key) == 100 - len(checked.tally.agreeing)
     assert len(ledger.transfers) == len(checked.tally.agreeing)
-    assert ledger.can_pay(SUBMITTER.public_key, 1, 3) and not ledger.can_pay(SUBMITTER.public_key, 50, 3)
+    assert ledger.can_pay(make_spec(price=1)) and not ledger.can_pay(make_spec(price=50))
 
 
 def test_reputation_is_bounded():
