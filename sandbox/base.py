@@ -179,7 +179,15 @@ def build_manifest(out_dir: str | None, cap: int) -> tuple[tuple[tuple[str, int,
                 truncated = True
                 continue
             digest = hashlib.sha256()
-            with open(path, "rb", buffering=0) as f:
+            # O_NOFOLLOW|O_NONBLOCK and a second check on the open file: a job still running (the
+            # process backend) could swap the file for a symlink or a FIFO after the lstat.
+            try:
+                fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+            except OSError:
+                continue
+            with open(fd, "rb", buffering=0) as f:
+                if not stat.S_ISREG(os.fstat(fd).st_mode):
+                    continue
                 while chunk := f.read(1 << 20):
                     digest.update(chunk)
             total += st.st_size

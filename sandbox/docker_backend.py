@@ -9,13 +9,31 @@ with a size-capped tmpfs at /tmp, uid 65534, no capabilities, no-new-privileges,
 swap, cpu quota, pids limit, the `local` log driver (returned full output; json-file inflates output
 on disk and its max-size truncates what logs() returns).
 
+Standard input (RunRequest.stdin): empty → the container is created without stdin_open and the
+job reads EOF from /dev/null at once. Otherwise it is created with stdin_open (the SDK then sets
+StdinOnce, so the daemon closes the job's stdin when our attach connection half-closes); before
+start we attach a raw socket to its stdin only, and after start a daemon thread writes the bytes
+and shuts down the socket's write side (EOF). A job that never reads stdin does not hang the run:
+the writer may stay blocked, but once the container has exited the main thread shuts the socket
+down both ways, which fails the pending write, then closes it. (The daemon itself does not end the
+attach connection when the container exits while our write is pending: without that shutdown the
+writer stayed blocked, measured on dockerd 20.10.)
+
+Output directory (RunRequest.out_dir): an existing host directory, chowned to the job's uid
+65534:65534 and bind-mounted read-write at /out (a Mount, not a `volumes` string, so a host path
+with ':' or ',' is not misparsed and a missing one is not created). The rest of the root stays
+read-only. After the container is gone its regular files are listed by `build_manifest` (symlinks
+are not followed: a job's `/out/x -> /etc/passwd` points at the host's file once on the host).
+
 Containers carry the label distributeai.sandbox=job, so leftovers of a crashed worker can be
 found: `docker ps -a --filter label=distributeai.sandbox=job`.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import os
+import socket
 import threading
 import time
 from collections.abc import Iterator
@@ -32,6 +50,7 @@ from .base import (
     RunRequest,
     RunResult,
     SandboxError,
+    build_manifest,
     exec_failure_result,
     warn,
 )
@@ -54,6 +73,11 @@ LOG_CONFIG = docker.types.LogConfig(
     type="local", config={"max-size": "20m", "max-file": "5"}
 )
 KILL_WAIT_S = 10.0  # after SIGKILL a container exits in milliseconds; this only bounds a sick daemon
+OUT_MOUNT = "/out"  # where the job sees RunRequest.out_dir
+OUT_UID = OUT_GID = 65534  # owner given to out_dir so the job (USER) can write there
+# After the container exited and the stdin socket was shut down, how long to wait for the writer
+# thread to notice (it returns at once: shutdown fails its pending send).
+STDIN_JOIN_S = 5.0
 
 _UNREACHABLE = (requests.exceptions.ConnectionError, requests.exceptions.Timeout)
 
@@ -87,6 +111,74 @@ def _exec_failure_code(explanation: str) -> int | None:
     if "permission denied" in text or "exec format error" in text:
         return EXIT_NOT_EXECUTABLE
     return None
+
+
+def _prepare_out_dir(out_dir: str, log: LogSink) -> str:
+    """The absolute path of `out_dir`, made writable for the job's uid; SandboxError if unusable."""
+    path = os.path.abspath(out_dir)
+    if not os.path.isdir(path):
+        raise SandboxError("invalid_request", f"out_dir is not a directory: {path}")
+    try:
+        os.chown(path, OUT_UID, OUT_GID)
+    except PermissionError:
+        # A node that is not root cannot give the directory away; let uid 65534 in by mode instead.
+        # Callers should keep out_dir inside a private (0700) directory of theirs.
+        try:
+            os.chmod(path, 0o777)
+        except OSError as e:
+            raise SandboxError("invalid_request", f"cannot open {path} to the job: {e}") from e
+        warn(log, f"could not chown {path} to {OUT_UID}:{OUT_GID}; made it mode 0777 instead")
+    except OSError as e:
+        raise SandboxError("invalid_request", f"cannot chown {path}: {e}") from e
+    return path
+
+
+class _StdinFeeder:
+    """Writes a job's stdin into a socket attached to the container, from a daemon thread.
+
+    The socket comes from `attach_socket(params={"stdin": 1, "stream": 1})` made BEFORE start.
+    `start()` after the container started; `close()` after it exited: that shuts the socket down
+    both ways, which ends a write still blocked on a job that never read its stdin.
+    """
+
+    def __init__(self, container, data: bytes) -> None:
+        self._data = data
+        self._attached = container.attach_socket(params={"stdin": 1, "stream": 1})
+        # On unix and tcp the SDK returns a socket.SocketIO over the real socket; on TLS the socket.
+        self._sock = getattr(self._attached, "_sock", None) or self._attached
+        # Blocking writes: the SDK's timeout is a total for sendall, and a job may legitimately
+        # read its stdin late; the main thread's shutdown bounds the write instead.
+        self._sock.settimeout(None)
+        self._thread = threading.Thread(target=self._feed, name="dai-docker-stdin", daemon=True)
+
+    def _feed(self) -> None:
+        try:
+            self._sock.sendall(self._data)
+            # Half-close: the daemon sees EOF and, as the container has StdinOnce, closes the job's
+            # stdin. The read side stays open until close().
+            self._sock.shutdown(socket.SHUT_WR)
+        except OSError:
+            pass  # the job exited or closed stdin without reading it all: not an error
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def close(self) -> None:
+        try:
+            self._sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass  # already shut down or closed by the daemon
+        if self._thread.ident is not None:  # started
+            self._thread.join(STDIN_JOIN_S)
+        # Closing the HTTP response closes the hijacked connection for good, so it can never go
+        # back to the SDK's connection pool.
+        response = getattr(self._attached, "_response", None)
+        for closeable in (response, self._attached, self._sock):
+            try:
+                if closeable is not None:
+                    closeable.close()
+            except Exception:  # noqa: BLE001 - best effort; the socket is dead either way
+                pass
 
 
 class DockerSandbox:
@@ -152,6 +244,13 @@ class DockerSandbox:
 
     def run(self, req: RunRequest) -> RunResult:
         client = self._get_client()
+        mounts = []
+        out_dir = None
+        if req.out_dir is not None:
+            out_dir = _prepare_out_dir(req.out_dir, self._log)
+            mounts.append(
+                docker.types.Mount(target=OUT_MOUNT, source=out_dir, type="bind", read_only=False)
+            )
         try:
             container = client.containers.create(
                 req.image,
@@ -173,7 +272,10 @@ class DockerSandbox:
                 pids_limit=req.pids_limit,
                 log_config=LOG_CONFIG,
                 labels=LABELS,
-                stdin_open=False,
+                mounts=mounts or None,
+                # With stdin_open the SDK also sets StdinOnce: the job's stdin closes when our
+                # attach half-closes. Without it the job's stdin is /dev/null (EOF at once).
+                stdin_open=bool(req.stdin),
                 tty=False,
             )
         except docker.errors.ImageNotFound as e:
@@ -185,7 +287,7 @@ class DockerSandbox:
                 raise SandboxError("invalid_request", e.explanation or str(e)) from e
             raise SandboxError("backend_error", str(e)) from e
         try:
-            return self._run_created(container, req)
+            result = self._run_created(container, req)
         except _UNREACHABLE as e:
             raise self._unreachable(e) from e
         except docker.errors.APIError as e:
@@ -195,8 +297,26 @@ class DockerSandbox:
                 container.remove(force=True)
             except Exception as e:  # noqa: BLE001 - cleanup must not mask the job's outcome
                 warn(self._log, f"could not remove container {container.id[:12]}: {e}")
+        if out_dir is None:
+            return result
+        # The container is gone (or at least stopped): nothing writes to out_dir any more.
+        try:
+            manifest, out_truncated = build_manifest(out_dir, req.out_cap)
+        except OSError as e:
+            raise SandboxError("backend_error", f"cannot read out_dir {out_dir}: {e}") from e
+        return dataclasses.replace(result, manifest=manifest, out_truncated=out_truncated)
 
     def _run_created(self, container, req: RunRequest) -> RunResult:
+        # Attach before start, as `docker run -i` does: the job cannot read stdin before we are
+        # connected, and a job that exits at once cannot make the attach fail.
+        feeder = _StdinFeeder(container, req.stdin) if req.stdin else None
+        try:
+            return self._start_and_wait(container, req, feeder)
+        finally:
+            if feeder is not None:
+                feeder.close()
+
+    def _start_and_wait(self, container, req: RunRequest, feeder: _StdinFeeder | None) -> RunResult:
         started = time.monotonic()
         try:
             container.start()
@@ -205,6 +325,8 @@ class DockerSandbox:
             if code is None:
                 raise SandboxError("start_failed", str(e.explanation or e)) from e
             return exec_failure_result(req.command[0], code, time.monotonic() - started, NAME)
+        if feeder is not None:
+            feeder.start()
         timed_out = False
         remaining = req.timeout_s - (time.monotonic() - started)
         try:

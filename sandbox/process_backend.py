@@ -13,11 +13,20 @@ What it does give, so results match the Docker backend for honest jobs:
 - stdout and stderr are read in chunks and kept up to output_cap each; the rest is read and
   dropped, so a chatty job neither blocks on a full pipe nor fills the node's memory;
 - exit codes as Docker reports them: 128 + signal for a killed job, 127/126 when argv[0] cannot
-  be executed.
+  be executed;
+- stdin (RunRequest.stdin) is written through a pipe by the same selector loop that reads the
+  output, then closed (EOF); a job that never reads it only leaves the write pending until it
+  exits. Empty stdin is /dev/null;
+- out_dir: this backend cannot show the job a /out. It passes the (absolute) host directory as the
+  env variable OUT_DIR instead, overriding any OUT_DIR in RunRequest.env: jobs meant to run here
+  must write their files to $OUT_DIR (a portable job writes to "${OUT_DIR:-/out}"). Nothing stops
+  a job from writing elsewhere. After the run the directory's regular files are listed by
+  `build_manifest` (symlinks are not followed).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import errno
 import math
 import os
@@ -37,6 +46,7 @@ from .base import (
     RunRequest,
     RunResult,
     SandboxError,
+    build_manifest,
     exec_failure_result,
     warn,
 )
@@ -120,6 +130,56 @@ class _ExitWatch:
             self.fd = None
 
 
+class _StdinWriter:
+    """Feeds a job's stdin pipe from the selector loop: non-blocking writes whenever the pipe has
+    room, then close (EOF). A job that does not read only leaves the write pending; a job that
+    closed its stdin makes the write fail with EPIPE, which ends the feeding (SIGPIPE is ignored
+    in Python, so the node is not killed by it)."""
+
+    def __init__(self, proc: subprocess.Popen, data: bytes, sel: selectors.BaseSelector) -> None:
+        self._pipe = proc.stdin
+        self._sel = sel
+        self._data = memoryview(data)
+        self._sent = 0
+        self._registered = False
+        if self._pipe is None:
+            return
+        if not data:
+            self.close()
+            return
+        os.set_blocking(self._pipe.fileno(), False)
+        sel.register(self._pipe.fileno(), selectors.EVENT_WRITE, "stdin")
+        self._registered = True
+
+    def write(self) -> None:
+        if self._pipe is None:
+            return
+        try:
+            self._sent += os.write(self._pipe.fileno(), self._data[self._sent : self._sent + CHUNK])
+        except BlockingIOError:
+            return
+        except OSError:  # EPIPE: the job closed its stdin (or exited)
+            self.close()
+            return
+        if self._sent >= len(self._data):
+            self.close()
+
+    def close(self) -> None:
+        if self._pipe is None:
+            return
+        if self._registered:
+            try:
+                self._sel.unregister(self._pipe.fileno())
+            except (KeyError, ValueError):
+                pass
+            self._registered = False
+        try:
+            self._pipe.close()
+        except OSError:
+            pass
+        self._pipe = None
+
+
 class ProcessSandbox:
     """Sandbox backend running jobs as child processes of the node. Thread-safe."""
 
@@ -138,14 +198,28 @@ class ProcessSandbox:
         return None
 
     def run(self, req: RunRequest) -> RunResult:
+        out_dir = None
+        if req.out_dir is not None:
+            out_dir = os.path.abspath(req.out_dir)
+            if not os.path.isdir(out_dir):
+                raise SandboxError("invalid_request", f"out_dir is not a directory: {out_dir}")
         workdir = tempfile.mkdtemp(prefix="dai-job-")
         try:
-            return self._run_in(workdir, req)
+            result = self._run_in(workdir, req, out_dir)
         finally:
             shutil.rmtree(workdir, ignore_errors=True)
+        if out_dir is None:
+            return result
+        try:
+            manifest, out_truncated = build_manifest(out_dir, req.out_cap)
+        except OSError as e:
+            raise SandboxError("backend_error", f"cannot read out_dir {out_dir}: {e}") from e
+        return dataclasses.replace(result, manifest=manifest, out_truncated=out_truncated)
 
-    def _run_in(self, workdir: str, req: RunRequest) -> RunResult:
+    def _run_in(self, workdir: str, req: RunRequest, out_dir: str | None) -> RunResult:
         env = {"PATH": DEFAULT_PATH, **req.env}
+        if out_dir is not None:
+            env["OUT_DIR"] = out_dir
         limits = _rlimits(req)
         started = time.monotonic()
         try:
@@ -153,7 +227,7 @@ class ProcessSandbox:
                 req.command,
                 env=env,
                 cwd=workdir,
-                stdin=subprocess.DEVNULL,
+                stdin=subprocess.PIPE if req.stdin else subprocess.DEVNULL,
                 stdout=subprocess.PIPE,
                 stderr=subprocess.PIPE,
                 close_fds=True,
@@ -179,6 +253,8 @@ class ProcessSandbox:
             assert proc.stdout is not None and proc.stderr is not None
             proc.stdout.close()
             proc.stderr.close()
+            if proc.stdin is not None:
+                proc.stdin.close()
 
     def _supervise(self, proc: subprocess.Popen, req: RunRequest, started: float) -> RunResult:
         assert proc.stdout is not None and proc.stderr is not None
@@ -191,6 +267,7 @@ class ProcessSandbox:
             for name, pipe in (("stdout", proc.stdout), ("stderr", proc.stderr)):
                 os.set_blocking(pipe.fileno(), False)
                 sel.register(pipe.fileno(), selectors.EVENT_READ, name)
+            stdin = _StdinWriter(proc, req.stdin, sel)
             watch = _ExitWatch(proc.pid, sel)
             try:
                 open_pipes = 2
@@ -198,6 +275,8 @@ class ProcessSandbox:
                     if exited_at is None and watch.exited():
                         exited_at = time.monotonic()
                         _kill_group(proc.pid)
+                    if exited_at is not None or timed_out:
+                        stdin.close()  # nobody will read the rest
                     now = time.monotonic()
                     if exited_at is None:
                         if now >= deadline and not timed_out:
@@ -212,6 +291,9 @@ class ProcessSandbox:
                     if poll is not None:
                         wait = poll if wait is None else min(wait, poll)
                     for key, _ in sel.select(wait):
+                        if key.data == "stdin":
+                            stdin.write()
+                            continue
                         if key.data == "exit":
                             watch.close(sel)
                             exited_at = time.monotonic()
@@ -233,6 +315,7 @@ class ProcessSandbox:
                             chunk = chunk[:room]
                         buf += chunk
             finally:
+                stdin.close()
                 watch.close(sel)
         returncode = proc.wait()
         assert exited_at is not None

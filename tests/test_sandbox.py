@@ -7,6 +7,7 @@ Docker tests need a real dockerd (fixture `docker_host` in conftest.py); nothing
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import logging
 import os
 import socket
@@ -18,6 +19,7 @@ import pytest
 import trio
 
 from distributeai.sandbox import KINDS, RunRequest, RunResult, SandboxError, open_sandbox
+from distributeai.sandbox.base import build_manifest
 from distributeai.sandbox.docker_backend import LABELS, _exec_failure_code, _read_capped
 
 IMAGE = "alpine:latest"  # on test machines: the busybox image scripts/dockerd.sh builds
@@ -25,6 +27,9 @@ HELLO = ["sh", "-c", "echo 'Hello' | sha256sum"]
 HELLO_STDOUT = b"66a045b452102c59d840ec097d59d9467e13a3f34f6494e539ffd32c1bb35f18  -\n"
 # A killed job must come back well within this, though its command would run for 30 s.
 PROMPT_S = 5.0
+MB = 1 << 20
+# Where a job writes its files on every backend: /out, or $OUT_DIR on the process backend.
+OUT = '"${OUT_DIR:-/out}"'
 
 
 def job(*argv: str, **kw) -> RunRequest:
@@ -60,6 +65,23 @@ def process_sandbox():
     sb = open_sandbox("process", log=quiet)
     yield sb
     sb.close()
+
+
+def sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def big_stdin(size: int = MB) -> bytes:
+    """Deterministic bytes that are not one repeated byte, so a lost or reordered chunk shows."""
+    block = b"".join(i.to_bytes(4, "big") for i in range(1024))  # 4 KiB
+    return (block * (size // len(block) + 1))[:size]
+
+
+@pytest.fixture
+def out_dir(tmp_path):
+    path = tmp_path / "out"
+    path.mkdir()
+    return path
 
 
 def timed_run(sb, req: RunRequest) -> tuple[RunResult, float]:
@@ -170,6 +192,110 @@ async def test_runs_concurrently_from_trio_threads(sandbox):
     assert sorted(r.stdout for r in results) == [b"0\n", b"1\n", b"2\n", b"3\n"]
 
 
+# ---- conformance: stdin -----------------------------------------------------------------------
+
+
+def test_stdin_round_trip(sandbox):
+    result = sandbox.run(job("sh", "-c", "cat | sha256sum", stdin=b"Hello\n"))
+    assert (result.exit_code, result.stdout, result.stderr) == (0, HELLO_STDOUT, b"")
+
+
+def test_large_stdin_arrives_whole_and_in_order(sandbox):
+    data = big_stdin()
+    result = sandbox.run(job("sh", "-c", "cat | sha256sum", stdin=data, timeout_s=20))
+    assert result.stdout == f"{sha256(data)}  -\n".encode()
+
+
+def test_empty_stdin_is_eof_at_once(sandbox):
+    # A job reading stdin must not wait for input that never comes (the timeout would show it).
+    result, elapsed = timed_run(sandbox, job("sh", "-c", "cat; wc -c", timeout_s=10))
+    assert (result.exit_code, result.stdout.split(), result.timed_out) == (0, [b"0"], False)
+    assert elapsed < PROMPT_S
+
+
+@pytest.mark.parametrize(
+    "script", ["true", "sleep 0.3; echo done", "exec 0<&-; sleep 0.3; echo done"]
+)
+def test_job_that_ignores_large_stdin_returns(sandbox, script):
+    # 1 MB is far more than a pipe holds: the writer blocks until the job exits.
+    result, elapsed = timed_run(sandbox, job("sh", "-c", script, stdin=big_stdin(), timeout_s=20))
+    assert (result.exit_code, result.timed_out) == (0, False)
+    assert result.stdout == (b"" if script == "true" else b"done\n")
+    assert elapsed < PROMPT_S
+
+
+def test_job_that_reads_part_of_stdin(sandbox):
+    result = sandbox.run(job("head", "-c", "5", stdin=b"abcdefgh" * MB, timeout_s=20))
+    assert (result.exit_code, result.stdout) == (0, b"abcde")
+
+
+def test_timeout_with_unread_stdin(sandbox):
+    result, elapsed = timed_run(sandbox, job("sleep", "30", stdin=big_stdin(), timeout_s=1))
+    assert result.timed_out and result.exit_code == 137
+    assert elapsed < PROMPT_S
+
+
+# ---- conformance: out_dir and manifest -----------------------------------------------------------
+
+
+def test_files_in_out_dir_are_listed(sandbox, out_dir):
+    script = (
+        f"cd {OUT} && mkdir -p a/b empty && printf hello > a/b/deep.txt && printf x > top"
+        " && head -c 100000 /dev/zero > a/zeros && : > a/nothing"
+    )
+    result = sandbox.run(job("sh", "-c", script, out_dir=str(out_dir)))
+    assert (result.exit_code, result.stderr) == (0, b"")
+    assert result.manifest == (
+        ("a/b/deep.txt", 5, sha256(b"hello")),
+        ("a/nothing", 0, sha256(b"")),
+        ("a/zeros", 100000, sha256(b"\0" * 100000)),
+        ("top", 1, sha256(b"x")),
+    )
+    assert not result.out_truncated
+    assert (out_dir / "a" / "b" / "deep.txt").read_bytes() == b"hello"
+
+
+def test_symlinks_in_out_dir_are_not_followed(sandbox, out_dir):
+    # On the host, /etc/passwd and /etc are the host's own: the manifest must not read them.
+    script = f"cd {OUT} && ln -s /etc/passwd passwd && ln -s /etc etc && printf ok > real"
+    result = sandbox.run(job("sh", "-c", script, out_dir=str(out_dir)))
+    assert result.exit_code == 0
+    assert result.manifest == (("real", 2, sha256(b"ok")),)
+    assert (out_dir / "passwd").is_symlink() and (out_dir / "etc").is_symlink()
+
+
+def test_out_cap_exceeded_truncates_manifest(sandbox, out_dir):
+    script = f"cd {OUT} && head -c 600 /dev/zero > a && head -c 600 /dev/zero > b"
+    result = sandbox.run(job("sh", "-c", script, out_dir=str(out_dir), out_cap=1000))
+    assert result.out_truncated
+    assert result.manifest == (("a", 600, sha256(b"\0" * 600)),)
+
+
+def test_out_of_exactly_cap_is_not_truncated(sandbox, out_dir):
+    script = f"cd {OUT} && head -c 500 /dev/zero > a && head -c 500 /dev/zero > b"
+    result = sandbox.run(job("sh", "-c", script, out_dir=str(out_dir), out_cap=1000))
+    assert not result.out_truncated
+    assert [name for name, _, _ in result.manifest] == ["a", "b"]
+
+
+def test_relative_out_dir(sandbox, out_dir, monkeypatch):
+    monkeypatch.chdir(out_dir.parent)
+    result = sandbox.run(job("sh", "-c", f"printf 1 > {OUT}/f", out_dir="out"))
+    assert result.manifest == (("f", 1, sha256(b"1")),)
+
+
+def test_no_out_dir_no_manifest(sandbox):
+    result = sandbox.run(job("true"))
+    assert (result.manifest, result.out_truncated) == ((), False)
+
+
+def test_missing_out_dir_is_rejected(sandbox, tmp_path):
+    with pytest.raises(SandboxError) as err:
+        sandbox.run(job("true", out_dir=str(tmp_path / "missing")))
+    assert err.value.reason == "invalid_request"
+    assert not (tmp_path / "missing").exists()
+
+
 # ---- docker only ------------------------------------------------------------------------------
 
 
@@ -237,6 +363,51 @@ def test_docker_root_is_read_only_and_tmp_is_writable(docker_sandbox):
 
 
 @pytest.mark.docker
+def test_docker_only_out_is_writable(docker_sandbox, out_dir):
+    marker = f"dai-escape-{os.getpid()}-{time.monotonic_ns()}"
+    script = (
+        f"echo x > /{marker}; echo root=$?; echo x > /etc/{marker}; echo etc=$?;"
+        f" echo x > /out/../{marker}; echo dotdot=$?; echo x > /out/{marker}; echo out=$?;"
+        " id -u; grep ' /out ' /proc/mounts | cut -d' ' -f4 | cut -d, -f1"
+    )
+    result = docker_sandbox.run(job("sh", "-c", script, out_dir=str(out_dir)))
+    assert result.stdout.split() == [
+        b"root=1", b"etc=1", b"dotdot=1", b"out=0", b"65534", b"rw",
+    ]
+    assert b"Read-only file system" in result.stderr
+    assert result.manifest == ((marker, 2, sha256(b"x\n")),)
+    # Nothing reached the host outside out_dir: not beside it, nor at the paths the job tried.
+    assert sorted(p.name for p in out_dir.parent.iterdir()) == ["out"]
+    assert [p.name for p in out_dir.iterdir()] == [marker]
+    for where in ("/", "/etc", "/tmp"):
+        assert not os.path.lexists(os.path.join(where, marker))
+    assert (os.stat(out_dir).st_uid, os.stat(out_dir).st_gid) == (65534, 65534)
+
+
+@pytest.mark.docker
+def test_docker_without_out_dir_has_no_out(docker_sandbox):
+    result = docker_sandbox.run(job("sh", "-c", "test -e /out; echo $?; echo x > /out; echo $?"))
+    assert result.stdout.split() == [b"1", b"1"]
+
+
+@pytest.mark.docker
+async def test_docker_stdin_from_concurrent_trio_threads(docker_sandbox):
+    # Each attach takes a connection of the SDK's pool; none may leak into another job.
+    results: list[RunResult] = []
+    inputs = [big_stdin(64 << 10) + str(i).encode() for i in range(6)]
+
+    async def one(data: bytes) -> None:
+        req = job("sh", "-c", "cat | sha256sum", stdin=data)
+        results.append(await trio.to_thread.run_sync(docker_sandbox.run, req))
+
+    async with trio.open_nursery() as nursery:
+        for data in inputs:
+            nursery.start_soon(one, data)
+    expected = sorted(f"{sha256(data)}  -\n".encode() for data in inputs)
+    assert sorted(r.stdout for r in results) == expected
+
+
+@pytest.mark.docker
 def test_docker_oom_is_reported(docker_sandbox):
     # busybox tail buffers its last lines; /dev/zero has none, so it allocates until killed.
     result, elapsed = timed_run(docker_sandbox, job("tail", "/dev/zero", memory_mb=32, timeout_s=20))
@@ -275,6 +446,8 @@ def test_docker_leaves_no_containers(docker_host, docker_sandbox):
 
     docker_sandbox.run(job("true"))
     docker_sandbox.run(job("sleep", "30", timeout_s=0.5))
+    docker_sandbox.run(job("sleep", "30", timeout_s=0.5, stdin=big_stdin()))
+    docker_sandbox.run(job("no-such-program-dai", stdin=b"x"))  # start fails after the attach
     client = docker.DockerClient(base_url=docker_host)
     try:
         label = ",".join(f"{k}={v}" for k, v in LABELS.items())
@@ -312,6 +485,13 @@ def test_process_runs_in_fresh_temp_dir_removed_after(process_sandbox):
     assert os.path.basename(cwd).startswith("dai-job-")
     assert rest == ["x"]  # empty before the job wrote f
     assert not os.path.exists(cwd)
+
+
+def test_process_out_dir_is_passed_as_env(process_sandbox, out_dir):
+    env = {"OUT_DIR": "/somewhere/else", "FOO": "bar"}
+    result = process_sandbox.run(job("sh", "-c", 'echo "$OUT_DIR"; test -e /out; echo $?',
+                                     env=env, out_dir=str(out_dir)))
+    assert result.stdout.split() == [str(out_dir).encode(), b"1"]  # no /out is made
 
 
 def test_process_memory_limit(process_sandbox):
@@ -371,6 +551,17 @@ def test_run_request_defaults():
     assert (req.env, req.cpu, req.memory_mb, req.timeout_s, req.pids_limit, req.output_cap) == (
         {}, 1.0, 256, 60.0, 64, 1 << 20,
     )
+
+
+def test_build_manifest_lists_only_regular_files(tmp_path):
+    (tmp_path / "d").mkdir()
+    (tmp_path / "d" / "f").write_bytes(b"abc")
+    (tmp_path / "link").symlink_to("/etc/passwd")
+    (tmp_path / "dirlink").symlink_to("/etc")
+    (tmp_path / "dangling").symlink_to(tmp_path / "nowhere")
+    os.mkfifo(tmp_path / "fifo")  # opening it would block the node
+    assert build_manifest(str(tmp_path), 1 << 20) == ((("d/f", 3, sha256(b"abc")),), False)
+    assert build_manifest(None, 0) == ((), False)
 
 
 class FakeStream:
