@@ -255,6 +255,8 @@ def submit(
     fuel: Optional[int] = typer.Option(None, "--fuel", help="WASM: the fuel limit."),
     price_per_mfuel: Optional[int] = typer.Option(None, "--price-per-mfuel", help="WASM: credits per million fuel."),
     gpu: bool = typer.Option(False, "--gpu", help="The job needs a GPU."),
+    cpu: Optional[float] = typer.Option(None, "--cpu", help="Cores the job needs. Default 1."),
+    memory: Optional[int] = typer.Option(None, "--memory", help="MiB the job may use. Default 256."),
     no_wait: bool = typer.Option(False, "--no-wait", help="Print the job id and return at once."),
     as_json: bool = typer.Option(False, "--json", help="Print the outcome as one JSON object."),
 ) -> None:
@@ -271,6 +273,15 @@ def submit(
     extra = list(ctx.args)
     if extra and cmd is None:
         fail(f"unexpected argument {extra[0]!r}")
+    if extra:
+        # Arguments after --cmd belong to the command; anything click could not place that came
+        # before it is a mistyped option, not part of the command.
+        argv = sys.argv[1:]
+        at = max(i for i, a in enumerate(argv) if a == "--cmd" or a.startswith("--cmd="))
+        tail = argv[at + (1 if "=" in argv[at] else 2):]
+        if tail != extra:
+            stray = next(a for a in extra if a not in tail) if set(extra) - set(tail) else extra[0]
+            fail(f"no such option {stray!r} (options go before --cmd; what follows --cmd is the command)")
     if file is not None and (image or cmd or wasm):
         fail("give either -f FILE or --image/--wasm with --cmd, not both")
     if image and wasm:
@@ -295,7 +306,7 @@ def submit(
                            ("max_error_results", max_error_results), ("max_total_results", max_total_results),
                            ("result_deadline", result_deadline), ("fuel", fuel), ("price_per_mfuel", price_per_mfuel),
                            ("stdin", stdin if stdin_file is None else read_bytes(stdin_file, "--stdin-file")),
-                           ("gpu", gpu or None)):
+                           ("gpu", gpu or None), ("cpu", cpu), ("memory_mb", memory)):
             if value is not None:
                 doc[key] = value
     module = doc.get("wasm_module") if isinstance(doc, dict) else None

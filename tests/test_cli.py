@@ -54,3 +54,10 @@ def test_node_start_rejects_an_unknown_sandbox(tmp_path):
 def test_job_status_rejects_a_malformed_id(tmp_path):
     out = cli("job", "status", "xyz", "--data-dir", str(tmp_path))
     assert out.returncode == 2 and "64 hex" in out.stderr
+
+
+def test_a_mistyped_option_before_cmd_is_not_smuggled_into_the_command(tmp_path):
+    out = cli("submit", "--data-dir", str(tmp_path), "--image", "alpine:latest", "--memroy", "64",
+              "--cmd", "sh", "-c", "true")
+    assert out.returncode == 2 and "--memroy" in out.stderr
+    assert len(out.stderr.strip().splitlines()) == 1

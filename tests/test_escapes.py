@@ -1,0 +1,150 @@
+"""Escape and limit tests: each a real job submitted to a real node of a 3-node network, for the
+docker and bwrap sandboxes (CI runs both; neither is ever skipped there), and wasm limits.
+Also the shipped workloads: identical results from 3 executors for hash-verify and WASM."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import threading
+from pathlib import Path
+
+import pytest
+
+from distributeai.cli.devnet import Devnet
+
+from .netfixtures import DEMO_STDOUT, cli
+
+pytestmark = pytest.mark.slow
+WORKLOADS = Path(__file__).resolve().parent.parent / "sandbox" / "workloads"
+PY_IMAGE = "python:3.9-slim"  # built locally by scripts/build-python-image.sh; bwrap ignores images
+MB = 1 << 20
+
+
+@pytest.fixture(scope="module", params=["docker", "bwrap"])
+def net(request, tmp_path_factory):
+    sandbox = request.param
+    docker_host = request.getfixturevalue("docker_host") if sandbox == "docker" else None
+    if sandbox == "bwrap":
+        request.getfixturevalue("bwrap_ready")
+    with Devnet(tmp_path_factory.mktemp(sandbox) / "net", nodes=3, sandbox=sandbox, docker_host=docker_host) as n:
+        n.start()
+        n.wait_connected()
+        n.sandbox = sandbox
+        yield n
+
+
+def run(net: Devnet, *args: str, replicas: int = 1) -> dict:
+    out = cli("submit", "--data-dir", str(net.node_dirs[0]), "--json", "--replicas", str(replicas),
+              "--quorum", str(replicas), *args)
+    assert out.stdout, out.stderr
+    view = json.loads(out.stdout)
+    assert view["status"] == "verified", view
+    return view
+
+
+def python(net: Devnet, code: str, *args: str) -> dict:
+    return run(net, "--image", PY_IMAGE, *args, "--cmd", "python3", "-c", code)
+
+
+def executor_pid(net: Devnet, view: dict) -> int:
+    peer = next(e["peer_id"] for e in view["executors"] if e["agreed"])
+    i = next(i for i, n in enumerate(net.node_info) if n["peer_id"] == peer)
+    return net.info(i)["pid"]
+
+
+def vm(pid: int, key: str) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith(key + ":"):
+            return int(line.split()[1]) * 1024
+    raise KeyError(key)
+
+
+def test_no_network(net):
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(8)
+    listener.settimeout(0.2)
+    accepted = []
+
+    def accept():
+        try:
+            accepted.append(listener.accept())
+        except OSError:
+            pass
+
+    t = threading.Thread(target=accept)
+    t.start()
+    port = listener.getsockname()[1]
+    code = (f"import socket\ntry:\n socket.create_connection(('127.0.0.1', {port}), timeout=2); print('connected')\n"
+            f"except OSError as e:\n print('blocked', type(e).__name__)")
+    view = python(net, code)
+    t.join()
+    listener.close()
+    assert view["stdout"].startswith("blocked"), view["stdout"]
+    assert not accepted
+
+
+def test_writes_outside_tmp_and_out_fail_and_reach_nothing_on_the_host(net):
+    targets = ["/etc/dai-escape", "/dai-escape", "/usr/dai-escape", "/root/dai-escape", "/tmp/ok", "/out/ok"]
+    code = ("import sys\nfor p in sys.argv[1:]:\n try:\n  open(p, 'w').write('x'); print('wrote', p)\n"
+            " except OSError as e:\n  print('refused', p)")
+    view = run(net, "--image", PY_IMAGE, "--cmd", "python3", "-c", code, *targets)
+    wrote = {line.split()[1] for line in view["stdout"].splitlines() if line.startswith("wrote")}
+    assert wrote == {"/tmp/ok", "/out/ok"}, view["stdout"]
+    for p in targets[:4]:
+        assert not os.path.exists(p), p
+    assert view["files"] == [{"path": "ok", "size": 1, "sha256": "2d711642b726b04401627ca9fbac32f5c8530fb1903cc4db02258717921a4881"}]
+
+
+def test_fork_bomb_is_contained(net):
+    view = run(net, "--image", PY_IMAGE, "--timeout", "5", "--cmd", "sh", "-c", "b() { b | b & }; b; sleep 10")
+    assert view["exit_code"] != 0 or view["timed_out"]
+    for i in range(3):  # every node still serves
+        assert net.info(i)["pid"]
+    again = run(net, "--image", "alpine:latest", "--cmd", "sh", "-c", "echo 'Hello' | sha256sum")
+    assert again["stdout"] == DEMO_STDOUT
+
+
+def test_memory_past_the_limit_is_oom_killed(net):
+    view = python(net, "x = bytearray(512 * 1024 * 1024); print('allocated')", "--memory", "64")
+    assert view["oom_killed"] is True and view["exit_code"] == 137, view
+    assert "allocated" not in view["stdout"]
+
+
+def test_infinite_loop_times_out_within_5_s(net):
+    view = run(net, "--image", PY_IMAGE, "--timeout", "2", "--cmd", "sh", "-c", "while :; do :; done")
+    assert view["timed_out"] is True, view
+    assert view["elapsed_s"] < 5, view["elapsed_s"]
+
+
+def test_50_mb_of_stdout_is_truncated_without_growing_the_node(net):
+    # Warm up the executor node so that one-time allocations do not count as growth.
+    first = run(net, "--image", PY_IMAGE, "--cmd", "sh", "-c", "head -c 1000000 /dev/zero")
+    pid = executor_pid(net, first)
+    before = vm(pid, "VmRSS")
+    view = run(net, "--image", PY_IMAGE, "--cmd", "sh", "-c", "head -c 50000000 /dev/zero")
+    assert view["stdout_truncated"] is True
+    if executor_pid(net, view) == pid:
+        grown = vm(pid, "VmHWM") - before
+        print(f"\n{net.sandbox}: 50 MB of stdout grew the executor node by at most {grown / MB:.1f} MB")
+        assert grown < 64 * MB
+
+
+def test_python_workload_gives_identical_results_on_3_executors(net):
+    view = run(net, "-f", str(WORKLOADS / "python-workload.json"), replicas=3)
+    assert view["stdout"].startswith("17984 primes below 200000")
+    assert sum(e["agreed"] for e in view["executors"]) == 3
+    assert [f["path"] for f in view["files"]] == ["primes.txt"]
+
+
+def test_hash_verify_workload_gives_identical_results_on_3_executors(net):
+    view = run(net, "-f", str(WORKLOADS / "hash-verify.json"), replicas=3)
+    assert view["stdout"] == DEMO_STDOUT and sum(e["agreed"] for e in view["executors"]) == 3
+    assert {e["sandbox"] for e in view["executors"]} == {net.sandbox}
+
+
+def test_workload_file_embeds_primes_py():
+    doc = json.loads((WORKLOADS / "python-workload.json").read_text())
+    assert doc["command"][2] == (WORKLOADS / "primes.py").read_text()
