@@ -1,0 +1,607 @@
+"""Jobs as WebAssembly (WASI preview 1) modules run in-process by wasmtime.
+
+A job is `RunRequest.wasm_module`: the bytes of a WASI *command* module (one that exports
+`_start`). It runs with argv = `command` (command[0] is the program name), exactly `env`, stdin =
+`stdin`, and stdout/stderr captured up to `output_cap` each. `image`, `cpu`, `pids_limit` and
+`out_dir` are ignored (a wasm job is one thread and has no processes or directories).
+
+Isolation: the module can reach only what WASI gives it, and it is given no preopened
+directories (every path lookup fails with ENOTCAPABLE/EBADF), no sockets, no inherited stdio.
+Clocks and `random_get` are the host's (a module that reads them is not deterministic).
+
+Limits, and how a run ends:
+- fuel: `req.fuel` (default DEFAULT_FUEL) units of wasm work (about one per instruction).
+  Running out is a result, not an exception: exit 137, timed_out=True, fuel_used = the budget,
+  stderr ends with "wasm: fuel exhausted". Fuel is deterministic: the same module, input and
+  budget use the same fuel on every run and every executor (same wasmtime version), so
+  `fuel_used` is an exact, verifiable measure of the work. wasmtime checks fuel only at function
+  entries and loop headers, so a run that ends within a few dozen units past its budget still
+  completes, and then reports fuel_used = the budget.
+- wall clock: `timeout_s`, enforced with wasmtime's epoch interruption (one engine-wide ticker
+  thread, TICK_S) and, for a module blocked in `poll_oneoff` (sleep), by the backend's own
+  `poll_oneoff`, which never sleeps past the deadline. Exit 137, timed_out=True, fuel_used=None
+  (fuel is not exact when wall-clock interrupted; wasmtime does not flush it).
+- memory: linear memory is capped at `memory_mb` (Store.set_limits). Past it, `memory.grow`
+  returns -1 and malloc returns NULL: what happens then is the module's business. A module whose
+  *initial* memory (or tables) exceeds the limits cannot be instantiated: exit 137,
+  oom_killed=True. Tables are capped at TABLE_ELEMENTS elements; one memory per module.
+- WASI `proc_exit(n)` gives exit code n (wasmtime accepts 0..125; a larger status is a trap).
+  Returning from `_start` is exit 0. Any other trap (unreachable, out-of-bounds access, stack
+  overflow, ...) is exit 134 (as SIGABRT) with "wasm: trap: <message>" on stderr.
+
+Invalid requests raise SandboxError("invalid_request"): no `wasm_module`, bytes that are not a
+valid binary module (text format is refused too), a module that is not a WASI command (no
+`_start`, or imports other than wasi_snapshot_preview1), a fuel budget that is not a positive
+integer. Every honest executor refuses the same request the same way.
+
+Compiled modules are cached by the SHA-256 of their bytes (LRU, MODULE_CACHE_SIZE entries):
+a module is compiled once per process (~30 ms for a 20 KB module); a run then costs well under
+a millisecond. `run` is blocking and thread-safe: call it from worker threads, concurrently.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import struct
+import threading
+import time
+import traceback
+from collections import OrderedDict
+from dataclasses import dataclass
+from typing import Any
+
+from .base import SIGNAL_EXIT_BASE, LogSink, RunRequest, RunResult, SandboxError
+
+__all__ = ["WasmSandbox", "DEFAULT_FUEL"]
+
+NAME = "wasm"
+# About 10-50 s of pure computation on the 2-core test VM (spin.wasm burns ~10^10 fuel/s, a
+# memset-heavy module ~2*10^9/s). Jobs that care about determinism should set `fuel` themselves.
+DEFAULT_FUEL = 100_000_000_000
+MAX_FUEL = (1 << 63) - 1
+TICK_S = 0.01  # epoch ticker period: the wall-clock timeout's resolution
+TABLE_ELEMENTS = 1 << 18  # per table; a funcref element takes 8-16 bytes of host memory
+MAX_TABLES = 8
+MODULE_CACHE_SIZE = 32  # compiled modules kept (LRU)
+# wasm call stack, fixed so that the depth at which recursion traps is the same on every
+# executor (wasmtime's default today). It lives on the calling thread's native stack: a thread
+# with less than MIN_THREAD_STACK hands the job to a helper thread of HELPER_THREAD_STACK, since
+# overflowing the native stack from wasm code kills the whole process (SIGSEGV), not the job.
+MAX_WASM_STACK = 512 << 10
+MIN_THREAD_STACK = MAX_WASM_STACK + (1 << 20)
+HELPER_THREAD_STACK = 8 << 20
+WASM_MAGIC = b"\0asm"
+
+EXIT_KILLED = SIGNAL_EXIT_BASE + 9  # 137: fuel exhausted, wall-clock timeout, memory limit
+EXIT_TRAP = SIGNAL_EXIT_BASE + 6  # 134: any other trap, like an abort()
+
+WASI = "wasi_snapshot_preview1"
+# WASI preview 1 constants used by poll_oneoff
+ERRNO_SUCCESS = 0
+ERRNO_BADF = 8
+ERRNO_FAULT = 21
+ERRNO_INVAL = 28
+EVENTTYPE_CLOCK = 0
+EVENTTYPE_FD_READ = 1
+EVENTTYPE_FD_WRITE = 2
+CLOCK_REALTIME = 0
+CLOCK_MONOTONIC = 1
+SUBCLOCKFLAGS_ABSTIME = 1
+SUBSCRIPTION_SIZE = 48
+EVENT_SIZE = 32
+U32 = 0xFFFFFFFF
+
+
+class _Capture:
+    """A WASI stdout/stderr sink: keeps the first `cap` bytes, counts and drops the rest, so a
+    module writing without end costs neither memory nor disk. Called on the running thread."""
+
+    __slots__ = ("cap", "chunks", "size", "truncated", "closed")
+
+    def __init__(self, cap: int) -> None:
+        self.cap = cap
+        self.chunks: list[bytes] = []
+        self.size = 0
+        self.truncated = False
+        self.closed = False  # set at the wall-clock deadline: later output is not the job's
+
+    def __call__(self, data: bytes) -> None:  # returning None: all of `data` was written
+        if self.closed:
+            return
+        room = self.cap - self.size
+        if len(data) > room:
+            self.truncated = True
+            data = data[:room]
+        if data:
+            self.chunks.append(data)
+            self.size += len(data)
+
+    def value(self) -> bytes:
+        return b"".join(self.chunks)
+
+
+@dataclass
+class _RunState:
+    """What the backend's host functions need to know about the run on this thread."""
+
+    deadline: float  # time.monotonic() at which the job has run out of wall-clock time
+    mono_base: float  # time.monotonic() when the WASI context (and its monotonic clock) began
+    captures: tuple[_Capture, ...]
+    deadline_hit: bool = False  # a host call reached the deadline
+    host_error: str | None = None  # a bug in a host function (never raised into wasmtime)
+
+
+@dataclass
+class _Prepared:
+    module: Any  # wasmtime.Module
+    pre: Any  # wasmtime.InstancePre
+    digest: str
+    compile_s: float
+
+
+class _Ticker:
+    """Advances the engine's epoch every TICK_S while at least one run is active.
+
+    The epoch is engine-wide, so one ticker serves every concurrent run: each store's deadline
+    is a number of ticks after the epoch current when the run started."""
+
+    def __init__(self, engine: Any) -> None:
+        self._engine = engine
+        self._cond = threading.Condition()
+        self._active = 0
+        self._closed = False
+        self._thread: threading.Thread | None = None
+
+    def enter(self) -> None:
+        with self._cond:
+            self._active += 1
+            if self._thread is None or not self._thread.is_alive():
+                self._thread = threading.Thread(target=self._loop, name="wasm-epoch", daemon=True)
+                self._thread.start()
+            self._cond.notify_all()
+
+    def leave(self) -> None:
+        with self._cond:
+            self._active -= 1
+
+    def close(self) -> None:
+        """Stop once no run is active (a running job keeps its timeout)."""
+        with self._cond:
+            self._closed = True
+            self._cond.notify_all()
+
+    def _loop(self) -> None:
+        while True:
+            with self._cond:
+                while self._active == 0:
+                    if self._closed:
+                        self._thread = None
+                        return
+                    self._cond.wait()
+            time.sleep(TICK_S)
+            self._engine.increment_epoch()
+
+
+_tls = threading.local()
+
+
+class WasmSandbox:
+    name = NAME
+
+    def __init__(self, log: LogSink | None = None) -> None:
+        import logging
+
+        self._log: LogSink = log if log is not None else logging.getLogger("distributeai.sandbox")
+        self._lock = threading.Lock()  # guards the cache, _compiling and _closed
+        self._cache: OrderedDict[str, _Prepared] = OrderedDict()
+        self._compiling: dict[str, threading.Lock] = {}
+        self._closed = False
+        self._import_error: str | None = None
+        try:
+            import wasmtime
+        except ImportError as e:  # a pip dependency; say so at check() instead of at import
+            self._import_error = f"wasmtime is not installed: {e}"
+            return
+        self._wt = wasmtime
+        cfg = wasmtime.Config()
+        cfg.consume_fuel = True
+        cfg.epoch_interruption = True
+        # Only what a WASI command needs; each of these would let a module use memory outside
+        # the one linear memory that memory_mb caps, or behave differently across hosts.
+        cfg.wasm_threads = False
+        cfg.shared_memory = False
+        cfg.wasm_multi_memory = False
+        cfg.wasm_memory64 = False
+        cfg.wasm_gc = False
+        cfg.wasm_component_model = False
+        # Same results on every executor: canonical NaNs, deterministic relaxed SIMD.
+        cfg.cranelift_nan_canonicalization = True
+        cfg.wasm_relaxed_simd_deterministic = True
+        cfg.max_wasm_stack = MAX_WASM_STACK
+        self._engine = wasmtime.Engine(cfg)
+        self._linker = self._make_linker()
+        self._ticker = _Ticker(self._engine)
+
+    # --- Sandbox protocol -------------------------------------------------------------------
+
+    def check(self) -> None:
+        if self._import_error is not None:
+            raise SandboxError("backend_error", self._import_error)
+        if self._closed:
+            raise SandboxError("backend_error", "sandbox is closed")
+
+    def has_image(self, image: str) -> bool:
+        return True  # images mean nothing here: the job brings its module
+
+    def close(self) -> None:
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+            self._cache.clear()
+        if self._import_error is None:
+            self._ticker.close()
+
+    def run(self, req: RunRequest) -> RunResult:
+        """Run `req.wasm_module` to completion. BLOCKING and thread-safe."""
+        if req.wasm_module is None:
+            raise SandboxError("invalid_request", "the wasm sandbox runs wasm modules only")
+        self.check()
+        fuel = DEFAULT_FUEL if req.fuel is None else req.fuel
+        if not isinstance(fuel, int) or isinstance(fuel, bool) or not 0 < fuel <= MAX_FUEL:
+            raise SandboxError("invalid_request", f"fuel must be an int in [1, {MAX_FUEL}], got {fuel!r}")
+        prepared = self._prepare(bytes(req.wasm_module))
+        self._ticker.enter()
+        try:
+            if _thread_stack_ok():
+                return self._run(prepared, req, fuel)
+            return _on_helper_thread(self._run, prepared, req, fuel)
+        finally:
+            self._ticker.leave()
+
+    # --- compiling --------------------------------------------------------------------------
+
+    def _make_linker(self) -> Any:
+        wt = self._wt
+        linker = wt.Linker(self._engine)
+        linker.define_wasi()
+        # wasmtime's own poll_oneoff blocks in the host for as long as the module asks (sleep),
+        # where neither fuel nor epochs can stop it. This one sleeps at most to the deadline.
+        linker.allow_shadowing = True
+        i32 = wt.ValType.i32()
+        linker.define_func(WASI, "poll_oneoff", wt.FuncType([i32, i32, i32, i32], [i32]),
+                           _poll_oneoff, access_caller=True)
+        linker.allow_shadowing = False
+        return linker
+
+    def _prepare(self, module_bytes: bytes) -> _Prepared:
+        """The compiled, linked module for these bytes: from the cache, or compiled once (other
+        threads asking for the same bytes meanwhile wait for that compile)."""
+        digest = hashlib.sha256(module_bytes).hexdigest()
+        with self._lock:
+            hit = self._cache.get(digest)
+            if hit is not None:
+                self._cache.move_to_end(digest)
+                return hit
+            gate = self._compiling.setdefault(digest, threading.Lock())
+        with gate:
+            with self._lock:
+                hit = self._cache.get(digest)
+                if hit is not None:
+                    return hit
+            try:
+                prepared = self._compile(module_bytes, digest)
+            except BaseException:
+                with self._lock:
+                    self._compiling.pop(digest, None)
+                raise
+            with self._lock:  # cached and un-gated at once: no thread can miss both
+                if not self._closed:
+                    self._cache[digest] = prepared
+                    while len(self._cache) > MODULE_CACHE_SIZE:
+                        self._cache.popitem(last=False)
+                self._compiling.pop(digest, None)
+            return prepared
+
+    def _compile(self, module_bytes: bytes, digest: str) -> _Prepared:
+        wt = self._wt
+        if not module_bytes.startswith(WASM_MAGIC):
+            raise SandboxError("invalid_request", "wasm_module is not a binary WebAssembly module")
+        t0 = time.perf_counter()
+        try:
+            module = wt.Module(self._engine, module_bytes)
+        except wt.WasmtimeError as e:
+            raise SandboxError("invalid_request", f"invalid wasm module: {_first_line(e)}") from None
+        for imp in module.imports:
+            if imp.module != WASI:
+                raise SandboxError("invalid_request",
+                                   f"wasm module imports {imp.module}::{imp.name}: only {WASI} is provided")
+        starts = [e for e in module.exports if e.name == "_start"]
+        if not starts or not isinstance(starts[0].type, wt.FuncType) or starts[0].type.params or starts[0].type.results:
+            raise SandboxError("invalid_request", "wasm module is not a WASI command: no `_start` function")
+        try:
+            pre = self._linker.instantiate_pre(module)
+        except wt.WasmtimeError as e:
+            raise SandboxError("invalid_request", f"cannot link wasm module: {_first_line(e)}") from None
+        compile_s = time.perf_counter() - t0
+        self._log_info(f"wasm: compiled module {digest[:12]} ({len(module_bytes)} bytes) in {compile_s * 1000:.1f} ms")
+        return _Prepared(module=module, pre=pre, digest=digest, compile_s=compile_s)
+
+    def _log_info(self, message: str) -> None:
+        import logging
+
+        if isinstance(self._log, logging.Logger):
+            self._log.debug(message)
+
+    # --- running ----------------------------------------------------------------------------
+
+    def _run(self, prepared: _Prepared, req: RunRequest, fuel: int) -> RunResult:
+        wt = self._wt
+        out = _Capture(req.output_cap)
+        err = _Capture(req.output_cap)
+        store = wt.Store(self._engine)
+        try:
+            store.set_limits(memory_size=req.memory_mb << 20, table_elements=TABLE_ELEMENTS,
+                             instances=1, tables=MAX_TABLES, memories=1)
+            store.set_fuel(fuel)
+            wasi = wt.WasiConfig()
+            try:
+                wasi.argv = list(req.command)
+                wasi.env = list(req.env.items())
+            except (UnicodeError, wt.WasmtimeError) as e:
+                raise SandboxError("invalid_request", f"argv or env not usable by WASI: {e}") from None
+            _set_stdin(wt, wasi, req.stdin)
+            wasi.stdout_custom = out
+            wasi.stderr_custom = err
+            start = time.monotonic()
+            state = _RunState(deadline=start + req.timeout_s, mono_base=start, captures=(out, err))
+            store.set_wasi(wasi)  # no preopens, no inherited stdio, no network
+            store.set_epoch_deadline(math.ceil(req.timeout_s / TICK_S) + 1)
+            _tls.state = state
+            exit_code, timed_out, oom, note = 0, False, False, ""
+            fuel_exact = True
+            try:
+                try:
+                    instance = prepared.pre.instantiate(store)
+                except wt.WasmtimeError as e:
+                    if isinstance(e, wt.ExitTrap):
+                        raise
+                    # resource limits at instantiation: initial memory or tables too large
+                    exit_code, oom, note = EXIT_KILLED, True, f"wasm: out of memory: {_first_line(e)}"
+                else:
+                    instance.exports(store)["_start"](store)
+            except wt.ExitTrap as e:
+                exit_code = e.code
+            except wt.Trap as e:
+                code = e.trap_code
+                if code == wt.TrapCode.OUT_OF_FUEL:
+                    exit_code, timed_out, note = EXIT_KILLED, True, f"wasm: fuel exhausted ({fuel} units)"
+                elif code == wt.TrapCode.INTERRUPT:
+                    exit_code, timed_out, note = EXIT_KILLED, True, f"wasm: timed out after {req.timeout_s:g} s"
+                    fuel_exact = False
+                else:
+                    exit_code, note = EXIT_TRAP, _trap_note("trap", e)
+            except wt.WasmtimeError as e:  # e.g. proc_exit with a status outside 0..125
+                exit_code, note = EXIT_TRAP, _trap_note("error", e)
+            finally:
+                duration = time.monotonic() - start
+                _tls.state = None
+            if state.host_error is not None:
+                raise SandboxError("backend_error", f"wasm host function failed: {state.host_error}")
+            if state.deadline_hit and not timed_out:
+                # the job was still sleeping at its deadline: it timed out, whatever came next
+                exit_code, timed_out, note = EXIT_KILLED, True, f"wasm: timed out after {req.timeout_s:g} s"
+                fuel_exact = False
+            try:
+                fuel_used: int | None = fuel - store.get_fuel() if fuel_exact else None
+            except wt.WasmtimeError:
+                fuel_used = None
+        finally:
+            store.close()  # frees the linear memory now, not at the next garbage collection
+        if note:
+            err.closed = False
+            err(note.encode("utf-8", "replace") + b"\n")
+        return RunResult(
+            exit_code=exit_code,
+            stdout=out.value(),
+            stderr=err.value(),
+            timed_out=timed_out,
+            oom_killed=oom,
+            stdout_truncated=out.truncated,
+            stderr_truncated=err.truncated,
+            duration_s=duration,
+            sandbox=NAME,
+            fuel_used=fuel_used,
+        )
+
+
+def _set_stdin(wt: Any, wasi: Any, data: bytes) -> None:
+    """Give the module `data` as its stdin, from memory (wasmtime's C API has it; wasmtime-py
+    does not wrap it); else from a temporary file, opened by wasmtime then unlinked."""
+    ffi = getattr(wt, "_ffi", None)
+    if ffi is not None and hasattr(ffi, "wasi_config_set_stdin_bytes") and hasattr(ffi, "bytes_to_capi"):
+        import ctypes
+
+        vec = ffi.bytes_to_capi(bytes(data))  # wasmtime takes ownership of the vector
+        ffi.wasi_config_set_stdin_bytes(wasi.ptr(), ctypes.byref(vec))
+        return
+    import os
+    import tempfile
+
+    fd, path = tempfile.mkstemp(prefix="dai-wasm-stdin-")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        wasi.stdin_file = path
+    finally:
+        os.unlink(path)
+
+
+def _trap_note(kind: str, e: BaseException) -> str:
+    """'wasm: trap: <cause>' and then wasmtime's backtrace (function indexes and offsets)."""
+    text = str(e).strip()
+    backtrace, sep, cause = text.partition("Caused by:")
+    if not sep:
+        return f"wasm: {kind}: {text}"
+    causes = [line.strip() for line in cause.strip().splitlines() if line.strip()]
+    causes = [c.split(": ", 1)[1] if c.split(": ", 1)[0].isdigit() else c for c in causes]
+    causes = [c.removeprefix("wasm trap: ") for c in causes]
+    return f"wasm: {kind}: {'; '.join(causes)}\n{backtrace.rstrip()}"
+
+
+def _thread_stack_ok() -> bool:
+    """Whether this thread's native stack can hold MAX_WASM_STACK plus the host's frames."""
+    ok = getattr(_tls, "stack_ok", None)
+    if ok is None:
+        size = _thread_stack_size()
+        ok = _tls.stack_ok = size is None or size >= MIN_THREAD_STACK
+    return ok
+
+
+def _thread_stack_size() -> int | None:
+    """The calling thread's stack size (glibc's pthread_getattr_np), None if unknown."""
+    import ctypes
+    import sys
+
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        libc = ctypes.CDLL(None)
+        libc.pthread_self.restype = ctypes.c_ulong
+        attr = ctypes.create_string_buffer(256)  # pthread_attr_t: 56 bytes on x86_64, 64 on arm64
+        if libc.pthread_getattr_np(ctypes.c_ulong(libc.pthread_self()), attr) != 0:
+            return None
+        try:
+            addr, size = ctypes.c_void_p(), ctypes.c_size_t()
+            if libc.pthread_attr_getstack(attr, ctypes.byref(addr), ctypes.byref(size)) != 0:
+                return None
+            return size.value
+        finally:
+            libc.pthread_attr_destroy(attr)
+    except (OSError, AttributeError):
+        return None
+
+
+_stack_size_lock = threading.Lock()
+
+
+def _on_helper_thread(fn: Any, *args: Any) -> Any:
+    """fn(*args) on a new thread with a HELPER_THREAD_STACK stack; its result or exception."""
+    box: dict[str, Any] = {}
+
+    def target() -> None:
+        try:
+            box["result"] = fn(*args)
+        except BaseException as e:  # handed back to the caller
+            box["error"] = e
+
+    thread = threading.Thread(target=target, name="wasm-job", daemon=True)
+    with _stack_size_lock:  # threading.stack_size is process-wide: set it just for this start
+        old = threading.stack_size(HELPER_THREAD_STACK)
+        try:
+            thread.start()
+        finally:
+            threading.stack_size(old)
+    thread.join()
+    if "error" in box:
+        raise box["error"]
+    return box["result"]
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip()
+    return text.splitlines()[0] if text else type(e).__name__
+
+
+# --- poll_oneoff --------------------------------------------------------------------------------
+
+_SUB_HEAD = struct.Struct("<QB")  # userdata, tag
+_SUB_CLOCK = struct.Struct("<I4xQQH")  # at +16: clock id, timeout (ns), precision, flags
+_SUB_FD = struct.Struct("<I")  # at +16: fd
+_EVENT = struct.Struct("<QHB5xQH6x")  # userdata, errno, type, nbytes, flags
+
+
+def _poll_oneoff(caller: Any, in_ptr: int, out_ptr: int, nsubs: int, nevents_ptr: int) -> int:
+    """WASI poll_oneoff for the backend's stdio: stdin, stdout and stderr are always ready (they
+    are memory buffers); clocks are real, but the thread never sleeps past the job's deadline.
+
+    Never raises: a Python exception escaping a host function is kept by wasmtime-py in a
+    process-global slot that another thread's run could pick up."""
+    state: _RunState | None = getattr(_tls, "state", None)
+    try:
+        return _poll(caller, state, in_ptr & U32, out_ptr & U32, nsubs & U32, nevents_ptr & U32)
+    except Exception:
+        if state is not None:
+            state.host_error = traceback.format_exc(limit=3)
+        return ERRNO_INVAL
+
+
+def _poll(caller: Any, state: _RunState | None, in_ptr: int, out_ptr: int, nsubs: int, nevents_ptr: int) -> int:
+    if state is None:
+        raise RuntimeError("poll_oneoff outside a WasmSandbox run")
+    memory = caller.get("memory")
+    if memory is None or not hasattr(memory, "data_len"):
+        return ERRNO_FAULT
+    if nsubs == 0:
+        return ERRNO_INVAL
+    size = memory.data_len(caller)
+    if (in_ptr + nsubs * SUBSCRIPTION_SIZE > size or out_ptr + nsubs * EVENT_SIZE > size
+            or nevents_ptr + 4 > size):
+        return ERRNO_FAULT
+    raw = bytes(memory.read(caller, in_ptr, in_ptr + nsubs * SUBSCRIPTION_SIZE))
+    now = time.monotonic()
+    ready: list[tuple[int, int, int]] = []  # (userdata, errno, event type)
+    clocks: list[tuple[float, int]] = []  # (seconds to wait, userdata)
+    for i in range(nsubs):
+        base = i * SUBSCRIPTION_SIZE
+        userdata, tag = _SUB_HEAD.unpack_from(raw, base)
+        if tag == EVENTTYPE_CLOCK:
+            clock_id, timeout_ns, _precision, flags = _SUB_CLOCK.unpack_from(raw, base + 16)
+            if clock_id not in (CLOCK_REALTIME, CLOCK_MONOTONIC):
+                ready.append((userdata, ERRNO_INVAL, EVENTTYPE_CLOCK))
+                continue
+            wait = timeout_ns / 1e9
+            if flags & SUBCLOCKFLAGS_ABSTIME:
+                # wasmtime's monotonic clock counts from the WASI context's creation
+                wait -= time.time() if clock_id == CLOCK_REALTIME else now - state.mono_base
+            clocks.append((max(0.0, wait), userdata))
+        elif tag in (EVENTTYPE_FD_READ, EVENTTYPE_FD_WRITE):
+            (fd,) = _SUB_FD.unpack_from(raw, base + 16)
+            ok = fd == 0 if tag == EVENTTYPE_FD_READ else fd in (1, 2)
+            ready.append((userdata, ERRNO_SUCCESS if ok else ERRNO_BADF, tag))
+        else:
+            return ERRNO_INVAL
+    if not ready and clocks:
+        wait = min(w for w, _ in clocks)
+        remaining = state.deadline - now
+        if wait >= remaining:
+            # The job would still be asleep at its deadline: sleep to it and stop the job's
+            # output there; the epoch ticker interrupts it as soon as it is back in wasm code.
+            if remaining > 0:
+                time.sleep(remaining)
+            state.deadline_hit = True
+            for capture in state.captures:
+                capture.closed = True
+            return ERRNO_SUCCESS if _write_events(caller, memory, out_ptr, nevents_ptr, [
+                (ud, ERRNO_SUCCESS, EVENTTYPE_CLOCK) for w, ud in clocks if w <= wait]) else ERRNO_FAULT
+        if wait > 0:
+            time.sleep(wait)
+        ready = [(ud, ERRNO_SUCCESS, EVENTTYPE_CLOCK) for w, ud in clocks if w <= wait]
+    else:
+        ready += [(ud, ERRNO_SUCCESS, EVENTTYPE_CLOCK) for w, ud in clocks if w <= 0]
+    return ERRNO_SUCCESS if _write_events(caller, memory, out_ptr, nevents_ptr, ready) else ERRNO_FAULT
+
+
+def _write_events(caller: Any, memory: Any, out_ptr: int, nevents_ptr: int,
+                  events: list[tuple[int, int, int]]) -> bool:
+    buf = bytearray(len(events) * EVENT_SIZE)
+    for k, (userdata, errno, etype) in enumerate(events):
+        _EVENT.pack_into(buf, k * EVENT_SIZE, userdata, errno, etype, 0, 0)
+    try:
+        if buf:
+            memory.write(caller, buf, out_ptr)
+        memory.write(caller, struct.pack("<I", len(events)), nevents_ptr)
+    except IndexError:
+        return False
+    return True

@@ -1,0 +1,95 @@
+"""WASM jobs on a real 3-node network: identical results and fuel from 3 executors, a module too
+large for the spec fetched from the submitter by its SHA-256, fuel exhaustion and the memory
+limit as results, and pricing per fuel."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from distributeai.cli.devnet import Devnet
+from distributeai.consensus.messages import WASM_INLINE_CAP
+
+from .netfixtures import DEMO_STDOUT, cli
+
+pytestmark = pytest.mark.slow
+WORKLOADS = Path(__file__).resolve().parent.parent / "sandbox" / "workloads"
+
+
+@pytest.fixture(scope="module")
+def net(tmp_path_factory):
+    with Devnet(tmp_path_factory.mktemp("wasm") / "net", nodes=3, sandbox="process") as n:
+        n.start()
+        n.wait_connected()
+        yield n
+
+
+def submit(net: Devnet, *args: str, node: int = 0) -> dict:
+    out = cli("submit", "--data-dir", str(net.node_dirs[node]), "--json", *args)
+    assert out.stdout, out.stderr
+    return json.loads(out.stdout)
+
+
+def with_custom_section(module: bytes, size: int) -> bytes:
+    """The same program with a custom section appended (ignored by the runtime): a larger module."""
+    name = b"padding"
+    payload = bytes([len(name)]) + name + b"\0" * size
+    length, n = b"", len(payload)
+    while True:
+        byte, n = n & 0x7F, n >> 7
+        length += bytes([byte | (0x80 if n else 0)])
+        if not n:
+            break
+    return module + b"\x00" + length + payload
+
+
+def test_hashverify_gives_identical_results_and_fuel_on_3_executors(net):
+    view = submit(net, "--wasm", str(WORKLOADS / "hashverify.wasm"), "--stdin", "Hello\n",
+                  "--replicas", "3", "--quorum", "3", "--cmd", "hashverify")
+    print(f"\nwasm hashverify 3-of-3: {view['status']} after {view['elapsed_s']:.2f} s, fuel {view['fuel_used']}")
+    assert view["status"] == "verified", view
+    assert view["stdout"] == DEMO_STDOUT
+    assert view["sandbox"] == "wasm" and view["fuel_used"] > 0
+    assert sum(e["agreed"] for e in view["executors"]) == 3
+    assert {e["sandbox"] for e in view["executors"]} == {"wasm"}
+
+
+def test_a_module_too_large_for_the_spec_is_fetched_by_its_hash(net, tmp_path):
+    big = tmp_path / "big.wasm"
+    big.write_bytes(with_custom_section((WORKLOADS / "hashverify.wasm").read_bytes(), WASM_INLINE_CAP))
+    assert big.stat().st_size > WASM_INLINE_CAP
+    view = submit(net, "--wasm", str(big), "--stdin", "Hello\n", "--cmd", "hashverify")
+    assert view["status"] == "verified", view
+    assert view["stdout"] == DEMO_STDOUT
+
+
+def test_fuel_exhaustion_is_a_result(net):
+    view = submit(net, "--wasm", str(WORKLOADS / "spin.wasm"), "--fuel", "1000000", "--timeout", "10",
+                  "--replicas", "2", "--quorum", "2", "--cmd", "spin")
+    assert view["status"] == "verified", view
+    assert view["timed_out"] is True and view["exit_code"] == 137
+    assert view["fuel_used"] == 1_000_000  # the whole budget, the same on both executors
+    assert view["elapsed_s"] < 10
+
+
+def test_memory_limit_holds(net):
+    view = submit(net, "--wasm", str(WORKLOADS / "grow.wasm"), "--memory", "16", "--replicas", "2",
+                  "--quorum", "2", "--cmd", "grow")
+    assert view["status"] == "verified", view
+    grew = int(view["stdout"].split()[1])
+    assert 0 < grew <= 16
+
+
+def test_a_wasm_job_is_priced_per_fuel(net):
+    before = net.call(1, {"op": "credits"})["balance"]
+    view = submit(net, "--wasm", str(WORKLOADS / "hashverify.wasm"), "--stdin", "Hello\n", "--price", "1",
+                  "--price-per-mfuel", "500", "--fuel", "50000", "--replicas", "3", "--quorum", "3",
+                  "--cmd", "hashverify", node=0)
+    assert view["status"] == "verified", view
+    expected = 1 + -(-view["fuel_used"] * 500 // 1_000_000)  # the price, plus 500 per million fuel, rounded up
+    from .netfixtures import wait_for
+
+    paid = wait_for(lambda: (b := net.call(1, {"op": "credits"})["balance"]) != before and b, 10, "the payment")
+    assert paid - before == expected
