@@ -67,7 +67,7 @@ class Executing:
         if spec.submitter != a.me:
             await a.store.set_bid_decision(job_id.hex(), "bid" if bid else f"declined: {reason}")
         if not bid:
-            log.info("not bidding on %s: %s", job_id.hex()[:12], reason)
+            log.info("declined job %s: %s", job_id.hex()[:12], reason)
             return
         msg = sign(a.identity, Bid(job_id, a.me, a.settings.price, a.settings.capacity.cpu_millis,
                                    a.settings.capacity.memory_mb, (a.sandboxes[spec.sandbox].name,), now_ms()))

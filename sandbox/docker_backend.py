@@ -242,6 +242,18 @@ class DockerSandbox:
             raise SandboxError("backend_error", str(e)) from e
         return True
 
+    def pull(self, image: str) -> None:
+        """Pull `image` from its registry. SandboxError("image_missing") when no registry answers
+        or it has no such image (on machines without a registry, every pull ends here)."""
+        client = self._get_client()
+        repository, _, tag = image.rpartition(":") if ":" in image.rsplit("/", 1)[-1] else (image, "", "latest")
+        try:
+            client.api.pull(repository, tag=tag or "latest")
+        except _UNREACHABLE as e:
+            raise self._unreachable(e) from e
+        except docker.errors.APIError as e:
+            raise SandboxError("image_missing", f"pull of {image} failed: {e.explanation or e}") from e
+
     def run(self, req: RunRequest) -> RunResult:
         client = self._get_client()
         mounts = []

@@ -148,3 +148,21 @@ def test_hash_verify_workload_gives_identical_results_on_3_executors(net):
 def test_workload_file_embeds_primes_py():
     doc = json.loads((WORKLOADS / "python-workload.json").read_text())
     assert doc["command"][2] == (WORKLOADS / "primes.py").read_text()
+
+
+def test_missing_image_is_declined_with_the_reason(net):
+    # The image names a registry on 127.0.0.1:1 where nothing listens: the pull fails at once and
+    # no traffic leaves the machine (no DNS lookup of a public registry).
+    if net.sandbox != "docker":
+        pytest.skip("bwrap runs jobs on the host's read-only /usr: images do not apply")
+    out = cli("submit", "--data-dir", str(net.node_dirs[0]), "--json", "--no-wait",
+              "--image", "127.0.0.1:1/distributeai-test/nowhere:1", "--cmd", "true")
+    job_id = json.loads(out.stdout)["job_id"]
+    from .netfixtures import wait_for
+
+    def declined():
+        r = cli("job", "status", job_id, "--data-dir", str(net.node_dirs[1]), "--json")
+        return r.returncode == 0 and json.loads(r.stdout)["bid"].startswith("declined: image") and json.loads(r.stdout)
+    view = wait_for(declined, 20, "node 2 to decline the job")
+    assert "could not be pulled" in view["bid"]
+    assert "declined" in (net.node_dirs[1] / "log").read_text()

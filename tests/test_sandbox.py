@@ -612,3 +612,16 @@ def test_read_capped_stops_reading_past_cap():
 )
 def test_exec_failure_codes(explanation, code):
     assert _exec_failure_code(explanation) == code
+
+
+@pytest.mark.docker
+def test_pull_without_a_registry_says_image_missing(docker_host):
+    from distributeai.sandbox.docker_backend import DockerSandbox
+
+    sandbox = DockerSandbox(docker_host=docker_host, log=lambda _: None)
+    try:
+        with pytest.raises(SandboxError) as e:
+            sandbox.pull("127.0.0.1:1/distributeai-test/nowhere:1")
+        assert e.value.reason == "image_missing"
+    finally:
+        sandbox.close()
