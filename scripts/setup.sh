@@ -11,7 +11,7 @@ cd "$ROOT"
 log() { printf 'setup.sh: %s\n' "$*" >&2; }
 
 PY="${PYTHON:-python3}"
-PACKAGES=(libgmp-dev gcc docker.io busybox-static)
+PACKAGES=(libgmp-dev gcc docker.io busybox-static bubblewrap python3.11 python3-minimal)
 # Debian's own interpreter needs its headers and venv module as packages; a pyenv build has both.
 "$PY" -c 'import sysconfig, os, sys; sys.exit(0 if os.path.exists(os.path.join(sysconfig.get_paths()["include"], "Python.h")) else 1)' \
     || PACKAGES+=(python3-dev)

@@ -1,0 +1,649 @@
+"""Jobs in bubblewrap (bwrap) sandboxes, limited by cgroup v1 groups the backend makes per run.
+
+Isolation (flags measured in shared/notes/sandbox.md): new user, pid, net, ipc, uts, mount and
+cgroup namespaces; the job runs as uid/gid 65534 with no capabilities, hostname "sandbox", in /tmp.
+It sees a read-only root with the host's /usr (read-only), a private /tmp tmpfs (64 MB, as the
+Docker backend), private /proc and /dev, and /out (read-write) when RunRequest.out_dir is set.
+The net namespace is empty: loopback only. The image is ignored. Env: PATH, the request's env and
+PWD=/tmp (bwrap sets it).
+
+When the node is root, bwrap itself runs as host uid/gid 65534, so the job is "nobody" on the host
+too. Run as root, bwrap maps the job's uid to host root: the job then owns every root-owned file
+it can see, and could e.g. `chmod 000 /dev/null` on the host (tried: it works). The unprivileged
+bwrap cannot reach an out_dir below a private (0700) directory, and `--bind-fd` does not help (bwrap
+0.8 resolves the fd back to its path); so the forked child, still root, enters a private mount
+namespace, binds out_dir onto OUT_STAGE there (the host's OUT_STAGE stays an empty directory; the
+mount goes away with the run) and bwrap binds OUT_STAGE at /out.
+
+bwrap's `--json-status-fd` tells whether the job's argv was exec'd at all: without its
+"exit-code" record, an exit 1 is bwrap's own failure (setup, or execvp of argv[0]: mapped to 127/126
+as the other backends), never the job's, so a job cannot pass its output off as a sandbox error.
+
+Limits: a group per run in each of the memory, pids and cpu v1 hierarchies, made under the node's
+own group (`<mount>/<own group>/distributeai/<pid>-<n>-<random>`): memory (= memory + swap), pids
+(pids_limit plus the 2 bwrap processes that wrap the job), cfs quota. The forked child joins the
+groups before it execs bwrap (writing "0" to cgroup.procs), so the job never runs outside them.
+Plus RLIMIT_CORE 0 and RLIMIT_FSIZE 64 MB. A cgroup v2-only host: `check()` and `run()` raise
+limits_unsupported; jobs never run unlimited.
+
+End of a run: bwrap's pid 1 exits with the job's main process and the kernel kills the rest of
+the pid namespace, as Docker does. On timeout every process of the groups gets SIGKILL. The groups
+are removed after each run; OOM kills are read from memory.oom_control first.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import dataclasses
+import errno
+import itertools
+import json
+import os
+import re
+import resource
+import secrets
+import selectors
+import shutil
+import signal
+import stat
+import subprocess
+import threading
+import time
+
+from .base import (
+    EXIT_NOT_EXECUTABLE,
+    EXIT_NOT_FOUND,
+    SIGNAL_EXIT_BASE,
+    LogSink,
+    RunRequest,
+    RunResult,
+    SandboxError,
+    build_manifest,
+    exec_failure_result,
+    warn,
+)
+from .process_backend import CHUNK, DEFAULT_PATH, FILE_SIZE_LIMIT, _ExitWatch
+
+__all__ = ["BwrapSandbox"]
+
+NAME = "bwrap"
+JOB_UID = JOB_GID = 65534  # nobody:nogroup, inside the sandbox and (node run as root) on the host
+HOSTNAME = "sandbox"  # as the Docker backend: jobs that print it agree across executors
+TMP_SIZE = 64 << 20  # the Docker backend's /tmp size; tmpfs pages also count against memory_mb
+OUT_MOUNT = "/out"
+# Node run as root: out_dir is bound here in the child's private mount namespace (the host's copy
+# stays an empty directory), as bwrap, running as nobody, may not be able to walk to out_dir.
+OUT_STAGE = "/run/distributeai-bwrap-out"
+CGROUP_DIR = "distributeai"  # under the node's own group in each hierarchy
+CONTROLLERS = ("memory", "pids", "cpu")
+# bwrap runs as two processes around the job (the monitor outside the pid namespace and pid 1
+# inside); pids.max adds them so the job gets pids_limit for itself, as in Docker.
+BWRAP_PIDS = 2
+CFS_PERIOD_US = 100_000
+MIN_CFS_QUOTA_US = 1_000  # the kernel's minimum
+KILL_WAIT_S = 2.0  # after SIGKILL the groups empty in milliseconds; this bounds a sick kernel
+DRAIN_S = 1.0  # after exit the whole pid namespace is dead, pipes reach EOF at once; a bound only
+# The isolation flags that held (shared/notes/sandbox.md), plus a fixed hostname and /tmp size.
+ISOLATION = [
+    "--unshare-all", "--unshare-user", "--uid", str(JOB_UID), "--gid", str(JOB_GID),
+    "--cap-drop", "ALL", "--die-with-parent", "--new-session",
+    "--hostname", HOSTNAME,
+    "--ro-bind", "/usr", "/usr",
+    "--symlink", "usr/lib", "/lib", "--symlink", "usr/lib64", "/lib64", "--symlink", "usr/bin", "/bin",
+    "--size", str(TMP_SIZE), "--tmpfs", "/tmp",
+    "--proc", "/proc", "--dev", "/dev",
+    "--clearenv",
+]  # fmt: skip
+
+_names = itertools.count()
+
+
+def _bwrap_path() -> str | None:
+    return shutil.which("bwrap") or shutil.which("bwrap", path="/usr/bin:/bin:/usr/local/bin")
+
+
+def _unescape(field: str) -> str:
+    """mountinfo escapes space, tab, newline and backslash as \\ooo."""
+    return re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), field)
+
+
+def find_cgroup_bases() -> dict[str, str]:
+    """For each controller in CONTROLLERS that a cgroup v1 hierarchy holds: the directory of this
+    process's own group in that hierarchy. Controllers without a v1 hierarchy are left out."""
+    mounts: dict[str, tuple[str, str]] = {}  # controller -> (mount point, root of the mount)
+    with open("/proc/self/mountinfo") as f:
+        for line in f:
+            left, _, right = line.partition(" - ")
+            fields, rfields = left.split(), right.split()
+            if len(fields) < 5 or len(rfields) < 3 or rfields[0] != "cgroup":
+                continue
+            options = rfields[2].split(",")
+            for c in CONTROLLERS:
+                if c in options and c not in mounts:
+                    mounts[c] = (_unescape(fields[4]), _unescape(fields[3]))
+    own: dict[str, str] = {}
+    with open("/proc/self/cgroup") as f:
+        for line in f:
+            parts = line.rstrip("\n").split(":", 2)
+            if len(parts) == 3 and parts[1]:
+                for c in parts[1].split(","):
+                    own[c] = parts[2]
+    bases = {}
+    for c, (mount_point, root) in mounts.items():
+        path = own.get(c, "/")
+        if root != "/" and (path == root or path.startswith(root.rstrip("/") + "/")):
+            path = path[len(root.rstrip("/")) :]  # the mount shows only a subtree
+        elif root != "/":
+            path = "/"
+        bases[c] = os.path.join(mount_point, path.lstrip("/"))
+    return bases
+
+
+def _write(path: str, value: str | int) -> None:
+    with open(path, "w") as f:
+        f.write(str(value))
+
+
+def _read_procs(path: str) -> list[int]:
+    try:
+        with open(path) as f:
+            return [int(x) for x in f.read().split()]
+    except (FileNotFoundError, ValueError):
+        return []
+
+
+class _JobGroups:
+    """The cgroups of one run: one directory per hierarchy (co-mounted controllers share one)."""
+
+    def __init__(self, bases: dict[str, str]) -> None:
+        name = f"{os.getpid()}-{next(_names)}-{secrets.token_hex(3)}"
+        self.parents = sorted({os.path.join(b, CGROUP_DIR) for b in bases.values()})
+        self.dirs = {c: os.path.join(b, CGROUP_DIR, name) for c, b in bases.items()}
+        self.made: list[str] = []
+
+    @property
+    def procs_files(self) -> list[str]:
+        return [os.path.join(d, "cgroup.procs") for d in self.made]
+
+    def create(self, req: RunRequest) -> None:
+        try:
+            for d in sorted(set(self.dirs.values())):
+                for attempt in range(3):
+                    os.makedirs(os.path.dirname(d), exist_ok=True)
+                    try:
+                        os.mkdir(d)
+                        break
+                    except FileNotFoundError:  # another run removed the empty parent just now
+                        if attempt == 2:
+                            raise
+                self.made.append(d)
+        except OSError as e:
+            raise SandboxError("limits_unsupported", f"cannot create cgroup {e.filename}: {e}") from e
+        mem, pids, cpu = self.dirs["memory"], self.dirs["pids"], self.dirs["cpu"]
+        limit = req.memory_mb << 20
+        quota = max(MIN_CFS_QUOTA_US, round(req.cpu * CFS_PERIOD_US))
+        settings = [
+            (os.path.join(mem, "memory.limit_in_bytes"), limit),
+            (os.path.join(pids, "pids.max"), req.pids_limit + BWRAP_PIDS),
+            (os.path.join(cpu, "cpu.cfs_period_us"), CFS_PERIOD_US),
+            (os.path.join(cpu, "cpu.cfs_quota_us"), quota),
+        ]
+        memsw = os.path.join(mem, "memory.memsw.limit_in_bytes")
+        if os.path.exists(memsw):  # after memory.limit_in_bytes: memsw may not be below it
+            settings.insert(1, (memsw, limit))
+        for path, value in settings:
+            try:
+                _write(path, value)
+            except OSError as e:
+                raise SandboxError("invalid_request", f"cannot set {path} to {value}: {e}") from e
+        if not os.path.exists(memsw):
+            try:  # no swap accounting (swapaccount=0): keep the job out of swap instead
+                _write(os.path.join(mem, "memory.swappiness"), 0)
+            except OSError:
+                pass
+
+    def pids(self) -> set[int]:
+        found: set[int] = set()
+        for path in self.procs_files:
+            found.update(_read_procs(path))
+        return found
+
+    def kill_all(self) -> bool:
+        """SIGKILL every process of the groups until they are empty; False if they never were."""
+        deadline = time.monotonic() + KILL_WAIT_S
+        delay = 0.001
+        while True:
+            pids = self.pids()
+            if not pids:
+                return True
+            for pid in pids:
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                except (ProcessLookupError, PermissionError):
+                    pass
+            if time.monotonic() >= deadline:
+                return False
+            time.sleep(delay)  # let the killed processes exit (and their parents reap them)
+            delay = min(delay * 2, 0.05)
+
+    def oom_kills(self) -> int:
+        """OOM kills in the memory group: the oom_kill counter (Linux 4.13+); on older kernels,
+        1 when the group hit its limit and is or was under OOM (best effort)."""
+        mem = self.dirs["memory"]
+        try:
+            with open(os.path.join(mem, "memory.oom_control")) as f:
+                stats = dict(line.split() for line in f if line.strip())
+        except OSError:
+            return 0
+        if "oom_kill" in stats:
+            return int(stats["oom_kill"])
+        return 1 if stats.get("under_oom") == "1" else 0
+
+    def remove(self) -> list[str]:
+        """Kill what is left, remove the groups and, when idle, their parent dirs; returns errors."""
+        errors = []
+        if not self.kill_all():
+            errors.append(f"processes left in {self.made}: {sorted(self.pids())}")
+        for d in self.made:
+            deadline = time.monotonic() + KILL_WAIT_S
+            while True:
+                try:
+                    os.rmdir(d)
+                    break
+                except FileNotFoundError:
+                    break
+                except OSError as e:
+                    if e.errno != errno.EBUSY or time.monotonic() >= deadline:
+                        errors.append(f"cannot remove {d}: {e}")
+                        break
+                    time.sleep(0.01)  # exited tasks still leaving the group
+        self.made = []
+        for parent in self.parents:
+            try:
+                os.rmdir(parent)  # only succeeds when no other run has a group there
+            except OSError:
+                pass
+        return errors
+
+
+def remove_stale_groups(bases: dict[str, str]) -> list[str]:
+    """Remove groups left by nodes that died mid-run (their pid is gone); returns what was removed."""
+    removed = []
+    for parent in sorted({os.path.join(b, CGROUP_DIR) for b in bases.values()}):
+        try:
+            names = os.listdir(parent)
+        except OSError:
+            continue
+        for name in names:
+            path = os.path.join(parent, name)
+            owner = name.split("-", 1)[0]
+            if not os.path.isdir(path) or not owner.isdigit() or os.path.exists(f"/proc/{owner}"):
+                continue
+            for pid in _read_procs(os.path.join(path, "cgroup.procs")):
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                except OSError:
+                    pass
+            try:
+                os.rmdir(path)
+                removed.append(path)
+            except OSError:
+                pass
+    return removed
+
+
+def _rlimits() -> list[tuple[int, tuple[int, int]]]:
+    limits = []
+    for res, value in ((resource.RLIMIT_CORE, 0), (resource.RLIMIT_FSIZE, FILE_SIZE_LIMIT)):
+        _, hard = resource.getrlimit(res)
+        if hard != resource.RLIM_INFINITY:
+            value = min(value, hard)
+        limits.append((res, (value, value)))
+    return limits
+
+
+_libc = ctypes.CDLL(None, use_errno=True)
+CLONE_NEWNS = 0x00020000
+MS_BIND, MS_REC, MS_SLAVE = 0x1000, 0x4000, 0x80000
+
+
+def _bind_in_private_namespace(source: bytes, target: bytes) -> None:
+    """In the forked child (root): a mount namespace of its own, then bind `source` on `target`."""
+    for ok, what in (
+        (lambda: _libc.unshare(CLONE_NEWNS), "unshare(CLONE_NEWNS)"),
+        (lambda: _libc.mount(None, b"/", None, MS_REC | MS_SLAVE, None), "mount --make-rslave /"),
+        (lambda: _libc.mount(source, target, None, MS_BIND, None), "mount --bind out_dir"),
+    ):
+        if ok() != 0:
+            err = ctypes.get_errno()
+            raise OSError(err, f"{what}: {os.strerror(err)}")
+
+
+def _child_setup(
+    procs_files: list[str], limits: list[tuple[int, tuple[int, int]]], drop: bool, out_dir: bytes | None
+) -> None:
+    # Runs in the forked child before it execs bwrap. Only plain syscall wrappers: no lock another
+    # thread of the node could hold at fork time (the preexec_fn caveat).
+    for path in procs_files:
+        fd = os.open(path, os.O_WRONLY)
+        try:
+            os.write(fd, b"0")  # v1: "0" moves the writing process (and its future children)
+        finally:
+            os.close(fd)
+    for res, pair in limits:
+        resource.setrlimit(res, pair)
+    if out_dir is not None:
+        # By path: a mount from an fd opened in the node's namespace is refused (EINVAL) here.
+        _bind_in_private_namespace(out_dir, OUT_STAGE.encode())
+    if drop:
+        os.setgroups([])
+        os.setgid(JOB_GID)
+        os.setuid(JOB_UID)
+
+
+def _exec_failure_code(stderr: bytes, argv0: str) -> int | None:
+    """bwrap reports a failed exec of argv[0] as `bwrap: execvp ARGV0: STRERROR` and exit 1."""
+    prefix = f"bwrap: execvp {argv0}: ".encode()
+    lines = stderr.splitlines()
+    if not lines or not lines[-1].startswith(prefix):
+        return None
+    why = lines[-1][len(prefix) :]
+    if why in (b"No such file or directory", b"Not a directory"):
+        return EXIT_NOT_FOUND
+    return EXIT_NOT_EXECUTABLE  # Permission denied, Exec format error, ...
+
+
+def _job_was_executed(status: bytes) -> bool:
+    """Whether bwrap's --json-status-fd output has the "exit-code" record: bwrap writes it only
+    when the sandbox was set up and execvp of argv[0] succeeded."""
+    for line in status.splitlines():
+        try:
+            doc = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(doc, dict) and "exit-code" in doc:
+            return True
+    return False
+
+
+def _prepare_out_dir(out_dir: str, drop: bool) -> str:
+    """The real path of out_dir, made writable for the job; SandboxError if it is unusable."""
+    path = os.path.realpath(out_dir)
+    if not os.path.isdir(path):
+        raise SandboxError("invalid_request", f"out_dir is not a directory: {path}")
+    if not drop:  # not root: the job is this user on the host and bwrap can reach out_dir
+        return path
+    try:
+        os.makedirs(OUT_STAGE, mode=0o755, exist_ok=True)
+        st = os.lstat(OUT_STAGE)
+    except OSError as e:
+        raise SandboxError("backend_error", f"cannot create {OUT_STAGE}: {e}") from e
+    if not stat.S_ISDIR(st.st_mode) or st.st_uid != 0:
+        raise SandboxError("backend_error", f"{OUT_STAGE} is not a directory owned by root")
+    try:
+        os.chown(path, JOB_UID, JOB_GID)
+        os.chmod(path, 0o755)
+    except OSError as e:
+        raise SandboxError("invalid_request", f"cannot chown {path} to {JOB_UID}: {e}") from e
+    return path
+
+
+class BwrapSandbox:
+    """Sandbox backend on bubblewrap + cgroup v1. Thread-safe: runs may overlap."""
+
+    name = NAME
+
+    def __init__(self, *, log: LogSink) -> None:
+        self._log = log
+        self._lock = threading.Lock()
+        self._bwrap: str | None = None
+        self._bases: dict[str, str] | None = None
+        self._checked = False
+
+    def _setup(self) -> tuple[str, dict[str, str]]:
+        """bwrap's path and the cgroup bases; SandboxError if either is missing."""
+        with self._lock:
+            if self._bwrap is None:
+                path = _bwrap_path()
+                if path is None:
+                    raise SandboxError("backend_error", "bubblewrap is not installed")
+                self._bwrap = path
+            if self._bases is None:
+                bases = find_cgroup_bases()
+                missing = [c for c in CONTROLLERS if c not in bases]
+                if missing:
+                    raise SandboxError(
+                        "limits_unsupported",
+                        f"no cgroup v1 hierarchy for {', '.join(missing)} "
+                        "(the bwrap backend needs cgroup v1 memory, pids and cpu controllers)",
+                    )
+                for c in CONTROLLERS:
+                    parent = os.path.join(bases[c], CGROUP_DIR)
+                    if not os.access(bases[c], os.W_OK) and not os.access(parent, os.W_OK):
+                        raise SandboxError(
+                            "limits_unsupported", f"cannot create cgroups in {bases[c]} (not root?)"
+                        )
+                self._bases = bases
+            return self._bwrap, self._bases
+
+    # -- Sandbox -------------------------------------------------------------------------------
+
+    def check(self) -> None:
+        _, bases = self._setup()
+        if self._checked:
+            return
+        for path in remove_stale_groups(bases):
+            warn(self._log, f"removed cgroup {path} left by a node that died mid-run")
+        # One real run: user namespaces may be disabled, or bwrap unable to mount.
+        result = self.run(RunRequest(image="", command=["true"], memory_mb=32, timeout_s=10, pids_limit=4))
+        if result.exit_code != 0:
+            stderr = result.stderr.decode(errors="replace")
+            raise SandboxError("backend_error", f"bwrap probe exited {result.exit_code}: {stderr}")
+        self._checked = True
+
+    def has_image(self, image: str) -> bool:
+        return True  # the image is ignored: jobs run on the host's read-only /usr
+
+    def close(self) -> None:
+        return None
+
+    def run(self, req: RunRequest) -> RunResult:
+        bwrap, bases = self._setup()
+        ncpu = len(os.sched_getaffinity(0))
+        if req.cpu > ncpu:  # as Docker refuses it
+            raise SandboxError("invalid_request", f"cpu {req.cpu} > {ncpu} cpus available")
+        drop = os.geteuid() == 0
+        out_dir = None  # bound on OUT_STAGE by the child (root), which bwrap binds at /out
+        argv = [bwrap, *ISOLATION]
+        if req.out_dir is not None:
+            path = _prepare_out_dir(req.out_dir, drop)
+            if drop:
+                out_dir = path.encode()
+            argv += ["--bind", OUT_STAGE if drop else path, OUT_MOUNT]
+        for key, value in {"PATH": DEFAULT_PATH, **req.env}.items():
+            argv += ["--setenv", key, value]
+        # Last mount op: bwrap's root is a tmpfs, writable unless remounted (/tmp, /out stay writable).
+        argv += ["--remount-ro", "/", "--chdir", "/tmp", "--", *req.command]
+        groups = _JobGroups(bases)
+        try:
+            groups.create(req)
+            result = self._run(argv, req, groups, drop, out_dir)
+            oom = groups.oom_kills() > 0
+        finally:
+            for error in groups.remove():
+                warn(self._log, error)
+        if oom:
+            result = _replace(result, oom_killed=True)
+        if req.out_dir is not None:
+            try:
+                manifest, out_truncated = build_manifest(req.out_dir, req.out_cap)
+            except OSError as e:
+                raise SandboxError("backend_error", f"cannot read out_dir {req.out_dir}: {e}") from e
+            result = _replace(result, manifest=manifest, out_truncated=out_truncated)
+        return result
+
+    def _run(
+        self, argv: list[str], req: RunRequest, groups: _JobGroups, drop: bool, out_dir: bytes | None
+    ) -> RunResult:
+        procs_files, limits = groups.procs_files, _rlimits()
+        status_r, status_w = os.pipe2(os.O_CLOEXEC)
+        argv = [argv[0], "--json-status-fd", str(status_w), *argv[1:]]
+        started = time.monotonic()
+        try:
+            try:
+                proc = subprocess.Popen(
+                    argv,
+                    stdin=subprocess.PIPE if req.stdin else subprocess.DEVNULL,
+                    stdout=subprocess.PIPE,
+                    stderr=subprocess.PIPE,
+                    cwd="/",
+                    env={},
+                    close_fds=True,
+                    pass_fds=(status_w,),
+                    start_new_session=True,
+                    preexec_fn=lambda: _child_setup(procs_files, limits, drop, out_dir),
+                )
+            except (OSError, subprocess.SubprocessError) as e:
+                raise SandboxError("start_failed", f"{argv[0]}: {e}") from e
+            finally:
+                os.close(status_w)
+            try:
+                result = self._supervise(proc, req, groups, started)
+            finally:
+                if proc.returncode is None:
+                    _kill(proc.pid)
+                    groups.kill_all()
+                    proc.wait()
+                for pipe in (proc.stdin, proc.stdout, proc.stderr):
+                    if pipe is not None:
+                        try:
+                            pipe.close()
+                        except OSError:
+                            pass
+            # bwrap has exited: every writer of the status pipe is gone.
+            os.set_blocking(status_r, False)
+            status = bytearray()
+            try:
+                while chunk := os.read(status_r, CHUNK):
+                    status += chunk
+            except BlockingIOError:
+                pass
+        finally:
+            os.close(status_r)
+        if proc.returncode == 1 and not result.timed_out and not _job_was_executed(status):
+            # bwrap failed before the job ran: the output is bwrap's alone
+            code = _exec_failure_code(result.stderr, req.command[0])
+            if code is not None:
+                return exec_failure_result(req.command[0], code, result.duration_s, NAME)
+            raise SandboxError("start_failed", result.stderr.decode(errors="replace").strip())
+        return result
+
+    def _supervise(
+        self, proc: subprocess.Popen, req: RunRequest, groups: _JobGroups, started: float
+    ) -> RunResult:
+        assert proc.stdout is not None and proc.stderr is not None
+        kept = {"stdout": bytearray(), "stderr": bytearray()}
+        truncated = {"stdout": False, "stderr": False}
+        deadline = started + req.timeout_s
+        timed_out = False
+        exited_at: float | None = None
+        stdin = memoryview(req.stdin)
+        with selectors.DefaultSelector() as sel:
+            for name, pipe in (("stdout", proc.stdout), ("stderr", proc.stderr)):
+                os.set_blocking(pipe.fileno(), False)
+                sel.register(pipe.fileno(), selectors.EVENT_READ, name)
+            if proc.stdin is not None:
+                os.set_blocking(proc.stdin.fileno(), False)
+                sel.register(proc.stdin.fileno(), selectors.EVENT_WRITE, "stdin")
+            watch = _ExitWatch(proc.pid, sel)
+            try:
+                open_pipes = 2
+                while open_pipes or exited_at is None:
+                    if exited_at is None and watch.exited():
+                        exited_at = time.monotonic()
+                    now = time.monotonic()
+                    if exited_at is None:
+                        if now >= deadline and not timed_out:
+                            timed_out = True
+                            _kill(proc.pid)  # unreaped, so the pid is still this child
+                            groups.kill_all()
+                        wait = max(deadline - now, 0.0) if not timed_out else None
+                    else:
+                        wait = exited_at + DRAIN_S - now
+                        if wait <= 0:
+                            break
+                    poll = watch.poll_interval
+                    if poll is not None:
+                        wait = poll if wait is None else min(wait, poll)
+                    for key, _ in sel.select(wait):
+                        if key.data == "exit":
+                            watch.close(sel)
+                            exited_at = time.monotonic()
+                        elif key.data == "stdin":
+                            stdin = self._feed(proc, sel, stdin)
+                        else:
+                            try:
+                                chunk = os.read(key.fd, CHUNK)
+                            except BlockingIOError:
+                                continue
+                            if not chunk:
+                                sel.unregister(key.fd)
+                                open_pipes -= 1
+                                continue
+                            buf = kept[key.data]
+                            room = req.output_cap - len(buf)
+                            if len(chunk) > room:
+                                truncated[key.data] = True
+                                chunk = chunk[:room]
+                            buf += chunk
+            finally:
+                watch.close(sel)
+        returncode = proc.wait()
+        assert exited_at is not None
+        duration = exited_at - started
+        stdout, stderr = bytes(kept["stdout"]), bytes(kept["stderr"])
+        if timed_out:
+            code = SIGNAL_EXIT_BASE + signal.SIGKILL
+        elif returncode < 0:
+            code = SIGNAL_EXIT_BASE - returncode
+        else:
+            code = returncode
+        return RunResult(
+            exit_code=code,
+            stdout=stdout,
+            stderr=stderr,
+            timed_out=timed_out,
+            oom_killed=False,  # set by run() from the memory group
+            stdout_truncated=truncated["stdout"],
+            stderr_truncated=truncated["stderr"],
+            duration_s=duration,
+            sandbox=NAME,
+        )
+
+    @staticmethod
+    def _feed(proc: subprocess.Popen, sel: selectors.BaseSelector, data: memoryview) -> memoryview:
+        """Write what the pipe takes now; close stdin when all is written or the job closed it."""
+        assert proc.stdin is not None
+        fd = proc.stdin.fileno()
+        try:
+            written = os.write(fd, data[:CHUNK])
+            data = data[written:]
+        except BlockingIOError:
+            return data
+        except OSError:  # EPIPE: the job closed its stdin (or exited) without reading it all
+            data = data[:0]
+        if not data:
+            sel.unregister(fd)
+            proc.stdin.close()
+        return data
+
+
+def _kill(pid: int) -> None:
+    try:
+        os.kill(pid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
+def _replace(result: RunResult, **changes) -> RunResult:
+    return dataclasses.replace(result, **changes)
