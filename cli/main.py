@@ -359,6 +359,64 @@ def credits(data_dir: Path = DataDir, as_json: bool = typer.Option(False, "--jso
         typer.echo(f"{t['amount']:+6d}  job {t['job_id'][:16]}  {t['from'][-8:]} -> {t['to'][-8:]}")
 
 
+@app.command("sandbox-time")
+def sandbox_time(
+    backends: list[str] = typer.Argument(None, help="Backends to time (default: docker bwrap wasm process)."),
+    runs: int = typer.Option(10, help="Timed runs per backend, after one warm-up run."),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON."),
+) -> None:
+    """Time a trivial job (the demo hash) run directly in each sandbox, without the network:
+    start->exit (the sandbox's own measure) and the whole run() call, median and min.
+
+    Example: DOCKER_HOST=unix:///tmp/dai-docker/docker.sock distributeai sandbox-time docker bwrap --runs 10
+    """
+    import statistics
+
+    from distributeai.sandbox import RunRequest, SandboxError, open_sandbox
+
+    wasm = (Path(__file__).resolve().parent.parent / "sandbox" / "workloads" / "hashverify.wasm")
+    if not wasm.exists():  # installed, not a checkout
+        import distributeai.sandbox as sandbox_pkg
+
+        wasm = Path(sandbox_pkg.__file__).parent / "workloads" / "hashverify.wasm"
+    figures = {}
+    for kind in backends or ["docker", "bwrap", "wasm", "process"]:
+        try:
+            sandbox = open_sandbox(kind, log=lambda _: None)
+            sandbox.check()
+        except (ValueError, SandboxError, ImportError) as exc:
+            figures[kind] = {"error": str(exc)}
+            continue
+        if kind == "wasm":
+            req = RunRequest(image="wasm", command=["hashverify"], stdin=b"Hello\n", wasm_module=wasm.read_bytes())
+        else:
+            req = RunRequest(image="alpine:latest", command=list(DEMO_COMMAND))
+        try:
+            sandbox.run(req)
+            inner, outer = [], []
+            for _ in range(runs):
+                started = time.perf_counter()
+                result = sandbox.run(req)
+                outer.append((time.perf_counter() - started) * 1000)
+                inner.append(result.duration_s * 1000)
+        except SandboxError as exc:
+            figures[kind] = {"error": str(exc)}
+            continue
+        finally:
+            sandbox.close()
+        figures[kind] = {"start_exit_ms_median": round(statistics.median(inner), 3), "start_exit_ms_min": round(min(inner), 3),
+                         "run_ms_median": round(statistics.median(outer), 3), "runs": runs}
+    if as_json:
+        typer.echo(json.dumps(figures))
+        return
+    for kind, f in figures.items():
+        if "error" in f:
+            typer.echo(f"{kind:8} unavailable: {f['error']}")
+        else:
+            typer.echo(f"{kind:8} start->exit median {f['start_exit_ms_median']:8.2f} ms (min {f['start_exit_ms_min']:.2f});"
+                       f" whole run() median {f['run_ms_median']:8.2f} ms")
+
+
 @job_app.command("status")
 def job_status(
     job_id: str = typer.Argument(..., help="The job id (hex) printed by submit."),
@@ -387,7 +445,7 @@ DEMO_COMMAND = ["sh", "-c", "echo 'Hello' | sha256sum"]
 @app.command()
 def devnet(
     nodes: int = typer.Option(3, help="Number of nodes."),
-    sandbox: str = typer.Option("docker", help="docker or process."),
+    sandbox: str = typer.Option("docker", help="The nodes' sandbox for container jobs: auto, docker, bwrap or process."),
     data_dir: Path = typer.Option(Path(".run/devnet"), "--data-dir", help="Where the network keeps its data (reset at start)."),
     demo: bool = typer.Option(False, "--demo", help="Submit the demo job, print its verified result, and stop."),
     repeat: int = typer.Option(1, "--repeat", help="With --demo: submit it this many times and print timings."),
@@ -400,8 +458,8 @@ def devnet(
 
     from distributeai.cli.devnet import Devnet, DevnetError, reset
 
-    if sandbox not in ("docker", "process"):
-        fail(f"--sandbox must be docker or process, got {sandbox!r}")
+    if sandbox not in ("auto", "docker", "bwrap", "process"):
+        fail(f"--sandbox must be auto, docker, bwrap or process, got {sandbox!r}")
     if nodes < 1:
         fail("--nodes must be at least 1")
     reset(data_dir)

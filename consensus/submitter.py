@@ -268,7 +268,9 @@ class SubmitterJob:
             return actions + self._finish(status, "max_total_results reached without a quorum", now_ms)
         if self.starved_since_ms is not None and now_ms >= self.starved_since_ms + self.timing.bid_wait_ms:
             status = "nondeterministic" if is_nondeterministic(votes) else "failed"
-            return actions + self._finish(status, "no bidders left to replace failed executors", now_ms)
+            why = ("no bidders left to replace failed executors" if self.awards
+                   else "no bids: no node offered to run this job")
+            return actions + self._finish(status, why, now_ms)
         return actions
 
     def _fill(self, now_ms: int) -> list[Action]:

@@ -61,3 +61,12 @@ def test_a_mistyped_option_before_cmd_is_not_smuggled_into_the_command(tmp_path)
               "--cmd", "sh", "-c", "true")
     assert out.returncode == 2 and "--memroy" in out.stderr
     assert len(out.stderr.strip().splitlines()) == 1
+
+
+def test_sandbox_time_reports_each_backend():
+    out = cli("sandbox-time", "wasm", "process", "--runs", "3", "--json")
+    assert out.returncode == 0, out.stderr
+    figures = json.loads(out.stdout)
+    for kind in ("wasm", "process"):
+        assert figures[kind]["runs"] == 3
+        assert 0 < figures[kind]["start_exit_ms_median"] <= figures[kind]["run_ms_median"]

@@ -376,7 +376,7 @@ def test_no_bids_fails_after_waiting():
     assert job.tick(NOW + job.timing.bid_window_ms) == []
     assert job.wants_bids
     actions = job.tick(job.next_deadline_ms())
-    assert job.state == "failed" and "no bidders" in job.reason
+    assert job.state == "failed" and job.reason == "no bids: no node offered to run this job"
     assert isinstance(actions[-1], Finished)
 
 
