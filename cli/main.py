@@ -255,6 +255,7 @@ def submit(
     fuel: Optional[int] = typer.Option(None, "--fuel", help="WASM: the fuel limit."),
     price_per_mfuel: Optional[int] = typer.Option(None, "--price-per-mfuel", help="WASM: credits per million fuel."),
     gpu: bool = typer.Option(False, "--gpu", help="The job needs a GPU."),
+    env: list[str] = typer.Option([], "--env", help="NAME=VALUE for the job's environment; repeatable."),
     cpu: Optional[float] = typer.Option(None, "--cpu", help="Cores the job needs. Default 1."),
     memory: Optional[int] = typer.Option(None, "--memory", help="MiB the job may use. Default 256."),
     no_wait: bool = typer.Option(False, "--no-wait", help="Print the job id and return at once."),
@@ -309,6 +310,14 @@ def submit(
                            ("gpu", gpu or None), ("cpu", cpu), ("memory_mb", memory)):
             if value is not None:
                 doc[key] = value
+    if env and isinstance(doc, dict):
+        pairs = dict(doc.get("env") or {}) if isinstance(doc.get("env"), dict) else {}
+        for item in env:
+            name, sep, value = item.partition("=")
+            if not sep or not name:
+                fail(f"--env {item!r} must be NAME=VALUE")
+            pairs[name] = value
+        doc["env"] = pairs
     module = doc.get("wasm_module") if isinstance(doc, dict) else None
     try:
         fields = parse_job(doc)

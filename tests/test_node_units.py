@@ -24,6 +24,20 @@ def test_bidding_predicates_each_refuse_with_a_reason():
     assert "MiB" in decide(ctx(capacity=Capacity(memory_mb=128))).reason
     assert "busy" in decide(ctx(running=4)).reason
     assert "not available" in decide(ctx(image_ok=lambda _: False)).reason
+    assert "GPU" in decide(ctx(gpu_ok=False)).reason
+
+
+def test_auto_picks_docker_when_its_daemon_answers_else_bwrap(tmp_path):
+    import logging
+
+    from distributeai.node.daemon import NodeConfig, open_sandboxes
+
+    config = NodeConfig(data_dir=tmp_path, sandbox="auto", docker_host=f"unix://{tmp_path}/no-docker.sock")
+    sandboxes = open_sandboxes(config, logging.getLogger("test"))
+    assert sandboxes["container"].name == "bwrap"
+    assert sandboxes["wasm"].name == "wasm"
+    for s in sandboxes.values():
+        s.close()
 
 
 async def test_store_keeps_jobs_inputs_ledger_and_peers_across_reopen(tmp_path):
