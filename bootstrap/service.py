@@ -25,7 +25,7 @@ from distributeai.consensus.validate import check_announce
 from distributeai.p2p.identity import load_or_create_key, peer_id_from_public_key
 from distributeai.p2p.overlay import Overlay, open_overlay
 
-from .http import serve_http
+from distributeai.p2p.http import serve_http
 
 log = logging.getLogger("distributeai.bootstrap")
 RECENT_JOBS = 100

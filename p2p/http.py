@@ -1,5 +1,8 @@
 """A small HTTP/1.1 server on trio and h11: GET routes returning bytes.
 
+It lives in p2p/ because p2p owns every network endpoint a process exposes (libp2p and HTTP):
+the bootstrap serves its page and /api/stats with it, and nodes their /metrics.
+
 One request per connection (`Connection: close`), a 10 s deadline per connection, request bodies
 ignored and capped. Enough for a stats page and a JSON API; not a general web framework.
 """
@@ -12,7 +15,7 @@ from typing import Awaitable, Callable
 import h11
 import trio
 
-log = logging.getLogger("distributeai.bootstrap.http")
+log = logging.getLogger("distributeai.p2p.http")
 Response = tuple[int, str, bytes]  # status, content type, body
 Route = Callable[[], Awaitable[Response]]
 CONNECTION_DEADLINE_S = 10.0
