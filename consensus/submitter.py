@@ -207,6 +207,12 @@ class SubmitterJob:
         self._set(r.executor, "revealed", now_ms, "reveal", r.result_hash.hex()[:16])
         return self._advance(now_ms)
 
+    def cancel(self, now_ms: int) -> list[Action]:
+        """The submitter's user gave up on the job: it ends failed("cancelled"), certificate and all."""
+        if self.done:
+            return []
+        return self._finish("failed", "cancelled", now_ms)
+
     def tick(self, now_ms: int) -> list[Action]:
         """Advance on time alone; call at or after `next_deadline_ms()`."""
         if self.done:

@@ -25,7 +25,8 @@ import trio
 
 from distributeai.consensus.certificate import verify_certificate
 from distributeai.consensus.codec import Identity, decode_canonical
-from distributeai.consensus.errors import RemoteProtocolError
+from distributeai.consensus.codec import sha256
+from distributeai.consensus.errors import LocalProtocolError, RemoteProtocolError
 from distributeai.consensus.ledger import GENESIS_CREDITS, Ledger
 from distributeai.consensus.messages import MAX_ENVELOPE
 from distributeai.consensus.names import (
@@ -34,8 +35,8 @@ from distributeai.consensus.names import (
 )
 from distributeai.consensus.submitter import Timing
 from distributeai.consensus.validate import check_announce
-from distributeai.p2p.identity import peer_id_from_public_key
-from distributeai.p2p.overlay import GossipMessage, Overlay
+from distributeai.p2p.identity import peer_id_from_public_key, public_key_from_peer_id
+from distributeai.p2p.overlay import GossipMessage, Overlay, RemoteError
 from distributeai.sandbox.base import Sandbox, SandboxError
 
 from . import wire
@@ -159,8 +160,57 @@ class Agent:
             raise RemoteProtocolError("malformed", "a blob request is a 32-byte SHA-256")
         blob = await self.store.get_blob(data.hex())
         if blob is None:
+            blob = await self._read_output(data.hex())
+        if blob is None:
             raise RemoteProtocolError("unknown_blob", "no such blob here")
         return wire.ok(blob)
+
+    async def _read_output(self, digest: str) -> bytes | None:
+        """An output file of a job this node ran, if it still has it and it still hashes right."""
+        found = await self.store.find_output(digest)
+        if found is None or self.outputs_dir is None:
+            return None
+        path = self.outputs_dir / found[0] / found[1]
+        try:
+            data = await trio.to_thread.run_sync(path.read_bytes)
+        except OSError:
+            return None
+        return data if sha256(data).hex() == digest else None
+
+    async def fetch_outputs(self, job_hex: str, out_dir: Path) -> list[dict]:
+        """Write the verified output files of a job into `out_dir`, each fetched by its SHA-256 from
+        an agreeing executor and checked against the certified manifest."""
+        view = await self.job_status(job_hex)
+        if view is None or view["status"] != "verified":
+            raise LocalProtocolError("not_verified", "only a verified job's outputs can be fetched")
+        sources = [e["peer_id"] for e in view["executors"] if e["agreed"]]
+        written = []
+        for f in view.get("files", []):
+            target = (out_dir / f["path"]).resolve()
+            if out_dir.resolve() not in target.parents:
+                raise LocalProtocolError("bad_path", f"output path {f['path']!r} leaves the directory")
+            data = None
+            for peer in sources:
+                try:
+                    blob = await self.deliver(public_key_from_peer_id(peer), BLOB_PROTOCOL, bytes.fromhex(f["sha256"]))
+                except (RemoteError, RemoteProtocolError) as exc:
+                    log.info("output %s not served by %s: %s", f["path"], peer, exc)
+                    continue
+                if sha256(blob).hex() == f["sha256"]:
+                    data = blob
+                    break
+            if data is None:
+                raise LocalProtocolError("unavailable", f"no agreeing executor served {f['path']}")
+            target.parent.mkdir(parents=True, exist_ok=True)
+            await trio.to_thread.run_sync(target.write_bytes, data)
+            written.append({"path": f["path"], "size": len(data), "sha256": f["sha256"], "written_to": str(target)})
+        return written
+
+    def peers(self) -> list[dict]:
+        connected = set(self.overlay.connected_peers())
+        return [{"peer_id": p, "addrs": addrs, "connected": p in connected,
+                 "reputation": self.ledger.reputation_of(pk) if (pk := public_key_from_peer_id(p)) else None}
+                for p, addrs in self.overlay.known_peers()]
 
     # --- the ledger ---------------------------------------------------------------------------
 

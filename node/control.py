@@ -12,6 +12,10 @@ line, answered with a JSON object on one line. Requests are capped at MAX_REQUES
     {"op": "list"}                                   -> {"jobs": [job view, ...]}
     {"op": "credits"}                                -> {"balance", "genesis", "transfers": [...]}
     {"op": "reputation"}                             -> {"reputation": {peer id: value}}
+    {"op": "peers"}                                  -> {"peers": [{peer_id, addrs, connected, reputation}]}
+    {"op": "cancel", "job_id": HEX}                  -> job view (failed, "cancelled"); only the submitter's node
+    {"op": "result", "job_id": HEX[, "out": DIR]}    -> verified stdout, exit code, files (written into DIR,
+                                                        each fetched by SHA-256 from an agreeing executor)
     {"op": "stored_peers"}                           -> {"peers": [peer id, ...]} remembered for restarts
 Errors: {"error": "message", "code": "reason"}.
 """
@@ -69,6 +73,29 @@ async def _dispatch(agent: Agent, req: dict) -> dict:
         else:
             view = await agent.job_status(job_hex)
         return view if view is not None else {"error": f"no job {job_hex} known to this node", "code": "unknown_job"}
+    if op == "peers":
+        return {"peers": agent.peers()}
+    if op == "cancel":
+        job_hex = str(req.get("job_id", "")).lower()
+        try:
+            await agent.submitting.cancel(bytes.fromhex(job_hex))
+        except LocalProtocolError as exc:
+            return {"error": str(exc), "code": exc.reason}
+        return await agent.job_status(job_hex)
+    if op == "result":
+        job_hex = str(req.get("job_id", "")).lower()
+        view = await agent.job_status(job_hex)
+        if view is None:
+            return {"error": f"no job {job_hex} known to this node", "code": "unknown_job"}
+        if view["status"] != "verified":
+            return {"error": f"job {job_hex} is {view['status']}, not verified", "code": "not_verified"}
+        answer = {k: view.get(k) for k in ("job_id", "status", "exit_code", "stdout", "result_hash", "files")}
+        if req.get("out"):
+            try:
+                answer["written"] = await agent.fetch_outputs(job_hex, Path(str(req["out"])))
+            except LocalProtocolError as exc:
+                return {"error": str(exc), "code": exc.reason}
+        return answer
     if op == "stored_peers":
         return {"peers": [p for p, _ in await agent.store.known_peers(limit=1000)]}
     if op == "credits":

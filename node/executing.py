@@ -163,6 +163,7 @@ class Executing:
                    "files": len(result.manifest), "out_truncated": result.out_truncated,
                    "stderr": result.stderr[:2048].decode("utf-8", "replace")}
         await a.store.update_execution(job_hex, now_ms(), status="executed", result=summary, reveal=reveal)
+        await a.store.add_outputs(job_hex, [(d.hex(), path) for path, _, d in r.manifest])
         a.count("executed")
         a.notify()
         await self.send_commit(award, spec, reveal)

@@ -40,6 +40,12 @@ CREATE TABLE IF NOT EXISTS jobs (
     certificate BLOB,
     bid         TEXT NOT NULL DEFAULT ''    -- this node's decision on bidding, with the reason
 );
+CREATE TABLE IF NOT EXISTS outputs (
+    sha256  TEXT NOT NULL,
+    job_id  TEXT NOT NULL,
+    path    TEXT NOT NULL,
+    PRIMARY KEY (sha256, job_id, path)
+);
 CREATE TABLE IF NOT EXISTS blobs (
     sha256  TEXT PRIMARY KEY,
     data    BLOB NOT NULL
@@ -148,6 +154,19 @@ class Store:
 
     async def put_blob(self, digest: str, data: bytes) -> None:
         await self._run(lambda c: c.execute("INSERT OR IGNORE INTO blobs(sha256, data) VALUES (?,?)", (digest, data)))
+
+    async def add_outputs(self, job_id: str, entries: list[tuple[str, str]]) -> None:
+        """Output files this node holds for a job it ran: (sha256 hex, path under its outputs)."""
+        await self._run(lambda c: c.executemany(
+            "INSERT OR IGNORE INTO outputs(sha256, job_id, path) VALUES (?,?,?)",
+            [(digest, job_id, path) for digest, path in entries]))
+
+    async def find_output(self, digest: str) -> tuple[str, str] | None:
+        def fn(c: sqlite3.Connection) -> tuple[str, str] | None:
+            row = c.execute("SELECT job_id, path FROM outputs WHERE sha256=? LIMIT 1", (digest,)).fetchone()
+            return (row["job_id"], row["path"]) if row else None
+
+        return await self._run(fn)
 
     async def get_blob(self, digest: str) -> bytes | None:
         def fn(c: sqlite3.Connection) -> bytes | None:

@@ -87,6 +87,14 @@ class Submitting:
         a.nursery.start_soon(self._reannounce, job, announce)
         return job_id
 
+    async def cancel(self, job_id: bytes) -> None:
+        job = self.jobs.get(job_id)
+        if job is None:
+            raise LocalProtocolError("unknown_job", "only a job submitted from this node can be cancelled")
+        if job.done:
+            raise LocalProtocolError("finished", f"the job has ended ({job.state})")
+        await self.apply(job, "cancel", None)
+
     async def handle_bid(self, peer: str, data: bytes) -> bytes:
         signed = verify(data, Bid)
         self._check_sender(signed, peer, "bid")
@@ -136,6 +144,8 @@ class Submitting:
                 actions = job.receive_reveal(signed, now)
             elif kind == "undelivered":
                 actions = job.award_undelivered(executor, now)
+            elif kind == "cancel":
+                actions = job.cancel(now)
             else:  # "tick"
                 actions = job.tick(now)
             if not actions and kind in ("tick", "undelivered") and len(job.history) == seen:
@@ -233,6 +243,8 @@ class Submitting:
                     job.tick(at)
                 elif kind == "undelivered":
                     job.award_undelivered(raw, at)
+                elif kind == "cancel":
+                    job.cancel(at)
                 elif kind == "bid":
                     job.receive_bid(verify(raw, Bid), at, meta.get("reputation", 0))
                 else:
