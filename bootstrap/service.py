@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import logging
 import time
-from collections import Counter, deque
+from collections import Counter, OrderedDict, deque
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,16 +19,23 @@ import trio
 from distributeai.consensus.certificate import verify_certificate
 from distributeai.consensus.codec import decode_canonical
 from distributeai.consensus.errors import RemoteProtocolError
+from distributeai.consensus.ledger import REPUTATION_START, Ledger
 from distributeai.consensus.messages import MAX_ENVELOPE
 from distributeai.consensus.names import JOBS_TOPIC
 from distributeai.consensus.validate import check_announce
-from distributeai.p2p.identity import load_or_create_key, peer_id_from_public_key
+from distributeai.p2p.identity import load_or_create_key, peer_id_from_public_key, public_key_from_peer_id
 from distributeai.p2p.overlay import Overlay, open_overlay
 
+from distributeai.bootstrap.page import page_response
+from distributeai.bootstrap.metrics import BootstrapMetrics
 from distributeai.p2p.http import serve_http
 
 log = logging.getLogger("distributeai.bootstrap")
 RECENT_JOBS = 100
+RATE_WINDOW_S = 60.0  # jobs_per_minute counts what arrived in this window
+MAX_TRACKED_PEERS = 10_000  # last-seen times kept; the oldest are forgotten first
+NODES_SHOWN = 200  # rows of nodes_detail in /api/stats
+PEER_WATCH_INTERVAL_S = 1.0  # how often connected peers are marked as seen
 
 
 @dataclass(frozen=True)
@@ -40,6 +47,13 @@ class BootstrapConfig:
 
 
 class Stats:
+    """What the bootstrap has verified, folded as it arrives: counts, the last RECENT_JOBS jobs, a
+    `Ledger` over the certificates (so reputation and credits read as on any node), and when each
+    identity was last seen (connected, or authoring a message).
+
+    Times shown to people are wall-clock seconds (`time.time()`); rates use `time.monotonic()`.
+    """
+
     def __init__(self) -> None:
         self.announced = 0
         self.certified: Counter[str] = Counter()
@@ -47,6 +61,11 @@ class Stats:
         self.jobs: dict[str, dict] = {}
         self.order: deque[str] = deque()
         self.started = time.time()
+        self.ledger = Ledger()
+        self.jobs_run: Counter[str] = Counter()  # peer id -> certificates in which it revealed
+        self.last_seen: OrderedDict[str, float] = OrderedDict()  # peer id -> wall time, oldest first
+        self.announce_times: deque[float] = deque()  # monotonic, the last RATE_WINDOW_S
+        self.certify_times: deque[float] = deque()
 
     def _job(self, job_id: str) -> dict:
         if job_id not in self.jobs:
@@ -55,6 +74,19 @@ class Stats:
             while len(self.order) > RECENT_JOBS:
                 self.jobs.pop(self.order.popleft(), None)
         return self.jobs[job_id]
+
+    def seen(self, peer_id: str, at: float | None = None) -> None:
+        """`peer_id` was connected or authored a verified message at `at` (now by default)."""
+        self.last_seen[peer_id] = time.time() if at is None else at
+        self.last_seen.move_to_end(peer_id)
+        while len(self.last_seen) > MAX_TRACKED_PEERS:
+            self.last_seen.popitem(last=False)
+
+    @staticmethod
+    def _tick(times: deque[float]) -> None:
+        now = time.monotonic()
+        times.append(now)
+        _prune(times, now)
 
     def observe(self, data: bytes, from_peer: str) -> None:
         try:
@@ -68,38 +100,94 @@ class Stats:
                 if "announced_at" in job:
                     raise RemoteProtocolError("replay", "job already announced")
                 self.announced += 1
+                self._tick(self.announce_times)
+                now = time.time()
                 job.update(name=ann.spec.name, image=ann.spec.image, submitter=from_peer,
-                           replicas=ann.spec.replicas, quorum=ann.spec.quorum, announced_at=time.time())
+                           replicas=ann.spec.replicas, quorum=ann.spec.quorum, announced_at=now,
+                           updated_at=now)
             elif kind == "certificate":
                 checked = verify_certificate(data)
-                job = self._job(checked.certificate.job_id.hex())
-                if job.get("status") in ("verified", "failed"):
+                # The ledger remembers every certificate it folded in, also those of jobs that
+                # have left the recent list, so no certificate is counted twice.
+                if not self.ledger.apply_certificate(checked, int(time.time() * 1000)):
                     raise RemoteProtocolError("replay", "certificate already counted")
-                self.certified[checked.certificate.status] += 1
-                job.update(status=checked.certificate.status, name=checked.spec.name,
-                           executors=len(checked.awards), agreeing=len(checked.tally.agreeing),
-                           dissenting=len(checked.tally.dissenting), certified_at=time.time())
+                cert = checked.certificate
+                self.certified[cert.status] += 1
+                self._tick(self.certify_times)
+                for executor in checked.reveals:
+                    self.jobs_run[peer_id_from_public_key(executor)] += 1
+                spec = checked.spec
+                job = self._job(cert.job_id.hex())
+                now = time.time()
+                job.update(status=cert.status, name=spec.name, image=spec.image,
+                           submitter=peer_id_from_public_key(spec.submitter), replicas=spec.replicas,
+                           quorum=spec.quorum, executors=len(checked.awards),
+                           revealed=len(checked.reveals), agreeing=len(checked.tally.agreeing),
+                           dissenting=len(checked.tally.dissenting), result_hash=cert.result_hash.hex(),
+                           certified_at=now, updated_at=now)
             else:
                 raise RemoteProtocolError("unknown_kind", repr(kind))
         except RemoteProtocolError as exc:
             self.rejected[exc.reason] += 1
             log.info("rejected gossip from %s: %s", from_peer, exc)
+            if from_peer in self.last_seen:  # known, and pubsub checked it wrote this junk
+                self.seen(from_peer)
+        else:
+            self.seen(from_peer)
+
+    def per_minute(self) -> dict[str, int]:
+        now = time.monotonic()
+        _prune(self.certify_times, now)
+        _prune(self.announce_times, now)
+        return {"certified": len(self.certify_times), "announced": len(self.announce_times)}
+
+    def nodes_detail(self, connected: set[str], self_id: str) -> list[dict]:
+        """Every identity seen (connected, authoring, or revealing in a certificate) but us:
+        online ones first, then the most recently seen; at most NODES_SHOWN."""
+        ids = (set(self.last_seen) | set(self.jobs_run) | connected) - {self_id}
+        rows = []
+        for pid in ids:
+            key = public_key_from_peer_id(pid)
+            rows.append({
+                "peer_id": pid,
+                "online": pid in connected,
+                "reputation": self.ledger.reputation_of(key) if key else REPUTATION_START,
+                "credits": self.ledger.balance(key) if key else self.ledger.genesis,
+                "jobs_run": self.jobs_run.get(pid, 0),
+                "last_seen": self.last_seen.get(pid),
+            })
+        rows.sort(key=lambda r: (not r["online"], -(r["last_seen"] or 0), -r["jobs_run"], r["peer_id"]))
+        return rows[:NODES_SHOWN]
+
+
+def _prune(times: deque[float], now: float) -> None:
+    while times and times[0] <= now - RATE_WINDOW_S:
+        times.popleft()
 
 
 def snapshot(overlay: Overlay, stats: Stats) -> dict:
+    connected = set(overlay.connected_peers()) - {overlay.peer_id}
+    now = time.time()
+    for pid in connected:
+        stats.seen(pid, now)
     recent = [stats.jobs[j] for j in reversed(stats.order)]
     return {
         "peer_id": overlay.peer_id,
         "multiaddrs": overlay.multiaddrs(),
-        "nodes": sorted(overlay.connected_peers()),
-        "nodes_online": len(overlay.connected_peers()),
+        "nodes": sorted(connected),
+        "nodes_online": len(connected),
+        "nodes_known": len((set(stats.last_seen) | set(stats.jobs_run) | connected) - {overlay.peer_id}),
+        "nodes_detail": stats.nodes_detail(connected, overlay.peer_id),
         "jobs_announced": stats.announced,
         "jobs_certified": sum(stats.certified.values()),
         "jobs_verified": stats.certified["verified"],
         "jobs_failed": stats.certified["failed"],
+        "jobs_nondeterministic": stats.certified["nondeterministic"],
+        "jobs_per_minute": stats.per_minute(),
         "rejected": dict(stats.rejected),
         "recent_jobs": recent,
-        "uptime_s": round(time.time() - stats.started, 1),
+        "uptime_s": round(now - stats.started, 1),
+        "now": round(now, 3),
     }
 
 
@@ -113,23 +201,25 @@ async def run_bootstrap(config: BootstrapConfig, *, task_status=trio.TASK_STATUS
             return 200, "application/json", json.dumps(snapshot(overlay, stats), indent=1).encode()
 
         async def index():
-            s = snapshot(overlay, stats)
-            rows = "".join(f"<tr><td>{j['job_id'][:16]}</td><td>{j.get('name','')}</td><td>{j['status']}</td>"
-                           f"<td>{j.get('agreeing','')}/{j.get('executors','')}</td></tr>" for j in s["recent_jobs"])
-            body = (f"<!doctype html><title>DistributeAI bootstrap</title><h1>DistributeAI</h1>"
-                    f"<p>{s['nodes_online']} nodes online; {s['jobs_announced']} jobs announced, "
-                    f"{s['jobs_verified']} verified, {s['jobs_failed']} failed.</p>"
-                    f"<table><tr><th>job</th><th>name</th><th>status</th><th>agreeing/executors</th></tr>{rows}</table>")
-            return 200, "text/html; charset=utf-8", body.encode()
+            return page_response()
 
         async def read_gossip():
             async for message in overlay.messages():
                 stats.observe(message.data, message.from_peer)
 
+        async def watch_peers():
+            while True:
+                for pid in overlay.connected_peers():
+                    if pid != overlay.peer_id:
+                        stats.seen(pid)
+                await trio.sleep(PEER_WATCH_INTERVAL_S)
+
+        metrics = BootstrapMetrics(stats, lambda: len(set(overlay.connected_peers()) - {overlay.peer_id}))
         async with trio.open_nursery() as nursery:
             nursery.start_soon(read_gossip)
+            nursery.start_soon(watch_peers)
             host, port = await nursery.start(serve_http, config.http_host, config.http_port,
-                                             {"/api/stats": api_stats, "/": index})
+                                             {"/api/stats": api_stats, "/metrics": metrics.http_route, "/": index})
             addr = overlay.multiaddrs()[0]
             (config.data_dir / "multiaddr").write_text(addr + "\n")
             task_status.started({"multiaddr": addr, "http": f"http://{host}:{port}"})

@@ -60,6 +60,7 @@ class Devnet:
     sandbox: str = "process"
     docker_host: str | None = None
     log_level: str = "info"
+    metrics: bool = False  # nodes serve /metrics on a free loopback port: `info(i)["metrics_url"]`
     procs: list[subprocess.Popen] = field(default_factory=list)
     bootstrap_addr: str = ""
     http_url: str = ""
@@ -103,7 +104,8 @@ class Devnet:
     def _spawn_node(self, i: int) -> subprocess.Popen:
         d = self.node_dirs[i]
         return self._spawn(["node", "start", "--bootstrap", self.bootstrap_addr, "--data-dir", str(d),
-                            "--sandbox", self.sandbox, "--log-level", self.log_level], d / "log",
+                            "--sandbox", self.sandbox, "--log-level", self.log_level,
+                            *(["--metrics", "127.0.0.1:0"] if self.metrics else [])], d / "log",
                            self.programs.get(i))
 
     def kill_node(self, i: int) -> None:

@@ -2,6 +2,8 @@
 
 Conventions: a user's mistake is one line on stderr and exit code 2; a node or bootstrap that cannot
 be reached is one line naming what was tried and exit code 1; `--json` prints one JSON object.
+Settings come from one `Config` (cli/config.py: defaults < TOML file < DISTRIBUTEAI_* < flags).
+The commands that only ask a node and report live in cli/queries.py.
 """
 
 from __future__ import annotations
@@ -17,6 +19,10 @@ from typing import Any, Optional
 
 import typer
 
+from distributeai.cli import queries
+from distributeai.cli.common import DataDirOption, check_job_id, control, data_dir_of, fail, node_dir, settings
+from distributeai.cli.common import run as run_app
+
 app = typer.Typer(add_completion=True, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="DistributeAI: a peer-to-peer compute network with k-of-n verified results.")
 node_app = typer.Typer(no_args_is_help=True, help="Run or inspect a volunteer node.")
@@ -26,12 +32,7 @@ app.add_typer(node_app, name="node")
 app.add_typer(bootstrap_app, name="bootstrap")
 app.add_typer(job_app, name="job")
 
-DataDir = typer.Option(..., "--data-dir", help="The node's data directory (key, store, control socket).")
-
-
-def fail(message: str, code: int = 2) -> None:
-    typer.echo(f"error: {message}", err=True)
-    raise typer.Exit(code)
+DataDir = DataDirOption
 
 
 def setup_logging(level: str) -> None:
@@ -77,7 +78,7 @@ def parse_hostport(value: str, option: str) -> tuple[str, int]:
 def bootstrap_start(
     listen: str = typer.Option("/ip4/127.0.0.1/tcp/4001", help="libp2p listen multiaddr."),
     http: str = typer.Option("127.0.0.1:8080", help="HOST:PORT of the stats page and /api/stats."),
-    data_dir: Path = DataDir,
+    data_dir: Path = typer.Option(..., "--data-dir", help="The bootstrap's data directory (its key)."),
     log_level: str = typer.Option("info", help="debug, info, warning or error."),
 ) -> None:
     """Start the bootstrap. Prints its full multiaddr as the first line of stdout once ready.
@@ -113,37 +114,42 @@ def check_multiaddr(value: str, option: str) -> None:
 
 @node_app.command("start")
 def node_start(
-    data_dir: Path = DataDir,
+    data_dir: Optional[Path] = DataDir,
     bootstrap: list[str] = typer.Option([], "--bootstrap", help="Bootstrap multiaddr ending in /p2p/<peer id>; repeatable."),
-    listen: str = typer.Option("/ip4/127.0.0.1/tcp/0", help="libp2p listen multiaddr."),
-    sandbox: str = typer.Option("auto", help="Container jobs: auto (docker if its daemon answers, else bwrap), docker, bwrap, or process (runs jobs unisolated on this host). WASM jobs always run in wasm."),
-    gpu: bool = typer.Option(False, "--gpu", help="This node offers a GPU (jobs that need one are bid on)."),
-    docker_host: Optional[str] = typer.Option(None, envvar="DOCKER_HOST", help="Docker daemon address."),
-    cpu: float = typer.Option(2.0, help="Cores this node offers to jobs."),
-    memory_mb: int = typer.Option(2048, help="Memory in MiB this node offers to jobs."),
-    max_jobs: int = typer.Option(4, help="Jobs run at once."),
-    genesis_credits: int = typer.Option(100, help="Credits every identity starts with, in this node's view."),
-    log_level: str = typer.Option("info", help="debug, info, warning or error."),
+    listen: Optional[str] = typer.Option(None, help="libp2p listen multiaddr. Default /ip4/127.0.0.1/tcp/0."),
+    sandbox: Optional[str] = typer.Option(None, help="Container jobs: auto (the default: docker if its daemon answers, else bwrap), docker, bwrap, or process (runs jobs unisolated on this host). WASM jobs always run in wasm."),
+    gpu: Optional[bool] = typer.Option(None, "--gpu/--no-gpu", help="This node offers a GPU (jobs that need one are bid on). Default: no."),
+    docker_host: Optional[str] = typer.Option(None, help="Docker daemon address. Default: DOCKER_HOST, else Docker's socket."),
+    cpu: Optional[float] = typer.Option(None, help="Cores this node offers to jobs. Default 2."),
+    memory_mb: Optional[int] = typer.Option(None, help="Memory in MiB this node offers to jobs. Default 2048."),
+    max_jobs: Optional[int] = typer.Option(None, help="Jobs run at once. Default 4."),
+    genesis_credits: Optional[int] = typer.Option(None, help="Credits every identity starts with, in this node's view. Default 100."),
+    metrics: Optional[str] = typer.Option(None, help="HOST:PORT to serve Prometheus /metrics on (port 0: any free one, shown by `node info`). Default: off."),
+    log_level: Optional[str] = typer.Option(None, help="debug, info (the default), warning or error."),
 ) -> None:
-    """Start a volunteer node: discover peers, bid on jobs, run them, verify results.
+    """Start a volunteer node: discover peers, bid on jobs, run them, verify results. Each option
+    can also come from the config file or a DISTRIBUTEAI_* variable (see `distributeai config show`).
 
     Example: distributeai node start --bootstrap /ip4/127.0.0.1/tcp/4001/p2p/12D3KooW... --data-dir ./node1 --sandbox docker
     """
-    if sandbox not in ("auto", "docker", "bwrap", "process"):
-        fail(f"--sandbox must be auto, docker, bwrap or process, got {sandbox!r}")
-    for b in bootstrap:
+    cfg = settings(data_dir=data_dir, bootstrap=bootstrap, listen=listen, sandbox=sandbox, gpu=gpu,
+                   docker_host=docker_host, cpu=cpu, memory_mb=memory_mb, max_jobs=max_jobs,
+                   genesis_credits=genesis_credits, metrics=metrics, log_level=log_level)
+    data_dir = data_dir_of(cfg)
+    for b in cfg.bootstrap:
         check_multiaddr(b, "--bootstrap")
         if "/p2p/" not in b:
             fail(f"--bootstrap {b!r} must end in /p2p/<peer id>")
-    check_multiaddr(listen, "--listen")
-    setup_logging(log_level)
+    check_multiaddr(cfg.listen, "--listen")
+    metrics_at = parse_hostport(cfg.metrics, "--metrics") if cfg.metrics is not None else None
+    setup_logging(cfg.log_level)
     from distributeai.node.bidding import Capacity
     from distributeai.node.daemon import DataDirBusy, NodeConfig, run_node
 
-    config = NodeConfig(data_dir=data_dir, bootstrap=tuple(bootstrap), listen=listen, sandbox=sandbox,
-                        docker_host=docker_host,
-                        capacity=Capacity(int(cpu * 1000), memory_mb, max_jobs), genesis_credits=genesis_credits,
-                        gpu=gpu)
+    config = NodeConfig(data_dir=data_dir, bootstrap=cfg.bootstrap, listen=cfg.listen, sandbox=cfg.sandbox,
+                        docker_host=cfg.docker_host,
+                        capacity=Capacity(int(cfg.cpu * 1000), cfg.memory_mb, cfg.max_jobs),
+                        genesis_credits=cfg.genesis_credits, gpu=cfg.gpu, metrics=metrics_at)
     import trio
 
     async def serve() -> None:
@@ -157,23 +163,13 @@ def node_start(
         fail(str(exc), 1)
 
 
-def control(data_dir: Path, request: dict, timeout: float | None = 30.0) -> dict:
-    from distributeai.node.control import call
-    from distributeai.node.paths import control_path
-
-    try:
-        answer = call(control_path(data_dir), request, timeout=timeout)
-    except (ConnectionError, OSError) as exc:
-        fail(f"cannot reach the node: {exc} (start one with `distributeai node start --data-dir {data_dir}`)", 1)
-    return answer
-
-
 @node_app.command("info")
-def node_info(data_dir: Path = DataDir, as_json: bool = typer.Option(False, "--json", help="Print JSON.")) -> None:
+def node_info(data_dir: Optional[Path] = DataDir, as_json: bool = typer.Option(False, "--json", help="Print JSON.")) -> None:
     """Show the node's peer id, addresses, peers and counters.
 
     Example: distributeai node info --data-dir ./node1 --json
     """
+    data_dir = node_dir(data_dir)
     from distributeai.node.control import call
     from distributeai.node.paths import control_path, key_path, last_start_path
 
@@ -238,7 +234,7 @@ def print_job(view: dict, as_json: bool) -> None:
 @app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
 def submit(
     ctx: typer.Context,
-    data_dir: Path = DataDir,
+    data_dir: Optional[Path] = DataDir,
     file: Optional[Path] = typer.Option(None, "-f", "--file", help="Job file (JSON), e.g. the seed's job files."),
     image: Optional[str] = typer.Option(None, help="Container image, e.g. alpine:latest."),
     cmd: Optional[str] = typer.Option(None, "--cmd", help="The command; the arguments after it belong to it."),
@@ -323,6 +319,7 @@ def submit(
         fields = parse_job(doc)
     except JobFileError as exc:
         fail(f"invalid job: {exc}")
+    data_dir = node_dir(data_dir)
     if not key_path(data_dir).exists():
         fail(f"no node key in {data_dir}: start a node there first with `distributeai node start --data-dir {data_dir}`", 1)
     from distributeai.p2p.identity import load_or_create_key
@@ -345,21 +342,25 @@ def submit(
         typer.echo(f"submitted {job_hex}; waiting for {spec.quorum} of {spec.replicas} executors to agree", err=True)
     deadline = time.monotonic() + spec.timeout_s + 120
     view = answer
-    while time.monotonic() < deadline:
+    if not as_json and sys.stderr.isatty():
+        from distributeai.cli.progress import wait_with_progress
+
+        view = wait_with_progress(
+            lambda timeout: control(data_dir, {"op": "wait", "job_id": job_hex, "timeout": timeout}, timeout=60),
+            {"job_id": job_hex, "status": "announced"}, spec.quorum, spec.replicas, deadline)
+    while time.monotonic() < deadline and view.get("status") not in ("verified", "failed", "nondeterministic"):
         view = control(data_dir, {"op": "wait", "job_id": job_hex, "timeout": 30}, timeout=60)
-        if view.get("status") in ("verified", "failed", "nondeterministic"):
-            break
     print_job(view, as_json)
     raise typer.Exit(0 if view.get("status") == "verified" else 1)
 
 
 @app.command()
-def credits(data_dir: Path = DataDir, as_json: bool = typer.Option(False, "--json", help="Print JSON.")) -> None:
+def credits(data_dir: Optional[Path] = DataDir, as_json: bool = typer.Option(False, "--json", help="Print JSON.")) -> None:
     """Show this node's credit balance and its last transfers, in its own view.
 
     Example: distributeai credits --data-dir ./node1 --json
     """
-    answer = control(data_dir, {"op": "credits"}, timeout=10)
+    answer = control(node_dir(data_dir), {"op": "credits"}, timeout=10)
     if as_json:
         typer.echo(json.dumps(answer))
         return
@@ -429,20 +430,15 @@ def sandbox_time(
 @job_app.command("status")
 def job_status(
     job_id: str = typer.Argument(..., help="The job id (hex) printed by submit."),
-    data_dir: Path = DataDir,
+    data_dir: Optional[Path] = DataDir,
     as_json: bool = typer.Option(False, "--json", help="Print JSON."),
 ) -> None:
     """Show a job this node knows: status, executors, result.
 
     Example: distributeai job status 3f2a... --data-dir ./node1 --json
     """
-    try:
-        if len(job_id) != 64:
-            raise ValueError
-        bytes.fromhex(job_id)
-    except ValueError:
-        fail(f"job id must be 64 hex characters, got {job_id!r}")
-    view = control(data_dir, {"op": "status", "job_id": job_id})
+    job_id = check_job_id(job_id)
+    view = control(node_dir(data_dir), {"op": "status", "job_id": job_id})
     if "error" in view:
         fail(view["error"], 1)
     print_job(view, as_json)
@@ -513,8 +509,11 @@ def devnet(
         fail(str(exc), 1)
 
 
+queries.register(app, node_app, job_app)
+
+
 def main() -> None:
-    app()
+    run_app(app)
 
 
 if __name__ == "__main__":

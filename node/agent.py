@@ -43,6 +43,7 @@ from . import wire
 from .bidding import Capacity
 from .clock import now_ms
 from .executing import Executing
+from .metrics import NodeMetrics
 from .store import Store
 from .submitting import Submitting
 from .views import job_view
@@ -79,6 +80,8 @@ class Agent:
         self.ledger = Ledger(genesis=settings.genesis_credits)
         self.rejected: Counter[str] = Counter()
         self.counters: Counter[str] = Counter()
+        self.metrics = NodeMetrics(self._gauges)  # mirrors counters/rejected for Prometheus
+        self.metrics_url: str | None = None  # set by the daemon when it serves /metrics
         self.changed = trio.Event()  # replaced on every change; waiters re-check their condition
         self.nursery: trio.Nursery = None  # type: ignore[assignment]  # set by run()
         self.sandbox_ok: dict[str, bool] = {}
@@ -127,10 +130,22 @@ class Agent:
 
     def count(self, what: str) -> None:
         self.counters[what] += 1
+        self.metrics.count(what)
 
     def reject(self, reason: str, detail: str = "") -> None:
         self.rejected[reason] += 1
+        self.metrics.reject(reason)
         log.info("rejected: %s %s", reason, detail)
+
+    async def publish(self, data: bytes) -> None:
+        """Gossip a message on the jobs topic, counted as `gossip_out`."""
+        await self.overlay.publish(JOBS_TOPIC, data)
+        self.count("gossip_out")
+
+    def _gauges(self) -> dict[str, float]:
+        return {"distributeai_peers": len(self.overlay.connected_peers()),
+                "distributeai_reputation": self.ledger.reputation_of(self.me),
+                "distributeai_credits": self.ledger.balance(self.me)}
 
     def _guard(self, handler: Handler) -> Handler:
         """Turn protocol faults in a request into a counted refusal; nothing else escapes."""
@@ -317,6 +332,7 @@ class Agent:
             "counters": dict(self.counters),
             "rejected": dict(self.rejected),
             "pid": os.getpid(),
+            **({"metrics_url": self.metrics_url} if self.metrics_url else {}),
         }
 
     def reputation_view(self) -> dict[str, int]:

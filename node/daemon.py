@@ -1,7 +1,8 @@
 """`distributeai node start`: wires key, store, overlay, sandbox, agent and control API together.
 
 Readiness: `run_node` calls `task_status.started(info)` once the node listens, has dialed its
-bootstrap peers and serves its control socket; it then writes `DATA_DIR/node.json` (peer id,
+bootstrap peers and serves its control socket (and `/metrics`, when configured: its bound address is
+`info["metrics_url"]`, so port 0 works); it then writes `DATA_DIR/node.json` (peer id,
 multiaddrs, pid) for tools that look without a running node.
 """
 
@@ -18,6 +19,7 @@ import trio
 
 from distributeai.consensus.codec import Identity
 from distributeai.consensus.names import JOBS_TOPIC
+from distributeai.p2p.http import serve_http
 from distributeai.p2p.identity import load_or_create_key
 from distributeai.p2p.overlay import open_overlay
 from distributeai.sandbox import Sandbox, SandboxError, open_sandbox
@@ -49,6 +51,7 @@ class NodeConfig:
     price: int = 1
     genesis_credits: int = GENESIS_CREDITS
     timing: Timing = field(default_factory=Timing)
+    metrics: tuple[str, int] | None = None  # (host, port) to serve /metrics on; None: not served
 
 
 class DataDirBusy(RuntimeError):
@@ -122,6 +125,11 @@ async def run_node(config: NodeConfig, *, task_status=trio.TASK_STATUS_IGNORED) 
                 async with trio.open_nursery() as nursery:
                     await nursery.start(agent.run)
                     await nursery.start(serve_control, agent, control_path(data_dir))
+                    if config.metrics is not None:
+                        host, port = await nursery.start(serve_http, *config.metrics,
+                                                         {"/metrics": agent.metrics.http_route})
+                        shown = f"[{host}]" if ":" in host else host  # an IPv6 address
+                        agent.metrics_url = f"http://{shown}:{port}/metrics"
                     nursery.start_soon(_save_peers, agent, store)
                     info = agent.info()
                     last_start_path(data_dir).write_text(json.dumps(

@@ -126,6 +126,7 @@ class Executing:
         job_hex = award.job_id.hex()
         await a.store.add_job_role(job_hex, "executor")
         if await a.store.insert_execution(job_hex, data, now_ms()):
+            a.count("awarded")
             a.nursery.start_soon(self.execute, award, spec)
         return wire.ok()
 
@@ -154,6 +155,7 @@ class Executing:
                 return
         finally:
             self.running -= 1
+        a.metrics.sandbox_run(result.sandbox, result.duration_s)
         reveal = self.make_reveal(award, result)
         r: Reveal = verify(reveal, Reveal).msg
         summary = {"exit_code": result.exit_code, "timed_out": result.timed_out, "oom_killed": result.oom_killed,

@@ -19,7 +19,7 @@ from distributeai.consensus.ledger import max_cost
 from distributeai.consensus.messages import (
     Announce, Bid, Commit, JobSpec, Reveal, RevealRequest, Signed, Withdraw, job_id_of, sign, verify,
 )
-from distributeai.consensus.names import AWARD_PROTOCOL, JOBS_TOPIC, REVEAL_PROTOCOL
+from distributeai.consensus.names import AWARD_PROTOCOL, REVEAL_PROTOCOL
 from distributeai.consensus.submitter import (
     Finished, Penalize, PublishCertificate, RequestReveal, SendAward, SubmitterJob, Timing,
 )
@@ -80,7 +80,7 @@ class Submitting:
         await a.store.record_input(job_id.hex(), "start", signed_spec, {}, now, status=job.state, reason="",
                                    certificate=None, offences=[])
         self.jobs[job_id] = job
-        await a.overlay.publish(JOBS_TOPIC, announce)
+        await a.publish(announce)
         a.count("announced")
         a.notify()
         await a.executing.consider(job_id, spec.msg, ())
@@ -174,12 +174,13 @@ class Submitting:
             elif isinstance(action, RequestReveal):
                 a.nursery.start_soon(self._request_reveal, job, action)
             elif isinstance(action, PublishCertificate):
-                await a.overlay.publish(JOBS_TOPIC, action.certificate)
+                await a.publish(action.certificate)
                 a.count("certified")
             elif isinstance(action, Penalize):
                 a.reject(action.reason, f"by executor {peer_id_from_public_key(action.executor)}")
             elif isinstance(action, Finished):
                 log.info("job %s %s %s", job.job_id.hex()[:12], action.status, action.reason)
+                a.metrics.job_finished(action.status, action.reason, (now_ms() - job.started_ms) / 1000)
 
     async def _send_award(self, job: SubmitterJob, action: SendAward) -> None:
         try:
@@ -208,7 +209,7 @@ class Submitting:
         while not job.done:
             await trio.sleep(REANNOUNCE_INTERVAL_S)  # a retry period, not synchronization
             if job.wants_bids:
-                await self.agent.overlay.publish(JOBS_TOPIC, announce)
+                await self.agent.publish(announce)
                 self.agent.count("reannounced")
 
     async def run_deadlines(self) -> None:

@@ -11,7 +11,12 @@ cd "$ROOT"
 log() { printf 'setup.sh: %s\n' "$*" >&2; }
 
 PY="${PYTHON:-python3}"
-PACKAGES=(libgmp-dev gcc docker.io busybox-static bubblewrap python3.11 python3-minimal)
+# libgmp-dev, gcc: fastecdsa (a libp2p dependency) compiles; docker.io, busybox-static: the Docker
+# sandbox and its local image; bubblewrap, python3.11, python3-minimal: the bwrap sandbox and the
+# local Python image; chromium, fonts-dejavu-core, prometheus, tmux: the tests of the stats page,
+# the metrics and the terminal view drive the real programs.
+PACKAGES=(libgmp-dev gcc docker.io busybox-static bubblewrap python3.11 python3-minimal
+          chromium fonts-dejavu-core prometheus tmux)
 # Debian's own interpreter needs its headers and venv module as packages; a pyenv build has both.
 "$PY" -c 'import sysconfig, os, sys; sys.exit(0 if os.path.exists(os.path.join(sysconfig.get_paths()["include"], "Python.h")) else 1)' \
     || PACKAGES+=(python3-dev)
@@ -24,8 +29,15 @@ if [ ${#missing[@]} -gt 0 ]; then
     [ "$(id -u)" -eq 0 ] || { log "need root to apt-get install ${missing[*]}"; exit 1; }
     log "installing ${missing[*]}"
     export DEBIAN_FRONTEND=noninteractive
+    # Packages such as prometheus and docker.io would start their services on install, listening
+    # beyond loopback; the project starts what it needs itself, so deny service starts meanwhile.
+    policy_added=""
+    if [ ! -e /usr/sbin/policy-rc.d ]; then
+        printf '#!/bin/sh\nexit 101\n' >/usr/sbin/policy-rc.d && chmod +x /usr/sbin/policy-rc.d && policy_added=1
+    fi
     apt-get update -q >&2
     apt-get install -y -q --no-install-recommends "${missing[@]}" >&2
+    if [ -n "$policy_added" ]; then rm -f /usr/sbin/policy-rc.d; fi
 fi
 
 STAMP=.venv/.installed

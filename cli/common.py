@@ -1,0 +1,106 @@
+"""What every command shares: one-line errors, the merged config, talking to the node.
+
+Conventions (cli/README.md): a user's mistake is one line on stderr and exit code 2; a node or
+bootstrap that cannot be reached is one line naming what was tried and exit code 1; `--json`
+prints one JSON object on stdout.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any, NoReturn, Optional
+
+import typer
+try:  # recent typer vendors click as typer._click; older ones depend on click itself
+    from typer._click import exceptions as click_exc
+except ImportError:  # pragma: no cover - depends on the installed typer
+    from click import exceptions as click_exc
+
+from .config import Config, ConfigError, load_config
+
+DataDirOption = typer.Option(None, "--data-dir", help="The node's data directory (key, store, control socket); "
+                                                      "default: data_dir from the config file or DISTRIBUTEAI_DATA_DIR.")
+JsonOption = typer.Option(False, "--json", help="Print one JSON object.")
+
+
+def fail(message: str, code: int = 2) -> NoReturn:
+    typer.echo(f"error: {one_line(message)}", err=True)
+    raise typer.Exit(code)
+
+
+def one_line(message: str) -> str:
+    return "; ".join(part.strip() for part in str(message).strip().splitlines() if part.strip())
+
+
+def settings(**flags: Any) -> Config:
+    """The merged config for this command (defaults < file < environment < `flags`)."""
+    try:
+        return load_config(flags)
+    except ConfigError as exc:
+        fail(str(exc))
+
+
+def data_dir_of(cfg: Config) -> Path:
+    """The configured data directory; one line and exit 2 if there is none."""
+    try:
+        return cfg.require_data_dir()
+    except ConfigError as exc:
+        fail(str(exc))
+
+
+def node_dir(data_dir: Optional[Path]) -> Path:
+    """--data-dir, else the configured one; one line and exit 2 if neither."""
+    return data_dir_of(settings(data_dir=data_dir))
+
+
+def control(data_dir: Path, request: dict, timeout: float | None = 30.0) -> dict:
+    """One control-API request; an unreachable node is one line naming its socket, exit 1."""
+    from distributeai.node.control import call
+    from distributeai.node.paths import control_path
+
+    try:
+        return call(control_path(data_dir), request, timeout=timeout)
+    except (ConnectionError, OSError) as exc:
+        fail(f"cannot reach the node: {exc} (start one with `distributeai node start --data-dir {data_dir}`)", 1)
+    except json.JSONDecodeError as exc:
+        fail(f"the node at {control_path(data_dir)} answered something that is not JSON: {exc}", 1)
+
+
+def check_job_id(job_id: str) -> str:
+    try:
+        if len(job_id) != 64:
+            raise ValueError
+        bytes.fromhex(job_id)
+    except ValueError:
+        fail(f"job id must be 64 hex characters, got {job_id!r}")
+    return job_id.lower()
+
+
+def print_json(value: Any) -> None:
+    typer.echo(json.dumps(value))
+
+
+def run(app: typer.Typer, args: list[str] | None = None) -> NoReturn:
+    """Run the typer app with click's usage errors made one line on stderr (exit 2).
+
+    Click prints a usage box of several lines for a missing option, a bad value or an unknown
+    command; here every such error is `error: MESSAGE (see `PROG --help`)`. `--help` and shell
+    completion behave as in click; a group called without a command shows its help (exit 0)."""
+    try:
+        code = app(args=args, prog_name="distributeai", standalone_mode=False)
+    except click_exc.NoArgsIsHelpError as exc:
+        typer.echo(exc.format_message(), nl=False)  # typer's rich help is printed while formatting
+        code = 0
+    except click_exc.UsageError as exc:
+        command = exc.ctx.command_path if exc.ctx is not None else "distributeai"
+        typer.echo(f"error: {one_line(exc.format_message())} (see `{command} --help`)", err=True)
+        code = exc.exit_code
+    except click_exc.ClickException as exc:
+        typer.echo(f"error: {one_line(exc.format_message())}", err=True)
+        code = exc.exit_code
+    except typer.Abort:
+        typer.echo("aborted", err=True)
+        code = 1
+    sys.exit(code if isinstance(code, int) else 0)

@@ -1,0 +1,212 @@
+"""The CLI's configuration: one frozen `Config`, merged once per command from four layers.
+
+    defaults  <  TOML file  <  DISTRIBUTEAI_<KEY> environment variables  <  command-line flags
+
+The file is `$DISTRIBUTEAI_CONFIG` when that is set (it must then exist), else
+`$XDG_CONFIG_HOME/distributeai/config.toml` (`~/.config/distributeai/config.toml`), which may be
+absent. Its keys are the names in `DEFAULTS`, at the top level:
+
+    data_dir = "~/distributeai/node"      # relative paths are relative to the file
+    bootstrap = ["/ip4/127.0.0.1/tcp/4001/p2p/12D3KooW..."]
+    sandbox = "docker"
+    bootstrap_http = "http://127.0.0.1:8080"
+
+An environment variable gives one value as text: `DISTRIBUTEAI_BOOTSTRAP` is a comma-separated list,
+`DISTRIBUTEAI_GPU` is 1/0, true/false or yes/no. A flag overrides everything. A bad value anywhere
+is a `ConfigError` naming where it came from; the CLI prints it as one line and exits 2.
+
+Only what a node and the commands that talk to it need lives here; `bootstrap start` and `devnet`
+take flags only (their data directories are not the node's).
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from types import MappingProxyType
+from typing import Any, Mapping
+
+ENV_PREFIX = "DISTRIBUTEAI_"
+CONFIG_ENV = "DISTRIBUTEAI_CONFIG"
+SANDBOXES = ("auto", "docker", "bwrap", "process")
+LOG_LEVELS = ("debug", "info", "warning", "error")
+
+
+class ConfigError(ValueError):
+    """A value that cannot be used, with where it came from."""
+
+
+@dataclass(frozen=True)
+class Config:
+    # None: no default place; a command that needs a node asks for --data-dir then.
+    data_dir: Path | None = None
+    # No bootstrap: the node listens and waits to be dialed, or rejoins the peers it stored.
+    bootstrap: tuple[str, ...] = ()
+    # Loopback and an ephemeral port: nothing is exposed unless the volunteer says so.
+    listen: str = "/ip4/127.0.0.1/tcp/0"
+    # Docker when its daemon answers, else bubblewrap; `process` isolates nothing, so never by default.
+    sandbox: str = "auto"
+    # None: Docker's own DOCKER_HOST, else its default socket.
+    docker_host: str | None = None
+    # None: no /metrics endpoint, so no port is opened unasked.
+    metrics: str | None = None
+    # What a volunteer lends by default: both cores of a small machine (node/bidding.py Capacity).
+    cpu: float = 2.0
+    # A quarter of a modest machine's memory (node/bidding.py Capacity).
+    memory_mb: int = 2048
+    # Concurrent jobs; sandbox starts dominate beyond this on 2 cores (node/bidding.py Capacity).
+    max_jobs: int = 4
+    # Every identity's starting balance in this node's view (consensus/ledger.py GENESIS_CREDITS).
+    genesis_credits: int = 100
+    # The node advertises no GPU unless told; a job needing one would fail on it.
+    gpu: bool = False
+    # Enough to see peers and jobs come and go without libp2p's chatter.
+    log_level: str = "info"
+    # None: `status` shows no network totals until a bootstrap's stats URL is given.
+    bootstrap_http: str | None = None
+    # Where each value came from: "default", "file PATH", "env NAME" or "flag --NAME".
+    sources: Mapping[str, str] = field(default_factory=dict, compare=False, repr=False)
+    # The file consulted (whether or not it exists).
+    path: Path | None = field(default=None, compare=False, repr=False)
+    path_exists: bool = field(default=False, compare=False, repr=False)
+
+    def require_data_dir(self) -> Path:
+        if self.data_dir is None:
+            raise ConfigError(f"--data-dir is required (or set data_dir in {self.path} or {ENV_PREFIX}DATA_DIR)")
+        return self.data_dir
+
+    def values(self) -> dict[str, Any]:
+        """The settings as plain JSON values, in declaration order."""
+        out: dict[str, Any] = {}
+        for name in KEYS:
+            v = getattr(self, name)
+            out[name] = str(v) if isinstance(v, Path) else list(v) if isinstance(v, tuple) else v
+        return out
+
+
+KEYS = tuple(f.name for f in fields(Config) if f.name not in ("sources", "path", "path_exists"))
+DEFAULTS = Config()
+
+
+def config_path(env: Mapping[str, str]) -> tuple[Path, bool]:
+    """The file to read and whether it was named explicitly (then it must exist)."""
+    if env.get(CONFIG_ENV):
+        return Path(env[CONFIG_ENV]).expanduser(), True
+    base = Path(env["XDG_CONFIG_HOME"]) if env.get("XDG_CONFIG_HOME") else Path(env.get("HOME", "~")).expanduser() / ".config"
+    return base / "distributeai" / "config.toml", False
+
+
+def _parse(name: str, value: Any, where: str, *, text: bool, base: Path | None = None) -> Any:
+    """`value` for key `name` as Config holds it. `text`: it came as a string (environment)."""
+    def bad(what: str) -> ConfigError:
+        return ConfigError(f"{where}: {name} must be {what}, got {value!r}")
+
+    if name == "data_dir":
+        if not isinstance(value, str) or not value:
+            raise bad("a path")
+        p = Path(value).expanduser()
+        return (base / p) if base is not None and not p.is_absolute() else p
+    if name == "bootstrap":
+        if text:
+            value = [v.strip() for v in str(value).split(",") if v.strip()]
+        if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
+            raise bad("a list of multiaddrs")
+        return tuple(value)
+    if name in ("listen", "docker_host"):
+        if not isinstance(value, str) or not value:
+            raise bad("a non-empty string")
+        return value
+    if name == "sandbox":
+        if value not in SANDBOXES:
+            raise bad("one of " + ", ".join(SANDBOXES))
+        return value
+    if name == "log_level":
+        if not isinstance(value, str) or value.lower() not in LOG_LEVELS:
+            raise bad("one of " + ", ".join(LOG_LEVELS))
+        return value.lower()
+    if name == "metrics":
+        host, sep, port = value.rpartition(":") if isinstance(value, str) else ("", "", "")
+        if not sep or not port.isdigit() or int(port) > 65535:
+            raise bad("HOST:PORT")
+        return value
+    if name == "bootstrap_http":
+        if not isinstance(value, str) or not value:
+            raise bad("a URL such as http://127.0.0.1:8080")
+        url = value if "://" in value else "http://" + value
+        return url.rstrip("/").removesuffix("/api/stats")
+    if name == "cpu":
+        try:
+            number = float(value) if text or isinstance(value, (int, float)) and not isinstance(value, bool) else None
+        except ValueError:
+            number = None
+        if number is None or not number > 0:
+            raise bad("a positive number of cores")
+        return number
+    if name in ("memory_mb", "max_jobs", "genesis_credits"):
+        least = 0 if name == "genesis_credits" else 1
+        try:
+            number = int(value) if text else value if isinstance(value, int) and not isinstance(value, bool) else None
+        except ValueError:
+            number = None
+        if number is None or number < least:
+            raise bad(f"an integer of at least {least}")
+        return number
+    if name == "gpu":
+        if text:
+            low = str(value).strip().lower()
+            if low in ("1", "true", "yes", "on"):
+                return True
+            if low in ("0", "false", "no", "off", ""):
+                return False
+        elif isinstance(value, bool):
+            return value
+        raise bad("true or false")
+    raise ConfigError(f"{where}: unknown key {name!r}")  # pragma: no cover - KEYS guards this
+
+
+def load_config(flags: Mapping[str, Any] | None = None, env: Mapping[str, str] | None = None) -> Config:
+    """Merge defaults < file < environment < flags into one Config. Flags whose value is None (or
+    an empty list for `bootstrap`) were not given and do not count."""
+    env = os.environ if env is None else env
+    path, explicit = config_path(env)
+    values: dict[str, Any] = {k: getattr(DEFAULTS, k) for k in KEYS}
+    sources = {k: "default" for k in KEYS}
+
+    exists = path.is_file()
+    if explicit and not exists:
+        raise ConfigError(f"{CONFIG_ENV} names {path}, which is not a file")
+    if exists:
+        try:
+            doc = tomllib.loads(path.read_text())
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ConfigError(f"config file {path}: cannot read it: {exc}") from None
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"config file {path} is not valid TOML: {exc}") from None
+        for key, value in doc.items():
+            if key not in KEYS:
+                raise ConfigError(f"config file {path}: unknown key {key!r} (known: {', '.join(KEYS)})")
+            values[key] = _parse(key, value, f"config file {path}", text=False, base=path.parent)
+            sources[key] = f"file {path}"
+
+    for key in KEYS:
+        name = ENV_PREFIX + key.upper()
+        if name in env:
+            values[key] = _parse(key, env[name], name, text=True)
+            sources[key] = f"env {name}"
+
+    for key, value in (flags or {}).items():
+        if key not in KEYS:
+            raise ValueError(f"no config key {key!r}")  # a programming error, not a user's
+        if value is None or (key == "bootstrap" and not value):
+            continue
+        flag = "--" + key.replace("_", "-")
+        if isinstance(value, Path):
+            value = str(value)
+        if key == "bootstrap":
+            value = list(value)
+        values[key] = _parse(key, value, flag, text=False)
+        sources[key] = f"flag {flag}"
+
+    return Config(**values, sources=MappingProxyType(sources), path=path, path_exists=exists)

@@ -1,0 +1,276 @@
+"""The bootstrap's stats page in a real headless Chromium: opened before a job exists, it shows the
+demo job (submitted through the CLI) without a reload, renders a stranger's job name as text, and
+leaves a screenshot in test-artifacts/bootstrap-page.png.
+
+Chromium is driven over its DevTools protocol (a websocket, with trio-websocket, already a libp2p
+dependency): no selenium, no driver binary. Under CI a missing Chromium fails the test
+(scripts/setup.sh installs the Debian package `chromium`); elsewhere it skips.
+"""
+
+from __future__ import annotations
+
+import base64
+import itertools
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import time
+import urllib.request
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+import pytest
+import trio
+from trio_websocket import open_websocket_url
+
+from distributeai.bootstrap.service import Stats
+from distributeai.cli.devnet import Devnet
+from distributeai.consensus.messages import Commit, Reveal, verify
+from distributeai.p2p.identity import peer_id_from_public_key
+
+from .netfixtures import DEMO_STDOUT, submit_json
+from .test_consensus import EXECUTORS, NOW, SUBMITTER, close_bidding, new_job, run_executor
+
+REPO = Path(__file__).resolve().parent.parent
+SCREENSHOT = REPO / "test-artifacts" / "bootstrap-page.png"
+CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                  "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                  "--no-proxy-server", "--window-size=1360,1000", "--hide-scrollbars"]
+CHROMIUM_START_TIMEOUT_S = 20
+PAGE_TIMEOUT_S = 15
+# A job name no browser should ever treat as markup: were it injected as HTML, #pwned would exist
+# and the onerror handler would rename the document.
+HOSTILE_NAME = '<img src=x onerror="document.title=\'pwned\'"><b id="pwned">demo</b> & "hash"'
+DEMO_JOB = {"name": HOSTILE_NAME, "docker_image": "alpine:latest",
+            "command": ["sh", "-c", "echo 'Hello' | sha256sum"], "required_cpu": 1, "required_memory": 256}
+
+
+def certificate(outputs: list[bytes], nonce: bytes) -> bytes:
+    """A signed certificate of a job run by EXECUTORS[:len(outputs)] with these outputs."""
+    job = new_job(replicas=len(outputs), quorum=2, nonce=nonce)
+    close_bidding(job, EXECUTORS[: len(outputs)])
+    reveals = {}
+    for ex, out in zip(EXECUTORS, outputs):
+        commit, reveals[ex] = run_executor(ex, job.job_id, out)
+        job.receive_commit(verify(commit, Commit), NOW + 1)
+    for ex in reveals:
+        if not job.done:
+            job.receive_reveal(verify(reveals[ex], Reveal), NOW + 2)
+    assert job.certificate
+    return job.certificate
+
+
+def test_stats_fold_certificates_into_nodes_and_count_each_once():
+    stats = Stats()
+    submitter = peer_id_from_public_key(SUBMITTER.public_key)
+    ex = [peer_id_from_public_key(e.public_key) for e in EXECUTORS]
+    verified = certificate([b"B", b"A", b"A"], b"\x01" * 16)  # B revealed first: dissent
+    nondet = certificate([b"A", b"B", b"C"], b"\x02" * 16)
+    for raw in (verified, nondet, verified, nondet):  # each certificate twice: replays
+        stats.observe(raw, submitter)
+    stats.observe(b"junk", "12D3KooWstranger")
+    assert stats.rejected == {"replay": 2, "malformed": 1}, stats.rejected
+    assert dict(stats.certified) == {"verified": 1, "nondeterministic": 1}
+    assert stats.per_minute() == {"certified": 2, "announced": 0}
+    rows = {r["peer_id"]: r for r in stats.nodes_detail({ex[3]}, submitter)}
+    assert submitter not in rows  # "us", as the bootstrap would pass its own id
+    assert "12D3KooWstranger" not in rows  # junk from an unknown peer makes no node
+    assert [rows[p]["reputation"] for p in ex[:3]] == [-10, 5, 5]
+    assert [rows[p]["credits"] for p in ex[:3]] == [100, 101, 101]
+    assert [rows[p]["jobs_run"] for p in ex[:3]] == [2, 2, 2]
+    assert rows[ex[3]] == {"peer_id": ex[3], "online": True, "reputation": 0, "credits": 100, "jobs_run": 0,
+                           "last_seen": None}
+    assert [r["peer_id"] for r in stats.nodes_detail({ex[3]}, submitter)][0] == ex[3]  # online first
+    jobs = [stats.jobs[j] for j in stats.order]
+    assert [(j["status"], j["executors"], j["agreeing"], j["dissenting"]) for j in jobs] == [
+        ("verified", 3, 2, 1), ("nondeterministic", 3, 0, 3)]  # no two alike: all dissent, nobody punished
+    assert all(j["submitter"] == submitter for j in jobs)
+
+
+def chromium_path() -> str:
+    path = shutil.which("chromium") or ("/usr/bin/chromium" if os.path.exists("/usr/bin/chromium") else None)
+    if path is None:
+        why = "chromium is not installed (Debian package `chromium`; scripts/setup.sh installs it)"
+        if os.environ.get("CI"):
+            pytest.fail(f"the stats page test is required under CI: {why}")
+        pytest.skip(why)
+    return path
+
+
+class Chromium:
+    """A headless Chromium in its own process group, killed (the whole group) by `close`."""
+
+    def __init__(self, binary: str, profile: Path, log: Path) -> None:
+        self.log = log
+        with open(log, "wb") as err:
+            self.proc = subprocess.Popen(
+                [binary, *CHROMIUM_FLAGS, "--remote-debugging-port=0", f"--user-data-dir={profile}",
+                 "about:blank"],
+                stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=err, start_new_session=True)
+
+    def devtools_url(self) -> str:
+        """The browser's DevTools websocket, read from the `DevTools listening on` line."""
+        deadline = time.monotonic() + CHROMIUM_START_TIMEOUT_S
+        while True:
+            text = self.log.read_text(errors="replace")
+            if m := re.search(r"DevTools listening on (ws://\S+)", text):
+                return m.group(1)
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                raise AssertionError(f"chromium did not start (exit code {self.proc.poll()}):\n{text[-3000:]}")
+            time.sleep(0.05)  # the line appears once; each read is a fresh look at the log
+
+    def close(self) -> None:
+        pgid = self.proc.pid  # start_new_session: the group id is the browser's pid
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        # Renderer, zygote and utility processes share the group; none may outlive the test.
+        deadline = time.monotonic() + 5
+        while True:
+            try:
+                os.killpg(pgid, signal.SIGKILL)
+            except ProcessLookupError:
+                return
+            if time.monotonic() > deadline:
+                raise AssertionError(f"chromium's process group {pgid} survived SIGKILL")
+            time.sleep(0.05)
+
+
+class Session:
+    """DevTools commands to one page target, over the browser connection (flat sessions)."""
+
+    def __init__(self, ws, session_id: str | None = None) -> None:
+        self.ws, self.session_id = ws, session_id
+        self.ids = itertools.count(1)
+
+    async def send(self, method: str, **params) -> dict:
+        msg_id = next(self.ids)
+        msg = {"id": msg_id, "method": method, "params": params}
+        if self.session_id:
+            msg["sessionId"] = self.session_id
+        await self.ws.send_message(json.dumps(msg))
+        with trio.fail_after(PAGE_TIMEOUT_S):
+            while True:
+                reply = json.loads(await self.ws.get_message())
+                if reply.get("id") == msg_id:  # events and other replies are not ours
+                    if "error" in reply:
+                        raise AssertionError(f"{method} failed: {reply['error']}")
+                    return reply.get("result", {})
+
+    async def js(self, expression: str):
+        r = await self.send("Runtime.evaluate", expression=expression, returnByValue=True)
+        if "exceptionDetails" in r:
+            raise AssertionError(f"{expression!r} threw: {r['exceptionDetails']}")
+        return r["result"].get("value")
+
+    async def wait_js(self, expression: str, what: str, timeout: float = PAGE_TIMEOUT_S):
+        """Evaluate `expression` until it is truthy; fail naming `what` (and the page) at the deadline."""
+        deadline = trio.current_time() + timeout
+        while True:
+            value = await self.js(expression)
+            if value:
+                return value
+            if trio.current_time() > deadline:
+                text = await self.js("document.body.innerText")
+                raise AssertionError(f"timed out after {timeout} s waiting for {what}; the page shows:\n{text}")
+            await trio.sleep(0.1)  # the page re-renders every second; each check reads it afresh
+
+
+@asynccontextmanager
+async def open_page(url: str, tmp_path: Path):
+    chromium = Chromium(chromium_path(), tmp_path / "chromium-profile", tmp_path / "chromium.log")
+    try:
+        ws_url = await trio.to_thread.run_sync(chromium.devtools_url)
+        async with open_websocket_url(ws_url, max_message_size=64 * 1024 * 1024) as ws:
+            browser = Session(ws)
+            target = await browser.send("Target.createTarget", url="about:blank")
+            attached = await browser.send("Target.attachToTarget", targetId=target["targetId"], flatten=True)
+            page = Session(ws, attached["sessionId"])
+            await page.send("Page.enable")
+            nav = await page.send("Page.navigate", url=url)
+            assert not nav.get("errorText"), nav
+            yield page
+    finally:
+        chromium.close()
+
+
+def api_stats(net: Devnet) -> dict:
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # 127.0.0.1, never a proxy
+    return json.loads(opener.open(net.http_url + "/api/stats", timeout=10).read())
+
+
+@pytest.mark.slow
+async def test_stats_page_shows_a_new_job_live(tmp_path):
+    chromium_path()  # skip (or, under CI, fail) before starting a network for nothing
+    job_file = tmp_path / "job.json"
+    job_file.write_text(json.dumps(DEMO_JOB))
+    with Devnet(tmp_path / "net", nodes=3, sandbox="process") as net:
+        await trio.to_thread.run_sync(net.start)
+        await trio.to_thread.run_sync(net.wait_connected)
+        node_ids = [n["peer_id"] for n in net.node_info]
+        async with open_page(net.http_url + "/", tmp_path) as page:
+            # The page polls and renders before any job exists: every node listed, online.
+            await page.wait_js("document.body.dataset.polls >= 1", "the page's first render")
+            await page.wait_js(
+                f"{json.dumps(node_ids)}.every(id => {{ const r = document.querySelector("
+                f"'#nodes-body tr[data-peer-id=\"' + id + '\"]'); return r && r.innerText.includes('online'); }})",
+                "the three nodes online in the nodes table")
+            assert await page.js("document.getElementById('c-online').textContent") == "3"
+            assert await page.js("document.getElementById('bootstrap-id').textContent") == api_stats(net)["peer_id"]
+            await page.js("window.__notReloaded = true")
+
+            outcome, _ = await trio.to_thread.run_sync(submit_json, net.node_dirs[0], "-f", str(job_file))
+            assert outcome["status"] == "verified" and outcome["stdout"] == DEMO_STDOUT, outcome
+            job_id = outcome["job_id"]
+            row = f"document.querySelector('#jobs-body tr[data-job-id=\"{job_id}\"]')"
+            await page.wait_js(f"{row} && {row}.innerText.includes('verified')",
+                               f"job {job_id} shown verified in the recent jobs table")
+            assert await page.js("window.__notReloaded === true"), "the page reloaded"
+            text = await page.js("document.body.innerText")
+            assert job_id[:16] in text
+
+            # A stranger's job name is shown as text, never parsed as markup.
+            assert await page.js(f"{row}.querySelector('.name').textContent") == HOSTILE_NAME
+            assert await page.js("document.getElementById('pwned') === null")
+            assert await page.js("document.querySelectorAll('#jobs-body img').length") == 0
+            assert await page.js("document.title") == "DistributeAI bootstrap"
+
+            # Counters and the ledger's fold, as the page got them from /api/stats.
+            await page.wait_js("document.getElementById('c-verified').textContent === '1'", "verified = 1")
+            await page.wait_js("document.getElementById('c-rate').textContent === '1'", "1 job per minute")
+            stats = api_stats(net)
+            assert stats["jobs_per_minute"] == {"certified": 1, "announced": 1}
+            job = next(j for j in stats["recent_jobs"] if j["job_id"] == job_id)
+            agreed = {e["peer_id"] for e in outcome["executors"] if e["agreed"]}
+            assert job["status"] == "verified" and job["submitter"] == node_ids[0]
+            assert (job["executors"], job["agreeing"]) == (3, len(agreed))
+            detail = {n["peer_id"]: n for n in stats["nodes_detail"]}
+            assert stats["peer_id"] not in detail and set(node_ids) <= set(detail)
+            for pid in node_ids:
+                assert detail[pid]["online"] and detail[pid]["last_seen"] > 0
+                assert detail[pid]["reputation"] == (5 if pid in agreed else 0)
+                assert detail[pid]["jobs_run"] == (1 if pid in agreed else detail[pid]["jobs_run"]) <= 1
+            assert sum(detail[pid]["jobs_run"] for pid in node_ids) == job["revealed"]
+            assert sum(detail[pid]["credits"] for pid in node_ids) == 300  # paid among themselves
+            assert detail[node_ids[0]]["credits"] == 100 - len(agreed - {node_ids[0]})
+            await page.wait_js(
+                f"{json.dumps(sorted(agreed))}.every(id => document.querySelector("
+                f"'#nodes-body tr[data-peer-id=\"' + id + '\"]').innerText.includes('+5'))",
+                "reputation +5 for the agreeing executors in the nodes table")
+
+            metrics = await page.send("Page.getLayoutMetrics")
+            size = metrics["cssContentSize"]
+            shot = await page.send("Page.captureScreenshot", format="png", captureBeyondViewport=True,
+                                   clip={"x": 0, "y": 0, "width": size["width"], "height": size["height"],
+                                         "scale": 1})
+    png = base64.b64decode(shot["data"])
+    SCREENSHOT.parent.mkdir(exist_ok=True)
+    SCREENSHOT.write_bytes(png)
+    assert SCREENSHOT.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
