@@ -223,7 +223,8 @@ def print_job(view: dict, as_json: bool) -> None:
     typer.echo(f"status   {view['status']}{' (' + view['reason'] + ')' if view.get('reason') else ''}")
     typer.echo(f"elapsed  {view.get('elapsed_s')} s")
     for e in view.get("executors", []):
-        mark = "agrees" if e["agreed"] else ("dissents" if e["result_hash"] else "no result")
+        mark = "agrees" if e["agreed"] else ("dissents" if e["result_hash"] else
+                                             f"no result ({e.get('state') or 'unknown'})")
         typer.echo(f"executor {e['peer_id']}  {mark}  {(e['result_hash'] or '')[:16]}")
     if view.get("result_hash"):
         typer.echo(f"result   {view['result_hash']}  exit code {view['exit_code']}")
@@ -454,6 +455,7 @@ def devnet(
     data_dir: Path = typer.Option(Path(".run/devnet"), "--data-dir", help="Where the network keeps its data (reset at start)."),
     demo: bool = typer.Option(False, "--demo", help="Submit the demo job, print its verified result, and stop."),
     repeat: int = typer.Option(1, "--repeat", help="With --demo: submit it this many times and print timings."),
+    keep: bool = typer.Option(False, "--keep", help="With --demo: keep the network running afterwards until Ctrl-C."),
 ) -> None:
     """Run a bootstrap and N nodes on 127.0.0.1 as separate processes.
 
@@ -474,7 +476,7 @@ def devnet(
             net.start()
             net.wait_connected()
             typer.echo(f"bootstrap {net.bootstrap_addr}", err=True)
-            typer.echo(f"stats     {net.http_url}/api/stats", err=True)
+            typer.echo(f"page      {net.http_url}/   (stats: {net.http_url}/api/stats)", err=True)
             for d, info in zip(net.node_dirs, net.node_info):
                 typer.echo(f"node      {info['peer_id']}  data {d}", err=True)
             if demo:
@@ -501,7 +503,9 @@ def devnet(
                     typer.echo(f"median of {repeat}: {statistics.median(walls):.3f} s CLI wall, "
                                f"{statistics.median(inside):.3f} s at the node; "
                                f"min {min(walls):.3f} / {min(inside):.3f} s", err=True)
-                return
+                if not keep:
+                    return
+                typer.echo(f"the bootstrap's page: {net.http_url}/", err=True)
             typer.echo("network running; Ctrl-C stops it", err=True)
             signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
             signal.sigwait({signal.SIGINT, signal.SIGTERM})

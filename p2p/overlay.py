@@ -87,6 +87,7 @@ class Overlay:
         self._server = reqresp.RequestServer(max_message_bytes, self._stats)
         self._msg_send, self._msg_recv = trio.open_memory_channel[GossipMessage](MESSAGE_BUFFER)
         self._dial_failed_at: dict[ID, float] = {}
+        self._bootstrap_unreachable: set[ID] = set()  # bootstrap peers last seen failing, warned once
         self._self_id = self._host.get_id()
         self.peer_id: str = self._self_id.to_base58()
 
@@ -297,7 +298,7 @@ class Overlay:
         async with trio.open_nursery() as nursery:
             for info in bootstrap:
                 if not self._is_connected(info.peer_id):
-                    nursery.start_soon(self._dial_quietly, info)
+                    nursery.start_soon(self._dial_bootstrap, info)
         # libp2p.md item 6 again, for peers that dialed us (`kad_dht/kad_dht.py:632`).
         table = self._dht.routing_table
         for pid in self._host.get_connected_peers():
@@ -318,6 +319,21 @@ class Overlay:
             async with trio.open_nursery() as nursery:
                 for info in candidates[:wanted]:
                     nursery.start_soon(self._dial_quietly, info)
+
+    async def _dial_bootstrap(self, info: PeerInfo) -> None:
+        """A configured bootstrap peer: say once, at WARNING, when it cannot be reached (the
+        operator named it), and once more when it can again; discovery keeps retrying."""
+        try:
+            await self._dial(info)
+        except RemoteError as exc:
+            if info.peer_id not in self._bootstrap_unreachable:
+                self._bootstrap_unreachable.add(info.peer_id)
+                addrs = " ".join(str(a) for a in info.addrs)
+                logger.warning("cannot reach bootstrap %s/p2p/%s (%s); retrying", addrs, info.peer_id, exc)
+        else:
+            if info.peer_id in self._bootstrap_unreachable:
+                self._bootstrap_unreachable.discard(info.peer_id)
+                logger.warning("bootstrap %s reachable again", info.peer_id)
 
     async def _dial_quietly(self, info: PeerInfo) -> None:
         try:

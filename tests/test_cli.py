@@ -232,3 +232,37 @@ def test_data_dir_from_the_config_is_used_when_no_flag_is_given(tmp_path):
     assert out.returncode == 1 and str(tmp_path / "from-env" / "control.sock") in out.stderr
     out = run_cli("credits", "--data-dir", str(tmp_path / "from-flag"), env=env, home=tmp_path)
     assert out.returncode == 1 and str(tmp_path / "from-flag" / "control.sock") in out.stderr
+
+
+def test_node_start_says_in_one_line_when_its_bootstrap_is_unreachable(tmp_path):
+    """A bootstrap address where nothing listens: the node runs (it may find peers later) and its
+    log names the address it could not reach, once."""
+    import subprocess
+    import sys
+    import time
+
+    from distributeai.p2p.identity import load_or_create_key, peer_id_from_public_key, public_key_bytes
+
+    dead = peer_id_from_public_key(public_key_bytes(load_or_create_key(tmp_path / "dead.key")))
+    s = __import__("socket").socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()  # nothing listens there now
+    addr = f"/ip4/127.0.0.1/tcp/{port}/p2p/{dead}"
+    log = tmp_path / "log"
+    with open(log, "wb") as err:
+        proc = subprocess.Popen([sys.executable, "-m", "distributeai.cli.main", "node", "start", "--data-dir",
+                                 str(tmp_path / "node"), "--sandbox", "process", "--bootstrap", addr],
+                                stdout=subprocess.PIPE, stderr=err, stdin=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 30
+        while "cannot reach bootstrap" not in log.read_text():
+            assert proc.poll() is None, log.read_text()
+            assert time.monotonic() < deadline, log.read_text()
+            time.sleep(0.1)  # polling the node's log for the line; the deadline bounds it
+        lines = [line for line in log.read_text().splitlines() if "cannot reach bootstrap" in line]
+        assert len(lines) == 1 and addr in lines[0]
+    finally:
+        proc.terminate()
+        proc.wait(timeout=15)
+        proc.stdout.close()
