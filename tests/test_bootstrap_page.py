@@ -173,12 +173,15 @@ class Session:
     async def wait_js(self, expression: str, what: str, timeout: float = PAGE_TIMEOUT_S):
         """Evaluate `expression` until it is truthy; fail naming `what` (and the page) at the deadline."""
         deadline = trio.current_time() + timeout
+        # Until the navigation has committed, `document.body` may still be null: an expression
+        # that throws then means "not yet", not a failure.
+        guarded = f"(() => {{ try {{ return ({expression}); }} catch (e) {{ return false; }} }})()"
         while True:
-            value = await self.js(expression)
+            value = await self.js(guarded)
             if value:
                 return value
             if trio.current_time() > deadline:
-                text = await self.js("document.body.innerText")
+                text = await self.js("document.body ? document.body.innerText : '(no document body)'")
                 raise AssertionError(f"timed out after {timeout} s waiting for {what}; the page shows:\n{text}")
             await trio.sleep(0.1)  # the page re-renders every second; each check reads it afresh
 
