@@ -62,7 +62,7 @@ from .base import (
     exec_failure_result,
     warn,
 )
-from .process_backend import CHUNK, DEFAULT_PATH, FILE_SIZE_LIMIT, _ExitWatch
+from .process_backend import CHUNK, DEFAULT_PATH, FILE_SIZE_LIMIT, _ExitWatch, read_capped
 
 __all__ = ["BwrapSandbox"]
 
@@ -581,21 +581,8 @@ class BwrapSandbox:
                             exited_at = time.monotonic()
                         elif key.data == "stdin":
                             stdin = self._feed(proc, sel, stdin)
-                        else:
-                            try:
-                                chunk = os.read(key.fd, CHUNK)
-                            except BlockingIOError:
-                                continue
-                            if not chunk:
-                                sel.unregister(key.fd)
-                                open_pipes -= 1
-                                continue
-                            buf = kept[key.data]
-                            room = req.output_cap - len(buf)
-                            if len(chunk) > room:
-                                truncated[key.data] = True
-                                chunk = chunk[:room]
-                            buf += chunk
+                        elif not read_capped(sel, key, kept, truncated, req.output_cap):
+                            open_pipes -= 1
             finally:
                 watch.close(sel)
         returncode = proc.wait()

@@ -180,6 +180,27 @@ class _StdinWriter:
         self._pipe = None
 
 
+def read_capped(sel: selectors.BaseSelector, key: selectors.SelectorKey, kept: dict[str, bytearray],
+                truncated: dict[str, bool], cap: int) -> bool:
+    """Read what is ready on one output pipe (key.data names the stream), keeping at most `cap`
+    bytes of it; the rest is read and dropped, and its truncated flag set. Returns False once
+    the pipe is at EOF (it is then unregistered from `sel`)."""
+    try:
+        chunk = os.read(key.fd, CHUNK)
+    except BlockingIOError:
+        return True
+    if not chunk:
+        sel.unregister(key.fd)
+        return False
+    buf = kept[key.data]
+    room = cap - len(buf)
+    if len(chunk) > room:
+        truncated[key.data] = True
+        chunk = chunk[:room]
+    buf += chunk
+    return True
+
+
 class ProcessSandbox:
     """Sandbox backend running jobs as child processes of the node. Thread-safe."""
 
@@ -300,20 +321,8 @@ class ProcessSandbox:
                             # The exited child is not reaped yet, so its pgid is still ours.
                             _kill_group(proc.pid)
                             continue
-                        try:
-                            chunk = os.read(key.fd, CHUNK)
-                        except BlockingIOError:
-                            continue
-                        if not chunk:
-                            sel.unregister(key.fd)
+                        if not read_capped(sel, key, kept, truncated, req.output_cap):
                             open_pipes -= 1
-                            continue
-                        buf = kept[key.data]
-                        room = req.output_cap - len(buf)
-                        if len(chunk) > room:
-                            truncated[key.data] = True
-                            chunk = chunk[:room]
-                        buf += chunk
             finally:
                 stdin.close()
                 watch.close(sel)

@@ -36,3 +36,15 @@ def wait_for(check, timeout: float, what: str):
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout} s waiting for {what}")
         time.sleep(0.05)  # each round observes the system afresh; the deadline bounds the wait
+
+
+def missing(why: str, require_env: str | None = None) -> None:
+    """A program a test needs is not usable: under CI (or with `require_env`=1) that is a failure,
+    because CI installs and starts everything its tests need; elsewhere the test is skipped."""
+    import os
+
+    import pytest
+
+    if os.environ.get("CI") or (require_env and os.environ.get(require_env) == "1"):
+        pytest.fail(f"required here: {why}")
+    pytest.skip(why)

@@ -19,7 +19,7 @@ import pytest
 
 from distributeai.cli.devnet import Devnet
 
-from .netfixtures import DEMO_ARGS, DEMO_STDOUT, cli, submit_json, wait_for
+from .netfixtures import DEMO_ARGS, DEMO_STDOUT, cli, missing, submit_json, wait_for
 
 pytestmark = pytest.mark.slow
 CLI = [sys.executable, "-m", "distributeai.cli.main"]
@@ -93,9 +93,7 @@ def test_status_with_an_unreachable_bootstrap_says_so_in_one_line(net):
 def tmux_or_skip() -> str:
     path = shutil.which("tmux")
     if path is None:
-        if os.environ.get("CI"):
-            pytest.fail("tmux is required here (CI): scripts/setup.sh installs it")
-        pytest.skip("tmux is not installed")
+        missing("tmux is not installed (scripts/setup.sh installs it)")
     return path
 
 
