@@ -370,6 +370,38 @@ def credits(data_dir: Optional[Path] = DataDir, as_json: bool = typer.Option(Fal
         typer.echo(f"{t['amount']:+6d}  job {t['job_id'][:16]}  {t['from'][-8:]} -> {t['to'][-8:]}")
 
 
+@app.command()
+def bench(
+    nodes: int = typer.Option(5, "--nodes", help="Node processes to start."),
+    jobs: int = typer.Option(50, "--jobs", help="Jobs to run."),
+    concurrency: int = typer.Option(5, "--concurrency", help="Jobs in flight at once."),
+    sandbox: str = typer.Option("process", "--sandbox", help="process, wasm, bwrap or docker."),
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
+) -> None:
+    """Start a private network on 127.0.0.1, run jobs through it, tear it down, report speed.
+
+    Example: distributeai bench --nodes 5 --jobs 100 --concurrency 10 --sandbox process --json
+    """
+    if sandbox not in ("process", "wasm", "bwrap", "docker"):
+        fail(f"--sandbox must be process, wasm, bwrap or docker, got {sandbox!r}")
+    if nodes < 3 or jobs < 1 or concurrency < 1:
+        fail("--nodes must be at least 3 (jobs are 2-of-3), --jobs and --concurrency at least 1")
+    from distributeai.cli.bench import run_bench
+
+    result = run_bench(nodes, jobs, concurrency, sandbox, docker_host=os.environ.get("DOCKER_HOST"))
+    if as_json:
+        typer.echo(json.dumps(result))
+        return
+    lat = result["latency_ms"]
+    typer.echo(f"{result['jobs']} jobs on {nodes} nodes ({sandbox}), {concurrency} in flight: {result['outcomes']}")
+    typer.echo(f"submit->verified p50 {lat['p50']:.1f} ms  p95 {lat['p95']:.1f} ms  p99 {lat['p99']:.1f} ms"
+               if lat["p50"] is not None else "no job verified")
+    typer.echo(f"{result['jobs_per_s']} verified jobs/s; {result['cpu_s_per_job']} CPU-s, "
+               f"{result['messages_per_job']} messages, {result['bytes_per_job']} loopback bytes per job; "
+               f"peak RSS {result['peak_rss_mb']} MB per node")
+    typer.echo(f"bare sandbox {result['baseline_ms']} ms; latency ratio {result['latency_ratio']}")
+
+
 @app.command("sandbox-time")
 def sandbox_time(
     backends: list[str] = typer.Argument(None, help="Backends to time (default: docker bwrap wasm process)."),

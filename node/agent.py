@@ -330,6 +330,7 @@ class Agent:
             "jobs_running": self.executing.running,
             "active_jobs": sum(1 for j in self.submitting.jobs.values() if not j.done),
             "counters": dict(self.counters),
+            "overlay": self.overlay.stats(),
             "rejected": dict(self.rejected),
             "pid": os.getpid(),
             **({"metrics_url": self.metrics_url} if self.metrics_url else {}),
