@@ -9,7 +9,12 @@ replaying stored inputs rebuilds exactly the same job.
 The job's life, with BOINC's names for the policy (all in the signed spec):
 - bidding: bids are collected for `bid_window_ms`, then ranked (reputation, then price, then fit,
   then H(job_id || bidder), which no bidder can predict before the announcement) and the best
-  `target_nresults` (n) bidders are awarded. One peer never holds two slots.
+  `target_nresults` (n) bidders are awarded. One peer never holds two slots. The window closes
+  early once n bids are in and no peer that has not bid yet could outrank the n-th of them on
+  reputation: the adapter passes, with each bid, the best reputation among the peers it could
+  still hear from (`unbid_best`). Reputation is what keeps fresh identities (Sybils) behind
+  established ones, so it is never cut short; ties on reputation are settled among the bids in
+  hand, so a faster peer wins a tie.
 - running: each award has a deadline (`result_deadline_s`, BOINC's delay_bound). An executor that
   withdraws, misses its deadline, cannot be reached, or reveals something that breaks its seal is
   an error; it is replaced from the remaining bids (or, with none left, the adapter re-announces)
@@ -146,8 +151,11 @@ class SubmitterJob:
 
     # --- inputs -------------------------------------------------------------------------------
 
-    def receive_bid(self, bid: Signed, now_ms: int, reputation: int = 0) -> list[Action]:
-        """`reputation` is the bidder's reputation in this node's view when the bid arrived."""
+    def receive_bid(self, bid: Signed, now_ms: int, reputation: int = 0,
+                    unbid_best: int | None = None) -> list[Action]:
+        """`reputation` is the bidder's reputation in this node's view when the bid arrived;
+        `unbid_best`, if given, the best reputation any peer that has not bid could have (see
+        the module docstring); None keeps the window open for its whole length."""
         b: Bid = bid.msg
         self._check_job(b.job_id, "bid")
         if self.done:
@@ -156,7 +164,20 @@ class SubmitterJob:
             raise RemoteProtocolError("duplicate", "peer already bid")
         self.bids[b.bidder] = bid
         self.rank[b.bidder] = rank_key(self.job_id, b, self.spec, reputation)
-        return [] if self.state == "bidding" else self._advance(now_ms)
+        if self.state == "bidding":
+            if unbid_best is None or not self._bids_settled(unbid_best):
+                return []
+            self.state = "running"
+            self.history.append((now_ms, "bids_closed", b"", f"{len(self.bids)} bids, early"))
+        return self._advance(now_ms)
+
+    def _bids_settled(self, unbid_best: int) -> bool:
+        """n bids in hand, and the n-th best of them has at least `unbid_best` reputation."""
+        n = self.spec.replicas
+        if len(self.bids) < n:
+            return False
+        nth = sorted(self.rank.values())[n - 1]
+        return -nth[0] >= unbid_best
 
     def receive_commit(self, commit: Signed, now_ms: int) -> list[Action]:
         c: Commit = commit.msg

@@ -15,7 +15,7 @@ import trio
 
 from distributeai.consensus.codec import sha256
 from distributeai.consensus.errors import LocalProtocolError, RemoteProtocolError
-from distributeai.consensus.ledger import max_cost
+from distributeai.consensus.ledger import REPUTATION_START, max_cost
 from distributeai.consensus.messages import (
     Announce, Bid, Commit, JobSpec, Reveal, RevealRequest, Signed, Withdraw, job_id_of, sign, verify,
 )
@@ -24,7 +24,7 @@ from distributeai.consensus.submitter import (
     Finished, Penalize, PublishCertificate, RequestReveal, SendAward, SubmitterJob, Timing,
 )
 from distributeai.consensus.validate import check_spec_time
-from distributeai.p2p.identity import peer_id_from_public_key
+from distributeai.p2p.identity import peer_id_from_public_key, public_key_from_peer_id
 from distributeai.p2p.overlay import RemoteError
 
 from . import wire
@@ -100,7 +100,8 @@ class Submitting:
         self._check_sender(signed, peer, "bid")
         job = self._own_job(signed.msg.job_id)
         reputation = self.agent.ledger.reputation_of(signed.signer)
-        await self.apply(job, "bid", signed, {"reputation": reputation})
+        meta = {"reputation": reputation, "unbid_best": self._unbid_best(job, signed.signer)}
+        await self.apply(job, "bid", signed, meta)
         self.agent.count("bids_received")
         return wire.ok()
 
@@ -135,7 +136,7 @@ class Submitting:
             now = now_ms()
             seen = len(job.history)
             if kind == "bid":
-                actions = job.receive_bid(signed, now, meta.get("reputation", 0))
+                actions = job.receive_bid(signed, now, meta.get("reputation", 0), meta.get("unbid_best"))
             elif kind == "commit":
                 actions = job.receive_commit(signed, now)
             elif kind == "withdraw":
@@ -247,7 +248,7 @@ class Submitting:
                 elif kind == "cancel":
                     job.cancel(at)
                 elif kind == "bid":
-                    job.receive_bid(verify(raw, Bid), at, meta.get("reputation", 0))
+                    job.receive_bid(verify(raw, Bid), at, meta.get("reputation", 0), meta.get("unbid_best"))
                 else:
                     {"commit": job.receive_commit, "withdraw": job.receive_withdraw,
                      "reveal": job.receive_reveal}[kind](verify(raw, INPUT_TYPES[kind]), at)
@@ -263,6 +264,18 @@ class Submitting:
                 a.nursery.start_soon(self._reannounce, job, row["announce"])
 
     # --- helpers --------------------------------------------------------------------------------
+
+    def _unbid_best(self, job: SubmitterJob, bidder: bytes) -> int:
+        """The best reputation, in this node's view, of a connected peer that has not bid yet;
+        0 (a stranger's) at least. This node's own bid is not waited for: it is sent as the job
+        is announced, ahead of any remote one."""
+        a = self.agent
+        best = REPUTATION_START
+        for p in a.overlay.connected_peers():
+            key = public_key_from_peer_id(p)
+            if key is not None and key != bidder and key not in job.bids:
+                best = max(best, a.ledger.reputation_of(key))
+        return best
 
     def _own_job(self, job_id: bytes) -> SubmitterJob:
         job = self.jobs.get(job_id)

@@ -178,6 +178,85 @@ async def _close_quietly(conn: Any) -> None:
         pass
 
 
+def fix_yamux_window_updates() -> None:
+    """Send a yamux WINDOW_UPDATE only once half the receive window is consumed (go-yamux).
+
+    libp2p.md "cost figures": yamux sends a window update on nearly every read. The cause is
+    the "partial slack" branch of `YamuxStream._auto_tune_and_send_window_update`
+    (`stream_muxer/yamux/yamux.py:441-446`): any read that leaves 0 < delta < threshold
+    credits the bytes at once, so every gossip RPC and every request costs the reader an
+    extra encrypted frame and a syscall, and the writer a frame to decrypt. A bench profile
+    (issue 6) put about half of a request's and a third of a gossip read's CPU there.
+    go-yamux (`stream.go` sendWindowUpdate) credits only when delta reaches half the window;
+    that is still deadlock-free, since a writer stalled on a full window means the reader
+    has a full window to consume, which crosses the threshold. Idempotent.
+    """
+    from libp2p.stream_muxer.yamux.yamux import YamuxStream
+
+    if getattr(YamuxStream, "_distributeai_go_window", False):
+        return
+
+    async def window_update(self: Any, *, bytes_read: int = 0) -> None:
+        total = 0
+        async with self.window_lock:
+            buffered = len(self.conn.stream_buffers.get(self.stream_id, b""))
+            delta = self.target_recv_window - (self.recv_window + buffered)
+            if delta > 0 and delta >= self._grow_threshold():
+                total = self._grow_to_delta(buffered) + self._apply_autotune_epoch(buffered)
+                self._pending_recv_release = 0
+        if total > 0:
+            await self.send_window_update(total, skip_lock=True)
+
+    YamuxStream._auto_tune_and_send_window_update = window_update
+    YamuxStream._distributeai_go_window = True
+
+
+# A verified peer record is trusted again without a new signature check for this long; well
+# under the 2 h TTL libp2p gives certified addresses, so a refresh still happens.
+PEER_RECORD_CACHE_S = 600.0
+
+
+def cache_pubsub_peer_records() -> None:
+    """Verify each peer's signed peer record once, not on every gossip RPC.
+
+    libp2p.md "cost figures": every pubsub RPC carries the sender's signed peer record
+    (`pubsub/gossipsub.py:1005-1008`, `pubsub/pubsub.py:542`) and every receiver parses and
+    verifies it again (`pubsub/utils.py:11-50`, called at `pubsub/pubsub.py:565` and
+    `pubsub/gossipsub.py:932`): an Ed25519 check and a peerstore update per RPC, though the
+    record only changes when the sender's addresses do. The wrapper remembers, per peer, the
+    exact record bytes last accepted and skips the work for identical bytes within
+    PEER_RECORD_CACHE_S; any other bytes go through libp2p's full check. Idempotent.
+    """
+    import libp2p.pubsub.gossipsub as gossipsub_mod
+    import libp2p.pubsub.pubsub as pubsub_mod
+    from libp2p.pubsub import utils as pubsub_utils
+
+    original = pubsub_utils.maybe_consume_signed_record
+    if getattr(pubsub_mod.maybe_consume_signed_record, "_distributeai_cached", False):
+        return
+    accepted: dict[Any, tuple[bytes, float]] = {}
+
+    def consume(msg: Any, host: Any, peer_id: Any) -> bool:
+        if not msg.HasField("senderRecord"):
+            return True
+        record = msg.senderRecord
+        key = (id(host), peer_id)
+        hit = accepted.get(key)
+        now = time.monotonic()
+        if hit is not None and hit[0] == record and now - hit[1] < PEER_RECORD_CACHE_S:
+            return True
+        ok = original(msg, host, peer_id)
+        if ok:
+            if len(accepted) > 4096:  # bounded: forget everything rather than grow
+                accepted.clear()
+            accepted[key] = (record, now)
+        return ok
+
+    consume._distributeai_cached = True  # type: ignore[attr-defined]
+    pubsub_mod.maybe_consume_signed_record = consume
+    gossipsub_mod.maybe_consume_signed_record = consume
+
+
 def fix_pubsub_seqno(pubsub: Any) -> None:
     """Start the pubsub sequence number at the current time in nanoseconds, not seconds.
 

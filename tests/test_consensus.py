@@ -337,6 +337,28 @@ def test_bids_are_ranked_by_reputation_then_price_and_one_peer_gets_one_slot():
     assert [a.executor for a in actions] == [EXECUTORS[2].public_key, EXECUTORS[1].public_key]
 
 
+def test_bidding_closes_early_once_n_bids_cannot_be_outranked():
+    job = new_job(replicas=2, quorum=1)
+    assert job.receive_bid(bid(EXECUTORS[0], job), NOW + 1, 0, unbid_best=0) == []
+    actions = job.receive_bid(bid(EXECUTORS[1], job), NOW + 2, 0, unbid_best=0)
+    assert job.state == "running" and [type(a) for a in actions] == [SendAward, SendAward]
+    assert ("bids_closed" in [ev[1] for ev in job.history])
+
+
+def test_bidding_waits_for_a_better_reputed_peer_and_never_closes_early_without_a_bound():
+    fresh = new_job(replicas=2, quorum=1)
+    # two fresh identities bid first while an established peer (reputation 30) has not bid yet
+    assert fresh.receive_bid(bid(EXECUTORS[0], fresh), NOW + 1, 0, unbid_best=30) == []
+    assert fresh.receive_bid(bid(EXECUTORS[1], fresh), NOW + 2, 0, unbid_best=30) == []
+    assert fresh.state == "bidding"
+    actions = fresh.receive_bid(bid(EXECUTORS[2], fresh), NOW + 3, 30, unbid_best=0)
+    assert fresh.state == "running"
+    assert actions[0].executor == EXECUTORS[2].public_key  # the established peer gets a slot
+    plain = new_job(replicas=1, quorum=1)
+    assert plain.receive_bid(bid(EXECUTORS[0], plain), NOW + 1, 50) == []  # no bound given: full window
+    assert plain.state == "bidding"
+
+
 def test_executor_that_misses_its_deadline_is_replaced_and_penalized_locally():
     job = new_job(result_deadline_s=5)
     close_bidding(job, EXECUTORS[:4])

@@ -95,6 +95,23 @@ async def test_fixed_port_in_use_is_refused_and_free_again_after_exit() -> None:
         assert f"/tcp/{port}/" in again.multiaddrs()[0]
 
 
+async def test_messages_far_past_the_yamux_window_cross_both_ways() -> None:
+    """workarounds.fix_yamux_window_updates credits the window only after half of it is read;
+    requests and responses of several windows (256 KiB each) must still flow, many times on
+    one connection, and gossip between the same two peers must keep working alongside."""
+    async def double(peer: str, data: bytes) -> bytes:
+        return data + data[::-1]
+
+    async with open_overlay(os.urandom(32), max_message_bytes=2 * 1024 * 1024) as server, \
+            open_overlay(os.urandom(32), max_message_bytes=2 * 1024 * 1024) as client:
+        server.set_handler(ECHO, double)
+        await client.connect(server.multiaddrs()[0])
+        for size in (1, 100_000, 300_000, 700_000, 1_000_000, 5, 900_000):
+            data = os.urandom(size)
+            with trio.fail_after(20):
+                assert await client.request(server.peer_id, ECHO, data, timeout=20) == data + data[::-1]
+
+
 async def test_errors_raised_in_the_block_reach_the_caller_unwrapped() -> None:
     with pytest.raises(KeyError, match="boom"):
         async with open_overlay(os.urandom(32)):
