@@ -8,6 +8,7 @@ prints one JSON object on stdout.
 from __future__ import annotations
 
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Any, NoReturn, Optional
@@ -103,4 +104,13 @@ def run(app: typer.Typer, args: list[str] | None = None) -> NoReturn:
     except typer.Abort:
         typer.echo("aborted", err=True)
         code = 1
-    sys.exit(code if isinstance(code, int) else 0)
+    code = code if isinstance(code, int) else 0
+    if "wasmtime" in sys.modules:
+        # wasmtime 50's tokio worker threads abort the process (SIGABRT, "panic in a function that
+        # cannot unwind") when the interpreter's teardown outlives them: 6 of 8 runs of a
+        # process that ran one wasm job and exited normally. The command is done and every
+        # state change is already committed to SQLite, so skip that teardown.
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    sys.exit(code)

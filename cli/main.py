@@ -215,6 +215,23 @@ def read_bytes(path: Path, what: str) -> bytes:
         fail(f"{what}: cannot read {path}: {exc.strerror}")
 
 
+def read_tasks(path: Path) -> list[list[str]]:
+    """A tasks file: one task per line, its arguments shell-quoted; blank lines and # comments skipped."""
+    import shlex
+
+    tasks = []
+    for n, line in enumerate(read_bytes(path, "--tasks").decode("utf-8", "replace").splitlines(), 1):
+        if not line.strip() or line.lstrip().startswith("#"):
+            continue
+        try:
+            tasks.append(shlex.split(line))
+        except ValueError as exc:
+            fail(f"--tasks {path} line {n}: {exc}")
+    if not tasks:
+        fail(f"--tasks {path}: no tasks in the file")
+    return tasks
+
+
 def print_job(view: dict, as_json: bool) -> None:
     if as_json:
         typer.echo(json.dumps(view))
@@ -252,6 +269,8 @@ def submit(
     fuel: Optional[int] = typer.Option(None, "--fuel", help="WASM: the fuel limit."),
     price_per_mfuel: Optional[int] = typer.Option(None, "--price-per-mfuel", help="WASM: credits per million fuel."),
     gpu: bool = typer.Option(False, "--gpu", help="The job needs a GPU."),
+    tasks_file: Optional[Path] = typer.Option(None, "--tasks", help="A batch: one task's arguments per line "
+                                              "(shell-quoted), each appended to the command and verified on its own."),
     env: list[str] = typer.Option([], "--env", help="NAME=VALUE for the job's environment; repeatable."),
     cpu: Optional[float] = typer.Option(None, "--cpu", help="Cores the job needs. Default 1."),
     memory: Optional[int] = typer.Option(None, "--memory", help="MiB the job may use. Default 256."),
@@ -307,6 +326,8 @@ def submit(
                            ("gpu", gpu or None), ("cpu", cpu), ("memory_mb", memory)):
             if value is not None:
                 doc[key] = value
+    if tasks_file is not None and isinstance(doc, dict):
+        doc["tasks"] = read_tasks(tasks_file)
     if env and isinstance(doc, dict):
         pairs = dict(doc.get("env") or {}) if isinstance(doc.get("env"), dict) else {}
         for item in env:
@@ -340,7 +361,8 @@ def submit(
         typer.echo(json.dumps({"job_id": job_hex}) if as_json else job_hex)
         return
     if not as_json:
-        typer.echo(f"submitted {job_hex}; waiting for {spec.quorum} of {spec.replicas} executors to agree", err=True)
+        what = f" ({len(spec.tasks)} tasks, each)" if spec.is_batch else ""
+        typer.echo(f"submitted {job_hex}; waiting for {spec.quorum} of {spec.replicas} executors to agree{what}", err=True)
     deadline = time.monotonic() + spec.timeout_s + 120
     view = answer
     if not as_json and sys.stderr.isatty():
@@ -376,6 +398,7 @@ def bench(
     jobs: int = typer.Option(50, "--jobs", help="Jobs to run."),
     concurrency: int = typer.Option(5, "--concurrency", help="Jobs in flight at once."),
     sandbox: str = typer.Option("process", "--sandbox", help="process, wasm, bwrap or docker."),
+    batch: int = typer.Option(0, "--batch", help="Make every job a batch of this many tasks; adds tasks_per_s."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
 ) -> None:
     """Start a private network on 127.0.0.1, run jobs through it, tear it down, report speed.
@@ -386,9 +409,13 @@ def bench(
         fail(f"--sandbox must be process, wasm, bwrap or docker, got {sandbox!r}")
     if nodes < 3 or jobs < 1 or concurrency < 1:
         fail("--nodes must be at least 3 (jobs are 2-of-3), --jobs and --concurrency at least 1")
+    from distributeai.consensus.messages import MAX_TASKS
+
+    if not 0 <= batch <= MAX_TASKS:
+        fail(f"--batch must be between 0 (single jobs) and {MAX_TASKS}")
     from distributeai.cli.bench import run_bench
 
-    result = run_bench(nodes, jobs, concurrency, sandbox, docker_host=os.environ.get("DOCKER_HOST"))
+    result = run_bench(nodes, jobs, concurrency, sandbox, docker_host=os.environ.get("DOCKER_HOST"), batch=batch)
     if as_json:
         typer.echo(json.dumps(result))
         return
@@ -400,6 +427,8 @@ def bench(
                f"{result['messages_per_job']} messages, {result['bytes_per_job']} loopback bytes per job; "
                f"peak RSS {result['peak_rss_mb']} MB per node")
     typer.echo(f"bare sandbox {result['baseline_ms']} ms; latency ratio {result['latency_ratio']}")
+    if batch:
+        typer.echo(f"{result['tasks_verified']} tasks verified, {result['tasks_per_s']} tasks/s")
 
 
 @app.command("sandbox-time")

@@ -36,15 +36,25 @@ def node_peers(data_dir: Optional[Path] = DataDirOption, as_json: bool = JsonOpt
 def job_result(
     job_id: str = typer.Argument(..., help="The job id (hex) printed by submit."),
     out: Optional[Path] = typer.Option(None, "--out", help="Write the job's verified output files into this directory."),
+    task: Optional[int] = typer.Option(None, "--task", min=0, help="A batch: print only this task's stdout (0-based)."),
     data_dir: Optional[Path] = DataDirOption,
     as_json: bool = JsonOption,
 ) -> None:
     """Print a verified job's stdout; with --out, fetch its output files from agreeing executors
-    (each checked against its SHA-256 in the certificate) and write them there.
+    (each checked against its SHA-256 in the certificate) and write them there. For a batch,
+    print each task's verdict and stdout (each task is verified on its own), or one with --task.
 
     Example: distributeai job result 3f2a... --data-dir ./node1 --out ./results
     """
     job_id = check_job_id(job_id)
+    probe = control(node_dir(data_dir), {"op": "tasks", "job_id": job_id, "limit": 0}, timeout=30)
+    if "error" in probe:
+        fail(probe["error"], 1)
+    if probe.get("total"):
+        _batch_result(job_id, probe["total"], task, node_dir(data_dir), as_json)
+        return
+    if task is not None:
+        fail(f"--task applies to batch jobs; job {job_id[:16]} is a single job")
     request = {"op": "result", "job_id": job_id}
     if out is not None:
         if out.exists() and not out.is_dir():
@@ -65,6 +75,36 @@ def job_result(
                    + ", ".join(f["path"] for f in answer["files"]), err=True)
     elif out is not None and not answer.get("written"):
         typer.echo("the job left no output files", err=True)
+
+
+def _batch_result(job_id: str, total: int, task: Optional[int], data_dir: Path, as_json: bool) -> None:
+    if task is not None and task >= total:
+        fail(f"--task {task}: the batch has tasks 0 to {total - 1}")
+    start, limit = (task, 1) if task is not None else (0, total)
+    tasks: list[dict] = []
+    while len(tasks) < limit:
+        page = control(data_dir, {"op": "tasks", "job_id": job_id, "start": start + len(tasks),
+                                  "limit": min(1000, limit - len(tasks))}, timeout=60)
+        if "error" in page:
+            fail(page["error"], 1)
+        if not page["tasks"]:
+            break
+        tasks += page["tasks"]
+    if as_json:
+        print_json({"job_id": job_id, "total": total, "tasks": tasks})
+    elif task is not None:
+        if tasks[0]["status"] != "verified":
+            fail(f"task {task} is {tasks[0]['status']}, not verified", 1)
+        sys.stdout.write(tasks[0]["stdout"] or "")
+    else:
+        for t in tasks:
+            line = (t["stdout"] or "").rstrip("\n").replace("\n", "\\n")
+            typer.echo(f"{t['task']:5d}  {t['status']:9}  exit {t['exit_code'] if t['exit_code'] is not None else '-':>3}  {line}")
+    verified = sum(1 for t in tasks if t["status"] == "verified")
+    if task is None:
+        typer.echo(f"{verified} of {len(tasks)} tasks verified", err=True)
+    if verified < len(tasks):
+        raise typer.Exit(1)
 
 
 ROLES = ("submitter", "executor", "observer")

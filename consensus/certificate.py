@@ -11,7 +11,8 @@ from dataclasses import dataclass
 
 from .errors import RemoteProtocolError
 from .messages import Award, Certificate, JobSpec, Reveal, Signed, job_id_of, verify
-from .tally import Tally, tally
+from .tally import Tally
+from .verdict import job_tally, nondeterministic
 
 
 @dataclass(frozen=True)
@@ -52,21 +53,18 @@ def verify_certificate(raw: bytes) -> CheckedCertificate:
             raise RemoteProtocolError("bad_reveal", "two reveals from one executor")
         if r.expected_hash() != r.result_hash:
             raise RemoteProtocolError("bad_reveal", "reveal's hash does not match its output")
+        if len(r.tasks) != len(spec.tasks):
+            raise RemoteProtocolError("bad_reveal", "reveal does not carry one result per task")
         reveals[r.executor] = r
-    votes = {e: r.result_hash for e, r in reveals.items()}
-    result = tally(votes, spec.quorum)
+    result = job_tally(spec, reveals)
     if cert.status == "verified":
         if result.outcome != "verified" or result.result_hash != cert.result_hash:
             raise RemoteProtocolError("bad_verdict", "the reveals do not support the claimed result")
     elif result.outcome == "verified":
         raise RemoteProtocolError("bad_verdict", f"certificate says {cert.status} but the reveals agree")
-    elif cert.status == "nondeterministic" and not is_nondeterministic(votes):
+    elif cert.status == "nondeterministic" and not nondeterministic(spec, reveals):
         raise RemoteProtocolError("bad_verdict", "nondeterministic needs two or more reveals, no two alike")
     if cert.status != "verified" and cert.result_hash:
         raise RemoteProtocolError("bad_verdict", "only a verified certificate names a result")
     return CheckedCertificate(cert, spec, awards, reveals, result, raw)
 
-
-def is_nondeterministic(votes: dict[bytes, bytes]) -> bool:
-    """At least two results and no two alike: the job itself does not give one answer."""
-    return len(votes) >= 2 and len(set(votes.values())) == len(votes)

@@ -8,8 +8,14 @@ commit; default: timeout + 30). `required_cpu` / `cpu` are cores (a number); `re
 `memory_mb` are MiB as an integer, or a string with a unit (`"512m"`, `"1g"`, `"256Mi"`).
 Also: `stdin` (text, or bytes from the CLI), `gpu` (bool), and for WebAssembly jobs `wasm_module`
 (the module's bytes, read by the CLI from `--wasm FILE` or a job file's `wasm_file`), `fuel`
-(fuel limit) and `price_per_mfuel`. A module larger than WASM_INLINE_CAP travels by its SHA-256:
-the spec then carries `wasm_sha256` and the node serves the bytes to executors.
+(fuel limit) and `price_per_mfuel`. A module larger than WASM_INLINE_PREFERRED travels by its
+SHA-256: the spec then carries `wasm_sha256`, the node serves the bytes to executors, and each
+executor fetches them once and keeps them (a module inline in the spec would travel in every
+gossip copy of every announcement and certificate: about 1 MB per job for hashverify's 17 KB
+on five nodes, measured by `distributeai bench`).
+A batch (job array) adds `tasks`: a list of argument lists, one per task, each appended to
+`command` and verified k-of-n on its own; a batch's `max_total_results` defaults to (and may not
+exceed) BATCH_MAX_TOTAL_RESULTS, and `price` is paid per task.
 Every problem raises `JobFileError` naming the field.
 """
 
@@ -20,16 +26,19 @@ from typing import Any
 
 from .errors import JobFileError
 from .codec import sha256
-from .messages import MAX_REPLICAS, MAX_TOTAL_RESULTS, STDIN_CAP, WASM_INLINE_CAP
+from .messages import (
+    BATCH_MAX_TOTAL_RESULTS, MAX_REPLICAS, MAX_TASK_ARGS, MAX_TASKS, MAX_TOTAL_RESULTS, STDIN_CAP,
+)
 
 DEFAULTS = {"replicas": 3, "quorum": 2, "timeout": 60, "price": 1, "cpu": 1.0, "memory_mb": 256,
             "max_error_results": 3}
+WASM_INLINE_PREFERRED = 4 * 1024  # at most WASM_INLINE_CAP; larger modules go by SHA-256
 RESULT_GRACE_S = 30  # default result deadline beyond the job's timeout: sandbox start, image, upload
 ALIASES = {"target_nresults": "replicas", "min_quorum": "quorum"}  # BOINC's names
 KNOWN = {
     "name", "docker_image", "image", "command", "required_cpu", "cpu", "required_memory",
     "memory_mb", "timeout", "replicas", "quorum", "price", "env", "max_error_results",
-    "max_total_results", "result_deadline", "stdin", "gpu", "wasm_module", "fuel", "price_per_mfuel", *ALIASES,
+    "max_total_results", "result_deadline", "stdin", "gpu", "wasm_module", "fuel", "price_per_mfuel", "tasks", *ALIASES,
 }
 
 
@@ -102,8 +111,17 @@ def parse_job(doc: Any) -> dict:
         ints[key] = integer(key, lo, hi, DEFAULTS[key])
     if ints["quorum"] > ints["replicas"]:
         raise JobFileError("quorum", "must not exceed replicas")
-    ints["max_total_results"] = integer("max_total_results", ints["replicas"], MAX_TOTAL_RESULTS,
-                                        min(MAX_TOTAL_RESULTS, 2 * ints["replicas"]))
+    tasks = doc.get("tasks", [])
+    if (not isinstance(tasks, list) or len(tasks) > MAX_TASKS
+            or not all(isinstance(t, list) and len(t) <= MAX_TASK_ARGS
+                       and all(isinstance(a, str) and len(a) <= 256 for a in t) for t in tasks)):
+        raise JobFileError("tasks", f"must be a list of at most {MAX_TASKS} argument lists "
+                                    f"(each at most {MAX_TASK_ARGS} strings of at most 256 characters)")
+    most = BATCH_MAX_TOTAL_RESULTS if tasks else MAX_TOTAL_RESULTS
+    if tasks and ints["replicas"] > most:
+        raise JobFileError("replicas", f"a batch runs on at most {most} executors")
+    ints["max_total_results"] = integer("max_total_results", ints["replicas"], most,
+                                        min(most, 2 * ints["replicas"]))
     ints["result_deadline"] = integer("result_deadline", 1, 30 * 24 * 3600, ints["timeout"] + RESULT_GRACE_S)
     stdin = doc.get("stdin", b"")
     if isinstance(stdin, str):
@@ -136,9 +154,10 @@ def parse_job(doc: Any) -> dict:
         "result_deadline_s": ints["result_deadline"],
         "sandbox": "wasm" if module else "container",
         "stdin": stdin,
-        "wasm_module": module if module and len(module) <= WASM_INLINE_CAP else b"",
-        "wasm_sha256": sha256(module) if module and len(module) > WASM_INLINE_CAP else b"",
+        "wasm_module": module if module and len(module) <= WASM_INLINE_PREFERRED else b"",
+        "wasm_sha256": sha256(module) if module and len(module) > WASM_INLINE_PREFERRED else b"",
         "gpu": gpu,
         "fuel_limit": fuel,
         "price_per_mfuel": price_per_mfuel,
+        "tasks": tuple(tuple(t) for t in tasks),
     }

@@ -24,7 +24,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from .certificate import CheckedCertificate
-from .messages import JobSpec
+from .messages import JobSpec, Reveal
 from .results import fuel_cost
 
 REPUTATION_START = 0
@@ -79,8 +79,7 @@ class Ledger:
         for who in cert.tally.dissenting:
             self._bump(who, DISSENT_PENALTY)
         payer = cert.spec.submitter
-        fuel = cert.reveals[cert.tally.agreeing[0]].fuel_used if cert.tally.agreeing else -1
-        price = cert.spec.price + fuel_cost(fuel, cert.spec.price_per_mfuel)
+        price = job_price(cert.spec, cert.reveals[cert.tally.agreeing[0]]) if cert.tally.agreeing else 0
         for payee in cert.tally.agreeing:
             if payee == payer or price == 0:
                 continue
@@ -93,6 +92,18 @@ class Ledger:
         self._bump(who, OFFENCE_PENALTY)
 
 
+def job_price(spec: JobSpec, reveal: Reveal) -> int:
+    """What one agreeing executor is paid: the price per run (each task of a batch is a run) plus
+    the fuel it used at the spec's rate."""
+    runs = max(1, len(spec.tasks))
+    if spec.is_batch:
+        fuel = sum(max(0, t[4]) for t in reveal.tasks)
+    else:
+        fuel = reveal.fuel_used
+    return spec.price * runs + fuel_cost(fuel, spec.price_per_mfuel)
+
+
 def max_cost(spec: JobSpec) -> int:
     """The most a job can cost its submitter: every target executor paid, fuel at its limit."""
-    return spec.replicas * (spec.price + fuel_cost(spec.fuel_limit, spec.price_per_mfuel))
+    runs = max(1, len(spec.tasks))
+    return spec.replicas * (spec.price * runs + fuel_cost(spec.fuel_limit * runs, spec.price_per_mfuel))

@@ -36,6 +36,15 @@ MANIFEST_PATH_MAX = 255
 SANDBOX_KINDS = ("container", "wasm")
 MAX_REPLICAS = 16
 MAX_TOTAL_RESULTS = 16
+# Batch jobs (a job array, like BOINC's work units): one spec, many tasks, each verified k-of-n on
+# its own. Every task result travels in the reveal, so a batch reveal may hold BATCH_REVEAL_CAP
+# bytes and a batch may have at most BATCH_MAX_TOTAL_RESULTS awards: its certificate must still
+# fit one gossip message.
+MAX_TASKS = 1024
+MAX_TASK_ARGS = 16
+BATCH_REVEAL_CAP = 192 * 1024
+BATCH_MAX_TOTAL_RESULTS = 4
+CERTIFICATE_CAP = 1_000_000  # under the overlay's 1 MiB message cap
 CERTIFICATE_STATUSES = ("verified", "failed", "nondeterministic")
 MAX_SIZE = {
     "spec": 64 * 1024,
@@ -45,9 +54,19 @@ MAX_SIZE = {
     "commit": 1024,
     "withdraw": 1024,
     "reveal_request": 1024,
-    "reveal": STDOUT_CAP + MANIFEST_MAX_ENTRIES * (MANIFEST_PATH_MAX + 48) + 1024,
+    "reveal": max(STDOUT_CAP + MANIFEST_MAX_ENTRIES * (MANIFEST_PATH_MAX + 48), BATCH_REVEAL_CAP) + 1024,
+    "certificate": CERTIFICATE_CAP,
 }
-MAX_SIZE["certificate"] = MAX_SIZE["spec"] + MAX_TOTAL_RESULTS * (MAX_SIZE["reveal"] + MAX_SIZE["award"]) + 1024
+# A single job's certificate (16 plain reveals) and a batch's (4 batch reveals) both fit.
+assert MAX_SIZE["spec"] + MAX_TOTAL_RESULTS * (STDOUT_CAP + MANIFEST_MAX_ENTRIES * (MANIFEST_PATH_MAX + 48)
+                                              + 1024 + MAX_SIZE["award"]) + 1024 <= CERTIFICATE_CAP
+assert MAX_SIZE["spec"] + BATCH_MAX_TOTAL_RESULTS * (MAX_SIZE["reveal"] + MAX_SIZE["award"]) + 1024 <= CERTIFICATE_CAP
+
+
+def task_stdout_cap(tasks: int) -> int:
+    """The stdout each task of a batch of `tasks` keeps in a reveal (every honest executor cuts
+    at the same place, so truncated outputs still agree)."""
+    return min(STDOUT_CAP, BATCH_REVEAL_CAP // max(1, tasks) - 32)
 MAX_ENVELOPE = max(MAX_SIZE.values())
 
 
@@ -120,6 +139,15 @@ class JobSpec:
     gpu: bool = False            # a node without a GPU does not bid
     fuel_limit: int = 0          # wasm: fuel budget (0: the executor's default)
     price_per_mfuel: int = 0     # wasm: credits per million fuel units, paid on top of `price`
+    tasks: tuple[tuple[str, ...], ...] = ()  # a batch: each task's arguments, appended to `command`
+
+    @property
+    def is_batch(self) -> bool:
+        return bool(self.tasks)
+
+    def task_command(self, i: int) -> list[str]:
+        """The command line of task i of a batch (the spec's own command for a single job)."""
+        return list(self.command) + (list(self.tasks[i]) if self.tasks else [])
 
     def to_body(self) -> list:
         return [
@@ -128,7 +156,7 @@ class JobSpec:
             self.memory_mb, self.timeout_s, self.replicas, self.quorum, self.price,
             self.max_error_results, self.max_total_results, self.result_deadline_s,
             self.sandbox, self.stdin, self.wasm_module, self.wasm_sha256, self.gpu, self.fuel_limit,
-            self.price_per_mfuel,
+            self.price_per_mfuel, [list(t) for t in self.tasks],
         ]
 
     @property
@@ -146,7 +174,7 @@ class JobSpec:
 
     @classmethod
     def from_body(cls, body: list) -> "JobSpec":
-        _arity(body, 23, "spec")
+        _arity(body, 24, "spec")
         command = tuple(_str(a, "command[]", 4096) for a in _list(body[5], "command", 256))
         if not command:
             raise _fail("command", "must not be empty")
@@ -182,6 +210,8 @@ class JobSpec:
             gpu=_bool(body[20], "gpu"),
             fuel_limit=_int(body[21], "fuel_limit", 0, 2**62),
             price_per_mfuel=_int(body[22], "price_per_mfuel", 0, 2**40),
+            tasks=tuple(tuple(_str(a, "tasks[][]", 256) for a in _list(t, "tasks[]", MAX_TASK_ARGS))
+                        for t in _list(body[23], "tasks", MAX_TASKS)),
         )
         if spec.sandbox not in SANDBOX_KINDS:
             raise _fail("sandbox", f"must be one of {', '.join(SANDBOX_KINDS)}")
@@ -196,6 +226,8 @@ class JobSpec:
             raise _fail("quorum", "must not exceed replicas")
         if spec.max_total_results < spec.replicas:
             raise _fail("max_total_results", "must be at least replicas")
+        if spec.tasks and spec.max_total_results > BATCH_MAX_TOTAL_RESULTS:
+            raise _fail("max_total_results", f"a batch allows at most {BATCH_MAX_TOTAL_RESULTS}")
         return spec
 
 
@@ -331,7 +363,11 @@ class RevealRequest:
 class Reveal:
     """The executor's result. `result_hash` must equal `expected_hash()` (exit code, timeout,
     stdout, output manifest, fuel) and match the executor's earlier seal; `check_reveal` checks
-    both. `oom_killed` and `sandbox` are reported, signed, but not part of the hash."""
+    both. `oom_killed` and `sandbox` are reported, signed, but not part of the hash.
+
+    For a batch, `tasks` holds one TaskResult (exit_code, timed_out, stdout, stdout_truncated,
+    fuel_used) per task of the spec, in order; the top-level exit code, stdout and manifest are
+    then empty and the result hash is `results.batch_hash` of the task hashes."""
 
     kind: ClassVar[str] = "reveal"
     author: ClassVar[str | None] = "executor"
@@ -346,21 +382,37 @@ class Reveal:
     fuel_used: int = -1  # -1: not a wasm job
     oom_killed: bool = False
     sandbox: str = ""
+    tasks: tuple[tuple[int, bool, bytes, bool, int], ...] = ()
 
     def to_body(self) -> list:
         return [self.job_id, self.executor, self.result_hash, self.exit_code, self.stdout,
                 self.stdout_truncated, self.timed_out, [list(m) for m in self.manifest], self.fuel_used,
-                self.oom_killed, self.sandbox]
+                self.oom_killed, self.sandbox, [list(t) for t in self.tasks]]
 
-    def expected_hash(self) -> bytes:
+    def task_hashes(self) -> list[bytes]:
         from .results import result_hash
 
+        return [result_hash(code, timed_out, out, trunc, (), fuel) for code, timed_out, out, trunc, fuel in self.tasks]
+
+    def expected_hash(self) -> bytes:
+        from .results import batch_hash, result_hash
+
+        if self.tasks:
+            return batch_hash(self.task_hashes())
         return result_hash(self.exit_code, self.timed_out, self.stdout, self.stdout_truncated,
                            self.manifest, self.fuel_used)
 
     @classmethod
     def from_body(cls, body: list) -> "Reveal":
-        _arity(body, 11, "reveal")
+        _arity(body, 12, "reveal")
+        tasks = []
+        for t in _list(body[11], "tasks", MAX_TASKS):
+            t = _list(t, "tasks[]", 5)
+            if len(t) != 5:
+                raise _fail("tasks[]", "must be [exit_code, timed_out, stdout, stdout_truncated, fuel_used]")
+            tasks.append((_int(t[0], "task exit_code", -(2**31), 2**31), _bool(t[1], "task timed_out"),
+                          _bytes(t[2], "task stdout", max_len=STDOUT_CAP), _bool(t[3], "task stdout_truncated"),
+                          _int(t[4], "task fuel_used", -1, 2**63 - 1)))
         manifest = []
         for entry in _list(body[7], "manifest", MANIFEST_MAX_ENTRIES):
             entry = _list(entry, "manifest[]", 3)
@@ -382,6 +434,7 @@ class Reveal:
             fuel_used=_int(body[8], "fuel_used", -1, 2**63 - 1),
             oom_killed=_bool(body[9], "oom_killed"),
             sandbox=_str(body[10], "sandbox", 16),
+            tasks=tuple(tasks),
         )
 
 

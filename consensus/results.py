@@ -4,6 +4,8 @@
   out, stdout (as carried in the reveal, at most STDOUT_CAP bytes), whether stdout was truncated,
   the manifest of output files as (path, size, sha256) sorted by path, and for a wasm job the fuel
   it used (-1 otherwise), so that agreeing executors also agree on what the job cost.
+- `batch_hash(task_hashes)` is a batch's result hash: each task is hashed as above (no manifest)
+  and the list in task order is hashed again, so one seal commits to every task.
 - `seal(executor, job_id, result_hash)` = H(executor || job_id || result_hash), as in iExec's proof of
   contribution: a copied seal names the wrong executor.
 """
@@ -20,6 +22,11 @@ def result_hash(exit_code: int, timed_out: bool, stdout: bytes, stdout_truncated
     entries = [[path, size, digest] for path, size, digest in sorted(manifest)]
     return sha256(b"distributeai/result/v1\x00"
                   + encode([exit_code, timed_out, stdout, stdout_truncated, entries, fuel_used]))
+
+
+def batch_hash(task_hashes: list[bytes]) -> bytes:
+    """The result hash of a batch: its task result hashes, in task order."""
+    return sha256(b"distributeai/batch/v1\x00" + encode(list(task_hashes)))
 
 
 def fuel_cost(fuel_used: int, price_per_mfuel: int) -> int:

@@ -33,14 +33,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from .certificate import is_nondeterministic
 from .codec import Identity, sha256
 from .errors import RemoteProtocolError
 from .messages import (
     Award, Bid, Certificate, Commit, JobSpec, Reveal, RevealRequest, Signed, Withdraw, job_id_of, sign,
 )
 from .results import seal as compute_seal
-from .tally import Tally, tally
+from .tally import Tally
+from .verdict import job_tally, nondeterministic, top_agreement
 
 TERMINAL = ("verified", "failed", "nondeterministic")
 # Slot states. An executor's slot is live while awarded/committed/revealed; every other value is
@@ -220,7 +220,7 @@ class SubmitterJob:
         if r.executor not in self.reveal_asked_ms or self.slot.get(r.executor) != "committed":
             raise RemoteProtocolError("unexpected_reveal", "no reveal was asked of this peer")
         try:
-            check_reveal(r, self.commits[r.executor].msg.seal)
+            check_reveal(r, self.commits[r.executor].msg.seal, self.spec)
         except RemoteProtocolError as exc:
             self._error(r.executor, exc.reason, now_ms)
             return [Penalize(r.executor, exc.reason), *self._advance(now_ms)]
@@ -272,18 +272,19 @@ class SubmitterJob:
                 if e not in self.reveal_asked_ms:
                     self.reveal_asked_ms[e] = now_ms
                     actions.append(RequestReveal(e, sign(self.identity, RevealRequest(self.job_id, e))))
-        votes = {e: s.msg.result_hash for e, s in self.reveals.items()}
+        reveals = {e: s.msg for e, s in self.reveals.items()}
         outstanding = len(pending) + sum(1 for e in committed if self.slot[e] == "committed")
-        self.result = tally(votes, self.spec.quorum, outstanding)
+        self.result = job_tally(self.spec, reveals, outstanding)
         if self.result.outcome == "verified":
             return actions + self._finish("verified", "", now_ms)
         if outstanding:
             return actions
         # Nothing outstanding and no verdict.
         # Two results that differ may be one liar; three or more, no two alike, is the job itself.
-        if is_nondeterministic(votes) and len(votes) >= max(self.spec.replicas, 3):
+        nondet = nondeterministic(self.spec, reveals)
+        if nondet and len(reveals) >= max(self.spec.replicas, 3):
             return actions + self._finish("nondeterministic", "no two results agree", now_ms)
-        top = max((list(votes.values()).count(h) for h in set(votes.values())), default=0)
+        top = top_agreement(self.spec, reveals)
         live = sum(1 for e in self.awards if self.slot[e] in LIVE)
         if live >= self.spec.replicas + self.extra:
             self.extra += max(1, self.spec.quorum - top)  # ask for as many more as could still reach k
@@ -291,10 +292,10 @@ class SubmitterJob:
             if more:
                 return actions + more
         if len(self.awards) >= self.spec.max_total_results:
-            status = "nondeterministic" if is_nondeterministic(votes) else "failed"
+            status = "nondeterministic" if nondet else "failed"
             return actions + self._finish(status, "max_total_results reached without a quorum", now_ms)
         if self.starved_since_ms is not None and now_ms >= self.starved_since_ms + self.timing.bid_wait_ms:
-            status = "nondeterministic" if is_nondeterministic(votes) else "failed"
+            status = "nondeterministic" if nondet else "failed"
             why = ("no bidders left to replace failed executors" if self.awards
                    else "no bids: no node offered to run this job")
             return actions + self._finish(status, why, now_ms)
@@ -344,8 +345,7 @@ class SubmitterJob:
         self.state = status
         self.reason = reason
         self.starved_since_ms = None
-        votes = {e: s.msg.result_hash for e, s in self.reveals.items()}
-        self.result = tally(votes, self.spec.quorum)
+        self.result = job_tally(self.spec, {e: s.msg for e, s in self.reveals.items()})
         cert = Certificate(
             job_id=self.job_id,
             status=status,
@@ -360,8 +360,11 @@ class SubmitterJob:
         return [PublishCertificate(self.certificate), Finished(status, reason, self.result)]
 
 
-def check_reveal(r: Reveal, committed_seal: bytes) -> None:
-    """A reveal must hash to its own claimed result and match the executor's earlier seal."""
+def check_reveal(r: Reveal, committed_seal: bytes, spec: JobSpec | None = None) -> None:
+    """A reveal must hash to its own claimed result and match the executor's earlier seal; for a
+    batch it must carry one result per task, and nothing else."""
+    if spec is not None and (len(r.tasks) != len(spec.tasks) or (spec.is_batch and (r.stdout or r.manifest))):
+        raise RemoteProtocolError("bad_result_hash", "reveal does not carry one result per task of the batch")
     if r.result_hash != r.expected_hash():
         raise RemoteProtocolError("bad_result_hash", "result hash does not match the revealed output")
     if compute_seal(r.executor, r.job_id, r.result_hash) != committed_seal:

@@ -28,12 +28,12 @@ from distributeai.consensus.codec import Identity, decode_canonical
 from distributeai.consensus.codec import sha256
 from distributeai.consensus.errors import LocalProtocolError, RemoteProtocolError
 from distributeai.consensus.ledger import GENESIS_CREDITS, Ledger
-from distributeai.consensus.messages import MAX_ENVELOPE
+from distributeai.consensus.messages import MAX_ENVELOPE, JobSpec, verify
 from distributeai.consensus.names import (
     AWARD_PROTOCOL, BID_PROTOCOL, BLOB_PROTOCOL, COMMIT_PROTOCOL, JOBS_TOPIC, REVEAL_PROTOCOL,
     WITHDRAW_PROTOCOL,
 )
-from distributeai.consensus.submitter import Timing
+from distributeai.consensus.submitter import TERMINAL, Timing
 from distributeai.consensus.validate import check_announce
 from distributeai.p2p.identity import peer_id_from_public_key, public_key_from_peer_id
 from distributeai.p2p.overlay import GossipMessage, Overlay, RemoteError
@@ -46,7 +46,7 @@ from .executing import Executing
 from .metrics import NodeMetrics
 from .store import Store
 from .submitting import Submitting
-from .views import job_view
+from .views import job_view, task_results
 
 log = logging.getLogger("distributeai.node")
 Handler = Callable[[str, bytes], Awaitable[bytes]]
@@ -299,11 +299,38 @@ class Agent:
         with trio.move_on_after(timeout_s):
             while True:
                 changed = self.changed
-                view = await self.job_status(job_hex)
-                if view is None or view["status"] in ("verified", "failed", "nondeterministic"):
-                    return view
+                status = await self._job_state(job_hex)
+                if status is None or status in TERMINAL:
+                    break
                 await changed.wait()
         return await self.job_status(job_hex)
+
+    async def _job_state(self, job_hex: str) -> str | None:
+        """Just the status: cheap enough to check on every change while a client waits."""
+        try:
+            machine = self.submitting.jobs.get(bytes.fromhex(job_hex))
+        except ValueError:
+            return None
+        if machine is not None:
+            return machine.state
+        row = await self.store.get_job(job_hex)
+        return None if row is None else row["status"]
+
+    async def task_results(self, job_hex: str, start: int, limit: int) -> dict | None:
+        """Per-task verdicts and results of a batch (see views.task_results)."""
+        row = await self.store.get_job(job_hex)
+        if row is None:
+            return None
+        spec = verify(row["signed_spec"], JobSpec).msg
+        machine = self.submitting.jobs.get(bytes.fromhex(job_hex))
+        if machine is not None:
+            reveals = {e: s.msg for e, s in machine.reveals.items()}
+        elif row.get("certificate"):
+            reveals = verify_certificate(row["certificate"]).reveals
+        else:
+            reveals = {}
+        return {"job_id": job_hex, "status": row["status"], "total": len(spec.tasks),
+                "tasks": task_results(spec, reveals, start, limit)}
 
     def credits(self, limit: int = 20) -> dict[str, Any]:
         mine = [t for t in self.ledger.transfers if self.me in (t.payer, t.payee)][-limit:]

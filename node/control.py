@@ -16,6 +16,8 @@ line, answered with a JSON object on one line. Requests are capped at MAX_REQUES
     {"op": "cancel", "job_id": HEX}                  -> job view (failed, "cancelled"); only the submitter's node
     {"op": "result", "job_id": HEX[, "out": DIR]}    -> verified stdout, exit code, files (written into DIR,
                                                         each fetched by SHA-256 from an agreeing executor)
+    {"op": "tasks", "job_id": HEX[, "start": N, "limit": N]} -> {"total", "tasks": [per-task verdict,
+                                                        args, exit code, stdout]} of a batch job
     {"op": "stored_peers"}                           -> {"peers": [peer id, ...]} remembered for restarts
 Errors: {"error": "message", "code": "reason"}.
 """
@@ -96,6 +98,15 @@ async def _dispatch(agent: Agent, req: dict) -> dict:
             except LocalProtocolError as exc:
                 return {"error": str(exc), "code": exc.reason}
         return answer
+    if op == "tasks":
+        job_hex = str(req.get("job_id", "")).lower()
+        try:
+            start, limit = int(req.get("start", 0)), min(int(req.get("limit", 100)), 10_000)
+        except (TypeError, ValueError):
+            return {"error": "start and limit must be integers", "code": "bad_request"}
+        answer = await agent.task_results(job_hex, start, limit)
+        return answer if answer is not None else {"error": f"no job {job_hex} known to this node",
+                                                  "code": "unknown_job"}
     if op == "stored_peers":
         return {"peers": [p for p, _ in await agent.store.known_peers(limit=1000)]}
     if op == "credits":

@@ -8,6 +8,7 @@ once. A repeated award changes nothing.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import shutil
 from typing import TYPE_CHECKING
@@ -18,7 +19,7 @@ from distributeai.consensus.errors import RemoteProtocolError
 from distributeai.consensus.codec import sha256
 from distributeai.consensus.messages import (
     MANIFEST_MAX_ENTRIES, MANIFEST_PATH_MAX, STDOUT_CAP, Award, Bid, Commit, JobSpec, Reveal, RevealRequest,
-    Withdraw, sign, verify,
+    Withdraw, sign, task_stdout_cap, verify,
 )
 from distributeai.consensus.names import BID_PROTOCOL, BLOB_PROTOCOL, COMMIT_PROTOCOL, WITHDRAW_PROTOCOL
 from distributeai.consensus.results import result_hash, seal
@@ -147,7 +148,12 @@ class Executing:
             await a.store.update_execution(job_hex, now_ms(), status="running")
             try:
                 request = await self._request(award, spec)
-                result = await trio.to_thread.run_sync(a.sandboxes[spec.sandbox].run, request, limiter=self._limiter)
+                box = a.sandboxes[spec.sandbox]
+                if spec.is_batch:
+                    results = await trio.to_thread.run_sync(run_tasks, box, spec, request, limiter=self._limiter)
+                    await self._executed_batch(award, spec, results)
+                    return
+                result = await trio.to_thread.run_sync(box.run, request, limiter=self._limiter)
             except (SandboxError, ValueError, RemoteError, RemoteProtocolError) as exc:
                 log.warning("job %s could not run: %s", job_hex[:12], exc)
                 await a.store.update_execution(job_hex, now_ms(), status="failed", reason=str(exc))
@@ -170,6 +176,32 @@ class Executing:
         a.notify()
         await self.send_commit(award, spec, reveal)
 
+    async def _executed_batch(self, award: Award, spec: JobSpec, results: list[RunResult]) -> None:
+        a = self.agent
+        for result in results:
+            a.metrics.sandbox_run(result.sandbox, result.duration_s)
+        reveal = self.make_batch_reveal(award, spec, results)
+        r: Reveal = verify(reveal, Reveal).msg
+        summary = {"tasks": len(results), "failed_tasks": sum(1 for x in results if x.exit_code != 0),
+                   "timed_out_tasks": sum(1 for x in results if x.timed_out),
+                   "duration_s": round(sum(x.duration_s for x in results), 4),
+                   "sandbox": results[0].sandbox if results else "", "result_hash": r.result_hash.hex()}
+        await a.store.update_execution(award.job_id.hex(), now_ms(), status="executed", result=summary, reveal=reveal)
+        a.count("executed")
+        a.notify()
+        await self.send_commit(award, spec, reveal)
+
+    def make_batch_reveal(self, award: Award, spec: JobSpec, results: list[RunResult]) -> bytes:
+        """The signed reveal of a batch: one (exit code, timed out, stdout, truncated, fuel) per
+        task, stdout cut at `task_stdout_cap` so the reveal fits its cap. No output files."""
+        a = self.agent
+        cap = task_stdout_cap(len(spec.tasks))
+        tasks = tuple((r.exit_code, r.timed_out, r.stdout[:cap], r.stdout_truncated or len(r.stdout) > cap,
+                       r.fuel_used if r.fuel_used is not None else -1) for r in results)
+        draft = Reveal(award.job_id, a.me, b"", 0, b"", False, False, (), -1,
+                       any(r.oom_killed for r in results), results[0].sandbox if results else "", tasks)
+        return sign(a.identity, dataclasses.replace(draft, result_hash=draft.expected_hash()))
+
     async def _request(self, award: Award, spec: JobSpec) -> RunRequest:
         """The sandbox request for a job: its module (fetched by SHA-256 if it did not travel in the
         spec), its input, and a fresh output directory for container jobs."""
@@ -177,7 +209,7 @@ class Executing:
         out_dir = None
         if spec.sandbox == "wasm":
             module = spec.wasm_module or await self._fetch_module(spec)
-        elif self.agent.outputs_dir is not None:
+        elif self.agent.outputs_dir is not None and not spec.is_batch:
             path = self.agent.outputs_dir / award.job_id.hex()
             if path.exists():
                 await trio.to_thread.run_sync(shutil.rmtree, path)  # a run cut short by a restart
@@ -269,3 +301,9 @@ class Executing:
                 a.nursery.start_soon(self.send_commit, award, spec, execution["reveal"])
             else:
                 a.nursery.start_soon(self.execute, award, spec)
+
+
+def run_tasks(box: Sandbox, spec: JobSpec, request: RunRequest) -> list[RunResult]:
+    """Run every task of a batch, in order, in one worker thread: the request's command with the
+    task's arguments appended. A sandbox failure stops the batch (SandboxError)."""
+    return [box.run(dataclasses.replace(request, command=spec.task_command(i))) for i in range(len(spec.tasks))]

@@ -16,7 +16,7 @@ from distributeai.consensus.certificate import verify_certificate
 from distributeai.consensus.codec import sha256
 from distributeai.consensus.messages import Award, JobSpec, Reveal, verify
 from distributeai.consensus.submitter import SubmitterJob
-from distributeai.consensus.tally import tally
+from distributeai.consensus.verdict import job_tally, task_tallies
 
 
 def _text(b: bytes) -> str:
@@ -62,7 +62,7 @@ def job_view(row: dict, machine: SubmitterJob | None, execution: dict | None,
         view.update(bids=len(machine.bids), commits=len(machine.commits), errors=machine.errors,
                     history=[{"at_ms": t, "event": ev, "peer_id": peer_id_of(e) if e else None, "detail": d}
                              for t, ev, e, d in machine.history])
-        t = tally({e: r.result_hash for e, r in reveals.items()}, spec.quorum)
+        t = job_tally(spec, reveals)
         winner = t.result_hash if machine.state == "verified" else None
     elif row.get("certificate"):
         checked = verify_certificate(row["certificate"])
@@ -87,6 +87,10 @@ def job_view(row: dict, machine: SubmitterJob | None, execution: dict | None,
         }
         for e, a in sorted(awards.items(), key=lambda kv: kv[1].slot)
     ]
+    if spec.is_batch:
+        verdicts = task_tallies(spec, reveals)
+        view["tasks"] = len(spec.tasks)
+        view["tasks_verified"] = sum(1 for t in verdicts if t.outcome == "verified")
     view["sandbox"] = spec.sandbox
     view["gpu"] = spec.gpu
     view["bid"] = row.get("bid", "")
@@ -96,6 +100,25 @@ def job_view(row: dict, machine: SubmitterJob | None, execution: dict | None,
         view["execution"] = {"status": execution["status"], "reason": execution["reason"],
                              "result": execution["result"]}
     return view
+
+
+def task_results(spec: JobSpec, reveals: dict[bytes, Reveal], start: int = 0, limit: int = 100) -> list[dict]:
+    """Tasks start..start+limit of a batch, each on its own: its arguments, its verdict from the
+    reveals in hand (verified only with k agreeing, as in the certificate), and for a verified
+    task the agreed exit code and stdout."""
+    verdicts = task_tallies(spec, reveals)
+    out = []
+    for i in range(max(0, start), min(len(spec.tasks), max(0, start) + max(0, limit))):
+        t = verdicts[i]
+        item: dict = {"task": i, "args": list(spec.tasks[i]), "status": t.outcome if t.outcome == "verified" else
+                      ("pending" if not reveals else "no_quorum"), "agreeing": len(t.agreeing),
+                      "exit_code": None, "stdout": None}
+        if t.outcome == "verified":
+            code, timed_out, stdout, truncated, fuel = reveals[t.agreeing[0]].tasks[i]
+            item.update(exit_code=code, stdout=_text(stdout), timed_out=timed_out, stdout_truncated=truncated,
+                        fuel_used=fuel if fuel >= 0 else None)
+        out.append(item)
+    return out
 
 
 def differences(reveals: dict[bytes, Reveal], peer_id_of: Callable[[bytes], str]) -> dict:

@@ -148,7 +148,11 @@ def test_a_group_without_a_command_shows_its_help():
 
 def test_shell_completion_is_offered_and_completes_commands():
     assert SCRIPT.exists(), SCRIPT
-    shown = subprocess.run([str(SCRIPT), "--show-completion", "bash"], capture_output=True, text=True, timeout=60)
+    # Name the shell: typer otherwise ignores "bash" and guesses from the process tree
+    # (shellingham), which fails when no shell is among the test's ancestors.
+    explicit = {**os.environ, "_TYPER_COMPLETE_TEST_DISABLE_SHELL_DETECTION": "1"}
+    shown = subprocess.run([str(SCRIPT), "--show-completion", "bash"], capture_output=True, text=True, timeout=60,
+                           env=explicit)
     assert shown.returncode == 0 and "_distributeai_completion" in shown.stdout, shown.stderr
     env = {**os.environ, "_DISTRIBUTEAI_COMPLETE": "complete_bash", "COMP_WORDS": "distributeai job ", "COMP_CWORD": "2"}
     words = subprocess.run([str(SCRIPT)], capture_output=True, text=True, timeout=60, env=env)

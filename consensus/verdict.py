@@ -1,0 +1,69 @@
+"""From checked reveals to a verdict, for a single job and for a batch: pure functions.
+
+The submitter (`submitter.py`) and every node checking a certificate (`certificate.py`) call the
+same functions, so a certificate says exactly what its reveals support.
+
+- A single job: `tally.tally` over each executor's result hash.
+- A batch: each task is tallied on its own over the executors' task hashes, with the same rules
+  (k agreeing and leading, given what is outstanding). The batch as a whole is `verified` when
+  every task is; `pending` while some task is undecided and results are outstanding;
+  `no_quorum` otherwise, though the tasks that did verify stay verified (see `task_tallies`).
+  The batch's result hash is `results.batch_hash` of the winning task hashes; executors agreeing
+  on every task are `agreeing` (rewarded and paid), every other voter `dissenting`.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Mapping
+
+from .messages import JobSpec, Reveal
+from .results import batch_hash
+from .tally import Tally, tally
+
+
+def task_votes(spec: JobSpec, reveals: Mapping[bytes, Reveal]) -> list[dict[bytes, bytes]]:
+    """Per task of a batch: executor -> that task's result hash."""
+    hashes = {e: r.task_hashes() for e, r in reveals.items()}
+    return [{e: h[i] for e, h in hashes.items() if i < len(h)} for i in range(len(spec.tasks))]
+
+
+def task_tallies(spec: JobSpec, reveals: Mapping[bytes, Reveal], outstanding: int = 0) -> list[Tally]:
+    return [tally(v, spec.quorum, outstanding) for v in task_votes(spec, reveals)]
+
+
+def job_tally(spec: JobSpec, reveals: Mapping[bytes, Reveal], outstanding: int = 0) -> Tally:
+    if not spec.is_batch:
+        return tally({e: r.result_hash for e, r in reveals.items()}, spec.quorum, outstanding)
+    tallies = task_tallies(spec, reveals, outstanding)
+    voters = tuple(sorted(reveals))
+    if tallies and all(t.outcome == "verified" for t in tallies):
+        agreeing = tuple(e for e in voters if all(e in t.agreeing for t in tallies))
+        dissenting = tuple(e for e in voters if e not in agreeing)
+        return Tally("verified", batch_hash([t.result_hash for t in tallies]), agreeing, dissenting)
+    if outstanding > 0:
+        return Tally("pending", None, (), voters)
+    return Tally("no_quorum", None, (), voters)
+
+
+def nondeterministic(spec: JobSpec, reveals: Mapping[bytes, Reveal]) -> bool:
+    """At least two results and no two alike: for a batch, true of some task."""
+    if not spec.is_batch:
+        return _all_differ({e: r.result_hash for e, r in reveals.items()})
+    return any(_all_differ(v) for v in task_votes(spec, reveals))
+
+
+def top_agreement(spec: JobSpec, reveals: Mapping[bytes, Reveal]) -> int:
+    """The most executors agreeing on one result; for a batch, on its least settled task."""
+    if not spec.is_batch:
+        return _top({e: r.result_hash for e, r in reveals.items()})
+    votes = task_votes(spec, reveals)
+    return min((_top(v) for v in votes), default=0)
+
+
+def _all_differ(votes: Mapping[bytes, bytes]) -> bool:
+    return len(votes) >= 2 and len(set(votes.values())) == len(votes)
+
+
+def _top(votes: Mapping[bytes, bytes]) -> int:
+    return max(Counter(votes.values()).values(), default=0)
