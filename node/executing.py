@@ -16,12 +16,9 @@ import trio
 
 from distributeai.consensus.errors import RemoteProtocolError
 from distributeai.consensus.codec import sha256
-from distributeai.consensus.messages import (
-    MANIFEST_MAX_ENTRIES, MANIFEST_PATH_MAX, STDOUT_CAP, Award, Bid, Commit, JobSpec, Reveal, RevealRequest,
-    Withdraw, sign, verify,
-)
+from distributeai.consensus.executor import make_commit, make_reveal
+from distributeai.consensus.messages import Award, Bid, JobSpec, Reveal, RevealRequest, Withdraw, sign, verify
 from distributeai.consensus.names import BID_PROTOCOL, BLOB_PROTOCOL, COMMIT_PROTOCOL, WITHDRAW_PROTOCOL
-from distributeai.consensus.results import result_hash, seal
 from distributeai.p2p.identity import peer_id_from_public_key
 from distributeai.p2p.overlay import RemoteError
 from distributeai.sandbox.base import RunRequest, RunResult, Sandbox, SandboxError
@@ -200,22 +197,14 @@ class Executing:
         return blob
 
     def make_reveal(self, award: Award, result: RunResult) -> bytes:
-        """The signed reveal of a result. The manifest keeps the first MANIFEST_MAX_ENTRIES files
-        by path whose paths fit, so every honest executor lists the same ones."""
-        a = self.agent
-        stdout = result.stdout[:STDOUT_CAP]
-        truncated = result.stdout_truncated or len(result.stdout) > STDOUT_CAP
-        manifest = tuple((path, size, bytes.fromhex(digest)) for path, size, digest in sorted(result.manifest)
-                         if len(path) <= MANIFEST_PATH_MAX)[:MANIFEST_MAX_ENTRIES]
-        fuel = result.fuel_used if result.fuel_used is not None else -1
-        rh = result_hash(result.exit_code, result.timed_out, stdout, truncated, manifest, fuel)
-        return sign(a.identity, Reveal(award.job_id, a.me, rh, result.exit_code, stdout, truncated,
-                                       result.timed_out, manifest, fuel, result.oom_killed, result.sandbox))
+        """The signed reveal of a result (consensus.executor.make_reveal)."""
+        manifest = [(path, size, bytes.fromhex(digest)) for path, size, digest in result.manifest]
+        return make_reveal(self.agent.identity, award.job_id, result.exit_code, result.timed_out, result.stdout,
+                           result.stdout_truncated, manifest, result.fuel_used, result.oom_killed, result.sandbox)
 
     def make_commit(self, award: Award, reveal: bytes) -> bytes:
         """The signed commit for a reveal: its seal binds the result to this executor."""
-        rh = verify(reveal, Reveal).msg.result_hash
-        return sign(self.agent.identity, Commit(award.job_id, self.agent.me, seal(self.agent.me, award.job_id, rh)))
+        return make_commit(self.agent.identity, award.job_id, verify(reveal, Reveal).msg.result_hash)
 
     async def send_commit(self, award: Award, spec: JobSpec, reveal: bytes) -> None:
         if await self._send_with_retries(spec.submitter, COMMIT_PROTOCOL, self.make_commit(award, reveal), award):

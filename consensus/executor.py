@@ -1,0 +1,36 @@
+"""The executor's side of a result as pure functions: the signed reveal of one run and the signed
+commit that binds it to this executor before anything is revealed.
+
+node/executing.py calls these with what the sandbox returned; node/simulation.py calls them with
+a modelled run, so both sign exactly the same messages.
+"""
+
+from __future__ import annotations
+
+from typing import Iterable
+
+from .codec import Identity
+from .messages import MANIFEST_MAX_ENTRIES, MANIFEST_PATH_MAX, STDOUT_CAP, Commit, Reveal, sign
+from .results import ManifestEntry, result_hash, seal
+
+
+def make_reveal(identity: Identity, job_id: bytes, exit_code: int, timed_out: bool, stdout: bytes,
+                stdout_truncated: bool = False, manifest: Iterable[ManifestEntry] = (), fuel_used: int | None = None,
+                oom_killed: bool = False, sandbox: str = "") -> bytes:
+    """The signed reveal of a run's output. Stdout is cut to STDOUT_CAP (and marked truncated); the
+    manifest keeps the first MANIFEST_MAX_ENTRIES files by path whose paths fit, so every honest
+    executor lists the same ones; `fuel_used` None (not a wasm job) is -1 on the wire."""
+    out = stdout[:STDOUT_CAP]
+    truncated = stdout_truncated or len(stdout) > STDOUT_CAP
+    kept = tuple(e for e in sorted(manifest) if len(e[0]) <= MANIFEST_PATH_MAX)[:MANIFEST_MAX_ENTRIES]
+    fuel = fuel_used if fuel_used is not None else -1
+    rh = result_hash(exit_code, timed_out, out, truncated, kept, fuel)
+    return sign(identity, Reveal(job_id, identity.public_key, rh, exit_code, out, truncated, timed_out, kept,
+                                 fuel, oom_killed, sandbox))
+
+
+def make_commit(identity: Identity, job_id: bytes, result_hash_: bytes) -> bytes:
+    """The signed commit of a result: its seal H(executor || job_id || result_hash) names this
+    executor, so a copied commit is worthless."""
+    me = identity.public_key
+    return sign(identity, Commit(job_id, me, seal(me, job_id, result_hash_)))
