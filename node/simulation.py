@@ -296,7 +296,8 @@ class Simulation:
             return
         job.bids += 1
         job.bids_in_window += in_window
-        self._act(job, actions)
+        if actions:  # without one, a bid brings no deadline forward: SubmitterJob adds deadlines only
+            self._act(job, actions)  # with awards and reveal requests, or when starved, which a bid ends
 
     def _on_commit(self, job: SimJob, raw: bytes) -> None:
         m = job.machine

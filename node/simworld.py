@@ -81,12 +81,14 @@ class Mesh:
                 continue
             done[u] = 1
             order.append((t, u))
+            peers = adj[u]
+            # u forwards to every mesh peer but the one it got the message from and the origin;
+            # neither can improve (their own time is earlier), so the loop needs no test for them.
             pu = parent[u]
-            for v, lat in adj[u].items():
-                if v == pu or v == source:
-                    continue
-                sends += 1
-                arrive = t + lat + hop
+            sends += len(peers) - (pu in peers) - (pu != source and u != source and source in peers)
+            t += hop
+            for v, lat in peers.items():
+                arrive = t + lat
                 if arrive < best[v]:
                     best[v] = arrive
                     parent[v] = u
