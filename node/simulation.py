@@ -116,9 +116,8 @@ class Execution:
     """An award at an executor, as node/executing.py keeps it in its store."""
 
     job: "SimJob"
-    status: str = "awarded"  # awarded | running | executed | committed | revealed
+    status: str = "awarded"  # awarded | running | committed | revealed
     reveal: bytes | None = None
-    commit: bytes | None = None
 
 
 @dataclass
@@ -483,15 +482,11 @@ class Simulation:
         job = ex.job
         ex.reveal = make_reveal(self.ids[e], job.job_id, 0, False, self._stdout(job.spec.command, e), sandbox=SANDBOX)
         rh = verify(ex.reveal, Reveal).msg.result_hash  # as Executing.make_commit reads it back
-        ex.commit = make_commit(self.ids[e], job.job_id, rh)
+        commit = make_commit(self.ids[e], job.job_id, rh)
         self.crypto["signs"] += 2
         self.crypto["verifies"] += 1
-        ex.status = "executed"
-        self._send_commit(e, ex)
-
-    def _send_commit(self, e: int, ex: Execution) -> None:
         ex.status = "committed"
-        self._send(e, ex.job.submitter, "commit", self._on_commit, ex.job, ex.commit)
+        self._send(e, job.submitter, "commit", self._on_commit, job, commit)
 
     def _on_reveal_request(self, job: SimJob, e: int, raw: bytes) -> None:
         if not self.online[e]:
@@ -501,7 +496,7 @@ class Simulation:
         self.crypto["verifies"] += 1
         ex = self.execs.get(e, {}).get(signed.msg.job_id)
         if (ex is None or signed.msg.executor != self.pks[e] or signed.signer != job.spec.submitter
-                or ex.status not in ("executed", "committed", "revealed") or ex.reveal is None):
+                or ex.status not in ("committed", "revealed")):
             self.rejected["not_committed"] += 1
             return
         ex.status = "revealed"
@@ -529,13 +524,11 @@ class Simulation:
         self.online[v] = 1
         self.mesh.join(v, self.online)
         self.churn["returned"] += 1
+        # A finished run's commit left in the same instant, so there is no unsent commit to re-send.
         for ex in self.execs.get(v, {}).values():
             if ex.status in ("awarded", "running"):
                 self.churn["runs_recovered"] += 1
                 self._start_run(v, ex)
-            elif ex.status == "executed":
-                self.churn["commits_resent"] += 1
-                self._send_commit(v, ex)
 
     # --- the report -------------------------------------------------------------------------------
 
@@ -555,8 +548,8 @@ class Simulation:
             events.update(kinds)
             replaced_jobs += kinds["replacement"] > 0
             errors.update(h[3].split()[0] for h in j.history if h[1] == "error")
-        verdicts = [j.verdict_ms for j in done]
-        bids = [j.bids for j in done if j.status]
+        verdicts = [j.verdict_ms for j in done if j.certificate is not None]  # not jobs refused locally
+        bids = [j.bids for j in done]
         gossip_total = sum(self.gossip.values())
         direct_total = sum(self.direct.values())
         awarded = sum(self.awards_to.values())
