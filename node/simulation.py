@@ -33,7 +33,7 @@ Modelled:
 - churn: nodes leave at `churn_per_min` x nodes per simulated minute (a pick that is offline or is
   submitting a job is skipped: submitters stay up) and come back after an exponential downtime
   (mean `downtime_s`). A leaving node loses its runs; a returning node recovers like a restarted
-  daemon: re-runs what was awarded and not committed, re-sends commits.
+  daemon: re-runs what was awarded and not committed (Executing.recover).
 
 Shortcuts for speed, each counted in the report so its cost can be priced:
 - bids are real `Bid` messages fed to the real `SubmitterJob`, but with `sign_bids=False` they are
