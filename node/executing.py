@@ -17,12 +17,9 @@ import trio
 
 from distributeai.consensus.errors import RemoteProtocolError
 from distributeai.consensus.codec import sha256
-from distributeai.consensus.messages import (
-    MANIFEST_MAX_ENTRIES, MANIFEST_PATH_MAX, STDOUT_CAP, Award, Bid, Commit, JobSpec, Reveal, RevealRequest,
-    Withdraw, sign, task_stdout_cap, verify,
-)
+from distributeai.consensus.executor import make_batch_reveal, make_commit, make_reveal
+from distributeai.consensus.messages import Award, Bid, JobSpec, Reveal, RevealRequest, Withdraw, sign, verify
 from distributeai.consensus.names import BID_PROTOCOL, BLOB_PROTOCOL, COMMIT_PROTOCOL, WITHDRAW_PROTOCOL
-from distributeai.consensus.results import result_hash, seal
 from distributeai.p2p.identity import peer_id_from_public_key
 from distributeai.p2p.overlay import RemoteError
 from distributeai.sandbox.base import RunRequest, RunResult, Sandbox, SandboxError
@@ -180,7 +177,9 @@ class Executing:
         a = self.agent
         for result in results:
             a.metrics.sandbox_run(result.sandbox, result.duration_s)
-        reveal = self.make_batch_reveal(award, spec, results)
+        reveal = make_batch_reveal(a.identity, award.job_id, len(spec.tasks), [
+            (r.exit_code, r.timed_out, r.stdout, r.stdout_truncated, r.fuel_used) for r in results],
+            any(r.oom_killed for r in results), results[0].sandbox if results else "")
         r: Reveal = verify(reveal, Reveal).msg
         summary = {"tasks": len(results), "failed_tasks": sum(1 for x in results if x.exit_code != 0),
                    "timed_out_tasks": sum(1 for x in results if x.timed_out),
@@ -190,17 +189,6 @@ class Executing:
         a.count("executed")
         a.notify()
         await self.send_commit(award, spec, reveal)
-
-    def make_batch_reveal(self, award: Award, spec: JobSpec, results: list[RunResult]) -> bytes:
-        """The signed reveal of a batch: one (exit code, timed out, stdout, truncated, fuel) per
-        task, stdout cut at `task_stdout_cap` so the reveal fits its cap. No output files."""
-        a = self.agent
-        cap = task_stdout_cap(len(spec.tasks))
-        tasks = tuple((r.exit_code, r.timed_out, r.stdout[:cap], r.stdout_truncated or len(r.stdout) > cap,
-                       r.fuel_used if r.fuel_used is not None else -1) for r in results)
-        draft = Reveal(award.job_id, a.me, b"", 0, b"", False, False, (), -1,
-                       any(r.oom_killed for r in results), results[0].sandbox if results else "", tasks)
-        return sign(a.identity, dataclasses.replace(draft, result_hash=draft.expected_hash()))
 
     async def _request(self, award: Award, spec: JobSpec) -> RunRequest:
         """The sandbox request for a job: its module (fetched by SHA-256 if it did not travel in the
@@ -232,22 +220,14 @@ class Executing:
         return blob
 
     def make_reveal(self, award: Award, result: RunResult) -> bytes:
-        """The signed reveal of a result. The manifest keeps the first MANIFEST_MAX_ENTRIES files
-        by path whose paths fit, so every honest executor lists the same ones."""
-        a = self.agent
-        stdout = result.stdout[:STDOUT_CAP]
-        truncated = result.stdout_truncated or len(result.stdout) > STDOUT_CAP
-        manifest = tuple((path, size, bytes.fromhex(digest)) for path, size, digest in sorted(result.manifest)
-                         if len(path) <= MANIFEST_PATH_MAX)[:MANIFEST_MAX_ENTRIES]
-        fuel = result.fuel_used if result.fuel_used is not None else -1
-        rh = result_hash(result.exit_code, result.timed_out, stdout, truncated, manifest, fuel)
-        return sign(a.identity, Reveal(award.job_id, a.me, rh, result.exit_code, stdout, truncated,
-                                       result.timed_out, manifest, fuel, result.oom_killed, result.sandbox))
+        """The signed reveal of a result (consensus.executor.make_reveal)."""
+        manifest = [(path, size, bytes.fromhex(digest)) for path, size, digest in result.manifest]
+        return make_reveal(self.agent.identity, award.job_id, result.exit_code, result.timed_out, result.stdout,
+                           result.stdout_truncated, manifest, result.fuel_used, result.oom_killed, result.sandbox)
 
     def make_commit(self, award: Award, reveal: bytes) -> bytes:
         """The signed commit for a reveal: its seal binds the result to this executor."""
-        rh = verify(reveal, Reveal).msg.result_hash
-        return sign(self.agent.identity, Commit(award.job_id, self.agent.me, seal(self.agent.me, award.job_id, rh)))
+        return make_commit(self.agent.identity, award.job_id, verify(reveal, Reveal).msg.result_hash)
 
     async def send_commit(self, award: Award, spec: JobSpec, reveal: bytes) -> None:
         if await self._send_with_retries(spec.submitter, COMMIT_PROTOCOL, self.make_commit(award, reveal), award):

@@ -1,0 +1,597 @@
+"""A discrete-event simulation of a whole network, driving the protocol core the nodes run.
+
+Pure: no sockets, no threads, no clock reads (time is virtual milliseconds), one
+`random.Random(seed)`; the same configuration gives the same report. It imports only `consensus`
+and the pure `node.bidding` and `node.simworld` (the mesh and the ledger views).
+
+Real (the functions the daemon calls, on real signed bytes):
+- every node has an Ed25519 `Identity`; specs, announcements, awards, commits, reveal requests,
+  reveals and certificates are signed by their author and checked on receipt with
+  `consensus.messages.verify` as node/submitting.py and node/executing.py do;
+- the submitter is `consensus.submitter.SubmitterJob`: bid ranking, awards, replacements under
+  BOINC's policy, commit-reveal, tally, certificate; its actions are carried out as
+  node/submitting.py carries them out (an award that cannot be delivered is `award_undelivered`,
+  deadlines are `tick`, offences fold into the submitter's own ledger);
+- executors build their reveal and commit with `consensus.executor`; the bid decision is
+  `node.bidding.decide`; announcements pass `consensus.validate.check_announce` and certificates
+  `consensus.certificate.verify_certificate`; every node's reputation and credits are a real
+  `consensus.ledger.Ledger`.
+
+Modelled:
+- the sandbox: a run takes a lognormal time (mean `run_ms`); an honest run prints the SHA-256 of
+  the job's command; a liar prints another line (its own, or with `collude` one shared by all
+  liars), committed and revealed consistently, so only the tally can catch it;
+- the network: one-way latency is lognormal with mean `latency_ms` (sigma `latency_sigma`), drawn
+  per direct message and once per gossip mesh link; a message to a node that is not a mesh
+  neighbour first pays a connection set-up of `dial_rtts` round trips (TCP + Noise), charged to the
+  bid that opens it; a request to an offline node fails after `request_timeout_ms`;
+- GossipSub: a random mesh of degree D (D_lo/D_hi as p2p/workarounds.py sets them); a publish
+  floods the mesh and every node forwards once to its mesh peers except the one it got it from and
+  the origin, each hop adding `hop_ms` of validation (libp2p.md: ~6 ms of CPU per message); every
+  transmission is counted. Offline nodes leave the mesh at once and their neighbours graft
+  replacements at once (GossipSub does it at the next 1 s heartbeat); IHAVE/IWANT is not modelled;
+- churn: nodes leave at `churn_per_min` x nodes per simulated minute (a pick that is offline or is
+  submitting a job is skipped: submitters stay up) and come back after an exponential downtime
+  (mean `downtime_s`). A leaving node loses its runs; a returning node recovers like a restarted
+  daemon: re-runs what was awarded and not committed (Executing.recover).
+
+Shortcuts for speed, each counted in the report so its cost can be priced:
+- bids are real `Bid` messages fed to the real `SubmitterJob`, but with `sign_bids=False` they are
+  neither signed nor verified (every simulated bidder signs honestly, so the check cannot change an
+  outcome); `crypto.bids_unsigned` counts them;
+- an announcement or a certificate is verified once, not once per receiving node (every node runs
+  the same check on the same bytes); `crypto.*_checks_by_nodes` counts the checks the network makes;
+- a node decides to bid, and a certificate reaches its ledger, at the instant of publication rather
+  than at arrival (at most the gossip spread time, under a second, early);
+- nodes that have applied the same certificates and offences share one `Ledger` object, copied on
+  the first difference (`LedgerViews`); certificates are applied in publication order.
+"""
+
+from __future__ import annotations
+
+import heapq
+import math
+import random
+from collections import Counter, deque
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+from distributeai.consensus.certificate import verify_certificate
+from distributeai.consensus.codec import Identity, sha256
+from distributeai.consensus.errors import RemoteProtocolError
+from distributeai.consensus.executor import make_commit, make_reveal
+from distributeai.consensus.ledger import GENESIS_CREDITS
+from distributeai.consensus.messages import (
+    MAX_TOTAL_RESULTS, Announce, Award, Bid, Commit, JobSpec, Reveal, RevealRequest, Signed, job_id_of, sign,
+    verify,
+)
+from distributeai.consensus.results import result_hash
+from distributeai.consensus.submitter import (
+    Finished, Penalize, PublishCertificate, RequestReveal, SendAward, SubmitterJob, Timing,
+)
+from distributeai.consensus.validate import check_announce
+
+from .bidding import BidContext, Capacity, Decision, decide
+from .simworld import MESH_DEGREE, LedgerViews, Mesh, lognormal_mu
+
+EPOCH_MS = 1_700_000_000_000  # the virtual clock's origin, so that specs carry plausible times
+# Copied from modules the simulator may not import (they pull in trio and libp2p);
+# tests/test_simulation.py checks that they still agree.
+REANNOUNCE_MS = 1000                                       # node/submitting.py REANNOUNCE_INTERVAL_S
+OFFENCES = ("not_awarded", "late_commit")                  # node/submitting.py OFFENCES
+PRICE = 1                                                  # node/agent.py NodeSettings.price
+REQUEST_TIMEOUT_MS = 10_000                                # node/agent.py NodeSettings.request_timeout_s
+SANDBOX = "docker"
+IMAGE = "alpine:latest"
+
+
+@dataclass(frozen=True)
+class SimConfig:
+    nodes: int = 10_000
+    jobs: int = 200
+    liars: float = 0.1             # fraction of nodes whose every result is wrong
+    collude: bool = False          # liars share one wrong result (else each has its own)
+    churn_per_min: float = 0.0     # leave attempts per simulated minute, as a fraction of all nodes
+    downtime_s: float = 60.0       # mean time a node that left stays away
+    latency_ms: float = 50.0       # mean one-way latency
+    latency_sigma: float = 0.5     # lognormal shape
+    hop_ms: float = 6.0            # per gossip hop: validation before forwarding
+    dial_rtts: int = 2             # a new connection: TCP and Noise handshakes
+    job_rate_per_s: float = 2.0    # Poisson arrivals of jobs, each from a random online node
+    run_ms: float = 5000.0         # mean run time of one execution (lognormal, sigma 0.5)
+    replicas: int = 3
+    quorum: int = 2
+    bid_probability: float = 1.0   # NOT what nodes do: 1.0 is the real rule (every node that fits bids)
+    sign_bids: bool = False        # sign and verify every bid (slow at 10k nodes)
+    request_timeout_ms: int = REQUEST_TIMEOUT_MS
+    timing: Timing = field(default_factory=Timing)
+    capacity: Capacity = field(default_factory=Capacity)
+    genesis_credits: int = GENESIS_CREDITS
+    max_virtual_s: float = 3600.0  # stop here even if jobs are unfinished (they are reported)
+    seed: int = 1
+
+
+@dataclass
+class Execution:
+    """An award at an executor, as node/executing.py keeps it in its store."""
+
+    job: "SimJob"
+    status: str = "awarded"  # awarded | running | committed | revealed
+    reveal: bytes | None = None
+
+
+@dataclass
+class SimJob:
+    index: int
+    job_id: bytes
+    submitter: int
+    machine: SubmitterJob | None  # dropped once finished (its bids are the bulk of the memory)
+    spec: JobSpec
+    announce: bytes
+    honest_hash: bytes
+    submitted_ms: float
+    seen: bytearray  # who has the announcement
+    decisions: dict = field(default_factory=dict)
+    bids: int = 0
+    bids_in_window: int = 0
+    tick_at: int | None = None
+    status: str = ""
+    reason: str = ""
+    correct: bool = False
+    verdict_ms: float | None = None
+    history: list = field(default_factory=list)  # the SubmitterJob's, kept when it is dropped
+    certificate: bytes | None = None
+
+
+def _image_present(_: str) -> bool:
+    return True  # every simulated node has the job's image
+
+
+def percentile(values: list[float], p: float) -> float | None:
+    """Nearest-rank percentile."""
+    if not values:
+        return None
+    s = sorted(values)
+    return s[max(0, math.ceil(p / 100 * len(s)) - 1)]
+
+
+class Simulation:
+    def __init__(self, cfg: SimConfig) -> None:
+        if cfg.nodes < max(2, cfg.replicas) or cfg.jobs < 1:
+            raise ValueError("need at least as many nodes as replicas (and 2), and one job")
+        self.cfg = cfg
+        self.rng = rng = random.Random(cfg.seed)
+        n = self.n = cfg.nodes
+        self.ids = [Identity.from_seed(rng.randbytes(32)) for _ in range(n)]
+        self.pks = [i.public_key for i in self.ids]
+        self.index = {pk: v for v, pk in enumerate(self.pks)}
+        self.liar = bytearray(n)
+        for v in rng.sample(range(n), round(cfg.liars * n)):
+            self.liar[v] = 1
+        self.online = bytearray(b"\1") * n
+        self.epoch = [0] * n         # bumped when a node leaves: its pending runs die with it
+        self.pinned = [0] * n        # jobs a node is submitting (it stays up meanwhile)
+        self.running = [0] * n       # node/executing.py `running`: awarded runs, queued ones included
+        self.active = [0] * n        # runs holding one of the node's max_running slots
+        self.queued: dict[int, deque] = {}
+        self.execs: dict[int, dict[bytes, Execution]] = {}
+        self.mu = lognormal_mu(cfg.latency_ms, cfg.latency_sigma)
+        self.run_mu = lognormal_mu(cfg.run_ms, 0.5)
+        self.mesh = Mesh(n, rng, self._lat, cfg.hop_ms)
+        self.views = LedgerViews(n, cfg.genesis_credits)
+        self.jobs: list[SimJob] = []
+        self.heap: list[tuple[float, int, Callable, tuple]] = []
+        self.seq = 0
+        self.now = float(EPOCH_MS)
+        self.finished = 0
+        self.gossip: Counter[str] = Counter()
+        self.direct: Counter[str] = Counter()
+        self.local: Counter[str] = Counter()
+        self.lost: Counter[str] = Counter()
+        self.rejected: Counter[str] = Counter()
+        self.declined: Counter[str] = Counter()
+        self.crypto: Counter[str] = Counter()
+        self.churn: Counter[str] = Counter()
+        self.spread_ms: list[float] = []
+        self.reach: list[float] = []
+        self.awards_to: Counter[int] = Counter()
+
+    # --- the event loop ---------------------------------------------------------------------------
+
+    def _at(self, t: float, fn: Callable, *args: Any) -> None:
+        self.seq += 1
+        heapq.heappush(self.heap, (t, self.seq, fn, args))
+
+    def _lat(self) -> float:
+        return math.exp(self.rng.gauss(self.mu, self.cfg.latency_sigma))
+
+    def run(self) -> dict:
+        cfg = self.cfg
+        self._at(self.now, self._submit, 0)
+        if cfg.churn_per_min > 0:
+            self._at(self.now, self._churn)
+        horizon = EPOCH_MS + cfg.max_virtual_s * 1000
+        while self.heap and self.finished < cfg.jobs:
+            t, _, fn, args = heapq.heappop(self.heap)
+            if t > horizon:
+                break
+            self.now = t
+            fn(*args)
+        return self.report()
+
+    # --- the submitter (node/submitting.py) ---------------------------------------------------
+
+    def _submit(self, i: int) -> None:
+        cfg, rng = self.cfg, self.rng
+        if i + 1 < cfg.jobs:
+            self._at(self.now + rng.expovariate(cfg.job_rate_per_s) * 1000, self._submit, i + 1)
+        s = rng.randrange(self.n)
+        while not self.online[s]:
+            s = rng.randrange(self.n)
+        now = int(self.now)
+        command = ("sh", "-c", f"echo job-{i} | sha256sum")
+        spec = JobSpec(submitter=self.pks[s], nonce=rng.randbytes(16), created_ms=now, name=f"sim-{i}",
+                       image=IMAGE, command=command, replicas=cfg.replicas, quorum=cfg.quorum,
+                       max_total_results=min(2 * cfg.replicas, MAX_TOTAL_RESULTS))
+        signed_spec = sign(self.ids[s], spec)
+        self.crypto["signs"] += 1
+        honest = result_hash(0, False, self._stdout(command, -1), False)
+        job = SimJob(i, job_id_of(signed_spec), s, None, spec, b"", honest, self.now, bytearray(self.n))
+        self.jobs.append(job)
+        if not self.views.of(s).can_pay(spec):  # Submitting.submit refuses it locally
+            self._finished(job, "failed", "insufficient_credits (refused by the submitter's node)")
+            return
+        job.machine = SubmitterJob(self.ids[s], signed_spec, spec, started_ms=now, timing=cfg.timing)
+        job.announce = sign(self.ids[s], Announce(signed_spec, (f"/sim/{s}",)))
+        self.crypto["signs"] += 1
+        check_announce(job.announce, now)  # once; every receiver runs this check on the same bytes
+        self.crypto["verifies"] += 2
+        self.pinned[s] += 1
+        job.seen[s] = 1
+        self._consider(job, s, self.now)  # the submitter may run its own job (Submitting.submit)
+        self._publish_announce(job, "announce")
+        self._schedule_tick(job)
+        self._at(self.now + REANNOUNCE_MS, self._reannounce, job)
+
+    def _publish_announce(self, job: SimJob, kind: str) -> None:
+        order, sends = self.mesh.spread(job.submitter, self.now)
+        self.gossip[kind] += sends
+        self.crypto["announce_checks_by_nodes"] += len(order) - 1
+        self.spread_ms.append(order[-1][0] - self.now)
+        self.reach.append(len(order) / sum(self.online))
+        seen = job.seen
+        for t, v in order:
+            if seen[v]:
+                continue  # the author's repeat (insert_job refuses it): no second bid
+            seen[v] = 1
+            self._consider(job, v, t)
+
+    def _reannounce(self, job: SimJob) -> None:
+        if job.machine is None:
+            return
+        if job.machine.wants_bids:
+            self._publish_announce(job, "reannounce")
+        self._at(self.now + REANNOUNCE_MS, self._reannounce, job)
+
+    def _on_bid(self, job: SimJob, v: int, sent_ms: int) -> None:
+        m = job.machine
+        if m is None:
+            self.rejected["job_finished"] += 1
+            return
+        cap = self.cfg.capacity
+        bid = Bid(m.job_id, self.pks[v], PRICE, cap.cpu_millis, cap.memory_mb, (SANDBOX,), sent_ms)
+        if self.cfg.sign_bids:
+            signed = verify(sign(self.ids[v], bid), Bid)
+            self.crypto["signs"] += 1
+            self.crypto["verifies"] += 1
+        else:
+            signed = Signed(bid, self.pks[v], b"")
+            self.crypto["bids_unsigned"] += 1
+        in_window = m.state == "bidding"
+        try:
+            actions = m.receive_bid(signed, int(self.now), self.views.of(job.submitter).reputation_of(self.pks[v]))
+        except RemoteProtocolError as exc:
+            self.rejected[exc.reason] += 1
+            return
+        job.bids += 1
+        job.bids_in_window += in_window
+        if actions:  # without one, a bid brings no deadline forward: SubmitterJob adds deadlines only
+            self._act(job, actions)  # with awards and reveal requests, or when starved, which a bid ends
+
+    def _on_commit(self, job: SimJob, raw: bytes) -> None:
+        m = job.machine
+        signed = verify(raw, Commit)
+        self.crypto["verifies"] += 1
+        if m is None:
+            self.rejected["job_finished"] += 1
+            return
+        earlier = m.commits.get(signed.msg.executor)
+        if earlier is not None and earlier.raw == signed.raw:
+            return  # a re-sent commit already applied
+        try:
+            actions = m.receive_commit(signed, int(self.now))
+        except RemoteProtocolError as exc:
+            self.rejected[exc.reason] += 1
+            if exc.reason in OFFENCES:
+                self.views.apply_offence(job.submitter, signed.signer)
+            return
+        self._act(job, actions)
+
+    def _on_reveal(self, job: SimJob, v: int, raw: bytes) -> None:
+        signed = verify(raw, Reveal)
+        self.crypto["verifies"] += 1
+        if job.machine is None or signed.signer != self.pks[v]:
+            self.rejected["job_finished" if job.machine is None else "wrong_signer"] += 1
+            return
+        try:
+            actions = job.machine.receive_reveal(signed, int(self.now))
+        except RemoteProtocolError as exc:
+            self.rejected[exc.reason] += 1
+            return
+        self._act(job, actions)
+
+    def _undelivered(self, job: SimJob, v: int) -> None:
+        if job.machine is not None:
+            self._act(job, job.machine.award_undelivered(self.pks[v], int(self.now)))
+
+    def _tick(self, job: SimJob, due: int) -> None:
+        if job.machine is None or job.tick_at != due:
+            return  # finished, or superseded by an earlier deadline
+        job.tick_at = None
+        nxt = job.machine.next_deadline_ms()
+        if nxt is not None and nxt <= self.now:
+            self._act(job, job.machine.tick(int(self.now)))
+        else:
+            self._schedule_tick(job)
+
+    def _schedule_tick(self, job: SimJob) -> None:
+        due = job.machine.next_deadline_ms() if job.machine is not None else None
+        if due is not None and (job.tick_at is None or due < job.tick_at):
+            job.tick_at = due
+            self._at(max(due, self.now), self._tick, job, due)
+
+    def _act(self, job: SimJob, actions: list) -> None:
+        s = job.submitter
+        for a in actions:
+            if isinstance(a, SendAward):
+                self.crypto["signs"] += 1
+                e = self.index[a.executor]
+                self.awards_to[e] += 1
+                self._send(s, e, "award", self._on_award, job, e, a.award, self.now)
+            elif isinstance(a, RequestReveal):
+                self.crypto["signs"] += 1
+                e = self.index[a.executor]
+                self._send(s, e, "reveal_request", self._on_reveal_request, job, e, a.request)
+            elif isinstance(a, PublishCertificate):
+                self.crypto["signs"] += 1
+                self._publish_certificate(job, a.certificate)
+            elif isinstance(a, Penalize):
+                self.views.apply_offence(s, a.executor)
+            elif isinstance(a, Finished):
+                honest = a.tally is not None and a.tally.result_hash == job.honest_hash
+                self._finished(job, a.status, a.reason, a.status == "verified" and honest)
+        self._schedule_tick(job)
+
+    def _publish_certificate(self, job: SimJob, raw: bytes) -> None:
+        checked = verify_certificate(raw)  # once; every receiver runs this check on the same bytes
+        self.crypto["verifies"] += 2 + len(checked.awards) + len(checked.reveals)
+        order, sends = self.mesh.spread(job.submitter, self.now)
+        self.gossip["certificate"] += sends
+        self.crypto["certificate_checks_by_nodes"] += len(order) - 1
+        received = bytearray(self.n)
+        for _, v in order:
+            received[v] = 1
+        self.views.apply_certificate(checked, received, int(self.now))
+        job.certificate = raw
+
+    def _finished(self, job: SimJob, status: str, reason: str, correct: bool = False) -> None:
+        job.status, job.reason, job.correct = status, reason, correct
+        job.verdict_ms = self.now - job.submitted_ms
+        if job.machine is not None:
+            job.history = job.machine.history
+            self.pinned[job.submitter] -= 1
+        job.machine = None
+        self.finished += 1
+
+    # --- the network ------------------------------------------------------------------------------
+
+    def _send(self, src: int, dst: int, kind: str, fn: Callable, *args: Any) -> None:
+        """A direct request: to the node itself without the network (Agent.deliver), else with latency."""
+        if src == dst:
+            self.local[kind] += 1
+            self._at(self.now, fn, *args)
+        else:
+            self.direct[kind] += 1
+            self._at(self.now + self._lat(), fn, *args)
+
+    # --- executors (node/executing.py) ----------------------------------------------------------
+
+    def _consider(self, job: SimJob, v: int, t: float) -> None:
+        """`Executing.consider`: bid if `decide` says so; the bid reaches the submitter later."""
+        cfg = self.cfg
+        s = job.submitter
+        if cfg.bid_probability < 1 and v != s and self.rng.random() >= cfg.bid_probability:
+            self.declined["not sampled (--bid-probability)"] += 1
+            return
+        # decide() is pure: memoized on its inputs (the ledger view's version stands for can_pay).
+        gid = self.views.group[v]
+        key = (gid, len(self.views.ledgers[gid].applied), self.running[v])
+        decision: Decision | None = job.decisions.get(key)
+        if decision is None:
+            can_pay = self.views.of(v).can_pay(job.spec)
+            decision = job.decisions[key] = decide(BidContext(
+                job.spec, cfg.capacity, self.running[v], True, _image_present, submitter_can_pay=can_pay,
+                gpu_ok=not job.spec.gpu))
+        if not decision.bid:
+            self.declined[decision.reason] += 1
+            return
+        if v == s:
+            self.local["bid"] += 1
+            self._at(t, self._on_bid, job, v, int(t))
+            return
+        self.direct["bid"] += 1
+        lat = self._lat()
+        if v not in self.mesh.adj[s]:
+            lat *= 1 + 2 * cfg.dial_rtts  # no connection yet: handshakes first
+        self._at(t + lat, self._on_bid, job, v, int(t))
+
+    def _on_award(self, job: SimJob, e: int, raw: bytes, sent: float) -> None:
+        if not self.online[e]:  # the submitter's request fails after its timeout
+            self.lost["award"] += 1
+            self._at(max(self.now, sent + self.cfg.request_timeout_ms), self._undelivered, job, e)
+            return
+        signed = verify(raw, Award)
+        self.crypto["verifies"] += 1
+        award: Award = signed.msg
+        if award.executor != self.pks[e] or signed.signer != job.spec.submitter or not job.seen[e]:
+            self.rejected["bad_award"] += 1
+            self._at(self.now + self._lat(), self._undelivered, job, e)
+            return
+        execs = self.execs.setdefault(e, {})
+        if award.job_id in execs:
+            return  # a repeated award changes nothing
+        ex = execs[award.job_id] = Execution(job)
+        self._start_run(e, ex)
+
+    def _start_run(self, e: int, ex: Execution) -> None:
+        ex.status = "running"
+        self.running[e] += 1
+        if self.active[e] < self.cfg.capacity.max_running:
+            self.active[e] += 1
+            self._at(self.now + math.exp(self.rng.gauss(self.run_mu, 0.5)), self._run_done, e, ex, self.epoch[e])
+        else:
+            self.queued.setdefault(e, deque()).append(ex)
+
+    def _stdout(self, command: tuple[str, ...], v: int) -> bytes:
+        """The modelled run's output: honest, a liar's own wrong line, or the colluders' shared one."""
+        text = "\0".join(command)
+        if v >= 0 and self.liar[v]:
+            text += "\0collude" if self.cfg.collude else f"\0lie {v}"
+        return sha256(text.encode()).hex().encode() + b"  -\n"
+
+    def _run_done(self, e: int, ex: Execution, epoch: int) -> None:
+        if epoch != self.epoch[e]:
+            return  # the node left while running: the run died with the process
+        self.running[e] -= 1
+        self.active[e] -= 1
+        waiting = self.queued.get(e)
+        if waiting:
+            nxt = waiting.popleft()
+            self.active[e] += 1
+            self._at(self.now + math.exp(self.rng.gauss(self.run_mu, 0.5)), self._run_done, e, nxt, epoch)
+        job = ex.job
+        ex.reveal = make_reveal(self.ids[e], job.job_id, 0, False, self._stdout(job.spec.command, e), sandbox=SANDBOX)
+        rh = verify(ex.reveal, Reveal).msg.result_hash  # as Executing.make_commit reads it back
+        commit = make_commit(self.ids[e], job.job_id, rh)
+        self.crypto["signs"] += 2
+        self.crypto["verifies"] += 1
+        ex.status = "committed"
+        self._send(e, job.submitter, "commit", self._on_commit, job, commit)
+
+    def _on_reveal_request(self, job: SimJob, e: int, raw: bytes) -> None:
+        if not self.online[e]:
+            self.lost["reveal_request"] += 1  # the submitter waits out the reveal window
+            return
+        signed = verify(raw, RevealRequest)
+        self.crypto["verifies"] += 1
+        ex = self.execs.get(e, {}).get(signed.msg.job_id)
+        if (ex is None or signed.msg.executor != self.pks[e] or signed.signer != job.spec.submitter
+                or ex.status not in ("committed", "revealed")):
+            self.rejected["not_committed"] += 1
+            return
+        ex.status = "revealed"
+        self._send(e, job.submitter, "reveal", self._on_reveal, job, e, ex.reveal)
+
+    # --- churn ------------------------------------------------------------------------------------
+
+    def _churn(self) -> None:
+        cfg = self.cfg
+        self._at(self.now + self.rng.expovariate(cfg.churn_per_min * self.n / 60_000), self._churn)
+        v = self.rng.randrange(self.n)
+        if not self.online[v] or self.pinned[v]:
+            self.churn["skipped"] += 1
+            return
+        self.online[v] = 0
+        self.epoch[v] += 1
+        self.running[v] = self.active[v] = 0
+        self.queued.pop(v, None)
+        self.mesh.leave(v, self.online)
+        self.churn["left"] += 1
+        self._at(self.now + self.rng.expovariate(1 / (cfg.downtime_s * 1000)), self._come_back, v)
+
+    def _come_back(self, v: int) -> None:
+        """Back online: rejoin the mesh and recover like a restarted daemon (Executing.recover)."""
+        self.online[v] = 1
+        self.mesh.join(v, self.online)
+        self.churn["returned"] += 1
+        # A finished run's commit left in the same instant, so there is no unsent commit to re-send.
+        for ex in self.execs.get(v, {}).values():
+            if ex.status in ("awarded", "running"):
+                self.churn["runs_recovered"] += 1
+                self._start_run(v, ex)
+
+    # --- the report -------------------------------------------------------------------------------
+
+    def report(self) -> dict:
+        cfg = self.cfg
+        jobs = self.jobs
+        n_jobs = len(jobs) or 1
+        done = [j for j in jobs if j.status]
+        statuses = Counter(j.status for j in done)
+        verified_wrong = sum(1 for j in done if j.status == "verified" and not j.correct)
+        failed_reasons = Counter(j.reason for j in done if j.status == "failed")
+        events = Counter()
+        errors = Counter()
+        replaced_jobs = 0
+        for j in done:
+            kinds = Counter(h[1] for h in j.history)
+            events.update(kinds)
+            replaced_jobs += kinds["replacement"] > 0
+            errors.update(h[3].split()[0] for h in j.history if h[1] == "error")
+        verdicts = [j.verdict_ms for j in done if j.certificate is not None]  # not jobs refused locally
+        bids = [j.bids for j in done]
+        gossip_total = sum(self.gossip.values())
+        direct_total = sum(self.direct.values())
+        awarded = sum(self.awards_to.values())
+        liar_awards = sum(c for v, c in self.awards_to.items() if self.liar[v])
+        rnd = lambda x, d=1: None if x is None else round(x, d)  # noqa: E731
+        return {
+            "parameters": {k: getattr(cfg, k) for k in (
+                "nodes", "jobs", "liars", "collude", "churn_per_min", "downtime_s", "latency_ms", "latency_sigma",
+                "hop_ms", "dial_rtts", "job_rate_per_s", "run_ms", "replicas", "quorum", "bid_probability",
+                "sign_bids", "seed")} | {"bid_window_ms": cfg.timing.bid_window_ms, "mesh_degree": MESH_DEGREE},
+            "jobs": {"submitted": len(jobs), "finished": len(done), "unfinished": len(jobs) - len(done),
+                     "verified_correct": sum(1 for j in done if j.correct), "verified_wrong": verified_wrong,
+                     "failed": statuses["failed"], "failed_reasons": dict(failed_reasons),
+                     "nondeterministic": statuses["nondeterministic"]},
+            "share_correct": round(sum(1 for j in done if j.correct) / n_jobs, 4),
+            "time_to_verdict_ms": {"p50": rnd(percentile(verdicts, 50)), "p95": rnd(percentile(verdicts, 95)),
+                                   "p99": rnd(percentile(verdicts, 99)), "max": rnd(max(verdicts, default=None))},
+            "messages_per_job": {
+                "gossip": round(gossip_total / n_jobs, 1), "direct": round(direct_total / n_jobs, 1),
+                "gossip_by_kind": {k: round(c / n_jobs, 1) for k, c in sorted(self.gossip.items())},
+                "direct_by_kind": {k: round(c / n_jobs, 2) for k, c in sorted(self.direct.items())},
+                "local_by_kind": {k: round(c / n_jobs, 2) for k, c in sorted(self.local.items())},
+                "lost_to_offline_nodes": dict(self.lost)},
+            "bids_per_job": {"received_mean": rnd(sum(bids) / len(bids) if bids else None),
+                             "received_min": min(bids, default=None), "received_max": max(bids, default=None),
+                             "in_bid_window_mean": rnd(sum(j.bids_in_window for j in done) / max(1, len(done))),
+                             "declined": dict(self.declined)},
+            "gossip_spread_ms": {"p50": rnd(percentile(self.spread_ms, 50)), "p99": rnd(percentile(self.spread_ms, 99)),
+                                 "min_reach": rnd(min(self.reach, default=None), 4)},
+            "replacements": {"total": events["replacement"], "jobs_with_replacement": replaced_jobs,
+                             "slot_errors": dict(errors)},
+            "executors": {"awards": awarded, "distinct": len(self.awards_to),
+                          "most_awards_one_node": max(self.awards_to.values(), default=0),
+                          "share_of_awards_to_liars": round(liar_awards / awarded, 4) if awarded else None},
+            "churn": dict(self.churn) | {"offline_at_end": self.n - sum(self.online)},
+            "rejected": dict(self.rejected),
+            "crypto": dict(self.crypto),
+            "ledgers": {"views": len(self.views.ledgers), "copies": self.views.copies,
+                        "certificate_folds": self.views.folds},
+            "virtual_time_s": round((self.now - EPOCH_MS) / 1000, 3),
+        }
+
+
+def simulate(cfg: SimConfig) -> dict:
+    return Simulation(cfg).run()
