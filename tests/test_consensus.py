@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 
+import hashlib
 import msgpack
 import pytest
 from hypothesis import given
@@ -528,3 +529,16 @@ def test_bad_job_files_name_the_field(doc, field):
     with pytest.raises(JobFileError) as e:
         parse_job(doc)
     assert e.value.field == field
+
+
+def test_a_remembered_signature_check_never_admits_other_bytes():
+    from distributeai.consensus import codec
+
+    raw = sign(SUBMITTER, make_spec())
+    assert verify(raw, JobSpec).signer == SUBMITTER.public_key
+    assert hashlib.sha256(raw).digest() in codec._VERIFIED
+    assert verify(raw, JobSpec).signer == SUBMITTER.public_key  # from the memo
+    forged = raw[:-1] + bytes([raw[-1] ^ 1])  # the last byte of the signature
+    with pytest.raises(RemoteProtocolError) as e:
+        verify(forged, JobSpec)
+    assert e.value.reason == "bad_signature"
