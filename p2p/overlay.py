@@ -24,7 +24,7 @@ from libp2p.pubsub.pubsub import Pubsub
 from libp2p.tools.anyio_service import background_trio_service
 from multiaddr import Multiaddr
 
-from . import reqresp, workarounds
+from . import reqresp, session, workarounds
 
 logger = logging.getLogger(__name__)
 quiet_libp2p_logs = workarounds.quiet_libp2p_logs  # public: the CLI calls it after configuring logging
@@ -86,7 +86,13 @@ class Overlay:
         self._dht = KadDHT(self._host, DHTMode.SERVER if dht_server else DHTMode.CLIENT)
         self._max_bytes = max_message_bytes
         self._stats: collections.Counter[str] = collections.Counter()
-        self._server = reqresp.RequestServer(max_message_bytes, self._stats)
+        self._limiter = reqresp.new_limiter()
+        # Requests travel in sessions (session.py): one stream per peer and direction.
+        self._handlers: dict[str, Callable[[str, bytes], Awaitable[bytes]]] = {}
+        self._sessions: dict[ID, session.DialerSession] = {}
+        self._session_locks: collections.defaultdict[ID, trio.Lock] = collections.defaultdict(trio.Lock)
+        self._nursery: trio.Nursery | None = None
+        self._host.set_stream_handler(TProtocol(session.PROTOCOL), self._serve_session)
         self._msg_send, self._msg_recv = trio.open_memory_channel[GossipMessage](MESSAGE_BUFFER)
         self._dial_failed_at: dict[ID, float] = {}
         self._bootstrap_unreachable: set[ID] = set()  # bootstrap peers last seen failing, warned once
@@ -200,8 +206,31 @@ class Overlay:
     # --- request/response -------------------------------------------------------------------
 
     def set_handler(self, protocol: str, handler: Callable[[str, bytes], Awaitable[bytes]]) -> None:
-        """Serve `protocol`: handler(remote peer id, request) -> response. See reqresp.py."""
-        self._host.set_stream_handler(TProtocol(protocol), self._server.stream_handler(protocol, handler))
+        """Serve `protocol`: handler(remote peer id, request) -> response, for requests that
+        peers send in their sessions with us (session.py)."""
+        self._handlers[protocol] = handler
+
+    async def _serve_session(self, stream) -> None:
+        await session.serve_session(stream, self._handlers, self._max_bytes, self._stats, self._limiter)
+
+    async def _session(self, pid: ID) -> session.DialerSession:
+        """Our open session to `pid`, opened (with its reader task) if there is none."""
+        current = self._sessions.get(pid)
+        if current is not None and current.closed is None:
+            return current
+        async with self._session_locks[pid]:
+            current = self._sessions.get(pid)
+            if current is not None and current.closed is None:
+                return current
+            try:
+                stream = await self._host.new_stream(pid, [TProtocol(session.PROTOCOL)])
+            except Exception as exc:
+                raise RemoteError(f"peer {pid} did not open a session: {exc}") from exc
+            current = session.DialerSession(stream, self._max_bytes)
+            assert self._nursery is not None, "requests are made inside open_overlay"
+            self._nursery.start_soon(current.read_responses)
+            self._sessions[pid] = current
+            return current
 
     async def request(self, peer_id: str, protocol: str, data: bytes, *, timeout: float = 10.0) -> bytes:
         """Send one request to `peer_id` on `protocol` and return the response.
@@ -233,35 +262,13 @@ class Overlay:
     async def _request(self, pid: ID, protocol: str, data: bytes) -> bytes:
         if not self._is_connected(pid):
             await self._dial(await self._find(pid))
+        peer = await self._session(pid)
         try:
-            stream = await self._host.new_stream(pid, [TProtocol(protocol)])
-        except Exception as exc:
-            raise RemoteError(f"peer {pid} did not open a stream for {protocol}: {exc}") from exc
-        # Read the response while still writing: a listener refuses an oversized request after
-        # its length prefix, and a writer blocked on a full yamux window would never see that
-        # refusal otherwise. The writer is never cancelled (see _write_request); a reset of
-        # the stream is what stops it.
-        failure: Exception | None = None
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(_write_request, stream, reqresp.encode_request(data))
-            try:
-                response = await reqresp.read_response(stream, self._max_bytes)
-            except Exception as exc:  # EOFError, StreamError, a reset, a refusal
-                failure = exc
-                await reqresp.reset_stream(stream)
-            except BaseException:  # cancelled (the caller's timeout): stop the writer, go on
-                await reqresp.reset_stream(stream)
-                raise
-        if isinstance(failure, reqresp.ResponseError):
-            raise RemoteError(f"peer {pid} refused a request on {protocol}: {failure}")
-        if failure is not None:
-            raise RemoteError(f"request to {pid} on {protocol} failed: {failure!r}") from failure
-        with trio.CancelScope(shield=True):
-            try:
-                await stream.close()
-            except Exception:  # the listener closed first; nothing left to release
-                pass
-        return response
+            return await peer.request(protocol, data)
+        except reqresp.ResponseError as exc:
+            raise RemoteError(f"peer {pid} refused a request on {protocol}: {exc}") from None
+        except session.SessionClosed as exc:
+            raise RemoteError(f"request to {pid} on {protocol} failed: {exc}") from None
 
     async def _find(self, pid: ID) -> PeerInfo:
         try:
@@ -402,6 +409,7 @@ async def _run(
                     # stop too, and the Cancelled would replace (and so swallow) whatever
                     # exception the caller's block raised.
                     async with trio.open_nursery() as nursery:
+                        overlay._nursery = nursery
                         for topic, subscription in subscriptions:
                             nursery.start_soon(overlay._drain, topic, subscription)
                         nursery.start_soon(overlay._discovery_loop, boot_infos)
@@ -425,24 +433,6 @@ def _sole_exception(group: BaseExceptionGroup) -> BaseException | None:
             return None
         exc = exc.exceptions[0]
     return exc
-
-
-async def _write_request(stream: object, data: bytes) -> None:
-    """Write a whole request, shielded from cancellation.
-
-    Defect: yamux writes a frame to the secured connection without shielding it
-    (`stream_muxer/yamux/yamux.py:874-875`), and Noise splits a full 64 KiB yamux frame into
-    two Noise messages (`security/noise/io.py:68-79`). A write cancelled between them leaves
-    half a frame on the connection, whose muxer then fails: seen here as the connection to a
-    peer dropping right after a cancelled 600 KB request. A reset of the stream ends this
-    write promptly instead (the yamux write loop checks `closed`, `yamux.py:243-244,280-283`).
-    A failed write shows up as a failed read of the response, which says more.
-    """
-    with trio.CancelScope(shield=True):
-        try:
-            await stream.write(data)  # type: ignore[attr-defined]
-        except Exception as exc:
-            logger.debug("request write failed: %r", exc)
 
 
 def _with_p2p(addr: str, suffix: str) -> str:

@@ -17,8 +17,7 @@ Applied elsewhere in p2p/ (they are calls, not settings; each carries its own co
 - Found here, not in libp2p.md: a yamux frame write is not shielded from cancellation
   (`stream_muxer/yamux/yamux.py:874-875`) and Noise splits a 64 KiB frame in two
   (`security/noise/io.py:68-79`), so a cancelled write corrupts the connection ->
-  `overlay._write_request` never cancels a request write (and `reqresp.py` puts no deadline
-  on response writes).
+  `session._write_frame` never cancels a frame write half way; it resets the stream instead.
 - Found here: `host.run()` ignores a failed listen (`host/basic_host.py:590`; `Swarm.listen`
   returns False, `network/swarm.py:1945`) -> `overlay._run` raises OSError.
 """

@@ -22,6 +22,7 @@ from typing import Any
 
 import pytest
 import trio
+import trio.testing
 
 from distributeai.p2p import identity
 from distributeai.p2p.overlay import open_overlay
@@ -110,6 +111,52 @@ async def test_messages_far_past_the_yamux_window_cross_both_ways() -> None:
             data = os.urandom(size)
             with trio.fail_after(20):
                 assert await client.request(server.peer_id, ECHO, data, timeout=20) == data + data[::-1]
+
+
+async def test_a_session_answers_concurrent_requests_out_of_order_and_survives_garbage() -> None:
+    """session.py: one stream carries many requests at once; answers are matched by id, so a
+    request held back does not hold up the others; a malformed frame resets only the stream it
+    came on."""
+    from libp2p.custom_types import TProtocol
+
+    from distributeai.p2p import session
+
+    release = trio.Event()
+
+    async def held(peer: str, data: bytes) -> bytes:
+        if data == b"first":
+            await release.wait()  # answered only after every other request was answered
+        return data
+
+    async with open_overlay(os.urandom(32)) as server, open_overlay(os.urandom(32)) as client:
+        server.set_handler(ECHO, held)
+        await client.connect(server.multiaddrs()[0])
+        answers: list[bytes] = []
+        others_answered = trio.Event()
+
+        async def one(data: bytes) -> None:
+            answers.append(await client.request(server.peer_id, ECHO, data, timeout=10))
+            if len(answers) == 50:
+                others_answered.set()
+
+        with trio.fail_after(20):
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(one, b"first")
+                await trio.testing.wait_all_tasks_blocked()
+                for i in range(50):
+                    nursery.start_soon(one, str(i).encode())
+                await others_answered.wait()
+                assert b"first" not in answers
+                release.set()
+        assert answers[-1] == b"first" and sorted(answers[:50]) == sorted(str(i).encode() for i in range(50))
+        assert len(client._sessions) == 1  # all of it on one session
+        # A raw stream on the session protocol sending garbage is reset; the server goes on.
+        raw = await client._host.new_stream(server._self_id, [TProtocol(session.PROTOCOL)])
+        await raw.write(session.HEADER.pack(5, 1, 7) + b"xxxxx")  # type 7 does not exist
+        with trio.fail_after(10):
+            while server.stats().get("requests_rejected_malformed", 0) < 1:
+                await trio.sleep(0.01)  # polling a counter the server updates, with a deadline
+        assert await client.request(server.peer_id, ECHO, b"still there", timeout=10) == b"still there"
 
 
 async def test_errors_raised_in_the_block_reach_the_caller_unwrapped() -> None:
@@ -356,7 +403,7 @@ async def test_request_round_trip(network: Network) -> None:
     bench = await a.call(cmd="bench", peer=b.peer_id, n=200, wait_s=30)
     latencies = bench["result"]
     print(
-        f"request round trip (new stream each): p50 {statistics.median(latencies):.2f} ms, "
+        f"request round trip (in a session): p50 {statistics.median(latencies):.2f} ms, "
         f"p99 {latencies[int(len(latencies) * 0.99) - 1]:.2f} ms over {len(latencies)}"
     )
 
