@@ -78,6 +78,7 @@ class Overlay:
         workarounds.release_inbound_slot_on_close(self._host.get_network())
         workarounds.fix_yamux_window_updates()
         workarounds.cache_pubsub_peer_records()
+        workarounds.cache_own_peer_record()
         self._gossipsub = workarounds.new_gossipsub()
         self._pubsub = Pubsub(
             self._host, self._gossipsub, max_inbound_rpc_size=max_message_bytes + RPC_OVERHEAD

@@ -28,6 +28,7 @@ import logging
 import os
 import socket
 import time
+import weakref
 from collections.abc import Sequence
 from typing import Any
 
@@ -254,6 +255,43 @@ def cache_pubsub_peer_records() -> None:
     consume._distributeai_cached = True  # type: ignore[attr-defined]
     pubsub_mod.maybe_consume_signed_record = consume
     gossipsub_mod.maybe_consume_signed_record = consume
+
+
+# Our own signed peer record is rebuilt from the host's addresses at most this often.
+OWN_RECORD_CACHE_S = 5.0
+
+
+def cache_own_peer_record() -> None:
+    """Compute our own signed peer record for pubsub at most every OWN_RECORD_CACHE_S.
+
+    Every pubsub RPC carries it, and `peer/peerstore.py:68-105` (`env_to_send_in_RPC`) rebuilds
+    the host's address set from its listening sockets to check the cached record on each call:
+    a tenth of a node's gossip CPU in a bench profile (issue 6). Addresses change only when
+    listeners do; a record at most 5 s old is what a peer would have seen a moment earlier.
+    Patched where pubsub imported it (pubsub.py, gossipsub.py, floodsub.py). Idempotent.
+    """
+    import libp2p.pubsub.floodsub as floodsub_mod
+    import libp2p.pubsub.gossipsub as gossipsub_mod
+    import libp2p.pubsub.pubsub as pubsub_mod
+    from libp2p.peer import peerstore
+
+    if getattr(pubsub_mod.env_to_send_in_RPC, "_distributeai_cached", False):
+        return
+    original = peerstore.env_to_send_in_RPC
+    made: weakref.WeakKeyDictionary[Any, tuple[float, tuple[bytes, bool]]] = weakref.WeakKeyDictionary()
+
+    def own_record(host: Any) -> tuple[bytes, bool]:
+        now = time.monotonic()
+        hit = made.get(host)
+        if hit is not None and now - hit[0] < OWN_RECORD_CACHE_S:
+            return hit[1][0], False
+        result = original(host)
+        made[host] = (now, result)
+        return result
+
+    own_record._distributeai_cached = True  # type: ignore[attr-defined]
+    for module in (pubsub_mod, gossipsub_mod, floodsub_mod):
+        module.env_to_send_in_RPC = own_record
 
 
 def fix_pubsub_seqno(pubsub: Any) -> None:
