@@ -100,8 +100,7 @@ class Submitting:
         self._check_sender(signed, peer, "bid")
         job = self._own_job(signed.msg.job_id)
         reputation = self.agent.ledger.reputation_of(signed.signer)
-        meta = {"reputation": reputation, "unbid_best": self._unbid_best(job, signed.signer)}
-        await self.apply(job, "bid", signed, meta)
+        await self.apply(job, "bid", signed, {"reputation": reputation})
         self.agent.count("bids_received")
         return wire.ok()
 
@@ -136,7 +135,9 @@ class Submitting:
             now = now_ms()
             seen = len(job.history)
             if kind == "bid":
-                actions = job.receive_bid(signed, now, meta.get("reputation", 0), meta.get("unbid_best"))
+                # Under the lock: bids applied just before this one are already in the job.
+                meta["unbid_best"] = self._unbid_best(job, signed.signer)
+                actions = job.receive_bid(signed, now, meta.get("reputation", 0), meta["unbid_best"])
             elif kind == "commit":
                 actions = job.receive_commit(signed, now)
             elif kind == "withdraw":
