@@ -2,7 +2,11 @@
 
 aiosqlite binds to asyncio's loop and cannot be awaited from trio, so every statement runs through
 `trio.to_thread.run_sync` with a one-slot limiter: one connection, one statement at a time, never on
-the trio thread. `synchronous=FULL` because a node killed with SIGKILL must come back where it was.
+the trio thread. `synchronous=NORMAL`: in WAL mode a committed transaction survives the process
+being killed (SIGKILL included: the WAL is written before COMMIT returns, the OS keeps it), which
+is the contract; only a power loss or kernel crash may roll back the last commits. FULL added an
+fsync to every commit, and with five jobs in flight the fsyncs of six node processes queued on the
+disk: `distributeai bench` went from 7.9 to 15 jobs/s and p50 from 551 to 333 ms with NORMAL.
 
 What is stored (and why):
 - `jobs`: every job this node knows, in any role (submitter, executor, observer), with its signed
@@ -99,7 +103,7 @@ class Store:
             conn = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None)
             conn.row_factory = sqlite3.Row
             conn.execute("PRAGMA journal_mode=WAL")
-            conn.execute("PRAGMA synchronous=FULL")
+            conn.execute("PRAGMA synchronous=NORMAL")
             conn.execute("PRAGMA busy_timeout=5000")
             conn.executescript(SCHEMA)
             return conn
