@@ -143,6 +143,7 @@ class Overlay:
                 "requests_rejected", "requests_failed")
         out = {k: 0 for k in keys}
         out.update(self._stats)
+        out["dht_peers"] = self._dht.routing_table.size()
         return out
 
     async def connect(self, multiaddr: str) -> str:
@@ -275,6 +276,43 @@ class Overlay:
             except Exception:  # the listener closed first; nothing left to release
                 pass
         return response
+
+    async def find_peer(self, peer_id: str, *, lookup: bool = False) -> tuple[list[str], str] | None:
+        """Resolve a peer id to its addrs: `(addrs, how)`, or None if not found.
+
+        With lookup=False, as `request` does: the peerstore (what discovery, DHT answers and
+        connections taught us) if it has addrs (how="known"), else an iterative Kademlia
+        lookup through the network (how="lookup"). With lookup=True the network lookup always
+        runs, whatever we knew before. Either way a lookup finds the peer only if it converges
+        on it (the peer is among the closest the lookup returns; being the closest to its own
+        id, it was then queried, which dials it) and we end up connected to it: it answered at
+        the addrs returned. ValueError for a malformed peer id or our own.
+        """
+        pid = self.check_peer_id(peer_id)
+        suffix = f"/p2p/{peer_id}"
+        if not lookup and (addrs := self._peerstore_addrs(pid)):
+            return [_with_p2p(str(a), suffix) for a in addrs], "known"
+        with trio.move_on_after(LOOKUP_TIMEOUT_S):
+            closest = await self._dht.peer_routing.find_closest_peers_network(pid.to_bytes())
+            if pid in closest and self._is_connected(pid) and (addrs := self._peerstore_addrs(pid)):
+                return [_with_p2p(str(a), suffix) for a in addrs], "lookup"
+        return None
+
+    def check_peer_id(self, peer_id: str) -> ID:
+        """The libp2p ID of a remote peer id; ValueError if malformed or our own."""
+        try:
+            pid = ID.from_base58(peer_id)
+        except Exception as exc:
+            raise ValueError(f"not a peer id: {peer_id!r}") from exc
+        if not pid.to_bytes() or pid == self._self_id:
+            raise ValueError(f"not a remote peer id: {peer_id!r}")
+        return pid
+
+    def _peerstore_addrs(self, pid: ID) -> list[Multiaddr]:
+        try:
+            return list(self._host.get_peerstore().addrs(pid))
+        except Exception:  # PeerStoreError: unknown or expired
+            return []
 
     async def _find(self, pid: ID) -> PeerInfo:
         try:
