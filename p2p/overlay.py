@@ -47,9 +47,11 @@ DISCOVERY_MAX_INTERVAL_S = 30.0
 DISCOVERY_PATIENCE = 3
 LOOKUP_TIMEOUT_S = 10.0
 # A round looks up our own id at most this often (Kademlia's self-lookup: it finds and dials
-# the peers nearest to us, and tells them about us) ...
-SELF_LOOKUP_EVERY_S = 10.0
-# ... and pulls peers from this many connected DHT peers (one FIND_NODE each, random key).
+# the peers nearest to us, and tells them about us; every lookup query may be a new
+# connection, the dearest thing here) ...
+SELF_LOOKUP_EVERY_S = 30.0
+# ... and pulls peers from this many connected DHT peers (one FIND_NODE each, random key;
+# answers hold up to workarounds.FIND_NODE_ANSWER_SIZE peers).
 PULLS_PER_ROUND = 2
 DIAL_TIMEOUT_S = 5.0
 # Stop dialing discovered peers once this many are connected (others dial us too): gossip
@@ -96,6 +98,7 @@ class Overlay:
         workarounds.fix_pubsub_seqno(self._pubsub)
         workarounds.tune_dht_lookups()
         self._dht = KadDHT(self._host, DHTMode.SERVER if dht_server else DHTMode.CLIENT)
+        workarounds.widen_find_node_answers(self._dht)
         self._max_bytes = max_message_bytes
         self._stats: collections.Counter[str] = collections.Counter()
         self._server = reqresp.RequestServer(max_message_bytes, self._stats)
@@ -383,7 +386,7 @@ class Overlay:
             with trio.move_on_after(LOOKUP_TIMEOUT_S):
                 await routing.find_closest_peers_network(self._self_id.to_bytes())
         # Pulls: one FIND_NODE for a random key to each of a few random connected DHT peers.
-        # The answer's peers (20, with signed records) land in our peerstore and routing
+        # The answer's peers (up to 50, with signed records) land in our peerstore and routing
         # table, and the query hands the peer our own record; no new connection is made.
         # A full lookup would also dial every peer it queries: with 50 nodes that made a
         # full mesh, 1,225 connection set-ups competing for the CPU with discovery itself.
