@@ -83,14 +83,17 @@ class Devnet:
         return proc
 
     def start(self, timeout: float = 60.0) -> "Devnet":
+        """Start the bootstrap, then all nodes at once; return when every node is ready.
+        `timeout` bounds the whole start (DevnetError naming the first node not ready)."""
+        deadline = time.monotonic() + timeout
         self.root.mkdir(parents=True, exist_ok=True)
         boot_dir = self.root / "bootstrap"
         boot_dir.mkdir(exist_ok=True)
         proc = self._spawn(["bootstrap", "start", "--listen", "/ip4/127.0.0.1/tcp/0", "--http", "127.0.0.1:0",
                             "--data-dir", str(boot_dir), "--log-level", self.log_level], boot_dir / "log")
         reader = LineReader(proc, "bootstrap", boot_dir / "log")
-        self.bootstrap_addr = reader.readline(timeout)
-        http_line = reader.readline(timeout)
+        self.bootstrap_addr = reader.readline(deadline - time.monotonic())
+        http_line = reader.readline(deadline - time.monotonic())
         self.http_url = http_line.split()[-1].rsplit("/api/stats", 1)[0]
         for i in range(self.nodes):
             d = self.root / f"node{i + 1}"
@@ -98,7 +101,8 @@ class Devnet:
             self.node_dirs.append(d)
             self.node_procs.append(self._spawn_node(i))
         for d, p in zip(self.node_dirs, self.node_procs):
-            self.node_info.append(json.loads(LineReader(p, f"node {d.name}", d / "log").readline(timeout)))
+            line = LineReader(p, f"node {d.name}", d / "log").readline(deadline - time.monotonic())
+            self.node_info.append(json.loads(line))
         return self
 
     def _spawn_node(self, i: int) -> subprocess.Popen:

@@ -19,6 +19,10 @@ line, answered with a JSON object on one line. Requests are capped at MAX_REQUES
     {"op": "tasks", "job_id": HEX[, "start": N, "limit": N]} -> {"total", "tasks": [per-task verdict,
                                                         args, exit code, stdout]} of a batch job
     {"op": "stored_peers"}                           -> {"peers": [peer id, ...]} remembered for restarts
+    {"op": "find_peers", "peer_ids": [ID, ...][, "lookup": true]}
+                                                     -> {"found": {peer id: {"addrs", "how"}}, "not_found": [...]}
+                                                        resolved as a request would (known addrs, else a DHT
+                                                        lookup); "lookup": always a DHT lookup through the network
 Errors: {"error": "message", "code": "reason"}.
 """
 
@@ -109,6 +113,8 @@ async def _dispatch(agent: Agent, req: dict) -> dict:
                                                   "code": "unknown_job"}
     if op == "stored_peers":
         return {"peers": [p for p, _ in await agent.store.known_peers(limit=1000)]}
+    if op == "find_peers":
+        return await _find_peers(agent, req)
     if op == "credits":
         return agent.credits()
     if op == "reputation":
@@ -117,6 +123,33 @@ async def _dispatch(agent: Agent, req: dict) -> dict:
         rows = await agent.store.list_jobs(limit=int(req.get("limit", 50)))
         return {"jobs": [await agent.job_status(r["job_id"]) for r in rows]}
     return {"error": f"unknown op {op!r}", "code": "bad_request"}
+
+
+FIND_PEERS_MAX = 1000
+FIND_PEERS_PARALLEL = 4  # lookups at once: each queries up to 10 peers, and a peer serves 12 at a time
+
+
+async def _find_peers(agent: Agent, req: dict) -> dict:
+    ids = req.get("peer_ids")
+    if not isinstance(ids, list) or len(ids) > FIND_PEERS_MAX or not all(isinstance(p, str) for p in ids):
+        raise ValueError(f"peer_ids must be a list of at most {FIND_PEERS_MAX} peer ids")
+    lookup = bool(req.get("lookup", False))
+    found: dict[str, dict] = {}
+    limiter = trio.CapacityLimiter(FIND_PEERS_PARALLEL)
+
+    async def one(peer_id: str) -> None:
+        async with limiter:
+            answer = await agent.overlay.find_peer(peer_id, lookup=lookup)
+        if answer is not None:
+            found[peer_id] = {"addrs": answer[0], "how": answer[1]}
+
+    ids = list(dict.fromkeys(ids))
+    for peer_id in ids:  # all malformed ids are refused before any lookup starts
+        agent.overlay.check_peer_id(peer_id)
+    async with trio.open_nursery() as nursery:
+        for peer_id in ids:
+            nursery.start_soon(one, peer_id)
+    return {"found": found, "not_found": [p for p in ids if p not in found]}
 
 
 async def serve_control(agent: Agent, path: Path, *, task_status=trio.TASK_STATUS_IGNORED) -> None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import collections
 import logging
+import random
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -37,15 +38,28 @@ MESSAGE_BUFFER = 4096
 # Room for the pubsub RPC envelope (signature, key, topic, signed peer record) around a
 # payload of max_message_bytes.
 RPC_OVERHEAD = 64 * 1024
-# Discovery: a round runs a DHT lookup for our own id and dials what it learns. Rounds start
-# MIN apart and back off to MAX while nothing new turns up; any new connection resets to MIN.
+# Discovery (see Overlay._discovery_loop): rounds start MIN apart, and back off to MAX once
+# rounds stop adding peers to the routing table; a round that adds one resets to MIN.
 DISCOVERY_MIN_INTERVAL_S = 0.5
 DISCOVERY_MAX_INTERVAL_S = 30.0
+# Rounds that teach nothing before the interval starts doubling: a pull learns a given
+# missing peer only with some chance, so one empty round does not mean we know everyone.
+DISCOVERY_PATIENCE = 3
 LOOKUP_TIMEOUT_S = 10.0
+# A round looks up our own id at most this often (Kademlia's self-lookup: it finds and dials
+# the peers nearest to us, and tells them about us; every lookup query may be a new
+# connection, the dearest thing here) ...
+SELF_LOOKUP_EVERY_S = 30.0
+# ... and pulls peers from this many connected DHT peers (one FIND_NODE each, random key;
+# answers hold up to workarounds.FIND_NODE_ANSWER_SIZE peers).
+PULLS_PER_ROUND = 2
 DIAL_TIMEOUT_S = 5.0
-# Stop dialing discovered peers once this many are connected: gossip needs only a mesh of
-# 6-12 (workarounds.GOSSIP_DEGREE*), and every connection costs a task and a socket.
-TARGET_PEERS = 16
+# Stop dialing discovered peers once this many are connected (others dial us too): gossip
+# needs a mesh of 4-12 (workarounds.GOSSIP_DEGREE*), and every connection costs a Noise
+# handshake, identify and gossip set-up, tens of ms of CPU. With 16, 50 nodes starting
+# together on 2 cores spent most of their CPU on connections and took twice as long to know
+# each other (40 s instead of 20 s).
+TARGET_PEERS = 8
 # A peer that failed a dial is not tried again by discovery for this long.
 DIAL_BACKOFF_S = 30.0
 # Shutdown of a host takes about 0.2 s (libp2p.md); give it far more, never forever.
@@ -79,12 +93,15 @@ class Overlay:
         workarounds.fix_yamux_window_updates()
         workarounds.cache_pubsub_peer_records()
         workarounds.cache_own_peer_record()
+        workarounds.disable_auto_connector(self._host.get_network())
         self._gossipsub = workarounds.new_gossipsub()
         self._pubsub = Pubsub(
             self._host, self._gossipsub, max_inbound_rpc_size=max_message_bytes + RPC_OVERHEAD
         )
         workarounds.fix_pubsub_seqno(self._pubsub)
+        workarounds.tune_dht_lookups()
         self._dht = KadDHT(self._host, DHTMode.SERVER if dht_server else DHTMode.CLIENT)
+        workarounds.widen_find_node_answers(self._dht)
         self._max_bytes = max_message_bytes
         self._stats: collections.Counter[str] = collections.Counter()
         self._limiter = reqresp.new_limiter()
@@ -96,6 +113,7 @@ class Overlay:
         self._host.set_stream_handler(TProtocol(session.PROTOCOL), self._serve_session)
         self._msg_send, self._msg_recv = trio.open_memory_channel[GossipMessage](MESSAGE_BUFFER)
         self._dial_failed_at: dict[ID, float] = {}
+        self._last_self_lookup = -SELF_LOOKUP_EVERY_S
         self._bootstrap_unreachable: set[ID] = set()  # bootstrap peers last seen failing, warned once
         self._self_id = self._host.get_id()
         self.peer_id: str = self._self_id.to_base58()
@@ -137,6 +155,7 @@ class Overlay:
                 "requests_rejected", "requests_failed")
         out = {k: 0 for k in keys}
         out.update(self._stats)
+        out["dht_peers"] = self._dht.routing_table.size()
         return out
 
     async def connect(self, multiaddr: str) -> str:
@@ -271,6 +290,43 @@ class Overlay:
         except session.SessionClosed as exc:
             raise RemoteError(f"request to {pid} on {protocol} failed: {exc}") from None
 
+    async def find_peer(self, peer_id: str, *, lookup: bool = False) -> tuple[list[str], str] | None:
+        """Resolve a peer id to its addrs: `(addrs, how)`, or None if not found.
+
+        With lookup=False, as `request` does: the peerstore (what discovery, DHT answers and
+        connections taught us) if it has addrs (how="known"), else an iterative Kademlia
+        lookup through the network (how="lookup"). With lookup=True the network lookup always
+        runs, whatever we knew before. Either way a lookup finds the peer only if it converges
+        on it (the peer is among the closest the lookup returns; being the closest to its own
+        id, it was then queried, which dials it) and we end up connected to it: it answered at
+        the addrs returned. ValueError for a malformed peer id or our own.
+        """
+        pid = self.check_peer_id(peer_id)
+        suffix = f"/p2p/{peer_id}"
+        if not lookup and (addrs := self._peerstore_addrs(pid)):
+            return [_with_p2p(str(a), suffix) for a in addrs], "known"
+        with trio.move_on_after(LOOKUP_TIMEOUT_S):
+            closest = await self._dht.peer_routing.find_closest_peers_network(pid.to_bytes())
+            if pid in closest and self._is_connected(pid) and (addrs := self._peerstore_addrs(pid)):
+                return [_with_p2p(str(a), suffix) for a in addrs], "lookup"
+        return None
+
+    def check_peer_id(self, peer_id: str) -> ID:
+        """The libp2p ID of a remote peer id; ValueError if malformed or our own."""
+        try:
+            pid = ID.from_base58(peer_id)
+        except Exception as exc:
+            raise ValueError(f"not a peer id: {peer_id!r}") from exc
+        if not pid.to_bytes() or pid == self._self_id:
+            raise ValueError(f"not a remote peer id: {peer_id!r}")
+        return pid
+
+    def _peerstore_addrs(self, pid: ID) -> list[Multiaddr]:
+        try:
+            return list(self._host.get_peerstore().addrs(pid))
+        except Exception:  # PeerStoreError: unknown or expired
+            return []
+
     async def _find(self, pid: ID) -> PeerInfo:
         try:
             addrs = self._host.get_peerstore().addrs(pid)
@@ -286,25 +342,44 @@ class Overlay:
     # --- discovery --------------------------------------------------------------------------
 
     async def _discovery_loop(self, bootstrap: Sequence[PeerInfo]) -> None:
-        """Dial the bootstrap peers, then keep finding and dialing peers through the DHT.
+        """Dial the bootstrap peers, then keep finding peers through the DHT and dialing some.
 
         libp2p.md item 5: a node connected only to the bootstrap makes a star, in which the hub
-        drops leaves from its gossip mesh. Each round looks up our own id (Kademlia's
-        self-lookup: it returns, and libp2p dials, the peers nearest to us) and dials peers
-        from the routing table until TARGET_PEERS are connected.
+        drops leaves from its gossip mesh; so each node also connects to TARGET_PEERS others.
+        Nodes learn each other's addresses from Kademlia answers: the self-lookup (it finds,
+        and libp2p dials, the peers nearest to us, and tells them about us) and pulls (a single
+        FIND_NODE for a random key to a peer we are already connected to).
+
+        Pacing: rounds follow each other at DISCOVERY_MIN_INTERVAL_S while our routing table
+        keeps gaining peers (also those that queried us between rounds); after
+        DISCOVERY_PATIENCE rounds that add nothing the interval doubles up to
+        DISCOVERY_MAX_INTERVAL_S, and rounds shrink to one pull. Connections do not count as
+        learning: lookups dial the peers they query, which would keep rounds going by
+        themselves. Intervals are jittered so that nodes started together do not query in step.
         """
         interval = DISCOVERY_MIN_INTERVAL_S
+        seen: set[ID] = set()
+        idle_rounds = 0
         while True:
-            before = set(self._host.get_connected_peers())
             try:
-                await self._discovery_round(bootstrap)
+                await self._discovery_round(bootstrap, learning=idle_rounds <= DISCOVERY_PATIENCE)
             except Exception:  # task boundary: a libp2p bug in one round must not stop the node
                 logger.warning("discovery round failed; retrying later", exc_info=True)
-            after = set(self._host.get_connected_peers())
-            interval = DISCOVERY_MIN_INTERVAL_S if after - before else min(interval * 2, DISCOVERY_MAX_INTERVAL_S)
-            await trio.sleep(interval)  # a periodic task, not a synchronisation
+            known = set(self._dht.routing_table.get_peer_ids())
+            idle_rounds = 0 if known - seen else idle_rounds + 1
+            seen = known
+            if idle_rounds == 0:
+                interval = DISCOVERY_MIN_INTERVAL_S
+            elif idle_rounds > DISCOVERY_PATIENCE:
+                interval = min(interval * 2, DISCOVERY_MAX_INTERVAL_S)
+            await trio.sleep(interval * random.uniform(0.75, 1.25))  # a periodic task, not a synchronisation
 
-    async def _discovery_round(self, bootstrap: Sequence[PeerInfo]) -> None:
+    async def _discovery_round(self, bootstrap: Sequence[PeerInfo], *, learning: bool) -> None:
+        """Dial the bootstrap peers if disconnected; while `learning`, look up our own id (at
+        most every SELF_LOOKUP_EVERY_S) and pull from PULLS_PER_ROUND connected peers, else
+        pull from one (libp2p's own refresh, every 10 minutes, `kad_dht/kad_dht.py:95,418-442`,
+        covers the rest: in an idle 50-node network, self-lookups in every round were most of
+        the CPU spent); then dial routing-table peers up to TARGET_PEERS connections."""
         async with trio.open_nursery() as nursery:
             for info in bootstrap:
                 if not self._is_connected(info.peer_id):
@@ -314,8 +389,21 @@ class Overlay:
         for pid in self._host.get_connected_peers():
             if not table.peer_in_table(pid):
                 await self._dht.add_peer(pid)
-        with trio.move_on_after(LOOKUP_TIMEOUT_S):
-            await self._dht.peer_routing.find_closest_peers_network(self._self_id.to_bytes())
+        routing = self._dht.peer_routing
+        now = trio.current_time()
+        if learning and now - self._last_self_lookup >= SELF_LOOKUP_EVERY_S:
+            self._last_self_lookup = now
+            with trio.move_on_after(LOOKUP_TIMEOUT_S):
+                await routing.find_closest_peers_network(self._self_id.to_bytes())
+        # Pulls: one FIND_NODE for a random key to each of a few random connected DHT peers.
+        # The answer's peers (up to 50, with signed records) land in our peerstore and routing
+        # table, and the query hands the peer our own record; no new connection is made.
+        # A full lookup would also dial every peer it queries: with 50 nodes that made a
+        # full mesh, 1,225 connection set-ups competing for the CPU with discovery itself.
+        servers = [p for p in self._host.get_connected_peers() if table.peer_in_table(p)]
+        async with trio.open_nursery() as nursery:
+            for pid in random.sample(servers, min(PULLS_PER_ROUND if learning else 1, len(servers))):
+                nursery.start_soon(self._pull, pid)
         now = trio.current_time()
         wanted = TARGET_PEERS - len(self._host.get_connected_peers())
         candidates = [
@@ -329,6 +417,12 @@ class Overlay:
             async with trio.open_nursery() as nursery:
                 for info in candidates[:wanted]:
                     nursery.start_soon(self._dial_quietly, info)
+
+    async def _pull(self, pid: ID) -> None:
+        with trio.move_on_after(LOOKUP_TIMEOUT_S):
+            # Private, but the one libp2p call for a single FIND_NODE (0.8.1,
+            # `kad_dht/peer_routing.py:343-475`); it logs and swallows its own failures.
+            await self._dht.peer_routing._query_peer_for_closest(pid, random.randbytes(32))
 
     async def _dial_bootstrap(self, info: PeerInfo) -> None:
         """A configured bootstrap peer: say once, at WARNING, when it cannot be reached (the

@@ -61,3 +61,42 @@ async def test_store_keeps_jobs_inputs_ledger_and_peers_across_reopen(tmp_path):
                                               name="n", signed_spec=b"spec")
     assert await store.known_peers() == [("peerA", ["/ip4/127.0.0.1/tcp/1/p2p/peerA"])]
     await store.aclose()
+
+
+async def test_control_find_peers_answers_each_id_and_refuses_bad_requests():
+    """The `find_peers` op over a stand-in overlay: every id answered once, found or not, with
+    the overlay's `how`; malformed requests refused before any lookup starts."""
+    import pytest
+
+    from distributeai.node import control
+
+    asked: list[tuple[str, bool]] = []
+
+    class Overlay:
+        def check_peer_id(self, peer_id: str) -> str:
+            if not peer_id.startswith("12D3"):
+                raise ValueError(f"not a peer id: {peer_id!r}")
+            return peer_id
+
+        async def find_peer(self, peer_id: str, *, lookup: bool = False):
+            asked.append((peer_id, lookup))
+            if peer_id.endswith("gone"):
+                return None
+            return [f"/ip4/127.0.0.1/tcp/1/p2p/{peer_id}"], "lookup" if lookup else "known"
+
+    class Agent:
+        overlay = Overlay()
+
+    answer = await control._dispatch(Agent(), {"op": "find_peers", "peer_ids": ["12D3a", "12D3gone", "12D3a"]})
+    assert answer == {"found": {"12D3a": {"addrs": ["/ip4/127.0.0.1/tcp/1/p2p/12D3a"], "how": "known"}},
+                      "not_found": ["12D3gone"]}
+    assert sorted(asked) == [("12D3a", False), ("12D3gone", False)]
+    asked.clear()
+    answer = await control._dispatch(Agent(), {"op": "find_peers", "peer_ids": ["12D3b"], "lookup": True})
+    assert answer["found"]["12D3b"]["how"] == "lookup" and asked == [("12D3b", True)]
+    asked.clear()
+    for bad in ({"peer_ids": "12D3a"}, {"peer_ids": [1]}, {"peer_ids": ["12D3"] * (control.FIND_PEERS_MAX + 1)},
+                {"peer_ids": ["12D3a", "junk"]}):
+        with pytest.raises(ValueError):
+            await control._dispatch(Agent(), {"op": "find_peers", **bad})
+    assert asked == []

@@ -189,6 +189,28 @@ async def test_inbound_slots_are_released_when_connections_close() -> None:
                     await trio.sleep(0.02)
 
 
+async def test_find_peer_from_the_peerstore_and_by_a_dht_lookup() -> None:
+    """Two nodes that know only a bootstrap find each other; `lookup=True` runs a Kademlia
+    lookup even for a known peer; a peer id nobody has is not found, promptly."""
+    async with open_overlay(os.urandom(32)) as boot:
+        (boot_addr,) = boot.multiaddrs()
+        async with open_overlay(os.urandom(32), bootstrap=[boot_addr]) as a, \
+                open_overlay(os.urandom(32), bootstrap=[boot_addr]) as b:
+            with trio.fail_after(DISCOVERY_S):  # discovery has no event to await; poll the peerstore
+                while b.peer_id not in dict(a.known_peers()):
+                    await trio.sleep(0.05)
+            assert await a.find_peer(b.peer_id) == (b.multiaddrs(), "known")
+            addrs, how = await a.find_peer(b.peer_id, lookup=True)
+            assert how == "lookup" and b.multiaddrs()[0] in addrs
+            nobody = identity.peer_id_from_public_key(identity.public_key_bytes(os.urandom(32)))
+            with trio.fail_after(5):
+                assert await a.find_peer(nobody) is None
+                assert await a.find_peer(nobody, lookup=True) is None
+            for bad in (a.peer_id, "junk 0OIl", ""):
+                with pytest.raises(ValueError):
+                    await a.find_peer(bad)
+
+
 async def _echo(peer: str, data: bytes) -> bytes:
     return data
 
