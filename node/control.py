@@ -126,7 +126,7 @@ async def _dispatch(agent: Agent, req: dict) -> dict:
 
 
 FIND_PEERS_MAX = 1000
-FIND_PEERS_PARALLEL = 4  # lookups at once: each queries up to 10 peers, and a peer serves 12 at a time
+FIND_PEERS_PARALLEL = 4  # lookups at once: each queries 3 peers at a time, and a peer serves 12 DHT streams at once
 
 
 async def _find_peers(agent: Agent, req: dict) -> dict:

@@ -115,7 +115,7 @@ def new_gossipsub() -> GossipSub:
     included, and drops the rest silently (`pubsub/gossipsub.py:2872-2905`). The project's
     rates are far below what the CPU cost allows anyway (about 6 ms per message per node).
     """
-    return GossipSub(
+    gossipsub = GossipSub(
         [PROTOCOL_ID_V11],
         degree=GOSSIP_DEGREE,
         degree_low=GOSSIP_DEGREE_LOW,
@@ -123,6 +123,8 @@ def new_gossipsub() -> GossipSub:
         heartbeat_interval=GOSSIP_HEARTBEAT_S,
         spam_protection_enabled=False,
     )
+    back_off_pruned_mesh_peers(gossipsub)
+    return gossipsub
 
 
 # Kademlia lookup concurrency: peers queried at once, and per round, by one lookup.
@@ -177,6 +179,30 @@ class _WideAnswers:
 
     def find_local_closest_peers(self, key: bytes, count: int = 20) -> list:
         return self._table.find_local_closest_peers(key, max(count, self._size))
+
+
+def back_off_pruned_mesh_peers(gossipsub: GossipSub) -> None:
+    """Back off locally from the peers our heartbeat prunes, as go-libp2p does.
+
+    When a mesh grows past degree_high, the heartbeat prunes peers (`pubsub/gossipsub.py:
+    1437-1449`) without noting a back-off for them on our side (`_consider_peer_replacement`,
+    `pubsub/gossipsub.py:3469-3470`, does), so a later heartbeat may graft the same peer again
+    at once. That peer took our PRUNE as the start of a back-off and reads the quick GRAFT as a
+    flood (`pubsub/gossipsub.py:516-534,1847-1858`): it penalises us and prunes us back. In a
+    50-node network that was 547 "GRAFT flood detected" warnings in 100 s. Every graft path
+    skips peers in back-off (`_get_in_topic_gossipsub_peers_from_minus(..., True)`,
+    `pubsub/gossipsub.py:1416-1420,1607`), so noting it here stops the ping-pong.
+    """
+    heartbeat = gossipsub.mesh_heartbeat
+
+    def mesh_heartbeat() -> Any:
+        peers_to_graft, peers_to_prune = heartbeat()
+        for peer, topics in peers_to_prune.items():
+            for topic in topics:
+                gossipsub._add_back_off(peer, topic, False)
+        return peers_to_graft, peers_to_prune
+
+    gossipsub.mesh_heartbeat = mesh_heartbeat
 
 
 def advertised_addrs(candidates: Sequence[multiaddr.Multiaddr]) -> list[multiaddr.Multiaddr]:

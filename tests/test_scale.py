@@ -57,11 +57,12 @@ LOOKUPS_PER_NODE = 2
 LOOKUP_NODES_AT_ONCE = 4
 LOOKUP_WHEN_MISSING = 3
 REACH_S = 30.0
-# Jobs run one after the other, from different nodes. Several at once are not part of this
-# test: every node bids on every job, dialing the submitter if not connected to it (each node
-# keeps about 8 connections of its own), and with 3 jobs at once those ~140 connection
-# set-ups left the 3 submitters too starved of CPU to take bids within 10 s: in 5 rounds of
-# 3 jobs on an otherwise idle 50-node network, 5 of 15 jobs failed with "no bidders left".
+# Jobs run one after the other, from different nodes (1.4-3.3 s each here). Several at once
+# are not part of this test: every node bids on every job, dialing the submitter if not
+# connected to it (each node keeps about 8 connections of its own), and those dozens of
+# connection set-ups per job starve the submitters of CPU, so bids time out (10 s). On an
+# otherwise idle 50-node network, 4 jobs at once took 17-20 s with 6-17 bids each, and in
+# an earlier build 5 of 15 jobs in rounds of 3 failed with "no bidders left".
 JOBS = 4
 JOB_S = 120.0
 IDLE_WINDOW_S = 10.0
