@@ -24,8 +24,8 @@ The job's life, with BOINC's names for the policy (all in the signed spec):
   once it has committed: a reveal goes to the submitter alone, so nobody can copy a revealed hash
   into a commit, and a copied commit names the wrong executor (see results.seal).
 - the tally decides as soon as the outstanding results can no longer change the outcome:
-  verified (k agree and lead), nondeterministic (n or more results, no two alike: reported, not
-  punished), failed (with the reason). If the results in hand are inconclusive but could still
+  verified (k agree and lead), nondeterministic (n or more results, no two alike, and no further
+  executor can be awarded: reported, not punished), failed (with the reason). If the results in hand are inconclusive but could still
   reach k, further executors are awarded, within `max_total_results`.
 """
 
@@ -280,9 +280,14 @@ class SubmitterJob:
         if outstanding:
             return actions
         # Nothing outstanding and no verdict.
-        # Two results that differ may be one liar; three or more, no two alike, is the job itself.
+        # Two results that differ may be one liar; three or more, no two alike, may be the job
+        # itself, or one honest executor among independent liars. So while bidders remain and
+        # `max_total_results` allows, more executors are awarded (as BOINC issues more results);
+        # only when none can be is it called nondeterministic. Liars cannot force that verdict
+        # on a job that has honest bidders to spare.
         nondet = nondeterministic(self.spec, reveals)
-        if nondet and len(reveals) >= max(self.spec.replicas, 3):
+        if (nondet and len(reveals) >= max(self.spec.replicas, 3)
+                and (len(self.awards) >= self.spec.max_total_results or not self._candidates())):
             return actions + self._finish("nondeterministic", "no two results agree", now_ms)
         top = top_agreement(self.spec, reveals)
         live = sum(1 for e in self.awards if self.slot[e] in LIVE)
@@ -307,7 +312,7 @@ class SubmitterJob:
         target = self.spec.replicas + self.extra
         while (sum(1 for e in self.awards if self.slot[e] in LIVE) < target
                and len(self.awards) < self.spec.max_total_results):
-            candidates = [e for e in self.bids if e not in self.awards]
+            candidates = self._candidates()
             if not candidates:
                 break
             best = min(candidates, key=lambda e: self.rank[e])
@@ -319,6 +324,10 @@ class SubmitterJob:
         else:
             self.starved_since_ms = None
         return actions
+
+    def _candidates(self) -> list[bytes]:
+        """Bidders not yet awarded a slot."""
+        return [e for e in self.bids if e not in self.awards]
 
     def _award(self, executor: bytes, now_ms: int) -> SendAward:
         deadline = now_ms + self.spec.result_deadline_s * 1000

@@ -258,10 +258,10 @@ class Agent:
             if not await self.store.insert_job(ann.job_id.hex(), "observer", ann.spec.name, ann.signed_spec,
                                                "announced", now_ms(), list(ann.submitter_addrs),
                                                announce=message.data):
-                # The author (checked above; gossip signs it) announcing its job again is a
-                # re-announce for peers that missed it, not a replay by a third party.
-                self.count("announce_repeats")
-                return
+                # A job id seen before: a replay (a third party's is already `wrong_sender`
+                # above). The author's own re-announce, for peers that missed it, lands here too
+                # on the nodes that had it: dropped the same way, it changes nothing.
+                raise RemoteProtocolError("replay", "job already announced")
             self.notify()
             await self.executing.consider(ann.job_id, ann.spec, ann.submitter_addrs)
         elif kind == "certificate":

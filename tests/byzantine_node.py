@@ -6,12 +6,21 @@ production node, started through the production CLI.
                                                         job's submitter (as a colluder would pass it
                                                         on) and reveals the right hash, learned the
                                                         same way (BYZANTINE_STDOUT)
+    python tests/byzantine_node.py silent node start ...  runs the job and commits honestly, then never
+                                                        answers the reveal request (holds the stream)
+    python tests/byzantine_node.py unsealed node start ... runs the job, commits the seal of its real
+                                                        result, then reveals another (self-consistent,
+                                                        signed) result: the reveal contradicts the seal
+Every behaviour bids at price 0, so that with equal reputations it outranks honest nodes (price 1)
+and is awarded first: the tests need the cheater in the job.
 """
 
 from __future__ import annotations
 
 import os
 import sys
+
+import trio
 
 from distributeai.consensus.messages import Award, Commit, JobSpec, Reveal, sign
 from distributeai.consensus.results import result_hash, seal
@@ -47,13 +56,34 @@ class LazyExecutor(Executing):
             await a.store.update_execution(award.job_id.hex(), now_ms(), status="committed")
 
 
+class SilentExecutor(Executing):
+    async def handle_reveal(self, peer: str, data: bytes) -> bytes:
+        await trio.sleep_forever()  # never answers: the submitter's request and reveal window run out
+        raise AssertionError("unreachable")
+
+
+class UnsealedExecutor(Executing):
+    async def send_commit(self, award: Award, spec: JobSpec, reveal: bytes) -> None:
+        """Commit the true result's seal, but keep a different reveal for the reveal request."""
+        a = self.agent
+        commit = self.make_commit(award, reveal)
+        rh = result_hash(0, False, WRONG_STDOUT, False)
+        other = sign(a.identity, Reveal(award.job_id, a.me, rh, 0, WRONG_STDOUT, False, False))
+        await a.store.update_execution(award.job_id.hex(), now_ms(), status="executed", reveal=other)
+        if await self._send_with_retries(spec.submitter, "/distributeai/commit/1", commit, award):
+            await a.store.update_execution(award.job_id.hex(), now_ms(), status="committed")
+
+
 class ByzantineAgent(agent_module.Agent):
-    pass
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.settings.price = 0  # outbid honest nodes (price 1) so the cheater is awarded
 
 
 def main() -> None:
     behaviour, args = sys.argv[1], sys.argv[2:]
-    ByzantineAgent.executing_class = {"wrong": WrongExecutor, "lazy": LazyExecutor}[behaviour]
+    ByzantineAgent.executing_class = {"wrong": WrongExecutor, "lazy": LazyExecutor, "silent": SilentExecutor,
+                                     "unsealed": UnsealedExecutor}[behaviour]
     daemon.AGENT_CLASS = ByzantineAgent
     from distributeai.cli.main import app
 

@@ -327,6 +327,34 @@ def test_inconclusive_split_awards_one_more_executor():
     assert verify_certificate(job.certificate).tally.dissenting == (awarded[1],)
 
 
+def test_two_independent_liars_cannot_force_nondeterministic_while_bidders_remain():
+    """One honest executor and two liars with different lies: three results, no two alike. With a
+    fourth bidder left, the submitter awards it instead of calling the job nondeterministic, and the
+    honest answer is verified; the liars dissent."""
+    job = new_job(replicas=3, quorum=2)
+    close_bidding(job, EXECUTORS)  # four bids, three awards
+    awarded = list(job.awards)
+    ids = {e.public_key: e for e in EXECUTORS}
+    out = dict(zip(awarded, [b"right", b"lie 1", b"lie 2"]))
+    reveals = {}
+    for e in awarded:
+        commit, reveals[e] = run_executor(ids[e], job.job_id, out[e])
+        job.receive_commit(verify(commit, Commit), NOW + 1)
+    actions = []
+    for e in awarded:
+        actions += job.receive_reveal(verify(reveals[e], Reveal), NOW + 2)
+    assert job.state == "running"
+    more = [x for x in actions if isinstance(x, SendAward)]
+    assert len(more) == 1 and more[0].executor not in awarded
+    commit, reveal = run_executor(ids[more[0].executor], job.job_id, b"right")
+    job.receive_commit(verify(commit, Commit), NOW + 3)
+    job.receive_reveal(verify(reveal, Reveal), NOW + 4)
+    assert job.state == "verified"
+    checked = verify_certificate(job.certificate)
+    assert checked.reveals[checked.tally.agreeing[0]].stdout == b"right"
+    assert set(checked.tally.dissenting) == set(awarded[1:])
+
+
 def test_bids_are_ranked_by_reputation_then_price_and_one_peer_gets_one_slot():
     job = new_job(replicas=2, quorum=1)
     job.receive_bid(bid(EXECUTORS[0], job, price=1), NOW, reputation=-10)

@@ -1,6 +1,8 @@
 """Bad input from a peer: a real attacker process joins a running 3-node network and sends
-malformed, unsigned, forged, misattributed and stale gossip, and bad requests. Each is dropped,
-counted by reason, and changes nothing; the network then still verifies a job."""
+malformed, forged, misattributed, replayed, stale, future-dated and oversized gossip, and bad
+requests on every protocol (forged, misattributed, oversized, about unknown jobs). Each is
+dropped, counted by reason, and changes nothing (every node's jobs, reputation and credits are
+the same before and after); the network then still verifies a job."""
 
 from __future__ import annotations
 
@@ -13,8 +15,12 @@ import pytest
 from distributeai.cli.devnet import Devnet
 from distributeai.consensus.codec import Identity, encode
 from distributeai.consensus.errors import RemoteProtocolError
-from distributeai.consensus.messages import Announce, Award, Bid, Commit, JobSpec, job_id_of, sign
-from distributeai.consensus.names import AWARD_PROTOCOL, BID_PROTOCOL, COMMIT_PROTOCOL, JOBS_TOPIC
+from distributeai.consensus.messages import (
+    Announce, Award, Bid, Commit, JobSpec, RevealRequest, Withdraw, job_id_of, sign,
+)
+from distributeai.consensus.names import (
+    AWARD_PROTOCOL, BID_PROTOCOL, BLOB_PROTOCOL, COMMIT_PROTOCOL, JOBS_TOPIC, REVEAL_PROTOCOL, WITHDRAW_PROTOCOL,
+)
 from distributeai.node.wire import parse_answer
 from distributeai.p2p.identity import load_or_create_key
 
@@ -45,6 +51,21 @@ def refusal_reason(reply: dict) -> str:
     return e.value.detail
 
 
+def oversized(identity: Identity, kind: str, size: int) -> bytes:
+    """A correctly signed envelope of `kind` whose body is one blob of `size` bytes."""
+    return identity.sign(kind, [b"\0" * size])
+
+
+def state_of(net: Devnet, i: int) -> dict:
+    """What a bad message must not change on node i: the jobs it knows, reputation and credits."""
+    from distributeai.node.control import call
+
+    sock = net.node_dirs[i] / "control.sock"
+    jobs = [(j["job_id"], j["status"], j.get("role")) for j in call(sock, {"op": "list"})["jobs"]]
+    return {"jobs": sorted(jobs), "reputation": call(sock, {"op": "reputation"})["reputation"],
+            "credits": call(sock, {"op": "credits"})["balance"]}
+
+
 @pytest.mark.slow
 async def test_hostile_peer_is_rejected_counted_and_harmless(tmp_path):
     with Devnet(tmp_path / "net", nodes=3, sandbox="process") as net:
@@ -59,54 +80,75 @@ async def test_hostile_peer_is_rejected_counted_and_harmless(tmp_path):
             victim_peer = net.node_info[0]["peer_id"]
             await attacker.wait(lambda ev: any(e["event"] == "mesh" and e["topic"] == JOBS_TOPIC
                                                and len(e["peers"]) >= 2 for e in ev), 30)
+            # One valid announcement of the attacker's: every node stores it (and may bid; the
+            # attacker never answers). Its replay below must then change nothing.
             now = int(time.time() * 1000)
+            genuine = announce_by(me, now)
+            assert (await attacker.call(cmd="publish", topic=JOBS_TOPIC, data=genuine.hex()))["ok"]
+            for i in range(3):
+                wait_for(lambda i=i: len(state_of(net, i)["jobs"]) == 1, 15, f"node {i + 1} to store the announcement")
+            before = [state_of(net, i) for i in range(3)]
+
             gossip = {
                 "malformed": b"\xc1 not msgpack",
                 "bad_signature": flip_last_signature_byte(announce_by(me, now)),
                 "wrong_sender": announce_by(victim, now),  # the victim's signed words, relayed by us
+                "replay": genuine,  # the same job id again
                 "stale": announce_by(me, now - 3600_000),
                 "future_dated": announce_by(me, now + 3600_000),
+                "oversize": oversized(me, "announce", 70 * 1024),  # an announcement may be 66 KiB
                 "unknown_kind": sign(me, Bid(b"\0" * 32, me.public_key, 1, 1, 1, (), now)),
             }
             for data in gossip.values():
                 reply = await attacker.call(cmd="publish", topic=JOBS_TOPIC, data=data.hex())
                 assert reply["ok"], reply
 
-            # Requests straight to the victim node.
-            garbage = await attacker.call(cmd="request", peer=victim_peer, protocol=BID_PROTOCOL,
-                                          data=os.urandom(64).hex())
-            assert refusal_reason(garbage) in ("malformed", "noncanonical")
-            unknown = sign(me, Bid(b"\1" * 32, me.public_key, 1, 1000, 256, ("process",), now))
-            assert refusal_reason(await attacker.call(cmd="request", peer=victim_peer, protocol=BID_PROTOCOL,
-                                                      data=unknown.hex())) == "unknown_job"
-            foreign_bid = sign(victim, Bid(b"\1" * 32, victim.public_key, 1, 1000, 256, ("process",), now))
-            assert refusal_reason(await attacker.call(cmd="request", peer=victim_peer, protocol=BID_PROTOCOL,
-                                                      data=foreign_bid.hex())) == "wrong_sender"
-            forged_commit = flip_last_signature_byte(sign(me, Commit(b"\1" * 32, me.public_key, b"\2" * 32)))
-            assert refusal_reason(await attacker.call(cmd="request", peer=victim_peer, protocol=COMMIT_PROTOCOL,
-                                                      data=forged_commit.hex())) == "bad_signature"
-            # An award for a job the victim never saw announced.
-            spec = spec_by(victim, now)
-            fake_award = sign(me, Award(job_id_of(spec), victim.public_key, 0, now + 60_000))
-            assert refusal_reason(await attacker.call(cmd="request", peer=victim_peer, protocol=AWARD_PROTOCOL,
-                                                      data=fake_award.hex())) == "unknown_job"
+            # Requests straight to the victim node, on every protocol, each refused with its reason.
+            async def refused(protocol: str, data: bytes) -> str:
+                return refusal_reason(await attacker.call(cmd="request", peer=victim_peer, protocol=protocol,
+                                                          data=data.hex()))
+
+            assert await refused(BID_PROTOCOL, os.urandom(64)) in ("malformed", "noncanonical")
+            unknown_job = b"\1" * 32
+            requests = {
+                "unknown_job": [
+                    (BID_PROTOCOL, sign(me, Bid(unknown_job, me.public_key, 1, 1000, 256, ("process",), now))),
+                    (COMMIT_PROTOCOL, sign(me, Commit(unknown_job, me.public_key, b"\2" * 32))),
+                    (WITHDRAW_PROTOCOL, sign(me, Withdraw(unknown_job, me.public_key, "no"))),
+                    (REVEAL_PROTOCOL, sign(me, RevealRequest(unknown_job, victim.public_key))),
+                    # an award for a job the victim never saw announced
+                    (AWARD_PROTOCOL, sign(me, Award(job_id_of(spec_by(victim, now)), victim.public_key, 0, now + 60_000))),
+                ],
+                "wrong_sender": [
+                    (BID_PROTOCOL, sign(victim, Bid(unknown_job, victim.public_key, 1, 1000, 256, ("process",), now))),
+                    (COMMIT_PROTOCOL, sign(victim, Commit(unknown_job, victim.public_key, b"\2" * 32))),
+                ],
+                "bad_signature": [
+                    (COMMIT_PROTOCOL, flip_last_signature_byte(sign(me, Commit(unknown_job, me.public_key, b"\2" * 32)))),
+                    (AWARD_PROTOCOL, flip_last_signature_byte(sign(me, Award(unknown_job, victim.public_key, 0, now)))),
+                ],
+                "oversize": [(BID_PROTOCOL, oversized(me, "bid", 2048)), (COMMIT_PROTOCOL, oversized(me, "commit", 2048)),
+                             (AWARD_PROTOCOL, oversized(me, "award", 2048))],
+                "unknown_blob": [(BLOB_PROTOCOL, b"\3" * 32)],
+            }
+            for reason, sends in requests.items():
+                for protocol, data in sends:
+                    assert await refused(protocol, data) == reason, (reason, protocol)
 
             # Every node dropped and counted the gossip; the victim also counted the requests.
             for i in range(3):
                 wait_for(lambda i=i: set(gossip) <= set(net.info(i)["rejected"]), 15,
                          f"node {i + 1} to count every bad gossip message")
             rejected = net.info(0)["rejected"]
-            assert {"unknown_job", "wrong_sender", "bad_signature"} <= set(rejected)
+            for reason, sends in requests.items():
+                assert rejected.get(reason, 0) >= len(sends), (reason, rejected)
             for i in range(3):
                 assert net.node_procs[i].poll() is None
-                listed = net.info(i)
-                assert listed["active_jobs"] == 0
+                assert net.info(i)["active_jobs"] == 0
+            # Nothing changed: every node knows the same jobs, reputations and credits as before.
+            assert [state_of(net, i) for i in range(3)] == before
         finally:
             attacker.stop()
-        # Nothing was created by any of it: no node knows a job, and the network still works.
-        for d in net.node_dirs:
-            from distributeai.node.control import call
-
-            assert call(d / "control.sock", {"op": "list"})["jobs"] == []
+        # The network still works.
         outcome, _ = submit_json(net.node_dirs[1], *DEMO_ARGS)
         assert outcome["status"] == "verified" and outcome["stdout"] == DEMO_STDOUT, json.dumps(outcome)
