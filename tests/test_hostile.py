@@ -152,3 +152,44 @@ async def test_hostile_peer_is_rejected_counted_and_harmless(tmp_path):
         # The network still works.
         outcome, _ = submit_json(net.node_dirs[1], *DEMO_ARGS)
         assert outcome["status"] == "verified" and outcome["stdout"] == DEMO_STDOUT, json.dumps(outcome)
+
+
+@pytest.mark.slow
+def test_garbage_on_the_libp2p_port_is_harmless(tmp_path):
+    """Below our own decoders sit libp2p's (multistream-select, Noise, yamux): raw garbage, a valid
+    multistream header followed by garbage, a truncated Noise handshake and an abandoned half-open
+    connection, 200 connections in all, leave every node up and the network verifying jobs."""
+    import random
+    import socket
+
+    rng = random.Random(7)
+    with Devnet(tmp_path / "net", nodes=3, sandbox="process") as net:
+        net.start()
+        net.wait_connected()
+        ma = next(a for a in net.node_info[0]["multiaddrs"] if a.startswith("/ip4/127.0.0.1/tcp/"))
+        port = int(ma.split("/")[4])
+        multistream = b"\x13/multistream/1.0.0\n"
+        payloads = [
+            lambda: rng.randbytes(rng.randrange(1, 4096)),
+            lambda: multistream + b"\x07/noise\n" + rng.randbytes(rng.randrange(0, 512)),
+            lambda: multistream + b"\x07/noise\n" + b"\x00\x20" + rng.randbytes(16),  # cut-off Noise msg
+            lambda: multistream + rng.randbytes(rng.randrange(0, 64)),
+            lambda: b"\xff" * rng.randrange(1, 100_000),
+        ]
+        half_open = []
+        for n in range(200):
+            s = socket.create_connection(("127.0.0.1", port), timeout=10)
+            try:
+                s.sendall(payloads[n % len(payloads)]())
+            except OSError:
+                pass  # the node may close on us mid-send: that is a fine answer
+            if n % 50 == 0:
+                half_open.append(s)  # left open, silent
+            else:
+                s.close()
+        assert net.node_procs[0].poll() is None
+        outcome, _ = submit_json(net.node_dirs[0], *DEMO_ARGS)
+        assert outcome["status"] == "verified" and outcome["stdout"] == DEMO_STDOUT, json.dumps(outcome)
+        for s in half_open:
+            s.close()
+        assert all(p.poll() is None for p in net.node_procs)
