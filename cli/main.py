@@ -19,7 +19,7 @@ from typing import Any, Optional
 
 import typer
 
-from distributeai.cli import queries
+from distributeai.cli import keys, queries
 from distributeai.cli.common import DataDirOption, check_job_id, control, data_dir_of, fail, node_dir, settings
 from distributeai.cli.common import run as run_app
 
@@ -126,6 +126,7 @@ def node_start(
     genesis_credits: Optional[int] = typer.Option(None, help="Credits every identity starts with, in this node's view. Default 100."),
     metrics: Optional[str] = typer.Option(None, help="HOST:PORT to serve Prometheus /metrics on (port 0: any free one, shown by `node info`). Default: off."),
     log_level: Optional[str] = typer.Option(None, help="debug, info (the default), warning or error."),
+    passphrase_file: Optional[Path] = keys.PassphraseFileOption,
 ) -> None:
     """Start a volunteer node: discover peers, bid on jobs, run them, verify results. Each option
     can also come from the config file or a DISTRIBUTEAI_* variable (see `distributeai config show`).
@@ -142,6 +143,12 @@ def node_start(
             fail(f"--bootstrap {b!r} must end in /p2p/<peer id>")
     check_multiaddr(cfg.listen, "--listen")
     metrics_at = parse_hostport(cfg.metrics, "--metrics") if cfg.metrics is not None else None
+    from distributeai.node.paths import key_path
+
+    # The key is opened here, before anything starts: a wrong passphrase is one line and exit 2.
+    # A new key is encrypted when a passphrase is given by file or environment.
+    data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    seed = keys.unlock(key_path(data_dir), passphrase_file, create=True)
     setup_logging(cfg.log_level)
     from distributeai.node.bidding import Capacity
     from distributeai.node.daemon import DataDirBusy, NodeConfig, run_node
@@ -149,7 +156,7 @@ def node_start(
     config = NodeConfig(data_dir=data_dir, bootstrap=cfg.bootstrap, listen=cfg.listen, sandbox=cfg.sandbox,
                         docker_host=cfg.docker_host,
                         capacity=Capacity(int(cfg.cpu * 1000), cfg.memory_mb, cfg.max_jobs),
-                        genesis_credits=cfg.genesis_credits, gpu=cfg.gpu, metrics=metrics_at)
+                        genesis_credits=cfg.genesis_credits, gpu=cfg.gpu, metrics=metrics_at, seed=seed)
     import trio
 
     async def serve() -> None:
@@ -180,11 +187,15 @@ def node_info(data_dir: Optional[Path] = DataDir, as_json: bool = typer.Option(F
         # No node running: what the data directory itself can tell (identity, last addresses).
         if not key_path(data_dir).exists():
             fail(f"cannot reach the node: {exc}, and {data_dir} holds no node key", 1)
-        from distributeai.p2p.identity import load_or_create_key, peer_id_from_public_key, public_key_bytes
+        from distributeai.p2p.identity import KeyFileError, key_file_public_key, peer_id_from_public_key
 
         last = last_start_path(data_dir)
+        try:  # an encrypted key file keeps its public key in clear: no passphrase needed
+            public_key = key_file_public_key(key_path(data_dir))
+        except (KeyFileError, OSError) as exc:
+            fail(str(exc))
         info = {
-            "peer_id": peer_id_from_public_key(public_key_bytes(load_or_create_key(key_path(data_dir)))),
+            "peer_id": peer_id_from_public_key(public_key),
             "multiaddrs": json.loads(last.read_text()).get("multiaddrs", []) if last.exists() else [],
             "running": False,
         }
@@ -277,14 +288,13 @@ def submit(
     no_wait: bool = typer.Option(False, "--no-wait", help="Print the job id and return at once."),
     as_json: bool = typer.Option(False, "--json", help="Print the outcome as one JSON object."),
 ) -> None:
-    """Sign a job with the node's key, announce it, and wait until it is verified or fails.
+    """Have the running node sign a job with its key and announce it; wait until it is verified or fails.
 
     Example: distributeai submit --data-dir ./node1 --image alpine:latest --cmd sh -c "echo 'Hello' | sha256sum" --json
     """
-    from distributeai.consensus.codec import Identity
     from distributeai.consensus.errors import JobFileError
     from distributeai.consensus.jobfile import parse_job
-    from distributeai.consensus.messages import JobSpec, job_id_of, sign
+    from distributeai.consensus.messages import JobSpec, encode_body
     from distributeai.node.paths import key_path
 
     extra = list(ctx.args)
@@ -344,19 +354,22 @@ def submit(
     data_dir = node_dir(data_dir)
     if not key_path(data_dir).exists():
         fail(f"no node key in {data_dir}: start a node there first with `distributeai node start --data-dir {data_dir}`", 1)
-    from distributeai.p2p.identity import load_or_create_key
+    from distributeai.p2p.identity import KeyFileError, key_file_public_key
 
-    identity = Identity.from_seed(load_or_create_key(key_path(data_dir)))
-    spec = JobSpec(submitter=identity.public_key, nonce=os.urandom(16), created_ms=int(time.time() * 1000), **fields)
-    signed = sign(identity, spec)
-    request = {"op": "submit", "signed_spec": signed.hex()}
+    # The CLI never opens the seed: the running node signs the spec with its key (which may be
+    # encrypted, and is then unlocked once, by `node start`). The spec names it as the submitter.
+    try:
+        submitter = key_file_public_key(key_path(data_dir))
+    except (KeyFileError, OSError) as exc:
+        fail(str(exc))
+    spec = JobSpec(submitter=submitter, nonce=os.urandom(16), created_ms=int(time.time() * 1000), **fields)
+    request = {"op": "submit", "spec": encode_body(spec).hex()}
     if spec.wasm_sha256:
         request["module"] = module.hex()
     answer = control(data_dir, request)
     if "error" in answer:
         fail(f"the node refused the job: {answer['error']}", 1)
     job_hex = answer["job_id"]
-    assert job_hex == job_id_of(signed).hex()
     if no_wait:
         typer.echo(json.dumps({"job_id": job_hex}) if as_json else job_hex)
         return
@@ -626,6 +639,7 @@ def devnet(
 
 
 queries.register(app, node_app, job_app)
+keys.register(app)
 
 
 def main() -> None:

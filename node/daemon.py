@@ -52,6 +52,10 @@ class NodeConfig:
     genesis_credits: int = GENESIS_CREDITS
     timing: Timing = field(default_factory=Timing)
     metrics: tuple[str, int] | None = None  # (host, port) to serve /metrics on; None: not served
+    # The key's seed when the caller already opened the key file (an encrypted one: `node start`
+    # asks for its passphrase first); None: run_node reads DATA_DIR/node.key, which must then be raw.
+    # Kept out of repr and comparisons so that logging a config can never show it.
+    seed: bytes | None = field(default=None, repr=False, compare=False)
 
 
 class DataDirBusy(RuntimeError):
@@ -108,7 +112,7 @@ async def run_node(config: NodeConfig, *, task_status=trio.TASK_STATUS_IGNORED) 
     data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
     lock_fd = lock_data_dir(data_dir)
     try:
-        seed = load_or_create_key(key_path(data_dir))
+        seed = config.seed if config.seed is not None else load_or_create_key(key_path(data_dir))
         identity = Identity.from_seed(seed)
         store = await Store.open(data_dir / "node.db")
         sandboxes = open_sandboxes(config, log)
