@@ -126,6 +126,10 @@ def node_start(
     genesis_credits: Optional[int] = typer.Option(None, help="Credits every identity starts with, in this node's view. Default 100."),
     metrics: Optional[str] = typer.Option(None, help="HOST:PORT to serve Prometheus /metrics on (port 0: any free one, shown by `node info`). Default: off."),
     log_level: Optional[str] = typer.Option(None, help="debug, info (the default), warning or error."),
+    http_auth: Optional[str] = typer.Option(None, "--http-auth", help="auto (the default): /metrics asks for a "
+                                            "bearer token unless it listens on loopback; token: always."),
+    http_token_file: Optional[Path] = typer.Option(None, "--http-token-file", help="A file (mode 0600) holding "
+                                                   "the bearer token. Default: DATA_DIR/http.token, made when needed."),
     passphrase_file: Optional[Path] = keys.PassphraseFileOption,
 ) -> None:
     """Start a volunteer node: discover peers, bid on jobs, run them, verify results. Each option
@@ -135,7 +139,8 @@ def node_start(
     """
     cfg = settings(data_dir=data_dir, bootstrap=bootstrap, listen=listen, sandbox=sandbox, gpu=gpu,
                    docker_host=docker_host, cpu=cpu, memory_mb=memory_mb, max_jobs=max_jobs,
-                   genesis_credits=genesis_credits, metrics=metrics, log_level=log_level)
+                   genesis_credits=genesis_credits, metrics=metrics, log_level=log_level, http_auth=http_auth,
+                   http_token_file=http_token_file)
     data_dir = data_dir_of(cfg)
     for b in cfg.bootstrap:
         check_multiaddr(b, "--bootstrap")
@@ -149,6 +154,13 @@ def node_start(
     # A new key is encrypted when a passphrase is given by file or environment.
     data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
     seed = keys.unlock(key_path(data_dir), passphrase_file, create=True)
+    if metrics_at is not None:  # a token file that cannot be used is the user's to fix: one line, exit 2
+        from distributeai.p2p.httpauth import TokenFileError, http_token
+
+        try:
+            http_token(metrics_at[0], data_dir, force=cfg.http_auth == "token", token_file=cfg.http_token_file)
+        except (TokenFileError, OSError) as exc:
+            fail(f"--http-token-file: {exc}" if isinstance(exc, OSError) else str(exc))
     setup_logging(cfg.log_level)
     from distributeai.node.bidding import Capacity
     from distributeai.node.daemon import DataDirBusy, NodeConfig, run_node
@@ -156,7 +168,8 @@ def node_start(
     config = NodeConfig(data_dir=data_dir, bootstrap=cfg.bootstrap, listen=cfg.listen, sandbox=cfg.sandbox,
                         docker_host=cfg.docker_host,
                         capacity=Capacity(int(cfg.cpu * 1000), cfg.memory_mb, cfg.max_jobs),
-                        genesis_credits=cfg.genesis_credits, gpu=cfg.gpu, metrics=metrics_at, seed=seed)
+                        genesis_credits=cfg.genesis_credits, gpu=cfg.gpu, metrics=metrics_at, seed=seed,
+                        http_auth=cfg.http_auth, http_token_file=cfg.http_token_file)
     import trio
 
     async def serve() -> None:
