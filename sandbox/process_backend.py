@@ -1,7 +1,8 @@
 """Jobs as plain child processes: for development and tests on machines without Docker.
 
-This isolates NOTHING: a job runs as the node's user, sees the host's files and network (the node's
-key file and data directory included: it can read them) and can escape its process group (setsid). It is never chosen automatically; opening it logs a warning.
+This isolates NOTHING: a job runs as the node's user, sees the host's files and network (the
+node's key file and data directory included: it can read them) and can escape its process group
+(setsid). It is never chosen automatically; opening it logs a warning.
 
 What it does give, so results match the Docker backend for honest jobs:
 - the argv runs with exactly the given env plus a minimal PATH, in a fresh temporary directory;
