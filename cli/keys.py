@@ -6,7 +6,9 @@ stdin is one; never echoed). With none of them a command that needs one fails wi
 so does a wrong passphrase. The passphrase is never printed, logged or put in the config.
 
 The key file's format and why: p2p/keyfile.py. Every write is an atomic replace with mode 0600.
-`key show` needs no passphrase: an encrypted file keeps its public key in clear.
+`key show` needs no passphrase: an encrypted file keeps its public key in clear. `--key-file` names
+another key file than DATA_DIR/node.key (a bootstrap's `bootstrap.key`; `bootstrap start` takes
+`--passphrase-file` too).
 """
 
 from __future__ import annotations
@@ -27,6 +29,8 @@ PassphraseFileOption = typer.Option(
     None, "--passphrase-file", help=f"A file holding the key's passphrase (else ${PASSPHRASE_ENV}, else a prompt "
                                     "on the terminal).")
 
+KeyFileOption = typer.Option(None, "--key-file", help="The key file itself, instead of DATA_DIR/node.key "
+                                                    "(e.g. a bootstrap's bootstrap.key).")
 key_app = typer.Typer(no_args_is_help=True, help="The node's key file: encrypt it with a passphrase, decrypt it, "
                                                  "show its peer id.")
 
@@ -91,7 +95,8 @@ def unlock(key: Path, passphrase_file: Optional[Path], *, create: bool = False) 
         fail(str(exc))
 
 
-def key_encrypt(data_dir: Optional[Path] = DataDirOption, passphrase_file: Optional[Path] = PassphraseFileOption) -> None:
+def key_encrypt(data_dir: Optional[Path] = DataDirOption, passphrase_file: Optional[Path] = PassphraseFileOption,
+                key_file: Optional[Path] = KeyFileOption) -> None:
     """Encrypt the node's key file with a passphrase (scrypt + ChaCha20-Poly1305), in place, mode 0600.
     A running node keeps working; its next start needs the passphrase.
 
@@ -99,7 +104,7 @@ def key_encrypt(data_dir: Optional[Path] = DataDirOption, passphrase_file: Optio
     """
     from distributeai.p2p.keyfile import encrypt_seed, is_encrypted, replace
 
-    key = _key(data_dir)
+    key = _key(data_dir, key_file)
     blob = read_blob(key)
     if is_encrypted(blob):
         fail(f"key file {key} is already encrypted (to change the passphrase: `key decrypt`, then `key encrypt`)")
@@ -108,21 +113,23 @@ def key_encrypt(data_dir: Optional[Path] = DataDirOption, passphrase_file: Optio
     typer.echo(f"encrypted {key}", err=True)
 
 
-def key_decrypt(data_dir: Optional[Path] = DataDirOption, passphrase_file: Optional[Path] = PassphraseFileOption) -> None:
+def key_decrypt(data_dir: Optional[Path] = DataDirOption, passphrase_file: Optional[Path] = PassphraseFileOption,
+                key_file: Optional[Path] = KeyFileOption) -> None:
     """Store the node's key file unencrypted again (mode 0600), after checking the passphrase.
 
     Example: distributeai key decrypt --data-dir ./node1 --passphrase-file ~/.dai-pass
     """
     from distributeai.p2p.keyfile import is_encrypted, replace
 
-    key = _key(data_dir)
+    key = _key(data_dir, key_file)
     if not is_encrypted(read_blob(key)):
         fail(f"key file {key} is not encrypted")
     replace(key, unlock(key, passphrase_file))
     typer.echo(f"decrypted {key}", err=True)
 
 
-def key_show(data_dir: Optional[Path] = DataDirOption, as_json: bool = JsonOption) -> None:
+def key_show(data_dir: Optional[Path] = DataDirOption, as_json: bool = JsonOption,
+             key_file: Optional[Path] = KeyFileOption) -> None:
     """Print the node's peer id (never the key), and whether the key file is encrypted. Needs no passphrase.
 
     Example: distributeai key show --data-dir ./node1 --json
@@ -130,7 +137,7 @@ def key_show(data_dir: Optional[Path] = DataDirOption, as_json: bool = JsonOptio
     from distributeai.p2p.identity import KeyFileError, peer_id_from_public_key
     from distributeai.p2p.keyfile import is_encrypted, public_key_of_file
 
-    key = _key(data_dir)
+    key = _key(data_dir, key_file)
     blob = read_blob(key)
     try:
         peer_id = peer_id_from_public_key(public_key_of_file(blob, f"key file {key}"))
@@ -142,10 +149,10 @@ def key_show(data_dir: Optional[Path] = DataDirOption, as_json: bool = JsonOptio
         typer.echo(peer_id)
 
 
-def _key(data_dir: Optional[Path]) -> Path:
+def _key(data_dir: Optional[Path], key_file: Optional[Path]) -> Path:
     from distributeai.node.paths import key_path
 
-    return key_path(node_dir(data_dir))
+    return key_file if key_file is not None else key_path(node_dir(data_dir))
 
 
 def register(app: typer.Typer) -> None:

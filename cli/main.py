@@ -80,6 +80,7 @@ def bootstrap_start(
     http: str = typer.Option("127.0.0.1:8080", help="HOST:PORT of the stats page and /api/stats."),
     data_dir: Path = typer.Option(..., "--data-dir", help="The bootstrap's data directory (its key)."),
     log_level: str = typer.Option("info", help="debug, info, warning or error."),
+    passphrase_file: Optional[Path] = keys.PassphraseFileOption,
 ) -> None:
     """Start the bootstrap. Prints its full multiaddr as the first line of stdout once ready.
 
@@ -87,6 +88,8 @@ def bootstrap_start(
     """
     host, port = parse_hostport(http, "--http")
     check_multiaddr(listen, "--listen")
+    data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    seed = keys.unlock(data_dir / "bootstrap.key", passphrase_file, create=True)  # as node start
     setup_logging(log_level)
     import trio
 
@@ -94,7 +97,7 @@ def bootstrap_start(
 
     async def serve() -> None:
         async with trio.open_nursery() as nursery:
-            info = await nursery.start(run_bootstrap, BootstrapConfig(data_dir, listen, host, port))
+            info = await nursery.start(run_bootstrap, BootstrapConfig(data_dir, listen, host, port, seed=seed))
             print(info["multiaddr"], flush=True)
             print(f"stats: {info['http']}/api/stats", flush=True)
 

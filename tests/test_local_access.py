@@ -177,6 +177,9 @@ def test_encrypted_keys_run_and_the_node_signs_its_users_job(net, submitted):
         assert keyfile.is_encrypted(blob) and stat.S_IMODE((d / "node.key").stat().st_mode) == 0o600
         seed = keyfile.decrypt_seed(blob, PASS.encode())
         assert identity.peer_id_from_public_key(identity.public_key_bytes(seed)) == info["peer_id"]
+    boot_key = net.root / "bootstrap" / "bootstrap.key"  # `bootstrap start` took the passphrase too
+    shown = cli("key", "show", "--key-file", str(boot_key), "--json")
+    assert json.loads(shown.stdout)["encrypted"] is True and net.bootstrap_addr.endswith(json.loads(shown.stdout)["peer_id"])
     assert submitted.returncode == 0, submitted.stderr
     view = json.loads(submitted.stdout)
     assert view["status"] == "verified" and view["stdout"] == DEMO_STDOUT
@@ -323,7 +326,7 @@ def test_no_key_appears_in_anything_the_network_wrote_or_served(net, submitted):
     assert submitted.returncode == 0, submitted.stderr
     seeds = {f"node{i + 1}": keyfile.decrypt_seed((d / "node.key").read_bytes(), PASS.encode())
              for i, d in enumerate(net.node_dirs)}
-    seeds["bootstrap"] = (net.root / "bootstrap" / "bootstrap.key").read_bytes()
+    seeds["bootstrap"] = keyfile.decrypt_seed((net.root / "bootstrap" / "bootstrap.key").read_bytes(), PASS.encode())
     # The control of this scan: a key in a file is found in each of its forms.
     for form, needle in encodings(seeds["node1"]).items():
         assert find_leaks(b"..." + needle + b"...", seeds) , form
