@@ -11,7 +11,7 @@ import json
 import logging
 import time
 from collections import Counter, OrderedDict, deque
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import trio
@@ -44,6 +44,8 @@ class BootstrapConfig:
     listen: str = "/ip4/127.0.0.1/tcp/4001"
     http_host: str = "127.0.0.1"
     http_port: int = 8080
+    # The key's seed when `bootstrap start` unlocked an encrypted key file; None: read it (raw) here.
+    seed: bytes | None = field(default=None, repr=False, compare=False)
 
 
 class Stats:
@@ -193,7 +195,7 @@ def snapshot(overlay: Overlay, stats: Stats) -> dict:
 
 async def run_bootstrap(config: BootstrapConfig, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
     config.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-    seed = load_or_create_key(config.data_dir / "bootstrap.key")
+    seed = config.seed if config.seed is not None else load_or_create_key(config.data_dir / "bootstrap.key")
     stats = Stats()
     async with open_overlay(seed, listen=config.listen, topics=[JOBS_TOPIC], dht_server=True) as overlay:
 

@@ -107,7 +107,9 @@ def run_bench(nodes: int, jobs: int, concurrency: int, sandbox: str, docker_host
                    log_level="warning") as net:
         net.start()
         net.wait_connected(timeout=60)
-        identities = [Identity.from_seed(load_or_create_key(key_path(d))) for d in net.node_dirs]
+        # The nodes inherit DISTRIBUTEAI_PASSPHRASE, and encrypt their new keys with it when it is set.
+        secret = os.environ.get("DISTRIBUTEAI_PASSPHRASE", "").encode() or None
+        identities = [Identity.from_seed(load_or_create_key(key_path(d), secret)) for d in net.node_dirs]
         pids = [p.pid for p in net.procs]
         cpu0 = [_cpu_seconds(pid) for pid in pids]
         msgs0 = sum(sum(net.info(i)["overlay"].get(k, 0) for k in ("gossip_out", "requests_out")) for i in range(nodes))

@@ -32,6 +32,7 @@ ENV_PREFIX = "DISTRIBUTEAI_"
 CONFIG_ENV = "DISTRIBUTEAI_CONFIG"
 SANDBOXES = ("auto", "docker", "bwrap", "process")
 LOG_LEVELS = ("debug", "info", "warning", "error")
+HTTP_AUTHS = ("auto", "token")
 
 
 class ConfigError(ValueError):
@@ -52,6 +53,11 @@ class Config:
     docker_host: str | None = None
     # None: no /metrics endpoint, so no port is opened unasked.
     metrics: str | None = None
+    # "auto": the node's HTTP endpoints ask for a bearer token only off loopback (nothing there is
+    # reachable from another host without one); "token": always (p2p/httpauth.py).
+    http_auth: str = "auto"
+    # None: DATA_DIR/http.token, created (mode 0600) the first time a token is needed.
+    http_token_file: Path | None = None
     # What a volunteer lends by default: both cores of a small machine (node/bidding.py Capacity).
     cpu: float = 2.0
     # A quarter of a modest machine's memory (node/bidding.py Capacity).
@@ -103,7 +109,7 @@ def _parse(name: str, value: Any, where: str, *, text: bool, base: Path | None =
     def bad(what: str) -> ConfigError:
         return ConfigError(f"{where}: {name} must be {what}, got {value!r}")
 
-    if name == "data_dir":
+    if name in ("data_dir", "http_token_file"):
         if not isinstance(value, str) or not value:
             raise bad("a path")
         p = Path(value).expanduser()
@@ -121,6 +127,10 @@ def _parse(name: str, value: Any, where: str, *, text: bool, base: Path | None =
     if name == "sandbox":
         if value not in SANDBOXES:
             raise bad("one of " + ", ".join(SANDBOXES))
+        return value
+    if name == "http_auth":
+        if value not in HTTP_AUTHS:
+            raise bad("one of " + ", ".join(HTTP_AUTHS))
         return value
     if name == "log_level":
         if not isinstance(value, str) or value.lower() not in LOG_LEVELS:

@@ -19,7 +19,7 @@ from typing import Any, Optional
 
 import typer
 
-from distributeai.cli import queries
+from distributeai.cli import keys, queries
 from distributeai.cli.common import DataDirOption, check_job_id, control, data_dir_of, fail, node_dir, settings
 from distributeai.cli.common import run as run_app
 
@@ -80,6 +80,7 @@ def bootstrap_start(
     http: str = typer.Option("127.0.0.1:8080", help="HOST:PORT of the stats page and /api/stats."),
     data_dir: Path = typer.Option(..., "--data-dir", help="The bootstrap's data directory (its key)."),
     log_level: str = typer.Option("info", help="debug, info, warning or error."),
+    passphrase_file: Optional[Path] = keys.PassphraseFileOption,
 ) -> None:
     """Start the bootstrap. Prints its full multiaddr as the first line of stdout once ready.
 
@@ -87,6 +88,8 @@ def bootstrap_start(
     """
     host, port = parse_hostport(http, "--http")
     check_multiaddr(listen, "--listen")
+    data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    seed = keys.unlock(data_dir / "bootstrap.key", passphrase_file, create=True)  # as node start
     setup_logging(log_level)
     import trio
 
@@ -94,7 +97,7 @@ def bootstrap_start(
 
     async def serve() -> None:
         async with trio.open_nursery() as nursery:
-            info = await nursery.start(run_bootstrap, BootstrapConfig(data_dir, listen, host, port))
+            info = await nursery.start(run_bootstrap, BootstrapConfig(data_dir, listen, host, port, seed=seed))
             print(info["multiaddr"], flush=True)
             print(f"stats: {info['http']}/api/stats", flush=True)
 
@@ -126,6 +129,11 @@ def node_start(
     genesis_credits: Optional[int] = typer.Option(None, help="Credits every identity starts with, in this node's view. Default 100."),
     metrics: Optional[str] = typer.Option(None, help="HOST:PORT to serve Prometheus /metrics on (port 0: any free one, shown by `node info`). Default: off."),
     log_level: Optional[str] = typer.Option(None, help="debug, info (the default), warning or error."),
+    http_auth: Optional[str] = typer.Option(None, "--http-auth", help="auto (the default): /metrics asks for a "
+                                            "bearer token unless it listens on loopback; token: always."),
+    http_token_file: Optional[Path] = typer.Option(None, "--http-token-file", help="A file (mode 0600) holding "
+                                                   "the bearer token. Default: DATA_DIR/http.token, made when needed."),
+    passphrase_file: Optional[Path] = keys.PassphraseFileOption,
 ) -> None:
     """Start a volunteer node: discover peers, bid on jobs, run them, verify results. Each option
     can also come from the config file or a DISTRIBUTEAI_* variable (see `distributeai config show`).
@@ -134,7 +142,8 @@ def node_start(
     """
     cfg = settings(data_dir=data_dir, bootstrap=bootstrap, listen=listen, sandbox=sandbox, gpu=gpu,
                    docker_host=docker_host, cpu=cpu, memory_mb=memory_mb, max_jobs=max_jobs,
-                   genesis_credits=genesis_credits, metrics=metrics, log_level=log_level)
+                   genesis_credits=genesis_credits, metrics=metrics, log_level=log_level, http_auth=http_auth,
+                   http_token_file=http_token_file)
     data_dir = data_dir_of(cfg)
     for b in cfg.bootstrap:
         check_multiaddr(b, "--bootstrap")
@@ -142,6 +151,19 @@ def node_start(
             fail(f"--bootstrap {b!r} must end in /p2p/<peer id>")
     check_multiaddr(cfg.listen, "--listen")
     metrics_at = parse_hostport(cfg.metrics, "--metrics") if cfg.metrics is not None else None
+    from distributeai.node.paths import key_path
+
+    # The key is opened here, before anything starts: a wrong passphrase is one line and exit 2.
+    # A new key is encrypted when a passphrase is given by file or environment.
+    data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    seed = keys.unlock(key_path(data_dir), passphrase_file, create=True)
+    if metrics_at is not None:  # a token file that cannot be used is the user's to fix: one line, exit 2
+        from distributeai.p2p.httpauth import TokenFileError, http_token
+
+        try:
+            http_token(metrics_at[0], data_dir, force=cfg.http_auth == "token", token_file=cfg.http_token_file)
+        except (TokenFileError, OSError) as exc:
+            fail(f"--http-token-file: {exc}" if isinstance(exc, OSError) else str(exc))
     setup_logging(cfg.log_level)
     from distributeai.node.bidding import Capacity
     from distributeai.node.daemon import DataDirBusy, NodeConfig, run_node
@@ -149,7 +171,8 @@ def node_start(
     config = NodeConfig(data_dir=data_dir, bootstrap=cfg.bootstrap, listen=cfg.listen, sandbox=cfg.sandbox,
                         docker_host=cfg.docker_host,
                         capacity=Capacity(int(cfg.cpu * 1000), cfg.memory_mb, cfg.max_jobs),
-                        genesis_credits=cfg.genesis_credits, gpu=cfg.gpu, metrics=metrics_at)
+                        genesis_credits=cfg.genesis_credits, gpu=cfg.gpu, metrics=metrics_at, seed=seed,
+                        http_auth=cfg.http_auth, http_token_file=cfg.http_token_file)
     import trio
 
     async def serve() -> None:
@@ -180,11 +203,15 @@ def node_info(data_dir: Optional[Path] = DataDir, as_json: bool = typer.Option(F
         # No node running: what the data directory itself can tell (identity, last addresses).
         if not key_path(data_dir).exists():
             fail(f"cannot reach the node: {exc}, and {data_dir} holds no node key", 1)
-        from distributeai.p2p.identity import load_or_create_key, peer_id_from_public_key, public_key_bytes
+        from distributeai.p2p.identity import KeyFileError, key_file_public_key, peer_id_from_public_key
 
         last = last_start_path(data_dir)
+        try:  # an encrypted key file keeps its public key in clear: no passphrase needed
+            public_key = key_file_public_key(key_path(data_dir))
+        except (KeyFileError, OSError) as exc:
+            fail(str(exc))
         info = {
-            "peer_id": peer_id_from_public_key(public_key_bytes(load_or_create_key(key_path(data_dir)))),
+            "peer_id": peer_id_from_public_key(public_key),
             "multiaddrs": json.loads(last.read_text()).get("multiaddrs", []) if last.exists() else [],
             "running": False,
         }
@@ -277,14 +304,13 @@ def submit(
     no_wait: bool = typer.Option(False, "--no-wait", help="Print the job id and return at once."),
     as_json: bool = typer.Option(False, "--json", help="Print the outcome as one JSON object."),
 ) -> None:
-    """Sign a job with the node's key, announce it, and wait until it is verified or fails.
+    """Have the running node sign a job with its key and announce it; wait until it is verified or fails.
 
     Example: distributeai submit --data-dir ./node1 --image alpine:latest --cmd sh -c "echo 'Hello' | sha256sum" --json
     """
-    from distributeai.consensus.codec import Identity
     from distributeai.consensus.errors import JobFileError
     from distributeai.consensus.jobfile import parse_job
-    from distributeai.consensus.messages import JobSpec, job_id_of, sign
+    from distributeai.consensus.messages import JobSpec, encode_body
     from distributeai.node.paths import key_path
 
     extra = list(ctx.args)
@@ -344,19 +370,22 @@ def submit(
     data_dir = node_dir(data_dir)
     if not key_path(data_dir).exists():
         fail(f"no node key in {data_dir}: start a node there first with `distributeai node start --data-dir {data_dir}`", 1)
-    from distributeai.p2p.identity import load_or_create_key
+    from distributeai.p2p.identity import KeyFileError, key_file_public_key
 
-    identity = Identity.from_seed(load_or_create_key(key_path(data_dir)))
-    spec = JobSpec(submitter=identity.public_key, nonce=os.urandom(16), created_ms=int(time.time() * 1000), **fields)
-    signed = sign(identity, spec)
-    request = {"op": "submit", "signed_spec": signed.hex()}
+    # The CLI never opens the seed: the running node signs the spec with its key (which may be
+    # encrypted, and is then unlocked once, by `node start`). The spec names it as the submitter.
+    try:
+        submitter = key_file_public_key(key_path(data_dir))
+    except (KeyFileError, OSError) as exc:
+        fail(str(exc))
+    spec = JobSpec(submitter=submitter, nonce=os.urandom(16), created_ms=int(time.time() * 1000), **fields)
+    request = {"op": "submit", "spec": encode_body(spec).hex()}
     if spec.wasm_sha256:
         request["module"] = module.hex()
     answer = control(data_dir, request)
     if "error" in answer:
         fail(f"the node refused the job: {answer['error']}", 1)
     job_hex = answer["job_id"]
-    assert job_hex == job_id_of(signed).hex()
     if no_wait:
         typer.echo(json.dumps({"job_id": job_hex}) if as_json else job_hex)
         return
@@ -626,6 +655,7 @@ def devnet(
 
 
 queries.register(app, node_app, job_app)
+keys.register(app)
 
 
 def main() -> None:

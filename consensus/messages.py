@@ -512,7 +512,7 @@ def verify(data: bytes, expect: type) -> Signed:
 
 
 def decode_unsigned(data: bytes, expect: type, max_size: int | None = None) -> Any:
-    """For tests and local storage: parse a bare body (not an envelope)."""
+    """For tests, local storage and the control API's unsigned specs: parse a bare body (not an envelope)."""
     from .codec import decode_canonical
 
     value = decode_canonical(data, max_size or MAX_SIZE[expect.kind])

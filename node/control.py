@@ -1,12 +1,18 @@
 """The control API: how `distributeai submit`, `job status` and `node info` talk to a running node.
 
 It listens only on a Unix socket, `DATA_DIR/control.sock`, created with mode 0600: only the user who
-owns the data directory (and its key) can use it. One request per connection: a JSON object on one
+owns the data directory (and its key) can use it (another uid gets EACCES at connect; root excepted,
+as for every file). Whoever can connect controls the node: it can have the node sign and announce
+job specs paid from the node's credits (never any other message), but it can never read the key. One request per connection: a JSON object on one
 line, answered with a JSON object on one line. Requests are capped at MAX_REQUEST bytes.
 
     {"op": "info"}                                   -> node info
     {"op": "submit", "signed_spec": HEX[, "module": HEX]} -> {"job_id": HEX}
                                                         (module: a wasm module too large to travel in the spec)
+    {"op": "submit", "spec": HEX[, "module": HEX]}   -> {"job_id": HEX}: the node signs the spec (canonical
+                                                        body, naming this node as submitter) with its key;
+                                                        how `distributeai submit` works, so that the CLI never
+                                                        opens the key file (which may be encrypted)
     {"op": "status", "job_id": HEX}                  -> job view
     {"op": "wait", "job_id": HEX, "timeout": SECS}   -> job view once verified/failed (or at timeout)
     {"op": "list"}                                   -> {"jobs": [job view, ...]}
@@ -67,7 +73,10 @@ async def _dispatch(agent: Agent, req: dict) -> dict:
     if op == "submit":
         try:
             module = bytes.fromhex(str(req.get("module", "")))
-            job_id = await agent.submitting.submit(bytes.fromhex(str(req.get("signed_spec", ""))), module or None)
+            if "spec" in req:
+                job_id = await agent.submitting.submit_unsigned(bytes.fromhex(str(req["spec"])), module or None)
+            else:
+                job_id = await agent.submitting.submit(bytes.fromhex(str(req.get("signed_spec", ""))), module or None)
         except LocalProtocolError as exc:
             return {"error": str(exc), "code": exc.reason}
         return {"job_id": job_id.hex()}

@@ -1,5 +1,9 @@
 """`distributeai node start`: wires key, store, overlay, sandbox, agent and control API together.
 
+Nothing is reachable from another host unless configured: libp2p listens where `listen` says
+(loopback by default), the control API is a Unix socket (mode 0600), and `/metrics`, when asked
+for, needs a bearer token off loopback (p2p/httpauth.py).
+
 Readiness: `run_node` calls `task_status.started(info)` once the node listens, has dialed its
 bootstrap peers and serves its control socket (and `/metrics`, when configured: its bound address is
 `info["metrics_url"]`, so port 0 works); it then writes `DATA_DIR/node.json` (peer id,
@@ -13,6 +17,7 @@ import json
 import logging
 import os
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 
 import trio
@@ -20,6 +25,7 @@ import trio
 from distributeai.consensus.codec import Identity
 from distributeai.consensus.names import JOBS_TOPIC
 from distributeai.p2p.http import serve_http
+from distributeai.p2p.httpauth import http_token
 from distributeai.p2p.identity import load_or_create_key
 from distributeai.p2p.overlay import open_overlay
 from distributeai.sandbox import Sandbox, SandboxError, open_sandbox
@@ -52,6 +58,12 @@ class NodeConfig:
     genesis_credits: int = GENESIS_CREDITS
     timing: Timing = field(default_factory=Timing)
     metrics: tuple[str, int] | None = None  # (host, port) to serve /metrics on; None: not served
+    http_auth: str = "auto"  # "auto": a bearer token off loopback only; "token": always (p2p/httpauth.py)
+    http_token_file: Path | None = None  # None: DATA_DIR/http.token, created when first needed
+    # The key's seed when the caller already opened the key file (an encrypted one: `node start`
+    # asks for its passphrase first); None: run_node reads DATA_DIR/node.key, which must then be raw.
+    # Kept out of repr and comparisons so that logging a config can never show it.
+    seed: bytes | None = field(default=None, repr=False, compare=False)
 
 
 class DataDirBusy(RuntimeError):
@@ -108,7 +120,7 @@ async def run_node(config: NodeConfig, *, task_status=trio.TASK_STATUS_IGNORED) 
     data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
     lock_fd = lock_data_dir(data_dir)
     try:
-        seed = load_or_create_key(key_path(data_dir))
+        seed = config.seed if config.seed is not None else load_or_create_key(key_path(data_dir))
         identity = Identity.from_seed(seed)
         store = await Store.open(data_dir / "node.db")
         sandboxes = open_sandboxes(config, log)
@@ -126,7 +138,9 @@ async def run_node(config: NodeConfig, *, task_status=trio.TASK_STATUS_IGNORED) 
                     await nursery.start(agent.run)
                     await nursery.start(serve_control, agent, control_path(data_dir))
                     if config.metrics is not None:
-                        host, port = await nursery.start(serve_http, *config.metrics,
+                        token = http_token(config.metrics[0], data_dir, force=config.http_auth == "token",
+                                           token_file=config.http_token_file)
+                        host, port = await nursery.start(partial(serve_http, token=token), *config.metrics,
                                                          {"/metrics": agent.metrics.http_route})
                         shown = f"[{host}]" if ":" in host else host  # an IPv6 address
                         agent.metrics_url = f"http://{shown}:{port}/metrics"

@@ -17,7 +17,8 @@ from distributeai.consensus.codec import sha256
 from distributeai.consensus.errors import LocalProtocolError, RemoteProtocolError
 from distributeai.consensus.ledger import REPUTATION_START, max_cost
 from distributeai.consensus.messages import (
-    Announce, Bid, Commit, JobSpec, Reveal, RevealRequest, Signed, Withdraw, job_id_of, sign, verify,
+    Announce, Bid, Commit, JobSpec, Reveal, RevealRequest, Signed, Withdraw, decode_unsigned, job_id_of, sign,
+    verify,
 )
 from distributeai.consensus.names import AWARD_PROTOCOL, REVEAL_PROTOCOL
 from distributeai.consensus.submitter import (
@@ -49,6 +50,21 @@ class Submitting:
         self._lock = trio.Lock()  # inputs reach the store in the order they were applied
 
     # --- entry points -------------------------------------------------------------------------
+
+    async def submit_unsigned(self, body: bytes, module: bytes | None = None) -> bytes:
+        """Sign a job spec for this node's user (the control socket's owner) and submit it.
+
+        `body` is the spec's canonical encoding (`encode_body`); its submitter must be this node.
+        The node signs job specs only, never arbitrary bytes: the socket is no general signing
+        oracle. This is how `distributeai submit` works without opening a (perhaps encrypted)
+        key file itself."""
+        try:
+            spec = decode_unsigned(body, JobSpec)
+        except RemoteProtocolError as exc:
+            raise LocalProtocolError(exc.reason, exc.detail) from None
+        if spec.submitter != self.agent.me:
+            raise LocalProtocolError("wrong_signer", "a node signs only jobs that name it as their submitter")
+        return await self.submit(sign(self.agent.identity, spec), module)
 
     async def submit(self, signed_spec: bytes, module: bytes | None = None) -> bytes:
         """Announce a job signed by this node's user. Raises LocalProtocolError if it is not,

@@ -15,6 +15,8 @@ from typing import Awaitable, Callable
 import h11
 import trio
 
+from .httpauth import authorized
+
 log = logging.getLogger("distributeai.p2p.http")
 Response = tuple[int, str, bytes]  # status, content type, body
 Route = Callable[[], Awaitable[Response]]
@@ -22,7 +24,7 @@ CONNECTION_DEADLINE_S = 10.0
 MAX_HEADER_BYTES = 16 * 1024
 
 
-async def _handle(stream: trio.SocketStream, routes: dict[str, Route]) -> None:
+async def _handle(stream: trio.SocketStream, routes: dict[str, Route], token: str | None) -> None:
     conn = h11.Connection(h11.SERVER, max_incomplete_event_size=MAX_HEADER_BYTES)
     with trio.move_on_after(CONNECTION_DEADLINE_S):
         async with stream:
@@ -40,27 +42,33 @@ async def _handle(stream: trio.SocketStream, routes: dict[str, Route]) -> None:
                     return
             path = request.target.decode("ascii", "replace").split("?", 1)[0]
             route = routes.get(path)
-            if request.method not in (b"GET", b"HEAD"):
+            extra = []
+            if token is not None and not authorized(dict(request.headers).get(b"authorization"), token):
+                status, ctype, body = 401, "text/plain", b"a bearer token is required\n"
+                extra = [("www-authenticate", 'Bearer realm="distributeai"')]
+            elif request.method not in (b"GET", b"HEAD"):
                 status, ctype, body = 405, "text/plain", b"method not allowed\n"
             elif route is None:
                 status, ctype, body = 404, "text/plain", b"not found\n"
             else:
                 status, ctype, body = await route()
             headers = [("content-type", ctype), ("content-length", str(len(body))), ("connection", "close"),
-                       ("cache-control", "no-store")]
+                       ("cache-control", "no-store"), *extra]
             await stream.send_all(conn.send(h11.Response(status_code=status, headers=headers)))
             if request.method == b"GET":
                 await stream.send_all(conn.send(h11.Data(data=body)))
             await stream.send_all(conn.send(h11.EndOfMessage()))
 
 
-async def serve_http(host: str, port: int, routes: dict[str, Route], *,
+async def serve_http(host: str, port: int, routes: dict[str, Route], *, token: str | None = None,
                      task_status=trio.TASK_STATUS_IGNORED) -> None:
-    """Serve until cancelled. `task_status.started((host, port))` reports the bound port."""
+    """Serve until cancelled. `task_status.started((host, port))` reports the bound port.
+    With `token`, every request must carry `Authorization: Bearer <token>`, else it is answered
+    401 before any route runs (httpauth.py decides when a listener needs one)."""
 
     async def handler(stream: trio.SocketStream) -> None:
         try:
-            await _handle(stream, routes)
+            await _handle(stream, routes, token)
         except (h11.RemoteProtocolError, trio.BrokenResourceError, trio.ClosedResourceError) as exc:
             log.debug("http connection dropped: %s", exc)
 

@@ -6,6 +6,7 @@ paying for the libp2p import), in exactly the form libp2p 0.8.1 uses for Ed25519
 base58btc-encoded ("12D3KooW..."). `tests/test_p2p.py` checks it against a running host.
 
 The seed is a secret: nothing in this module logs it or puts it in an exception message.
+The key file's formats (raw, or sealed with a passphrase) and atomic writes are in keyfile.py.
 """
 
 from __future__ import annotations
@@ -16,7 +17,22 @@ import stat
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-SEED_BYTES = 32
+from .keyfile import (
+    ENCRYPTED_BYTES,
+    KeyFileError,
+    PassphraseRequired,
+    WrongPassphrase,
+    decrypt_seed,
+    encrypt_seed,
+    is_encrypted,
+    public_key_of_file,
+    write_new,
+)
+
+__all__ = ["KeyFileError", "PassphraseRequired", "WrongPassphrase", "load_or_create_key", "read_key_file",
+           "key_file_public_key", "public_key_bytes", "peer_id_from_public_key", "public_key_from_peer_id"]
+
+SEED_BYTES = 32  # == keyfile.SEED_BYTES
 PUBLIC_KEY_BYTES = 32
 
 # libp2p crypto.pb PublicKey{Type: Ed25519 (1), Data: <32 bytes>} serialised: field 1 varint,
@@ -31,12 +47,12 @@ _B58_ALPHABET = "123456789ABCDEFGHJKLMNPQRSTUVWXYZabcdefghijkmnopqrstuvwxyz"
 _B58_INDEX = {c: i for i, c in enumerate(_B58_ALPHABET)}
 
 
-class KeyFileError(Exception):
-    """The key file exists but cannot be used (mode too open, wrong size, not a regular file)."""
+def load_or_create_key(path: pathlib.Path, passphrase: bytes | None = None) -> bytes:
+    """Return the 32-byte Ed25519 seed stored at `path`, creating the file (mode 0600) if absent.
 
-
-def load_or_create_key(path: pathlib.Path) -> bytes:
-    """Return the 32-byte Ed25519 seed stored raw at `path`, creating it (mode 0600) if absent.
+    The file is a raw seed or one sealed with a passphrase (formats: keyfile.py). An encrypted
+    file needs `passphrase` (PassphraseRequired without it, WrongPassphrase if it does not open
+    the file); a raw file ignores it. A file created here is encrypted when `passphrase` is given.
 
     Creation uses O_CREAT|O_EXCL so two processes racing to create it cannot both win; the
     loser reads the winner's key. An existing file whose mode grants any group/other bit is
@@ -45,27 +61,30 @@ def load_or_create_key(path: pathlib.Path) -> bytes:
     """
     path = pathlib.Path(path)
     try:
-        return _read_key(path)
+        return _open(path, read_key_file(path), passphrase)
     except FileNotFoundError:
         pass
     path.parent.mkdir(parents=True, exist_ok=True)
     seed = os.urandom(SEED_BYTES)
     try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+        write_new(path, encrypt_seed(seed, passphrase) if passphrase else seed)
     except FileExistsError:
-        return _read_key(path)
-    try:
-        os.fchmod(fd, 0o600)  # umask can only remove bits; be explicit anyway
-        view = memoryview(seed)
-        while view:
-            view = view[os.write(fd, view) :]
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+        return _open(path, read_key_file(path), passphrase)
     return seed
 
 
-def _read_key(path: pathlib.Path) -> bytes:
+def _open(path: pathlib.Path, blob: bytes, passphrase: bytes | None) -> bytes:
+    if not is_encrypted(blob):
+        public_key_of_file(blob, f"key file {path}")  # checks the size
+        return blob
+    if not passphrase:
+        raise PassphraseRequired(f"key file {path} is encrypted and no passphrase was given")
+    return decrypt_seed(blob, passphrase, f"key file {path}")
+
+
+def read_key_file(path: pathlib.Path) -> bytes:
+    """The key file's bytes (raw seed or encrypted), after checking that it is a regular file
+    that neither group nor others may read or write. FileNotFoundError if absent."""
     fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)  # FileNotFoundError propagates
     try:
         st = os.fstat(fd)
@@ -76,12 +95,15 @@ def _read_key(path: pathlib.Path) -> bytes:
                 f"key file {path} has mode {stat.S_IMODE(st.st_mode):04o}; it must not be "
                 f"readable or writable by group or others (chmod 600 {path})"
             )
-        data = os.read(fd, SEED_BYTES + 1)
+        data = os.read(fd, ENCRYPTED_BYTES + 1)
     finally:
         os.close(fd)
-    if len(data) != SEED_BYTES:
-        raise KeyFileError(f"key file {path} does not hold a {SEED_BYTES}-byte Ed25519 seed")
     return data
+
+
+def key_file_public_key(path: pathlib.Path) -> bytes:
+    """The public key of the key file at `path`, raw or encrypted, without a passphrase."""
+    return public_key_of_file(read_key_file(path), f"key file {path}")
 
 
 def public_key_bytes(seed: bytes) -> bytes:

@@ -1,7 +1,8 @@
 """Jobs as plain child processes: for development and tests on machines without Docker.
 
-This isolates NOTHING: a job runs as the node's user, sees the host's files and network and can
-escape its process group (setsid). It is never chosen automatically; opening it logs a warning.
+This isolates NOTHING: a job runs as the node's user, sees the host's files and network (the
+node's key file and data directory included: it can read them) and can escape its process group
+(setsid). It is never chosen automatically; opening it logs a warning.
 
 What it does give, so results match the Docker backend for honest jobs:
 - the argv runs with exactly the given env plus a minimal PATH, in a fresh temporary directory;
@@ -54,7 +55,7 @@ from .base import (
 __all__ = ["ProcessSandbox"]
 
 NAME = "process"
-WARNING = "process sandbox isolates nothing: jobs run as this user on this host"
+WARNING = "process sandbox isolates nothing: jobs run as this user on this host and can read the node's key"
 DEFAULT_PATH = "/usr/local/bin:/usr/bin:/bin"
 FILE_SIZE_LIMIT = 64 << 20  # matches the Docker backend's /tmp tmpfs size
 CHUNK = 64 << 10  # one pipe buffer's worth per read

@@ -1,6 +1,7 @@
 """Escape and limit tests: each a real job submitted to a real node of a 3-node network, for the
 docker and bwrap sandboxes (CI runs both; neither is ever skipped there), and wasm limits.
-Also the shipped workloads: identical results from 3 executors for hash-verify and WASM."""
+Also the shipped workloads: identical results from 3 executors for hash-verify and WASM, and a
+job that looks for the node's key file and data directory (issue 7): it finds neither."""
 
 from __future__ import annotations
 
@@ -148,6 +149,59 @@ def test_hash_verify_workload_gives_identical_results_on_3_executors(net):
 def test_workload_file_embeds_primes_py():
     doc = json.loads((WORKLOADS / "python-workload.json").read_text())
     assert doc["command"][2] == (WORKLOADS / "primes.py").read_text()
+
+
+# Issue 7 item 7: a job that looks for the node's key and data directory by their host paths.
+SNOOP = r"""
+for d in "$@"; do
+  echo "== $d"
+  od -An -v -tx1 "$d/node.key" 2>&1; echo "od=$?"
+  ls -la "$d" 2>&1; echo "ls=$?"
+  ls -la "$(dirname "$d")" 2>&1; echo "ls parent=$?"
+done
+echo "== find"
+find / \( -path /proc -o -path /sys -o -path /dev \) -prune -o \( -name node.key -o -name bootstrap.key \
+  -o -name node.db -o -name control.sock -o -name node.json -o -name http.token \) -print 2>/dev/null
+echo "== end"
+"""
+DATA_DIR_ENTRIES = ("node.db", "control.sock", "node.json", "lock", "outputs")
+
+
+def test_a_job_finds_neither_the_node_key_nor_its_data_directory(net):
+    dirs = [str(d) for d in net.node_dirs]
+    view = run(net, "--image", "alpine:latest", "--cmd", "sh", "-c", SNOOP, "sh", *dirs, replicas=3)
+    out = view["stdout"]
+    print(f"\n{net.sandbox}: the snooping job's verified stdout (3 of 3 executors agree):\n{out}")
+    assert {e["sandbox"] for e in view["executors"]} == {net.sandbox}
+    assert out.count("== ") == len(dirs) + 2 and out.endswith("== end\n"), out  # it ran to the end
+    assert "od=0" not in out and "ls=0" not in out and "ls parent=0" not in out
+    found = out.split("== find\n", 1)[1].removesuffix("== end\n")
+    assert found == "", found
+    for entry in DATA_DIR_ENTRIES:
+        assert entry not in out, entry
+    digits = "".join(out.split())
+    for d in net.node_dirs:
+        seed = (d / "node.key").read_bytes()
+        assert seed.hex() not in digits and seed.hex()[:16] not in digits
+
+
+def test_the_unisolated_process_sandbox_would_read_the_key():
+    # Documented (README, sandbox/README.md): `--sandbox process` isolates nothing, so a job reads
+    # whatever the node's user can, its key included. This is why it is never chosen on its own.
+    import tempfile
+
+    from distributeai.p2p.identity import load_or_create_key
+    from distributeai.sandbox import RunRequest, open_sandbox
+
+    with tempfile.TemporaryDirectory() as tmp:
+        key = Path(tmp) / "node.key"
+        seed = load_or_create_key(key)
+        sb = open_sandbox("process", log=lambda _: None)
+        try:
+            result = sb.run(RunRequest(image="none", command=["od", "-An", "-v", "-tx1", str(key)]))
+        finally:
+            sb.close()
+    assert result.exit_code == 0 and "".join(result.stdout.decode().split()) == seed.hex()
 
 
 def test_missing_image_is_declined_with_the_reason(net):
