@@ -126,6 +126,9 @@ def node_start(
     genesis_credits: Optional[int] = typer.Option(None, help="Credits every identity starts with, in this node's view. Default 100."),
     metrics: Optional[str] = typer.Option(None, help="HOST:PORT to serve Prometheus /metrics on (port 0: any free one, shown by `node info`). Default: off."),
     log_level: Optional[str] = typer.Option(None, help="debug, info (the default), warning or error."),
+    request_rate_limit: Optional[float] = typer.Option(None, help="Requests a second one peer may send on one protocol; more are refused (rate_limited). Default 50; 0: no limit."),
+    gossip_rate_limit: Optional[float] = typer.Option(None, help="Gossip messages a second by one author (a forwarding peer: 2 times that); more are dropped, not relayed. Default 50; 0: no limit."),
+    newcomer_gossip_rate_limit: Optional[float] = typer.Option(None, help="The same for an author with no verified job or reputation in this node's view. Default 5; 0: no limit."),
 ) -> None:
     """Start a volunteer node: discover peers, bid on jobs, run them, verify results. Each option
     can also come from the config file or a DISTRIBUTEAI_* variable (see `distributeai config show`).
@@ -134,7 +137,9 @@ def node_start(
     """
     cfg = settings(data_dir=data_dir, bootstrap=bootstrap, listen=listen, sandbox=sandbox, gpu=gpu,
                    docker_host=docker_host, cpu=cpu, memory_mb=memory_mb, max_jobs=max_jobs,
-                   genesis_credits=genesis_credits, metrics=metrics, log_level=log_level)
+                   genesis_credits=genesis_credits, metrics=metrics, log_level=log_level,
+                   request_rate_limit=request_rate_limit, gossip_rate_limit=gossip_rate_limit,
+                   newcomer_gossip_rate_limit=newcomer_gossip_rate_limit)
     data_dir = data_dir_of(cfg)
     for b in cfg.bootstrap:
         check_multiaddr(b, "--bootstrap")
@@ -145,11 +150,14 @@ def node_start(
     setup_logging(cfg.log_level)
     from distributeai.node.bidding import Capacity
     from distributeai.node.daemon import DataDirBusy, NodeConfig, run_node
+    from distributeai.p2p.ratelimit import RateLimits
 
     config = NodeConfig(data_dir=data_dir, bootstrap=cfg.bootstrap, listen=cfg.listen, sandbox=cfg.sandbox,
                         docker_host=cfg.docker_host,
                         capacity=Capacity(int(cfg.cpu * 1000), cfg.memory_mb, cfg.max_jobs),
-                        genesis_credits=cfg.genesis_credits, gpu=cfg.gpu, metrics=metrics_at)
+                        genesis_credits=cfg.genesis_credits, gpu=cfg.gpu, metrics=metrics_at,
+                        rate_limits=RateLimits.of(cfg.request_rate_limit, cfg.gossip_rate_limit,
+                                                   cfg.newcomer_gossip_rate_limit))
     import trio
 
     async def serve() -> None:

@@ -22,6 +22,7 @@ from distributeai.consensus.names import JOBS_TOPIC
 from distributeai.p2p.http import serve_http
 from distributeai.p2p.identity import load_or_create_key
 from distributeai.p2p.overlay import open_overlay
+from distributeai.p2p.ratelimit import RateLimits
 from distributeai.sandbox import Sandbox, SandboxError, open_sandbox
 
 from distributeai.consensus.ledger import GENESIS_CREDITS
@@ -52,6 +53,7 @@ class NodeConfig:
     genesis_credits: int = GENESIS_CREDITS
     timing: Timing = field(default_factory=Timing)
     metrics: tuple[str, int] | None = None  # (host, port) to serve /metrics on; None: not served
+    rate_limits: RateLimits = field(default_factory=RateLimits)  # per-peer limits (p2p/ratelimit.py)
 
 
 class DataDirBusy(RuntimeError):
@@ -117,7 +119,8 @@ async def run_node(config: NodeConfig, *, task_status=trio.TASK_STATUS_IGNORED) 
         remembered = [a for _, addrs in await store.known_peers(limit=8) for a in addrs[:1]]
         bootstrap = list(dict.fromkeys([*config.bootstrap, *remembered]))
         try:
-            async with open_overlay(seed, listen=config.listen, bootstrap=bootstrap, topics=[JOBS_TOPIC]) as overlay:
+            async with open_overlay(seed, listen=config.listen, bootstrap=bootstrap, topics=[JOBS_TOPIC],
+                                    rate_limits=config.rate_limits) as overlay:
                 settings = NodeSettings(sandboxes["container"].name, gpu=config.gpu, capacity=config.capacity,
                                         price=config.price, genesis_credits=config.genesis_credits,
                                         timing=config.timing)

@@ -26,11 +26,20 @@ from typing import Hashable
 # 1,000/s flood. Higher limits let more of a flood through: each announcement that passes is
 # stored and bid on by every node, the dearest thing a peer can make a node do.
 REQUEST_RATE = 50.0  # requests/s per peer and protocol (bench peak: 15 bids/s to one submitter)
-GOSSIP_AUTHOR_RATE = 50.0  # messages/s per author (bench peak: 30; re-announces add a few)
-# A forwarding peer relays every author's messages, so it gets the author allowance of several
-# busy authors; it is checked before the signature, so it bounds the CPU a peer can make us
-# spend on signature checks whoever it claims wrote them.
-GOSSIP_FORWARDER_RATE = 200.0
+GOSSIP_AUTHOR_RATE = 50.0  # messages/s per established author (bench peak: 30, plus re-announces)
+# An author the node knows nothing of (no verified job, no reputation: see Overlay.set_standing)
+# gets far less. Measured (tests/test_flood.py, 2 shared cores): with 50/s let through to every
+# node, a 1,000/s announcement flood from a fresh key slowed an honest job 5 to 30 times (each
+# announcement costs every node ~3-5 ms: signature, relay, store, a bid); at 10/s still 3.3
+# times. A newcomer's first job needs 2 messages (announcement, certificate) and re-announces;
+# 5/s with a 2 s burst lets a new node start at full speed and become established at once.
+NEWCOMER_GOSSIP_RATE = 5.0
+# A forwarding peer relays every author's messages, so it gets the allowance of two busy
+# authors (3 times the whole bench network's 30 messages/s); it is checked before the
+# signature, so it bounds the CPU a peer can make us spend on signature checks whoever it
+# claims wrote them. Not by standing: bootstraps and idle nodes relay without ever having a job.
+FORWARDER_AUTHORS = 2
+GOSSIP_FORWARDER_RATE = FORWARDER_AUTHORS * GOSSIP_AUTHOR_RATE
 # A burst of 2 s worth: jobs submitted in a batch by a script arrive together.
 BURST_SECONDS = 2.0
 # Buckets kept before idle ones are forgotten (a few hundred bytes each).
@@ -45,9 +54,17 @@ class RateLimits:
     request_rate: float = REQUEST_RATE
     gossip_author_rate: float = GOSSIP_AUTHOR_RATE
     gossip_forwarder_rate: float = GOSSIP_FORWARDER_RATE
+    newcomer_gossip_rate: float = NEWCOMER_GOSSIP_RATE
+
+    @classmethod
+    def of(cls, request_rate: float, gossip_rate: float, newcomer_gossip_rate: float) -> "RateLimits":
+        """The limits from the settings a volunteer sees (`request_rate_limit`,
+        `gossip_rate_limit`, `newcomer_gossip_rate_limit`): a forwarder gets FORWARDER_AUTHORS
+        authors' worth."""
+        return cls(request_rate, gossip_rate, FORWARDER_AUTHORS * gossip_rate, newcomer_gossip_rate)
 
     def __post_init__(self) -> None:
-        for name in ("request_rate", "gossip_author_rate", "gossip_forwarder_rate"):
+        for name in ("request_rate", "gossip_author_rate", "gossip_forwarder_rate", "newcomer_gossip_rate"):
             value = getattr(self, name)
             if not isinstance(value, (int, float)) or isinstance(value, bool) or not value >= 0:
                 raise ValueError(f"{name} must be a number of messages a second, at least 0; got {value!r}")

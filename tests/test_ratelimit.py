@@ -77,3 +77,32 @@ def test_settings_are_checked() -> None:
         RateLimits(gossip_author_rate=True)
     with pytest.raises(ValueError):
         KeyedLimiter(rate=10, burst=0.5)
+
+
+# --- p2p/fairqueue.py ---------------------------------------------------------------------------
+
+from distributeai.p2p.fairqueue import FairQueue  # noqa: E402
+
+
+def test_fair_queue_serves_keys_in_turn() -> None:
+    q: FairQueue[str] = FairQueue(max_total=1000, max_per_key=500)
+    for i in range(300):
+        assert q.put("flooder", f"f{i}")
+    assert q.put("honest", "h0")
+    # The honest message comes out second, not after the flooder's backlog of 300.
+    assert [q.get(), q.get(), q.get()] == ["f0", "h0", "f1"]
+    assert len(q) == 298
+    assert all(q.get() == f"f{i}" for i in range(2, 300))
+    with pytest.raises(IndexError):
+        q.get()
+
+
+def test_fair_queue_is_bounded_per_key_and_in_all() -> None:
+    q: FairQueue[int] = FairQueue(max_total=10, max_per_key=4)
+    assert [q.put("a", i) for i in range(6)] == [True] * 4 + [False] * 2  # one key cannot fill it
+    assert all(q.put(k, 0) for k in "bcdef") and len(q) == 9
+    assert q.put("g", 0) and not q.put("h", 0)  # full in all
+    q.get()
+    assert q.put("h", 0)
+    with pytest.raises(ValueError):
+        FairQueue(max_total=3, max_per_key=4)
