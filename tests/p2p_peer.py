@@ -1,7 +1,7 @@
 """One overlay peer as an OS process, driven by tests/test_p2p.py.
 
     python tests/p2p_peer.py --key-file K [--bootstrap ADDR ...] [--topic T ...] [--dht-server]
-                             [--max-bytes N]
+                             [--max-bytes N] [--request-rate R]
 
 stdout carries one JSON object per line (events):
     {"event": "ready", "peer_id": ..., "addrs": [...], "t": <time.time()>}
@@ -20,7 +20,7 @@ stdin takes one JSON command per line; end of stdin stops the peer:
         -> result: {"sent", "targets", "started", "ended", "rate"} (times are time.time())
     {"id": N, "cmd": "flood_requests", "peer": ..., "protocol": ..., "rate": per s, "seconds": S[, "batch": B]}
         -> result: {"sent", "answered", "statuses": {status: n}, "reasons": {reason: n}, "started",
-                    "ended", "rate"}
+                    "ended", "last_answer", "rate"}
     Floods emit {"event": "flooding", "cmd": ..., "sent": n, "t": ...} after their first second.
 Flood messages are built by `flood_announcement` and `flood_bid` (validly signed by this peer's
 own key, fresh job ids); a flood writes B of them per frame, on a stream of its own, paced to
@@ -45,6 +45,7 @@ from distributeai.consensus.codec import Identity
 from distributeai.consensus.messages import Announce, Bid, JobSpec, sign
 from distributeai.p2p import identity, session
 from distributeai.p2p.overlay import Overlay, open_overlay
+from distributeai.p2p.ratelimit import RateLimits
 
 ECHO, FAIL, SLOW = "/test/echo/1", "/test/fail/1", "/test/slow/1"
 CHANGE_POLL_S = 0.05  # libp2p has no "connected peers changed" event for callers to await
@@ -176,10 +177,11 @@ async def flood_requests(overlay: Overlay, me: Identity, cmd: dict) -> dict:
     statuses: dict[int, int] = {}
     reasons: dict[str, int] = {}
     answered = 0
+    last_answer = 0.0
     all_answered = trio.Event()
 
     async def read() -> None:
-        nonlocal answered
+        nonlocal answered, last_answer
         from distributeai.p2p.reqresp import read_exactly
 
         while answered < count * batch:
@@ -194,6 +196,7 @@ async def flood_requests(overlay: Overlay, me: Identity, cmd: dict) -> dict:
                     reason = exc.detail
                 reasons[reason] = reasons.get(reason, 0) + 1
             answered += 1
+            last_answer = time.time()
         all_answered.set()
 
     async with trio.open_nursery() as nursery:
@@ -204,7 +207,8 @@ async def flood_requests(overlay: Overlay, me: Identity, cmd: dict) -> dict:
         nursery.cancel_scope.cancel()
     await stream.reset()
     return {"sent": sent, "answered": answered, "statuses": {str(k): v for k, v in statuses.items()},
-            "reasons": reasons, "started": started, "ended": ended, "rate": sent / (ended - started)}
+            "reasons": reasons, "started": started, "ended": ended, "last_answer": last_answer,
+            "rate": sent / (ended - started)}
 
 
 async def run_command(overlay: Overlay, cmd: dict) -> None:
@@ -266,11 +270,14 @@ async def main() -> None:
     parser.add_argument("--topic", action="append", default=[])
     parser.add_argument("--dht-server", action="store_true")
     parser.add_argument("--max-bytes", type=int, default=1 << 20)
+    parser.add_argument("--request-rate", type=float, default=None, help="requests/s per peer and protocol (0: off)")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
     global SEED
     seed = SEED = identity.load_or_create_key(args.key_file)
     options: dict = {"dht_server": True} if args.dht_server else {}  # else: the library default
+    if args.request_rate is not None:
+        options["rate_limits"] = RateLimits(request_rate=args.request_rate)
     async with open_overlay(
         seed, bootstrap=args.bootstrap, topics=args.topic, max_message_bytes=args.max_bytes, **options
     ) as overlay:
