@@ -14,6 +14,7 @@ import pathlib
 import sqlite3
 import statistics
 import time
+import urllib.request
 
 import pytest
 import trio
@@ -31,8 +32,8 @@ from .p2p_peer import FLOOD_JOB_NAME
 from .test_p2p import PeerProcess, _ready
 
 FLOOD_RATE = 1000  # messages a second, the figure
-FLOOD_S = 8.0  # long enough to cover an honest job several times over
-RUNS = 3  # honest jobs timed, in the normal case and during each flood; their median counts
+FLOOD_S = 10.0  # long enough to cover RUNS honest jobs several times over
+RUNS = 5  # honest jobs timed, in the normal case and during each flood; their median counts
 MAX_SLOWDOWN = 3.0  # the bound: within 3 times the normal time
 LIMITS = RateLimits()  # the nodes run with the defaults
 
@@ -99,7 +100,7 @@ def cpu_seconds(pid: int) -> float:
 
 @pytest.mark.slow
 async def test_a_flooding_peer_is_throttled_and_an_honest_job_still_verifies(tmp_path):
-    with Devnet(tmp_path / "net", nodes=3, sandbox="process") as net:
+    with Devnet(tmp_path / "net", nodes=3, sandbox="process", metrics=True) as net:
         net.start()
         net.wait_connected()
         attacker = PeerProcess("attacker", tmp_path / "attacker.key", tmp_path,
@@ -143,6 +144,11 @@ async def test_a_flooding_peer_is_throttled_and_an_honest_job_still_verifies(tmp
             assert info["rejected"].get("rate_limited", 0) > 0
             assert info["overlay"]["gossip_rate_limited"] > 0
         assert infos[0]["overlay"]["requests_rejected_rate_limited"] > 0
+        for info in infos:  # and Prometheus sees the same count
+            text = urllib.request.urlopen(info["metrics_url"], timeout=30).read().decode()
+            line = next(x for x in text.splitlines()
+                        if x.startswith('distributeai_messages_rejected_total{reason="rate_limited"}'))
+            assert float(line.split()[-1]) >= info["rejected"]["rate_limited"]
         assert bids["statuses"].get("5", 0) >= 0.5 * bids["sent"]
         # The node reads the flood as fast as it can, which may end after the attacker stopped
         # writing: its bucket refilled until the last answer.
