@@ -28,10 +28,10 @@ from typing import Hashable
 REQUEST_RATE = 50.0  # requests/s per peer and protocol (bench peak: 15 bids/s to one submitter)
 GOSSIP_AUTHOR_RATE = 50.0  # messages/s per established author (bench peak: 30, plus re-announces)
 # An author the node knows nothing of (no verified job, no reputation: see Overlay.set_standing)
-# gets far less. Measured (tests/test_flood.py, 2 shared cores): with 50/s let through to every
-# node, a 1,000/s announcement flood from a fresh key slowed an honest job 5 to 30 times (each
-# announcement costs every node ~3-5 ms: signature, relay, store, a bid); at 10/s still 3.3
-# times. A newcomer's first job needs 2 messages (announcement, certificate) and re-announces;
+# gets far less. Measured (tests/test_flood.py, 2 cores shared with other loads): with 50/s let
+# through to every node, a 1,000/s announcement flood from a fresh key slowed an honest job 11 to
+# 15 times (each announcement costs every node ~3-5 ms: signature, relay, store, a bid); 4.9
+# times at 20/s, 3.3 at 10/s; at 5/s 1.4 to 2 times. A newcomer's first job needs 2 messages (announcement, certificate) and re-announces;
 # 5/s with a 2 s burst lets a new node start at full speed and become established at once.
 NEWCOMER_GOSSIP_RATE = 5.0
 # A forwarding peer relays every author's messages, so it gets the allowance of two busy
