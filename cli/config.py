@@ -28,6 +28,8 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any, Mapping
 
+from distributeai.p2p.ratelimit import GOSSIP_AUTHOR_RATE, NEWCOMER_GOSSIP_RATE, REQUEST_RATE
+
 ENV_PREFIX = "DISTRIBUTEAI_"
 CONFIG_ENV = "DISTRIBUTEAI_CONFIG"
 SANDBOXES = ("auto", "docker", "bwrap", "process")
@@ -70,6 +72,15 @@ class Config:
     gpu: bool = False
     # Enough to see peers and jobs come and go without libp2p's chatter.
     log_level: str = "info"
+    # Requests a second one peer may send on one protocol; about 3 times an honest peer's peak
+    # (p2p/ratelimit.py REQUEST_RATE). 0: no limit.
+    request_rate_limit: float = REQUEST_RATE
+    # Gossip messages a second by one author; a forwarding peer may relay 4 times that
+    # (p2p/ratelimit.py GOSSIP_AUTHOR_RATE). 0: no limit.
+    gossip_rate_limit: float = GOSSIP_AUTHOR_RATE
+    # The same for an author this node knows no verified job or reputation of: a fresh key's
+    # flood costs every node work (p2p/ratelimit.py NEWCOMER_GOSSIP_RATE). 0: no limit.
+    newcomer_gossip_rate_limit: float = NEWCOMER_GOSSIP_RATE
     # None: `status` shows no network totals until a bootstrap's stats URL is given.
     bootstrap_http: str | None = None
     # Where each value came from: "default", "file PATH", "env NAME" or "flag --NAME".
@@ -153,6 +164,14 @@ def _parse(name: str, value: Any, where: str, *, text: bool, base: Path | None =
             number = None
         if number is None or not number > 0:
             raise bad("a positive number of cores")
+        return number
+    if name in ("request_rate_limit", "gossip_rate_limit", "newcomer_gossip_rate_limit"):
+        try:
+            number = float(value) if text or isinstance(value, (int, float)) and not isinstance(value, bool) else None
+        except ValueError:
+            number = None
+        if number is None or not number >= 0 or number == float("inf"):
+            raise bad("a number of messages a second (0: no limit)")
         return number
     if name in ("memory_mb", "max_jobs", "genesis_credits"):
         least = 0 if name == "genesis_credits" else 1

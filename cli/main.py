@@ -134,6 +134,9 @@ def node_start(
     http_token_file: Optional[Path] = typer.Option(None, "--http-token-file", help="A file (mode 0600) holding "
                                                    "the bearer token. Default: DATA_DIR/http.token, made when needed."),
     passphrase_file: Optional[Path] = keys.PassphraseFileOption,
+    request_rate_limit: Optional[float] = typer.Option(None, help="Requests a second one peer may send on one protocol; more are refused (rate_limited). Default 50; 0: no limit."),
+    gossip_rate_limit: Optional[float] = typer.Option(None, help="Gossip messages a second by one author (a forwarding peer: 2 times that); more are dropped, not relayed. Default 50; 0: no limit."),
+    newcomer_gossip_rate_limit: Optional[float] = typer.Option(None, help="The same for an author with no verified job or reputation in this node's view. Default 5; 0: no limit."),
 ) -> None:
     """Start a volunteer node: discover peers, bid on jobs, run them, verify results. Each option
     can also come from the config file or a DISTRIBUTEAI_* variable (see `distributeai config show`).
@@ -143,7 +146,9 @@ def node_start(
     cfg = settings(data_dir=data_dir, bootstrap=bootstrap, listen=listen, sandbox=sandbox, gpu=gpu,
                    docker_host=docker_host, cpu=cpu, memory_mb=memory_mb, max_jobs=max_jobs,
                    genesis_credits=genesis_credits, metrics=metrics, log_level=log_level, http_auth=http_auth,
-                   http_token_file=http_token_file)
+                   http_token_file=http_token_file,
+                   request_rate_limit=request_rate_limit, gossip_rate_limit=gossip_rate_limit,
+                   newcomer_gossip_rate_limit=newcomer_gossip_rate_limit)
     data_dir = data_dir_of(cfg)
     for b in cfg.bootstrap:
         check_multiaddr(b, "--bootstrap")
@@ -167,12 +172,15 @@ def node_start(
     setup_logging(cfg.log_level)
     from distributeai.node.bidding import Capacity
     from distributeai.node.daemon import DataDirBusy, NodeConfig, run_node
+    from distributeai.p2p.ratelimit import RateLimits
 
     config = NodeConfig(data_dir=data_dir, bootstrap=cfg.bootstrap, listen=cfg.listen, sandbox=cfg.sandbox,
                         docker_host=cfg.docker_host,
                         capacity=Capacity(int(cfg.cpu * 1000), cfg.memory_mb, cfg.max_jobs),
                         genesis_credits=cfg.genesis_credits, gpu=cfg.gpu, metrics=metrics_at, seed=seed,
-                        http_auth=cfg.http_auth, http_token_file=cfg.http_token_file)
+                        http_auth=cfg.http_auth, http_token_file=cfg.http_token_file,
+                        rate_limits=RateLimits.of(cfg.request_rate_limit, cfg.gossip_rate_limit,
+                                                   cfg.newcomer_gossip_rate_limit))
     import trio
 
     async def serve() -> None:

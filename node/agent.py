@@ -111,6 +111,11 @@ class Agent:
             await self._rebuild_ledger()
             for protocol, handler in self.handlers.items():
                 self.overlay.set_handler(protocol, self._guard(handler))
+            # What the overlay refuses before any handler sees it (a peer over its rate limit,
+            # an oversized or malformed request) counts as the node's own rejections do; at
+            # DEBUG, since a flood would otherwise log a line per message.
+            self.overlay.set_reject_hook(lambda reason: self.reject(reason, "by the overlay", level=logging.DEBUG))
+            self.overlay.set_standing(self.established)
             await self.submitting.recover()
             await self.executing.recover()
             nursery.start_soon(self._read_gossip)
@@ -132,10 +137,10 @@ class Agent:
         self.counters[what] += 1
         self.metrics.count(what)
 
-    def reject(self, reason: str, detail: str = "") -> None:
+    def reject(self, reason: str, detail: str = "", *, level: int = logging.INFO) -> None:
         self.rejected[reason] += 1
         self.metrics.reject(reason)
-        log.info("rejected: %s %s", reason, detail)
+        log.log(level, "rejected: %s %s", reason, detail)
 
     async def publish(self, data: bytes) -> None:
         """Gossip a message on the jobs topic, counted as `gossip_out`."""
@@ -228,6 +233,14 @@ class Agent:
                 for p, addrs in self.overlay.known_peers()]
 
     # --- the ledger ---------------------------------------------------------------------------
+
+    def established(self, peer_id: str) -> bool:
+        """Whether this node's ledger knows `peer_id` from a verified job (it paid or was paid)
+        or gave it reputation: such an author's gossip gets the full rate limit, a newcomer's
+        a small one (p2p/ratelimit.py NEWCOMER_GOSSIP_RATE), which is what stops a fresh key's
+        flood of announcements from costing every node work."""
+        key = public_key_from_peer_id(peer_id)
+        return key is not None and (key in self.ledger.spent or self.ledger.reputation_of(key) > 0)
 
     def apply_certificate_to_ledger(self, raw: bytes, at_ms: int) -> None:
         self.ledger.apply_certificate(verify_certificate(raw), at_ms)

@@ -28,6 +28,7 @@ from distributeai.p2p.http import serve_http
 from distributeai.p2p.httpauth import http_token
 from distributeai.p2p.identity import load_or_create_key
 from distributeai.p2p.overlay import open_overlay
+from distributeai.p2p.ratelimit import RateLimits
 from distributeai.sandbox import Sandbox, SandboxError, open_sandbox
 
 from distributeai.consensus.ledger import GENESIS_CREDITS
@@ -64,6 +65,7 @@ class NodeConfig:
     # asks for its passphrase first); None: run_node reads DATA_DIR/node.key, which must then be raw.
     # Kept out of repr and comparisons so that logging a config can never show it.
     seed: bytes | None = field(default=None, repr=False, compare=False)
+    rate_limits: RateLimits = field(default_factory=RateLimits)  # per-peer limits (p2p/ratelimit.py)
 
 
 class DataDirBusy(RuntimeError):
@@ -129,7 +131,8 @@ async def run_node(config: NodeConfig, *, task_status=trio.TASK_STATUS_IGNORED) 
         remembered = [a for _, addrs in await store.known_peers(limit=8) for a in addrs[:1]]
         bootstrap = list(dict.fromkeys([*config.bootstrap, *remembered]))
         try:
-            async with open_overlay(seed, listen=config.listen, bootstrap=bootstrap, topics=[JOBS_TOPIC]) as overlay:
+            async with open_overlay(seed, listen=config.listen, bootstrap=bootstrap, topics=[JOBS_TOPIC],
+                                    rate_limits=config.rate_limits) as overlay:
                 settings = NodeSettings(sandboxes["container"].name, gpu=config.gpu, capacity=config.capacity,
                                         price=config.price, genesis_credits=config.genesis_credits,
                                         timing=config.timing)

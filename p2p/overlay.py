@@ -26,6 +26,8 @@ from libp2p.tools.anyio_service import background_trio_service
 from multiaddr import Multiaddr
 
 from . import reqresp, session, workarounds
+from .fairqueue import FairQueue
+from .ratelimit import KeyedLimiter, RateLimits
 
 logger = logging.getLogger(__name__)
 quiet_libp2p_logs = workarounds.quiet_libp2p_logs  # public: the CLI calls it after configuring logging
@@ -35,6 +37,9 @@ quiet_libp2p_logs()
 # own subscription channel holds only 32 (`pubsub/pubsub.py:124`); this one is drained from
 # it at once, so a slow consumer loses messages here, where they are counted.
 MESSAGE_BUFFER = 4096
+# ... of which one author may fill this many: its rate limit (ratelimit.py) lets through more
+# than a busy node may handle at once, and the rest of the buffer stays for everyone else.
+MESSAGE_BUFFER_PER_AUTHOR = 512
 # Room for the pubsub RPC envelope (signature, key, topic, signed peer record) around a
 # payload of max_message_bytes.
 RPC_OVERHEAD = 64 * 1024
@@ -62,6 +67,8 @@ DIAL_TIMEOUT_S = 5.0
 TARGET_PEERS = 8
 # A peer that failed a dial is not tried again by discovery for this long.
 DIAL_BACKOFF_S = 30.0
+# An author's standing (Overlay.set_standing) is asked again after this long.
+STANDING_CACHE_S = 1.0
 # Shutdown of a host takes about 0.2 s (libp2p.md); give it far more, never forever.
 CLOSE_TIMEOUT_S = 5.0
 
@@ -80,7 +87,8 @@ class RemoteError(Exception):
 class Overlay:
     """A running libp2p host. Get one from `open_overlay`; see p2p/README.md for the contract."""
 
-    def __init__(self, seed: bytes, *, dht_server: bool, max_message_bytes: int) -> None:
+    def __init__(self, seed: bytes, *, dht_server: bool, max_message_bytes: int,
+                 rate_limits: RateLimits | None = None) -> None:
         key_pair = create_new_key_pair(seed)
         self._host = new_host(
             key_pair=key_pair,
@@ -99,19 +107,31 @@ class Overlay:
             self._host, self._gossipsub, max_inbound_rpc_size=max_message_bytes + RPC_OVERHEAD
         )
         workarounds.fix_pubsub_seqno(self._pubsub)
+        workarounds.limit_gossip_rates(self._pubsub, self._allow_forwarder)
         workarounds.tune_dht_lookups()
         self._dht = KadDHT(self._host, DHTMode.SERVER if dht_server else DHTMode.CLIENT)
         workarounds.widen_find_node_answers(self._dht)
         self._max_bytes = max_message_bytes
         self._stats: collections.Counter[str] = collections.Counter()
         self._limiter = reqresp.new_limiter()
+        # Per-peer rate limits (ratelimit.py): requests per (peer, protocol); gossip per
+        # forwarding peer before libp2p checks a signature, and per author after it.
+        limits = rate_limits or RateLimits()
+        self.rate_limits = limits
+        self._request_rate = KeyedLimiter(limits.request_rate)
+        self._forwarder_rate = KeyedLimiter(limits.gossip_forwarder_rate)
+        self._author_rate = KeyedLimiter(limits.gossip_author_rate)
+        self._newcomer_rate = KeyedLimiter(limits.newcomer_gossip_rate)
+        self._reject_hook: Callable[[str], None] | None = None
+        self._standing: Callable[[str], bool] | None = None
+        self._standing_cache: dict[bytes, tuple[bool, float]] = {}
         # Requests travel in sessions (session.py): one stream per peer and direction.
         self._handlers: dict[str, Callable[[str, bytes], Awaitable[bytes]]] = {}
         self._sessions: dict[ID, session.DialerSession] = {}
         self._session_locks: collections.defaultdict[ID, trio.Lock] = collections.defaultdict(trio.Lock)
         self._nursery: trio.Nursery | None = None
         self._host.set_stream_handler(TProtocol(session.PROTOCOL), self._serve_session)
-        self._msg_send, self._msg_recv = trio.open_memory_channel[GossipMessage](MESSAGE_BUFFER)
+        self._inbox = _Inbox()
         self._dial_failed_at: dict[ID, float] = {}
         self._last_self_lookup = -SELF_LOOKUP_EVERY_S
         self._bootstrap_unreachable: set[ID] = set()  # bootstrap peers last seen failing, warned once
@@ -151,8 +171,8 @@ class Overlay:
         return [p.to_base58() for p in self._gossipsub.mesh.get(topic, ())]
 
     def stats(self) -> dict[str, int]:
-        keys = ("gossip_in", "gossip_out", "gossip_dropped", "requests_in", "requests_out",
-                "requests_rejected", "requests_failed")
+        keys = ("gossip_in", "gossip_out", "gossip_dropped", "gossip_rate_limited", "requests_in",
+                "requests_out", "requests_rejected", "requests_rejected_rate_limited", "requests_failed")
         out = {k: 0 for k in keys}
         out.update(self._stats)
         out["dht_peers"] = self._dht.routing_table.size()
@@ -201,13 +221,16 @@ class Overlay:
         await self._pubsub.publish(topic, bytes(data))
         self._stats["gossip_out"] += 1
 
-    def messages(self) -> trio.MemoryReceiveChannel[GossipMessage]:
-        """The one channel of messages from all subscribed topics (not our own publishes).
+    def messages(self) -> "_Inbox":
+        """The one stream of messages from all subscribed topics (not our own publishes), for
+        `async for`; it ends when the overlay closes. Every call returns the same: one consumer.
 
-        It holds MESSAGE_BUFFER messages; beyond that new ones are dropped and counted in
-        stats()["gossip_dropped"]. Every call returns the same channel: one consumer.
+        Messages are queued per author and taken from the authors in turn (fairqueue.py), so
+        a busy author's backlog never delays another author's message by more than one of its
+        own. It holds MESSAGE_BUFFER messages, MESSAGE_BUFFER_PER_AUTHOR of one author; beyond
+        that new ones are dropped and counted in stats()["gossip_dropped"].
         """
-        return self._msg_recv
+        return self._inbox
 
     async def _drain(self, topic: str, subscription: ISubscriptionAPI) -> None:
         # libp2p.md item 5: the subscription channel holds 32 messages and pubsub drops the
@@ -216,12 +239,67 @@ class Overlay:
             author = ID(msg.from_id)
             if author == self._self_id:
                 continue  # pubsub delivers our own publishes to our subscriptions
-            try:
-                self._msg_send.send_nowait(GossipMessage(topic, author.to_base58(), bytes(msg.data)))
-            except trio.WouldBlock:
-                self._stats["gossip_dropped"] += 1
-            else:
+            if self._inbox.put(author, GossipMessage(topic, author.to_base58(), bytes(msg.data))):
                 self._stats["gossip_in"] += 1
+            else:
+                self._stats["gossip_dropped"] += 1
+
+    def _allow_forwarder(self, forwarder: ID) -> bool:
+        """Gossip from `forwarder` (the peer that sent it to us, whoever wrote it), checked before
+        libp2p's seen-cache and signature check; False drops it: not verified, not relayed."""
+        if self._forwarder_rate.allow(forwarder, trio.current_time()):
+            return True
+        self._rejected("gossip_rate_limited", "rate_limited")
+        return False
+
+    def _allow_author(self, forwarder: ID, msg) -> bool:
+        """The topic validator: a gossip message seen for the first time, whose signature
+        libp2p has verified, so its `from_id` is its author. False drops it: not delivered, not
+        relayed, and pubsub remembers it as invalid for a while (`pubsub/pubsub.py:1681-1690`),
+        so copies from other peers are dropped too. Our own publishes always pass."""
+        if forwarder == self._self_id:
+            return True
+        author, now = bytes(msg.from_id), trio.current_time()
+        limiter = self._author_rate if self._established(author, now) else self._newcomer_rate
+        if limiter.allow(author, now):
+            return True
+        self._rejected("gossip_rate_limited", "rate_limited")
+        return False
+
+    def _established(self, author: bytes, now: float) -> bool:
+        """Whether the node's standing function counts `author` (peer id bytes) as established;
+        asked at most once a second per author, every author is established without one."""
+        if self._standing is None:
+            return True
+        hit = self._standing_cache.get(author)
+        if hit is not None and now - hit[1] < STANDING_CACHE_S:
+            return hit[0]
+        if len(self._standing_cache) > 10_000:  # bounded: forget rather than grow
+            self._standing_cache.clear()
+        value = bool(self._standing(ID(author).to_base58()))
+        self._standing_cache[author] = (value, now)
+        return value
+
+    def set_standing(self, established: Callable[[str], bool]) -> None:
+        """`established(peer id)`: whether gossip by that author gets the full per-author rate
+        (RateLimits.gossip_author_rate) or a newcomer's (newcomer_gossip_rate). The node passes
+        what its ledger knows of the author; without it every author is established."""
+        self._standing = established
+        self._standing_cache.clear()
+
+    def _allow_request(self, peer: str, protocol: str) -> bool:
+        return self._request_rate.allow((peer, protocol), trio.current_time())
+
+    def _rejected(self, stat: str, reason: str) -> None:
+        self._stats[stat] += 1
+        if self._reject_hook is not None:
+            self._reject_hook(reason)
+
+    def set_reject_hook(self, hook: Callable[[str], None]) -> None:
+        """Call `hook(reason)` for every message this overlay refuses for what a peer did, before
+        any handler sees it: "rate_limited" (gossip or request), "too_large" and "malformed"
+        (requests). The node counts them with the rejections of its own checks."""
+        self._reject_hook = hook
 
     # --- request/response -------------------------------------------------------------------
 
@@ -231,7 +309,13 @@ class Overlay:
         self._handlers[protocol] = handler
 
     async def _serve_session(self, stream) -> None:
-        await session.serve_session(stream, self._handlers, self._max_bytes, self._stats, self._limiter)
+        await session.serve_session(stream, self._handlers, self._max_bytes, self._stats, self._limiter,
+                                    self._allow_request, self._session_rejected)
+
+    def _session_rejected(self, reason: str, peer: str) -> None:
+        # session.py has counted it in stats; "busy" is our own load, not the peer's fault.
+        if reason != "busy" and self._reject_hook is not None:
+            self._reject_hook(reason)
 
     async def _session(self, pid: ID) -> session.DialerSession:
         """Our open session to `pid`, opened (with its reader task) if there is none."""
@@ -455,12 +539,14 @@ async def open_overlay(
     topics: Sequence[str] = (),
     dht_server: bool = True,
     max_message_bytes: int = 1 << 20,
+    rate_limits: RateLimits | None = None,
 ) -> AsyncIterator[Overlay]:
     """Run an overlay; yields once the host is listening (and subscribed to `topics`).
 
     Bootstrap peers are dialed in the background, and re-dialed whenever discovery runs while
     they are disconnected, so a node starts even when they are down. Raises ValueError for a
     malformed bootstrap addr, OSError if `listen` cannot be bound or its port is taken.
+    `rate_limits` (default `RateLimits()`): the per-peer limits on requests and gossip.
     """
     boot_infos = []
     for addr in bootstrap:
@@ -470,7 +556,7 @@ async def open_overlay(
             raise ValueError(f"bootstrap addr must end in /p2p/<peer id>: {addr!r}") from exc
     listen_addr = Multiaddr(listen)
     workarounds.check_port_free(listen_addr)
-    overlay = Overlay(seed, dht_server=dht_server, max_message_bytes=max_message_bytes)
+    overlay = Overlay(seed, dht_server=dht_server, max_message_bytes=max_message_bytes, rate_limits=rate_limits)
     boot_infos = [i for i in boot_infos if i.peer_id != overlay._self_id]
     try:
         async with _run(overlay, listen_addr, topics, boot_infos):
@@ -497,6 +583,8 @@ async def _run(
                 raise OSError(f"could not listen on {listen_addr}")
             async with background_trio_service(overlay._pubsub), background_trio_service(overlay._gossipsub):
                 await overlay._pubsub.wait_until_ready()
+                for topic in dict.fromkeys(topics):
+                    overlay._pubsub.set_topic_validator(topic, overlay._allow_author, False)
                 subscriptions = [(t, await overlay._pubsub.subscribe(t)) for t in dict.fromkeys(topics)]
                 async with background_trio_service(overlay._dht):
                     # Our tasks live in the innermost nursery, cancelled before any service
@@ -513,11 +601,51 @@ async def _run(
                         finally:
                             nursery.cancel_scope.cancel()
         finally:
-            overlay._msg_send.close()
+            overlay._inbox.close()
             # libp2p.md item 4: leaving host.run() does not close connections
             # (`host/basic_host.py:588-613`); host.close() does.
             with trio.CancelScope(shield=True), trio.move_on_after(CLOSE_TIMEOUT_S):
                 await host.close()
+
+
+class _Inbox:
+    """`Overlay.messages()`: a FairQueue by author, awaited with `async for` (or `receive()`)."""
+
+    def __init__(self) -> None:
+        self._queue: FairQueue[GossipMessage] = FairQueue(MESSAGE_BUFFER, MESSAGE_BUFFER_PER_AUTHOR)
+        self._ready = trio.Event()
+        self._closed = False
+
+    def put(self, author: ID, message: GossipMessage) -> bool:
+        if self._closed or not self._queue.put(author, message):
+            return False
+        self._ready.set()
+        return True
+
+    def close(self) -> None:
+        self._closed = True
+        self._ready.set()
+
+    async def receive(self) -> GossipMessage:
+        """The next message in turn; trio.EndOfChannel once closed and drained."""
+        while not self._queue:
+            if self._closed:
+                raise trio.EndOfChannel
+            self._ready = trio.Event()
+            await self._ready.wait()
+        await trio.lowlevel.checkpoint()  # a schedule point even when messages are waiting
+        if not self._queue:  # taken meanwhile by another receiver (one consumer is the contract)
+            return await self.receive()
+        return self._queue.get()
+
+    def __aiter__(self) -> "_Inbox":
+        return self
+
+    async def __anext__(self) -> GossipMessage:
+        try:
+            return await self.receive()
+        except trio.EndOfChannel:
+            raise StopAsyncIteration from None
 
 
 def _sole_exception(group: BaseExceptionGroup) -> BaseException | None:

@@ -4,10 +4,12 @@ Requests travel in sessions (session.py): one long-lived stream per peer and dir
 request one frame out and one frame back. Status 0 (OK) carries the handler's response; any
 other status is a refusal whose payload is a short UTF-8 reason: 1 the handler failed (or the
 protocol has no handler), 2 the request was over the listener's limit, 3 the listener was busy,
-4 the response was over the listener's limit.
+4 the response was over the listener's limit, 5 the peer sent more requests on the protocol than
+the listener's rate limit allows (ratelimit.py).
 
 The listener never lets a remote or a handler crash the node: every failure is counted (keys
-requests_in, requests_rejected, requests_rejected_{too_large,busy,malformed}, requests_failed),
+requests_in, requests_rejected, requests_rejected_{too_large,busy,malformed,rate_limited},
+requests_failed),
 logged at DEBUG and ends with a refusal or, for a malformed session, a reset of that one stream.
 """
 
@@ -25,11 +27,13 @@ STATUS_HANDLER_FAILED = 1
 STATUS_REQUEST_TOO_LARGE = 2
 STATUS_BUSY = 3
 STATUS_RESPONSE_TOO_LARGE = 4
+STATUS_RATE_LIMITED = 5
 _STATUS_NAMES = {
     STATUS_HANDLER_FAILED: "handler failed",
     STATUS_REQUEST_TOO_LARGE: "request too large",
     STATUS_BUSY: "busy",
     STATUS_RESPONSE_TOO_LARGE: "response too large",
+    STATUS_RATE_LIMITED: "rate limited",
 }
 
 # A dialer has this long to deliver its whole request; a slow or silent one holds a task.

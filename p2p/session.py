@@ -53,6 +53,10 @@ DISCARD_CAP = 8 << 20
 WRITE_TIMEOUT_S = 30.0
 
 Handler = Callable[[str, bytes], Awaitable[bytes]]
+# allow(peer id, protocol) -> False when the peer is over its rate limit on that protocol.
+Allow = Callable[[str, str], bool]
+# on_reject(reason, peer id): told of every request refused for what the peer did.
+OnReject = Callable[[str, str], None]
 
 
 class SessionClosed(Exception):
@@ -162,16 +166,22 @@ class DialerSession:
 
 
 async def serve_session(stream: INetStream, handlers: dict[str, Handler], max_bytes: int,
-                        stats: collections.Counter[str], limiter: trio.CapacityLimiter) -> None:
+                        stats: collections.Counter[str], limiter: trio.CapacityLimiter,
+                        allow: Allow | None = None, on_reject: OnReject | None = None) -> None:
     """The listener's side: read requests until the stream ends, run each in its own task (at
     most `limiter` at once across the node; more are refused "busy"), answer each by id.
-    Counts into `stats` with the keys reqresp.RequestServer uses. Never raises."""
+
+    A request that `allow(peer, protocol)` refuses is answered "rate limited" as soon as its
+    protocol id is read, before the handler decodes anything. Counts into `stats` with the keys
+    listed in reqresp.py, and tells `on_reject(reason, peer)` of each refusal. Never raises."""
     peer = str(stream.muxed_conn.peer_id)
     write_lock = trio.Lock()
 
     def reject(reason: str) -> None:
         stats["requests_rejected"] += 1
         stats[f"requests_rejected_{reason}"] += 1
+        if on_reject is not None:
+            on_reject(reason, peer)
 
     async def answer(request_id: int, status: int, payload: bytes) -> None:
         payload = payload[: reqresp.MAX_REASON_BYTES] if status else payload
@@ -228,6 +238,13 @@ async def serve_session(stream: INetStream, handlers: dict[str, Handler], max_by
                     reject("malformed")
                     nursery.start_soon(answer, request_id, reqresp.STATUS_HANDLER_FAILED,
                                        f"no handler for {protocol!r}".encode())
+                    continue
+                if allow is not None and not allow(peer, protocol):
+                    reject("rate_limited")
+                    # Answered before the next frame is read: a flooder that does not read
+                    # its refusals stalls its own session (and WRITE_TIMEOUT_S resets it)
+                    # instead of piling up answer tasks here.
+                    await answer(request_id, reqresp.STATUS_RATE_LIMITED, f"over the rate limit of {protocol}".encode())
                     continue
                 if len(request) > max_bytes:
                     reject("too_large")

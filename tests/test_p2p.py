@@ -159,6 +159,46 @@ async def test_a_session_answers_concurrent_requests_out_of_order_and_survives_g
         assert await client.request(server.peer_id, ECHO, b"still there", timeout=10) == b"still there"
 
 
+async def test_requests_over_a_peers_rate_limit_are_refused_per_protocol() -> None:
+    """A peer over its request rate limit on a protocol is refused "rate limited" before the
+    handler runs; its other protocols, and other peers, are served; each refusal is counted
+    and reported to the reject hook."""
+    from distributeai.p2p.overlay import RemoteError
+    from distributeai.p2p.ratelimit import RateLimits
+
+    handled: list[bytes] = []
+    reported: list[str] = []
+
+    async def count(peer: str, data: bytes) -> bytes:
+        handled.append(data)
+        return data
+
+    limits = RateLimits(request_rate=5)  # burst 10
+    async with open_overlay(os.urandom(32), rate_limits=limits) as server, \
+            open_overlay(os.urandom(32)) as client, open_overlay(os.urandom(32)) as other:
+        server.set_handler(ECHO, count)
+        server.set_handler(FAIL, count)
+        server.set_reject_hook(reported.append)
+        await client.connect(server.multiaddrs()[0])
+        await other.connect(server.multiaddrs()[0])
+        outcomes = []
+        with trio.fail_after(30):
+            for i in range(30):  # far faster than 5/s
+                try:
+                    outcomes.append(await client.request(server.peer_id, ECHO, b"%d" % i, timeout=10))
+                except RemoteError as exc:
+                    assert "rate limited" in str(exc)
+                    outcomes.append(None)
+            assert outcomes[:10] == [b"%d" % i for i in range(10)]  # the burst
+            refused = outcomes.count(None)
+            assert refused >= 15  # the rest, but for what 5/s earned meanwhile
+            assert len(handled) == 30 - refused  # refused before the handler
+            assert server.stats()["requests_rejected_rate_limited"] == refused
+            assert reported == ["rate_limited"] * refused
+            assert await client.request(server.peer_id, FAIL, b"other protocol", timeout=10) == b"other protocol"
+            assert await other.request(server.peer_id, ECHO, b"other peer", timeout=10) == b"other peer"
+
+
 async def test_errors_raised_in_the_block_reach_the_caller_unwrapped() -> None:
     with pytest.raises(KeyError, match="boom"):
         async with open_overlay(os.urandom(32)):
@@ -332,7 +372,10 @@ def network(tmp_path_factory: pytest.TempPathFactory) -> Any:
         started.append(boot)
         boot.peer_id = _ready_sync(boot)["peer_id"]
         boot.addr = _ready_sync(boot)["addrs"][0]
-        specs = [("a", ()), ("b", ()), ("c", ("--max-bytes", str(SMALL_LIMIT)))]
+        # No request rate limit: these peers measure the session's own speed (hundreds of
+        # requests a second from one peer); tests/test_flood.py covers the limits.
+        unlimited = ("--request-rate", "0")
+        specs = [("a", unlimited), ("b", unlimited), ("c", ("--max-bytes", str(SMALL_LIMIT), *unlimited))]
         for name, extra in specs:
             started.append(PeerProcess(name, root / f"{name}.key", root, "--bootstrap", boot.addr, *extra))
         for p in started[1:]:
