@@ -15,6 +15,12 @@ The job's life, with BOINC's names for the policy (all in the signed spec):
   still hear from (`unbid_best`). Reputation is what keeps fresh identities (Sybils) behind
   established ones, so it is never cut short; ties on reputation are settled among the bids in
   hand, so a faster peer wins a tie.
+- diversity: no two live slots go to bidders from the same address range (`subnet.subnet_of`:
+  IPv4 /24, IPv6 /48, taken by the adapter from the connection each bid arrived on) while a
+  bidder from another range is left; only then does the best remaining bidder overall get the
+  slot ("unless too few peers exist"). A bidder of unknown range (None) conflicts with nobody.
+  Colluders in one range thus rarely hold two slots of a job. Within the bidders that keep the
+  slots diverse, the ranking above decides.
 - running: each award has a deadline (`result_deadline_s`, BOINC's delay_bound). An executor that
   withdraws, misses its deadline, cannot be reached, or reveals something that breaks its seal is
   an error; it is replaced from the remaining bids (or, with none left, the adapter re-announces)
@@ -110,6 +116,7 @@ class SubmitterJob:
     reason: str = ""
     bids: dict[bytes, Signed] = field(default_factory=dict)
     rank: dict[bytes, tuple] = field(default_factory=dict)
+    subnet: dict[bytes, str | None] = field(default_factory=dict)  # each bidder's address range
     awards: dict[bytes, Signed] = field(default_factory=dict)
     slot: dict[bytes, str] = field(default_factory=dict)
     commits: dict[bytes, Signed] = field(default_factory=dict)
@@ -152,10 +159,11 @@ class SubmitterJob:
     # --- inputs -------------------------------------------------------------------------------
 
     def receive_bid(self, bid: Signed, now_ms: int, reputation: int = 0,
-                    unbid_best: int | None = None) -> list[Action]:
+                    unbid_best: int | None = None, subnet: str | None = None) -> list[Action]:
         """`reputation` is the bidder's reputation in this node's view when the bid arrived;
         `unbid_best`, if given, the best reputation any peer that has not bid could have (see
-        the module docstring); None keeps the window open for its whole length."""
+        the module docstring); None keeps the window open for its whole length. `subnet` is the
+        address range of the connection the bid came on (`subnet.subnet_of`), None if unknown."""
         b: Bid = bid.msg
         self._check_job(b.job_id, "bid")
         if self.done:
@@ -164,6 +172,7 @@ class SubmitterJob:
             raise RemoteProtocolError("duplicate", "peer already bid")
         self.bids[b.bidder] = bid
         self.rank[b.bidder] = rank_key(self.job_id, b, self.spec, reputation)
+        self.subnet[b.bidder] = subnet
         if self.state == "bidding":
             if unbid_best is None or not self._bids_settled(unbid_best):
                 return []
@@ -302,7 +311,8 @@ class SubmitterJob:
         return actions
 
     def _fill(self, now_ms: int) -> list[Action]:
-        """Award the best remaining bidders until n (plus any extra) slots are live."""
+        """Award the best remaining bidders until n (plus any extra) slots are live, each from an
+        address range no live slot has while such a bidder is left (the module docstring)."""
         actions: list[Action] = []
         target = self.spec.replicas + self.extra
         while (sum(1 for e in self.awards if self.slot[e] in LIVE) < target
@@ -310,7 +320,9 @@ class SubmitterJob:
             candidates = [e for e in self.bids if e not in self.awards]
             if not candidates:
                 break
-            best = min(candidates, key=lambda e: self.rank[e])
+            taken = {self.subnet.get(e) for e in self.awards if self.slot[e] in LIVE} - {None}
+            diverse = [e for e in candidates if self.subnet.get(e) is None or self.subnet[e] not in taken]
+            best = min(diverse or candidates, key=lambda e: self.rank[e])
             actions.append(self._award(best, now_ms))
         short = sum(1 for e in self.awards if self.slot[e] in LIVE) < target
         if short and len(self.awards) < self.spec.max_total_results:
