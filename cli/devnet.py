@@ -61,6 +61,8 @@ class Devnet:
     docker_host: str | None = None
     log_level: str = "info"
     metrics: bool = False  # nodes serve /metrics on a free loopback port: `info(i)["metrics_url"]`
+    # Each node's --pow-difficulty; None: the node's default (consensus/pow.py DEFAULT_DIFFICULTY).
+    pow_difficulty: int | None = None
     procs: list[subprocess.Popen] = field(default_factory=list)
     bootstrap_addr: str = ""
     http_url: str = ""
@@ -109,7 +111,9 @@ class Devnet:
         d = self.node_dirs[i]
         return self._spawn(["node", "start", "--bootstrap", self.bootstrap_addr, "--data-dir", str(d),
                             "--sandbox", self.sandbox, "--log-level", self.log_level,
-                            *(["--metrics", "127.0.0.1:0"] if self.metrics else [])], d / "log",
+                            *(["--metrics", "127.0.0.1:0"] if self.metrics else []),
+                            *([] if self.pow_difficulty is None else ["--pow-difficulty", str(self.pow_difficulty)])],
+                           d / "log",
                            self.programs.get(i))
 
     def kill_node(self, i: int) -> None:

@@ -125,6 +125,7 @@ def node_start(
     max_jobs: Optional[int] = typer.Option(None, help="Jobs run at once. Default 4."),
     genesis_credits: Optional[int] = typer.Option(None, help="Credits every identity starts with, in this node's view. Default 100."),
     metrics: Optional[str] = typer.Option(None, help="HOST:PORT to serve Prometheus /metrics on (port 0: any free one, shown by `node info`). Default: off."),
+    pow_difficulty: Optional[int] = typer.Option(None, help="Proof-of-work bits demanded of every bidder and announcer, and solved once for this node's own key (stored in DATA_DIR/node.pow). Default 20: about 0.5 s."),
     log_level: Optional[str] = typer.Option(None, help="debug, info (the default), warning or error."),
 ) -> None:
     """Start a volunteer node: discover peers, bid on jobs, run them, verify results. Each option
@@ -134,7 +135,8 @@ def node_start(
     """
     cfg = settings(data_dir=data_dir, bootstrap=bootstrap, listen=listen, sandbox=sandbox, gpu=gpu,
                    docker_host=docker_host, cpu=cpu, memory_mb=memory_mb, max_jobs=max_jobs,
-                   genesis_credits=genesis_credits, metrics=metrics, log_level=log_level)
+                   genesis_credits=genesis_credits, metrics=metrics, pow_difficulty=pow_difficulty,
+                   log_level=log_level)
     data_dir = data_dir_of(cfg)
     for b in cfg.bootstrap:
         check_multiaddr(b, "--bootstrap")
@@ -149,7 +151,8 @@ def node_start(
     config = NodeConfig(data_dir=data_dir, bootstrap=cfg.bootstrap, listen=cfg.listen, sandbox=cfg.sandbox,
                         docker_host=cfg.docker_host,
                         capacity=Capacity(int(cfg.cpu * 1000), cfg.memory_mb, cfg.max_jobs),
-                        genesis_credits=cfg.genesis_credits, gpu=cfg.gpu, metrics=metrics_at)
+                        genesis_credits=cfg.genesis_credits, gpu=cfg.gpu, metrics=metrics_at,
+                        pow_difficulty=cfg.pow_difficulty)
     import trio
 
     async def serve() -> None:

@@ -1,5 +1,8 @@
 """`distributeai node start`: wires key, store, overlay, sandbox, agent and control API together.
 
+Identity cost: before it joins, a node proves `pow_difficulty` bits of work on its key
+(node/proof.py; stored, so solved once per key and difficulty).
+
 Readiness: `run_node` calls `task_status.started(info)` once the node listens, has dialed its
 bootstrap peers and serves its control socket (and `/metrics`, when configured: its bound address is
 `info["metrics_url"]`, so port 0 works); it then writes `DATA_DIR/node.json` (peer id,
@@ -25,13 +28,15 @@ from distributeai.p2p.overlay import open_overlay
 from distributeai.sandbox import Sandbox, SandboxError, open_sandbox
 
 from distributeai.consensus.ledger import GENESIS_CREDITS
+from distributeai.consensus.pow import DEFAULT_DIFFICULTY
 from distributeai.consensus.submitter import Timing
 
 from .agent import Agent, NodeSettings
 from .bidding import Capacity
 from .clock import now_ms
 from .control import serve_control
-from .paths import control_path, key_path, last_start_path
+from .paths import control_path, key_path, last_start_path, pow_path
+from .proof import load_or_solve
 from .store import Store
 
 log = logging.getLogger("distributeai.node")
@@ -52,6 +57,7 @@ class NodeConfig:
     genesis_credits: int = GENESIS_CREDITS
     timing: Timing = field(default_factory=Timing)
     metrics: tuple[str, int] | None = None  # (host, port) to serve /metrics on; None: not served
+    pow_difficulty: int = DEFAULT_DIFFICULTY  # demanded of others and solved for ourselves
 
 
 class DataDirBusy(RuntimeError):
@@ -110,6 +116,7 @@ async def run_node(config: NodeConfig, *, task_status=trio.TASK_STATUS_IGNORED) 
     try:
         seed = load_or_create_key(key_path(data_dir))
         identity = Identity.from_seed(seed)
+        pow_nonce = await load_or_solve(pow_path(data_dir), identity.public_key, config.pow_difficulty)
         store = await Store.open(data_dir / "node.db")
         sandboxes = open_sandboxes(config, log)
         # Known peers from earlier runs come after the configured bootstrap, so a restarted node
@@ -120,7 +127,8 @@ async def run_node(config: NodeConfig, *, task_status=trio.TASK_STATUS_IGNORED) 
             async with open_overlay(seed, listen=config.listen, bootstrap=bootstrap, topics=[JOBS_TOPIC]) as overlay:
                 settings = NodeSettings(sandboxes["container"].name, gpu=config.gpu, capacity=config.capacity,
                                         price=config.price, genesis_credits=config.genesis_credits,
-                                        timing=config.timing)
+                                        timing=config.timing, pow_difficulty=config.pow_difficulty,
+                                        pow_nonce=pow_nonce)
                 agent = AGENT_CLASS(identity, store, overlay, sandboxes, settings, outputs_dir=data_dir / "outputs")
                 async with trio.open_nursery() as nursery:
                     await nursery.start(agent.run)
