@@ -35,14 +35,19 @@ def check_spec_time(spec: JobSpec, now_ms: int) -> None:
         raise RemoteProtocolError("stale", "spec is too old")
 
 
-def check_announce(raw: bytes, now_ms: int, pow_difficulty: int = 0) -> CheckedAnnounce:
-    """The announcement, verified: signatures, signer, time, and the submitter's proof-of-work of
-    at least `pow_difficulty` bits (reason `weak_identity`; 0, the simulator's setting, checks
-    none). A node passes its own difficulty: the minimum it demands of others."""
+def check_announce(raw: bytes, now_ms: int, pow_difficulty: int = 0,
+                   author: bytes | None = None) -> CheckedAnnounce:
+    """The announcement, verified in this order: signatures and signer; `author` (the public key
+    that published it as gossip, if given) is the submitter (`wrong_sender`: only a job's submitter
+    announces it); time; and last the submitter's proof-of-work of at least `pow_difficulty` bits
+    (`weak_identity`; 0, the simulator's setting, checks none). A node passes its own difficulty:
+    the minimum it demands of others."""
     ann: Signed = verify(raw, Announce)
     spec: Signed = verify(ann.msg.signed_spec, JobSpec)
     if ann.signer != spec.msg.submitter:
         raise RemoteProtocolError("wrong_signer", "announce not signed by the spec's submitter")
+    if author is not None and author != spec.msg.submitter:
+        raise RemoteProtocolError("wrong_sender", "announce relayed under another author")
     check_spec_time(spec.msg, now_ms)
     if not pow_ok(spec.msg.submitter, ann.msg.pow, pow_difficulty):
         raise RemoteProtocolError("weak_identity", f"the submitter's proof-of-work is under {pow_difficulty} bits")

@@ -256,9 +256,9 @@ class Agent:
         value = decode_canonical(message.data, MAX_ENVELOPE)
         kind = value[0] if isinstance(value, list) and value and isinstance(value[0], str) else None
         if kind == "announce":
-            ann = check_announce(message.data, now_ms(), self.settings.pow_difficulty)
-            if peer_id_from_public_key(ann.spec.submitter) != message.from_peer:
-                raise RemoteProtocolError("wrong_sender", "announce relayed under another author")
+            # The author (gossip signs it) must be the submitter; b"" (not an Ed25519 peer id) never is.
+            author = public_key_from_peer_id(message.from_peer) or b""
+            ann = check_announce(message.data, now_ms(), self.settings.pow_difficulty, author)
             if not await self.store.insert_job(ann.job_id.hex(), "observer", ann.spec.name, ann.signed_spec,
                                                "announced", now_ms(), list(ann.submitter_addrs),
                                                announce=message.data):

@@ -235,3 +235,12 @@ async def test_replayed_inputs_give_the_same_awards(tmp_path):
         assert rebuilt.subnet == live.subnet
     finally:
         await store.aclose()
+
+
+def test_a_relayed_announcement_is_the_relay_s_fault_before_it_is_a_weak_identity():
+    weak = sign(SUBMITTER, Announce(spec_raw(), ()))
+    with pytest.raises(RemoteProtocolError) as e:
+        check_announce(weak, NOW, 12, author=BIDDERS[0].public_key)
+    assert e.value.reason == "wrong_sender"
+    strong = sign(SUBMITTER, Announce(spec_raw(), (), solve(SUBMITTER.public_key, 12)))
+    assert check_announce(strong, NOW, 12, author=SUBMITTER.public_key).spec.submitter == SUBMITTER.public_key
