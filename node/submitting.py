@@ -159,7 +159,9 @@ class Submitting:
             elif kind == "cancel":
                 actions = job.cancel(now)
             else:  # "tick"
-                actions = job.tick(now)
+                if job.state == "bidding":
+                    meta["unbid_best"] = self._unbid_best(job, b"")
+                actions = job.tick(now, meta.get("unbid_best"))
             if not actions and kind in ("tick", "undelivered") and len(job.history) == seen:
                 return  # nothing happened: nothing to store
             raw = signed.raw if signed is not None else executor
@@ -295,7 +297,7 @@ def replay(identity: Identity, timing: Timing, inputs: list[tuple[str, bytes, di
         elif job is None:
             continue
         elif kind == "tick":
-            job.tick(at)
+            job.tick(at, meta.get("unbid_best"))
         elif kind == "undelivered":
             job.award_undelivered(raw, at)
         elif kind == "cancel":

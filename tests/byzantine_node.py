@@ -6,14 +6,20 @@ production node, started through the production CLI.
                                                         job's submitter (as a colluder would pass it
                                                         on) and reveals the right hash, learned the
                                                         same way (BYZANTINE_STDOUT)
+    python tests/byzantine_node.py cheap node start ...   honest, but bids at price 0 to outrank
+                                                        everyone of equal reputation (a fresh Sybil)
+    python tests/byzantine_node.py nopow node start ...   cheap, and its bids and announcements carry
+                                                        a nonce that does not prove its difficulty
 """
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import sys
 
 from distributeai.consensus.messages import Award, Commit, JobSpec, Reveal, sign
+from distributeai.consensus.pow import pow_ok
 from distributeai.consensus.results import result_hash, seal
 from distributeai.node import agent as agent_module
 from distributeai.node import daemon
@@ -48,12 +54,33 @@ class LazyExecutor(Executing):
 
 
 class ByzantineAgent(agent_module.Agent):
-    pass
+    price: int | None = None  # None: the configured price
+    weak_pow = False
+
+    def __init__(self, identity, store, overlay, sandboxes, settings, outputs_dir=None) -> None:
+        if self.price is not None:
+            settings = dataclasses.replace(settings, price=self.price)
+        if self.weak_pow:
+            settings = dataclasses.replace(settings, pow_nonce=weak_nonce(identity.public_key, settings.pow_difficulty))
+        super().__init__(identity, store, overlay, sandboxes, settings, outputs_dir)
+
+
+def weak_nonce(public_key: bytes, difficulty: int) -> bytes:
+    """The first 8-byte counter that does NOT prove `difficulty` bits on the key (at difficulty
+    0 every nonce does, and there is nothing to cheat)."""
+    if difficulty <= 0:
+        return b""
+    return next(n for c in range(1 << 20) if not pow_ok(public_key, n := c.to_bytes(8, "big"), difficulty))
 
 
 def main() -> None:
     behaviour, args = sys.argv[1], sys.argv[2:]
-    ByzantineAgent.executing_class = {"wrong": WrongExecutor, "lazy": LazyExecutor}[behaviour]
+    ByzantineAgent.executing_class = {"wrong": WrongExecutor, "lazy": LazyExecutor}.get(behaviour, Executing)
+    if behaviour in ("cheap", "nopow"):
+        ByzantineAgent.price = 0
+        ByzantineAgent.weak_pow = behaviour == "nopow"
+    elif behaviour not in ("wrong", "lazy"):
+        raise SystemExit(f"unknown behaviour {behaviour!r}")
     daemon.AGENT_CLASS = ByzantineAgent
     from distributeai.cli.main import app
 

@@ -244,3 +244,36 @@ def test_a_relayed_announcement_is_the_relay_s_fault_before_it_is_a_weak_identit
     assert e.value.reason == "wrong_sender"
     strong = sign(SUBMITTER, Announce(spec_raw(), (), solve(SUBMITTER.public_key, 12)))
     assert check_announce(strong, NOW, 12, author=SUBMITTER.public_key).spec.submitter == SUBMITTER.public_key
+
+
+# --- the bid window's end does not cut reputation ranking short -------------------------------
+
+def test_window_end_waits_for_a_better_reputed_peer_then_ranks_it_first():
+    job = new_job()
+    for i in (3, 4, 5):  # three fresh identities answer first
+        assert job.receive_bid(bid_of(job, BIDDERS[i]), NOW + 10, 0, 20, "127.0.0.0/24") == []
+    end = NOW + job.timing.bid_window_ms
+    assert job.tick(end, unbid_best=20) == []  # an established peer (20) has not bid yet
+    assert job.state == "bidding" and job.history[-1][1] == "bids_wait"
+    assert job.next_deadline_ms() == end + job.timing.bid_wait_reputation_ms
+    assert job.receive_bid(bid_of(job, BIDDERS[0]), end + 900, 20, 15, "127.0.0.0/24") == []  # another (15) to come
+    actions = job.receive_bid(bid_of(job, BIDDERS[1]), end + 1500, 15, 0, "127.0.0.0/24")
+    awarded = [a.executor for a in actions if isinstance(a, SendAward)]
+    assert awarded[:2] == keys(0, 1) and awarded[2] in keys(3, 4, 5)
+    assert job.history[[h[1] for h in job.history].index("bids_closed")][3].endswith("waited")
+
+
+def test_the_wait_is_bounded_and_not_taken_when_nobody_better_is_left():
+    waited = new_job()
+    for i in (3, 4, 5):
+        waited.receive_bid(bid_of(waited, BIDDERS[i]), NOW + 10, 0, 20, None)
+    end = NOW + waited.timing.bid_window_ms
+    assert waited.tick(end, unbid_best=20) == []
+    actions = waited.tick(end + waited.timing.bid_wait_reputation_ms, unbid_best=20)  # it never bid
+    assert len([a for a in actions if isinstance(a, SendAward)]) == 3 and waited.state == "running"
+
+    short = new_job()  # two bids, and only strangers (reputation 0) could still bid: no wait
+    for i in (3, 4):
+        short.receive_bid(bid_of(short, BIDDERS[i]), NOW + 10, 0, 0, None)
+    actions = short.tick(NOW + short.timing.bid_window_ms, unbid_best=0)
+    assert len([a for a in actions if isinstance(a, SendAward)]) == 2 and short.state == "running"
