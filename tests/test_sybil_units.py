@@ -277,3 +277,15 @@ def test_the_wait_is_bounded_and_not_taken_when_nobody_better_is_left():
         short.receive_bid(bid_of(short, BIDDERS[i]), NOW + 10, 0, 0, None)
     actions = short.tick(NOW + short.timing.bid_window_ms, unbid_best=0)
     assert len([a for a in actions if isinstance(a, SendAward)]) == 2 and short.state == "running"
+
+
+def test_the_difficulty_setting_is_checked_like_every_other():
+    from distributeai.cli.config import ConfigError, load_config
+
+    assert load_config(env={"HOME": "/nonexistent"}).pow_difficulty == 20
+    assert load_config({"pow_difficulty": 0}, env={"HOME": "/nonexistent"}).pow_difficulty == 0
+    assert load_config(env={"HOME": "/nonexistent", "DISTRIBUTEAI_POW_DIFFICULTY": "24"}).pow_difficulty == 24
+    for flags, env in [({"pow_difficulty": 65}, {}), ({"pow_difficulty": -1}, {}),
+                       ({}, {"DISTRIBUTEAI_POW_DIFFICULTY": "lots"})]:
+        with pytest.raises(ConfigError, match="pow_difficulty"):
+            load_config(flags, env={"HOME": "/nonexistent", **env})
