@@ -64,10 +64,10 @@ class Devnet:
     docker_host: str | None = None
     log_level: str = "info"
     metrics: bool = False  # nodes serve /metrics on a free loopback port: `info(i)["metrics_url"]`
-    # Each node's --pow-difficulty. A devnet makes fresh identities on every run: 16 bits (about
-    # 30 ms each) keeps the proof real but the start quick; the node's default, 20, added a median
-    # of 2.6 s to a 3-node start on the shared 2 cores (and 25 CPU-s to a 50-node one). None: the
-    # node's own default.
+    # Each node's --pow-difficulty. A devnet makes fresh identities on every run: 16 bits (0.03 s
+    # of CPU each) keeps the proof real but the start quick; the node's default, 20 (0.5 s of CPU on
+    # average, up to 2 s), added a median of 1.7 s to a 3-node start on the shared 2 cores, and would
+    # add about 70 CPU-s to the test suite's 130 node starts. None: the node's own default.
     pow_difficulty: int | None = DEVNET_POW_DIFFICULTY
     procs: list[subprocess.Popen] = field(default_factory=list)
     bootstrap_addr: str = ""
