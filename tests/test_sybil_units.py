@@ -150,6 +150,29 @@ def test_subnet_of(ip, subnet):
     assert subnet_of(ip) == subnet
 
 
+async def test_the_range_comes_from_the_connection_a_request_arrived_on():
+    """Two real overlays on 127.0.0.1: the server's handler sees the client's socket address."""
+    import trio
+
+    from distributeai.p2p.overlay import open_overlay
+
+    seen: list[str | None] = []
+    async with open_overlay(os.urandom(32)) as server:
+        async def handler(peer: str, data: bytes) -> bytes:
+            seen.append(server.remote_ip(peer))
+            return data
+
+        server.set_handler("/test/ip/1", handler)
+        async with open_overlay(os.urandom(32)) as client:
+            await client.connect(server.multiaddrs()[0])
+            with trio.fail_after(20):
+                assert await client.request(server.peer_id, "/test/ip/1", b"x") == b"x"
+            assert client.remote_ip(server.peer_id) == "127.0.0.1"
+        assert seen == ["127.0.0.1"] and subnet_of(seen[0]) == "127.0.0.0/24"
+        assert server.remote_ip("not a peer id") is None
+        assert server.remote_ip(server.peer_id) is None  # no connection to itself
+
+
 # --- diversity in selection -------------------------------------------------------------------
 
 def new_job(replicas: int = 3) -> SubmitterJob:
