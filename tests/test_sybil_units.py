@@ -312,3 +312,33 @@ def test_the_difficulty_setting_is_checked_like_every_other():
                        ({}, {"DISTRIBUTEAI_POW_DIFFICULTY": "lots"})]:
         with pytest.raises(ConfigError, match="pow_difficulty"):
             load_config(flags, env={"HOME": "/nonexistent", **env})
+
+
+async def test_a_replay_waits_and_closes_as_the_live_job_did(tmp_path):
+    """The bound on unbid reputation is stored with each tick, so the wait replays exactly."""
+    store = await Store.open(tmp_path / "node.db")
+    try:
+        live = new_job()
+        job_hex = live.job_id.hex()
+
+        async def record(kind: str, raw: bytes, meta: dict, at: int) -> None:
+            await store.record_input(job_hex, kind, raw, meta, at, status=live.state, reason="",
+                                     certificate=None, offences=[])
+
+        await store.insert_job(job_hex, "submitter", "demo", live.signed_spec, "bidding", NOW)
+        await record("start", live.signed_spec, {}, NOW)
+        for i in (3, 4, 5):
+            b = bid_of(live, BIDDERS[i])
+            live.receive_bid(b, NOW + 10, 0, 20, None)
+            await record("bid", b.raw, {"reputation": 0, "unbid_best": 20, "subnet": None}, NOW + 10)
+        end = NOW + live.timing.bid_window_ms
+        live.tick(end, 20)
+        await record("tick", b"", {"unbid_best": 20}, end)
+        b = bid_of(live, BIDDERS[0])
+        live.receive_bid(b, end + 500, 20, 0, None)
+        await record("bid", b.raw, {"reputation": 20, "unbid_best": 0, "subnet": None}, end + 500)
+        assert live.state == "running" and list(live.awards)[0] == BIDDERS[0].public_key
+        rebuilt = replay(SUBMITTER, Timing(), await store.inputs(job_hex))
+        assert rebuilt is not None and rebuilt.history == live.history and list(rebuilt.awards) == list(live.awards)
+    finally:
+        await store.aclose()
