@@ -35,6 +35,7 @@ CONFIG_ENV = "DISTRIBUTEAI_CONFIG"
 SANDBOXES = ("auto", "docker", "bwrap", "process")
 LOG_LEVELS = ("debug", "info", "warning", "error")
 HTTP_AUTHS = ("auto", "token")
+POW_MAX_BITS = 64  # consensus/pow.py MAX_DIFFICULTY: no key would ever be admitted beyond it
 
 
 class ConfigError(ValueError):
@@ -70,6 +71,9 @@ class Config:
     genesis_credits: int = 100
     # The node advertises no GPU unless told; a job needing one would fail on it.
     gpu: bool = False
+    # Proof-of-work bits demanded of every identity and solved for this node's own: about 0.5 s of
+    # one core per identity (consensus/pow.py DEFAULT_DIFFICULTY).
+    pow_difficulty: int = 20
     # Enough to see peers and jobs come and go without libp2p's chatter.
     log_level: str = "info"
     # Requests a second one peer may send on one protocol; about 3 times an honest peer's peak
@@ -173,14 +177,16 @@ def _parse(name: str, value: Any, where: str, *, text: bool, base: Path | None =
         if number is None or not number >= 0 or number == float("inf"):
             raise bad("a number of messages a second (0: no limit)")
         return number
-    if name in ("memory_mb", "max_jobs", "genesis_credits"):
-        least = 0 if name == "genesis_credits" else 1
+    if name in ("memory_mb", "max_jobs", "genesis_credits", "pow_difficulty"):
+        least = 0 if name in ("genesis_credits", "pow_difficulty") else 1
         try:
             number = int(value) if text else value if isinstance(value, int) and not isinstance(value, bool) else None
         except ValueError:
             number = None
         if number is None or number < least:
             raise bad(f"an integer of at least {least}")
+        if name == "pow_difficulty" and number > POW_MAX_BITS:
+            raise bad(f"an integer from 0 to {POW_MAX_BITS}")
         return number
     if name == "gpu":
         if text:

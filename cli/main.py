@@ -128,6 +128,7 @@ def node_start(
     max_jobs: Optional[int] = typer.Option(None, help="Jobs run at once. Default 4."),
     genesis_credits: Optional[int] = typer.Option(None, help="Credits every identity starts with, in this node's view. Default 100."),
     metrics: Optional[str] = typer.Option(None, help="HOST:PORT to serve Prometheus /metrics on (port 0: any free one, shown by `node info`). Default: off."),
+    pow_difficulty: Optional[int] = typer.Option(None, help="Proof-of-work bits demanded of every bidder and announcer, and solved once for this node's own key (stored in DATA_DIR/node.pow). Default 20: about 0.5 s."),
     log_level: Optional[str] = typer.Option(None, help="debug, info (the default), warning or error."),
     http_auth: Optional[str] = typer.Option(None, "--http-auth", help="auto (the default): /metrics asks for a "
                                             "bearer token unless it listens on loopback; token: always."),
@@ -148,7 +149,8 @@ def node_start(
                    genesis_credits=genesis_credits, metrics=metrics, log_level=log_level, http_auth=http_auth,
                    http_token_file=http_token_file,
                    request_rate_limit=request_rate_limit, gossip_rate_limit=gossip_rate_limit,
-                   newcomer_gossip_rate_limit=newcomer_gossip_rate_limit)
+                   newcomer_gossip_rate_limit=newcomer_gossip_rate_limit,
+                   pow_difficulty=pow_difficulty)
     data_dir = data_dir_of(cfg)
     for b in cfg.bootstrap:
         check_multiaddr(b, "--bootstrap")
@@ -180,7 +182,8 @@ def node_start(
                         genesis_credits=cfg.genesis_credits, gpu=cfg.gpu, metrics=metrics_at, seed=seed,
                         http_auth=cfg.http_auth, http_token_file=cfg.http_token_file,
                         rate_limits=RateLimits.of(cfg.request_rate_limit, cfg.gossip_rate_limit,
-                                                   cfg.newcomer_gossip_rate_limit))
+                                                   cfg.newcomer_gossip_rate_limit),
+                        pow_difficulty=cfg.pow_difficulty)
     import trio
 
     async def serve() -> None:

@@ -189,6 +189,7 @@ def config_show(
     max_jobs: Optional[int] = typer.Option(None, help="Jobs run at once."),
     genesis_credits: Optional[int] = typer.Option(None, help="Every identity's starting credits."),
     gpu: Optional[bool] = typer.Option(None, "--gpu/--no-gpu", help="This node offers a GPU."),
+    pow_difficulty: Optional[int] = typer.Option(None, help="Proof-of-work bits demanded and solved."),
     log_level: Optional[str] = typer.Option(None, help="debug, info, warning or error."),
     bootstrap_http: Optional[str] = typer.Option(None, help="The bootstrap's stats URL (for `status`)."),
     as_json: bool = JsonOption,
@@ -201,7 +202,8 @@ def config_show(
     """
     cfg = settings(data_dir=data_dir, bootstrap=bootstrap, listen=listen, sandbox=sandbox, docker_host=docker_host,
                    metrics=metrics, cpu=cpu, memory_mb=memory_mb, max_jobs=max_jobs,
-                   genesis_credits=genesis_credits, gpu=gpu, log_level=log_level, bootstrap_http=bootstrap_http)
+                   genesis_credits=genesis_credits, gpu=gpu, pow_difficulty=pow_difficulty, log_level=log_level,
+                   bootstrap_http=bootstrap_http)
     if as_json:
         print_json({"config_file": str(cfg.path), "config_file_exists": cfg.path_exists,
                     "settings": cfg.values(), "sources": dict(cfg.sources)})

@@ -24,6 +24,7 @@ from typing import Any, ClassVar
 
 from .codec import Envelope, Identity, encode, open_envelope, sha256
 from .errors import RemoteProtocolError
+from .pow import NONCE_MAX as POW_NONCE_MAX
 
 # Size caps per kind (bytes of the whole envelope). A reveal carries stdout; a certificate carries
 # the spec and up to MAX_TOTAL_RESULTS awards and reveals, and must still fit one gossip message
@@ -233,25 +234,31 @@ class JobSpec:
 
 @dataclass(frozen=True)
 class Announce:
-    """Gossiped once per job: the signed spec and where to reach its submitter."""
+    """Gossiped once per job: the signed spec, where to reach its submitter, and the submitter's
+    proof-of-work nonce (`consensus.pow`; checked by every receiver against its difficulty)."""
 
     kind: ClassVar[str] = "announce"
     author: ClassVar[str | None] = None  # the submitter; checked against the spec by the caller
     signed_spec: bytes
     submitter_addrs: tuple[str, ...]
+    pow: bytes = b""  # required on the wire; empty passes only difficulty 0
 
     def to_body(self) -> list:
-        return [self.signed_spec, list(self.submitter_addrs)]
+        return [self.signed_spec, list(self.submitter_addrs), self.pow]
 
     @classmethod
     def from_body(cls, body: list) -> "Announce":
-        _arity(body, 2, "announce")
+        _arity(body, 3, "announce")
         addrs = tuple(_str(a, "submitter_addrs[]", 512) for a in _list(body[1], "submitter_addrs", 16))
-        return cls(_bytes(body[0], "signed_spec", max_len=MAX_SIZE["spec"]), addrs)
+        return cls(_bytes(body[0], "signed_spec", max_len=MAX_SIZE["spec"]), addrs,
+                   _bytes(body[2], "pow", max_len=POW_NONCE_MAX))
 
 
 @dataclass(frozen=True)
 class Bid:
+    """Executor -> submitter. `pow` is the bidder's proof-of-work nonce (`consensus.pow`),
+    checked by the submitter against its difficulty."""
+
     kind: ClassVar[str] = "bid"
     author: ClassVar[str | None] = "bidder"
     job_id: bytes
@@ -261,14 +268,15 @@ class Bid:
     memory_mb: int
     sandboxes: tuple[str, ...]
     created_ms: int
+    pow: bytes = b""  # required on the wire; empty passes only difficulty 0
 
     def to_body(self) -> list:
         return [self.job_id, self.bidder, self.price, self.cpu_millis, self.memory_mb,
-                list(self.sandboxes), self.created_ms]
+                list(self.sandboxes), self.created_ms, self.pow]
 
     @classmethod
     def from_body(cls, body: list) -> "Bid":
-        _arity(body, 7, "bid")
+        _arity(body, 8, "bid")
         return cls(
             job_id=_bytes(body[0], "job_id", 32),
             bidder=_bytes(body[1], "bidder", 32),
@@ -277,6 +285,7 @@ class Bid:
             memory_mb=_int(body[4], "memory_mb", 0, 1 << 24),
             sandboxes=tuple(_str(s, "sandboxes[]", 32) for s in _list(body[5], "sandboxes", 8)),
             created_ms=_int(body[6], "created_ms"),
+            pow=_bytes(body[7], "pow", max_len=POW_NONCE_MAX),
         )
 
 

@@ -14,7 +14,17 @@ The job's life, with BOINC's names for the policy (all in the signed spec):
   reputation: the adapter passes, with each bid, the best reputation among the peers it could
   still hear from (`unbid_best`). Reputation is what keeps fresh identities (Sybils) behind
   established ones, so it is never cut short; ties on reputation are settled among the bids in
-  hand, so a faster peer wins a tie.
+  hand, so a faster peer wins a tie. Nor does the timed end cut it short: when the window ends
+  while a peer that has not bid outranks the n-th best bid in hand (a missing bid counts as a
+  stranger's, reputation 0), bidding stays open for it (`bids_wait`) until it bids or
+  `bid_wait_reputation_ms` more have passed. On a busy machine an established peer's bid can take
+  over a second, and the fresh identities that answered first would otherwise take its slot.
+- diversity: no two live slots go to bidders from the same address range (`subnet.subnet_of`:
+  IPv4 /24, IPv6 /48, taken by the adapter from the connection each bid arrived on) while a
+  bidder from another range is left; only then does the best remaining bidder overall get the
+  slot ("unless too few peers exist"). A bidder of unknown range (None) conflicts with nobody.
+  Colluders in one range thus rarely hold two slots of a job. Within the bidders that keep the
+  slots diverse, the ranking above decides.
 - running: each award has a deadline (`result_deadline_s`, BOINC's delay_bound). An executor that
   withdraws, misses its deadline, cannot be reached, or reveals something that breaks its seal is
   an error; it is replaced from the remaining bids (or, with none left, the adapter re-announces)
@@ -35,6 +45,7 @@ from dataclasses import dataclass, field
 
 from .codec import Identity, sha256
 from .errors import RemoteProtocolError
+from .ledger import REPUTATION_START
 from .messages import (
     Award, Bid, Certificate, Commit, JobSpec, Reveal, RevealRequest, Signed, Withdraw, job_id_of, sign,
 )
@@ -53,6 +64,10 @@ class Timing:
     """The submitter's own timing, not part of the spec. Each default has its reason."""
 
     bid_window_ms: int = 300      # bids arrive within a gossip round trip (~10 ms here); 300 ms lets slower peers in
+    # Bidding stays open up to this much longer for a peer that has not bid and outranks the bids in
+    # hand: an established node's bid took 1-2 s among 20 starting processes on 2 cores. The cost:
+    # a job whose best-reputed peer declines waits this long before its awards.
+    bid_wait_reputation_ms: int = 3000
     bid_wait_ms: int = 15_000     # short of executors with no bid for this long: give up
     reveal_window_ms: int = 10_000  # a reveal is a stored answer; 10 s covers a busy peer
 
@@ -110,12 +125,14 @@ class SubmitterJob:
     reason: str = ""
     bids: dict[bytes, Signed] = field(default_factory=dict)
     rank: dict[bytes, tuple] = field(default_factory=dict)
+    subnet: dict[bytes, str | None] = field(default_factory=dict)  # each bidder's address range
     awards: dict[bytes, Signed] = field(default_factory=dict)
     slot: dict[bytes, str] = field(default_factory=dict)
     commits: dict[bytes, Signed] = field(default_factory=dict)
     reveals: dict[bytes, Signed] = field(default_factory=dict)
     reveal_asked_ms: dict[bytes, int] = field(default_factory=dict)
     commit_closed: bool = False
+    awaiting_reputation: bool = False  # the bid window ended; waiting for a better-reputed peer's bid
     errors: int = 0
     extra: int = 0  # executors wanted beyond n, when the results in hand are inconclusive
     starved_since_ms: int | None = None
@@ -141,7 +158,8 @@ class SubmitterJob:
             return None
         times = []
         if self.state == "bidding":
-            times.append(self.started_ms + self.timing.bid_window_ms)
+            times.append(self.started_ms + self.timing.bid_window_ms
+                         + (self.timing.bid_wait_reputation_ms if self.awaiting_reputation else 0))
         times += [a.msg.deadline_ms for e, a in self.awards.items() if self.slot[e] == "awarded"]
         times += [t + self.timing.reveal_window_ms for e, t in self.reveal_asked_ms.items()
                   if self.slot[e] == "committed"]
@@ -152,10 +170,11 @@ class SubmitterJob:
     # --- inputs -------------------------------------------------------------------------------
 
     def receive_bid(self, bid: Signed, now_ms: int, reputation: int = 0,
-                    unbid_best: int | None = None) -> list[Action]:
+                    unbid_best: int | None = None, subnet: str | None = None) -> list[Action]:
         """`reputation` is the bidder's reputation in this node's view when the bid arrived;
         `unbid_best`, if given, the best reputation any peer that has not bid could have (see
-        the module docstring); None keeps the window open for its whole length."""
+        the module docstring); None keeps the window open for its whole length. `subnet` is the
+        address range of the connection the bid came on (`subnet.subnet_of`), None if unknown."""
         b: Bid = bid.msg
         self._check_job(b.job_id, "bid")
         if self.done:
@@ -164,18 +183,21 @@ class SubmitterJob:
             raise RemoteProtocolError("duplicate", "peer already bid")
         self.bids[b.bidder] = bid
         self.rank[b.bidder] = rank_key(self.job_id, b, self.spec, reputation)
+        self.subnet[b.bidder] = subnet
         if self.state == "bidding":
-            if unbid_best is None or not self._bids_settled(unbid_best):
+            if unbid_best is None or not self._bids_settled(unbid_best, short_ok=self.awaiting_reputation):
                 return []
             self.state = "running"
-            self.history.append((now_ms, "bids_closed", b"", f"{len(self.bids)} bids, early"))
+            self.history.append((now_ms, "bids_closed", b"",
+                                 f"{len(self.bids)} bids, " + ("waited" if self.awaiting_reputation else "early")))
         return self._advance(now_ms)
 
-    def _bids_settled(self, unbid_best: int) -> bool:
-        """n bids in hand, and the n-th best of them has at least `unbid_best` reputation."""
+    def _bids_settled(self, unbid_best: int, short_ok: bool = False) -> bool:
+        """The n-th best bid in hand has at least `unbid_best` reputation. With fewer than n bids:
+        never before the window's end; after it (`short_ok`), a missing bid counts as a stranger's."""
         n = self.spec.replicas
         if len(self.bids) < n:
-            return False
+            return short_ok and REPUTATION_START >= unbid_best
         nth = sorted(self.rank.values())[n - 1]
         return -nth[0] >= unbid_best
 
@@ -234,14 +256,23 @@ class SubmitterJob:
             return []
         return self._finish("failed", "cancelled", now_ms)
 
-    def tick(self, now_ms: int) -> list[Action]:
-        """Advance on time alone; call at or after `next_deadline_ms()`."""
+    def tick(self, now_ms: int, unbid_best: int | None = None) -> list[Action]:
+        """Advance on time alone; call at or after `next_deadline_ms()`. `unbid_best` as for
+        `receive_bid`, as it stands now; None closes the bid window at its end, whoever bid."""
         if self.done:
             return []
         actions: list[Action] = []
-        if self.state == "bidding" and now_ms >= self.started_ms + self.timing.bid_window_ms:
-            self.state = "running"
-            self.history.append((now_ms, "bids_closed", b"", f"{len(self.bids)} bids"))
+        window_end = self.started_ms + self.timing.bid_window_ms
+        if self.state == "bidding" and now_ms >= window_end:
+            if (unbid_best is None or self._bids_settled(unbid_best, short_ok=True)
+                    or now_ms >= window_end + self.timing.bid_wait_reputation_ms):
+                self.state = "running"
+                waited = ", waited" if self.awaiting_reputation else ""
+                self.history.append((now_ms, "bids_closed", b"", f"{len(self.bids)} bids{waited}"))
+            elif not self.awaiting_reputation:
+                self.awaiting_reputation = True
+                self.history.append((now_ms, "bids_wait", b"",
+                                     f"{len(self.bids)} bids; a peer of reputation {unbid_best} has not bid"))
         for e, a in list(self.awards.items()):
             if self.slot[e] == "awarded" and now_ms >= a.msg.deadline_ms:
                 self._error(e, "timed_out", now_ms)
@@ -307,7 +338,8 @@ class SubmitterJob:
         return actions
 
     def _fill(self, now_ms: int) -> list[Action]:
-        """Award the best remaining bidders until n (plus any extra) slots are live."""
+        """Award the best remaining bidders until n (plus any extra) slots are live, each from an
+        address range no live slot has while such a bidder is left (the module docstring)."""
         actions: list[Action] = []
         target = self.spec.replicas + self.extra
         while (sum(1 for e in self.awards if self.slot[e] in LIVE) < target
@@ -315,7 +347,9 @@ class SubmitterJob:
             candidates = self._candidates()
             if not candidates:
                 break
-            best = min(candidates, key=lambda e: self.rank[e])
+            taken = {self.subnet.get(e) for e in self.awards if self.slot[e] in LIVE} - {None}
+            diverse = [e for e in candidates if self.subnet.get(e) is None or self.subnet[e] not in taken]
+            best = min(diverse or candidates, key=lambda e: self.rank[e])
             actions.append(self._award(best, now_ms))
         short = sum(1 for e in self.awards if self.slot[e] in LIVE) < target
         if short and len(self.awards) < self.spec.max_total_results:

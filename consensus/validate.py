@@ -1,7 +1,8 @@
 """Checks on gossiped announcements that need only the message and the time.
 
 Replay detection (a spec seen before) needs the node's memory of seen job ids and lives in node/;
-everything that can be decided from the bytes and `now_ms` lives here.
+everything that can be decided from the bytes, `now_ms` and the node's proof-of-work difficulty
+lives here.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from dataclasses import dataclass
 
 from .errors import RemoteProtocolError
 from .messages import Announce, JobSpec, Signed, job_id_of, verify
+from .pow import pow_ok
 
 # A spec may be at most this old when first seen, and at most this far in the future: clocks of
 # volunteers' machines drift, but an announcement travels in well under a second.
@@ -33,11 +35,21 @@ def check_spec_time(spec: JobSpec, now_ms: int) -> None:
         raise RemoteProtocolError("stale", "spec is too old")
 
 
-def check_announce(raw: bytes, now_ms: int) -> CheckedAnnounce:
+def check_announce(raw: bytes, now_ms: int, pow_difficulty: int = 0,
+                   author: bytes | None = None) -> CheckedAnnounce:
+    """The announcement, verified in this order: signatures and signer; `author` (the public key
+    that published it as gossip, if given) is the submitter (`wrong_sender`: only a job's submitter
+    announces it); time; and last the submitter's proof-of-work of at least `pow_difficulty` bits
+    (`weak_identity`; 0, the simulator's setting, checks none). A node passes its own difficulty:
+    the minimum it demands of others."""
     ann: Signed = verify(raw, Announce)
     spec: Signed = verify(ann.msg.signed_spec, JobSpec)
     if ann.signer != spec.msg.submitter:
         raise RemoteProtocolError("wrong_signer", "announce not signed by the spec's submitter")
+    if author is not None and author != spec.msg.submitter:
+        raise RemoteProtocolError("wrong_sender", "announce relayed under another author")
     check_spec_time(spec.msg, now_ms)
+    if not pow_ok(spec.msg.submitter, ann.msg.pow, pow_difficulty):
+        raise RemoteProtocolError("weak_identity", f"the submitter's proof-of-work is under {pow_difficulty} bits")
     return CheckedAnnounce(job_id_of(ann.msg.signed_spec), spec.msg, ann.msg.signed_spec,
                            ann.msg.submitter_addrs, raw)

@@ -61,6 +61,10 @@ class NodeSettings:
     request_timeout_s: float = 10.0
     genesis_credits: int = GENESIS_CREDITS
     timing: Timing = field(default_factory=Timing)
+    # Proof-of-work bits this node demands of every bidder and announcer (consensus/pow.py), and
+    # its own nonce, solved for at least that many bits (node/proof.py).
+    pow_difficulty: int = 0
+    pow_nonce: bytes = b""
 
 
 class Agent:
@@ -265,9 +269,9 @@ class Agent:
         value = decode_canonical(message.data, MAX_ENVELOPE)
         kind = value[0] if isinstance(value, list) and value and isinstance(value[0], str) else None
         if kind == "announce":
-            ann = check_announce(message.data, now_ms())
-            if peer_id_from_public_key(ann.spec.submitter) != message.from_peer:
-                raise RemoteProtocolError("wrong_sender", "announce relayed under another author")
+            # The author (gossip signs it) must be the submitter; b"" (not an Ed25519 peer id) never is.
+            author = public_key_from_peer_id(message.from_peer) or b""
+            ann = check_announce(message.data, now_ms(), self.settings.pow_difficulty, author)
             if not await self.store.insert_job(ann.job_id.hex(), "observer", ann.spec.name, ann.signed_spec,
                                                "announced", now_ms(), list(ann.submitter_addrs),
                                                announce=message.data):

@@ -4,6 +4,9 @@ Nothing is reachable from another host unless configured: libp2p listens where `
 (loopback by default), the control API is a Unix socket (mode 0600), and `/metrics`, when asked
 for, needs a bearer token off loopback (p2p/httpauth.py).
 
+Identity cost: before it joins, a node proves `pow_difficulty` bits of work on its key
+(node/proof.py; stored, so solved once per key and difficulty).
+
 Readiness: `run_node` calls `task_status.started(info)` once the node listens, has dialed its
 bootstrap peers and serves its control socket (and `/metrics`, when configured: its bound address is
 `info["metrics_url"]`, so port 0 works); it then writes `DATA_DIR/node.json` (peer id,
@@ -32,13 +35,15 @@ from distributeai.p2p.ratelimit import RateLimits
 from distributeai.sandbox import Sandbox, SandboxError, open_sandbox
 
 from distributeai.consensus.ledger import GENESIS_CREDITS
+from distributeai.consensus.pow import DEFAULT_DIFFICULTY
 from distributeai.consensus.submitter import Timing
 
 from .agent import Agent, NodeSettings
 from .bidding import Capacity
 from .clock import now_ms
 from .control import serve_control
-from .paths import control_path, key_path, last_start_path
+from .paths import control_path, key_path, last_start_path, pow_path
+from .proof import load_or_solve
 from .store import Store
 
 log = logging.getLogger("distributeai.node")
@@ -66,6 +71,7 @@ class NodeConfig:
     # Kept out of repr and comparisons so that logging a config can never show it.
     seed: bytes | None = field(default=None, repr=False, compare=False)
     rate_limits: RateLimits = field(default_factory=RateLimits)  # per-peer limits (p2p/ratelimit.py)
+    pow_difficulty: int = DEFAULT_DIFFICULTY  # demanded of others and solved for ourselves
 
 
 class DataDirBusy(RuntimeError):
@@ -124,6 +130,7 @@ async def run_node(config: NodeConfig, *, task_status=trio.TASK_STATUS_IGNORED) 
     try:
         seed = config.seed if config.seed is not None else load_or_create_key(key_path(data_dir))
         identity = Identity.from_seed(seed)
+        pow_nonce = await load_or_solve(pow_path(data_dir), identity.public_key, config.pow_difficulty)
         store = await Store.open(data_dir / "node.db")
         sandboxes = open_sandboxes(config, log)
         # Known peers from earlier runs come after the configured bootstrap, so a restarted node
@@ -135,7 +142,8 @@ async def run_node(config: NodeConfig, *, task_status=trio.TASK_STATUS_IGNORED) 
                                     rate_limits=config.rate_limits) as overlay:
                 settings = NodeSettings(sandboxes["container"].name, gpu=config.gpu, capacity=config.capacity,
                                         price=config.price, genesis_credits=config.genesis_credits,
-                                        timing=config.timing)
+                                        timing=config.timing, pow_difficulty=config.pow_difficulty,
+                                        pow_nonce=pow_nonce)
                 agent = AGENT_CLASS(identity, store, overlay, sandboxes, settings, outputs_dir=data_dir / "outputs")
                 async with trio.open_nursery() as nursery:
                     await nursery.start(agent.run)

@@ -68,7 +68,8 @@ class Executing:
             log.info("declined job %s: %s", job_id.hex()[:12], reason)
             return
         msg = sign(a.identity, Bid(job_id, a.me, a.settings.price, a.settings.capacity.cpu_millis,
-                                   a.settings.capacity.memory_mb, (a.sandboxes[spec.sandbox].name,), now_ms()))
+                                   a.settings.capacity.memory_mb, (a.sandboxes[spec.sandbox].name,), now_ms(),
+                                   a.settings.pow_nonce))
         a.nursery.start_soon(self._send_bid, spec.submitter, msg, addrs)
 
     @staticmethod

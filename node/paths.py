@@ -19,3 +19,8 @@ def control_path(data_dir: Path) -> Path:
 def last_start_path(data_dir: Path) -> Path:
     """JSON with the peer id, multiaddrs and pid of the node's last start."""
     return data_dir / "node.json"
+
+
+def pow_path(data_dir: Path) -> Path:
+    """JSON with the identity's proof-of-work nonce and the difficulty it was solved for."""
+    return data_dir / "node.pow"

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 
 import trio
 
-from distributeai.consensus.codec import sha256
+from distributeai.consensus.codec import Identity, sha256
 from distributeai.consensus.errors import LocalProtocolError, RemoteProtocolError
 from distributeai.consensus.ledger import REPUTATION_START, max_cost
 from distributeai.consensus.messages import (
@@ -21,6 +21,8 @@ from distributeai.consensus.messages import (
     verify,
 )
 from distributeai.consensus.names import AWARD_PROTOCOL, REVEAL_PROTOCOL
+from distributeai.consensus.pow import pow_ok
+from distributeai.consensus.subnet import subnet_of
 from distributeai.consensus.submitter import (
     Finished, Penalize, PublishCertificate, RequestReveal, SendAward, SubmitterJob, Timing,
 )
@@ -88,7 +90,7 @@ class Submitting:
             await a.store.put_blob(spec.msg.wasm_sha256.hex(), module)
         job_id = job_id_of(signed_spec)
         now = now_ms()
-        announce = sign(a.identity, Announce(signed_spec, tuple(a.overlay.multiaddrs())))
+        announce = sign(a.identity, Announce(signed_spec, tuple(a.overlay.multiaddrs()), a.settings.pow_nonce))
         if not await a.store.insert_job(job_id.hex(), "submitter", spec.msg.name, signed_spec, "bidding", now,
                                         announce=announce):
             raise LocalProtocolError("duplicate", "this job was already submitted")
@@ -112,11 +114,18 @@ class Submitting:
         await self.apply(job, "cancel", None)
 
     async def handle_bid(self, peer: str, data: bytes) -> bytes:
+        """A bid counts only from an identity with this node's proof-of-work difficulty
+        (`weak_identity` otherwise); it is ranked with the bidder's reputation in this node's
+        view and the address range of the connection it came on (None for this node's own)."""
         signed = verify(data, Bid)
         self._check_sender(signed, peer, "bid")
         job = self._own_job(signed.msg.job_id)
+        difficulty = self.agent.settings.pow_difficulty
+        if not pow_ok(signed.signer, signed.msg.pow, difficulty):
+            raise RemoteProtocolError("weak_identity", f"the bidder's proof-of-work is under {difficulty} bits")
         reputation = self.agent.ledger.reputation_of(signed.signer)
-        await self.apply(job, "bid", signed, {"reputation": reputation})
+        subnet = None if signed.signer == self.agent.me else subnet_of(self.agent.overlay.remote_ip(peer))
+        await self.apply(job, "bid", signed, {"reputation": reputation, "subnet": subnet})
         self.agent.count("bids_received")
         return wire.ok()
 
@@ -153,7 +162,8 @@ class Submitting:
             if kind == "bid":
                 # Under the lock: bids applied just before this one are already in the job.
                 meta["unbid_best"] = self._unbid_best(job, signed.signer)
-                actions = job.receive_bid(signed, now, meta.get("reputation", 0), meta["unbid_best"])
+                actions = job.receive_bid(signed, now, meta.get("reputation", 0), meta["unbid_best"],
+                                          meta.get("subnet"))
             elif kind == "commit":
                 actions = job.receive_commit(signed, now)
             elif kind == "withdraw":
@@ -165,7 +175,9 @@ class Submitting:
             elif kind == "cancel":
                 actions = job.cancel(now)
             else:  # "tick"
-                actions = job.tick(now)
+                if job.state == "bidding":
+                    meta["unbid_best"] = self._unbid_best(job, b"")
+                actions = job.tick(now, meta.get("unbid_best"))
             if not actions and kind in ("tick", "undelivered") and len(job.history) == seen:
                 return  # nothing happened: nothing to store
             raw = signed.raw if signed is not None else executor
@@ -252,23 +264,7 @@ class Submitting:
         for row in await a.store.list_jobs(role="submitter", limit=100_000):
             if row["status"] in ("verified", "failed", "nondeterministic"):
                 continue
-            job: SubmitterJob | None = None
-            for kind, raw, meta, at in await a.store.inputs(row["job_id"]):
-                if kind == "start":
-                    job = SubmitterJob(a.identity, raw, verify(raw, JobSpec).msg, started_ms=at, timing=self.timing)
-                elif job is None:
-                    continue
-                elif kind == "tick":
-                    job.tick(at)
-                elif kind == "undelivered":
-                    job.award_undelivered(raw, at)
-                elif kind == "cancel":
-                    job.cancel(at)
-                elif kind == "bid":
-                    job.receive_bid(verify(raw, Bid), at, meta.get("reputation", 0), meta.get("unbid_best"))
-                else:
-                    {"commit": job.receive_commit, "withdraw": job.receive_withdraw,
-                     "reveal": job.receive_reveal}[kind](verify(raw, INPUT_TYPES[kind]), at)
+            job = replay(a.identity, self.timing, await a.store.inputs(row["job_id"]))
             if job is None:
                 continue
             self.jobs[job.job_id] = job
@@ -304,3 +300,28 @@ class Submitting:
     def _check_sender(signed: Signed, peer: str, what: str) -> None:
         if peer_id_from_public_key(signed.signer) != peer:
             raise RemoteProtocolError("wrong_sender", f"{what} signed by a key other than the sending peer's")
+
+
+def replay(identity: Identity, timing: Timing, inputs: list[tuple[str, bytes, dict, int]]) -> SubmitterJob | None:
+    """A job rebuilt from its stored inputs (`Store.inputs`), in order, each with what was recorded
+    with it (a bid's reputation, early-close bound and address range): the same job, awards and
+    all, as the one that took them live. None if the inputs hold no start."""
+    job: SubmitterJob | None = None
+    for kind, raw, meta, at in inputs:
+        if kind == "start":
+            job = SubmitterJob(identity, raw, verify(raw, JobSpec).msg, started_ms=at, timing=timing)
+        elif job is None:
+            continue
+        elif kind == "tick":
+            job.tick(at, meta.get("unbid_best"))
+        elif kind == "undelivered":
+            job.award_undelivered(raw, at)
+        elif kind == "cancel":
+            job.cancel(at)
+        elif kind == "bid":
+            job.receive_bid(verify(raw, Bid), at, meta.get("reputation", 0), meta.get("unbid_best"),
+                            meta.get("subnet"))
+        else:
+            {"commit": job.receive_commit, "withdraw": job.receive_withdraw,
+             "reveal": job.receive_reveal}[kind](verify(raw, INPUT_TYPES[kind]), at)
+    return job

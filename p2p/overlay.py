@@ -166,6 +166,23 @@ class Overlay:
             out.append((pid.to_base58(), [_with_p2p(str(a), suffix) for a in addrs]))
         return out
 
+    def remote_ip(self, peer_id: str) -> str | None:
+        """The IP address of our connection to `peer_id` as the socket reports it (not what the
+        peer advertises): the one its requests arrive on, since libp2p keeps one connection per
+        peer here (`max_connections_per_peer=1`). None when not connected or not known."""
+        try:
+            pid = ID.from_base58(peer_id)
+        except Exception:  # libp2p raises several types for a malformed id
+            return None
+        for conn in self._host.get_network().connections.get(pid, ()):
+            try:
+                remote = conn.muxed_conn.get_remote_address()
+            except Exception:  # a connection closing under us, or a transport without one
+                continue
+            if remote:
+                return remote[0]
+        return None
+
     def gossip_peers(self, topic: str) -> list[str]:
         """Peers in our GossipSub mesh for `topic`: those a publish reaches directly."""
         return [p.to_base58() for p in self._gossipsub.mesh.get(topic, ())]

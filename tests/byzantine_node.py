@@ -11,18 +11,24 @@ production node, started through the production CLI.
     python tests/byzantine_node.py unsealed node start ... runs the job, commits the seal of its real
                                                         result, then reveals another (self-consistent,
                                                         signed) result: the reveal contradicts the seal
+    python tests/byzantine_node.py cheap node start ...   honest, but bids at price 0 to outrank
+                                                        everyone of equal reputation (a fresh Sybil)
+    python tests/byzantine_node.py nopow node start ...   cheap, and its bids and announcements carry
+                                                        a nonce that does not prove its difficulty
 Every behaviour bids at price 0, so that with equal reputations it outranks honest nodes (price 1)
 and is awarded first: the tests need the cheater in the job.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import sys
 
 import trio
 
 from distributeai.consensus.messages import Award, Commit, JobSpec, Reveal, sign
+from distributeai.consensus.pow import pow_ok
 from distributeai.consensus.results import result_hash, seal
 from distributeai.node import agent as agent_module
 from distributeai.node import daemon
@@ -75,15 +81,33 @@ class UnsealedExecutor(Executing):
 
 
 class ByzantineAgent(agent_module.Agent):
-    def __init__(self, *args, **kwargs) -> None:
-        super().__init__(*args, **kwargs)
-        self.settings.price = 0  # outbid honest nodes (price 1) so the cheater is awarded
+    price: int | None = None  # None: the configured price
+    weak_pow = False
+
+    def __init__(self, identity, store, overlay, sandboxes, settings, outputs_dir=None) -> None:
+        if self.price is not None:
+            settings = dataclasses.replace(settings, price=self.price)
+        if self.weak_pow:
+            settings = dataclasses.replace(settings, pow_nonce=weak_nonce(identity.public_key, settings.pow_difficulty))
+        super().__init__(identity, store, overlay, sandboxes, settings, outputs_dir)
+
+
+def weak_nonce(public_key: bytes, difficulty: int) -> bytes:
+    """The first 8-byte counter that does NOT prove `difficulty` bits on the key (at difficulty
+    0 every nonce does, and there is nothing to cheat)."""
+    if difficulty <= 0:
+        return b""
+    return next(n for c in range(1 << 20) if not pow_ok(public_key, n := c.to_bytes(8, "big"), difficulty))
 
 
 def main() -> None:
     behaviour, args = sys.argv[1], sys.argv[2:]
-    ByzantineAgent.executing_class = {"wrong": WrongExecutor, "lazy": LazyExecutor, "silent": SilentExecutor,
-                                     "unsealed": UnsealedExecutor}[behaviour]
+    cheaters = {"wrong": WrongExecutor, "lazy": LazyExecutor, "silent": SilentExecutor, "unsealed": UnsealedExecutor}
+    if behaviour not in (*cheaters, "cheap", "nopow"):
+        raise SystemExit(f"unknown behaviour {behaviour!r}")
+    ByzantineAgent.executing_class = cheaters.get(behaviour, Executing)
+    ByzantineAgent.price = 0  # every behaviour outbids honest nodes (price 1) of equal reputation
+    ByzantineAgent.weak_pow = behaviour == "nopow"
     daemon.AGENT_CLASS = ByzantineAgent
     from distributeai.cli.main import app
 
