@@ -96,18 +96,33 @@ async def gossip(overlay: Overlay) -> None:
 FLOOD_JOB_NAME = "flood"
 
 
+_POW: dict[bytes, bytes] = {}
+
+
+def proof_of_work(me: Identity) -> bytes:
+    """This peer's proof-of-work nonce at a devnet's difficulty, solved once: the flooder pays
+    for one identity, as an attacker would, so its messages pass the nodes' identity check."""
+    from distributeai.cli.devnet import DEVNET_POW_DIFFICULTY
+    from distributeai.consensus.pow import solve
+
+    if me.public_key not in _POW:
+        _POW[me.public_key] = solve(me.public_key, DEVNET_POW_DIFFICULTY)
+    return _POW[me.public_key]
+
+
 def flood_announcement(me: Identity) -> bytes:
     """One flood message: a validly signed announcement of a fresh job (new nonce, so a new job
-    id) by this peer's own key, cheap to run. Every flood announcement is built here; a field the
-    protocol comes to require (a proof of work) belongs here too."""
+    id) by this peer's own key, with its proof-of-work, cheap to run. Every flood announcement
+    is built here."""
     spec = sign(me, JobSpec(submitter=me.public_key, nonce=os.urandom(16), created_ms=int(time.time() * 1000),
                             name=FLOOD_JOB_NAME, image="alpine:latest", command=("true",)))
-    return sign(me, Announce(spec, ()))
+    return sign(me, Announce(spec, (), proof_of_work(me)))
 
 
 def flood_bid(me: Identity) -> bytes:
     """One flood request: a validly signed bid by this peer for a job id nobody announced."""
-    return sign(me, Bid(os.urandom(32), me.public_key, 1, 1000, 256, ("process",), int(time.time() * 1000)))
+    return sign(me, Bid(os.urandom(32), me.public_key, 1, 1000, 256, ("process",), int(time.time() * 1000),
+                        proof_of_work(me)))
 
 
 def _pubsub_message(overlay: Overlay, topic: str, data: bytes):

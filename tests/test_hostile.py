@@ -24,6 +24,7 @@ from distributeai.consensus.names import (
 from distributeai.node.wire import parse_answer
 from distributeai.p2p.identity import load_or_create_key
 
+from .p2p_peer import proof_of_work
 from .netfixtures import DEMO_ARGS, DEMO_STDOUT, submit_json, wait_for
 from .test_p2p import PeerProcess, _ready
 
@@ -34,7 +35,8 @@ def spec_by(identity: Identity, created_ms: int) -> bytes:
 
 
 def announce_by(identity: Identity, created_ms: int) -> bytes:
-    return sign(identity, Announce(spec_by(identity, created_ms), ()))
+    """A valid announcement by `identity`, with its proof-of-work at a devnet's difficulty."""
+    return sign(identity, Announce(spec_by(identity, created_ms), (), proof_of_work(identity)))
 
 
 def flip_last_signature_byte(envelope: bytes) -> bytes:
