@@ -200,12 +200,17 @@ def node_info(data_dir: Optional[Path] = DataDir, as_json: bool = typer.Option(F
 # --- submitting and watching ------------------------------------------------------------------------
 
 def load_job_file(path: Path) -> Any:
+    from distributeai.consensus.errors import JobFileError
+    from distributeai.consensus.jobfile import load_job_document
+
     try:
-        return json.loads(path.read_text())
+        return load_job_document(path.read_bytes())
     except FileNotFoundError:
         fail(f"job file {path} does not exist")
-    except json.JSONDecodeError as exc:
-        fail(f"job file {path} is not valid JSON: {exc}")
+    except OSError as exc:
+        fail(f"job file {path}: cannot read it: {exc.strerror}")
+    except JobFileError as exc:
+        fail(f"job file {path} {exc.message}")
 
 
 def read_bytes(path: Path, what: str) -> bytes:
@@ -216,20 +221,14 @@ def read_bytes(path: Path, what: str) -> bytes:
 
 
 def read_tasks(path: Path) -> list[list[str]]:
-    """A tasks file: one task per line, its arguments shell-quoted; blank lines and # comments skipped."""
-    import shlex
+    """A tasks file (consensus.jobfile.parse_tasks): one task per line, shell-quoted."""
+    from distributeai.consensus.errors import JobFileError
+    from distributeai.consensus.jobfile import parse_tasks
 
-    tasks = []
-    for n, line in enumerate(read_bytes(path, "--tasks").decode("utf-8", "replace").splitlines(), 1):
-        if not line.strip() or line.lstrip().startswith("#"):
-            continue
-        try:
-            tasks.append(shlex.split(line))
-        except ValueError as exc:
-            fail(f"--tasks {path} line {n}: {exc}")
-    if not tasks:
-        fail(f"--tasks {path}: no tasks in the file")
-    return tasks
+    try:
+        return parse_tasks(read_bytes(path, "--tasks"))
+    except JobFileError as exc:
+        fail(f"--tasks {path}: {exc.message}")
 
 
 def print_job(view: dict, as_json: bool) -> None:
