@@ -24,17 +24,17 @@ from typing import Any, Awaitable, Callable
 import trio
 
 from distributeai.consensus.certificate import verify_certificate
-from distributeai.consensus.codec import Identity, decode_canonical
+from distributeai.consensus.codec import Identity
 from distributeai.consensus.codec import sha256
 from distributeai.consensus.errors import LocalProtocolError, RemoteProtocolError
 from distributeai.consensus.ledger import GENESIS_CREDITS, Ledger
-from distributeai.consensus.messages import MAX_ENVELOPE, JobSpec, verify
+from distributeai.consensus.messages import JobSpec, verify
 from distributeai.consensus.names import (
     AWARD_PROTOCOL, BID_PROTOCOL, BLOB_PROTOCOL, COMMIT_PROTOCOL, JOBS_TOPIC, REVEAL_PROTOCOL,
     WITHDRAW_PROTOCOL,
 )
 from distributeai.consensus.submitter import TERMINAL, Timing
-from distributeai.consensus.validate import check_announce
+from distributeai.consensus.validate import CheckedAnnounce
 from distributeai.p2p.identity import peer_id_from_public_key, public_key_from_peer_id
 from distributeai.p2p.overlay import GossipMessage, Overlay, RemoteError
 from distributeai.sandbox.base import Sandbox, SandboxError
@@ -43,6 +43,7 @@ from . import wire
 from .bidding import Capacity
 from .clock import now_ms
 from .executing import Executing
+from .inbound import decode_gossip
 from .metrics import NodeMetrics
 from .store import Store
 from .submitting import Submitting
@@ -249,12 +250,9 @@ class Agent:
         self.count("gossip_in")
         if message.from_peer == self.peer_id:
             return  # our own publish echoed back; it was applied when it was made
-        value = decode_canonical(message.data, MAX_ENVELOPE)
-        kind = value[0] if isinstance(value, list) and value and isinstance(value[0], str) else None
-        if kind == "announce":
-            ann = check_announce(message.data, now_ms())
-            if peer_id_from_public_key(ann.spec.submitter) != message.from_peer:
-                raise RemoteProtocolError("wrong_sender", "announce relayed under another author")
+        checked = decode_gossip(message.data, message.from_peer, now_ms())
+        if isinstance(checked, CheckedAnnounce):
+            ann = checked
             if not await self.store.insert_job(ann.job_id.hex(), "observer", ann.spec.name, ann.signed_spec,
                                                "announced", now_ms(), list(ann.submitter_addrs),
                                                announce=message.data):
@@ -264,10 +262,7 @@ class Agent:
                 return
             self.notify()
             await self.executing.consider(ann.job_id, ann.spec, ann.submitter_addrs)
-        elif kind == "certificate":
-            checked = verify_certificate(message.data)
-            if peer_id_from_public_key(checked.spec.submitter) != message.from_peer:
-                raise RemoteProtocolError("wrong_sender", "certificate relayed under another author")
+        else:
             cert = checked.certificate
             reason = "" if cert.status == "verified" else cert.status
             now = now_ms()
@@ -278,8 +273,6 @@ class Agent:
             self.ledger.apply_certificate(checked, now)
             self.count("certificates")
             self.notify()
-        else:
-            raise RemoteProtocolError("unknown_kind", f"gossip kind {kind!r}")
 
     # --- views --------------------------------------------------------------------------------
 
