@@ -43,7 +43,7 @@ from . import wire
 from .bidding import Capacity
 from .clock import now_ms
 from .executing import Executing
-from .inbound import decode_gossip
+from .inbound import decode_blob_request, decode_gossip
 from .metrics import NodeMetrics
 from .store import Store
 from .submitting import Submitting
@@ -112,6 +112,7 @@ class Agent:
             await self._rebuild_ledger()
             for protocol, handler in self.handlers.items():
                 self.overlay.set_handler(protocol, self._guard(handler))
+            self.overlay.on_reject(lambda reason: self.reject(f"session_{reason}", "request refused by the session"))
             await self.submitting.recover()
             await self.executing.recover()
             nursery.start_soon(self._read_gossip)
@@ -172,11 +173,10 @@ class Agent:
 
     async def handle_blob(self, peer: str, data: bytes) -> bytes:
         """Serve a blob this node holds (a wasm module of one of its jobs) by its SHA-256."""
-        if len(data) != 32:
-            raise RemoteProtocolError("malformed", "a blob request is a 32-byte SHA-256")
-        blob = await self.store.get_blob(data.hex())
+        digest = decode_blob_request(data)
+        blob = await self.store.get_blob(digest.hex())
         if blob is None:
-            blob = await self._read_output(data.hex())
+            blob = await self._read_output(digest.hex())
         if blob is None:
             raise RemoteProtocolError("unknown_blob", "no such blob here")
         return wire.ok(blob)
