@@ -107,6 +107,7 @@ class Overlay:
         self._limiter = reqresp.new_limiter()
         # Requests travel in sessions (session.py): one stream per peer and direction.
         self._handlers: dict[str, Callable[[str, bytes], Awaitable[bytes]]] = {}
+        self._reject_hook: Callable[[str], None] | None = None
         self._sessions: dict[ID, session.DialerSession] = {}
         self._session_locks: collections.defaultdict[ID, trio.Lock] = collections.defaultdict(trio.Lock)
         self._nursery: trio.Nursery | None = None
@@ -230,8 +231,15 @@ class Overlay:
         peers send in their sessions with us (session.py)."""
         self._handlers[protocol] = handler
 
+    def on_reject(self, hook: Callable[[str], None]) -> None:
+        """Call `hook(reason)` for every request a session refuses before any handler sees it
+        (reasons "malformed", "too_large", "busy", as counted in `stats()`), so the node can
+        count them with the rejections its handlers make."""
+        self._reject_hook = hook
+
     async def _serve_session(self, stream) -> None:
-        await session.serve_session(stream, self._handlers, self._max_bytes, self._stats, self._limiter)
+        await session.serve_session(stream, self._handlers, self._max_bytes, self._stats, self._limiter,
+                                    on_reject=self._reject_hook)
 
     async def _session(self, pid: ID) -> session.DialerSession:
         """Our open session to `pid`, opened (with its reader task) if there is none."""

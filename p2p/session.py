@@ -216,16 +216,20 @@ class DialerSession:
 
 
 async def serve_session(stream: INetStream, handlers: dict[str, Handler], max_bytes: int,
-                        stats: collections.Counter[str], limiter: trio.CapacityLimiter) -> None:
+                        stats: collections.Counter[str], limiter: trio.CapacityLimiter,
+                        on_reject: Callable[[str], None] | None = None) -> None:
     """The listener's side: read requests until the stream ends, run each in its own task (at
     most `limiter` at once across the node; more are refused "busy"), answer each by id.
-    Counts into `stats` with the keys reqresp.RequestServer uses. Never raises."""
+    Counts into `stats` with the keys reqresp.RequestServer uses, and calls `on_reject(reason)`
+    for each refusal it makes itself. Never raises."""
     peer = str(stream.muxed_conn.peer_id)
     write_lock = trio.Lock()
 
     def reject(reason: str) -> None:
         stats["requests_rejected"] += 1
         stats[f"requests_rejected_{reason}"] += 1
+        if on_reject is not None:
+            on_reject(reason)
 
     async def answer(request_id: int, status: int, payload: bytes) -> None:
         payload = payload[: reqresp.MAX_REASON_BYTES] if status else payload
