@@ -54,6 +54,8 @@ KNOWN = {
 MAX_COMMAND_ARGS, MAX_ARG_CHARS = 256, 4096
 MAX_ENV, MAX_ENV_NAME, MAX_ENV_VALUE = 128, 256, 4096
 MAX_DIGITS = 12  # a memory size in a string ("512m"): more digits than any valid size
+MAX_TASKS_FILE = 16 << 20  # a tasks file's bytes, comments included
+MAX_TASK_LINE = MAX_TASK_ARGS * (2 * 256 + 3)  # 16 arguments of 256 characters, each quoted and escaped
 
 
 def load_job_document(data: bytes | str) -> Any:
@@ -68,14 +70,24 @@ def load_job_document(data: bytes | str) -> Any:
 
 def parse_tasks(data: bytes) -> list[list[str]]:
     """A tasks file: one task per line, its arguments shell-quoted; blank lines and # comments
-    skipped. JobFileError("tasks") names the line of a quoting error, or says the file holds no
-    tasks or more than MAX_TASKS."""
+    skipped. JobFileError("tasks") names the line of a quoting error or of a line too long to be
+    a task, or says the file holds no tasks, more than MAX_TASKS, or more than one spec can carry.
+    Bounded work: shlex is pure Python (about 3 us a character), so nothing is split that could
+    not fit a spec anyway."""
+    if len(data) > MAX_TASKS_FILE:
+        raise JobFileError("tasks", f"the file has {len(data)} bytes, at most {MAX_TASKS_FILE} are read")
     tasks = []
+    chars = 0
     for n, line in enumerate(data.decode("utf-8", "replace").splitlines(), 1):
         if not line.strip() or line.lstrip().startswith("#"):
             continue
         if len(tasks) == MAX_TASKS:
             raise JobFileError("tasks", f"more than {MAX_TASKS} tasks (line {n})")
+        if len(line) > MAX_TASK_LINE:
+            raise JobFileError("tasks", f"line {n} is longer than {MAX_TASK_LINE} characters")
+        chars += len(line)
+        if chars > MAX_SIZE["spec"]:
+            raise JobFileError("tasks", f"more tasks than one job's spec can carry (line {n})")
         try:
             tasks.append(shlex.split(line))
         except ValueError as exc:
