@@ -481,6 +481,38 @@ def simulate(
         typer.echo(line)
 
 
+@app.command("fuzz")
+def fuzz_command(
+    inputs: int = typer.Option(100_000, "--inputs", help="Mutated inputs per decoder."),
+    decoder: list[str] = typer.Option([], "--decoder", help="A decoder to fuzz (repeatable); default: all of them."),
+    seed: int = typer.Option(0, "--seed", help="The run's seed: the same seed gives the same inputs."),
+    findings_dir: Optional[Path] = typer.Option(None, "--findings-dir", help="Write each finding's input here."),
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
+) -> None:
+    """Fuzz every decoder a peer or a user can reach (gossip, each request and answer, session
+    frames, job and tasks files, the control API) with seeded mutations of valid inputs; report
+    per decoder what was accepted and rejected (by reason), the slowest input and inputs/s. Exit 1
+    if any input raised an undocumented error, broke an invariant or took over 1 s of CPU.
+
+    Example: distributeai fuzz --inputs 100000 --decoder gossip --seed 1 --json
+    """
+    from distributeai.cli.fuzz import print_report, run_fuzz
+    from distributeai.node.fuzz import decoder_names
+
+    if inputs < 1:
+        fail("--inputs must be at least 1")
+    known = decoder_names()
+    for name in decoder:
+        if name not in known:
+            fail(f"--decoder {name!r} is not one of {', '.join(known)}")
+    result = run_fuzz(inputs, decoder, seed, findings_dir)
+    if as_json:
+        typer.echo(json.dumps(result))
+    else:
+        print_report(result)
+    raise typer.Exit(1 if result["findings"] else 0)
+
+
 @app.command("sandbox-time")
 def sandbox_time(
     backends: list[str] = typer.Argument(None, help="Backends to time (default: docker bwrap wasm process)."),
