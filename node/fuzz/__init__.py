@@ -15,7 +15,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from .corpus import FIXED_NOW_MS, seed_messages
-from .runner import Report, fuzz
+from .runner import Report, fuzz, inputs_for, outcome_of
 from .targets import build
 
 

@@ -220,3 +220,13 @@ def fuzz(decoders: dict[str, Decoder], signers: dict[bytes, Identity], count: in
                     (findings_dir / f"{f.decoder}-{hashlib.sha256(f.input).hexdigest()[:16]}.bin").write_bytes(f.input)
         reports.append(report)
     return reports
+
+
+def outcome_of(decoder: Decoder, data: bytes) -> list[str]:
+    """The reasons `decoder` rejects `data` with, [] if it accepts it; anything a run would
+    record as a finding is raised. For tests, and to know what a node must count."""
+    try:
+        result = trio.run(decoder.check, data) if decoder.is_async else decoder.check(data)
+    except decoder.errors as exc:
+        return [decoder.reason(exc)]
+    return list(result) if isinstance(result, list) else []
