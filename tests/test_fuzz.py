@@ -281,6 +281,7 @@ async def test_a_node_counts_every_fuzzed_message_stays_up_and_still_verifies_a_
             wait_for(counted, 30, "the node to count every bad control request")
             metrics = _metrics_rejected(net.info(0)["metrics_url"])
             assert Counter({k: v for k, v in metrics.items() if v}) - before == expected
+            print(f"\nthe node rejected and counted {sum(expected.values())} fuzzed inputs: {dict(expected)}")
             assert net.node_procs[0].poll() is None
             info = net.info(0)
             assert info["active_jobs"] == 0
