@@ -55,11 +55,15 @@ MAX_COMMAND_ARGS, MAX_ARG_CHARS = 256, 4096
 MAX_ENV, MAX_ENV_NAME, MAX_ENV_VALUE = 128, 256, 4096
 MAX_DIGITS = 12  # a memory size in a string ("512m"): more digits than any valid size
 MAX_TASKS_FILE = 16 << 20  # a tasks file's bytes, comments included
+MAX_JOB_FILE = 1 << 20  # a spec is at most 64 KiB signed; JSON escapes take at most 6 bytes a byte
 MAX_TASK_LINE = MAX_TASK_ARGS * (2 * 256 + 3)  # 16 arguments of 256 characters, each quoted and escaped
 
 
 def load_job_document(data: bytes | str) -> Any:
-    """The JSON value of a job file's contents; JobFileError("job") if it is not JSON."""
+    """The JSON value of a job file's contents; JobFileError("job") if it is not JSON or over
+    MAX_JOB_FILE bytes (its spec could not be signed anyway, and JSON takes ~0.2 s a megabyte)."""
+    if len(data) > MAX_JOB_FILE:
+        raise JobFileError("job", f"has {len(data)} bytes; a job file is at most {MAX_JOB_FILE}")
     try:
         return json.loads(data)
     except RecursionError:  # json's C scanner recurses once per nesting level

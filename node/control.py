@@ -42,13 +42,12 @@ import trio
 
 from distributeai.consensus.errors import LocalProtocolError
 
-from .control_request import FIND_PEERS_MAX, REJECT_REASON, BadRequest, check_request, decode_line
+from .control_request import FIND_PEERS_MAX, MAX_REQUEST, REJECT_REASON, BadRequest, check_request, decode_line
 
 if TYPE_CHECKING:  # the CLI imports `call` from here and must not load libp2p for it
     from .agent import Agent
 
 log = logging.getLogger("distributeai.node.control")
-MAX_REQUEST = 4 << 20  # a submit may carry a wasm module (hex) too large for the spec
 
 
 async def _read_line(stream: trio.SocketStream) -> bytes:

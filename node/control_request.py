@@ -16,6 +16,7 @@ import math
 from typing import Any
 
 REJECT_REASON = "control_bad_request"  # the label in distributeai_messages_rejected_total
+MAX_REQUEST = 4 << 20  # bytes of a request line: a submit may carry a wasm module (hex) too large for the spec
 MAX_WAIT_S = 3600.0
 DEFAULT_WAIT_S = 60.0
 MAX_JOB_ID_CHARS = 128       # a job id is 64 hex digits; anything much longer is not one
@@ -42,7 +43,10 @@ def parse_line(line: bytes) -> dict:
 
 
 def decode_line(line: bytes) -> Any:
-    """The JSON value of a request line; BadRequest if it is not JSON."""
+    """The JSON value of a request line; BadRequest if it is not JSON or over MAX_REQUEST bytes
+    (parsing 100 MB of JSON takes seconds: the fuzzer found a request that did)."""
+    if len(line) > MAX_REQUEST:
+        raise BadRequest(f"request of {len(line)} bytes, at most {MAX_REQUEST}")
     try:
         obj = json.loads(line)
     except RecursionError:  # json's C scanner recurses once per nesting level

@@ -11,7 +11,8 @@ Contract of `fuzz_decoder(decoder, inputs, seed)`:
   invariant, or took more than MAX_CPU_S of CPU (a hang is cut off at HANG_S of wall time by
   SIGALRM in the main thread, or by a trio deadline for async decoders). Findings keep their input.
 The report per decoder: inputs, accepted, rejected, rejected_by_reason, findings, max_cpu_ms,
-max_wall_ms, seconds, inputs_per_s.
+max_wall_ms, seconds, inputs_per_s, cpu_seconds (mutation included), inputs_per_cpu_s (the
+figure that does not depend on how loaded the machine is).
 """
 
 from __future__ import annotations
@@ -70,6 +71,7 @@ class Report:
     max_cpu_ms: float = 0.0
     max_wall_ms: float = 0.0
     seconds: float = 0.0
+    cpu_seconds: float = 0.0
 
     @property
     def inputs_per_s(self) -> float:
@@ -81,6 +83,8 @@ class Report:
                 "metric_rejected_total": self.metric_rejected_total, "findings": len(self.findings),
                 "max_cpu_ms": round(self.max_cpu_ms, 3), "max_wall_ms": round(self.max_wall_ms, 3),
                 "seconds": round(self.seconds, 3), "inputs_per_s": round(self.inputs_per_s, 1),
+                "cpu_seconds": round(self.cpu_seconds, 3),
+                "inputs_per_cpu_s": round(self.inputs / self.cpu_seconds, 1) if self.cpu_seconds else 0.0,
                 "finding_details": [f.to_json() for f in self.findings[:20]]}
 
 
@@ -116,9 +120,9 @@ class _Tally:
         if cpu > MAX_CPU_S:
             r.findings.append(Finding(decoder.name, index, f"slow: {cpu:.3f} s of CPU", data))
 
-    def finish(self, seconds: float) -> Report:
+    def finish(self, seconds: float, cpu_seconds: float) -> Report:
         r = self.report
-        r.seconds = seconds
+        r.seconds, r.cpu_seconds = seconds, cpu_seconds
         total = 0.0
         for metric in self.metrics.registry.collect():
             if metric.name == "distributeai_messages_rejected":
@@ -140,7 +144,8 @@ def _finding(decoder: Decoder, index: int, data: bytes, exc: BaseException) -> F
     return Finding(decoder.name, index, f"{type(exc).__name__}: {str(exc)[:300]}", data, where)
 
 
-def _outcome(decoder: Decoder, tally: _Tally, index: int, data: bytes, result: Any) -> None:
+def _outcome(tally: _Tally, result: Any) -> None:
+    """A check that returned: a list of reasons is a rejection (a session's refusals), else accepted."""
     if isinstance(result, list) and result:
         tally.rejected(result)
     else:
@@ -154,7 +159,7 @@ def _on_alarm(signum: int, frame: Any) -> None:
 def fuzz_decoder(decoder: Decoder, count: int, seed: int, signers: dict[bytes, Identity]) -> Report:
     inputs = inputs_for(decoder, count, seed, signers)
     tally = _Tally(decoder)
-    started = time.perf_counter()
+    started, cpu_started = time.perf_counter(), time.process_time()
     if decoder.is_async:
         trio.run(_run_async, decoder, inputs, tally)
     else:
@@ -167,7 +172,7 @@ def fuzz_decoder(decoder: Decoder, count: int, seed: int, signers: dict[bytes, I
             if watchdog:
                 signal.setitimer(signal.ITIMER_REAL, 0)
                 signal.signal(signal.SIGALRM, previous)
-    return tally.finish(time.perf_counter() - started)
+    return tally.finish(time.perf_counter() - started, time.process_time() - cpu_started)
 
 
 def _run_one(decoder: Decoder, tally: _Tally, i: int, data: bytes, watchdog: bool) -> None:
@@ -187,7 +192,7 @@ def _run_one(decoder: Decoder, tally: _Tally, i: int, data: bytes, watchdog: boo
     except Hang as exc:
         tally.report.findings.append(_finding(decoder, i, data, exc))
     else:
-        _outcome(decoder, tally, i, data, result)
+        _outcome(tally, result)
     tally.timed(time.perf_counter() - wall, time.thread_time() - cpu, i, data, decoder)
 
 
@@ -203,7 +208,7 @@ async def _run_async(decoder: Decoder, inputs: Iterator[bytes], tally: _Tally) -
         except Exception as exc:
             tally.report.findings.append(_finding(decoder, i, data, exc))
         else:
-            _outcome(decoder, tally, i, data, result)
+            _outcome(tally, result)
         tally.timed(time.perf_counter() - wall, time.thread_time() - cpu, i, data, decoder)
 
 

@@ -35,7 +35,7 @@ import trio.testing
 
 from distributeai.consensus.codec import Identity
 from distributeai.consensus.errors import JobFileError, RemoteProtocolError
-from distributeai.consensus.jobfile import KNOWN, load_job_document, parse_job, parse_tasks
+from distributeai.consensus.jobfile import KNOWN, MAX_JOB_FILE, load_job_document, parse_job, parse_tasks
 from distributeai.consensus.messages import (
     MAX_ENVELOPE, MAX_SIZE, Bid, Commit, JobSpec, RevealRequest, Withdraw, sign, verify,
 )
@@ -46,7 +46,7 @@ from distributeai.p2p import reqresp, session
 from distributeai.p2p.identity import peer_id_from_public_key
 
 from .. import wire
-from ..control_request import REJECT_REASON, BadRequest, parse_line
+from ..control_request import MAX_REQUEST, REJECT_REASON, BadRequest, parse_line
 from ..inbound import decode_award, decode_blob_request, decode_gossip, decode_reveal_answer
 from ..submitting import Submitting
 from . import corpus as corpus_mod
@@ -123,11 +123,11 @@ def build(c: Corpus) -> dict[str, Decoder]:
                 check_frame, (session.FrameError,), _session_reason),
         Decoder("session", corpus_mod.frame_seeds(c, PROTOCOLS), "bytes", SESSION_MAX_BYTES + 512,
                 check_session_stream, (), _session_reason, is_async=True),
-        Decoder("job_file", corpus_mod.job_file_seeds(), "json", MAX_SIZE["spec"] * 2,
+        Decoder("job_file", corpus_mod.job_file_seeds(), "json", MAX_JOB_FILE,
                 lambda data: check_job_file(data, c.submitter, c.now_ms), (JobFileError,), _job_file_reason),
         Decoder("tasks_file", corpus_mod.tasks_file_seeds(), "bytes", MAX_SIZE["spec"] * 4,
                 lambda data: check_tasks_file(data, c.submitter, c.now_ms), (JobFileError,), _job_file_reason),
-        Decoder("control", corpus_mod.control_seeds(), "json", 1 << 16, parse_line, (BadRequest,),
+        Decoder("control", corpus_mod.control_seeds(), "json", MAX_REQUEST, parse_line, (BadRequest,),
                 lambda exc: REJECT_REASON),
     ]
     return {d.name: d for d in decoders}
