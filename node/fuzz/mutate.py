@@ -19,7 +19,7 @@ from __future__ import annotations
 import json
 import math
 import random
-from typing import Any, Callable
+from typing import Any
 
 import msgpack
 
@@ -32,6 +32,7 @@ BOUNDARY_INTS = (0, 1, -1, 2, 127, 128, 255, 256, 2**15, 2**16, 2**31 - 1, 2**31
                  2**32, 2**40, 2**53, 2**53 + 1, 2**62, 2**63 - 1, 2**63, 2**64 - 1, -(2**63))
 BOUNDARY_LENGTHS = (0, 1, 15, 16, 17, 31, 32, 33, 63, 64, 65, 255, 256, 257, 4096, 65536)
 MAX_NESTING = 40
+MAX_TREE_NODES = 20_000  # a mutated tree, shared references expanded (as encoding will): beyond it, start over
 JSON_HUGE_INT = 10**400  # past Python's 4300-digit int/str limit once written with more digits
 
 
@@ -138,6 +139,25 @@ class Mutator:
             return None
         return self._pack(self._mutate_msgpack(value, depth=0))
 
+    @staticmethod
+    def _too_big(value: Any) -> bool:
+        """Whether `value` has more than MAX_TREE_NODES nodes once its shared references are
+        expanded. Replicating a list that holds a replicated list grows exponentially, and
+        encoding (or re-signing) such a tree would take minutes; the cap is far past every
+        decoder's size limit anyway."""
+        budget = MAX_TREE_NODES
+        stack = [value]
+        while stack:
+            v = stack.pop()
+            budget -= 1
+            if budget < 0:
+                return True
+            if isinstance(v, list):
+                stack.extend(v)
+            elif isinstance(v, dict):
+                stack.extend(v.values())
+        return False
+
     def _dump_json(self, value: Any) -> bytes:
         rng = self.rng
         r = rng.random()
@@ -227,12 +247,14 @@ class Mutator:
                 parent[self._mutate_key(key, json_mode)] = parent.pop(key)
             else:
                 parent[key] = self._mutate_node(parent[key], json_mode)
+            if self._too_big(value):
+                return []  # the tree is changed in place, so start over from nothing: a small wrong shape
         return value
 
     def _mutate_key(self, key: Any, json_mode: bool) -> Any:
-        choices: list[Any] = ["", "op", "job_id", "name", "command", "tasks", "image", "wasm_file", key + "x"
-                              if isinstance(key, str) else "x", "\x00", "é" * 3]
-        return self.rng.choice(choices)
+        renamed = f"{key}x" if isinstance(key, str) else "x"
+        return self.rng.choice(["", "op", "job_id", "name", "command", "tasks", "image", "wasm_file", renamed,
+                                "\x00", "é" * 3])
 
     def _mutate_node(self, v: Any, json_mode: bool) -> Any:
         rng = self.rng
@@ -303,5 +325,3 @@ class Mutator:
             return 0.0 if rng.random() < 0.5 else math.pi
         return rng.randint(-(2**63), 2**64 - 1)
 
-
-MutateFn = Callable[[bytes, list[bytes]], bytes]
