@@ -16,18 +16,26 @@ on five nodes, measured by `distributeai bench`).
 A batch (job array) adds `tasks`: a list of argument lists, one per task, each appended to
 `command` and verified k-of-n on its own; a batch's `max_total_results` defaults to (and may not
 exceed) BATCH_MAX_TOTAL_RESULTS, and `price` is paid per task.
-Every problem raises `JobFileError` naming the field.
+Every problem raises `JobFileError` naming the field, and nothing else escapes: `load_job_document`
+(a job file's bytes), `parse_tasks` (a `--tasks` file's bytes) and `parse_job` are fuzzed
+(node/fuzz) with that contract, and with one more: a document `parse_job` accepts always makes a
+spec that every node accepts (the same limits as `JobSpec.from_body`, and the signed spec's size
+cap), so a user's mistake is reported here, by field, not as a refusal by the node.
 """
 
 from __future__ import annotations
 
+import json
 import re
+import shlex
 from typing import Any
 
 from .errors import JobFileError
 from .codec import sha256
+from .codec import PUBKEY_LEN, SIG_LEN, encode
 from .messages import (
-    BATCH_MAX_TOTAL_RESULTS, MAX_REPLICAS, MAX_TASK_ARGS, MAX_TASKS, MAX_TOTAL_RESULTS, STDIN_CAP,
+    BATCH_MAX_TOTAL_RESULTS, MAX_REPLICAS, MAX_SIZE, MAX_TASK_ARGS, MAX_TASKS, MAX_TOTAL_RESULTS, STDIN_CAP,
+    JobSpec,
 )
 
 DEFAULTS = {"replicas": 3, "quorum": 2, "timeout": 60, "price": 1, "cpu": 1.0, "memory_mb": 256,
@@ -42,15 +50,66 @@ KNOWN = {
 }
 
 
+# JobSpec.from_body's limits on what a user writes (a spec outside them is refused by every node).
+MAX_COMMAND_ARGS, MAX_ARG_CHARS = 256, 4096
+MAX_ENV, MAX_ENV_NAME, MAX_ENV_VALUE = 128, 256, 4096
+MAX_DIGITS = 12  # a memory size in a string ("512m"): more digits than any valid size
+MAX_TASKS_FILE = 16 << 20  # a tasks file's bytes, comments included
+MAX_JOB_FILE = 1 << 20  # a spec is at most 64 KiB signed; JSON escapes take at most 6 bytes a byte
+MAX_TASK_LINE = MAX_TASK_ARGS * (2 * 256 + 3)  # 16 arguments of 256 characters, each quoted and escaped
+
+
+def load_job_document(data: bytes | str) -> Any:
+    """The JSON value of a job file's contents; JobFileError("job") if it is not JSON or over
+    MAX_JOB_FILE bytes (its spec could not be signed anyway, and JSON takes ~0.2 s a megabyte)."""
+    if len(data) > MAX_JOB_FILE:
+        raise JobFileError("job", f"has {len(data)} bytes; a job file is at most {MAX_JOB_FILE}")
+    try:
+        return json.loads(data)
+    except RecursionError:  # json's C scanner recurses once per nesting level
+        raise JobFileError("job", "is nested too deeply to be a job file") from None
+    except ValueError as exc:  # JSONDecodeError, UnicodeDecodeError, an integer of over 4300 digits
+        raise JobFileError("job", f"is not valid JSON: {exc}") from None
+
+
+def parse_tasks(data: bytes) -> list[list[str]]:
+    """A tasks file: one task per line, its arguments shell-quoted; blank lines and # comments
+    skipped. JobFileError("tasks") names the line of a quoting error or of a line too long to be
+    a task, or says the file holds no tasks, more than MAX_TASKS, or more than one spec can carry.
+    Bounded work: shlex is pure Python (about 3 us a character), so nothing is split that could
+    not fit a spec anyway."""
+    if len(data) > MAX_TASKS_FILE:
+        raise JobFileError("tasks", f"the file has {len(data)} bytes, at most {MAX_TASKS_FILE} are read")
+    tasks = []
+    chars = 0
+    for n, line in enumerate(data.decode("utf-8", "replace").splitlines(), 1):
+        if not line.strip() or line.lstrip().startswith("#"):
+            continue
+        if len(tasks) == MAX_TASKS:
+            raise JobFileError("tasks", f"more than {MAX_TASKS} tasks (line {n})")
+        if len(line) > MAX_TASK_LINE:
+            raise JobFileError("tasks", f"line {n} is longer than {MAX_TASK_LINE} characters")
+        chars += len(line)
+        if chars > MAX_SIZE["spec"]:
+            raise JobFileError("tasks", f"more tasks than one job's spec can carry (line {n})")
+        try:
+            tasks.append(shlex.split(line))
+        except ValueError as exc:
+            raise JobFileError("tasks", f"line {n}: {exc}") from None
+    if not tasks:
+        raise JobFileError("tasks", "no tasks in the file")
+    return tasks
+
+
 def _memory_mb(value: Any, field: str) -> int:
     if isinstance(value, bool):
         raise JobFileError(field, "must be MiB as an integer or a string like '512m'")
     if isinstance(value, int):
         mb = value
     elif isinstance(value, str):
-        m = re.fullmatch(r"\s*(\d+)\s*([kKmMgG]i?[bB]?)?\s*", value)
+        m = re.fullmatch(r"\s*(\d{1,%d})\s*([kKmMgG]i?[bB]?)?\s*" % MAX_DIGITS, value, re.ASCII)
         if not m:
-            raise JobFileError(field, f"cannot read {value!r} as a memory size (try '512m')")
+            raise JobFileError(field, f"cannot read {value[:32]!r} as a memory size (try '512m')")
         n, unit = int(m.group(1)), (m.group(2) or "m")[0].lower()
         mb = {"k": max(1, n // 1024), "m": n, "g": n * 1024}[unit]
     else:
@@ -67,7 +126,7 @@ def parse_job(doc: Any) -> dict:
         raise JobFileError("job", "must be a JSON object")
     unknown = sorted(set(doc) - KNOWN)
     if unknown:
-        raise JobFileError(unknown[0], "is not a known job field")
+        raise JobFileError(str(unknown[0])[:64], "is not a known job field")
     doc = dict(doc)
     for alias, name in ALIASES.items():
         if alias in doc:
@@ -89,6 +148,9 @@ def parse_job(doc: Any) -> dict:
         raise JobFileError("command", "must be a list of strings (argv), e.g. [\"sh\", \"-c\", \"...\"]")
     if not isinstance(command, list) or not command or not all(isinstance(a, str) for a in command):
         raise JobFileError("command", "is required: a non-empty list of strings")
+    if len(command) > MAX_COMMAND_ARGS or any(len(a) > MAX_ARG_CHARS for a in command):
+        raise JobFileError("command", f"may have at most {MAX_COMMAND_ARGS} arguments "
+                                      f"of at most {MAX_ARG_CHARS} characters")
     name = doc.get("name", "")
     if not isinstance(name, str) or len(name) > 256:
         raise JobFileError("name", "must be a string of at most 256 characters")
@@ -136,9 +198,12 @@ def parse_job(doc: Any) -> dict:
     if module is None and (fuel or price_per_mfuel):
         raise JobFileError("fuel", "fuel applies to wasm jobs only")
     env = doc.get("env", {})
-    if not isinstance(env, dict) or not all(isinstance(k, str) and k and isinstance(v, str) for k, v in env.items()):
-        raise JobFileError("env", "must be an object of string names to string values")
-    return {
+    if (not isinstance(env, dict) or len(env) > MAX_ENV
+            or not all(isinstance(k, str) and 0 < len(k) <= MAX_ENV_NAME and isinstance(v, str)
+                       and len(v) <= MAX_ENV_VALUE for k, v in env.items())):
+        raise JobFileError("env", f"must be an object of at most {MAX_ENV} names (at most {MAX_ENV_NAME} "
+                                  f"characters) to string values (at most {MAX_ENV_VALUE})")
+    fields = {
         "name": name,
         "image": image.strip() if image else "",
         "command": tuple(command),
@@ -161,3 +226,15 @@ def parse_job(doc: Any) -> dict:
         "price_per_mfuel": price_per_mfuel,
         "tasks": tuple(tuple(t) for t in tasks),
     }
+    size = signed_spec_size_bound(fields)
+    if size > MAX_SIZE["spec"]:
+        raise JobFileError("job", f"is too large: its signed spec would take up to {size} bytes, "
+                                  f"at most {MAX_SIZE['spec']} are allowed")
+    return fields
+
+
+def signed_spec_size_bound(fields: dict) -> int:
+    """The most bytes a spec with these fields takes once signed: the largest submitter, nonce
+    and creation time, in the envelope [kind, body, signer, signature]."""
+    body = JobSpec(submitter=b"\xff" * PUBKEY_LEN, nonce=b"\xff" * 16, created_ms=2**63 - 1, **fields).to_body()
+    return len(encode([JobSpec.kind, body, b"\xff" * PUBKEY_LEN, b"\xff" * SIG_LEN]))

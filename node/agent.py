@@ -24,17 +24,17 @@ from typing import Any, Awaitable, Callable
 import trio
 
 from distributeai.consensus.certificate import verify_certificate
-from distributeai.consensus.codec import Identity, decode_canonical
+from distributeai.consensus.codec import Identity
 from distributeai.consensus.codec import sha256
 from distributeai.consensus.errors import LocalProtocolError, RemoteProtocolError
 from distributeai.consensus.ledger import GENESIS_CREDITS, Ledger
-from distributeai.consensus.messages import MAX_ENVELOPE, JobSpec, verify
+from distributeai.consensus.messages import JobSpec, verify
 from distributeai.consensus.names import (
     AWARD_PROTOCOL, BID_PROTOCOL, BLOB_PROTOCOL, COMMIT_PROTOCOL, JOBS_TOPIC, REVEAL_PROTOCOL,
     WITHDRAW_PROTOCOL,
 )
 from distributeai.consensus.submitter import TERMINAL, Timing
-from distributeai.consensus.validate import check_announce
+from distributeai.consensus.validate import CheckedAnnounce
 from distributeai.p2p.identity import peer_id_from_public_key, public_key_from_peer_id
 from distributeai.p2p.overlay import GossipMessage, Overlay, RemoteError
 from distributeai.sandbox.base import Sandbox, SandboxError
@@ -43,6 +43,7 @@ from . import wire
 from .bidding import Capacity
 from .clock import now_ms
 from .executing import Executing
+from .inbound import decode_blob_request, decode_gossip
 from .metrics import NodeMetrics
 from .store import Store
 from .submitting import Submitting
@@ -180,11 +181,10 @@ class Agent:
 
     async def handle_blob(self, peer: str, data: bytes) -> bytes:
         """Serve a blob this node holds (a wasm module of one of its jobs) by its SHA-256."""
-        if len(data) != 32:
-            raise RemoteProtocolError("malformed", "a blob request is a 32-byte SHA-256")
-        blob = await self.store.get_blob(data.hex())
+        digest = decode_blob_request(data)
+        blob = await self.store.get_blob(digest.hex())
         if blob is None:
-            blob = await self._read_output(data.hex())
+            blob = await self._read_output(digest.hex())
         if blob is None:
             raise RemoteProtocolError("unknown_blob", "no such blob here")
         return wire.ok(blob)
@@ -266,12 +266,9 @@ class Agent:
         self.count("gossip_in")
         if message.from_peer == self.peer_id:
             return  # our own publish echoed back; it was applied when it was made
-        value = decode_canonical(message.data, MAX_ENVELOPE)
-        kind = value[0] if isinstance(value, list) and value and isinstance(value[0], str) else None
-        if kind == "announce":
-            # The author (gossip signs it) must be the submitter; b"" (not an Ed25519 peer id) never is.
-            author = public_key_from_peer_id(message.from_peer) or b""
-            ann = check_announce(message.data, now_ms(), self.settings.pow_difficulty, author)
+        checked = decode_gossip(message.data, message.from_peer, now_ms(), self.settings.pow_difficulty)
+        if isinstance(checked, CheckedAnnounce):
+            ann = checked
             if not await self.store.insert_job(ann.job_id.hex(), "observer", ann.spec.name, ann.signed_spec,
                                                "announced", now_ms(), list(ann.submitter_addrs),
                                                announce=message.data):
@@ -281,10 +278,7 @@ class Agent:
                 raise RemoteProtocolError("replay", "job already announced")
             self.notify()
             await self.executing.consider(ann.job_id, ann.spec, ann.submitter_addrs)
-        elif kind == "certificate":
-            checked = verify_certificate(message.data)
-            if peer_id_from_public_key(checked.spec.submitter) != message.from_peer:
-                raise RemoteProtocolError("wrong_sender", "certificate relayed under another author")
+        else:
             cert = checked.certificate
             reason = "" if cert.status == "verified" else cert.status
             now = now_ms()
@@ -295,8 +289,6 @@ class Agent:
             self.ledger.apply_certificate(checked, now)
             self.count("certificates")
             self.notify()
-        else:
-            raise RemoteProtocolError("unknown_kind", f"gossip kind {kind!r}")
 
     # --- views --------------------------------------------------------------------------------
 

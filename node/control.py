@@ -29,7 +29,9 @@ line, answered with a JSON object on one line. Requests are capped at MAX_REQUES
                                                      -> {"found": {peer id: {"addrs", "how"}}, "not_found": [...]}
                                                         resolved as a request would (known addrs, else a DHT
                                                         lookup); "lookup": always a DHT lookup through the network
-Errors: {"error": "message", "code": "reason"}.
+Errors: {"error": "message", "code": "reason"}. Every argument is checked before any op runs
+(control_request.py); a malformed request is answered with code "bad_request" and counted in
+`rejected` (reason "control_bad_request"); nothing a client sends ends the node.
 """
 
 from __future__ import annotations
@@ -46,12 +48,12 @@ import trio
 
 from distributeai.consensus.errors import LocalProtocolError
 
+from .control_request import FIND_PEERS_MAX, MAX_REQUEST, REJECT_REASON, BadRequest, check_request, decode_line
+
 if TYPE_CHECKING:  # the CLI imports `call` from here and must not load libp2p for it
     from .agent import Agent
 
 log = logging.getLogger("distributeai.node.control")
-MAX_REQUEST = 4 << 20  # a submit may carry a wasm module (hex) too large for the spec
-MAX_WAIT_S = 3600.0
 
 
 async def _read_line(stream: trio.SocketStream) -> bytes:
@@ -66,83 +68,77 @@ async def _read_line(stream: trio.SocketStream) -> bytes:
     return bytes(buf.split(b"\n", 1)[0])
 
 
-async def _dispatch(agent: Agent, req: dict) -> dict:
-    op = req.get("op")
+async def _dispatch(agent: Agent, request: dict) -> dict:
+    """Answer one request object; BadRequest (a ValueError) if it is malformed."""
+    req = check_request(request)
+    op = req["op"]
     if op == "info":
         return agent.info()
     if op == "submit":
         try:
-            module = bytes.fromhex(str(req.get("module", "")))
-            if "spec" in req:
-                job_id = await agent.submitting.submit_unsigned(bytes.fromhex(str(req["spec"])), module or None)
+            if req.get("spec") is not None:
+                job_id = await agent.submitting.submit_unsigned(req["spec"], req["module"])
             else:
-                job_id = await agent.submitting.submit(bytes.fromhex(str(req.get("signed_spec", ""))), module or None)
+                job_id = await agent.submitting.submit(req["signed_spec"], req["module"])
         except LocalProtocolError as exc:
             return {"error": str(exc), "code": exc.reason}
         return {"job_id": job_id.hex()}
     if op in ("status", "wait"):
-        job_hex = str(req.get("job_id", "")).lower()
+        job_hex = req["job_id"]
         if op == "wait":
-            timeout = min(float(req.get("timeout", 60)), MAX_WAIT_S)
-            view = await agent.wait_job(job_hex, timeout)
+            view = await agent.wait_job(job_hex, req["timeout"])
         else:
             view = await agent.job_status(job_hex)
         return view if view is not None else {"error": f"no job {job_hex} known to this node", "code": "unknown_job"}
     if op == "peers":
         return {"peers": agent.peers()}
     if op == "cancel":
-        job_hex = str(req.get("job_id", "")).lower()
+        job_hex = req["job_id"]
         try:
-            await agent.submitting.cancel(bytes.fromhex(job_hex))
+            job_id = bytes.fromhex(job_hex)
+        except ValueError:
+            return {"error": f"no job {job_hex} known to this node", "code": "unknown_job"}
+        try:
+            await agent.submitting.cancel(job_id)
         except LocalProtocolError as exc:
             return {"error": str(exc), "code": exc.reason}
         return await agent.job_status(job_hex)
     if op == "result":
-        job_hex = str(req.get("job_id", "")).lower()
+        job_hex = req["job_id"]
         view = await agent.job_status(job_hex)
         if view is None:
             return {"error": f"no job {job_hex} known to this node", "code": "unknown_job"}
         if view["status"] != "verified":
             return {"error": f"job {job_hex} is {view['status']}, not verified", "code": "not_verified"}
         answer = {k: view.get(k) for k in ("job_id", "status", "exit_code", "stdout", "result_hash", "files")}
-        if req.get("out"):
+        if "out" in req:
             try:
-                answer["written"] = await agent.fetch_outputs(job_hex, Path(str(req["out"])))
+                answer["written"] = await agent.fetch_outputs(job_hex, Path(req["out"]))
             except LocalProtocolError as exc:
                 return {"error": str(exc), "code": exc.reason}
         return answer
     if op == "tasks":
-        job_hex = str(req.get("job_id", "")).lower()
-        try:
-            start, limit = int(req.get("start", 0)), min(int(req.get("limit", 100)), 10_000)
-        except (TypeError, ValueError):
-            return {"error": "start and limit must be integers", "code": "bad_request"}
-        answer = await agent.task_results(job_hex, start, limit)
+        job_hex = req["job_id"]
+        answer = await agent.task_results(job_hex, req["start"], req["limit"])
         return answer if answer is not None else {"error": f"no job {job_hex} known to this node",
                                                   "code": "unknown_job"}
     if op == "stored_peers":
         return {"peers": [p for p, _ in await agent.store.known_peers(limit=1000)]}
     if op == "find_peers":
-        return await _find_peers(agent, req)
+        return await _find_peers(agent, req["peer_ids"], req["lookup"])
     if op == "credits":
         return agent.credits()
     if op == "reputation":
         return {"reputation": agent.reputation_view()}
-    if op == "list":
-        rows = await agent.store.list_jobs(limit=int(req.get("limit", 50)))
-        return {"jobs": [await agent.job_status(r["job_id"]) for r in rows]}
-    return {"error": f"unknown op {op!r}", "code": "bad_request"}
+    assert op == "list", op  # check_request admits only the ops above
+    rows = await agent.store.list_jobs(limit=req["limit"])
+    return {"jobs": [await agent.job_status(r["job_id"]) for r in rows]}
 
 
-FIND_PEERS_MAX = 1000
 FIND_PEERS_PARALLEL = 4  # lookups at once: each queries 3 peers at a time, and a peer serves 12 DHT streams at once
 
 
-async def _find_peers(agent: Agent, req: dict) -> dict:
-    ids = req.get("peer_ids")
-    if not isinstance(ids, list) or len(ids) > FIND_PEERS_MAX or not all(isinstance(p, str) for p in ids):
-        raise ValueError(f"peer_ids must be a list of at most {FIND_PEERS_MAX} peer ids")
-    lookup = bool(req.get("lookup", False))
+async def _find_peers(agent: Agent, ids: list[str], lookup: bool) -> dict:
     found: dict[str, dict] = {}
     limiter = trio.CapacityLimiter(FIND_PEERS_PARALLEL)
 
@@ -152,9 +148,11 @@ async def _find_peers(agent: Agent, req: dict) -> dict:
         if answer is not None:
             found[peer_id] = {"addrs": answer[0], "how": answer[1]}
 
-    ids = list(dict.fromkeys(ids))
     for peer_id in ids:  # all malformed ids are refused before any lookup starts
-        agent.overlay.check_peer_id(peer_id)
+        try:
+            agent.overlay.check_peer_id(peer_id)
+        except ValueError as exc:
+            raise BadRequest(str(exc)) from None
     async with trio.open_nursery() as nursery:
         for peer_id in ids:
             nursery.start_soon(one, peer_id)
@@ -175,20 +173,33 @@ async def serve_control(agent: Agent, path: Path, *, task_status=trio.TASK_STATU
 
     async def handle(stream: trio.SocketStream) -> None:
         async with stream:
-            try:
-                line = await _read_line(stream)
-                req = json.loads(line)
-                if not isinstance(req, dict):
-                    raise ValueError("request must be a JSON object")
-                answer = await _dispatch(agent, req)
-            except (ValueError, TypeError) as exc:
-                answer = {"error": f"bad request: {exc}", "code": "bad_request"}
+            answer = await answer_line(agent, stream)
             try:
                 await stream.send_all(json.dumps(answer).encode() + b"\n")
             except trio.BrokenResourceError:
                 pass  # the client went away (e.g. Ctrl-C while waiting)
 
     await trio.serve_listeners(handle, [listener], task_status=task_status)
+
+
+async def answer_line(agent: Agent, stream: trio.SocketStream) -> dict:
+    """Read one request line and answer it. A malformed request is answered with code
+    bad_request and counted (`agent.reject`); nothing a client sends can end the node: any other
+    failure is logged and answered with code "internal" (a bug to fix, not a reason to stop)."""
+    try:
+        try:
+            line = await _read_line(stream)
+        except ValueError as exc:
+            raise BadRequest(str(exc)) from None
+        return await _dispatch(agent, decode_line(line))
+    except BadRequest as exc:
+        agent.reject(REJECT_REASON, str(exc)[:200])
+        return {"error": f"bad request: {exc}", "code": BadRequest.reason}
+    except trio.BrokenResourceError:
+        return {"error": "the client went away", "code": "closed"}
+    except Exception as exc:  # task boundary: one connection's failure must not stop the node
+        log.exception("control request failed")
+        return {"error": f"internal error: {type(exc).__name__}", "code": "internal"}
 
 
 def call(path: Path, request: dict, timeout: float | None = None) -> dict:

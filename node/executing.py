@@ -27,6 +27,7 @@ from distributeai.sandbox.base import RunRequest, RunResult, Sandbox, SandboxErr
 from . import wire
 from .bidding import BidContext, decide
 from .clock import now_ms
+from .inbound import decode_award
 
 if TYPE_CHECKING:
     from .agent import Agent
@@ -112,10 +113,8 @@ class Executing:
 
     async def handle_award(self, peer: str, data: bytes) -> bytes:
         a = self.agent
-        signed = verify(data, Award)
+        signed = decode_award(data, a.me)
         award: Award = signed.msg
-        if award.executor != a.me:
-            raise RemoteProtocolError("malformed", "award names another executor")
         row = await a.store.get_job(award.job_id.hex())
         if row is None:
             raise RemoteProtocolError("unknown_job", "award for a job this node never saw")

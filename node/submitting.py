@@ -32,6 +32,7 @@ from distributeai.p2p.overlay import RemoteError
 
 from . import wire
 from .clock import now_ms
+from .inbound import decode_reveal_answer
 
 if TYPE_CHECKING:
     from .agent import Agent
@@ -222,9 +223,7 @@ class Submitting:
     async def _request_reveal(self, job: SubmitterJob, action: RequestReveal) -> None:
         try:
             raw = await self.agent.deliver(action.executor, REVEAL_PROTOCOL, action.request)
-            signed = verify(raw, Reveal)
-            if signed.signer != action.executor:
-                raise RemoteProtocolError("wrong_signer", "reveal signed by another peer")
+            signed = decode_reveal_answer(raw, action.executor)
             await self.apply(job, "reveal", signed)
         except RemoteProtocolError as exc:
             self.agent.reject(exc.reason, f"reveal from {peer_id_from_public_key(action.executor)}")

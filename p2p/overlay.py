@@ -313,9 +313,10 @@ class Overlay:
             self._reject_hook(reason)
 
     def set_reject_hook(self, hook: Callable[[str], None]) -> None:
-        """Call `hook(reason)` for every message this overlay refuses for what a peer did, before
-        any handler sees it: "rate_limited" (gossip or request), "too_large" and "malformed"
-        (requests). The node counts them with the rejections of its own checks."""
+        """Call `hook(reason)` for every message this overlay refuses before any handler sees it:
+        "rate_limited" (gossip or request), and for requests a session refuses itself
+        "session_malformed", "session_too_large", "session_busy". The node counts them with the
+        rejections of its own checks."""
         self._reject_hook = hook
 
     # --- request/response -------------------------------------------------------------------
@@ -330,9 +331,10 @@ class Overlay:
                                     self._allow_request, self._session_rejected)
 
     def _session_rejected(self, reason: str, peer: str) -> None:
-        # session.py has counted it in stats; "busy" is our own load, not the peer's fault.
-        if reason != "busy" and self._reject_hook is not None:
-            self._reject_hook(reason)
+        # session.py has counted it in stats. Refusals other than the peer's rate are named
+        # session_<reason> (malformed, too_large, busy: our own load, counted all the same).
+        if self._reject_hook is not None:
+            self._reject_hook(reason if reason == "rate_limited" else f"session_{reason}")
 
     async def _session(self, pid: ID) -> session.DialerSession:
         """Our open session to `pid`, opened (with its reader task) if there is none."""

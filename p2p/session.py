@@ -17,7 +17,9 @@ The listener answers in any order; the dialer matches answers by request id. Ref
 same statuses and meanings as in reqresp.py. A request over the listener's limit is read and
 thrown away (up to DISCARD_CAP) and refused with "request too large", so the session survives a
 peer with a larger limit; anything malformed, or a length beyond DISCARD_CAP, resets the
-session, which fails only that peer's requests in flight.
+session, which fails only that peer's requests in flight. The framing is parsed by pure
+functions (`parse_request_header`, `parse_request_body`, `parse_response_header`, raising
+FrameError), which node/fuzz fuzzes on their own and inside `serve_session`.
 
 Frame writes are never cancelled half way. Defect: yamux writes a frame to the secured
 connection without shielding it (`stream_muxer/yamux/yamux.py:874-875`), and Noise splits a full
@@ -33,7 +35,7 @@ from __future__ import annotations
 import collections
 import logging
 import struct
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Collection
 
 import trio
 from libp2p.abc import INetStream
@@ -61,6 +63,59 @@ OnReject = Callable[[str, str], None]
 
 class SessionClosed(Exception):
     """The session's stream ended; says why."""
+
+
+class FrameError(Exception):
+    """A frame that breaks the session's framing. `reason` is a short code ("malformed",
+    "too_large"), the key of the listener's `requests_rejected_*` count; `fatal` says whether the
+    session must be reset (the frame boundaries are lost) or the request is only refused."""
+
+    def __init__(self, reason: str, detail: str, fatal: bool) -> None:
+        super().__init__(f"{reason}: {detail}")
+        self.reason = reason
+        self.detail = detail
+        self.fatal = fatal
+
+
+def parse_request_header(head: bytes, max_bytes: int) -> tuple[int, int, bool]:
+    """A request frame's header -> (body length, request id, discard). `discard`: the body is
+    over the listener's limit, to be read and dropped and refused "request too large" while the
+    session goes on. FrameError (fatal) for a header that is not HEADER.size bytes, is not a
+    request, has an empty body or a body over DISCARD_CAP."""
+    if len(head) != HEADER.size:
+        raise FrameError("malformed", f"a header is {HEADER.size} bytes, not {len(head)}", fatal=True)
+    length, request_id, kind = HEADER.unpack(head)
+    if kind != TYPE_REQUEST or length < 1 or length > DISCARD_CAP:
+        raise FrameError("malformed", f"type {kind}, {length} bytes", fatal=True)
+    return length, request_id, length > max_bytes + 1 + MAX_PROTOCOL_ID
+
+
+def parse_request_body(body: bytes, protocols: Collection[str], max_bytes: int) -> tuple[str, bytes]:
+    """A request frame's body -> (protocol id, request). FrameError (not fatal) for an empty
+    body, a protocol id that overruns the body or that no handler serves ("malformed"), or a
+    request over `max_bytes` ("too_large")."""
+    if not body:
+        raise FrameError("malformed", "empty request body", fatal=False)
+    proto_len = body[0]
+    protocol = body[1:1 + proto_len].decode("utf-8", "replace")
+    if len(body) < 1 + proto_len or protocol not in protocols:
+        raise FrameError("malformed", f"no handler for {protocol[:64]!r}", fatal=False)
+    request = body[1 + proto_len:]
+    if len(request) > max_bytes:
+        raise FrameError("too_large", f"request of {len(request)} bytes exceeds the limit of {max_bytes}",
+                         fatal=False)
+    return protocol, request
+
+
+def parse_response_header(head: bytes, max_bytes: int) -> tuple[int, int]:
+    """A response frame's header -> (body length, request id); FrameError (fatal) for anything
+    but a response with a body of 1 to max_bytes + 1 bytes (status byte and payload)."""
+    if len(head) != HEADER.size:
+        raise FrameError("malformed", f"a header is {HEADER.size} bytes, not {len(head)}", fatal=True)
+    length, request_id, kind = HEADER.unpack(head)
+    if kind != TYPE_RESPONSE or not 1 <= length <= max_bytes + 1:
+        raise FrameError("malformed", f"response frame of type {kind}, {length} bytes", fatal=True)
+    return length, request_id
 
 
 def request_frame(request_id: int, protocol: str, data: bytes) -> bytes:
@@ -144,9 +199,8 @@ class DialerSession:
     async def read_responses(self) -> None:
         try:
             while True:
-                length, request_id, kind = HEADER.unpack(await reqresp.read_exactly(self.stream, HEADER.size))
-                if kind != TYPE_RESPONSE or not 1 <= length <= self._max_bytes + 1:
-                    raise SessionClosed(f"malformed response frame (type {kind}, {length} bytes)")
+                length, request_id = parse_response_header(
+                    await reqresp.read_exactly(self.stream, HEADER.size), self._max_bytes)
                 body = await reqresp.read_exactly(self.stream, length)
                 slot = self._pending.get(request_id)
                 if slot is not None and slot[1] is None:
@@ -215,14 +269,15 @@ async def serve_session(stream: INetStream, handlers: dict[str, Handler], max_by
                     head = await reqresp.read_exactly(stream, HEADER.size)
                 except (EOFError, StreamError):
                     break
-                length, request_id, kind = HEADER.unpack(head)
                 stats["requests_in"] += 1
-                if kind != TYPE_REQUEST or length < 1 or length > DISCARD_CAP:
-                    reject("malformed")
-                    logger.debug("malformed session frame from %s (type %d, %d bytes)", peer, kind, length)
+                try:
+                    length, request_id, discard = parse_request_header(head, max_bytes)
+                except FrameError as exc:
+                    reject(exc.reason)
+                    logger.debug("malformed session frame from %s (%s)", peer, exc.detail)
                     break
                 with trio.fail_after(reqresp.REQUEST_READ_TIMEOUT_S):
-                    if length > max_bytes + 1 + MAX_PROTOCOL_ID:
+                    if discard:
                         while length:  # read and drop it: the session carries other requests
                             length -= len(await reqresp.read_exactly(stream, min(length, 65536)))
                         reject("too_large")
@@ -230,14 +285,13 @@ async def serve_session(stream: INetStream, handlers: dict[str, Handler], max_by
                         nursery.start_soon(answer, request_id, reqresp.STATUS_REQUEST_TOO_LARGE, reason.encode())
                         continue
                     body = await reqresp.read_exactly(stream, length)
-                proto_len = body[0]
-                protocol = body[1:1 + proto_len].decode("utf-8", "replace")
-                request = body[1 + proto_len:]
-                handler = handlers.get(protocol)
-                if handler is None or len(body) < 1 + proto_len:
-                    reject("malformed")
-                    nursery.start_soon(answer, request_id, reqresp.STATUS_HANDLER_FAILED,
-                                       f"no handler for {protocol!r}".encode())
+                try:
+                    protocol, request = parse_request_body(body, handlers, max_bytes)
+                except FrameError as exc:
+                    reject(exc.reason)
+                    status = reqresp.STATUS_REQUEST_TOO_LARGE if exc.reason == "too_large" else \
+                        reqresp.STATUS_HANDLER_FAILED
+                    nursery.start_soon(answer, request_id, status, exc.detail.encode())
                     continue
                 if allow is not None and not allow(peer, protocol):
                     reject("rate_limited")
@@ -246,11 +300,7 @@ async def serve_session(stream: INetStream, handlers: dict[str, Handler], max_by
                     # instead of piling up answer tasks here.
                     await answer(request_id, reqresp.STATUS_RATE_LIMITED, f"over the rate limit of {protocol}".encode())
                     continue
-                if len(request) > max_bytes:
-                    reject("too_large")
-                    nursery.start_soon(answer, request_id, reqresp.STATUS_REQUEST_TOO_LARGE,
-                                       f"request of {len(request)} bytes exceeds the limit of {max_bytes}".encode())
-                    continue
+                handler = handlers[protocol]
                 token = request_id_token(stream, request_id)
                 try:
                     limiter.acquire_on_behalf_of_nowait(token)

@@ -1,0 +1,127 @@
+"""Parsing and validating one control-API request line, as pure code (no socket, no agent).
+
+Contract: `parse_line(line)` (= `check_request(decode_line(line))`) and `check_request(obj)` return a request dict whose every argument
+has the type and range its op needs (defaults filled in), or raise `BadRequest`, a ValueError
+whose `reason` is "bad_request" and whose message says what is wrong. Nothing else escapes, for
+any input: the fuzz harness (node/fuzz) holds them to that. The control API (control.py) answers
+a BadRequest with `{"error": ..., "code": "bad_request"}` and counts it as a rejection with
+reason REJECT_REASON; a well-formed request that names an unknown job is an answer, not a
+rejection.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from typing import Any
+
+REJECT_REASON = "control_bad_request"  # the label in distributeai_messages_rejected_total
+MAX_REQUEST = 4 << 20  # bytes of a request line: a submit may carry a wasm module (hex) too large for the spec
+MAX_WAIT_S = 3600.0
+DEFAULT_WAIT_S = 60.0
+MAX_JOB_ID_CHARS = 128       # a job id is 64 hex digits; anything much longer is not one
+MAX_LIST = 10_000            # jobs in one `list` answer
+MAX_TASKS_PAGE = 10_000      # tasks in one `tasks` answer
+MAX_INDEX = 2**31            # a task index (a batch has at most consensus.messages.MAX_TASKS)
+FIND_PEERS_MAX = 1000
+MAX_PEER_ID_CHARS = 128
+MAX_PATH_CHARS = 4096
+OPS = ("info", "submit", "status", "wait", "list", "credits", "reputation", "peers", "cancel",
+       "result", "tasks", "stored_peers", "find_peers")
+
+
+class BadRequest(ValueError):
+    """A control request that is not JSON, not an object, names no known op, or carries an
+    argument of the wrong type or range."""
+
+    reason = "bad_request"
+
+
+def parse_line(line: bytes) -> dict:
+    """One request line (without its newline) to a checked request."""
+    return check_request(decode_line(line))
+
+
+def decode_line(line: bytes) -> Any:
+    """The JSON value of a request line; BadRequest if it is not JSON or over MAX_REQUEST bytes
+    (parsing 100 MB of JSON takes seconds: the fuzzer found a request that did)."""
+    if len(line) > MAX_REQUEST:
+        raise BadRequest(f"request of {len(line)} bytes, at most {MAX_REQUEST}")
+    try:
+        obj = json.loads(line)
+    except RecursionError:  # json's C scanner recurses once per nesting level
+        raise BadRequest("JSON nested too deeply") from None
+    except ValueError as exc:  # JSONDecodeError, UnicodeDecodeError, integers over 4300 digits
+        raise BadRequest(f"not JSON: {exc}") from None
+    return obj
+
+
+def check_request(obj: Any) -> dict:
+    """A decoded request object to a checked request (see the module docstring)."""
+    if not isinstance(obj, dict):
+        raise BadRequest("request must be a JSON object")
+    op = obj.get("op")
+    if not isinstance(op, str) or op not in OPS:
+        raise BadRequest(f"unknown op {_short(op)}")
+    req: dict[str, Any] = {"op": op}
+    if op == "submit":
+        if obj.get("spec") is not None:  # an unsigned spec, for the node to sign (its own specs only)
+            req["spec"] = _hex(obj["spec"], "spec")
+        else:
+            req["signed_spec"] = _hex(obj.get("signed_spec", ""), "signed_spec")
+        req["module"] = _hex(obj.get("module", ""), "module") or None
+    elif op in ("status", "wait", "cancel", "result", "tasks"):
+        req["job_id"] = _job_id(obj.get("job_id", ""))
+    if op == "wait":
+        timeout = obj.get("timeout", DEFAULT_WAIT_S)
+        if isinstance(timeout, bool) or not isinstance(timeout, (int, float)):
+            raise BadRequest("timeout must be a number of seconds")
+        if isinstance(timeout, float) and not math.isfinite(timeout) or timeout < 0:
+            raise BadRequest("timeout must be a finite, non-negative number of seconds")
+        req["timeout"] = float(min(timeout, MAX_WAIT_S))
+    elif op == "result":
+        out = obj.get("out")
+        if out is not None and out != "":
+            if not isinstance(out, str) or "\x00" in out or len(out) > MAX_PATH_CHARS:
+                raise BadRequest("out must be a directory path")
+            req["out"] = out
+    elif op == "tasks":
+        req["start"] = _int(obj.get("start", 0), "start", 0, MAX_INDEX)
+        req["limit"] = min(_int(obj.get("limit", 100), "limit", 0, MAX_INDEX), MAX_TASKS_PAGE)
+    elif op == "list":
+        req["limit"] = min(_int(obj.get("limit", 50), "limit", 0, MAX_INDEX), MAX_LIST)
+    elif op == "find_peers":
+        ids = obj.get("peer_ids")
+        if (not isinstance(ids, list) or len(ids) > FIND_PEERS_MAX
+                or not all(isinstance(p, str) and len(p) <= MAX_PEER_ID_CHARS for p in ids)):
+            raise BadRequest(f"peer_ids must be a list of at most {FIND_PEERS_MAX} peer ids")
+        lookup = obj.get("lookup", False)
+        if not isinstance(lookup, bool):
+            raise BadRequest("lookup must be true or false")
+        req["peer_ids"], req["lookup"] = list(dict.fromkeys(ids)), lookup
+    return req
+
+
+def _short(value: Any) -> str:
+    return repr(value)[:64]
+
+
+def _hex(value: Any, name: str) -> bytes:
+    if not isinstance(value, str):
+        raise BadRequest(f"{name} must be a hex string")
+    try:
+        return bytes.fromhex(value)
+    except ValueError:
+        raise BadRequest(f"{name} is not hex") from None
+
+
+def _job_id(value: Any) -> str:
+    if not isinstance(value, str) or len(value) > MAX_JOB_ID_CHARS:
+        raise BadRequest("job_id must be a job id (hex)")
+    return value.lower()
+
+
+def _int(value: Any, name: str, lo: int, hi: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not lo <= value <= hi:
+        raise BadRequest(f"{name} must be an integer in [{lo}, {hi}]")
+    return value

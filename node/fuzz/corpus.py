@@ -1,0 +1,166 @@
+"""The seed corpus: valid inputs of every decoder, built with the real consensus code.
+
+`seed_messages` is the ONE place that constructs protocol messages for the fuzzer (keyword
+arguments throughout, so a field added to a message with a default needs no change here, and one
+without a default needs a change here only). Everything is deterministic: the identities are
+derived from fixed seeds (or passed in), nonces are fixed, `now_ms` is an argument, and Ed25519
+signatures are deterministic, so a fuzz run's inputs depend only on its seed.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+
+from distributeai.consensus.codec import Identity, sha256
+from distributeai.consensus.executor import make_batch_reveal, make_commit, make_reveal
+from distributeai.consensus.messages import (
+    Announce, Award, Bid, Certificate, Commit, JobSpec, Reveal, RevealRequest, Withdraw, job_id_of, sign, verify,
+)
+from distributeai.p2p.session import request_frame, response_frame
+
+from .. import wire
+
+FIXED_NOW_MS = 1_800_000_000_000  # the fuzz command's clock: inputs must not depend on the real one
+
+
+def identity(name: str) -> Identity:
+    """A fixed identity for the fuzzer (never a node's key)."""
+    return Identity.from_seed(sha256(b"distributeai/fuzz/" + name.encode()))
+
+
+@dataclass
+class Corpus:
+    """Seeds by message kind (signed envelopes) and by decoder input format; `signers` maps each
+    public key that signed a seed to its identity, so mutated bodies can be re-signed."""
+
+    submitter: Identity
+    executor: Identity
+    now_ms: int
+    messages: dict[str, list[bytes]] = field(default_factory=dict)
+    signers: dict[bytes, Identity] = field(default_factory=dict)
+
+    def of(self, *kinds: str) -> list[bytes]:
+        return [m for k in kinds for m in self.messages.get(k, [])]
+
+
+def seed_messages(submitter: Identity | None = None, executor: Identity | None = None,
+                  now_ms: int = FIXED_NOW_MS) -> Corpus:
+    """Valid signed messages of every kind: specs (container, wasm inline and by hash, batch),
+    announcements, bids, awards, commits, withdrawals, reveal requests, reveals (plain, with a
+    manifest, at the stdout cap, batch) and certificates (verified, failed, nondeterministic,
+    batch), all consistent with each other: `executor` bids on `submitter`'s jobs, is awarded,
+    commits and reveals; two more fixed identities are the other executors."""
+    s = submitter or identity("submitter")
+    e = executor or identity("executor")
+    others = [identity("executor-2"), identity("executor-3")]
+    executors = [e, *others]
+    c = Corpus(s, e, now_ms)
+    m = c.messages
+    for who in (s, *executors):
+        c.signers[who.public_key] = who
+
+    def spec(tag: int, **kw) -> bytes:
+        return sign(s, JobSpec(submitter=s.public_key, nonce=bytes([tag]) * 16, created_ms=now_ms - tag, **kw))
+
+    container = spec(1, name="hash", image="alpine:latest", command=("sh", "-c", "echo 'Hello' | sha256sum"),
+                     env=(("A", "1"), ("LANG", "C")), stdin=b"input\n")
+    wasm_inline = spec(2, name="wasm", image="", command=("hashverify",), sandbox="wasm",
+                       wasm_module=b"\0asm\1\0\0\0" + bytes(64), fuel_limit=10**9, price_per_mfuel=2)
+    wasm_hash = spec(3, name="wasm-big", image="", command=("hashverify",), sandbox="wasm",
+                     wasm_sha256=sha256(b"module"))
+    batch = spec(4, name="batch", image="alpine:latest", command=("echo",), tasks=(("a",), ("b", "c"), ()),
+                 max_total_results=4)
+    m["spec"] = [container, wasm_inline, wasm_hash, batch]
+    m["announce"] = [sign(s, Announce(signed_spec=raw, submitter_addrs=("/ip4/127.0.0.1/tcp/4001/p2p/x",)))
+                     for raw in m["spec"]] + [sign(s, Announce(signed_spec=container, submitter_addrs=()))]
+    job = job_id_of(container)
+    batch_job = job_id_of(batch)
+    m["bid"] = [sign(e, Bid(job_id=job, bidder=e.public_key, price=1, cpu_millis=1000, memory_mb=256,
+                            sandboxes=("container", "wasm"), created_ms=now_ms)),
+                sign(e, Bid(job_id=batch_job, bidder=e.public_key, price=2**53, cpu_millis=256_000,
+                            memory_mb=1 << 24, sandboxes=(), created_ms=0))]
+    awards = {x.public_key: sign(s, Award(job_id=job, executor=x.public_key, slot=i, deadline_ms=now_ms + 90_000))
+              for i, x in enumerate(executors)}
+    batch_awards = {x.public_key: sign(s, Award(job_id=batch_job, executor=x.public_key, slot=i,
+                                                deadline_ms=now_ms + 90_000)) for i, x in enumerate(executors)}
+    m["award"] = [awards[e.public_key], batch_awards[e.public_key]]
+    hello = b"66a045b452102c59d840ec097d59d9467e13a3f34f6494e539ffd32c1bb35f18  -\n"
+    reveals = {x.public_key: make_reveal(x, job, 0, False, hello, manifest=(("out/a.txt", 5, sha256(b"hello")),),
+                                         sandbox="process") for x in executors}
+    wrong = make_reveal(others[1], job, 1, False, b"wrong\n")
+    big = make_reveal(e, job, 0, False, bytes(range(256)) * 200, fuel_used=12345, oom_killed=True, sandbox="wasm")
+    runs = [(0, False, b"a\n", False, None), (0, False, b"b c\n", False, None), (2, True, b"", True, 7)]
+    batch_reveals = {x.public_key: make_batch_reveal(x, batch_job, 3, runs) for x in executors}
+    m["reveal"] = [reveals[e.public_key], big, batch_reveals[e.public_key]]
+    m["commit"] = [make_commit(e, job, verify(reveals[e.public_key], Reveal).msg.result_hash),
+                   sign(e, Commit(job_id=batch_job, executor=e.public_key, seal=bytes(32)))]
+    m["withdraw"] = [sign(e, Withdraw(job_id=job, executor=e.public_key, reason="image missing"))]
+    m["reveal_request"] = [sign(s, RevealRequest(job_id=job, executor=e.public_key)),
+                           sign(s, RevealRequest(job_id=batch_job, executor=e.public_key))]
+    agreed = verify(reveals[e.public_key], Reveal).msg.result_hash
+
+    def certificate(status: str, result: bytes, signed_spec: bytes, job_awards: list[bytes],
+                    job_reveals: list[bytes]) -> bytes:
+        return sign(s, Certificate(job_id=job_id_of(signed_spec), status=status, result_hash=result,
+                                   signed_spec=signed_spec, awards=tuple(job_awards), reveals=tuple(job_reveals),
+                                   created_ms=now_ms))
+
+    all_awards = list(awards.values())
+    m["certificate"] = [
+        certificate("verified", agreed, container, all_awards, list(reveals.values())),
+        certificate("failed", b"", container, all_awards, [reveals[e.public_key]]),
+        certificate("nondeterministic", b"", container, all_awards,
+                    [reveals[e.public_key], make_reveal(others[0], job, 3, False, b"x"), wrong]),
+        certificate("verified", verify(batch_reveals[e.public_key], Reveal).msg.result_hash, batch,
+                    list(batch_awards.values()), list(batch_reveals.values())),
+    ]
+    return c
+
+
+def answer_seeds(c: Corpus) -> list[bytes]:
+    """Answer frames as request handlers send them: ok with nothing, with a reveal, with a blob;
+    refusals."""
+    return [wire.ok(), wire.ok(c.messages["reveal"][0]), wire.ok(b"\0asm" * 100), wire.refuse("unknown_job"),
+            wire.refuse("malformed")]
+
+
+def frame_seeds(c: Corpus, protocols: list[str]) -> list[bytes]:
+    """Session request frames carrying real requests on each protocol, one frame and several."""
+    requests = [(p, c.of("bid", "commit", "award")[i % 3]) for i, p in enumerate(protocols)]
+    frames = [request_frame(i + 1, p, data) for i, (p, data) in enumerate(requests)]
+    return frames + [b"".join(frames[:3]), request_frame(7, protocols[0], b""),
+                     response_frame(9, 0, b"not a request")]
+
+
+def job_file_seeds() -> list[bytes]:
+    """Job files: the seed's own format, ours with every field, BOINC's names, a batch, a wasm
+    job (`wasm_file`, which the CLI reads into `wasm_module`)."""
+    docs = [
+        {"name": "hash", "docker_image": "alpine:latest", "command": ["sh", "-c", "echo 'Hello' | sha256sum"],
+         "required_cpu": 1, "required_memory": 512},
+        {"name": "all", "image": "python:3.9-slim", "command": ["python", "-c", "print(1)"], "cpu": 0.5,
+         "memory_mb": "1g", "timeout": 30, "replicas": 4, "quorum": 3, "price": 2, "env": {"A": "1", "B": ""},
+         "max_error_results": 2, "max_total_results": 8, "result_deadline": 60, "stdin": "text\n", "gpu": False},
+        {"name": "boinc", "image": "alpine", "command": ["true"], "target_nresults": 3, "min_quorum": 2,
+         "required_memory": "256Mi"},
+        {"image": "alpine", "command": ["echo"], "tasks": [["a"], ["b", "c"], []], "replicas": 2},
+        {"wasm_file": "hashverify.wasm", "command": ["hashverify"], "fuel": 1000000, "price_per_mfuel": 1},
+    ]
+    return [json.dumps(d).encode() for d in docs]
+
+
+def tasks_file_seeds() -> list[bytes]:
+    return [b"alpha\nbeta\ngamma\n", b"# comment\n'one arg' two\n\n\"x y\" z\\ w\n", "ünï cödé 'ß'\n".encode()]
+
+
+def control_seeds() -> list[bytes]:
+    """Control requests of every op (none names a real job, peer or key)."""
+    job = "ab" * 32
+    reqs = [{"op": "info"}, {"op": "submit", "signed_spec": "00ff", "module": ""}, {"op": "status", "job_id": job},
+            {"op": "wait", "job_id": job, "timeout": 0}, {"op": "list", "limit": 5}, {"op": "credits"},
+            {"op": "reputation"}, {"op": "peers"}, {"op": "cancel", "job_id": job},
+            {"op": "result", "job_id": job, "out": "/nonexistent/out"},
+            {"op": "tasks", "job_id": job, "start": 0, "limit": 0}, {"op": "stored_peers"},
+            {"op": "find_peers", "peer_ids": ["junk"], "lookup": False}]
+    return [json.dumps(r).encode() for r in reqs]
