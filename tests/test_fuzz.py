@@ -202,7 +202,7 @@ def _control_raw(path, line: bytes) -> dict:
 
 
 @pytest.mark.slow
-async def test_a_node_counts_every_fuzzed_message_stays_up_and_still_verifies_a_job(tmp_path):
+async def test_a_node_counts_every_fuzzed_message_stays_up_and_still_verifies_a_job(tmp_path, monkeypatch):
     from distributeai.cli.devnet import Devnet
     from distributeai.consensus.codec import Identity
     from distributeai.consensus.names import (
@@ -214,6 +214,10 @@ async def test_a_node_counts_every_fuzzed_message_stays_up_and_still_verifies_a_
     from .netfixtures import DEMO_ARGS, DEMO_STDOUT, submit_json, wait_for
     from .test_p2p import PeerProcess, _ready
 
+    # Every fuzzed message must reach the decoders to be counted by its reason: the node runs
+    # without per-peer rate limits here (tests/test_flood.py covers those).
+    for limit in ("REQUEST_RATE_LIMIT", "GOSSIP_RATE_LIMIT", "NEWCOMER_GOSSIP_RATE_LIMIT"):
+        monkeypatch.setenv(f"DISTRIBUTEAI_{limit}", "0")
     with Devnet(tmp_path / "net", nodes=1, sandbox="process", metrics=True) as net:
         net.start()
         net.wait_connected()
