@@ -147,6 +147,8 @@ async def test_hostile_peer_is_rejected_counted_and_harmless(tmp_path):
             for i in range(3):
                 assert net.node_procs[i].poll() is None
                 assert net.info(i)["active_jobs"] == 0
+            for i in range(3):
+                print(f"\nnode {i + 1} rejected: {json.dumps(dict(sorted(net.info(i)['rejected'].items())))}")
             # Nothing changed: every node knows the same jobs, reputations and credits as before.
             assert [state_of(net, i) for i in range(3)] == before
         finally:
