@@ -56,6 +56,9 @@ class Config:
     docker_host: str | None = None
     # None: no /metrics endpoint, so no port is opened unasked.
     metrics: str | None = None
+    # HOST:PORT of the node's REST API (node/api.py); None: not served. Off loopback it asks for
+    # the bearer token, as /metrics does.
+    api: str | None = None
     # "auto": the node's HTTP endpoints ask for a bearer token only off loopback (nothing there is
     # reachable from another host without one); "token": always (p2p/httpauth.py).
     http_auth: str = "auto"
@@ -151,7 +154,7 @@ def _parse(name: str, value: Any, where: str, *, text: bool, base: Path | None =
         if not isinstance(value, str) or value.lower() not in LOG_LEVELS:
             raise bad("one of " + ", ".join(LOG_LEVELS))
         return value.lower()
-    if name == "metrics":
+    if name in ("metrics", "api"):
         host, sep, port = value.rpartition(":") if isinstance(value, str) else ("", "", "")
         if not sep or not port.isdigit() or int(port) > 65535:
             raise bad("HOST:PORT")

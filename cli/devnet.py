@@ -64,6 +64,8 @@ class Devnet:
     docker_host: str | None = None
     log_level: str = "info"
     metrics: bool = False  # nodes serve /metrics on a free loopback port: `info(i)["metrics_url"]`
+    api: bool = False  # nodes serve the REST API on a free loopback port: `node_info[i]["api_url"]`
+    extra_args: tuple[str, ...] = ()  # more `node start` options for every node
     # Each node's --pow-difficulty. A devnet makes fresh identities on every run: 16 bits (0.03 s
     # of CPU each) keeps the proof real but the start quick; the node's default, 20 (0.5 s of CPU on
     # average, up to 2 s), added a median of 1.7 s to a 3-node start on the shared 2 cores, and would
@@ -130,6 +132,7 @@ class Devnet:
         return self._spawn(["node", "start", "--bootstrap", self.bootstrap_addr, "--data-dir", str(d),
                             "--sandbox", self.sandbox, "--log-level", self.log_level,
                             *(["--metrics", "127.0.0.1:0"] if self.metrics else []),
+                            *(["--api", "127.0.0.1:0"] if self.api else []), *self.extra_args,
                             *([] if self.pow_difficulty is None else ["--pow-difficulty", str(self.pow_difficulty)])],
                            d / "log",
                            self.programs.get(i))

@@ -128,6 +128,7 @@ def node_start(
     max_jobs: Optional[int] = typer.Option(None, help="Jobs run at once. Default 4."),
     genesis_credits: Optional[int] = typer.Option(None, help="Credits every identity starts with, in this node's view. Default 100."),
     metrics: Optional[str] = typer.Option(None, help="HOST:PORT to serve Prometheus /metrics on (port 0: any free one, shown by `node info`). Default: off."),
+    api: Optional[str] = typer.Option(None, help="HOST:PORT to serve the REST API on (POST /api/v1/jobs, GET /api/v1/jobs/ID, /api/v1/nodes, /stats, /openapi.json; port 0: any free one, shown by `node info` as api_url). Off loopback it asks for a bearer token. Default: off."),
     pow_difficulty: Optional[int] = typer.Option(None, help="Proof-of-work bits demanded of every bidder and announcer, and solved once for this node's own key (stored in DATA_DIR/node.pow). Default 20: about 0.5 s."),
     log_level: Optional[str] = typer.Option(None, help="debug, info (the default), warning or error."),
     http_auth: Optional[str] = typer.Option(None, "--http-auth", help="auto (the default): /metrics asks for a "
@@ -146,7 +147,7 @@ def node_start(
     """
     cfg = settings(data_dir=data_dir, bootstrap=bootstrap, listen=listen, sandbox=sandbox, gpu=gpu,
                    docker_host=docker_host, cpu=cpu, memory_mb=memory_mb, max_jobs=max_jobs,
-                   genesis_credits=genesis_credits, metrics=metrics, log_level=log_level, http_auth=http_auth,
+                   genesis_credits=genesis_credits, metrics=metrics, api=api, log_level=log_level, http_auth=http_auth,
                    http_token_file=http_token_file,
                    request_rate_limit=request_rate_limit, gossip_rate_limit=gossip_rate_limit,
                    newcomer_gossip_rate_limit=newcomer_gossip_rate_limit,
@@ -158,17 +159,20 @@ def node_start(
             fail(f"--bootstrap {b!r} must end in /p2p/<peer id>")
     check_multiaddr(cfg.listen, "--listen")
     metrics_at = parse_hostport(cfg.metrics, "--metrics") if cfg.metrics is not None else None
+    api_at = parse_hostport(cfg.api, "--api") if cfg.api is not None else None
     from distributeai.node.paths import key_path
 
     # The key is opened here, before anything starts: a wrong passphrase is one line and exit 2.
     # A new key is encrypted when a passphrase is given by file or environment.
     data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
     seed = keys.unlock(key_path(data_dir), passphrase_file, create=True)
-    if metrics_at is not None:  # a token file that cannot be used is the user's to fix: one line, exit 2
+    for listener in (metrics_at, api_at):  # a token file that cannot be used is the user's to fix: one line, exit 2
+        if listener is None:
+            continue
         from distributeai.p2p.httpauth import TokenFileError, http_token
 
         try:
-            http_token(metrics_at[0], data_dir, force=cfg.http_auth == "token", token_file=cfg.http_token_file)
+            http_token(listener[0], data_dir, force=cfg.http_auth == "token", token_file=cfg.http_token_file)
         except (TokenFileError, OSError) as exc:
             fail(f"--http-token-file: {exc}" if isinstance(exc, OSError) else str(exc))
     setup_logging(cfg.log_level)
@@ -179,7 +183,7 @@ def node_start(
     config = NodeConfig(data_dir=data_dir, bootstrap=cfg.bootstrap, listen=cfg.listen, sandbox=cfg.sandbox,
                         docker_host=cfg.docker_host,
                         capacity=Capacity(int(cfg.cpu * 1000), cfg.memory_mb, cfg.max_jobs),
-                        genesis_credits=cfg.genesis_credits, gpu=cfg.gpu, metrics=metrics_at, seed=seed,
+                        genesis_credits=cfg.genesis_credits, gpu=cfg.gpu, metrics=metrics_at, api=api_at, seed=seed,
                         http_auth=cfg.http_auth, http_token_file=cfg.http_token_file,
                         rate_limits=RateLimits.of(cfg.request_rate_limit, cfg.gossip_rate_limit,
                                                    cfg.newcomer_gossip_rate_limit),
@@ -189,7 +193,9 @@ def node_start(
     async def serve() -> None:
         async with trio.open_nursery() as nursery:
             info = await nursery.start(run_node, config)
-            print(json.dumps({"peer_id": info["peer_id"], "multiaddrs": info["multiaddrs"]}), flush=True)
+            ready = {"peer_id": info["peer_id"], "multiaddrs": info["multiaddrs"],
+                     **{k: info[k] for k in ("api_url", "metrics_url") if k in info}}
+            print(json.dumps(ready), flush=True)
 
     try:
         run_service(serve)

@@ -87,6 +87,7 @@ class Agent:
         self.counters: Counter[str] = Counter()
         self.metrics = NodeMetrics(self._gauges)  # mirrors counters/rejected for Prometheus
         self.metrics_url: str | None = None  # set by the daemon when it serves /metrics
+        self.api_url: str | None = None  # set by the daemon when it serves the REST API
         self.changed = trio.Event()  # replaced on every change; waiters re-check their condition
         self.nursery: trio.Nursery = None  # type: ignore[assignment]  # set by run()
         self.sandbox_ok: dict[str, bool] = {}
@@ -201,30 +202,36 @@ class Agent:
             return None
         return data if sha256(data).hex() == digest else None
 
-    async def fetch_outputs(self, job_hex: str, out_dir: Path) -> list[dict]:
-        """Write the verified output files of a job into `out_dir`, each fetched by its SHA-256 from
-        an agreeing executor and checked against the certified manifest."""
+    async def fetch_output(self, job_hex: str, path: str) -> bytes:
+        """One verified output file of a job, fetched by its SHA-256 from an agreeing executor and
+        checked against the certified manifest (LocalProtocolError if none serves it)."""
         view = await self.job_status(job_hex)
         if view is None or view["status"] != "verified":
             raise LocalProtocolError("not_verified", "only a verified job's outputs can be fetched")
-        sources = [e["peer_id"] for e in view["executors"] if e["agreed"]]
+        entry = next((f for f in view.get("files", []) if f["path"] == path), None)
+        if entry is None:
+            raise LocalProtocolError("no_such_output", f"the job has no output file {path!r}")
+        for peer in [e["peer_id"] for e in view["executors"] if e["agreed"]]:
+            try:
+                blob = await self.deliver(public_key_from_peer_id(peer), BLOB_PROTOCOL, bytes.fromhex(entry["sha256"]))
+            except (RemoteError, RemoteProtocolError) as exc:
+                log.info("output %s not served by %s: %s", path, peer, exc)
+                continue
+            if sha256(blob).hex() == entry["sha256"]:
+                return blob
+        raise LocalProtocolError("unavailable", f"no agreeing executor served {path}")
+
+    async def fetch_outputs(self, job_hex: str, out_dir: Path) -> list[dict]:
+        """Write the verified output files of a job into `out_dir` (each as `fetch_output`)."""
+        view = await self.job_status(job_hex)
+        if view is None or view["status"] != "verified":
+            raise LocalProtocolError("not_verified", "only a verified job's outputs can be fetched")
         written = []
         for f in view.get("files", []):
             target = (out_dir / f["path"]).resolve()
             if out_dir.resolve() not in target.parents:
                 raise LocalProtocolError("bad_path", f"output path {f['path']!r} leaves the directory")
-            data = None
-            for peer in sources:
-                try:
-                    blob = await self.deliver(public_key_from_peer_id(peer), BLOB_PROTOCOL, bytes.fromhex(f["sha256"]))
-                except (RemoteError, RemoteProtocolError) as exc:
-                    log.info("output %s not served by %s: %s", f["path"], peer, exc)
-                    continue
-                if sha256(blob).hex() == f["sha256"]:
-                    data = blob
-                    break
-            if data is None:
-                raise LocalProtocolError("unavailable", f"no agreeing executor served {f['path']}")
+            data = await self.fetch_output(job_hex, f["path"])
             target.parent.mkdir(parents=True, exist_ok=True)
             await trio.to_thread.run_sync(target.write_bytes, data)
             written.append({"path": f["path"], "size": len(data), "sha256": f["sha256"], "written_to": str(target)})
@@ -370,6 +377,7 @@ class Agent:
             "rejected": dict(self.rejected),
             "pid": os.getpid(),
             **({"metrics_url": self.metrics_url} if self.metrics_url else {}),
+            **({"api_url": self.api_url} if self.api_url else {}),
         }
 
     def reputation_view(self) -> dict[str, int]:

@@ -27,7 +27,7 @@ import trio
 
 from distributeai.consensus.codec import Identity
 from distributeai.consensus.names import JOBS_TOPIC
-from distributeai.p2p.http import serve_http
+from distributeai.p2p.http import serve_app, serve_http
 from distributeai.p2p.httpauth import http_token
 from distributeai.p2p.identity import load_or_create_key
 from distributeai.p2p.overlay import open_overlay
@@ -38,6 +38,7 @@ from distributeai.consensus.ledger import GENESIS_CREDITS
 from distributeai.consensus.pow import DEFAULT_DIFFICULTY
 from distributeai.consensus.submitter import Timing
 
+from .api import MAX_BODY as API_MAX_BODY, RestApi
 from .agent import Agent, NodeSettings
 from .bidding import Capacity
 from .clock import now_ms
@@ -48,6 +49,7 @@ from .store import Store
 
 log = logging.getLogger("distributeai.node")
 PEER_CHECK_INTERVAL_S = 1.0  # how often the connected set is compared with what was last saved
+API_DEADLINE_S = 60.0  # a REST request may fetch an output file from an executor; 10 s is too short for that
 AGENT_CLASS = Agent  # tests/byzantine_node.py runs the real node with a dishonest Agent subclass
 
 
@@ -64,6 +66,7 @@ class NodeConfig:
     genesis_credits: int = GENESIS_CREDITS
     timing: Timing = field(default_factory=Timing)
     metrics: tuple[str, int] | None = None  # (host, port) to serve /metrics on; None: not served
+    api: tuple[str, int] | None = None  # (host, port) to serve the REST API (node/api.py) on; None: not served
     http_auth: str = "auto"  # "auto": a bearer token off loopback only; "token": always (p2p/httpauth.py)
     http_token_file: Path | None = None  # None: DATA_DIR/http.token, created when first needed
     # The key's seed when the caller already opened the key file (an encrypted one: `node start`
@@ -91,12 +94,14 @@ def lock_data_dir(data_dir: Path) -> int:
 
 async def _save_peers(agent: Agent, store: Store) -> None:
     """Store the connected peers whenever the set changes, so a restart rejoins without the
-    bootstrap. libp2p offers no event for a new connection, so the set is compared each second."""
+    bootstrap, and when each was last seen (stamped as it connects and as it goes: the REST API's
+    `last_seen_ms`). libp2p offers no event for a connection, so the set is compared each second."""
     saved: set[str] = set()
     while True:
         connected = set(agent.overlay.connected_peers())
-        if connected - saved:
-            await store.upsert_peers([(p, a) for p, a in agent.overlay.known_peers() if p in connected], now_ms())
+        changed = (connected - saved) | (saved - connected)
+        if changed:
+            await store.upsert_peers([(p, a) for p, a in agent.overlay.known_peers() if p in changed], now_ms())
             saved = connected
         await trio.sleep(PEER_CHECK_INTERVAL_S)  # a sampling period, not synchronization
 
@@ -155,6 +160,14 @@ async def run_node(config: NodeConfig, *, task_status=trio.TASK_STATUS_IGNORED) 
                                                          {"/metrics": agent.metrics.http_route})
                         shown = f"[{host}]" if ":" in host else host  # an IPv6 address
                         agent.metrics_url = f"http://{shown}:{port}/metrics"
+                    if config.api is not None:
+                        token = http_token(config.api[0], data_dir, force=config.http_auth == "token",
+                                           token_file=config.http_token_file)
+                        host, port = await nursery.start(partial(serve_app, app=RestApi(agent), token=token,
+                                                                 max_body=API_MAX_BODY, deadline_s=API_DEADLINE_S),
+                                                         *config.api)
+                        shown = f"[{host}]" if ":" in host else host
+                        agent.api_url = f"http://{shown}:{port}"
                     nursery.start_soon(_save_peers, agent, store)
                     info = agent.info()
                     last_start_path(data_dir).write_text(json.dumps(

@@ -196,6 +196,32 @@ class Store:
 
         return await self._run(fn)
 
+    async def page_jobs(self, role: str | None, status: str | None, offset: int,
+                        limit: int) -> tuple[int, list[dict]]:
+        """(how many jobs match, one page of them newest first), filtered by role and status."""
+        def fn(c: sqlite3.Connection) -> tuple[int, list[dict]]:
+            where, args = [], []
+            if role:
+                where.append("role=?")
+                args.append(role)
+            if status:
+                where.append("status=?")
+                args.append(status)
+            clause = f" WHERE {' AND '.join(where)}" if where else ""
+            total = c.execute(f"SELECT COUNT(*) FROM jobs{clause}", args).fetchone()[0]
+            rows = c.execute(f"SELECT * FROM jobs{clause} ORDER BY created_ms DESC, job_id LIMIT ? OFFSET ?",
+                             [*args, limit, offset])
+            return total, [dict(r) for r in rows]
+
+        return await self._run(fn)
+
+    async def job_counts(self) -> dict[str, int]:
+        """How many jobs this node knows, by status."""
+        def fn(c: sqlite3.Connection) -> dict[str, int]:
+            return {r[0]: r[1] for r in c.execute("SELECT status, COUNT(*) FROM jobs GROUP BY status")}
+
+        return await self._run(fn)
+
     async def add_job_role(self, job_id: str, role: str) -> None:
         """A job this node observed and now also executes keeps one row; the strongest role wins."""
         order = {"observer": 0, "executor": 1, "submitter": 2}
@@ -323,6 +349,13 @@ class Store:
             )
 
         await self._run(fn)
+
+    async def peers_last_seen(self) -> dict[str, int]:
+        """Every peer remembered, with when it was last seen connected (ms)."""
+        def fn(c: sqlite3.Connection) -> dict[str, int]:
+            return {r["peer_id"]: r["last_seen_ms"] for r in c.execute("SELECT peer_id, last_seen_ms FROM peers")}
+
+        return await self._run(fn)
 
     async def known_peers(self, limit: int = 50) -> list[tuple[str, list[str]]]:
         def fn(c: sqlite3.Connection) -> list[tuple[str, list[str]]]:

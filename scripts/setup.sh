@@ -14,9 +14,10 @@ PY="${PYTHON:-python3}"
 # libgmp-dev, gcc: fastecdsa (a libp2p dependency) compiles; docker.io, busybox-static: the Docker
 # sandbox and its local image; bubblewrap, python3.11, python3-minimal: the bwrap sandbox and the
 # local Python image; chromium, fonts-dejavu-core, prometheus, tmux: the tests of the stats page,
-# the metrics and the terminal view drive the real programs.
+# the metrics and the terminal view drive the real programs; curl: the README's REST API lines are
+# run as written.
 PACKAGES=(libgmp-dev gcc docker.io busybox-static bubblewrap python3.11 python3-minimal
-          chromium fonts-dejavu-core prometheus tmux)
+          chromium fonts-dejavu-core prometheus tmux curl)
 # Debian's own interpreter needs its headers and venv module as packages; a pyenv build has both.
 "$PY" -c 'import sysconfig, os, sys; sys.exit(0 if os.path.exists(os.path.join(sysconfig.get_paths()["include"], "Python.h")) else 1)' \
     || PACKAGES+=(python3-dev)

@@ -1,0 +1,257 @@
+"""The node's REST API (`node start --api HOST:PORT`): the seed's endpoints, served by the node itself.
+
+There is no coordinator: the local node signs and announces the jobs its user POSTs, and answers
+for what it knows. Routes (the OpenAPI document, `api_schema.py`, is served at /openapi.json):
+
+    POST /api/v1/jobs                       a job file (the seed's JSON, or ours) -> 201, the job object
+    GET  /api/v1/jobs[?limit&offset&status&role]  -> {"jobs", "total", "limit", "offset"}, newest first
+    GET  /api/v1/jobs/{id}                  the job object (`job status --json`, plus "id")
+    GET  /api/v1/jobs/{id}/result           the verified stdout, exit code, result hash and output files
+    GET  /api/v1/jobs/{id}/outputs/{path}   one verified output file's bytes, fetched by SHA-256
+    GET  /api/v1/nodes                      the peers this node knows: reputation, connected, last seen
+    GET  /stats (also /api/v1/stats)        this node's view of the network's totals
+    GET  /openapi.json
+
+Contract:
+- Every error is JSON `{"error": message[, "field": name]}` with a 4xx status: 400 (a field, named),
+  404 (no such job, file or route), 405 (method), 409 (the job is not verified yet), 413 (a body over
+  `MAX_BODY`, answered by p2p/http.py before this runs). 502 only when no agreeing executor serves a
+  verified output file.
+- A POST is checked whole (JSON, then `consensus.jobfile.parse_job`, which names the field) before
+  anything is signed or sent: nothing reaches the network from a rejected request.
+- Off loopback the listener asks for a bearer token (p2p/httpauth.py, as /metrics does).
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import os
+import re
+from typing import TYPE_CHECKING, Any
+
+from distributeai.consensus.errors import JobFileError, LocalProtocolError
+from distributeai.consensus.jobfile import load_job_document, parse_job
+from distributeai.consensus.messages import JobSpec, sign
+from distributeai.p2p.http import Request, Response, json_response
+from distributeai.p2p.identity import public_key_from_peer_id
+
+from .api_schema import openapi_document
+from .clock import now_ms
+
+if TYPE_CHECKING:
+    from .agent import Agent
+
+MAX_BODY = 1 << 20  # a job file: consensus/jobfile.py MAX_JOB_FILE; a wasm module in base64 fits
+DEFAULT_LIMIT, MAX_LIMIT, MAX_OFFSET = 50, 500, 1 << 31
+JOB_STATUSES = ("announced", "bidding", "running", "verified", "failed", "nondeterministic")
+ROLES = ("submitter", "executor", "observer")
+SANDBOX_KINDS = ("container", "wasm")
+_JOB_ID = re.compile(r"[0-9a-f]{64}")
+
+
+class ApiError(Exception):
+    def __init__(self, status: int, message: str, field: str | None = None,
+                 headers: list[tuple[str, str]] | None = None) -> None:
+        super().__init__(message)
+        self.status, self.message, self.field, self.headers = status, message, field, headers or []
+
+    def response(self) -> Response:
+        body: dict[str, Any] = {"error": self.message}
+        if self.field is not None:
+            body["field"] = self.field
+        return (*json_response(self.status, body), self.headers)
+
+
+class RestApi:
+    """`await api(request)` -> (status, content type, body); never raises for any request."""
+
+    def __init__(self, agent: "Agent") -> None:
+        self.agent = agent
+        self._schema = json.dumps(openapi_document()).encode()
+
+    async def __call__(self, request: Request) -> Response:
+        try:
+            return await self._route(request)
+        except ApiError as exc:
+            return exc.response()
+
+    async def _route(self, r: Request) -> Response:
+        path = r.path.rstrip("/") or "/"
+        parts = path.strip("/").split("/")
+        if path == "/openapi.json":
+            self._method(r, "GET")
+            return 200, "application/json", self._schema
+        if path in ("/stats", "/api/v1/stats"):
+            self._method(r, "GET")
+            return json_response(200, await self.stats())
+        if path == "/api/v1/nodes":
+            self._method(r, "GET")
+            return json_response(200, await self.nodes())
+        if path == "/api/v1/jobs":
+            if self._method(r, "GET", "POST") == "POST":
+                return json_response(201, await self.submit(r.body))
+            return json_response(200, await self.list_jobs(r.query))
+        if parts[:3] == ["api", "v1", "jobs"] and len(parts) >= 4:
+            self._method(r, "GET")
+            job_hex = _job_id(parts[3])
+            if len(parts) == 4:
+                return json_response(200, await self.job(job_hex))
+            if len(parts) == 5 and parts[4] == "result":
+                return json_response(200, await self.result(job_hex))
+            if len(parts) >= 6 and parts[4] == "outputs":
+                return await self.output(job_hex, "/".join(parts[5:]))
+        raise ApiError(404, f"no route {r.path[:200]!r}")
+
+    @staticmethod
+    def _method(r: Request, *allowed: str) -> str:
+        method = "GET" if r.method == "HEAD" else r.method
+        if method not in allowed:
+            raise ApiError(405, f"method {r.method[:16]} not allowed here; use {' or '.join(allowed)}",
+                           headers=[("allow", ", ".join([*allowed, "HEAD"] if "GET" in allowed else allowed))])
+        return method
+
+    # --- jobs ---------------------------------------------------------------------------------
+
+    async def submit(self, body: bytes) -> dict:
+        """Check the job file whole, then sign it with the node's key and announce it."""
+        try:
+            doc = load_job_document(body)
+        except JobFileError as exc:
+            raise ApiError(400, str(exc), exc.field) from None
+        if not isinstance(doc, dict):
+            raise ApiError(400, "the body must be a JSON object (a job file)", "job")
+        doc = dict(doc)
+        kind = doc.pop("sandbox", None)
+        if kind is not None and kind not in SANDBOX_KINDS:
+            raise ApiError(400, f"sandbox must be one of {', '.join(SANDBOX_KINDS)}", "sandbox")
+        if "wasm_module" in doc:
+            doc["wasm_module"] = _base64(doc["wasm_module"], "wasm_module")
+        if kind == "wasm" and "wasm_module" not in doc:
+            raise ApiError(400, "a wasm job needs wasm_module (the module's bytes, base64)", "wasm_module")
+        if kind == "container" and "wasm_module" in doc:
+            raise ApiError(400, "a container job takes no wasm_module", "wasm_module")
+        try:
+            fields = parse_job(doc)
+        except JobFileError as exc:
+            raise ApiError(400, str(exc), exc.field) from None
+        a = self.agent
+        spec = JobSpec(submitter=a.me, nonce=os.urandom(16), created_ms=now_ms(), **fields)
+        module = doc.get("wasm_module") if spec.wasm_sha256 else None
+        try:
+            job_id = await a.submitting.submit(sign(a.identity, spec), module)
+        except LocalProtocolError as exc:
+            if exc.reason == "insufficient_credits":
+                raise ApiError(409, str(exc), "price") from None
+            raise ApiError(400, str(exc), "job") from None
+        return await self.job(job_id.hex())
+
+    async def job(self, job_hex: str) -> dict:
+        view = await self.agent.job_status(job_hex)
+        if view is None:
+            raise ApiError(404, f"no job {job_hex} known to this node", "id")
+        return {"id": job_hex, **view}
+
+    async def list_jobs(self, query: dict[str, str]) -> dict:
+        limit = _int_param(query, "limit", DEFAULT_LIMIT, 1, MAX_LIMIT)
+        offset = _int_param(query, "offset", 0, 0, MAX_OFFSET)
+        status = _choice_param(query, "status", JOB_STATUSES)
+        role = _choice_param(query, "role", ROLES)
+        total, rows = await self.agent.store.page_jobs(role, status, offset, limit)
+        jobs = []
+        for row in rows:
+            view = await self.agent.job_status(row["job_id"])
+            if view is not None:
+                jobs.append({"id": row["job_id"], **view})
+        return {"jobs": jobs, "total": total, "limit": limit, "offset": offset}
+
+    async def result(self, job_hex: str) -> dict:
+        view = await self.job(job_hex)
+        if view["status"] != "verified":
+            raise ApiError(409, f"job {job_hex} is {view['status']}, not verified", "id")
+        return {k: view.get(k) for k in ("id", "job_id", "status", "exit_code", "stdout", "result_hash", "files")}
+
+    async def output(self, job_hex: str, path: str) -> Response:
+        view = await self.result(job_hex)
+        if not any(f["path"] == path for f in view.get("files") or []):
+            raise ApiError(404, f"job {job_hex} has no output file {path[:200]!r}", "path")
+        try:
+            data = await self.agent.fetch_output(job_hex, path)
+        except LocalProtocolError as exc:
+            raise ApiError(502, str(exc), "path") from None
+        return 200, "application/octet-stream", data
+
+    # --- the network, as this node sees it ----------------------------------------------------
+
+    async def nodes(self) -> dict:
+        a = self.agent
+        seen = await a.store.peers_last_seen()
+        connected = set(a.overlay.connected_peers())
+        known = {p["peer_id"]: p for p in a.peers()}
+        peers = []
+        for peer_id in sorted(set(known) | set(seen)):
+            pk = public_key_from_peer_id(peer_id)
+            peers.append({
+                "peer_id": peer_id,
+                "addrs": known.get(peer_id, {}).get("addrs", []),
+                "connected": peer_id in connected,
+                "reputation": a.ledger.reputation_of(pk) if pk is not None else None,
+                "credits": a.ledger.balance(pk) if pk is not None else None,
+                "last_seen_ms": now_ms() if peer_id in connected else seen.get(peer_id),
+            })
+        return {"self": a.peer_id, "nodes": peers, "total": len(peers)}
+
+    async def stats(self) -> dict:
+        a = self.agent
+        counts = await a.store.job_counts()
+        total = sum(counts.values())
+        finished = sum(counts.get(s, 0) for s in ("verified", "failed", "nondeterministic"))
+        return {
+            "peer_id": a.peer_id,
+            "active_nodes": len(a.overlay.connected_peers()) + 1,
+            "known_nodes": len(await a.store.peers_last_seen()) + 1,
+            "total_jobs": total,
+            "completed_jobs": counts.get("verified", 0),
+            "failed_jobs": counts.get("failed", 0) + counts.get("nondeterministic", 0),
+            "pending_jobs": total - finished,
+            "jobs_by_status": counts,
+            "identities_with_reputation": len(a.ledger.reputation),
+            "reputation": a.ledger.reputation_of(a.me),
+            "credits": a.ledger.balance(a.me),
+            "jobs_running_here": a.executing.running,
+        }
+
+
+def _job_id(text: str) -> str:
+    job_hex = text.lower()
+    if not _JOB_ID.fullmatch(job_hex):
+        raise ApiError(400, "a job id is 64 hexadecimal characters", "id")
+    return job_hex
+
+
+def _int_param(query: dict[str, str], name: str, default: int, lo: int, hi: int) -> int:
+    if name not in query:
+        return default
+    text = query[name]
+    if not (text.isascii() and text.isdigit()) or len(text) > 12 or not lo <= int(text) <= hi:
+        raise ApiError(400, f"{name} must be an integer from {lo} to {hi}", name)
+    return int(text)
+
+
+def _choice_param(query: dict[str, str], name: str, choices: tuple[str, ...]) -> str | None:
+    value = query.get(name)
+    if value is None or value == "":
+        return None
+    if value not in choices:
+        raise ApiError(400, f"{name} must be one of {', '.join(choices)}", name)
+    return value
+
+
+def _base64(value: Any, name: str) -> bytes:
+    if not isinstance(value, str):
+        raise ApiError(400, f"{name} must be a base64 string", name)
+    try:
+        return base64.b64decode(value, validate=True)
+    except (binascii.Error, ValueError):
+        raise ApiError(400, f"{name} is not valid base64", name) from None

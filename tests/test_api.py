@@ -1,0 +1,229 @@
+"""The node's REST API (issue 8), against real nodes on 127.0.0.1 with a real HTTP client
+(urllib): the seed's two job files verified through it in a 3-node Docker network, its errors
+(4xx naming the field, 413, 405, 404; nothing reaches the network), the bearer token, and a
+schemathesis run over /openapi.json that must find no 5xx (nor any response the document does not
+describe)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from email.message import Message
+from pathlib import Path
+
+import pytest
+
+from distributeai.cli.devnet import Devnet
+
+from .netfixtures import DEMO_STDOUT, wait_for
+
+pytestmark = pytest.mark.slow
+WORKLOADS = Path(__file__).resolve().parent.parent / "sandbox" / "workloads"
+TERMINAL = ("verified", "failed", "nondeterministic")
+
+
+def http(method: str, url: str, body: bytes | None = None, token: str | None = None,
+         content_type: str = "application/json") -> tuple[int, Message, bytes]:
+    """(status, headers, body) of one request; 4xx and 5xx are answers, not exceptions."""
+    headers = {"Content-Type": content_type} if body is not None else {}
+    if token is not None:
+        headers["Authorization"] = f"Bearer {token}"
+    request = urllib.request.Request(url, data=body, method=method, headers=headers)
+    try:
+        with urllib.request.urlopen(request, timeout=60) as r:
+            return r.status, r.headers, r.read()  # a case-insensitive mapping
+    except urllib.error.HTTPError as e:
+        return e.code, e.headers, e.read()
+
+
+def get_json(url: str, token: str | None = None) -> tuple[int, dict]:
+    status, _, body = http("GET", url, token=token)
+    return status, json.loads(body)
+
+
+def poll_until_done(api: str, job_id: str, timeout_s: float) -> dict:
+    def done() -> dict | None:
+        status, job = get_json(f"{api}/api/v1/jobs/{job_id}")
+        assert status == 200, job
+        return job if job["status"] in TERMINAL else None
+
+    return wait_for(done, timeout_s, f"job {job_id} to reach a verdict")
+
+
+def readme_curl_lines_work(api: str, verified_job: str) -> None:
+    """Run the README's REST API lines as written (curl, from the repository's root), with this
+    network's address for 127.0.0.1:8081 and JOB_ID the job the README's own POST made."""
+    root = WORKLOADS.parent.parent
+    text = (root / "README.md").read_text()
+    block = text.split("## The seed's REST API", 1)[1].split("```sh", 1)[1].split("```", 1)[0]
+    lines = [line for line in block.splitlines() if line.startswith("curl ")]
+    assert len(lines) >= 7 and lines[0].startswith("curl -s -X POST"), lines
+    job_id = None
+    for line in lines:
+        command = line.replace("http://127.0.0.1:8081", api)
+        if "JOB_ID" in command:
+            command = command.replace("JOB_ID", job_id)
+        out = subprocess.run(command, shell=True, cwd=root, capture_output=True, text=True, timeout=60)
+        assert out.returncode == 0, (line, out.stderr)
+        answer = json.loads(out.stdout)
+        assert "error" not in answer, (line, answer)
+        if job_id is None:
+            job_id = answer["id"]
+            poll_until_done(api, job_id, 120)
+    assert job_id != verified_job  # a new job: every POST is a fresh nonce
+
+
+def test_the_seeds_job_files_verify_through_the_rest_api(tmp_path, docker_host):
+    with Devnet(tmp_path / "net", nodes=3, sandbox="docker", docker_host=docker_host, api=True) as net:
+        net.start()
+        net.wait_connected()
+        api = net.node_info[0]["api_url"]
+        assert api.startswith("http://127.0.0.1:")
+        ids = {}
+        for name in ("hash-verify", "python-workload"):
+            started = time.monotonic()
+            status, headers, body = http("POST", f"{api}/api/v1/jobs", (WORKLOADS / f"{name}.json").read_bytes())
+            assert status == 201, body
+            assert headers["Content-Type"] == "application/json"
+            job = json.loads(body)
+            assert job["id"] == job["job_id"] and len(job["id"]) == 64 and job["status"] in ("bidding", "running")
+            assert job["role"] == "submitter"
+            done = poll_until_done(api, job["id"], 180)
+            print(f"\n{name}: {done['status']} {time.monotonic() - started:.2f} s after POST")
+            assert done["status"] == "verified", done
+            ids[name] = job["id"]
+
+        status, result = get_json(f"{api}/api/v1/jobs/{ids['hash-verify']}/result")
+        assert status == 200 and result["stdout"] == DEMO_STDOUT and result["exit_code"] == 0
+        status, result = get_json(f"{api}/api/v1/jobs/{ids['python-workload']}/result")
+        assert status == 200 and result["stdout"].startswith("17984 primes below 200000; sha256 ")
+        [entry] = result["files"]
+        assert entry["path"] == "primes.txt"
+        status, headers, data = http("GET", f"{api}/api/v1/jobs/{ids['python-workload']}/outputs/primes.txt")
+        assert status == 200 and headers["Content-Type"] == "application/octet-stream"
+        digest = hashlib.sha256(data).hexdigest()
+        assert digest == entry["sha256"] and result["stdout"].strip().endswith(digest)
+        assert data.startswith(b"2\n3\n5\n7\n") and data.count(b"\n") == 17984
+
+        status, listed = get_json(f"{api}/api/v1/jobs?role=submitter&limit=1")
+        assert status == 200 and listed["total"] == 2 and len(listed["jobs"]) == 1
+        assert listed["jobs"][0]["id"] == ids["python-workload"]  # newest first
+        status, page2 = get_json(f"{api}/api/v1/jobs?role=submitter&limit=1&offset=1")
+        assert [j["id"] for j in page2["jobs"]] == [ids["hash-verify"]]
+        # Another node knows the jobs too, from gossip.
+        status, elsewhere = get_json(f"{net.node_info[1]['api_url']}/api/v1/jobs/{ids['hash-verify']}")
+        assert status == 200 and elsewhere["status"] in ("verified", "running", "bidding")
+
+        readme_curl_lines_work(api, ids["hash-verify"])
+
+        status, nodes = get_json(f"{api}/api/v1/nodes")
+        others = {net.node_info[i]["peer_id"] for i in (1, 2)}
+        by_peer = {n["peer_id"]: n for n in nodes["nodes"]}
+        assert others <= set(by_peer)
+        for p in others:
+            assert by_peer[p]["connected"] and by_peer[p]["reputation"] >= 5 and by_peer[p]["last_seen_ms"] > 0
+        status, stats = get_json(f"{api}/stats")
+        assert status == 200 and stats["completed_jobs"] == 3 and stats["total_jobs"] == 3  # the README made one more
+        assert stats["active_nodes"] >= 3 and stats["pending_jobs"] == 0
+
+
+def test_bad_requests_get_a_4xx_naming_the_field_and_reach_nothing(tmp_path):
+    with Devnet(tmp_path / "net", nodes=1, sandbox="process", api=True) as net:
+        net.start()
+        net.wait_connected()
+        api = net.node_info[0]["api_url"]
+        before = net.info(0)["counters"].get("gossip_out", 0)
+        seed = json.loads((WORKLOADS / "hash-verify.json").read_text())
+        bad = [
+            (b"{not json", 400, "job"),
+            (b"[1, 2]", 400, "job"),
+            (json.dumps({**seed, "command": "echo hi"}).encode(), 400, "command"),
+            (json.dumps({k: v for k, v in seed.items() if k != "docker_image"}).encode(), 400, "image"),
+            (json.dumps({**seed, "required_memory": "lots"}).encode(), 400, "required_memory"),
+            (json.dumps({**seed, "replicas": 2, "quorum": 3}).encode(), 400, "quorum"),
+            (json.dumps({**seed, "colour": "blue"}).encode(), 400, "colour"),
+            (json.dumps({**seed, "sandbox": "vm"}).encode(), 400, "sandbox"),
+            (json.dumps({**seed, "sandbox": "wasm"}).encode(), 400, "wasm_module"),
+            (json.dumps({**seed, "wasm_module": "not base64!"}).encode(), 400, "wasm_module"),
+            (json.dumps({**seed, "price": 10_000}).encode(), 409, "price"),  # more than this node can pay
+        ]
+        for body, want, field in bad:
+            status, headers, answer = http("POST", f"{api}/api/v1/jobs", body)
+            error = json.loads(answer)
+            assert (status, error.get("field")) == (want, field), (body[:80], status, error)
+            assert error["error"] and headers["Content-Type"] == "application/json"
+        # Over the documented limit (1 MiB): 413 before anything is parsed.
+        status, _, answer = http("POST", f"{api}/api/v1/jobs", b"{" + b" " * (1 << 20) + b"}")
+        assert status == 413 and json.loads(answer)["limit"] == 1 << 20
+        for method, path, want, field in [
+            ("GET", "/api/v1/jobs/" + "0" * 64, 404, "id"),
+            ("GET", "/api/v1/jobs/xyz", 400, "id"),
+            ("GET", "/api/v1/jobs/" + "0" * 64 + "/result", 404, "id"),
+            ("GET", "/api/v1/jobs?limit=0", 400, "limit"),
+            ("GET", "/api/v1/jobs?status=happy", 400, "status"),
+            ("DELETE", "/api/v1/jobs", 405, None),
+            ("PUT", "/stats", 405, None),
+            ("GET", "/api/v2/jobs", 404, None),
+        ]:
+            status, headers, answer = http(method, api + path)
+            assert status == want and json.loads(answer).get("field") == field, (method, path, status, answer)
+            if status == 405:
+                assert "GET" in headers["Allow"]
+        # Nothing was announced, nothing stored.
+        assert net.info(0)["counters"].get("gossip_out", 0) == before
+        status, listed = get_json(f"{api}/api/v1/jobs")
+        assert status == 200 and listed["total"] == 0 and listed["jobs"] == []
+        # A good request still works, and a job that is not verified has no result yet.
+        status, _, body = http("POST", f"{api}/api/v1/jobs", json.dumps({**seed, "replicas": 1, "quorum": 1,
+                                                                        "command": ["sleep", "30"]}).encode())
+        assert status == 201, body
+        job_id = json.loads(body)["id"]
+        status, error = get_json(f"{api}/api/v1/jobs/{job_id}/result")
+        assert status == 409 and error["field"] == "id"
+
+
+def test_off_loopback_rules_a_token_is_required(tmp_path):
+    """No address but 127.0.0.1 may be bound here: `--http-auth token` forces the rule a
+    non-loopback listener gets (p2p/httpauth.py decides; tests/test_local_access.py checks it)."""
+    with Devnet(tmp_path / "net", nodes=1, sandbox="process", api=True, extra_args=("--http-auth", "token")) as net:
+        net.start()
+        api = net.node_info[0]["api_url"]
+        token_file = net.node_dirs[0] / "http.token"
+        assert token_file.stat().st_mode & 0o777 == 0o600
+        token = token_file.read_text().strip()
+        seed = (WORKLOADS / "hash-verify.json").read_bytes()
+        for method, path, body in [("GET", "/stats", None), ("GET", "/api/v1/jobs", None),
+                                   ("POST", "/api/v1/jobs", seed), ("GET", "/openapi.json", None)]:
+            for wrong in (None, "not-the-token"):
+                status, headers, answer = http(method, api + path, body, token=wrong)
+                assert status == 401 and "Bearer" in headers["WWW-Authenticate"], (method, path)
+        assert get_json(f"{api}/api/v1/jobs", token=token) == (200, {"jobs": [], "total": 0, "limit": 50, "offset": 0})
+        status, _, body = http("POST", f"{api}/api/v1/jobs", seed, token=token)
+        assert status == 201, body
+
+
+def test_schemathesis_finds_no_server_error(tmp_path, bwrap_ready):
+    """Property-based requests from the OpenAPI document: every check schemathesis has but
+    "schema-valid data is accepted" (a job file's rules span fields: an image or a module, quorum
+    at most replicas, ...). Jobs it manages to submit run in bubblewrap, never on the host."""
+    with Devnet(tmp_path / "net", nodes=1, sandbox="bwrap", api=True) as net:
+        net.start()
+        api = net.node_info[0]["api_url"]
+        st = Path(sys.executable).with_name("st")
+        out = subprocess.run([str(st), "run", f"{api}/openapi.json", "--checks", "all",
+                              "--exclude-checks", "positive_data_acceptance", "--max-examples", "60",
+                              "--generation-deterministic", "--request-timeout", "30"],
+                             capture_output=True, text=True, timeout=600,
+                             env={**os.environ, "NO_COLOR": "1", "SCHEMATHESIS_TELEMETRY": "false"})
+        summary = [line for line in out.stdout.splitlines() if "generated" in line or "passed" in line]
+        print("\nschemathesis:", *summary[-2:])
+        assert out.returncode == 0, out.stdout[-6000:] + out.stderr[-2000:]
+        assert net.node_procs[0].poll() is None
+        status, stats = get_json(f"{api}/stats")
+        assert status == 200
