@@ -263,11 +263,17 @@ class Agent:
     # --- gossip -------------------------------------------------------------------------------
 
     async def _read_gossip(self) -> None:
+        """Every gossip message is a task boundary: a peer's bad message is a counted rejection,
+        and anything else that goes wrong with one message (a bug, a failing disk) is logged with
+        its traceback and counted as `internal_error`; the reader, and so the node, goes on."""
         async for message in self.overlay.messages():
             try:
                 await self._on_gossip(message)
             except RemoteProtocolError as exc:
                 self.reject(exc.reason, f"gossip from {message.from_peer}: {exc.detail}")
+            except Exception:
+                log.exception("gossip message from %s could not be handled", message.from_peer)
+                self.reject("internal_error", f"gossip from {message.from_peer}")
 
     async def _on_gossip(self, message: GossipMessage) -> None:
         self.count("gossip_in")

@@ -15,6 +15,9 @@ production node, started through the production CLI.
                                                         everyone of equal reputation (a fresh Sybil)
     python tests/byzantine_node.py nopow node start ...   cheap, and its bids and announcements carry
                                                         a nonce that does not prove its difficulty
+    python tests/byzantine_node.py fragile node start ... honest, but handling any gossip message that
+                                                        contains b"boom" fails with a RuntimeError (an
+                                                        injected bug: the node must survive it)
 Every behaviour bids at price 0, so that with equal reputations it outranks honest nodes (price 1)
 and is awarded first: the tests need the cheater in the job.
 """
@@ -92,6 +95,13 @@ class ByzantineAgent(agent_module.Agent):
         super().__init__(identity, store, overlay, sandboxes, settings, outputs_dir)
 
 
+class FragileAgent(ByzantineAgent):
+    async def _on_gossip(self, message) -> None:
+        if b"boom" in message.data:
+            raise RuntimeError("an injected bug in gossip handling")
+        await super()._on_gossip(message)
+
+
 def weak_nonce(public_key: bytes, difficulty: int) -> bytes:
     """The first 8-byte counter that does NOT prove `difficulty` bits on the key (at difficulty
     0 every nonce does, and there is nothing to cheat)."""
@@ -103,12 +113,12 @@ def weak_nonce(public_key: bytes, difficulty: int) -> bytes:
 def main() -> None:
     behaviour, args = sys.argv[1], sys.argv[2:]
     cheaters = {"wrong": WrongExecutor, "lazy": LazyExecutor, "silent": SilentExecutor, "unsealed": UnsealedExecutor}
-    if behaviour not in (*cheaters, "cheap", "nopow"):
+    if behaviour not in (*cheaters, "cheap", "nopow", "fragile"):
         raise SystemExit(f"unknown behaviour {behaviour!r}")
     ByzantineAgent.executing_class = cheaters.get(behaviour, Executing)
     ByzantineAgent.price = 0  # every behaviour outbids honest nodes (price 1) of equal reputation
     ByzantineAgent.weak_pow = behaviour == "nopow"
-    daemon.AGENT_CLASS = ByzantineAgent
+    daemon.AGENT_CLASS = FragileAgent if behaviour == "fragile" else ByzantineAgent
     from distributeai.cli.main import app
 
     app(args, prog_name="distributeai")

@@ -197,3 +197,25 @@ def test_garbage_on_the_libp2p_port_is_harmless(tmp_path):
         for s in half_open:
             s.close()
         assert all(p.poll() is None for p in net.node_procs)
+
+
+@pytest.mark.slow
+def test_a_bug_in_handling_one_gossip_message_does_not_end_the_node(tmp_path):
+    """Fault injection: node 2 fails (RuntimeError) on every gossip message containing b"boom". It
+    logs and counts `internal_error` for each and keeps serving: the next job verifies with it."""
+    import sys
+    from pathlib import Path
+
+    fragile = [sys.executable, str(Path(__file__).with_name("byzantine_node.py")), "fragile"]
+    with Devnet(tmp_path / "net", nodes=2, sandbox="process", programs={1: fragile}) as net:
+        net.start()
+        net.wait_connected()
+        boom, _ = submit_json(net.node_dirs[0], "--replicas", "1", "--quorum", "1", "--image", "alpine:latest",
+                              "--cmd", "echo", "boom")
+        assert boom["status"] == "verified"
+        wait_for(lambda: net.info(1)["rejected"].get("internal_error", 0) >= 1, 15,
+                 "the fragile node to count its failure")
+        assert net.node_procs[1].poll() is None
+        assert "could not be handled" in (net.node_dirs[1] / "log").read_text()
+        outcome, _ = submit_json(net.node_dirs[0], "--replicas", "2", "--quorum", "2", *DEMO_ARGS)
+        assert outcome["status"] == "verified" and outcome["stdout"] == DEMO_STDOUT, json.dumps(outcome)
