@@ -4,7 +4,7 @@ One job: create → start → wait(timeout) → on timeout kill and wait again �
 (capped while streaming) → inspect OOMKilled → remove, always. Not `containers.run(remove=True)`:
 it removes the container before its logs are read (docker-py #2427).
 
-Settings, measured on the project's machines (shared/notes/sandbox.md): no network, read-only root
+Settings, measured on the project's machines (docs/sandbox.md): no network, read-only root
 with a size-capped tmpfs at /tmp, uid 65534, no capabilities, no-new-privileges, memory = memory +
 swap, cpu quota, pids limit, the `local` log driver (returned full output; json-file inflates output
 on disk and its max-size truncates what logs() returns).
