@@ -25,6 +25,7 @@ import trio
 from distributeai.sandbox import KINDS, RunRequest, RunResult, SandboxError, open_sandbox
 from distributeai.sandbox.base import build_manifest
 from distributeai.sandbox.docker_backend import LABELS, _exec_failure_code, _read_capped
+from distributeai.sandbox.runs import EARLY_CANCELS, RunRegistry
 
 IMAGE = "alpine:latest"  # on test machines: the busybox image scripts/dockerd.sh builds
 HELLO = ["sh", "-c", "echo 'Hello' | sha256sum"]
@@ -733,3 +734,92 @@ def test_pull_without_a_registry_says_image_missing(docker_host):
         assert e.value.reason == "image_missing"
     finally:
         sandbox.close()
+
+
+# ---- pure logic: run tracking (runs.py) ---------------------------------------------------------
+
+
+def test_registry_calls_the_stopper_of_a_running_run_once_per_cancel():
+    runs, stopped = RunRegistry(), []
+    with runs.track("a") as handle:
+        handle.attach(lambda: stopped.append("a"))
+        runs.cancel("a")
+        assert stopped == ["a"] and handle.cancelled.is_set()
+        with pytest.raises(SandboxError) as err:
+            handle.raise_if_cancelled()
+        assert err.value.reason == "cancelled"
+    runs.cancel("a")  # ended: no stopper, no error... but remembered as an early cancel
+    assert stopped == ["a"]
+
+
+def test_registry_stops_a_job_attached_after_its_cancel():
+    runs, stopped = RunRegistry(), []
+    with runs.track("b") as handle:
+        runs.cancel("b")  # before the job runs
+        handle.attach(lambda: stopped.append("b"))
+        assert stopped == ["b"]
+
+
+def test_registry_never_calls_a_detached_stopper():
+    runs, stopped = RunRegistry(), []
+    with runs.track("c") as handle:
+        handle.attach(lambda: stopped.append("c"))
+        handle.detach()  # the job ended; its pid may be reused from now on
+        runs.cancel("c")
+    assert stopped == []
+
+
+def test_registry_remembers_early_cancels_up_to_a_bound():
+    runs = RunRegistry()
+    runs.cancel("early")
+    with runs.track("early") as handle:
+        assert handle.cancelled.is_set()
+    with runs.track("early") as handle:  # used up by the first run
+        assert not handle.cancelled.is_set()
+    for i in range(EARLY_CANCELS + 1):
+        runs.cancel(f"id-{i}")
+    with runs.track("id-0") as handle:  # the oldest was dropped
+        assert not handle.cancelled.is_set()
+    with runs.track(f"id-{EARLY_CANCELS}") as handle:
+        assert handle.cancelled.is_set()
+
+
+def test_registry_refuses_a_run_id_in_use_and_ignores_none():
+    runs = RunRegistry()
+    with runs.track("d"):
+        with pytest.raises(SandboxError) as err:
+            with runs.track("d"):
+                pass
+        assert err.value.reason == "invalid_request"
+        with runs.track(None) as a, runs.track(None) as b:  # untracked runs never clash
+            assert a is not b
+    with runs.track("d"):  # free again
+        pass
+
+
+def test_registry_a_failing_stopper_is_not_the_cancellers_error():
+    runs = RunRegistry()
+
+    def gone() -> None:
+        raise ProcessLookupError("already exited")
+
+    with runs.track("e") as handle:
+        handle.attach(gone)
+        runs.cancel("e")  # does not raise
+        assert handle.cancelled.is_set()
+
+
+def test_wait_running_times_out_for_an_unknown_run():
+    assert RunRegistry().wait_running("nobody", 0.01) is False
+
+
+@pytest.mark.parametrize("bad", ["", "x" * 201, "a\0b", 5])
+def test_run_request_rejects_bad_run_ids(bad):
+    with pytest.raises(ValueError):
+        RunRequest(image=IMAGE, command=["true"], run_id=bad)
+
+
+def test_sandbox_error_reasons_are_a_closed_set():
+    assert SandboxError("cancelled").reason == "cancelled"
+    with pytest.raises(ValueError):
+        SandboxError("image is not there")  # a sentence is not a code
