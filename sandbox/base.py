@@ -141,6 +141,9 @@ class SandboxError(Exception):
         self.reason = reason
         self.message = message
 
+    def __reduce__(self):  # pickle/copy rebuild it from its code, not from the joined text
+        return (type(self), (self.reason, self.message))
+
 
 class Sandbox(Protocol):
     name: str
@@ -164,8 +167,9 @@ class Sandbox(Protocol):
     def cancel(self, run_id: str) -> None:
         """Stop the run whose RunRequest.run_id is `run_id`, promptly (kill its container, cgroups
         or process group; interrupt its wasm store); that `run()` then raises
-        SandboxError("cancelled"). Thread-safe, non-blocking beyond the kill itself, idempotent:
-        no error for a run that already ended. An id no run has yet is remembered, so a run
+        SandboxError("cancelled"). BLOCKING only for the kill itself (bwrap: until the run's
+        cgroups are empty, at most 2 s). Thread-safe, idempotent: no error for a run that
+        already ended. An id no run has yet is remembered, so a run
         started with it later is cancelled at once (see runs.py)."""
 
     def close(self) -> None:
