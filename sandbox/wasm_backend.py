@@ -62,7 +62,7 @@ NAME = "wasm"
 # memset-heavy module ~2*10^9/s). Jobs that care about determinism should set `fuel` themselves.
 DEFAULT_FUEL = 100_000_000_000
 MAX_FUEL = (1 << 63) - 1
-TICK_S = 0.01  # epoch ticker period: the wall-clock timeout's resolution
+TICK_S = 0.01  # epoch ticker period: the resolution of the wall-clock timeout and of cancel
 TABLE_ELEMENTS = 1 << 18  # per table; a funcref element takes 8-16 bytes of host memory
 MAX_TABLES = 8
 MODULE_CACHE_SIZE = 32  # compiled modules kept (LRU)
@@ -90,7 +90,8 @@ class _Ticker:
     """Advances the engine's epoch every TICK_S while at least one run is active.
 
     The epoch is engine-wide, so one ticker serves every concurrent run: each store's deadline
-    is a number of ticks after the epoch current when the run started."""
+    is always the next tick, where its own callback (wasm_host.install_stopper) decides whether
+    that run goes on, timed out or was cancelled."""
 
     def __init__(self, engine: Any) -> None:
         self._engine = engine
