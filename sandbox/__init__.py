@@ -1,10 +1,12 @@
-"""Job sandboxes: run one argv under limits, get exit code and capped output back.
+"""Job sandboxes: run one job under limits, get exit code and capped output back.
 
-Backends: "docker" (the real one) and "process" (isolates nothing; development only). The node
-opens one by name from its config with `open_sandbox` and calls the blocking `run` from
-`trio.to_thread.run_sync`. This package imports nothing from the rest of distributeai.
+Backends (`KINDS`): "docker" (containers on a Docker daemon), "bwrap" (bubblewrap + cgroup v1
+limits on the host's /usr), "wasm" (a WASI module in-process under wasmtime, fuel-metered) and
+"process" (isolates nothing; development only). The node opens one by name from its config with
+`open_sandbox` and calls the blocking `run`, `pull` and `cancel` from trio worker threads.
+This package imports nothing from the rest of distributeai.
 """
 
-from .base import KINDS, RunRequest, RunResult, Sandbox, SandboxError, open_sandbox
+from .base import KINDS, REASONS, RunRequest, RunResult, Sandbox, SandboxError, open_sandbox
 
-__all__ = ["KINDS", "RunRequest", "RunResult", "Sandbox", "SandboxError", "open_sandbox"]
+__all__ = ["KINDS", "REASONS", "RunRequest", "RunResult", "Sandbox", "SandboxError", "open_sandbox"]

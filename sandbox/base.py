@@ -18,6 +18,7 @@ from typing import Protocol
 __all__ = [
     "KINDS",
     "LogSink",
+    "REASONS",
     "RunRequest",
     "RunResult",
     "Sandbox",
@@ -26,6 +27,15 @@ __all__ = [
 ]
 
 KINDS = ("docker", "bwrap", "wasm", "process")
+REASONS = (
+    "daemon_unreachable",
+    "image_missing",
+    "limits_unsupported",
+    "invalid_request",
+    "start_failed",
+    "cancelled",
+    "backend_error",
+)
 
 # Docker refuses a memory limit under 6 MB; the process backend could not even exec with less.
 MIN_MEMORY_MB = 6
@@ -36,6 +46,8 @@ SIGNAL_EXIT_BASE = 128
 # backends report these the same way so executors agree on them.
 EXIT_NOT_FOUND = 127
 EXIT_NOT_EXECUTABLE = 126
+
+MAX_RUN_ID = 200  # characters
 
 LogSink = logging.Logger | Callable[[str], object]
 
@@ -59,6 +71,9 @@ class RunRequest:
     out_cap: int = 64 << 20  # bytes of /out kept; past it the manifest is cut and out_truncated set
     wasm_module: bytes | None = None  # the wasm backend runs this module; command[0] is its argv[0]
     fuel: int | None = None  # wasm: the fuel limit (None: the backend's default)
+    # Names the run for `Sandbox.cancel`; unique per run (e.g. job id + attempt). None: the run
+    # cannot be cancelled.
+    run_id: str | None = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.command, list) or not self.command:
@@ -81,6 +96,10 @@ class RunRequest:
             raise ValueError(f"pids_limit must be >= 1, got {self.pids_limit}")
         if self.output_cap < 0:
             raise ValueError(f"output_cap must be >= 0, got {self.output_cap}")
+        if self.run_id is not None and (
+            not isinstance(self.run_id, str) or not 0 < len(self.run_id) <= MAX_RUN_ID or "\0" in self.run_id
+        ):
+            raise ValueError(f"run_id must be None or 1..{MAX_RUN_ID} characters without NUL: {self.run_id!r}")
 
 
 @dataclass(frozen=True)
@@ -104,19 +123,26 @@ class RunResult:
 class SandboxError(Exception):
     """The sandbox could not run the job; says nothing about the job itself.
 
-    `reason` is a short stable code for callers and metrics:
+    `reason` is a short stable code (one of REASONS) for callers and metrics; branch on it, never
+    on the message text:
       daemon_unreachable  the Docker daemon did not answer
-      image_missing       the image is not present locally
-      limits_unsupported  the daemon cannot enforce memory or pids limits
+      image_missing       the image is not present locally (run), or could not be pulled (pull)
+      limits_unsupported  the backend cannot enforce memory, cpu or pids limits here
       invalid_request     the backend rejected the request's settings (e.g. more cpus than the host)
       start_failed        the sandbox failed to start the job for another reason
+      cancelled           `cancel(run_id)` stopped the run: the job has no result
       backend_error       any other failure of the backend
     """
 
     def __init__(self, reason: str, message: str = "") -> None:
+        if reason not in REASONS:
+            raise ValueError(f"unknown SandboxError reason {reason!r}")
         super().__init__(f"{reason}: {message}" if message else reason)
         self.reason = reason
         self.message = message
+
+    def __reduce__(self):  # pickle/copy rebuild it from its code, not from the joined text
+        return (type(self), (self.reason, self.message))
 
 
 class Sandbox(Protocol):
@@ -126,10 +152,25 @@ class Sandbox(Protocol):
         """Raise SandboxError if the backend cannot run jobs now."""
 
     def has_image(self, image: str) -> bool:
-        """Whether `image` can run without a pull (the process backend: always)."""
+        """Whether `image` can run without a pull (bwrap, wasm, process: always, they ignore it)."""
+
+    def pull(self, image: str) -> None:
+        """Make `image` available, so that has_image(image) holds afterwards. BLOCKING. Returns at
+        once when it already is (bwrap, wasm, process: always). SandboxError("image_missing")
+        when it cannot be had (Docker: no registry answers, or it has no such image);
+        "daemon_unreachable" when the daemon itself does not answer."""
 
     def run(self, req: RunRequest) -> RunResult:
-        """Run one job to completion. BLOCKING: call it via trio.to_thread.run_sync."""
+        """Run one job to completion. BLOCKING: call it via trio.to_thread.run_sync.
+        SandboxError("cancelled") if `cancel(req.run_id)` stopped it."""
+
+    def cancel(self, run_id: str) -> None:
+        """Stop the run whose RunRequest.run_id is `run_id`, promptly (kill its container, cgroups
+        or process group; interrupt its wasm store); that `run()` then raises
+        SandboxError("cancelled"). BLOCKING only for the kill itself (bwrap: until the run's
+        cgroups are empty, at most 2 s). Thread-safe, idempotent: no error for a run that
+        already ended. An id no run has yet is remembered, so a run
+        started with it later is cancelled at once (see runs.py)."""
 
     def close(self) -> None:
         """Release the backend's resources; running jobs are not affected."""

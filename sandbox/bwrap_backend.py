@@ -1,6 +1,6 @@
 """Jobs in bubblewrap (bwrap) sandboxes, limited by cgroup v1 groups the backend makes per run.
 
-Isolation (flags measured in shared/notes/sandbox.md): new user, pid, net, ipc, uts, mount and
+Isolation (flags measured: docs/sandbox.md): new user, pid, net, ipc, uts, mount and
 cgroup namespaces; the job runs as uid/gid 65534 with no capabilities, hostname "sandbox", in /tmp.
 It sees a read-only root with the host's /usr (read-only), a private /tmp tmpfs (64 MB, as the
 Docker backend), private /proc and /dev, and /out (read-write) when RunRequest.out_dir is set.
@@ -19,29 +19,27 @@ bwrap's `--json-status-fd` tells whether the job's argv was exec'd at all: witho
 "exit-code" record, an exit 1 is bwrap's own failure (setup, or execvp of argv[0]: mapped to 127/126
 as the other backends), never the job's, so a job cannot pass its output off as a sandbox error.
 
-Limits: a group per run in each of the memory, pids and cpu v1 hierarchies, made under the node's
-own group (`<mount>/<own group>/distributeai/<pid>-<n>-<random>`): memory (= memory + swap), pids
-(pids_limit plus the 2 bwrap processes that wrap the job), cfs quota. The forked child joins the
-groups before it execs bwrap (writing "0" to cgroup.procs), so the job never runs outside them.
+Limits: a group per run in each of the memory, pids and cpu v1 hierarchies (bwrap_cgroups.py):
+memory (= memory + swap), pids (pids_limit plus the 2 bwrap processes that wrap the job), cfs
+quota. The forked child joins the groups before it execs bwrap (writing "0" to cgroup.procs), so
+the job never runs outside them.
 Plus RLIMIT_CORE 0 and RLIMIT_FSIZE 64 MB. A cgroup v2-only host: `check()` and `run()` raise
 limits_unsupported; jobs never run unlimited.
 
 End of a run: bwrap's pid 1 exits with the job's main process and the kernel kills the rest of
 the pid namespace, as Docker does. On timeout every process of the groups gets SIGKILL. The groups
-are removed after each run; OOM kills are read from memory.oom_control first.
+are removed after each run; OOM kills are read from memory.oom_control first. `cancel(run_id)`
+SIGKILLs every process of the run's groups (bwrap's own processes included); its run() then
+raises SandboxError("cancelled").
 """
 
 from __future__ import annotations
 
 import ctypes
 import dataclasses
-import errno
-import itertools
 import json
 import os
-import re
 import resource
-import secrets
 import selectors
 import shutil
 import signal
@@ -62,9 +60,11 @@ from .base import (
     exec_failure_result,
     warn,
 )
+from .runs import RunHandle, RunRegistry
+from .bwrap_cgroups import CGROUP_DIR, CONTROLLERS, JobGroups, find_cgroup_bases, remove_stale_groups
 from .process_backend import CHUNK, DEFAULT_PATH, FILE_SIZE_LIMIT, _ExitWatch, read_capped
 
-__all__ = ["BwrapSandbox"]
+__all__ = ["BwrapSandbox", "CGROUP_DIR", "find_cgroup_bases"]
 
 NAME = "bwrap"
 JOB_UID = JOB_GID = 65534  # nobody:nogroup, inside the sandbox and (node run as root) on the host
@@ -74,16 +74,8 @@ OUT_MOUNT = "/out"
 # Node run as root: out_dir is bound here in the child's private mount namespace (the host's copy
 # stays an empty directory), as bwrap, running as nobody, may not be able to walk to out_dir.
 OUT_STAGE = "/run/distributeai-bwrap-out"
-CGROUP_DIR = "distributeai"  # under the node's own group in each hierarchy
-CONTROLLERS = ("memory", "pids", "cpu")
-# bwrap runs as two processes around the job (the monitor outside the pid namespace and pid 1
-# inside); pids.max adds them so the job gets pids_limit for itself, as in Docker.
-BWRAP_PIDS = 2
-CFS_PERIOD_US = 100_000
-MIN_CFS_QUOTA_US = 1_000  # the kernel's minimum
-KILL_WAIT_S = 2.0  # after SIGKILL the groups empty in milliseconds; this bounds a sick kernel
 DRAIN_S = 1.0  # after exit the whole pid namespace is dead, pipes reach EOF at once; a bound only
-# The isolation flags that held (shared/notes/sandbox.md), plus a fixed hostname and /tmp size.
+# The isolation flags that held (docs/sandbox.md), plus a fixed hostname and /tmp size.
 ISOLATION = [
     "--unshare-all", "--unshare-user", "--uid", str(JOB_UID), "--gid", str(JOB_GID),
     "--cap-drop", "ALL", "--die-with-parent", "--new-session",
@@ -95,201 +87,9 @@ ISOLATION = [
     "--clearenv",
 ]  # fmt: skip
 
-_names = itertools.count()
-
 
 def _bwrap_path() -> str | None:
     return shutil.which("bwrap") or shutil.which("bwrap", path="/usr/bin:/bin:/usr/local/bin")
-
-
-def _unescape(field: str) -> str:
-    """mountinfo escapes space, tab, newline and backslash as \\ooo."""
-    return re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), field)
-
-
-def find_cgroup_bases() -> dict[str, str]:
-    """For each controller in CONTROLLERS that a cgroup v1 hierarchy holds: the directory of this
-    process's own group in that hierarchy. Controllers without a v1 hierarchy are left out."""
-    mounts: dict[str, tuple[str, str]] = {}  # controller -> (mount point, root of the mount)
-    with open("/proc/self/mountinfo") as f:
-        for line in f:
-            left, _, right = line.partition(" - ")
-            fields, rfields = left.split(), right.split()
-            if len(fields) < 5 or len(rfields) < 3 or rfields[0] != "cgroup":
-                continue
-            options = rfields[2].split(",")
-            for c in CONTROLLERS:
-                if c in options and c not in mounts:
-                    mounts[c] = (_unescape(fields[4]), _unescape(fields[3]))
-    own: dict[str, str] = {}
-    with open("/proc/self/cgroup") as f:
-        for line in f:
-            parts = line.rstrip("\n").split(":", 2)
-            if len(parts) == 3 and parts[1]:
-                for c in parts[1].split(","):
-                    own[c] = parts[2]
-    bases = {}
-    for c, (mount_point, root) in mounts.items():
-        path = own.get(c, "/")
-        if root != "/" and (path == root or path.startswith(root.rstrip("/") + "/")):
-            path = path[len(root.rstrip("/")) :]  # the mount shows only a subtree
-        elif root != "/":
-            path = "/"
-        bases[c] = os.path.join(mount_point, path.lstrip("/"))
-    return bases
-
-
-def _write(path: str, value: str | int) -> None:
-    with open(path, "w") as f:
-        f.write(str(value))
-
-
-def _read_procs(path: str) -> list[int]:
-    try:
-        with open(path) as f:
-            return [int(x) for x in f.read().split()]
-    except (FileNotFoundError, ValueError):
-        return []
-
-
-class _JobGroups:
-    """The cgroups of one run: one directory per hierarchy (co-mounted controllers share one)."""
-
-    def __init__(self, bases: dict[str, str]) -> None:
-        name = f"{os.getpid()}-{next(_names)}-{secrets.token_hex(3)}"
-        self.parents = sorted({os.path.join(b, CGROUP_DIR) for b in bases.values()})
-        self.dirs = {c: os.path.join(b, CGROUP_DIR, name) for c, b in bases.items()}
-        self.made: list[str] = []
-
-    @property
-    def procs_files(self) -> list[str]:
-        return [os.path.join(d, "cgroup.procs") for d in self.made]
-
-    def create(self, req: RunRequest) -> None:
-        try:
-            for d in sorted(set(self.dirs.values())):
-                for attempt in range(3):
-                    os.makedirs(os.path.dirname(d), exist_ok=True)
-                    try:
-                        os.mkdir(d)
-                        break
-                    except FileNotFoundError:  # another run removed the empty parent just now
-                        if attempt == 2:
-                            raise
-                self.made.append(d)
-        except OSError as e:
-            raise SandboxError("limits_unsupported", f"cannot create cgroup {e.filename}: {e}") from e
-        mem, pids, cpu = self.dirs["memory"], self.dirs["pids"], self.dirs["cpu"]
-        limit = req.memory_mb << 20
-        quota = max(MIN_CFS_QUOTA_US, round(req.cpu * CFS_PERIOD_US))
-        settings = [
-            (os.path.join(mem, "memory.limit_in_bytes"), limit),
-            (os.path.join(pids, "pids.max"), req.pids_limit + BWRAP_PIDS),
-            (os.path.join(cpu, "cpu.cfs_period_us"), CFS_PERIOD_US),
-            (os.path.join(cpu, "cpu.cfs_quota_us"), quota),
-        ]
-        memsw = os.path.join(mem, "memory.memsw.limit_in_bytes")
-        if os.path.exists(memsw):  # after memory.limit_in_bytes: memsw may not be below it
-            settings.insert(1, (memsw, limit))
-        for path, value in settings:
-            try:
-                _write(path, value)
-            except OSError as e:
-                raise SandboxError("invalid_request", f"cannot set {path} to {value}: {e}") from e
-        if not os.path.exists(memsw):
-            try:  # no swap accounting (swapaccount=0): keep the job out of swap instead
-                _write(os.path.join(mem, "memory.swappiness"), 0)
-            except OSError:
-                pass
-
-    def pids(self) -> set[int]:
-        found: set[int] = set()
-        for path in self.procs_files:
-            found.update(_read_procs(path))
-        return found
-
-    def kill_all(self) -> bool:
-        """SIGKILL every process of the groups until they are empty; False if they never were."""
-        deadline = time.monotonic() + KILL_WAIT_S
-        delay = 0.001
-        while True:
-            pids = self.pids()
-            if not pids:
-                return True
-            for pid in pids:
-                try:
-                    os.kill(pid, signal.SIGKILL)
-                except (ProcessLookupError, PermissionError):
-                    pass
-            if time.monotonic() >= deadline:
-                return False
-            time.sleep(delay)  # let the killed processes exit (and their parents reap them)
-            delay = min(delay * 2, 0.05)
-
-    def oom_kills(self) -> int:
-        """OOM kills in the memory group: the oom_kill counter (Linux 4.13+); on older kernels,
-        1 when the group hit its limit and is or was under OOM (best effort)."""
-        mem = self.dirs["memory"]
-        try:
-            with open(os.path.join(mem, "memory.oom_control")) as f:
-                stats = dict(line.split() for line in f if line.strip())
-        except OSError:
-            return 0
-        if "oom_kill" in stats:
-            return int(stats["oom_kill"])
-        return 1 if stats.get("under_oom") == "1" else 0
-
-    def remove(self) -> list[str]:
-        """Kill what is left, remove the groups and, when idle, their parent dirs; returns errors."""
-        errors = []
-        if not self.kill_all():
-            errors.append(f"processes left in {self.made}: {sorted(self.pids())}")
-        for d in self.made:
-            deadline = time.monotonic() + KILL_WAIT_S
-            while True:
-                try:
-                    os.rmdir(d)
-                    break
-                except FileNotFoundError:
-                    break
-                except OSError as e:
-                    if e.errno != errno.EBUSY or time.monotonic() >= deadline:
-                        errors.append(f"cannot remove {d}: {e}")
-                        break
-                    time.sleep(0.01)  # exited tasks still leaving the group
-        self.made = []
-        for parent in self.parents:
-            try:
-                os.rmdir(parent)  # only succeeds when no other run has a group there
-            except OSError:
-                pass
-        return errors
-
-
-def remove_stale_groups(bases: dict[str, str]) -> list[str]:
-    """Remove groups left by nodes that died mid-run (their pid is gone); returns what was removed."""
-    removed = []
-    for parent in sorted({os.path.join(b, CGROUP_DIR) for b in bases.values()}):
-        try:
-            names = os.listdir(parent)
-        except OSError:
-            continue
-        for name in names:
-            path = os.path.join(parent, name)
-            owner = name.split("-", 1)[0]
-            if not os.path.isdir(path) or not owner.isdigit() or os.path.exists(f"/proc/{owner}"):
-                continue
-            for pid in _read_procs(os.path.join(path, "cgroup.procs")):
-                try:
-                    os.kill(pid, signal.SIGKILL)
-                except OSError:
-                    pass
-            try:
-                os.rmdir(path)
-                removed.append(path)
-            except OSError:
-                pass
-    return removed
 
 
 def _rlimits() -> list[tuple[int, tuple[int, int]]]:
@@ -399,6 +199,7 @@ class BwrapSandbox:
         self._bwrap: str | None = None
         self._bases: dict[str, str] | None = None
         self._checked = False
+        self._runs = RunRegistry()
 
     def _setup(self) -> tuple[str, dict[str, str]]:
         """bwrap's path and the cgroup bases; SandboxError if either is missing."""
@@ -444,6 +245,13 @@ class BwrapSandbox:
     def has_image(self, image: str) -> bool:
         return True  # the image is ignored: jobs run on the host's read-only /usr
 
+    def pull(self, image: str) -> None:
+        return None  # the image is ignored: nothing to fetch
+
+    def cancel(self, run_id: str) -> None:
+        """SIGKILL every process of the run's cgroups (see runs.py)."""
+        self._runs.cancel(run_id)
+
     def close(self) -> None:
         return None
 
@@ -464,14 +272,17 @@ class BwrapSandbox:
             argv += ["--setenv", key, value]
         # Last mount op: bwrap's root is a tmpfs, writable unless remounted (/tmp, /out stay writable).
         argv += ["--remount-ro", "/", "--chdir", "/tmp", "--", *req.command]
-        groups = _JobGroups(bases)
-        try:
-            groups.create(req)
-            result = self._run(argv, req, groups, drop, out_dir)
-            oom = groups.oom_kills() > 0
-        finally:
-            for error in groups.remove():
-                warn(self._log, error)
+        with self._runs.track(req.run_id) as handle:
+            handle.raise_if_cancelled()
+            groups = JobGroups(bases)
+            try:
+                groups.create(req)
+                result = self._run(argv, req, groups, drop, out_dir, handle)
+                oom = groups.oom_kills() > 0
+            finally:
+                for error in groups.remove():
+                    warn(self._log, error)
+            handle.raise_if_cancelled()
         if oom:
             result = _replace(result, oom_killed=True)
         if req.out_dir is not None:
@@ -483,7 +294,13 @@ class BwrapSandbox:
         return result
 
     def _run(
-        self, argv: list[str], req: RunRequest, groups: _JobGroups, drop: bool, out_dir: bytes | None
+        self,
+        argv: list[str],
+        req: RunRequest,
+        groups: JobGroups,
+        drop: bool,
+        out_dir: bytes | None,
+        handle: RunHandle,
     ) -> RunResult:
         procs_files, limits = groups.procs_files, _rlimits()
         status_r, status_w = os.pipe2(os.O_CLOEXEC)
@@ -507,9 +324,12 @@ class BwrapSandbox:
                 raise SandboxError("start_failed", f"{argv[0]}: {e}") from e
             finally:
                 os.close(status_w)
+            # By cgroup, not pid: the groups hold bwrap and the job, and never a reused pid.
+            handle.attach(groups.kill_all)
             try:
                 result = self._supervise(proc, req, groups, started)
             finally:
+                handle.detach()
                 if proc.returncode is None:
                     _kill(proc.pid)
                     groups.kill_all()
@@ -531,6 +351,7 @@ class BwrapSandbox:
         finally:
             os.close(status_r)
         if proc.returncode == 1 and not result.timed_out and not _job_was_executed(status):
+            handle.raise_if_cancelled()  # killed before the job ran: no bwrap failure to report
             # bwrap failed before the job ran: the output is bwrap's alone
             code = _exec_failure_code(result.stderr, req.command[0])
             if code is not None:
@@ -539,7 +360,7 @@ class BwrapSandbox:
         return result
 
     def _supervise(
-        self, proc: subprocess.Popen, req: RunRequest, groups: _JobGroups, started: float
+        self, proc: subprocess.Popen, req: RunRequest, groups: JobGroups, started: float
     ) -> RunResult:
         assert proc.stdout is not None and proc.stderr is not None
         kept = {"stdout": bytearray(), "stderr": bytearray()}

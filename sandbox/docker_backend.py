@@ -4,7 +4,7 @@ One job: create → start → wait(timeout) → on timeout kill and wait again �
 (capped while streaming) → inspect OOMKilled → remove, always. Not `containers.run(remove=True)`:
 it removes the container before its logs are read (docker-py #2427).
 
-Settings, measured on the project's machines (shared/notes/sandbox.md): no network, read-only root
+Settings, measured on the project's machines (docs/sandbox.md): no network, read-only root
 with a size-capped tmpfs at /tmp, uid 65534, no capabilities, no-new-privileges, memory = memory +
 swap, cpu quota, pids limit, the `local` log driver (returned full output; json-file inflates output
 on disk and its max-size truncates what logs() returns).
@@ -43,6 +43,7 @@ import docker.errors
 import docker.types
 import requests.exceptions
 
+from .runs import RunHandle, RunRegistry
 from .base import (
     EXIT_NOT_EXECUTABLE,
     EXIT_NOT_FOUND,
@@ -193,6 +194,7 @@ class DockerSandbox:
         self._client: docker.DockerClient | None = None
         self._closed = False
         self._warned_swap = False
+        self._runs = RunRegistry()
 
     # -- client --------------------------------------------------------------------------------
 
@@ -243,8 +245,11 @@ class DockerSandbox:
         return True
 
     def pull(self, image: str) -> None:
-        """Pull `image` from its registry. SandboxError("image_missing") when no registry answers
-        or it has no such image (on machines without a registry, every pull ends here)."""
+        """Pull `image` from its registry, unless the daemon has it already. SandboxError
+        ("image_missing") when no registry answers or it has no such image (on machines without
+        a registry, every pull of an image not built locally ends here)."""
+        if self.has_image(image):
+            return
         client = self._get_client()
         repository, _, tag = image.rpartition(":") if ":" in image.rsplit("/", 1)[-1] else (image, "", "latest")
         try:
@@ -254,7 +259,18 @@ class DockerSandbox:
         except docker.errors.APIError as e:
             raise SandboxError("image_missing", f"pull of {image} failed: {e.explanation or e}") from e
 
+    def cancel(self, run_id: str) -> None:
+        """Kill the run's container (see runs.py); its run() then removes it as always."""
+        self._runs.cancel(run_id)
+
     def run(self, req: RunRequest) -> RunResult:
+        with self._runs.track(req.run_id) as handle:
+            handle.raise_if_cancelled()
+            result = self._run_tracked(req, handle)
+            handle.raise_if_cancelled()
+            return result
+
+    def _run_tracked(self, req: RunRequest, handle: RunHandle) -> RunResult:
         client = self._get_client()
         mounts = []
         out_dir = None
@@ -299,7 +315,7 @@ class DockerSandbox:
                 raise SandboxError("invalid_request", e.explanation or str(e)) from e
             raise SandboxError("backend_error", str(e)) from e
         try:
-            result = self._run_created(container, req)
+            result = self._run_created(container, req, handle)
         except _UNREACHABLE as e:
             raise self._unreachable(e) from e
         except docker.errors.APIError as e:
@@ -318,17 +334,20 @@ class DockerSandbox:
             raise SandboxError("backend_error", f"cannot read out_dir {out_dir}: {e}") from e
         return dataclasses.replace(result, manifest=manifest, out_truncated=out_truncated)
 
-    def _run_created(self, container, req: RunRequest) -> RunResult:
+    def _run_created(self, container, req: RunRequest, handle: RunHandle) -> RunResult:
         # Attach before start, as `docker run -i` does: the job cannot read stdin before we are
         # connected, and a job that exits at once cannot make the attach fail.
         feeder = _StdinFeeder(container, req.stdin) if req.stdin else None
         try:
-            return self._start_and_wait(container, req, feeder)
+            return self._start_and_wait(container, req, feeder, handle)
         finally:
+            handle.detach()
             if feeder is not None:
                 feeder.close()
 
-    def _start_and_wait(self, container, req: RunRequest, feeder: _StdinFeeder | None) -> RunResult:
+    def _start_and_wait(
+        self, container, req: RunRequest, feeder: _StdinFeeder | None, handle: RunHandle
+    ) -> RunResult:
         started = time.monotonic()
         try:
             container.start()
@@ -337,6 +356,8 @@ class DockerSandbox:
             if code is None:
                 raise SandboxError("start_failed", str(e.explanation or e)) from e
             return exec_failure_result(req.command[0], code, time.monotonic() - started, NAME)
+        # Killed from the cancelling thread; a container that exited meanwhile answers 409.
+        handle.attach(container.kill)
         if feeder is not None:
             feeder.start()
         timed_out = False

@@ -39,6 +39,7 @@ import subprocess
 import tempfile
 import time
 
+from .runs import RunHandle, RunRegistry
 from .base import (
     EXIT_NOT_EXECUTABLE,
     EXIT_NOT_FOUND,
@@ -209,12 +210,20 @@ class ProcessSandbox:
 
     def __init__(self, *, log: LogSink) -> None:
         warn(log, WARNING)
+        self._runs = RunRegistry()
 
     def check(self) -> None:
         return None
 
     def has_image(self, image: str) -> bool:
         return True
+
+    def pull(self, image: str) -> None:
+        return None  # the image is ignored: nothing to fetch
+
+    def cancel(self, run_id: str) -> None:
+        """SIGKILL the run's process group (see runs.py)."""
+        self._runs.cancel(run_id)
 
     def close(self) -> None:
         return None
@@ -225,11 +234,14 @@ class ProcessSandbox:
             out_dir = os.path.abspath(req.out_dir)
             if not os.path.isdir(out_dir):
                 raise SandboxError("invalid_request", f"out_dir is not a directory: {out_dir}")
-        workdir = tempfile.mkdtemp(prefix="dai-job-")
-        try:
-            result = self._run_in(workdir, req, out_dir)
-        finally:
-            shutil.rmtree(workdir, ignore_errors=True)
+        with self._runs.track(req.run_id) as handle:
+            handle.raise_if_cancelled()
+            workdir = tempfile.mkdtemp(prefix="dai-job-")
+            try:
+                result = self._run_in(workdir, req, out_dir, handle)
+            finally:
+                shutil.rmtree(workdir, ignore_errors=True)
+            handle.raise_if_cancelled()
         if out_dir is None:
             return result
         try:
@@ -238,7 +250,7 @@ class ProcessSandbox:
             raise SandboxError("backend_error", f"cannot read out_dir {out_dir}: {e}") from e
         return dataclasses.replace(result, manifest=manifest, out_truncated=out_truncated)
 
-    def _run_in(self, workdir: str, req: RunRequest, out_dir: str | None) -> RunResult:
+    def _run_in(self, workdir: str, req: RunRequest, out_dir: str | None, handle: RunHandle) -> RunResult:
         env = {"PATH": DEFAULT_PATH, **req.env}
         if out_dir is not None:
             env["OUT_DIR"] = out_dir
@@ -266,9 +278,11 @@ class ProcessSandbox:
             raise SandboxError("start_failed", f"{req.command[0]}: {e}") from e
         except subprocess.SubprocessError as e:  # preexec_fn failed
             raise SandboxError("start_failed", str(e)) from e
+        handle.attach(lambda: _kill_group(proc.pid))
         try:
-            return self._supervise(proc, req, started)
+            return self._supervise(proc, req, started, handle)
         finally:
+            handle.detach()  # before the reap: the pgid must not be reused under a late cancel
             if proc.returncode is None:
                 _kill_group(proc.pid)
                 proc.wait()
@@ -278,7 +292,7 @@ class ProcessSandbox:
             if proc.stdin is not None:
                 proc.stdin.close()
 
-    def _supervise(self, proc: subprocess.Popen, req: RunRequest, started: float) -> RunResult:
+    def _supervise(self, proc: subprocess.Popen, req: RunRequest, started: float, handle: RunHandle) -> RunResult:
         assert proc.stdout is not None and proc.stderr is not None
         kept = {"stdout": bytearray(), "stderr": bytearray()}
         truncated = {"stdout": False, "stderr": False}
@@ -327,6 +341,7 @@ class ProcessSandbox:
             finally:
                 stdin.close()
                 watch.close(sel)
+        handle.detach()  # the child is reaped next: its pgid may then be reused
         returncode = proc.wait()
         assert exited_at is not None
         return RunResult(

@@ -17,10 +17,13 @@ Limits, and how a run ends:
   `fuel_used` is an exact, verifiable measure of the work. wasmtime checks fuel only at function
   entries and loop headers, so a run that ends within a few dozen units past its budget still
   completes, and then reports fuel_used = the budget.
-- wall clock: `timeout_s`, enforced with wasmtime's epoch interruption (one engine-wide ticker
-  thread, TICK_S) and, for a module blocked in `poll_oneoff` (sleep), by the backend's own
-  `poll_oneoff`, which never sleeps past the deadline. Exit 137, timed_out=True, fuel_used=None
-  (fuel is not exact when wall-clock interrupted; wasmtime does not flush it).
+- wall clock: `timeout_s`, enforced with wasmtime's epoch interruption: one engine-wide ticker
+  thread advances the epoch every TICK_S and each store's epoch-deadline callback (wasm_host.py)
+  traps its run once past the deadline; for a module blocked in `poll_oneoff` (sleep), the
+  backend's own `poll_oneoff` never sleeps past the deadline. Exit 137, timed_out=True,
+  fuel_used=None (fuel is not exact when wall-clock interrupted; wasmtime does not flush it).
+- cancel(run_id): the same callback traps the run at the next tick (a sleeping module is woken
+  first); run() then raises SandboxError("cancelled").
 - memory: linear memory is capped at `memory_mb` (Store.set_limits). Past it, `memory.grow`
   returns -1 and malloc returns NULL: what happens then is the module's business. A module whose
   *initial* memory (or tables) exceeds the limits cannot be instantiated: exit 137,
@@ -42,16 +45,15 @@ a millisecond. `run` is blocking and thread-safe: call it from worker threads, c
 from __future__ import annotations
 
 import hashlib
-import math
-import struct
 import threading
 import time
-import traceback
 from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any
 
 from .base import SIGNAL_EXIT_BASE, LogSink, RunRequest, RunResult, SandboxError
+from .runs import RunHandle, RunRegistry
+from .wasm_host import WASI, Capture, RunState, current, install_stopper, poll_oneoff, set_stdin
 
 __all__ = ["WasmSandbox", "DEFAULT_FUEL"]
 
@@ -60,7 +62,7 @@ NAME = "wasm"
 # memset-heavy module ~2*10^9/s). Jobs that care about determinism should set `fuel` themselves.
 DEFAULT_FUEL = 100_000_000_000
 MAX_FUEL = (1 << 63) - 1
-TICK_S = 0.01  # epoch ticker period: the wall-clock timeout's resolution
+TICK_S = 0.01  # epoch ticker period: the resolution of the wall-clock timeout and of cancel
 TABLE_ELEMENTS = 1 << 18  # per table; a funcref element takes 8-16 bytes of host memory
 MAX_TABLES = 8
 MODULE_CACHE_SIZE = 32  # compiled modules kept (LRU)
@@ -76,62 +78,6 @@ WASM_MAGIC = b"\0asm"
 EXIT_KILLED = SIGNAL_EXIT_BASE + 9  # 137: fuel exhausted, wall-clock timeout, memory limit
 EXIT_TRAP = SIGNAL_EXIT_BASE + 6  # 134: any other trap, like an abort()
 
-WASI = "wasi_snapshot_preview1"
-# WASI preview 1 constants used by poll_oneoff
-ERRNO_SUCCESS = 0
-ERRNO_BADF = 8
-ERRNO_FAULT = 21
-ERRNO_INVAL = 28
-EVENTTYPE_CLOCK = 0
-EVENTTYPE_FD_READ = 1
-EVENTTYPE_FD_WRITE = 2
-CLOCK_REALTIME = 0
-CLOCK_MONOTONIC = 1
-SUBCLOCKFLAGS_ABSTIME = 1
-SUBSCRIPTION_SIZE = 48
-EVENT_SIZE = 32
-U32 = 0xFFFFFFFF
-
-
-class _Capture:
-    """A WASI stdout/stderr sink: keeps the first `cap` bytes, counts and drops the rest, so a
-    module writing without end costs neither memory nor disk. Called on the running thread."""
-
-    __slots__ = ("cap", "chunks", "size", "truncated", "closed")
-
-    def __init__(self, cap: int) -> None:
-        self.cap = cap
-        self.chunks: list[bytes] = []
-        self.size = 0
-        self.truncated = False
-        self.closed = False  # set at the wall-clock deadline: later output is not the job's
-
-    def __call__(self, data: bytes) -> None:  # returning None: all of `data` was written
-        if self.closed:
-            return
-        room = self.cap - self.size
-        if len(data) > room:
-            self.truncated = True
-            data = data[:room]
-        if data:
-            self.chunks.append(data)
-            self.size += len(data)
-
-    def value(self) -> bytes:
-        return b"".join(self.chunks)
-
-
-@dataclass
-class _RunState:
-    """What the backend's host functions need to know about the run on this thread."""
-
-    deadline: float  # time.monotonic() at which the job has run out of wall-clock time
-    mono_base: float  # time.monotonic() when the WASI context (and its monotonic clock) began
-    captures: tuple[_Capture, ...]
-    deadline_hit: bool = False  # a host call reached the deadline
-    host_error: str | None = None  # a bug in a host function (never raised into wasmtime)
-
-
 @dataclass
 class _Prepared:
     module: Any  # wasmtime.Module
@@ -144,7 +90,8 @@ class _Ticker:
     """Advances the engine's epoch every TICK_S while at least one run is active.
 
     The epoch is engine-wide, so one ticker serves every concurrent run: each store's deadline
-    is a number of ticks after the epoch current when the run started."""
+    is always the next tick, where its own callback (wasm_host.install_stopper) decides whether
+    that run goes on, timed out or was cancelled."""
 
     def __init__(self, engine: Any) -> None:
         self._engine = engine
@@ -198,6 +145,7 @@ class WasmSandbox:
         self._compiling: dict[str, threading.Lock] = {}
         self._closed = False
         self._import_error: str | None = None
+        self._runs = RunRegistry()
         try:
             import wasmtime
         except ImportError as e:  # a pip dependency; say so at check() instead of at import
@@ -234,6 +182,14 @@ class WasmSandbox:
     def has_image(self, image: str) -> bool:
         return True  # images mean nothing here: the job brings its module
 
+    def pull(self, image: str) -> None:
+        return None  # images mean nothing here: nothing to fetch
+
+    def cancel(self, run_id: str) -> None:
+        """Trap the run at the engine's next epoch tick (TICK_S); wake it if asleep in
+        poll_oneoff (see runs.py)."""
+        self._runs.cancel(run_id)
+
     def close(self) -> None:
         with self._lock:
             if self._closed:
@@ -252,13 +208,18 @@ class WasmSandbox:
         if not isinstance(fuel, int) or isinstance(fuel, bool) or not 0 < fuel <= MAX_FUEL:
             raise SandboxError("invalid_request", f"fuel must be an int in [1, {MAX_FUEL}], got {fuel!r}")
         prepared = self._prepare(bytes(req.wasm_module))
-        self._ticker.enter()
-        try:
-            if _thread_stack_ok():
-                return self._run(prepared, req, fuel)
-            return _on_helper_thread(self._run, prepared, req, fuel)
-        finally:
-            self._ticker.leave()
+        with self._runs.track(req.run_id) as handle:
+            handle.raise_if_cancelled()
+            self._ticker.enter()
+            try:
+                if _thread_stack_ok():
+                    result = self._run(prepared, req, fuel, handle)
+                else:
+                    result = _on_helper_thread(self._run, prepared, req, fuel, handle)
+            finally:
+                self._ticker.leave()
+            handle.raise_if_cancelled()
+            return result
 
     # --- compiling --------------------------------------------------------------------------
 
@@ -271,7 +232,7 @@ class WasmSandbox:
         linker.allow_shadowing = True
         i32 = wt.ValType.i32()
         linker.define_func(WASI, "poll_oneoff", wt.FuncType([i32, i32, i32, i32], [i32]),
-                           _poll_oneoff, access_caller=True)
+                           poll_oneoff, access_caller=True)
         linker.allow_shadowing = False
         return linker
 
@@ -336,10 +297,10 @@ class WasmSandbox:
 
     # --- running ----------------------------------------------------------------------------
 
-    def _run(self, prepared: _Prepared, req: RunRequest, fuel: int) -> RunResult:
+    def _run(self, prepared: _Prepared, req: RunRequest, fuel: int, handle: RunHandle) -> RunResult:
         wt = self._wt
-        out = _Capture(req.output_cap)
-        err = _Capture(req.output_cap)
+        out = Capture(req.output_cap)
+        err = Capture(req.output_cap)
         store = wt.Store(self._engine)
         try:
             store.set_limits(memory_size=req.memory_mb << 20, table_elements=TABLE_ELEMENTS,
@@ -351,14 +312,15 @@ class WasmSandbox:
                 wasi.env = list(req.env.items())
             except (UnicodeError, wt.WasmtimeError) as e:
                 raise SandboxError("invalid_request", f"argv or env not usable by WASI: {e}") from None
-            _set_stdin(wt, wasi, req.stdin)
+            set_stdin(wt, wasi, req.stdin)
             wasi.stdout_custom = out
             wasi.stderr_custom = err
             start = time.monotonic()
-            state = _RunState(deadline=start + req.timeout_s, mono_base=start, captures=(out, err))
+            state = RunState(deadline=start + req.timeout_s, mono_base=start, captures=(out, err))
             store.set_wasi(wasi)  # no preopens, no inherited stdio, no network
-            store.set_epoch_deadline(math.ceil(req.timeout_s / TICK_S) + 1)
-            _tls.state = state
+            install_stopper(wt, store, state)
+            current.state = state
+            handle.attach(state.cancelled.set)
             exit_code, timed_out, oom, note = 0, False, False, ""
             fuel_exact = True
             try:
@@ -386,11 +348,15 @@ class WasmSandbox:
                 exit_code, note = EXIT_TRAP, _trap_note("error", e)
             finally:
                 duration = time.monotonic() - start
-                _tls.state = None
+                current.state = None
+                handle.detach()
             if state.host_error is not None:
                 raise SandboxError("backend_error", f"wasm host function failed: {state.host_error}")
-            if state.deadline_hit and not timed_out:
-                # the job was still sleeping at its deadline: it timed out, whatever came next
+            if state.stopped == "cancelled":
+                raise SandboxError("cancelled", f"run {req.run_id} was cancelled")
+            if (state.deadline_hit or state.stopped == "timeout") and not timed_out:
+                # the stopper trapped it at its deadline, or it was still sleeping then: it timed
+                # out, whatever came next
                 exit_code, timed_out, note = EXIT_KILLED, True, f"wasm: timed out after {req.timeout_s:g} s"
                 fuel_exact = False
             try:
@@ -414,28 +380,6 @@ class WasmSandbox:
             sandbox=NAME,
             fuel_used=fuel_used,
         )
-
-
-def _set_stdin(wt: Any, wasi: Any, data: bytes) -> None:
-    """Give the module `data` as its stdin, from memory (wasmtime's C API has it; wasmtime-py
-    does not wrap it); else from a temporary file, opened by wasmtime then unlinked."""
-    ffi = getattr(wt, "_ffi", None)
-    if ffi is not None and hasattr(ffi, "wasi_config_set_stdin_bytes") and hasattr(ffi, "bytes_to_capi"):
-        import ctypes
-
-        vec = ffi.bytes_to_capi(bytes(data))  # wasmtime takes ownership of the vector
-        ffi.wasi_config_set_stdin_bytes(wasi.ptr(), ctypes.byref(vec))
-        return
-    import os
-    import tempfile
-
-    fd, path = tempfile.mkstemp(prefix="dai-wasm-stdin-")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        wasi.stdin_file = path
-    finally:
-        os.unlink(path)
 
 
 def _trap_note(kind: str, e: BaseException) -> str:
@@ -514,94 +458,3 @@ def _first_line(e: BaseException) -> str:
     return text.splitlines()[0] if text else type(e).__name__
 
 
-# --- poll_oneoff --------------------------------------------------------------------------------
-
-_SUB_HEAD = struct.Struct("<QB")  # userdata, tag
-_SUB_CLOCK = struct.Struct("<I4xQQH")  # at +16: clock id, timeout (ns), precision, flags
-_SUB_FD = struct.Struct("<I")  # at +16: fd
-_EVENT = struct.Struct("<QHB5xQH6x")  # userdata, errno, type, nbytes, flags
-
-
-def _poll_oneoff(caller: Any, in_ptr: int, out_ptr: int, nsubs: int, nevents_ptr: int) -> int:
-    """WASI poll_oneoff for the backend's stdio: stdin, stdout and stderr are always ready (they
-    are memory buffers); clocks are real, but the thread never sleeps past the job's deadline.
-
-    Never raises: a Python exception escaping a host function is kept by wasmtime-py in a
-    process-global slot that another thread's run could pick up."""
-    state: _RunState | None = getattr(_tls, "state", None)
-    try:
-        return _poll(caller, state, in_ptr & U32, out_ptr & U32, nsubs & U32, nevents_ptr & U32)
-    except Exception:
-        if state is not None:
-            state.host_error = traceback.format_exc(limit=3)
-        return ERRNO_INVAL
-
-
-def _poll(caller: Any, state: _RunState | None, in_ptr: int, out_ptr: int, nsubs: int, nevents_ptr: int) -> int:
-    if state is None:
-        raise RuntimeError("poll_oneoff outside a WasmSandbox run")
-    memory = caller.get("memory")
-    if memory is None or not hasattr(memory, "data_len"):
-        return ERRNO_FAULT
-    if nsubs == 0:
-        return ERRNO_INVAL
-    size = memory.data_len(caller)
-    if (in_ptr + nsubs * SUBSCRIPTION_SIZE > size or out_ptr + nsubs * EVENT_SIZE > size
-            or nevents_ptr + 4 > size):
-        return ERRNO_FAULT
-    raw = bytes(memory.read(caller, in_ptr, in_ptr + nsubs * SUBSCRIPTION_SIZE))
-    now = time.monotonic()
-    ready: list[tuple[int, int, int]] = []  # (userdata, errno, event type)
-    clocks: list[tuple[float, int]] = []  # (seconds to wait, userdata)
-    for i in range(nsubs):
-        base = i * SUBSCRIPTION_SIZE
-        userdata, tag = _SUB_HEAD.unpack_from(raw, base)
-        if tag == EVENTTYPE_CLOCK:
-            clock_id, timeout_ns, _precision, flags = _SUB_CLOCK.unpack_from(raw, base + 16)
-            if clock_id not in (CLOCK_REALTIME, CLOCK_MONOTONIC):
-                ready.append((userdata, ERRNO_INVAL, EVENTTYPE_CLOCK))
-                continue
-            wait = timeout_ns / 1e9
-            if flags & SUBCLOCKFLAGS_ABSTIME:
-                # wasmtime's monotonic clock counts from the WASI context's creation
-                wait -= time.time() if clock_id == CLOCK_REALTIME else now - state.mono_base
-            clocks.append((max(0.0, wait), userdata))
-        elif tag in (EVENTTYPE_FD_READ, EVENTTYPE_FD_WRITE):
-            (fd,) = _SUB_FD.unpack_from(raw, base + 16)
-            ok = fd == 0 if tag == EVENTTYPE_FD_READ else fd in (1, 2)
-            ready.append((userdata, ERRNO_SUCCESS if ok else ERRNO_BADF, tag))
-        else:
-            return ERRNO_INVAL
-    if not ready and clocks:
-        wait = min(w for w, _ in clocks)
-        remaining = state.deadline - now
-        if wait >= remaining:
-            # The job would still be asleep at its deadline: sleep to it and stop the job's
-            # output there; the epoch ticker interrupts it as soon as it is back in wasm code.
-            if remaining > 0:
-                time.sleep(remaining)
-            state.deadline_hit = True
-            for capture in state.captures:
-                capture.closed = True
-            return ERRNO_SUCCESS if _write_events(caller, memory, out_ptr, nevents_ptr, [
-                (ud, ERRNO_SUCCESS, EVENTTYPE_CLOCK) for w, ud in clocks if w <= wait]) else ERRNO_FAULT
-        if wait > 0:
-            time.sleep(wait)
-        ready = [(ud, ERRNO_SUCCESS, EVENTTYPE_CLOCK) for w, ud in clocks if w <= wait]
-    else:
-        ready += [(ud, ERRNO_SUCCESS, EVENTTYPE_CLOCK) for w, ud in clocks if w <= 0]
-    return ERRNO_SUCCESS if _write_events(caller, memory, out_ptr, nevents_ptr, ready) else ERRNO_FAULT
-
-
-def _write_events(caller: Any, memory: Any, out_ptr: int, nevents_ptr: int,
-                  events: list[tuple[int, int, int]]) -> bool:
-    buf = bytearray(len(events) * EVENT_SIZE)
-    for k, (userdata, errno, etype) in enumerate(events):
-        _EVENT.pack_into(buf, k * EVENT_SIZE, userdata, errno, etype, 0, 0)
-    try:
-        if buf:
-            memory.write(caller, buf, out_ptr)
-        memory.write(caller, struct.pack("<I", len(events)), nevents_ptr)
-    except IndexError:
-        return False
-    return True

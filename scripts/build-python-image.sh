@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Build a local Python image for the Python workload, on machines without a registry (sandbox.md):
+# Build a local Python image for the Python workload, on machines without a registry (docs/sandbox.md):
 # the host's Debian python3.11 with its standard library, the libraries ldd lists for it,
 # busybox for a shell, and a mode-1777 /tmp, imported as one layer.
 #

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # A private Docker daemon for job sandboxes, on machines without a registry (see
-# shared/notes/sandbox.md and sandbox/README.md).
+# docs/sandbox.md and sandbox/README.md).
 #
 #   scripts/dockerd.sh start DIR   start (or reuse) a dockerd whose state lives in DIR, make sure the
 #                                  local busybox image alpine:latest exists, and print

@@ -1,7 +1,9 @@
-"""Tests of sandbox/: one conformance suite run against every backend, then what only one backend
-promises (Docker's isolation, the process backend's env and workdir), then pure logic.
+"""Tests of sandbox/: one conformance suite run against every argv backend (process, Docker,
+bubblewrap), then what only one backend promises (Docker's isolation, the process backend's env
+and workdir), then pure logic. The wasm backend runs modules, not argv: tests/test_sandbox_wasm.py.
 
-Docker tests need a real dockerd (fixture `docker_host` in conftest.py); nothing here fakes it.
+Docker tests need a real dockerd (fixture `docker_host` in conftest.py), bwrap tests bubblewrap and
+cgroup v1 (fixture `bwrap_ready`); nothing here fakes either.
 """
 
 from __future__ import annotations
@@ -10,9 +12,11 @@ import contextlib
 import hashlib
 import logging
 import os
+import select
 import socket
 import threading
 import time
+import uuid
 from collections.abc import Iterator
 
 import pytest
@@ -21,6 +25,7 @@ import trio
 from distributeai.sandbox import KINDS, RunRequest, RunResult, SandboxError, open_sandbox
 from distributeai.sandbox.base import build_manifest
 from distributeai.sandbox.docker_backend import LABELS, _exec_failure_code, _read_capped
+from distributeai.sandbox.runs import EARLY_CANCELS, RunRegistry
 
 IMAGE = "alpine:latest"  # on test machines: the busybox image scripts/dockerd.sh builds
 HELLO = ["sh", "-c", "echo 'Hello' | sha256sum"]
@@ -40,11 +45,20 @@ def quiet(_message: str) -> None:
     pass
 
 
-@pytest.fixture(params=["process", pytest.param("docker", marks=pytest.mark.docker)])
+@pytest.fixture(
+    params=[
+        "process",
+        pytest.param("docker", marks=pytest.mark.docker),
+        pytest.param("bwrap", marks=pytest.mark.bwrap),
+    ]
+)
 def sandbox(request):
     if request.param == "docker":
         host = request.getfixturevalue("docker_host")
         sb = open_sandbox("docker", docker_host=host, log=logging.getLogger("test"))
+    elif request.param == "bwrap":
+        request.getfixturevalue("bwrap_ready")  # skips, or fails under CI / REQUIRE_BWRAP
+        sb = open_sandbox("bwrap", log=logging.getLogger("test"))
     else:
         sb = open_sandbox("process", log=quiet)
     sb.check()
@@ -294,6 +308,101 @@ def test_missing_out_dir_is_rejected(sandbox, tmp_path):
         sandbox.run(job("true", out_dir=str(tmp_path / "missing")))
     assert err.value.reason == "invalid_request"
     assert not (tmp_path / "missing").exists()
+
+
+# ---- conformance: pull and cancel --------------------------------------------------------------
+# A started job says so through a FIFO in its out_dir (written by the job, read here with a
+# deadline): the cancel below hits a job that is running, not one that has yet to start.
+START_S = 60.0  # bound for a job to start; Docker under load can take seconds
+
+
+def run_id() -> str:
+    return f"test-{uuid.uuid4().hex}"
+
+
+def run_in_thread(sb, req: RunRequest) -> tuple[threading.Thread, dict]:
+    box: dict = {}
+
+    def target() -> None:
+        try:
+            box["result"] = sb.run(req)
+        except BaseException as e:  # noqa: BLE001 - handed to the test
+            box["error"] = e
+
+    thread = threading.Thread(target=target, name="test-run", daemon=True)
+    thread.start()
+    return thread, box
+
+
+def start_and_wait_running(sb, out_dir, **kw) -> tuple[threading.Thread, dict, RunRequest]:
+    """Start `sleep 60` (with run_id) on a thread; return once the job has signalled it runs."""
+    fifo = out_dir / "started"
+    os.mkfifo(fifo)
+    os.chmod(fifo, 0o666)  # the job's uid is 65534 on docker and bwrap
+    req = job("sh", "-c", f"echo up > {OUT}/started; exec sleep 60", out_dir=str(out_dir), timeout_s=120, **kw)
+    fd = os.open(fifo, os.O_RDONLY | os.O_NONBLOCK)  # a reader exists: the job's open does not block
+    try:
+        thread, box = run_in_thread(sb, req)
+        ready, _, _ = select.select([fd], [], [], START_S)
+        assert ready, f"the job did not start within {START_S} s: {box}"
+        assert os.read(fd, 16) == b"up\n"
+    finally:
+        os.close(fd)
+    return thread, box, req
+
+
+def test_pull_of_an_image_at_hand_returns(sandbox):
+    sandbox.pull(IMAGE)  # present (docker) or ignored (bwrap, process): no registry is asked
+    assert sandbox.has_image(IMAGE)
+
+
+def test_cancel_stops_a_running_job_promptly(sandbox, out_dir):
+    rid = run_id()
+    thread, box, req = start_and_wait_running(sandbox, out_dir, run_id=rid)
+    # While it runs, its run_id is taken.
+    with pytest.raises(SandboxError) as dup:
+        sandbox.run(job("true", run_id=rid))
+    assert dup.value.reason == "invalid_request"
+    cancelled_at = time.monotonic()
+    sandbox.cancel(rid)
+    thread.join(PROMPT_S)
+    assert not thread.is_alive(), "run() did not return after cancel"
+    assert time.monotonic() - cancelled_at < PROMPT_S
+    assert isinstance(box.get("error"), SandboxError), box
+    assert box["error"].reason == "cancelled"
+    sandbox.cancel(rid)  # again, after the end: nothing happens
+    assert sandbox.run(job("echo", "after", run_id=run_id())).stdout == b"after\n"
+
+
+def test_cancel_before_the_run_means_it_never_starts(sandbox, out_dir):
+    rid = run_id()
+    sandbox.cancel(rid)  # overtakes the run: remembered for it
+    with pytest.raises(SandboxError) as err:
+        sandbox.run(job("sh", "-c", f"echo ran > {OUT}/ran", out_dir=str(out_dir), run_id=rid))
+    assert err.value.reason == "cancelled"
+    assert not (out_dir / "ran").exists()
+
+
+def test_cancel_of_an_ended_or_unknown_run_changes_nothing(sandbox):
+    rid = run_id()
+    result = sandbox.run(job("echo", "x", run_id=rid))
+    sandbox.cancel(rid)
+    sandbox.cancel(rid)
+    assert (result.exit_code, result.stdout) == (0, b"x\n")
+    assert sandbox.run(job("echo", "y", run_id=run_id())).stdout == b"y\n"
+    assert sandbox.run(job("echo", "z")).stdout == b"z\n"  # no run_id: cannot be cancelled, runs
+
+
+def test_cancel_of_one_run_leaves_the_others(sandbox, out_dir):
+    thread, box, req = start_and_wait_running(sandbox, out_dir, run_id=run_id())
+    sandbox.cancel(run_id())  # an unrelated id
+    result = sandbox.run(job("echo", "alive", run_id=run_id()))
+    assert result.stdout == b"alive\n"
+    assert thread.is_alive()  # still sleeping: nothing cancelled it
+    sandbox.cancel(req.run_id)
+    thread.join(PROMPT_S)
+    assert not thread.is_alive()
+    assert box["error"].reason == "cancelled"
 
 
 # ---- docker only ------------------------------------------------------------------------------
@@ -625,3 +734,92 @@ def test_pull_without_a_registry_says_image_missing(docker_host):
         assert e.value.reason == "image_missing"
     finally:
         sandbox.close()
+
+
+# ---- pure logic: run tracking (runs.py) ---------------------------------------------------------
+
+
+def test_registry_calls_the_stopper_of_a_running_run_once_per_cancel():
+    runs, stopped = RunRegistry(), []
+    with runs.track("a") as handle:
+        handle.attach(lambda: stopped.append("a"))
+        runs.cancel("a")
+        assert stopped == ["a"] and handle.cancelled.is_set()
+        with pytest.raises(SandboxError) as err:
+            handle.raise_if_cancelled()
+        assert err.value.reason == "cancelled"
+    runs.cancel("a")  # ended: no stopper, no error... but remembered as an early cancel
+    assert stopped == ["a"]
+
+
+def test_registry_stops_a_job_attached_after_its_cancel():
+    runs, stopped = RunRegistry(), []
+    with runs.track("b") as handle:
+        runs.cancel("b")  # before the job runs
+        handle.attach(lambda: stopped.append("b"))
+        assert stopped == ["b"]
+
+
+def test_registry_never_calls_a_detached_stopper():
+    runs, stopped = RunRegistry(), []
+    with runs.track("c") as handle:
+        handle.attach(lambda: stopped.append("c"))
+        handle.detach()  # the job ended; its pid may be reused from now on
+        runs.cancel("c")
+    assert stopped == []
+
+
+def test_registry_remembers_early_cancels_up_to_a_bound():
+    runs = RunRegistry()
+    runs.cancel("early")
+    with runs.track("early") as handle:
+        assert handle.cancelled.is_set()
+    with runs.track("early") as handle:  # used up by the first run
+        assert not handle.cancelled.is_set()
+    for i in range(EARLY_CANCELS + 1):
+        runs.cancel(f"id-{i}")
+    with runs.track("id-0") as handle:  # the oldest was dropped
+        assert not handle.cancelled.is_set()
+    with runs.track(f"id-{EARLY_CANCELS}") as handle:
+        assert handle.cancelled.is_set()
+
+
+def test_registry_refuses_a_run_id_in_use_and_ignores_none():
+    runs = RunRegistry()
+    with runs.track("d"):
+        with pytest.raises(SandboxError) as err:
+            with runs.track("d"):
+                pass
+        assert err.value.reason == "invalid_request"
+        with runs.track(None) as a, runs.track(None) as b:  # untracked runs never clash
+            assert a is not b
+    with runs.track("d"):  # free again
+        pass
+
+
+def test_registry_a_failing_stopper_is_not_the_cancellers_error():
+    runs = RunRegistry()
+
+    def gone() -> None:
+        raise ProcessLookupError("already exited")
+
+    with runs.track("e") as handle:
+        handle.attach(gone)
+        runs.cancel("e")  # does not raise
+        assert handle.cancelled.is_set()
+
+
+def test_wait_running_times_out_for_an_unknown_run():
+    assert RunRegistry().wait_running("nobody", 0.01) is False
+
+
+@pytest.mark.parametrize("bad", ["", "x" * 201, "a\0b", 5])
+def test_run_request_rejects_bad_run_ids(bad):
+    with pytest.raises(ValueError):
+        RunRequest(image=IMAGE, command=["true"], run_id=bad)
+
+
+def test_sandbox_error_reasons_are_a_closed_set():
+    assert SandboxError("cancelled").reason == "cancelled"
+    with pytest.raises(ValueError):
+        SandboxError("image is not there")  # a sentence is not a code

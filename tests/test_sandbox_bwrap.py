@@ -300,6 +300,30 @@ def test_concurrent_runs(sb):
     assert [r.stdout for r in results] == [f"{i}\n65534\n".encode() for i in range(4)]
 
 
+def test_cancel_kills_every_process_of_the_run_and_removes_its_groups(sb):
+    # Background children that ignore SIGTERM and hold the pipes: cancel must still end the run,
+    # and the fixture then checks that no cgroup of this process is left (nor a warning logged).
+    rid = f"bwrap-cancel-{uuid.uuid4().hex}"
+    box = {}
+
+    def target():
+        try:
+            box["result"] = sb.run(job("sh", "-c", "trap '' TERM; sleep 60 & sleep 60 & wait", timeout_s=120,
+                                       run_id=rid))
+        except SandboxError as e:
+            box["error"] = e
+
+    thread = threading.Thread(target=target)
+    thread.start()
+    assert sb._runs.wait_running(rid, 30), "the job never started"  # white box: bwrap is exec'd
+    started = time.monotonic()
+    sb.cancel(rid)
+    thread.join(5)
+    assert not thread.is_alive()
+    assert time.monotonic() - started < 5
+    assert box["error"].reason == "cancelled"
+
+
 def test_stale_groups_of_dead_nodes_are_removed_by_check(sandbox):
     dead = subprocess.Popen(["true"])
     dead.wait()  # its pid is free now

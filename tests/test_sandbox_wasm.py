@@ -417,3 +417,62 @@ def test_committed_workloads_are_small():
         size = os.path.getsize(WORKLOADS / f"{name}.wasm")
         assert 0 < size < 64 << 10, (name, size)
         assert (WORKLOADS / f"{name}.c").exists()
+
+
+# --- pull and cancel ----------------------------------------------------------------------------
+
+
+def run_in_thread(sandbox, request: RunRequest) -> tuple[threading.Thread, dict]:
+    box: dict = {}
+
+    def target() -> None:
+        try:
+            box["result"] = sandbox.run(request)
+        except BaseException as e:  # noqa: BLE001 - handed to the test
+            box["error"] = e
+
+    thread = threading.Thread(target=target, daemon=True)
+    thread.start()
+    return thread, box
+
+
+def test_pull_is_a_no_op(sb):
+    assert sb.pull("anything:latest") is None
+    assert sb.has_image("anything:latest")
+
+
+@pytest.mark.parametrize("argv", [["spin"], ["probe", "--sleep-ms", "60000"]], ids=["busy", "sleeping"])
+def test_cancel_stops_a_running_module_promptly(sb, argv):
+    rid = f"wasm-{argv[0]}-{time.monotonic_ns()}"
+    request = req(argv[0], argv, fuel=10**18, timeout_s=120, run_id=rid)
+    thread, box = run_in_thread(sb, request)
+    assert sb._runs.wait_running(rid, 30), "the module never started"  # white box: no side channel
+    cancelled_at = time.monotonic()
+    sb.cancel(rid)
+    thread.join(5)
+    assert not thread.is_alive()
+    assert time.monotonic() - cancelled_at < 2
+    assert box["error"].reason == "cancelled"
+    sb.cancel(rid)  # after the end: nothing
+    assert sb.run(req("hashverify", stdin=b"Hello\n", run_id=rid + "-next")).stdout == HELLO_SHA256
+
+
+def test_cancel_before_the_run_and_of_unknown_ids(sb):
+    sb.cancel("never-used")
+    sb.cancel("early")
+    with pytest.raises(SandboxError) as err:
+        sb.run(req("hashverify", stdin=b"Hello\n", run_id="early"))
+    assert err.value.reason == "cancelled"
+    r = sb.run(req("hashverify", stdin=b"Hello\n", run_id="late"))
+    sb.cancel("late")
+    assert r.stdout == HELLO_SHA256 and r.exit_code == 0
+
+
+def test_cancel_leaves_concurrent_runs_alone(sb):
+    thread, box = run_in_thread(sb, req("spin", fuel=10**18, timeout_s=120, run_id="victim"))
+    assert sb._runs.wait_running("victim", 30)
+    survivor = sb.run(req("spin", fuel=10**8, timeout_s=30, run_id="survivor"))
+    sb.cancel("victim")
+    thread.join(5)
+    assert box["error"].reason == "cancelled"
+    assert survivor.exit_code == 137 and survivor.fuel_used == 10**8  # ran to its own fuel limit
