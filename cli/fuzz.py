@@ -1,4 +1,4 @@
-"""`distributeai fuzz`: runs node/fuzz over every decoder (or some) and reports per decoder.
+"""`distributeai fuzz`: runs tools/fuzz over every decoder (or some) and reports per decoder.
 
 The JSON report: {"seed", "inputs_per_decoder", "decoders": [per-decoder report], "findings",
 "seconds"}; each decoder's report has inputs, accepted, rejected, rejected_by_reason,
@@ -15,7 +15,7 @@ import typer
 
 
 def run_fuzz(inputs: int, decoders: list[str], seed: int, findings_dir: Path | None) -> dict:
-    from distributeai.node import fuzz
+    from distributeai.tools import fuzz
 
     started = time.perf_counter()
     reports = fuzz.run(inputs, seed, decoders or None, findings_dir)

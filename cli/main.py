@@ -458,7 +458,7 @@ def bench(
 
     if not 0 <= batch <= MAX_TASKS:
         fail(f"--batch must be between 0 (single jobs) and {MAX_TASKS}")
-    from distributeai.cli.bench import run_bench
+    from distributeai.tools.bench import run_bench
 
     result = run_bench(nodes, jobs, concurrency, sandbox, docker_host=os.environ.get("DOCKER_HOST"), batch=batch)
     if as_json:
@@ -513,8 +513,8 @@ def simulate(
         fail("--liars must be in [0, 1] and --bid-probability in (0, 1]")
     if churn < 0 or downtime_s <= 0 or latency_ms <= 0 or job_rate <= 0 or run_ms <= 0:
         fail("--churn must be >= 0; --downtime-s, --latency-ms, --job-rate and --run-ms > 0")
-    from distributeai.cli.simulate import describe, run_simulation
-    from distributeai.node.simulation import SimConfig
+    from distributeai.tools.simreport import describe, run_simulation
+    from distributeai.tools.simulation import SimConfig
 
     report = run_simulation(SimConfig(
         nodes=nodes, jobs=jobs, liars=liars, collude=collude, churn_per_min=churn, downtime_s=downtime_s,
@@ -543,7 +543,7 @@ def fuzz_command(
     Example: distributeai fuzz --inputs 100000 --decoder gossip --seed 1 --json
     """
     from distributeai.cli.fuzz import print_report, run_fuzz
-    from distributeai.node.fuzz import decoder_names
+    from distributeai.tools.fuzz import decoder_names
 
     if inputs < 1:
         fail("--inputs must be at least 1")
@@ -652,7 +652,7 @@ def devnet(
     """
     import subprocess
 
-    from distributeai.cli.devnet import Devnet, DevnetError, reset
+    from distributeai.tools.devnet import Devnet, DevnetError, reset
 
     if sandbox not in ("auto", "docker", "bwrap", "process"):
         fail(f"--sandbox must be auto, docker, bwrap or process, got {sandbox!r}")
