@@ -1,4 +1,5 @@
-"""What every command shares: one-line errors, the merged config, talking to the node.
+"""What every command shares: one-line errors, the merged config, talking to the node, running
+a service (`node start`, `bootstrap start`) until SIGINT or SIGTERM.
 
 Conventions (cli/README.md): a user's mistake is one line on stderr and exit code 2; a node or
 bootstrap that cannot be reached is one line naming what was tried and exit code 1; `--json`
@@ -8,7 +9,9 @@ prints one JSON object on stdout.
 from __future__ import annotations
 
 import json
+import logging
 import os
+import signal
 import sys
 from pathlib import Path
 from typing import Any, NoReturn, Optional
@@ -19,11 +22,7 @@ try:  # recent typer vendors click as typer._click; older ones depend on click i
 except ImportError:  # pragma: no cover - depends on the installed typer
     from click import exceptions as click_exc
 
-from .config import Config, ConfigError, load_config
-
-DataDirOption = typer.Option(None, "--data-dir", help="The node's data directory (key, store, control socket); "
-                                                      "default: data_dir from the config file or DISTRIBUTEAI_DATA_DIR.")
-JsonOption = typer.Option(False, "--json", help="Print one JSON object.")
+from .config import Config, ConfigError, DataDirOption, JsonOption, load_config  # noqa: F401 (re-exported)
 
 
 def fail(message: str, code: int = 2) -> NoReturn:
@@ -114,3 +113,54 @@ def run(app: typer.Typer, args: list[str] | None = None) -> NoReturn:
         sys.stderr.flush()
         os._exit(code)
     sys.exit(code)
+
+
+# --- running a service (node start, bootstrap start) ---------------------------------------------
+
+def setup_logging(level: str) -> None:
+    """Log at `level` to stderr, with libp2p's own loggers kept quiet."""
+    # Import libp2p first: importing it clears the handlers of its loggers (libp2p.md, "Install").
+    import libp2p  # noqa: F401
+
+    from distributeai.p2p.overlay import quiet_libp2p_logs
+
+    logging.basicConfig(level=getattr(logging, level.upper(), logging.INFO), stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    quiet_libp2p_logs()
+
+
+def run_service(async_fn, *args) -> None:
+    """Run a trio service until it ends, SIGINT or SIGTERM; both signals stop it cleanly."""
+    import trio
+
+    async def main() -> None:
+        async with trio.open_nursery() as nursery:
+            async def watch_signals() -> None:
+                with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+                    async for _ in signals:
+                        nursery.cancel_scope.cancel()
+                        return
+
+            nursery.start_soon(watch_signals)
+            await async_fn(*args)
+            nursery.cancel_scope.cancel()
+
+    trio.run(main)
+
+
+def parse_hostport(value: str, option: str) -> tuple[str, int]:
+    """HOST:PORT (an empty host is 127.0.0.1); anything else is one line naming `option`, exit 2."""
+    host, sep, port = value.rpartition(":")
+    if not sep or not port.isdigit() or not 0 <= int(port) <= 65535:
+        fail(f"{option} must be HOST:PORT, got {value!r}")
+    return host or "127.0.0.1", int(port)
+
+
+def check_multiaddr(value: str, option: str) -> None:
+    """A value that is not a multiaddr is one line naming `option`, exit 2."""
+    from multiaddr import Multiaddr
+
+    try:
+        Multiaddr(value)
+    except Exception as exc:  # multiaddr raises several types for bad input
+        fail(f"{option}: {value!r} is not a multiaddr ({exc})")

@@ -17,6 +17,8 @@ is a `ConfigError` naming where it came from; the CLI prints it as one line and 
 
 Only what a node and the commands that talk to it need lives here; `bootstrap start` and `devnet`
 take flags only (their data directories are not the node's).
+
+Also here: the `--data-dir` and `--json` options every command shares, and `config show`.
 """
 
 from __future__ import annotations
@@ -26,7 +28,9 @@ import tomllib
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from types import MappingProxyType
-from typing import Any, Mapping
+from typing import Any, Mapping, Optional
+
+import typer
 
 from distributeai.p2p.ratelimit import GOSSIP_AUTHOR_RATE, NEWCOMER_GOSSIP_RATE, REQUEST_RATE
 
@@ -36,6 +40,10 @@ SANDBOXES = ("auto", "docker", "bwrap", "process")
 LOG_LEVELS = ("debug", "info", "warning", "error")
 HTTP_AUTHS = ("auto", "token")
 POW_MAX_BITS = 64  # consensus/pow.py MAX_DIFFICULTY: no key would ever be admitted beyond it
+
+DataDirOption = typer.Option(None, "--data-dir", help="The node's data directory (key, store, control socket); "
+                                                      "default: data_dir from the config file or DISTRIBUTEAI_DATA_DIR.")
+JsonOption = typer.Option(False, "--json", help="Print one JSON object.")
 
 
 class ConfigError(ValueError):
@@ -248,3 +256,48 @@ def load_config(flags: Mapping[str, Any] | None = None, env: Mapping[str, str] |
         sources[key] = f"flag {flag}"
 
     return Config(**values, sources=MappingProxyType(sources), path=path, path_exists=exists)
+
+
+# --- `config show` ------------------------------------------------------------------------------
+
+config_app = typer.Typer(no_args_is_help=True, help="Show the merged configuration (file < environment < flags).")
+
+
+@config_app.command("show")
+def config_show(
+    data_dir: Optional[Path] = DataDirOption,
+    bootstrap: list[str] = typer.Option([], "--bootstrap", help="Bootstrap multiaddr; repeatable."),
+    listen: Optional[str] = typer.Option(None, help="libp2p listen multiaddr."),
+    sandbox: Optional[str] = typer.Option(None, help="auto, docker, bwrap or process."),
+    docker_host: Optional[str] = typer.Option(None, help="Docker daemon address."),
+    metrics: Optional[str] = typer.Option(None, help="HOST:PORT of /metrics."),
+    cpu: Optional[float] = typer.Option(None, help="Cores offered to jobs."),
+    memory_mb: Optional[int] = typer.Option(None, help="MiB offered to jobs."),
+    max_jobs: Optional[int] = typer.Option(None, help="Jobs run at once."),
+    genesis_credits: Optional[int] = typer.Option(None, help="Every identity's starting credits."),
+    gpu: Optional[bool] = typer.Option(None, "--gpu/--no-gpu", help="This node offers a GPU."),
+    pow_difficulty: Optional[int] = typer.Option(None, help="Proof-of-work bits demanded and solved."),
+    log_level: Optional[str] = typer.Option(None, help="debug, info, warning or error."),
+    bootstrap_http: Optional[str] = typer.Option(None, help="The bootstrap's stats URL (for `status`)."),
+    as_json: bool = JsonOption,
+) -> None:
+    """Show the configuration as the commands see it, each value with where it came from:
+    default < config file ($DISTRIBUTEAI_CONFIG, else ~/.config/distributeai/config.toml) <
+    DISTRIBUTEAI_<KEY> environment variables < the flags given here.
+
+    Example: DISTRIBUTEAI_SANDBOX=docker distributeai config show --cpu 4 --json
+    """
+    from .common import print_json, settings
+
+    cfg = settings(data_dir=data_dir, bootstrap=bootstrap, listen=listen, sandbox=sandbox, docker_host=docker_host,
+                   metrics=metrics, cpu=cpu, memory_mb=memory_mb, max_jobs=max_jobs,
+                   genesis_credits=genesis_credits, gpu=gpu, pow_difficulty=pow_difficulty, log_level=log_level,
+                   bootstrap_http=bootstrap_http)
+    if as_json:
+        print_json({"config_file": str(cfg.path), "config_file_exists": cfg.path_exists,
+                    "settings": cfg.values(), "sources": dict(cfg.sources)})
+        return
+    typer.echo(f"# config file: {cfg.path}{'' if cfg.path_exists else ' (not found)'}")
+    for key, value in cfg.values().items():
+        shown = "(none)" if value is None or value == [] else ", ".join(value) if isinstance(value, list) else value
+        typer.echo(f"{key:16} {str(shown):40}  # {cfg.sources[key]}")

@@ -3,7 +3,7 @@
 Contract: `parse_line(line)` (= `check_request(decode_line(line))`) and `check_request(obj)` return a request dict whose every argument
 has the type and range its op needs (defaults filled in), or raise `BadRequest`, a ValueError
 whose `reason` is "bad_request" and whose message says what is wrong. Nothing else escapes, for
-any input: the fuzz harness (node/fuzz) holds them to that. The control API (control.py) answers
+any input: the fuzz harness (tools/fuzz) holds them to that. The control API (control.py) answers
 a BadRequest with `{"error": ..., "code": "bad_request"}` and counts it as a rejection with
 reason REJECT_REASON; a well-formed request that names an unknown job is an answer, not a
 rejection.

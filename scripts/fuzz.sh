@@ -15,7 +15,7 @@ rm -rf "$OUT" && mkdir -p "$OUT"
 # group B is every decoder not in group A, so a new decoder is never left out.
 GROUP_A="gossip session answer blob session_frame control reveal_request"
 GROUP_B="$(.venv/bin/python -c "
-from distributeai.node.fuzz import decoder_names
+from distributeai.tools.fuzz import decoder_names
 print(' '.join(n for n in decoder_names() if n not in '$GROUP_A'.split()))")"
 run_group() {
     local name="$1"; shift

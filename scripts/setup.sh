@@ -42,7 +42,7 @@ if [ ${#missing[@]} -gt 0 ]; then
 fi
 
 STAMP=.venv/.installed
-WANT="$(sha256sum pyproject.toml | cut -c1-64)"
+WANT="$(cat pyproject.toml setup.py | sha256sum | cut -c1-64)"
 if [ ! -x .venv/bin/python ]; then
     log "creating .venv"
     "$PY" -m venv .venv

@@ -102,7 +102,7 @@ _POW: dict[bytes, bytes] = {}
 def proof_of_work(me: Identity) -> bytes:
     """This peer's proof-of-work nonce at a devnet's difficulty, solved once: the flooder pays
     for one identity, as an attacker would, so its messages pass the nodes' identity check."""
-    from distributeai.cli.devnet import DEVNET_POW_DIFFICULTY
+    from distributeai.tools.devnet import DEVNET_POW_DIFFICULTY
     from distributeai.consensus.pow import solve
 
     if me.public_key not in _POW:

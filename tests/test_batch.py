@@ -12,7 +12,7 @@ import json
 
 import pytest
 
-from distributeai.cli.devnet import Devnet
+from distributeai.tools.devnet import Devnet
 from distributeai.consensus.certificate import verify_certificate
 from distributeai.consensus.codec import Identity
 from distributeai.consensus.errors import JobFileError, RemoteProtocolError

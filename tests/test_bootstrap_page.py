@@ -27,7 +27,7 @@ import trio
 from trio_websocket import open_websocket_url
 
 from distributeai.bootstrap.service import Stats
-from distributeai.cli.devnet import Devnet
+from distributeai.tools.devnet import Devnet
 from distributeai.consensus.messages import Commit, Reveal, verify
 from distributeai.p2p.identity import peer_id_from_public_key
 

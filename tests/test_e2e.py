@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from distributeai.cli.devnet import Devnet
+from distributeai.tools.devnet import Devnet
 
 from .netfixtures import DEMO_ARGS, DEMO_STDOUT, cli, submit_json, wait_for
 

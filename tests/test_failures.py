@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from distributeai.cli.devnet import Devnet
+from distributeai.tools.devnet import Devnet
 
 from .netfixtures import DEMO_STDOUT, cli, wait_for
 

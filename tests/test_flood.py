@@ -19,7 +19,7 @@ import urllib.request
 import pytest
 import trio
 
-from distributeai.cli.devnet import Devnet
+from distributeai.tools.devnet import Devnet
 from distributeai.consensus.codec import Identity
 from distributeai.consensus.messages import JobSpec, sign
 from distributeai.consensus.names import BID_PROTOCOL, JOBS_TOPIC

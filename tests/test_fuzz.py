@@ -25,12 +25,12 @@ from hypothesis import strategies as st
 from distributeai.consensus.codec import encode
 from distributeai.consensus.errors import RemoteProtocolError
 from distributeai.consensus.messages import MESSAGE_TYPES, verify
-from distributeai.node import fuzz
-from distributeai.node.fuzz.corpus import FIXED_NOW_MS, identity, seed_messages
-from distributeai.node.fuzz.runner import MAX_CPU_S
-from distributeai.node.fuzz.targets import build
 from distributeai.node.inbound import decode_gossip
 from distributeai.p2p.identity import peer_id_from_public_key
+from distributeai.tools import fuzz
+from distributeai.tools.fuzz.corpus import FIXED_NOW_MS, identity, seed_messages
+from distributeai.tools.fuzz.runner import MAX_CPU_S
+from distributeai.tools.fuzz.targets import build
 
 SHORT_RUN = 2000
 
@@ -203,7 +203,7 @@ def _control_raw(path, line: bytes) -> dict:
 
 @pytest.mark.slow
 async def test_a_node_counts_every_fuzzed_message_stays_up_and_still_verifies_a_job(tmp_path, monkeypatch):
-    from distributeai.cli.devnet import Devnet
+    from distributeai.tools.devnet import Devnet
     from distributeai.consensus.codec import Identity
     from distributeai.consensus.names import (
         AWARD_PROTOCOL, BID_PROTOCOL, BLOB_PROTOCOL, COMMIT_PROTOCOL, JOBS_TOPIC, REVEAL_PROTOCOL, WITHDRAW_PROTOCOL,

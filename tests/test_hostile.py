@@ -12,7 +12,7 @@ import time
 
 import pytest
 
-from distributeai.cli.devnet import Devnet
+from distributeai.tools.devnet import Devnet
 from distributeai.consensus.codec import Identity, encode
 from distributeai.consensus.errors import RemoteProtocolError
 from distributeai.consensus.messages import (

@@ -26,7 +26,7 @@ from types import SimpleNamespace
 import pytest
 import trio
 
-from distributeai.cli.devnet import Devnet, LineReader
+from distributeai.tools.devnet import Devnet, LineReader
 from distributeai.p2p import httpauth, identity, keyfile
 from distributeai.p2p.http import serve_http
 

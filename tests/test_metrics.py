@@ -22,7 +22,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
 from distributeai.bootstrap.metrics import BootstrapMetrics
-from distributeai.cli.devnet import Devnet
+from distributeai.tools.devnet import Devnet
 from distributeai.node.metrics import NodeMetrics
 
 from .netfixtures import DEMO_ARGS, cli, missing, submit_json, wait_for

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from distributeai.cli.devnet import Devnet
+from distributeai.tools.devnet import Devnet
 
 from .netfixtures import DEMO_STDOUT, cli, wait_for
 

@@ -8,7 +8,7 @@ import json
 
 import pytest
 
-from distributeai.cli.devnet import Devnet
+from distributeai.tools.devnet import Devnet
 
 from .netfixtures import cli
 

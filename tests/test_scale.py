@@ -39,7 +39,7 @@ from pathlib import Path
 
 import pytest
 
-from distributeai.cli.devnet import Devnet
+from distributeai.tools.devnet import Devnet
 from distributeai.consensus.codec import Identity
 from distributeai.consensus.jobfile import parse_job
 from distributeai.consensus.messages import JobSpec, sign

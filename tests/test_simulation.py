@@ -1,4 +1,4 @@
-"""The network simulator (node/simulation.py) on small networks: what the protocol guarantees holds,
+"""The network simulator (tools/simulation.py) on small networks: what the protocol guarantees holds,
 churn has real effects, and the same seed gives the same report."""
 
 from __future__ import annotations
@@ -9,9 +9,9 @@ import sys
 
 from distributeai.consensus.certificate import verify_certificate
 from distributeai.consensus.messages import JobSpec, job_id_of, verify
-from distributeai.node import simulation, simworld
-from distributeai.node.simulation import SimConfig, Simulation
-from distributeai.node.simworld import LedgerViews
+from distributeai.tools import simulation, simworld
+from distributeai.tools.simulation import SimConfig, Simulation
+from distributeai.tools.simworld import LedgerViews
 
 
 def run(**kw) -> tuple[Simulation, dict]:
@@ -117,7 +117,7 @@ def test_copied_constants_still_match_the_node():
 
 
 def test_simulator_imports_only_consensus_and_pure_node_modules():
-    code = ("import sys; import distributeai.node.simulation; "
+    code = ("import sys; import distributeai.tools.simulation; "
             "bad = [m for m in sys.modules if m.split('.')[0] in ('trio', 'libp2p', 'docker', 'socket')"
             " or m.startswith(('distributeai.p2p', 'distributeai.sandbox', 'distributeai.cli'))]; print(bad)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)

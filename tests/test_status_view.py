@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from distributeai.cli.devnet import Devnet
+from distributeai.tools.devnet import Devnet
 
 from .netfixtures import DEMO_ARGS, DEMO_STDOUT, cli, missing, submit_json, wait_for
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from distributeai.cli.devnet import Devnet
+from distributeai.tools.devnet import Devnet
 from distributeai.consensus.messages import WASM_INLINE_CAP
 
 from .netfixtures import DEMO_STDOUT, cli

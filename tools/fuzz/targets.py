@@ -45,10 +45,10 @@ from distributeai.consensus.names import (
 from distributeai.p2p import reqresp, session
 from distributeai.p2p.identity import peer_id_from_public_key
 
-from .. import wire
-from ..control_request import MAX_REQUEST, REJECT_REASON, BadRequest, parse_line
-from ..inbound import decode_award, decode_blob_request, decode_gossip, decode_reveal_answer
-from ..submitting import Submitting
+from distributeai.node import wire
+from distributeai.node.control_request import MAX_REQUEST, REJECT_REASON, BadRequest, parse_line
+from distributeai.node.inbound import decode_award, decode_blob_request, decode_gossip, decode_reveal_answer
+from distributeai.node.submitting import Submitting
 from . import corpus as corpus_mod
 from .corpus import Corpus
 

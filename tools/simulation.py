@@ -1,8 +1,8 @@
 """A discrete-event simulation of a whole network, driving the protocol core the nodes run.
 
 Pure: no sockets, no threads, no clock reads (time is virtual milliseconds), one
-`random.Random(seed)`; the same configuration gives the same report. It imports only `consensus`
-and the pure `node.bidding` and `node.simworld` (the mesh and the ledger views).
+`random.Random(seed)`; the same configuration gives the same report. It imports only `consensus`,
+the pure `node.bidding` and `tools.simworld` (the mesh and the ledger views).
 
 Real (the functions the daemon calls, on real signed bytes):
 - every node has an Ed25519 `Identity`; specs, announcements, awards, commits, reveal requests,
@@ -71,7 +71,7 @@ from distributeai.consensus.submitter import (
 )
 from distributeai.consensus.validate import check_announce
 
-from .bidding import BidContext, Capacity, Decision, decide
+from distributeai.node.bidding import BidContext, Capacity, Decision, decide
 from .simworld import MESH_DEGREE, LedgerViews, Mesh, lognormal_mu
 
 EPOCH_MS = 1_700_000_000_000  # the virtual clock's origin, so that specs carry plausible times

@@ -19,7 +19,7 @@ from distributeai.consensus.messages import (
 )
 from distributeai.p2p.session import request_frame, response_frame
 
-from .. import wire
+from distributeai.node import wire
 
 FIXED_NOW_MS = 1_800_000_000_000  # the fuzz command's clock: inputs must not depend on the real one
 

@@ -1,4 +1,4 @@
-"""`distributeai simulate`: run node/simulation.py and add what the simulation itself must not
+"""`distributeai simulate`: run tools/simulation.py and add what the simulation itself must not
 read: the wall time, and the measured cost of the signature checks it counted but did once."""
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ from distributeai.consensus.certificate import verify_certificate
 from distributeai.consensus.codec import Identity
 from distributeai.consensus.messages import Announce, Bid, JobSpec, sign, verify
 from distributeai.consensus.validate import check_announce
-from distributeai.node.simulation import EPOCH_MS, SimConfig, Simulation
+from .simulation import EPOCH_MS, SimConfig, Simulation
 
 
 def _mean_us(fn, reps: int) -> float:

@@ -1,5 +1,5 @@
 """The simulated world that is not the protocol: the gossip mesh (who forwards to whom, with what
-latency) and every node's ledger view, shared copy-on-write. Pure; used by node/simulation.py."""
+latency) and every node's ledger view, shared copy-on-write. Pure; used by tools/simulation.py."""
 
 from __future__ import annotations
 

@@ -26,6 +26,8 @@ from distributeai.node.control import call
 
 
 DEVNET_POW_DIFFICULTY = 16
+# The README's demo job (`devnet --demo`), also what `sandbox-time` runs in each sandbox.
+DEMO_COMMAND = ["sh", "-c", "echo 'Hello' | sha256sum"]
 
 
 class DevnetError(RuntimeError):

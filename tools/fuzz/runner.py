@@ -31,7 +31,7 @@ import trio
 
 from distributeai.consensus.codec import Identity
 
-from ..metrics import NodeMetrics
+from distributeai.node.metrics import NodeMetrics
 from .mutate import Mutator
 from .targets import Decoder
 

@@ -1,0 +1,159 @@
+"""`distributeai node start|info|peers`: run a volunteer node and ask it about itself."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from . import keys
+from .common import (DataDirOption, JsonOption, check_multiaddr, control, data_dir_of, fail, node_dir,
+                     parse_hostport, print_json, run_service, settings, setup_logging)
+
+node_app = typer.Typer(no_args_is_help=True, help="Run or inspect a volunteer node.")
+
+
+@node_app.command("start")
+def node_start(
+    data_dir: Optional[Path] = DataDirOption,
+    bootstrap: list[str] = typer.Option([], "--bootstrap", help="Bootstrap multiaddr ending in /p2p/<peer id>; repeatable."),
+    listen: Optional[str] = typer.Option(None, help="libp2p listen multiaddr. Default /ip4/127.0.0.1/tcp/0."),
+    sandbox: Optional[str] = typer.Option(None, help="Container jobs: auto (the default: docker if its daemon answers, else bwrap), docker, bwrap, or process (runs jobs unisolated on this host). WASM jobs always run in wasm."),
+    gpu: Optional[bool] = typer.Option(None, "--gpu/--no-gpu", help="This node offers a GPU (jobs that need one are bid on). Default: no."),
+    docker_host: Optional[str] = typer.Option(None, help="Docker daemon address. Default: DOCKER_HOST, else Docker's socket."),
+    cpu: Optional[float] = typer.Option(None, help="Cores this node offers to jobs. Default 2."),
+    memory_mb: Optional[int] = typer.Option(None, help="Memory in MiB this node offers to jobs. Default 2048."),
+    max_jobs: Optional[int] = typer.Option(None, help="Jobs run at once. Default 4."),
+    genesis_credits: Optional[int] = typer.Option(None, help="Credits every identity starts with, in this node's view. Default 100."),
+    metrics: Optional[str] = typer.Option(None, help="HOST:PORT to serve Prometheus /metrics on (port 0: any free one, shown by `node info`). Default: off."),
+    api: Optional[str] = typer.Option(None, help="HOST:PORT to serve the REST API on (POST /api/v1/jobs, GET /api/v1/jobs/ID, /api/v1/nodes, /stats, /openapi.json; port 0: any free one, shown by `node info` as api_url). Off loopback it asks for a bearer token. Default: off."),
+    pow_difficulty: Optional[int] = typer.Option(None, help="Proof-of-work bits demanded of every bidder and announcer, and solved once for this node's own key (stored in DATA_DIR/node.pow). Default 20: about 0.5 s."),
+    log_level: Optional[str] = typer.Option(None, help="debug, info (the default), warning or error."),
+    http_auth: Optional[str] = typer.Option(None, "--http-auth", help="auto (the default): /metrics asks for a "
+                                            "bearer token unless it listens on loopback; token: always."),
+    http_token_file: Optional[Path] = typer.Option(None, "--http-token-file", help="A file (mode 0600) holding "
+                                                   "the bearer token. Default: DATA_DIR/http.token, made when needed."),
+    passphrase_file: Optional[Path] = keys.PassphraseFileOption,
+    request_rate_limit: Optional[float] = typer.Option(None, help="Requests a second one peer may send on one protocol; more are refused (rate_limited). Default 50; 0: no limit."),
+    gossip_rate_limit: Optional[float] = typer.Option(None, help="Gossip messages a second by one author (a forwarding peer: 2 times that); more are dropped, not relayed. Default 50; 0: no limit."),
+    newcomer_gossip_rate_limit: Optional[float] = typer.Option(None, help="The same for an author with no verified job or reputation in this node's view. Default 5; 0: no limit."),
+) -> None:
+    """Start a volunteer node: discover peers, bid on jobs, run them, verify results. Each option
+    can also come from the config file or a DISTRIBUTEAI_* variable (see `distributeai config show`).
+
+    Example: distributeai node start --bootstrap /ip4/127.0.0.1/tcp/4001/p2p/12D3KooW... --data-dir ./node1 --sandbox docker
+    """
+    cfg = settings(data_dir=data_dir, bootstrap=bootstrap, listen=listen, sandbox=sandbox, gpu=gpu,
+                   docker_host=docker_host, cpu=cpu, memory_mb=memory_mb, max_jobs=max_jobs,
+                   genesis_credits=genesis_credits, metrics=metrics, api=api, log_level=log_level, http_auth=http_auth,
+                   http_token_file=http_token_file,
+                   request_rate_limit=request_rate_limit, gossip_rate_limit=gossip_rate_limit,
+                   newcomer_gossip_rate_limit=newcomer_gossip_rate_limit,
+                   pow_difficulty=pow_difficulty)
+    data_dir = data_dir_of(cfg)
+    for b in cfg.bootstrap:
+        check_multiaddr(b, "--bootstrap")
+        if "/p2p/" not in b:
+            fail(f"--bootstrap {b!r} must end in /p2p/<peer id>")
+    check_multiaddr(cfg.listen, "--listen")
+    metrics_at = parse_hostport(cfg.metrics, "--metrics") if cfg.metrics is not None else None
+    api_at = parse_hostport(cfg.api, "--api") if cfg.api is not None else None
+    from distributeai.node.paths import key_path
+
+    # The key is opened here, before anything starts: a wrong passphrase is one line and exit 2.
+    # A new key is encrypted when a passphrase is given by file or environment.
+    data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    seed = keys.unlock(key_path(data_dir), passphrase_file, create=True)
+    for listener in (metrics_at, api_at):  # a token file that cannot be used is the user's to fix: one line, exit 2
+        if listener is None:
+            continue
+        from distributeai.p2p.httpauth import TokenFileError, http_token
+
+        try:
+            http_token(listener[0], data_dir, force=cfg.http_auth == "token", token_file=cfg.http_token_file)
+        except (TokenFileError, OSError) as exc:
+            fail(f"--http-token-file: {exc}" if isinstance(exc, OSError) else str(exc))
+    setup_logging(cfg.log_level)
+    from distributeai.node.bidding import Capacity
+    from distributeai.node.daemon import DataDirBusy, NodeConfig, run_node
+    from distributeai.p2p.ratelimit import RateLimits
+
+    config = NodeConfig(data_dir=data_dir, bootstrap=cfg.bootstrap, listen=cfg.listen, sandbox=cfg.sandbox,
+                        docker_host=cfg.docker_host,
+                        capacity=Capacity(int(cfg.cpu * 1000), cfg.memory_mb, cfg.max_jobs),
+                        genesis_credits=cfg.genesis_credits, gpu=cfg.gpu, metrics=metrics_at, api=api_at, seed=seed,
+                        http_auth=cfg.http_auth, http_token_file=cfg.http_token_file,
+                        rate_limits=RateLimits.of(cfg.request_rate_limit, cfg.gossip_rate_limit,
+                                                   cfg.newcomer_gossip_rate_limit),
+                        pow_difficulty=cfg.pow_difficulty)
+    import trio
+
+    async def serve() -> None:
+        async with trio.open_nursery() as nursery:
+            info = await nursery.start(run_node, config)
+            ready = {"peer_id": info["peer_id"], "multiaddrs": info["multiaddrs"],
+                     **{k: info[k] for k in ("api_url", "metrics_url") if k in info}}
+            print(json.dumps(ready), flush=True)
+
+    try:
+        run_service(serve)
+    except DataDirBusy as exc:
+        fail(str(exc), 1)
+
+
+@node_app.command("info")
+def node_info(data_dir: Optional[Path] = DataDirOption, as_json: bool = typer.Option(False, "--json", help="Print JSON.")) -> None:
+    """Show the node's peer id, addresses, peers and counters.
+
+    Example: distributeai node info --data-dir ./node1 --json
+    """
+    data_dir = node_dir(data_dir)
+    from distributeai.node.control import call
+    from distributeai.node.paths import control_path, key_path, last_start_path
+
+    try:
+        info = call(control_path(data_dir), {"op": "info"}, timeout=10)
+        info["running"] = True
+    except (ConnectionError, OSError) as exc:
+        # No node running: what the data directory itself can tell (identity, last addresses).
+        if not key_path(data_dir).exists():
+            fail(f"cannot reach the node: {exc}, and {data_dir} holds no node key", 1)
+        from distributeai.p2p.identity import KeyFileError, key_file_public_key, peer_id_from_public_key
+
+        last = last_start_path(data_dir)
+        try:  # an encrypted key file keeps its public key in clear: no passphrase needed
+            public_key = key_file_public_key(key_path(data_dir))
+        except (KeyFileError, OSError) as exc:
+            fail(str(exc))
+        info = {
+            "peer_id": peer_id_from_public_key(public_key),
+            "multiaddrs": json.loads(last.read_text()).get("multiaddrs", []) if last.exists() else [],
+            "running": False,
+        }
+    if as_json:
+        typer.echo(json.dumps(info))
+        return
+    for key in ("peer_id", "multiaddrs", "running", "sandbox", "reputation", "credits", "peers", "counters",
+                "rejected"):
+        if key in info:
+            typer.echo(f"{key:12} {info[key]}")
+
+
+@node_app.command("peers")
+def node_peers(data_dir: Optional[Path] = DataDirOption, as_json: bool = JsonOption) -> None:
+    """List the peers this node knows: peer id, whether connected, reputation, addresses.
+
+    Example: distributeai node peers --data-dir ./node1 --json
+    """
+    answer = control(node_dir(data_dir), {"op": "peers"}, timeout=10)
+    if as_json:
+        print_json(answer)
+        return
+    peers = sorted(answer["peers"], key=lambda p: (not p["connected"], p["peer_id"]))
+    if not peers:
+        typer.echo("no peers known")
+    for p in peers:
+        typer.echo(f"{p['peer_id']}  {'connected' if p['connected'] else 'known    '}  "
+                   f"reputation {p['reputation']}  {' '.join(p['addrs'][:1])}")
