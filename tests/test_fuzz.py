@@ -29,8 +29,7 @@ from distributeai.node import fuzz
 from distributeai.node.fuzz.corpus import FIXED_NOW_MS, identity, seed_messages
 from distributeai.node.fuzz.runner import MAX_CPU_S
 from distributeai.node.fuzz.targets import build
-from distributeai.node.inbound import decode_gossip
-from distributeai.p2p.identity import peer_id_from_public_key
+from distributeai.consensus.gossip import check_gossip
 
 SHORT_RUN = 2000
 
@@ -155,7 +154,7 @@ def test_any_signed_body_is_accepted_or_a_remote_protocol_error(kind, body):
 @given(data=st.binary(max_size=400) | VALUES.map(lambda v: encode(["announce", [v], bytes(32), bytes(64)])))
 def test_any_gossip_bytes_are_accepted_or_a_remote_protocol_error(data):
     try:
-        decode_gossip(data, peer_id_from_public_key(identity("submitter").public_key), FIXED_NOW_MS)
+        check_gossip(data, identity("submitter").public_key, FIXED_NOW_MS, 0)
     except RemoteProtocolError:
         pass
 
