@@ -25,7 +25,7 @@ Modelled:
   per direct message and once per gossip mesh link; a message to a node that is not a mesh
   neighbour first pays a connection set-up of `dial_rtts` round trips (TCP + Noise), charged to the
   bid that opens it; a request to an offline node fails after `request_timeout_ms`;
-- GossipSub: a random mesh of degree D (D_lo/D_hi as p2p/workarounds.py sets them); a publish
+- GossipSub: a random mesh of degree D (D_lo/D_hi as p2p/workarounds_pubsub.py sets them); a publish
   floods the mesh and every node forwards once to its mesh peers except the one it got it from and
   the origin, each hop adding `hop_ms` of validation (libp2p.md: ~6 ms of CPU per message); every
   transmission is counted. Offline nodes leave the mesh at once and their neighbours graft
