@@ -1,7 +1,10 @@
 """The overlay: one libp2p host with gossip topics, DHT discovery and request/response.
 
 `open_overlay` is the only way to get an `Overlay`; it owns every task it starts and closes
-the host on exit. All libp2p settings and workarounds come from `workarounds.py`.
+the host on exit. This module has the host, dialing and request/response; the overlay's gossip
+side is gossip.py (`GossipSide`) and its peer discovery discovery.py (`Discovery`), both base
+classes of `Overlay`. All libp2p settings and workarounds come from `workarounds.py` and
+`workarounds_pubsub.py` (docs/libp2p.md).
 """
 
 from __future__ import annotations
