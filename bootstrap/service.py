@@ -1,8 +1,10 @@
 """The bootstrap: a well-known DHT seed that also watches the jobs topic and serves statistics.
 
-It takes no part in awarding or verifying jobs. It verifies what it counts (announcements and
-certificates are checked with `consensus` like on any node), so its figures cannot be inflated by
-unsigned junk; a bad message is dropped and counted in `rejected`.
+It takes no part in awarding or verifying jobs. It counts only what a node would accept: every
+message goes through `consensus.gossip.check_gossip`, the nodes' own check, at the network's
+proof-of-work difficulty (`BootstrapConfig.pow_difficulty`, which must be the nodes'), so its
+figures cannot be inflated by junk, relayed certificates or identities without their work; a
+message a node would refuse is dropped and counted in `rejected` by the node's reason.
 """
 
 from __future__ import annotations
@@ -16,13 +18,12 @@ from pathlib import Path
 
 import trio
 
-from distributeai.consensus.certificate import verify_certificate
-from distributeai.consensus.codec import decode_canonical
 from distributeai.consensus.errors import RemoteProtocolError
+from distributeai.consensus.gossip import check_gossip
 from distributeai.consensus.ledger import REPUTATION_START, Ledger
-from distributeai.consensus.messages import MAX_ENVELOPE
 from distributeai.consensus.names import JOBS_TOPIC
-from distributeai.consensus.validate import check_announce
+from distributeai.consensus.pow import DEFAULT_DIFFICULTY
+from distributeai.consensus.validate import MAX_SPEC_AGE_MS, CheckedAnnounce
 from distributeai.p2p.identity import load_or_create_key, peer_id_from_public_key, public_key_from_peer_id
 from distributeai.p2p.overlay import Overlay, open_overlay
 
@@ -44,6 +45,9 @@ class BootstrapConfig:
     listen: str = "/ip4/127.0.0.1/tcp/4001"
     http_host: str = "127.0.0.1"
     http_port: int = 8080
+    # The proof-of-work bits the network's nodes demand of an announcer (`node start
+    # --pow-difficulty`): an announcement counts only if it proves them.
+    pow_difficulty: int = DEFAULT_DIFFICULTY
     # The key's seed when `bootstrap start` unlocked an encrypted key file; None: read it (raw) here.
     seed: bytes | None = field(default=None, repr=False, compare=False)
 
@@ -56,7 +60,8 @@ class Stats:
     Times shown to people are wall-clock seconds (`time.time()`); rates use `time.monotonic()`.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, pow_difficulty: int = DEFAULT_DIFFICULTY) -> None:
+        self.pow_difficulty = pow_difficulty  # the network's: what every node demands of announcers
         self.announced = 0
         self.certified: Counter[str] = Counter()
         self.rejected: Counter[str] = Counter()
@@ -68,6 +73,7 @@ class Stats:
         self.last_seen: OrderedDict[str, float] = OrderedDict()  # peer id -> wall time, oldest first
         self.announce_times: deque[float] = deque()  # monotonic, the last RATE_WINDOW_S
         self.certify_times: deque[float] = deque()
+        self.announced_ids: dict[bytes, int] = {}  # job id -> its spec's created_ms, while fresh
 
     def _job(self, job_id: str) -> dict:
         if job_id not in self.jobs:
@@ -90,29 +96,45 @@ class Stats:
         times.append(now)
         _prune(times, now)
 
+    def known(self, kind: str, job_id: bytes) -> bool:
+        """`check_gossip`'s replay rule over what the bootstrap has counted: an announcement's job
+        id known at all (announced or certified), a certificate's job certified before."""
+        if kind == "certificate":
+            return job_id in self.ledger.applied  # every certificate folded in, not only recent ones
+        return job_id in self.announced_ids or job_id in self.ledger.applied
+
+    def _remember_announced(self, job_id: bytes, created_ms: int, now_ms: int) -> None:
+        """Remember an announced job id while its spec is fresh: an older one is `stale` before
+        its replay is looked for, so forgetting it changes no verdict and bounds the memory."""
+        self.announced_ids[job_id] = created_ms
+        horizon = now_ms - MAX_SPEC_AGE_MS
+        while self.announced_ids:
+            oldest = next(iter(self.announced_ids))
+            if self.announced_ids[oldest] >= horizon:
+                break
+            del self.announced_ids[oldest]
+
     def observe(self, data: bytes, from_peer: str) -> None:
+        """Count one gossip message by `from_peer` if a node would accept it (`check_gossip` at
+        this bootstrap's difficulty, with `known` as its memory), else count its rejection."""
         try:
-            value = decode_canonical(data, MAX_ENVELOPE)
-            kind = value[0] if isinstance(value, list) and value and isinstance(value[0], str) else None
-            if kind == "announce":
-                ann = check_announce(data, int(time.time() * 1000))
-                if peer_id_from_public_key(ann.spec.submitter) != from_peer:
-                    raise RemoteProtocolError("wrong_sender", "announce under another author")
+            now_ms = int(time.time() * 1000)
+            checked = check_gossip(data, public_key_from_peer_id(from_peer), now_ms, self.pow_difficulty,
+                                   seen=self.known)
+            if isinstance(checked, CheckedAnnounce):
+                ann = checked
+                self._remember_announced(ann.job_id, ann.spec.created_ms, now_ms)
                 job = self._job(ann.job_id.hex())
-                if "announced_at" in job:
-                    raise RemoteProtocolError("replay", "job already announced")
                 self.announced += 1
                 self._tick(self.announce_times)
                 now = time.time()
                 job.update(name=ann.spec.name, image=ann.spec.image, submitter=from_peer,
                            replicas=ann.spec.replicas, quorum=ann.spec.quorum, announced_at=now,
                            updated_at=now)
-            elif kind == "certificate":
-                checked = verify_certificate(data)
+            else:
                 # The ledger remembers every certificate it folded in, also those of jobs that
                 # have left the recent list, so no certificate is counted twice.
-                if not self.ledger.apply_certificate(checked, int(time.time() * 1000)):
-                    raise RemoteProtocolError("replay", "certificate already counted")
+                self.ledger.apply_certificate(checked, now_ms)
                 cert = checked.certificate
                 self.certified[cert.status] += 1
                 self._tick(self.certify_times)
@@ -127,8 +149,6 @@ class Stats:
                            revealed=len(checked.reveals), agreeing=len(checked.tally.agreeing),
                            dissenting=len(checked.tally.dissenting), result_hash=cert.result_hash.hex(),
                            certified_at=now, updated_at=now)
-            else:
-                raise RemoteProtocolError("unknown_kind", repr(kind))
         except RemoteProtocolError as exc:
             self.rejected[exc.reason] += 1
             log.info("rejected gossip from %s: %s", from_peer, exc)
@@ -196,7 +216,7 @@ def snapshot(overlay: Overlay, stats: Stats) -> dict:
 async def run_bootstrap(config: BootstrapConfig, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
     config.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
     seed = config.seed if config.seed is not None else load_or_create_key(config.data_dir / "bootstrap.key")
-    stats = Stats()
+    stats = Stats(config.pow_difficulty)
     async with open_overlay(seed, listen=config.listen, topics=[JOBS_TOPIC], dht_server=True) as overlay:
 
         async def api_stats():

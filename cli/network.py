@@ -24,6 +24,7 @@ def bootstrap_start(
     data_dir: Path = typer.Option(..., "--data-dir", help="The bootstrap's data directory (its key)."),
     log_level: str = typer.Option("info", help="debug, info, warning or error."),
     passphrase_file: Optional[Path] = keys.PassphraseFileOption,
+    pow_difficulty: int = typer.Option(20, min=0, max=64, help="The network's proof-of-work bits (the nodes' --pow-difficulty): only announcements that prove them are counted, as nodes accept only those. Default 20, the nodes' default."),
 ) -> None:
     """Start the bootstrap. Prints its full multiaddr as the first line of stdout once ready.
 
@@ -40,7 +41,7 @@ def bootstrap_start(
 
     async def serve() -> None:
         async with trio.open_nursery() as nursery:
-            info = await nursery.start(run_bootstrap, BootstrapConfig(data_dir, listen, host, port, seed=seed))
+            info = await nursery.start(run_bootstrap, BootstrapConfig(data_dir, listen, host, port, pow_difficulty, seed=seed))
             print(info["multiaddr"], flush=True)
             print(f"stats: {info['http']}/api/stats", flush=True)
 

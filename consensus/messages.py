@@ -3,7 +3,9 @@
 Each type has a `kind` (the envelope's kind string), `to_body()` giving the fixed-order field array,
 and `from_body(body)` that validates every field's type and range and raises
 `RemoteProtocolError("malformed", field)` otherwise. A message only becomes trusted through
-`verify(...)`, which opens the envelope (signature) and parses the body.
+`verify(...)`, which opens the envelope (signature) and parses the body. The spec (`JobSpec`,
+`job_id_of`) lives in spec.py and the size caps and field parsers in fields.py; both are
+re-exported here, so every message type and cap is importable from this module.
 
 Flow (see ARCHITECTURE.md, "A job's life"):
   JobSpec   signed by the submitter; `job_id` = SHA-256 of the signed spec's canonical bytes.
@@ -24,214 +26,14 @@ from typing import Any, ClassVar
 
 from .codec import Envelope, Identity, encode, open_envelope, sha256
 from .errors import RemoteProtocolError
+from .fields import (  # noqa: F401  (the caps are re-exported: callers import them from here)
+    BATCH_MAX_TOTAL_RESULTS, BATCH_REVEAL_CAP, CERTIFICATE_CAP, CERTIFICATE_STATUSES, MANIFEST_MAX_ENTRIES,
+    MANIFEST_PATH_MAX, MAX_ENVELOPE, MAX_REPLICAS, MAX_SIZE, MAX_TASK_ARGS, MAX_TASKS, MAX_TOTAL_RESULTS,
+    SANDBOX_KINDS, STDIN_CAP, STDOUT_CAP, WASM_INLINE_CAP, _arity, _bool, _bytes, _fail, _int, _list, _str,
+    task_stdout_cap,
+)
 from .pow import NONCE_MAX as POW_NONCE_MAX
-
-# Size caps per kind (bytes of the whole envelope). A reveal carries stdout; a certificate carries
-# the spec and up to MAX_TOTAL_RESULTS awards and reveals, and must still fit one gossip message
-# (the overlay's default cap is 1 MiB).
-STDOUT_CAP = 32 * 1024
-STDIN_CAP = 8 * 1024          # input data carried in the spec
-WASM_INLINE_CAP = 48 * 1024   # a module up to this size travels in the spec; larger ones by SHA-256
-MANIFEST_MAX_ENTRIES = 64     # output files listed in a reveal
-MANIFEST_PATH_MAX = 255
-SANDBOX_KINDS = ("container", "wasm")
-MAX_REPLICAS = 16
-MAX_TOTAL_RESULTS = 16
-# Batch jobs (a job array, like BOINC's work units): one spec, many tasks, each verified k-of-n on
-# its own. Every task result travels in the reveal, so a batch reveal may hold BATCH_REVEAL_CAP
-# bytes and a batch may have at most BATCH_MAX_TOTAL_RESULTS awards: its certificate must still
-# fit one gossip message.
-MAX_TASKS = 1024
-MAX_TASK_ARGS = 16
-BATCH_REVEAL_CAP = 192 * 1024
-BATCH_MAX_TOTAL_RESULTS = 4
-CERTIFICATE_CAP = 1_000_000  # under the overlay's 1 MiB message cap
-CERTIFICATE_STATUSES = ("verified", "failed", "nondeterministic")
-MAX_SIZE = {
-    "spec": 64 * 1024,
-    "announce": 66 * 1024,
-    "bid": 1024,
-    "award": 1024,
-    "commit": 1024,
-    "withdraw": 1024,
-    "reveal_request": 1024,
-    "reveal": max(STDOUT_CAP + MANIFEST_MAX_ENTRIES * (MANIFEST_PATH_MAX + 48), BATCH_REVEAL_CAP) + 1024,
-    "certificate": CERTIFICATE_CAP,
-}
-# A single job's certificate (16 plain reveals) and a batch's (4 batch reveals) both fit.
-assert MAX_SIZE["spec"] + MAX_TOTAL_RESULTS * (STDOUT_CAP + MANIFEST_MAX_ENTRIES * (MANIFEST_PATH_MAX + 48)
-                                              + 1024 + MAX_SIZE["award"]) + 1024 <= CERTIFICATE_CAP
-assert MAX_SIZE["spec"] + BATCH_MAX_TOTAL_RESULTS * (MAX_SIZE["reveal"] + MAX_SIZE["award"]) + 1024 <= CERTIFICATE_CAP
-
-
-def task_stdout_cap(tasks: int) -> int:
-    """The stdout each task of a batch of `tasks` keeps in a reveal (every honest executor cuts
-    at the same place, so truncated outputs still agree)."""
-    return min(STDOUT_CAP, BATCH_REVEAL_CAP // max(1, tasks) - 32)
-MAX_ENVELOPE = max(MAX_SIZE.values())
-
-
-def _fail(name: str, why: str = "") -> RemoteProtocolError:
-    return RemoteProtocolError("malformed", f"{name} {why}".strip())
-
-
-def _int(v: Any, name: str, lo: int = 0, hi: int = 2**63 - 1) -> int:
-    if not isinstance(v, int) or isinstance(v, bool) or not lo <= v <= hi:
-        raise _fail(name, f"must be an integer in [{lo}, {hi}]")
-    return v
-
-
-def _str(v: Any, name: str, max_len: int = 256, allow_empty: bool = True) -> str:
-    if not isinstance(v, str) or len(v) > max_len or (not allow_empty and not v):
-        raise _fail(name, f"must be a string of at most {max_len} chars")
-    return v
-
-
-def _bytes(v: Any, name: str, length: int | None = None, max_len: int = 1 << 20) -> bytes:
-    if not isinstance(v, bytes) or (length is not None and len(v) != length) or len(v) > max_len:
-        raise _fail(name, "has the wrong type or length")
-    return v
-
-
-def _list(v: Any, name: str, max_len: int) -> list:
-    if not isinstance(v, list) or len(v) > max_len:
-        raise _fail(name, f"must be a list of at most {max_len} items")
-    return v
-
-
-def _bool(v: Any, name: str) -> bool:
-    if not isinstance(v, bool):
-        raise _fail(name, "must be a boolean")
-    return v
-
-
-def _arity(body: list, n: int, name: str) -> None:
-    if len(body) != n:
-        raise _fail(name, f"body must have {n} fields, has {len(body)}")
-
-
-@dataclass(frozen=True)
-class JobSpec:
-    """What to run and how it is verified. `cpu_millis` is thousandths of a core (no floats on the
-    wire); `replicas` is n (BOINC's target_nresults) and `quorum` is k (min_quorum)."""
-
-    kind: ClassVar[str] = "spec"
-    author: ClassVar[str | None] = "submitter"
-    submitter: bytes
-    nonce: bytes
-    created_ms: int
-    name: str
-    image: str
-    command: tuple[str, ...]
-    env: tuple[tuple[str, str], ...] = ()
-    cpu_millis: int = 1000
-    memory_mb: int = 256
-    timeout_s: int = 60
-    replicas: int = 3            # BOINC's target_nresults (n)
-    quorum: int = 2              # BOINC's min_quorum (k)
-    price: int = 1               # credits paid to each agreeing executor
-    max_error_results: int = 3   # executors that may fail, time out or vanish before the job fails
-    max_total_results: int = 6   # awards in all, replacements included
-    result_deadline_s: int = 90  # BOINC's delay_bound: from award to commit, per executor
-    sandbox: str = "container"   # "container" (docker, bwrap, process) or "wasm" (always the wasm sandbox)
-    stdin: bytes = b""
-    wasm_module: bytes = b""     # inline module (at most WASM_INLINE_CAP) ...
-    wasm_sha256: bytes = b""     # ... or only its SHA-256, fetched from the submitter
-    gpu: bool = False            # a node without a GPU does not bid
-    fuel_limit: int = 0          # wasm: fuel budget (0: the executor's default)
-    price_per_mfuel: int = 0     # wasm: credits per million fuel units, paid on top of `price`
-    tasks: tuple[tuple[str, ...], ...] = ()  # a batch: each task's arguments, appended to `command`
-
-    @property
-    def is_batch(self) -> bool:
-        return bool(self.tasks)
-
-    def task_command(self, i: int) -> list[str]:
-        """The command line of task i of a batch (the spec's own command for a single job)."""
-        return list(self.command) + (list(self.tasks[i]) if self.tasks else [])
-
-    def to_body(self) -> list:
-        return [
-            self.submitter, self.nonce, self.created_ms, self.name, self.image,
-            list(self.command), [list(p) for p in sorted(self.env)], self.cpu_millis,
-            self.memory_mb, self.timeout_s, self.replicas, self.quorum, self.price,
-            self.max_error_results, self.max_total_results, self.result_deadline_s,
-            self.sandbox, self.stdin, self.wasm_module, self.wasm_sha256, self.gpu, self.fuel_limit,
-            self.price_per_mfuel, [list(t) for t in self.tasks],
-        ]
-
-    @property
-    def module_digest(self) -> bytes:
-        """The SHA-256 of the wasm module, whether it travels inline or not."""
-        return self.wasm_sha256 or (sha256(self.wasm_module) if self.wasm_module else b"")
-
-    @property
-    def min_quorum(self) -> int:
-        return self.quorum
-
-    @property
-    def target_nresults(self) -> int:
-        return self.replicas
-
-    @classmethod
-    def from_body(cls, body: list) -> "JobSpec":
-        _arity(body, 24, "spec")
-        command = tuple(_str(a, "command[]", 4096) for a in _list(body[5], "command", 256))
-        if not command:
-            raise _fail("command", "must not be empty")
-        env = []
-        for pair in _list(body[6], "env", 128):
-            pair = _list(pair, "env[]", 2)
-            if len(pair) != 2:
-                raise _fail("env[]", "must be a [name, value] pair")
-            env.append((_str(pair[0], "env name", 256, False), _str(pair[1], "env value", 4096)))
-        if env != sorted(env) or len({k for k, _ in env}) != len(env):
-            raise _fail("env", "must be sorted by name without duplicates")
-        spec = cls(
-            submitter=_bytes(body[0], "submitter", 32),
-            nonce=_bytes(body[1], "nonce", 16),
-            created_ms=_int(body[2], "created_ms"),
-            name=_str(body[3], "name", 256),
-            image=_str(body[4], "image", 512),
-            command=command,
-            env=tuple(env),
-            cpu_millis=_int(body[7], "cpu_millis", 1, 256_000),
-            memory_mb=_int(body[8], "memory_mb", 6, 1 << 20),
-            timeout_s=_int(body[9], "timeout_s", 1, 7 * 24 * 3600),
-            replicas=_int(body[10], "replicas", 1, MAX_REPLICAS),
-            quorum=_int(body[11], "quorum", 1, MAX_REPLICAS),
-            price=_int(body[12], "price", 0, 2**53),
-            max_error_results=_int(body[13], "max_error_results", 0, 4 * MAX_REPLICAS),
-            max_total_results=_int(body[14], "max_total_results", 1, MAX_TOTAL_RESULTS),
-            result_deadline_s=_int(body[15], "result_deadline_s", 1, 30 * 24 * 3600),
-            sandbox=_str(body[16], "sandbox", 16),
-            stdin=_bytes(body[17], "stdin", max_len=STDIN_CAP),
-            wasm_module=_bytes(body[18], "wasm_module", max_len=WASM_INLINE_CAP),
-            wasm_sha256=_bytes(body[19], "wasm_sha256", max_len=32),
-            gpu=_bool(body[20], "gpu"),
-            fuel_limit=_int(body[21], "fuel_limit", 0, 2**62),
-            price_per_mfuel=_int(body[22], "price_per_mfuel", 0, 2**40),
-            tasks=tuple(tuple(_str(a, "tasks[][]", 256) for a in _list(t, "tasks[]", MAX_TASK_ARGS))
-                        for t in _list(body[23], "tasks", MAX_TASKS)),
-        )
-        if spec.sandbox not in SANDBOX_KINDS:
-            raise _fail("sandbox", f"must be one of {', '.join(SANDBOX_KINDS)}")
-        if len(spec.wasm_sha256) not in (0, 32):
-            raise _fail("wasm_sha256", "must be empty or 32 bytes")
-        if spec.sandbox == "wasm":
-            if bool(spec.wasm_module) == bool(spec.wasm_sha256):
-                raise _fail("wasm_module", "a wasm job carries its module or its SHA-256, not both or neither")
-        elif spec.wasm_module or spec.wasm_sha256 or not spec.image:
-            raise _fail("image", "a container job names an image and carries no wasm module")
-        if spec.quorum > spec.replicas:
-            raise _fail("quorum", "must not exceed replicas")
-        if spec.max_total_results < spec.replicas:
-            raise _fail("max_total_results", "must be at least replicas")
-        if spec.tasks and spec.max_total_results > BATCH_MAX_TOTAL_RESULTS:
-            raise _fail("max_total_results", f"a batch allows at most {BATCH_MAX_TOTAL_RESULTS}")
-        return spec
-
-
+from .spec import JobSpec, job_id_of  # noqa: F401  (re-exported: the spec is a message too)
 @dataclass(frozen=True)
 class Announce:
     """Gossiped once per job: the signed spec, where to reach its submitter, and the submitter's
@@ -533,7 +335,3 @@ def decode_unsigned(data: bytes, expect: type, max_size: int | None = None) -> A
 def encode_body(msg: Any) -> bytes:
     return encode(msg.to_body())
 
-
-def job_id_of(signed_spec: bytes) -> bytes:
-    """`job_id` is the SHA-256 of the canonical bytes of the signed spec."""
-    return sha256(signed_spec)

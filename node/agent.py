@@ -27,6 +27,7 @@ from distributeai.consensus.certificate import verify_certificate
 from distributeai.consensus.codec import Identity
 from distributeai.consensus.codec import sha256
 from distributeai.consensus.errors import LocalProtocolError, RemoteProtocolError
+from distributeai.consensus.gossip import check_gossip
 from distributeai.consensus.ledger import GENESIS_CREDITS, Ledger
 from distributeai.consensus.messages import JobSpec, verify
 from distributeai.consensus.names import (
@@ -43,7 +44,7 @@ from . import wire
 from .bidding import Capacity
 from .clock import now_ms
 from .executing import Executing
-from .inbound import decode_blob_request, decode_gossip
+from .inbound import decode_blob_request
 from .metrics import NodeMetrics
 from .store import Store
 from .submitting import Submitting
@@ -279,7 +280,7 @@ class Agent:
         self.count("gossip_in")
         if message.from_peer == self.peer_id:
             return  # our own publish echoed back; it was applied when it was made
-        checked = decode_gossip(message.data, message.from_peer, now_ms(), self.settings.pow_difficulty)
+        checked = check_gossip(message.data, public_key_from_peer_id(message.from_peer), now_ms(), self.settings.pow_difficulty)
         if isinstance(checked, CheckedAnnounce):
             ann = checked
             if not await self.store.insert_job(ann.job_id.hex(), "observer", ann.spec.name, ann.signed_spec,

@@ -22,6 +22,12 @@ from libp2p.abc import INetStream
 
 logger = logging.getLogger(__name__)
 
+
+class RemoteError(Exception):
+    """A remote peer failed, refused or timed out a request or a dial; says which and why.
+    (Raised by the overlay: callers import it from `overlay`.)"""
+
+
 STATUS_OK = 0
 STATUS_HANDLER_FAILED = 1
 STATUS_REQUEST_TOO_LARGE = 2

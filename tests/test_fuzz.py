@@ -25,7 +25,7 @@ from hypothesis import strategies as st
 from distributeai.consensus.codec import encode
 from distributeai.consensus.errors import RemoteProtocolError
 from distributeai.consensus.messages import MESSAGE_TYPES, verify
-from distributeai.node.inbound import decode_gossip
+from distributeai.consensus.gossip import check_gossip
 from distributeai.p2p.identity import peer_id_from_public_key
 from distributeai.tools import fuzz
 from distributeai.tools.fuzz.corpus import FIXED_NOW_MS, identity, seed_messages
@@ -155,7 +155,7 @@ def test_any_signed_body_is_accepted_or_a_remote_protocol_error(kind, body):
 @given(data=st.binary(max_size=400) | VALUES.map(lambda v: encode(["announce", [v], bytes(32), bytes(64)])))
 def test_any_gossip_bytes_are_accepted_or_a_remote_protocol_error(data):
     try:
-        decode_gossip(data, peer_id_from_public_key(identity("submitter").public_key), FIXED_NOW_MS)
+        check_gossip(data, identity("submitter").public_key, FIXED_NOW_MS, 0)
     except RemoteProtocolError:
         pass
 

@@ -105,7 +105,7 @@ def test_ledger_views_split_only_when_nodes_see_different_certificates():
 
 def test_copied_constants_still_match_the_node():
     from distributeai.node import agent, submitting
-    from distributeai.p2p import workarounds
+    from distributeai.p2p import workarounds_pubsub as workarounds
 
     assert (simworld.MESH_DEGREE, simworld.MESH_DEGREE_LOW, simworld.MESH_DEGREE_HIGH) == (
         workarounds.GOSSIP_DEGREE, workarounds.GOSSIP_DEGREE_LOW, workarounds.GOSSIP_DEGREE_HIGH)

@@ -71,7 +71,8 @@ class Devnet:
     # Each node's --pow-difficulty. A devnet makes fresh identities on every run: 16 bits (0.03 s
     # of CPU each) keeps the proof real but the start quick; the node's default, 20 (0.5 s of CPU on
     # average, up to 2 s), added a median of 1.7 s to a 3-node start on the shared 2 cores, and would
-    # add about 70 CPU-s to the test suite's 130 node starts. None: the node's own default.
+    # add about 70 CPU-s to the test suite's 130 node starts. None: the node's own default. The
+    # bootstrap is given the same, so it counts what the nodes accept.
     pow_difficulty: int | None = DEVNET_POW_DIFFICULTY
     procs: list[subprocess.Popen] = field(default_factory=list)
     bootstrap_addr: str = ""
@@ -102,7 +103,9 @@ class Devnet:
         boot_dir = self.root / "bootstrap"
         boot_dir.mkdir(exist_ok=True)
         proc = self._spawn(["bootstrap", "start", "--listen", "/ip4/127.0.0.1/tcp/0", "--http", "127.0.0.1:0",
-                            "--data-dir", str(boot_dir), "--log-level", self.log_level], boot_dir / "log")
+                            "--data-dir", str(boot_dir), "--log-level", self.log_level,
+                            *([] if self.pow_difficulty is None else ["--pow-difficulty", str(self.pow_difficulty)])],
+                           boot_dir / "log")
         reader = LineReader(proc, "bootstrap", boot_dir / "log")
         self.bootstrap_addr = reader.readline(deadline - time.monotonic())
         http_line = reader.readline(deadline - time.monotonic())

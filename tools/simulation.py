@@ -13,8 +13,8 @@ Real (the functions the daemon calls, on real signed bytes):
   node/submitting.py carries them out (an award that cannot be delivered is `award_undelivered`,
   deadlines are `tick`, offences fold into the submitter's own ledger);
 - executors build their reveal and commit with `consensus.executor`; the bid decision is
-  `node.bidding.decide`; announcements pass `consensus.validate.check_announce` and certificates
-  `consensus.certificate.verify_certificate`; every node's reputation and credits are a real
+  `node.bidding.decide`; announcements and certificates pass `consensus.gossip.check_gossip`
+  (the nodes' own check, at difficulty 0: simulated identities prove no work); every node's reputation and credits are a real
   `consensus.ledger.Ledger`.
 
 Modelled:
@@ -25,7 +25,7 @@ Modelled:
   per direct message and once per gossip mesh link; a message to a node that is not a mesh
   neighbour first pays a connection set-up of `dial_rtts` round trips (TCP + Noise), charged to the
   bid that opens it; a request to an offline node fails after `request_timeout_ms`;
-- GossipSub: a random mesh of degree D (D_lo/D_hi as p2p/workarounds.py sets them); a publish
+- GossipSub: a random mesh of degree D (D_lo/D_hi as p2p/workarounds_pubsub.py sets them); a publish
   floods the mesh and every node forwards once to its mesh peers except the one it got it from and
   the origin, each hop adding `hop_ms` of validation (libp2p.md: ~6 ms of CPU per message); every
   transmission is counted. Offline nodes leave the mesh at once and their neighbours graft
@@ -56,10 +56,10 @@ from collections import Counter, deque
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-from distributeai.consensus.certificate import verify_certificate
 from distributeai.consensus.codec import Identity, sha256
 from distributeai.consensus.errors import RemoteProtocolError
 from distributeai.consensus.executor import make_commit, make_reveal
+from distributeai.consensus.gossip import check_gossip
 from distributeai.consensus.ledger import GENESIS_CREDITS
 from distributeai.consensus.messages import (
     MAX_TOTAL_RESULTS, Announce, Award, Bid, Commit, JobSpec, Reveal, RevealRequest, Signed, job_id_of, sign,
@@ -69,7 +69,6 @@ from distributeai.consensus.results import result_hash
 from distributeai.consensus.submitter import (
     Finished, Penalize, PublishCertificate, RequestReveal, SendAward, SubmitterJob, Timing,
 )
-from distributeai.consensus.validate import check_announce
 
 from distributeai.node.bidding import BidContext, Capacity, Decision, decide
 from .simworld import MESH_DEGREE, LedgerViews, Mesh, lognormal_mu
@@ -244,7 +243,7 @@ class Simulation:
         job.machine = SubmitterJob(self.ids[s], signed_spec, spec, started_ms=now, timing=cfg.timing)
         job.announce = sign(self.ids[s], Announce(signed_spec, (f"/sim/{s}",)))
         self.crypto["signs"] += 1
-        check_announce(job.announce, now)  # once; every receiver runs this check on the same bytes
+        check_gossip(job.announce, self.pks[s], now, 0)  # once; every receiver runs this check on the same bytes
         self.crypto["verifies"] += 2
         self.pinned[s] += 1
         job.seen[s] = 1
@@ -373,7 +372,7 @@ class Simulation:
         self._schedule_tick(job)
 
     def _publish_certificate(self, job: SimJob, raw: bytes) -> None:
-        checked = verify_certificate(raw)  # once; every receiver runs this check on the same bytes
+        checked = check_gossip(raw, self.pks[job.submitter], int(self.now), 0)  # once; every receiver runs this check on the same bytes
         self.crypto["verifies"] += 2 + len(checked.awards) + len(checked.reveals)
         order, sends = self.mesh.spread(job.submitter, self.now)
         self.gossip["certificate"] += sends

@@ -12,7 +12,7 @@ from typing import Callable
 from distributeai.consensus.certificate import CheckedCertificate
 from distributeai.consensus.ledger import Ledger
 
-# p2p/workarounds.py GOSSIP_DEGREE*, copied: p2p imports libp2p (tests/test_simulation.py checks them).
+# p2p/workarounds_pubsub.py GOSSIP_DEGREE*, copied: p2p imports libp2p (tests/test_simulation.py checks them).
 MESH_DEGREE, MESH_DEGREE_LOW, MESH_DEGREE_HIGH = 6, 4, 12
 
 

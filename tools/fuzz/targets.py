@@ -9,7 +9,7 @@ promise, such as a job file whose spec the network would refuse).
 
 | decoder | the code | accepted means |
 |---|---|---|
-| gossip | `inbound.decode_gossip` (decode_canonical, kind dispatch, check_announce, verify_certificate, author) | a valid announcement or certificate from its author |
+| gossip | `consensus.gossip.check_gossip` (decode_canonical, kind dispatch, check_announce, verify_certificate, author) | a valid announcement or certificate from its author |
 | bid, commit, withdraw | `verify(data, T)` + `Submitting._check_sender`, as the submitter's handlers | valid, sent by its signer (the node then looks the job up) |
 | award | `inbound.decode_award` (executor's handler) | valid, naming this executor |
 | reveal_request | `verify(data, RevealRequest)` (executor's handler) | valid |
@@ -35,6 +35,7 @@ import trio.testing
 
 from distributeai.consensus.codec import Identity
 from distributeai.consensus.errors import JobFileError, RemoteProtocolError
+from distributeai.consensus.gossip import check_gossip
 from distributeai.consensus.jobfile import KNOWN, MAX_JOB_FILE, load_job_document, parse_job, parse_tasks
 from distributeai.consensus.messages import (
     MAX_ENVELOPE, MAX_SIZE, Bid, Commit, JobSpec, RevealRequest, Withdraw, sign, verify,
@@ -47,7 +48,7 @@ from distributeai.p2p.identity import peer_id_from_public_key
 
 from distributeai.node import wire
 from distributeai.node.control_request import MAX_REQUEST, REJECT_REASON, BadRequest, parse_line
-from distributeai.node.inbound import decode_award, decode_blob_request, decode_gossip, decode_reveal_answer
+from distributeai.node.inbound import decode_award, decode_blob_request, decode_reveal_answer
 from distributeai.node.submitting import Submitting
 from . import corpus as corpus_mod
 from .corpus import Corpus
@@ -90,7 +91,6 @@ def build(c: Corpus) -> dict[str, Decoder]:
     """Every decoder, its seeds taken from `c`; the context of the checks (who sent what, this
     node's key, the time) is `c`'s: gossip comes from the submitter, requests from the executor,
     awards name the executor as this node, and the clock reads `c.now_ms`."""
-    submitter_peer = peer_id_from_public_key(c.submitter.public_key)
     executor_peer = peer_id_from_public_key(c.executor.public_key)
     me = c.executor.public_key
     msgs = c.messages
@@ -106,7 +106,7 @@ def build(c: Corpus) -> dict[str, Decoder]:
     other = [msgs["spec"][0], msgs["bid"][0], msgs["award"][0]]  # another kind: wrong_kind
     decoders = [
         Decoder("gossip", c.of("announce", "certificate") + [msgs["bid"][0]], "msgpack", MAX_ENVELOPE,
-                lambda data: decode_gossip(data, submitter_peer, c.now_ms), (RemoteProtocolError,),
+                lambda data: check_gossip(data, c.submitter.public_key, c.now_ms, 0), (RemoteProtocolError,),
                 _protocol_reason),
         request("bid", from_sender(Bid), msgs["bid"] + other, "bid"),
         request("commit", from_sender(Commit), msgs["commit"] + other, "commit"),

@@ -1,0 +1,98 @@
+"""The wire's limits and the checks every message body's fields go through.
+
+Size caps per kind (bytes of the whole envelope) and the caps of single fields, shared by the
+spec (spec.py) and the protocol messages (messages.py), and the field parsers their `from_body`
+use: each returns the value or raises `RemoteProtocolError("malformed", field)`. The parsers are
+this package's own (underscored): a message is parsed only through its type's `from_body`.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .errors import RemoteProtocolError
+
+# Size caps per kind (bytes of the whole envelope). A reveal carries stdout; a certificate carries
+# the spec and up to MAX_TOTAL_RESULTS awards and reveals, and must still fit one gossip message
+# (the overlay's default cap is 1 MiB).
+STDOUT_CAP = 32 * 1024
+STDIN_CAP = 8 * 1024          # input data carried in the spec
+WASM_INLINE_CAP = 48 * 1024   # a module up to this size travels in the spec; larger ones by SHA-256
+MANIFEST_MAX_ENTRIES = 64     # output files listed in a reveal
+MANIFEST_PATH_MAX = 255
+SANDBOX_KINDS = ("container", "wasm")
+MAX_REPLICAS = 16
+MAX_TOTAL_RESULTS = 16
+# Batch jobs (a job array, like BOINC's work units): one spec, many tasks, each verified k-of-n on
+# its own. Every task result travels in the reveal, so a batch reveal may hold BATCH_REVEAL_CAP
+# bytes and a batch may have at most BATCH_MAX_TOTAL_RESULTS awards: its certificate must still
+# fit one gossip message.
+MAX_TASKS = 1024
+MAX_TASK_ARGS = 16
+BATCH_REVEAL_CAP = 192 * 1024
+BATCH_MAX_TOTAL_RESULTS = 4
+CERTIFICATE_CAP = 1_000_000  # under the overlay's 1 MiB message cap
+CERTIFICATE_STATUSES = ("verified", "failed", "nondeterministic")
+MAX_SIZE = {
+    "spec": 64 * 1024,
+    "announce": 66 * 1024,
+    "bid": 1024,
+    "award": 1024,
+    "commit": 1024,
+    "withdraw": 1024,
+    "reveal_request": 1024,
+    "reveal": max(STDOUT_CAP + MANIFEST_MAX_ENTRIES * (MANIFEST_PATH_MAX + 48), BATCH_REVEAL_CAP) + 1024,
+    "certificate": CERTIFICATE_CAP,
+}
+# A single job's certificate (16 plain reveals) and a batch's (4 batch reveals) both fit.
+assert MAX_SIZE["spec"] + MAX_TOTAL_RESULTS * (STDOUT_CAP + MANIFEST_MAX_ENTRIES * (MANIFEST_PATH_MAX + 48)
+                                              + 1024 + MAX_SIZE["award"]) + 1024 <= CERTIFICATE_CAP
+assert MAX_SIZE["spec"] + BATCH_MAX_TOTAL_RESULTS * (MAX_SIZE["reveal"] + MAX_SIZE["award"]) + 1024 <= CERTIFICATE_CAP
+
+
+def task_stdout_cap(tasks: int) -> int:
+    """The stdout each task of a batch of `tasks` keeps in a reveal (every honest executor cuts
+    at the same place, so truncated outputs still agree)."""
+    return min(STDOUT_CAP, BATCH_REVEAL_CAP // max(1, tasks) - 32)
+
+
+MAX_ENVELOPE = max(MAX_SIZE.values())  # the largest message of any kind
+
+
+def _fail(name: str, why: str = "") -> RemoteProtocolError:
+    return RemoteProtocolError("malformed", f"{name} {why}".strip())
+
+
+def _int(v: Any, name: str, lo: int = 0, hi: int = 2**63 - 1) -> int:
+    if not isinstance(v, int) or isinstance(v, bool) or not lo <= v <= hi:
+        raise _fail(name, f"must be an integer in [{lo}, {hi}]")
+    return v
+
+
+def _str(v: Any, name: str, max_len: int = 256, allow_empty: bool = True) -> str:
+    if not isinstance(v, str) or len(v) > max_len or (not allow_empty and not v):
+        raise _fail(name, f"must be a string of at most {max_len} chars")
+    return v
+
+
+def _bytes(v: Any, name: str, length: int | None = None, max_len: int = 1 << 20) -> bytes:
+    if not isinstance(v, bytes) or (length is not None and len(v) != length) or len(v) > max_len:
+        raise _fail(name, "has the wrong type or length")
+    return v
+
+
+def _list(v: Any, name: str, max_len: int) -> list:
+    if not isinstance(v, list) or len(v) > max_len:
+        raise _fail(name, f"must be a list of at most {max_len} items")
+    return v
+
+
+def _bool(v: Any, name: str) -> bool:
+    if not isinstance(v, bool):
+        raise _fail(name, "must be a boolean")
+    return v
+
+
+def _arity(body: list, n: int, name: str) -> None:
+    if len(body) != n:
+        raise _fail(name, f"body must have {n} fields, has {len(body)}")

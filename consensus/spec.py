@@ -1,0 +1,144 @@
+"""The job spec: what to run and how it is verified, signed by its submitter.
+
+`JobSpec` (kind "spec") parses and checks every field (`from_body`); `job_id_of(signed_spec)` is
+the job's id, the SHA-256 of the signed spec's canonical bytes. The other protocol messages are in
+messages.py, which re-exports these names.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import ClassVar
+
+from .codec import sha256
+from .fields import (
+    BATCH_MAX_TOTAL_RESULTS, MAX_REPLICAS, MAX_TASK_ARGS, MAX_TASKS, MAX_TOTAL_RESULTS, SANDBOX_KINDS, STDIN_CAP,
+    WASM_INLINE_CAP, _arity, _bool, _bytes, _fail, _int, _list, _str,
+)
+
+
+@dataclass(frozen=True)
+class JobSpec:
+    """What to run and how it is verified. `cpu_millis` is thousandths of a core (no floats on the
+    wire); `replicas` is n (BOINC's target_nresults) and `quorum` is k (min_quorum)."""
+
+    kind: ClassVar[str] = "spec"
+    author: ClassVar[str | None] = "submitter"
+    submitter: bytes
+    nonce: bytes
+    created_ms: int
+    name: str
+    image: str
+    command: tuple[str, ...]
+    env: tuple[tuple[str, str], ...] = ()
+    cpu_millis: int = 1000
+    memory_mb: int = 256
+    timeout_s: int = 60
+    replicas: int = 3            # BOINC's target_nresults (n)
+    quorum: int = 2              # BOINC's min_quorum (k)
+    price: int = 1               # credits paid to each agreeing executor
+    max_error_results: int = 3   # executors that may fail, time out or vanish before the job fails
+    max_total_results: int = 6   # awards in all, replacements included
+    result_deadline_s: int = 90  # BOINC's delay_bound: from award to commit, per executor
+    sandbox: str = "container"   # "container" (docker, bwrap, process) or "wasm" (always the wasm sandbox)
+    stdin: bytes = b""
+    wasm_module: bytes = b""     # inline module (at most WASM_INLINE_CAP) ...
+    wasm_sha256: bytes = b""     # ... or only its SHA-256, fetched from the submitter
+    gpu: bool = False            # a node without a GPU does not bid
+    fuel_limit: int = 0          # wasm: fuel budget (0: the executor's default)
+    price_per_mfuel: int = 0     # wasm: credits per million fuel units, paid on top of `price`
+    tasks: tuple[tuple[str, ...], ...] = ()  # a batch: each task's arguments, appended to `command`
+
+    @property
+    def is_batch(self) -> bool:
+        return bool(self.tasks)
+
+    def task_command(self, i: int) -> list[str]:
+        """The command line of task i of a batch (the spec's own command for a single job)."""
+        return list(self.command) + (list(self.tasks[i]) if self.tasks else [])
+
+    def to_body(self) -> list:
+        return [
+            self.submitter, self.nonce, self.created_ms, self.name, self.image,
+            list(self.command), [list(p) for p in sorted(self.env)], self.cpu_millis,
+            self.memory_mb, self.timeout_s, self.replicas, self.quorum, self.price,
+            self.max_error_results, self.max_total_results, self.result_deadline_s,
+            self.sandbox, self.stdin, self.wasm_module, self.wasm_sha256, self.gpu, self.fuel_limit,
+            self.price_per_mfuel, [list(t) for t in self.tasks],
+        ]
+
+    @property
+    def module_digest(self) -> bytes:
+        """The SHA-256 of the wasm module, whether it travels inline or not."""
+        return self.wasm_sha256 or (sha256(self.wasm_module) if self.wasm_module else b"")
+
+    @property
+    def min_quorum(self) -> int:
+        return self.quorum
+
+    @property
+    def target_nresults(self) -> int:
+        return self.replicas
+
+    @classmethod
+    def from_body(cls, body: list) -> "JobSpec":
+        _arity(body, 24, "spec")
+        command = tuple(_str(a, "command[]", 4096) for a in _list(body[5], "command", 256))
+        if not command:
+            raise _fail("command", "must not be empty")
+        env = []
+        for pair in _list(body[6], "env", 128):
+            pair = _list(pair, "env[]", 2)
+            if len(pair) != 2:
+                raise _fail("env[]", "must be a [name, value] pair")
+            env.append((_str(pair[0], "env name", 256, False), _str(pair[1], "env value", 4096)))
+        if env != sorted(env) or len({k for k, _ in env}) != len(env):
+            raise _fail("env", "must be sorted by name without duplicates")
+        spec = cls(
+            submitter=_bytes(body[0], "submitter", 32),
+            nonce=_bytes(body[1], "nonce", 16),
+            created_ms=_int(body[2], "created_ms"),
+            name=_str(body[3], "name", 256),
+            image=_str(body[4], "image", 512),
+            command=command,
+            env=tuple(env),
+            cpu_millis=_int(body[7], "cpu_millis", 1, 256_000),
+            memory_mb=_int(body[8], "memory_mb", 6, 1 << 20),
+            timeout_s=_int(body[9], "timeout_s", 1, 7 * 24 * 3600),
+            replicas=_int(body[10], "replicas", 1, MAX_REPLICAS),
+            quorum=_int(body[11], "quorum", 1, MAX_REPLICAS),
+            price=_int(body[12], "price", 0, 2**53),
+            max_error_results=_int(body[13], "max_error_results", 0, 4 * MAX_REPLICAS),
+            max_total_results=_int(body[14], "max_total_results", 1, MAX_TOTAL_RESULTS),
+            result_deadline_s=_int(body[15], "result_deadline_s", 1, 30 * 24 * 3600),
+            sandbox=_str(body[16], "sandbox", 16),
+            stdin=_bytes(body[17], "stdin", max_len=STDIN_CAP),
+            wasm_module=_bytes(body[18], "wasm_module", max_len=WASM_INLINE_CAP),
+            wasm_sha256=_bytes(body[19], "wasm_sha256", max_len=32),
+            gpu=_bool(body[20], "gpu"),
+            fuel_limit=_int(body[21], "fuel_limit", 0, 2**62),
+            price_per_mfuel=_int(body[22], "price_per_mfuel", 0, 2**40),
+            tasks=tuple(tuple(_str(a, "tasks[][]", 256) for a in _list(t, "tasks[]", MAX_TASK_ARGS))
+                        for t in _list(body[23], "tasks", MAX_TASKS)),
+        )
+        if spec.sandbox not in SANDBOX_KINDS:
+            raise _fail("sandbox", f"must be one of {', '.join(SANDBOX_KINDS)}")
+        if len(spec.wasm_sha256) not in (0, 32):
+            raise _fail("wasm_sha256", "must be empty or 32 bytes")
+        if spec.sandbox == "wasm":
+            if bool(spec.wasm_module) == bool(spec.wasm_sha256):
+                raise _fail("wasm_module", "a wasm job carries its module or its SHA-256, not both or neither")
+        elif spec.wasm_module or spec.wasm_sha256 or not spec.image:
+            raise _fail("image", "a container job names an image and carries no wasm module")
+        if spec.quorum > spec.replicas:
+            raise _fail("quorum", "must not exceed replicas")
+        if spec.max_total_results < spec.replicas:
+            raise _fail("max_total_results", "must be at least replicas")
+        if spec.tasks and spec.max_total_results > BATCH_MAX_TOTAL_RESULTS:
+            raise _fail("max_total_results", f"a batch allows at most {BATCH_MAX_TOTAL_RESULTS}")
+        return spec
+
+
+def job_id_of(signed_spec: bytes) -> bytes:
+    """`job_id` is the SHA-256 of the canonical bytes of the signed spec."""
+    return sha256(signed_spec)
