@@ -119,7 +119,7 @@ def run(app: typer.Typer, args: list[str] | None = None) -> NoReturn:
 
 def setup_logging(level: str) -> None:
     """Log at `level` to stderr, with libp2p's own loggers kept quiet."""
-    # Import libp2p first: importing it clears the handlers of its loggers (libp2p.md, "Install").
+    # Import libp2p first: importing it clears the handlers of its loggers (docs/libp2p.md, "Install").
     import libp2p  # noqa: F401
 
     from distributeai.p2p.overlay import quiet_libp2p_logs

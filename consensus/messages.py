@@ -7,7 +7,7 @@ and `from_body(body)` that validates every field's type and range and raises
 `job_id_of`) lives in spec.py and the size caps and field parsers in fields.py; both are
 re-exported here, so every message type and cap is importable from this module.
 
-Flow (see ARCHITECTURE.md, "A job's life"):
+Flow (see docs/architecture.md, "A job's life"):
   JobSpec   signed by the submitter; `job_id` = SHA-256 of the signed spec's canonical bytes.
   Announce  gossip: the signed spec plus the submitter's multiaddrs, signed by the submitter.
   Bid       executor -> submitter: price, capacity, sandbox kinds.

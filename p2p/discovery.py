@@ -67,7 +67,7 @@ class Discovery:
     async def _discovery_loop(self, bootstrap: Sequence[PeerInfo]) -> None:
         """Dial the bootstrap peers, then keep finding peers through the DHT and dialing some.
 
-        libp2p.md item 5: a node connected only to the bootstrap makes a star, in which the hub
+        docs/libp2p.md item 5: a node connected only to the bootstrap makes a star, in which the hub
         drops leaves from its gossip mesh; so each node also connects to TARGET_PEERS others.
         Nodes learn each other's addresses from Kademlia answers: the self-lookup (it finds,
         and libp2p dials, the peers nearest to us, and tells them about us) and pulls (a single
@@ -107,7 +107,7 @@ class Discovery:
             for info in bootstrap:
                 if not self._is_connected(info.peer_id):
                     nursery.start_soon(self._dial_bootstrap, info)
-        # libp2p.md item 6 again, for peers that dialed us (`kad_dht/kad_dht.py:632`).
+        # docs/libp2p.md item 6 again, for peers that dialed us (`kad_dht/kad_dht.py:632`).
         table = self._dht.routing_table
         for pid in self._host.get_connected_peers():
             if not table.peer_in_table(pid):

@@ -126,7 +126,7 @@ class GossipSide:
         return self._inbox
 
     async def _drain(self, topic: str, subscription: ISubscriptionAPI) -> None:
-        # libp2p.md item 5: the subscription channel holds 32 messages and pubsub drops the
+        # docs/libp2p.md item 5: the subscription channel holds 32 messages and pubsub drops the
         # rest silently (`pubsub/pubsub.py:124,1370-1376`), so it is read here at once.
         async for msg in subscription:
             author = ID(msg.from_id)

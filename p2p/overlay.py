@@ -39,7 +39,7 @@ quiet_libp2p_logs()
 # payload of max_message_bytes.
 RPC_OVERHEAD = 64 * 1024
 DIAL_TIMEOUT_S = 5.0
-# Shutdown of a host takes about 0.2 s (libp2p.md); give it far more, never forever.
+# Shutdown of a host takes about 0.2 s (docs/libp2p.md); give it far more, never forever.
 CLOSE_TIMEOUT_S = 5.0
 
 
@@ -174,7 +174,7 @@ class Overlay(GossipSide, Discovery):
             self._dial_failed_at[info.peer_id] = trio.current_time()
             raise RemoteError(f"dial to {info.peer_id} failed: {exc}") from exc
         self._dial_failed_at.pop(info.peer_id, None)
-        # libp2p.md item 6: a connected peer is not added to the DHT routing table
+        # docs/libp2p.md item 6: a connected peer is not added to the DHT routing table
         # (`kad_dht/kad_dht.py:632`); without this, lookups do not know the peer.
         await self._dht.add_peer(info.peer_id)
 
@@ -393,7 +393,7 @@ async def _run(
                             nursery.cancel_scope.cancel()
         finally:
             overlay._inbox.close()
-            # libp2p.md item 4: leaving host.run() does not close connections
+            # docs/libp2p.md item 4: leaving host.run() does not close connections
             # (`host/basic_host.py:588-613`); host.close() does.
             with trio.CancelScope(shield=True), trio.move_on_after(CLOSE_TIMEOUT_S):
                 await host.close()

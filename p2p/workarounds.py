@@ -7,24 +7,24 @@ docs/libp2p.md it comes from, so that a later pin can drop what it fixes. Re-che
 numbers when the pin moves.
 
 Applied elsewhere in p2p/ (they are calls, not settings; each carries its own comment):
-- libp2p.md item 4, `host/basic_host.py:588-613`: leaving `host.run()` does not close
+- docs/libp2p.md item 4, `host/basic_host.py:588-613`: leaving `host.run()` does not close
   connections -> `overlay.py` calls `host.close()` on exit.
-- libp2p.md item 6, `kad_dht/kad_dht.py:632`: connected peers are not added to the routing
+- docs/libp2p.md item 6, `kad_dht/kad_dht.py:632`: connected peers are not added to the routing
   table -> `overlay.py` calls `dht.add_peer()` after every connect, and `discovery.py` does for
   inbound peers in each discovery round.
-- libp2p.md item 5, star topology (`pubsub/gossipsub.py:1846-1856`) -> `discovery.py`
+- docs/libp2p.md item 5, star topology (`pubsub/gossipsub.py:1846-1856`) -> `discovery.py`
   connects nodes to each other, not only to the bootstrap.
-- libp2p.md item 5, 32-slot subscription channel (`pubsub/pubsub.py:124`) -> `gossip.py`
+- docs/libp2p.md item 5, 32-slot subscription channel (`pubsub/pubsub.py:124`) -> `gossip.py`
   drains every subscription at once into the overlay's own fair queue (MESSAGE_BUFFER),
   counting drops.
-- libp2p.md item 9: a yamux frame write is not shielded from cancellation
+- docs/libp2p.md item 9: a yamux frame write is not shielded from cancellation
   (`stream_muxer/yamux/yamux.py:874-875`) and Noise splits a 64 KiB frame in two
   (`security/noise/io.py:68-79`), so a cancelled write corrupts the connection ->
   `session._write_frame` never cancels a frame write half way; it resets the stream instead.
-- libp2p.md item 10: pubsub has no per-peer rate limit, and spawns a task and verifies a
+- docs/libp2p.md item 10: pubsub has no per-peer rate limit, and spawns a task and verifies a
   signature for every message before any topic validator runs ->
   `workarounds_pubsub.limit_gossip_rates` drops a forwarder's excess from the parsed RPC first.
-- libp2p.md item 11: `host.run()` ignores a failed listen (`host/basic_host.py:590`;
+- docs/libp2p.md item 11: `host.run()` ignores a failed listen (`host/basic_host.py:590`;
   `Swarm.listen` returns False, `network/swarm.py:1945`) -> `overlay._run` raises OSError.
 """
 
@@ -37,7 +37,7 @@ from collections.abc import Sequence
 from typing import Any
 
 # Importing libp2p clears the handlers of the `libp2p` logger and sets propagate=False
-# (`utils/logging.py:117-124`, libp2p.md "Install"); everything below that touches logging
+# (`utils/logging.py:117-124`, docs/libp2p.md "Install"); everything below that touches logging
 # must therefore run after this import.
 import libp2p  # noqa: F401  (imported for its side effect on logging, see above)
 import multiaddr
@@ -58,7 +58,7 @@ logger = logging.getLogger(__name__)
 def security_options(key_pair: KeyPair) -> dict[Any, Any]:
     """Noise only.
 
-    libp2p.md item 1: the default security options also offer `/plaintext/2.0.0`, whose
+    docs/libp2p.md item 1: the default security options also offer `/plaintext/2.0.0`, whose
     handshake never proves possession of the key (`security/insecure/transport.py:124-200`):
     a dialer knowing only a victim's public key was accepted as the victim.
     """
@@ -72,10 +72,10 @@ def muxer_options() -> dict[Any, Any]:
 
 
 def connection_config() -> ConnectionConfig:
-    """libp2p.md item 2: with the default max_connections_per_peer=3 every dial waits 250 ms for
+    """docs/libp2p.md item 2: with the default max_connections_per_peer=3 every dial waits 250 ms for
     a happy-eyeballs second attempt (`network/swarm.py:936`); with 1 a dial takes 6-12 ms.
 
-    libp2p.md item 7: the auto-connector, which dials every known peer while the node has
+    docs/libp2p.md item 7: the auto-connector, which dials every known peer while the node has
     fewer than `min_connections`/`low_watermark` connections, is switched off by
     `disable_auto_connector`.
     """
@@ -85,7 +85,7 @@ def connection_config() -> ConnectionConfig:
 def disable_auto_connector(swarm: Any) -> None:
     """Turn the swarm's auto-connector into a no-op; the overlay's discovery loop dials instead.
 
-    libp2p.md item 7: below `min_connections` (50) the auto-connector dials up to 32 known
+    docs/libp2p.md item 7: below `min_connections` (50) the auto-connector dials up to 32 known
     peers every 10 s (`network/auto_connector.py:183,262-440`), and again on every disconnect
     (`network/swarm.py:2736-2753`). In a 50-node network every node thus dialed all 49 others
     while discovery was still running: 1,225 connection set-ups (Noise, identify, gossip hello)
@@ -180,7 +180,7 @@ def advertised_addrs(candidates: Sequence[multiaddr.Multiaddr]) -> list[multiadd
 def release_inbound_slot_on_close(swarm: Any) -> None:
     """Hold an inbound-connection slot only while that connection is open.
 
-    libp2p.md item 3: `Swarm._handle_inbound_connection` takes a slot of `_inbound_limiter`
+    docs/libp2p.md item 3: `Swarm._handle_inbound_connection` takes a slot of `_inbound_limiter`
     (`network/swarm.py:1981-1999`) and `_do_handle_inbound_connection` then waits for the
     whole swarm to finish (`network/swarm.py:2058-2059`, "Intentional barrier"), so the slot
     and the handler task outlive the connection. After `max_connections - min_connections`
@@ -230,7 +230,7 @@ async def _close_quietly(conn: Any) -> None:
 def fix_yamux_window_updates() -> None:
     """Send a yamux WINDOW_UPDATE only once half the receive window is consumed (go-yamux).
 
-    libp2p.md "cost figures": yamux sends a window update on nearly every read. The cause is
+    docs/libp2p.md "cost figures": yamux sends a window update on nearly every read. The cause is
     the "partial slack" branch of `YamuxStream._auto_tune_and_send_window_update`
     (`stream_muxer/yamux/yamux.py:441-446`): any read that leaves 0 < delta < threshold
     credits the bytes at once, so every gossip RPC and every request costs the reader an
@@ -305,7 +305,7 @@ class _DropRecordsStartingWith(logging.Filter):
         return not str(record.msg).startswith(self._prefixes)
 
 
-# libp2p.md item 8: a peer lacking a protocol makes `BasicHost.new_stream` log a multi-line
+# docs/libp2p.md item 8: a peer lacking a protocol makes `BasicHost.new_stream` log a multi-line
 # ERROR (`host/basic_host.py:1048`). The overlay reports that failure to its caller as a
 # RemoteError, so the record is only noise.
 _STREAM_OPEN_FILTER = _DropRecordsStartingWith("Failed to open stream to peer")
@@ -328,7 +328,7 @@ def quiet_libp2p_logs() -> None:
       WARNINGs to `logging.lastResort` on stderr, outside the project's logging config), at
       WARNING.
     - `libp2p.kad_dht` at ERROR: each normal DHT stream close logs a WARNING
-      (`kad_dht/kad_dht.py:661`), 1,600+ lines a run (libp2p.md item 8).
+      (`kad_dht/kad_dht.py:661`), 1,600+ lines a run (docs/libp2p.md item 8).
     - the multi-line "Failed to open stream" ERROR of `host/basic_host.py:1048` and the
       "Failed to open TCP stream" ERROR of every failed dial (`transport/tcp/tcp.py:483`) are
       dropped.

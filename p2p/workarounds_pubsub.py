@@ -16,10 +16,10 @@ from typing import Any
 
 from libp2p.pubsub.gossipsub import PROTOCOL_ID_V11, GossipSub
 
-# libp2p.md item 5: the default heartbeat is 120 s (`pubsub/gossipsub.py:179`); the mesh is
+# docs/libp2p.md item 5: the default heartbeat is 120 s (`pubsub/gossipsub.py:179`); the mesh is
 # built and repaired only on heartbeats, so a slow one leaves new peers out for minutes.
 GOSSIP_HEARTBEAT_S = 1
-# Mesh degree as measured in libp2p.md; degree_high well above degree so a node with many
+# Mesh degree as measured in docs/libp2p.md; degree_high well above degree so a node with many
 # links does not trim its mesh on every heartbeat (the trim is what flags leaves as GRAFT
 # flooders in a star, `pubsub/gossipsub.py:1846-1856`).
 GOSSIP_DEGREE, GOSSIP_DEGREE_LOW, GOSSIP_DEGREE_HIGH = 6, 4, 12
@@ -29,7 +29,7 @@ GOSSIP_DEGREE, GOSSIP_DEGREE_LOW, GOSSIP_DEGREE_HIGH = 6, 4, 12
 def new_gossipsub() -> GossipSub:
     """GossipSub v1.1 with a 1 s heartbeat and spam protection off.
 
-    libp2p.md item 5: spam protection allows 10 msg/s per peer per topic, own publishes
+    docs/libp2p.md item 5: spam protection allows 10 msg/s per peer per topic, own publishes
     included, and drops the rest silently (`pubsub/gossipsub.py:2872-2905`). The project's
     rates are far below what the CPU cost allows anyway (about 6 ms per message per node).
     """
@@ -77,7 +77,7 @@ PEER_RECORD_CACHE_S = 600.0
 def cache_pubsub_peer_records() -> None:
     """Verify each peer's signed peer record once, not on every gossip RPC.
 
-    libp2p.md "cost figures": every pubsub RPC carries the sender's signed peer record
+    docs/libp2p.md "cost figures": every pubsub RPC carries the sender's signed peer record
     (`pubsub/gossipsub.py:1005-1008`, `pubsub/pubsub.py:542`) and every receiver parses and
     verifies it again (`pubsub/utils.py:11-50`, called at `pubsub/pubsub.py:565` and
     `pubsub/gossipsub.py:932`): an Ed25519 check and a peerstore update per RPC, though the

@@ -27,7 +27,7 @@ Modelled:
   bid that opens it; a request to an offline node fails after `request_timeout_ms`;
 - GossipSub: a random mesh of degree D (D_lo/D_hi as p2p/workarounds_pubsub.py sets them); a publish
   floods the mesh and every node forwards once to its mesh peers except the one it got it from and
-  the origin, each hop adding `hop_ms` of validation (libp2p.md: ~6 ms of CPU per message); every
+  the origin, each hop adding `hop_ms` of validation (docs/libp2p.md: ~6 ms of CPU per message); every
   transmission is counted. Offline nodes leave the mesh at once and their neighbours graft
   replacements at once (GossipSub does it at the next 1 s heartbeat); IHAVE/IWANT is not modelled;
 - churn: nodes leave at `churn_per_min` x nodes per simulated minute (a pick that is offline or is
