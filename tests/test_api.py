@@ -79,6 +79,7 @@ def readme_curl_lines_work(api: str, verified_job: str) -> None:
     assert job_id != verified_job  # a new job: every POST is a fresh nonce
 
 
+@pytest.mark.timeout(900)  # a safety net over pyproject's 300 s: three Docker jobs, one of them Python
 def test_the_seeds_job_files_verify_through_the_rest_api(tmp_path, docker_host):
     with Devnet(tmp_path / "net", nodes=3, sandbox="docker", docker_host=docker_host, api=True) as net:
         net.start()

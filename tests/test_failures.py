@@ -90,6 +90,7 @@ def test_bootstrap_killed_network_carries_on_and_restarted_node_rejoins(tmp_path
         assert sum(e["agreed"] for e in second["executors"]) >= 2
 
 
+@pytest.mark.timeout(900)  # a safety net over pyproject's 300 s: up to 6 jobs and 4 restarts
 def test_liar_is_outvoted_loses_reputation_everywhere_and_is_then_passed_over(tmp_path):
     liar = 3
     with Devnet(tmp_path / "net", nodes=4, sandbox="process", programs={liar: [*BYZANTINE, "wrong"]}) as net:

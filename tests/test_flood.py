@@ -112,6 +112,7 @@ def cpu_seconds(pid: int) -> float:
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(900)  # a safety net over pyproject's 300 s: a slow attacker stretches both floods
 async def test_a_flooding_peer_is_throttled_and_an_honest_job_still_verifies(tmp_path):
     with Devnet(tmp_path / "net", nodes=3, sandbox="process", metrics=True) as net:
         net.start()

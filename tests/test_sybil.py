@@ -105,6 +105,7 @@ def test_an_identity_without_its_proof_of_work_is_refused(tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(900)  # a safety net over pyproject's 300 s: 23 processes start on 2 cores (150 s allowed)
 def test_twenty_fresh_identities_do_not_take_the_slots_of_three_established_nodes(tmp_path):
     pool = ThreadPoolExecutor(max_workers=8)
     with Devnet(tmp_path / "net", nodes=3, sandbox="process", log_level="warning") as net:
