@@ -12,7 +12,9 @@ DEMO_STDOUT = "66a045b452102c59d840ec097d59d9467e13a3f34f6494e539ffd32c1bb35f18 
 DEMO_ARGS = ["--image", "alpine:latest", "--cmd", "sh", "-c", "echo 'Hello' | sha256sum"]
 
 
-def cli(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:
+# A safety net, not a speed check: `submit` itself waits up to the job's timeout + 120 s (180 s
+# by default), and a loaded 2-core CI machine can be slow; a deadline costs nothing when it works.
+def cli(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "distributeai.cli.main", *args],
                           capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL)
 

@@ -39,8 +39,9 @@ SCREENSHOT = REPO / "test-artifacts" / "bootstrap-page.png"
 CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                   "--disable-background-networking", "--disable-component-update", "--disable-sync",
                   "--no-proxy-server", "--window-size=1360,1000", "--hide-scrollbars"]
-CHROMIUM_START_TIMEOUT_S = 20
-PAGE_TIMEOUT_S = 15
+# Safety nets, not speed checks: they cost nothing when things work, and CI runs on 2 loaded cores.
+CHROMIUM_START_TIMEOUT_S = 60
+PAGE_TIMEOUT_S = 60
 # A job name no browser should ever treat as markup: were it injected as HTML, #pwned would exist
 # and the onerror handler would rename the document.
 HOSTILE_NAME = '<img src=x onerror="document.title=\'pwned\'"><b id="pwned">demo</b> & "hash"'
@@ -250,7 +251,9 @@ async def test_stats_page_shows_a_new_job_live(tmp_path):
             job = next(j for j in stats["recent_jobs"] if j["job_id"] == job_id)
             agreed = {e["peer_id"] for e in outcome["executors"] if e["agreed"]}
             assert job["status"] == "verified" and job["submitter"] == node_ids[0]
-            assert (job["executors"], job["agreeing"]) == (3, len(agreed))
+            # 2 or 3 awards: a bid that misses the window is not waited for when nobody outranks
+            # the bids in hand.
+            assert (job["executors"], job["agreeing"]) == (len(outcome["executors"]), len(agreed))
             detail = {n["peer_id"]: n for n in stats["nodes_detail"]}
             assert stats["peer_id"] not in detail and set(node_ids) <= set(detail)
             for pid in node_ids:

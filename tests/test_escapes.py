@@ -117,7 +117,13 @@ def test_memory_past_the_limit_is_oom_killed(net):
 def test_infinite_loop_times_out_within_5_s(net):
     view = run(net, "--image", PY_IMAGE, "--timeout", "2", "--cmd", "sh", "-c", "while :; do :; done")
     assert view["timed_out"] is True, view
-    assert view["elapsed_s"] < 5, view["elapsed_s"]
+    # The sandbox stopped the loop soon after its 2 s: the executor's own run, from start to kill.
+    # (Not the job's total time, which adds bidding, gossip and, on a loaded machine, seconds of
+    # container set-up that say nothing about the limit.)
+    peer = next(e["peer_id"] for e in view["executors"] if e["agreed"])
+    i = next(i for i, n in enumerate(net.node_info) if n["peer_id"] == peer)
+    ran = json.loads(cli("job", "status", view["job_id"], "--data-dir", str(net.node_dirs[i]), "--json").stdout)
+    assert ran["execution"]["result"]["duration_s"] < 5, ran["execution"]
 
 
 def test_50_mb_of_stdout_is_truncated_without_growing_the_node(net):
@@ -217,6 +223,6 @@ def test_missing_image_is_declined_with_the_reason(net):
     def declined():
         r = cli("job", "status", job_id, "--data-dir", str(net.node_dirs[1]), "--json")
         return r.returncode == 0 and json.loads(r.stdout)["bid"].startswith("declined: image") and json.loads(r.stdout)
-    view = wait_for(declined, 20, "node 2 to decline the job")
+    view = wait_for(declined, 60, "node 2 to decline the job")
     assert "could not be pulled" in view["bid"]
     assert "declined" in (net.node_dirs[1] / "log").read_text()

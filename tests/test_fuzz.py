@@ -225,14 +225,14 @@ async def test_a_node_counts_every_fuzzed_message_stays_up_and_still_verifies_a_
         attacker = PeerProcess("attacker", tmp_path / "attacker.key", tmp_path,
                                "--bootstrap", net.bootstrap_addr, "--topic", JOBS_TOPIC)
         try:
-            attacker.wait_sync(_ready, 30)
+            attacker.wait_sync(_ready, 60)
             me = Identity.from_seed(load_or_create_key(tmp_path / "attacker.key"))
             victim = Identity.from_seed(load_or_create_key(net.node_dirs[0] / "node.key"))
             await attacker.call(cmd="connect", addr=net.node_info[0]["multiaddrs"][0])
             await attacker.wait(lambda ev: any(e["event"] == "mesh" and e["topic"] == JOBS_TOPIC
-                                               and node_peer in e["peers"] for e in ev), 30)
+                                               and node_peer in e["peers"] for e in ev), 60)
             attacker_peer = _ready(attacker.events)["peer_id"]
-            wait_for(lambda: attacker_peer in net.info(0)["mesh_peers"], 30,
+            wait_for(lambda: attacker_peer in net.info(0)["mesh_peers"], 60,
                      "the node to take the attacker into its gossip mesh")
             now = int(time.time() * 1000)
             # Gossip, awards and reveal requests come from the attacker as a submitter to the
@@ -284,7 +284,7 @@ async def test_a_node_counts_every_fuzzed_message_stays_up_and_still_verifies_a_
                 bad_answers += answer.get("code") == "bad_request"
             expected["control_bad_request"] += bad_answers
             assert bad_answers > CONTROL_SENT // 2
-            wait_for(counted, 30, "the node to count every bad control request")
+            wait_for(counted, 60, "the node to count every bad control request")
             metrics = _metrics_rejected(net.info(0)["metrics_url"])
             assert Counter({k: v for k, v in metrics.items() if v}) - before == expected
             print(f"\nthe node rejected and counted {sum(expected.values())} fuzzed inputs: {dict(expected)}")

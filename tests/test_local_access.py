@@ -165,7 +165,7 @@ def submitted(net):
     """The demo job submitted from node 1 with no passphrase anywhere in the CLI's environment."""
     env = {k: v for k, v in os.environ.items() if k != "DISTRIBUTEAI_PASSPHRASE"}
     out = subprocess.run([sys.executable, "-m", "distributeai.cli.main", "submit", "--data-dir", str(net.node_dirs[0]),
-                          "--json", *DEMO_ARGS], capture_output=True, text=True, timeout=120,
+                          "--json", *DEMO_ARGS], capture_output=True, text=True, timeout=300,
                          stdin=subprocess.DEVNULL, env=env)
     return out
 

@@ -29,7 +29,7 @@ from .netfixtures import DEMO_ARGS, cli, missing, submit_json, wait_for
 
 DASHBOARD = Path(__file__).resolve().parent.parent / "bootstrap" / "grafana-dashboard.json"
 PROMETHEUS = "/usr/bin/prometheus"  # Debian 12: apt-get install prometheus
-PROMETHEUS_START_S = 20.0
+PROMETHEUS_START_S = 60.0  # a safety net: a loaded 2-core machine starts it slowly
 # No proxy, ever: every address here is loopback.
 OPENER = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 
@@ -153,7 +153,7 @@ class Prometheus:
         jobs = "".join(f"      - targets: ['{addr}']\n        labels: {{node: '{name}'}}\n"
                        for name, addr in targets.items())
         (root / "prometheus.yml").write_text(
-            "global:\n  scrape_interval: 1s\n  scrape_timeout: 1s\n  evaluation_interval: 1s\n"
+            "global:\n  scrape_interval: 2s\n  scrape_timeout: 2s\n  evaluation_interval: 2s\n"
             f"scrape_configs:\n  - job_name: distributeai\n    static_configs:\n{jobs}")
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
@@ -191,6 +191,21 @@ class Prometheus:
             self.proc.wait()
 
 
+def start_prometheus(binary: str, root: Path, targets: dict[str, str], attempts: int = 5) -> Prometheus:
+    """A ready Prometheus. free_port() finds a port free now, which another process on the machine
+    may take before Prometheus binds it: Prometheus then exits saying so, and another is tried."""
+    for attempt in range(attempts):
+        prom = Prometheus(binary, root / f"attempt{attempt}", targets)
+        try:
+            prom.wait_ready()
+            return prom
+        except AssertionError:
+            prom.stop()
+            if "address already in use" not in prom.log.read_text():
+                raise
+    raise AssertionError(f"prometheus found no free port in {attempts} attempts")
+
+
 @pytest.mark.slow
 def test_prometheus_scrapes_a_network_that_ran_the_demo_job(tmp_path):
     binary = prometheus_binary()
@@ -205,9 +220,8 @@ def test_prometheus_scrapes_a_network_that_ran_the_demo_job(tmp_path):
         # manager reloads on a fixed 5 s tick), so the job runs meanwhile.
         targets = {f"node{i + 1}": urllib.parse.urlsplit(u).netloc for i, u in enumerate(urls)}
         targets["bootstrap"] = urllib.parse.urlsplit(net.http_url).netloc
-        prom = Prometheus(binary, tmp_path / "prometheus", targets)
+        prom = start_prometheus(binary, tmp_path / "prometheus", targets)
         try:
-            prom.wait_ready()
             outcome, _ = submit_json(net.node_dirs[0], *DEMO_ARGS)
             assert outcome["status"] == "verified", outcome
 
@@ -221,11 +235,17 @@ def test_prometheus_scrapes_a_network_that_ran_the_demo_job(tmp_path):
                 verified = prom.query("distributeai_jobs_verified_total")
                 credits = prom.query("distributeai_credits")
                 certified = prom.query('distributeai_bootstrap_jobs_certified_total{status="verified"}')
-                # Every node has applied the certificate once the credits add up again.
+                # Every node paid has applied the certificate once the credits add up again; a node
+                # left out of the verdict (not paid) has once it counts a second gossip message.
+                gossip_in = prom.query("distributeai_gossip_messages_in_total")
                 return (verified.get("node1", 0) >= 1 and len(prom.query("distributeai_peers")) == 3
                         and len(credits) == 3 and sum(credits.values()) == 300 and credits["node1"] < 100
-                        and certified.get("bootstrap", 0) >= 1)
-            wait_for(scraped, 20, "prometheus to scrape the verified job from every node and the bootstrap")
+                        and certified.get("bootstrap", 0) >= 1
+                        and gossip_in.get("node2", 0) >= 2 and gossip_in.get("node3", 0) >= 2)
+            wait_for(scraped, 60, "prometheus to scrape the verified job from every node and the bootstrap")
+            # The queries below read each target's latest scrape, and a failed one (on loaded cores a
+            # scrape may miss its timeout) hides a target's series until the next: every target up.
+            wait_for(lambda: prom.query("up") == {name: 1 for name in targets}, 60, "every target up")
 
             def total(promql: str) -> float:
                 return sum(prom.query(promql).values())
@@ -235,8 +255,10 @@ def test_prometheus_scrapes_a_network_that_ran_the_demo_job(tmp_path):
             assert prom.query("distributeai_submit_to_verified_seconds_count") == {"node1": 1, "node2": 0, "node3": 0}
             latency = prom.query("histogram_quantile(0.5, distributeai_submit_to_verified_seconds_bucket)")["node1"]
             assert 0 < latency <= 60
-            assert total("distributeai_jobs_awarded_total") == 3
-            assert total("distributeai_jobs_bid_total") >= 3
+            # 2 or 3 awards: a bid that misses the window is not waited for when nobody outranks
+            # the bids in hand; a bid counts once accepted, and every award follows one.
+            awarded = total("distributeai_jobs_awarded_total")
+            assert 2 <= awarded <= 3 and total("distributeai_jobs_bid_total") >= awarded
             assert total("distributeai_jobs_executed_total") >= 2
             assert total('distributeai_sandbox_run_seconds_count{sandbox="process"}') >= 2
             assert prom.query("distributeai_jobs_failed_total") == {}  # no reason ever counted
@@ -249,6 +271,7 @@ def test_prometheus_scrapes_a_network_that_ran_the_demo_job(tmp_path):
             assert prom.query("distributeai_bootstrap_jobs_announced_total") == {"bootstrap": 1}
             assert prom.query("distributeai_bootstrap_nodes_online") == {"bootstrap": 3}
             # Every target was up (scrapes succeeded), and Prometheus listens on loopback only.
+            # Every target was up (scrapes succeeded): checked before the queries above too.
             assert prom.query("up") == {name: 1 for name in targets}
             for promql in dashboard_queries():  # the dashboard's queries are valid PromQL
                 prom.query(promql)

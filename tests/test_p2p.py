@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import math
 import os
 import pathlib
 import statistics
@@ -31,8 +32,9 @@ PEER_SCRIPT = pathlib.Path(__file__).with_name("p2p_peer.py")
 TOPIC = "test/announce"
 ECHO, FAIL, SLOW = "/test/echo/1", "/test/fail/1", "/test/slow/1"
 SMALL_LIMIT = 4096  # max_message_bytes of peer "c", to test refusals of large requests
-STARTUP_S = 30.0  # four processes importing libp2p (~0.5 s CPU each) on two cores
-DISCOVERY_S = 20.0
+# Safety nets, not speed checks: they cost nothing when things work, and CI runs on 2 loaded cores.
+STARTUP_S = 120.0  # four processes importing libp2p (~0.5 s CPU each) on two cores
+DISCOVERY_S = 60.0
 
 
 # --- identity -------------------------------------------------------------------------------
@@ -109,8 +111,8 @@ async def test_messages_far_past_the_yamux_window_cross_both_ways() -> None:
         await client.connect(server.multiaddrs()[0])
         for size in (1, 100_000, 300_000, 700_000, 1_000_000, 5, 900_000):
             data = os.urandom(size)
-            with trio.fail_after(20):
-                assert await client.request(server.peer_id, ECHO, data, timeout=20) == data + data[::-1]
+            with trio.fail_after(60):
+                assert await client.request(server.peer_id, ECHO, data, timeout=60) == data + data[::-1]
 
 
 async def test_a_session_answers_concurrent_requests_out_of_order_and_survives_garbage() -> None:
@@ -139,7 +141,7 @@ async def test_a_session_answers_concurrent_requests_out_of_order_and_survives_g
             if len(answers) == 50:
                 others_answered.set()
 
-        with trio.fail_after(20):
+        with trio.fail_after(60):
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(one, b"first")
                 await trio.testing.wait_all_tasks_blocked()
@@ -153,7 +155,7 @@ async def test_a_session_answers_concurrent_requests_out_of_order_and_survives_g
         # A raw stream on the session protocol sending garbage is reset; the server goes on.
         raw = await client._host.new_stream(server._self_id, [TProtocol(session.PROTOCOL)])
         await raw.write(session.HEADER.pack(5, 1, 7) + b"xxxxx")  # type 7 does not exist
-        with trio.fail_after(10):
+        with trio.fail_after(30):
             while server.stats().get("requests_rejected_malformed", 0) < 1:
                 await trio.sleep(0.01)  # polling a counter the server updates, with a deadline
         assert await client.request(server.peer_id, ECHO, b"still there", timeout=10) == b"still there"
@@ -182,16 +184,20 @@ async def test_requests_over_a_peers_rate_limit_are_refused_per_protocol() -> No
         await client.connect(server.multiaddrs()[0])
         await other.connect(server.multiaddrs()[0])
         outcomes = []
-        with trio.fail_after(30):
-            for i in range(30):  # far faster than 5/s
+        with trio.fail_after(120):
+            started = trio.current_time()
+            for i in range(30):  # far faster than 5/s, on an idle machine
                 try:
-                    outcomes.append(await client.request(server.peer_id, ECHO, b"%d" % i, timeout=10))
+                    outcomes.append(await client.request(server.peer_id, ECHO, b"%d" % i, timeout=30))
                 except RemoteError as exc:
                     assert "rate limited" in str(exc)
                     outcomes.append(None)
+            elapsed = trio.current_time() - started
             assert outcomes[:10] == [b"%d" % i for i in range(10)]  # the burst
             refused = outcomes.count(None)
-            assert refused >= 15  # the rest, but for what 5/s earned meanwhile
+            # The rest, but for what 5/s earned meanwhile: the bucket's own guarantee, whatever
+            # the time the requests took (a loaded machine makes each one slower).
+            assert refused >= 30 - 10 - math.ceil(5 * elapsed), (refused, elapsed)
             assert len(handled) == 30 - refused  # refused before the handler
             assert server.stats()["requests_rejected_rate_limited"] == refused
             assert reported == ["rate_limited"] * refused
@@ -224,7 +230,7 @@ async def test_inbound_slots_are_released_when_connections_close() -> None:
             async with open_overlay(os.urandom(32)) as client:
                 assert await client.connect(addr) == server.peer_id
                 assert await client.request(server.peer_id, ECHO, b"%d" % cycle) == b"%d" % cycle
-            with trio.fail_after(5):  # libp2p has no "connection closed" event to await here
+            with trio.fail_after(30):  # libp2p has no "connection closed" event to await here
                 while server.connected_peers() or limiter.borrowed_tokens:
                     await trio.sleep(0.02)
 
@@ -304,7 +310,7 @@ class PeerProcess:
                 lambda: self.wait_sync(pred, timeout + 1), abandon_on_cancel=True
             )
 
-    async def call(self, wait_s: float = 15.0, **command: Any) -> dict[str, Any]:
+    async def call(self, wait_s: float = 60.0, **command: Any) -> dict[str, Any]:
         command["id"] = next(self._ids)
         assert self.proc.stdin is not None
         self.proc.stdin.write(json.dumps(command).encode() + b"\n")
@@ -415,7 +421,7 @@ async def test_peers_find_each_other_through_the_dht(network: Network) -> None:
     # The peerstore learns a peer's addrs from identify or the DHT, shortly after connecting.
     a = network.peers[0]
     expected = {q.peer_id for q in network.all if q is not a}
-    with trio.fail_after(10):
+    with trio.fail_after(60):
         while True:
             known = (await a.call(cmd="known_peers"))["result"]
             if expected <= {peer for peer, _ in known}:
@@ -431,14 +437,14 @@ async def test_gossip_reaches_every_other_node_with_its_author(network: Network)
     receivers = [q for q in network.all if q is not a]
     # The publisher's mesh must hold its peers, or GossipSub sends to no one (a mesh forms on
     # heartbeats, 1 s apart).
-    await a.wait(lambda ev: _mesh(ev) >= {q.peer_id for q in receivers}, 10)
+    await a.wait(lambda ev: _mesh(ev) >= {q.peer_id for q in receivers}, 60)
     payload = os.urandom(16).hex()
     sent_at = time.time()
     reply = await a.call(cmd="publish", topic=TOPIC, data=payload)
     assert reply["ok"], reply
     delays = []
     for q in receivers:
-        msg = await q.wait(lambda ev: _gossip(ev, payload), 10)
+        msg = await q.wait(lambda ev: _gossip(ev, payload), 60)
         assert msg["from"] == a.peer_id and msg["topic"] == TOPIC
         delays.append(msg["t"] - sent_at)
     print(f"gossip delivery: max {max(delays) * 1000:.1f} ms to {len(receivers)} nodes")
@@ -465,7 +471,7 @@ async def test_request_round_trip(network: Network) -> None:
     data = os.urandom(1000).hex()
     reply = await a.call(cmd="request", peer=b.peer_id, protocol=ECHO, data=data)
     assert reply["ok"] and reply["result"] == data
-    bench = await a.call(cmd="bench", peer=b.peer_id, n=200, wait_s=30)
+    bench = await a.call(cmd="bench", peer=b.peer_id, n=200, wait_s=120)
     latencies = bench["result"]
     print(
         f"request round trip (in a session): p50 {statistics.median(latencies):.2f} ms, "
@@ -477,13 +483,14 @@ async def test_oversized_request_is_refused_and_the_server_keeps_serving(network
     await network.wait_fully_connected()
     a, c = network.peers[0], network.peers[2]
     # 100 KB fits in one yamux window (256 KB): the writer finishes, then reads the refusal.
-    # 600 KB does not: the writer blocks, and the refusal is read while it is blocked.
+    # 600 KB does not: the writer blocks, and the refusal is read while it is blocked (not at the
+    # request's timeout, 60 s: the bound below is half that, wide for a loaded machine).
     for size in (100_000, 600_000):
         started = trio.current_time()
-        reply = await a.call(cmd="request", peer=c.peer_id, protocol=ECHO, data="00" * size)
+        reply = await a.call(cmd="request", peer=c.peer_id, protocol=ECHO, data="00" * size, timeout=60, wait_s=90)
         assert not reply["ok"] and reply["error"] == "RemoteError", reply
         assert "request too large" in reply["message"] and str(SMALL_LIMIT) in reply["message"]
-        assert trio.current_time() - started < 5
+        assert trio.current_time() - started < 30
     reply = await a.call(cmd="request", peer=c.peer_id, protocol=ECHO, data="ab" * 100)
     assert reply["ok"] and reply["result"] == "ab" * 100, reply["message"]
     stats = (await c.call(cmd="stats"))["result"]
@@ -495,9 +502,11 @@ async def test_unknown_peer_is_a_prompt_remote_error(network: Network) -> None:
     a = network.peers[0]
     stranger = identity.peer_id_from_public_key(identity.public_key_bytes(os.urandom(32)))
     started = trio.current_time()
-    reply = await a.call(cmd="request", peer=stranger, protocol=ECHO, data="00", timeout=10)
+    # Prompt: a failed lookup, not the request's 60 s timeout (the bound is half that, wide for a
+    # loaded machine).
+    reply = await a.call(cmd="request", peer=stranger, protocol=ECHO, data="00", timeout=60, wait_s=90)
     assert not reply["ok"] and reply["error"] == "RemoteError" and "unknown" in reply["message"]
-    assert trio.current_time() - started < 3
+    assert trio.current_time() - started < 30
     reply = await a.call(cmd="request", peer="garbage", protocol=ECHO, data="00")
     assert not reply["ok"] and reply["error"] == "RemoteError"
 

@@ -26,18 +26,20 @@ def test_submitter_killed_mid_job_finishes_the_job_after_restart(tmp_path):
             r = cli("job", "status", job_id, "--data-dir", str(net.node_dirs[i]), "--json")
             return json.loads(r.stdout) if r.returncode == 0 else {}
 
-        wait_for(lambda: len(status(0).get("executors", [])) == 3, 20, "the job to be awarded")
+        # 2 or 3 awards: a bid that misses the window is not waited for when nobody outranks the
+        # bids in hand (all reputations are 0 here), and 2 agreeing results end the job.
+        wait_for(lambda: len(status(0).get("executors", [])) >= 2, 60, "the job to be awarded")
         net.kill_node(0)
         net.restart_node(0)
-        final = wait_for(lambda: (s := status(0)).get("status") in ("verified", "failed") and s, 60,
+        final = wait_for(lambda: (s := status(0)).get("status") in ("verified", "failed") and s, 180,
                          "the restarted submitter to finish the job")
         print(f"\nsubmitter killed and restarted: {final['status']} after {final['elapsed_s']:.2f} s")
         assert final["status"] == "verified", final
         assert final["stdout"] == DEMO_STDOUT
         # job status shows the whole story, rebuilt from the store: awards, commits, reveals, verdict
         events = [h["event"] for h in final["history"]]
-        assert events.count("award") == 3 and "verified" in events and "reveal" in events
-        assert len(final["executors"]) == 3 and sum(e["agreed"] for e in final["executors"]) >= 2
+        assert 2 <= events.count("award") <= 3 and "verified" in events and "reveal" in events, events
+        assert 2 <= len(final["executors"]) <= 3 and sum(e["agreed"] for e in final["executors"]) >= 2
 
 
 @pytest.mark.slow

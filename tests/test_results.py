@@ -10,7 +10,7 @@ import pytest
 
 from distributeai.tools.devnet import Devnet
 
-from .netfixtures import cli
+from .netfixtures import cli, wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -34,7 +34,10 @@ def test_output_files_are_fetched_from_agreeing_executors_and_checked(net, tmp_p
     view = submit(net, "--image", "alpine:latest", "--cmd", "sh", "-c", script)
     assert view["status"] == "verified", view
     assert [f["path"] for f in view["files"]] == ["answer.txt", "sub/zeros"]
-    # The submitter (node 1) did not necessarily run it; ask a node that saw only the certificate too.
+    # The submitter (node 1) did not necessarily run it; ask a node that saw only the certificate too,
+    # once the certificate has reached it by gossip (the submitter's verdict does not wait for that).
+    wait_for(lambda: net.call(2, {"op": "status", "job_id": view["job_id"]}).get("status") == "verified", 60,
+             "node 3 to apply the certificate")
     for i in (0, 2):
         out = tmp_path / f"out{i}"
         answer = net.call(i, {"op": "result", "job_id": view["job_id"], "out": str(out)})

@@ -56,7 +56,9 @@ LOOKUPS_PER_NODE = 2
 # 10 s), so dozens at once on 2 busy cores made the odd one time out.
 LOOKUP_NODES_AT_ONCE = 4
 LOOKUP_WHEN_MISSING = 3
-REACH_S = 30.0
+# A safety net, not a figure: issue 6 asks that announcements reach all 50 (no time), and both
+# waits that use it (announcement reach, certificates everywhere) are printed as measured.
+REACH_S = 120.0
 # Jobs run one after the other, from different nodes (1.4-3.3 s each here). Several at once
 # are not part of this test: every node bids on every job, dialing the submitter if not
 # connected to it (each node keeps about 8 connections of its own), and those dozens of

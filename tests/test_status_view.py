@@ -46,6 +46,12 @@ def node1(net: Devnet) -> str:
     return str(net.node_dirs[0])
 
 
+def awarded_other(net: Devnet, view: dict) -> int:
+    """The index of node 2 or 3, whichever was awarded the job (at least one was)."""
+    awarded = {e["peer_id"] for e in view["executors"]}
+    return next(i for i in (1, 2) if net.node_info[i]["peer_id"] in awarded)
+
+
 def json_of(out: subprocess.CompletedProcess):
     assert out.returncode == 0, out.stderr
     return json.loads(out.stdout)
@@ -59,7 +65,7 @@ def test_status_once_shows_node_peers_jobs_and_network(net, demo):
         assert out.returncode == 0, out.stderr
         return out.stdout if "1 verified" in out.stdout else None
 
-    text = wait_for(totals_counted, 10, "the bootstrap to count the demo job")
+    text = wait_for(totals_counted, 60, "the bootstrap to count the demo job")
     print("\n" + text)
     assert net.node_info[0]["peer_id"] in text
     for other in net.node_info[1:]:
@@ -75,8 +81,9 @@ def test_status_json_has_every_part(net, demo):
     assert {p["peer_id"] for p in snap["peers"] if p["connected"]} >= {n["peer_id"] for n in net.node_info[1:]}
     assert any(j["job_id"] == demo["job_id"] and j["status"] == "verified" for j in snap["submitted"])
     assert {"nodes_online", "jobs_announced", "jobs_verified", "jobs_failed"} <= set(snap["network"])
-    # Node 2 ran the demo job (every node was awarded it) and shows it among the jobs it runs.
-    other = json_of(cli("status", "--json", "--data-dir", str(net.node_dirs[1])))
+    # A node awarded the demo job shows it among the jobs it runs. (Node 2 or 3: 2 or 3 awards
+    # among 3 nodes, since a bid that misses the window is not waited for.)
+    other = json_of(cli("status", "--json", "--data-dir", str(net.node_dirs[awarded_other(net, demo)])))
     assert any(j["job_id"] == demo["job_id"] and j["execution"] for j in other["running"])
     assert "error" in other["network"]  # no bootstrap URL given or configured: said, not fatal
 
@@ -142,10 +149,10 @@ def test_status_live_in_a_real_terminal(net, demo, tmp_path, key):
             now = next((line for line in tmux.screen().splitlines() if "updated" in line), stamp)
             return now != stamp
 
-        wait_for(redrawn, 5, "the view to be redrawn")
+        wait_for(redrawn, 30, "the view to be redrawn")
         tmux("send-keys", "-t", "dai", key)
-        wait_for(rc_file.exists, 10, f"status to exit on {key}")
-        wait_for(lambda: rc_file.read_text().strip(), 5, "the exit code")
+        wait_for(rc_file.exists, 30, f"status to exit on {key}")
+        wait_for(lambda: rc_file.read_text().strip(), 30, "the exit code")
         assert rc_file.read_text().strip() == "0"
     finally:
         tmux.kill()
@@ -182,7 +189,11 @@ def test_submit_shows_progress_on_a_terminal_and_prints_the_same_result(net):
             proc.kill()
     shown = drawn.decode(errors="replace")
     assert proc.returncode == 0, shown
-    for word in ("bids 3", "awarded 3/3", "commits", "reveals", "verdict verified", "elapsed"):
+    # 2 or 3 bids and awards: a bid that misses the window is not waited for when nobody outranks
+    # the bids in hand, and 2 agreeing results end the job.
+    assert "bids 2" in shown or "bids 3" in shown, shown[-2000:]
+    assert "awarded 2/3" in shown or "awarded 3/3" in shown, shown[-2000:]
+    for word in ("commits", "reveals", "verdict verified", "elapsed"):
         assert word in shown, (word, shown[-2000:])
     assert stdout.startswith("job      ") and "status   verified" in stdout
     assert stdout.endswith("stdout:\n" + DEMO_STDOUT)
@@ -194,7 +205,8 @@ def test_submit_shows_progress_on_a_terminal_and_prints_the_same_result(net):
 def test_job_list_shows_roles_and_filters(net, demo):
     jobs = json_of(cli("job", "list", "--data-dir", node1(net), "--json"))["jobs"]
     assert any(j["job_id"] == demo["job_id"] and j["role"] == "submitter" for j in jobs)
-    ran = json_of(cli("job", "list", "--data-dir", str(net.node_dirs[1]), "--role", "executor", "--json"))["jobs"]
+    ran = json_of(cli("job", "list", "--data-dir", str(net.node_dirs[awarded_other(net, demo)]), "--role", "executor",
+                      "--json"))["jobs"]
     assert all(j["role"] == "executor" for j in ran)
     assert any(j["job_id"] == demo["job_id"] and j["execution"]["status"] for j in ran)
     text = cli("job", "list", "--data-dir", node1(net)).stdout
@@ -204,7 +216,9 @@ def test_job_list_shows_roles_and_filters(net, demo):
 def test_job_result_prints_the_verified_stdout(net, demo):
     out = cli("job", "result", demo["job_id"], "--data-dir", node1(net))
     assert out.returncode == 0 and out.stdout == DEMO_STDOUT, out.stderr
-    answer = json_of(cli("job", "result", demo["job_id"], "--data-dir", str(net.node_dirs[2]), "--json"))
+    # Node 3 has the certificate once gossip brought it (the submitter's verdict does not wait).
+    answer = json_of(wait_for(lambda: (o := cli("job", "result", demo["job_id"], "--data-dir", str(net.node_dirs[2]),
+                                                  "--json")).returncode == 0 and o, 60, "node 3's copy of the result"))
     assert answer["stdout"] == DEMO_STDOUT and answer["result_hash"] == demo["result_hash"]
 
 

@@ -28,6 +28,7 @@ from distributeai.tools.devnet import Devnet
 from distributeai.consensus.codec import Identity
 from distributeai.consensus.jobfile import parse_job
 from distributeai.consensus.messages import JobSpec, sign
+from distributeai.consensus.submitter import Timing
 from distributeai.node.paths import key_path
 from distributeai.p2p.identity import load_or_create_key
 
@@ -39,8 +40,9 @@ DEMO_JOB = {"image": "alpine:latest", "command": ["sh", "-c", "echo 'Hello' | sh
 FRESH = 20
 FRESH_START_S = 150.0  # 20 processes importing libp2p at once on 2 shared cores (test_scale: 51 in 23-48 s)
 JOB_S = 120.0
-WARM_UP_JOBS = 10      # at most; each verified job gives 2 or 3 of the 3 nodes +5
+WARM_UP_JOBS = 20      # at most (a safety net): each verified job gives 2 or 3 of the 3 nodes +5
 SYBIL_JOBS = 4
+WAIT_RAN_OUT_MS = Timing().bid_window_ms + Timing().bid_wait_reputation_ms
 
 
 def submit(net: Devnet, i: int) -> str:
@@ -82,17 +84,19 @@ def test_an_identity_without_its_proof_of_work_is_refused(tmp_path):
         view = run_job(net, 0)
         executors = {e["peer_id"] for e in view["executors"]}
         assert weak_peer not in executors, _story(view)
-        assert executors == {net.node_info[i]["peer_id"] for i in range(3)}, _story(view)
+        # 2 or 3 of the honest nodes: a late honest bid is not waited for (nobody outranks the bids
+        # in hand), and 2 agreeing results end the job.
+        assert len(executors) >= 2 and executors <= {net.node_info[i]["peer_id"] for i in range(3)}, _story(view)
         # Its bid reached the submitter and was refused; it bid at price 0, so only the proof kept
         # it out of a slot among nodes of equal (zero) reputation.
-        wait_for(lambda: net.info(0)["rejected"].get("weak_identity", 0) >= 1, 30,
+        wait_for(lambda: net.info(0)["rejected"].get("weak_identity", 0) >= 1, 60,
                  "the submitter to refuse the weak identity's bid")
         assert net.info(weak)["counters"].get("bids_sent", 0) == 0
 
         # Its own announcement is dropped and counted by every other node; none stores the job.
         job_id = submit(net, weak)
         for i in range(3):
-            wait_for(lambda i=i: net.info(i)["rejected"].get("weak_identity", 0) >= 1 + (i == 0), 30,
+            wait_for(lambda i=i: net.info(i)["rejected"].get("weak_identity", 0) >= 1 + (i == 0), 60,
                      f"node {i + 1} to drop the weak identity's announcement")
             assert all(j["job_id"] != job_id for j in net.call(i, {"op": "list"})["jobs"])
         for i in range(4):
@@ -101,6 +105,7 @@ def test_an_identity_without_its_proof_of_work_is_refused(tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(900)  # a safety net over pyproject's 300 s: 23 processes start on 2 cores (150 s allowed)
 def test_twenty_fresh_identities_do_not_take_the_slots_of_three_established_nodes(tmp_path):
     pool = ThreadPoolExecutor(max_workers=8)
     with Devnet(tmp_path / "net", nodes=3, sandbox="process", log_level="warning") as net:
@@ -131,9 +136,14 @@ def test_twenty_fresh_identities_do_not_take_the_slots_of_three_established_node
 
         # 3. Every slot of every job still goes to the established nodes.
         views = [run_job(net, 0) for _ in range(SYBIL_JOBS)]
+        # (The protocol waits for an established peer's bid for 3 s past the window, no longer:
+        # a fresh node may take a slot only when that wait ran out, so only then is it allowed.)
         for view in views:
             executors = {e["peer_id"] for e in view["executors"]}
-            assert executors == established, _story(view)
+            if executors != established:
+                closed = next(h["at_ms"] for h in view["history"] if h["event"] == "bids_closed")
+                replaced = any(h["event"] == "replacement" for h in view["history"])
+                assert replaced or closed - view["created_ms"] >= WAIT_RAN_OUT_MS, _story(view)
         # The fresh nodes did compete: their bids reached the submitter (accepted into a job)
         # and nobody refused them as weak identities.
         sent = sum(pool.map(lambda i: net.info(i)["counters"].get("bids_sent", 0), fresh))

@@ -70,8 +70,10 @@ def test_fuel_exhaustion_is_a_result(net):
                   "--replicas", "2", "--quorum", "2", "--cmd", "spin")
     assert view["status"] == "verified", view
     assert view["timed_out"] is True and view["exit_code"] == 137
-    assert view["fuel_used"] == 1_000_000  # the whole budget, the same on both executors
-    assert view["elapsed_s"] < 10
+    # The whole budget, the same on both executors: fuel stopped it, not the 10 s wall clock (whose
+    # cut would differ between executors and agree with nothing). Not timed here: the job's total
+    # time includes bidding and gossip on a possibly loaded machine.
+    assert view["fuel_used"] == 1_000_000
 
 
 def test_memory_limit_holds(net):
@@ -83,7 +85,6 @@ def test_memory_limit_holds(net):
 
 
 def test_a_wasm_job_is_priced_per_fuel(net):
-    before = net.call(1, {"op": "credits"})["balance"]
     view = submit(net, "--wasm", str(WORKLOADS / "hashverify.wasm"), "--stdin", "Hello\n", "--price", "1",
                   "--price-per-mfuel", "500", "--fuel", "50000", "--replicas", "3", "--quorum", "3",
                   "--cmd", "hashverify", node=0)
@@ -91,5 +92,9 @@ def test_a_wasm_job_is_priced_per_fuel(net):
     expected = 1 + -(-view["fuel_used"] * 500 // 1_000_000)  # the price, plus 500 per million fuel, rounded up
     from .netfixtures import wait_for
 
-    paid = wait_for(lambda: (b := net.call(1, {"op": "credits"})["balance"]) != before and b, 10, "the payment")
-    assert paid - before == expected
+    # This job's own transfer: the balance may still be moving with earlier jobs' certificates.
+    def payment() -> list:
+        return [t for t in net.call(1, {"op": "credits"})["transfers"] if t["job_id"] == view["job_id"]]
+
+    [paid] = wait_for(payment, 60, "the payment")
+    assert paid["amount"] == expected and paid["to"] == net.node_info[1]["peer_id"], paid
