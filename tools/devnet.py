@@ -95,7 +95,7 @@ class Devnet:
         self.procs.append(proc)
         return proc
 
-    def start(self, timeout: float = 60.0) -> "Devnet":
+    def start(self, timeout: float = 120.0) -> "Devnet":
         """Start the bootstrap, then all nodes at once; return when every node is ready.
         `timeout` bounds the whole start (DevnetError naming the first node not ready)."""
         deadline = time.monotonic() + timeout
@@ -113,7 +113,7 @@ class Devnet:
         self.add_nodes(self.nodes, timeout=deadline - time.monotonic())
         return self
 
-    def add_nodes(self, count: int, timeout: float = 60.0, program: list[str] | None = None) -> list[int]:
+    def add_nodes(self, count: int, timeout: float = 120.0, program: list[str] | None = None) -> list[int]:
         """Start `count` more nodes at once (fresh identities joining the running network through
         the bootstrap; `program` as in `programs`); return their indices once every one is ready.
         `timeout` bounds the whole start (DevnetError naming the first node not ready)."""
@@ -148,7 +148,7 @@ class Devnet:
         p.kill()
         p.wait()
 
-    def restart_node(self, i: int, timeout: float = 60.0) -> dict:
+    def restart_node(self, i: int, timeout: float = 120.0) -> dict:
         """Start node i again on its data directory; returns its new ready line."""
         d = self.node_dirs[i]
         p = self._spawn_node(i)
@@ -159,7 +159,7 @@ class Devnet:
     def info(self, i: int) -> dict:
         return call(self.node_dirs[i] / "control.sock", {"op": "info"}, timeout=10)
 
-    def wait_connected(self, timeout: float = 30.0) -> None:
+    def wait_connected(self, timeout: float = 120.0) -> None:
         """Until every node is connected to every other node (found through the DHT) and has a
         gossip mesh on the jobs topic (so that an announcement reaches someone)."""
         ids = {n["peer_id"] for n in self.node_info}
