@@ -220,7 +220,7 @@ def test_byzantine_executors_never_change_the_verdict(tmp_path):
 def test_two_colluders_of_three_win_the_documented_limit(tmp_path):
     """k-of-n trusts that fewer than k executors collude. Two of three returning the same wrong
     answer (both run the same `wrong` program) get it verified and the honest third dissents: the
-    limit ARCHITECTURE.md and consensus/README.md document. Selection makes it unlikely on a real
+    limit docs/architecture.md and consensus/README.md document. Selection makes it unlikely on a real
     network (no two slots to one /24 unless too few peers, reputation first); here all three
     nodes share 127.0.0.1, so nothing stops it."""
     with Devnet(tmp_path / "net", nodes=3, sandbox="process",

@@ -216,7 +216,7 @@ async def test_errors_raised_in_the_block_reach_the_caller_unwrapped() -> None:
 
 
 async def test_inbound_slots_are_released_when_connections_close() -> None:
-    """libp2p.md item 3: without the workaround an inbound slot is held for the swarm's life.
+    """docs/libp2p.md item 3: without the workaround an inbound slot is held for the swarm's life.
 
     The server's cap is lowered to 2 (instead of 250) so that a few short-lived clients, each
     a new peer as over a real node's life, prove the slots come back.
@@ -533,7 +533,7 @@ async def test_slow_handler_and_missing_protocol_are_remote_errors(network: Netw
 
 
 def test_peers_log_no_libp2p_noise(network: Network) -> None:
-    """libp2p.md item 8: DHT stream-close warnings and auto-connector INFO lines stay quiet."""
+    """docs/libp2p.md item 8: DHT stream-close warnings and auto-connector INFO lines stay quiet."""
     for p in network.all:
         text = p.stderr_path.read_text()
         assert "libp2p" not in text, f"{p.name} stderr:\n{text[:2000]}"
