@@ -22,7 +22,7 @@ from distributeai.consensus.pow import solve
 from distributeai.consensus.submitter import SubmitterJob
 
 from .netfixtures import wait_for
-from .test_consensus import EXECUTORS, NOW, SUBMITTER, close_bidding, make_spec, run_executor
+from .protocol_fixtures import EXECUTORS, NOW, SUBMITTER, close_bidding, make_spec, run_executor
 from .test_p2p import PeerProcess, _ready
 
 SETTLE_S = 30  # a bound on the wait for gossip to reach the bootstrap, not a pause
@@ -63,7 +63,7 @@ async def test_bootstrap_counts_only_what_a_node_accepts(tmp_path):
     # wrong with the other two makes them rejected.
     key_file = tmp_path / "peer.key"
     fd = os.open(key_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    os.write(fd, bytes([1]) * 32)  # tests/test_consensus.py ident(1), SUBMITTER
+    os.write(fd, bytes([1]) * 32)  # tests/protocol_fixtures.py ident(1), SUBMITTER
     os.close(fd)
     stranger = Identity.from_seed(bytes([9]) * 32)
     with Devnet(tmp_path / "net", nodes=0, sandbox="process") as net:  # the bootstrap alone

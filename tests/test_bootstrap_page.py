@@ -32,7 +32,7 @@ from distributeai.consensus.messages import Commit, Reveal, verify
 from distributeai.p2p.identity import peer_id_from_public_key
 
 from .netfixtures import DEMO_STDOUT, missing, submit_json
-from .test_consensus import EXECUTORS, NOW, SUBMITTER, close_bidding, new_job, run_executor
+from .protocol_fixtures import EXECUTORS, NOW, SUBMITTER, close_bidding, new_job, run_executor
 
 REPO = Path(__file__).resolve().parent.parent
 SCREENSHOT = REPO / "test-artifacts" / "bootstrap-page.png"

@@ -13,7 +13,7 @@ from distributeai.consensus.messages import Announce, Bid, job_id_of, sign
 from distributeai.consensus.pow import solve
 from distributeai.consensus.validate import CheckedAnnounce
 
-from .test_consensus import EXECUTORS, NOW, SUBMITTER, drive, make_spec
+from .protocol_fixtures import EXECUTORS, NOW, SUBMITTER, drive, make_spec
 
 DIFFICULTY = 8  # cheap to solve, and an empty nonce fails it (1 in 256 keys would pass by luck: not these)
 STRANGER = EXECUTORS[3]
