@@ -1,6 +1,7 @@
 """The layout's rules that code could quietly break (README "Layout", tools/README.md, cli/README.md):
-no runtime package imports tools/, only the tool commands of the CLI do, and the CLI's modules stay
-small. Read from the sources' import statements, without importing anything."""
+each runtime package imports only the packages its README allows, none imports tools/ (only the
+CLI's tool commands do), and no module outside tools/ is over 500 lines. Read from the sources'
+import statements, without importing anything."""
 
 from __future__ import annotations
 
@@ -55,6 +56,35 @@ def test_the_import_reader_sees_relative_and_lazy_imports():
     assert {"distributeai.node.wire", "distributeai.tools.devnet", "distributeai.tools.fuzz"} <= found
 
 
-def test_cli_modules_stay_under_500_lines():
-    long = {p.name: n for p in sorted((ROOT / "cli").glob("*.py")) if (n := len(p.read_text().splitlines())) > MAX_LINES}
-    assert long == {}
+# What each package may import of the project (README "Layout"; each package's README says the same).
+MAY_IMPORT = {
+    "consensus": set(),
+    "sandbox": set(),
+    "p2p": {"consensus"},
+    "node": {"consensus", "p2p", "sandbox"},
+    "bootstrap": {"consensus", "p2p"},
+}
+
+
+def project_packages_imported(path: Path) -> set[str]:
+    """The project's top-level packages (other than its own) that the module at `path` imports."""
+    own = path.relative_to(ROOT).parts[0]
+    package = ".".join(["distributeai", *path.relative_to(ROOT).parent.parts])
+    found = {m.split(".")[1] for m in imported_modules(path.read_text(), package)
+             if m.startswith("distributeai.") and m.count(".") >= 1}
+    return found - {own}
+
+
+@pytest.mark.parametrize("package", sorted(MAY_IMPORT))
+def test_runtime_packages_import_only_what_their_readme_allows(package):
+    offenders = {str(p.relative_to(ROOT)): sorted(extra) for p in sorted((ROOT / package).rglob("*.py"))
+                 if (extra := project_packages_imported(p) - MAY_IMPORT[package])}
+    assert offenders == {}
+
+
+def test_no_module_outside_tools_is_over_500_lines():
+    modules = [p for p in sorted(ROOT.rglob("*.py"))
+               if not {"tools", ".venv", "build", ".git"} & set(p.relative_to(ROOT).parts)
+               and not p.relative_to(ROOT).parts[0].endswith(".egg-info")]
+    long = {str(p.relative_to(ROOT)): n for p in modules if (n := len(p.read_text().splitlines())) > MAX_LINES}
+    assert modules and long == {}
