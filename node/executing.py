@@ -11,12 +11,10 @@ from __future__ import annotations
 import dataclasses
 import logging
 import shutil
-from typing import TYPE_CHECKING
-
 import trio
 
 from distributeai.consensus.errors import RemoteProtocolError
-from distributeai.consensus.codec import sha256
+from distributeai.consensus.codec import Identity, sha256
 from distributeai.consensus.executor import make_batch_reveal, make_commit, make_reveal
 from distributeai.consensus.messages import Award, Bid, JobSpec, Reveal, RevealRequest, Withdraw, sign, verify
 from distributeai.consensus.names import BID_PROTOCOL, BLOB_PROTOCOL, COMMIT_PROTOCOL, WITHDRAW_PROTOCOL
@@ -25,22 +23,27 @@ from distributeai.p2p.overlay import RemoteError
 from distributeai.sandbox.base import RunRequest, RunResult, Sandbox, SandboxError
 
 from . import wire
-from .bidding import BidContext, decide
-from .clock import now_ms
+from .bidding import IMAGE_MISSING, BidContext, decide
 from .inbound import decode_award
-
-if TYPE_CHECKING:
-    from .agent import Agent
+from .ports import NodeSettings, Ports, Sandboxes
 
 log = logging.getLogger("distributeai.node.executor")
 SEND_RETRIES = 6  # the submitter may be restarting; backoff 0.5 s doubling: about 30 s in all
 
 
 class Executing:
-    def __init__(self, agent: "Agent") -> None:
-        self.agent = agent
+    """Reaches the node only through its ports (ports.py); the sandbox calls are `_run`,
+    `_has_image` and `_pull_then_bid`."""
+
+    def __init__(self, identity: Identity, settings: NodeSettings, ports: Ports, sandboxes: Sandboxes) -> None:
+        self.identity = identity
+        self.me = identity.public_key
+        self.settings = settings
+        self.ports = ports
+        self.store = ports.store
+        self.sandboxes = sandboxes
         self.running = 0
-        self._limiter = trio.CapacityLimiter(agent.settings.capacity.max_running)
+        self._limiter = trio.CapacityLimiter(settings.capacity.max_running)
         self._pull_limiter = trio.CapacityLimiter(1)  # one image pull at a time
 
     # --- bidding --------------------------------------------------------------------------------
@@ -48,30 +51,29 @@ class Executing:
     async def consider(self, job_id: bytes, spec: JobSpec, addrs: tuple[str, ...]) -> None:
         """Bid if the job fits; a missing image is pulled first where a registry answers, else the
         job is declined with the reason (log, and `bid` in this node's job status)."""
-        a = self.agent
-        sandbox = a.sandboxes.get(spec.sandbox)
+        boxes = self.sandboxes
+        sandbox = boxes.backends.get(spec.sandbox)
         image_ok = True
-        if spec.sandbox == "container" and sandbox is not None and a.sandbox_ok.get("container"):
+        if spec.sandbox == "container" and sandbox is not None and boxes.ok.get("container"):
             image_ok = await self._has_image(sandbox, spec.image)
-        decision = decide(BidContext(spec, a.settings.capacity, self.running, a.sandbox_ok.get(spec.sandbox, False),
-                                     lambda _: image_ok, submitter_can_pay=a.ledger.can_pay(spec),
-                                     gpu_ok=a.settings.gpu or not spec.gpu))
-        if not decision.bid and not image_ok and decision.reason.startswith("image"):
-            a.nursery.start_soon(self._pull_then_bid, job_id, spec, addrs)
+        decision = decide(BidContext(spec, self.settings.capacity, self.running, boxes.ok.get(spec.sandbox, False),
+                                     lambda _: image_ok, submitter_can_pay=self.ports.ledger.can_pay(spec),
+                                     gpu_ok=self.settings.gpu or not spec.gpu))
+        if decision.code == IMAGE_MISSING:
+            self.ports.runtime.spawn(self._pull_then_bid, job_id, spec, addrs)
             return
         await self._decided(job_id, spec, addrs, decision.bid, decision.reason)
 
     async def _decided(self, job_id: bytes, spec: JobSpec, addrs: tuple[str, ...], bid: bool, reason: str) -> None:
-        a = self.agent
-        if spec.submitter != a.me:
-            await a.store.set_bid_decision(job_id.hex(), "bid" if bid else f"declined: {reason}")
+        if spec.submitter != self.me:
+            await self.store.set_bid_decision(job_id.hex(), "bid" if bid else f"declined: {reason}")
         if not bid:
             log.info("declined job %s: %s", job_id.hex()[:12], reason)
             return
-        msg = sign(a.identity, Bid(job_id, a.me, a.settings.price, a.settings.capacity.cpu_millis,
-                                   a.settings.capacity.memory_mb, (a.sandboxes[spec.sandbox].name,), now_ms(),
-                                   a.settings.pow_nonce))
-        a.nursery.start_soon(self._send_bid, spec.submitter, msg, addrs)
+        s = self.settings
+        msg = sign(self.identity, Bid(job_id, self.me, s.price, s.capacity.cpu_millis, s.capacity.memory_mb,
+                                      (self.sandboxes.backends[spec.sandbox].name,), self.ports.now_ms(), s.pow_nonce))
+        self.ports.runtime.spawn(self._send_bid, spec.submitter, msg, addrs)
 
     @staticmethod
     async def _has_image(sandbox: Sandbox, image: str) -> bool:
@@ -81,7 +83,7 @@ class Executing:
             return False
 
     async def _pull_then_bid(self, job_id: bytes, spec: JobSpec, addrs: tuple[str, ...]) -> None:
-        sandbox = self.agent.sandboxes["container"]
+        sandbox = self.sandboxes.backends["container"]
         pull = getattr(sandbox, "pull", None)
         if pull is None:
             await self._decided(job_id, spec, addrs, False, f"image {spec.image} is not available to {sandbox.name}")
@@ -95,37 +97,36 @@ class Executing:
         await self.consider(job_id, spec, addrs)
 
     async def _send_bid(self, submitter: bytes, bid: bytes, addrs: tuple[str, ...]) -> None:
-        a = self.agent
-        if submitter != a.me and peer_id_from_public_key(submitter) not in a.overlay.connected_peers():
+        transport = self.ports.transport
+        if submitter != self.me and peer_id_from_public_key(submitter) not in transport.connected_peers():
             for addr in addrs:
                 try:
-                    await a.overlay.connect(addr)
+                    await transport.connect(addr)
                     break
                 except (RemoteError, ValueError) as exc:
                     log.debug("dial %s failed: %s", addr, exc)
         try:
-            await a.deliver(submitter, BID_PROTOCOL, bid)
-            a.count("bids_sent")
+            await transport.deliver(submitter, BID_PROTOCOL, bid)
+            self.ports.events.count("bids_sent")
         except (RemoteError, RemoteProtocolError) as exc:
             log.info("bid not accepted: %s", exc)
 
     # --- awards ---------------------------------------------------------------------------------
 
     async def handle_award(self, peer: str, data: bytes) -> bytes:
-        a = self.agent
-        signed = decode_award(data, a.me)
+        signed = decode_award(data, self.me)
         award: Award = signed.msg
-        row = await a.store.get_job(award.job_id.hex())
+        row = await self.store.get_job(award.job_id.hex())
         if row is None:
             raise RemoteProtocolError("unknown_job", "award for a job this node never saw")
         spec: JobSpec = verify(row["signed_spec"], JobSpec).msg
         if signed.signer != spec.submitter or peer_id_from_public_key(signed.signer) != peer:
             raise RemoteProtocolError("wrong_sender", "award not from the job's submitter")
         job_hex = award.job_id.hex()
-        await a.store.add_job_role(job_hex, "executor")
-        if await a.store.insert_execution(job_hex, data, now_ms()):
-            a.count("awarded")
-            a.nursery.start_soon(self.execute, award, spec)
+        await self.store.add_job_role(job_hex, "executor")
+        if await self.store.insert_execution(job_hex, data, self.ports.now_ms()):
+            self.ports.events.count("awarded")
+            self.ports.runtime.spawn(self.execute, award, spec)
         return wire.ok()
 
     async def execute(self, award: Award, spec: JobSpec) -> None:
@@ -134,18 +135,18 @@ class Executing:
             await self._execute(award, spec)
         except Exception:
             log.exception("execution of %s failed unexpectedly", award.job_id.hex()[:12])
-            await self.agent.store.update_execution(award.job_id.hex(), now_ms(), status="failed",
+            await self.store.update_execution(award.job_id.hex(), self.ports.now_ms(), status="failed",
                                                     reason="internal error")
 
     async def _execute(self, award: Award, spec: JobSpec) -> None:
-        a = self.agent
+        p = self.ports
         job_hex = award.job_id.hex()
         self.running += 1
         try:
-            await a.store.update_execution(job_hex, now_ms(), status="running")
+            await self.store.update_execution(job_hex, p.now_ms(), status="running")
             try:
                 request = await self._request(award, spec)
-                box = a.sandboxes[spec.sandbox]
+                box = self.sandboxes.backends[spec.sandbox]
                 if spec.is_batch:
                     results = await trio.to_thread.run_sync(run_tasks, box, spec, request, limiter=self._limiter)
                     await self._executed_batch(award, spec, results)
@@ -153,12 +154,12 @@ class Executing:
                 result = await trio.to_thread.run_sync(box.run, request, limiter=self._limiter)
             except (SandboxError, ValueError, RemoteError, RemoteProtocolError) as exc:
                 log.warning("job %s could not run: %s", job_hex[:12], exc)
-                await a.store.update_execution(job_hex, now_ms(), status="failed", reason=str(exc))
+                await self.store.update_execution(job_hex, p.now_ms(), status="failed", reason=str(exc))
                 await self._withdraw(award, spec, str(exc)[:200])
                 return
         finally:
             self.running -= 1
-        a.metrics.sandbox_run(result.sandbox, result.duration_s)
+        p.events.sandbox_run(result.sandbox, result.duration_s)
         reveal = self.make_reveal(award, result)
         r: Reveal = verify(reveal, Reveal).msg
         summary = {"exit_code": result.exit_code, "timed_out": result.timed_out, "oom_killed": result.oom_killed,
@@ -167,17 +168,17 @@ class Executing:
                    "result_hash": r.result_hash.hex(), "fuel_used": result.fuel_used,
                    "files": len(result.manifest), "out_truncated": result.out_truncated,
                    "stderr": result.stderr[:2048].decode("utf-8", "replace")}
-        await a.store.update_execution(job_hex, now_ms(), status="executed", result=summary, reveal=reveal)
-        await a.store.add_outputs(job_hex, [(d.hex(), path) for path, _, d in r.manifest])
-        a.count("executed")
-        a.notify()
+        await self.store.update_execution(job_hex, p.now_ms(), status="executed", result=summary, reveal=reveal)
+        await self.store.add_outputs(job_hex, [(d.hex(), path) for path, _, d in r.manifest])
+        p.events.count("executed")
+        p.events.notify()
         await self.send_commit(award, spec, reveal)
 
     async def _executed_batch(self, award: Award, spec: JobSpec, results: list[RunResult]) -> None:
-        a = self.agent
+        p = self.ports
         for result in results:
-            a.metrics.sandbox_run(result.sandbox, result.duration_s)
-        reveal = make_batch_reveal(a.identity, award.job_id, len(spec.tasks), [
+            p.events.sandbox_run(result.sandbox, result.duration_s)
+        reveal = make_batch_reveal(self.identity, award.job_id, len(spec.tasks), [
             (r.exit_code, r.timed_out, r.stdout, r.stdout_truncated, r.fuel_used) for r in results],
             any(r.oom_killed for r in results), results[0].sandbox if results else "")
         r: Reveal = verify(reveal, Reveal).msg
@@ -185,9 +186,10 @@ class Executing:
                    "timed_out_tasks": sum(1 for x in results if x.timed_out),
                    "duration_s": round(sum(x.duration_s for x in results), 4),
                    "sandbox": results[0].sandbox if results else "", "result_hash": r.result_hash.hex()}
-        await a.store.update_execution(award.job_id.hex(), now_ms(), status="executed", result=summary, reveal=reveal)
-        a.count("executed")
-        a.notify()
+        await self.store.update_execution(award.job_id.hex(), p.now_ms(), status="executed", result=summary,
+                                          reveal=reveal)
+        p.events.count("executed")
+        p.events.notify()
         await self.send_commit(award, spec, reveal)
 
     async def _request(self, award: Award, spec: JobSpec) -> RunRequest:
@@ -197,8 +199,8 @@ class Executing:
         out_dir = None
         if spec.sandbox == "wasm":
             module = spec.wasm_module or await self._fetch_module(spec)
-        elif self.agent.outputs_dir is not None and not spec.is_batch:
-            path = self.agent.outputs_dir / award.job_id.hex()
+        elif self.sandboxes.outputs_dir is not None and not spec.is_batch:
+            path = self.sandboxes.outputs_dir / award.job_id.hex()
             if path.exists():
                 await trio.to_thread.run_sync(shutil.rmtree, path)  # a run cut short by a restart
             path.mkdir(parents=True)
@@ -208,39 +210,38 @@ class Executing:
                           stdin=spec.stdin, out_dir=out_dir, wasm_module=module, fuel=spec.fuel_limit or None)
 
     async def _fetch_module(self, spec: JobSpec) -> bytes:
-        a = self.agent
         digest = spec.wasm_sha256
-        cached = await a.store.get_blob(digest.hex())
+        cached = await self.store.get_blob(digest.hex())
         if cached is not None:
             return cached
-        blob = await a.deliver(spec.submitter, BLOB_PROTOCOL, digest)
+        blob = await self.ports.transport.deliver(spec.submitter, BLOB_PROTOCOL, digest)
         if sha256(blob) != digest:
             raise RemoteProtocolError("bad_blob", "the submitter served a module with another hash")
-        await a.store.put_blob(digest.hex(), blob)
+        await self.store.put_blob(digest.hex(), blob)
         return blob
 
     def make_reveal(self, award: Award, result: RunResult) -> bytes:
         """The signed reveal of a result (consensus.executor.make_reveal)."""
         manifest = [(path, size, bytes.fromhex(digest)) for path, size, digest in result.manifest]
-        return make_reveal(self.agent.identity, award.job_id, result.exit_code, result.timed_out, result.stdout,
+        return make_reveal(self.identity, award.job_id, result.exit_code, result.timed_out, result.stdout,
                            result.stdout_truncated, manifest, result.fuel_used, result.oom_killed, result.sandbox)
 
     def make_commit(self, award: Award, reveal: bytes) -> bytes:
         """The signed commit for a reveal: its seal binds the result to this executor."""
-        return make_commit(self.agent.identity, award.job_id, verify(reveal, Reveal).msg.result_hash)
+        return make_commit(self.identity, award.job_id, verify(reveal, Reveal).msg.result_hash)
 
     async def send_commit(self, award: Award, spec: JobSpec, reveal: bytes) -> None:
         if await self._send_with_retries(spec.submitter, COMMIT_PROTOCOL, self.make_commit(award, reveal), award):
-            await self.agent.store.update_execution(award.job_id.hex(), now_ms(), status="committed")
+            await self.store.update_execution(award.job_id.hex(), self.ports.now_ms(), status="committed")
 
     async def _withdraw(self, award: Award, spec: JobSpec, reason: str) -> None:
-        msg = sign(self.agent.identity, Withdraw(award.job_id, self.agent.me, reason))
+        msg = sign(self.identity, Withdraw(award.job_id, self.me, reason))
         await self._send_with_retries(spec.submitter, WITHDRAW_PROTOCOL, msg, award)
 
     async def _send_with_retries(self, to: bytes, protocol: str, data: bytes, award: Award) -> bool:
         for attempt in range(SEND_RETRIES):
             try:
-                await self.agent.deliver(to, protocol, data)
+                await self.ports.transport.deliver(to, protocol, data)
                 return True
             except RemoteProtocolError as exc:
                 log.info("%s refused for %s: %s", protocol, award.job_id.hex()[:12], exc)
@@ -253,34 +254,33 @@ class Executing:
     # --- reveals --------------------------------------------------------------------------------
 
     async def handle_reveal(self, peer: str, data: bytes) -> bytes:
-        a = self.agent
         signed = verify(data, RevealRequest)
         req: RevealRequest = signed.msg
-        execution = await a.store.get_execution(req.job_id.hex())
-        if execution is None or req.executor != a.me:
+        execution = await self.store.get_execution(req.job_id.hex())
+        if execution is None or req.executor != self.me:
             raise RemoteProtocolError("unknown_job", "no execution of this job here")
-        row = await a.store.get_job(req.job_id.hex())
+        row = await self.store.get_job(req.job_id.hex())
         submitter = verify(row["signed_spec"], JobSpec).msg.submitter
         if signed.signer != submitter or peer_id_from_public_key(submitter) != peer:
             raise RemoteProtocolError("wrong_sender", "reveal requested by someone other than the submitter")
         # "executed": our commit reached the submitter (it asks only those it has) but its answer was lost.
         if execution["status"] not in ("executed", "committed", "revealed") or execution["reveal"] is None:
             raise RemoteProtocolError("not_committed", "nothing committed to reveal")
-        await a.store.update_execution(req.job_id.hex(), now_ms(), status="revealed")
+        await self.store.update_execution(req.job_id.hex(), self.ports.now_ms(), status="revealed")
         return wire.ok(execution["reveal"])
 
     # --- recovery -------------------------------------------------------------------------------
 
     async def recover(self) -> None:
-        a = self.agent
-        for execution in await a.store.executions_with_status("awarded", "running", "executed"):
+        spawn = self.ports.runtime.spawn
+        for execution in await self.store.executions_with_status("awarded", "running", "executed"):
             award: Award = verify(execution["award"], Award).msg
-            row = await a.store.get_job(award.job_id.hex())
+            row = await self.store.get_job(award.job_id.hex())
             spec = verify(row["signed_spec"], JobSpec).msg
             if execution["status"] == "executed":
-                a.nursery.start_soon(self.send_commit, award, spec, execution["reveal"])
+                spawn(self.send_commit, award, spec, execution["reveal"])
             else:
-                a.nursery.start_soon(self.execute, award, spec)
+                spawn(self.execute, award, spec)
 
 
 def run_tasks(box: Sandbox, spec: JobSpec, request: RunRequest) -> list[RunResult]:

@@ -43,7 +43,7 @@ WRONG_STDOUT = b"this is not the answer\n"
 
 class WrongExecutor(Executing):
     async def execute(self, award: Award, spec: JobSpec) -> None:
-        a = self.agent
+        a = self
         rh = result_hash(0, False, WRONG_STDOUT, False)
         reveal = sign(a.identity, Reveal(award.job_id, a.me, rh, 0, WRONG_STDOUT, False, False))
         await a.store.update_execution(award.job_id.hex(), now_ms(), status="executed", reveal=reveal,
@@ -53,7 +53,7 @@ class WrongExecutor(Executing):
 
 class LazyExecutor(Executing):
     async def execute(self, award: Award, spec: JobSpec) -> None:
-        a = self.agent
+        a = self
         stdout = os.environ["BYZANTINE_STDOUT"].encode()
         rh = result_hash(0, False, stdout, False)
         copied = seal(spec.submitter, award.job_id, rh)  # the seal the submitter's own executor sent
@@ -74,7 +74,7 @@ class SilentExecutor(Executing):
 class UnsealedExecutor(Executing):
     async def send_commit(self, award: Award, spec: JobSpec, reveal: bytes) -> None:
         """Commit the true result's seal, but keep a different reveal for the reveal request."""
-        a = self.agent
+        a = self
         commit = self.make_commit(award, reveal)
         rh = result_hash(0, False, WRONG_STDOUT, False)
         other = sign(a.identity, Reveal(award.job_id, a.me, rh, 0, WRONG_STDOUT, False, False))
