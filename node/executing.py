@@ -75,10 +75,9 @@ class Executing:
                                       (self.sandboxes.backends[spec.sandbox].name,), self.ports.now_ms(), s.pow_nonce))
         self.ports.runtime.spawn(self._send_bid, spec.submitter, msg, addrs)
 
-    @staticmethod
-    async def _has_image(sandbox: Sandbox, image: str) -> bool:
+    async def _has_image(self, sandbox: Sandbox, image: str) -> bool:
         try:
-            return await trio.to_thread.run_sync(sandbox.has_image, image)
+            return await self.sandboxes.offload(sandbox.has_image, image)
         except SandboxError:
             return False
 
@@ -89,7 +88,7 @@ class Executing:
             await self._decided(job_id, spec, addrs, False, f"image {spec.image} is not available to {sandbox.name}")
             return
         try:
-            await trio.to_thread.run_sync(pull, spec.image, limiter=self._pull_limiter)
+            await self.sandboxes.offload(pull, spec.image, limiter=self._pull_limiter)
         except SandboxError as exc:
             await self._decided(job_id, spec, addrs, False,
                                 f"image {spec.image} is not available locally and could not be pulled ({exc})")
@@ -148,10 +147,10 @@ class Executing:
                 request = await self._request(award, spec)
                 box = self.sandboxes.backends[spec.sandbox]
                 if spec.is_batch:
-                    results = await trio.to_thread.run_sync(run_tasks, box, spec, request, limiter=self._limiter)
+                    results = await self.sandboxes.offload(run_tasks, box, spec, request, limiter=self._limiter)
                     await self._executed_batch(award, spec, results)
                     return
-                result = await trio.to_thread.run_sync(box.run, request, limiter=self._limiter)
+                result = await self.sandboxes.offload(box.run, request, limiter=self._limiter)
             except (SandboxError, ValueError, RemoteError, RemoteProtocolError) as exc:
                 log.warning("job %s could not run: %s", job_hex[:12], exc)
                 await self.store.update_execution(job_hex, p.now_ms(), status="failed", reason=str(exc))

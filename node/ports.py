@@ -25,7 +25,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Awaitable, Callable, Protocol
+from typing import Any, Awaitable, Callable, Protocol
 
 import trio
 
@@ -80,11 +80,14 @@ class Runtime:
 @dataclass(frozen=True)
 class Sandboxes:
     """The executor's sandboxes: the backend for each spec sandbox kind, whether each passed its
-    check at start, and where container jobs write their output files (None: nowhere)."""
+    check at start, where container jobs write their output files (None: nowhere), and how a
+    blocking sandbox call is run off the trio thread (`offload(fn, *args, limiter=...)`;
+    a test of protocol logic may run a fake sandbox inline instead)."""
 
     backends: dict[str, Sandbox]
     ok: dict[str, bool]
     outputs_dir: Path | None = None
+    offload: Callable[..., Awaitable[Any]] = trio.to_thread.run_sync
 
 
 class StorePort(Protocol):
