@@ -1,9 +1,13 @@
 """The executor's side of the node: bid, run awarded jobs in the sandbox, commit, reveal.
 
-Contract: the result and the signed reveal are written to the store before the commit is sent; a
-restarted node re-runs what was awarded but not finished and re-sends commits not yet accepted.
-A sandbox that cannot run the job sends a signed Withdraw so the submitter replaces this node at
-once. A repeated award changes nothing.
+The adapter of `consensus.executor_job.ExecutorJob`: each input (award, run result or failure,
+the submitter's answers, a reveal request) is applied to the job (pure, `apply_input`), stored
+with the state it led to (`Store.record_execution_input`), and only then acted on (the sandbox
+run, the commit or withdrawal sent, the reveal answered). So the result and the signed reveal are
+written before the commit is sent; a restarted node replays the stored inputs and re-runs what
+was awarded but not finished and re-sends commits not yet accepted. A sandbox that cannot run the
+job sends a signed Withdraw so the submitter replaces this node at once. A repeated award changes
+nothing. The sandbox calls are `_has_image`, `_pull_then_bid` and `run`.
 """
 
 from __future__ import annotations
@@ -15,8 +19,11 @@ import trio
 
 from distributeai.consensus.errors import RemoteProtocolError
 from distributeai.consensus.codec import Identity, sha256
-from distributeai.consensus.executor import make_batch_reveal, make_commit, make_reveal
-from distributeai.consensus.messages import Award, Bid, JobSpec, Reveal, RevealRequest, Withdraw, sign, verify
+from distributeai.consensus.executor import make_batch_reveal, make_reveal
+from distributeai.consensus.executor_job import (
+    SEND_RETRIES, AnswerReveal, ExecutorJob, RunJob, SendCommit, SendWithdraw, apply_input, replay,
+)
+from distributeai.consensus.messages import Award, Bid, JobSpec, Reveal, RevealRequest, sign, verify
 from distributeai.consensus.names import BID_PROTOCOL, BLOB_PROTOCOL, COMMIT_PROTOCOL, WITHDRAW_PROTOCOL
 from distributeai.p2p.identity import peer_id_from_public_key
 from distributeai.p2p.overlay import RemoteError
@@ -28,12 +35,12 @@ from .inbound import decode_award
 from .ports import NodeSettings, Ports, Sandboxes
 
 log = logging.getLogger("distributeai.node.executor")
-SEND_RETRIES = 6  # the submitter may be restarting; backoff 0.5 s doubling: about 30 s in all
+__all__ = ["Executing", "SEND_RETRIES", "run_tasks"]
 
 
 class Executing:
-    """Reaches the node only through its ports (ports.py); the sandbox calls are `_run`,
-    `_has_image` and `_pull_then_bid`."""
+    """Reaches the node only through its ports (ports.py). tests/byzantine_node.py overrides
+    `run`, `commit_to_send`, `reveal_answer` or `handle_reveal` to cheat."""
 
     def __init__(self, identity: Identity, settings: NodeSettings, ports: Ports, sandboxes: Sandboxes) -> None:
         self.identity = identity
@@ -43,6 +50,8 @@ class Executing:
         self.store = ports.store
         self.sandboxes = sandboxes
         self.running = 0
+        self.jobs: dict[bytes, ExecutorJob] = {}
+        self._lock = trio.Lock()  # inputs reach the store in the order they were applied
         self._limiter = trio.CapacityLimiter(settings.capacity.max_running)
         self._pull_limiter = trio.CapacityLimiter(1)  # one image pull at a time
 
@@ -125,40 +134,91 @@ class Executing:
         await self.store.add_job_role(job_hex, "executor")
         if await self.store.insert_execution(job_hex, data, self.ports.now_ms()):
             self.ports.events.count("awarded")
-            self.ports.runtime.spawn(self.execute, award, spec)
+            job = self.jobs[award.job_id] = ExecutorJob(self.identity, award, spec)
+            await self.apply(job, "start")
         return wire.ok()
 
-    async def execute(self, award: Award, spec: JobSpec) -> None:
+    # --- the loop of one input ------------------------------------------------------------------
+
+    async def apply(self, job: ExecutorJob, kind: str, raw: bytes = b"", meta: dict | None = None, *,
+                    result: dict | None = None) -> list:
+        """Feed one input to a job (`apply_input`, as a replay does); store it with the state it led
+        to (and `result`, the run's summary for the job's status); then act on it. Returns the
+        actions (a reveal request's answer among them)."""
+        meta = meta or {}
+        async with self._lock:
+            now = self.ports.now_ms()
+            actions = apply_input(job, kind, raw, meta, now)
+            await self.store.record_execution_input(job.job_id.hex(), kind, raw, meta, now, status=job.state,
+                                                    reason=job.reason, result=result,
+                                                    reveal=job.reveal if kind == "ran" else None)
+        self.ports.events.notify()
+        self._act(job, actions)
+        return actions
+
+    def _act(self, job: ExecutorJob, actions: list) -> None:
+        spawn = self.ports.runtime.spawn
+        for action in actions:
+            if isinstance(action, RunJob):
+                spawn(self.execute, job)
+            elif isinstance(action, SendCommit):
+                spawn(self._send, job, COMMIT_PROTOCOL, self.commit_to_send(job, action.commit), action.delay_ms)
+            elif isinstance(action, SendWithdraw):
+                spawn(self._send, job, WITHDRAW_PROTOCOL, action.withdraw, action.delay_ms)
+            # AnswerReveal: the caller of apply answers the request with it
+
+    async def _send(self, job: ExecutorJob, protocol: str, data: bytes, delay_ms: int) -> None:
+        """One attempt to send a commit or withdrawal; the job decides on a retry."""
+        if delay_ms:
+            await trio.sleep(delay_ms / 1000)  # back-off between retries, not synchronization
+        try:
+            await self.ports.transport.deliver(job.spec.submitter, protocol, data)
+        except RemoteProtocolError as exc:
+            log.info("%s refused for %s: %s", protocol, job.job_id.hex()[:12], exc)
+            await self.apply(job, "refused", meta={"reason": exc.reason})
+        except RemoteError as exc:
+            log.info("%s attempt %d for %s failed: %s", protocol, job.attempts + 1, job.job_id.hex()[:12], exc)
+            await self.apply(job, "unreachable")
+        else:
+            await self.apply(job, "sent")
+
+    # --- running --------------------------------------------------------------------------------
+
+    async def execute(self, job: ExecutorJob) -> None:
         """Task boundary: whatever goes wrong with one job is that job's failure, never the node's."""
         try:
-            await self._execute(award, spec)
+            await self._execute(job)
         except Exception:
-            log.exception("execution of %s failed unexpectedly", award.job_id.hex()[:12])
-            await self.store.update_execution(award.job_id.hex(), self.ports.now_ms(), status="failed",
-                                                    reason="internal error")
+            log.exception("execution of %s failed unexpectedly", job.job_id.hex()[:12])
+            await self.apply(job, "crashed", meta={"reason": "internal error"})
 
-    async def _execute(self, award: Award, spec: JobSpec) -> None:
-        p = self.ports
-        job_hex = award.job_id.hex()
+    async def _execute(self, job: ExecutorJob) -> None:
         self.running += 1
         try:
-            await self.store.update_execution(job_hex, p.now_ms(), status="running")
-            try:
-                request = await self._request(award, spec)
-                box = self.sandboxes.backends[spec.sandbox]
-                if spec.is_batch:
-                    results = await self.sandboxes.offload(run_tasks, box, spec, request, limiter=self._limiter)
-                    await self._executed_batch(award, spec, results)
-                    return
-                result = await self.sandboxes.offload(box.run, request, limiter=self._limiter)
-            except (SandboxError, ValueError, RemoteError, RemoteProtocolError) as exc:
-                log.warning("job %s could not run: %s", job_hex[:12], exc)
-                await self.store.update_execution(job_hex, p.now_ms(), status="failed", reason=str(exc))
-                await self._withdraw(award, spec, str(exc)[:200])
-                return
+            reveal, summary = await self.run(job)
+        except (SandboxError, ValueError, RemoteError, RemoteProtocolError) as exc:
+            log.warning("job %s could not run: %s", job.job_id.hex()[:12], exc)
+            await self.apply(job, "run_failed", meta={"reason": str(exc)})
+            return
         finally:
             self.running -= 1
-        p.events.sandbox_run(result.sandbox, result.duration_s)
+        manifest = verify(reveal, Reveal).msg.manifest
+        if manifest:
+            await self.store.add_outputs(job.job_id.hex(), [(d.hex(), path) for path, _, d in manifest])
+        await self.apply(job, "ran", reveal, result=summary)
+        self.ports.events.count("executed")
+
+    async def run(self, job: ExecutorJob) -> tuple[bytes, dict]:
+        """Run the job in its sandbox: the signed reveal of the result and a summary for the status
+        (SandboxError, ValueError, RemoteError, RemoteProtocolError: it could not run)."""
+        award, spec = job.award, job.spec
+        request = await self._request(award, spec)
+        box = self.sandboxes.backends[spec.sandbox]
+        if spec.is_batch:
+            results = await self.sandboxes.offload(run_tasks, box, spec, request, limiter=self._limiter)
+            return self._batch_reveal(award, spec, results)
+        result = await self.sandboxes.offload(box.run, request, limiter=self._limiter)
+        self.ports.events.sandbox_run(result.sandbox, result.duration_s)
         reveal = self.make_reveal(award, result)
         r: Reveal = verify(reveal, Reveal).msg
         summary = {"exit_code": result.exit_code, "timed_out": result.timed_out, "oom_killed": result.oom_killed,
@@ -167,16 +227,11 @@ class Executing:
                    "result_hash": r.result_hash.hex(), "fuel_used": result.fuel_used,
                    "files": len(result.manifest), "out_truncated": result.out_truncated,
                    "stderr": result.stderr[:2048].decode("utf-8", "replace")}
-        await self.store.update_execution(job_hex, p.now_ms(), status="executed", result=summary, reveal=reveal)
-        await self.store.add_outputs(job_hex, [(d.hex(), path) for path, _, d in r.manifest])
-        p.events.count("executed")
-        p.events.notify()
-        await self.send_commit(award, spec, reveal)
+        return reveal, summary
 
-    async def _executed_batch(self, award: Award, spec: JobSpec, results: list[RunResult]) -> None:
-        p = self.ports
+    def _batch_reveal(self, award: Award, spec: JobSpec, results: list[RunResult]) -> tuple[bytes, dict]:
         for result in results:
-            p.events.sandbox_run(result.sandbox, result.duration_s)
+            self.ports.events.sandbox_run(result.sandbox, result.duration_s)
         reveal = make_batch_reveal(self.identity, award.job_id, len(spec.tasks), [
             (r.exit_code, r.timed_out, r.stdout, r.stdout_truncated, r.fuel_used) for r in results],
             any(r.oom_killed for r in results), results[0].sandbox if results else "")
@@ -185,11 +240,7 @@ class Executing:
                    "timed_out_tasks": sum(1 for x in results if x.timed_out),
                    "duration_s": round(sum(x.duration_s for x in results), 4),
                    "sandbox": results[0].sandbox if results else "", "result_hash": r.result_hash.hex()}
-        await self.store.update_execution(award.job_id.hex(), p.now_ms(), status="executed", result=summary,
-                                          reveal=reveal)
-        p.events.count("executed")
-        p.events.notify()
-        await self.send_commit(award, spec, reveal)
+        return reveal, summary
 
     async def _request(self, award: Award, spec: JobSpec) -> RunRequest:
         """The sandbox request for a job: its module (fetched by SHA-256 if it did not travel in the
@@ -225,61 +276,68 @@ class Executing:
         return make_reveal(self.identity, award.job_id, result.exit_code, result.timed_out, result.stdout,
                            result.stdout_truncated, manifest, result.fuel_used, result.oom_killed, result.sandbox)
 
-    def make_commit(self, award: Award, reveal: bytes) -> bytes:
-        """The signed commit for a reveal: its seal binds the result to this executor."""
-        return make_commit(self.identity, award.job_id, verify(reveal, Reveal).msg.result_hash)
+    def commit_to_send(self, job: ExecutorJob, commit: bytes) -> bytes:
+        """The commit as sent: the job's own (a cheating executor's may differ)."""
+        return commit
 
-    async def send_commit(self, award: Award, spec: JobSpec, reveal: bytes) -> None:
-        if await self._send_with_retries(spec.submitter, COMMIT_PROTOCOL, self.make_commit(award, reveal), award):
-            await self.store.update_execution(award.job_id.hex(), self.ports.now_ms(), status="committed")
-
-    async def _withdraw(self, award: Award, spec: JobSpec, reason: str) -> None:
-        msg = sign(self.identity, Withdraw(award.job_id, self.me, reason))
-        await self._send_with_retries(spec.submitter, WITHDRAW_PROTOCOL, msg, award)
-
-    async def _send_with_retries(self, to: bytes, protocol: str, data: bytes, award: Award) -> bool:
-        for attempt in range(SEND_RETRIES):
-            try:
-                await self.ports.transport.deliver(to, protocol, data)
-                return True
-            except RemoteProtocolError as exc:
-                log.info("%s refused for %s: %s", protocol, award.job_id.hex()[:12], exc)
-                return False
-            except RemoteError as exc:
-                log.info("%s attempt %d for %s failed: %s", protocol, attempt + 1, award.job_id.hex()[:12], exc)
-                await trio.sleep(0.5 * 2**attempt)  # back-off between retries, not synchronization
-        return False
+    def reveal_answer(self, job: ExecutorJob, reveal: bytes) -> bytes:
+        """The reveal as answered: the job's own (a cheating executor's may differ)."""
+        return reveal
 
     # --- reveals --------------------------------------------------------------------------------
 
     async def handle_reveal(self, peer: str, data: bytes) -> bytes:
         signed = verify(data, RevealRequest)
         req: RevealRequest = signed.msg
-        execution = await self.store.get_execution(req.job_id.hex())
-        if execution is None or req.executor != self.me:
+        job = await self._job(req.job_id) if req.executor == self.me else None
+        if job is None:
             raise RemoteProtocolError("unknown_job", "no execution of this job here")
-        row = await self.store.get_job(req.job_id.hex())
-        submitter = verify(row["signed_spec"], JobSpec).msg.submitter
+        submitter = job.spec.submitter
         if signed.signer != submitter or peer_id_from_public_key(submitter) != peer:
             raise RemoteProtocolError("wrong_sender", "reveal requested by someone other than the submitter")
-        # "executed": our commit reached the submitter (it asks only those it has) but its answer was lost.
-        if execution["status"] not in ("executed", "committed", "revealed") or execution["reveal"] is None:
-            raise RemoteProtocolError("not_committed", "nothing committed to reveal")
-        await self.store.update_execution(req.job_id.hex(), self.ports.now_ms(), status="revealed")
-        return wire.ok(execution["reveal"])
+        actions = await self.apply(job, "reveal_asked", data)  # not_committed if nothing was
+        answer = next(a.reveal for a in actions if isinstance(a, AnswerReveal))
+        return wire.ok(self.reveal_answer(job, answer))
 
     # --- recovery -------------------------------------------------------------------------------
 
+    async def _job(self, job_id: bytes) -> ExecutorJob | None:
+        """The job in memory, or rebuilt from the store (an execution of an earlier run)."""
+        job = self.jobs.get(job_id)
+        if job is None:
+            execution = await self.store.get_execution(job_id.hex())
+            if execution is not None:
+                job = self.jobs[job_id] = await self._load(execution)
+        return job
+
+    async def _load(self, execution: dict) -> ExecutorJob:
+        award: Award = verify(execution["award"], Award).msg
+        job_hex = award.job_id.hex()
+        spec = verify((await self.store.get_job(job_hex))["signed_spec"], JobSpec).msg
+        inputs = await self.store.execution_inputs(job_hex) or stored_as_inputs(execution)
+        return replay(self.identity, award, spec, inputs)
+
     async def recover(self) -> None:
-        spawn = self.ports.runtime.spawn
+        """Rebuild unfinished executions from their stored inputs; run again what was not run to
+        its end, send again a commit not yet accepted."""
         for execution in await self.store.executions_with_status("awarded", "running", "executed"):
-            award: Award = verify(execution["award"], Award).msg
-            row = await self.store.get_job(award.job_id.hex())
-            spec = verify(row["signed_spec"], JobSpec).msg
-            if execution["status"] == "executed":
-                spawn(self.send_commit, award, spec, execution["reveal"])
-            else:
-                spawn(self.execute, award, spec)
+            job = await self._load(execution)
+            self.jobs[job.job_id] = job
+            self._act(job, job.resume(self.ports.now_ms()))
+
+
+def stored_as_inputs(execution: dict) -> list[tuple[str, bytes, dict, int]]:
+    """The inputs an execution row stands for, when it was stored before executions had inputs
+    (a store of an earlier version): started, and ran if it has a reveal."""
+    at = execution["updated_ms"]
+    inputs: list[tuple[str, bytes, dict, int]] = [("start", b"", {}, at)]
+    if execution["reveal"] is not None:
+        inputs.append(("ran", bytes(execution["reveal"]), {}, at))
+        if execution["status"] in ("committed", "revealed"):
+            inputs.append(("sent", b"", {}, at))
+    elif execution["status"] == "failed":
+        inputs.append(("crashed", b"", {"reason": execution["reason"]}, at))
+    return inputs
 
 
 def run_tasks(box: Sandbox, spec: JobSpec, request: RunRequest) -> list[RunResult]:
