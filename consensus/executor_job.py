@@ -80,7 +80,7 @@ class ExecutorJob:
         return self.award.job_id
 
     def start(self, now_ms: int) -> list[Action]:
-        if self.state not in ("awarded", "running"):
+        if self.state != "awarded":
             return []  # a repeated award changes nothing
         return self._to("running", now_ms, [RunJob()])
 

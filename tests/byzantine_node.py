@@ -45,7 +45,8 @@ class WrongExecutor(Executing):
     async def run(self, job: ExecutorJob) -> tuple[bytes, dict]:
         """Runs nothing: reveals (and commits to) a wrong result at once."""
         rh = result_hash(0, False, WRONG_STDOUT, False)
-        return sign(self.identity, Reveal(job.job_id, self.me, rh, 0, WRONG_STDOUT, False, False)), {"byzantine": "wrong"}
+        reveal = sign(self.identity, Reveal(job.job_id, self.me, rh, 0, WRONG_STDOUT, False, False))
+        return reveal, {"byzantine": "wrong"}
 
 
 class LazyExecutor(Executing):

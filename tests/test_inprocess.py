@@ -129,7 +129,7 @@ class Node:
         ports = Ports(
             transport=Transport(publish=self.publish, deliver=self.deliver, connect=self._connect,
                                 connected_peers=lambda: [n.peer_id for n in self.net.live() if n is not self],
-                                remote_ip=lambda peer: self.net.ip_of(peer), multiaddrs=lambda: [f"/memory/{self.index}"]),
+                                remote_ip=self.net.ip_of, multiaddrs=lambda: [f"/memory/{self.index}"]),
             store=self.store, ledger=self.ledger,
             events=Events(count=lambda what: self.counters.update([what]),
                           reject=lambda reason, detail="", **_: self.rejected.update([reason]),
@@ -369,3 +369,52 @@ def test_each_refusal_has_its_code(field, value, code):
     ctx = dict(spec=spec, capacity=bidding.Capacity(), running=0, sandbox_ok=True, image_ok=lambda _: True)
     decision = bidding.decide(bidding.BidContext(**{**ctx, field: value}))
     assert (decision.bid, decision.code) == (False, code)
+
+
+# --- ExecutorJob on its own (pure: inputs in, actions out) ------------------------------------
+
+def test_executor_job_retries_then_gives_up_and_replays_the_same():
+    from distributeai.consensus.executor import make_reveal
+    from distributeai.consensus.executor_job import (
+        SEND_RETRIES, AnswerReveal, ExecutorJob, RunJob, SendCommit, apply_input, replay,
+    )
+    from distributeai.consensus.messages import Award
+
+    me = Identity.from_seed(b"\x07" * 32)
+    spec = JobSpec(submitter=b"s" * 32, nonce=b"n" * 16, created_ms=1, name="t", image="i", command=("x",))
+    award = Award(b"j" * 32, me.public_key, 0, 10)
+    job = ExecutorJob(me, award, spec)
+    reveal = make_reveal(me, award.job_id, 0, False, b"out")
+    inputs = [("start", b"", {}, 1), ("ran", reveal, {}, 2)]
+    assert apply_input(job, "start", b"", {}, 1) == [RunJob()]
+    assert apply_input(job, "start", b"", {}, 1) == []  # a repeated award changes nothing
+    [commit] = apply_input(job, "ran", reveal, {}, 2)
+    assert isinstance(commit, SendCommit) and commit.delay_ms == 0
+    with pytest.raises(RemoteProtocolError):
+        ExecutorJob(me, award, spec).reveal_asked(3)  # nothing committed yet: not_committed
+    delays = []
+    for t in range(SEND_RETRIES):
+        inputs.append(("unreachable", b"", {}, 10 + t))
+        delays += [a.delay_ms for a in apply_input(job, "unreachable", b"", {}, 10 + t)]
+    assert delays == [500 * 2**i for i in range(SEND_RETRIES - 1)]  # then it gives up
+    assert job.state == "executed"
+    assert apply_input(job, "reveal_asked", b"", {}, 20) == [AnswerReveal(reveal)]  # the commit did arrive
+    inputs.append(("reveal_asked", b"", {}, 20))
+    again = replay(me, award, spec, inputs)
+    state = (job.state, job.reveal, job.commit, job.attempts)
+    assert (again.state, again.reveal, again.commit, again.attempts) == state
+    assert again.resume(30) == []  # revealed: nothing to do again
+
+
+def test_executor_job_withdraws_when_the_sandbox_cannot_run_it():
+    from distributeai.consensus.executor_job import ExecutorJob, SendWithdraw
+    from distributeai.consensus.messages import Award, Withdraw, verify
+
+    me = Identity.from_seed(b"\x08" * 32)
+    spec = JobSpec(submitter=b"s" * 32, nonce=b"n" * 16, created_ms=1, name="t", image="i", command=("x",))
+    job = ExecutorJob(me, Award(b"j" * 32, me.public_key, 0, 10), spec)
+    job.start(1)
+    [withdraw] = job.run_failed("image_missing: no such image", 2)
+    assert isinstance(withdraw, SendWithdraw) and job.state == "failed"
+    assert verify(withdraw.withdraw, Withdraw).msg.reason == "image_missing: no such image"
+    assert job.resume(3) == []  # a failed job is not run again
