@@ -7,7 +7,9 @@ Contract:
 - The submitter's side lives in `submitting.py`, the executor's in `executing.py`; this module
   owns what they share: identity, overlay, store, ledger, counters, and local delivery (when the
   submitter is also one of its own executors, messages go through the same handlers without the
-  network).
+  network), and hands it to them as narrow ports (`ports.py`, built by `Agent.ports`).
+- The control socket and the REST API call the agent's facade methods (`submit`, `cancel`,
+  `job_status`, `page_jobs`, ...), never the roles or the store directly.
 - Reputation and credits are a fold (`consensus.ledger`) over the ledger events in the store,
   rebuilt at start, so they are identical before and after a restart.
 """

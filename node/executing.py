@@ -148,7 +148,10 @@ class Executing:
         meta = meta or {}
         async with self._lock:
             now = self.ports.now_ms()
+            repeat = kind == "reveal_asked" and job.state == "revealed"
             actions = apply_input(job, kind, raw, meta, now)
+            if repeat:  # answered before: storing it again would change nothing but the table's size
+                return actions
             await self.store.record_execution_input(job.job_id.hex(), kind, raw, meta, now, status=job.state,
                                                     reason=job.reason, result=result,
                                                     reveal=job.reveal if kind == "ran" else None)

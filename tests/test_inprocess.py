@@ -321,8 +321,8 @@ async def test_a_liar_is_outvoted(autojump_clock, tmp_path):
 
 
 async def test_a_restart_replays_to_the_same_state(autojump_clock, tmp_path):
-    """The submitter's process ends once its job is awarded; new roles over the same store rebuild
-    the same job from the stored inputs, and the job still verifies."""
+    """The submitter's process ends once its job is awarded, and so do its executors'; new roles
+    over the same stores rebuild the same jobs from the stored inputs, and the job still verifies."""
     async with trio.open_nursery() as nursery:
         net, nodes = await network(nursery, tmp_path, 4)
         sub = nodes[0]
@@ -332,10 +332,15 @@ async def test_a_restart_replays_to_the_same_state(autojump_clock, tmp_path):
                 await sub.changed.wait()
         before = sub.submitting.jobs[job_id]
         sub.stop()
+        others = [n for n in nodes[1:] if n.me in before.awards]
+        for node in others:  # its executors' processes end at the same moment
+            node.stop()
         await trio.sleep(0)
         stored = replay(sub.identity, sub.settings.timing, await sub.store.inputs(job_id.hex()))
         assert (stored.state, stored.slot, stored.history) == (before.state, before.slot, before.history)
         assert {e: s.raw for e, s in stored.awards.items()} == {e: s.raw for e, s in before.awards.items()}
+        for node in others:  # recover(): run again what was awarded and not run, or not accepted
+            await node.start(nursery)
         await sub.start(nursery)  # recover(): the same job, awards re-sent (receivers are idempotent)
         again = sub.submitting.jobs[job_id]
         assert (again.state, again.slot, again.history) == (before.state, before.slot, before.history)
