@@ -423,3 +423,21 @@ def test_executor_job_withdraws_when_the_sandbox_cannot_run_it():
     assert isinstance(withdraw, SendWithdraw) and job.state == "failed"
     assert verify(withdraw.withdraw, Withdraw).msg.reason == "image_missing: no such image"
     assert job.resume(3) == []  # a failed job is not run again
+
+
+def test_an_execution_stored_before_inputs_existed_replays_from_its_row():
+    from distributeai.consensus.executor import make_reveal
+    from distributeai.consensus.executor_job import replay as replay_execution
+    from distributeai.consensus.messages import Award
+    from distributeai.node.executing import stored_as_inputs
+
+    me = Identity.from_seed(b"\x09" * 32)
+    spec = JobSpec(submitter=b"s" * 32, nonce=b"n" * 16, created_ms=1, name="t", image="i", command=("x",))
+    award = Award(b"j" * 32, me.public_key, 0, 10)
+    reveal = make_reveal(me, award.job_id, 0, False, b"out")
+    for status, stored_reveal, state in [("awarded", None, "running"), ("running", None, "running"),
+                                         ("executed", reveal, "executed"), ("committed", reveal, "committed"),
+                                         ("revealed", reveal, "committed"), ("failed", None, "failed")]:
+        row = {"status": status, "reveal": stored_reveal, "reason": "", "updated_ms": 5}
+        job = replay_execution(me, award, spec, stored_as_inputs(row))
+        assert (job.state, job.reveal) == (state, stored_reveal)
