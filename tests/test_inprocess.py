@@ -441,3 +441,15 @@ def test_an_execution_stored_before_inputs_existed_replays_from_its_row():
         row = {"status": status, "reveal": stored_reveal, "reason": "", "updated_ms": 5}
         job = replay_execution(me, award, spec, stored_as_inputs(row))
         assert (job.state, job.reveal) == (state, stored_reveal)
+
+
+def test_the_roles_never_import_the_agent():
+    """Submitting and Executing reach the node only through node/ports.py."""
+    import ast
+    import distributeai.node.executing as executing
+    import distributeai.node.submitting as submitting
+
+    for module in (submitting, executing):
+        tree = ast.parse(Path(module.__file__).read_text())
+        imported = {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)}
+        assert not {m for m in imported if m and m.split(".")[-1] in ("agent", "daemon")}, module
