@@ -48,6 +48,7 @@ from .errors import RemoteProtocolError
 from .ledger import REPUTATION_START
 from .messages import (
     Award, Bid, Certificate, Commit, JobSpec, Reveal, RevealRequest, Signed, Withdraw, job_id_of, sign,
+    verify,
 )
 from .results import seal as compute_seal
 from .tally import Tally
@@ -412,3 +413,49 @@ def check_reveal(r: Reveal, committed_seal: bytes, spec: JobSpec | None = None) 
         raise RemoteProtocolError("bad_result_hash", "result hash does not match the revealed output")
     if compute_seal(r.executor, r.job_id, r.result_hash) != committed_seal:
         raise RemoteProtocolError("seal_mismatch", "reveal does not match the executor's seal")
+
+
+# --- one input, live or replayed ----------------------------------------------------------------
+
+INPUT_TYPES = {"bid": Bid, "commit": Commit, "withdraw": Withdraw, "reveal": Reveal}
+
+
+def decode_input(kind: str, raw: bytes) -> Signed | bytes:
+    """A stored input's payload as `apply_input` takes it: the verified message for a message
+    kind, the raw bytes otherwise (an undelivered award's executor; empty for a tick or cancel)."""
+    return verify(raw, INPUT_TYPES[kind]) if kind in INPUT_TYPES else raw
+
+
+def apply_input(job: SubmitterJob, kind: str, payload: Signed | bytes, meta: dict, now_ms: int) -> list[Action]:
+    """The one place that decides how an input is applied to a job, for the live node and for a
+    replay alike. `meta` is what the adapter recorded with it (a bid's reputation, early-close bound
+    `unbid_best` and address range; a tick's `unbid_best`)."""
+    if kind == "bid":
+        return job.receive_bid(payload, now_ms, meta.get("reputation", 0), meta.get("unbid_best"),
+                               meta.get("subnet"))
+    if kind == "commit":
+        return job.receive_commit(payload, now_ms)
+    if kind == "withdraw":
+        return job.receive_withdraw(payload, now_ms)
+    if kind == "reveal":
+        return job.receive_reveal(payload, now_ms)
+    if kind == "undelivered":
+        return job.award_undelivered(payload, now_ms)
+    if kind == "cancel":
+        return job.cancel(now_ms)
+    if kind == "tick":
+        return job.tick(now_ms, meta.get("unbid_best"))
+    raise ValueError(f"unknown input kind {kind!r}")
+
+
+def replay(identity: Identity, timing: Timing, inputs: list[tuple[str, bytes, dict, int]]) -> SubmitterJob | None:
+    """A job rebuilt from its stored inputs (`Store.inputs`: kind, raw, meta, time), in order,
+    through `apply_input`: the same job, awards and all, as the one that took them live. None if
+    the inputs hold no start."""
+    job: SubmitterJob | None = None
+    for kind, raw, meta, at in inputs:
+        if kind == "start":
+            job = SubmitterJob(identity, raw, verify(raw, JobSpec).msg, started_ms=at, timing=timing)
+        elif job is not None:
+            apply_input(job, kind, decode_input(kind, raw), meta, at)
+    return job

@@ -7,7 +7,9 @@ Contract:
 - The submitter's side lives in `submitting.py`, the executor's in `executing.py`; this module
   owns what they share: identity, overlay, store, ledger, counters, and local delivery (when the
   submitter is also one of its own executors, messages go through the same handlers without the
-  network).
+  network), and hands it to them as narrow ports (`ports.py`, built by `Agent.ports`).
+- The control socket and the REST API call the agent's facade methods (`submit`, `cancel`,
+  `job_status`, `page_jobs`, ...), never the roles or the store directly.
 - Reputation and credits are a fold (`consensus.ledger`) over the ledger events in the store,
   rebuilt at start, so they are identical before and after a restart.
 """
@@ -18,7 +20,6 @@ import logging
 import os
 from collections import Counter
 from pathlib import Path
-from dataclasses import dataclass, field
 from typing import Any, Awaitable, Callable
 
 import trio
@@ -28,24 +29,24 @@ from distributeai.consensus.codec import Identity
 from distributeai.consensus.codec import sha256
 from distributeai.consensus.errors import LocalProtocolError, RemoteProtocolError
 from distributeai.consensus.gossip import check_gossip
-from distributeai.consensus.ledger import GENESIS_CREDITS, Ledger
+from distributeai.consensus.ledger import Ledger
 from distributeai.consensus.messages import JobSpec, verify
 from distributeai.consensus.names import (
     AWARD_PROTOCOL, BID_PROTOCOL, BLOB_PROTOCOL, COMMIT_PROTOCOL, JOBS_TOPIC, REVEAL_PROTOCOL,
     WITHDRAW_PROTOCOL,
 )
-from distributeai.consensus.submitter import TERMINAL, Timing
+from distributeai.consensus.submitter import TERMINAL
 from distributeai.consensus.validate import CheckedAnnounce
 from distributeai.p2p.identity import peer_id_from_public_key, public_key_from_peer_id
 from distributeai.p2p.overlay import GossipMessage, Overlay, RemoteError
 from distributeai.sandbox.base import Sandbox, SandboxError
 
 from . import wire
-from .bidding import Capacity
 from .clock import now_ms
 from .executing import Executing
 from .inbound import decode_blob_request
 from .metrics import NodeMetrics
+from .ports import Events, NodeSettings, Ports, Runtime, Sandboxes, Transport
 from .store import Store
 from .submitting import Submitting
 from .views import job_view, task_results
@@ -54,19 +55,7 @@ log = logging.getLogger("distributeai.node")
 Handler = Callable[[str, bytes], Awaitable[bytes]]
 
 
-@dataclass
-class NodeSettings:
-    sandbox_name: str  # the backend of container jobs: docker, bwrap or process
-    gpu: bool = False  # whether this node offers a GPU; jobs that need one are not bid on otherwise
-    capacity: Capacity = field(default_factory=Capacity)
-    price: int = 1
-    request_timeout_s: float = 10.0
-    genesis_credits: int = GENESIS_CREDITS
-    timing: Timing = field(default_factory=Timing)
-    # Proof-of-work bits this node demands of every bidder and announcer (consensus/pow.py), and
-    # its own nonce, solved for at least that many bits (node/proof.py).
-    pow_difficulty: int = 0
-    pow_nonce: bytes = b""
+__all__ = ["Agent", "NodeSettings"]  # NodeSettings lives in ports.py; imported from here too
 
 
 class Agent:
@@ -99,8 +88,10 @@ class Agent:
             except SandboxError as exc:
                 log.warning("sandbox %s unusable, this node will not bid on %s jobs: %s", sandbox.name, kind, exc)
                 self.sandbox_ok[kind] = False
-        self.submitting = Submitting(self, settings.timing)
-        self.executing = self.executing_class(self)
+        ports = self.ports()
+        self.executing = self.executing_class(identity, settings, ports,
+                                              Sandboxes(sandboxes, self.sandbox_ok, outputs_dir))
+        self.submitting = Submitting(identity, settings, ports, self.executing.consider)
         self.handlers: dict[str, Handler] = {
             BID_PROTOCOL: self.submitting.handle_bid,
             COMMIT_PROTOCOL: self.submitting.handle_commit,
@@ -109,6 +100,20 @@ class Agent:
             REVEAL_PROTOCOL: self.executing.handle_reveal,
             BLOB_PROTOCOL: self.handle_blob,
         }
+
+    def ports(self) -> Ports:
+        """The narrow ports the two roles reach the node through (ports.py)."""
+        overlay = self.overlay
+        return Ports(
+            transport=Transport(publish=self.publish, deliver=self.deliver, connect=overlay.connect,
+                                connected_peers=overlay.connected_peers, remote_ip=overlay.remote_ip,
+                                multiaddrs=overlay.multiaddrs),
+            store=self.store,
+            ledger=self.ledger,
+            events=Events(count=self.count, reject=self.reject, notify=self.notify, changed=lambda: self.changed,
+                          job_finished=self.metrics.job_finished, sandbox_run=self.metrics.sandbox_run),
+            runtime=Runtime(now_ms=now_ms, spawn=lambda fn, *args: self.nursery.start_soon(fn, *args)),
+        )
 
     # --- lifecycle ----------------------------------------------------------------------------
 
@@ -254,13 +259,6 @@ class Agent:
         key = public_key_from_peer_id(peer_id)
         return key is not None and (key in self.ledger.spent or self.ledger.reputation_of(key) > 0)
 
-    def apply_certificate_to_ledger(self, raw: bytes, at_ms: int) -> None:
-        self.ledger.apply_certificate(verify_certificate(raw), at_ms)
-
-    async def record_offence(self, job_id: bytes, who: bytes, reason: str) -> None:
-        await self.store.record_offence(job_id.hex(), who, reason, now_ms())
-        self.ledger.apply_offence(who)
-
     # --- gossip -------------------------------------------------------------------------------
 
     async def _read_gossip(self) -> None:
@@ -303,6 +301,40 @@ class Agent:
             self.ledger.apply_certificate(checked, now)
             self.count("certificates")
             self.notify()
+
+    # --- the facade the control socket and the REST API use ---------------------------------
+
+    async def submit(self, signed_spec: bytes, module: bytes | None = None) -> bytes:
+        """Announce a job signed by this node's key (Submitting.submit); LocalProtocolError if not."""
+        return await self.submitting.submit(signed_spec, module)
+
+    async def submit_unsigned(self, body: bytes, module: bytes | None = None) -> bytes:
+        """Sign a spec naming this node and submit it (Submitting.submit_unsigned)."""
+        return await self.submitting.submit_unsigned(body, module)
+
+    async def cancel(self, job_id: bytes) -> None:
+        """Cancel a job submitted from this node (Submitting.cancel); LocalProtocolError if not."""
+        await self.submitting.cancel(job_id)
+
+    @property
+    def jobs_running(self) -> int:
+        return self.executing.running
+
+    async def page_jobs(self, role: str | None, status: str | None, offset: int, limit: int) -> tuple[int, list[dict]]:
+        return await self.store.page_jobs(role, status, offset, limit)
+
+    async def recent_jobs(self, limit: int) -> list[dict]:
+        return await self.store.list_jobs(limit=limit)
+
+    async def job_counts(self) -> dict[str, int]:
+        return await self.store.job_counts()
+
+    async def peers_last_seen(self) -> dict[str, int]:
+        return await self.store.peers_last_seen()
+
+    async def stored_peers(self, limit: int = 1000) -> list[str]:
+        """Peer ids remembered for restarts."""
+        return [p for p, _ in await self.store.known_peers(limit=limit)]
 
     # --- views --------------------------------------------------------------------------------
 

@@ -140,7 +140,7 @@ class RestApi:
         spec = JobSpec(submitter=a.me, nonce=os.urandom(16), created_ms=now_ms(), **fields)
         module = doc.get("wasm_module") if spec.wasm_sha256 else None
         try:
-            job_id = await a.submitting.submit(sign(a.identity, spec), module)
+            job_id = await a.submit(sign(a.identity, spec), module)
         except LocalProtocolError as exc:
             if exc.reason == "insufficient_credits":
                 raise ApiError(409, str(exc), "price") from None
@@ -158,7 +158,7 @@ class RestApi:
         offset = _int_param(query, "offset", 0, 0, MAX_OFFSET)
         status = _choice_param(query, "status", JOB_STATUSES)
         role = _choice_param(query, "role", ROLES)
-        total, rows = await self.agent.store.page_jobs(role, status, offset, limit)
+        total, rows = await self.agent.page_jobs(role, status, offset, limit)
         jobs = []
         for row in rows:
             view = await self.agent.job_status(row["job_id"])
@@ -186,7 +186,7 @@ class RestApi:
 
     async def nodes(self) -> dict:
         a = self.agent
-        seen = await a.store.peers_last_seen()
+        seen = await a.peers_last_seen()
         connected = set(a.overlay.connected_peers())
         known = {p["peer_id"]: p for p in a.peers()}
         peers = []
@@ -204,13 +204,13 @@ class RestApi:
 
     async def stats(self) -> dict:
         a = self.agent
-        counts = await a.store.job_counts()
+        counts = await a.job_counts()
         total = sum(counts.values())
         finished = sum(counts.get(s, 0) for s in ("verified", "failed", "nondeterministic"))
         return {
             "peer_id": a.peer_id,
             "active_nodes": len(a.overlay.connected_peers()) + 1,
-            "known_nodes": len(await a.store.peers_last_seen()) + 1,
+            "known_nodes": len(await a.peers_last_seen()) + 1,
             "total_jobs": total,
             "completed_jobs": counts.get("verified", 0),
             "failed_jobs": counts.get("failed", 0) + counts.get("nondeterministic", 0),
@@ -219,7 +219,7 @@ class RestApi:
             "identities_with_reputation": len(a.ledger.reputation),
             "reputation": a.ledger.reputation_of(a.me),
             "credits": a.ledger.balance(a.me),
-            "jobs_running_here": a.executing.running,
+            "jobs_running_here": a.jobs_running,
         }
 
 

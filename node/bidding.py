@@ -1,15 +1,20 @@
-"""Whether this node bids on a job: small predicates, each returning a decision with a reason.
+"""Whether this node bids on a job: small predicates, each returning a decision with a reason
+code (for code to act on) and a reason text (for people).
 
-Checked in order, first refusal wins (semantic checks before resource checks, as in Bacalhau's
-bid strategies):
+Checked in the order of `PREDICATES`, first refusal wins (semantic checks before resource checks,
+as in Bacalhau's bid strategies; the image last, since a missing image is pulled, and only worth
+pulling for a job the node would otherwise run):
 
-    predicate          refuses when
-    submitter_pays     the submitter cannot pay the job's most cost in this node's view of credits
-    sandbox_ready      no working backend for the job's sandbox kind (e.g. dockerd unreachable)
-    has_gpu            the job needs a GPU and this node offers none
-    image_present      the image is not available locally (no registry pulls yet)
-    fits_resources     the job asks for more CPU or memory than the node offers
-    has_free_slot      the node already runs its maximum number of jobs
+    predicate        code                  refuses when
+    submitter_pays   submitter_cannot_pay  the submitter cannot pay the job's most cost in this
+                                           node's view of credits
+    sandbox_ready    no_sandbox            no working backend for the job's sandbox kind (e.g.
+                                           dockerd unreachable)
+    has_gpu          no_gpu                the job needs a GPU and this node offers none
+    fits_resources   too_big               the job asks for more CPU or memory than the node offers
+    has_free_slot    busy                  the node already runs its maximum number of jobs
+    image_present    image_missing         the image is not available locally (the executor then
+                                           tries to pull it and decides again)
 """
 
 from __future__ import annotations
@@ -27,10 +32,20 @@ class Capacity:
     max_running: int = 4        # concurrent jobs; sandbox starts dominate beyond this on 2 cores
 
 
+SUBMITTER_CANNOT_PAY = "submitter_cannot_pay"
+NO_SANDBOX = "no_sandbox"
+NO_GPU = "no_gpu"
+TOO_BIG = "too_big"
+BUSY = "busy"
+IMAGE_MISSING = "image_missing"
+FITS = "fits"
+
+
 @dataclass(frozen=True)
 class Decision:
     bid: bool
-    reason: str
+    reason: str  # for people: the log and `bid` in the job's status
+    code: str = FITS  # for code: one of the constants above
 
 
 @dataclass(frozen=True)
@@ -45,31 +60,35 @@ class BidContext:
 
 
 def submitter_pays(c: BidContext) -> Decision | None:
-    return None if c.submitter_can_pay else Decision(False, "the submitter cannot pay for this job")
+    if c.submitter_can_pay:
+        return None
+    return Decision(False, "the submitter cannot pay for this job", SUBMITTER_CANNOT_PAY)
 
 
 def sandbox_ready(c: BidContext) -> Decision | None:
-    return None if c.sandbox_ok else Decision(False, f"no working sandbox for {c.spec.sandbox} jobs")
+    return None if c.sandbox_ok else Decision(False, f"no working sandbox for {c.spec.sandbox} jobs", NO_SANDBOX)
 
 
 def image_present(c: BidContext) -> Decision | None:
-    return None if c.image_ok(c.spec.image) else Decision(False, f"image {c.spec.image} not available locally")
+    if c.image_ok(c.spec.image):
+        return None
+    return Decision(False, f"image {c.spec.image} not available locally", IMAGE_MISSING)
 
 
 def has_gpu(c: BidContext) -> Decision | None:
-    return None if c.gpu_ok else Decision(False, "the job needs a GPU and this node has none")
+    return None if c.gpu_ok else Decision(False, "the job needs a GPU and this node has none", NO_GPU)
 
 
 def fits_resources(c: BidContext) -> Decision | None:
     if c.spec.cpu_millis > c.capacity.cpu_millis:
-        return Decision(False, f"needs {c.spec.cpu_millis} millicores, offers {c.capacity.cpu_millis}")
+        return Decision(False, f"needs {c.spec.cpu_millis} millicores, offers {c.capacity.cpu_millis}", TOO_BIG)
     if c.spec.memory_mb > c.capacity.memory_mb:
-        return Decision(False, f"needs {c.spec.memory_mb} MiB, offers {c.capacity.memory_mb}")
+        return Decision(False, f"needs {c.spec.memory_mb} MiB, offers {c.capacity.memory_mb}", TOO_BIG)
     return None
 
 
 def has_free_slot(c: BidContext) -> Decision | None:
-    return None if c.running < c.capacity.max_running else Decision(False, "all job slots busy")
+    return None if c.running < c.capacity.max_running else Decision(False, "all job slots busy", BUSY)
 
 
 PREDICATES = (submitter_pays, sandbox_ready, has_gpu, fits_resources, has_free_slot, image_present)
@@ -80,4 +99,4 @@ def decide(c: BidContext) -> Decision:
         refusal = predicate(c)
         if refusal is not None:
             return refusal
-    return Decision(True, "fits")
+    return Decision(True, "fits", FITS)

@@ -77,9 +77,9 @@ async def _dispatch(agent: Agent, request: dict) -> dict:
     if op == "submit":
         try:
             if req.get("spec") is not None:
-                job_id = await agent.submitting.submit_unsigned(req["spec"], req["module"])
+                job_id = await agent.submit_unsigned(req["spec"], req["module"])
             else:
-                job_id = await agent.submitting.submit(req["signed_spec"], req["module"])
+                job_id = await agent.submit(req["signed_spec"], req["module"])
         except LocalProtocolError as exc:
             return {"error": str(exc), "code": exc.reason}
         return {"job_id": job_id.hex()}
@@ -99,7 +99,7 @@ async def _dispatch(agent: Agent, request: dict) -> dict:
         except ValueError:
             return {"error": f"no job {job_hex} known to this node", "code": "unknown_job"}
         try:
-            await agent.submitting.cancel(job_id)
+            await agent.cancel(job_id)
         except LocalProtocolError as exc:
             return {"error": str(exc), "code": exc.reason}
         return await agent.job_status(job_hex)
@@ -123,7 +123,7 @@ async def _dispatch(agent: Agent, request: dict) -> dict:
         return answer if answer is not None else {"error": f"no job {job_hex} known to this node",
                                                   "code": "unknown_job"}
     if op == "stored_peers":
-        return {"peers": [p for p, _ in await agent.store.known_peers(limit=1000)]}
+        return {"peers": await agent.stored_peers(limit=1000)}
     if op == "find_peers":
         return await _find_peers(agent, req["peer_ids"], req["lookup"])
     if op == "credits":
@@ -131,7 +131,7 @@ async def _dispatch(agent: Agent, request: dict) -> dict:
     if op == "reputation":
         return {"reputation": agent.reputation_view()}
     assert op == "list", op  # check_request admits only the ops above
-    rows = await agent.store.list_jobs(limit=req["limit"])
+    rows = await agent.recent_jobs(req["limit"])
     return {"jobs": [await agent.job_status(r["job_id"]) for r in rows]}
 
 

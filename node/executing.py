@@ -1,9 +1,13 @@
 """The executor's side of the node: bid, run awarded jobs in the sandbox, commit, reveal.
 
-Contract: the result and the signed reveal are written to the store before the commit is sent; a
-restarted node re-runs what was awarded but not finished and re-sends commits not yet accepted.
-A sandbox that cannot run the job sends a signed Withdraw so the submitter replaces this node at
-once. A repeated award changes nothing.
+The adapter of `consensus.executor_job.ExecutorJob`: each input (award, run result or failure,
+the submitter's answers, a reveal request) is applied to the job (pure, `apply_input`), stored
+with the state it led to (`Store.record_execution_input`), and only then acted on (the sandbox
+run, the commit or withdrawal sent, the reveal answered). So the result and the signed reveal are
+written before the commit is sent; a restarted node replays the stored inputs and re-runs what
+was awarded but not finished and re-sends commits not yet accepted. A sandbox that cannot run the
+job sends a signed Withdraw so the submitter replaces this node at once. A repeated award changes
+nothing. The sandbox calls are `_has_image`, `_pull_then_bid` and `run`.
 """
 
 from __future__ import annotations
@@ -11,36 +15,44 @@ from __future__ import annotations
 import dataclasses
 import logging
 import shutil
-from typing import TYPE_CHECKING
-
 import trio
 
 from distributeai.consensus.errors import RemoteProtocolError
-from distributeai.consensus.codec import sha256
-from distributeai.consensus.executor import make_batch_reveal, make_commit, make_reveal
-from distributeai.consensus.messages import Award, Bid, JobSpec, Reveal, RevealRequest, Withdraw, sign, verify
+from distributeai.consensus.codec import Identity, sha256
+from distributeai.consensus.executor import make_batch_reveal, make_reveal
+from distributeai.consensus.executor_job import (
+    SEND_RETRIES, AnswerReveal, ExecutorJob, RunJob, SendCommit, SendWithdraw, apply_input, replay,
+)
+from distributeai.consensus.messages import Award, Bid, JobSpec, Reveal, RevealRequest, sign, verify
 from distributeai.consensus.names import BID_PROTOCOL, BLOB_PROTOCOL, COMMIT_PROTOCOL, WITHDRAW_PROTOCOL
 from distributeai.p2p.identity import peer_id_from_public_key
 from distributeai.p2p.overlay import RemoteError
 from distributeai.sandbox.base import RunRequest, RunResult, Sandbox, SandboxError
 
 from . import wire
-from .bidding import BidContext, decide
-from .clock import now_ms
+from .bidding import IMAGE_MISSING, BidContext, decide
 from .inbound import decode_award
-
-if TYPE_CHECKING:
-    from .agent import Agent
+from .ports import NodeSettings, Ports, Sandboxes
 
 log = logging.getLogger("distributeai.node.executor")
-SEND_RETRIES = 6  # the submitter may be restarting; backoff 0.5 s doubling: about 30 s in all
+__all__ = ["Executing", "SEND_RETRIES", "run_tasks"]
 
 
 class Executing:
-    def __init__(self, agent: "Agent") -> None:
-        self.agent = agent
+    """Reaches the node only through its ports (ports.py). tests/byzantine_node.py overrides
+    `run`, `commit_to_send`, `reveal_answer` or `handle_reveal` to cheat."""
+
+    def __init__(self, identity: Identity, settings: NodeSettings, ports: Ports, sandboxes: Sandboxes) -> None:
+        self.identity = identity
+        self.me = identity.public_key
+        self.settings = settings
+        self.ports = ports
+        self.store = ports.store
+        self.sandboxes = sandboxes
         self.running = 0
-        self._limiter = trio.CapacityLimiter(agent.settings.capacity.max_running)
+        self.jobs: dict[bytes, ExecutorJob] = {}
+        self._lock = trio.Lock()  # inputs reach the store in the order they were applied
+        self._limiter = trio.CapacityLimiter(settings.capacity.max_running)
         self._pull_limiter = trio.CapacityLimiter(1)  # one image pull at a time
 
     # --- bidding --------------------------------------------------------------------------------
@@ -48,46 +60,44 @@ class Executing:
     async def consider(self, job_id: bytes, spec: JobSpec, addrs: tuple[str, ...]) -> None:
         """Bid if the job fits; a missing image is pulled first where a registry answers, else the
         job is declined with the reason (log, and `bid` in this node's job status)."""
-        a = self.agent
-        sandbox = a.sandboxes.get(spec.sandbox)
+        boxes = self.sandboxes
+        sandbox = boxes.backends.get(spec.sandbox)
         image_ok = True
-        if spec.sandbox == "container" and sandbox is not None and a.sandbox_ok.get("container"):
+        if spec.sandbox == "container" and sandbox is not None and boxes.ok.get("container"):
             image_ok = await self._has_image(sandbox, spec.image)
-        decision = decide(BidContext(spec, a.settings.capacity, self.running, a.sandbox_ok.get(spec.sandbox, False),
-                                     lambda _: image_ok, submitter_can_pay=a.ledger.can_pay(spec),
-                                     gpu_ok=a.settings.gpu or not spec.gpu))
-        if not decision.bid and not image_ok and decision.reason.startswith("image"):
-            a.nursery.start_soon(self._pull_then_bid, job_id, spec, addrs)
+        decision = decide(BidContext(spec, self.settings.capacity, self.running, boxes.ok.get(spec.sandbox, False),
+                                     lambda _: image_ok, submitter_can_pay=self.ports.ledger.can_pay(spec),
+                                     gpu_ok=self.settings.gpu or not spec.gpu))
+        if decision.code == IMAGE_MISSING:
+            self.ports.runtime.spawn(self._pull_then_bid, job_id, spec, addrs)
             return
         await self._decided(job_id, spec, addrs, decision.bid, decision.reason)
 
     async def _decided(self, job_id: bytes, spec: JobSpec, addrs: tuple[str, ...], bid: bool, reason: str) -> None:
-        a = self.agent
-        if spec.submitter != a.me:
-            await a.store.set_bid_decision(job_id.hex(), "bid" if bid else f"declined: {reason}")
+        if spec.submitter != self.me:
+            await self.store.set_bid_decision(job_id.hex(), "bid" if bid else f"declined: {reason}")
         if not bid:
             log.info("declined job %s: %s", job_id.hex()[:12], reason)
             return
-        msg = sign(a.identity, Bid(job_id, a.me, a.settings.price, a.settings.capacity.cpu_millis,
-                                   a.settings.capacity.memory_mb, (a.sandboxes[spec.sandbox].name,), now_ms(),
-                                   a.settings.pow_nonce))
-        a.nursery.start_soon(self._send_bid, spec.submitter, msg, addrs)
+        s = self.settings
+        msg = sign(self.identity, Bid(job_id, self.me, s.price, s.capacity.cpu_millis, s.capacity.memory_mb,
+                                      (self.sandboxes.backends[spec.sandbox].name,), self.ports.now_ms(), s.pow_nonce))
+        self.ports.runtime.spawn(self._send_bid, spec.submitter, msg, addrs)
 
-    @staticmethod
-    async def _has_image(sandbox: Sandbox, image: str) -> bool:
+    async def _has_image(self, sandbox: Sandbox, image: str) -> bool:
         try:
-            return await trio.to_thread.run_sync(sandbox.has_image, image)
+            return await self.sandboxes.offload(sandbox.has_image, image)
         except SandboxError:
             return False
 
     async def _pull_then_bid(self, job_id: bytes, spec: JobSpec, addrs: tuple[str, ...]) -> None:
-        sandbox = self.agent.sandboxes["container"]
+        sandbox = self.sandboxes.backends["container"]
         pull = getattr(sandbox, "pull", None)
         if pull is None:
             await self._decided(job_id, spec, addrs, False, f"image {spec.image} is not available to {sandbox.name}")
             return
         try:
-            await trio.to_thread.run_sync(pull, spec.image, limiter=self._pull_limiter)
+            await self.sandboxes.offload(pull, spec.image, limiter=self._pull_limiter)
         except SandboxError as exc:
             await self._decided(job_id, spec, addrs, False,
                                 f"image {spec.image} is not available locally and could not be pulled ({exc})")
@@ -95,70 +105,123 @@ class Executing:
         await self.consider(job_id, spec, addrs)
 
     async def _send_bid(self, submitter: bytes, bid: bytes, addrs: tuple[str, ...]) -> None:
-        a = self.agent
-        if submitter != a.me and peer_id_from_public_key(submitter) not in a.overlay.connected_peers():
+        transport = self.ports.transport
+        if submitter != self.me and peer_id_from_public_key(submitter) not in transport.connected_peers():
             for addr in addrs:
                 try:
-                    await a.overlay.connect(addr)
+                    await transport.connect(addr)
                     break
                 except (RemoteError, ValueError) as exc:
                     log.debug("dial %s failed: %s", addr, exc)
         try:
-            await a.deliver(submitter, BID_PROTOCOL, bid)
-            a.count("bids_sent")
+            await transport.deliver(submitter, BID_PROTOCOL, bid)
+            self.ports.events.count("bids_sent")
         except (RemoteError, RemoteProtocolError) as exc:
             log.info("bid not accepted: %s", exc)
 
     # --- awards ---------------------------------------------------------------------------------
 
     async def handle_award(self, peer: str, data: bytes) -> bytes:
-        a = self.agent
-        signed = decode_award(data, a.me)
+        signed = decode_award(data, self.me)
         award: Award = signed.msg
-        row = await a.store.get_job(award.job_id.hex())
+        row = await self.store.get_job(award.job_id.hex())
         if row is None:
             raise RemoteProtocolError("unknown_job", "award for a job this node never saw")
         spec: JobSpec = verify(row["signed_spec"], JobSpec).msg
         if signed.signer != spec.submitter or peer_id_from_public_key(signed.signer) != peer:
             raise RemoteProtocolError("wrong_sender", "award not from the job's submitter")
         job_hex = award.job_id.hex()
-        await a.store.add_job_role(job_hex, "executor")
-        if await a.store.insert_execution(job_hex, data, now_ms()):
-            a.count("awarded")
-            a.nursery.start_soon(self.execute, award, spec)
+        await self.store.add_job_role(job_hex, "executor")
+        if await self.store.insert_execution(job_hex, data, self.ports.now_ms()):
+            self.ports.events.count("awarded")
+            job = self.jobs[award.job_id] = ExecutorJob(self.identity, award, spec)
+            await self.apply(job, "start")
         return wire.ok()
 
-    async def execute(self, award: Award, spec: JobSpec) -> None:
+    # --- the loop of one input ------------------------------------------------------------------
+
+    async def apply(self, job: ExecutorJob, kind: str, raw: bytes = b"", meta: dict | None = None, *,
+                    result: dict | None = None) -> list:
+        """Feed one input to a job (`apply_input`, as a replay does); store it with the state it led
+        to (and `result`, the run's summary for the job's status); then act on it. Returns the
+        actions (a reveal request's answer among them)."""
+        meta = meta or {}
+        async with self._lock:
+            now = self.ports.now_ms()
+            repeat = kind == "reveal_asked" and job.state == "revealed"
+            actions = apply_input(job, kind, raw, meta, now)
+            if repeat:  # answered before: storing it again would change nothing but the table's size
+                return actions
+            await self.store.record_execution_input(job.job_id.hex(), kind, raw, meta, now, status=job.state,
+                                                    reason=job.reason, result=result,
+                                                    reveal=job.reveal if kind == "ran" else None)
+        self.ports.events.notify()
+        self._act(job, actions)
+        return actions
+
+    def _act(self, job: ExecutorJob, actions: list) -> None:
+        spawn = self.ports.runtime.spawn
+        for action in actions:
+            if isinstance(action, RunJob):
+                spawn(self.execute, job)
+            elif isinstance(action, SendCommit):
+                spawn(self._send, job, COMMIT_PROTOCOL, self.commit_to_send(job, action.commit), action.delay_ms)
+            elif isinstance(action, SendWithdraw):
+                spawn(self._send, job, WITHDRAW_PROTOCOL, action.withdraw, action.delay_ms)
+            # AnswerReveal: the caller of apply answers the request with it
+
+    async def _send(self, job: ExecutorJob, protocol: str, data: bytes, delay_ms: int) -> None:
+        """One attempt to send a commit or withdrawal; the job decides on a retry."""
+        if delay_ms:
+            await trio.sleep(delay_ms / 1000)  # back-off between retries, not synchronization
+        try:
+            await self.ports.transport.deliver(job.spec.submitter, protocol, data)
+        except RemoteProtocolError as exc:
+            log.info("%s refused for %s: %s", protocol, job.job_id.hex()[:12], exc)
+            await self.apply(job, "refused", meta={"reason": exc.reason})
+        except RemoteError as exc:
+            log.info("%s attempt %d for %s failed: %s", protocol, job.attempts + 1, job.job_id.hex()[:12], exc)
+            await self.apply(job, "unreachable")
+        else:
+            await self.apply(job, "sent")
+
+    # --- running --------------------------------------------------------------------------------
+
+    async def execute(self, job: ExecutorJob) -> None:
         """Task boundary: whatever goes wrong with one job is that job's failure, never the node's."""
         try:
-            await self._execute(award, spec)
+            await self._execute(job)
         except Exception:
-            log.exception("execution of %s failed unexpectedly", award.job_id.hex()[:12])
-            await self.agent.store.update_execution(award.job_id.hex(), now_ms(), status="failed",
-                                                    reason="internal error")
+            log.exception("execution of %s failed unexpectedly", job.job_id.hex()[:12])
+            await self.apply(job, "crashed", meta={"reason": "internal error"})
 
-    async def _execute(self, award: Award, spec: JobSpec) -> None:
-        a = self.agent
-        job_hex = award.job_id.hex()
+    async def _execute(self, job: ExecutorJob) -> None:
         self.running += 1
         try:
-            await a.store.update_execution(job_hex, now_ms(), status="running")
-            try:
-                request = await self._request(award, spec)
-                box = a.sandboxes[spec.sandbox]
-                if spec.is_batch:
-                    results = await trio.to_thread.run_sync(run_tasks, box, spec, request, limiter=self._limiter)
-                    await self._executed_batch(award, spec, results)
-                    return
-                result = await trio.to_thread.run_sync(box.run, request, limiter=self._limiter)
-            except (SandboxError, ValueError, RemoteError, RemoteProtocolError) as exc:
-                log.warning("job %s could not run: %s", job_hex[:12], exc)
-                await a.store.update_execution(job_hex, now_ms(), status="failed", reason=str(exc))
-                await self._withdraw(award, spec, str(exc)[:200])
-                return
+            reveal, summary = await self.run(job)
+        except (SandboxError, ValueError, RemoteError, RemoteProtocolError) as exc:
+            log.warning("job %s could not run: %s", job.job_id.hex()[:12], exc)
+            await self.apply(job, "run_failed", meta={"reason": str(exc)})
+            return
         finally:
             self.running -= 1
-        a.metrics.sandbox_run(result.sandbox, result.duration_s)
+        manifest = verify(reveal, Reveal).msg.manifest
+        if manifest:
+            await self.store.add_outputs(job.job_id.hex(), [(d.hex(), path) for path, _, d in manifest])
+        await self.apply(job, "ran", reveal, result=summary)
+        self.ports.events.count("executed")
+
+    async def run(self, job: ExecutorJob) -> tuple[bytes, dict]:
+        """Run the job in its sandbox: the signed reveal of the result and a summary for the status
+        (SandboxError, ValueError, RemoteError, RemoteProtocolError: it could not run)."""
+        award, spec = job.award, job.spec
+        request = await self._request(award, spec)
+        box = self.sandboxes.backends[spec.sandbox]
+        if spec.is_batch:
+            results = await self.sandboxes.offload(run_tasks, box, spec, request, limiter=self._limiter)
+            return self._batch_reveal(award, spec, results)
+        result = await self.sandboxes.offload(box.run, request, limiter=self._limiter)
+        self.ports.events.sandbox_run(result.sandbox, result.duration_s)
         reveal = self.make_reveal(award, result)
         r: Reveal = verify(reveal, Reveal).msg
         summary = {"exit_code": result.exit_code, "timed_out": result.timed_out, "oom_killed": result.oom_killed,
@@ -167,17 +230,12 @@ class Executing:
                    "result_hash": r.result_hash.hex(), "fuel_used": result.fuel_used,
                    "files": len(result.manifest), "out_truncated": result.out_truncated,
                    "stderr": result.stderr[:2048].decode("utf-8", "replace")}
-        await a.store.update_execution(job_hex, now_ms(), status="executed", result=summary, reveal=reveal)
-        await a.store.add_outputs(job_hex, [(d.hex(), path) for path, _, d in r.manifest])
-        a.count("executed")
-        a.notify()
-        await self.send_commit(award, spec, reveal)
+        return reveal, summary
 
-    async def _executed_batch(self, award: Award, spec: JobSpec, results: list[RunResult]) -> None:
-        a = self.agent
+    def _batch_reveal(self, award: Award, spec: JobSpec, results: list[RunResult]) -> tuple[bytes, dict]:
         for result in results:
-            a.metrics.sandbox_run(result.sandbox, result.duration_s)
-        reveal = make_batch_reveal(a.identity, award.job_id, len(spec.tasks), [
+            self.ports.events.sandbox_run(result.sandbox, result.duration_s)
+        reveal = make_batch_reveal(self.identity, award.job_id, len(spec.tasks), [
             (r.exit_code, r.timed_out, r.stdout, r.stdout_truncated, r.fuel_used) for r in results],
             any(r.oom_killed for r in results), results[0].sandbox if results else "")
         r: Reveal = verify(reveal, Reveal).msg
@@ -185,10 +243,7 @@ class Executing:
                    "timed_out_tasks": sum(1 for x in results if x.timed_out),
                    "duration_s": round(sum(x.duration_s for x in results), 4),
                    "sandbox": results[0].sandbox if results else "", "result_hash": r.result_hash.hex()}
-        await a.store.update_execution(award.job_id.hex(), now_ms(), status="executed", result=summary, reveal=reveal)
-        a.count("executed")
-        a.notify()
-        await self.send_commit(award, spec, reveal)
+        return reveal, summary
 
     async def _request(self, award: Award, spec: JobSpec) -> RunRequest:
         """The sandbox request for a job: its module (fetched by SHA-256 if it did not travel in the
@@ -197,8 +252,8 @@ class Executing:
         out_dir = None
         if spec.sandbox == "wasm":
             module = spec.wasm_module or await self._fetch_module(spec)
-        elif self.agent.outputs_dir is not None and not spec.is_batch:
-            path = self.agent.outputs_dir / award.job_id.hex()
+        elif self.sandboxes.outputs_dir is not None and not spec.is_batch:
+            path = self.sandboxes.outputs_dir / award.job_id.hex()
             if path.exists():
                 await trio.to_thread.run_sync(shutil.rmtree, path)  # a run cut short by a restart
             path.mkdir(parents=True)
@@ -208,79 +263,84 @@ class Executing:
                           stdin=spec.stdin, out_dir=out_dir, wasm_module=module, fuel=spec.fuel_limit or None)
 
     async def _fetch_module(self, spec: JobSpec) -> bytes:
-        a = self.agent
         digest = spec.wasm_sha256
-        cached = await a.store.get_blob(digest.hex())
+        cached = await self.store.get_blob(digest.hex())
         if cached is not None:
             return cached
-        blob = await a.deliver(spec.submitter, BLOB_PROTOCOL, digest)
+        blob = await self.ports.transport.deliver(spec.submitter, BLOB_PROTOCOL, digest)
         if sha256(blob) != digest:
             raise RemoteProtocolError("bad_blob", "the submitter served a module with another hash")
-        await a.store.put_blob(digest.hex(), blob)
+        await self.store.put_blob(digest.hex(), blob)
         return blob
 
     def make_reveal(self, award: Award, result: RunResult) -> bytes:
         """The signed reveal of a result (consensus.executor.make_reveal)."""
         manifest = [(path, size, bytes.fromhex(digest)) for path, size, digest in result.manifest]
-        return make_reveal(self.agent.identity, award.job_id, result.exit_code, result.timed_out, result.stdout,
+        return make_reveal(self.identity, award.job_id, result.exit_code, result.timed_out, result.stdout,
                            result.stdout_truncated, manifest, result.fuel_used, result.oom_killed, result.sandbox)
 
-    def make_commit(self, award: Award, reveal: bytes) -> bytes:
-        """The signed commit for a reveal: its seal binds the result to this executor."""
-        return make_commit(self.agent.identity, award.job_id, verify(reveal, Reveal).msg.result_hash)
+    def commit_to_send(self, job: ExecutorJob, commit: bytes) -> bytes:
+        """The commit as sent: the job's own (a cheating executor's may differ)."""
+        return commit
 
-    async def send_commit(self, award: Award, spec: JobSpec, reveal: bytes) -> None:
-        if await self._send_with_retries(spec.submitter, COMMIT_PROTOCOL, self.make_commit(award, reveal), award):
-            await self.agent.store.update_execution(award.job_id.hex(), now_ms(), status="committed")
-
-    async def _withdraw(self, award: Award, spec: JobSpec, reason: str) -> None:
-        msg = sign(self.agent.identity, Withdraw(award.job_id, self.agent.me, reason))
-        await self._send_with_retries(spec.submitter, WITHDRAW_PROTOCOL, msg, award)
-
-    async def _send_with_retries(self, to: bytes, protocol: str, data: bytes, award: Award) -> bool:
-        for attempt in range(SEND_RETRIES):
-            try:
-                await self.agent.deliver(to, protocol, data)
-                return True
-            except RemoteProtocolError as exc:
-                log.info("%s refused for %s: %s", protocol, award.job_id.hex()[:12], exc)
-                return False
-            except RemoteError as exc:
-                log.info("%s attempt %d for %s failed: %s", protocol, attempt + 1, award.job_id.hex()[:12], exc)
-                await trio.sleep(0.5 * 2**attempt)  # back-off between retries, not synchronization
-        return False
+    def reveal_answer(self, job: ExecutorJob, reveal: bytes) -> bytes:
+        """The reveal as answered: the job's own (a cheating executor's may differ)."""
+        return reveal
 
     # --- reveals --------------------------------------------------------------------------------
 
     async def handle_reveal(self, peer: str, data: bytes) -> bytes:
-        a = self.agent
         signed = verify(data, RevealRequest)
         req: RevealRequest = signed.msg
-        execution = await a.store.get_execution(req.job_id.hex())
-        if execution is None or req.executor != a.me:
+        job = await self._job(req.job_id) if req.executor == self.me else None
+        if job is None:
             raise RemoteProtocolError("unknown_job", "no execution of this job here")
-        row = await a.store.get_job(req.job_id.hex())
-        submitter = verify(row["signed_spec"], JobSpec).msg.submitter
+        submitter = job.spec.submitter
         if signed.signer != submitter or peer_id_from_public_key(submitter) != peer:
             raise RemoteProtocolError("wrong_sender", "reveal requested by someone other than the submitter")
-        # "executed": our commit reached the submitter (it asks only those it has) but its answer was lost.
-        if execution["status"] not in ("executed", "committed", "revealed") or execution["reveal"] is None:
-            raise RemoteProtocolError("not_committed", "nothing committed to reveal")
-        await a.store.update_execution(req.job_id.hex(), now_ms(), status="revealed")
-        return wire.ok(execution["reveal"])
+        actions = await self.apply(job, "reveal_asked", data)  # not_committed if nothing was
+        answer = next(a.reveal for a in actions if isinstance(a, AnswerReveal))
+        return wire.ok(self.reveal_answer(job, answer))
 
     # --- recovery -------------------------------------------------------------------------------
 
+    async def _job(self, job_id: bytes) -> ExecutorJob | None:
+        """The job in memory, or rebuilt from the store (an execution of an earlier run)."""
+        job = self.jobs.get(job_id)
+        if job is None:
+            execution = await self.store.get_execution(job_id.hex())
+            if execution is not None:
+                job = self.jobs[job_id] = await self._load(execution)
+        return job
+
+    async def _load(self, execution: dict) -> ExecutorJob:
+        award: Award = verify(execution["award"], Award).msg
+        job_hex = award.job_id.hex()
+        spec = verify((await self.store.get_job(job_hex))["signed_spec"], JobSpec).msg
+        inputs = await self.store.execution_inputs(job_hex) or stored_as_inputs(execution)
+        return replay(self.identity, award, spec, inputs)
+
     async def recover(self) -> None:
-        a = self.agent
-        for execution in await a.store.executions_with_status("awarded", "running", "executed"):
-            award: Award = verify(execution["award"], Award).msg
-            row = await a.store.get_job(award.job_id.hex())
-            spec = verify(row["signed_spec"], JobSpec).msg
-            if execution["status"] == "executed":
-                a.nursery.start_soon(self.send_commit, award, spec, execution["reveal"])
-            else:
-                a.nursery.start_soon(self.execute, award, spec)
+        """Rebuild unfinished executions from their stored inputs; run again what was not run to
+        its end, send again a commit not yet accepted."""
+        for execution in await self.store.executions_with_status("awarded", "running", "executed"):
+            job = await self._load(execution)
+            self.jobs[job.job_id] = job
+            self._act(job, job.resume(self.ports.now_ms()))
+
+
+def stored_as_inputs(execution: dict) -> list[tuple[str, bytes, dict, int]]:
+    """The inputs an execution row stands for, when it was stored before executions had inputs
+    (a store of an earlier version): started, and ran if it has a reveal."""
+    at = execution["updated_ms"]
+    inputs: list[tuple[str, bytes, dict, int]] = [("start", b"", {}, at)]
+    if execution["reveal"] is not None:
+        inputs.append(("ran", bytes(execution["reveal"]), {}, at))
+        if execution["status"] in ("committed", "revealed"):
+            inputs.append(("sent", b"", {}, at))
+    elif execution["status"] == "failed":
+        inputs.append(("crashed", b"", {"reason": execution["reason"]}, at))
+    return inputs
 
 
 def run_tasks(box: Sandbox, spec: JobSpec, request: RunRequest) -> list[RunResult]:

@@ -14,6 +14,8 @@ What is stored (and why):
 - `inputs`: every message that advanced one of this node's own submitter jobs, with the time it
   was applied. Replaying them through `SubmitterJob` rebuilds the job after a restart.
 - `executions`: what this node ran as an executor: the award, the sandbox result, the commit state.
+- `execution_inputs`: every input that advanced one of this node's executions (`ExecutorJob`),
+  with the time it was applied. Replaying them rebuilds the execution after a restart.
 - `ledger`: the events reputation and credits are folded from, in the order they were applied:
   verified certificates (this node's own and those received over gossip) and offences this node
   saw itself. Rebuilding the ledger from it after a restart gives the same figures.
@@ -82,6 +84,15 @@ CREATE TABLE IF NOT EXISTS executions (
     reveal      BLOB,
     updated_ms  INTEGER NOT NULL
 );
+CREATE TABLE IF NOT EXISTS execution_inputs (
+    seq     INTEGER PRIMARY KEY AUTOINCREMENT,
+    job_id  TEXT NOT NULL,
+    kind    TEXT NOT NULL,
+    raw     BLOB NOT NULL,
+    meta    TEXT NOT NULL DEFAULT '{}',
+    now_ms  INTEGER NOT NULL
+);
+CREATE INDEX IF NOT EXISTS execution_inputs_job ON execution_inputs(job_id, seq);
 CREATE TABLE IF NOT EXISTS peers (
     peer_id     TEXT PRIMARY KEY,
     addrs       TEXT NOT NULL,
@@ -318,6 +329,28 @@ class Store:
             )
 
         await self._run(fn)
+
+    async def record_execution_input(self, job_id: str, kind: str, raw: bytes, meta: dict, now_ms: int, *,
+                                     status: str, reason: str = "", result: dict | None = None,
+                                     reveal: bytes | None = None) -> None:
+        """One input to an execution and the state it led to, in one transaction."""
+
+        def fn(c: sqlite3.Connection) -> None:
+            c.execute("INSERT INTO execution_inputs(job_id, kind, raw, meta, now_ms) VALUES (?,?,?,?,?)",
+                      (job_id, kind, raw, json.dumps(meta), now_ms))
+            c.execute("UPDATE executions SET status=?, reason=?, result=COALESCE(?, result),"
+                      " reveal=COALESCE(?, reveal), updated_ms=? WHERE job_id=?",
+                      (status, reason, json.dumps(result) if result is not None else None, reveal, now_ms, job_id))
+
+        await self._run(fn)
+
+    async def execution_inputs(self, job_id: str) -> list[tuple[str, bytes, dict, int]]:
+        def fn(c: sqlite3.Connection) -> list[tuple[str, bytes, dict, int]]:
+            rows = c.execute("SELECT kind, raw, meta, now_ms FROM execution_inputs WHERE job_id=? ORDER BY seq",
+                             (job_id,))
+            return [(r["kind"], bytes(r["raw"]), json.loads(r["meta"]), r["now_ms"]) for r in rows]
+
+        return await self._run(fn)
 
     async def get_execution(self, job_id: str) -> dict | None:
         def fn(c: sqlite3.Connection) -> dict | None:

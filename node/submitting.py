@@ -1,54 +1,62 @@
 """The submitter's side of the node: drives each of its user's jobs through `SubmitterJob`.
 
-Contract: an input is verified, applied to the job (pure), then written to the store with all it
-changed in one transaction (`Store.record_input`), and only then acted on (awards sent, reveals
-asked, certificate published). A restarted node replays the stored inputs through a fresh
-`SubmitterJob` and re-issues what may not have been delivered; receivers are idempotent.
+Contract: an input is verified, applied to the job (pure, `consensus.submitter.apply_input`), then
+written to the store with all it changed in one transaction (`Store.record_input`), and only then
+acted on (awards sent, reveals asked, certificate published). A restarted node replays the stored
+inputs through the same `apply_input` (`replay`) and re-issues what may not have been delivered;
+receivers are idempotent. It reaches the rest of the node only through its ports (ports.py).
 """
 
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING
+from typing import Awaitable, Callable
 
 import trio
 
+from distributeai.consensus.certificate import verify_certificate
 from distributeai.consensus.codec import Identity, sha256
 from distributeai.consensus.errors import LocalProtocolError, RemoteProtocolError
 from distributeai.consensus.ledger import REPUTATION_START, max_cost
 from distributeai.consensus.messages import (
-    Announce, Bid, Commit, JobSpec, Reveal, RevealRequest, Signed, Withdraw, decode_unsigned, job_id_of, sign,
-    verify,
+    Announce, Bid, Commit, JobSpec, RevealRequest, Signed, Withdraw, decode_unsigned, job_id_of, sign, verify,
 )
 from distributeai.consensus.names import AWARD_PROTOCOL, REVEAL_PROTOCOL
 from distributeai.consensus.pow import pow_ok
 from distributeai.consensus.subnet import subnet_of
 from distributeai.consensus.submitter import (
-    Finished, Penalize, PublishCertificate, RequestReveal, SendAward, SubmitterJob, Timing,
+    INPUT_TYPES, Finished, Penalize, PublishCertificate, RequestReveal, SendAward, SubmitterJob, apply_input,
+    replay,
 )
 from distributeai.consensus.validate import check_spec_time
 from distributeai.p2p.identity import peer_id_from_public_key, public_key_from_peer_id
 from distributeai.p2p.overlay import RemoteError
 
 from . import wire
-from .clock import now_ms
 from .inbound import decode_reveal_answer
-
-if TYPE_CHECKING:
-    from .agent import Agent
+from .ports import NodeSettings, Ports
 
 log = logging.getLogger("distributeai.node.submitter")
 
 REANNOUNCE_INTERVAL_S = 1.0  # about one gossip heartbeat: the mesh may have changed by then
 # Refusals of a commit that count against its sender in this node's view: an offence, not a race.
 OFFENCES = ("not_awarded", "late_commit")
-INPUT_TYPES = {"bid": Bid, "commit": Commit, "withdraw": Withdraw, "reveal": Reveal}
+
+
+# What the node does when its user submits a job: consider bidding on it itself (Executing.consider).
+Consider = Callable[[bytes, JobSpec, tuple], Awaitable[None]]
+
+__all__ = ["INPUT_TYPES", "OFFENCES", "REANNOUNCE_INTERVAL_S", "Submitting", "replay"]
 
 
 class Submitting:
-    def __init__(self, agent: "Agent", timing: Timing) -> None:
-        self.agent = agent
-        self.timing = timing
+    def __init__(self, identity: Identity, settings: NodeSettings, ports: Ports, consider: Consider) -> None:
+        self.identity = identity
+        self.me = identity.public_key
+        self.settings = settings
+        self.timing = settings.timing
+        self.ports = ports
+        self.consider = consider
         self.jobs: dict[bytes, SubmitterJob] = {}
         self._lock = trio.Lock()  # inputs reach the store in the order they were applied
 
@@ -65,45 +73,45 @@ class Submitting:
             spec = decode_unsigned(body, JobSpec)
         except RemoteProtocolError as exc:
             raise LocalProtocolError(exc.reason, exc.detail) from None
-        if spec.submitter != self.agent.me:
+        if spec.submitter != self.me:
             raise LocalProtocolError("wrong_signer", "a node signs only jobs that name it as their submitter")
-        return await self.submit(sign(self.agent.identity, spec), module)
+        return await self.submit(sign(self.identity, spec), module)
 
     async def submit(self, signed_spec: bytes, module: bytes | None = None) -> bytes:
         """Announce a job signed by this node's user. Raises LocalProtocolError if it is not,
         or if this node cannot pay for it in its own view. `module` is the wasm module of a spec
         that carries only its SHA-256; this node then serves it to the executors."""
-        a = self.agent
+        p = self.ports
         try:
             spec = verify(signed_spec, JobSpec)
-            check_spec_time(spec.msg, now_ms())
+            check_spec_time(spec.msg, p.now_ms())
         except RemoteProtocolError as exc:
             raise LocalProtocolError(exc.reason, exc.detail) from None
-        if spec.signer != a.me:
+        if spec.signer != self.me:
             raise LocalProtocolError("wrong_signer", "a node announces only jobs signed with its own key")
-        if not a.ledger.can_pay(spec.msg):
+        if not p.ledger.can_pay(spec.msg):
             raise LocalProtocolError(
                 "insufficient_credits",
-                f"the job may cost {max_cost(spec.msg)} credits, this node has {a.ledger.balance(a.me)}")
+                f"the job may cost {max_cost(spec.msg)} credits, this node has {p.ledger.balance(self.me)}")
         if spec.msg.wasm_sha256:
             if module is None or sha256(module) != spec.msg.wasm_sha256:
                 raise LocalProtocolError("missing_module", "the spec names a wasm module by hash; send the module too")
-            await a.store.put_blob(spec.msg.wasm_sha256.hex(), module)
+            await p.store.put_blob(spec.msg.wasm_sha256.hex(), module)
         job_id = job_id_of(signed_spec)
-        now = now_ms()
-        announce = sign(a.identity, Announce(signed_spec, tuple(a.overlay.multiaddrs()), a.settings.pow_nonce))
-        if not await a.store.insert_job(job_id.hex(), "submitter", spec.msg.name, signed_spec, "bidding", now,
+        now = p.now_ms()
+        announce = sign(self.identity, Announce(signed_spec, tuple(p.transport.multiaddrs()), self.settings.pow_nonce))
+        if not await p.store.insert_job(job_id.hex(), "submitter", spec.msg.name, signed_spec, "bidding", now,
                                         announce=announce):
             raise LocalProtocolError("duplicate", "this job was already submitted")
-        job = SubmitterJob(a.identity, signed_spec, spec.msg, started_ms=now, timing=self.timing)
-        await a.store.record_input(job_id.hex(), "start", signed_spec, {}, now, status=job.state, reason="",
+        job = SubmitterJob(self.identity, signed_spec, spec.msg, started_ms=now, timing=self.timing)
+        await p.store.record_input(job_id.hex(), "start", signed_spec, {}, now, status=job.state, reason="",
                                    certificate=None, offences=[])
         self.jobs[job_id] = job
-        await a.publish(announce)
-        a.count("announced")
-        a.notify()
-        await a.executing.consider(job_id, spec.msg, ())
-        a.nursery.start_soon(self._reannounce, job, announce)
+        await p.transport.publish(announce)
+        p.events.count("announced")
+        p.events.notify()
+        await self.consider(job_id, spec.msg, ())
+        p.runtime.spawn(self._reannounce, job, announce)
         return job_id
 
     async def cancel(self, job_id: bytes) -> None:
@@ -112,7 +120,7 @@ class Submitting:
             raise LocalProtocolError("unknown_job", "only a job submitted from this node can be cancelled")
         if job.done:
             raise LocalProtocolError("finished", f"the job has ended ({job.state})")
-        await self.apply(job, "cancel", None)
+        await self.apply(job, "cancel", b"")
 
     async def handle_bid(self, peer: str, data: bytes) -> bytes:
         """A bid counts only from an identity with this node's proof-of-work difficulty
@@ -121,13 +129,13 @@ class Submitting:
         signed = verify(data, Bid)
         self._check_sender(signed, peer, "bid")
         job = self._own_job(signed.msg.job_id)
-        difficulty = self.agent.settings.pow_difficulty
+        difficulty = self.settings.pow_difficulty
         if not pow_ok(signed.signer, signed.msg.pow, difficulty):
             raise RemoteProtocolError("weak_identity", f"the bidder's proof-of-work is under {difficulty} bits")
-        reputation = self.agent.ledger.reputation_of(signed.signer)
-        subnet = None if signed.signer == self.agent.me else subnet_of(self.agent.overlay.remote_ip(peer))
+        reputation = self.ports.ledger.reputation_of(signed.signer)
+        subnet = None if signed.signer == self.me else subnet_of(self.ports.transport.remote_ip(peer))
         await self.apply(job, "bid", signed, {"reputation": reputation, "subnet": subnet})
-        self.agent.count("bids_received")
+        self.ports.events.count("bids_received")
         return wire.ok()
 
     async def handle_commit(self, peer: str, data: bytes) -> bytes:
@@ -141,7 +149,8 @@ class Submitting:
             await self.apply(job, "commit", signed)
         except RemoteProtocolError as exc:
             if exc.reason in OFFENCES:
-                await self.agent.record_offence(job.job_id, signed.signer, exc.reason)
+                await self.ports.store.record_offence(job.job_id.hex(), signed.signer, exc.reason, self.ports.now_ms())
+                self.ports.ledger.apply_offence(signed.signer)
             raise
         return wire.ok()
 
@@ -153,80 +162,69 @@ class Submitting:
 
     # --- the loop of one input ------------------------------------------------------------------
 
-    async def apply(self, job: SubmitterJob, kind: str, signed: Signed | None, meta: dict | None = None,
-                    *, executor: bytes = b"") -> None:
-        """Feed one input to a job; persist it with everything it changed; then act on it."""
+    async def apply(self, job: SubmitterJob, kind: str, payload: Signed | bytes, meta: dict | None = None) -> None:
+        """Feed one input to a job (`apply_input`, as a replay does); persist it with everything it
+        changed; then act on it. `payload`: the verified message, or for `undelivered` the
+        executor's key (empty for a tick or cancel)."""
         meta = meta or {}
         async with self._lock:
-            now = now_ms()
+            now = self.ports.now_ms()
             seen = len(job.history)
+            # What the node's view adds to an input is taken under the lock (bids applied just
+            # before this one are already in the job) and stored with it, so a replay sees it too.
             if kind == "bid":
-                # Under the lock: bids applied just before this one are already in the job.
-                meta["unbid_best"] = self._unbid_best(job, signed.signer)
-                actions = job.receive_bid(signed, now, meta.get("reputation", 0), meta["unbid_best"],
-                                          meta.get("subnet"))
-            elif kind == "commit":
-                actions = job.receive_commit(signed, now)
-            elif kind == "withdraw":
-                actions = job.receive_withdraw(signed, now)
-            elif kind == "reveal":
-                actions = job.receive_reveal(signed, now)
-            elif kind == "undelivered":
-                actions = job.award_undelivered(executor, now)
-            elif kind == "cancel":
-                actions = job.cancel(now)
-            else:  # "tick"
-                if job.state == "bidding":
-                    meta["unbid_best"] = self._unbid_best(job, b"")
-                actions = job.tick(now, meta.get("unbid_best"))
+                meta["unbid_best"] = self._unbid_best(job, payload.signer)
+            elif kind == "tick" and job.state == "bidding":
+                meta["unbid_best"] = self._unbid_best(job, b"")
+            actions = apply_input(job, kind, payload, meta, now)
             if not actions and kind in ("tick", "undelivered") and len(job.history) == seen:
                 return  # nothing happened: nothing to store
-            raw = signed.raw if signed is not None else executor
+            raw = payload.raw if isinstance(payload, Signed) else payload
             await self._record(job, kind, raw, meta, now, actions)
         await self._act(job, actions)
 
     async def _record(self, job: SubmitterJob, kind: str, raw: bytes, meta: dict, now: int, actions: list) -> None:
-        a = self.agent
+        p = self.ports
         offences = [(x.executor, x.reason) for x in actions if isinstance(x, Penalize)]
         certificate = next((x.certificate for x in actions if isinstance(x, PublishCertificate)), None)
-        new_cert = await a.store.record_input(job.job_id.hex(), kind, raw, meta, now, status=job.state,
+        new_cert = await p.store.record_input(job.job_id.hex(), kind, raw, meta, now, status=job.state,
                                               reason=job.reason, certificate=certificate, offences=offences)
         for who, _ in offences:
-            a.ledger.apply_offence(who)
+            p.ledger.apply_offence(who)
         if new_cert:
-            a.apply_certificate_to_ledger(certificate, now)
-        a.notify()
+            p.ledger.apply_certificate(verify_certificate(certificate), now)
+        p.events.notify()
 
     async def _act(self, job: SubmitterJob, actions: list) -> None:
-        a = self.agent
+        p = self.ports
         for action in actions:
             if isinstance(action, SendAward):
-                a.nursery.start_soon(self._send_award, job, action)
+                p.runtime.spawn(self._send_award, job, action)
             elif isinstance(action, RequestReveal):
-                a.nursery.start_soon(self._request_reveal, job, action)
+                p.runtime.spawn(self._request_reveal, job, action)
             elif isinstance(action, PublishCertificate):
-                await a.publish(action.certificate)
-                a.count("certified")
+                await p.transport.publish(action.certificate)
+                p.events.count("certified")
             elif isinstance(action, Penalize):
-                a.reject(action.reason, f"by executor {peer_id_from_public_key(action.executor)}")
+                p.events.reject(action.reason, f"by executor {peer_id_from_public_key(action.executor)}")
             elif isinstance(action, Finished):
                 log.info("job %s %s %s", job.job_id.hex()[:12], action.status, action.reason)
-                a.metrics.job_finished(action.status, action.reason, (now_ms() - job.started_ms) / 1000)
+                p.events.job_finished(action.status, action.reason, (p.now_ms() - job.started_ms) / 1000)
 
     async def _send_award(self, job: SubmitterJob, action: SendAward) -> None:
         try:
-            await self.agent.deliver(action.executor, AWARD_PROTOCOL, action.award)
+            await self.ports.transport.deliver(action.executor, AWARD_PROTOCOL, action.award)
         except (RemoteError, RemoteProtocolError) as exc:
             log.info("award to %s not delivered: %s", peer_id_from_public_key(action.executor), exc)
-            await self.apply(job, "undelivered", None, executor=action.executor)
+            await self.apply(job, "undelivered", action.executor)
 
     async def _request_reveal(self, job: SubmitterJob, action: RequestReveal) -> None:
         try:
-            raw = await self.agent.deliver(action.executor, REVEAL_PROTOCOL, action.request)
+            raw = await self.ports.transport.deliver(action.executor, REVEAL_PROTOCOL, action.request)
             signed = decode_reveal_answer(raw, action.executor)
             await self.apply(job, "reveal", signed)
         except RemoteProtocolError as exc:
-            self.agent.reject(exc.reason, f"reveal from {peer_id_from_public_key(action.executor)}")
+            self.ports.events.reject(exc.reason, f"reveal from {peer_id_from_public_key(action.executor)}")
         except RemoteError as exc:
             # The reveal window will pass and the slot will be replaced.
             log.info("no reveal from %s: %s", peer_id_from_public_key(action.executor), exc)
@@ -238,42 +236,43 @@ class Submitting:
         while not job.done:
             await trio.sleep(REANNOUNCE_INTERVAL_S)  # a retry period, not synchronization
             if job.wants_bids:
-                await self.agent.publish(announce)
-                self.agent.count("reannounced")
+                await self.ports.transport.publish(announce)
+                self.ports.events.count("reannounced")
 
     async def run_deadlines(self) -> None:
         """Tick jobs whose next deadline has passed; sleep until the earliest one or any change."""
+        p = self.ports
         while True:
-            changed = self.agent.changed
+            changed = p.events.changed()
             deadlines = [d for j in self.jobs.values() if (d := j.next_deadline_ms()) is not None]
-            wait_s = max(0.0, (min(deadlines) - now_ms()) / 1000) if deadlines else 3600.0
+            wait_s = max(0.0, (min(deadlines) - p.now_ms()) / 1000) if deadlines else 3600.0
             with trio.move_on_after(wait_s):
                 await changed.wait()
-            now = now_ms()
+            now = p.now_ms()
             for job in list(self.jobs.values()):
                 due = job.next_deadline_ms()
                 if due is not None and due <= now:
-                    await self.apply(job, "tick", None)
+                    await self.apply(job, "tick", b"")
 
     # --- recovery -------------------------------------------------------------------------------
 
     async def recover(self) -> None:
         """Rebuild unfinished jobs from their stored inputs and re-issue what may be undelivered."""
-        a = self.agent
-        for row in await a.store.list_jobs(role="submitter", limit=100_000):
+        p = self.ports
+        for row in await p.store.list_jobs(role="submitter", limit=100_000):
             if row["status"] in ("verified", "failed", "nondeterministic"):
                 continue
-            job = replay(a.identity, self.timing, await a.store.inputs(row["job_id"]))
+            job = replay(self.identity, self.timing, await p.store.inputs(row["job_id"]))
             if job is None:
                 continue
             self.jobs[job.job_id] = job
             log.info("recovered job %s in state %s", row["job_id"][:12], job.state)
             resend: list = [SendAward(e, s.raw) for e, s in job.awards.items() if job.slot[e] == "awarded"]
-            resend += [RequestReveal(e, sign(a.identity, RevealRequest(job.job_id, e)))
+            resend += [RequestReveal(e, sign(self.identity, RevealRequest(job.job_id, e)))
                        for e in job.reveal_asked_ms if job.slot[e] == "committed"]
             await self._act(job, resend)
             if row["announce"] is not None:
-                a.nursery.start_soon(self._reannounce, job, row["announce"])
+                p.runtime.spawn(self._reannounce, job, row["announce"])
 
     # --- helpers --------------------------------------------------------------------------------
 
@@ -281,12 +280,11 @@ class Submitting:
         """The best reputation, in this node's view, of a connected peer that has not bid yet;
         0 (a stranger's) at least. This node's own bid is not waited for: it is sent as the job
         is announced, ahead of any remote one."""
-        a = self.agent
         best = REPUTATION_START
-        for p in a.overlay.connected_peers():
-            key = public_key_from_peer_id(p)
+        for peer in self.ports.transport.connected_peers():
+            key = public_key_from_peer_id(peer)
             if key is not None and key != bidder and key not in job.bids:
-                best = max(best, a.ledger.reputation_of(key))
+                best = max(best, self.ports.ledger.reputation_of(key))
         return best
 
     def _own_job(self, job_id: bytes) -> SubmitterJob:
@@ -299,28 +297,3 @@ class Submitting:
     def _check_sender(signed: Signed, peer: str, what: str) -> None:
         if peer_id_from_public_key(signed.signer) != peer:
             raise RemoteProtocolError("wrong_sender", f"{what} signed by a key other than the sending peer's")
-
-
-def replay(identity: Identity, timing: Timing, inputs: list[tuple[str, bytes, dict, int]]) -> SubmitterJob | None:
-    """A job rebuilt from its stored inputs (`Store.inputs`), in order, each with what was recorded
-    with it (a bid's reputation, early-close bound and address range): the same job, awards and
-    all, as the one that took them live. None if the inputs hold no start."""
-    job: SubmitterJob | None = None
-    for kind, raw, meta, at in inputs:
-        if kind == "start":
-            job = SubmitterJob(identity, raw, verify(raw, JobSpec).msg, started_ms=at, timing=timing)
-        elif job is None:
-            continue
-        elif kind == "tick":
-            job.tick(at, meta.get("unbid_best"))
-        elif kind == "undelivered":
-            job.award_undelivered(raw, at)
-        elif kind == "cancel":
-            job.cancel(at)
-        elif kind == "bid":
-            job.receive_bid(verify(raw, Bid), at, meta.get("reputation", 0), meta.get("unbid_best"),
-                            meta.get("subnet"))
-        else:
-            {"commit": job.receive_commit, "withdraw": job.receive_withdraw,
-             "reveal": job.receive_reveal}[kind](verify(raw, INPUT_TYPES[kind]), at)
-    return job

@@ -30,39 +30,36 @@ import sys
 
 import trio
 
-from distributeai.consensus.messages import Award, Commit, JobSpec, Reveal, sign
+from distributeai.consensus.executor_job import ExecutorJob
+from distributeai.consensus.messages import Commit, Reveal, sign, verify
 from distributeai.consensus.pow import pow_ok
 from distributeai.consensus.results import result_hash, seal
 from distributeai.node import agent as agent_module
 from distributeai.node import daemon
-from distributeai.node.clock import now_ms
 from distributeai.node.executing import Executing
 
 WRONG_STDOUT = b"this is not the answer\n"
 
 
 class WrongExecutor(Executing):
-    async def execute(self, award: Award, spec: JobSpec) -> None:
-        a = self.agent
+    async def run(self, job: ExecutorJob) -> tuple[bytes, dict]:
+        """Runs nothing: reveals (and commits to) a wrong result at once."""
         rh = result_hash(0, False, WRONG_STDOUT, False)
-        reveal = sign(a.identity, Reveal(award.job_id, a.me, rh, 0, WRONG_STDOUT, False, False))
-        await a.store.update_execution(award.job_id.hex(), now_ms(), status="executed", reveal=reveal,
-                                       result={"byzantine": "wrong"})
-        await self.send_commit(award, spec, reveal)
+        reveal = sign(self.identity, Reveal(job.job_id, self.me, rh, 0, WRONG_STDOUT, False, False))
+        return reveal, {"byzantine": "wrong"}
 
 
 class LazyExecutor(Executing):
-    async def execute(self, award: Award, spec: JobSpec) -> None:
-        a = self.agent
+    async def run(self, job: ExecutorJob) -> tuple[bytes, dict]:
+        """Runs nothing: reveals the right result, learned from a colluder (BYZANTINE_STDOUT)."""
         stdout = os.environ["BYZANTINE_STDOUT"].encode()
         rh = result_hash(0, False, stdout, False)
-        copied = seal(spec.submitter, award.job_id, rh)  # the seal the submitter's own executor sent
-        reveal = sign(a.identity, Reveal(award.job_id, a.me, rh, 0, stdout, False, False))
-        await a.store.update_execution(award.job_id.hex(), now_ms(), status="executed", reveal=reveal,
-                                       result={"byzantine": "lazy"})
-        commit = sign(a.identity, Commit(award.job_id, a.me, copied))
-        if await self._send_with_retries(spec.submitter, "/distributeai/commit/1", commit, award):
-            await a.store.update_execution(award.job_id.hex(), now_ms(), status="committed")
+        return sign(self.identity, Reveal(job.job_id, self.me, rh, 0, stdout, False, False)), {"byzantine": "lazy"}
+
+    def commit_to_send(self, job: ExecutorJob, commit: bytes) -> bytes:
+        """The seal the submitter's own executor sent, copied."""
+        rh = verify(job.reveal, Reveal).msg.result_hash
+        return sign(self.identity, Commit(job.job_id, self.me, seal(job.spec.submitter, job.job_id, rh)))
 
 
 class SilentExecutor(Executing):
@@ -72,15 +69,10 @@ class SilentExecutor(Executing):
 
 
 class UnsealedExecutor(Executing):
-    async def send_commit(self, award: Award, spec: JobSpec, reveal: bytes) -> None:
-        """Commit the true result's seal, but keep a different reveal for the reveal request."""
-        a = self.agent
-        commit = self.make_commit(award, reveal)
+    def reveal_answer(self, job: ExecutorJob, reveal: bytes) -> bytes:
+        """The commit sealed the true result; the reveal answered is another (signed) one."""
         rh = result_hash(0, False, WRONG_STDOUT, False)
-        other = sign(a.identity, Reveal(award.job_id, a.me, rh, 0, WRONG_STDOUT, False, False))
-        await a.store.update_execution(award.job_id.hex(), now_ms(), status="executed", reveal=other)
-        if await self._send_with_retries(spec.submitter, "/distributeai/commit/1", commit, award):
-            await a.store.update_execution(award.job_id.hex(), now_ms(), status="committed")
+        return sign(self.identity, Reveal(job.job_id, self.me, rh, 0, WRONG_STDOUT, False, False))
 
 
 class ByzantineAgent(agent_module.Agent):

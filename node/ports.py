@@ -1,0 +1,134 @@
+"""The narrow interfaces (ports) through which the node's two roles reach the rest of the node.
+
+`Submitting` (submitting.py) and `Executing` (executing.py) never see the `Agent`: the agent builds
+these ports from its overlay, store, ledger, counters, clock and nursery and hands them over; a
+test builds them from an in-memory network instead (tests/test_inprocess.py). Each port is a small
+frozen dataclass of callables (or, for the store, a `typing.Protocol` the SQLite `Store` meets), so
+a fake is a few lambdas.
+
+Contract of each port:
+- `Transport`: `publish(data)` gossips on the jobs topic; `deliver(to, protocol, data)` sends a
+  request to the peer with public key `to` (this node's own handlers when `to` is this node) and
+  returns the payload of a positive answer, raising `RemoteProtocolError` for a refusal and
+  `p2p.overlay.RemoteError` when the peer cannot be reached; `connect(addr)` dials a multiaddr
+  (RemoteError/ValueError on failure); `connected_peers()`, `remote_ip(peer_id)`, `multiaddrs()`.
+- `StorePort`: the `Store` methods the roles use, with the same contracts (node/store.py).
+- `Ledger`: `consensus.ledger.Ledger` itself (pure): the roles read reputation and credits and fold
+  their own offences and certificates into it.
+- `Events`: counters and metrics (`count`, `reject`, `job_finished`, `sandbox_run`), and change
+  notification (`notify()` wakes whoever waits on `changed()`, the event current at the call).
+- `Runtime`: the clock (`now_ms()`, the node's one clock read) and `spawn(fn, *args)`, which starts
+  a task in the node's nursery.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Awaitable, Callable, Protocol
+
+import trio
+
+from distributeai.consensus.ledger import GENESIS_CREDITS, Ledger
+from distributeai.consensus.submitter import Timing
+from distributeai.sandbox.base import Sandbox
+
+from .bidding import Capacity
+
+
+@dataclass
+class NodeSettings:
+    sandbox_name: str  # the backend of container jobs: docker, bwrap or process
+    gpu: bool = False  # whether this node offers a GPU; jobs that need one are not bid on otherwise
+    capacity: Capacity = field(default_factory=Capacity)
+    price: int = 1
+    request_timeout_s: float = 10.0
+    genesis_credits: int = GENESIS_CREDITS
+    timing: Timing = field(default_factory=Timing)
+    # Proof-of-work bits this node demands of every bidder and announcer (consensus/pow.py), and
+    # its own nonce, solved for at least that many bits (node/proof.py).
+    pow_difficulty: int = 0
+    pow_nonce: bytes = b""
+
+
+@dataclass(frozen=True)
+class Transport:
+    publish: Callable[[bytes], Awaitable[None]]
+    deliver: Callable[[bytes, str, bytes], Awaitable[bytes]]
+    connect: Callable[[str], Awaitable[None]]
+    connected_peers: Callable[[], list[str]]
+    remote_ip: Callable[[str], str | None]
+    multiaddrs: Callable[[], list[str]]
+
+
+@dataclass(frozen=True)
+class Events:
+    count: Callable[[str], None]
+    reject: Callable[..., None]  # (reason, detail="")
+    notify: Callable[[], None]
+    changed: Callable[[], trio.Event]
+    job_finished: Callable[[str, str, float], None]  # (status, reason, seconds since start)
+    sandbox_run: Callable[[str, float], None]  # (backend, seconds)
+
+
+@dataclass(frozen=True)
+class Runtime:
+    now_ms: Callable[[], int]
+    spawn: Callable[..., None]  # spawn(async_fn, *args): a task in the node's nursery
+
+
+@dataclass(frozen=True)
+class Sandboxes:
+    """The executor's sandboxes: the backend for each spec sandbox kind, whether each passed its
+    check at start, where container jobs write their output files (None: nowhere), and how a
+    blocking sandbox call is run off the trio thread (`offload(fn, *args, limiter=...)`;
+    a test of protocol logic may run a fake sandbox inline instead)."""
+
+    backends: dict[str, Sandbox]
+    ok: dict[str, bool]
+    outputs_dir: Path | None = None
+    offload: Callable[..., Awaitable[Any]] = trio.to_thread.run_sync
+
+
+class StorePort(Protocol):
+    async def insert_job(self, job_id: str, role: str, name: str, signed_spec: bytes, status: str,
+                         now_ms: int, submitter_addrs: list[str] | None = None,
+                         announce: bytes | None = None) -> bool: ...
+    async def get_job(self, job_id: str) -> dict | None: ...
+    async def list_jobs(self, role: str | None = None, limit: int = 100) -> list[dict]: ...
+    async def add_job_role(self, job_id: str, role: str) -> None: ...
+    async def set_bid_decision(self, job_id: str, decision: str) -> None: ...
+    async def record_input(self, job_id: str, kind: str, raw: bytes, meta: dict, now_ms: int, *,
+                           status: str, reason: str, certificate: bytes | None,
+                           offences: list[tuple[bytes, str]]) -> bool: ...
+    async def inputs(self, job_id: str) -> list[tuple[str, bytes, dict, int]]: ...
+    async def record_offence(self, job_id: str, peer: bytes, reason: str, now_ms: int) -> None: ...
+    async def put_blob(self, digest: str, data: bytes) -> None: ...
+    async def get_blob(self, digest: str) -> bytes | None: ...
+    async def add_outputs(self, job_id: str, entries: list[tuple[str, str]]) -> None: ...
+    async def insert_execution(self, job_id: str, award: bytes, now_ms: int) -> bool: ...
+    async def update_execution(self, job_id: str, now_ms: int, *, status: str, reason: str = "",
+                               result: dict | None = None, reveal: bytes | None = None) -> None: ...
+    async def record_execution_input(self, job_id: str, kind: str, raw: bytes, meta: dict, now_ms: int, *,
+                                     status: str, reason: str = "", result: dict | None = None,
+                                     reveal: bytes | None = None) -> None: ...
+    async def execution_inputs(self, job_id: str) -> list[tuple[str, bytes, dict, int]]: ...
+    async def get_execution(self, job_id: str) -> dict | None: ...
+    async def executions_with_status(self, *statuses: str) -> list[dict]: ...
+
+
+@dataclass(frozen=True)
+class Ports:
+    """Everything a role may reach, bundled: each role uses the parts it needs."""
+
+    transport: Transport
+    store: StorePort
+    ledger: Ledger
+    events: Events
+    runtime: Runtime
+
+    def now_ms(self) -> int:
+        return self.runtime.now_ms()
+
+
+__all__ = ["Events", "Ledger", "NodeSettings", "Ports", "Runtime", "Sandboxes", "StorePort", "Transport"]
