@@ -7,7 +7,8 @@ run, the commit or withdrawal sent, the reveal answered). So the result and the 
 written before the commit is sent; a restarted node replays the stored inputs and re-runs what
 was awarded but not finished and re-sends commits not yet accepted. A sandbox that cannot run the
 job sends a signed Withdraw so the submitter replaces this node at once. A repeated award changes
-nothing. The sandbox calls are `_has_image`, `_pull_then_bid` and `run`.
+nothing. The sandbox calls are `_has_image`, `_pull_then_bid` (`Sandbox.pull`) and `_run_in`
+(`Sandbox.run`, and `Sandbox.cancel` when the node stops during a run).
 """
 
 from __future__ import annotations
@@ -15,6 +16,9 @@ from __future__ import annotations
 import dataclasses
 import logging
 import shutil
+import threading
+import uuid
+
 import trio
 
 from distributeai.consensus.errors import RemoteProtocolError
@@ -35,7 +39,7 @@ from .inbound import decode_award
 from .ports import NodeSettings, Ports, Sandboxes
 
 log = logging.getLogger("distributeai.node.executor")
-__all__ = ["Executing", "SEND_RETRIES", "run_tasks"]
+__all__ = ["Executing", "SEND_RETRIES", "SandboxRun"]
 
 
 class Executing:
@@ -92,12 +96,8 @@ class Executing:
 
     async def _pull_then_bid(self, job_id: bytes, spec: JobSpec, addrs: tuple[str, ...]) -> None:
         sandbox = self.sandboxes.backends["container"]
-        pull = getattr(sandbox, "pull", None)
-        if pull is None:
-            await self._decided(job_id, spec, addrs, False, f"image {spec.image} is not available to {sandbox.name}")
-            return
         try:
-            await self.sandboxes.offload(pull, spec.image, limiter=self._pull_limiter)
+            await self.sandboxes.offload(sandbox.pull, spec.image, limiter=self._pull_limiter)
         except SandboxError as exc:
             await self._decided(job_id, spec, addrs, False,
                                 f"image {spec.image} is not available locally and could not be pulled ({exc})")
@@ -217,10 +217,12 @@ class Executing:
         award, spec = job.award, job.spec
         request = await self._request(award, spec)
         box = self.sandboxes.backends[spec.sandbox]
+        requests = ([dataclasses.replace(request, command=spec.task_command(i)) for i in range(len(spec.tasks))]
+                    if spec.is_batch else [request])
+        results = await self._run_in(box, requests)
         if spec.is_batch:
-            results = await self.sandboxes.offload(run_tasks, box, spec, request, limiter=self._limiter)
             return self._batch_reveal(award, spec, results)
-        result = await self.sandboxes.offload(box.run, request, limiter=self._limiter)
+        result = results[0]
         self.ports.events.sandbox_run(result.sandbox, result.duration_s)
         reveal = self.make_reveal(award, result)
         r: Reveal = verify(reveal, Reveal).msg
@@ -231,6 +233,14 @@ class Executing:
                    "files": len(result.manifest), "out_truncated": result.out_truncated,
                    "stderr": result.stderr[:2048].decode("utf-8", "replace")}
         return reveal, summary
+
+    async def _run_in(self, box: Sandbox, requests: list[RunRequest]) -> list[RunResult]:
+        """Run `requests` one after another in `box` (a batch's tasks, or one job) off the trio
+        thread. If this task is cancelled (the node stopping), the run in progress is cancelled in
+        the sandbox (`Sandbox.cancel`: its container or processes are killed) and the rest never
+        start, so the node does not wait out a job's timeout; a restart runs the job again."""
+        run = SandboxRun(box, requests)
+        return await self.sandboxes.offload(run.run_all, limiter=self._limiter, on_cancel=run.cancel)
 
     def _batch_reveal(self, award: Award, spec: JobSpec, results: list[RunResult]) -> tuple[bytes, dict]:
         for result in results:
@@ -343,7 +353,27 @@ def stored_as_inputs(execution: dict) -> list[tuple[str, bytes, dict, int]]:
     return inputs
 
 
-def run_tasks(box: Sandbox, spec: JobSpec, request: RunRequest) -> list[RunResult]:
-    """Run every task of a batch, in order, in one worker thread: the request's command with the
-    task's arguments appended. A sandbox failure stops the batch (SandboxError)."""
-    return [box.run(dataclasses.replace(request, command=spec.task_command(i))) for i in range(len(spec.tasks))]
+class SandboxRun:
+    """The runs of one awarded job, each with its own `run_id`, cancellable from another thread."""
+
+    def __init__(self, box: Sandbox, requests: list[RunRequest]) -> None:
+        self.box = box
+        self.requests = [dataclasses.replace(r, run_id=f"{uuid.uuid4().hex}/{i}") for i, r in enumerate(requests)]
+        self._stop = threading.Event()
+        self._current: str | None = None
+
+    def run_all(self) -> list[RunResult]:
+        """On a worker thread: every request in turn (SandboxError "cancelled" once `cancel` ran)."""
+        results = []
+        for request in self.requests:
+            self._current = request.run_id  # before the check: a cancel either sees it or is seen
+            if self._stop.is_set():
+                raise SandboxError("cancelled", "the run was cancelled before it started")
+            results.append(self.box.run(request))
+        return results
+
+    def cancel(self) -> None:
+        """Stop the run in progress (or the one about to start) and every later one."""
+        self._stop.set()
+        if self._current is not None:
+            self.box.cancel(self._current)

@@ -77,17 +77,32 @@ class Runtime:
     spawn: Callable[..., None]  # spawn(async_fn, *args): a task in the node's nursery
 
 
+async def offload_to_thread(fn: Callable[..., Any], *args: Any, limiter: trio.CapacityLimiter | None = None,
+                            on_cancel: Callable[[], None] | None = None) -> Any:
+    """`fn(*args)` on a worker thread. Without `on_cancel` a cancellation waits for `fn` to return
+    (trio's default). With it, a cancellation is not kept waiting: `on_cancel()` (which must make
+    `fn` end soon, e.g. `Sandbox.cancel`) is called and the thread is left to finish on its own,
+    its result dropped."""
+    if on_cancel is None:
+        return await trio.to_thread.run_sync(fn, *args, limiter=limiter)
+    try:
+        return await trio.to_thread.run_sync(fn, *args, limiter=limiter, abandon_on_cancel=True)
+    except trio.Cancelled:
+        on_cancel()
+        raise
+
+
 @dataclass(frozen=True)
 class Sandboxes:
     """The executor's sandboxes: the backend for each spec sandbox kind, whether each passed its
     check at start, where container jobs write their output files (None: nowhere), and how a
-    blocking sandbox call is run off the trio thread (`offload(fn, *args, limiter=...)`;
-    a test of protocol logic may run a fake sandbox inline instead)."""
+    blocking sandbox call is run off the trio thread (`offload(fn, *args, limiter=..., on_cancel=...)`,
+    see `offload_to_thread`; a test of protocol logic may run a fake sandbox inline instead)."""
 
     backends: dict[str, Sandbox]
     ok: dict[str, bool]
     outputs_dir: Path | None = None
-    offload: Callable[..., Awaitable[Any]] = trio.to_thread.run_sync
+    offload: Callable[..., Awaitable[Any]] = offload_to_thread
 
 
 class StorePort(Protocol):

@@ -85,6 +85,12 @@ class FakeSandbox:
     def has_image(self, image: str) -> bool:
         return True
 
+    def pull(self, image: str) -> None:
+        pass
+
+    def cancel(self, run_id: str) -> None:
+        pass
+
     def run(self, request: RunRequest) -> RunResult:
         self.runs += 1
         if self.on_run is not None:
@@ -93,7 +99,7 @@ class FakeSandbox:
         return RunResult(0, out, b"", False, False, False, False, 0.01, "fake")
 
 
-async def inline(fn, *args, limiter=None):
+async def inline(fn, *args, limiter=None, on_cancel=None):
     return fn(*args)
 
 

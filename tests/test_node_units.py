@@ -1,10 +1,21 @@
-"""Node components on their own: bidding predicates (pure) and the SQLite store (real SQLite)."""
+"""Node components on their own: bidding predicates (pure), the SQLite store (real SQLite), and how
+a node stopping during a run cancels it in the sandbox."""
 
 from __future__ import annotations
 
+import threading
+import time
+from functools import partial
+
+import pytest
+import trio
+
 from distributeai.consensus.messages import JobSpec
 from distributeai.node.bidding import BidContext, Capacity, decide
+from distributeai.node.executing import SandboxRun
+from distributeai.node.ports import offload_to_thread
 from distributeai.node.store import Store
+from distributeai.sandbox.base import RunRequest, SandboxError
 
 SPEC = JobSpec(submitter=b"\1" * 32, nonce=b"\0" * 16, created_ms=0, name="", image="alpine:latest",
                command=("true",), cpu_millis=1000, memory_mb=256)
@@ -100,3 +111,45 @@ async def test_control_find_peers_answers_each_id_and_refuses_bad_requests():
         with pytest.raises(ValueError):
             await control._dispatch(Agent(), {"op": "find_peers", **bad})
     assert asked == []
+
+
+class BlockingBox:
+    """A sandbox whose runs block until cancelled (pure logic: what SandboxRun asks of a sandbox)."""
+
+    def __init__(self) -> None:
+        self.started, self.cancelled, self.runs = threading.Event(), [], []
+
+    def run(self, request):
+        self.runs.append(request.run_id)
+        self.started.set()
+        if not self._wait_for_cancel(request.run_id):
+            raise AssertionError("never cancelled")
+        raise SandboxError("cancelled", "stopped")
+
+    def _wait_for_cancel(self, run_id: str) -> bool:
+        deadline = time.monotonic() + 60
+        while run_id not in self.cancelled:
+            if time.monotonic() > deadline:
+                return False
+            time.sleep(0.005)
+        return True
+
+    def cancel(self, run_id: str) -> None:
+        self.cancelled.append(run_id)
+
+
+async def test_a_cancelled_node_task_cancels_its_sandbox_run_and_the_rest_never_start():
+    box = BlockingBox()
+    request = RunRequest(image="alpine:latest", command=["true"])
+    run = SandboxRun(box, [request, request])
+    assert len({r.run_id for r in run.requests}) == 2  # each run its own id
+    with trio.move_on_after(60) as timer:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(partial(offload_to_thread, run.run_all, on_cancel=run.cancel))
+            await trio.to_thread.run_sync(box.started.wait, 60)
+            nursery.cancel_scope.cancel()
+    assert not timer.cancelled_caught
+    assert box.cancelled == [run.requests[0].run_id]  # the running one, at once
+    with pytest.raises(SandboxError) as err:
+        run.run_all()  # once cancelled, nothing more starts
+    assert err.value.reason == "cancelled" and box.runs == [run.requests[0].run_id]
