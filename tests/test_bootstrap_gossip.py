@@ -13,7 +13,7 @@ import urllib.request
 
 import pytest
 
-from distributeai.cli.devnet import DEVNET_POW_DIFFICULTY, Devnet
+from distributeai.tools.devnet import DEVNET_POW_DIFFICULTY, Devnet
 from distributeai.consensus.codec import Identity
 from distributeai.consensus.certificate import verify_certificate
 from distributeai.consensus.messages import Announce, Commit, JobSpec, Reveal, job_id_of, sign, verify
