@@ -19,7 +19,7 @@ thrown away (up to DISCARD_CAP) and refused with "request too large", so the ses
 peer with a larger limit; anything malformed, or a length beyond DISCARD_CAP, resets the
 session, which fails only that peer's requests in flight. The framing is parsed by pure
 functions (`parse_request_header`, `parse_request_body`, `parse_response_header`, raising
-FrameError), which node/fuzz fuzzes on their own and inside `serve_session`.
+FrameError), which tools/fuzz fuzzes on their own and inside `serve_session`.
 
 Frame writes are never cancelled half way. Defect: yamux writes a frame to the secured
 connection without shielding it (`stream_muxer/yamux/yamux.py:874-875`), and Noise splits a full
