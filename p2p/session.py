@@ -1,10 +1,10 @@
 """Request/response over one long-lived libp2p stream per peer and direction.
 
-A stream per request (reqresp.py) costs about ten encrypted yamux frames and a multistream-select
-round trip before the first byte of the request: a bench profile (issue 6) counted 10 socket
-sends and 51 yamux frame writes per request, for a request and a response of a few hundred
-bytes. A session opens one stream to a peer, once, and then carries any number of requests
-concurrently, each one frame out and one frame back.
+A stream per request (how requests travelled before sessions) costs about ten encrypted yamux
+frames and a multistream-select round trip before the first byte of the request: a bench profile
+(issue 6) counted 10 socket sends and 51 yamux frame writes per request, for a request and a
+response of a few hundred bytes. A session opens one stream to a peer, once, and then carries any
+number of requests concurrently, each one frame out and one frame back.
 
 Frame (both directions):
 
