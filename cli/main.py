@@ -11,7 +11,8 @@
 
 Conventions (cli/README.md, cli/common.py): a user's mistake is one line on stderr and exit code 2;
 a node or bootstrap that cannot be reached is one line naming what was tried and exit code 1;
-`--json` prints one JSON object. The order below is the order `distributeai --help` lists them in.
+`--json` prints one JSON object. `distributeai --help` lists the single commands in the order they
+are registered below, then the groups (node, bootstrap, job, config, key).
 """
 
 from __future__ import annotations

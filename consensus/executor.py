@@ -1,7 +1,7 @@
 """The executor's side of a result as pure functions: the signed reveal of one run and the signed
 commit that binds it to this executor before anything is revealed.
 
-node/executing.py calls these with what the sandbox returned; node/simulation.py calls them with
+node/executing.py calls these with what the sandbox returned; tools/simulation.py calls them with
 a modelled run, so both sign exactly the same messages.
 """
 

@@ -18,7 +18,7 @@ A batch (job array) adds `tasks`: a list of argument lists, one per task, each a
 exceed) BATCH_MAX_TOTAL_RESULTS, and `price` is paid per task.
 Every problem raises `JobFileError` naming the field, and nothing else escapes: `load_job_document`
 (a job file's bytes), `parse_tasks` (a `--tasks` file's bytes) and `parse_job` are fuzzed
-(node/fuzz) with that contract, and with one more: a document `parse_job` accepts always makes a
+(tools/fuzz) with that contract, and with one more: a document `parse_job` accepts always makes a
 spec that every node accepts (the same limits as `JobSpec.from_body`, and the signed spec's size
 cap), so a user's mistake is reported here, by field, not as a refusal by the node.
 """

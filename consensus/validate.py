@@ -1,8 +1,8 @@
 """Checks on gossiped announcements that need only the message and the time.
 
-Replay detection (a spec seen before) needs the node's memory of seen job ids and lives in node/;
-everything that can be decided from the bytes, `now_ms` and the node's proof-of-work difficulty
-lives here.
+Replay detection (a spec seen before) needs a memory of seen job ids: `gossip.check_gossip` takes
+it as `seen`, and a node's is its store. Everything that can be decided from the bytes, `now_ms`
+and the node's proof-of-work difficulty lives here.
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """What a peer's bytes go through before they may touch state, as pure functions.
 
-The checks of inbound requests that need no store, kept apart from the agent so that node/fuzz
+The checks of inbound requests that need no store, kept apart from the agent so that tools/fuzz
 runs these very functions on millions of inputs without a node (a gossiped message's check is
 `consensus.gossip.check_gossip`, shared with the bootstrap, the fuzzer and the simulator):
 - `decode_award(data, me)`, `decode_blob_request(data)`: what the executor's award handler and

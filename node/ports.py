@@ -19,6 +19,10 @@ Contract of each port:
   notification (`notify()` wakes whoever waits on `changed()`, the event current at the call).
 - `Runtime`: the clock (`now_ms()`, the node's one clock read) and `spawn(fn, *args)`, which starts
   a task in the node's nursery.
+`Ports` bundles these five for both roles. The executor also gets `Sandboxes`: the backend for
+each spec sandbox kind, whether each passed its check at start, the outputs directory, and
+`offload` (a blocking sandbox call off the trio thread, `offload_to_thread`). `NodeSettings` is
+the configuration both roles read (capacity, price, timing, proof-of-work difficulty and nonce).
 """
 
 from __future__ import annotations

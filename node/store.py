@@ -20,6 +20,11 @@ What is stored (and why):
   verified certificates (this node's own and those received over gossip) and offences this node
   saw itself. Rebuilding the ledger from it after a restart gives the same figures.
 - `peers`: known peers and their addresses, so a restarted node rejoins without the bootstrap.
+- `outputs`: which output file (by SHA-256) of which job this node holds, under
+  `DATA_DIR/outputs/JOB_ID/`, so it can serve it (blob protocol) to a node fetching a verified
+  result's files.
+- `blobs`: wasm modules too large to travel in a spec, by SHA-256: a submitter's own, served to
+  its executors, and an executor's fetched copy, kept.
 """
 
 from __future__ import annotations

@@ -4,11 +4,13 @@ The rule (`token_required`): an HTTP listener on a loopback address is open (onl
 reach it, as the Prometheus scraper beside the node); on any other address, or when the operator
 forces it, every request must carry `Authorization: Bearer <token>`, else 401. The token is
 32 random bytes, URL-safe base64, kept in a file of mode 0600: `DATA_DIR/http.token` (created the
-first time it is needed) or a file the operator names. Node start uses this for `/metrics`; any
-later HTTP API of the node (e.g. a REST API) should take the same three calls:
+first time it is needed) or a file the operator names. `node start` uses this for `/metrics` and
+for the REST API (`--api`), in two calls each:
 
     token = http_token(host, data_dir, force=..., token_file=...)   # None: no token needed
     await nursery.start(partial(serve_http, token=token), host, port, routes)  # http.py checks it
+
+(the REST API passes the token to `serve_app` the same way).
 
 The token is never logged; comparisons are constant-time.
 """

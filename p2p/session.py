@@ -1,10 +1,10 @@
 """Request/response over one long-lived libp2p stream per peer and direction.
 
-A stream per request (reqresp.py) costs about ten encrypted yamux frames and a multistream-select
-round trip before the first byte of the request: a bench profile (issue 6) counted 10 socket
-sends and 51 yamux frame writes per request, for a request and a response of a few hundred
-bytes. A session opens one stream to a peer, once, and then carries any number of requests
-concurrently, each one frame out and one frame back.
+A stream per request (how requests travelled before sessions) costs about ten encrypted yamux
+frames and a multistream-select round trip before the first byte of the request: a bench profile
+(issue 6) counted 10 socket sends and 51 yamux frame writes per request, for a request and a
+response of a few hundred bytes. A session opens one stream to a peer, once, and then carries any
+number of requests concurrently, each one frame out and one frame back.
 
 Frame (both directions):
 
@@ -19,7 +19,7 @@ thrown away (up to DISCARD_CAP) and refused with "request too large", so the ses
 peer with a larger limit; anything malformed, or a length beyond DISCARD_CAP, resets the
 session, which fails only that peer's requests in flight. The framing is parsed by pure
 functions (`parse_request_header`, `parse_request_body`, `parse_response_header`, raising
-FrameError), which node/fuzz fuzzes on their own and inside `serve_session`.
+FrameError), which tools/fuzz fuzzes on their own and inside `serve_session`.
 
 Frame writes are never cancelled half way. Defect: yamux writes a frame to the secured
 connection without shielding it (`stream_muxer/yamux/yamux.py:874-875`), and Noise splits a full

@@ -1,9 +1,10 @@
 """The sandbox contract: what a job asks for, what comes back, and how a backend is chosen.
 
-Every backend runs one argv to completion under limits and returns a `RunResult`; it raises
-`SandboxError` only when the sandbox itself could not run the job (daemon unreachable, image
-missing). A job that fails, is killed on timeout or runs out of memory is a normal result: every
-honest executor should report the same outcome for it.
+Every backend runs one argv (wasm: one module) to completion under limits and returns a
+`RunResult`; it raises `SandboxError` only when the sandbox itself could not run the job (daemon
+unreachable, image missing, ...) or `cancel` stopped it. A job that fails, is killed on timeout
+or runs out of memory is a normal result: every honest executor should report the same outcome
+for it.
 
 This package imports nothing from the rest of distributeai.
 """

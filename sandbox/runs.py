@@ -10,7 +10,8 @@ process group; interrupt the wasm store). `cancel(run_id)`:
   - on an id no run has (yet): remembers it (the last EARLY_CANCELS ids), so that a run started
     with it later is cancelled at once; this closes the race of a cancel that overtakes the
     thread about to start the run. run_ids must therefore be unique per run;
-  - after the run ended: nothing. Never raises.
+  - after the run ended: nothing is stopped (the id is remembered as for an unknown one, which is
+    harmless since run_ids are unique per run). Never raises.
 A cancelled run raises SandboxError("cancelled") from `run()`: a cancelled job has no result.
 """
 

@@ -1,8 +1,9 @@
 """A local network of real processes on 127.0.0.1: one bootstrap and N nodes.
 
-Used by `distributeai devnet` (the README's first command) and by the end-to-end tests, so both
-exercise exactly the same start-up path as a volunteer: `distributeai bootstrap start` and
-`distributeai node start` as separate OS processes, each with its own data directory.
+Used by `distributeai devnet` (which the README's first command, scripts/demo.sh, runs) and by the
+end-to-end tests, so both exercise exactly the same start-up path as a volunteer: `distributeai
+bootstrap start` and `distributeai node start` as separate OS processes, each with its own data
+directory.
 
 Readiness is read from the processes themselves: the bootstrap prints its multiaddr as its first
 stdout line, a node prints one JSON line when it listens; `wait_connected` then asks each node's
