@@ -30,7 +30,7 @@ from .errors import RemoteProtocolError
 from .executor import make_commit
 from .messages import Award, JobSpec, Reveal, Withdraw, sign, verify
 
-SEND_RETRIES = 6  # the submitter may be restarting; back-off 0.5 s doubling: about 30 s in all
+SEND_RETRIES = 6  # the submitter may be restarting; back-offs of 0.5 s doubling: 15.5 s between 6 tries
 RETRY_BASE_MS = 500
 # States from which a reveal can be answered. "executed": the commit reached the submitter (it
 # asks only executors it has a commit from) but the answer to it was lost.

@@ -81,18 +81,22 @@ class Runtime:
     spawn: Callable[..., None]  # spawn(async_fn, *args): a task in the node's nursery
 
 
+CANCEL_WAIT_S = 10.0  # a Docker kill or bwrap's cgroup sweep (up to 2 s); never holds a stop longer
+
+
 async def offload_to_thread(fn: Callable[..., Any], *args: Any, limiter: trio.CapacityLimiter | None = None,
                             on_cancel: Callable[[], None] | None = None) -> Any:
     """`fn(*args)` on a worker thread. Without `on_cancel` a cancellation waits for `fn` to return
     (trio's default). With it, a cancellation is not kept waiting: `on_cancel()` (which must make
-    `fn` end soon, e.g. `Sandbox.cancel`) is called and the thread is left to finish on its own,
-    its result dropped."""
+    `fn` end soon, e.g. `Sandbox.cancel`) runs on a worker thread too, for at most
+    CANCEL_WAIT_S, and `fn`'s thread is left to finish on its own, its result dropped."""
     if on_cancel is None:
         return await trio.to_thread.run_sync(fn, *args, limiter=limiter)
     try:
         return await trio.to_thread.run_sync(fn, *args, limiter=limiter, abandon_on_cancel=True)
     except trio.Cancelled:
-        on_cancel()
+        with trio.CancelScope(shield=True), trio.move_on_after(CANCEL_WAIT_S):
+            await trio.to_thread.run_sync(on_cancel, abandon_on_cancel=True)
         raise
 
 

@@ -4,7 +4,7 @@ Backends (`KINDS`): "docker" (containers on a Docker daemon), "bwrap" (bubblewra
 limits on the host's /usr), "wasm" (a WASI module in-process under wasmtime, fuel-metered) and
 "process" (isolates nothing; development only). The node opens one by name from its config with
 `open_sandbox` and calls the blocking `has_image`, `pull` and `run` from trio worker threads, and
-`cancel` (blocking only for the kill itself) when the node stops during a run.
+`cancel` (from another worker thread) when the node stops during a run.
 This package imports nothing from the rest of distributeai.
 """
 
