@@ -11,7 +11,6 @@ reveals, so that executor may be left out of it.
 
 from __future__ import annotations
 
-import sqlite3
 from collections import Counter
 from pathlib import Path
 
@@ -31,7 +30,7 @@ from distributeai.consensus.validate import check_announce
 from distributeai.node import bidding, wire
 from distributeai.node.executing import Executing
 from distributeai.node.ports import Events, NodeSettings, Ports, Runtime, Sandboxes, Transport
-from distributeai.node.store import SCHEMA, Store
+from distributeai.node.store import Store
 from distributeai.node.submitting import Submitting
 from distributeai.p2p.identity import peer_id_from_public_key
 from distributeai.p2p.overlay import RemoteError
@@ -44,31 +43,6 @@ TRUTH = b"the answer\n"
 
 def now_ms() -> int:
     return EPOCH_MS + int(trio.current_time() * 1000)
-
-
-class InlineStore(Store):
-    """The node's SQLite store with each transaction run on the trio thread: a thread hop would
-    let the autojump clock run ahead while SQLite works."""
-
-    @classmethod
-    def open_inline(cls, path: Path) -> "InlineStore":
-        conn = sqlite3.connect(str(path), isolation_level=None)
-        conn.row_factory = sqlite3.Row
-        conn.execute("PRAGMA journal_mode=WAL")
-        conn.execute("PRAGMA synchronous=NORMAL")
-        conn.executescript(SCHEMA)
-        return cls(conn)
-
-    async def _run(self, fn):
-        self._conn.execute("BEGIN IMMEDIATE")
-        try:
-            out = fn(self._conn)
-        except BaseException:
-            self._conn.execute("ROLLBACK")
-            raise
-        self._conn.execute("COMMIT")
-        await trio.lowlevel.checkpoint()
-        return out
 
 
 class FakeSandbox:
@@ -111,7 +85,7 @@ class Node:
         self.identity = Identity.from_seed(bytes([index + 1]) * 32)
         self.me = self.identity.public_key
         self.peer_id = peer_id_from_public_key(self.me)
-        self.store = InlineStore.open_inline(tmp / f"node{index}.db")
+        self.store = Store.open_inline(tmp / f"node{index}.db")
         self.settings = NodeSettings(sandbox_name="fake", price=price, timing=Timing())
         self.sandbox = sandbox
         self.counters: Counter[str] = Counter()
