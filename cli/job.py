@@ -87,6 +87,10 @@ def submit(
     fuel: Optional[int] = typer.Option(None, "--fuel", help="WASM: the fuel limit."),
     price_per_mfuel: Optional[int] = typer.Option(None, "--price-per-mfuel", help="WASM: credits per million fuel."),
     gpu: bool = typer.Option(False, "--gpu", help="The job needs a GPU."),
+    out_max: Optional[str] = typer.Option(None, "--out-max", help="Output quota: bytes the job may leave in "
+                                          "/out, e.g. 100m. Default 1g."),
+    out_max_files: Optional[int] = typer.Option(None, "--out-max-files", help="Output quota: entries in /out. "
+                                                "Default 10000."),
     tasks_file: Optional[Path] = typer.Option(None, "--tasks", help="A batch: one task's arguments per line "
                                               "(shell-quoted), each appended to the command and verified on its own."),
     env: list[str] = typer.Option([], "--env", help="NAME=VALUE for the job's environment; repeatable."),
@@ -140,7 +144,8 @@ def submit(
                            ("max_error_results", max_error_results), ("max_total_results", max_total_results),
                            ("result_deadline", result_deadline), ("fuel", fuel), ("price_per_mfuel", price_per_mfuel),
                            ("stdin", stdin if stdin_file is None else read_bytes(stdin_file, "--stdin-file")),
-                           ("gpu", gpu or None), ("cpu", cpu), ("memory_mb", memory)):
+                           ("gpu", gpu or None), ("cpu", cpu), ("memory_mb", memory),
+                           ("out_max_bytes", out_max), ("out_max_files", out_max_files)):
             if value is not None:
                 doc[key] = value
     if tasks_file is not None and isinstance(doc, dict):

@@ -20,6 +20,17 @@ STDIN_CAP = 8 * 1024          # input data carried in the spec
 WASM_INLINE_CAP = 48 * 1024   # a module up to this size travels in the spec; larger ones by SHA-256
 MANIFEST_MAX_ENTRIES = 64     # output files listed in a reveal
 MANIFEST_PATH_MAX = 255
+# A job's output quota (JobSpec.out_max_bytes, out_max_files): the defaults, and the most a spec
+# may ask for (a node offers at most what its own --max-output allows).
+OUT_MAX_BYTES = 1 << 30
+OUT_MAX_FILES = 10_000
+OUT_MAX_BYTES_LIMIT = 1 << 40
+OUT_MAX_FILES_LIMIT = 1_000_000
+# Entries of /out a reveal names without listing them as files (special files, bad names): at most
+# OUT_NOTES_MAX of them, each name escaped to printable ASCII of at most OUT_NOTE_NAME_MAX chars.
+OUT_NOTES_MAX = 8
+OUT_NOTE_NAME_MAX = 120
+OUT_NOTE_BYTES = OUT_NOTES_MAX * (OUT_NOTE_NAME_MAX + 40) + 64
 SANDBOX_KINDS = ("container", "wasm")
 MAX_REPLICAS = 16
 MAX_TOTAL_RESULTS = 16
@@ -41,12 +52,13 @@ MAX_SIZE = {
     "commit": 1024,
     "withdraw": 1024,
     "reveal_request": 1024,
-    "reveal": max(STDOUT_CAP + MANIFEST_MAX_ENTRIES * (MANIFEST_PATH_MAX + 48), BATCH_REVEAL_CAP) + 1024,
+    "reveal": max(STDOUT_CAP + MANIFEST_MAX_ENTRIES * (MANIFEST_PATH_MAX + 48) + OUT_NOTE_BYTES,
+                  BATCH_REVEAL_CAP) + 1024,
     "certificate": CERTIFICATE_CAP,
 }
 # A single job's certificate (16 plain reveals) and a batch's (4 batch reveals) both fit.
 assert MAX_SIZE["spec"] + MAX_TOTAL_RESULTS * (STDOUT_CAP + MANIFEST_MAX_ENTRIES * (MANIFEST_PATH_MAX + 48)
-                                              + 1024 + MAX_SIZE["award"]) + 1024 <= CERTIFICATE_CAP
+                                              + OUT_NOTE_BYTES + 1024 + MAX_SIZE["award"]) + 1024 <= CERTIFICATE_CAP
 assert MAX_SIZE["spec"] + BATCH_MAX_TOTAL_RESULTS * (MAX_SIZE["reveal"] + MAX_SIZE["award"]) + 1024 <= CERTIFICATE_CAP
 
 

@@ -8,7 +8,9 @@ commit; default: timeout + 30). `required_cpu` / `cpu` are cores (a number); `re
 `memory_mb` are MiB as an integer, or a string with a unit (`"512m"`, `"1g"`, `"256Mi"`).
 Also: `stdin` (text, or bytes from the CLI), `gpu` (bool), and for WebAssembly jobs `wasm_module`
 (the module's bytes, read by the CLI from `--wasm FILE` or a job file's `wasm_file`), `fuel`
-(fuel limit) and `price_per_mfuel`. A module larger than WASM_INLINE_PREFERRED travels by its
+(fuel limit) and `price_per_mfuel`. The output quota: `out_max_bytes` (bytes as an integer, or a
+string with a unit: `"10m"`, `"1g"`; default 1 GiB) and `out_max_files` (entries in /out, default
+10,000); past either the job's result is `out_quota_exceeded` on every honest executor. A module larger than WASM_INLINE_PREFERRED travels by its
 SHA-256: the spec then carries `wasm_sha256`, the node serves the bytes to executors, and each
 executor fetches them once and keeps them (a module inline in the spec would travel in every
 gossip copy of every announcement and certificate: about 1 MB per job for hashverify's 17 KB
@@ -34,7 +36,8 @@ from .errors import JobFileError
 from .codec import sha256
 from .codec import PUBKEY_LEN, SIG_LEN, encode
 from .messages import (
-    BATCH_MAX_TOTAL_RESULTS, MAX_REPLICAS, MAX_SIZE, MAX_TASK_ARGS, MAX_TASKS, MAX_TOTAL_RESULTS, STDIN_CAP,
+    BATCH_MAX_TOTAL_RESULTS, MAX_REPLICAS, MAX_SIZE, MAX_TASK_ARGS, MAX_TASKS, MAX_TOTAL_RESULTS, OUT_MAX_BYTES,
+    OUT_MAX_BYTES_LIMIT, OUT_MAX_FILES, OUT_MAX_FILES_LIMIT, STDIN_CAP,
     JobSpec,
 )
 
@@ -46,7 +49,8 @@ ALIASES = {"target_nresults": "replicas", "min_quorum": "quorum"}  # BOINC's nam
 KNOWN = {
     "name", "docker_image", "image", "command", "required_cpu", "cpu", "required_memory",
     "memory_mb", "timeout", "replicas", "quorum", "price", "env", "max_error_results",
-    "max_total_results", "result_deadline", "stdin", "gpu", "wasm_module", "fuel", "price_per_mfuel", "tasks", *ALIASES,
+    "max_total_results", "result_deadline", "stdin", "gpu", "wasm_module", "fuel", "price_per_mfuel", "tasks",
+    "out_max_bytes", "out_max_files", *ALIASES,
 }
 
 
@@ -117,6 +121,23 @@ def _memory_mb(value: Any, field: str) -> int:
     if not 6 <= mb <= 1 << 20:
         raise JobFileError(field, "must be between 6 MiB (Docker's minimum) and 1 TiB")
     return mb
+
+
+def _size_bytes(value: Any, field: str, most: int) -> int:
+    """Bytes as an integer, or a string with a unit ("512k", "10m", "1g", "1GiB"; none: bytes)."""
+    if isinstance(value, bool) or not isinstance(value, (int, str)):
+        raise JobFileError(field, "must be bytes as an integer or a string like '100m'")
+    if isinstance(value, int):
+        n = value
+    else:
+        m = re.fullmatch(r"\s*(\d{1,%d})\s*([kKmMgGtT]i?[bB]?|[bB])?\s*" % (MAX_DIGITS + 3), value, re.ASCII)
+        if not m:
+            raise JobFileError(field, f"cannot read {value[:32]!r} as a size (try '100m')")
+        unit = (m.group(2) or "b")[0].lower()
+        n = int(m.group(1)) << {"b": 0, "k": 10, "m": 20, "g": 30, "t": 40}[unit]
+    if not 0 <= n <= most:
+        raise JobFileError(field, f"must be between 0 and {most} bytes")
+    return n
 
 
 def parse_job(doc: Any) -> dict:
@@ -197,6 +218,8 @@ def parse_job(doc: Any) -> dict:
     price_per_mfuel = integer("price_per_mfuel", 0, 2**40, 0)
     if module is None and (fuel or price_per_mfuel):
         raise JobFileError("fuel", "fuel applies to wasm jobs only")
+    out_max_bytes = _size_bytes(doc.get("out_max_bytes", OUT_MAX_BYTES), "out_max_bytes", OUT_MAX_BYTES_LIMIT)
+    out_max_files = integer("out_max_files", 0, OUT_MAX_FILES_LIMIT, OUT_MAX_FILES)
     env = doc.get("env", {})
     if (not isinstance(env, dict) or len(env) > MAX_ENV
             or not all(isinstance(k, str) and 0 < len(k) <= MAX_ENV_NAME and isinstance(v, str)
@@ -225,6 +248,8 @@ def parse_job(doc: Any) -> dict:
         "fuel_limit": fuel,
         "price_per_mfuel": price_per_mfuel,
         "tasks": tuple(tuple(t) for t in tasks),
+        "out_max_bytes": out_max_bytes,
+        "out_max_files": out_max_files,
     }
     size = signed_spec_size_bound(fields)
     if size > MAX_SIZE["spec"]:

@@ -28,7 +28,8 @@ from .codec import Envelope, Identity, encode, open_envelope, sha256
 from .errors import RemoteProtocolError
 from .fields import (  # noqa: F401  (the caps are re-exported: callers import them from here)
     BATCH_MAX_TOTAL_RESULTS, BATCH_REVEAL_CAP, CERTIFICATE_CAP, CERTIFICATE_STATUSES, MANIFEST_MAX_ENTRIES,
-    MANIFEST_PATH_MAX, MAX_ENVELOPE, MAX_REPLICAS, MAX_SIZE, MAX_TASK_ARGS, MAX_TASKS, MAX_TOTAL_RESULTS,
+    MANIFEST_PATH_MAX, MAX_ENVELOPE, OUT_MAX_BYTES, OUT_MAX_BYTES_LIMIT, OUT_MAX_FILES, OUT_MAX_FILES_LIMIT,
+    OUT_NOTE_NAME_MAX, OUT_NOTES_MAX, MAX_REPLICAS, MAX_SIZE, MAX_TASK_ARGS, MAX_TASKS, MAX_TOTAL_RESULTS,
     SANDBOX_KINDS, STDIN_CAP, STDOUT_CAP, WASM_INLINE_CAP, _arity, _bool, _bytes, _fail, _int, _list, _str,
     task_stdout_cap,
 )

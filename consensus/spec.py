@@ -12,7 +12,8 @@ from typing import ClassVar
 
 from .codec import sha256
 from .fields import (
-    BATCH_MAX_TOTAL_RESULTS, MAX_REPLICAS, MAX_TASK_ARGS, MAX_TASKS, MAX_TOTAL_RESULTS, SANDBOX_KINDS, STDIN_CAP,
+    BATCH_MAX_TOTAL_RESULTS, MAX_REPLICAS, OUT_MAX_BYTES, OUT_MAX_BYTES_LIMIT, OUT_MAX_FILES,
+    OUT_MAX_FILES_LIMIT, MAX_TASK_ARGS, MAX_TASKS, MAX_TOTAL_RESULTS, SANDBOX_KINDS, STDIN_CAP,
     WASM_INLINE_CAP, _arity, _bool, _bytes, _fail, _int, _list, _str,
 )
 
@@ -48,6 +49,10 @@ class JobSpec:
     fuel_limit: int = 0          # wasm: fuel budget (0: the executor's default)
     price_per_mfuel: int = 0     # wasm: credits per million fuel units, paid on top of `price`
     tasks: tuple[tuple[str, ...], ...] = ()  # a batch: each task's arguments, appended to `command`
+    # The job's output quota: what it may leave in /out, in bytes (file sizes) and entries (files,
+    # directories, links, ...). Past either, every honest executor reports `out_quota_exceeded`.
+    out_max_bytes: int = OUT_MAX_BYTES
+    out_max_files: int = OUT_MAX_FILES
 
     @property
     def is_batch(self) -> bool:
@@ -64,7 +69,7 @@ class JobSpec:
             self.memory_mb, self.timeout_s, self.replicas, self.quorum, self.price,
             self.max_error_results, self.max_total_results, self.result_deadline_s,
             self.sandbox, self.stdin, self.wasm_module, self.wasm_sha256, self.gpu, self.fuel_limit,
-            self.price_per_mfuel, [list(t) for t in self.tasks],
+            self.price_per_mfuel, [list(t) for t in self.tasks], self.out_max_bytes, self.out_max_files,
         ]
 
     @property
@@ -82,7 +87,7 @@ class JobSpec:
 
     @classmethod
     def from_body(cls, body: list) -> "JobSpec":
-        _arity(body, 24, "spec")
+        _arity(body, 26, "spec")
         command = tuple(_str(a, "command[]", 4096) for a in _list(body[5], "command", 256))
         if not command:
             raise _fail("command", "must not be empty")
@@ -120,6 +125,8 @@ class JobSpec:
             price_per_mfuel=_int(body[22], "price_per_mfuel", 0, 2**40),
             tasks=tuple(tuple(_str(a, "tasks[][]", 256) for a in _list(t, "tasks[]", MAX_TASK_ARGS))
                         for t in _list(body[23], "tasks", MAX_TASKS)),
+            out_max_bytes=_int(body[24], "out_max_bytes", 0, OUT_MAX_BYTES_LIMIT),
+            out_max_files=_int(body[25], "out_max_files", 0, OUT_MAX_FILES_LIMIT),
         )
         if spec.sandbox not in SANDBOX_KINDS:
             raise _fail("sandbox", f"must be one of {', '.join(SANDBOX_KINDS)}")

@@ -66,6 +66,9 @@ def openapi_document() -> dict[str, Any]:
             "price_per_mfuel": {"type": "integer", "minimum": 0},
             "tasks": {"type": "array", "items": {"type": "array", "items": {"type": "string"}},
                       "description": "a batch: one argument list per task"},
+            "out_max_bytes": {"oneOf": [{"type": "integer", "minimum": 0}, {"type": "string"}],
+                              "description": "output quota in bytes, or a size like '100m' (default 1 GiB)"},
+            "out_max_files": {"type": "integer", "minimum": 0, "description": "output quota in entries (default 10000)"},
         },
         "additionalProperties": False,
     }
