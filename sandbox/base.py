@@ -19,6 +19,7 @@ from typing import Protocol
 __all__ = [
     "KINDS",
     "LogSink",
+    "OutEntry",
     "REASONS",
     "RunRequest",
     "RunResult",
@@ -66,10 +67,16 @@ class RunRequest:
     pids_limit: int = 64
     output_cap: int = 1 << 20  # max bytes kept of stdout and of stderr each
     stdin: bytes = b""  # fed to the job's standard input, then closed
-    # A host directory that the job sees as /out (docker, bwrap; the process backend passes it as
-    # $OUT_DIR; wasm has no directories). Files left there are listed in RunResult.manifest.
+    # A host directory where the files the job leaves in /out are kept after the run (docker,
+    # bwrap; the process backend passes the job's /out as $OUT_DIR; wasm has no directories).
+    # While it runs the job writes to a size-limited filesystem of its own (out_max_bytes,
+    # out_max_files); afterwards every entry it left is described in RunResult.out_entries, and
+    # each regular file hashed is copied into out_dir unless that would leave less than
+    # out_keep_free bytes free on out_dir's filesystem.
     out_dir: str | None = None
-    out_cap: int = 64 << 20  # bytes of /out kept; past it the manifest is cut and out_truncated set
+    out_max_bytes: int = 1 << 30  # bytes of regular files the job may leave in /out
+    out_max_files: int = 10_000  # entries (files, directories, links, ...) it may leave there
+    out_keep_free: int = 0  # bytes that must stay free on out_dir's filesystem when files are kept
     wasm_module: bytes | None = None  # the wasm backend runs this module; command[0] is its argv[0]
     fuel: int | None = None  # wasm: the fuel limit (None: the backend's default)
     # Names the run for `Sandbox.cancel`; unique per run (e.g. job id + attempt). None: the run
@@ -114,11 +121,25 @@ class RunResult:
     stderr_truncated: bool
     duration_s: float  # start→exit wall time
     sandbox: str  # "docker" | "bwrap" | "wasm" | "process"
-    # (path relative to /out, size, sha256 hex) of every regular file the job left in /out,
-    # sorted by path; see `build_manifest`.
-    manifest: tuple[tuple[str, int, str], ...] = ()
-    out_truncated: bool = False
+    # Every entry the job left in /out (see OutEntry), sorted by name; at most out_max_files + 1
+    # of them (one more than allowed is enough to tell that the quota was exceeded).
+    out_entries: tuple["OutEntry", ...] = ()
+    # True when /out was a size-limited filesystem while the job ran (root); False: the quota
+    # could only be checked afterwards.
+    out_enforced: bool = False
     fuel_used: int | None = None  # wasm only: exact, the same on every honest executor
+
+
+@dataclass(frozen=True)
+class OutEntry:
+    """One entry the job left in /out, described without judging it (consensus.outputs decides
+    what goes into the result: names, quota, what is skipped and why)."""
+
+    name: bytes  # path relative to /out, raw bytes as the filesystem has them
+    kind: str  # "file" | "dir" | "symlink" | "fifo" | "socket" | "device" | "other"
+    size: int  # st_size for a regular file, else 0
+    sha256: str | None = None  # hex, for a regular file hashed (None: not hashed, past out_max_bytes)
+    kept: bool = False  # the file was copied into out_dir (False: not a file, not hashed, or no room)
 
 
 class SandboxError(Exception):
