@@ -8,6 +8,8 @@ limits on the host's /usr), "wasm" (a WASI module in-process under wasmtime, fue
 This package imports nothing from the rest of distributeai.
 """
 
-from .base import KINDS, REASONS, RunRequest, RunResult, Sandbox, SandboxError, open_sandbox
+from .base import KINDS, REASONS, OutEntry, RunRequest, RunResult, Sandbox, SandboxError, open_sandbox
 
-__all__ = ["KINDS", "REASONS", "RunRequest", "RunResult", "Sandbox", "SandboxError", "open_sandbox"]
+__all__ = [
+    "KINDS", "OutEntry", "REASONS", "RunRequest", "RunResult", "Sandbox", "SandboxError", "open_sandbox",
+]

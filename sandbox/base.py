@@ -104,6 +104,10 @@ class RunRequest:
             raise ValueError(f"pids_limit must be >= 1, got {self.pids_limit}")
         if self.output_cap < 0:
             raise ValueError(f"output_cap must be >= 0, got {self.output_cap}")
+        for name in ("out_max_bytes", "out_max_files", "out_keep_free"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+                raise ValueError(f"{name} must be an int >= 0, got {value!r}")
         if self.run_id is not None and (
             not isinstance(self.run_id, str) or not 0 < len(self.run_id) <= MAX_RUN_ID or "\0" in self.run_id
         ):

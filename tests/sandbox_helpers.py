@@ -6,11 +6,15 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import os
+import threading
 import time
+import uuid
 
 import pytest
 
 from distributeai.sandbox import RunRequest, RunResult, open_sandbox
+from distributeai.sandbox.outdir import STAGE_PREFIX
 
 IMAGE = "alpine:latest"  # on test machines: the busybox image scripts/dockerd.sh builds
 HELLO = ["sh", "-c", "echo 'Hello' | sha256sum"]
@@ -87,3 +91,49 @@ def timed_run(sb, req: RunRequest) -> tuple[RunResult, float]:
     started = time.monotonic()
     result = sb.run(req)
     return result, time.monotonic() - started
+
+
+# ---- cancel: a run on a thread ---------------------------------------------------------------
+START_S = 60.0  # bound for a job to start; Docker under load can take seconds
+
+
+def run_id() -> str:
+    return f"test-{uuid.uuid4().hex}"
+
+
+def run_in_thread(sb, req: RunRequest) -> tuple[threading.Thread, dict]:
+    box: dict = {}
+
+    def target() -> None:
+        try:
+            box["result"] = sb.run(req)
+        except BaseException as e:  # noqa: BLE001 - handed to the test
+            box["error"] = e
+
+    thread = threading.Thread(target=target, name="test-run", daemon=True)
+    thread.start()
+    return thread, box
+
+
+def start_and_wait_running(sb, out_dir, script: str = "exec sleep 60", **kw) -> tuple[threading.Thread, dict, RunRequest]:
+    """Start `script` (with a run_id) on a thread; return once the backend has started its job (the
+    run's stopper is attached: the container, bwrap or process runs; white box, runs.py)."""
+    req = job("sh", "-c", script, out_dir=str(out_dir), timeout_s=120, run_id=kw.pop("run_id", None) or run_id(), **kw)
+    thread, box = run_in_thread(sb, req)
+    assert sb._runs.wait_running(req.run_id, START_S), f"the job did not start within {START_S} s: {box}"
+    return thread, box, req
+
+
+# ---- /out stages ------------------------------------------------------------------------------
+
+
+def stage_mounts(parent) -> list[str]:
+    """Mount points of this host's mount namespace below `parent` (the stages beside an out_dir)."""
+    prefix = str(parent).rstrip("/") + "/"
+    with open("/proc/self/mountinfo", "rb") as f:
+        points = [os.fsdecode(line.split()[4]) for line in f]
+    return [p for p in points if p.startswith(prefix)]
+
+
+def stages(parent) -> list[str]:
+    return sorted(name for name in os.listdir(parent) if name.startswith(STAGE_PREFIX))
