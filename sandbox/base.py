@@ -219,49 +219,6 @@ def exec_failure_result(argv0: str, code: int, duration_s: float, sandbox: str) 
     )
 
 
-def build_manifest(out_dir: str | None, cap: int) -> tuple[tuple[tuple[str, int, str], ...], bool]:
-    """List the regular files under `out_dir` as (relative path, size, sha256 hex), sorted by path,
-    hashing at most `cap` bytes in all; returns (manifest, truncated). Symlinks and special files
-    are not followed or listed: a job cannot point the node at a file outside its /out."""
-    import hashlib
-    import os
-    import stat
-
-    if out_dir is None:
-        return (), False
-    entries: list[tuple[str, int, str]] = []
-    total = 0
-    truncated = False
-    for root, dirs, files in os.walk(out_dir, followlinks=False):
-        dirs.sort()
-        for name in sorted(files):
-            path = os.path.join(root, name)
-            try:
-                st = os.lstat(path)
-            except OSError:
-                continue
-            if not stat.S_ISREG(st.st_mode):
-                continue
-            if total + st.st_size > cap:
-                truncated = True
-                continue
-            digest = hashlib.sha256()
-            # O_NOFOLLOW|O_NONBLOCK and a second check on the open file: a job still running (the
-            # process backend) could swap the file for a symlink or a FIFO after the lstat.
-            try:
-                fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
-            except OSError:
-                continue
-            with open(fd, "rb", buffering=0) as f:
-                if not stat.S_ISREG(os.fstat(fd).st_mode):
-                    continue
-                while chunk := f.read(1 << 20):
-                    digest.update(chunk)
-            total += st.st_size
-            entries.append((os.path.relpath(path, out_dir), st.st_size, digest.hexdigest()))
-    return tuple(sorted(entries)), truncated
-
-
 def warn(log: LogSink, message: str) -> None:
     """Send a warning to a Logger, or to a print-like callable with a WARNING prefix."""
     if isinstance(log, logging.Logger):

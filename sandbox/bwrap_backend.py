@@ -3,7 +3,9 @@
 Isolation (flags measured: docs/sandbox.md): new user, pid, net, ipc, uts, mount and
 cgroup namespaces; the job runs as uid/gid 65534 with no capabilities, hostname "sandbox", in /tmp.
 It sees a read-only root with the host's /usr (read-only), a private /tmp tmpfs (64 MB, as the
-Docker backend), private /proc and /dev, and /out (read-write) when RunRequest.out_dir is set.
+Docker backend), private /proc and /dev, and /out (read-write) when RunRequest.out_dir is set: a
+staging directory beside out_dir (outdir.OutStage: a tmpfs of the job's output quota when the node
+is root), described, kept into out_dir and removed after the run.
 The net namespace is empty: loopback only. The image is ignored. Env: PATH, the request's env and
 PWD=/tmp (bwrap sets it).
 
@@ -12,8 +14,8 @@ too. Run as root, bwrap maps the job's uid to host root: the job then owns every
 it can see, and could e.g. `chmod 000 /dev/null` on the host (tried: it works). The unprivileged
 bwrap cannot reach an out_dir below a private (0700) directory, and `--bind-fd` does not help (bwrap
 0.8 resolves the fd back to its path); so the forked child, still root, enters a private mount
-namespace, binds out_dir onto OUT_STAGE there (the host's OUT_STAGE stays an empty directory; the
-mount goes away with the run) and bwrap binds OUT_STAGE at /out.
+namespace, binds the stage onto OUT_BIND there (the host's OUT_BIND stays an empty directory; the
+mount goes away with the run) and bwrap binds OUT_BIND at /out.
 
 bwrap's `--json-status-fd` tells whether the job's argv was exec'd at all: without its
 "exit-code" record, an exit 1 is bwrap's own failure (setup, or execvp of argv[0]: mapped to 127/126
@@ -23,7 +25,8 @@ Limits: a group per run in each of the memory, pids and cpu v1 hierarchies (bwra
 memory (= memory + swap), pids (pids_limit plus the 2 bwrap processes that wrap the job), cfs
 quota. The forked child joins the groups before it execs bwrap (writing "0" to cgroup.procs), so
 the job never runs outside them.
-Plus RLIMIT_CORE 0 and RLIMIT_FSIZE 64 MB. A cgroup v2-only host: `check()` and `run()` raise
+Plus RLIMIT_CORE 0, and RLIMIT_FSIZE 64 MB when /out is a plain directory (the node could not mount
+its tmpfs); otherwise every writable path is a size-limited tmpfs. A cgroup v2-only host: `check()` and `run()` raise
 limits_unsupported; jobs never run unlimited.
 
 End of a run: bwrap's pid 1 exits with the job's main process and the kernel kills the rest of
@@ -56,10 +59,10 @@ from .base import (
     RunRequest,
     RunResult,
     SandboxError,
-    build_manifest,
     exec_failure_result,
     warn,
 )
+from .outdir import OutStage
 from .runs import RunHandle, RunRegistry
 from .bwrap_cgroups import CGROUP_DIR, CONTROLLERS, JobGroups, find_cgroup_bases, remove_stale_groups
 from .process_backend import CHUNK, DEFAULT_PATH, FILE_SIZE_LIMIT, _ExitWatch, read_capped
@@ -71,9 +74,9 @@ JOB_UID = JOB_GID = 65534  # nobody:nogroup, inside the sandbox and (node run as
 HOSTNAME = "sandbox"  # as the Docker backend: jobs that print it agree across executors
 TMP_SIZE = 64 << 20  # the Docker backend's /tmp size; tmpfs pages also count against memory_mb
 OUT_MOUNT = "/out"
-# Node run as root: out_dir is bound here in the child's private mount namespace (the host's copy
-# stays an empty directory), as bwrap, running as nobody, may not be able to walk to out_dir.
-OUT_STAGE = "/run/distributeai-bwrap-out"
+# Node run as root: the job's stage is bound here in the child's private mount namespace (the host's
+# copy stays an empty directory), as bwrap, running as nobody, may not be able to walk to the stage.
+OUT_BIND = "/run/distributeai-bwrap-out"
 DRAIN_S = 1.0  # after exit the whole pid namespace is dead, pipes reach EOF at once; a bound only
 # The isolation flags that held (docs/sandbox.md), plus a fixed hostname and /tmp size.
 ISOLATION = [
@@ -92,9 +95,15 @@ def _bwrap_path() -> str | None:
     return shutil.which("bwrap") or shutil.which("bwrap", path="/usr/bin:/bin:/usr/local/bin")
 
 
-def _rlimits() -> list[tuple[int, tuple[int, int]]]:
+Limits = list[tuple[int, tuple[int, int]]]
+
+
+def _rlimits(cap_files: bool) -> Limits:
+    """RLIMIT_CORE 0, and RLIMIT_FSIZE 64 MB when cap_files: only when /out is a plain directory on
+    the host's disk; /tmp and a tmpfs /out are size-limited mounts (ENOSPC, as in Docker)."""
+    wanted = [(resource.RLIMIT_CORE, 0)] + ([(resource.RLIMIT_FSIZE, FILE_SIZE_LIMIT)] if cap_files else [])
     limits = []
-    for res, value in ((resource.RLIMIT_CORE, 0), (resource.RLIMIT_FSIZE, FILE_SIZE_LIMIT)):
+    for res, value in wanted:
         _, hard = resource.getrlimit(res)
         if hard != resource.RLIM_INFINITY:
             value = min(value, hard)
@@ -112,16 +121,14 @@ def _bind_in_private_namespace(source: bytes, target: bytes) -> None:
     for ok, what in (
         (lambda: _libc.unshare(CLONE_NEWNS), "unshare(CLONE_NEWNS)"),
         (lambda: _libc.mount(None, b"/", None, MS_REC | MS_SLAVE, None), "mount --make-rslave /"),
-        (lambda: _libc.mount(source, target, None, MS_BIND, None), "mount --bind out_dir"),
+        (lambda: _libc.mount(source, target, None, MS_BIND, None), "mount --bind the /out stage"),
     ):
         if ok() != 0:
             err = ctypes.get_errno()
             raise OSError(err, f"{what}: {os.strerror(err)}")
 
 
-def _child_setup(
-    procs_files: list[str], limits: list[tuple[int, tuple[int, int]]], drop: bool, out_dir: bytes | None
-) -> None:
+def _child_setup(procs_files: list[str], limits: Limits, drop: bool, stage: bytes | None) -> None:
     # Runs in the forked child before it execs bwrap. Only plain syscall wrappers: no lock another
     # thread of the node could hold at fork time (the preexec_fn caveat).
     for path in procs_files:
@@ -132,9 +139,9 @@ def _child_setup(
             os.close(fd)
     for res, pair in limits:
         resource.setrlimit(res, pair)
-    if out_dir is not None:
+    if stage is not None:
         # By path: a mount from an fd opened in the node's namespace is refused (EINVAL) here.
-        _bind_in_private_namespace(out_dir, OUT_STAGE.encode())
+        _bind_in_private_namespace(stage, OUT_BIND.encode())
     if drop:
         os.setgroups([])
         os.setgid(JOB_GID)
@@ -166,26 +173,15 @@ def _job_was_executed(status: bytes) -> bool:
     return False
 
 
-def _prepare_out_dir(out_dir: str, drop: bool) -> str:
-    """The real path of out_dir, made writable for the job; SandboxError if it is unusable."""
-    path = os.path.realpath(out_dir)
-    if not os.path.isdir(path):
-        raise SandboxError("invalid_request", f"out_dir is not a directory: {path}")
-    if not drop:  # not root: the job is this user on the host and bwrap can reach out_dir
-        return path
+def _prepare_out_bind() -> None:
+    """Make OUT_BIND, the empty root-owned directory the child binds the stage on (node as root)."""
     try:
-        os.makedirs(OUT_STAGE, mode=0o755, exist_ok=True)
-        st = os.lstat(OUT_STAGE)
+        os.makedirs(OUT_BIND, mode=0o755, exist_ok=True)
+        st = os.lstat(OUT_BIND)
     except OSError as e:
-        raise SandboxError("backend_error", f"cannot create {OUT_STAGE}: {e}") from e
+        raise SandboxError("backend_error", f"cannot create {OUT_BIND}: {e}") from e
     if not stat.S_ISDIR(st.st_mode) or st.st_uid != 0:
-        raise SandboxError("backend_error", f"{OUT_STAGE} is not a directory owned by root")
-    try:
-        os.chown(path, JOB_UID, JOB_GID)
-        os.chmod(path, 0o755)
-    except OSError as e:
-        raise SandboxError("invalid_request", f"cannot chown {path} to {JOB_UID}: {e}") from e
-    return path
+        raise SandboxError("backend_error", f"{OUT_BIND} is not a directory owned by root")
 
 
 class BwrapSandbox:
@@ -261,13 +257,24 @@ class BwrapSandbox:
         if req.cpu > ncpu:  # as Docker refuses it
             raise SandboxError("invalid_request", f"cpu {req.cpu} > {ncpu} cpus available")
         drop = os.geteuid() == 0
-        out_dir = None  # bound on OUT_STAGE by the child (root), which bwrap binds at /out
-        argv = [bwrap, *ISOLATION]
-        if req.out_dir is not None:
-            path = _prepare_out_dir(req.out_dir, drop)
-            if drop:
-                out_dir = path.encode()
-            argv += ["--bind", OUT_STAGE if drop else path, OUT_MOUNT]
+        if req.out_dir is None:
+            return self._run_tracked([bwrap, *ISOLATION], req, bases, drop, None, _rlimits(False))
+        if drop:
+            _prepare_out_bind()
+        # Node not root: the job is this user on the host and bwrap can reach the stage itself.
+        with OutStage(req, owner=(JOB_UID, JOB_GID) if drop else None, log=self._log) as stage:
+            argv = [bwrap, *ISOLATION, "--bind", OUT_BIND if drop else stage.path, OUT_MOUNT]
+            bind = os.fsencode(stage.path) if drop else None
+            result = self._run_tracked(argv, req, bases, drop, bind, _rlimits(not stage.enforced))
+            entries = stage.collect()  # the run's pid namespace is dead: nothing writes there now
+        return _replace(result, out_entries=entries, out_enforced=stage.enforced)
+
+    def _run_tracked(
+        self, argv: list[str], req: RunRequest, bases: dict[str, str], drop: bool, stage: bytes | None,
+        limits: Limits,
+    ) -> RunResult:
+        """Run argv (bwrap and its mounts) with the request's env and argv; stage: the /out stage
+        the child binds on OUT_BIND (root), else None; limits: the rlimits the child sets."""
         for key, value in {"PATH": DEFAULT_PATH, **req.env}.items():
             argv += ["--setenv", key, value]
         # Last mount op: bwrap's root is a tmpfs, writable unless remounted (/tmp, /out stay writable).
@@ -277,21 +284,13 @@ class BwrapSandbox:
             groups = JobGroups(bases)
             try:
                 groups.create(req)
-                result = self._run(argv, req, groups, drop, out_dir, handle)
+                result = self._run(argv, req, groups, drop, stage, limits, handle)
                 oom = groups.oom_kills() > 0
             finally:
                 for error in groups.remove():
                     warn(self._log, error)
             handle.raise_if_cancelled()
-        if oom:
-            result = _replace(result, oom_killed=True)
-        if req.out_dir is not None:
-            try:
-                manifest, out_truncated = build_manifest(req.out_dir, req.out_cap)
-            except OSError as e:
-                raise SandboxError("backend_error", f"cannot read out_dir {req.out_dir}: {e}") from e
-            result = _replace(result, manifest=manifest, out_truncated=out_truncated)
-        return result
+        return _replace(result, oom_killed=True) if oom else result
 
     def _run(
         self,
@@ -299,10 +298,11 @@ class BwrapSandbox:
         req: RunRequest,
         groups: JobGroups,
         drop: bool,
-        out_dir: bytes | None,
+        stage: bytes | None,
+        limits: Limits,
         handle: RunHandle,
     ) -> RunResult:
-        procs_files, limits = groups.procs_files, _rlimits()
+        procs_files = groups.procs_files
         status_r, status_w = os.pipe2(os.O_CLOEXEC)
         argv = [argv[0], "--json-status-fd", str(status_w), *argv[1:]]
         started = time.monotonic()
@@ -318,7 +318,7 @@ class BwrapSandbox:
                     close_fds=True,
                     pass_fds=(status_w,),
                     start_new_session=True,
-                    preexec_fn=lambda: _child_setup(procs_files, limits, drop, out_dir),
+                    preexec_fn=lambda: _child_setup(procs_files, limits, drop, stage),
                 )
             except (OSError, subprocess.SubprocessError) as e:
                 raise SandboxError("start_failed", f"{argv[0]}: {e}") from e

@@ -19,11 +19,14 @@ down both ways, which fails the pending write, then closes it. (The daemon itsel
 attach connection when the container exits while our write is pending: without that shutdown the
 writer stayed blocked, measured on dockerd 20.10.)
 
-Output directory (RunRequest.out_dir): an existing host directory, chowned to the job's uid
-65534:65534 and bind-mounted read-write at /out (a Mount, not a `volumes` string, so a host path
-with ':' or ',' is not misparsed and a missing one is not created). The rest of the root stays
-read-only. After the container is gone its regular files are listed by `build_manifest` (symlinks
-are not followed: a job's `/out/x -> /etc/passwd` points at the host's file once on the host).
+Output directory (RunRequest.out_dir): an existing host directory. The job never writes there: it
+gets a staging directory beside it (outdir.OutStage: a tmpfs of the job's output quota, owned by its
+uid 65534:65534) bind-mounted read-write at /out (a Mount, not a `volumes` string, so a host path with
+':' or ',' is not misparsed). The rest of the root stays read-only. Once the container is gone the
+stage is described (RunResult.out_entries; links are not followed: a job's `/out/x -> /etc/passwd`
+points at the host's file once on the host), what may be kept is copied into out_dir, and the stage
+is unmounted and removed. The daemon must see this process's mounts (the same host and mount
+namespace, as for any bind mount).
 
 Containers carry the label distributeai.sandbox=job, so leftovers of a crashed worker can be
 found: `docker ps -a --filter label=distributeai.sandbox=job`.
@@ -51,10 +54,10 @@ from .base import (
     RunRequest,
     RunResult,
     SandboxError,
-    build_manifest,
     exec_failure_result,
     warn,
 )
+from .outdir import OutStage
 
 __all__ = ["DockerSandbox", "LABELS"]
 
@@ -74,8 +77,8 @@ LOG_CONFIG = docker.types.LogConfig(
     type="local", config={"max-size": "20m", "max-file": "5"}
 )
 KILL_WAIT_S = 10.0  # after SIGKILL a container exits in milliseconds; this only bounds a sick daemon
-OUT_MOUNT = "/out"  # where the job sees RunRequest.out_dir
-OUT_UID = OUT_GID = 65534  # owner given to out_dir so the job (USER) can write there
+OUT_MOUNT = "/out"  # where the job sees its staging directory (outdir.OutStage)
+OUT_OWNER = (65534, 65534)  # the stage's owner, so the job (USER) can write there
 # After the container exited and the stdin socket was shut down, how long to wait for the writer
 # thread to notice (it returns at once: shutdown fails its pending send).
 STDIN_JOIN_S = 5.0
@@ -112,26 +115,6 @@ def _exec_failure_code(explanation: str) -> int | None:
     if "permission denied" in text or "exec format error" in text:
         return EXIT_NOT_EXECUTABLE
     return None
-
-
-def _prepare_out_dir(out_dir: str, log: LogSink) -> str:
-    """The absolute path of `out_dir`, made writable for the job's uid; SandboxError if unusable."""
-    path = os.path.abspath(out_dir)
-    if not os.path.isdir(path):
-        raise SandboxError("invalid_request", f"out_dir is not a directory: {path}")
-    try:
-        os.chown(path, OUT_UID, OUT_GID)
-    except PermissionError:
-        # A node that is not root cannot give the directory away; let uid 65534 in by mode instead.
-        # Callers should keep out_dir inside a private (0700) directory of theirs.
-        try:
-            os.chmod(path, 0o777)
-        except OSError as e:
-            raise SandboxError("invalid_request", f"cannot open {path} to the job: {e}") from e
-        warn(log, f"could not chown {path} to {OUT_UID}:{OUT_GID}; made it mode 0777 instead")
-    except OSError as e:
-        raise SandboxError("invalid_request", f"cannot chown {path}: {e}") from e
-    return path
 
 
 class _StdinFeeder:
@@ -271,14 +254,18 @@ class DockerSandbox:
             return result
 
     def _run_tracked(self, req: RunRequest, handle: RunHandle) -> RunResult:
+        if req.out_dir is None:
+            return self._run_container(req, handle, [])
+        with OutStage(req, owner=OUT_OWNER, log=self._log) as stage:
+            mount = docker.types.Mount(target=OUT_MOUNT, source=stage.path, type="bind", read_only=False)
+            result = self._run_container(req, handle, [mount])
+            # The container is gone (or at least stopped): nothing writes to the stage any more.
+            handle.raise_if_cancelled()
+            entries = stage.collect()
+        return dataclasses.replace(result, out_entries=entries, out_enforced=stage.enforced)
+
+    def _run_container(self, req: RunRequest, handle: RunHandle, mounts: list) -> RunResult:
         client = self._get_client()
-        mounts = []
-        out_dir = None
-        if req.out_dir is not None:
-            out_dir = _prepare_out_dir(req.out_dir, self._log)
-            mounts.append(
-                docker.types.Mount(target=OUT_MOUNT, source=out_dir, type="bind", read_only=False)
-            )
         try:
             container = client.containers.create(
                 req.image,
@@ -325,14 +312,7 @@ class DockerSandbox:
                 container.remove(force=True)
             except Exception as e:  # noqa: BLE001 - cleanup must not mask the job's outcome
                 warn(self._log, f"could not remove container {container.id[:12]}: {e}")
-        if out_dir is None:
-            return result
-        # The container is gone (or at least stopped): nothing writes to out_dir any more.
-        try:
-            manifest, out_truncated = build_manifest(out_dir, req.out_cap)
-        except OSError as e:
-            raise SandboxError("backend_error", f"cannot read out_dir {out_dir}: {e}") from e
-        return dataclasses.replace(result, manifest=manifest, out_truncated=out_truncated)
+        return result
 
     def _run_created(self, container, req: RunRequest, handle: RunHandle) -> RunResult:
         # Attach before start, as `docker run -i` does: the job cannot read stdin before we are

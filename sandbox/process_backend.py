@@ -18,11 +18,12 @@ What it does give, so results match the Docker backend for honest jobs:
 - stdin (RunRequest.stdin) is written through a pipe by the same selector loop that reads the
   output, then closed (EOF); a job that never reads it only leaves the write pending until it
   exits. Empty stdin is /dev/null;
-- out_dir: this backend cannot show the job a /out. It passes the (absolute) host directory as the
+- out_dir: this backend cannot show the job a /out. It passes the job's staging directory
+  (outdir.OutStage, beside out_dir: a tmpfs of the job's output quota when the node is root) as the
   env variable OUT_DIR instead, overriding any OUT_DIR in RunRequest.env: jobs meant to run here
   must write their files to $OUT_DIR (a portable job writes to "${OUT_DIR:-/out}"). Nothing stops
-  a job from writing elsewhere. After the run the directory's regular files are listed by
-  `build_manifest` (symlinks are not followed).
+  a job from writing elsewhere. After the run the stage is described (links are not followed), what
+  may be kept is copied into out_dir, and the stage is removed.
 """
 
 from __future__ import annotations
@@ -48,10 +49,10 @@ from .base import (
     RunRequest,
     RunResult,
     SandboxError,
-    build_manifest,
     exec_failure_result,
     warn,
 )
+from .outdir import OutStage
 
 __all__ = ["ProcessSandbox"]
 
@@ -210,6 +211,7 @@ class ProcessSandbox:
 
     def __init__(self, *, log: LogSink) -> None:
         warn(log, WARNING)
+        self._log = log
         self._runs = RunRegistry()
 
     def check(self) -> None:
@@ -229,11 +231,14 @@ class ProcessSandbox:
         return None
 
     def run(self, req: RunRequest) -> RunResult:
-        out_dir = None
-        if req.out_dir is not None:
-            out_dir = os.path.abspath(req.out_dir)
-            if not os.path.isdir(out_dir):
-                raise SandboxError("invalid_request", f"out_dir is not a directory: {out_dir}")
+        if req.out_dir is None:
+            return self._run_tracked(req, None)
+        with OutStage(req, owner=None, log=self._log) as stage:
+            result = self._run_tracked(req, stage.path)
+            entries = stage.collect()  # after the job's group was killed (escaped processes aside)
+        return dataclasses.replace(result, out_entries=entries, out_enforced=stage.enforced)
+
+    def _run_tracked(self, req: RunRequest, out_dir: str | None) -> RunResult:
         with self._runs.track(req.run_id) as handle:
             handle.raise_if_cancelled()
             workdir = tempfile.mkdtemp(prefix="dai-job-")
@@ -242,13 +247,7 @@ class ProcessSandbox:
             finally:
                 shutil.rmtree(workdir, ignore_errors=True)
             handle.raise_if_cancelled()
-        if out_dir is None:
-            return result
-        try:
-            manifest, out_truncated = build_manifest(out_dir, req.out_cap)
-        except OSError as e:
-            raise SandboxError("backend_error", f"cannot read out_dir {out_dir}: {e}") from e
-        return dataclasses.replace(result, manifest=manifest, out_truncated=out_truncated)
+        return result
 
     def _run_in(self, workdir: str, req: RunRequest, out_dir: str | None, handle: RunHandle) -> RunResult:
         env = {"PATH": DEFAULT_PATH, **req.env}

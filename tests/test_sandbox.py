@@ -1,5 +1,6 @@
 """The sandbox conformance suite: one set of tests run against every argv backend (process, Docker,
-bubblewrap): results, limits, stdin, output files, pull and cancel. What only one backend promises:
+bubblewrap): results, limits, stdin, pull and cancel (output files: tests/test_sandbox_out.py). What
+only one backend promises:
 tests/test_sandbox_backends.py; pure logic: tests/test_sandbox_units.py; the wasm backend runs
 modules, not argv: tests/test_sandbox_wasm.py. Nothing here fakes a backend.
 """
@@ -7,10 +8,7 @@ modules, not argv: tests/test_sandbox_wasm.py. Nothing here fakes a backend.
 from __future__ import annotations
 
 import os
-import select
-import threading
 import time
-import uuid
 
 import pytest
 import trio
@@ -19,6 +17,7 @@ from distributeai.sandbox import RunRequest, RunResult, SandboxError
 
 from .sandbox_helpers import (  # noqa: F401 - fixtures are used by name
     IMAGE, HELLO, HELLO_STDOUT, PROMPT_S, MB, OUT, job, sandbox, sha256, big_stdin, out_dir, timed_run,
+    run_id, start_and_wait_running, stage_mounts, stages,
 )
 
 
@@ -167,106 +166,7 @@ def test_timeout_with_unread_stdin(sandbox):
     assert elapsed < PROMPT_S
 
 
-# ---- conformance: out_dir and manifest -----------------------------------------------------------
-
-
-def test_files_in_out_dir_are_listed(sandbox, out_dir):
-    script = (
-        f"cd {OUT} && mkdir -p a/b empty && printf hello > a/b/deep.txt && printf x > top"
-        " && head -c 100000 /dev/zero > a/zeros && : > a/nothing"
-    )
-    result = sandbox.run(job("sh", "-c", script, out_dir=str(out_dir)))
-    assert (result.exit_code, result.stderr) == (0, b"")
-    assert result.manifest == (
-        ("a/b/deep.txt", 5, sha256(b"hello")),
-        ("a/nothing", 0, sha256(b"")),
-        ("a/zeros", 100000, sha256(b"\0" * 100000)),
-        ("top", 1, sha256(b"x")),
-    )
-    assert not result.out_truncated
-    assert (out_dir / "a" / "b" / "deep.txt").read_bytes() == b"hello"
-
-
-def test_symlinks_in_out_dir_are_not_followed(sandbox, out_dir):
-    # On the host, /etc/passwd and /etc are the host's own: the manifest must not read them.
-    script = f"cd {OUT} && ln -s /etc/passwd passwd && ln -s /etc etc && printf ok > real"
-    result = sandbox.run(job("sh", "-c", script, out_dir=str(out_dir)))
-    assert result.exit_code == 0
-    assert result.manifest == (("real", 2, sha256(b"ok")),)
-    assert (out_dir / "passwd").is_symlink() and (out_dir / "etc").is_symlink()
-
-
-def test_out_cap_exceeded_truncates_manifest(sandbox, out_dir):
-    script = f"cd {OUT} && head -c 600 /dev/zero > a && head -c 600 /dev/zero > b"
-    result = sandbox.run(job("sh", "-c", script, out_dir=str(out_dir), out_cap=1000))
-    assert result.out_truncated
-    assert result.manifest == (("a", 600, sha256(b"\0" * 600)),)
-
-
-def test_out_of_exactly_cap_is_not_truncated(sandbox, out_dir):
-    script = f"cd {OUT} && head -c 500 /dev/zero > a && head -c 500 /dev/zero > b"
-    result = sandbox.run(job("sh", "-c", script, out_dir=str(out_dir), out_cap=1000))
-    assert not result.out_truncated
-    assert [name for name, _, _ in result.manifest] == ["a", "b"]
-
-
-def test_relative_out_dir(sandbox, out_dir, monkeypatch):
-    monkeypatch.chdir(out_dir.parent)
-    result = sandbox.run(job("sh", "-c", f"printf 1 > {OUT}/f", out_dir="out"))
-    assert result.manifest == (("f", 1, sha256(b"1")),)
-
-
-def test_no_out_dir_no_manifest(sandbox):
-    result = sandbox.run(job("true"))
-    assert (result.manifest, result.out_truncated) == ((), False)
-
-
-def test_missing_out_dir_is_rejected(sandbox, tmp_path):
-    with pytest.raises(SandboxError) as err:
-        sandbox.run(job("true", out_dir=str(tmp_path / "missing")))
-    assert err.value.reason == "invalid_request"
-    assert not (tmp_path / "missing").exists()
-
-
-# ---- conformance: pull and cancel --------------------------------------------------------------
-# A started job says so through a FIFO in its out_dir (written by the job, read here with a
-# deadline): the cancel below hits a job that is running, not one that has yet to start.
-START_S = 60.0  # bound for a job to start; Docker under load can take seconds
-
-
-def run_id() -> str:
-    return f"test-{uuid.uuid4().hex}"
-
-
-def run_in_thread(sb, req: RunRequest) -> tuple[threading.Thread, dict]:
-    box: dict = {}
-
-    def target() -> None:
-        try:
-            box["result"] = sb.run(req)
-        except BaseException as e:  # noqa: BLE001 - handed to the test
-            box["error"] = e
-
-    thread = threading.Thread(target=target, name="test-run", daemon=True)
-    thread.start()
-    return thread, box
-
-
-def start_and_wait_running(sb, out_dir, **kw) -> tuple[threading.Thread, dict, RunRequest]:
-    """Start `sleep 60` (with run_id) on a thread; return once the job has signalled it runs."""
-    fifo = out_dir / "started"
-    os.mkfifo(fifo)
-    os.chmod(fifo, 0o666)  # the job's uid is 65534 on docker and bwrap
-    req = job("sh", "-c", f"echo up > {OUT}/started; exec sleep 60", out_dir=str(out_dir), timeout_s=120, **kw)
-    fd = os.open(fifo, os.O_RDONLY | os.O_NONBLOCK)  # a reader exists: the job's open does not block
-    try:
-        thread, box = run_in_thread(sb, req)
-        ready, _, _ = select.select([fd], [], [], START_S)
-        assert ready, f"the job did not start within {START_S} s: {box}"
-        assert os.read(fd, 16) == b"up\n"
-    finally:
-        os.close(fd)
-    return thread, box, req
+# ---- conformance: pull and cancel (out_dir and the output quota: tests/test_sandbox_out.py) ---
 
 
 def test_pull_of_an_image_at_hand_returns(sandbox):
@@ -277,6 +177,7 @@ def test_pull_of_an_image_at_hand_returns(sandbox):
 def test_cancel_stops_a_running_job_promptly(sandbox, out_dir):
     rid = run_id()
     thread, box, req = start_and_wait_running(sandbox, out_dir, run_id=rid)
+    assert stages(out_dir.parent) != []  # its /out is staged beside out_dir while it runs
     # While it runs, its run_id is taken.
     with pytest.raises(SandboxError) as dup:
         sandbox.run(job("true", run_id=rid))
@@ -288,6 +189,7 @@ def test_cancel_stops_a_running_job_promptly(sandbox, out_dir):
     assert time.monotonic() - cancelled_at < PROMPT_S
     assert isinstance(box.get("error"), SandboxError), box
     assert box["error"].reason == "cancelled"
+    assert (stage_mounts(out_dir.parent), stages(out_dir.parent), os.listdir(out_dir)) == ([], [], [])
     sandbox.cancel(rid)  # again, after the end: nothing happens
     assert sandbox.run(job("echo", "after", run_id=run_id())).stdout == b"after\n"
 
@@ -298,7 +200,7 @@ def test_cancel_before_the_run_means_it_never_starts(sandbox, out_dir):
     with pytest.raises(SandboxError) as err:
         sandbox.run(job("sh", "-c", f"echo ran > {OUT}/ran", out_dir=str(out_dir), run_id=rid))
     assert err.value.reason == "cancelled"
-    assert not (out_dir / "ran").exists()
+    assert (stage_mounts(out_dir.parent), stages(out_dir.parent), os.listdir(out_dir)) == ([], [], [])
 
 
 def test_cancel_of_an_ended_or_unknown_run_changes_nothing(sandbox):

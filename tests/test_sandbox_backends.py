@@ -14,7 +14,7 @@ from collections.abc import Iterator
 import pytest
 import trio
 
-from distributeai.sandbox import RunRequest, RunResult, SandboxError, open_sandbox
+from distributeai.sandbox import OutEntry, RunRequest, RunResult, SandboxError, open_sandbox
 from distributeai.sandbox.docker_backend import LABELS
 
 from .sandbox_helpers import (  # noqa: F401 - fixtures are used by name
@@ -101,13 +101,12 @@ def test_docker_only_out_is_writable(docker_sandbox, out_dir):
         b"root=1", b"etc=1", b"dotdot=1", b"out=0", b"65534", b"rw",
     ]
     assert b"Read-only file system" in result.stderr
-    assert result.manifest == ((marker, 2, sha256(b"x\n")),)
+    assert result.out_entries == (OutEntry(marker.encode(), "file", 2, sha256(b"x\n"), True),)
     # Nothing reached the host outside out_dir: not beside it, nor at the paths the job tried.
     assert sorted(p.name for p in out_dir.parent.iterdir()) == ["out"]
     assert [p.name for p in out_dir.iterdir()] == [marker]
     for where in ("/", "/etc", "/tmp"):
         assert not os.path.lexists(os.path.join(where, marker))
-    assert (os.stat(out_dir).st_uid, os.stat(out_dir).st_gid) == (65534, 65534)
 
 
 @pytest.mark.docker
@@ -214,10 +213,14 @@ def test_process_runs_in_fresh_temp_dir_removed_after(process_sandbox):
 
 
 def test_process_out_dir_is_passed_as_env(process_sandbox, out_dir):
+    # $OUT_DIR is the job's stage beside out_dir (outdir.OutStage), removed after the run.
     env = {"OUT_DIR": "/somewhere/else", "FOO": "bar"}
-    result = process_sandbox.run(job("sh", "-c", 'echo "$OUT_DIR"; test -e /out; echo $?',
+    result = process_sandbox.run(job("sh", "-c", 'echo "$OUT_DIR"; test -e /out; echo $?; echo x > "$OUT_DIR/f"',
                                      env=env, out_dir=str(out_dir)))
-    assert result.stdout.split() == [str(out_dir).encode(), b"1"]  # no /out is made
+    stage, missing = result.stdout.split()
+    assert os.path.dirname(stage) == str(out_dir.parent).encode() and missing == b"1"  # no /out is made
+    assert os.path.basename(stage).startswith(b".stage-out-") and not os.path.exists(stage)
+    assert (out_dir / "f").read_bytes() == b"x\n"
 
 
 def test_process_memory_limit(process_sandbox):

@@ -18,7 +18,7 @@ import uuid
 
 import pytest
 
-from distributeai.sandbox import RunRequest, SandboxError, open_sandbox
+from distributeai.sandbox import OutEntry, RunRequest, SandboxError, open_sandbox
 from distributeai.sandbox import bwrap_backend
 from distributeai.sandbox.base import exec_failure_result
 from distributeai.sandbox.bwrap_backend import CGROUP_DIR, BwrapSandbox, find_cgroup_bases
@@ -263,26 +263,65 @@ def test_writes_outside_tmp_and_out_fail_and_reach_nothing_on_the_host(sb, tmp_p
         assert not os.path.exists(p), p
     assert stat.S_IMODE(os.stat("/dev/null").st_mode) == 0o666
     assert (out / tag).read_bytes() == b"x\n"
-    assert os.stat(out / tag).st_uid == 65534  # nobody on the host too, not root
 
 
-def test_out_dir_files_are_in_the_manifest(sb, tmp_path):
-    out = tmp_path / "private" / "out"  # tmp_path is mode 0700: bwrap (as nobody) gets it by fd
+def test_every_process_of_a_job_is_nobody_on_the_host(sb):
+    # Seen from the host while the job runs: bwrap and the job in the run's cgroups, all uid 65534
+    # (a bwrap run as root would map the job to host root).
+    rid = f"bwrap-uid-{uuid.uuid4().hex}"
+    box = {}
+
+    def target():
+        try:
+            box["result"] = sb.run(job("sh", "-c", "sleep 60 & exec sleep 60", timeout_s=120, run_id=rid))
+        except SandboxError as e:
+            box["error"] = e
+
+    thread = threading.Thread(target=target, daemon=True)
+    thread.start()
+    try:
+        assert sb._runs.wait_running(rid, 30), "the job never started"  # white box: bwrap is exec'd
+        pids = set()
+        for group in own_groups():
+            if os.path.exists(os.path.join(group, "cgroup.procs")):
+                pids |= set(open(os.path.join(group, "cgroup.procs")).read().split())
+        uids = set()
+        for pid in pids:
+            try:
+                status = open(f"/proc/{pid}/status").read()
+            except FileNotFoundError:
+                continue
+            uids |= set(next(line for line in status.splitlines() if line.startswith("Uid:")).split()[1:])
+        assert pids and uids == {"65534"}
+    finally:
+        sb.cancel(rid)
+        thread.join(15)
+    assert not thread.is_alive() and box["error"].reason == "cancelled"
+
+
+def test_out_dir_files_are_described_and_kept(sb, tmp_path):
+    out = tmp_path / "private" / "out"  # tmp_path is mode 0700: bwrap (as nobody) gets /out by a bind
     out.mkdir(parents=True)
     r = sb.run(
         job("sh", "-c", "printf hello > /out/a.txt; mkdir /out/sub;"
             " head -c 100000 /dev/zero > /out/sub/b.bin; ln -s /etc/passwd /out/link", out_dir=str(out))
     )
-    assert r.exit_code == 0, r
-    assert r.manifest == (
-        ("a.txt", 5, hashlib.sha256(b"hello").hexdigest()),
-        ("sub/b.bin", 100000, hashlib.sha256(b"\0" * 100000).hexdigest()),
+    assert (r.exit_code, r.out_enforced) == (0, True), r
+    assert r.out_entries == (
+        OutEntry(b"a.txt", "file", 5, hashlib.sha256(b"hello").hexdigest(), True),
+        OutEntry(b"link", "symlink", 0),
+        OutEntry(b"sub", "dir", 0),
+        OutEntry(b"sub/b.bin", "file", 100000, hashlib.sha256(b"\0" * 100000).hexdigest(), True),
     )
-    assert not r.out_truncated
-    assert (out / "a.txt").read_bytes() == b"hello"
-    r = sb.run(job("sh", "-c", "head -c 3000 /dev/zero > /out/big", out_dir=str(out), out_cap=1000))
-    assert r.out_truncated and [m[0] for m in r.manifest] == ["a.txt"]  # big, sub/b.bin: past the cap
-    assert sb.run(job(*DEMO)).manifest == ()
+    assert (out / "a.txt").read_bytes() == b"hello" and not (out / "link").exists()
+    # One file larger than the old 64 MB per-file cap, within its quota: RLIMIT_FSIZE is gone
+    # when /out is a tmpfs, and the job meets the quota as in Docker (ENOSPC), not SIGXFSZ.
+    big = tmp_path / "big"
+    big.mkdir()
+    r = sb.run(job("sh", "-c", "head -c 70000000 /dev/zero > /out/big; echo rc=$?; head -c 10000000 /dev/zero > /out/more;"
+                   " echo rc=$?", out_dir=str(big), out_max_bytes=72 * MB, out_max_files=2, memory_mb=256))
+    assert r.stdout == b"rc=0\nrc=1\n", r
+    assert [(e.name, e.size, e.kept) for e in r.out_entries][0] == (b"big", 70000000, True)
 
 
 def test_concurrent_runs(sb):

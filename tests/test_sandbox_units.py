@@ -1,17 +1,15 @@
-"""Pure logic of sandbox/: request validation, the manifest, capped reads, run tracking."""
+"""Pure logic of sandbox/: request validation, capped reads, run tracking (the /out walk and keep:
+tests/test_sandbox_outdir.py)."""
 
 from __future__ import annotations
-
-import os
 
 import pytest
 
 from distributeai.sandbox import KINDS, RunRequest, SandboxError, open_sandbox
-from distributeai.sandbox.base import build_manifest
 from distributeai.sandbox.docker_backend import _exec_failure_code, _read_capped
 from distributeai.sandbox.runs import EARLY_CANCELS, RunRegistry
 
-from .sandbox_helpers import IMAGE, sha256
+from .sandbox_helpers import IMAGE
 
 
 # ---- pure logic -------------------------------------------------------------------------------
@@ -36,6 +34,11 @@ def test_unknown_kind_names_the_allowed_ones():
         {"timeout_s": 0},
         {"pids_limit": 0},
         {"output_cap": -1},
+        {"out_max_bytes": -1},
+        {"out_max_files": -1},
+        {"out_keep_free": -1},
+        {"out_max_bytes": 1.5},
+        {"out_max_files": True},
     ],
 )
 def test_run_request_rejects_nonsense(bad):
@@ -49,17 +52,7 @@ def test_run_request_defaults():
     assert (req.env, req.cpu, req.memory_mb, req.timeout_s, req.pids_limit, req.output_cap) == (
         {}, 1.0, 256, 60.0, 64, 1 << 20,
     )
-
-
-def test_build_manifest_lists_only_regular_files(tmp_path):
-    (tmp_path / "d").mkdir()
-    (tmp_path / "d" / "f").write_bytes(b"abc")
-    (tmp_path / "link").symlink_to("/etc/passwd")
-    (tmp_path / "dirlink").symlink_to("/etc")
-    (tmp_path / "dangling").symlink_to(tmp_path / "nowhere")
-    os.mkfifo(tmp_path / "fifo")  # opening it would block the node
-    assert build_manifest(str(tmp_path), 1 << 20) == ((("d/f", 3, sha256(b"abc")),), False)
-    assert build_manifest(None, 0) == ((), False)
+    assert (req.out_dir, req.out_max_bytes, req.out_max_files, req.out_keep_free) == (None, 1 << 30, 10_000, 0)
 
 
 class FakeStream:
