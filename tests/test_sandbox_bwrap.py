@@ -281,10 +281,7 @@ def test_every_process_of_a_job_is_nobody_on_the_host(sb):
     thread.start()
     try:
         assert sb._runs.wait_running(rid, 30), "the job never started"  # white box: bwrap is exec'd
-        pids = set()
-        for group in own_groups():
-            if os.path.exists(os.path.join(group, "cgroup.procs")):
-                pids |= set(open(os.path.join(group, "cgroup.procs")).read().split())
+        pids = run_procs()
         uids = set()
         for pid in pids:
             try:
@@ -297,6 +294,56 @@ def test_every_process_of_a_job_is_nobody_on_the_host(sb):
         sb.cancel(rid)
         thread.join(15)
     assert not thread.is_alive() and box["error"].reason == "cancelled"
+
+
+def run_procs() -> set[str]:
+    """pids in the cgroups of this process's runs (bwrap's own processes and the jobs')."""
+    pids = set()
+    for group in own_groups():
+        try:
+            pids |= set(open(os.path.join(group, "cgroup.procs")).read().split())
+        except FileNotFoundError:
+            pass
+    return pids
+
+
+def test_a_stage_is_released_from_runs_that_started_while_it_was_mounted(sb, tmp_path):
+    # B's child copies the mount table while A's stage is mounted; A's unmount and rmdir must
+    # detach it there too, or A's tmpfs (RAM) would live as long as B runs.
+    runs = {}
+    for name in ("a", "b"):
+        (tmp_path / name).mkdir()
+        rid = f"bwrap-stage-{name}-{uuid.uuid4().hex}"
+        box = {}
+
+        def target(rid=rid, box=box, name=name):
+            try:
+                sb.run(job("sh", "-c", "echo x > /out/x; exec sleep 60", out_dir=str(tmp_path / name), timeout_s=120,
+                           run_id=rid))
+            except SandboxError as e:
+                box["error"] = e
+
+        thread = threading.Thread(target=target, daemon=True)
+        thread.start()
+        assert sb._runs.wait_running(rid, 30), "the job never started"
+        runs[name] = (rid, thread, box)
+    a_stage = next(n for n in os.listdir(tmp_path) if n.startswith(".stage-a-"))
+    try:
+        sb.cancel(runs["a"][0])
+        runs["a"][1].join(15)
+        assert runs["a"][2]["error"].reason == "cancelled"
+        seen = []
+        for pid in run_procs():
+            try:
+                seen += [pid for line in open(f"/proc/{pid}/mountinfo") if a_stage in line]
+            except (FileNotFoundError, ProcessLookupError):
+                pass
+        assert seen == [], "A's stage is still mounted in B's namespaces"
+    finally:
+        for rid, thread, _ in runs.values():
+            sb.cancel(rid)
+            thread.join(15)
+    assert not any(thread.is_alive() for _, thread, _ in runs.values())
 
 
 def test_out_dir_files_are_described_and_kept(sb, tmp_path):
