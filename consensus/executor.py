@@ -12,23 +12,32 @@ from typing import Iterable
 from .codec import Identity
 import dataclasses
 
-from .messages import MANIFEST_MAX_ENTRIES, MANIFEST_PATH_MAX, STDOUT_CAP, Commit, Reveal, sign, task_stdout_cap
+from .messages import MANIFEST_MAX_ENTRIES, STDOUT_CAP, Commit, Reveal, sign, task_stdout_cap
+from .outputs import OUT_QUOTA_EXCEEDED, Outputs
 from .results import ManifestEntry, result_hash, seal
 
 
 def make_reveal(identity: Identity, job_id: bytes, exit_code: int, timed_out: bool, stdout: bytes,
                 stdout_truncated: bool = False, manifest: Iterable[ManifestEntry] = (), fuel_used: int | None = None,
-                oom_killed: bool = False, sandbox: str = "") -> bytes:
-    """The signed reveal of a run's output. Stdout is cut to STDOUT_CAP (and marked truncated); the
-    manifest keeps the first MANIFEST_MAX_ENTRIES files by path whose paths fit, so every honest
-    executor lists the same ones; `fuel_used` None (not a wasm job) is -1 on the wire."""
+                oom_killed: bool = False, sandbox: str = "", outputs: Outputs | None = None) -> bytes:
+    """The signed reveal of a run's output. Stdout is cut to STDOUT_CAP (and marked truncated);
+    `manifest` and `outputs` are as `outputs.describe_outputs` made them (None: `manifest` is a
+    plain list of files with good names, summarised here); a result over the output quota is
+    only that (exit code -1, no stdout, no files), so every honest executor signs the same
+    thing; `fuel_used` None (not a wasm job) is -1 on the wire."""
+    if outputs is None:
+        listed = tuple(sorted(manifest))
+        kept, outputs = listed[:MANIFEST_MAX_ENTRIES], Outputs(files=len(listed))
+    else:
+        kept = tuple(sorted(manifest))
+    if outputs.status == OUT_QUOTA_EXCEEDED:
+        exit_code, timed_out, stdout, stdout_truncated, kept = -1, False, b"", False, ()
     out = stdout[:STDOUT_CAP]
     truncated = stdout_truncated or len(stdout) > STDOUT_CAP
-    kept = tuple(e for e in sorted(manifest) if len(e[0]) <= MANIFEST_PATH_MAX)[:MANIFEST_MAX_ENTRIES]
     fuel = fuel_used if fuel_used is not None else -1
-    rh = result_hash(exit_code, timed_out, out, truncated, kept, fuel)
+    rh = result_hash(exit_code, timed_out, out, truncated, kept, fuel, outputs)
     return sign(identity, Reveal(job_id, identity.public_key, rh, exit_code, out, truncated, timed_out, kept,
-                                 fuel, oom_killed, sandbox))
+                                 fuel, oom_killed, sandbox, (), outputs))
 
 
 def make_batch_reveal(identity: Identity, job_id: bytes, n_tasks: int,

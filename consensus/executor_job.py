@@ -18,7 +18,9 @@ Inputs (`apply_input` kinds, the stored `kind`):
     unreachable  the submitter could not be reached: send again after a back-off (0.5 s doubling)
                  up to SEND_RETRIES attempts in all, then give up
     reveal_asked the submitter asked for the reveal: answer it once something was committed
-    crashed      an unexpected error ended the job here (meta reason)
+    crashed      an unexpected error ended the job here (meta reason): before anything was
+                 committed, withdraw as run_failed does (the submitter replaces this executor at
+                 once instead of waiting out its deadline); after, nothing more is sent
 """
 
 from __future__ import annotations
@@ -130,6 +132,9 @@ class ExecutorJob:
         return self._to("revealed", now_ms, [AnswerReveal(self.reveal)])
 
     def crashed(self, reason: str, now_ms: int) -> list[Action]:
+        if self.state in ("awarded", "running"):
+            self.state = "running"
+            return self.run_failed(reason, now_ms)
         self.reason = reason
         return self._to("failed", now_ms, [])
 

@@ -33,6 +33,8 @@ from .fields import (  # noqa: F401  (the caps are re-exported: callers import t
     SANDBOX_KINDS, STDIN_CAP, STDOUT_CAP, WASM_INLINE_CAP, _arity, _bool, _bytes, _fail, _int, _list, _str,
     task_stdout_cap,
 )
+from .outputs import NONE as NO_OUTPUTS, OUT_QUOTA_EXCEEDED, OUT_STATUSES, SKIP_REASONS, Outputs
+from .outputs import is_printable_ascii, name_problem
 from .pow import NONCE_MAX as POW_NONCE_MAX
 from .spec import JobSpec, job_id_of  # noqa: F401  (re-exported: the spec is a message too)
 @dataclass(frozen=True)
@@ -171,11 +173,42 @@ class RevealRequest:
         return cls(_bytes(body[0], "job_id", 32), _bytes(body[1], "executor", 32))
 
 
+def _outputs(body: Any, listed: int) -> Outputs:
+    """Reveal.outputs from its body [status, files, notes, skipped]; `listed`: manifest entries."""
+    body = _list(body, "outputs", 4)
+    if len(body) != 4:
+        raise _fail("outputs", "must be [status, files, notes, skipped]")
+    status = _str(body[0], "outputs status", 32)
+    if status not in OUT_STATUSES:
+        raise _fail("outputs status", f"must be one of {OUT_STATUSES}")
+    files = _int(body[1], "outputs files", 0, OUT_MAX_FILES_LIMIT + 1)
+    notes = []
+    for note in _list(body[2], "outputs notes", OUT_NOTES_MAX):
+        note = _list(note, "outputs notes[]", 2)
+        if len(note) != 2:
+            raise _fail("outputs notes[]", "must be [name, reason]")
+        name, reason = _str(note[0], "note name", OUT_NOTE_NAME_MAX), _str(note[1], "note reason", 32)
+        if not is_printable_ascii(name) or reason not in SKIP_REASONS:
+            raise _fail("outputs notes[]", "must be an escaped name and a known reason")
+        notes.append((name, reason))
+    skipped = _int(body[3], "outputs skipped", len(notes), OUT_MAX_FILES_LIMIT + 1)
+    if notes != sorted(notes) or (skipped > len(notes) and len(notes) < OUT_NOTES_MAX):
+        raise _fail("outputs notes", "must be sorted, the first OUT_NOTES_MAX of the skipped entries")
+    if files < listed or (files > listed and listed < MANIFEST_MAX_ENTRIES):
+        raise _fail("outputs files", "must count the manifest's files and any beyond MANIFEST_MAX_ENTRIES")
+    if status and (files or notes or skipped):
+        raise _fail("outputs", "a result over the output quota lists nothing")
+    return Outputs(status, files, tuple(notes), skipped)
+
+
 @dataclass(frozen=True)
 class Reveal:
     """The executor's result. `result_hash` must equal `expected_hash()` (exit code, timeout,
     stdout, output manifest, fuel) and match the executor's earlier seal; `check_reveal` checks
-    both. `oom_killed` and `sandbox` are reported, signed, but not part of the hash.
+    both. `oom_killed` and `sandbox` are reported, signed, but not part of the hash. `outputs`
+    (consensus/outputs.py) is: the quota status, how many files the job left (the manifest lists
+    the first MANIFEST_MAX_ENTRIES), and the entries skipped with why; it is part of the hash.
+    A result of OUT_QUOTA_EXCEEDED has exit code -1, no stdout and no files.
 
     For a batch, `tasks` holds one TaskResult (exit_code, timed_out, stdout, stdout_truncated,
     fuel_used) per task of the spec, in order; the top-level exit code, stdout and manifest are
@@ -195,11 +228,12 @@ class Reveal:
     oom_killed: bool = False
     sandbox: str = ""
     tasks: tuple[tuple[int, bool, bytes, bool, int], ...] = ()
+    outputs: Outputs = NO_OUTPUTS
 
     def to_body(self) -> list:
         return [self.job_id, self.executor, self.result_hash, self.exit_code, self.stdout,
                 self.stdout_truncated, self.timed_out, [list(m) for m in self.manifest], self.fuel_used,
-                self.oom_killed, self.sandbox, [list(t) for t in self.tasks]]
+                self.oom_killed, self.sandbox, [list(t) for t in self.tasks], self.outputs.to_body()]
 
     def task_hashes(self) -> list[bytes]:
         from .results import result_hash
@@ -212,11 +246,11 @@ class Reveal:
         if self.tasks:
             return batch_hash(self.task_hashes())
         return result_hash(self.exit_code, self.timed_out, self.stdout, self.stdout_truncated,
-                           self.manifest, self.fuel_used)
+                           self.manifest, self.fuel_used, self.outputs)
 
     @classmethod
     def from_body(cls, body: list) -> "Reveal":
-        _arity(body, 12, "reveal")
+        _arity(body, 13, "reveal")
         tasks = []
         for t in _list(body[11], "tasks", MAX_TASKS):
             t = _list(t, "tasks[]", 5)
@@ -232,8 +266,13 @@ class Reveal:
                 raise _fail("manifest[]", "must be [path, size, sha256]")
             manifest.append((_str(entry[0], "manifest path", MANIFEST_PATH_MAX, False),
                              _int(entry[1], "manifest size"), _bytes(entry[2], "manifest sha256", 32)))
+            if name_problem(manifest[-1][0].encode()) is not None:
+                raise _fail("manifest path", name_problem(manifest[-1][0].encode()))
         if manifest != sorted(manifest) or len({m[0] for m in manifest}) != len(manifest):
             raise _fail("manifest", "must be sorted by path without duplicates")
+        outputs = _outputs(body[12], len(manifest))
+        if outputs.status == OUT_QUOTA_EXCEEDED and (body[3] != -1 or body[4] or manifest or body[5] or body[6]):
+            raise _fail("outputs", "a result over the output quota has exit code -1, no stdout and no files")
         return cls(
             job_id=_bytes(body[0], "job_id", 32),
             executor=_bytes(body[1], "executor", 32),
@@ -247,6 +286,7 @@ class Reveal:
             oom_killed=_bool(body[9], "oom_killed"),
             sandbox=_str(body[10], "sandbox", 16),
             tasks=tuple(tasks),
+            outputs=outputs,
         )
 
 

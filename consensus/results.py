@@ -3,7 +3,9 @@
 - `result_hash` covers exactly what honest executors must agree on: exit code, whether the job timed
   out, stdout (as carried in the reveal, at most STDOUT_CAP bytes), whether stdout was truncated,
   the manifest of output files as (path, size, sha256) sorted by path, and for a wasm job the fuel
-  it used (-1 otherwise), so that agreeing executors also agree on what the job cost.
+  it used (-1 otherwise), so that agreeing executors also agree on what the job cost; and the
+  outputs summary (`outputs.Outputs`: quota status, files found, skipped entries), so that a cut
+  manifest, a skipped file or a quota end is part of what is certified.
 - `batch_hash(task_hashes)` is a batch's result hash: each task is hashed as above (no manifest)
   and the list in task order is hashed again, so one seal commits to every task.
 - `seal(executor, job_id, result_hash)` = H(executor || job_id || result_hash), as in iExec's proof of
@@ -13,15 +15,16 @@
 from __future__ import annotations
 
 from .codec import encode, sha256
+from .outputs import NONE, Outputs
 
 ManifestEntry = tuple[str, int, bytes]
 
 
 def result_hash(exit_code: int, timed_out: bool, stdout: bytes, stdout_truncated: bool,
-                manifest: tuple[ManifestEntry, ...] = (), fuel_used: int = -1) -> bytes:
+                manifest: tuple[ManifestEntry, ...] = (), fuel_used: int = -1, outputs: Outputs = NONE) -> bytes:
     entries = [[path, size, digest] for path, size, digest in sorted(manifest)]
-    return sha256(b"distributeai/result/v1\x00"
-                  + encode([exit_code, timed_out, stdout, stdout_truncated, entries, fuel_used]))
+    return sha256(b"distributeai/result/v2\x00"
+                  + encode([exit_code, timed_out, stdout, stdout_truncated, entries, fuel_used, outputs.to_body()]))
 
 
 def batch_hash(task_hashes: list[bytes]) -> bytes:

@@ -403,6 +403,13 @@ def test_executor_job_withdraws_when_the_sandbox_cannot_run_it():
     assert isinstance(withdraw, SendWithdraw) and job.state == "failed"
     assert verify(withdraw.withdraw, Withdraw).msg.reason == "image_missing: no such image"
     assert job.resume(3) == []  # a failed job is not run again
+    # An unexpected error before anything was committed (building the reveal, say) withdraws too,
+    # so the submitter replaces this executor at once instead of waiting out its deadline.
+    crashed = ExecutorJob(me, Award(b"k" * 32, me.public_key, 0, 10), spec)
+    crashed.start(1)
+    [withdraw] = crashed.crashed("internal error (UnicodeEncodeError)", 2)
+    assert isinstance(withdraw, SendWithdraw) and crashed.state == "failed"
+    assert verify(withdraw.withdraw, Withdraw).msg.reason == "internal error (UnicodeEncodeError)"
 
 
 def test_an_execution_stored_before_inputs_existed_replays_from_its_row():
