@@ -17,6 +17,8 @@ from pathlib import Path
 from typing import Any, NoReturn, Optional
 
 import typer
+
+from distributeai.consensus.outputs import is_control
 try:  # recent typer vendors click as typer._click; older ones depend on click itself
     from typer._click import exceptions as click_exc
 except ImportError:  # pragma: no cover - depends on the installed typer
@@ -31,7 +33,14 @@ def fail(message: str, code: int = 2) -> NoReturn:
 
 
 def one_line(message: str) -> str:
-    return "; ".join(part.strip() for part in str(message).strip().splitlines() if part.strip())
+    return safe("; ".join(part.strip() for part in str(message).strip().splitlines() if part.strip()))
+
+
+def safe(text: object) -> str:
+    """`text` with every control character (C0, DEL, C1: ESC among them) shown as \\xNN, so
+    nothing a job or a peer chose (a file name, a reason) can drive the user's terminal. Every
+    name the CLI prints from a node's answer goes through it."""
+    return "".join(f"\\x{ord(ch):02x}" if is_control(ch) else ch for ch in str(text))
 
 
 def settings(**flags: Any) -> Config:

@@ -11,7 +11,7 @@ from typing import Any, Optional
 
 import typer
 
-from .common import DataDirOption, JsonOption, check_job_id, control, fail, node_dir, print_json
+from .common import DataDirOption, JsonOption, check_job_id, control, fail, node_dir, print_json, safe
 
 job_app = typer.Typer(no_args_is_help=True, help="Look at jobs.")
 
@@ -56,16 +56,44 @@ def print_job(view: dict, as_json: bool) -> None:
         typer.echo(json.dumps(view))
         return
     typer.echo(f"job      {view['job_id']}")
-    typer.echo(f"status   {view['status']}{' (' + view['reason'] + ')' if view.get('reason') else ''}")
+    typer.echo(f"status   {view['status']}{' (' + safe(view['reason']) + ')' if view.get('reason') else ''}")
     typer.echo(f"elapsed  {view.get('elapsed_s')} s")
     for e in view.get("executors", []):
         mark = "agrees" if e["agreed"] else ("dissents" if e["result_hash"] else
-                                             f"no result ({e.get('state') or 'unknown'})")
-        typer.echo(f"executor {e['peer_id']}  {mark}  {(e['result_hash'] or '')[:16]}")
+                                             f"no result ({safe(e.get('state') or 'unknown')})")
+        typer.echo(f"executor {safe(e['peer_id'])}  {mark}  {(e['result_hash'] or '')[:16]}")
     if view.get("result_hash"):
-        typer.echo(f"result   {view['result_hash']}  exit code {view['exit_code']}")
+        outputs = view.get("outputs") or {}
+        if outputs.get("status") == "out_quota_exceeded":
+            typer.echo(f"result   {view['result_hash']}  out_quota_exceeded")
+        else:
+            typer.echo(f"result   {view['result_hash']}  exit code {view['exit_code']}")
+        for line in outputs_lines(outputs, view.get("files") or []):
+            typer.echo(line)
         typer.echo("stdout:")
         typer.echo(view.get("stdout") or "", nl=False)
+
+
+def outputs_lines(outputs: dict, files: list[dict]) -> list[str]:
+    """What the certified result says about the job's output files, in words."""
+    if not outputs:
+        return []
+    if outputs.get("status") == "out_quota_exceeded":
+        q = outputs["quota"]
+        return [f"outputs  the job left more than its quota in /out ({q['bytes']} bytes or {q['files']} entries): "
+                "its files, exit code and stdout were discarded on every executor"]
+    lines = []
+    if outputs.get("files"):
+        size = sum(f["size"] for f in files)
+        lines.append(f"files    {outputs['files']}" + (f" (the certified result lists the first {outputs['listed']}, "
+                                                        f"{size} bytes)" if outputs.get("manifest_truncated")
+                                                        else f" ({size} bytes)"))
+    if outputs.get("skipped"):
+        named = ", ".join(f"{e['name']} ({e['reason']})" for e in outputs.get("skipped_entries", []))
+        more = outputs["skipped"] - len(outputs.get("skipped_entries", []))
+        lines.append(f"skipped  {outputs['skipped']} entr{'y' if outputs['skipped'] == 1 else 'ies'} of /out are not "
+                     f"output files: {safe(named)}" + (f" and {more} more" if more > 0 else ""))
+    return lines
 
 
 def submit(
@@ -255,13 +283,19 @@ def job_result(
         return
     sys.stdout.write(answer.get("stdout") or "")
     sys.stdout.flush()
+    for line in outputs_lines(answer.get("outputs") or {}, answer.get("files") or []):
+        typer.echo(line, err=True)
     for f in answer.get("written") or []:
-        typer.echo(f"wrote {f['written_to']}  ({f['size']} bytes, sha256 {f['sha256']})", err=True)
+        typer.echo(f"wrote {safe(f['written_to'])}  ({f['size']} bytes, sha256 {f['sha256']})", err=True)
+    for f in answer.get("not_fetched") or []:
+        typer.echo(f"could not fetch {safe(f['path'])} ({f['size']} bytes): {safe(f['error'])}", err=True)
     if out is None and answer.get("files"):
         typer.echo(f"{len(answer['files'])} output file(s); `--out DIR` writes them: "
-                   + ", ".join(f["path"] for f in answer["files"]), err=True)
-    elif out is not None and not answer.get("written"):
+                   + ", ".join(safe(f["path"]) for f in answer["files"]), err=True)
+    elif out is not None and not answer.get("written") and not answer.get("not_fetched"):
         typer.echo("the job left no output files", err=True)
+    if answer.get("not_fetched"):
+        raise typer.Exit(1)
 
 
 def _batch_result(job_id: str, total: int, task: Optional[int], data_dir: Path, as_json: bool) -> None:
@@ -325,7 +359,7 @@ def job_list(
         agreeing = sum(1 for e in j.get("executors") or [] if e.get("agreed"))
         execution = f"  ran here: {j['execution']['status']}" if j.get("execution") else ""
         typer.echo(f"{j['job_id']}  {j['role']:9}  {j['status']:16}  {agreeing}/{len(j.get('executors') or [])} agree  "
-                   f"{j['elapsed_s']:>8} s  {label(j)}{execution}")
+                   f"{j['elapsed_s']:>8} s  {safe(label(j))}{safe(execution)}")
 
 
 @job_app.command("cancel")

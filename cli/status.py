@@ -29,6 +29,8 @@ from rich.console import Console, Group, RenderableType
 from rich.table import Table
 from rich.text import Text
 
+from .common import safe
+
 REFRESH_S = 0.5  # the view is at most this old; the issue asks for at least once a second
 STATS_TIMEOUT_S = 1.0  # a bootstrap slower than this is shown as unreachable, not waited for
 CONTROL_TIMEOUT_S = 5.0  # the node answers these ops from memory and its store; more is a hung node
@@ -40,7 +42,7 @@ LABEL_CHARS = 24  # a job's name, or its command when it has none, cut to this
 
 def label(job: dict) -> str:
     """What to call a job in a table: its name, else its command."""
-    text = job.get("name") or " ".join(job.get("command") or [])
+    text = safe(job.get("name") or " ".join(job.get("command") or []))
     return text if len(text) <= LABEL_CHARS else text[:LABEL_CHARS - 1] + "…"
 
 
@@ -109,7 +111,7 @@ STATUS_STYLE = {"verified": "green", "failed": "red", "nondeterministic": "yello
 
 
 def _status(value: str | None, reason: str | None = None) -> Text:
-    return Text(f"{value}{f' ({reason})' if reason else ''}", style=STATUS_STYLE.get(value or "", ""))
+    return Text(safe(f"{value}{f' ({reason})' if reason else ''}"), style=STATUS_STYLE.get(value or "", ""))
 
 
 def _table(title: str, *columns: str | tuple[str, int]) -> Table:

@@ -227,21 +227,30 @@ class Agent:
                 return blob
         raise LocalProtocolError("unavailable", f"no agreeing executor served {path}")
 
-    async def fetch_outputs(self, job_hex: str, out_dir: Path) -> list[dict]:
-        """Write the verified output files of a job into `out_dir` (each as `fetch_output`)."""
+    async def fetch_outputs(self, job_hex: str, out_dir: Path) -> tuple[list[dict], list[dict]]:
+        """Write the verified output files of a job into `out_dir` (each as `fetch_output`): every
+        file that can be had is written; (written, failed), each failure with its reason."""
         view = await self.job_status(job_hex)
         if view is None or view["status"] != "verified":
             raise LocalProtocolError("not_verified", "only a verified job's outputs can be fetched")
-        written = []
+        written, failed = [], []
         for f in view.get("files", []):
             target = (out_dir / f["path"]).resolve()
-            if out_dir.resolve() not in target.parents:
-                raise LocalProtocolError("bad_path", f"output path {f['path']!r} leaves the directory")
-            data = await self.fetch_output(job_hex, f["path"])
-            target.parent.mkdir(parents=True, exist_ok=True)
-            await trio.to_thread.run_sync(target.write_bytes, data)
+            try:
+                if out_dir.resolve() not in target.parents:
+                    raise LocalProtocolError("bad_path", f"output path {f['path']!r} leaves the directory")
+                data = await self.fetch_output(job_hex, f["path"])
+                target.parent.mkdir(parents=True, exist_ok=True)
+                await trio.to_thread.run_sync(target.write_bytes, data)
+            except LocalProtocolError as exc:
+                failed.append({"path": f["path"], "size": f["size"], "reason": exc.reason, "error": str(exc)})
+                continue
+            except OSError as exc:
+                failed.append({"path": f["path"], "size": f["size"], "reason": "write_failed",
+                               "error": f"cannot write {target}: {exc.strerror or exc}"})
+                continue
             written.append({"path": f["path"], "size": len(data), "sha256": f["sha256"], "written_to": str(target)})
-        return written
+        return written, failed
 
     def peers(self) -> list[dict]:
         connected = set(self.overlay.connected_peers())

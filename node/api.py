@@ -6,7 +6,8 @@ for what it knows. Routes (the OpenAPI document, `api_schema.py`, is served at /
     POST /api/v1/jobs                       a job file (the seed's JSON, or ours) -> 201, the job object
     GET  /api/v1/jobs[?limit&offset&status&role]  -> {"jobs", "total", "limit", "offset"}, newest first
     GET  /api/v1/jobs/{id}                  the job object (`job status --json`, plus "id")
-    GET  /api/v1/jobs/{id}/result           the verified stdout, exit code, result hash and output files
+    GET  /api/v1/jobs/{id}/result           the verified stdout, exit code, result hash, output files and
+                                            outputs (quota status, skipped entries)
     GET  /api/v1/jobs/{id}/outputs/{path}   one verified output file's bytes, fetched by SHA-256
     GET  /api/v1/nodes                      the peers this node knows: reputation, connected, last seen
     GET  /stats (also /api/v1/stats)        this node's view of the network's totals
@@ -170,7 +171,8 @@ class RestApi:
         view = await self.job(job_hex)
         if view["status"] != "verified":
             raise ApiError(409, f"job {job_hex} is {view['status']}, not verified", "id")
-        return {k: view.get(k) for k in ("id", "job_id", "status", "exit_code", "stdout", "result_hash", "files")}
+        return {k: view.get(k) for k in ("id", "job_id", "status", "exit_code", "stdout", "result_hash", "files",
+                                      "outputs")}
 
     async def output(self, job_hex: str, path: str) -> Response:
         view = await self.result(job_hex)

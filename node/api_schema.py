@@ -107,7 +107,10 @@ def openapi_document() -> dict[str, Any]:
                 "Result": {"type": "object", "required": ["id", "status"],
                            "properties": {"id": JOB_ID, "status": {"type": "string"}, "stdout": {"type": "string"},
                                           "exit_code": {"type": "integer"}, "result_hash": {"type": "string"},
-                                          "files": {"type": "array", "items": {"type": "object"}}}},
+                                          "files": {"type": "array", "items": {"type": "object"}},
+                                          "outputs": {"type": "object", "description": "status (ok or "
+                                                      "out_quota_exceeded), files, listed, manifest_truncated, "
+                                                      "skipped, skipped_entries [{name, reason}], quota"}}},
                 "Nodes": {"type": "object", "required": ["nodes", "total"],
                           "properties": {"self": {"type": "string"}, "total": {"type": "integer"},
                                          "nodes": {"type": "array", "items": {

@@ -20,8 +20,10 @@ line, answered with a JSON object on one line. Requests are capped at MAX_REQUES
     {"op": "reputation"}                             -> {"reputation": {peer id: value}}
     {"op": "peers"}                                  -> {"peers": [{peer_id, addrs, connected, reputation}]}
     {"op": "cancel", "job_id": HEX}                  -> job view (failed, "cancelled"); only the submitter's node
-    {"op": "result", "job_id": HEX[, "out": DIR]}    -> verified stdout, exit code, files (written into DIR,
-                                                        each fetched by SHA-256 from an agreeing executor)
+    {"op": "result", "job_id": HEX[, "out": DIR]}    -> verified stdout, exit code, files, outputs (quota,
+                                                        skipped entries); with DIR, "written" (each file
+                                                        fetched by SHA-256 from an agreeing executor) and
+                                                        "not_fetched" (each file that could not be, why)
     {"op": "tasks", "job_id": HEX[, "start": N, "limit": N]} -> {"total", "tasks": [per-task verdict,
                                                         args, exit code, stdout]} of a batch job
     {"op": "stored_peers"}                           -> {"peers": [peer id, ...]} remembered for restarts
@@ -110,10 +112,11 @@ async def _dispatch(agent: Agent, request: dict) -> dict:
             return {"error": f"no job {job_hex} known to this node", "code": "unknown_job"}
         if view["status"] != "verified":
             return {"error": f"job {job_hex} is {view['status']}, not verified", "code": "not_verified"}
-        answer = {k: view.get(k) for k in ("job_id", "status", "exit_code", "stdout", "result_hash", "files")}
+        answer = {k: view.get(k) for k in ("job_id", "status", "exit_code", "stdout", "result_hash", "files",
+                                           "outputs")}
         if "out" in req:
             try:
-                answer["written"] = await agent.fetch_outputs(job_hex, Path(req["out"]))
+                answer["written"], answer["not_fetched"] = await agent.fetch_outputs(job_hex, Path(req["out"]))
             except LocalProtocolError as exc:
                 return {"error": str(exc), "code": exc.reason}
         return answer

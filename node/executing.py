@@ -24,6 +24,7 @@ import trio
 from distributeai.consensus.errors import RemoteProtocolError
 from distributeai.consensus.codec import Identity, sha256
 from distributeai.consensus.executor import make_batch_reveal, make_reveal
+from distributeai.consensus.outputs import describe_outputs
 from distributeai.consensus.executor_job import (
     SEND_RETRIES, AnswerReveal, ExecutorJob, RunJob, SendCommit, SendWithdraw, apply_input, replay,
 )
@@ -191,9 +192,9 @@ class Executing:
         """Task boundary: whatever goes wrong with one job is that job's failure, never the node's."""
         try:
             await self._execute(job)
-        except Exception:
+        except Exception as exc:  # a withdrawal says so at once: the submitter replaces this executor
             log.exception("execution of %s failed unexpectedly", job.job_id.hex()[:12])
-            await self.apply(job, "crashed", meta={"reason": "internal error"})
+            await self.apply(job, "crashed", meta={"reason": f"internal error ({type(exc).__name__})"})
 
     async def _execute(self, job: ExecutorJob) -> None:
         self.running += 1
@@ -206,8 +207,9 @@ class Executing:
         finally:
             self.running -= 1
         manifest = verify(reveal, Reveal).msg.manifest
-        if manifest:
-            await self.store.add_outputs(job.job_id.hex(), [(d.hex(), path) for path, _, d in manifest])
+        if manifest:  # the files the sandbox could keep (the disk may have had no room for some)
+            await self.store.add_outputs(job.job_id.hex(), await trio.to_thread.run_sync(
+                self._kept_outputs, job.job_id.hex(), manifest))
         await self.apply(job, "ran", reveal, result=summary)
         self.ports.events.count("executed")
 
@@ -224,13 +226,15 @@ class Executing:
             return self._batch_reveal(award, spec, results)
         result = results[0]
         self.ports.events.sandbox_run(result.sandbox, result.duration_s)
-        reveal = self.make_reveal(award, result)
+        reveal = self.make_reveal(award, spec, result)
         r: Reveal = verify(reveal, Reveal).msg
         summary = {"exit_code": result.exit_code, "timed_out": result.timed_out, "oom_killed": result.oom_killed,
                    "stdout_truncated": r.stdout_truncated, "stderr_truncated": result.stderr_truncated,
                    "duration_s": round(result.duration_s, 4), "sandbox": result.sandbox,
                    "result_hash": r.result_hash.hex(), "fuel_used": result.fuel_used,
-                   "files": len(result.manifest), "out_truncated": result.out_truncated,
+                   "files": r.outputs.files, "out_status": r.outputs.status, "out_skipped": r.outputs.skipped,
+                   "out_enforced": result.out_enforced,
+                   "files_not_kept": sum(1 for p, _, _ in r.manifest if p not in kept_names(result)),
                    "stderr": result.stderr[:2048].decode("utf-8", "replace")}
         return reveal, summary
 
@@ -270,7 +274,9 @@ class Executing:
             out_dir = str(path)
         return RunRequest(image=spec.image or "wasm", command=list(spec.command), env=dict(spec.env),
                           cpu=spec.cpu_millis / 1000, memory_mb=spec.memory_mb, timeout_s=float(spec.timeout_s),
-                          stdin=spec.stdin, out_dir=out_dir, wasm_module=module, fuel=spec.fuel_limit or None)
+                          stdin=spec.stdin, out_dir=out_dir, out_max_bytes=spec.out_max_bytes,
+                          out_max_files=spec.out_max_files, out_keep_free=self.settings.disk_reserve,
+                          wasm_module=module, fuel=spec.fuel_limit or None)
 
     async def _fetch_module(self, spec: JobSpec) -> bytes:
         digest = spec.wasm_sha256
@@ -283,11 +289,20 @@ class Executing:
         await self.store.put_blob(digest.hex(), blob)
         return blob
 
-    def make_reveal(self, award: Award, result: RunResult) -> bytes:
-        """The signed reveal of a result (consensus.executor.make_reveal)."""
-        manifest = [(path, size, bytes.fromhex(digest)) for path, size, digest in result.manifest]
+    def make_reveal(self, award: Award, spec: JobSpec, result: RunResult) -> bytes:
+        """The signed reveal of a result (consensus.executor.make_reveal), its outputs described by
+        the one rule every executor applies (consensus.outputs.describe_outputs)."""
+        manifest, outputs = describe_outputs(
+            [(e.name, e.kind, e.size, bytes.fromhex(e.sha256) if e.sha256 else None) for e in result.out_entries],
+            spec.out_max_bytes, spec.out_max_files)
         return make_reveal(self.identity, award.job_id, result.exit_code, result.timed_out, result.stdout,
-                           result.stdout_truncated, manifest, result.fuel_used, result.oom_killed, result.sandbox)
+                           result.stdout_truncated, manifest, result.fuel_used, result.oom_killed, result.sandbox,
+                           outputs)
+
+    def _kept_outputs(self, job_hex: str, manifest: tuple) -> list[tuple[str, str]]:
+        """(sha256 hex, path) of each manifest file present in the job's output directory."""
+        base = self.sandboxes.outputs_dir / job_hex if self.sandboxes.outputs_dir is not None else None
+        return [(d.hex(), path) for path, _, d in manifest if base is not None and (base / path).is_file()]
 
     def commit_to_send(self, job: ExecutorJob, commit: bytes) -> bytes:
         """The commit as sent: the job's own (a cheating executor's may differ)."""
@@ -352,6 +367,10 @@ def stored_as_inputs(execution: dict) -> list[tuple[str, bytes, dict, int]]:
         inputs.append(("crashed", b"", {"reason": execution["reason"]}, at))
     return inputs
 
+
+def kept_names(result: RunResult) -> set[str]:
+    """The output files the sandbox kept in the job's output directory (and so can be served)."""
+    return {e.name.decode("utf-8", "replace") for e in result.out_entries if e.kept}
 
 class SandboxRun:
     """The runs of one awarded job, each with its own `run_id`, cancellable from another thread."""

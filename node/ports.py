@@ -53,6 +53,8 @@ class NodeSettings:
     # its own nonce, solved for at least that many bits (node/proof.py).
     pow_difficulty: int = 0
     pow_nonce: bytes = b""
+    # Bytes kept free on the data dir's filesystem: output files are not kept past it.
+    disk_reserve: int = 0
 
 
 @dataclass(frozen=True)

@@ -3,7 +3,7 @@
 Built from what the node has: the live `SubmitterJob` while it runs (or after a restart, rebuilt
 from the store), else the stored certificate (re-checked, so the view can never show a verdict the
 signatures do not support). Keys: job_id, name, role, status, reason, spec fields, result_hash,
-exit_code, stdout, executors (each awarded peer: its slot, state, result hash, whether it agreed),
+exit_code, stdout, files and outputs (quota status, files left, skipped entries), executors (each awarded peer: its slot, state, result hash, whether it agreed),
 history (awards, replacements, commits, reveals, errors with reasons), and for a nondeterministic
 job `differences` (what differs between the executors' results).
 """
@@ -15,6 +15,7 @@ from typing import Callable
 from distributeai.consensus.certificate import verify_certificate
 from distributeai.consensus.codec import sha256
 from distributeai.consensus.messages import Award, JobSpec, Reveal, verify
+from distributeai.consensus.outputs import manifest_truncated
 from distributeai.consensus.submitter import SubmitterJob
 from distributeai.consensus.verdict import job_tally, task_tallies
 
@@ -74,7 +75,8 @@ def job_view(row: dict, machine: SubmitterJob | None, execution: dict | None,
                     timed_out=agreeing.timed_out, stdout_truncated=agreeing.stdout_truncated,
                     oom_killed=agreeing.oom_killed, sandbox_used=agreeing.sandbox,
                     fuel_used=agreeing.fuel_used if agreeing.fuel_used >= 0 else None,
-                    files=[{"path": p, "size": n, "sha256": d.hex()} for p, n, d in agreeing.manifest])
+                    files=[{"path": p, "size": n, "sha256": d.hex()} for p, n, d in agreeing.manifest],
+                    outputs=outputs_view(spec, agreeing))
     view["executors"] = [
         {
             "peer_id": peer_id_of(e),
@@ -100,6 +102,16 @@ def job_view(row: dict, machine: SubmitterJob | None, execution: dict | None,
         view["execution"] = {"status": execution["status"], "reason": execution["reason"],
                              "result": execution["result"]}
     return view
+
+
+def outputs_view(spec: JobSpec, r: Reveal) -> dict:
+    """What the certified result says about the job's output files beyond the list: whether it
+    hit its quota, how many files it left (the list may be cut), what was skipped and why."""
+    o = r.outputs
+    return {"status": o.status or "ok", "files": o.files, "listed": len(r.manifest),
+            "manifest_truncated": manifest_truncated(r.manifest, o),
+            "skipped": o.skipped, "skipped_entries": [{"name": n, "reason": why} for n, why in o.notes],
+            "quota": {"bytes": spec.out_max_bytes, "files": spec.out_max_files}}
 
 
 def task_results(spec: JobSpec, reveals: dict[bytes, Reveal], start: int = 0, limit: int = 100) -> list[dict]:
@@ -130,6 +142,7 @@ def differences(reveals: dict[bytes, Reveal], peer_id_of: Callable[[bytes], str]
         "timed_out": {peer_id_of(e): r.timed_out for e, r in reveals.items()},
         "stdout_sha256": {peer_id_of(e): sha256(r.stdout).hex() for e, r in reveals.items()},
         "stdout_truncated": {peer_id_of(e): r.stdout_truncated for e, r in reveals.items()},
+        "outputs": {peer_id_of(e): r.outputs.to_body() for e, r in reveals.items()},
     }
     differing = {k: v for k, v in parts.items() if len(set(v.values())) > 1}
     manifests = {peer_id_of(e): {p: (n, d.hex()) for p, n, d in r.manifest} for e, r in reveals.items()}

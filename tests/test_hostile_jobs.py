@@ -1,0 +1,100 @@
+"""A hostile job author against a real network (a bootstrap and 3 node processes), in Docker and
+in bubblewrap: output names that are not UTF-8 or carry terminal escapes, FIFOs and symlinks in
+/out, writing past the output quota (bytes, sparse files, entries), more files than a reveal lists,
+and outputs lost on every executor. Each job ends with one verdict that every honest executor
+agrees on, nobody honest loses reputation, and what was dropped is said in the human output."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+
+from distributeai.tools.devnet import Devnet
+
+from .netfixtures import cli, submit_json, wait_for
+
+pytestmark = pytest.mark.slow
+
+NAMES_SCRIPT = ("cd /out && echo ok > good.txt && echo x > \"$(printf 'bad\\377name')\" "
+                "&& echo y > \"$(printf 'esc\\033[31mred')\" && mkfifo pipe && ln -s /etc/passwd link && echo done")
+
+
+@pytest.fixture(scope="module", params=["docker", "bwrap"])
+def net(request, tmp_path_factory):
+    host = None
+    if request.param == "docker":
+        host = request.getfixturevalue("docker_host")
+    else:
+        request.getfixturevalue("bwrap_ready")
+    with Devnet(tmp_path_factory.mktemp(f"hostile-{request.param}") / "net", nodes=3, sandbox=request.param,
+                docker_host=host) as n:
+        n.start()
+        n.wait_connected()
+        yield n
+
+
+def run(net: Devnet, script: str, *options: str) -> dict:
+    view, _ = submit_json(net.node_dirs[0], *options, "--image", "alpine:latest", "--cmd", "sh", "-c", script)
+    assert view["status"] == "verified", view
+    agreed = [e for e in view["executors"] if e["agreed"]]
+    assert len(agreed) >= 2
+    # Every executor that revealed agrees: no honest executor is out-voted by a name or a quota.
+    assert all(e["agreed"] for e in view["executors"] if e["result_hash"]), view["executors"]
+    return view
+
+
+def human_status(net: Devnet, job_id: str) -> str:
+    out = cli("job", "status", job_id, "--data-dir", str(net.node_dirs[0]))
+    assert out.returncode == 0, out.stderr
+    return out.stdout
+
+
+def no_one_lost_reputation(net: Devnet) -> None:
+    reputation = net.call(0, {"op": "reputation"})["reputation"]
+    assert all(value >= 0 for value in reputation.values()), reputation
+
+
+def test_hostile_names_fifos_and_symlinks_are_skipped_alike_everywhere_and_said(net, tmp_path):
+    view = run(net, NAMES_SCRIPT)
+    assert view["stdout"] == "done\n" and view["exit_code"] == 0
+    assert [f["path"] for f in view["files"]] == ["good.txt"]
+    outputs = view["outputs"]
+    assert outputs["files"] == 1 and outputs["skipped"] == 4
+    assert sorted(e["reason"] for e in outputs["skipped_entries"]) == ["bad_output_name", "bad_output_name",
+                                                                      "fifo", "symlink"]
+    assert {"bad\\xffname", "esc\\x1b[31mred"} <= {e["name"] for e in outputs["skipped_entries"]}
+    text = human_status(net, view["job_id"])
+    assert "\x1b" not in text and "esc\\x1b[31mred" in text and "bad_output_name" in text
+    no_one_lost_reputation(net)
+    # The outputs vanish from every executor (a disk lost, a retention sweep): `job result --out`
+    # says which file it could not fetch, and fails.
+    for d in net.node_dirs:
+        shutil.rmtree(d / "outputs" / view["job_id"], ignore_errors=True)
+    got = cli("job", "result", view["job_id"], "--data-dir", str(net.node_dirs[0]), "--out", str(tmp_path / "o"))
+    assert got.returncode == 1, got.stderr
+    assert "could not fetch good.txt" in got.stderr
+    assert "\x1b" not in got.stderr
+
+
+@pytest.mark.parametrize("script,options,why", [
+    ("dd if=/dev/zero of=/out/big bs=1M count=5; echo wrote", ("--out-max", "1m"), "bytes, written"),
+    ("truncate -s 2G /out/a && truncate -s 2G /out/b && echo sparse", (), "bytes, sparse"),
+    ("i=0; while [ $i -lt 300 ]; do : > /out/f$i; i=$((i+1)); done; echo made", ("--out-max-files", "50"), "entries"),
+])
+def test_past_the_output_quota_the_result_is_out_quota_exceeded_everywhere(net, script, options, why):
+    view = run(net, script, *options)
+    assert view["outputs"]["status"] == "out_quota_exceeded", why
+    assert (view["exit_code"], view["stdout"], view["files"]) == (-1, "", []), why
+    assert "more than its quota" in human_status(net, view["job_id"])
+    no_one_lost_reputation(net)
+
+
+def test_a_manifest_cut_at_its_limit_says_so(net):
+    view = run(net, "i=100; while [ $i -lt 200 ]; do echo $i > /out/f$i; i=$((i+1)); done")
+    outputs = view["outputs"]
+    assert (outputs["files"], outputs["listed"], outputs["manifest_truncated"]) == (100, 64, True)
+    assert "the certified result lists the first 64" in human_status(net, view["job_id"])
+    got = cli("job", "result", view["job_id"], "--data-dir", str(net.node_dirs[0]), "--json")
+    assert json.loads(got.stdout)["outputs"]["manifest_truncated"] is True
