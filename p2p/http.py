@@ -69,7 +69,7 @@ def json_response(status: int, value: object) -> Response:
     return status, "application/json", json.dumps(value).encode() + b"\n"
 
 
-def error_bytes(status: int, message: str, extra: list[tuple[str, str]] = ()) -> bytes:
+def error_bytes(status: int, message: str, extra: tuple[tuple[str, str], ...] = ()) -> bytes:
     """A whole `Connection: close` JSON error answer, written without h11 (which may be in its
     error state, or never have seen a request)."""
     body = json.dumps({"error": message}).encode() + b"\n"
@@ -186,7 +186,7 @@ async def _connection(stream: trio.SocketStream, server: _Server) -> None:
         async with stream:
             with trio.move_on_after(1.0):
                 await stream.send_all(error_bytes(503, "too many connections; retry later",
-                                                  [("retry-after", str(RETRY_AFTER_S))]))
+                                                  (("retry-after", str(RETRY_AFTER_S)),)))
                 await stream.send_eof()
         return
     async with stream:
