@@ -9,20 +9,32 @@ Content-Length, or as it arrives when chunked) is answered 413 before the app ru
 every request must carry `Authorization: Bearer <token>` (else 401, before the body is read or the
 app runs). `serve_http` is the GET-only form with a route table. Enough for a stats page and a JSON
 API; not a general web framework.
+
+Hostile clients (`HttpLimits`, httplimits.py, has the numbers and why): connections are capped in
+total and per client IP, the oldest idle one evicted to make room and a new one refused with 503
+and Retry-After only when every connection within the cap is busy; a connection that completes no
+request head within `idle_s` is closed (408 if it sent part of one); a body not complete within
+`body_s` is answered 408; a request head over MAX_HEADER_BYTES is answered 431 and a malformed one
+400. After such an error answer the client, perhaps still sending, is read and dropped for a
+bounded time and amount, so it gets the answer rather than a reset. None of these reaches the app;
+each is counted in the caller's `counters` (COUNTERS names them).
 """
 
 from __future__ import annotations
 
+import collections
 import json
 import logging
 import urllib.parse
 from dataclasses import dataclass
+from http import HTTPStatus
 from typing import Awaitable, Callable
 
 import h11
 import trio
 
 from .httpauth import authorized
+from .httplimits import RETRY_AFTER_S, ConnectionTable, HttpLimits, Slot
 
 log = logging.getLogger("distributeai.p2p.http")
 # status, content type, body; an app may add a fourth item: extra headers, [(name, value), ...]
@@ -32,6 +44,11 @@ CONNECTION_DEADLINE_S = 10.0
 MAX_HEADER_BYTES = 16 * 1024
 DEFAULT_MAX_BODY = 64 * 1024
 DRAIN_FACTOR = 4  # an oversized body is read and dropped up to this many times the limit
+LINGER_BYTES = 256 * 1024  # after an error answer, at most this much more is read and dropped
+# What a server counts in `counters`: connections refused over a cap (503), idle ones evicted to
+# admit a newer one, idle ones closed at `idle_s`, bodies cut at `body_s` (408), request heads
+# over MAX_HEADER_BYTES (431) and malformed requests (400).
+COUNTERS = ("refused_over_cap", "evicted_idle", "closed_idle", "body_timeout", "header_too_large", "bad_request")
 
 
 @dataclass(frozen=True)
@@ -52,15 +69,32 @@ def json_response(status: int, value: object) -> Response:
     return status, "application/json", json.dumps(value).encode() + b"\n"
 
 
+def error_bytes(status: int, message: str, extra: tuple[tuple[str, str], ...] = ()) -> bytes:
+    """A whole `Connection: close` JSON error answer, written without h11 (which may be in its
+    error state, or never have seen a request)."""
+    body = json.dumps({"error": message}).encode() + b"\n"
+    head = [f"HTTP/1.1 {status} {HTTPStatus(status).phrase}", "content-type: application/json",
+            f"content-length: {len(body)}", "connection: close", "cache-control: no-store",
+            *(f"{name}: {value}" for name, value in extra)]
+    return "\r\n".join(head).encode() + b"\r\n\r\n" + body
+
+
 async def _read_request(conn: h11.Connection, stream: trio.SocketStream) -> h11.Request | None:
+    """The request head, or None if the client closed first. RemoteProtocolError for a malformed
+    head, or (error_status_hint 431) one over MAX_HEADER_BYTES: h11 checks only a head still
+    incomplete, so a whole one read at once is measured here."""
+    received = 0
     while True:
         event = conn.next_event()
         if event is h11.NEED_DATA:
             data = await stream.receive_some(65536)
+            received += len(data)
             conn.receive_data(data)
             if not data and conn.their_state is not h11.SEND_BODY:
                 return None
         elif isinstance(event, h11.Request):
+            if received - len(conn.trailing_data[0]) > MAX_HEADER_BYTES:
+                raise h11.RemoteProtocolError("request head too long", error_status_hint=431)
             return event
         elif isinstance(event, h11.ConnectionClosed):
             return None
@@ -78,7 +112,7 @@ async def _read_body(conn: h11.Connection, stream: trio.SocketStream, max_body: 
             data = await stream.receive_some(65536)
             conn.receive_data(data)
             if not data and conn.their_state is h11.SEND_BODY:
-                raise h11.RemoteProtocolError("connection closed inside the body")
+                raise trio.BrokenResourceError("connection closed inside the body")
         elif isinstance(event, h11.Data):
             seen += len(event.data)
             if seen <= max_body:
@@ -89,6 +123,29 @@ async def _read_body(conn: h11.Connection, stream: trio.SocketStream, max_body: 
             return bytes(body) if seen <= max_body else None
 
 
+async def _answer_and_linger(stream: trio.SocketStream, answer: bytes, linger_s: float) -> None:
+    """Send an error answer, end our side, then read and drop what the client is still sending
+    (up to LINGER_BYTES, for up to `linger_s`) before the caller closes: closing a socket with
+    unread data sends a reset, which can cost the client the answer."""
+    await stream.send_all(answer)
+    await stream.send_eof()
+    with trio.move_on_after(linger_s):
+        seen = 0
+        while seen < LINGER_BYTES:
+            data = await stream.receive_some(65536)
+            if not data:
+                return
+            seen += len(data)
+
+
+def _protocol_error(exc: h11.RemoteProtocolError, counters: collections.Counter) -> bytes:
+    if exc.error_status_hint == 431:
+        counters["header_too_large"] += 1
+        return error_bytes(431, f"request head over the limit of {MAX_HEADER_BYTES} bytes")
+    counters["bad_request"] += 1
+    return error_bytes(400, "malformed HTTP request")
+
+
 def _parse_target(target: bytes) -> tuple[str, dict[str, str]]:
     text = target.decode("ascii", "replace")
     raw_path, _, raw_query = text.partition("?")
@@ -97,39 +154,104 @@ def _parse_target(target: bytes) -> tuple[str, dict[str, str]]:
     return path, query
 
 
-async def _handle(stream: trio.SocketStream, app: App, token: str | None, max_body: int,
-                  deadline_s: float) -> None:
-    conn = h11.Connection(h11.SERVER, max_incomplete_event_size=MAX_HEADER_BYTES)
-    with trio.move_on_after(deadline_s):
+@dataclass
+class _Server:
+    """What every connection of one server shares."""
+
+    app: App
+    token: str | None
+    max_body: int
+    deadline_s: float
+    limits: HttpLimits
+    table: ConnectionTable
+    counters: collections.Counter
+
+
+async def _connection(stream: trio.SocketStream, server: _Server) -> None:
+    """Admit the connection (or refuse it: 503), then serve its one request."""
+    try:
+        client = str(stream.socket.getpeername()[0])
+    except OSError:  # already gone
+        await stream.aclose()
+        return
+    head_scope = trio.CancelScope(deadline=trio.current_time() + server.limits.idle_s)
+
+    def evict() -> None:
+        server.counters["evicted_idle"] += 1
+        head_scope.cancel()
+
+    slot = server.table.admit(client, evict)
+    if slot is None:
+        server.counters["refused_over_cap"] += 1
         async with stream:
-            request = await _read_request(conn, stream)
-            if request is None:
-                return
-            headers = {name.lower(): value for name, value in request.headers}
-            extra: list[tuple[str, str]] = []
-            if token is not None and not authorized(headers.get(b"authorization"), token):
-                status, ctype, body = json_response(401, {"error": "a bearer token is required (Authorization: Bearer TOKEN)"})
-                extra = [("www-authenticate", 'Bearer realm="distributeai"')]
+            with trio.move_on_after(1.0):
+                await stream.send_all(error_bytes(503, "too many connections; retry later",
+                                                  (("retry-after", str(RETRY_AFTER_S)),)))
+                await stream.send_eof()
+        return
+    async with stream:
+        try:
+            await _handle(stream, server, slot, head_scope)
+        finally:  # before the close: a client that saw its answer end finds the slot free
+            server.table.release(slot)
+
+
+async def _handle(stream: trio.SocketStream, server: _Server, slot: Slot, head_scope: trio.CancelScope) -> None:
+    """Serve one request on an admitted connection; `head_scope` bounds the wait for its head
+    (the idle deadline, or an eviction)."""
+    conn = h11.Connection(h11.SERVER, max_incomplete_event_size=MAX_HEADER_BYTES)
+    linger_s = server.limits.linger_s
+    with trio.move_on_after(server.deadline_s):
+        try:
+            with head_scope:
+                request = await _read_request(conn, stream)
+        except h11.RemoteProtocolError as exc:
+            await _answer_and_linger(stream, _protocol_error(exc, server.counters), linger_s)
+            return
+        if head_scope.cancelled_caught:
+            if not slot.evicted:
+                server.counters["closed_idle"] += 1
+                if conn.trailing_data[0]:  # part of a request head arrived
+                    await _answer_and_linger(stream, error_bytes(408, "request head not complete in time"), linger_s)
+            return
+        if request is None:
+            return
+        server.table.busy(slot)
+        headers = {name.lower(): value for name, value in request.headers}
+        extra: list[tuple[str, str]] = []
+        if server.token is not None and not authorized(headers.get(b"authorization"), server.token):
+            status, ctype, body = json_response(401, {"error": "a bearer token is required (Authorization: Bearer TOKEN)"})
+            extra = [("www-authenticate", 'Bearer realm="distributeai"')]
+        else:
+            length = headers.get(b"content-length", b"0")
+            max_body = server.max_body
+            if length.isdigit() and int(length) > DRAIN_FACTOR * max_body:
+                payload = None
             else:
-                length = headers.get(b"content-length", b"0")
-                if length.isdigit() and int(length) > DRAIN_FACTOR * max_body:
-                    payload = None
-                else:
-                    payload = await _read_body(conn, stream, max_body)
-                if payload is None:
-                    status, ctype, body = json_response(413, {"error": f"request body over the limit of {max_body} bytes",
-                                                              "limit": max_body})
-                else:
-                    path, query = _parse_target(request.target)
-                    status, ctype, body, *more = await app(Request(request.method.decode("ascii", "replace").upper(),
-                                                                   path, query, headers, payload))
-                    extra = list(more[0]) if more else []
-            out = [("content-type", ctype), ("content-length", str(len(body))), ("connection", "close"),
-                   ("cache-control", "no-store"), *extra]
-            await stream.send_all(conn.send(h11.Response(status_code=status, headers=out)))
-            if request.method != b"HEAD":
-                await stream.send_all(conn.send(h11.Data(data=body)))
-            await stream.send_all(conn.send(h11.EndOfMessage()))
+                try:
+                    with trio.move_on_after(server.limits.body_s) as body_scope:
+                        payload = await _read_body(conn, stream, max_body)
+                except h11.RemoteProtocolError as exc:
+                    await _answer_and_linger(stream, _protocol_error(exc, server.counters), linger_s)
+                    return
+                if body_scope.cancelled_caught:
+                    server.counters["body_timeout"] += 1
+                    await _answer_and_linger(stream, error_bytes(408, "request body not complete in time"), linger_s)
+                    return
+            if payload is None:
+                status, ctype, body = json_response(413, {"error": f"request body over the limit of {max_body} bytes",
+                                                          "limit": max_body})
+            else:
+                path, query = _parse_target(request.target)
+                status, ctype, body, *more = await server.app(Request(request.method.decode("ascii", "replace").upper(),
+                                                                      path, query, headers, payload))
+                extra = list(more[0]) if more else []
+        out = [("content-type", ctype), ("content-length", str(len(body))), ("connection", "close"),
+               ("cache-control", "no-store"), *extra]
+        await stream.send_all(conn.send(h11.Response(status_code=status, headers=out)))
+        if request.method != b"HEAD":
+            await stream.send_all(conn.send(h11.Data(data=body)))
+        await stream.send_all(conn.send(h11.EndOfMessage()))
 
 
 def routes_app(routes: dict[str, Route]) -> App:
@@ -147,19 +269,24 @@ def routes_app(routes: dict[str, Route]) -> App:
 
 
 async def serve_http(host: str, port: int, routes: dict[str, Route], *, token: str | None = None,
+                     limits: HttpLimits = HttpLimits(), counters: collections.Counter | None = None,
                      task_status=trio.TASK_STATUS_IGNORED) -> None:
     """Serve GET `routes` until cancelled. `task_status.started((host, port))` reports the bound
     port. With `token`, every request must carry `Authorization: Bearer <token>`, else it is
-    answered 401 before any route runs (httpauth.py decides when a listener needs one)."""
-    await serve_app(host, port, routes_app(routes), token=token, task_status=task_status)
+    answered 401 before any route runs (httpauth.py decides when a listener needs one).
+    `limits` and `counters` as for `serve_app`."""
+    await serve_app(host, port, routes_app(routes), token=token, limits=limits, counters=counters,
+                    task_status=task_status)
 
 
 async def serve_app(host: str, port: int, app: App, *, token: str | None = None,
                     max_body: int = DEFAULT_MAX_BODY, deadline_s: float = CONNECTION_DEADLINE_S,
+                    limits: HttpLimits = HttpLimits(), counters: collections.Counter | None = None,
                     task_status=trio.TASK_STATUS_IGNORED) -> None:
-    """Serve `app` until cancelled; see the module docstring for bodies, tokens and deadlines.
-    An exception from the app is the app's bug: it is logged and answered 500, and the server
-    goes on."""
+    """Serve `app` until cancelled; see the module docstring for bodies, tokens, deadlines and
+    limits. `counters`, if given, is where the server counts what it refused (COUNTERS); the
+    caller reads it. An exception from the app is the app's bug: it is logged and answered 500,
+    and the server goes on."""
 
     async def guarded(request: Request) -> Response:
         try:
@@ -168,9 +295,13 @@ async def serve_app(host: str, port: int, app: App, *, token: str | None = None,
             log.exception("http app failed on %s %s", request.method, request.path[:200])
             return json_response(500, {"error": "internal error"})
 
+    server = _Server(guarded, token, max_body, deadline_s, limits,
+                     ConnectionTable(limits.max_connections, limits.max_per_client),
+                     counters if counters is not None else collections.Counter())
+
     async def handler(stream: trio.SocketStream) -> None:
         try:
-            await _handle(stream, guarded, token, max_body, deadline_s)
+            await _connection(stream, server)
         except (h11.RemoteProtocolError, h11.LocalProtocolError, trio.BrokenResourceError,
                 trio.ClosedResourceError) as exc:
             log.debug("http connection dropped: %s", exc)
