@@ -163,3 +163,39 @@ def test_two_data_dirs_with_one_key_are_noticed(tmp_path):
     finally:
         for proc in reversed(procs):
             stop(proc)
+
+
+def test_only_a_newer_record_signed_by_our_own_key_counts_as_another_holder(caplog):
+    """The rule the overlay applies to what a peer holds for it (p2p/selfcheck.py), on real records."""
+    from libp2p.crypto.ed25519 import create_new_key_pair
+    from libp2p.peer.envelope import seal_record
+    from libp2p.peer.id import ID
+    from libp2p.peer.peer_record import PeerRecord
+    from multiaddr import Multiaddr
+
+    from distributeai.p2p.selfcheck import SelfCheck, foreign_record
+
+    ours, theirs = create_new_key_pair(b"\x01" * 32), create_new_key_pair(b"\x02" * 32)
+    me, other = ID.from_pubkey(ours.public_key), ID.from_pubkey(theirs.public_key)
+    there = [Multiaddr("/ip4/10.0.0.2/tcp/4001")]
+
+    def record(peer: ID, seq: int, key) -> bytes:
+        return seal_record(PeerRecord(peer, there, seq), key.private_key).marshal_envelope()
+
+    assert foreign_record(me, 100, record(me, 101, ours)) == (101, ["/ip4/10.0.0.2/tcp/4001"])
+    assert foreign_record(me, 100, record(me, 100, ours)) is None  # our own current record
+    assert foreign_record(me, 100, record(me, 99, ours)) is None  # an earlier run's
+    assert foreign_record(me, 100, record(other, 101, theirs)) is None  # another peer's
+    assert foreign_record(me, 100, record(me, 101, theirs)) is None  # claims our id, not signed by our key
+    forged = bytearray(record(me, 101, ours))
+    forged[-1] ^= 1
+    assert foreign_record(me, 100, bytes(forged)) is None
+    assert foreign_record(me, 100, b"") is None and foreign_record(me, 100, b"\x00garbage") is None
+
+    check = SelfCheck()
+    caplog.set_level("WARNING", logger="distributeai.p2p.selfcheck")
+    for blob in (record(me, 101, ours), record(me, 101, ours), record(me, 102, ours)):
+        check.judge(me, 100, blob)
+    assert check.conflicts == 2  # two records of another holder, one warning for their one address
+    warnings = [r.getMessage() for r in caplog.records if r.name == "distributeai.p2p.selfcheck"]
+    assert len(warnings) == 1 and me.to_base58() in warnings[0] and "/ip4/10.0.0.2/tcp/4001" in warnings[0]
