@@ -131,6 +131,23 @@ def test_a_truncated_store_is_one_line_and_its_recovery_step_works(tmp_path):
     assert run_once(data)["peer_id"] == ready["peer_id"]  # the identity in node.key is kept
 
 
+def test_a_data_dir_in_use_is_one_line_not_a_traceback(tmp_path):
+    """The same start-error path: another process holds the data dir's lock (exit 1, as before)."""
+    import fcntl
+
+    data = tmp_path / "n"
+    data.mkdir(mode=0o700)
+    fd = os.open(data / "lock", os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        out = cli("node", "start", "--data-dir", str(data), "--sandbox", "process", "--pow-difficulty", POW,
+                  timeout=START_DEADLINE_S)
+    finally:
+        os.close(fd)
+    assert out.returncode == 1 and "Traceback" not in out.stderr, out.stderr
+    assert out.stderr.strip().splitlines() == [f"error: another process is using {data}"]
+
+
 def test_two_data_dirs_with_one_key_are_noticed(tmp_path):
     boot_log = tmp_path / "boot.log"
     boot = spawn(["bootstrap", "start", "--listen", "/ip4/127.0.0.1/tcp/0", "--http", "127.0.0.1:0",
