@@ -97,9 +97,6 @@ class SelfCheck:
 
     async def check(self, overlay: Any) -> None:
         """Ask up to ASKED_PER_CHECK random connected peers for the record they hold for us."""
-        our_seq = own_seq(overlay._host)
-        if our_seq is None:
-            return
         peers = overlay.connected_peers()
         answers: list[bytes] = []
 
@@ -112,6 +109,10 @@ class SelfCheck:
         async with trio.open_nursery() as nursery:
             for peer in random.sample(peers, min(ASKED_PER_CHECK, len(peers))):
                 nursery.start_soon(ask, peer)
+        # Read after the answers: had our record been re-issued meanwhile, a peer may hold the new one.
+        our_seq = own_seq(overlay._host)
+        if our_seq is None:
+            return
         for blob in answers:
             self.judge(overlay._self_id, our_seq, blob)
 
@@ -127,5 +128,5 @@ class SelfCheck:
             self._warned.add(tuple(addrs))
             logger.warning(
                 "another node is running with this node's key (peer id %s) at %s: stop one of them; each "
-                "data dir needs its own key file (see %s)", self_id.to_base58(), " ".join(addrs) or "unknown "
-                "addresses", DOCS)
+                "data dir needs its own key file (see %s)", self_id.to_base58(), " ".join(addrs) or "unknown addresses",
+                DOCS)
