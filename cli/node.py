@@ -61,10 +61,16 @@ def node_start(
     metrics_at = parse_hostport(cfg.metrics, "--metrics") if cfg.metrics is not None else None
     api_at = parse_hostport(cfg.api, "--api") if cfg.api is not None else None
     from distributeai.node.paths import key_path
+    from distributeai.node.startcheck import IdentityMismatch, check_key_present
 
     # The key is opened here, before anything starts: a wrong passphrase is one line and exit 2.
-    # A new key is encrypted when a passphrase is given by file or environment.
+    # A new key is encrypted when a passphrase is given by file or environment; none is made
+    # where node.db holds an identity's history (node/startcheck.py).
     data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    try:
+        check_key_present(data_dir)
+    except IdentityMismatch as exc:
+        fail(str(exc))
     seed = keys.unlock(key_path(data_dir), passphrase_file, create=True)
     for listener in (metrics_at, api_at):  # a token file that cannot be used is the user's to fix: one line, exit 2
         if listener is None:
@@ -97,10 +103,24 @@ def node_start(
                      **{k: info[k] for k in ("api_url", "metrics_url") if k in info}}
             print(json.dumps(ready), flush=True)
 
+    from distributeai.node.store import StoreDamaged
+
     try:
         run_service(serve)
-    except DataDirBusy as exc:
-        fail(str(exc), 1)
+    except BaseException as exc:  # trio's nurseries wrap what run_node raised in exception groups
+        refused = _sole_exception(exc)
+        if isinstance(refused, DataDirBusy):
+            fail(str(refused), 1)
+        if isinstance(refused, (IdentityMismatch, StoreDamaged)):  # the data dir's to fix: one line, exit 2
+            fail(str(refused))
+        raise
+
+
+def _sole_exception(exc: BaseException) -> BaseException:
+    """The one exception inside nested single-member exception groups (else `exc` itself)."""
+    while isinstance(exc, BaseExceptionGroup) and len(exc.exceptions) == 1:
+        exc = exc.exceptions[0]
+    return exc
 
 
 @node_app.command("info")

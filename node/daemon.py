@@ -4,6 +4,11 @@ Nothing is reachable from another host unless configured: libp2p listens where `
 (loopback by default), the control API is a Unix socket (mode 0600), and `/metrics`, when asked
 for, needs a bearer token off loopback (p2p/httpauth.py).
 
+Identity check: before anything is written for its key, a node compares the key's peer id with
+the one its store belongs to and refuses to start on a mismatch, or when node.key is gone while
+node.db is there (startcheck.py, `IdentityMismatch`); a damaged node.db is `store.StoreDamaged`.
+Both messages are one line that says how to recover.
+
 Identity cost: before it joins, a node proves `pow_difficulty` bits of work on its key
 (node/proof.py; stored, so solved once per key and difficulty).
 
@@ -29,7 +34,7 @@ from distributeai.consensus.codec import Identity
 from distributeai.consensus.names import JOBS_TOPIC
 from distributeai.p2p.http import serve_app, serve_http
 from distributeai.p2p.httpauth import http_token
-from distributeai.p2p.identity import load_or_create_key
+from distributeai.p2p.identity import load_or_create_key, peer_id_from_public_key
 from distributeai.p2p.overlay import open_overlay
 from distributeai.p2p.ratelimit import RateLimits
 from distributeai.sandbox import Sandbox, SandboxError, open_sandbox
@@ -45,6 +50,7 @@ from .clock import now_ms
 from .control import serve_control
 from .paths import control_path, key_path, last_start_path, pow_path
 from .proof import load_or_solve
+from .startcheck import check_key_present, mismatch, store_path
 from .store import Store
 
 log = logging.getLogger("distributeai.node")
@@ -133,16 +139,25 @@ async def run_node(config: NodeConfig, *, task_status=trio.TASK_STATUS_IGNORED) 
     data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
     lock_fd = lock_data_dir(data_dir)
     try:
+        if config.seed is None:
+            check_key_present(data_dir)
         seed = config.seed if config.seed is not None else load_or_create_key(key_path(data_dir))
         identity = Identity.from_seed(seed)
-        pow_nonce = await load_or_solve(pow_path(data_dir), identity.public_key, config.pow_difficulty)
-        store = await Store.open(data_dir / "node.db")
-        sandboxes = open_sandboxes(config, log)
-        # Known peers from earlier runs come after the configured bootstrap, so a restarted node
-        # rejoins even when the bootstrap is gone.
-        remembered = [a for _, addrs in await store.known_peers(limit=8) for a in addrs[:1]]
-        bootstrap = list(dict.fromkeys([*config.bootstrap, *remembered]))
+        store = await Store.open(store_path(data_dir))  # StoreDamaged: one line, with the recovery
+        sandboxes: dict[str, Sandbox] = {}
         try:
+            # Before anything is written for this key (node.pow, node.json): a key file that was
+            # replaced or damaged must not take over the store's history (startcheck.py).
+            peer_id = peer_id_from_public_key(identity.public_key)
+            recorded = await store.check_identity(peer_id)
+            if recorded is not None:
+                raise mismatch(data_dir, recorded, peer_id)
+            pow_nonce = await load_or_solve(pow_path(data_dir), identity.public_key, config.pow_difficulty)
+            sandboxes = open_sandboxes(config, log)
+            # Known peers from earlier runs come after the configured bootstrap, so a restarted node
+            # rejoins even when the bootstrap is gone.
+            remembered = [a for _, addrs in await store.known_peers(limit=8) for a in addrs[:1]]
+            bootstrap = list(dict.fromkeys([*config.bootstrap, *remembered]))
             async with open_overlay(seed, listen=config.listen, bootstrap=bootstrap, topics=[JOBS_TOPIC],
                                     rate_limits=config.rate_limits) as overlay:
                 settings = NodeSettings(sandboxes["container"].name, gpu=config.gpu, capacity=config.capacity,

@@ -23,6 +23,8 @@ What is stored (and why):
 - `outputs`: which output file (by SHA-256) of which job this node holds, under
   `DATA_DIR/outputs/JOB_ID/`, so it can serve it (blob protocol) to a node fetching a verified
   result's files.
+- `meta`: the peer id this store belongs to, recorded at the first start (`check_identity`): a node
+  whose key file gives another peer id refuses to start instead of taking this history as its own.
 - `blobs`: wasm modules too large to travel in a spec, by SHA-256: a submitter's own, served to
   its executors, and an executor's fetched copy, kept.
 """
@@ -106,13 +108,47 @@ CREATE TABLE IF NOT EXISTS peers (
 """
 
 
+# SQLite's result codes for a file that is not (or no longer) a sound database.
+_DAMAGED = {sqlite3.SQLITE_CORRUPT, sqlite3.SQLITE_NOTADB}
+
+
+class StoreDamaged(Exception):
+    """node.db is not a sound SQLite database (truncated, overwritten, corrupt). The message is one
+    line: what is wrong, how to move the file aside, what that loses and what it keeps."""
+
+    def __init__(self, path: Path, detail: str) -> None:
+        d = Path(path).parent
+        super().__init__(
+            f"{path} is damaged ({detail}); to start with an empty store, move it and its -wal/-shm files "
+            f"aside: `mkdir {d}/damaged && mv {path}* {d}/damaged/`. Kept: node.key (this identity), output "
+            "files, and what other nodes record about this identity. Lost on this node, not re-fetched from "
+            "peers: its job history and results, its jobs in flight, and its view of reputation and credits "
+            "(rebuilt only from certificates seen from then on). See docs/architecture.md, "
+            "\"Identity faults and recovery\"")
+        self.path = Path(path)
+
+
 def _connect(path: Path) -> sqlite3.Connection:
-    conn = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None)
-    conn.row_factory = sqlite3.Row
-    conn.execute("PRAGMA journal_mode=WAL")
-    conn.execute("PRAGMA synchronous=NORMAL")
-    conn.execute("PRAGMA busy_timeout=5000")
-    conn.executescript(SCHEMA)
+    """Open node.db and check it (`PRAGMA quick_check`): StoreDamaged if it is not a sound database;
+    other SQLite errors (locked, unreadable, disk full) propagate as themselves."""
+    conn = None
+    try:
+        conn = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None)
+        conn.row_factory = sqlite3.Row
+        conn.execute("PRAGMA journal_mode=WAL")
+        conn.execute("PRAGMA synchronous=NORMAL")
+        conn.execute("PRAGMA busy_timeout=5000")
+        problems = [row[0] for row in conn.execute("PRAGMA quick_check(3)")]
+        if problems != ["ok"]:
+            conn.close()
+            raise StoreDamaged(path, " ".join(" ".join(problems).split()))
+        conn.executescript(SCHEMA)
+    except sqlite3.DatabaseError as exc:
+        if conn is not None:
+            conn.close()
+        if getattr(exc, "sqlite_errorcode", None) in _DAMAGED:
+            raise StoreDamaged(path, str(exc)) from None
+        raise
     return conn
 
 
@@ -154,6 +190,19 @@ class Store:
 
     async def aclose(self) -> None:
         await trio.to_thread.run_sync(self._conn.close, limiter=self._limiter)
+
+    async def check_identity(self, peer_id: str) -> str | None:
+        """The data dir's identity: the first call records `peer_id` (in a `meta` row) as the one
+        this store belongs to; later calls return the recorded peer id when it is not `peer_id`
+        (the key file was changed or damaged), None when it is."""
+
+        def fn(c: sqlite3.Connection) -> str | None:
+            c.execute("CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)")
+            c.execute("INSERT OR IGNORE INTO meta(key, value) VALUES ('peer_id', ?)", (peer_id,))
+            recorded = c.execute("SELECT value FROM meta WHERE key = 'peer_id'").fetchone()[0]
+            return None if recorded == peer_id else recorded
+
+        return await self._run(fn)
 
     # --- jobs ---------------------------------------------------------------------------------
 

@@ -25,7 +25,7 @@ from libp2p.pubsub.pubsub import Pubsub
 from libp2p.tools.anyio_service import background_trio_service
 from multiaddr import Multiaddr
 
-from . import reqresp, session, workarounds, workarounds_pubsub
+from . import reqresp, selfcheck, session, workarounds, workarounds_pubsub
 from .discovery import LOOKUP_TIMEOUT_S, Discovery
 from .gossip import GossipMessage, GossipSide
 from .ratelimit import KeyedLimiter, RateLimits
@@ -91,6 +91,9 @@ class Overlay(GossipSide, Discovery):
         self._init_discovery()
         self._self_id = self._host.get_id()
         self.peer_id: str = self._self_id.to_base58()
+        # Another process with our key (selfcheck.py): peers tell us the record they hold for us.
+        self._selfcheck = selfcheck.SelfCheck()
+        self.set_handler(selfcheck.PROTOCOL, self._answer_peer_record)
 
     # --- addresses and peers ----------------------------------------------------------------
 
@@ -147,7 +150,11 @@ class Overlay(GossipSide, Discovery):
         out = {k: 0 for k in keys}
         out.update(self._stats)
         out["dht_peers"] = self._dht.routing_table.size()
+        out["identity_conflicts"] = self._selfcheck.conflicts
         return out
+
+    async def _answer_peer_record(self, peer_id: str, _request: bytes) -> bytes:
+        return selfcheck.answer(self._host, peer_id)
 
     async def connect(self, multiaddr: str) -> str:
         """Dial a full multiaddr (ending in /p2p/<id>) and return the peer id.
@@ -387,6 +394,7 @@ async def _run(
                         for topic, subscription in subscriptions:
                             nursery.start_soon(overlay._drain, topic, subscription)
                         nursery.start_soon(overlay._discovery_loop, boot_infos)
+                        nursery.start_soon(overlay._selfcheck.run, overlay)
                         try:
                             yield
                         finally:
