@@ -37,6 +37,7 @@ from . import wire
 from .bidding import IMAGE_MISSING, BidContext, decide
 from .inbound import decode_award
 from .ports import NodeSettings, Ports, Sandboxes
+from .store import StoreFull
 
 log = logging.getLogger("distributeai.node.executor")
 __all__ = ["Executing", "SEND_RETRIES", "SandboxRun"]
@@ -69,12 +70,18 @@ class Executing:
         image_ok = True
         if spec.sandbox == "container" and sandbox is not None and boxes.ok.get("container"):
             image_ok = await self._has_image(sandbox, spec.image)
+        disk = self.ports.disk
+        watched = disk.path is not None
         decision = decide(BidContext(spec, self.settings.capacity, self.running, boxes.ok.get(spec.sandbox, False),
                                      lambda _: image_ok, submitter_can_pay=self.ports.ledger.can_pay(spec),
-                                     gpu_ok=self.settings.gpu or not spec.gpu))
+                                     gpu_ok=self.settings.gpu or not spec.gpu, disk_low=disk.low,
+                                     disk_headroom=disk.headroom() if watched else None,
+                                     max_output=self.settings.max_output))
         if decision.code == IMAGE_MISSING:
             self.ports.runtime.spawn(self._pull_then_bid, job_id, spec, addrs)
             return
+        if not decision.bid:
+            self.ports.events.count(f"declined_{decision.code}")
         await self._decided(job_id, spec, addrs, decision.bid, decision.reason)
 
     async def _decided(self, job_id: bytes, spec: JobSpec, addrs: tuple[str, ...], bid: bool, reason: str) -> None:
@@ -191,6 +198,8 @@ class Executing:
         """Task boundary: whatever goes wrong with one job is that job's failure, never the node's."""
         try:
             await self._execute(job)
+        except StoreFull:
+            raise  # the disk is full: recording a crash would fail too (the spawned task's boundary drops it)
         except Exception:
             log.exception("execution of %s failed unexpectedly", job.job_id.hex()[:12])
             await self.apply(job, "crashed", meta={"reason": "internal error"})
