@@ -55,7 +55,7 @@ from .executing import Executing
 from .inbound import decode_blob_request
 from .metrics import NodeMetrics
 from .ports import Events, NodeSettings, Ports, Runtime, Sandboxes, Transport
-from .retention import Pins, run_sweeper
+from .retention import Pins, run_sweeper, sweep_interval
 from .store import Store, StoreFull
 from .submitting import Submitting
 from .views import job_view, task_results
@@ -162,8 +162,9 @@ class Agent:
             nursery.start_soon(self._keep_running, self.submitting.run_deadlines)
             nursery.start_soon(self.disk.run)
             if self.outputs_dir is not None:
-                nursery.start_soon(partial(run_sweeper, self.store, self.outputs_dir, self.settings.keep_outputs_s,
-                                           now_ms, self.pins, self._sweep_failed))
+                keep = self.settings.keep_outputs_s
+                nursery.start_soon(partial(run_sweeper, self.store, self.outputs_dir, keep, now_ms, self.pins,
+                                           self._sweep_failed, sweep_interval(keep)))
             task_status.started()
 
     async def _rebuild_ledger(self) -> None:

@@ -11,7 +11,8 @@ Contract:
   skips a job held now or served within the last `PIN_LINGER_S` (a submitter fetching a job's
   files asks for them one by one).
 - `due` is the rule, pure; `sweep` does one pass (real files, real store); `run_sweeper` repeats it
-  every `interval_s` on trio's clock. A sweep never raises for a file it cannot remove (logged,
+  every `interval_s` on trio's clock (`sweep_interval`: a quarter of the retention, at most
+  `SWEEP_INTERVAL_S`). A sweep never raises for a file it cannot remove (logged,
   tried again next time) nor for a full disk (the store's `StoreFull` is the caller's to handle).
 """
 
@@ -29,6 +30,11 @@ log = logging.getLogger("distributeai.node.retention")
 
 SWEEP_INTERVAL_S = 300.0  # a sampling period: outputs outlive their retention by at most this
 PIN_LINGER_S = 600.0  # a job served this recently is not swept (a fetch asks for each file in turn)
+
+
+def sweep_interval(keep_s: float) -> float:
+    """How often to sweep: a quarter of the retention, between 1 s and SWEEP_INTERVAL_S."""
+    return min(SWEEP_INTERVAL_S, max(1.0, keep_s / 4))
 
 
 def due(ended_ms: int, keep_ms: int, now_ms: int) -> bool:

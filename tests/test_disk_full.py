@@ -12,6 +12,7 @@ import json
 import logging
 import os
 import subprocess
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -22,7 +23,7 @@ from distributeai.consensus.messages import JobSpec
 from distributeai.node import disk as disk_module
 from distributeai.node.bidding import DISK_LOW, OUTPUT_TOO_LARGE, BidContext, Capacity, decide
 from distributeai.node.disk import FAILED_WRITE_MARGIN, DiskGuard, rule
-from distributeai.node.retention import Pins, due, inline, run_sweeper, sweep
+from distributeai.node.retention import Pins, due, inline, run_sweeper, sweep, sweep_interval
 from distributeai.node.store import Store, StoreFull
 from distributeai.tools.devnet import Devnet
 
@@ -236,6 +237,7 @@ def test_sweep_removes_ended_jobs_outputs_after_the_retention_and_never_a_pinned
 
 def test_sweeper_runs_on_the_clock(tmp_path):
     assert due(1_000, 60_000, 61_000) and not due(1_000, 60_000, 60_999)
+    assert (sweep_interval(24 * 3600), sweep_interval(60), sweep_interval(0)) == (300, 15, 1)
 
     async def main() -> None:
         store = Store.open_inline(tmp_path / "node.db")
@@ -281,7 +283,7 @@ def test_a_full_disk_never_ends_the_node_and_it_runs_jobs_again_once_space_retur
     try:
         # Node 1 submits and never executes (it accepts no output quota over 1 MiB); node 2 keeps
         # 8 MiB free and is the only one to bid on the jobs here, which may write 10 MiB.
-        with Devnet(root, nodes=1, sandbox="process", extra_args=("--max-output", "1m")) as net:
+        with Devnet(root, nodes=1, sandbox="process", metrics=True, extra_args=("--max-output", "1m")) as net:
             net.start()
             net.extra_args = ("--disk-reserve", "8m", "--max-output", "64m")
             net.add_nodes(1)
@@ -303,6 +305,8 @@ def test_a_full_disk_never_ends_the_node_and_it_runs_jobs_again_once_space_retur
                      + c.get("store_full", 0) >= 1, 60, "node 2 to refuse the job")
             assert net.node_procs[1].poll() is None
             assert job_status(net, 0, blocked).get("bids", 0) == 0
+            metrics = urllib.request.urlopen(net.info(1)["metrics_url"], timeout=10).read().decode()
+            assert "distributeai_disk_low 1.0" in metrics.splitlines()
 
             # A little room, still under the reserve: the refusal is stored, with its reason.
             os.truncate(filler, max(0, filler.stat().st_size - 3 * 1024 * 1024))
@@ -333,3 +337,14 @@ def test_a_full_disk_never_ends_the_node_and_it_runs_jobs_again_once_space_retur
             assert start.stderr.strip().splitlines()[-1].endswith("start the node again"), start.stderr
     finally:
         unmount(data)
+
+
+@pytest.mark.slow
+def test_outputs_are_removed_after_keep_outputs(tmp_path):
+    with Devnet(tmp_path / "net", nodes=1, sandbox="process", extra_args=("--keep-outputs", "2s")) as net:
+        net.start()
+        job = submit(net, *WRITE_8MB)
+        assert job["status"] == "verified" and [f["path"] for f in job["files"]] == ["zeros"], job
+        outputs = net.node_dirs[0] / "outputs"
+        wait_for(lambda: not (outputs / job["job_id"]).exists(), 60, "the job's outputs to be removed")
+        assert net.node_procs[0].poll() is None
