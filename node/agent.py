@@ -24,9 +24,9 @@ from __future__ import annotations
 import logging
 import os
 from collections import Counter
+from contextlib import contextmanager
 from functools import partial
 from pathlib import Path
-from contextlib import contextmanager
 from typing import Any, Awaitable, Callable, Iterator
 
 import trio
@@ -140,8 +140,7 @@ class Agent:
         (`node info`, metric distributeai_store_write_failures_total); the disk guard logs the
         episode once and stops bidding."""
         self.count("store_full")
-        self.disk.write_failed()
-        log.debug("dropped %s: %s", what, exc)
+        self.disk.write_failed(exc, what)
 
     # --- lifecycle ----------------------------------------------------------------------------
 
@@ -164,7 +163,7 @@ class Agent:
             if self.outputs_dir is not None:
                 keep = self.settings.keep_outputs_s
                 nursery.start_soon(partial(run_sweeper, self.store, self.outputs_dir, keep, now_ms, self.pins,
-                                           self._sweep_failed, sweep_interval(keep)))
+                                           self.store_full, sweep_interval(keep)))
             task_status.started()
 
     async def _rebuild_ledger(self) -> None:
@@ -176,19 +175,13 @@ class Agent:
 
     async def _keep_running(self, loop: Callable[[], Awaitable[None]]) -> None:
         """Run a loop that should never end; a full disk ends one pass of it, not the node: the
-        loop starts again once the disk guard has had a look (or after CHECK_INTERVAL_S)."""
+        loop starts again CHECK_INTERVAL_S later."""
         while True:
             try:
                 await loop()
             except StoreFull as exc:
                 self.store_full(exc, getattr(loop, "__name__", "a loop"))
                 await trio.sleep(CHECK_INTERVAL_S)  # a back-off while the disk is full, not synchronization
-
-    def _sweep_failed(self, exc: Exception) -> None:
-        if isinstance(exc, StoreFull):
-            self.store_full(exc, "an outputs sweep")
-        else:
-            log.warning("outputs sweep failed: %s", exc)
 
     def notify(self) -> None:
         self.changed.set()

@@ -99,14 +99,15 @@ class DiskGuard:
         self.low = low
         return low
 
-    def write_failed(self) -> None:
-        """A store write failed for want of disk: count it and check at once (low unless free is
-        at least reserve + margin; then a write failing is not for want of space)."""
+    def write_failed(self, exc: BaseException | None = None, what: str = "an input") -> None:
+        """A store write failed (`exc`) and `what` was dropped: count it and check at once (low
+        unless free is at least reserve + margin). While low, the episode's line says it all;
+        a failure with room on the disk (an I/O error) is logged each time."""
         self.store_full += 1
-        if self.path is None:
-            return
-        self._failed = True  # until a reading clears reserve + margin
-        self.check()
+        if self.path is not None:
+            self._failed = True  # until a reading clears reserve + margin
+            self.check()
+        log.log(logging.DEBUG if self.low else logging.WARNING, "dropped %s: %s", what, exc)
 
     def headroom(self) -> int:
         """Bytes a job may still write before the reserve is reached (as of the last check)."""

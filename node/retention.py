@@ -26,6 +26,8 @@ from typing import Any, Awaitable, Callable, Iterator
 
 import trio
 
+from .store import StoreFull
+
 log = logging.getLogger("distributeai.node.retention")
 
 SWEEP_INTERVAL_S = 300.0  # a sampling period: outputs outlive their retention by at most this
@@ -106,13 +108,16 @@ async def sweep(store, outputs_dir: Path, keep_s: float, now_ms: int, pins: Pins
 
 
 async def run_sweeper(store, outputs_dir: Path, keep_s: float, now_ms: Callable[[], int], pins: Pins,
-                      on_error: Callable[[Exception], None], interval_s: float = SWEEP_INTERVAL_S,
+                      on_full: Callable[[StoreFull, str], None], interval_s: float = SWEEP_INTERVAL_S,
                       offload: Callable[..., Awaitable[Any]] = _on_thread) -> None:
-    """`sweep` every `interval_s` until cancelled; an exception of one pass goes to `on_error`
-    (the agent counts a `StoreFull`) and the next pass tries again."""
+    """`sweep` every `interval_s` until cancelled. A pass that fails ends there and the next one
+    tries again: a `StoreFull` goes to `on_full(exc, what)` (the agent counts it), anything else
+    is logged."""
     while True:
         await trio.sleep(interval_s)  # a sampling period, not synchronization
         try:
             await sweep(store, outputs_dir, keep_s, now_ms(), pins, offload)
+        except StoreFull as exc:
+            on_full(exc, "an outputs sweep")
         except Exception as exc:  # task boundary: retention must never end the node
-            on_error(exc)
+            log.warning("outputs sweep failed: %s", exc)

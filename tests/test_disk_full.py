@@ -244,9 +244,10 @@ def test_sweeper_runs_on_the_clock(tmp_path):
         outputs = tmp_path / "outputs"
         now = lambda: int(trio.current_time() * 1000)  # noqa: E731
         await ran(store, outputs, "job", now())
-        errors: list[Exception] = []
+        errors: list[tuple] = []
         async with trio.open_nursery() as nursery:
-            nursery.start_soon(run_sweeper, store, outputs, 3600.0, now, Pins(now), errors.append, 600.0, inline)
+            nursery.start_soon(run_sweeper, store, outputs, 3600.0, now, Pins(now), lambda *e: errors.append(e),
+                               600.0, inline)
             await trio.sleep(3599)
             assert (outputs / "job").exists()  # sweeps at 600, 1200, ... 3000 s: not due yet
             await trio.sleep(602)
