@@ -349,3 +349,18 @@ def test_outputs_are_removed_after_keep_outputs(tmp_path):
         outputs = net.node_dirs[0] / "outputs"
         wait_for(lambda: not (outputs / job["job_id"]).exists(), 60, "the job's outputs to be removed")
         assert net.node_procs[0].poll() is None
+
+
+def test_disk_settings_parse_from_flags_file_and_environment(tmp_path):
+    from distributeai.cli.config import ConfigError, load_config
+
+    env = {"HOME": str(tmp_path), "DISTRIBUTEAI_KEEP_OUTPUTS": "90m"}
+    cfg = load_config({"disk_reserve": "2g", "max_output": "100MiB"}, env=env)
+    assert (cfg.disk_reserve, cfg.max_output, cfg.keep_outputs) == (2 << 30, 100 * MiB, 5400.0)
+    defaults = load_config({}, env={"HOME": str(tmp_path)})
+    assert (defaults.disk_reserve, defaults.max_output, defaults.keep_outputs) == (1 << 30, 1 << 30, 86400.0)
+    for flags in ({"disk_reserve": "lots"}, {"max_output": "-1"}, {"keep_outputs": "1 week"}):
+        with pytest.raises(ConfigError, match=next(iter(flags))):
+            load_config(flags, env={"HOME": str(tmp_path)})
+    bad = cli("node", "start", "--data-dir", str(tmp_path / "n"), "--disk-reserve", "lots", timeout=60)
+    assert bad.returncode == 2 and "disk_reserve" in bad.stderr and "Traceback" not in bad.stderr
