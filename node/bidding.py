@@ -17,7 +17,8 @@ pulling for a job the node would otherwise run):
                                            of disk
     fits_output      output_too_large      a container job's output quota (out_max_bytes) is over
                                            what this node accepts (--max-output) or over its free
-                                           space above the reserve
+                                           space above the reserve, less the quotas of the jobs
+                                           it has been awarded and not yet run
     has_free_slot    busy                  the node already runs its maximum number of jobs
     image_present    image_missing         the image is not available locally (the executor then
                                            tries to pull it and decides again)
@@ -66,7 +67,8 @@ class BidContext:
     submitter_can_pay: bool = True
     gpu_ok: bool = True
     # The data dir's space (node/disk.py DiskGuard): whether it is low, bytes free above the
-    # reserve, and the largest output quota this node accepts. None: not watched (no limit).
+    # reserve less the output quotas of the jobs awarded and not yet run, and the largest output
+    # quota this node accepts. None: not watched (no limit).
     disk_low: bool = False
     disk_headroom: int | None = None
     max_output: int | None = None
@@ -120,7 +122,8 @@ def fits_output(c: BidContext) -> Decision | None:
                                f"{_human(c.max_output)}", OUTPUT_TOO_LARGE)
     if c.disk_headroom is not None and quota > c.disk_headroom:
         return Decision(False, f"output_too_large: the job may write {_human(quota)}, this node has "
-                               f"{_human(c.disk_headroom)} free above its reserve", OUTPUT_TOO_LARGE)
+                               f"{_human(max(0, c.disk_headroom))} free above its reserve and the jobs it "
+                               f"runs", OUTPUT_TOO_LARGE)
     return None
 
 

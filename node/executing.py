@@ -71,11 +71,13 @@ class Executing:
         if spec.sandbox == "container" and sandbox is not None and boxes.ok.get("container"):
             image_ok = await self._has_image(sandbox, spec.image)
         disk = self.ports.disk
-        watched = disk.path is not None
+        # The room above the reserve, less what the jobs awarded and not yet run may still write.
+        promised = sum(j.spec.out_max_bytes for j in self.jobs.values() if j.state in ("awarded", "running")
+                       and j.spec.sandbox == "container" and not j.spec.is_batch)
         decision = decide(BidContext(spec, self.settings.capacity, self.running, boxes.ok.get(spec.sandbox, False),
                                      lambda _: image_ok, submitter_can_pay=self.ports.ledger.can_pay(spec),
                                      gpu_ok=self.settings.gpu or not spec.gpu, disk_low=disk.low,
-                                     disk_headroom=disk.headroom() if watched else None,
+                                     disk_headroom=disk.headroom() - promised if disk.path is not None else None,
                                      max_output=self.settings.max_output))
         if decision.code == IMAGE_MISSING:
             self.ports.runtime.spawn(self._pull_then_bid, job_id, spec, addrs)

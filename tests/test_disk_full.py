@@ -167,6 +167,49 @@ def test_bidding_declines_a_low_disk_and_outputs_it_cannot_hold():
     assert decide(context(spec(sandbox="wasm", image="", wasm_module=b"\0asm"), disk_low=True)).code == DISK_LOW
 
 
+def test_the_executor_counts_the_quotas_of_the_jobs_it_was_awarded():
+    from types import SimpleNamespace
+
+    from distributeai.consensus.codec import Identity
+    from distributeai.node.executing import Executing
+    from distributeai.node.ports import NodeSettings, Sandboxes
+
+    counted: list[str] = []
+    stored: dict[str, str] = {}
+
+    async def set_bid_decision(job_id: str, decision: str) -> None:
+        stored[job_id] = decision
+
+    async def offload(fn, *args, **_):
+        return fn(*args)
+
+    free = {"now": 60 * MiB}
+    ports = SimpleNamespace(
+        disk=DiskGuard(Path("/data"), 10 * MiB, statvfs_free=lambda _: free["now"]),
+        store=SimpleNamespace(set_bid_decision=set_bid_decision),
+        ledger=SimpleNamespace(can_pay=lambda _: True),
+        events=SimpleNamespace(count=counted.append),
+        runtime=SimpleNamespace(spawn=lambda *_: None), now_ms=lambda: 1)
+    box = SimpleNamespace(name="process", has_image=lambda _: True)
+    executing = Executing(Identity.from_seed(b"\7" * 32), NodeSettings("process", max_output=64 * MiB), ports,
+                          Sandboxes({"container": box}, {"container": True}, offload=offload))
+    executing.jobs[b"r"] = SimpleNamespace(state="running", spec=spec(out_max_bytes=30 * MiB))
+    executing.jobs[b"d"] = SimpleNamespace(state="revealed", spec=spec(out_max_bytes=30 * MiB))  # ran: on disk
+
+    async def main() -> None:
+        await executing.consider(b"\1" * 32, spec(out_max_bytes=30 * MiB), ())
+        await executing.consider(b"\2" * 32, spec(out_max_bytes=10 * MiB), ())
+        free["now"] = 1 * MiB
+        ports.disk.check()
+        await executing.consider(b"\3" * 32, spec(out_max_bytes=0), ())
+
+    trio.run(main)
+    assert stored[("01" * 32)].startswith("declined: output_too_large")  # 50 MiB of room, 30 promised
+    assert stored["02" * 32] == "bid"
+    assert stored["03" * 32].startswith("declined: disk_low")
+    assert counted == ["declined_output_too_large", "declined_disk_low"]
+
+
 # --- the store on a full disk -----------------------------------------------------------------
 
 def test_a_full_disk_fails_a_write_cleanly_and_the_store_recovers_when_space_returns(small_fs):
