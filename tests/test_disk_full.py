@@ -352,6 +352,12 @@ def test_a_full_disk_never_ends_the_node_and_it_runs_jobs_again_once_space_retur
             metrics = urllib.request.urlopen(net.info(1)["metrics_url"], timeout=10).read().decode()
             assert "distributeai_disk_low 1.0" in metrics.splitlines()
 
+            # Killed on a full disk (its WAL left behind, as after a power cut), it starts again.
+            net.kill_node(1)
+            net.restart_node(1)
+            assert net.info(1)["disk"]["low"]
+            net.wait_connected()
+
             # A little room, still under the reserve: the refusal is stored, with its reason.
             os.truncate(filler, max(0, filler.stat().st_size - 3 * 1024 * 1024))
             declined = submit(net, "--no-wait", *WRITE_8MB)["job_id"]
