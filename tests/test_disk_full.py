@@ -319,7 +319,10 @@ def job_status(net: Devnet, i: int, job_id: str) -> dict:
 
 
 @pytest.mark.slow
-def test_a_full_disk_never_ends_the_node_and_it_runs_jobs_again_once_space_returns(tmp_path):
+@pytest.mark.parametrize("sandbox", ["process", "bwrap"])
+def test_a_full_disk_never_ends_the_node_and_it_runs_jobs_again_once_space_returns(tmp_path, request, sandbox):
+    if sandbox == "bwrap":
+        request.getfixturevalue("bwrap_ready")
     root = tmp_path / "net"
     data = root / "node2"  # the devnet's second node: its data dir is a 64 MiB tmpfs
     mount_tmpfs(data, 64)
@@ -327,7 +330,7 @@ def test_a_full_disk_never_ends_the_node_and_it_runs_jobs_again_once_space_retur
     try:
         # Node 1 submits and never executes (it accepts no output quota over 1 MiB); node 2 keeps
         # 8 MiB free and is the only one to bid on the jobs here, which may write 10 MiB.
-        with Devnet(root, nodes=1, sandbox="process", metrics=True, extra_args=("--max-output", "1m")) as net:
+        with Devnet(root, nodes=1, sandbox=sandbox, metrics=True, extra_args=("--max-output", "1m")) as net:
             net.start()
             net.extra_args = ("--disk-reserve", "8m", "--max-output", "64m")
             net.add_nodes(1)
@@ -380,7 +383,7 @@ def test_a_full_disk_never_ends_the_node_and_it_runs_jobs_again_once_space_retur
             net.node_procs[1].terminate()
             net.node_procs[1].wait(timeout=30)
             fill(filler)
-            start = cli("node", "start", "--data-dir", str(data), "--sandbox", "process",
+            start = cli("node", "start", "--data-dir", str(data), "--sandbox", sandbox,
                         "--pow-difficulty", "16", timeout=120)
             assert start.returncode == 1, start.stderr
             assert "Traceback" not in start.stderr
