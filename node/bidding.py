@@ -31,6 +31,8 @@ from typing import Callable
 
 from distributeai.consensus.messages import JobSpec
 
+from .disk import human
+
 
 @dataclass(frozen=True)
 class Capacity:
@@ -108,21 +110,17 @@ def disk_room(c: BidContext) -> Decision | None:
     return Decision(False, "disk_low: the data dir's free space is below this node's reserve", DISK_LOW)
 
 
-def _human(n: int) -> str:
-    return f"{n / 1024 ** 2:.1f} MiB"
-
-
 def fits_output(c: BidContext) -> Decision | None:
     """Only container jobs of one task write /out (a batch's tasks and wasm jobs write nothing)."""
     if c.spec.sandbox != "container" or c.spec.is_batch:
         return None
     quota = c.spec.out_max_bytes
     if c.max_output is not None and quota > c.max_output:
-        return Decision(False, f"output_too_large: the job may write {_human(quota)}, this node accepts "
-                               f"{_human(c.max_output)}", OUTPUT_TOO_LARGE)
+        return Decision(False, f"output_too_large: the job may write {human(quota)}, this node accepts "
+                               f"{human(c.max_output)}", OUTPUT_TOO_LARGE)
     if c.disk_headroom is not None and quota > c.disk_headroom:
-        return Decision(False, f"output_too_large: the job may write {_human(quota)}, this node has "
-                               f"{_human(max(0, c.disk_headroom))} free above its reserve and the jobs it "
+        return Decision(False, f"output_too_large: the job may write {human(quota)}, this node has "
+                               f"{human(max(0, c.disk_headroom))} free above its reserve and the jobs it "
                                f"runs", OUTPUT_TOO_LARGE)
     return None
 

@@ -10,8 +10,9 @@ is `ok` or `low`:
   above reserve + `FAILED_WRITE_MARGIN` (a failed write proves the disk was full a moment ago; the
   margin keeps the node from bidding again on the first byte that frees up);
 - each transition is logged once, as one line ("data dir DIR is full: not bidding until space
-  returns (free X, reserve Y)" / "... has room again"); later failed writes of the same episode
-  are counted, not logged.
+  returns (free X, reserve Y)" / "... has room again"); the failed writes of an episode are
+  counted (`store_full`) and logged at DEBUG only; a write that fails with room on the disk (an
+  I/O error, which no statvfs shows) is a WARNING line each time.
 
 Nothing here ends the process: a statvfs that fails counts as no free space. `rule` is the
 decision, pure; `DiskGuard` is its shell. With no path (tests of protocol logic) the guard is
