@@ -24,6 +24,7 @@ Also here: the `--data-dir` and `--json` options every command shares, and `conf
 from __future__ import annotations
 
 import os
+import re
 import tomllib
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -98,6 +99,13 @@ class Config:
     newcomer_gossip_rate_limit: float = NEWCOMER_GOSSIP_RATE
     # None: `status` shows no network totals until a bootstrap's stats URL is given.
     bootstrap_http: str | None = None
+    # Bytes kept free on the data dir's filesystem: below it the node bids on nothing (node/disk.py).
+    # 1 GiB: room for the rest of the machine, the store and a job's outputs.
+    disk_reserve: int = 1 << 30
+    # The largest output quota (a job's out_max_bytes) the node bids on: the spec's default, 1 GiB.
+    max_output: int = 1 << 30
+    # Seconds a job's outputs are kept after it ended, for nodes fetching them (node/retention.py).
+    keep_outputs: float = 24 * 3600.0
     # Where each value came from: "default", "file PATH", "env NAME" or "flag --NAME".
     sources: Mapping[str, str] = field(default_factory=dict, compare=False, repr=False)
     # The file consulted (whether or not it exists).
@@ -199,6 +207,16 @@ def _parse(name: str, value: Any, where: str, *, text: bool, base: Path | None =
         if name == "pow_difficulty" and number > POW_MAX_BITS:
             raise bad(f"an integer from 0 to {POW_MAX_BITS}")
         return number
+    if name in ("disk_reserve", "max_output"):
+        number = parse_size(value)
+        if number is None:
+            raise bad("a size in bytes, or with a unit (512m, 1g)")
+        return number
+    if name == "keep_outputs":
+        seconds = parse_duration(value)
+        if seconds is None:
+            raise bad("a duration in seconds, or with a unit (90s, 30m, 24h, 7d)")
+        return seconds
     if name == "gpu":
         if text:
             low = str(value).strip().lower()
@@ -210,6 +228,32 @@ def _parse(name: str, value: Any, where: str, *, text: bool, base: Path | None =
             return value
         raise bad("true or false")
     raise ConfigError(f"{where}: unknown key {name!r}")  # pragma: no cover - KEYS guards this
+
+
+SIZE_UNITS = {"": 0, "b": 0, "k": 10, "m": 20, "g": 30, "t": 40}
+DURATION_UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def parse_size(value: Any) -> int | None:
+    """Bytes from an integer or a string such as "512m", "1g", "1GiB", "4096"; None if unreadable."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value if value >= 0 else None
+    if not isinstance(value, str):
+        return None
+    m = re.fullmatch(r"\s*(\d{1,15})\s*(?:([kKmMgGtT])(?:i?[bB])?|([bB]))?\s*", value)
+    if not m:
+        return None
+    return int(m.group(1)) << SIZE_UNITS[(m.group(2) or m.group(3) or "").lower()]
+
+
+def parse_duration(value: Any) -> float | None:
+    """Seconds from a number or a string such as "90s", "30m", "24h", "7d"; None if unreadable."""
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return float(value) if 0 <= value < float("inf") else None
+    if not isinstance(value, str):
+        return None
+    m = re.fullmatch(r"\s*(\d{1,9}(?:\.\d+)?)\s*([smhdSMHD]?)\s*", value)
+    return float(m.group(1)) * DURATION_UNITS[m.group(2).lower()] if m else None
 
 
 def load_config(flags: Mapping[str, Any] | None = None, env: Mapping[str, str] | None = None) -> Config:

@@ -39,6 +39,9 @@ def node_start(
     request_rate_limit: Optional[float] = typer.Option(None, help="Requests a second one peer may send on one protocol; more are refused (rate_limited). Default 50; 0: no limit."),
     gossip_rate_limit: Optional[float] = typer.Option(None, help="Gossip messages a second by one author (a forwarding peer: 2 times that); more are dropped, not relayed. Default 50; 0: no limit."),
     newcomer_gossip_rate_limit: Optional[float] = typer.Option(None, help="The same for an author with no verified job or reputation in this node's view. Default 5; 0: no limit."),
+    disk_reserve: Optional[str] = typer.Option(None, "--disk-reserve", help="Space kept free on the data dir's filesystem, e.g. 512m, 2g: below it the node bids on no job (declined: disk_low). Default 1g."),
+    max_output: Optional[str] = typer.Option(None, "--max-output", help="The largest output quota (a job's --out-max) this node bids on, e.g. 100m (declined: output_too_large). Default 1g."),
+    keep_outputs: Optional[str] = typer.Option(None, "--keep-outputs", help="How long a job's output files are kept after it ended (certified, or its run here failed), for nodes fetching them, e.g. 90m, 24h, 7d; never while one is being fetched. Default 24h."),
 ) -> None:
     """Start a volunteer node: discover peers, bid on jobs, run them, verify results. Each option
     can also come from the config file or a DISTRIBUTEAI_* variable (see `distributeai config show`).
@@ -51,7 +54,8 @@ def node_start(
                    http_token_file=http_token_file,
                    request_rate_limit=request_rate_limit, gossip_rate_limit=gossip_rate_limit,
                    newcomer_gossip_rate_limit=newcomer_gossip_rate_limit,
-                   pow_difficulty=pow_difficulty)
+                   pow_difficulty=pow_difficulty, disk_reserve=disk_reserve, max_output=max_output,
+                   keep_outputs=keep_outputs)
     data_dir = data_dir_of(cfg)
     for b in cfg.bootstrap:
         check_multiaddr(b, "--bootstrap")
@@ -93,7 +97,8 @@ def node_start(
                         http_auth=cfg.http_auth, http_token_file=cfg.http_token_file,
                         rate_limits=RateLimits.of(cfg.request_rate_limit, cfg.gossip_rate_limit,
                                                    cfg.newcomer_gossip_rate_limit),
-                        pow_difficulty=cfg.pow_difficulty)
+                        pow_difficulty=cfg.pow_difficulty, disk_reserve=cfg.disk_reserve,
+                        max_output=cfg.max_output, keep_outputs_s=cfg.keep_outputs)
     import trio
 
     async def serve() -> None:
@@ -103,24 +108,28 @@ def node_start(
                      **{k: info[k] for k in ("api_url", "metrics_url") if k in info}}
             print(json.dumps(ready), flush=True)
 
-    from distributeai.node.store import StoreDamaged
+    from distributeai.node.store import StoreDamaged, StoreFull
 
     try:
         run_service(serve)
-    except BaseException as exc:  # trio's nurseries wrap what run_node raised in exception groups
-        refused = _sole_exception(exc)
-        if isinstance(refused, DataDirBusy):
-            fail(str(refused), 1)
-        if isinstance(refused, (IdentityMismatch, StoreDamaged)):  # the data dir's to fix: one line, exit 2
+    except BaseException as exc:  # trio's nurseries wrap what ends a service in exception groups
+        if (busy := _leaf(exc, DataDirBusy)) is not None:
+            fail(str(busy), 1)
+        if (refused := _leaf(exc, (IdentityMismatch, StoreDamaged))) is not None:  # the data dir's to fix
             fail(str(refused))
+        if (full := _leaf(exc, StoreFull)) is not None:  # a store that cannot even open: one line
+            fail(f"{full}; free some space on {data_dir}'s filesystem and start the node again", 1)
         raise
 
 
-def _sole_exception(exc: BaseException) -> BaseException:
-    """The one exception inside nested single-member exception groups (else `exc` itself)."""
-    while isinstance(exc, BaseExceptionGroup) and len(exc.exceptions) == 1:
-        exc = exc.exceptions[0]
-    return exc
+def _leaf(exc: BaseException, kind: type | tuple[type, ...]) -> BaseException | None:
+    """`exc` if it is a `kind`, else the first `kind` inside it (nested exception groups)."""
+    if isinstance(exc, kind):
+        return exc
+    for inner in exc.exceptions if isinstance(exc, BaseExceptionGroup) else ():
+        if (found := _leaf(inner, kind)) is not None:
+            return found
+    return None
 
 
 @node_app.command("info")
@@ -156,7 +165,7 @@ def node_info(data_dir: Optional[Path] = DataDirOption, as_json: bool = typer.Op
         typer.echo(json.dumps(info))
         return
     for key in ("peer_id", "multiaddrs", "running", "sandbox", "reputation", "credits", "peers", "counters",
-                "rejected"):
+                "rejected", "disk"):
         if key in info:
             typer.echo(f"{key:12} {info[key]}")
 

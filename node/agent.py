@@ -10,6 +10,11 @@ Contract:
   network), and hands it to them as narrow ports (`ports.py`, built by `Agent.ports`).
 - The control socket and the REST API call the agent's facade methods (`submit`, `cancel`,
   `job_status`, `page_jobs`, ...), never the roles or the store directly.
+- A full disk never ends the node: a `StoreFull` (node/store.py) at a task boundary (a spawned
+  task, a request handler, a gossip message, the deadline loop) drops that input, is counted
+  (`store_full`) and tells the disk guard (node/disk.py), which logs one line per episode and stops
+  bidding until space returns. Outputs of ended jobs are removed after `keep_outputs_s`
+  (node/retention.py), never while a node is fetching them.
 - Reputation and credits are a fold (`consensus.ledger`) over the ledger events in the store,
   rebuilt at start, so they are identical before and after a restart.
 """
@@ -19,8 +24,10 @@ from __future__ import annotations
 import logging
 import os
 from collections import Counter
+from contextlib import contextmanager
+from functools import partial
 from pathlib import Path
-from typing import Any, Awaitable, Callable
+from typing import Any, Awaitable, Callable, Iterator
 
 import trio
 
@@ -43,11 +50,13 @@ from distributeai.sandbox.base import Sandbox, SandboxError
 
 from . import wire
 from .clock import now_ms
+from .disk import CHECK_INTERVAL_S, DiskGuard
 from .executing import Executing
 from .inbound import decode_blob_request
 from .metrics import NodeMetrics
 from .ports import Events, NodeSettings, Ports, Runtime, Sandboxes, Transport
-from .store import Store
+from .retention import Pins, run_sweeper, sweep_interval
+from .store import Store, StoreFull
 from .submitting import Submitting
 from .views import job_view, task_results
 
@@ -80,6 +89,8 @@ class Agent:
         self.api_url: str | None = None  # set by the daemon when it serves the REST API
         self.changed = trio.Event()  # replaced on every change; waiters re-check their condition
         self.nursery: trio.Nursery = None  # type: ignore[assignment]  # set by run()
+        self.disk = DiskGuard(settings.data_dir, settings.disk_reserve)
+        self.pins = Pins(now_ms)  # jobs whose outputs are being served (node/retention.py)
         self.sandbox_ok: dict[str, bool] = {}
         for kind, sandbox in sandboxes.items():
             try:
@@ -112,8 +123,24 @@ class Agent:
             ledger=self.ledger,
             events=Events(count=self.count, reject=self.reject, notify=self.notify, changed=lambda: self.changed,
                           job_finished=self.metrics.job_finished, sandbox_run=self.metrics.sandbox_run),
-            runtime=Runtime(now_ms=now_ms, spawn=lambda fn, *args: self.nursery.start_soon(fn, *args)),
+            runtime=Runtime(now_ms=now_ms, spawn=lambda fn, *args: self.nursery.start_soon(self._task, fn, *args)),
+            disk=self.disk,
         )
+
+    async def _task(self, fn: Callable[..., Awaitable[Any]], *args: Any) -> None:
+        """A spawned task's boundary: a full disk drops what it was doing (counted), nothing else
+        changes (other exceptions still reach the nursery, as before)."""
+        try:
+            await fn(*args)
+        except StoreFull as exc:
+            self.store_full(exc, getattr(fn, "__name__", "a task"))
+
+    def store_full(self, exc: BaseException, what: str) -> None:
+        """A store write failed for want of disk: the input is dropped; counted as `store_full`
+        (`node info`, metric distributeai_store_write_failures_total); the disk guard logs the
+        episode once and stops bidding."""
+        self.count("store_full")
+        self.disk.write_failed(exc, what)
 
     # --- lifecycle ----------------------------------------------------------------------------
 
@@ -131,7 +158,12 @@ class Agent:
             await self.submitting.recover()
             await self.executing.recover()
             nursery.start_soon(self._read_gossip)
-            nursery.start_soon(self.submitting.run_deadlines)
+            nursery.start_soon(self._keep_running, self.submitting.run_deadlines)
+            nursery.start_soon(self.disk.run)
+            if self.outputs_dir is not None:
+                keep = self.settings.keep_outputs_s
+                nursery.start_soon(partial(run_sweeper, self.store, self.outputs_dir, keep, now_ms, self.pins,
+                                           self.store_full, sweep_interval(keep)))
             task_status.started()
 
     async def _rebuild_ledger(self) -> None:
@@ -140,6 +172,16 @@ class Agent:
                 self.ledger.apply_certificate(verify_certificate(event["raw"]), event["at_ms"])
             else:
                 self.ledger.apply_offence(event["peer"])
+
+    async def _keep_running(self, loop: Callable[[], Awaitable[None]]) -> None:
+        """Run a loop that should never end; a full disk ends one pass of it, not the node: the
+        loop starts again CHECK_INTERVAL_S later."""
+        while True:
+            try:
+                await loop()
+            except StoreFull as exc:
+                self.store_full(exc, getattr(loop, "__name__", "a loop"))
+                await trio.sleep(CHECK_INTERVAL_S)  # a back-off while the disk is full, not synchronization
 
     def notify(self) -> None:
         self.changed.set()
@@ -162,7 +204,9 @@ class Agent:
     def _gauges(self) -> dict[str, float]:
         return {"distributeai_peers": len(self.overlay.connected_peers()),
                 "distributeai_reputation": self.ledger.reputation_of(self.me),
-                "distributeai_credits": self.ledger.balance(self.me)}
+                "distributeai_credits": self.ledger.balance(self.me),
+                "distributeai_disk_free_bytes": self.disk.free,
+                "distributeai_disk_low": int(self.disk.low)}
 
     def _guard(self, handler: Handler) -> Handler:
         """Turn protocol faults in a request into a counted refusal; nothing else escapes."""
@@ -173,6 +217,10 @@ class Agent:
             except RemoteProtocolError as exc:
                 self.reject(exc.reason, f"from {peer}: {exc.detail}")
                 return wire.refuse(exc.reason)
+            except StoreFull as exc:
+                # Dropped, as if this node were unreachable: the peer retries or replaces it.
+                self.store_full(exc, f"a request from {peer}")
+                raise RemoteError("the node's disk is full") from None
 
         return guarded
 
@@ -203,7 +251,8 @@ class Agent:
             return None
         path = self.outputs_dir / found[0] / found[1]
         try:
-            data = await trio.to_thread.run_sync(path.read_bytes)
+            with self.pins.hold(found[0]):  # retention skips it while (and just after) it is served
+                data = await trio.to_thread.run_sync(path.read_bytes)
         except OSError:
             return None
         return data if sha256(data).hex() == digest else None
@@ -279,6 +328,8 @@ class Agent:
                 await self._on_gossip(message)
             except RemoteProtocolError as exc:
                 self.reject(exc.reason, f"gossip from {message.from_peer}: {exc.detail}")
+            except StoreFull as exc:
+                self.store_full(exc, f"gossip from {message.from_peer}")
             except Exception:
                 log.exception("gossip message from %s could not be handled", message.from_peer)
                 self.reject("internal_error", f"gossip from {message.from_peer}")
@@ -315,15 +366,27 @@ class Agent:
 
     async def submit(self, signed_spec: bytes, module: bytes | None = None) -> bytes:
         """Announce a job signed by this node's key (Submitting.submit); LocalProtocolError if not."""
-        return await self.submitting.submit(signed_spec, module)
+        with self._disk_full_refused():
+            return await self.submitting.submit(signed_spec, module)
 
     async def submit_unsigned(self, body: bytes, module: bytes | None = None) -> bytes:
         """Sign a spec naming this node and submit it (Submitting.submit_unsigned)."""
-        return await self.submitting.submit_unsigned(body, module)
+        with self._disk_full_refused():
+            return await self.submitting.submit_unsigned(body, module)
 
     async def cancel(self, job_id: bytes) -> None:
         """Cancel a job submitted from this node (Submitting.cancel); LocalProtocolError if not."""
-        await self.submitting.cancel(job_id)
+        with self._disk_full_refused():
+            await self.submitting.cancel(job_id)
+
+    @contextmanager
+    def _disk_full_refused(self) -> Iterator[None]:
+        """A user's request that needs the store while the disk is full: refused as `store_full`."""
+        try:
+            yield
+        except StoreFull as exc:
+            self.store_full(exc, "a user's request")
+            raise LocalProtocolError("store_full", f"the node's data dir is full ({self.disk.path})") from None
 
     @property
     def jobs_running(self) -> int:
@@ -423,6 +486,7 @@ class Agent:
             "counters": dict(self.counters),
             "overlay": self.overlay.stats(),
             "rejected": dict(self.rejected),
+            "disk": self.disk.view(),
             "pid": os.getpid(),
             **({"metrics_url": self.metrics_url} if self.metrics_url else {}),
             **({"api_url": self.api_url} if self.api_url else {}),

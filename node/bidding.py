@@ -12,6 +12,13 @@ pulling for a job the node would otherwise run):
                                            dockerd unreachable)
     has_gpu          no_gpu                the job needs a GPU and this node offers none
     fits_resources   too_big               the job asks for more CPU or memory than the node offers
+    disk_room        disk_low              the data dir's free space is below the node's reserve
+                                           (node/disk.py), or a store write just failed for want
+                                           of disk
+    fits_output      output_too_large      a container job's output quota (out_max_bytes) is over
+                                           what this node accepts (--max-output) or over its free
+                                           space above the reserve, less the quotas of the jobs
+                                           it has been awarded and not yet run
     has_free_slot    busy                  the node already runs its maximum number of jobs
     image_present    image_missing         the image is not available locally (the executor then
                                            tries to pull it and decides again)
@@ -23,6 +30,8 @@ from dataclasses import dataclass
 from typing import Callable
 
 from distributeai.consensus.messages import JobSpec
+
+from .disk import human
 
 
 @dataclass(frozen=True)
@@ -38,6 +47,8 @@ NO_GPU = "no_gpu"
 TOO_BIG = "too_big"
 BUSY = "busy"
 IMAGE_MISSING = "image_missing"
+DISK_LOW = "disk_low"
+OUTPUT_TOO_LARGE = "output_too_large"
 FITS = "fits"
 
 
@@ -57,6 +68,12 @@ class BidContext:
     image_ok: Callable[[str], bool]
     submitter_can_pay: bool = True
     gpu_ok: bool = True
+    # The data dir's space (node/disk.py DiskGuard): whether it is low, bytes free above the
+    # reserve less the output quotas of the jobs awarded and not yet run, and the largest output
+    # quota this node accepts. None: not watched (no limit).
+    disk_low: bool = False
+    disk_headroom: int | None = None
+    max_output: int | None = None
 
 
 def submitter_pays(c: BidContext) -> Decision | None:
@@ -87,11 +104,33 @@ def fits_resources(c: BidContext) -> Decision | None:
     return None
 
 
+def disk_room(c: BidContext) -> Decision | None:
+    if not c.disk_low:
+        return None
+    return Decision(False, "disk_low: the data dir's free space is below this node's reserve", DISK_LOW)
+
+
+def fits_output(c: BidContext) -> Decision | None:
+    """Only container jobs of one task write /out (a batch's tasks and wasm jobs write nothing)."""
+    if c.spec.sandbox != "container" or c.spec.is_batch:
+        return None
+    quota = c.spec.out_max_bytes
+    if c.max_output is not None and quota > c.max_output:
+        return Decision(False, f"output_too_large: the job may write {human(quota)}, this node accepts "
+                               f"{human(c.max_output)}", OUTPUT_TOO_LARGE)
+    if c.disk_headroom is not None and quota > c.disk_headroom:
+        return Decision(False, f"output_too_large: the job may write {human(quota)}, this node has "
+                               f"{human(max(0, c.disk_headroom))} free above its reserve and the jobs it "
+                               f"runs", OUTPUT_TOO_LARGE)
+    return None
+
+
 def has_free_slot(c: BidContext) -> Decision | None:
     return None if c.running < c.capacity.max_running else Decision(False, "all job slots busy", BUSY)
 
 
-PREDICATES = (submitter_pays, sandbox_ready, has_gpu, fits_resources, has_free_slot, image_present)
+PREDICATES = (submitter_pays, sandbox_ready, has_gpu, fits_resources, disk_room, fits_output, has_free_slot,
+              image_present)
 
 
 def decide(c: BidContext) -> Decision:

@@ -48,10 +48,11 @@ from .agent import Agent, NodeSettings
 from .bidding import Capacity
 from .clock import now_ms
 from .control import serve_control
+from .disk import DEFAULT_KEEP_OUTPUTS_S, DEFAULT_MAX_OUTPUT, DEFAULT_RESERVE
 from .paths import control_path, key_path, last_start_path, pow_path
 from .proof import load_or_solve
 from .startcheck import check_key_present, mismatch, store_path
-from .store import Store
+from .store import Store, StoreFull
 
 log = logging.getLogger("distributeai.node")
 PEER_CHECK_INTERVAL_S = 1.0  # how often the connected set is compared with what was last saved
@@ -81,6 +82,9 @@ class NodeConfig:
     seed: bytes | None = field(default=None, repr=False, compare=False)
     rate_limits: RateLimits = field(default_factory=RateLimits)  # per-peer limits (p2p/ratelimit.py)
     pow_difficulty: int = DEFAULT_DIFFICULTY  # demanded of others and solved for ourselves
+    disk_reserve: int = DEFAULT_RESERVE  # bytes kept free on the data dir's filesystem (node/disk.py)
+    max_output: int = DEFAULT_MAX_OUTPUT  # the largest output quota (JobSpec.out_max_bytes) bid on
+    keep_outputs_s: float = DEFAULT_KEEP_OUTPUTS_S  # outputs kept after a job ended (node/retention.py)
 
 
 class DataDirBusy(RuntimeError):
@@ -107,8 +111,11 @@ async def _save_peers(agent: Agent, store: Store) -> None:
         connected = set(agent.overlay.connected_peers())
         changed = (connected - saved) | (saved - connected)
         if changed:
-            await store.upsert_peers([(p, a) for p, a in agent.overlay.known_peers() if p in changed], now_ms())
-            saved = connected
+            try:
+                await store.upsert_peers([(p, a) for p, a in agent.overlay.known_peers() if p in changed], now_ms())
+                saved = connected
+            except StoreFull as exc:  # tried again next round; the node goes on
+                agent.store_full(exc, "the connected peers")
         await trio.sleep(PEER_CHECK_INTERVAL_S)  # a sampling period, not synchronization
 
 
@@ -163,7 +170,8 @@ async def run_node(config: NodeConfig, *, task_status=trio.TASK_STATUS_IGNORED) 
                 settings = NodeSettings(sandboxes["container"].name, gpu=config.gpu, capacity=config.capacity,
                                         price=config.price, genesis_credits=config.genesis_credits,
                                         timing=config.timing, pow_difficulty=config.pow_difficulty,
-                                        pow_nonce=pow_nonce)
+                                        pow_nonce=pow_nonce, data_dir=data_dir, disk_reserve=config.disk_reserve,
+                                        max_output=config.max_output, keep_outputs_s=config.keep_outputs_s)
                 agent = AGENT_CLASS(identity, store, overlay, sandboxes, settings, outputs_dir=data_dir / "outputs")
                 async with trio.open_nursery() as nursery:
                     await nursery.start(agent.run)
@@ -185,8 +193,11 @@ async def run_node(config: NodeConfig, *, task_status=trio.TASK_STATUS_IGNORED) 
                         agent.api_url = f"http://{shown}:{port}"
                     nursery.start_soon(_save_peers, agent, store)
                     info = agent.info()
-                    last_start_path(data_dir).write_text(json.dumps(
-                        {"peer_id": info["peer_id"], "multiaddrs": info["multiaddrs"], "pid": os.getpid()}))
+                    try:
+                        last_start_path(data_dir).write_text(json.dumps(
+                            {"peer_id": info["peer_id"], "multiaddrs": info["multiaddrs"], "pid": os.getpid()}))
+                    except OSError as exc:  # a full data dir: the node runs, and says so (node/disk.py)
+                        log.warning("could not write %s: %s", last_start_path(data_dir), exc)
                     log.info("node %s listening on %s", info["peer_id"], " ".join(info["multiaddrs"]))
                     task_status.started(info)
         finally:

@@ -38,6 +38,7 @@ from . import wire
 from .bidding import IMAGE_MISSING, BidContext, decide
 from .inbound import decode_award
 from .ports import NodeSettings, Ports, Sandboxes
+from .store import StoreFull
 
 log = logging.getLogger("distributeai.node.executor")
 __all__ = ["Executing", "SEND_RETRIES", "SandboxRun"]
@@ -70,12 +71,20 @@ class Executing:
         image_ok = True
         if spec.sandbox == "container" and sandbox is not None and boxes.ok.get("container"):
             image_ok = await self._has_image(sandbox, spec.image)
+        disk = self.ports.disk
+        # The room above the reserve, less what the jobs awarded and not yet run may still write.
+        promised = sum(j.spec.out_max_bytes for j in self.jobs.values() if j.state in ("awarded", "running")
+                       and j.spec.sandbox == "container" and not j.spec.is_batch)
         decision = decide(BidContext(spec, self.settings.capacity, self.running, boxes.ok.get(spec.sandbox, False),
                                      lambda _: image_ok, submitter_can_pay=self.ports.ledger.can_pay(spec),
-                                     gpu_ok=self.settings.gpu or not spec.gpu))
+                                     gpu_ok=self.settings.gpu or not spec.gpu, disk_low=disk.low,
+                                     disk_headroom=disk.headroom() - promised if disk.path is not None else None,
+                                     max_output=self.settings.max_output))
         if decision.code == IMAGE_MISSING:
             self.ports.runtime.spawn(self._pull_then_bid, job_id, spec, addrs)
             return
+        if not decision.bid:
+            self.ports.events.count(f"declined_{decision.code}")
         await self._decided(job_id, spec, addrs, decision.bid, decision.reason)
 
     async def _decided(self, job_id: bytes, spec: JobSpec, addrs: tuple[str, ...], bid: bool, reason: str) -> None:
@@ -192,6 +201,8 @@ class Executing:
         """Task boundary: whatever goes wrong with one job is that job's failure, never the node's."""
         try:
             await self._execute(job)
+        except StoreFull:
+            raise  # the disk is full: recording a crash would fail too (the spawned task's boundary drops it)
         except Exception as exc:  # a withdrawal says so at once: the submitter replaces this executor
             log.exception("execution of %s failed unexpectedly", job.job_id.hex()[:12])
             await self.apply(job, "crashed", meta={"reason": f"internal error ({type(exc).__name__})"})

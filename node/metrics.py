@@ -31,6 +31,8 @@ GAUGES = (
     ("distributeai_peers", "Peers this node is connected to."),
     ("distributeai_reputation", "This node's own reputation, in its own view."),
     ("distributeai_credits", "This node's own credit balance, in its own view."),
+    ("distributeai_disk_free_bytes", "Free bytes on the data dir's filesystem, as the disk guard last read them."),
+    ("distributeai_disk_low", "1 while the data dir is below the node's disk reserve (it bids on nothing), else 0."),
 )
 
 
@@ -52,13 +54,14 @@ class _ScrapeTimeGauges:
     def collect(self) -> Iterator[Metric]:
         values = self.read()
         for name, doc in GAUGES:
-            yield GaugeMetricFamily(name, doc, value=values[name])
+            if name in values:  # a reader without a disk guard (a test) leaves the disk gauges out
+                yield GaugeMetricFamily(name, doc, value=values[name])
 
 
 class NodeMetrics:
     def __init__(self, read_gauges: Callable[[], dict[str, float]]) -> None:
-        """`read_gauges()` returns {"distributeai_peers": .., "distributeai_reputation": ..,
-        "distributeai_credits": ..}; it is called on each scrape, in the scraping task."""
+        """`read_gauges()` returns a value for each name in GAUGES; it is called on each scrape,
+        in the scraping task."""
         r = self.registry = CollectorRegistry()
         self.announced = Counter("distributeai_jobs_announced_total",
                                  "Jobs of this node's user that it announced.", registry=r)
@@ -83,10 +86,15 @@ class NodeMetrics:
         self.sandbox_run_seconds = Histogram("distributeai_sandbox_run_seconds",
                                              "Start to exit of a job in the sandbox, by backend.",
                                              ["sandbox"], buckets=RUN_BUCKETS_S, registry=r)
+        self.store_full = Counter("distributeai_store_write_failures_total",
+                                  "Store writes that failed for want of disk (each dropped one input).", registry=r)
+        self.declined = Counter("distributeai_bids_declined_total", "Jobs this node declined to bid on, by reason.",
+                                ["reason"], registry=r)
         r.register(_ScrapeTimeGauges(read_gauges))
         # `Agent.count` names -> the counter they feed; other names are not exported.
         self._counted = {"announced": self.announced, "bids_sent": self.bid, "awarded": self.awarded,
-                         "executed": self.executed, "gossip_in": self.gossip_in, "gossip_out": self.gossip_out}
+                         "executed": self.executed, "gossip_in": self.gossip_in, "gossip_out": self.gossip_out,
+                         "store_full": self.store_full}
 
     # --- hooks called by the agent --------------------------------------------------------------
 
@@ -94,6 +102,8 @@ class NodeMetrics:
         counter = self._counted.get(what)
         if counter is not None:
             counter.inc()
+        elif what.startswith("declined_"):  # a bidding.py reason code, so the label set is bounded
+            self.declined.labels(reason=what.removeprefix("declined_")).inc()
 
     def reject(self, reason: str) -> None:
         self.rejected.labels(reason=reason).inc()

@@ -18,8 +18,12 @@ Contract of each port:
 - `Events`: counters and metrics (`count`, `reject`, `job_finished`, `sandbox_run`), and change
   notification (`notify()` wakes whoever waits on `changed()`, the event current at the call).
 - `Runtime`: the clock (`now_ms()`, the node's one clock read) and `spawn(fn, *args)`, which starts
-  a task in the node's nursery.
-`Ports` bundles these five for both roles. The executor also gets `Sandboxes`: the backend for
+  a task in the node's nursery. A spawned task is a task boundary: a `StoreFull` (node/store.py)
+  raised in it drops what the task was doing, is counted and tells the disk guard; it never ends
+  the node.
+- `disk`: the `DiskGuard` of the data directory (node/disk.py): whether it is low on space, and
+  how much is free above the reserve. Optional: by default a guard that watches nothing.
+`Ports` bundles these for both roles. The executor also gets `Sandboxes`: the backend for
 each spec sandbox kind, whether each passed its check at start, the outputs directory, and
 `offload` (a blocking sandbox call off the trio thread, `offload_to_thread`). `NodeSettings` is
 the configuration both roles read (capacity, price, timing, proof-of-work difficulty and nonce).
@@ -38,6 +42,7 @@ from distributeai.consensus.submitter import Timing
 from distributeai.sandbox.base import Sandbox
 
 from .bidding import Capacity
+from .disk import DEFAULT_KEEP_OUTPUTS_S, DEFAULT_MAX_OUTPUT, DEFAULT_RESERVE, DiskGuard
 
 
 @dataclass
@@ -53,8 +58,13 @@ class NodeSettings:
     # its own nonce, solved for at least that many bits (node/proof.py).
     pow_difficulty: int = 0
     pow_nonce: bytes = b""
-    # Bytes kept free on the data dir's filesystem: output files are not kept past it.
-    disk_reserve: int = 0
+    # Disk (node/disk.py, node/retention.py): the data directory watched for free space (None: not
+    # watched), the bytes kept free there, the largest output quota accepted, and how long a job's
+    # outputs are kept once it ended.
+    data_dir: Path | None = None
+    disk_reserve: int = DEFAULT_RESERVE
+    max_output: int = DEFAULT_MAX_OUTPUT
+    keep_outputs_s: float = DEFAULT_KEEP_OUTPUTS_S
 
 
 @dataclass(frozen=True)
@@ -151,6 +161,7 @@ class Ports:
     ledger: Ledger
     events: Events
     runtime: Runtime
+    disk: DiskGuard = field(default_factory=lambda: DiskGuard(None))
 
     def now_ms(self) -> int:
         return self.runtime.now_ms()

@@ -27,6 +27,13 @@ What is stored (and why):
   whose key file gives another peer id refuses to start instead of taking this history as its own.
 - `blobs`: wasm modules too large to travel in a spec, by SHA-256: a submitter's own, served to
   its executors, and an executor's fetched copy, kept.
+
+A full or failing disk: a transaction that SQLite cannot write (SQLITE_FULL "database or disk is
+full", or an SQLITE_IOERR) raises `StoreFull`, after its transaction is rolled back, so the
+connection is usable again and the next write succeeds once space returns, with no restart (WAL
+mode: a commit that could not be written never reaches the database; readers keep the last
+committed state). `StoreFull` must never end the node: each task boundary drops the input it was
+handling, counts it and tells the disk guard (node/disk.py), which stops bidding.
 """
 
 from __future__ import annotations
@@ -128,9 +135,40 @@ class StoreDamaged(Exception):
         self.path = Path(path)
 
 
+# sqlite3 primary result codes (the low byte of an extended code): the disk is full, or it failed.
+SQLITE_IOERR = 10
+SQLITE_FULL = 13
+DISK_ERRORS = (SQLITE_IOERR, SQLITE_FULL)
+
+
+class StoreFull(Exception):
+    """A write could not reach the disk (full, or an I/O error); nothing of it was stored."""
+
+
+def disk_error(exc: BaseException) -> bool:
+    """Whether an sqlite3 error says the disk is full or failed (not a bug in a statement)."""
+    code = getattr(exc, "sqlite_errorcode", None)
+    if isinstance(code, int):
+        return (code & 0xFF) in DISK_ERRORS
+    return isinstance(exc, sqlite3.OperationalError) and (
+        "disk is full" in str(exc) or "disk I/O error" in str(exc))
+
+
+def _rollback(conn: sqlite3.Connection) -> None:
+    """End a failed transaction. SQLite may have rolled it back itself (it does on SQLITE_FULL and
+    SQLITE_IOERR), and a ROLLBACK then fails with "no transaction is active": never let that
+    hide the error that caused it."""
+    if conn.in_transaction:
+        try:
+            conn.execute("ROLLBACK")
+        except sqlite3.Error:
+            pass
+
+
 def _connect(path: Path) -> sqlite3.Connection:
-    """Open node.db and check it (`PRAGMA quick_check`): StoreDamaged if it is not a sound database;
-    other SQLite errors (locked, unreadable, disk full) propagate as themselves."""
+    """Open node.db and check it (`PRAGMA quick_check`): StoreDamaged if it is not a sound database,
+    StoreFull when the disk cannot hold what opening needs (the WAL's index, a new schema); other
+    SQLite errors (locked, unreadable) propagate as themselves."""
     conn = None
     try:
         conn = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None)
@@ -143,11 +181,13 @@ def _connect(path: Path) -> sqlite3.Connection:
             conn.close()
             raise StoreDamaged(path, " ".join(" ".join(problems).split()))
         conn.executescript(SCHEMA)
-    except sqlite3.DatabaseError as exc:
+    except sqlite3.Error as exc:
         if conn is not None:
             conn.close()
         if getattr(exc, "sqlite_errorcode", None) in _DAMAGED:
             raise StoreDamaged(path, str(exc)) from None
+        if disk_error(exc):
+            raise StoreFull(f"cannot open {path}: {exc}") from exc
         raise
     return conn
 
@@ -173,13 +213,19 @@ class Store:
 
     async def _run(self, fn: Callable[[sqlite3.Connection], Any]) -> Any:
         def tx() -> Any:
-            self._conn.execute("BEGIN IMMEDIATE")
+            conn = self._conn
             try:
-                out = fn(self._conn)
-            except BaseException:
-                self._conn.execute("ROLLBACK")
+                conn.execute("BEGIN IMMEDIATE")
+                try:
+                    out = fn(conn)
+                    conn.execute("COMMIT")
+                except BaseException:
+                    _rollback(conn)
+                    raise
+            except sqlite3.Error as exc:
+                if disk_error(exc):
+                    raise StoreFull(f"the store could not write to disk: {exc}") from exc
                 raise
-            self._conn.execute("COMMIT")
             return out
 
         if self._inline:
@@ -242,6 +288,29 @@ class Store:
         await self._run(lambda c: c.executemany(
             "INSERT OR IGNORE INTO outputs(sha256, job_id, path) VALUES (?,?,?)",
             [(digest, job_id, path) for digest, path in entries]))
+
+    async def jobs_ended(self, job_ids: list[str]) -> dict[str, int]:
+        """Of `job_ids`, those whose part here is over, with when (ms): a certificate is recorded
+        (the job's last update), or this node's execution of it failed (that execution's last
+        update). Retention (node/retention.py) removes their outputs some time after."""
+        def fn(c: sqlite3.Connection) -> dict[str, int]:
+            ended: dict[str, int] = {}
+            for i in range(0, len(job_ids), 500):
+                chunk = job_ids[i:i + 500]
+                marks = ",".join("?" * len(chunk))
+                for r in c.execute(f"SELECT job_id, updated_ms FROM jobs WHERE certificate IS NOT NULL"
+                                   f" AND job_id IN ({marks})", chunk):
+                    ended[r["job_id"]] = r["updated_ms"]
+                for r in c.execute(f"SELECT job_id, updated_ms FROM executions WHERE status='failed'"
+                                   f" AND job_id IN ({marks})", chunk):
+                    ended[r["job_id"]] = min(ended.get(r["job_id"], r["updated_ms"]), r["updated_ms"])
+            return ended
+
+        return await self._run(fn)
+
+    async def remove_outputs(self, job_id: str) -> int:
+        """Forget the output files held for a job (their files are removed by the caller); how many."""
+        return await self._run(lambda c: c.execute("DELETE FROM outputs WHERE job_id=?", (job_id,)).rowcount)
 
     async def find_output(self, digest: str) -> tuple[str, str] | None:
         def fn(c: sqlite3.Connection) -> tuple[str, str] | None:
