@@ -22,6 +22,8 @@ import wasmtime
 from distributeai.sandbox import RunRequest, RunResult, SandboxError, open_sandbox
 from distributeai.sandbox.wasm_backend import DEFAULT_FUEL, WasmSandbox
 
+from .sandbox_helpers import run_in_thread
+
 WORKLOADS = Path(__file__).resolve().parent.parent / "sandbox" / "workloads"
 HELLO_SHA256 = b"66a045b452102c59d840ec097d59d9467e13a3f34f6494e539ffd32c1bb35f18  -\n"
 
@@ -422,20 +424,6 @@ def test_committed_workloads_are_small():
 
 
 # --- pull and cancel ----------------------------------------------------------------------------
-
-
-def run_in_thread(sandbox, request: RunRequest) -> tuple[threading.Thread, dict]:
-    box: dict = {}
-
-    def target() -> None:
-        try:
-            box["result"] = sandbox.run(request)
-        except BaseException as e:  # noqa: BLE001 - handed to the test
-            box["error"] = e
-
-    thread = threading.Thread(target=target, daemon=True)
-    thread.start()
-    return thread, box
 
 
 def test_pull_is_a_no_op(sb):
