@@ -145,6 +145,8 @@ class RestApi:
         except LocalProtocolError as exc:
             if exc.reason == "insufficient_credits":
                 raise ApiError(409, str(exc), "price") from None
+            if exc.reason == "store_full":  # the node's disk, not the request: try again later
+                raise ApiError(503, str(exc), None, [("retry-after", "60")]) from None
             raise ApiError(400, str(exc), "job") from None
         return await self.job(job_id.hex())
 

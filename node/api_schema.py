@@ -140,7 +140,9 @@ def openapi_document() -> dict[str, Any]:
                                   "400": _error("A field is wrong (named in `field`); nothing was sent"),
                                   "401": UNAUTHORIZED,
                                   "409": _error("This node cannot pay for the job (field `price`)"),
-                                  "413": _error("The body is over the limit (1 MiB)")},
+                                  "413": _error("The body is over the limit (1 MiB)"),
+                                  "503": _error("The node's disk is full: nothing was stored or sent; "
+                                                "try again later (Retry-After)")},
                 },
                 "get": {
                     "summary": "The jobs this node knows, newest first",
