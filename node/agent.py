@@ -87,6 +87,7 @@ class Agent:
         self.metrics = NodeMetrics(self._gauges)  # mirrors counters/rejected for Prometheus
         self.metrics_url: str | None = None  # set by the daemon when it serves /metrics
         self.api_url: str | None = None  # set by the daemon when it serves the REST API
+        self.http: Counter = Counter()  # what the daemon's HTTP servers refused or closed (p2p/http.py)
         self.changed = trio.Event()  # replaced on every change; waiters re-check their condition
         self.nursery: trio.Nursery = None  # type: ignore[assignment]  # set by run()
         self.disk = DiskGuard(settings.data_dir, settings.disk_reserve)
@@ -487,6 +488,7 @@ class Agent:
             "overlay": self.overlay.stats(),
             "rejected": dict(self.rejected),
             "disk": self.disk.view(),
+            "http": dict(self.http),
             "pid": os.getpid(),
             **({"metrics_url": self.metrics_url} if self.metrics_url else {}),
             **({"api_url": self.api_url} if self.api_url else {}),

@@ -179,7 +179,8 @@ async def run_node(config: NodeConfig, *, task_status=trio.TASK_STATUS_IGNORED) 
                     if config.metrics is not None:
                         token = http_token(config.metrics[0], data_dir, force=config.http_auth == "token",
                                            token_file=config.http_token_file)
-                        host, port = await nursery.start(partial(serve_http, token=token), *config.metrics,
+                        host, port = await nursery.start(partial(serve_http, token=token, counters=agent.http),
+                                                         *config.metrics,
                                                          {"/metrics": agent.metrics.http_route})
                         shown = f"[{host}]" if ":" in host else host  # an IPv6 address
                         agent.metrics_url = f"http://{shown}:{port}/metrics"
@@ -187,7 +188,8 @@ async def run_node(config: NodeConfig, *, task_status=trio.TASK_STATUS_IGNORED) 
                         token = http_token(config.api[0], data_dir, force=config.http_auth == "token",
                                            token_file=config.http_token_file)
                         host, port = await nursery.start(partial(serve_app, app=RestApi(agent), token=token,
-                                                                 max_body=API_MAX_BODY, deadline_s=API_DEADLINE_S),
+                                                                 max_body=API_MAX_BODY, deadline_s=API_DEADLINE_S,
+                                                                 counters=agent.http),
                                                          *config.api)
                         shown = f"[{host}]" if ":" in host else host
                         agent.api_url = f"http://{shown}:{port}"
