@@ -31,7 +31,6 @@ from typing import Callable
 
 from distributeai.consensus.messages import JobSpec
 
-from .disk import human
 
 
 @dataclass(frozen=True)
@@ -139,3 +138,11 @@ def decide(c: BidContext) -> Decision:
         if refusal is not None:
             return refusal
     return Decision(True, "fits", FITS)
+
+
+def human(n: int) -> str:
+    """A byte count for people: 1.5 GiB, 300.0 MiB, 12 B."""
+    for unit, size in (("GiB", 1024 ** 3), ("MiB", 1024 ** 2), ("KiB", 1024)):
+        if abs(n) >= size:
+            return f"{n / size:.1f} {unit}"
+    return f"{n} B"

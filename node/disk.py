@@ -29,6 +29,8 @@ from typing import Callable
 
 import trio
 
+from .bidding import human
+
 log = logging.getLogger("distributeai.node.disk")
 
 CHECK_INTERVAL_S = 2.0  # a sampling period: free space is polled, nothing notifies of it
@@ -51,14 +53,6 @@ def free_bytes(path: Path) -> int:
     except OSError:
         return 0
     return st.f_bavail * st.f_frsize
-
-
-def human(n: int) -> str:
-    """A byte count for people: 1.5 GiB, 300.0 MiB, 12 B."""
-    for unit, size in (("GiB", 1024 ** 3), ("MiB", 1024 ** 2), ("KiB", 1024)):
-        if abs(n) >= size:
-            return f"{n / size:.1f} {unit}"
-    return f"{n} B"
 
 
 @dataclass
