@@ -38,6 +38,7 @@ from distributeai.p2p.identity import load_or_create_key, peer_id_from_public_ke
 from distributeai.p2p.overlay import open_overlay
 from distributeai.p2p.ratelimit import RateLimits
 from distributeai.sandbox import Sandbox, SandboxError, open_sandbox
+from distributeai.sandbox.outdir import remove_stale_stages
 
 from distributeai.consensus.ledger import GENESIS_CREDITS
 from distributeai.consensus.pow import DEFAULT_DIFFICULTY
@@ -161,6 +162,8 @@ async def run_node(config: NodeConfig, *, task_status=trio.TASK_STATUS_IGNORED) 
                 raise mismatch(data_dir, recorded, peer_id)
             pow_nonce = await load_or_solve(pow_path(data_dir), identity.public_key, config.pow_difficulty)
             sandboxes = open_sandboxes(config, log)
+            # A run cut short by a kill left its /out tmpfs mounted: free it now, not at the next run.
+            await trio.to_thread.run_sync(remove_stale_stages, data_dir / "outputs", log)
             # Known peers from earlier runs come after the configured bootstrap, so a restarted node
             # rejoins even when the bootstrap is gone.
             remembered = [a for _, addrs in await store.known_peers(limit=8) for a in addrs[:1]]

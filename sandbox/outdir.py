@@ -363,10 +363,18 @@ def _sweep(parent: str, log: LogSink) -> None:
         if parent in _swept:
             return
         _swept.add(parent)
+    remove_stale_stages(parent, log)
+
+
+def remove_stale_stages(parent: str | os.PathLike, log: LogSink) -> list[str]:
+    """Unmount and remove every stage under `parent` whose process is no longer alive (a node
+    killed mid-run leaves its tmpfs mounted); the paths removed. A node calls it at start for its
+    outputs directory, so a stage's memory is not held until the next run happens beside it."""
     try:
         names = os.listdir(os.fsencode(parent))
     except OSError:
-        return
+        return []
+    removed = []
     for name in names:
         match = _STAGE_NAME.match(name)
         if match is None or _alive(int(match[1])):
@@ -375,6 +383,8 @@ def _sweep(parent: str, log: LogSink) -> None:
         _libc.umount2(path, MNT_DETACH | UMOUNT_NOFOLLOW)  # not a mount point: EINVAL, harmless
         shutil.rmtree(path, ignore_errors=True)
         warn(log, f"removed {os.fsdecode(path)!r}, the /out of a run whose process died")
+        removed.append(os.fsdecode(path))
+    return removed
 
 
 def _alive(pid: int) -> bool:

@@ -13,7 +13,7 @@ import pytest
 
 from distributeai.sandbox import OutEntry, RunRequest, SandboxError
 from distributeai.sandbox import outdir
-from distributeai.sandbox.outdir import WALK_PATH_MAX, OutStage, describe, tmpfs_size, walk
+from distributeai.sandbox.outdir import WALK_PATH_MAX, OutStage, describe, remove_stale_stages, tmpfs_size, walk
 
 from .sandbox_helpers import sha256, stage_mounts, stages
 
@@ -222,3 +222,19 @@ def test_stages_of_dead_processes_are_removed(out, tmp_path):
         assert not left.exists()
     assert (stage_mounts(tmp_path), stages(tmp_path)) == ([], [])
     assert len(warnings) == 1 and str(left) in warnings[0]
+
+
+def test_a_node_frees_stages_of_dead_processes_at_start_and_leaves_live_ones(tmp_path):
+    """What a starting node (node/daemon.py) and a stopping devnet call for an outputs directory."""
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    left = tmp_path / f".stage-job-{dead.pid}-0123abcd"
+    mine = tmp_path / f".stage-job-{os.getpid()}-0123abcd"
+    for d in (left, mine):
+        d.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "tmpfs", str(left)], check=True)
+    try:
+        assert remove_stale_stages(tmp_path, lambda _: None) == [str(left)]
+        assert not left.exists() and mine.exists() and stage_mounts(tmp_path) == []
+    finally:
+        subprocess.run(["umount", "-l", str(left)], capture_output=True)

@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from distributeai.node.control import call
+from distributeai.sandbox.outdir import remove_stale_stages
 
 
 DEVNET_POW_DIFFICULTY = 16
@@ -203,6 +204,9 @@ class Devnet:
             if p.stdout:
                 p.stdout.close()
         self.procs.clear()
+        # A node killed mid-run (kill_node) leaves its job's /out tmpfs mounted; none runs now.
+        for d in self.node_dirs:
+            remove_stale_stages(d / "outputs", print)
 
     def __enter__(self) -> "Devnet":
         return self
