@@ -359,7 +359,7 @@ def job_list(
         agreeing = sum(1 for e in j.get("executors") or [] if e.get("agreed"))
         execution = f"  ran here: {j['execution']['status']}" if j.get("execution") else ""
         typer.echo(f"{j['job_id']}  {j['role']:9}  {j['status']:16}  {agreeing}/{len(j.get('executors') or [])} agree  "
-                   f"{j['elapsed_s']:>8} s  {safe(label(j))}{safe(execution)}")
+                   f"{j['elapsed_s']:>8} s  {label(j)}{safe(execution)}")
 
 
 @job_app.command("cancel")

@@ -266,8 +266,9 @@ class Reveal:
                 raise _fail("manifest[]", "must be [path, size, sha256]")
             manifest.append((_str(entry[0], "manifest path", MANIFEST_PATH_MAX, False),
                              _int(entry[1], "manifest size"), _bytes(entry[2], "manifest sha256", 32)))
-            if name_problem(manifest[-1][0].encode()) is not None:
-                raise _fail("manifest path", name_problem(manifest[-1][0].encode()))
+            problem = name_problem(manifest[-1][0].encode())
+            if problem is not None:
+                raise _fail("manifest path", problem)
         if manifest != sorted(manifest) or len({m[0] for m in manifest}) != len(manifest):
             raise _fail("manifest", "must be sorted by path without duplicates")
         outputs = _outputs(body[12], len(manifest))

@@ -239,13 +239,14 @@ class Executing:
         self.ports.events.sandbox_run(result.sandbox, result.duration_s)
         reveal = self.make_reveal(award, spec, result)
         r: Reveal = verify(reveal, Reveal).msg
+        kept = kept_names(result)
         summary = {"exit_code": result.exit_code, "timed_out": result.timed_out, "oom_killed": result.oom_killed,
                    "stdout_truncated": r.stdout_truncated, "stderr_truncated": result.stderr_truncated,
                    "duration_s": round(result.duration_s, 4), "sandbox": result.sandbox,
                    "result_hash": r.result_hash.hex(), "fuel_used": result.fuel_used,
                    "files": r.outputs.files, "out_status": r.outputs.status, "out_skipped": r.outputs.skipped,
                    "out_enforced": result.out_enforced,
-                   "files_not_kept": sum(1 for p, _, _ in r.manifest if p not in kept_names(result)),
+                   "files_not_kept": sum(1 for p, _, _ in r.manifest if p not in kept),
                    "stderr": result.stderr[:2048].decode("utf-8", "replace")}
         return reveal, summary
 
