@@ -181,7 +181,7 @@ class RestApi:
         if not any(f["path"] == path for f in view.get("files") or []):
             raise ApiError(404, f"job {job_hex} has no output file {path[:200]!r}", "path")
         try:
-            data = await self.agent.fetch_output(job_hex, path)
+            data = await self.agent.outputs.fetch_output(job_hex, path)
         except LocalProtocolError as exc:
             raise ApiError(502, str(exc), "path") from None
         return 200, "application/octet-stream", data

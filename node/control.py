@@ -116,7 +116,7 @@ async def _dispatch(agent: Agent, request: dict) -> dict:
                                            "outputs")}
         if "out" in req:
             try:
-                answer["written"], answer["not_fetched"] = await agent.fetch_outputs(job_hex, Path(req["out"]))
+                answer["written"], answer["not_fetched"] = await agent.outputs.fetch_outputs(job_hex, Path(req["out"]))
             except LocalProtocolError as exc:
                 return {"error": str(exc), "code": exc.reason}
         return answer
