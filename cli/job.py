@@ -59,8 +59,8 @@ def print_job(view: dict, as_json: bool) -> None:
     typer.echo(f"status   {view['status']}{' (' + safe(view['reason']) + ')' if view.get('reason') else ''}")
     typer.echo(f"elapsed  {view.get('elapsed_s')} s")
     for e in view.get("executors", []):
-        mark = "agrees" if e["agreed"] else ("dissents" if e["result_hash"] else
-                                             f"no result ({safe(e.get('state') or 'unknown')})")
+        mark = "agrees" if e["agreed"] else ("dissents" if e.get("dissented") else "no verdict" if e["result_hash"]
+                                             else f"no result ({safe(e.get('state') or 'unknown')})")
         typer.echo(f"executor {safe(e['peer_id'])}  {mark}  {(e['result_hash'] or '')[:16]}")
     if view.get("result_hash"):
         outputs = view.get("outputs") or {}

@@ -24,12 +24,14 @@ import trio
 from distributeai.consensus.errors import RemoteProtocolError
 from distributeai.consensus.codec import Identity, sha256
 from distributeai.consensus.executor import make_batch_reveal, make_reveal
-from distributeai.consensus.outputs import describe_outputs
+from distributeai.consensus.outputs import describe_outputs, escape_name
 from distributeai.consensus.executor_job import (
     SEND_RETRIES, AnswerReveal, ExecutorJob, RunJob, SendCommit, SendWithdraw, apply_input, replay,
 )
-from distributeai.consensus.messages import Award, Bid, JobSpec, Reveal, RevealRequest, sign, verify
-from distributeai.consensus.names import BID_PROTOCOL, BLOB_PROTOCOL, COMMIT_PROTOCOL, WITHDRAW_PROTOCOL
+from distributeai.consensus.messages import (
+    DECLINE_DETAIL_MAX, Award, Bid, Decline, JobSpec, Reveal, RevealRequest, sign, verify,
+)
+from distributeai.consensus.names import BID_PROTOCOL, BLOB_PROTOCOL, COMMIT_PROTOCOL, DECLINE_PROTOCOL, WITHDRAW_PROTOCOL
 from distributeai.p2p.identity import peer_id_from_public_key
 from distributeai.p2p.overlay import RemoteError
 from distributeai.sandbox.base import RunRequest, RunResult, Sandbox, SandboxError
@@ -83,20 +85,25 @@ class Executing:
         if decision.code == IMAGE_MISSING:
             self.ports.runtime.spawn(self._pull_then_bid, job_id, spec, addrs)
             return
-        if not decision.bid:
-            self.ports.events.count(f"declined_{decision.code}")
-        await self._decided(job_id, spec, addrs, decision.bid, decision.reason)
+        await self._decided(job_id, spec, addrs, decision.bid, decision.reason, decision.code)
 
-    async def _decided(self, job_id: bytes, spec: JobSpec, addrs: tuple[str, ...], bid: bool, reason: str) -> None:
+    async def _decided(self, job_id: bytes, spec: JobSpec, addrs: tuple[str, ...], bid: bool, reason: str,
+                       code: str) -> None:
+        """Bid, or tell the submitter in a signed Decline why not (its code and `reason`), so it
+        can end a job nobody can run at once and say why."""
         if spec.submitter != self.me:
             await self.store.set_bid_decision(job_id.hex(), "bid" if bid else f"declined: {reason}")
-        if not bid:
-            log.info("declined job %s: %s", job_id.hex()[:12], reason)
-            return
         s = self.settings
-        msg = sign(self.identity, Bid(job_id, self.me, s.price, s.capacity.cpu_millis, s.capacity.memory_mb,
-                                      (self.sandboxes.backends[spec.sandbox].name,), self.ports.now_ms(), s.pow_nonce))
-        self.ports.runtime.spawn(self._send_bid, spec.submitter, msg, addrs)
+        if bid:
+            msg = sign(self.identity, Bid(job_id, self.me, s.price, s.capacity.cpu_millis, s.capacity.memory_mb,
+                                          (self.sandboxes.backends[spec.sandbox].name,), self.ports.now_ms(), s.pow_nonce))
+            self.ports.runtime.spawn(self._send_bid, spec.submitter, msg, addrs, BID_PROTOCOL)
+            return
+        self.ports.events.count(f"declined_{code}")
+        log.info("declined job %s: %s", job_id.hex()[:12], reason)
+        detail = escape_name(reason, DECLINE_DETAIL_MAX)
+        msg = sign(self.identity, Decline(job_id, self.me, code, detail, self.ports.now_ms(), s.pow_nonce))
+        self.ports.runtime.spawn(self._send_bid, spec.submitter, msg, addrs, DECLINE_PROTOCOL)
 
     async def _has_image(self, sandbox: Sandbox, image: str) -> bool:
         try:
@@ -110,11 +117,13 @@ class Executing:
             await self.sandboxes.offload(sandbox.pull, spec.image, limiter=self._pull_limiter)
         except SandboxError as exc:
             await self._decided(job_id, spec, addrs, False,
-                                f"image {spec.image} is not available locally and could not be pulled ({exc})")
+                                f"image {spec.image} is not available locally and could not be pulled ({exc})",
+                                IMAGE_MISSING)
             return
         await self.consider(job_id, spec, addrs)
 
-    async def _send_bid(self, submitter: bytes, bid: bytes, addrs: tuple[str, ...]) -> None:
+    async def _send_bid(self, submitter: bytes, bid: bytes, addrs: tuple[str, ...], protocol: str) -> None:
+        """Deliver a bid or a decline (`protocol`) to the submitter, dialing it first if need be."""
         transport = self.ports.transport
         if submitter != self.me and peer_id_from_public_key(submitter) not in transport.connected_peers():
             for addr in addrs:
@@ -124,10 +133,10 @@ class Executing:
                 except (RemoteError, ValueError) as exc:
                     log.debug("dial %s failed: %s", addr, exc)
         try:
-            await transport.deliver(submitter, BID_PROTOCOL, bid)
-            self.ports.events.count("bids_sent")
+            await transport.deliver(submitter, protocol, bid)
+            self.ports.events.count("bids_sent" if protocol == BID_PROTOCOL else "declines_sent")
         except (RemoteError, RemoteProtocolError) as exc:
-            log.info("bid not accepted: %s", exc)
+            log.info("%s not accepted: %s", "bid" if protocol == BID_PROTOCOL else "decline", exc)
 
     # --- awards ---------------------------------------------------------------------------------
 

@@ -56,10 +56,12 @@ def job_view(row: dict, machine: SubmitterJob | None, execution: dict | None,
     awards: dict[bytes, Award] = {}
     slots: dict[bytes, str] = {}
     winner: bytes | None = None
+    declines: dict = {}
     if machine is not None:
         reveals = {e: s.msg for e, s in machine.reveals.items()}
         awards = {e: s.msg for e, s in machine.awards.items()}
         slots = dict(machine.slot)
+        declines = {e: d.msg for e, d in machine.declines.items()}
         view.update(bids=len(machine.bids), commits=len(machine.commits), errors=machine.errors,
                     history=[{"at_ms": t, "event": ev, "peer_id": peer_id_of(e) if e else None, "detail": d}
                              for t, ev, e, d in machine.history])
@@ -67,7 +69,7 @@ def job_view(row: dict, machine: SubmitterJob | None, execution: dict | None,
         winner = t.result_hash if machine.state == "verified" else None
     elif row.get("certificate"):
         checked = verify_certificate(row["certificate"])
-        reveals, awards = checked.reveals, checked.awards
+        reveals, awards, declines = checked.reveals, checked.awards, checked.declines
         winner = checked.tally.result_hash if checked.certificate.status == "verified" else None
     if winner is not None:
         agreeing = next(r for r in reveals.values() if r.result_hash == winner)
@@ -86,9 +88,12 @@ def job_view(row: dict, machine: SubmitterJob | None, execution: dict | None,
             "exit_code": reveals[e].exit_code if e in reveals else None,
             "sandbox": reveals[e].sandbox if e in reveals else None,
             "agreed": winner is not None and e in reveals and reveals[e].result_hash == winner,
+            # Dissent is a different result from the verified one, nothing else.
+            "dissented": winner is not None and e in reveals and reveals[e].result_hash != winner,
         }
         for e, a in sorted(awards.items(), key=lambda kv: kv[1].slot)
     ]
+    view["declines"] = [{"peer_id": peer_id_of(e), "code": d.code, "detail": d.detail} for e, d in declines.items()]
     if spec.is_batch:
         verdicts = task_tallies(spec, reveals)
         view["tasks"] = len(spec.tasks)
