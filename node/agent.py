@@ -295,6 +295,7 @@ class Agent:
             self.ledger.apply_certificate(checked, now)
             self.count("certificates")
             self.notify()
+            await self.executing.job_ended(cert.job_id, cert.status)  # a run of it here stops
 
     # --- the facade the control socket and the REST API use ---------------------------------
 
@@ -312,6 +313,7 @@ class Agent:
         """Cancel a job submitted from this node (Submitting.cancel); LocalProtocolError if not."""
         with self._disk_full_refused():
             await self.submitting.cancel(job_id)
+            await self.executing.job_ended(job_id, "cancelled")  # its run here stops too (own gossip is not echoed)
 
     @contextmanager
     def _disk_full_refused(self) -> Iterator[None]:
