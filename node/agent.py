@@ -102,7 +102,7 @@ class Agent:
         ports = self.ports()
         self.executing = self.executing_class(identity, settings, ports,
                                               Sandboxes(sandboxes, self.sandbox_ok, outputs_dir))
-        self.submitting = Submitting(identity, settings, ports, self.executing.consider)
+        self.submitting = Submitting(identity, settings, ports, self.executing.consider, self.executing.job_ended)
         self.outputs = OutputsServing(store, outputs_dir, self.pins, self.deliver, self.job_status)
         self.handlers: dict[str, Handler] = {
             BID_PROTOCOL: self.submitting.handle_bid,
@@ -296,6 +296,8 @@ class Agent:
             self.ledger.apply_certificate(checked, now)
             self.count("certificates")
             self.notify()
+            # A run of it here stops; a cancel says so in the certificate's reason.
+            await self.executing.job_ended(cert.job_id, "cancelled" if cert.reason == "cancelled" else cert.status)
 
     # --- the facade the control socket and the REST API use ---------------------------------
 

@@ -47,18 +47,23 @@ OFFENCES = ("not_awarded", "late_commit")
 
 # What the node does when its user submits a job: consider bidding on it itself (Executing.consider).
 Consider = Callable[[bytes, JobSpec, tuple], Awaitable[None]]
+# What it does when one of its jobs ends: stop its own run of it, if any (Executing.job_ended; its
+# own certificate never comes back to it over gossip, as other executors' copies do).
+Ended = Callable[[bytes, str], Awaitable[None]]
 
 __all__ = ["INPUT_TYPES", "OFFENCES", "REANNOUNCE_INTERVAL_S", "Submitting", "replay"]
 
 
 class Submitting:
-    def __init__(self, identity: Identity, settings: NodeSettings, ports: Ports, consider: Consider) -> None:
+    def __init__(self, identity: Identity, settings: NodeSettings, ports: Ports, consider: Consider,
+                 ended: Ended) -> None:
         self.identity = identity
         self.me = identity.public_key
         self.settings = settings
         self.timing = settings.timing
         self.ports = ports
         self.consider = consider
+        self.ended = ended
         self.jobs: dict[bytes, SubmitterJob] = {}
         self._lock = trio.Lock()  # inputs reach the store in the order they were applied
 
@@ -247,6 +252,7 @@ class Submitting:
                 p.events.reject(action.reason, f"by executor {peer_id_from_public_key(action.executor)}")
             elif isinstance(action, Finished):
                 log.info("job %s %s %s", job.job_id.hex()[:12], action.status, action.reason)
+                await self.ended(job.job_id, "cancelled" if action.reason == "cancelled" else action.status)
                 p.events.job_finished(action.status, action.reason, (p.now_ms() - job.started_ms) / 1000)
 
     async def _send_award(self, job: SubmitterJob, action: SendAward) -> None:
