@@ -12,7 +12,7 @@ from typing import Any, Optional
 import typer
 
 from .common import DataDirOption, JsonOption, check_job_id, control, fail, node_dir, print_json, safe
-from .jobview import job_exit_code, print_job, result_report  # noqa: F401  (print_job: cli/tools.py uses it)
+from .jobview import job_exit_code, print_job, result_report, task_note  # noqa: F401  (print_job: cli/tools.py uses it)
 
 job_app = typer.Typer(no_args_is_help=True, help="Look at jobs.")
 
@@ -279,10 +279,13 @@ def _batch_result(job_id: str, total: int, task: Optional[int], data_dir: Path, 
         if tasks[0]["status"] != "verified":
             fail(f"task {task} is {tasks[0]['status']}, not verified", 1)
         sys.stdout.write(tasks[0]["stdout"] or "")
+        if task_note(tasks[0]):
+            typer.echo(f"task {task}:{task_note(tasks[0])}", err=True)
     else:
         for t in tasks:
             line = (t["stdout"] or "").rstrip("\n").replace("\n", "\\n")
-            typer.echo(f"{t['task']:5d}  {t['status']:9}  exit {t['exit_code'] if t['exit_code'] is not None else '-':>3}  {line}")
+            typer.echo(f"{t['task']:5d}  {t['status']:9}  exit {t['exit_code'] if t['exit_code'] is not None else '-':>3}"
+                       f"{task_note(t)}  {line}")
     verified = sum(1 for t in tasks if t["status"] == "verified")
     if task is None:
         typer.echo(f"{verified} of {len(tasks)} tasks verified", err=True)

@@ -142,6 +142,12 @@ def stderr_block(view: dict) -> list[str]:
     return [header, body if body.endswith("\n") else body + "\n"]
 
 
+def task_note(t: dict) -> str:
+    """' (timed out)', ' (stdout cut)', both or '': what a batch task's exit code and stdout do not say."""
+    notes = [what for what, hit in (("timed out", t.get("timed_out")), ("stdout cut", t.get("stdout_truncated"))) if hit]
+    return f" ({', '.join(notes)})" if notes else ""
+
+
 def outputs_lines(outputs: dict, files: list[dict]) -> list[str]:
     """What the certified result says about the job's output files, in words."""
     if not outputs:

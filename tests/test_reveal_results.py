@@ -10,7 +10,7 @@ import pytest
 
 from distributeai.cli.jobview import (
     EXIT_NO_CODE, EXIT_NOT_VERIFIED, EXIT_OOM_KILLED, EXIT_TIMED_OUT, job_exit_code, size_text, status_line,
-    stderr_block, stdout_line,
+    stderr_block, stdout_line, task_note,
 )
 from distributeai.consensus.codec import Identity
 from distributeai.consensus.errors import RemoteProtocolError
@@ -182,3 +182,8 @@ def test_stderr_is_shown_with_where_it_was_cut_and_no_terminal_controls():
     assert stderr_block(view(stderr="a\tb\n")) == ["stderr:", "a\tb\n"]
     header, body = stderr_block(view(stderr="...end\x1b[2J", stderr_part="last"))
     assert "last 1.5 KiB" in header and body == "[...]...end\\x1b[2J\n"
+
+
+def test_a_batch_task_says_when_it_timed_out_or_its_stdout_was_cut():
+    assert task_note({"timed_out": False, "stdout_truncated": False}) == ""
+    assert task_note({"timed_out": True, "stdout_truncated": True}) == " (timed out, stdout cut)"
