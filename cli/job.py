@@ -12,6 +12,7 @@ from typing import Any, Optional
 import typer
 
 from .common import DataDirOption, JsonOption, check_job_id, control, fail, node_dir, print_json, safe
+from .jobview import job_exit_code, print_job, result_report, task_note  # noqa: F401  (print_job: cli/tools.py uses it)
 
 job_app = typer.Typer(no_args_is_help=True, help="Look at jobs.")
 
@@ -51,51 +52,6 @@ def read_tasks(path: Path) -> list[list[str]]:
         fail(f"--tasks {path}: {exc.message}")
 
 
-def print_job(view: dict, as_json: bool) -> None:
-    if as_json:
-        typer.echo(json.dumps(view))
-        return
-    typer.echo(f"job      {view['job_id']}")
-    typer.echo(f"status   {view['status']}{' (' + safe(view['reason']) + ')' if view.get('reason') else ''}")
-    typer.echo(f"elapsed  {view.get('elapsed_s')} s")
-    for e in view.get("executors", []):
-        mark = "agrees" if e["agreed"] else ("dissents" if e.get("dissented") else "no verdict" if e["result_hash"]
-                                             else f"no result ({safe(e.get('state') or 'unknown')})")
-        typer.echo(f"executor {safe(e['peer_id'])}  {mark}  {(e['result_hash'] or '')[:16]}")
-    if view.get("result_hash"):
-        outputs = view.get("outputs") or {}
-        if outputs.get("status") == "out_quota_exceeded":
-            typer.echo(f"result   {view['result_hash']}  out_quota_exceeded")
-        else:
-            typer.echo(f"result   {view['result_hash']}  exit code {view['exit_code']}")
-        for line in outputs_lines(outputs, view.get("files") or []):
-            typer.echo(line)
-        typer.echo("stdout:")
-        typer.echo(view.get("stdout") or "", nl=False)
-
-
-def outputs_lines(outputs: dict, files: list[dict]) -> list[str]:
-    """What the certified result says about the job's output files, in words."""
-    if not outputs:
-        return []
-    if outputs.get("status") == "out_quota_exceeded":
-        q = outputs["quota"]
-        return [f"outputs  the job left more than its quota in /out ({q['bytes']} bytes or {q['files']} entries): "
-                "its files, exit code and stdout were discarded on every executor"]
-    lines = []
-    if outputs.get("files"):
-        size = sum(f["size"] for f in files)
-        lines.append(f"files    {outputs['files']}" + (f" (the certified result lists the first {outputs['listed']}, "
-                                                        f"{size} bytes)" if outputs.get("manifest_truncated")
-                                                        else f" ({size} bytes)"))
-    if outputs.get("skipped"):
-        named = ", ".join(f"{e['name']} ({e['reason']})" for e in outputs.get("skipped_entries", []))
-        more = outputs["skipped"] - len(outputs.get("skipped_entries", []))
-        lines.append(f"skipped  {outputs['skipped']} entr{'y' if outputs['skipped'] == 1 else 'ies'} of /out are not "
-                     f"output files: {safe(named)}" + (f" and {more} more" if more > 0 else ""))
-    return lines
-
-
 def submit(
     ctx: typer.Context,
     data_dir: Optional[Path] = DataDirOption,
@@ -126,8 +82,12 @@ def submit(
     memory: Optional[int] = typer.Option(None, "--memory", help="MiB the job may use. Default 256."),
     no_wait: bool = typer.Option(False, "--no-wait", help="Print the job id and return at once."),
     as_json: bool = typer.Option(False, "--json", help="Print the outcome as one JSON object."),
+    exit_code: bool = typer.Option(False, "--exit-code", help="Once verified, exit with the job's own exit code "
+                                   "(124: it timed out; 137: out of memory; 1: none in 0..255, or over its "
+                                   "output quota). A job not verified exits 1 either way."),
 ) -> None:
     """Have the running node sign a job with its key and announce it; wait until it is verified or fails.
+    Without --exit-code, exit 0 when the executors agree on a result (whatever the job's own exit code), else 1.
 
     Example: distributeai submit --data-dir ./node1 --image alpine:latest --cmd sh -c "echo 'Hello' | sha256sum" --json
     """
@@ -227,6 +187,8 @@ def submit(
     while time.monotonic() < deadline and view.get("status") not in ("verified", "failed", "nondeterministic"):
         view = control(data_dir, {"op": "wait", "job_id": job_hex, "timeout": 30}, timeout=60)
     print_job(view, as_json)
+    if exit_code:
+        raise typer.Exit(job_exit_code(view))
     raise typer.Exit(0 if view.get("status") == "verified" else 1)
 
 
@@ -283,8 +245,8 @@ def job_result(
         return
     sys.stdout.write(answer.get("stdout") or "")
     sys.stdout.flush()
-    for line in outputs_lines(answer.get("outputs") or {}, answer.get("files") or []):
-        typer.echo(line, err=True)
+    for line in result_report(answer):  # limits, exit code, a cut stdout, files, stderr
+        typer.echo(line, err=True, nl=not line.endswith("\n"))
     for f in answer.get("written") or []:
         typer.echo(f"wrote {safe(f['written_to'])}  ({f['size']} bytes, sha256 {f['sha256']})", err=True)
     for f in answer.get("not_fetched") or []:
@@ -317,10 +279,13 @@ def _batch_result(job_id: str, total: int, task: Optional[int], data_dir: Path, 
         if tasks[0]["status"] != "verified":
             fail(f"task {task} is {tasks[0]['status']}, not verified", 1)
         sys.stdout.write(tasks[0]["stdout"] or "")
+        if task_note(tasks[0]):
+            typer.echo(f"task {task}:{task_note(tasks[0])}", err=True)
     else:
         for t in tasks:
             line = (t["stdout"] or "").rstrip("\n").replace("\n", "\\n")
-            typer.echo(f"{t['task']:5d}  {t['status']:9}  exit {t['exit_code'] if t['exit_code'] is not None else '-':>3}  {line}")
+            typer.echo(f"{t['task']:5d}  {t['status']:9}  exit {t['exit_code'] if t['exit_code'] is not None else '-':>3}"
+                       f"{task_note(t)}  {line}")
     verified = sum(1 for t in tasks if t["status"] == "verified")
     if task is None:
         typer.echo(f"{verified} of {len(tasks)} tasks verified", err=True)

@@ -20,8 +20,8 @@ line, answered with a JSON object on one line. Requests are capped at MAX_REQUES
     {"op": "reputation"}                             -> {"reputation": {peer id: value}}
     {"op": "peers"}                                  -> {"peers": [{peer_id, addrs, connected, reputation}]}
     {"op": "cancel", "job_id": HEX}                  -> job view (failed, "cancelled"); only the submitter's node
-    {"op": "result", "job_id": HEX[, "out": DIR]}    -> verified stdout, exit code, files, outputs (quota,
-                                                        skipped entries); with DIR, "written" (each file
+    {"op": "result", "job_id": HEX[, "out": DIR]}    -> verified stdout, stderr, exit code, limits hit,
+                                                        files, outputs (quota, skipped entries); with DIR, "written" (each file
                                                         fetched by SHA-256 from an agreeing executor) and
                                                         "not_fetched" (each file that could not be, why)
     {"op": "tasks", "job_id": HEX[, "start": N, "limit": N]} -> {"total", "tasks": [per-task verdict,
@@ -113,7 +113,9 @@ async def _dispatch(agent: Agent, request: dict) -> dict:
         if view["status"] != "verified":
             return {"error": f"job {job_hex} is {view['status']}, not verified", "code": "not_verified"}
         answer = {k: view.get(k) for k in ("job_id", "status", "exit_code", "stdout", "result_hash", "files",
-                                           "outputs")}
+                                           "outputs", "timed_out", "timeout_s", "oom_killed", "memory_mb",
+                                           "stdout_truncated", "stdout_size", "stderr", "stderr_part",
+                                           "stderr_truncated", "sandbox")}
         if "out" in req:
             try:
                 answer["written"], answer["not_fetched"] = await agent.outputs.fetch_outputs(job_hex, Path(req["out"]))

@@ -351,14 +351,15 @@ class Executing:
         return blob
 
     def make_reveal(self, award: Award, spec: JobSpec, result: RunResult) -> bytes:
-        """The signed reveal of a result (consensus.executor.make_reveal), its outputs described by
-        the one rule every executor applies (consensus.outputs.describe_outputs)."""
+        """The signed reveal of a result (consensus.executor.make_reveal: stdout, its size and the
+        part of stderr it certifies), its outputs described by the one rule every executor applies
+        (consensus.outputs.describe_outputs)."""
         manifest, outputs = describe_outputs(
             [(e.name, e.kind, e.size, bytes.fromhex(e.sha256) if e.sha256 else None) for e in result.out_entries],
             spec.out_max_bytes, spec.out_max_files)
         return make_reveal(self.identity, award.job_id, result.exit_code, result.timed_out, result.stdout,
                            result.stdout_truncated, manifest, result.fuel_used, result.oom_killed, result.sandbox,
-                           outputs)
+                           outputs, stderr=result.stderr, stderr_truncated=result.stderr_truncated)
 
     def _kept_outputs(self, job_hex: str, manifest: tuple) -> list[tuple[str, str]]:
         """(sha256 hex, path) of each manifest file present in the job's output directory."""
