@@ -47,6 +47,7 @@ import pytest
 import typer.main
 
 from distributeai.node.control import call
+from distributeai.sandbox.outdir import remove_stale_stages
 
 from .netfixtures import wait_for
 
@@ -229,6 +230,9 @@ class Place:
                 proc.wait()
             proc.stdout.close()
             del self.services[name]
+        # A node stopped while a run of its was ending may leave that run's /out tmpfs mounted.
+        for d in ("n1", "n2", "n3"):
+            remove_stale_stages(self.root / d / "outputs", print)
 
 
 def all_lines() -> tuple[list[str], list[str]]:
