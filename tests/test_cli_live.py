@@ -149,11 +149,18 @@ def test_job_ids_by_prefix_and_their_errors(net):
 
 
 @pytest.mark.slow
-def test_job_status_watch_ticks_on_a_terminal(net, tmp_path):
+def test_elapsed_ticks_in_status_and_in_job_status_watch_on_a_terminal(net, tmp_path):
     d = str(net.node_dirs[0])
-    out = cli("submit", "--data-dir", d, "--image", "alpine:latest", "--no-wait", "--cmd", "sleep", "6")
+    out = cli("submit", "--data-dir", d, "--image", "alpine:latest", "--no-wait", "--cmd", "sleep", "10")
     assert out.returncode == 0, out.stderr
     job = out.stdout.strip()
+
+    def status_elapsed() -> float:  # `status`'s snapshot, as its live view redraws it
+        snap = json.loads(cli("status", "--once", "--json", "--data-dir", d).stdout)
+        return next(j["elapsed_s"] for j in snap["submitted"] if j["job_id"] == job)
+
+    before = status_elapsed()
+    wait_for(lambda: status_elapsed() > before, 30, f"status to show the job older than {before} s")
     tmux = Tmux(tmux_or_skip(), tmp_path / "tmux.sock")
     rc_file = tmp_path / "rc"
     tmux.start([*CLI, "job", "status", job[:10], "--data-dir", d, "--watch"], rc_file)
