@@ -278,12 +278,17 @@ def test_every_readme_line_and_help_example_works_as_written(tmp_path, docker_ho
         place.multiaddr = place.start(place.prepare(boot), "boot")
         assert place.multiaddr == (place.root / "boot" / "multiaddr").read_text().strip()
         place.write_config()
-        json.loads(place.start(place.prepare(n1), "n1"))
+        ids = {json.loads(place.start(place.prepare(n1), "n1"))["peer_id"]}
         for i in (2, 3):
             (place.root / f"n{i}").mkdir()
-            json.loads(place.start(f'distributeai node start --bootstrap "$(cat boot/multiaddr)" --data-dir ./n{i} '
-                                   "--sandbox docker", f"n{i}"))
-        wait_for(lambda: len(place.call({"op": "info"})["peers"]) >= 2, 120, "n1 to find n2 and n3")
+            ids.add(json.loads(place.start(f'distributeai node start --bootstrap "$(cat boot/multiaddr)" '
+                                           f"--data-dir ./n{i} --sandbox docker", f"n{i}"))["peer_id"])
+
+        def connected() -> bool:  # as Devnet.wait_connected: each node sees the others, with a gossip mesh
+            infos = [call(place.root / f"n{i}" / "control.sock", {"op": "info"}, timeout=10) for i in (1, 2, 3)]
+            return all(ids - {n["peer_id"]} <= set(n["peers"]) and len(n["mesh_peers"]) >= 3 for n in infos)
+
+        wait_for(connected, 120, "the three nodes to find each other")
 
         for line in [*readme, *examples]:
             if line in later or line in (boot, n1):
