@@ -13,7 +13,9 @@ line, answered with a JSON object on one line. Requests are capped at MAX_REQUES
                                                         body, naming this node as submitter) with its key;
                                                         how `distributeai submit` works, so that the CLI never
                                                         opens the key file (which may be encrypted)
-    {"op": "status", "job_id": HEX}                  -> job view
+    {"op": "status", "job_id": HEX}                  -> job view (every op's job_id may be a unique prefix
+                                                        of 8 or more hex digits; an ambiguous one is
+                                                        answered with code "ambiguous_job" and "candidates")
     {"op": "wait", "job_id": HEX, "timeout": SECS}   -> job view once verified/failed (or at timeout)
     {"op": "list"}                                   -> {"jobs": [job view, ...]}
     {"op": "credits"}                                -> {"balance", "genesis", "transfers": [...]}
@@ -50,7 +52,10 @@ import trio
 
 from distributeai.consensus.errors import LocalProtocolError
 
-from .control_request import FIND_PEERS_MAX, MAX_REQUEST, REJECT_REASON, BadRequest, check_request, decode_line
+from .control_request import (
+    CANDIDATES_SHOWN, FIND_PEERS_MAX, MAX_REQUEST, REJECT_REASON, BadRequest, check_request, decode_line,
+    job_id_problem, resolve_job_id,
+)
 
 if TYPE_CHECKING:  # the CLI imports `call` from here and must not load libp2p for it
     from .agent import Agent
@@ -70,10 +75,23 @@ async def _read_line(stream: trio.SocketStream) -> bytes:
     return bytes(buf.split(b"\n", 1)[0])
 
 
+async def resolve_job(agent: Agent, given: str) -> tuple[str | None, dict | None]:
+    """(the full id of the job `given` names, None) or (None, error answer): every op that
+    takes a job id accepts a unique prefix of at least 8 hex digits of it (control_request)."""
+    problem = job_id_problem(given)
+    if problem is not None:
+        return None, problem
+    return resolve_job_id(given, await agent.store.job_ids_with_prefix(given, CANDIDATES_SHOWN + 1))
+
+
 async def _dispatch(agent: Agent, request: dict) -> dict:
     """Answer one request object; BadRequest (a ValueError) if it is malformed."""
     req = check_request(request)
     op = req["op"]
+    if "job_id" in req:
+        req["job_id"], problem = await resolve_job(agent, req["job_id"])
+        if problem is not None:
+            return problem
     if op == "info":
         return agent.info()
     if op == "submit":
@@ -97,11 +115,7 @@ async def _dispatch(agent: Agent, request: dict) -> dict:
     if op == "cancel":
         job_hex = req["job_id"]
         try:
-            job_id = bytes.fromhex(job_hex)
-        except ValueError:
-            return {"error": f"no job {job_hex} known to this node", "code": "unknown_job"}
-        try:
-            await agent.cancel(job_id)
+            await agent.cancel(bytes.fromhex(job_hex))
         except LocalProtocolError as exc:
             return {"error": str(exc), "code": exc.reason}
         return await agent.job_status(job_hex)
