@@ -22,6 +22,8 @@ from rich.spinner import Spinner
 from rich.table import Table
 from rich.text import Text
 
+from .jobview import job_failure
+
 POLL_S = 0.2  # a display refreshed five times a second reads as live; each poll is one small request
 FINAL = ("verified", "failed", "nondeterministic")
 
@@ -49,10 +51,12 @@ def render(view: dict, elapsed: float, quorum: int, replicas: int) -> Group:
     c = counts(view)
     status = view.get("status", "submitted")
     done = status in FINAL
-    colour = {"verified": "green", "failed": "red", "nondeterministic": "yellow"}.get(status, "cyan")
+    failure = job_failure(view) if status == "verified" else None  # agreed on, but the job failed
+    colour = "yellow" if failure else {"verified": "green", "failed": "red", "nondeterministic": "yellow"}.get(status, "cyan")
     head = Text.assemble(("job ", "bold"), (view.get("job_id", "")[:16], "bold"), "  ",
                          (status, f"bold {colour}"),
-                         (f" ({view['reason']})" if view.get("reason") else "", colour))
+                         (f" ({view['reason']})" if view.get("reason") else "", colour),
+                         (f": the executors agree that the job failed ({failure})" if failure else "", colour))
     line = Table.grid(padding=(0, 2))
     for _ in range(6):
         line.add_column()

@@ -331,11 +331,17 @@ class Submitting:
                 best = max(best, self.ports.ledger.reputation_of(key))
         return best
 
-    def _undecided(self, job: SubmitterJob, sender: bytes) -> int:
+    def _undecided(self, job: SubmitterJob, sender: bytes) -> int | None:
         """How many of the nodes that could still bid (this one and its connected peers, bootstraps
-        aside) have neither bid nor declined, the input's own sender counted as decided."""
+        aside) have neither bid nor declined, the input's own sender counted as decided. None
+        (unknown: the timeouts decide) once this node is connected to as many peers as discovery
+        aims for (p2p/discovery.py TARGET_PEERS): the network may then be larger than what it
+        sees, and nodes it is not connected to may still be dialing in with their bids."""
+        peers = self.node_peers()
+        if len(peers) >= TARGET_PEERS:
+            return None
         heard = job.bids.keys() | job.declines.keys() | {sender}
-        return sum(1 for key in [self.me, *self.node_peers()] if key not in heard)
+        return sum(1 for key in [self.me, *peers] if key not in heard)
 
     def _own_job(self, job_id: bytes) -> SubmitterJob:
         job = self.jobs.get(job_id)
