@@ -86,8 +86,8 @@ def test_stats_fold_certificates_into_nodes_and_count_each_once():
                            "last_seen": None}
     assert [r["peer_id"] for r in stats.nodes_detail({ex[3]}, submitter)][0] == ex[3]  # online first
     jobs = [stats.jobs[j] for j in stats.order]
-    assert [(j["status"], j["executors"], j["agreeing"], j["dissenting"]) for j in jobs] == [
-        ("verified", 3, 2, 1), ("nondeterministic", 3, 0, 3)]  # no two alike: all dissent, nobody punished
+    assert [(j["status"], j["executors"], j["agreeing"], j["dissenting"], j["split"]) for j in jobs] == [
+        ("verified", 3, 2, 1, 0), ("nondeterministic", 3, 0, 0, 3)]  # no two alike: no majority to dissent from
     assert all(j["submitter"] == submitter for j in jobs)
 
 
