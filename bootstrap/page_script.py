@@ -65,6 +65,7 @@ function renderNodes(s) {
     tr.dataset.peerId = str(n.peer_id);
     const status = el("td", n.online ? "online" : "offline", n.online ? "online" : "offline");
     const peer = el("td", str(n.peer_id), "mono");
+    peer.title = str(n.peer_id);
     const rep = num(n.reputation);
     const seen = el("td", n.online ? "now" : ago(n.last_seen, now), n.online ? "" : "muted");
     seen.title = clock(n.last_seen);

@@ -23,10 +23,10 @@ header h1 span { color: #9fb3ff; font-weight: 400; }
 #conn.live .dot { background: #3ddc84; box-shadow: 0 0 0 3px rgba(61,220,132,.22); }
 #conn.down .dot { background: #ff6b5e; }
 main { padding: 22px 28px 40px; max-width: 1400px; margin: 0 auto; }
-.cards { display: grid; grid-template-columns: repeat(8, minmax(0, 1fr)); gap: 12px; }
+.cards { display: grid; grid-template-columns: repeat(8, minmax(0, 1fr)); gap: 10px; }
 .card { background: var(--card); border: 1px solid var(--line); border-top: 3px solid var(--line);
   border-radius: 10px; padding: 10px 12px 12px; min-width: 0; }
-.card .label { color: var(--muted); font-size: 12.5px; font-weight: 600; white-space: nowrap; overflow: hidden;
+.card .label { color: var(--muted); font-size: 12px; font-weight: 600; white-space: nowrap; overflow: hidden;
   text-overflow: ellipsis; }
 .card .value { font-size: 26px; font-weight: 650; margin-top: 2px; font-variant-numeric: tabular-nums; }
 .card .sub { color: var(--muted); font-size: 12px; font-variant-numeric: tabular-nums; }
@@ -132,6 +132,7 @@ ol.timeline .d { overflow-wrap: anywhere; min-width: 0; }
   .card.wide { grid-column: 1 / -1; order: 9; }
   .hide-narrow { display: none; }
   .name { max-width: 14ch; } .outcome { max-width: 30ch; }
+  #nodes-body td.mono { max-width: 24ch; overflow: hidden; text-overflow: ellipsis; }
   .jv-head, .jv-body { padding-left: 14px; padding-right: 14px; }
 }
 @media (max-width: 560px) {
