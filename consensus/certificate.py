@@ -3,14 +3,16 @@
 `verify_certificate` re-derives the verdict from the signatures inside the certificate: the spec
 signed by the submitter, the awards signed by the submitter, and the reveals signed by the
 executors themselves. A certificate whose claimed verdict does not follow from those is rejected.
+The bids and declines it carries are checked the same way (each signed by its bidder, for this
+job, one per bidder), so a reason counted from them ("3 nodes lack image X") rests on signatures.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from .errors import RemoteProtocolError
-from .messages import Award, Certificate, JobSpec, Reveal, Signed, job_id_of, verify
+from .messages import Award, Bid, Certificate, Decline, JobSpec, Reveal, Signed, job_id_of, verify
 from .tally import Tally
 from .verdict import job_tally, nondeterministic
 
@@ -23,6 +25,8 @@ class CheckedCertificate:
     reveals: dict[bytes, Reveal]
     tally: Tally
     raw: bytes
+    bids: dict[bytes, Bid] = field(default_factory=dict)
+    declines: dict[bytes, Decline] = field(default_factory=dict)
 
 
 def verify_certificate(raw: bytes) -> CheckedCertificate:
@@ -56,6 +60,8 @@ def verify_certificate(raw: bytes) -> CheckedCertificate:
         if len(r.tasks) != len(spec.tasks):
             raise RemoteProtocolError("bad_reveal", "reveal does not carry one result per task")
         reveals[r.executor] = r
+    bids = _signed_by_bidders(cert.bids, Bid, cert.job_id)
+    declines = _signed_by_bidders(cert.declines, Decline, cert.job_id)
     result = job_tally(spec, reveals)
     if cert.status == "verified":
         if result.outcome != "verified" or result.result_hash != cert.result_hash:
@@ -66,5 +72,20 @@ def verify_certificate(raw: bytes) -> CheckedCertificate:
         raise RemoteProtocolError("bad_verdict", "nondeterministic needs two or more reveals, no two alike")
     if cert.status != "verified" and cert.result_hash:
         raise RemoteProtocolError("bad_verdict", "only a verified certificate names a result")
-    return CheckedCertificate(cert, spec, awards, reveals, result, raw)
+    if cert.status == "verified" and cert.reason:
+        raise RemoteProtocolError("bad_verdict", "a verified certificate gives no failure reason")
+    return CheckedCertificate(cert, spec, awards, reveals, result, raw, bids, declines)
+
+
+def _signed_by_bidders(raws: tuple[bytes, ...], kind: type, job_id: bytes) -> dict:
+    """Bids or declines, each signed by its bidder (`verify` checks that), for this job, one per bidder."""
+    out: dict = {}
+    for raw in raws:
+        msg = verify(raw, kind).msg
+        if msg.job_id != job_id:
+            raise RemoteProtocolError("malformed", f"{kind.kind} for another job")
+        if msg.bidder in out:
+            raise RemoteProtocolError("malformed", f"two {kind.kind}s from one bidder")
+        out[msg.bidder] = msg
+    return out
 

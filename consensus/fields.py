@@ -43,11 +43,21 @@ MAX_TASK_ARGS = 16
 BATCH_REVEAL_CAP = 192 * 1024
 BATCH_MAX_TOTAL_RESULTS = 4
 CERTIFICATE_CAP = 1_000_000  # under the overlay's 1 MiB message cap
+# Why a node will not bid (messages.Decline.code); consensus/declines.py says each for people.
+DECLINE_CODES = ("image_missing", "not_enough_memory", "not_enough_cpu", "busy", "no_gpu", "no_sandbox",
+                 "disk_low", "output_too_large", "submitter_cannot_pay")
+DECLINE_DETAIL_MAX = 200
+# What a certificate tells about how a job went besides its verdict: the reason it ended (for a
+# job that did not verify) and a few of the signed bids and declines.
+CERT_REASON_MAX = 200
+CERT_BIDS_MAX = 8
+CERT_DECLINES_MAX = 8
 CERTIFICATE_STATUSES = ("verified", "failed", "nondeterministic")
 MAX_SIZE = {
     "spec": 64 * 1024,
     "announce": 66 * 1024,
     "bid": 1024,
+    "decline": 512,
     "award": 1024,
     "commit": 1024,
     "withdraw": 1024,
@@ -56,10 +66,12 @@ MAX_SIZE = {
                   BATCH_REVEAL_CAP) + 1024,
     "certificate": CERTIFICATE_CAP,
 }
-# A single job's certificate (16 plain reveals) and a batch's (4 batch reveals) both fit.
+# A single job's certificate (16 plain reveals) and a batch's (4 batch reveals) both fit, with
+# their reason, bids and declines.
+_CERT_EXTRA = CERT_REASON_MAX + CERT_BIDS_MAX * MAX_SIZE["bid"] + CERT_DECLINES_MAX * MAX_SIZE["decline"] + 1024
 assert MAX_SIZE["spec"] + MAX_TOTAL_RESULTS * (STDOUT_CAP + MANIFEST_MAX_ENTRIES * (MANIFEST_PATH_MAX + 48)
-                                              + OUT_NOTE_BYTES + 1024 + MAX_SIZE["award"]) + 1024 <= CERTIFICATE_CAP
-assert MAX_SIZE["spec"] + BATCH_MAX_TOTAL_RESULTS * (MAX_SIZE["reveal"] + MAX_SIZE["award"]) + 1024 <= CERTIFICATE_CAP
+                                              + OUT_NOTE_BYTES + 1024 + MAX_SIZE["award"]) + _CERT_EXTRA <= CERTIFICATE_CAP
+assert MAX_SIZE["spec"] + BATCH_MAX_TOTAL_RESULTS * (MAX_SIZE["reveal"] + MAX_SIZE["award"]) + _CERT_EXTRA <= CERTIFICATE_CAP
 
 
 def task_stdout_cap(tasks: int) -> int:

@@ -13,10 +13,12 @@ Flow (see docs/architecture.md, "A job's life"):
   Bid       executor -> submitter: price, capacity, sandbox kinds.
   Award     submitter -> executor: one slot of the job, with a deadline.
   Commit    executor -> submitter: seal = H(executor || job_id || result_hash).
+  Decline   executor -> submitter: will not bid, and why (a reason code and a line for people).
   Withdraw  executor -> submitter: cannot deliver; award a replacement now.
   RevealRequest submitter -> executor, only after the commit phase closed.
   Reveal    executor -> submitter: result hash, exit code, stdout.
-  Certificate gossip: the verdict with the signed awards and reveals it rests on.
+  Certificate gossip: the verdict with the signed awards and reveals it rests on, why a job that
+            failed ended, and (a few of) the signed bids and declines.
 """
 
 from __future__ import annotations
@@ -27,8 +29,8 @@ from typing import Any, ClassVar
 from .codec import Envelope, Identity, encode, open_envelope, sha256
 from .errors import RemoteProtocolError
 from .fields import (  # noqa: F401  (the caps are re-exported: callers import them from here)
-    BATCH_MAX_TOTAL_RESULTS, BATCH_REVEAL_CAP, CERTIFICATE_CAP, CERTIFICATE_STATUSES, MANIFEST_MAX_ENTRIES,
-    MANIFEST_PATH_MAX, MAX_ENVELOPE, OUT_MAX_BYTES, OUT_MAX_BYTES_LIMIT, OUT_MAX_FILES, OUT_MAX_FILES_LIMIT,
+    BATCH_MAX_TOTAL_RESULTS, BATCH_REVEAL_CAP, CERT_BIDS_MAX, CERT_DECLINES_MAX, CERT_REASON_MAX, CERTIFICATE_CAP,
+    CERTIFICATE_STATUSES, DECLINE_CODES, DECLINE_DETAIL_MAX, MANIFEST_MAX_ENTRIES, MANIFEST_PATH_MAX, MAX_ENVELOPE, OUT_MAX_BYTES, OUT_MAX_BYTES_LIMIT, OUT_MAX_FILES, OUT_MAX_FILES_LIMIT,
     OUT_NOTE_NAME_MAX, OUT_NOTES_MAX, MAX_REPLICAS, MAX_SIZE, MAX_TASK_ARGS, MAX_TASKS, MAX_TOTAL_RESULTS,
     SANDBOX_KINDS, STDIN_CAP, STDOUT_CAP, WASM_INLINE_CAP, _arity, _bool, _bytes, _fail, _int, _list, _str,
     task_stdout_cap,
@@ -92,6 +94,51 @@ class Bid:
             created_ms=_int(body[6], "created_ms"),
             pow=_bytes(body[7], "pow", max_len=POW_NONCE_MAX),
         )
+
+
+@dataclass(frozen=True)
+class Decline:
+    """Executor -> submitter: this node will not bid on the job, and why: `code` (one of
+    `DECLINE_CODES`, for code and for counting) and `detail` (one line for people, e.g. "image
+    python:3.9-slim is not available locally and could not be pulled"). It lets the submitter end
+    a job nobody can run as soon as that is certain, with the reasons counted by kind
+    (`consensus.declines`). `pow` as in a Bid: the submitter counts a decline only from an
+    identity with its proof-of-work difficulty, so made-up identities cannot pad the reasons."""
+
+    kind: ClassVar[str] = "decline"
+    author: ClassVar[str | None] = "bidder"
+    job_id: bytes
+    bidder: bytes
+    code: str
+    detail: str
+    created_ms: int
+    pow: bytes = b""
+
+    def to_body(self) -> list:
+        return [self.job_id, self.bidder, self.code, self.detail, self.created_ms, self.pow]
+
+    @classmethod
+    def from_body(cls, body: list) -> "Decline":
+        _arity(body, 6, "decline")
+        code = _str(body[2], "code", 32)
+        if code not in DECLINE_CODES:
+            raise _fail("code", f"must be one of {', '.join(DECLINE_CODES)}")
+        return cls(
+            job_id=_bytes(body[0], "job_id", 32),
+            bidder=_bytes(body[1], "bidder", 32),
+            code=code,
+            detail=_printable(body[3], "detail", DECLINE_DETAIL_MAX),
+            created_ms=_int(body[4], "created_ms"),
+            pow=_bytes(body[5], "pow", max_len=POW_NONCE_MAX),
+        )
+
+
+def _printable(v: Any, name: str, max_len: int) -> str:
+    """A line for people from a peer: printable ASCII only, so it can never drive a terminal."""
+    text = _str(v, name, max_len)
+    if not is_printable_ascii(text):
+        raise _fail(name, "must be printable ASCII")
+    return text
 
 
 @dataclass(frozen=True)
@@ -294,7 +341,11 @@ class Reveal:
 @dataclass(frozen=True)
 class Certificate:
     """The submitter's verdict, self-proving: it carries the signed spec, the signed awards and the
-    executors' own signed reveals, so any node can re-check it (see `verify_certificate`)."""
+    executors' own signed reveals, so any node can re-check it (see `verify_certificate`).
+    `reason` says why a job that did not verify ended ("" when verified), for people; `bids` and
+    `declines` are up to CERT_BIDS_MAX / CERT_DECLINES_MAX of the signed bids and declines the
+    submitter received, so every node can show who offered to run the job and why others would
+    not, on the bidders' own signatures."""
 
     kind: ClassVar[str] = "certificate"
     author: ClassVar[str | None] = None  # the submitter; checked against the spec by the caller
@@ -305,14 +356,17 @@ class Certificate:
     awards: tuple[bytes, ...]
     reveals: tuple[bytes, ...]
     created_ms: int
+    reason: str = ""
+    bids: tuple[bytes, ...] = ()
+    declines: tuple[bytes, ...] = ()
 
     def to_body(self) -> list:
         return [self.job_id, self.status, self.result_hash, self.signed_spec, list(self.awards),
-                list(self.reveals), self.created_ms]
+                list(self.reveals), self.created_ms, self.reason, list(self.bids), list(self.declines)]
 
     @classmethod
     def from_body(cls, body: list) -> "Certificate":
-        _arity(body, 7, "certificate")
+        _arity(body, 10, "certificate")
         status = _str(body[1], "status", 16)
         if status not in CERTIFICATE_STATUSES:
             raise _fail("status", f"must be one of {', '.join(CERTIFICATE_STATUSES)}")
@@ -327,11 +381,15 @@ class Certificate:
             awards=tuple(_bytes(a, "awards[]", max_len=MAX_SIZE["award"]) for a in _list(body[4], "awards", MAX_TOTAL_RESULTS)),
             reveals=tuple(_bytes(r, "reveals[]", max_len=MAX_SIZE["reveal"]) for r in _list(body[5], "reveals", MAX_TOTAL_RESULTS)),
             created_ms=_int(body[6], "created_ms"),
+            reason=_printable(body[7], "reason", CERT_REASON_MAX),
+            bids=tuple(_bytes(b, "bids[]", max_len=MAX_SIZE["bid"]) for b in _list(body[8], "bids", CERT_BIDS_MAX)),
+            declines=tuple(_bytes(d, "declines[]", max_len=MAX_SIZE["decline"])
+                           for d in _list(body[9], "declines", CERT_DECLINES_MAX)),
         )
 
 
 MESSAGE_TYPES: dict[str, type] = {
-    t.kind: t for t in (JobSpec, Announce, Bid, Award, Commit, Withdraw, RevealRequest, Reveal, Certificate)
+    t.kind: t for t in (JobSpec, Announce, Bid, Decline, Award, Commit, Withdraw, RevealRequest, Reveal, Certificate)
 }
 
 

@@ -33,6 +33,14 @@ The job's life, with BOINC's names for the policy (all in the signed spec):
   executor is still expected to commit. Only then are reveals requested, each executor's own
   once it has committed: a reveal goes to the submitter alone, so nobody can copy a revealed hash
   into a commit, and a copied commit names the wrong executor (see results.seal).
+- declines: a node that will not bid says why in a signed Decline (a reason code). The adapter
+  passes with each bid, decline and tick how many connected peers have neither bid nor declined
+  yet (`undecided`, None if it cannot tell). Once bidding has closed, a job that could no longer
+  reach k agreeing results even if every live executor, every unawarded bidder and every
+  undecided peer delivered the same result (within `max_total_results`) ends failed at once, the
+  declines counted by kind in its reason (`consensus.declines.failure_reason`: "no bids: 3 nodes
+  lack image X"), instead of after `bid_wait_ms`. Peers the node is not connected to can still
+  bid until then; what is certain is relative to the peers it hears from.
 - the tally decides as soon as the outstanding results can no longer change the outcome:
   verified (k agree and lead), nondeterministic (n or more results, no two alike, and no further
   executor can be awarded: reported, not punished), failed (with the reason). If the results in hand are inconclusive but could still
@@ -44,69 +52,19 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from .codec import Identity, sha256
+from .declines import failure_reason
 from .errors import RemoteProtocolError
 from .ledger import REPUTATION_START
 from .messages import (
-    Award, Bid, Certificate, Commit, JobSpec, Reveal, RevealRequest, Signed, Withdraw, job_id_of, sign,
-    verify,
+    CERT_BIDS_MAX, CERT_DECLINES_MAX, Award, Bid, Certificate, Commit, Decline, JobSpec, Reveal, RevealRequest,
+    Signed, Withdraw, job_id_of, sign, verify,
 )
 from .results import seal as compute_seal
+from .submitter_actions import (  # noqa: F401  (re-exported: the machine's actions and timing import from here)
+    LIVE, TERMINAL, Action, Finished, Penalize, PublishCertificate, RequestReveal, SendAward, Timing,
+)
 from .tally import Tally
 from .verdict import job_tally, nondeterministic, top_agreement
-
-TERMINAL = ("verified", "failed", "nondeterministic")
-# Slot states. An executor's slot is live while awarded/committed/revealed; every other value is
-# the reason it ended without a usable result.
-LIVE = ("awarded", "committed", "revealed")
-
-
-@dataclass(frozen=True)
-class Timing:
-    """The submitter's own timing, not part of the spec. Each default has its reason."""
-
-    bid_window_ms: int = 300      # bids arrive within a gossip round trip (~10 ms here); 300 ms lets slower peers in
-    # Bidding stays open up to this much longer for a peer that has not bid and outranks the bids in
-    # hand: an established node's bid took 1-2 s among 20 starting processes on 2 cores. The cost:
-    # a job whose best-reputed peer declines waits this long before its awards.
-    bid_wait_reputation_ms: int = 3000
-    bid_wait_ms: int = 15_000     # short of executors with no bid for this long: give up
-    reveal_window_ms: int = 10_000  # a reveal is a stored answer; 10 s covers a busy peer
-
-
-@dataclass(frozen=True)
-class SendAward:
-    executor: bytes
-    award: bytes  # signed Award envelope
-
-
-@dataclass(frozen=True)
-class RequestReveal:
-    executor: bytes
-    request: bytes  # signed RevealRequest envelope
-
-
-@dataclass(frozen=True)
-class PublishCertificate:
-    certificate: bytes  # signed Certificate envelope
-
-
-@dataclass(frozen=True)
-class Penalize:
-    """An offence this submitter saw itself; it lowers `executor`'s reputation in its view only."""
-
-    executor: bytes
-    reason: str
-
-
-@dataclass(frozen=True)
-class Finished:
-    status: str  # "verified" | "failed" | "nondeterministic"
-    reason: str
-    tally: Tally | None
-
-
-Action = SendAward | RequestReveal | PublishCertificate | Penalize | Finished
-
 
 def rank_key(job_id: bytes, bid: Bid, spec: JobSpec, reputation: int) -> tuple:
     """Higher reputation first, then lower price, then more headroom (fit), then a hash of the job
@@ -125,6 +83,8 @@ class SubmitterJob:
     state: str = "bidding"
     reason: str = ""
     bids: dict[bytes, Signed] = field(default_factory=dict)
+    declines: dict[bytes, Signed] = field(default_factory=dict)
+    undecided: int | None = None  # connected peers that neither bid nor declined, as last told
     rank: dict[bytes, tuple] = field(default_factory=dict)
     subnet: dict[bytes, str | None] = field(default_factory=dict)  # each bidder's address range
     awards: dict[bytes, Signed] = field(default_factory=dict)
@@ -171,11 +131,13 @@ class SubmitterJob:
     # --- inputs -------------------------------------------------------------------------------
 
     def receive_bid(self, bid: Signed, now_ms: int, reputation: int = 0,
-                    unbid_best: int | None = None, subnet: str | None = None) -> list[Action]:
+                    unbid_best: int | None = None, subnet: str | None = None,
+                    undecided: int | None = None) -> list[Action]:
         """`reputation` is the bidder's reputation in this node's view when the bid arrived;
         `unbid_best`, if given, the best reputation any peer that has not bid could have (see
         the module docstring); None keeps the window open for its whole length. `subnet` is the
-        address range of the connection the bid came on (`subnet.subnet_of`), None if unknown."""
+        address range of the connection the bid came on (`subnet.subnet_of`), None if unknown.
+        `undecided`: connected peers that have neither bid nor declined, counting this bid."""
         b: Bid = bid.msg
         self._check_job(b.job_id, "bid")
         if self.done:
@@ -183,6 +145,7 @@ class SubmitterJob:
         if b.bidder in self.bids:
             raise RemoteProtocolError("duplicate", "peer already bid")
         self.bids[b.bidder] = bid
+        self.undecided = undecided
         self.rank[b.bidder] = rank_key(self.job_id, b, self.spec, reputation)
         self.subnet[b.bidder] = subnet
         if self.state == "bidding":
@@ -191,6 +154,20 @@ class SubmitterJob:
             self.state = "running"
             self.history.append((now_ms, "bids_closed", b"",
                                  f"{len(self.bids)} bids, " + ("waited" if self.awaiting_reputation else "early")))
+        return self._advance(now_ms)
+
+    def receive_decline(self, decline: Signed, now_ms: int, undecided: int | None = None) -> list[Action]:
+        """A peer will not bid, and says why. Kept for the job's reason and certificate; with
+        `undecided` (as for `receive_bid`) it may show the job can no longer reach a quorum."""
+        d: Decline = decline.msg
+        self._check_job(d.job_id, "decline")
+        if self.done:
+            raise RemoteProtocolError("job_finished", "the job has ended")
+        if d.bidder in self.declines or d.bidder in self.bids:
+            raise RemoteProtocolError("duplicate", "peer already bid or declined")
+        self.declines[d.bidder] = decline
+        self.undecided = undecided
+        self.history.append((now_ms, "declined", d.bidder, f"{d.code}: {d.detail}"))
         return self._advance(now_ms)
 
     def _bids_settled(self, unbid_best: int, short_ok: bool = False) -> bool:
@@ -257,11 +234,13 @@ class SubmitterJob:
             return []
         return self._finish("failed", "cancelled", now_ms)
 
-    def tick(self, now_ms: int, unbid_best: int | None = None) -> list[Action]:
-        """Advance on time alone; call at or after `next_deadline_ms()`. `unbid_best` as for
-        `receive_bid`, as it stands now; None closes the bid window at its end, whoever bid."""
+    def tick(self, now_ms: int, unbid_best: int | None = None, undecided: int | None = None) -> list[Action]:
+        """Advance on time alone; call at or after `next_deadline_ms()`. `unbid_best` and
+        `undecided` as for `receive_bid`, as they stand now; None closes the bid window at its
+        end, whoever bid."""
         if self.done:
             return []
+        self.undecided = undecided
         actions: list[Action] = []
         window_end = self.started_ms + self.timing.bid_window_ms
         if self.state == "bidding" and now_ms >= window_end:
@@ -293,6 +272,11 @@ class SubmitterJob:
             return []
         if self.errors > self.spec.max_error_results:
             return self._finish("failed", "too_many_errors", now_ms)
+        if self._hopeless():  # before any award: awards that cannot reach a quorum are not sent
+            reveals = {e: s.msg for e, s in self.reveals.items()}
+            status = "nondeterministic" if nondeterministic(self.spec, reveals) else "failed"
+            what = "no bidders left to replace failed executors" if self.errors else ""
+            return self._finish(status, self._failure_reason(what), now_ms)
         actions: list[Action] = list(self._fill(now_ms))
         pending = [e for e in self.awards if self.slot[e] == "awarded"]
         committed = [e for e in self.awards if self.slot[e] in ("committed", "revealed")]
@@ -333,10 +317,24 @@ class SubmitterJob:
             return actions + self._finish(status, "max_total_results reached without a quorum", now_ms)
         if self.starved_since_ms is not None and now_ms >= self.starved_since_ms + self.timing.bid_wait_ms:
             status = "nondeterministic" if nondet else "failed"
-            why = ("no bidders left to replace failed executors" if self.awards
-                   else "no bids: no node offered to run this job")
-            return actions + self._finish(status, why, now_ms)
+            why = "no bidders left to replace failed executors" if self.awards else ""
+            return actions + self._finish(status, self._failure_reason(why), now_ms)
         return actions
+
+    def _hopeless(self) -> bool:
+        """Even if every live executor, every unawarded bidder and every undecided connected peer
+        delivered the same result, within `max_total_results`, fewer than k would agree. Unknown
+        (`undecided` None) is never hopeless: the timeouts decide then."""
+        if self.undecided is None:
+            return False
+        reveals = {e: s.msg for e, s in self.reveals.items()}
+        unrevealed = sum(1 for e in self.awards if self.slot[e] in ("awarded", "committed"))
+        more = min(len(self._candidates()) + self.undecided, self.spec.max_total_results - len(self.awards))
+        return top_agreement(self.spec, reveals) + unrevealed + max(0, more) < self.spec.quorum
+
+    def _failure_reason(self, what: str) -> str:
+        """Why the job ends for want of executors, the declines counted by kind (consensus/declines.py)."""
+        return failure_reason(self.spec, [s.msg.code for s in self.declines.values()], len(self.bids), what)
 
     def _fill(self, now_ms: int) -> list[Action]:
         """Award the best remaining bidders until n (plus any extra) slots are live, each from an
@@ -398,10 +396,20 @@ class SubmitterJob:
             awards=tuple(a.raw for a in self.awards.values()),
             reveals=tuple(self.reveals[e].raw for e in sorted(self.reveals)),
             created_ms=now_ms,
+            reason="" if status == "verified" else reason,
+            bids=tuple(self.bids[e].raw for e in self._bids_to_show()),
+            declines=tuple(d.raw for d in list(self.declines.values())[:CERT_DECLINES_MAX]),
         )
         self.certificate = sign(self.identity, cert)
         self.history.append((now_ms, status, b"", reason))
         return [PublishCertificate(self.certificate), Finished(status, reason, self.result)]
+
+    def _bids_to_show(self) -> list[bytes]:
+        """The bidders whose bids the certificate carries: the awarded ones in slot order, then
+        the best ranked others, CERT_BIDS_MAX in all. (A bid without its signed bytes, as the
+        simulator's unsigned bids are, is not carried.)"""
+        others = sorted((e for e in self.bids if e not in self.awards), key=lambda e: self.rank[e])
+        return [e for e in (*(e for e in self.awards if e in self.bids), *others) if self.bids[e].raw][:CERT_BIDS_MAX]
 
 
 def check_reveal(r: Reveal, committed_seal: bytes, spec: JobSpec | None = None) -> None:
@@ -417,7 +425,7 @@ def check_reveal(r: Reveal, committed_seal: bytes, spec: JobSpec | None = None) 
 
 # --- one input, live or replayed ----------------------------------------------------------------
 
-INPUT_TYPES = {"bid": Bid, "commit": Commit, "withdraw": Withdraw, "reveal": Reveal}
+INPUT_TYPES = {"bid": Bid, "decline": Decline, "commit": Commit, "withdraw": Withdraw, "reveal": Reveal}
 
 
 def decode_input(kind: str, raw: bytes) -> Signed | bytes:
@@ -429,10 +437,12 @@ def decode_input(kind: str, raw: bytes) -> Signed | bytes:
 def apply_input(job: SubmitterJob, kind: str, payload: Signed | bytes, meta: dict, now_ms: int) -> list[Action]:
     """The one place that decides how an input is applied to a job, for the live node and for a
     replay alike. `meta` is what the adapter recorded with it (a bid's reputation, early-close bound
-    `unbid_best` and address range; a tick's `unbid_best`)."""
+    `unbid_best` and address range; a bid's, decline's or tick's `undecided`; a tick's `unbid_best`)."""
     if kind == "bid":
         return job.receive_bid(payload, now_ms, meta.get("reputation", 0), meta.get("unbid_best"),
-                               meta.get("subnet"))
+                               meta.get("subnet"), meta.get("undecided"))
+    if kind == "decline":
+        return job.receive_decline(payload, now_ms, meta.get("undecided"))
     if kind == "commit":
         return job.receive_commit(payload, now_ms)
     if kind == "withdraw":
@@ -444,7 +454,7 @@ def apply_input(job: SubmitterJob, kind: str, payload: Signed | bytes, meta: dic
     if kind == "cancel":
         return job.cancel(now_ms)
     if kind == "tick":
-        return job.tick(now_ms, meta.get("unbid_best"))
+        return job.tick(now_ms, meta.get("unbid_best"), meta.get("undecided"))
     raise ValueError(f"unknown input kind {kind!r}")
 
 

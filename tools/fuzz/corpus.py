@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from distributeai.consensus.codec import Identity, sha256
 from distributeai.consensus.executor import make_batch_reveal, make_commit, make_reveal
 from distributeai.consensus.messages import (
-    Announce, Award, Bid, Certificate, Commit, JobSpec, Reveal, RevealRequest, Withdraw, job_id_of, sign, verify,
+    Announce, Award, Bid, Certificate, Commit, Decline, JobSpec, Reveal, RevealRequest, Withdraw, job_id_of, sign, verify,
 )
 from distributeai.p2p.session import request_frame, response_frame
 
@@ -96,20 +96,26 @@ def seed_messages(submitter: Identity | None = None, executor: Identity | None =
     m["commit"] = [make_commit(e, job, verify(reveals[e.public_key], Reveal).msg.result_hash),
                    sign(e, Commit(job_id=batch_job, executor=e.public_key, seal=bytes(32)))]
     m["withdraw"] = [sign(e, Withdraw(job_id=job, executor=e.public_key, reason="image missing"))]
+    m["decline"] = [sign(x, Decline(job_id=job, bidder=x.public_key, code="image_missing",
+                                    detail="image alpine:latest is not available locally", created_ms=now_ms))
+                    for x in others[:2]] + [sign(e, Decline(job_id=batch_job, bidder=e.public_key, code="busy",
+                                                            detail="", created_ms=0))]
     m["reveal_request"] = [sign(s, RevealRequest(job_id=job, executor=e.public_key)),
                            sign(s, RevealRequest(job_id=batch_job, executor=e.public_key))]
     agreed = verify(reveals[e.public_key], Reveal).msg.result_hash
 
     def certificate(status: str, result: bytes, signed_spec: bytes, job_awards: list[bytes],
-                    job_reveals: list[bytes]) -> bytes:
+                    job_reveals: list[bytes], reason: str = "", bids: tuple = (), declines: tuple = ()) -> bytes:
         return sign(s, Certificate(job_id=job_id_of(signed_spec), status=status, result_hash=result,
                                    signed_spec=signed_spec, awards=tuple(job_awards), reveals=tuple(job_reveals),
-                                   created_ms=now_ms))
+                                   created_ms=now_ms, reason=reason, bids=bids, declines=declines))
 
     all_awards = list(awards.values())
     m["certificate"] = [
         certificate("verified", agreed, container, all_awards, list(reveals.values())),
-        certificate("failed", b"", container, all_awards, [reveals[e.public_key]]),
+        certificate("failed", b"", container, all_awards, [reveals[e.public_key]],
+                    "only 1 node bid, the quorum needs 2: 2 nodes lack image alpine:latest", (m["bid"][0],),
+                    tuple(m["decline"][:2])),
         certificate("nondeterministic", b"", container, all_awards,
                     [reveals[e.public_key], make_reveal(others[0], job, 3, False, b"x"), wrong]),
         certificate("verified", verify(batch_reveals[e.public_key], Reveal).msg.result_hash, batch,

@@ -10,7 +10,7 @@ promise, such as a job file whose spec the network would refuse).
 | decoder | the code | accepted means |
 |---|---|---|
 | gossip | `consensus.gossip.check_gossip` (decode_canonical, kind dispatch, check_announce, verify_certificate, author) | a valid announcement or certificate from its author |
-| bid, commit, withdraw | `verify(data, T)` + `Submitting._check_sender`, as the submitter's handlers | valid, sent by its signer (the node then looks the job up) |
+| bid, decline, commit, withdraw | `verify(data, T)` + `Submitting._check_sender`, as the submitter's handlers | valid, sent by its signer (the node then looks the job up) |
 | award | `inbound.decode_award` (executor's handler) | valid, naming this executor |
 | reveal_request | `verify(data, RevealRequest)` (executor's handler) | valid |
 | reveal | `inbound.decode_reveal_answer` (the submitter reading an answer) | valid, by the executor asked |
@@ -38,10 +38,10 @@ from distributeai.consensus.errors import JobFileError, RemoteProtocolError
 from distributeai.consensus.gossip import check_gossip
 from distributeai.consensus.jobfile import KNOWN, MAX_JOB_FILE, load_job_document, parse_job, parse_tasks
 from distributeai.consensus.messages import (
-    MAX_ENVELOPE, MAX_SIZE, Bid, Commit, JobSpec, RevealRequest, Withdraw, sign, verify,
+    MAX_ENVELOPE, MAX_SIZE, Bid, Commit, Decline, JobSpec, RevealRequest, Withdraw, sign, verify,
 )
 from distributeai.consensus.names import (
-    AWARD_PROTOCOL, BID_PROTOCOL, BLOB_PROTOCOL, COMMIT_PROTOCOL, REVEAL_PROTOCOL, WITHDRAW_PROTOCOL,
+    AWARD_PROTOCOL, BID_PROTOCOL, BLOB_PROTOCOL, COMMIT_PROTOCOL, DECLINE_PROTOCOL, REVEAL_PROTOCOL, WITHDRAW_PROTOCOL,
 )
 from distributeai.p2p import reqresp, session
 from distributeai.p2p.identity import peer_id_from_public_key
@@ -53,7 +53,7 @@ from distributeai.node.submitting import Submitting
 from . import corpus as corpus_mod
 from .corpus import Corpus
 
-PROTOCOLS = [BID_PROTOCOL, COMMIT_PROTOCOL, WITHDRAW_PROTOCOL, AWARD_PROTOCOL, REVEAL_PROTOCOL, BLOB_PROTOCOL]
+PROTOCOLS = [BID_PROTOCOL, DECLINE_PROTOCOL, COMMIT_PROTOCOL, WITHDRAW_PROTOCOL, AWARD_PROTOCOL, REVEAL_PROTOCOL, BLOB_PROTOCOL]
 SESSION_MAX_BYTES = 1 << 20  # the overlay's default max_message_bytes, as nodes run it
 SESSION_INPUT_DEADLINE_S = 10.0  # one input's session must end by then (a hang otherwise)
 
@@ -111,6 +111,7 @@ def build(c: Corpus) -> dict[str, Decoder]:
         request("bid", from_sender(Bid), msgs["bid"] + other, "bid"),
         request("commit", from_sender(Commit), msgs["commit"] + other, "commit"),
         request("withdraw", from_sender(Withdraw), msgs["withdraw"] + other, "withdraw"),
+        request("decline", from_sender(Decline), msgs["decline"] + other, "decline"),
         request("award", lambda data: decode_award(data, me), msgs["award"] + other, "award"),
         request("reveal_request", lambda data: verify(data, RevealRequest), msgs["reveal_request"] + other,
                 "reveal_request"),

@@ -1,0 +1,64 @@
+"""What `SubmitterJob` (submitter.py) asks its adapter to do, and the submitter's own timing.
+
+The actions are plain data: the adapter (node/submitting.py, tools/simulation.py) carries them
+out. Re-exported by submitter.py, where callers import them from.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from .tally import Tally
+
+TERMINAL = ("verified", "failed", "nondeterministic")
+# Slot states. An executor's slot is live while awarded/committed/revealed; every other value is
+# the reason it ended without a usable result.
+LIVE = ("awarded", "committed", "revealed")
+
+
+@dataclass(frozen=True)
+class Timing:
+    """The submitter's own timing, not part of the spec. Each default has its reason."""
+
+    bid_window_ms: int = 300      # bids arrive within a gossip round trip (~10 ms here); 300 ms lets slower peers in
+    # Bidding stays open up to this much longer for a peer that has not bid and outranks the bids in
+    # hand: an established node's bid took 1-2 s among 20 starting processes on 2 cores. The cost:
+    # a job whose best-reputed peer declines waits this long before its awards.
+    bid_wait_reputation_ms: int = 3000
+    bid_wait_ms: int = 15_000     # short of executors with no bid for this long: give up
+    reveal_window_ms: int = 10_000  # a reveal is a stored answer; 10 s covers a busy peer
+
+
+@dataclass(frozen=True)
+class SendAward:
+    executor: bytes
+    award: bytes  # signed Award envelope
+
+
+@dataclass(frozen=True)
+class RequestReveal:
+    executor: bytes
+    request: bytes  # signed RevealRequest envelope
+
+
+@dataclass(frozen=True)
+class PublishCertificate:
+    certificate: bytes  # signed Certificate envelope
+
+
+@dataclass(frozen=True)
+class Penalize:
+    """An offence this submitter saw itself; it lowers `executor`'s reputation in its view only."""
+
+    executor: bytes
+    reason: str
+
+
+@dataclass(frozen=True)
+class Finished:
+    status: str  # "verified" | "failed" | "nondeterministic"
+    reason: str
+    tally: Tally | None
+
+
+Action = SendAward | RequestReveal | PublishCertificate | Penalize | Finished
