@@ -95,13 +95,13 @@ def fallback_reason(status: str, quorum: int, verdicts: Mapping[bytes, str], bid
 def certificate_view(checked: CheckedCertificate) -> tuple[dict[str, Any], dict[str, Any]]:
     """A certified job's summary (for the jobs table) and detail (for the job view)."""
     cert, spec = checked.certificate, checked.spec
-    bids = dict(getattr(checked, "bids", {}))
-    declines = dict(getattr(checked, "declines", {}))
+    bids = checked.bids
+    declines = checked.declines
     awards = sorted(checked.awards.values(), key=lambda a: a.slot)
     revealed = {ex: r.result_hash for ex, r in checked.reveals.items()}
     verdicts = executor_verdicts(cert.status, cert.result_hash, [a.executor for a in awards], revealed)
     counts = Counter(verdicts.values())
-    reason = getattr(cert, "reason", "") or fallback_reason(cert.status, spec.quorum, verdicts, len(bids))
+    reason = cert.reason or fallback_reason(cert.status, spec.quorum, verdicts, len(bids))
     executors = []
     for a in awards:
         r = checked.reveals.get(a.executor)

@@ -8,14 +8,14 @@ from __future__ import annotations
 import json
 
 from distributeai.bootstrap.api import bootstrap_app
-from distributeai.bootstrap.jobview import executor_verdicts, majority_hash
+from distributeai.bootstrap.jobview import executor_verdicts, fallback_reason, majority_hash
 from distributeai.bootstrap.series import HOUR_MINUTES, Series
 from distributeai.bootstrap.service import Stats
-from distributeai.consensus.messages import Announce, Commit, Reveal, sign, verify
+from distributeai.consensus.messages import Announce, Commit, Decline, Reveal, sign, verify
 from distributeai.p2p.http import Request
 from distributeai.p2p.identity import peer_id_from_public_key
 
-from .protocol_fixtures import EXECUTORS, NOW, SUBMITTER, close_bidding, new_job, run_executor
+from .protocol_fixtures import EXECUTORS, NOW, SUBMITTER, bid, close_bidding, new_job, run_executor
 
 A, B, C = b"a" * 32, b"b" * 32, b"c" * 32
 E1, E2, E3, E4, E5 = (bytes([i]) * 32 for i in range(1, 6))
@@ -39,6 +39,16 @@ def test_dissent_is_a_different_result_only():
     assert set(executor_verdicts("failed", b"", [E1, E2, E3, E4], {E1: A, E2: A, E3: B, E4: B}).values()) == {"split"}
     assert executor_verdicts("failed", b"", [E1, E2], {}) == {E1: "no_result", E2: "no_result"}
     assert majority_hash("failed", b"", [A]) is None
+
+
+def test_a_certificate_without_a_reason_is_given_one_from_its_contents():
+    # Honest submitters always write one; a certificate with "" still reads as something.
+    assert fallback_reason("failed", 3, {E1: "agreed", E2: "agreed", E3: "dissented"}, 3) == \
+        "2 matching results, the quorum needs 3"
+    assert fallback_reason("failed", 2, {}, 0) == "no bids"
+    assert fallback_reason("failed", 2, {E1: "no_result"}, 1) == "no executor returned a result"
+    assert fallback_reason("nondeterministic", 2, {E1: "split", E2: "split"}, 2) == "no two results alike"
+    assert fallback_reason("verified", 2, {E1: "agreed"}, 1) == ""
 
 
 def certificate(outputs: list[bytes], nonce: bytes, quorum: int = 2) -> tuple[bytes, bytes]:
@@ -69,13 +79,14 @@ def test_a_failed_job_shows_its_executors_reason_and_timeline():
     job = stats.jobs[job_id]
     assert (job["status"], job["agreeing"], job["dissenting"], job["no_result"]) == ("failed", 2, 1, 0)
     assert job["verdict_s"] == 2.5
-    assert job["reason"] == "2 matching results, the quorum needs 3"  # worded here: no reason in it
+    assert job["reason"] == "max_total_results reached without a quorum"  # the submitter's, as certified
     assert stats.failure_reasons() == [{"reason": job["reason"], "count": 1}]
     detail = stats.job_detail(job_id[:8])["detail"]  # a unique prefix of 8 hex digits names the job
     assert detail["spec"]["name"] == "demo" and detail["spec"]["quorum"] == 3
     assert detail["spec"]["command"] == ["sh", "-c", "echo 'Hello' | sha256sum"]
     assert [(e["slot"], e["verdict"]) for e in detail["executors"]] == [(0, "agreed"), (1, "agreed"), (2, "dissented")]
-    assert [e["event"] for e in detail["timeline"]] == ["announced", "awarded", "awarded", "awarded", "failed"]
+    assert [e["event"] for e in detail["timeline"]] == ["announced", *["bid"] * 3, *["awarded"] * 3, "failed"]
+    assert len(detail["bids"]) == 3 and detail["declines"] == []
     assert detail["timeline"][-1]["text"] == job["reason"]
     assert stats.job_detail("0" * 7) is None and stats.job_detail("f" * 64) is None
     assert len(json.dumps(detail)) < 8192  # bounded: a few kilobytes per job
@@ -143,3 +154,32 @@ async def test_api_jobs_answers_a_job_by_id_and_refuses_others():
     assert status == 200 and stats_json["recent_jobs"][0]["job_id"] == job_id
     assert "detail" not in stats_json["recent_jobs"][0]  # /api/stats stays small
     assert (await app(Request("POST", "/api/stats", {}, {}, b"")))[0] == 405
+
+
+def test_a_job_nobody_could_run_shows_the_bids_and_declines_its_certificate_carries():
+    job = new_job(replicas=3, quorum=3, image="python:3.9-slim", nonce=b"\x05" * 16)
+    job.receive_bid(bid(EXECUTORS[0], job), NOW, undecided=2)  # signed at NOW
+    job.receive_decline(verify(sign(EXECUTORS[1], Decline(job.job_id, EXECUTORS[1].public_key, "image_missing",
+                                                          "image python:3.9-slim is not available locally", NOW + 20)),
+                               Decline), NOW + 20, undecided=1)
+    job.receive_decline(verify(sign(EXECUTORS[2], Decline(job.job_id, EXECUTORS[2].public_key, "busy",
+                                                          "all job slots busy", NOW + 30)), Decline), NOW + 30,
+                        undecided=0)
+    job.tick(NOW + job.timing.bid_window_ms, undecided=0)
+    assert job.state == "failed" and job.certificate
+    stats = Stats(pow_difficulty=0)
+    stats.observe(job.certificate, peer_id_from_public_key(SUBMITTER.public_key), now=T0 + 1)
+    job_id = job.job_id.hex()
+    summary = stats.jobs[job_id]
+    assert summary["reason"] == job.reason  # the submitter's own words, from the certificate
+    assert (summary["executors"], summary["bids"], summary["declines"]) == (0, 1, 2)
+    assert stats.failure_reasons() == [{"reason": job.reason, "count": 1}]
+    detail = stats.job_detail(job_id)["detail"]
+    pid = [peer_id_from_public_key(e.public_key) for e in EXECUTORS]
+    assert [(b["peer_id"], b["price"]) for b in detail["bids"]] == [(pid[0], 1)]
+    assert [(d["peer_id"], d["code"], d["detail"]) for d in detail["declines"]] == [
+        (pid[1], "image_missing", "image python:3.9-slim is not available locally"),
+        (pid[2], "busy", "all job slots busy")]
+    assert [(e["event"], e["peer_id"]) for e in detail["timeline"]] == [
+        ("announced", None), ("bid", pid[0]), ("declined", pid[1]), ("declined", pid[2]), ("failed", None)]
+    assert detail["timeline"][-1]["text"] == job.reason

@@ -324,6 +324,8 @@ async def test_stats_page_shows_jobs_live_explains_failures_and_draws_the_hour(t
             assert "sh -c 'echo '" in await page.js(text_of("#job-view dl.spec"))
             events = await page.js("[...document.querySelectorAll('#job-view ol.timeline li .e')].map(e => e.textContent)")
             assert events[0] == "announced" and events[-1] == "verified" and "awarded" in events, events
+            assert events.count("bid") == len(view["detail"]["bids"]) >= len(agreed)
+            paths = [await screenshot(page, "bootstrap-page-1280-verified-job.png", 1280, 800, full_page=False)]
             await page.js("document.getElementById('job-close').click()")
             await page.wait_js("!document.getElementById('job-view').open", "the job view closed")
 
@@ -356,8 +358,8 @@ async def test_stats_page_shows_jobs_live_explains_failures_and_draws_the_hour(t
             assert await page.js("+document.querySelector('#chart-verdict svg').dataset.bars") >= 2
             assert await page.js(text_of("#chart-jobs-total")) == "2 verdicts, 2 announced"
 
-            paths = [await screenshot(page, "bootstrap-page-1280-job.png", 1280, 800, full_page=False),
-                     await screenshot(page, "bootstrap-page-800-job.png", 800, 1000, full_page=False)]
+            paths += [await screenshot(page, "bootstrap-page-1280-failed-job.png", 1280, 800, full_page=False),
+                      await screenshot(page, "bootstrap-page-800-failed-job.png", 800, 1000, full_page=False)]
             await page.js("document.getElementById('job-close').click()")
             paths += [await screenshot(page, "bootstrap-page-1280.png", 1280, 800, full_page=True),
                       await screenshot(page, "bootstrap-page-800.png", 800, 1000, full_page=True)]
