@@ -93,7 +93,14 @@ const CODES = { image_missing: "image missing", not_enough_memory: "not enough m
 const VERDICTS = { agreed: "agrees", dissented: "different result", no_result: "no result", split: "no majority" };
 let openJob = null, shownJob = "";
 
-function quoteArg(a) { a = clean(a); return /^[A-Za-z0-9_@%+=:,.\/-]+$/.test(a) ? a : "'" + a.replace(/'/g, "'\\''") + "'"; }
+// An argument as a shell would need it typed: bare, in double quotes (when that changes nothing),
+// or in single quotes.
+function quoteArg(a) {
+  a = clean(a);
+  if (/^[A-Za-z0-9_@%+=:,.\/-]+$/.test(a)) return a;
+  if (a.includes("'") && !/["$`\\!]/.test(a)) return '"' + a + '"';
+  return "'" + a.replace(/'/g, "'\\''") + "'";
+}
 function cpus(m) { m = num(m); return (m / 1000).toString() + (m === 1000 ? " CPU" : " CPUs"); }
 function table(head, rows, empty) {
   const wrap = el("div", null, "table-wrap"), t = el("table"), th = el("tr"), tb = el("tbody");
@@ -153,8 +160,11 @@ function renderJob(j) {
       cell(typeof e.exit_code === "number" ? e.exit_code + (flags ? " (" + flags + ")" : "") : "\u2014"),
       cell(badge(label, "v-" + v.replace(/[^a-z_]/g, ""))));
   });
-  const ex = list(d.executors), agreeing = ex.filter((e) => e.verdict === "agreed").length;
-  body.append(heading("Executors", ex.length ? plural(ex.length, "executor") + ", " + agreeing + " agreeing" : ""),
+  const ex = list(d.executors), count = (v) => ex.filter((e) => e.verdict === v).length;
+  const parts = [[count("agreed"), " agree", " agrees"], [count("dissented"), " different results", " different result"],
+    [count("no_result"), " without a result", " without a result"], [count("split"), " with no majority", " with no majority"]]
+    .filter(([n]) => n).map(([n, many, one]) => n + (n === 1 ? one : many));
+  body.append(heading("Executors", ex.length ? plural(ex.length, "executor") + ": " + parts.join(", ") : ""),
     table(["slot", "peer", "result", "exit code", "verdict"], exRows,
       status === "announced" ? "known once the certificate arrives" : "no executor was awarded"));
 

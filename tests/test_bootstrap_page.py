@@ -321,7 +321,7 @@ async def test_stats_page_shows_jobs_live_explains_failures_and_draws_the_hour(t
                                "the agreeing executors in the job view")
             shown = await page.js("[...document.querySelectorAll('#job-view td.mono')].map(td => td.title)")
             assert set(e["peer_id"] for e in view["detail"]["executors"]) <= set(shown)
-            assert "sh -c 'echo '" in await page.js(text_of("#job-view dl.spec"))
+            assert 'sh -c "echo \'Hello\' | sha256sum"' in await page.js(text_of("#job-view dl.spec"))
             events = await page.js("[...document.querySelectorAll('#job-view ol.timeline li .e')].map(e => e.textContent)")
             assert events[0] == "announced" and events[-1] == "verified" and "awarded" in events, events
             assert events.count("bid") == len(view["detail"]["bids"]) >= len(agreed)
