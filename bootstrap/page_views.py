@@ -115,6 +115,13 @@ function cell(content, cls) {
   if (content instanceof Node) td.append(content); else td.textContent = String(content);
   return td;
 }
+function verdictBadge(v, label, status) {
+  const b = badge(label, "v-" + v.replace(/[^a-z_]/g, ""));
+  if (v === "no_result") b.title = status === "verified" ? "no result in the certificate: not needed once a quorum agreed, or none came"
+    : "no result in the certificate: the executor never revealed one";
+  if (v === "split") b.title = "no result was returned by two executors without a tie: none to agree or dissent with";
+  return b;
+}
 function peerCell(pid) { const td = cell(shortPeer(pid), "mono"); td.title = str(pid); return td; }
 function heading(text, note) { const h = el("h3", text); if (note) h.append(el("small", note)); return h; }
 
@@ -158,7 +165,7 @@ function renderJob(j) {
     const label = v === "agreed" && status !== "verified" ? "with the majority" : VERDICTS[v] || v;
     return row(cell(num(e.slot)), peerCell(e.peer_id), cell(e.result ? str(e.result) + "\u2026" : "\u2014", "mono"),
       cell(typeof e.exit_code === "number" ? e.exit_code + (flags ? " (" + flags + ")" : "") : "\u2014"),
-      cell(badge(label, "v-" + v.replace(/[^a-z_]/g, ""))));
+      cell(verdictBadge(v, label, status)));
   });
   const ex = list(d.executors), count = (v) => ex.filter((e) => e.verdict === v).length;
   const parts = [[count("agreed"), " agree", " agrees"], [count("dissented"), " different results", " different result"],
