@@ -77,14 +77,23 @@ def control(data_dir: Path, request: dict, timeout: float | None = 30.0) -> dict
         fail(f"the node at {control_path(data_dir)} answered something that is not JSON: {exc}", 1)
 
 
+MIN_JOB_PREFIX = 8  # as node/control_request.py: the node resolves a prefix, the CLI only checks its form
+
+
 def check_job_id(job_id: str) -> str:
-    try:
-        if len(job_id) != 64:
-            raise ValueError
-        bytes.fromhex(job_id)
-    except ValueError:
-        fail(f"job id must be 64 hex characters, got {job_id!r}")
-    return job_id.lower()
+    """A job id, or a prefix of one of at least MIN_JOB_PREFIX hex digits (the node resolves it,
+    as git resolves a commit's); anything else is one line and exit 2."""
+    text = job_id.lower()
+    if not MIN_JOB_PREFIX <= len(text) <= 64 or any(ch not in "0123456789abcdef" for ch in text):
+        fail(f"job id must be 64 hex characters or a unique prefix of at least {MIN_JOB_PREFIX} of them, "
+             f"got {job_id!r}")
+    return text
+
+
+def job_error_code(answer: dict) -> int:
+    """The exit code for a node's error answer about a job id: 2 for an id that names no single
+    job by its form (an ambiguous or too short prefix: the user's to fix), else 1."""
+    return 2 if answer.get("code") in ("ambiguous_job", "bad_job_id") else 1
 
 
 def print_json(value: Any) -> None:

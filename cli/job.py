@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import sys
 import time
 from pathlib import Path
@@ -11,12 +12,17 @@ from typing import Any, Optional
 
 import typer
 
-from .common import DataDirOption, JsonOption, check_job_id, control, fail, node_dir, print_json, safe
+from .cmdline import JOB_ARGV, SubmitCommand  # noqa: F401 (SubmitCommand: for main.py)
+from .common import (
+    DataDirOption, JsonOption, check_job_id, control, fail, job_error_code, node_dir, print_json, safe,
+)
+from .jobview import job_exit_code, print_job, result_report, task_note  # noqa: F401  (print_job: cli/tools.py uses it)
 
 job_app = typer.Typer(no_args_is_help=True, help="Look at jobs.")
 
-# `submit` takes the job's command after --cmd as extra arguments.
-SUBMIT_CONTEXT = {"allow_extra_args": True, "ignore_unknown_options": True}
+# `submit` is a SubmitCommand (cmdline.py): the job's command is taken off the line before click
+# parses the rest.
+SUBMIT_CONTEXT: dict = {}
 
 
 def load_job_file(path: Path) -> Any:
@@ -51,57 +57,13 @@ def read_tasks(path: Path) -> list[list[str]]:
         fail(f"--tasks {path}: {exc.message}")
 
 
-def print_job(view: dict, as_json: bool) -> None:
-    if as_json:
-        typer.echo(json.dumps(view))
-        return
-    typer.echo(f"job      {view['job_id']}")
-    typer.echo(f"status   {view['status']}{' (' + safe(view['reason']) + ')' if view.get('reason') else ''}")
-    typer.echo(f"elapsed  {view.get('elapsed_s')} s")
-    for e in view.get("executors", []):
-        mark = "agrees" if e["agreed"] else ("dissents" if e["result_hash"] else
-                                             f"no result ({safe(e.get('state') or 'unknown')})")
-        typer.echo(f"executor {safe(e['peer_id'])}  {mark}  {(e['result_hash'] or '')[:16]}")
-    if view.get("result_hash"):
-        outputs = view.get("outputs") or {}
-        if outputs.get("status") == "out_quota_exceeded":
-            typer.echo(f"result   {view['result_hash']}  out_quota_exceeded")
-        else:
-            typer.echo(f"result   {view['result_hash']}  exit code {view['exit_code']}")
-        for line in outputs_lines(outputs, view.get("files") or []):
-            typer.echo(line)
-        typer.echo("stdout:")
-        typer.echo(view.get("stdout") or "", nl=False)
-
-
-def outputs_lines(outputs: dict, files: list[dict]) -> list[str]:
-    """What the certified result says about the job's output files, in words."""
-    if not outputs:
-        return []
-    if outputs.get("status") == "out_quota_exceeded":
-        q = outputs["quota"]
-        return [f"outputs  the job left more than its quota in /out ({q['bytes']} bytes or {q['files']} entries): "
-                "its files, exit code and stdout were discarded on every executor"]
-    lines = []
-    if outputs.get("files"):
-        size = sum(f["size"] for f in files)
-        lines.append(f"files    {outputs['files']}" + (f" (the certified result lists the first {outputs['listed']}, "
-                                                        f"{size} bytes)" if outputs.get("manifest_truncated")
-                                                        else f" ({size} bytes)"))
-    if outputs.get("skipped"):
-        named = ", ".join(f"{e['name']} ({e['reason']})" for e in outputs.get("skipped_entries", []))
-        more = outputs["skipped"] - len(outputs.get("skipped_entries", []))
-        lines.append(f"skipped  {outputs['skipped']} entr{'y' if outputs['skipped'] == 1 else 'ies'} of /out are not "
-                     f"output files: {safe(named)}" + (f" and {more} more" if more > 0 else ""))
-    return lines
-
-
 def submit(
     ctx: typer.Context,
     data_dir: Optional[Path] = DataDirOption,
     file: Optional[Path] = typer.Option(None, "-f", "--file", help="Job file (JSON), e.g. the seed's job files."),
     image: Optional[str] = typer.Option(None, help="Container image, e.g. alpine:latest."),
-    cmd: Optional[str] = typer.Option(None, "--cmd", help="The command; the arguments after it belong to it."),
+    cmd: Optional[str] = typer.Option(None, "--cmd", help="The program to run; the words after it are its "
+                                      "arguments (the rule above)."),
     replicas: Optional[int] = typer.Option(None, help="Executors to run the job (n). Default 3."),
     quorum: Optional[int] = typer.Option(None, help="Executors that must agree (k). Default 2."),
     timeout: Optional[int] = typer.Option(None, help="Seconds a job may run. Default 60."),
@@ -126,8 +88,18 @@ def submit(
     memory: Optional[int] = typer.Option(None, "--memory", help="MiB the job may use. Default 256."),
     no_wait: bool = typer.Option(False, "--no-wait", help="Print the job id and return at once."),
     as_json: bool = typer.Option(False, "--json", help="Print the outcome as one JSON object."),
+    exit_code: bool = typer.Option(False, "--exit-code", help="Once verified, exit with the job's own exit code "
+                                   "(124: it timed out; 137: out of memory; 1: none in 0..255, or over its "
+                                   "output quota). A job not verified exits 1 either way."),
 ) -> None:
     """Have the running node sign a job with its key and announce it; wait until it is verified or fails.
+    Without --exit-code, exit 0 when the executors agree on a result (whatever the job's own exit code), else 1.
+
+    After --cmd PROGRAM come the job's arguments, but submit's own long
+    options at the end of the line are submit's (a trailing --json is).
+    To give the job such a word, end its command with --: the line
+    `--cmd jq --json -- --replicas 5` runs `jq --json` on 5 executors.
+    Ctrl-C while waiting leaves the job running and says how to follow it.
 
     Example: distributeai submit --data-dir ./node1 --image alpine:latest --cmd sh -c "echo 'Hello' | sha256sum" --json
     """
@@ -136,18 +108,7 @@ def submit(
     from distributeai.consensus.messages import JobSpec, encode_body
     from distributeai.node.paths import key_path
 
-    extra = list(ctx.args)
-    if extra and cmd is None:
-        fail(f"unexpected argument {extra[0]!r}")
-    if extra:
-        # Arguments after --cmd belong to the command; anything click could not place that came
-        # before it is a mistyped option, not part of the command.
-        argv = sys.argv[1:]
-        at = max(i for i, a in enumerate(argv) if a == "--cmd" or a.startswith("--cmd="))
-        tail = argv[at + (1 if "=" in argv[at] else 2):]
-        if tail != extra:
-            stray = next(a for a in extra if a not in tail) if set(extra) - set(tail) else extra[0]
-            fail(f"no such option {stray!r} (options go before --cmd; what follows --cmd is the command)")
+    extra = list(ctx.meta.get(JOB_ARGV, []))
     if file is not None and (image or cmd or wasm):
         fail("give either -f FILE or --image/--wasm with --cmd, not both")
     if image and wasm:
@@ -217,39 +178,80 @@ def submit(
         what = f" ({len(spec.tasks)} tasks, each)" if spec.is_batch else ""
         typer.echo(f"submitted {job_hex}; waiting for {spec.quorum} of {spec.replicas} executors to agree{what}", err=True)
     deadline = time.monotonic() + spec.timeout_s + 120
-    view = answer
-    if not as_json and sys.stderr.isatty():
-        from distributeai.cli.progress import wait_with_progress
-
-        view = wait_with_progress(
-            lambda timeout: control(data_dir, {"op": "wait", "job_id": job_hex, "timeout": timeout}, timeout=60),
-            {"job_id": job_hex, "status": "announced"}, spec.quorum, spec.replicas, deadline)
-    while time.monotonic() < deadline and view.get("status") not in ("verified", "failed", "nondeterministic"):
-        view = control(data_dir, {"op": "wait", "job_id": job_hex, "timeout": 30}, timeout=60)
+    view = wait_for_verdict(data_dir, {"job_id": job_hex, "status": "announced"}, spec.quorum, spec.replicas,
+                            deadline, show=not as_json)
     print_job(view, as_json)
+    if exit_code:
+        raise typer.Exit(job_exit_code(view))
     raise typer.Exit(0 if view.get("status") == "verified" else 1)
+
+
+FINAL = ("verified", "failed", "nondeterministic")
+WATCH_S = 24 * 3600  # `job status --watch` gives up after this; Ctrl-C ends it sooner
+
+
+def wait_for_verdict(data_dir: Path, first: dict, quorum: int, replicas: int, deadline: float, show: bool) -> dict:
+    """The job's view once it has a verdict (or as it stands at `deadline`, monotonic); with
+    `show` and stderr a terminal, its live progress on stderr meanwhile. Ctrl-C stops the
+    waiting, not the job: it prints the job's id and how to follow or cancel it, exit 130."""
+    job_hex = first["job_id"]
+
+    def poll(timeout: float) -> dict:
+        return control(data_dir, {"op": "wait", "job_id": job_hex, "timeout": timeout}, timeout=timeout + 60)
+
+    view = first
+    try:
+        if show and sys.stderr.isatty():
+            from distributeai.cli.progress import wait_with_progress
+
+            view = wait_with_progress(poll, first, quorum, replicas, deadline)
+        while time.monotonic() < deadline and view.get("status") not in FINAL:
+            view = poll(30)
+    except KeyboardInterrupt:
+        for line in interrupted_lines(job_hex, data_dir):
+            typer.echo(line, err=True)
+        raise typer.Exit(130) from None
+    return view
+
+
+def interrupted_lines(job_hex: str, data_dir: Path) -> list[str]:
+    """What Ctrl-C while waiting prints: the job runs on; how to follow it or cancel it."""
+    where = f"--data-dir {shlex.quote(str(data_dir))}"
+    return [f"interrupted: job {job_hex} keeps running",
+            f"  follow it: distributeai job status {job_hex[:12]} {where} --watch",
+            f"  cancel it: distributeai job cancel {job_hex[:12]} {where}"]
 
 
 @job_app.command("status")
 def job_status(
-    job_id: str = typer.Argument(..., help="The job id (hex) printed by submit."),
+    job_id: str = typer.Argument(..., help="The job id printed by submit, or a unique prefix of it (8 or more hex digits)."),
     data_dir: Optional[Path] = DataDirOption,
+    watch: bool = typer.Option(False, "--watch", help="Follow the job until its verdict (live on a terminal), "
+                               "then show it."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON."),
 ) -> None:
-    """Show a job this node knows: status, executors, result.
+    """Show a job this node knows: status, executors, result. A job id may be shortened to a
+    unique prefix of 8 or more hex digits.
 
-    Example: distributeai job status 3f2a... --data-dir ./node1 --json
+    Example: distributeai job status 3f2a9c01 --data-dir ./node1 --json
     """
+    from .progress import elapsed_s
+
     job_id = check_job_id(job_id)
     view = control(node_dir(data_dir), {"op": "status", "job_id": job_id})
     if "error" in view:
-        fail(view["error"], 1)
+        fail(view["error"], job_error_code(view))
+    if watch and view.get("status") not in FINAL:
+        view = wait_for_verdict(node_dir(data_dir), view, view["quorum"], view["replicas"],
+                                time.monotonic() + WATCH_S, show=not as_json)
+    if not as_json:  # a job without a verdict yet: its age now, not at the node's last change
+        view = {**view, "elapsed_s": elapsed_s(view, int(time.time() * 1000))}
     print_job(view, as_json)
 
 
 @job_app.command("result")
 def job_result(
-    job_id: str = typer.Argument(..., help="The job id (hex) printed by submit."),
+    job_id: str = typer.Argument(..., help="The job id printed by submit, or a unique prefix of it (8 or more hex digits)."),
     out: Optional[Path] = typer.Option(None, "--out", help="Write the job's verified output files into this directory."),
     task: Optional[int] = typer.Option(None, "--task", min=0, help="A batch: print only this task's stdout (0-based)."),
     data_dir: Optional[Path] = DataDirOption,
@@ -259,12 +261,13 @@ def job_result(
     (each checked against its SHA-256 in the certificate) and write them there. For a batch,
     print each task's verdict and stdout (each task is verified on its own), or one with --task.
 
-    Example: distributeai job result 3f2a... --data-dir ./node1 --out ./results
+    Example: distributeai job result 3f2a9c01 --data-dir ./node1 --out ./results
     """
     job_id = check_job_id(job_id)
     probe = control(node_dir(data_dir), {"op": "tasks", "job_id": job_id, "limit": 0}, timeout=30)
     if "error" in probe:
-        fail(probe["error"], 1)
+        fail(probe["error"], job_error_code(probe))
+    job_id = probe["job_id"]  # the full id of the job a prefix named
     if probe.get("total"):
         _batch_result(job_id, probe["total"], task, node_dir(data_dir), as_json)
         return
@@ -283,8 +286,8 @@ def job_result(
         return
     sys.stdout.write(answer.get("stdout") or "")
     sys.stdout.flush()
-    for line in outputs_lines(answer.get("outputs") or {}, answer.get("files") or []):
-        typer.echo(line, err=True)
+    for line in result_report(answer):  # limits, exit code, a cut stdout, files, stderr
+        typer.echo(line, err=True, nl=not line.endswith("\n"))
     for f in answer.get("written") or []:
         typer.echo(f"wrote {safe(f['written_to'])}  ({f['size']} bytes, sha256 {f['sha256']})", err=True)
     for f in answer.get("not_fetched") or []:
@@ -317,10 +320,13 @@ def _batch_result(job_id: str, total: int, task: Optional[int], data_dir: Path, 
         if tasks[0]["status"] != "verified":
             fail(f"task {task} is {tasks[0]['status']}, not verified", 1)
         sys.stdout.write(tasks[0]["stdout"] or "")
+        if task_note(tasks[0]):
+            typer.echo(f"task {task}:{task_note(tasks[0])}", err=True)
     else:
         for t in tasks:
             line = (t["stdout"] or "").rstrip("\n").replace("\n", "\\n")
-            typer.echo(f"{t['task']:5d}  {t['status']:9}  exit {t['exit_code'] if t['exit_code'] is not None else '-':>3}  {line}")
+            typer.echo(f"{t['task']:5d}  {t['status']:9}  exit {t['exit_code'] if t['exit_code'] is not None else '-':>3}"
+                       f"{task_note(t)}  {line}")
     verified = sum(1 for t in tasks if t["status"] == "verified")
     if task is None:
         typer.echo(f"{verified} of {len(tasks)} tasks verified", err=True)
@@ -342,6 +348,7 @@ def job_list(
 
     Example: distributeai job list --data-dir ./node1 --role submitter
     """
+    from .progress import elapsed_s
     from .status import label
 
     if role is not None and role not in ROLES:
@@ -355,27 +362,31 @@ def job_list(
         return
     if not jobs:
         typer.echo("no jobs")
+        return
+    now_ms = int(time.time() * 1000)
+    typer.echo(f"{'JOB':64}  {'ROLE':9}  {'STATUS':16}  {'AGREE':11}  {'ELAPSED':>10}  NAME")
     for j in jobs:
         agreeing = sum(1 for e in j.get("executors") or [] if e.get("agreed"))
         execution = f"  ran here: {j['execution']['status']}" if j.get("execution") else ""
-        typer.echo(f"{j['job_id']}  {j['role']:9}  {j['status']:16}  {agreeing}/{len(j.get('executors') or [])} agree  "
-                   f"{j['elapsed_s']:>8} s  {label(j)}{safe(execution)}")
+        agree = f"{agreeing}/{len(j.get('executors') or [])} agree"
+        typer.echo(f"{j['job_id']}  {j['role']:9}  {j['status']:16}  {agree:11}  "
+                   f"{elapsed_s(j, now_ms):>8} s  {label(j)}{safe(execution)}")
 
 
 @job_app.command("cancel")
 def job_cancel(
-    job_id: str = typer.Argument(..., help="The job id (hex) printed by submit."),
+    job_id: str = typer.Argument(..., help="The job id printed by submit, or a unique prefix of it (8 or more hex digits)."),
     data_dir: Optional[Path] = DataDirOption,
     as_json: bool = JsonOption,
 ) -> None:
     """Cancel a job this node submitted: it ends failed (cancelled) and its executors are told.
 
-    Example: distributeai job cancel 3f2a... --data-dir ./node1
+    Example: distributeai job cancel 3f2a9c01 --data-dir ./node1
     """
     job_id = check_job_id(job_id)
     view = control(node_dir(data_dir), {"op": "cancel", "job_id": job_id})
     if "error" in view:
-        fail(f"cannot cancel {job_id}: {view['error']}", 1)
+        fail(f"cannot cancel {job_id}: {view['error']}", job_error_code(view))
     if as_json:
         print_json(view)
         return

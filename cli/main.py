@@ -28,7 +28,7 @@ app = typer.Typer(add_completion=True, no_args_is_help=True, pretty_exceptions_e
 app.add_typer(node.node_app, name="node")
 app.add_typer(network.bootstrap_app, name="bootstrap")
 app.add_typer(job.job_app, name="job")
-app.command(context_settings=job.SUBMIT_CONTEXT)(job.submit)
+app.command(context_settings=job.SUBMIT_CONTEXT, cls=job.SubmitCommand)(job.submit)
 app.command("credits")(network.credits)
 app.command("bench")(tools.bench)
 app.command("simulate")(tools.simulate)

@@ -30,6 +30,7 @@ from rich.table import Table
 from rich.text import Text
 
 from .common import safe
+from .progress import elapsed_s
 
 REFRESH_S = 0.5  # the view is at most this old; the issue asks for at least once a second
 STATS_TIMEOUT_S = 1.0  # a bootstrap slower than this is shown as unreachable, not waited for
@@ -85,8 +86,9 @@ def gather(data_dir: Path, bootstrap_http: str | None) -> dict:
     info = ask({"op": "info"})
     peers = ask({"op": "peers"})["peers"]
     jobs = [j for j in ask({"op": "list", "limit": JOB_LIMIT})["jobs"] if j]
+    at_ms = int(time.time() * 1000)
     return {
-        "at_ms": int(time.time() * 1000),
+        "at_ms": at_ms,
         "data_dir": str(data_dir),
         "node": {k: info.get(k) for k in ("peer_id", "multiaddrs", "sandbox", "reputation", "credits",
                                           "jobs_running", "active_jobs")},
@@ -96,7 +98,7 @@ def gather(data_dir: Path, bootstrap_http: str | None) -> dict:
             "job_id": j["job_id"], "name": label(j), "status": j["status"], "reason": j.get("reason"),
             "awarded": len(j.get("executors") or []),
             "agreeing": sum(1 for e in j.get("executors") or [] if e.get("agreed")),
-            "quorum": j["quorum"], "elapsed_s": j.get("elapsed_s"),
+            "quorum": j["quorum"], "elapsed_s": elapsed_s(j, at_ms),  # ticks until the verdict
         } for j in jobs if j["role"] == "submitter"],
         "running": [{
             "job_id": j["job_id"], "name": label(j), "submitter": j["submitter"],

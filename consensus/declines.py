@@ -54,14 +54,16 @@ def summary(spec: JobSpec, codes: Iterable[str]) -> str:
     return ", ".join(describe_code(code, n, spec) for code, n in count_codes(codes))
 
 
-def failure_reason(spec: JobSpec, codes: Iterable[str], bids: int, what: str = "") -> str:
+def failure_reason(spec: JobSpec, codes: Iterable[str], bids: int, what: str = "", undecided: int = 0) -> str:
     """Why a job ends without a verdict for want of executors. `what` is the fact (e.g. "no bidders
     left to replace failed executors"); without one it is worded from the bids: "no bids" or "only
-    2 nodes bid, the quorum needs 3". The declines follow, counted by kind. At most
+    2 nodes bid, the quorum needs 3". The declines follow, counted by kind, and the connected
+    nodes that had not answered when the job could no longer reach its quorum. At most
     CERT_REASON_MAX characters of printable ASCII."""
     if not what:
         what = "no bids" if bids == 0 else f"only {nodes(bids)} bid, the quorum needs {spec.quorum}"
-    said = summary(spec, codes)
+    said = ", ".join(filter(None, [summary(spec, codes),
+                                   f"{nodes(undecided)} had not answered" if undecided > 0 else ""]))
     if not said and bids == 0 and what == "no bids":
         said = "no node offered to run this job"
     text = f"{what}: {said}" if said else what

@@ -7,7 +7,8 @@ before acting on it; `replay` of the stored inputs rebuilds the same job after a
 `resume` says what to do again (run what was awarded but not run, send a commit not yet accepted).
 
 States: awarded -> running -> executed -> committed -> revealed, or failed (the sandbox could not
-run the job: a withdrawal is sent, so the submitter replaces this executor at once).
+run the job: a withdrawal is sent, so the submitter replaces this executor at once), or ended (the
+job ended at its submitter before this executor's part did: nothing more is run, sent or revealed).
 
 Inputs (`apply_input` kinds, the stored `kind`):
     start        the award was accepted (or the job resumed unrun): run it            -> RunJob
@@ -21,6 +22,10 @@ Inputs (`apply_input` kinds, the stored `kind`):
     crashed      an unexpected error ended the job here (meta reason): before anything was
                  committed, withdraw as run_failed does (the submitter replaces this executor at
                  once instead of waiting out its deadline); after, nothing more is sent
+    ended        the job ended at its submitter (meta reason, see `ended_reason`): its certificate
+                 (checked; any status) arrived, or its submitter (this node) cancelled it. A run in
+                 progress or not begun is stopped (-> StopRun); a commit not yet accepted is not
+                 sent again; nothing is revealed. A job already revealed or failed keeps its state.
 """
 
 from __future__ import annotations
@@ -34,6 +39,8 @@ from .messages import Award, JobSpec, Reveal, Withdraw, sign, verify
 
 SEND_RETRIES = 6  # the submitter may be restarting; back-offs of 0.5 s doubling: 15.5 s between 6 tries
 RETRY_BASE_MS = 500
+# States the end of the job at its submitter still changes (`ended`): this executor's part was not over.
+UNFINISHED = ("awarded", "running", "executed", "committed")
 # States from which a reveal can be answered. "executed": the commit reached the submitter (it
 # asks only executors it has a commit from) but the answer to it was lost.
 REVEALABLE = ("executed", "committed", "revealed")
@@ -42,6 +49,12 @@ REVEALABLE = ("executed", "committed", "revealed")
 @dataclass(frozen=True)
 class RunJob:
     """Run the job in the sandbox; feed back `ran` (with the signed reveal) or `run_failed`."""
+
+
+@dataclass(frozen=True)
+class StopRun:
+    """Stop the job's sandbox run (kill its container or processes) and free its run slot; the run
+    leaves no result (nothing is fed back)."""
 
 
 @dataclass(frozen=True)
@@ -61,7 +74,7 @@ class AnswerReveal:
     reveal: bytes  # signed Reveal envelope, the answer to the request
 
 
-Action = RunJob | SendCommit | SendWithdraw | AnswerReveal
+Action = RunJob | StopRun | SendCommit | SendWithdraw | AnswerReveal
 
 
 @dataclass
@@ -132,11 +145,23 @@ class ExecutorJob:
         return self._to("revealed", now_ms, [AnswerReveal(self.reveal)])
 
     def crashed(self, reason: str, now_ms: int) -> list[Action]:
+        if self.state == "ended":
+            return []  # the job was over already: nothing to withdraw from, the reason stays
         if self.state in ("awarded", "running"):
             self.state = "running"
             return self.run_failed(reason, now_ms)
         self.reason = reason
         return self._to("failed", now_ms, [])
+
+    def ended(self, reason: str, now_ms: int) -> list[Action]:
+        """The job ended at its submitter: whatever this executor has not finished is abandoned.
+        A run in progress (or awarded, not begun) is stopped; nothing is committed or revealed
+        from here on (`ran`, `sent`, `unreachable` change nothing in state ended)."""
+        if self.state not in UNFINISHED:
+            return []
+        stop = self.state in ("awarded", "running")
+        self.reason = reason
+        return self._to("ended", now_ms, [StopRun()] if stop else [])
 
     def resume(self, now_ms: int) -> list[Action]:
         """What a restarted node does again: run a job awarded but not run to its end, send a commit
@@ -173,7 +198,20 @@ def apply_input(job: ExecutorJob, kind: str, raw: bytes, meta: dict, now_ms: int
         return job.reveal_asked(now_ms)
     if kind == "crashed":
         return job.crashed(meta.get("reason", ""), now_ms)
+    if kind == "ended":
+        return job.ended(meta.get("reason", ""), now_ms)
     raise ValueError(f"unknown executor input kind {kind!r}")
+
+
+def ended_reason(why: str) -> str:
+    """Why a job ended for its executors, from the status of its certificate ("verified",
+    "nondeterministic", "failed") or "cancelled" (the submitter is this node and cancelled it).
+    A cancel is known by the failed certificate's reason ("cancelled")."""
+    if why == "cancelled":
+        return "cancelled by the submitter"
+    if why == "failed":
+        return "the job failed at its submitter"
+    return f"verdict reached ({why})"
 
 
 def replay(identity: Identity, award: Award, spec: JobSpec,

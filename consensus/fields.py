@@ -16,6 +16,13 @@ from .errors import RemoteProtocolError
 # the spec and up to MAX_TOTAL_RESULTS awards and reveals, and must still fit one gossip message
 # (the overlay's default cap is 1 MiB).
 STDOUT_CAP = 32 * 1024
+# A reveal's stdout_size counts what the job wrote to stdout up to STDOUT_SEEN_MAX (the bytes the
+# sandbox keeps, sandbox.RunRequest.output_cap); STDOUT_SEEN_MAX + 1 stands for "more than that".
+STDOUT_SEEN_MAX = 1 << 20
+# A reveal carries at most STDERR_CAP bytes of stderr (consensus.executor.certified_stderr says
+# which ones). Small: 16 reveals of it must fit a certificate beside CERTIFICATE_RESERVE.
+STDERR_CAP = 1536
+STDERR_PARTS = ("all", "first", "last")  # all of stderr, or only its first or last STDERR_CAP bytes
 STDIN_CAP = 8 * 1024          # input data carried in the spec
 WASM_INLINE_CAP = 48 * 1024   # a module up to this size travels in the spec; larger ones by SHA-256
 MANIFEST_MAX_ENTRIES = 64     # output files listed in a reveal
@@ -62,16 +69,16 @@ MAX_SIZE = {
     "commit": 1024,
     "withdraw": 1024,
     "reveal_request": 1024,
-    "reveal": max(STDOUT_CAP + MANIFEST_MAX_ENTRIES * (MANIFEST_PATH_MAX + 48) + OUT_NOTE_BYTES,
+    "reveal": max(STDOUT_CAP + STDERR_CAP + MANIFEST_MAX_ENTRIES * (MANIFEST_PATH_MAX + 48) + OUT_NOTE_BYTES,
                   BATCH_REVEAL_CAP) + 1024,
     "certificate": CERTIFICATE_CAP,
 }
 # A single job's certificate (16 plain reveals) and a batch's (4 batch reveals) both fit, with
 # their reason, bids and declines.
-_CERT_EXTRA = CERT_REASON_MAX + CERT_BIDS_MAX * MAX_SIZE["bid"] + CERT_DECLINES_MAX * MAX_SIZE["decline"] + 1024
-assert MAX_SIZE["spec"] + MAX_TOTAL_RESULTS * (STDOUT_CAP + MANIFEST_MAX_ENTRIES * (MANIFEST_PATH_MAX + 48)
-                                              + OUT_NOTE_BYTES + 1024 + MAX_SIZE["award"]) + _CERT_EXTRA <= CERTIFICATE_CAP
-assert MAX_SIZE["spec"] + BATCH_MAX_TOTAL_RESULTS * (MAX_SIZE["reveal"] + MAX_SIZE["award"]) + _CERT_EXTRA <= CERTIFICATE_CAP
+CERTIFICATE_RESERVE = CERT_REASON_MAX + CERT_BIDS_MAX * MAX_SIZE["bid"] + CERT_DECLINES_MAX * MAX_SIZE["decline"] + 1024
+assert MAX_SIZE["spec"] + MAX_TOTAL_RESULTS * (STDOUT_CAP + STDERR_CAP + MANIFEST_MAX_ENTRIES * (MANIFEST_PATH_MAX + 48)
+                                              + OUT_NOTE_BYTES + 1024 + MAX_SIZE["award"]) + CERTIFICATE_RESERVE <= CERTIFICATE_CAP
+assert MAX_SIZE["spec"] + BATCH_MAX_TOTAL_RESULTS * (MAX_SIZE["reveal"] + MAX_SIZE["award"]) + CERTIFICATE_RESERVE <= CERTIFICATE_CAP
 
 
 def task_stdout_cap(tasks: int) -> int:

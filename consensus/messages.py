@@ -32,7 +32,7 @@ from .fields import (  # noqa: F401  (the caps are re-exported: callers import t
     BATCH_MAX_TOTAL_RESULTS, BATCH_REVEAL_CAP, CERT_BIDS_MAX, CERT_DECLINES_MAX, CERT_REASON_MAX, CERTIFICATE_CAP,
     CERTIFICATE_STATUSES, DECLINE_CODES, DECLINE_DETAIL_MAX, MANIFEST_MAX_ENTRIES, MANIFEST_PATH_MAX, MAX_ENVELOPE, OUT_MAX_BYTES, OUT_MAX_BYTES_LIMIT, OUT_MAX_FILES, OUT_MAX_FILES_LIMIT,
     OUT_NOTE_NAME_MAX, OUT_NOTES_MAX, MAX_REPLICAS, MAX_SIZE, MAX_TASK_ARGS, MAX_TASKS, MAX_TOTAL_RESULTS,
-    SANDBOX_KINDS, STDIN_CAP, STDOUT_CAP, WASM_INLINE_CAP, _arity, _bool, _bytes, _fail, _int, _list, _str,
+    SANDBOX_KINDS, STDERR_CAP, STDERR_PARTS, STDIN_CAP, STDOUT_CAP, STDOUT_SEEN_MAX, WASM_INLINE_CAP, _arity, _bool, _bytes, _fail, _int, _list, _str,
     task_stdout_cap,
 )
 from .outputs import NONE as NO_OUTPUTS, OUT_QUOTA_EXCEEDED, OUT_STATUSES, SKIP_REASONS, Outputs
@@ -251,15 +251,20 @@ def _outputs(body: Any, listed: int) -> Outputs:
 @dataclass(frozen=True)
 class Reveal:
     """The executor's result. `result_hash` must equal `expected_hash()` (exit code, timeout,
-    stdout, output manifest, fuel) and match the executor's earlier seal; `check_reveal` checks
-    both. `oom_killed` and `sandbox` are reported, signed, but not part of the hash. `outputs`
-    (consensus/outputs.py) is: the quota status, how many files the job left (the manifest lists
-    the first MANIFEST_MAX_ENTRIES), and the entries skipped with why; it is part of the hash.
-    A result of OUT_QUOTA_EXCEEDED has exit code -1, no stdout and no files.
+    stdout, output manifest, fuel, outputs, stderr, stdout size) and match the executor's earlier
+    seal; `check_reveal` checks both. `oom_killed` and `sandbox` are reported, signed, but not
+    part of the hash. `outputs` (consensus/outputs.py) is: the quota status, how many files the
+    job left (the manifest lists the first MANIFEST_MAX_ENTRIES), and the entries skipped with
+    why. `stderr` is at most STDERR_CAP bytes of the job's stderr, `stderr_part` says which
+    ("all", or only its "first" or "last" bytes; consensus.executor.certified_stderr);
+    `stdout_size` is how much the job wrote to stdout (up to STDOUT_SEEN_MAX, STDOUT_SEEN_MAX + 1
+    for more; -1: not stated, as after a timeout). A result of OUT_QUOTA_EXCEEDED has exit code
+    -1, no stdout, no stderr and no files.
 
     For a batch, `tasks` holds one TaskResult (exit_code, timed_out, stdout, stdout_truncated,
-    fuel_used) per task of the spec, in order; the top-level exit code, stdout and manifest are
-    then empty and the result hash is `results.batch_hash` of the task hashes."""
+    fuel_used) per task of the spec, in order (no stderr: it would not fit); the top-level exit
+    code, stdout, stderr and manifest are then empty (stdout_size -1) and the result hash is
+    `results.batch_hash` of the task hashes."""
 
     kind: ClassVar[str] = "reveal"
     author: ClassVar[str | None] = "executor"
@@ -276,11 +281,15 @@ class Reveal:
     sandbox: str = ""
     tasks: tuple[tuple[int, bool, bytes, bool, int], ...] = ()
     outputs: Outputs = NO_OUTPUTS
+    stderr: bytes = b""
+    stderr_part: str = "all"
+    stdout_size: int = -1
 
     def to_body(self) -> list:
         return [self.job_id, self.executor, self.result_hash, self.exit_code, self.stdout,
                 self.stdout_truncated, self.timed_out, [list(m) for m in self.manifest], self.fuel_used,
-                self.oom_killed, self.sandbox, [list(t) for t in self.tasks], self.outputs.to_body()]
+                self.oom_killed, self.sandbox, [list(t) for t in self.tasks], self.outputs.to_body(),
+                self.stderr, self.stderr_part, self.stdout_size]
 
     def task_hashes(self) -> list[bytes]:
         from .results import result_hash
@@ -293,11 +302,12 @@ class Reveal:
         if self.tasks:
             return batch_hash(self.task_hashes())
         return result_hash(self.exit_code, self.timed_out, self.stdout, self.stdout_truncated,
-                           self.manifest, self.fuel_used, self.outputs)
+                           self.manifest, self.fuel_used, self.outputs, stderr=self.stderr,
+                           stderr_part=self.stderr_part, stdout_size=self.stdout_size)
 
     @classmethod
     def from_body(cls, body: list) -> "Reveal":
-        _arity(body, 13, "reveal")
+        _arity(body, 16, "reveal")
         tasks = []
         for t in _list(body[11], "tasks", MAX_TASKS):
             t = _list(t, "tasks[]", 5)
@@ -319,15 +329,23 @@ class Reveal:
         if manifest != sorted(manifest) or len({m[0] for m in manifest}) != len(manifest):
             raise _fail("manifest", "must be sorted by path without duplicates")
         outputs = _outputs(body[12], len(manifest))
-        if outputs.status == OUT_QUOTA_EXCEEDED and (body[3] != -1 or body[4] or manifest or body[5] or body[6]):
-            raise _fail("outputs", "a result over the output quota has exit code -1, no stdout and no files")
+        stdout, truncated = _bytes(body[4], "stdout", max_len=STDOUT_CAP), _bool(body[5], "stdout_truncated")
+        stderr, part = _stderr(body[13], body[14])
+        size = _int(body[15], "stdout_size", -1, STDOUT_SEEN_MAX + 1)
+        if outputs.status == OUT_QUOTA_EXCEEDED and (body[3] != -1 or stdout or manifest or truncated or body[6]
+                                                     or stderr or size != -1):
+            raise _fail("outputs", "a result over the output quota has exit code -1, no stdout, stderr or files")
+        if size >= 0 and (len(stdout) != min(size, STDOUT_CAP) or truncated != (size > STDOUT_CAP)):
+            raise _fail("stdout_size", "must be the size of stdout, and larger only when stdout was truncated")
+        if tasks and (stderr or size != -1):
+            raise _fail("tasks", "a batch's reveal carries no stderr and no stdout size")
         return cls(
             job_id=_bytes(body[0], "job_id", 32),
             executor=_bytes(body[1], "executor", 32),
             result_hash=_bytes(body[2], "result_hash", 32),
             exit_code=_int(body[3], "exit_code", -(2**31), 2**31),
-            stdout=_bytes(body[4], "stdout", max_len=STDOUT_CAP),
-            stdout_truncated=_bool(body[5], "stdout_truncated"),
+            stdout=stdout,
+            stdout_truncated=truncated,
             timed_out=_bool(body[6], "timed_out"),
             manifest=tuple(manifest),
             fuel_used=_int(body[8], "fuel_used", -1, 2**63 - 1),
@@ -335,7 +353,21 @@ class Reveal:
             sandbox=_str(body[10], "sandbox", 16),
             tasks=tuple(tasks),
             outputs=outputs,
+            stderr=stderr,
+            stderr_part=part,
+            stdout_size=size,
         )
+
+
+def _stderr(data: Any, part: Any) -> tuple[bytes, str]:
+    """Reveal.stderr and stderr_part: a part of stderr (only a cut one fills STDERR_CAP)."""
+    data = _bytes(data, "stderr", max_len=STDERR_CAP)
+    part = _str(part, "stderr_part", 8)
+    if part not in STDERR_PARTS:
+        raise _fail("stderr_part", f"must be one of {', '.join(STDERR_PARTS)}")
+    if part != "all" and len(data) != STDERR_CAP:
+        raise _fail("stderr", "a cut stderr keeps STDERR_CAP bytes")
+    return data, part
 
 
 @dataclass(frozen=True)

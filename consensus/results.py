@@ -2,7 +2,9 @@
 
 - `result_hash` covers exactly what honest executors must agree on: exit code, whether the job timed
   out, stdout (as carried in the reveal, at most STDOUT_CAP bytes), whether stdout was truncated,
-  the manifest of output files as (path, size, sha256) sorted by path, and for a wasm job the fuel
+  how much the job wrote to stdout (`stdout_size`, -1 when not stated), stderr as carried in the
+  reveal (at most STDERR_CAP bytes) and which part of it that is ("all", "first", "last"), the
+  manifest of output files as (path, size, sha256) sorted by path, and for a wasm job the fuel
   it used (-1 otherwise), so that agreeing executors also agree on what the job cost; and the
   outputs summary (`outputs.Outputs`: quota status, files found, skipped entries), so that a cut
   manifest, a skipped file or a quota end is part of what is certified.
@@ -21,10 +23,13 @@ ManifestEntry = tuple[str, int, bytes]
 
 
 def result_hash(exit_code: int, timed_out: bool, stdout: bytes, stdout_truncated: bool,
-                manifest: tuple[ManifestEntry, ...] = (), fuel_used: int = -1, outputs: Outputs = NONE) -> bytes:
+                manifest: tuple[ManifestEntry, ...] = (), fuel_used: int = -1, outputs: Outputs = NONE, *,
+                stderr: bytes = b"", stderr_part: str = "all", stdout_size: int = -1) -> bytes:
+    """The hash of one result (a batch task's: no manifest, no stderr, no stdout size)."""
     entries = [[path, size, digest] for path, size, digest in sorted(manifest)]
-    return sha256(b"distributeai/result/v2\x00"
-                  + encode([exit_code, timed_out, stdout, stdout_truncated, entries, fuel_used, outputs.to_body()]))
+    return sha256(b"distributeai/result/v3\x00"
+                  + encode([exit_code, timed_out, stdout, stdout_truncated, entries, fuel_used, outputs.to_body(),
+                            stderr, stderr_part, stdout_size]))
 
 
 def batch_hash(task_hashes: list[bytes]) -> bytes:

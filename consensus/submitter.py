@@ -34,8 +34,8 @@ The job's life, with BOINC's names for the policy (all in the signed spec):
   once it has committed: a reveal goes to the submitter alone, so nobody can copy a revealed hash
   into a commit, and a copied commit names the wrong executor (see results.seal).
 - declines: a node that will not bid says why in a signed Decline (a reason code). The adapter
-  passes with each bid, decline and tick how many connected peers have neither bid nor declined
-  yet (`undecided`, None if it cannot tell). Once bidding has closed, a job that could no longer
+  records with every input how many connected peers have neither bid nor declined yet
+  (`undecided`, None if it cannot tell), and `apply_input` hands it to the job. Once bidding has closed, a job that could no longer
   reach k agreeing results even if every live executor, every unawarded bidder and every
   undecided peer delivered the same result (within `max_total_results`) ends failed at once, the
   declines counted by kind in its reason (`consensus.declines.failure_reason`: "no bids: 3 nodes
@@ -84,7 +84,9 @@ class SubmitterJob:
     reason: str = ""
     bids: dict[bytes, Signed] = field(default_factory=dict)
     declines: dict[bytes, Signed] = field(default_factory=dict)
-    undecided: int | None = None  # connected peers that neither bid nor declined, as last told
+    # Connected peers that have neither bid nor declined, as the adapter saw them with the input
+    # being applied (`apply_input` sets it from every input's meta); None: it cannot tell.
+    undecided: int | None = None
     rank: dict[bytes, tuple] = field(default_factory=dict)
     subnet: dict[bytes, str | None] = field(default_factory=dict)  # each bidder's address range
     awards: dict[bytes, Signed] = field(default_factory=dict)
@@ -131,13 +133,11 @@ class SubmitterJob:
     # --- inputs -------------------------------------------------------------------------------
 
     def receive_bid(self, bid: Signed, now_ms: int, reputation: int = 0,
-                    unbid_best: int | None = None, subnet: str | None = None,
-                    undecided: int | None = None) -> list[Action]:
+                    unbid_best: int | None = None, subnet: str | None = None) -> list[Action]:
         """`reputation` is the bidder's reputation in this node's view when the bid arrived;
         `unbid_best`, if given, the best reputation any peer that has not bid could have (see
         the module docstring); None keeps the window open for its whole length. `subnet` is the
-        address range of the connection the bid came on (`subnet.subnet_of`), None if unknown.
-        `undecided`: connected peers that have neither bid nor declined, counting this bid."""
+        address range of the connection the bid came on (`subnet.subnet_of`), None if unknown."""
         b: Bid = bid.msg
         self._check_job(b.job_id, "bid")
         if self.done:
@@ -145,7 +145,6 @@ class SubmitterJob:
         if b.bidder in self.bids:
             raise RemoteProtocolError("duplicate", "peer already bid")
         self.bids[b.bidder] = bid
-        self.undecided = undecided
         self.rank[b.bidder] = rank_key(self.job_id, b, self.spec, reputation)
         self.subnet[b.bidder] = subnet
         if self.state == "bidding":
@@ -156,9 +155,9 @@ class SubmitterJob:
                                  f"{len(self.bids)} bids, " + ("waited" if self.awaiting_reputation else "early")))
         return self._advance(now_ms)
 
-    def receive_decline(self, decline: Signed, now_ms: int, undecided: int | None = None) -> list[Action]:
-        """A peer will not bid, and says why. Kept for the job's reason and certificate; with
-        `undecided` (as for `receive_bid`) it may show the job can no longer reach a quorum."""
+    def receive_decline(self, decline: Signed, now_ms: int) -> list[Action]:
+        """A peer will not bid, and says why. Kept for the job's reason and certificate; it may
+        show the job can no longer reach a quorum (`undecided`)."""
         d: Decline = decline.msg
         self._check_job(d.job_id, "decline")
         if self.done:
@@ -166,7 +165,6 @@ class SubmitterJob:
         if d.bidder in self.declines or d.bidder in self.bids:
             raise RemoteProtocolError("duplicate", "peer already bid or declined")
         self.declines[d.bidder] = decline
-        self.undecided = undecided
         self.history.append((now_ms, "declined", d.bidder, f"{d.code}: {d.detail}"))
         return self._advance(now_ms)
 
@@ -234,13 +232,11 @@ class SubmitterJob:
             return []
         return self._finish("failed", "cancelled", now_ms)
 
-    def tick(self, now_ms: int, unbid_best: int | None = None, undecided: int | None = None) -> list[Action]:
-        """Advance on time alone; call at or after `next_deadline_ms()`. `unbid_best` and
-        `undecided` as for `receive_bid`, as they stand now; None closes the bid window at its
-        end, whoever bid."""
+    def tick(self, now_ms: int, unbid_best: int | None = None) -> list[Action]:
+        """Advance on time alone; call at or after `next_deadline_ms()`. `unbid_best` as for
+        `receive_bid`, as it stands now; None closes the bid window at its end, whoever bid."""
         if self.done:
             return []
-        self.undecided = undecided
         actions: list[Action] = []
         window_end = self.started_ms + self.timing.bid_window_ms
         if self.state == "bidding" and now_ms >= window_end:
@@ -334,7 +330,8 @@ class SubmitterJob:
 
     def _failure_reason(self, what: str) -> str:
         """Why the job ends for want of executors, the declines counted by kind (consensus/declines.py)."""
-        return failure_reason(self.spec, [s.msg.code for s in self.declines.values()], len(self.bids), what)
+        return failure_reason(self.spec, [s.msg.code for s in self.declines.values()], len(self.bids), what,
+                              self.undecided or 0)
 
     def _fill(self, now_ms: int) -> list[Action]:
         """Award the best remaining bidders until n (plus any extra) slots are live, each from an
@@ -437,12 +434,14 @@ def decode_input(kind: str, raw: bytes) -> Signed | bytes:
 def apply_input(job: SubmitterJob, kind: str, payload: Signed | bytes, meta: dict, now_ms: int) -> list[Action]:
     """The one place that decides how an input is applied to a job, for the live node and for a
     replay alike. `meta` is what the adapter recorded with it (a bid's reputation, early-close bound
-    `unbid_best` and address range; a bid's, decline's or tick's `undecided`; a tick's `unbid_best`)."""
+    `unbid_best` and address range; a tick's `unbid_best`; every input's `undecided`, the peers
+    that had neither bid nor declined then, which decides whether a quorum is still in reach)."""
+    job.undecided = meta.get("undecided")
     if kind == "bid":
         return job.receive_bid(payload, now_ms, meta.get("reputation", 0), meta.get("unbid_best"),
-                               meta.get("subnet"), meta.get("undecided"))
+                               meta.get("subnet"))
     if kind == "decline":
-        return job.receive_decline(payload, now_ms, meta.get("undecided"))
+        return job.receive_decline(payload, now_ms)
     if kind == "commit":
         return job.receive_commit(payload, now_ms)
     if kind == "withdraw":
@@ -454,7 +453,7 @@ def apply_input(job: SubmitterJob, kind: str, payload: Signed | bytes, meta: dic
     if kind == "cancel":
         return job.cancel(now_ms)
     if kind == "tick":
-        return job.tick(now_ms, meta.get("unbid_best"), meta.get("undecided"))
+        return job.tick(now_ms, meta.get("unbid_best"))
     raise ValueError(f"unknown input kind {kind!r}")
 
 

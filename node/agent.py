@@ -38,7 +38,7 @@ from distributeai.consensus.gossip import check_gossip
 from distributeai.consensus.ledger import Ledger
 from distributeai.consensus.messages import JobSpec, verify
 from distributeai.consensus.names import (
-    AWARD_PROTOCOL, BID_PROTOCOL, BLOB_PROTOCOL, COMMIT_PROTOCOL, JOBS_TOPIC, REVEAL_PROTOCOL,
+    AWARD_PROTOCOL, BID_PROTOCOL, BLOB_PROTOCOL, COMMIT_PROTOCOL, DECLINE_PROTOCOL, JOBS_TOPIC, REVEAL_PROTOCOL,
     WITHDRAW_PROTOCOL,
 )
 from distributeai.consensus.submitter import TERMINAL
@@ -102,10 +102,11 @@ class Agent:
         ports = self.ports()
         self.executing = self.executing_class(identity, settings, ports,
                                               Sandboxes(sandboxes, self.sandbox_ok, outputs_dir))
-        self.submitting = Submitting(identity, settings, ports, self.executing.consider)
+        self.submitting = Submitting(identity, settings, ports, self.executing.consider, self.executing.job_ended)
         self.outputs = OutputsServing(store, outputs_dir, self.pins, self.deliver, self.job_status)
         self.handlers: dict[str, Handler] = {
             BID_PROTOCOL: self.submitting.handle_bid,
+            DECLINE_PROTOCOL: self.submitting.handle_decline,
             COMMIT_PROTOCOL: self.submitting.handle_commit,
             WITHDRAW_PROTOCOL: self.submitting.handle_withdraw,
             AWARD_PROTOCOL: self.executing.handle_award,
@@ -286,7 +287,7 @@ class Agent:
             await self.executing.consider(ann.job_id, ann.spec, ann.submitter_addrs)
         else:
             cert = checked.certificate
-            reason = "" if cert.status == "verified" else cert.status
+            reason = "" if cert.status == "verified" else (cert.reason or cert.status)
             now = now_ms()
             if not await self.store.record_certificate(cert.job_id.hex(), message.data, cert.status, reason, now,
                                                        role_if_new="observer", name=checked.spec.name,
@@ -295,6 +296,8 @@ class Agent:
             self.ledger.apply_certificate(checked, now)
             self.count("certificates")
             self.notify()
+            # A run of it here stops; a cancel says so in the certificate's reason.
+            await self.executing.job_ended(cert.job_id, "cancelled" if cert.reason == "cancelled" else cert.status)
 
     # --- the facade the control socket and the REST API use ---------------------------------
 

@@ -145,6 +145,8 @@ class RestApi:
         except LocalProtocolError as exc:
             if exc.reason == "insufficient_credits":
                 raise ApiError(409, str(exc), "price") from None
+            if exc.reason == "too_few_nodes":  # the network as this node sees it now
+                raise ApiError(409, str(exc), "quorum") from None
             if exc.reason == "store_full":  # the node's disk, not the request: try again later
                 raise ApiError(503, str(exc), None, [("retry-after", "60")]) from None
             raise ApiError(400, str(exc), "job") from None
@@ -200,6 +202,7 @@ class RestApi:
                 "peer_id": peer_id,
                 "addrs": known.get(peer_id, {}).get("addrs", []),
                 "connected": peer_id in connected,
+                "bootstrap": peer_id in a.settings.bootstrap_peers,
                 "reputation": a.ledger.reputation_of(pk) if pk is not None else None,
                 "credits": a.ledger.balance(pk) if pk is not None else None,
                 "last_seen_ms": now_ms() if peer_id in connected else seen.get(peer_id),
@@ -213,8 +216,9 @@ class RestApi:
         finished = sum(counts.get(s, 0) for s in ("verified", "failed", "nondeterministic"))
         return {
             "peer_id": a.peer_id,
-            "active_nodes": len(a.overlay.connected_peers()) + 1,
-            "known_nodes": len(await a.peers_last_seen()) + 1,
+            # Nodes: this one and its peers, bootstraps aside (they seed discovery and run nothing).
+            "active_nodes": len(a.submitting.node_peers()) + 1,
+            "known_nodes": len(set(await a.peers_last_seen()) - a.settings.bootstrap_peers) + 1,
             "total_jobs": total,
             "completed_jobs": counts.get("verified", 0),
             "failed_jobs": counts.get("failed", 0) + counts.get("nondeterministic", 0),

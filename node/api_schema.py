@@ -115,7 +115,7 @@ def openapi_document() -> dict[str, Any]:
                           "properties": {"self": {"type": "string"}, "total": {"type": "integer"},
                                          "nodes": {"type": "array", "items": {
                                              "type": "object", "properties": {
-                                                 "peer_id": {"type": "string"}, "connected": {"type": "boolean"},
+                                                 "peer_id": {"type": "string"}, "connected": {"type": "boolean"}, "bootstrap": {"type": "boolean"},
                                                  "reputation": {"type": "integer", "nullable": True},
                                                  "last_seen_ms": {"type": "integer", "nullable": True}}}}}},
                 "Stats": {"type": "object", "required": ["total_jobs", "active_nodes"],
@@ -139,7 +139,7 @@ def openapi_document() -> dict[str, Any]:
                                                     "parameters": {"id": "$response.body#/id"}}}},
                                   "400": _error("A field is wrong (named in `field`); nothing was sent"),
                                   "401": UNAUTHORIZED,
-                                  "409": _error("This node cannot pay for the job (field `price`)"),
+                                  "409": _error("This node cannot pay for the job (field `price`), or its quorum is larger than the nodes it can reach (field `quorum`)"),
                                   "413": _error("The body is over the limit (1 MiB)"),
                                   "503": _error("The node's disk is full: nothing was stored or sent; "
                                                 "try again later (Retry-After)")},

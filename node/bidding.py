@@ -1,5 +1,6 @@
 """Whether this node bids on a job: small predicates, each returning a decision with a reason
-code (for code to act on) and a reason text (for people).
+code (for code to act on, and sent to the submitter in a signed Decline: every code here is one of
+`consensus.fields.DECLINE_CODES`) and a reason text (for people).
 
 Checked in the order of `PREDICATES`, first refusal wins (semantic checks before resource checks,
 as in Bacalhau's bid strategies; the image last, since a missing image is pulled, and only worth
@@ -11,7 +12,8 @@ pulling for a job the node would otherwise run):
     sandbox_ready    no_sandbox            no working backend for the job's sandbox kind (e.g.
                                            dockerd unreachable)
     has_gpu          no_gpu                the job needs a GPU and this node offers none
-    fits_resources   too_big               the job asks for more CPU or memory than the node offers
+    fits_resources   not_enough_cpu,       the job asks for more CPU, or more memory, than the node
+                     not_enough_memory     offers
     disk_room        disk_low              the data dir's free space is below the node's reserve
                                            (node/disk.py), or a store write just failed for want
                                            of disk
@@ -43,7 +45,8 @@ class Capacity:
 SUBMITTER_CANNOT_PAY = "submitter_cannot_pay"
 NO_SANDBOX = "no_sandbox"
 NO_GPU = "no_gpu"
-TOO_BIG = "too_big"
+NOT_ENOUGH_CPU = "not_enough_cpu"
+NOT_ENOUGH_MEMORY = "not_enough_memory"
 BUSY = "busy"
 IMAGE_MISSING = "image_missing"
 DISK_LOW = "disk_low"
@@ -97,9 +100,9 @@ def has_gpu(c: BidContext) -> Decision | None:
 
 def fits_resources(c: BidContext) -> Decision | None:
     if c.spec.cpu_millis > c.capacity.cpu_millis:
-        return Decision(False, f"needs {c.spec.cpu_millis} millicores, offers {c.capacity.cpu_millis}", TOO_BIG)
+        return Decision(False, f"needs {c.spec.cpu_millis} millicores, offers {c.capacity.cpu_millis}", NOT_ENOUGH_CPU)
     if c.spec.memory_mb > c.capacity.memory_mb:
-        return Decision(False, f"needs {c.spec.memory_mb} MiB, offers {c.capacity.memory_mb}", TOO_BIG)
+        return Decision(False, f"needs {c.spec.memory_mb} MiB, offers {c.capacity.memory_mb}", NOT_ENOUGH_MEMORY)
     return None
 
 

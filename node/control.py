@@ -13,15 +13,17 @@ line, answered with a JSON object on one line. Requests are capped at MAX_REQUES
                                                         body, naming this node as submitter) with its key;
                                                         how `distributeai submit` works, so that the CLI never
                                                         opens the key file (which may be encrypted)
-    {"op": "status", "job_id": HEX}                  -> job view
+    {"op": "status", "job_id": HEX}                  -> job view (every op's job_id may be a unique prefix
+                                                        of 8 or more hex digits; an ambiguous one is
+                                                        answered with code "ambiguous_job" and "candidates")
     {"op": "wait", "job_id": HEX, "timeout": SECS}   -> job view once verified/failed (or at timeout)
     {"op": "list"}                                   -> {"jobs": [job view, ...]}
     {"op": "credits"}                                -> {"balance", "genesis", "transfers": [...]}
     {"op": "reputation"}                             -> {"reputation": {peer id: value}}
     {"op": "peers"}                                  -> {"peers": [{peer_id, addrs, connected, reputation}]}
     {"op": "cancel", "job_id": HEX}                  -> job view (failed, "cancelled"); only the submitter's node
-    {"op": "result", "job_id": HEX[, "out": DIR]}    -> verified stdout, exit code, files, outputs (quota,
-                                                        skipped entries); with DIR, "written" (each file
+    {"op": "result", "job_id": HEX[, "out": DIR]}    -> verified stdout, stderr, exit code, limits hit,
+                                                        files, outputs (quota, skipped entries); with DIR, "written" (each file
                                                         fetched by SHA-256 from an agreeing executor) and
                                                         "not_fetched" (each file that could not be, why)
     {"op": "tasks", "job_id": HEX[, "start": N, "limit": N]} -> {"total", "tasks": [per-task verdict,
@@ -50,7 +52,10 @@ import trio
 
 from distributeai.consensus.errors import LocalProtocolError
 
-from .control_request import FIND_PEERS_MAX, MAX_REQUEST, REJECT_REASON, BadRequest, check_request, decode_line
+from .control_request import (
+    CANDIDATES_SHOWN, FIND_PEERS_MAX, MAX_REQUEST, REJECT_REASON, BadRequest, check_request, decode_line,
+    job_id_problem, resolve_job_id,
+)
 
 if TYPE_CHECKING:  # the CLI imports `call` from here and must not load libp2p for it
     from .agent import Agent
@@ -70,10 +75,23 @@ async def _read_line(stream: trio.SocketStream) -> bytes:
     return bytes(buf.split(b"\n", 1)[0])
 
 
+async def resolve_job(agent: Agent, given: str) -> tuple[str | None, dict | None]:
+    """(the full id of the job `given` names, None) or (None, error answer): every op that
+    takes a job id accepts a unique prefix of at least 8 hex digits of it (control_request)."""
+    problem = job_id_problem(given)
+    if problem is not None:
+        return None, problem
+    return resolve_job_id(given, await agent.store.job_ids_with_prefix(given, CANDIDATES_SHOWN + 1))
+
+
 async def _dispatch(agent: Agent, request: dict) -> dict:
     """Answer one request object; BadRequest (a ValueError) if it is malformed."""
     req = check_request(request)
     op = req["op"]
+    if "job_id" in req:
+        req["job_id"], problem = await resolve_job(agent, req["job_id"])
+        if problem is not None:
+            return problem
     if op == "info":
         return agent.info()
     if op == "submit":
@@ -97,11 +115,7 @@ async def _dispatch(agent: Agent, request: dict) -> dict:
     if op == "cancel":
         job_hex = req["job_id"]
         try:
-            job_id = bytes.fromhex(job_hex)
-        except ValueError:
-            return {"error": f"no job {job_hex} known to this node", "code": "unknown_job"}
-        try:
-            await agent.cancel(job_id)
+            await agent.cancel(bytes.fromhex(job_hex))
         except LocalProtocolError as exc:
             return {"error": str(exc), "code": exc.reason}
         return await agent.job_status(job_hex)
@@ -113,7 +127,9 @@ async def _dispatch(agent: Agent, request: dict) -> dict:
         if view["status"] != "verified":
             return {"error": f"job {job_hex} is {view['status']}, not verified", "code": "not_verified"}
         answer = {k: view.get(k) for k in ("job_id", "status", "exit_code", "stdout", "result_hash", "files",
-                                           "outputs")}
+                                           "outputs", "timed_out", "timeout_s", "oom_killed", "memory_mb",
+                                           "stdout_truncated", "stdout_size", "stderr", "stderr_part",
+                                           "stderr_truncated", "sandbox")}
         if "out" in req:
             try:
                 answer["written"], answer["not_fetched"] = await agent.outputs.fetch_outputs(job_hex, Path(req["out"]))

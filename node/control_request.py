@@ -20,6 +20,8 @@ MAX_REQUEST = 4 << 20  # bytes of a request line: a submit may carry a wasm modu
 MAX_WAIT_S = 3600.0
 DEFAULT_WAIT_S = 60.0
 MAX_JOB_ID_CHARS = 128       # a job id is 64 hex digits; anything much longer is not one
+MIN_JOB_PREFIX = 8           # hex digits of a job id that may stand for it, as git takes a commit's
+CANDIDATES_SHOWN = 5         # ids an ambiguous prefix's answer lists
 MAX_LIST = 10_000            # jobs in one `list` answer
 MAX_TASKS_PAGE = 10_000      # tasks in one `tasks` answer
 MAX_INDEX = 2**31            # a task index (a batch has at most consensus.messages.MAX_TASKS)
@@ -125,3 +127,29 @@ def _int(value: Any, name: str, lo: int, hi: int) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or not lo <= value <= hi:
         raise BadRequest(f"{name} must be an integer in [{lo}, {hi}]")
     return value
+
+
+def job_id_problem(given: str) -> dict | None:
+    """Why `given` (lowercased) cannot name a job, as a control-API error, or None if it can: a
+    job id is 64 hex digits, and any unique prefix of at least MIN_JOB_PREFIX of them stands for
+    it. Not hex: unknown_job (an answer, as for any id nobody knows); too short: bad_job_id."""
+    if len(given) > 64 or any(ch not in "0123456789abcdef" for ch in given):
+        return {"error": f"no job {_short(given)} known to this node", "code": "unknown_job"}
+    if len(given) < MIN_JOB_PREFIX:
+        return {"error": f"job id {given!r} is too short: give at least {MIN_JOB_PREFIX} of its hex digits",
+                "code": "bad_job_id"}
+    return None
+
+
+def resolve_job_id(given: str, matches: list[str]) -> tuple[str | None, dict | None]:
+    """(the job id `given` stands for, None) or (None, error), from the known ids that start
+    with it (`matches`, at most CANDIDATES_SHOWN + 1 of them, sorted). An ambiguous prefix's
+    error lists the candidates on one line."""
+    if len(matches) == 1:
+        return matches[0], None
+    if not matches:
+        return None, {"error": f"no job {given} known to this node", "code": "unknown_job"}
+    shown = ", ".join(m[:16] for m in matches[:CANDIDATES_SHOWN])
+    more = " and more" if len(matches) > CANDIDATES_SHOWN else ""
+    return None, {"error": f"job id prefix {given} is ambiguous: it matches {shown}{more}", "code": "ambiguous_job",
+                  "candidates": matches[:CANDIDATES_SHOWN]}

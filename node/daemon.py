@@ -174,7 +174,9 @@ async def run_node(config: NodeConfig, *, task_status=trio.TASK_STATUS_IGNORED) 
                                         price=config.price, genesis_credits=config.genesis_credits,
                                         timing=config.timing, pow_difficulty=config.pow_difficulty,
                                         pow_nonce=pow_nonce, data_dir=data_dir, disk_reserve=config.disk_reserve,
-                                        max_output=config.max_output, keep_outputs_s=config.keep_outputs_s)
+                                        max_output=config.max_output, keep_outputs_s=config.keep_outputs_s,
+                                        bootstrap_peers=frozenset(a.rsplit("/p2p/", 1)[1] for a in config.bootstrap
+                                                                  if "/p2p/" in a))
                 agent = AGENT_CLASS(identity, store, overlay, sandboxes, settings, outputs_dir=data_dir / "outputs")
                 async with trio.open_nursery() as nursery:
                     await nursery.start(agent.run)

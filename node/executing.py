@@ -8,7 +8,13 @@ written before the commit is sent; a restarted node replays the stored inputs an
 was awarded but not finished and re-sends commits not yet accepted. A sandbox that cannot run the
 job sends a signed Withdraw so the submitter replaces this node at once. A repeated award changes
 nothing. The sandbox calls are `_has_image`, `_pull_then_bid` (`Sandbox.pull`) and `_run_in`
-(`Sandbox.run`, and `Sandbox.cancel` when the node stops during a run).
+(`Sandbox.run`, and `Sandbox.cancel` when the node stops during a run or the job ends).
+
+A job that ends at its submitter while this node still runs it (`job_ended`: its certificate
+arrived over gossip, any status, or this node is the submitter and cancelled it) is stopped: the
+`ended` input is stored first (a restarted node does not run it again), then its sandbox run is
+cancelled (container killed and removed, bwrap's processes killed, the /out stage unmounted; the
+wasm store interrupted) and its run slot freed; nothing is committed or revealed.
 """
 
 from __future__ import annotations
@@ -24,12 +30,15 @@ import trio
 from distributeai.consensus.errors import RemoteProtocolError
 from distributeai.consensus.codec import Identity, sha256
 from distributeai.consensus.executor import make_batch_reveal, make_reveal
-from distributeai.consensus.outputs import describe_outputs
+from distributeai.consensus.outputs import describe_outputs, escape_name
 from distributeai.consensus.executor_job import (
-    SEND_RETRIES, AnswerReveal, ExecutorJob, RunJob, SendCommit, SendWithdraw, apply_input, replay,
+    SEND_RETRIES, UNFINISHED, AnswerReveal, ExecutorJob, RunJob, SendCommit, SendWithdraw, StopRun, apply_input,
+    ended_reason, replay,
 )
-from distributeai.consensus.messages import Award, Bid, JobSpec, Reveal, RevealRequest, sign, verify
-from distributeai.consensus.names import BID_PROTOCOL, BLOB_PROTOCOL, COMMIT_PROTOCOL, WITHDRAW_PROTOCOL
+from distributeai.consensus.messages import (
+    DECLINE_DETAIL_MAX, Award, Bid, Decline, JobSpec, Reveal, RevealRequest, sign, verify,
+)
+from distributeai.consensus.names import BID_PROTOCOL, BLOB_PROTOCOL, COMMIT_PROTOCOL, DECLINE_PROTOCOL, WITHDRAW_PROTOCOL
 from distributeai.p2p.identity import peer_id_from_public_key
 from distributeai.p2p.overlay import RemoteError
 from distributeai.sandbox.base import RunRequest, RunResult, Sandbox, SandboxError
@@ -57,6 +66,7 @@ class Executing:
         self.sandboxes = sandboxes
         self.running = 0
         self.jobs: dict[bytes, ExecutorJob] = {}
+        self._stops: dict[bytes, trio.CancelScope] = {}  # the runs in progress, by job id
         self._lock = trio.Lock()  # inputs reach the store in the order they were applied
         self._limiter = trio.CapacityLimiter(settings.capacity.max_running)
         self._pull_limiter = trio.CapacityLimiter(1)  # one image pull at a time
@@ -83,20 +93,25 @@ class Executing:
         if decision.code == IMAGE_MISSING:
             self.ports.runtime.spawn(self._pull_then_bid, job_id, spec, addrs)
             return
-        if not decision.bid:
-            self.ports.events.count(f"declined_{decision.code}")
-        await self._decided(job_id, spec, addrs, decision.bid, decision.reason)
+        await self._decided(job_id, spec, addrs, decision.bid, decision.reason, decision.code)
 
-    async def _decided(self, job_id: bytes, spec: JobSpec, addrs: tuple[str, ...], bid: bool, reason: str) -> None:
+    async def _decided(self, job_id: bytes, spec: JobSpec, addrs: tuple[str, ...], bid: bool, reason: str,
+                       code: str) -> None:
+        """Bid, or tell the submitter in a signed Decline why not (its code and `reason`), so it
+        can end a job nobody can run at once and say why."""
         if spec.submitter != self.me:
             await self.store.set_bid_decision(job_id.hex(), "bid" if bid else f"declined: {reason}")
-        if not bid:
-            log.info("declined job %s: %s", job_id.hex()[:12], reason)
-            return
         s = self.settings
-        msg = sign(self.identity, Bid(job_id, self.me, s.price, s.capacity.cpu_millis, s.capacity.memory_mb,
-                                      (self.sandboxes.backends[spec.sandbox].name,), self.ports.now_ms(), s.pow_nonce))
-        self.ports.runtime.spawn(self._send_bid, spec.submitter, msg, addrs)
+        if bid:
+            msg = sign(self.identity, Bid(job_id, self.me, s.price, s.capacity.cpu_millis, s.capacity.memory_mb,
+                                          (self.sandboxes.backends[spec.sandbox].name,), self.ports.now_ms(), s.pow_nonce))
+            self.ports.runtime.spawn(self._send_bid, spec.submitter, msg, addrs, BID_PROTOCOL)
+            return
+        self.ports.events.count(f"declined_{code}")
+        log.info("declined job %s: %s", job_id.hex()[:12], reason)
+        detail = escape_name(reason, DECLINE_DETAIL_MAX)
+        msg = sign(self.identity, Decline(job_id, self.me, code, detail, self.ports.now_ms(), s.pow_nonce))
+        self.ports.runtime.spawn(self._send_bid, spec.submitter, msg, addrs, DECLINE_PROTOCOL)
 
     async def _has_image(self, sandbox: Sandbox, image: str) -> bool:
         try:
@@ -110,11 +125,13 @@ class Executing:
             await self.sandboxes.offload(sandbox.pull, spec.image, limiter=self._pull_limiter)
         except SandboxError as exc:
             await self._decided(job_id, spec, addrs, False,
-                                f"image {spec.image} is not available locally and could not be pulled ({exc})")
+                                f"image {spec.image} is not available locally and could not be pulled ({exc})",
+                                IMAGE_MISSING)
             return
         await self.consider(job_id, spec, addrs)
 
-    async def _send_bid(self, submitter: bytes, bid: bytes, addrs: tuple[str, ...]) -> None:
+    async def _send_bid(self, submitter: bytes, bid: bytes, addrs: tuple[str, ...], protocol: str) -> None:
+        """Deliver a bid or a decline (`protocol`) to the submitter, dialing it first if need be."""
         transport = self.ports.transport
         if submitter != self.me and peer_id_from_public_key(submitter) not in transport.connected_peers():
             for addr in addrs:
@@ -124,10 +141,10 @@ class Executing:
                 except (RemoteError, ValueError) as exc:
                     log.debug("dial %s failed: %s", addr, exc)
         try:
-            await transport.deliver(submitter, BID_PROTOCOL, bid)
-            self.ports.events.count("bids_sent")
+            await transport.deliver(submitter, protocol, bid)
+            self.ports.events.count("bids_sent" if protocol == BID_PROTOCOL else "declines_sent")
         except (RemoteError, RemoteProtocolError) as exc:
-            log.info("bid not accepted: %s", exc)
+            log.info("%s not accepted: %s", "bid" if protocol == BID_PROTOCOL else "decline", exc)
 
     # --- awards ---------------------------------------------------------------------------------
 
@@ -145,8 +162,22 @@ class Executing:
         if await self.store.insert_execution(job_hex, data, self.ports.now_ms()):
             self.ports.events.count("awarded")
             job = self.jobs[award.job_id] = ExecutorJob(self.identity, award, spec)
-            await self.apply(job, "start")
+            if row["certificate"] is not None:  # its certificate overtook the award: nothing to run
+                await self.apply(job, "ended", meta={"reason": ended_reason(row["status"])})
+            else:
+                await self.apply(job, "start")
         return wire.ok()
+
+    async def job_ended(self, job_id: bytes, why: str) -> None:
+        """The job ended at its submitter. `why`: its certificate's status (the certificate already
+        checked), or "cancelled" (this node is the submitter and cancelled it). A job this node
+        runs and has not finished takes the `ended` input (stored before anything is done); a run
+        in progress is then stopped (`StopRun`). Any other job id changes nothing."""
+        job = self.jobs.get(job_id)
+        if job is None or job.state not in UNFINISHED:
+            return
+        log.info("job %s ended at its submitter (%s): its run here stops", job_id.hex()[:12], why)
+        await self.apply(job, "ended", meta={"reason": ended_reason(why)})
 
     # --- the loop of one input ------------------------------------------------------------------
 
@@ -174,6 +205,10 @@ class Executing:
         for action in actions:
             if isinstance(action, RunJob):
                 spawn(self.execute, job)
+            elif isinstance(action, StopRun):
+                stop = self._stops.get(job.job_id)
+                if stop is not None:  # else its run has not begun: `_execute` will not begin it
+                    stop.cancel()
             elif isinstance(action, SendCommit):
                 spawn(self._send, job, COMMIT_PROTOCOL, self.commit_to_send(job, action.commit), action.delay_ms)
             elif isinstance(action, SendWithdraw):
@@ -208,15 +243,28 @@ class Executing:
             await self.apply(job, "crashed", meta={"reason": f"internal error ({type(exc).__name__})"})
 
     async def _execute(self, job: ExecutorJob) -> None:
+        """Run the job and feed back the outcome. A `StopRun` cancels the run's scope: the sandbox
+        run is cancelled (`_run_in`) and nothing is fed back, as for any job no longer running."""
+        if job.state != "running":
+            return  # it ended before its run began
         self.running += 1
         try:
-            reveal, summary = await self.run(job)
+            with trio.CancelScope() as self._stops[job.job_id]:
+                reveal, summary = await self.run(job)
         except (SandboxError, ValueError, RemoteError, RemoteProtocolError) as exc:
+            if job.state != "running":
+                return  # stopped: the sandbox said so before the scope did
             log.warning("job %s could not run: %s", job.job_id.hex()[:12], exc)
             await self.apply(job, "run_failed", meta={"reason": str(exc)})
             return
         finally:
+            del self._stops[job.job_id]
             self.running -= 1
+            self.ports.events.notify()  # a run slot is free: `node info` shows it
+        if job.state != "running":
+            log.info("job %s: run stopped (%s)", job.job_id.hex()[:12], job.reason)
+            self.ports.events.count("runs_stopped")
+            return
         manifest = verify(reveal, Reveal).msg.manifest
         if manifest:  # the files the sandbox could keep (the disk may have had no room for some)
             await self.store.add_outputs(job.job_id.hex(), await trio.to_thread.run_sync(
@@ -254,7 +302,8 @@ class Executing:
         """Run `requests` one after another in `box` (a batch's tasks, or one job) off the trio
         thread. If this task is cancelled (the node stopping), the run in progress is cancelled in
         the sandbox (`Sandbox.cancel`: its container or processes are killed) and the rest never
-        start, so the node does not wait out a job's timeout; a restart runs the job again."""
+        start, so the node does not wait out a job's timeout; a restart runs the job again. The
+        same happens when the job ends at its submitter (`StopRun`), but then it is not run again."""
         run = SandboxRun(box, requests)
         return await self.sandboxes.offload(run.run_all, limiter=self._limiter, on_cancel=run.cancel)
 
@@ -302,14 +351,15 @@ class Executing:
         return blob
 
     def make_reveal(self, award: Award, spec: JobSpec, result: RunResult) -> bytes:
-        """The signed reveal of a result (consensus.executor.make_reveal), its outputs described by
-        the one rule every executor applies (consensus.outputs.describe_outputs)."""
+        """The signed reveal of a result (consensus.executor.make_reveal: stdout, its size and the
+        part of stderr it certifies), its outputs described by the one rule every executor applies
+        (consensus.outputs.describe_outputs)."""
         manifest, outputs = describe_outputs(
             [(e.name, e.kind, e.size, bytes.fromhex(e.sha256) if e.sha256 else None) for e in result.out_entries],
             spec.out_max_bytes, spec.out_max_files)
         return make_reveal(self.identity, award.job_id, result.exit_code, result.timed_out, result.stdout,
                            result.stdout_truncated, manifest, result.fuel_used, result.oom_killed, result.sandbox,
-                           outputs)
+                           outputs, stderr=result.stderr, stderr_truncated=result.stderr_truncated)
 
     def _kept_outputs(self, job_hex: str, manifest: tuple) -> list[tuple[str, str]]:
         """(sha256 hex, path) of each manifest file present in the job's output directory."""
@@ -363,7 +413,11 @@ class Executing:
         for execution in await self.store.executions_with_status("awarded", "running", "executed"):
             job = await self._load(execution)
             self.jobs[job.job_id] = job
-            self._act(job, job.resume(self.ports.now_ms()))
+            row = await self.store.get_job(job.job_id.hex())
+            if row is not None and row["certificate"] is not None:  # it ended while this node was down
+                await self.apply(job, "ended", meta={"reason": ended_reason(row["status"])})
+            else:
+                self._act(job, job.resume(self.ports.now_ms()))
 
 
 def stored_as_inputs(execution: dict) -> list[tuple[str, bytes, dict, int]]:

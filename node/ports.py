@@ -65,6 +65,9 @@ class NodeSettings:
     disk_reserve: int = DEFAULT_RESERVE
     max_output: int = DEFAULT_MAX_OUTPUT
     keep_outputs_s: float = DEFAULT_KEEP_OUTPUTS_S
+    # The peer ids of the bootstraps this node was started with (`--bootstrap .../p2p/ID`): they
+    # seed discovery and never bid, so they are not counted among the peers that could run a job.
+    bootstrap_peers: frozenset[str] = frozenset()
 
 
 @dataclass(frozen=True)

@@ -191,6 +191,16 @@ class Store:
 
         return await self._run(fn)
 
+    async def job_ids_with_prefix(self, prefix: str, limit: int) -> list[str]:
+        """Up to `limit` ids of known jobs that start with `prefix` (lowercase hex), in order:
+        a range scan of the primary key, so it costs the same for any number of jobs."""
+        def fn(c: sqlite3.Connection) -> list[str]:
+            rows = c.execute("SELECT job_id FROM jobs WHERE job_id >= ? AND job_id < ? ORDER BY job_id LIMIT ?",
+                             (prefix, prefix + "g", limit))  # 'g' sorts after every hex digit
+            return [r[0] for r in rows]
+
+        return await self._run(fn)
+
     async def list_jobs(self, role: str | None = None, limit: int = 100) -> list[dict]:
         def fn(c: sqlite3.Connection) -> list[dict]:
             if role:

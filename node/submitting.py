@@ -19,7 +19,8 @@ from distributeai.consensus.codec import Identity, sha256
 from distributeai.consensus.errors import LocalProtocolError, RemoteProtocolError
 from distributeai.consensus.ledger import REPUTATION_START, max_cost
 from distributeai.consensus.messages import (
-    Announce, Bid, Commit, JobSpec, RevealRequest, Signed, Withdraw, decode_unsigned, job_id_of, sign, verify,
+    Announce, Bid, Commit, Decline, JobSpec, RevealRequest, Signed, Withdraw, decode_unsigned, job_id_of, sign,
+    verify,
 )
 from distributeai.consensus.names import AWARD_PROTOCOL, REVEAL_PROTOCOL
 from distributeai.consensus.pow import pow_ok
@@ -30,6 +31,7 @@ from distributeai.consensus.submitter import (
 )
 from distributeai.consensus.validate import check_spec_time
 from distributeai.p2p.identity import peer_id_from_public_key, public_key_from_peer_id
+from distributeai.p2p.discovery import TARGET_PEERS
 from distributeai.p2p.overlay import RemoteError
 
 from . import wire
@@ -45,18 +47,23 @@ OFFENCES = ("not_awarded", "late_commit")
 
 # What the node does when its user submits a job: consider bidding on it itself (Executing.consider).
 Consider = Callable[[bytes, JobSpec, tuple], Awaitable[None]]
+# What it does when one of its jobs ends: stop its own run of it, if any (Executing.job_ended; its
+# own certificate never comes back to it over gossip, as other executors' copies do).
+Ended = Callable[[bytes, str], Awaitable[None]]
 
 __all__ = ["INPUT_TYPES", "OFFENCES", "REANNOUNCE_INTERVAL_S", "Submitting", "replay"]
 
 
 class Submitting:
-    def __init__(self, identity: Identity, settings: NodeSettings, ports: Ports, consider: Consider) -> None:
+    def __init__(self, identity: Identity, settings: NodeSettings, ports: Ports, consider: Consider,
+                 ended: Ended) -> None:
         self.identity = identity
         self.me = identity.public_key
         self.settings = settings
         self.timing = settings.timing
         self.ports = ports
         self.consider = consider
+        self.ended = ended
         self.jobs: dict[bytes, SubmitterJob] = {}
         self._lock = trio.Lock()  # inputs reach the store in the order they were applied
 
@@ -93,6 +100,7 @@ class Submitting:
             raise LocalProtocolError(
                 "insufficient_credits",
                 f"the job may cost {max_cost(spec.msg)} credits, this node has {p.ledger.balance(self.me)}")
+        self._check_reach(spec.msg)
         if spec.msg.wasm_sha256:
             if module is None or sha256(module) != spec.msg.wasm_sha256:
                 raise LocalProtocolError("missing_module", "the spec names a wasm module by hash; send the module too")
@@ -113,6 +121,27 @@ class Submitting:
         await self.consider(job_id, spec.msg, ())
         p.runtime.spawn(self._reannounce, job, announce)
         return job_id
+
+    def _check_reach(self, spec: JobSpec) -> None:
+        """Refuse, before anything is announced, a job whose quorum is larger than the nodes this
+        one can reach (itself and its connected peers, bootstraps aside). Only while it is connected
+        to fewer peers than discovery aims for (p2p/discovery.py TARGET_PEERS): beyond that the
+        network may well be larger than what it sees."""
+        peers = self.node_peers()
+        if len(peers) < TARGET_PEERS and len(peers) + 1 < spec.quorum:
+            seen = f"this one and {len(peers)} connected peer{'' if len(peers) == 1 else 's'}"
+            raise LocalProtocolError(
+                "too_few_nodes", f"the quorum needs {spec.quorum} executors but only {len(peers) + 1} "
+                f"node{'' if not peers else 's'} can be reached ({seen}): start more nodes or lower the quorum")
+
+    def node_peers(self) -> list[bytes]:
+        """The public keys of the connected peers that may run jobs (not the bootstraps)."""
+        keys = []
+        for peer in self.ports.transport.connected_peers():
+            key = public_key_from_peer_id(peer)
+            if key is not None and peer not in self.settings.bootstrap_peers:
+                keys.append(key)
+        return keys
 
     async def cancel(self, job_id: bytes) -> None:
         job = self.jobs.get(job_id)
@@ -136,6 +165,19 @@ class Submitting:
         subnet = None if signed.signer == self.me else subnet_of(self.ports.transport.remote_ip(peer))
         await self.apply(job, "bid", signed, {"reputation": reputation, "subnet": subnet})
         self.ports.events.count("bids_received")
+        return wire.ok()
+
+    async def handle_decline(self, peer: str, data: bytes) -> bytes:
+        """A peer will not bid, and says why; counted only from an identity with this node's
+        proof-of-work difficulty, as a bid (so made-up identities cannot pad the reasons)."""
+        signed = verify(data, Decline)
+        self._check_sender(signed, peer, "decline")
+        job = self._own_job(signed.msg.job_id)
+        difficulty = self.settings.pow_difficulty
+        if not pow_ok(signed.signer, signed.msg.pow, difficulty):
+            raise RemoteProtocolError("weak_identity", f"the decliner's proof-of-work is under {difficulty} bits")
+        await self.apply(job, "decline", signed)
+        self.ports.events.count("declines_received")
         return wire.ok()
 
     async def handle_commit(self, peer: str, data: bytes) -> bytes:
@@ -176,6 +218,7 @@ class Submitting:
                 meta["unbid_best"] = self._unbid_best(job, payload.signer)
             elif kind == "tick" and job.state == "bidding":
                 meta["unbid_best"] = self._unbid_best(job, b"")
+            meta["undecided"] = self._undecided(job, payload.signer if kind in ("bid", "decline") else b"")
             actions = apply_input(job, kind, payload, meta, now)
             if not actions and kind in ("tick", "undelivered") and len(job.history) == seen:
                 return  # nothing happened: nothing to store
@@ -209,6 +252,7 @@ class Submitting:
                 p.events.reject(action.reason, f"by executor {peer_id_from_public_key(action.executor)}")
             elif isinstance(action, Finished):
                 log.info("job %s %s %s", job.job_id.hex()[:12], action.status, action.reason)
+                await self.ended(job.job_id, "cancelled" if action.reason == "cancelled" else action.status)
                 p.events.job_finished(action.status, action.reason, (p.now_ms() - job.started_ms) / 1000)
 
     async def _send_award(self, job: SubmitterJob, action: SendAward) -> None:
@@ -286,6 +330,12 @@ class Submitting:
             if key is not None and key != bidder and key not in job.bids:
                 best = max(best, self.ports.ledger.reputation_of(key))
         return best
+
+    def _undecided(self, job: SubmitterJob, sender: bytes) -> int:
+        """How many of the nodes that could still bid (this one and its connected peers, bootstraps
+        aside) have neither bid nor declined, the input's own sender counted as decided."""
+        heard = job.bids.keys() | job.declines.keys() | {sender}
+        return sum(1 for key in [self.me, *self.node_peers()] if key not in heard)
 
     def _own_job(self, job_id: bytes) -> SubmitterJob:
         job = self.jobs.get(job_id)

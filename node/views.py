@@ -2,10 +2,13 @@
 
 Built from what the node has: the live `SubmitterJob` while it runs (or after a restart, rebuilt
 from the store), else the stored certificate (re-checked, so the view can never show a verdict the
-signatures do not support). Keys: job_id, name, role, status, reason, spec fields, result_hash,
-exit_code, stdout, files and outputs (quota status, files left, skipped entries), executors (each awarded peer: its slot, state, result hash, whether it agreed),
-history (awards, replacements, commits, reveals, errors with reasons), and for a nondeterministic
-job `differences` (what differs between the executors' results).
+signatures do not support). Keys: job_id, name, role, status, reason, spec fields (timeout_s and
+memory_mb among them), result_hash, exit_code, timed_out, oom_killed, stdout (stdout_truncated;
+stdout_size: how much the job wrote, STDOUT_SEEN_MAX + 1 for more, null when not stated), stderr
+(stderr_part: "all", or its "first" or "last" bytes; stderr_truncated), files and outputs (quota
+status, files left, skipped entries), executors (each awarded peer: its slot, state, result hash,
+whether it agreed), history (awards, replacements, commits, reveals, errors with reasons), and for
+a nondeterministic job `differences` (what differs between the executors' results).
 """
 
 from __future__ import annotations
@@ -42,6 +45,8 @@ def job_view(row: dict, machine: SubmitterJob | None, execution: dict | None,
         "max_error_results": spec.max_error_results,
         "max_total_results": spec.max_total_results,
         "result_deadline_s": spec.result_deadline_s,
+        "timeout_s": spec.timeout_s,
+        "memory_mb": spec.memory_mb,
         "price": spec.price,
         "submitter": peer_id_of(spec.submitter),
         "created_ms": row["created_ms"],
@@ -56,10 +61,12 @@ def job_view(row: dict, machine: SubmitterJob | None, execution: dict | None,
     awards: dict[bytes, Award] = {}
     slots: dict[bytes, str] = {}
     winner: bytes | None = None
+    declines: dict = {}
     if machine is not None:
         reveals = {e: s.msg for e, s in machine.reveals.items()}
         awards = {e: s.msg for e, s in machine.awards.items()}
         slots = dict(machine.slot)
+        declines = {e: d.msg for e, d in machine.declines.items()}
         view.update(bids=len(machine.bids), commits=len(machine.commits), errors=machine.errors,
                     history=[{"at_ms": t, "event": ev, "peer_id": peer_id_of(e) if e else None, "detail": d}
                              for t, ev, e, d in machine.history])
@@ -67,12 +74,15 @@ def job_view(row: dict, machine: SubmitterJob | None, execution: dict | None,
         winner = t.result_hash if machine.state == "verified" else None
     elif row.get("certificate"):
         checked = verify_certificate(row["certificate"])
-        reveals, awards = checked.reveals, checked.awards
+        reveals, awards, declines = checked.reveals, checked.awards, checked.declines
         winner = checked.tally.result_hash if checked.certificate.status == "verified" else None
     if winner is not None:
         agreeing = next(r for r in reveals.values() if r.result_hash == winner)
         view.update(result_hash=winner.hex(), exit_code=agreeing.exit_code, stdout=_text(agreeing.stdout),
                     timed_out=agreeing.timed_out, stdout_truncated=agreeing.stdout_truncated,
+                    stdout_size=agreeing.stdout_size if agreeing.stdout_size >= 0 else None,
+                    stderr=_text(agreeing.stderr), stderr_part=agreeing.stderr_part,
+                    stderr_truncated=agreeing.stderr_part != "all",
                     oom_killed=agreeing.oom_killed, sandbox_used=agreeing.sandbox,
                     fuel_used=agreeing.fuel_used if agreeing.fuel_used >= 0 else None,
                     files=[{"path": p, "size": n, "sha256": d.hex()} for p, n, d in agreeing.manifest],
@@ -86,9 +96,12 @@ def job_view(row: dict, machine: SubmitterJob | None, execution: dict | None,
             "exit_code": reveals[e].exit_code if e in reveals else None,
             "sandbox": reveals[e].sandbox if e in reveals else None,
             "agreed": winner is not None and e in reveals and reveals[e].result_hash == winner,
+            # Dissent is a different result from the verified one, nothing else.
+            "dissented": winner is not None and e in reveals and reveals[e].result_hash != winner,
         }
         for e, a in sorted(awards.items(), key=lambda kv: kv[1].slot)
     ]
+    view["declines"] = [{"peer_id": peer_id_of(e), "code": d.code, "detail": d.detail} for e, d in declines.items()]
     if spec.is_batch:
         verdicts = task_tallies(spec, reveals)
         view["tasks"] = len(spec.tasks)
@@ -135,13 +148,16 @@ def task_results(spec: JobSpec, reveals: dict[bytes, Reveal], start: int = 0, li
 
 def differences(reveals: dict[bytes, Reveal], peer_id_of: Callable[[bytes], str]) -> dict:
     """What differs between the executors' results: for each part of the result hash that is not
-    the same everywhere, each executor's value (stdout as its SHA-256), and the output-file
+    the same everywhere, each executor's value (stdout as its SHA-256; stderr as the SHA-256 of
+    its bytes and part), and the output-file
     manifest entries that differ (path, and each executor's size and SHA-256 or null)."""
     parts = {
         "exit_code": {peer_id_of(e): r.exit_code for e, r in reveals.items()},
         "timed_out": {peer_id_of(e): r.timed_out for e, r in reveals.items()},
         "stdout_sha256": {peer_id_of(e): sha256(r.stdout).hex() for e, r in reveals.items()},
         "stdout_truncated": {peer_id_of(e): r.stdout_truncated for e, r in reveals.items()},
+        "stdout_size": {peer_id_of(e): r.stdout_size for e, r in reveals.items()},
+        "stderr_sha256": {peer_id_of(e): sha256(r.stderr + r.stderr_part.encode()).hex() for e, r in reveals.items()},
         "outputs": {peer_id_of(e): r.outputs.to_body() for e, r in reveals.items()},
     }
     differing = {k: v for k, v in parts.items() if len(set(v.values())) > 1}

@@ -328,6 +328,7 @@ class DockerSandbox:
     def _start_and_wait(
         self, container, req: RunRequest, feeder: _StdinFeeder | None, handle: RunHandle
     ) -> RunResult:
+        handle.raise_if_cancelled()  # cancelled while it was being created: never started
         started = time.monotonic()
         try:
             container.start()
@@ -354,6 +355,7 @@ class DockerSandbox:
                 if e.status_code != 409:  # 409: it exited by itself just now
                     raise
             status = container.wait(timeout=KILL_WAIT_S)
+        handle.raise_if_cancelled()  # killed by cancel: its output is nobody's result, not read
         duration = time.monotonic() - started
         stdout, stdout_truncated = _read_capped(
             container.logs(stdout=True, stderr=False, stream=True, follow=False), req.output_cap

@@ -10,9 +10,18 @@ from distributeai.consensus.certificate import verify_certificate
 from distributeai.consensus.declines import failure_reason, summary
 from distributeai.consensus.errors import RemoteProtocolError
 from distributeai.consensus.messages import Certificate, Decline, sign, verify
-from distributeai.consensus.submitter import Finished, PublishCertificate, SendAward, replay
+from distributeai.consensus.submitter import Finished, PublishCertificate, SendAward, apply_input, replay
 
 from .protocol_fixtures import EXECUTORS, NOW, SUBMITTER, bid, make_spec, new_job
+
+
+def feed(job, kind, payload, undecided, now=NOW):
+    """One input as the node applies it: with the undecided peers it saw (`apply_input`)."""
+    return apply_input(job, kind, payload, {"undecided": undecided}, now)
+
+
+def tick(job, undecided, now=None):
+    return feed(job, "tick", b"", undecided, job.started_ms + job.timing.bid_window_ms if now is None else now)
 
 
 def decline(ex, job, code="image_missing", detail="image alpine:latest is not available locally"):
@@ -24,9 +33,9 @@ def test_every_peer_declining_fails_the_job_at_the_window_end_with_the_reasons_c
     undecided = 3
     for ex in EXECUTORS[:3]:
         undecided -= 1
-        assert job.receive_decline(decline(ex, job), NOW + 5, undecided) == []  # bidding is still open
+        assert feed(job, "decline", decline(ex, job), undecided, NOW + 5) == []  # bidding is still open
     assert job.state == "bidding"
-    actions = job.tick(NOW + job.timing.bid_window_ms, undecided=0)
+    actions = tick(job, 0)
     assert job.state == "failed"
     assert job.reason == "no bids: 3 nodes lack image python:3.9-slim"
     assert isinstance(actions[-1], Finished) and actions[-1].reason == job.reason
@@ -38,22 +47,23 @@ def test_every_peer_declining_fails_the_job_at_the_window_end_with_the_reasons_c
 
 def test_an_undecided_peer_keeps_the_job_waiting_and_unknown_never_fails_early():
     job = new_job()
-    job.receive_decline(decline(EXECUTORS[0], job), NOW, undecided=2)
-    assert job.tick(NOW + job.timing.bid_window_ms, undecided=2) == []
+    feed(job, "decline", decline(EXECUTORS[0], job), 2)
+    assert tick(job, 2) == []
     assert job.state == "running" and not job.done  # two peers may still bid: a quorum of 2
-    assert job.tick(NOW + job.timing.bid_window_ms + 1, undecided=1)[-1].reason == "no bids: 1 node lacks image alpine:latest"
+    assert tick(job, 1, NOW + job.timing.bid_window_ms + 1)[-1].reason == (
+        "no bids: 1 node lacks image alpine:latest, 1 node had not answered")
     other = new_job(name="other")
-    other.receive_decline(decline(EXECUTORS[0], other), NOW, undecided=None)
-    assert other.tick(NOW + other.timing.bid_window_ms) == []
+    feed(other, "decline", decline(EXECUTORS[0], other), None)
+    assert tick(other, None) == []
     assert not other.done  # the node could not tell: the timeouts decide
 
 
 def test_too_few_bidders_for_the_quorum_fail_as_soon_as_the_rest_declined():
     job = new_job(replicas=3, quorum=3)
-    job.receive_bid(bid(EXECUTORS[0], job), NOW, undecided=2)
-    job.receive_bid(bid(EXECUTORS[1], job), NOW, undecided=1)
-    job.receive_decline(decline(EXECUTORS[2], job, "busy", "all job slots busy"), NOW, undecided=0)
-    actions = job.tick(NOW + job.timing.bid_window_ms, undecided=0)
+    feed(job, "bid", bid(EXECUTORS[0], job), 2)
+    feed(job, "bid", bid(EXECUTORS[1], job), 1)
+    feed(job, "decline", decline(EXECUTORS[2], job, "busy", "all job slots busy"), 0)
+    actions = tick(job, 0)
     assert job.state == "failed"
     assert job.reason == "only 2 nodes bid, the quorum needs 3: 1 node is busy"
     assert not any(isinstance(a, SendAward) for a in actions)  # awards that cannot verify are not sent
@@ -63,10 +73,10 @@ def test_too_few_bidders_for_the_quorum_fail_as_soon_as_the_rest_declined():
 
 def test_enough_bids_run_as_before_with_declines_alongside():
     job = new_job(replicas=2, quorum=2)
-    job.receive_bid(bid(EXECUTORS[0], job), NOW, undecided=2)
-    job.receive_bid(bid(EXECUTORS[1], job), NOW, undecided=1)
-    job.receive_decline(decline(EXECUTORS[2], job), NOW, undecided=0)
-    actions = job.tick(NOW + job.timing.bid_window_ms, undecided=0)
+    feed(job, "bid", bid(EXECUTORS[0], job), 2)
+    feed(job, "bid", bid(EXECUTORS[1], job), 1)
+    feed(job, "decline", decline(EXECUTORS[2], job), 0)
+    actions = tick(job, 0)
     assert [type(a) for a in actions] == [SendAward, SendAward]
     assert job.state == "running"
 
@@ -87,10 +97,10 @@ def test_replay_rebuilds_the_same_failure():
     inputs = [("start", job.signed_spec, {}, NOW)]
     for i, ex in enumerate(EXECUTORS[:2]):
         d = decline(ex, job, "not_enough_memory", "needs 512 MiB, offers 256")
-        job.receive_decline(d, NOW + i, 1 - i)
+        feed(job, "decline", d, 1 - i, NOW + i)
         inputs.append(("decline", d.raw, {"undecided": 1 - i}, NOW + i))
     end = NOW + job.timing.bid_window_ms
-    job.tick(end, undecided=0)
+    tick(job, 0, end)
     inputs.append(("tick", b"", {"undecided": 0}, end))
     again = replay(SUBMITTER, job.timing, inputs)
     assert (again.state, again.reason, again.certificate) == (job.state, job.reason, job.certificate)
@@ -99,8 +109,8 @@ def test_replay_rebuilds_the_same_failure():
 
 def test_a_certificate_with_a_forged_or_foreign_decline_is_refused():
     job = new_job()
-    job.receive_decline(decline(EXECUTORS[0], job), NOW, undecided=0)
-    job.tick(NOW + job.timing.bid_window_ms, undecided=0)
+    feed(job, "decline", decline(EXECUTORS[0], job), 0)
+    tick(job, 0)
     cert = verify(job.certificate, Certificate).msg
     other = new_job(name="other")
     foreign = sign(EXECUTORS[1], Decline(other.job_id, EXECUTORS[1].public_key, "busy", "", NOW))
@@ -128,4 +138,5 @@ def test_reasons_are_worded_once_with_plurals():
     assert summary(spec, ["busy", "image_missing", "image_missing"]) == "2 nodes lack image python:3.9-slim, 1 node is busy"
     assert failure_reason(spec, [], 0) == "no bids: no node offered to run this job"
     assert failure_reason(spec, ["no_gpu"], 1) == "only 1 node bid, the quorum needs 2: 1 node has no GPU"
+    assert failure_reason(spec, [], 0, undecided=2) == "no bids: 2 nodes had not answered"
     assert len(failure_reason(make_spec(image="x" * 400), ["image_missing"], 0)) <= 200

@@ -119,7 +119,8 @@ class Node:
         )
         self.executing = Executing(self.identity, self.settings, ports,
                                    Sandboxes({"container": self.sandbox}, {"container": True}, None, offload=inline))
-        self.submitting = Submitting(self.identity, self.settings, ports, self.executing.consider)
+        self.submitting = Submitting(self.identity, self.settings, ports, self.executing.consider,
+                                     self.executing.job_ended)
         self.handlers = {BID_PROTOCOL: self.submitting.handle_bid, COMMIT_PROTOCOL: self.submitting.handle_commit,
                          WITHDRAW_PROTOCOL: self.submitting.handle_withdraw,
                          AWARD_PROTOCOL: self.executing.handle_award, REVEAL_PROTOCOL: self.executing.handle_reveal}

@@ -234,7 +234,8 @@ class Simulation:
                        max_total_results=min(2 * cfg.replicas, MAX_TOTAL_RESULTS))
         signed_spec = sign(self.ids[s], spec)
         self.crypto["signs"] += 1
-        honest = result_hash(0, False, self._stdout(command, -1), False)
+        out = self._stdout(command, -1)
+        honest = result_hash(0, False, out, False, stdout_size=len(out))  # as make_reveal states it
         job = SimJob(i, job_id_of(signed_spec), s, None, spec, b"", honest, self.now, bytearray(self.n))
         self.jobs.append(job)
         if not self.views.of(s).can_pay(spec):  # Submitting.submit refuses it locally

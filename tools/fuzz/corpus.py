@@ -88,7 +88,7 @@ def seed_messages(submitter: Identity | None = None, executor: Identity | None =
     hello = b"66a045b452102c59d840ec097d59d9467e13a3f34f6494e539ffd32c1bb35f18  -\n"
     reveals = {x.public_key: make_reveal(x, job, 0, False, hello, manifest=(("out/a.txt", 5, sha256(b"hello")),),
                                          sandbox="process") for x in executors}
-    wrong = make_reveal(others[1], job, 1, False, b"wrong\n")
+    wrong = make_reveal(others[1], job, 1, False, b"wrong\n", stderr=b"Traceback: " + b"e" * 2000)  # stderr's end
     big = make_reveal(e, job, 0, False, bytes(range(256)) * 200, fuel_used=12345, oom_killed=True, sandbox="wasm")
     runs = [(0, False, b"a\n", False, None), (0, False, b"b c\n", False, None), (2, True, b"", True, 7)]
     batch_reveals = {x.public_key: make_batch_reveal(x, batch_job, 3, runs) for x in executors}
