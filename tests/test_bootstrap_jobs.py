@@ -12,6 +12,7 @@ from distributeai.bootstrap.jobview import executor_verdicts, fallback_reason, m
 from distributeai.bootstrap.series import HOUR_MINUTES, Series
 from distributeai.bootstrap.service import Stats
 from distributeai.consensus.messages import Announce, Commit, Decline, Reveal, sign, verify
+from distributeai.consensus.submitter import apply_input
 from distributeai.p2p.http import Request
 from distributeai.p2p.identity import peer_id_from_public_key
 
@@ -158,14 +159,16 @@ async def test_api_jobs_answers_a_job_by_id_and_refuses_others():
 
 def test_a_job_nobody_could_run_shows_the_bids_and_declines_its_certificate_carries():
     job = new_job(replicas=3, quorum=3, image="python:3.9-slim", nonce=b"\x05" * 16)
-    job.receive_bid(bid(EXECUTORS[0], job), NOW, undecided=2)  # signed at NOW
-    job.receive_decline(verify(sign(EXECUTORS[1], Decline(job.job_id, EXECUTORS[1].public_key, "image_missing",
-                                                          "image python:3.9-slim is not available locally", NOW + 20)),
-                               Decline), NOW + 20, undecided=1)
-    job.receive_decline(verify(sign(EXECUTORS[2], Decline(job.job_id, EXECUTORS[2].public_key, "busy",
-                                                          "all job slots busy", NOW + 30)), Decline), NOW + 30,
-                        undecided=0)
-    job.tick(NOW + job.timing.bid_window_ms, undecided=0)
+
+    def decline(ex, code: str, detail: str, at_ms: int):
+        return verify(sign(ex, Decline(job.job_id, ex.public_key, code, detail, at_ms)), Decline)
+
+    # As the node applies them: each input with the peers still undecided.
+    apply_input(job, "bid", bid(EXECUTORS[0], job), {"undecided": 2}, NOW)  # signed at NOW
+    apply_input(job, "decline", decline(EXECUTORS[1], "image_missing", "image python:3.9-slim is not available locally",
+                                        NOW + 20), {"undecided": 1}, NOW + 20)
+    apply_input(job, "decline", decline(EXECUTORS[2], "busy", "all job slots busy", NOW + 30), {"undecided": 0}, NOW + 30)
+    apply_input(job, "tick", b"", {"undecided": 0}, NOW + job.timing.bid_window_ms)
     assert job.state == "failed" and job.certificate
     stats = Stats(pow_difficulty=0)
     stats.observe(job.certificate, peer_id_from_public_key(SUBMITTER.public_key), now=T0 + 1)

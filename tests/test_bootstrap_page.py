@@ -336,7 +336,7 @@ async def test_stats_page_shows_jobs_live_explains_failures_and_draws_the_hour(t
             await page.wait_js(f"{text_of('#c-failed')} === '1'", "failed = 1")
             stats = api_stats(net)
             reason = next(j for j in stats["recent_jobs"] if j["job_id"] == failed_id)["reason"]
-            assert reason.startswith("no bids"), reason
+            assert reason == "no bids: 3 nodes lack image nosuch:image", reason  # the certificate's, counted by kind
             assert stats["failure_reasons"] == [{"reason": reason, "count": 1}]
             await page.wait_js(f"{text_of('#c-failed-reasons li .t')} === {json.dumps(reason)}",
                                "the failure reason on the Failed card")
@@ -345,10 +345,14 @@ async def test_stats_page_shows_jobs_live_explains_failures_and_draws_the_hour(t
             await open_job(page, failed_id)
             assert await page.js(text_of("#job-view .jv-reason span")) == reason
             declines = api_get(net, f"/api/jobs/{failed_id}")["detail"]["declines"]
-            await page.wait_js(f"document.querySelectorAll('#job-view .a-declined').length === {len(declines)}",
-                               "the declines in the job view")
-            for d in declines:
-                assert d["detail"] in await page.js("document.getElementById('job-view').innerText")
+            assert sorted(d["peer_id"] for d in declines) == sorted(node_ids)
+            assert {d["code"] for d in declines} == {"image_missing"}
+            await page.wait_js("document.querySelectorAll('#job-view .a-declined').length === 3",
+                               "the three declines in the job view")
+            view_text = await page.js("document.getElementById('job-view').innerText")
+            assert all(d["detail"] in view_text for d in declines) and "image missing" in view_text
+            events = await page.js("[...document.querySelectorAll('#job-view ol.timeline li .e')].map(e => e.textContent)")
+            assert events == ["announced", "declined", "declined", "declined", "failed"], events
 
             # The last hour: two verdicts and two announcements drawn, a time to verdict each.
             hour = stats["last_hour"]
