@@ -9,7 +9,6 @@ message a node would refuse is dropped and counted in `rejected` by the node's r
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from collections import Counter, OrderedDict, deque
@@ -18,6 +17,7 @@ from pathlib import Path
 
 import trio
 
+from distributeai.consensus.certificate import CheckedCertificate
 from distributeai.consensus.errors import RemoteProtocolError
 from distributeai.consensus.gossip import check_gossip
 from distributeai.consensus.ledger import REPUTATION_START, Ledger
@@ -25,14 +25,17 @@ from distributeai.consensus.names import JOBS_TOPIC
 from distributeai.consensus.pow import DEFAULT_DIFFICULTY
 from distributeai.consensus.validate import MAX_SPEC_AGE_MS, CheckedAnnounce
 from distributeai.p2p.identity import load_or_create_key, peer_id_from_public_key, public_key_from_peer_id
-from distributeai.p2p.overlay import Overlay, open_overlay
+from distributeai.p2p.overlay import open_overlay
 
-from distributeai.bootstrap.page import page_response
+from distributeai.bootstrap.api import bootstrap_app
+from distributeai.bootstrap.jobview import announce_view, certificate_view, spec_summary
 from distributeai.bootstrap.metrics import BootstrapMetrics
-from distributeai.p2p.http import serve_http
+from distributeai.bootstrap.series import Series
+from distributeai.p2p.http import serve_app
 
 log = logging.getLogger("distributeai.bootstrap")
-RECENT_JOBS = 100
+RECENT_JOBS = 100  # jobs kept with their detail (a few kilobytes each)
+FAILURE_REASONS_SHOWN = 5  # the most common reasons among the recent failed jobs
 RATE_WINDOW_S = 60.0  # jobs_per_minute counts what arrived in this window
 MAX_TRACKED_PEERS = 10_000  # last-seen times kept; the oldest are forgotten first
 NODES_SHOWN = 200  # rows of nodes_detail in /api/stats
@@ -53,11 +56,14 @@ class BootstrapConfig:
 
 
 class Stats:
-    """What the bootstrap has verified, folded as it arrives: counts, the last RECENT_JOBS jobs, a
-    `Ledger` over the certificates (so reputation and credits read as on any node), and when each
-    identity was last seen (connected, or authoring a message).
+    """What the bootstrap has verified, folded as it arrives: counts, the last RECENT_JOBS jobs
+    (each a summary in `jobs` and a bounded detail in `details`: spec, executors, bids, declines,
+    timeline; `jobview.py`), the last hour minute by minute (`series`), a `Ledger` over the
+    certificates (so reputation and credits read as on any node), and when each identity was last
+    seen (connected, or authoring a message).
 
-    Times shown to people are wall-clock seconds (`time.time()`); rates use `time.monotonic()`.
+    Times shown to people are wall-clock seconds (`time.time()`, or `now` where a method takes
+    it); `per_minute` uses `time.monotonic()`.
     """
 
     def __init__(self, pow_difficulty: int = DEFAULT_DIFFICULTY) -> None:
@@ -65,7 +71,9 @@ class Stats:
         self.announced = 0
         self.certified: Counter[str] = Counter()
         self.rejected: Counter[str] = Counter()
-        self.jobs: dict[str, dict] = {}
+        self.jobs: dict[str, dict] = {}  # job id (hex) -> summary, as /api/stats shows it
+        self.details: dict[str, dict] = {}  # job id (hex) -> detail, as /api/jobs/ID shows it
+        self.series = Series()
         self.order: deque[str] = deque()
         self.started = time.time()
         self.ledger = Ledger()
@@ -80,7 +88,9 @@ class Stats:
             self.jobs[job_id] = {"job_id": job_id, "status": "announced"}
             self.order.append(job_id)
             while len(self.order) > RECENT_JOBS:
-                self.jobs.pop(self.order.popleft(), None)
+                gone = self.order.popleft()
+                self.jobs.pop(gone, None)
+                self.details.pop(gone, None)
         return self.jobs[job_id]
 
     def seen(self, peer_id: str, at: float | None = None) -> None:
@@ -114,48 +124,77 @@ class Stats:
                 break
             del self.announced_ids[oldest]
 
-    def observe(self, data: bytes, from_peer: str) -> None:
+    def observe(self, data: bytes, from_peer: str, now: float | None = None) -> None:
         """Count one gossip message by `from_peer` if a node would accept it (`check_gossip` at
-        this bootstrap's difficulty, with `known` as its memory), else count its rejection."""
+        this bootstrap's difficulty, with `known` as its memory), else count its rejection. `now`:
+        wall-clock seconds (the current time by default)."""
+        now = time.time() if now is None else now
         try:
-            now_ms = int(time.time() * 1000)
+            now_ms = int(now * 1000)
             checked = check_gossip(data, public_key_from_peer_id(from_peer), now_ms, self.pow_difficulty,
                                    seen=self.known)
             if isinstance(checked, CheckedAnnounce):
-                ann = checked
-                self._remember_announced(ann.job_id, ann.spec.created_ms, now_ms)
-                job = self._job(ann.job_id.hex())
-                self.announced += 1
-                self._tick(self.announce_times)
-                now = time.time()
-                job.update(name=ann.spec.name, image=ann.spec.image, submitter=from_peer,
-                           replicas=ann.spec.replicas, quorum=ann.spec.quorum, announced_at=now,
-                           updated_at=now)
+                self._announced(checked, from_peer, now, now_ms)
             else:
-                # The ledger remembers every certificate it folded in, also those of jobs that
-                # have left the recent list, so no certificate is counted twice.
-                self.ledger.apply_certificate(checked, now_ms)
-                cert = checked.certificate
-                self.certified[cert.status] += 1
-                self._tick(self.certify_times)
-                for executor in checked.reveals:
-                    self.jobs_run[peer_id_from_public_key(executor)] += 1
-                spec = checked.spec
-                job = self._job(cert.job_id.hex())
-                now = time.time()
-                job.update(status=cert.status, name=spec.name, image=spec.image,
-                           submitter=peer_id_from_public_key(spec.submitter), replicas=spec.replicas,
-                           quorum=spec.quorum, executors=len(checked.awards),
-                           revealed=len(checked.reveals), agreeing=len(checked.tally.agreeing),
-                           dissenting=len(checked.tally.dissenting), result_hash=cert.result_hash.hex(),
-                           certified_at=now, updated_at=now)
+                self._certified(checked, now, now_ms)
         except RemoteProtocolError as exc:
             self.rejected[exc.reason] += 1
-            log.info("rejected gossip from %s: %s", from_peer, exc)
+            log.debug("rejected gossip from %s: %s", from_peer, exc)
             if from_peer in self.last_seen:  # known, and pubsub checked it wrote this junk
-                self.seen(from_peer)
+                self.seen(from_peer, now)
         else:
-            self.seen(from_peer)
+            self.seen(from_peer, now)
+
+    def _announced(self, ann: CheckedAnnounce, from_peer: str, now: float, now_ms: int) -> None:
+        self._remember_announced(ann.job_id, ann.spec.created_ms, now_ms)
+        job_id = ann.job_id.hex()
+        job = self._job(job_id)
+        self.announced += 1
+        self._tick(self.announce_times)
+        self.series.announced(now)
+        spec = spec_summary(ann.spec)
+        job.update(name=spec["name"], image=spec["runs"], submitter=from_peer, replicas=ann.spec.replicas,
+                   quorum=ann.spec.quorum, announced_at=now, updated_at=now)
+        if job["status"] == "announced":  # a certificate seen first keeps its richer detail
+            self.details[job_id] = {"spec": spec, **announce_view(ann.spec)}
+
+    def _certified(self, checked: CheckedCertificate, now: float, now_ms: int) -> None:
+        # The ledger remembers every certificate it folded in, also those of jobs that have left
+        # the recent list, so no certificate is counted twice.
+        self.ledger.apply_certificate(checked, now_ms)
+        cert = checked.certificate
+        self.certified[cert.status] += 1
+        self._tick(self.certify_times)
+        for executor in checked.reveals:
+            self.jobs_run[peer_id_from_public_key(executor)] += 1
+        job_id = cert.job_id.hex()
+        job = self._job(job_id)
+        seen_at = job.get("announced_at")
+        verdict_s = round(now - seen_at, 3) if isinstance(seen_at, (int, float)) else None
+        self.series.certified(cert.status, now, verdict_s)
+        spec = spec_summary(checked.spec)
+        summary, detail = certificate_view(checked)
+        job.update(summary, name=spec["name"], image=spec["runs"], submitter=spec["submitter"],
+                   replicas=checked.spec.replicas, quorum=checked.spec.quorum, certified_at=now,
+                   verdict_s=verdict_s, updated_at=now)
+        self.details[job_id] = {"spec": spec, **detail}
+
+    def failure_reasons(self) -> list[dict]:
+        """The most common reasons among the recent failed jobs, with their counts."""
+        counts = Counter(j.get("reason") or "no reason given" for j in self.jobs.values() if j["status"] == "failed")
+        ranked = sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))
+        return [{"reason": r, "count": n} for r, n in ranked[:FAILURE_REASONS_SHOWN]]
+
+    def job_detail(self, job_id: str) -> dict | None:
+        """A recent job's summary with its detail under "detail" (spec, executors, bids,
+        declines, timeline), by its id or a unique prefix of at least 8 hex digits."""
+        job_id = job_id.lower()
+        if job_id not in self.jobs:
+            found = [j for j in self.jobs if j.startswith(job_id)] if len(job_id) >= 8 else []
+            if len(found) != 1:
+                return None
+            job_id = found[0]
+        return {**self.jobs[job_id], "detail": self.details.get(job_id, {})}
 
     def per_minute(self) -> dict[str, int]:
         now = time.monotonic()
@@ -187,43 +226,11 @@ def _prune(times: deque[float], now: float) -> None:
         times.popleft()
 
 
-def snapshot(overlay: Overlay, stats: Stats) -> dict:
-    connected = set(overlay.connected_peers()) - {overlay.peer_id}
-    now = time.time()
-    for pid in connected:
-        stats.seen(pid, now)
-    recent = [stats.jobs[j] for j in reversed(stats.order)]
-    return {
-        "peer_id": overlay.peer_id,
-        "multiaddrs": overlay.multiaddrs(),
-        "nodes": sorted(connected),
-        "nodes_online": len(connected),
-        "nodes_known": len((set(stats.last_seen) | set(stats.jobs_run) | connected) - {overlay.peer_id}),
-        "nodes_detail": stats.nodes_detail(connected, overlay.peer_id),
-        "jobs_announced": stats.announced,
-        "jobs_certified": sum(stats.certified.values()),
-        "jobs_verified": stats.certified["verified"],
-        "jobs_failed": stats.certified["failed"],
-        "jobs_nondeterministic": stats.certified["nondeterministic"],
-        "jobs_per_minute": stats.per_minute(),
-        "rejected": dict(stats.rejected),
-        "recent_jobs": recent,
-        "uptime_s": round(now - stats.started, 1),
-        "now": round(now, 3),
-    }
-
-
 async def run_bootstrap(config: BootstrapConfig, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
     config.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
     seed = config.seed if config.seed is not None else load_or_create_key(config.data_dir / "bootstrap.key")
     stats = Stats(config.pow_difficulty)
     async with open_overlay(seed, listen=config.listen, topics=[JOBS_TOPIC], dht_server=True) as overlay:
-
-        async def api_stats():
-            return 200, "application/json", json.dumps(snapshot(overlay, stats), indent=1).encode()
-
-        async def index():
-            return page_response()
 
         async def read_gossip():
             async for message in overlay.messages():
@@ -240,8 +247,8 @@ async def run_bootstrap(config: BootstrapConfig, *, task_status=trio.TASK_STATUS
         async with trio.open_nursery() as nursery:
             nursery.start_soon(read_gossip)
             nursery.start_soon(watch_peers)
-            host, port = await nursery.start(serve_http, config.http_host, config.http_port,
-                                             {"/api/stats": api_stats, "/metrics": metrics.http_route, "/": index})
+            host, port = await nursery.start(serve_app, config.http_host, config.http_port,
+                                             bootstrap_app(overlay, stats, metrics))
             addr = overlay.multiaddrs()[0]
             (config.data_dir / "multiaddr").write_text(addr + "\n")
             task_status.started({"multiaddr": addr, "http": f"http://{host}:{port}"})

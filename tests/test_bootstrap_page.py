@@ -1,6 +1,8 @@
-"""The bootstrap's stats page in a real headless Chromium: opened before a job exists, it shows the
-demo job (submitted through the CLI) without a reload, renders a stranger's job name as text, and
-leaves a screenshot in test-artifacts/bootstrap-page.png.
+"""The bootstrap's stats page in a real headless Chromium over a real docker network: opened before
+a job exists, it shows the demo job (submitted through the CLI) without a reload, renders a
+stranger's job name as text, explains a failed job (an image no node has) on the Failed card and
+in the job view, draws the last hour, and leaves screenshots at 1280 and 800 px wide in
+$DISTRIBUTEAI_ARTIFACTS (default: test-artifacts/ at the repository's root, git-ignored).
 
 Chromium is driven over its DevTools protocol (a websocket, with trio-websocket, already a libp2p
 dependency): no selenium, no driver binary. Under CI a missing Chromium fails the test
@@ -35,7 +37,7 @@ from .netfixtures import DEMO_STDOUT, missing, submit_json
 from .protocol_fixtures import EXECUTORS, NOW, SUBMITTER, close_bidding, new_job, run_executor
 
 REPO = Path(__file__).resolve().parent.parent
-SCREENSHOT = REPO / "test-artifacts" / "bootstrap-page.png"
+ARTIFACTS = Path(os.environ.get("DISTRIBUTEAI_ARTIFACTS") or REPO / "test-artifacts")
 CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                   "--disable-background-networking", "--disable-component-update", "--disable-sync",
                   "--no-proxy-server", "--window-size=1360,1000", "--hide-scrollbars"]
@@ -47,6 +49,7 @@ PAGE_TIMEOUT_S = 60
 HOSTILE_NAME = '<img src=x onerror="document.title=\'pwned\'"><b id="pwned">demo</b> & "hash"'
 DEMO_JOB = {"name": HOSTILE_NAME, "docker_image": "alpine:latest",
             "command": ["sh", "-c", "echo 'Hello' | sha256sum"], "required_cpu": 1, "required_memory": 256}
+MISSING_IMAGE_JOB = {"name": "render scene 7", "docker_image": "nosuch:image", "command": ["true"]}
 
 
 def certificate(outputs: list[bytes], nonce: bytes) -> bytes:
@@ -86,8 +89,8 @@ def test_stats_fold_certificates_into_nodes_and_count_each_once():
                            "last_seen": None}
     assert [r["peer_id"] for r in stats.nodes_detail({ex[3]}, submitter)][0] == ex[3]  # online first
     jobs = [stats.jobs[j] for j in stats.order]
-    assert [(j["status"], j["executors"], j["agreeing"], j["dissenting"]) for j in jobs] == [
-        ("verified", 3, 2, 1), ("nondeterministic", 3, 0, 3)]  # no two alike: all dissent, nobody punished
+    assert [(j["status"], j["executors"], j["agreeing"], j["dissenting"], j["split"]) for j in jobs] == [
+        ("verified", 3, 2, 1, 0), ("nondeterministic", 3, 0, 0, 3)]  # no two alike: no majority to dissent from
     assert all(j["submitter"] == submitter for j in jobs)
 
 
@@ -202,17 +205,56 @@ async def open_page(url: str, tmp_path: Path):
         chromium.close()
 
 
-def api_stats(net: Devnet) -> dict:
+def api_get(net: Devnet, path: str) -> dict:
     opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # 127.0.0.1, never a proxy
-    return json.loads(opener.open(net.http_url + "/api/stats", timeout=10).read())
+    return json.loads(opener.open(net.http_url + path, timeout=10).read())
+
+
+def api_stats(net: Devnet) -> dict:
+    return api_get(net, "/api/stats")
+
+
+def text_of(selector: str) -> str:
+    return f"(document.querySelector({json.dumps(selector)}) || {{}}).textContent"
+
+
+async def screenshot(page: Session, name: str, width: int, height: int, full_page: bool) -> Path:
+    """A PNG of the page at `width` x `height` CSS pixels (the whole page's height if `full_page`),
+    saved in ARTIFACTS; its path is printed."""
+    await page.send("Emulation.setDeviceMetricsOverride", width=width, height=height, deviceScaleFactor=1,
+                    mobile=False)
+    await page.js("new Promise((ok) => requestAnimationFrame(() => requestAnimationFrame(ok)))")  # laid out
+    await page.js("window.dispatchEvent(new Event('resize'))")  # the charts re-measure their boxes
+    params: dict = {"format": "png"}
+    if full_page:
+        size = (await page.send("Page.getLayoutMetrics"))["cssContentSize"]
+        params.update(captureBeyondViewport=True,
+                      clip={"x": 0, "y": 0, "width": width, "height": size["height"], "scale": 1})
+    png = base64.b64decode((await page.send("Page.captureScreenshot", **params))["data"])
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    path = ARTIFACTS / name
+    path.write_bytes(png)
+    print(f"screenshot: {path}")
+    assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 20_000, (path, len(png))
+    assert int.from_bytes(png[16:20], "big") == width, "the PNG is not as wide as asked"
+    return path
+
+
+async def open_job(page: Session, job_id: str) -> None:
+    """Click the job's row; wait until the job view shows that job."""
+    await page.js(f"document.querySelector('#jobs-body tr[data-job-id=\"{job_id}\"]').click()")
+    await page.wait_js(f"document.getElementById('job-view').open && "
+                       f"{text_of('#job-view .jv-id')} === {json.dumps(job_id)}", f"the job view of {job_id}")
 
 
 @pytest.mark.slow
-async def test_stats_page_shows_a_new_job_live(tmp_path):
+@pytest.mark.docker
+async def test_stats_page_shows_jobs_live_explains_failures_and_draws_the_hour(tmp_path, docker_host):
     chromium_path()  # skip (or, under CI, fail) before starting a network for nothing
-    job_file = tmp_path / "job.json"
+    job_file, missing_file = tmp_path / "job.json", tmp_path / "missing.json"
     job_file.write_text(json.dumps(DEMO_JOB))
-    with Devnet(tmp_path / "net", nodes=3, sandbox="process") as net:
+    missing_file.write_text(json.dumps(MISSING_IMAGE_JOB))
+    with Devnet(tmp_path / "net", nodes=3, sandbox="docker", docker_host=docker_host) as net:
         await trio.to_thread.run_sync(net.start)
         await trio.to_thread.run_sync(net.wait_connected)
         node_ids = [n["peer_id"] for n in net.node_info]
@@ -223,8 +265,10 @@ async def test_stats_page_shows_a_new_job_live(tmp_path):
                 f"{json.dumps(node_ids)}.every(id => {{ const r = document.querySelector("
                 f"'#nodes-body tr[data-peer-id=\"' + id + '\"]'); return r && r.innerText.includes('online'); }})",
                 "the three nodes online in the nodes table")
-            assert await page.js("document.getElementById('c-online').textContent") == "3"
-            assert await page.js("document.getElementById('bootstrap-id').textContent") == api_stats(net)["peer_id"]
+            assert await page.js(text_of("#c-online")) == "3"
+            assert await page.js(text_of("#c-online-sub")) == "of 3 nodes seen"
+            assert await page.js(text_of("#bootstrap-id")) == api_stats(net)["peer_id"]
+            assert await page.js(text_of("#c-failed-sub")) == "none so far"
             await page.js("window.__notReloaded = true")
 
             outcome, _ = await trio.to_thread.run_sync(submit_json, net.node_dirs[0], "-f", str(job_file))
@@ -234,8 +278,8 @@ async def test_stats_page_shows_a_new_job_live(tmp_path):
             await page.wait_js(f"{row} && {row}.innerText.includes('verified')",
                                f"job {job_id} shown verified in the recent jobs table")
             assert await page.js("window.__notReloaded === true"), "the page reloaded"
-            text = await page.js("document.body.innerText")
-            assert job_id[:16] in text
+            assert job_id[:12] in await page.js("document.body.innerText")
+            assert (await page.js(text_of("#jobs-note"))).startswith("1 job, newest first")
 
             # A stranger's job name is shown as text, never parsed as markup.
             assert await page.js(f"{row}.querySelector('.name').textContent") == HOSTILE_NAME
@@ -244,8 +288,8 @@ async def test_stats_page_shows_a_new_job_live(tmp_path):
             assert await page.js("document.title") == "DistributeAI bootstrap"
 
             # Counters and the ledger's fold, as the page got them from /api/stats.
-            await page.wait_js("document.getElementById('c-verified').textContent === '1'", "verified = 1")
-            await page.wait_js("document.getElementById('c-rate').textContent === '1'", "1 job per minute")
+            await page.wait_js(f"{text_of('#c-verified')} === '1'", "verified = 1")
+            await page.wait_js(f"{text_of('#c-rate')} === '1'", "1 job per minute")
             stats = api_stats(net)
             assert stats["jobs_per_minute"] == {"certified": 1, "announced": 1}
             job = next(j for j in stats["recent_jobs"] if j["job_id"] == job_id)
@@ -253,7 +297,7 @@ async def test_stats_page_shows_a_new_job_live(tmp_path):
             assert job["status"] == "verified" and job["submitter"] == node_ids[0]
             # 2 or 3 awards: a bid that misses the window is not waited for when nobody outranks
             # the bids in hand.
-            assert (job["executors"], job["agreeing"]) == (len(outcome["executors"]), len(agreed))
+            assert (job["executors"], job["agreeing"], job["dissenting"]) == (len(outcome["executors"]), len(agreed), 0)
             detail = {n["peer_id"]: n for n in stats["nodes_detail"]}
             assert stats["peer_id"] not in detail and set(node_ids) <= set(detail)
             for pid in node_ids:
@@ -268,12 +312,59 @@ async def test_stats_page_shows_a_new_job_live(tmp_path):
                 f"'#nodes-body tr[data-peer-id=\"' + id + '\"]').innerText.includes('+5'))",
                 "reputation +5 for the agreeing executors in the nodes table")
 
-            metrics = await page.send("Page.getLayoutMetrics")
-            size = metrics["cssContentSize"]
-            shot = await page.send("Page.captureScreenshot", format="png", captureBeyondViewport=True,
-                                   clip={"x": 0, "y": 0, "width": size["width"], "height": size["height"],
-                                         "scale": 1})
-    png = base64.b64decode(shot["data"])
-    SCREENSHOT.parent.mkdir(exist_ok=True)
-    SCREENSHOT.write_bytes(png)
-    assert SCREENSHOT.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+            # The job view: spec, every executor with its verdict, the timeline.
+            await open_job(page, job_id)
+            view = api_get(net, f"/api/jobs/{job_id}")
+            assert await page.js(text_of("#job-view h2")) == HOSTILE_NAME
+            assert await page.js("document.getElementById('pwned') === null")
+            await page.wait_js(f"document.querySelectorAll('#job-view .v-agreed').length === {len(agreed)}",
+                               "the agreeing executors in the job view")
+            shown = await page.js("[...document.querySelectorAll('#job-view td.mono')].map(td => td.title)")
+            assert set(e["peer_id"] for e in view["detail"]["executors"]) <= set(shown)
+            assert 'sh -c "echo \'Hello\' | sha256sum"' in await page.js(text_of("#job-view dl.spec"))
+            events = await page.js("[...document.querySelectorAll('#job-view ol.timeline li .e')].map(e => e.textContent)")
+            assert events[0] == "announced" and events[-1] == "verified" and "awarded" in events, events
+            assert events.count("bid") == len(view["detail"]["bids"]) >= len(agreed)
+            paths = [await screenshot(page, "bootstrap-page-1280-verified-job.png", 1280, 800, full_page=False)]
+            await page.js("document.getElementById('job-close').click()")
+            await page.wait_js("!document.getElementById('job-view').open", "the job view closed")
+
+            # A job no node can run fails with its reason, on the Failed card and in its view.
+            failed, _ = await trio.to_thread.run_sync(submit_json, net.node_dirs[1], "-f", str(missing_file))
+            assert failed["status"] == "failed", failed
+            failed_id = failed["job_id"]
+            await page.wait_js(f"{text_of('#c-failed')} === '1'", "failed = 1")
+            stats = api_stats(net)
+            reason = next(j for j in stats["recent_jobs"] if j["job_id"] == failed_id)["reason"]
+            assert reason == "no bids: 3 nodes lack image nosuch:image", reason  # the certificate's, counted by kind
+            assert stats["failure_reasons"] == [{"reason": reason, "count": 1}]
+            await page.wait_js(f"{text_of('#c-failed-reasons li .t')} === {json.dumps(reason)}",
+                               "the failure reason on the Failed card")
+            assert await page.js(text_of("#c-failed-reasons li .n")) == "1\u00d7"
+            assert (await page.js(text_of("#jobs-note"))).startswith("2 jobs, newest first")
+            await open_job(page, failed_id)
+            assert await page.js(text_of("#job-view .jv-reason span")) == reason
+            declines = api_get(net, f"/api/jobs/{failed_id}")["detail"]["declines"]
+            assert sorted(d["peer_id"] for d in declines) == sorted(node_ids)
+            assert {d["code"] for d in declines} == {"image_missing"}
+            await page.wait_js("document.querySelectorAll('#job-view .a-declined').length === 3",
+                               "the three declines in the job view")
+            view_text = await page.js("document.getElementById('job-view').innerText")
+            assert all(d["detail"] in view_text for d in declines) and "image missing" in view_text
+            events = await page.js("[...document.querySelectorAll('#job-view ol.timeline li .e')].map(e => e.textContent)")
+            assert events == ["announced", "declined", "declined", "declined", "failed"], events
+
+            # The last hour: two verdicts and two announcements drawn, a time to verdict each.
+            hour = stats["last_hour"]
+            assert (sum(hour["verified"]), sum(hour["failed"]), sum(hour["announced"])) == (1, 1, 2)
+            assert sum(1 for v in hour["verdict_max_s"] if v is not None) >= 1
+            assert await page.js("+document.querySelector('#chart-jobs svg').dataset.bars") >= 2
+            assert await page.js("+document.querySelector('#chart-verdict svg').dataset.bars") >= 2
+            assert await page.js(text_of("#chart-jobs-total")) == "2 verdicts, 2 announced"
+
+            paths += [await screenshot(page, "bootstrap-page-1280-failed-job.png", 1280, 800, full_page=False),
+                      await screenshot(page, "bootstrap-page-800-failed-job.png", 800, 1000, full_page=False)]
+            await page.js("document.getElementById('job-close').click()")
+            paths += [await screenshot(page, "bootstrap-page-1280.png", 1280, 800, full_page=True),
+                      await screenshot(page, "bootstrap-page-800.png", 800, 1000, full_page=True)]
+    assert all(p.stat().st_size > 20_000 for p in paths)
