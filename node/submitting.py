@@ -155,12 +155,7 @@ class Submitting:
         """A bid counts only from an identity with this node's proof-of-work difficulty
         (`weak_identity` otherwise); it is ranked with the bidder's reputation in this node's
         view and the address range of the connection it came on (None for this node's own)."""
-        signed = verify(data, Bid)
-        self._check_sender(signed, peer, "bid")
-        job = self._own_job(signed.msg.job_id)
-        difficulty = self.settings.pow_difficulty
-        if not pow_ok(signed.signer, signed.msg.pow, difficulty):
-            raise RemoteProtocolError("weak_identity", f"the bidder's proof-of-work is under {difficulty} bits")
+        signed, job = self._from_bidder(peer, data, Bid)
         reputation = self.ports.ledger.reputation_of(signed.signer)
         subnet = None if signed.signer == self.me else subnet_of(self.ports.transport.remote_ip(peer))
         await self.apply(job, "bid", signed, {"reputation": reputation, "subnet": subnet})
@@ -170,12 +165,7 @@ class Submitting:
     async def handle_decline(self, peer: str, data: bytes) -> bytes:
         """A peer will not bid, and says why; counted only from an identity with this node's
         proof-of-work difficulty, as a bid (so made-up identities cannot pad the reasons)."""
-        signed = verify(data, Decline)
-        self._check_sender(signed, peer, "decline")
-        job = self._own_job(signed.msg.job_id)
-        difficulty = self.settings.pow_difficulty
-        if not pow_ok(signed.signer, signed.msg.pow, difficulty):
-            raise RemoteProtocolError("weak_identity", f"the decliner's proof-of-work is under {difficulty} bits")
+        signed, job = self._from_bidder(peer, data, Decline)
         await self.apply(job, "decline", signed)
         self.ports.events.count("declines_received")
         return wire.ok()
@@ -342,6 +332,17 @@ class Submitting:
             return None
         heard = job.bids.keys() | job.declines.keys() | {sender}
         return sum(1 for key in [self.me, *peers] if key not in heard)
+
+    def _from_bidder(self, peer: str, data: bytes, kind: type) -> tuple[Signed, SubmitterJob]:
+        """A bid or decline checked: signed by the peer that sent it, for a job of this node's, from
+        an identity with this node's proof-of-work difficulty (`weak_identity` otherwise)."""
+        signed = verify(data, kind)
+        self._check_sender(signed, peer, kind.kind)
+        job = self._own_job(signed.msg.job_id)
+        difficulty = self.settings.pow_difficulty
+        if not pow_ok(signed.signer, signed.msg.pow, difficulty):
+            raise RemoteProtocolError("weak_identity", f"the {kind.kind}'s proof-of-work is under {difficulty} bits")
+        return signed, job
 
     def _own_job(self, job_id: bytes) -> SubmitterJob:
         job = self.jobs.get(job_id)

@@ -6,7 +6,9 @@ import json
 import subprocess
 import sys
 import time
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Iterator
 
 DEMO_STDOUT = "66a045b452102c59d840ec097d59d9467e13a3f34f6494e539ffd32c1bb35f18  -\n"
 DEMO_ARGS = ["--image", "alpine:latest", "--cmd", "sh", "-c", "echo 'Hello' | sha256sum"]
@@ -50,3 +52,22 @@ def missing(why: str, require_env: str | None = None) -> None:
     if os.environ.get("CI") or (require_env and os.environ.get(require_env) == "1"):
         pytest.fail(f"required here: {why}")
     pytest.skip(why)
+
+
+@contextmanager
+def sandbox_devnet(request, tmp_path_factory, name: str, nodes: int = 3) -> Iterator:
+    """A running devnet (a bootstrap and `nodes` node processes, connected) in the sandbox named by
+    a fixture's `request.param`: "docker" (the session's dockerd, `docker_host`) or "bwrap"
+    (`bwrap_ready`), for module fixtures parametrized over both."""
+    from distributeai.tools.devnet import Devnet
+
+    host = None
+    if request.param == "docker":
+        host = request.getfixturevalue("docker_host")
+    else:
+        request.getfixturevalue("bwrap_ready")
+    with Devnet(tmp_path_factory.mktemp(f"{name}-{request.param}") / "net", nodes=nodes, sandbox=request.param,
+                docker_host=host) as net:
+        net.start()
+        net.wait_connected()
+        yield net

@@ -68,3 +68,19 @@ def drive(outputs: list[bytes], quorum: int = 2):
         if not job.done:
             actions += job.receive_reveal(verify(r, Reveal), NOW + 2)
     return job, actions
+
+
+def certified_job(outputs: list[bytes], quorum: int = 2, **spec_fields) -> SubmitterJob:
+    """A job run to its end by EXECUTORS[:len(outputs)], each revealing its output (reveals stop
+    once the job is decided): `job.certificate` is its signed certificate."""
+    job = new_job(replicas=len(outputs), quorum=quorum, **spec_fields)
+    close_bidding(job, EXECUTORS[: len(outputs)])
+    reveals = {}
+    for ex, out in zip(EXECUTORS, outputs):
+        commit, reveals[ex] = run_executor(ex, job.job_id, out)
+        job.receive_commit(verify(commit, Commit), NOW + 1)
+    for ex in reveals:
+        if not job.done:
+            job.receive_reveal(verify(reveals[ex], Reveal), NOW + 2)
+    assert job.certificate
+    return job

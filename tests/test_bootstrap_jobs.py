@@ -11,12 +11,12 @@ from distributeai.bootstrap.api import bootstrap_app
 from distributeai.bootstrap.jobview import executor_verdicts, fallback_reason, majority_hash
 from distributeai.bootstrap.series import HOUR_MINUTES, Series
 from distributeai.bootstrap.service import Stats
-from distributeai.consensus.messages import Announce, Commit, Decline, Reveal, sign, verify
+from distributeai.consensus.messages import Announce, Decline, sign, verify
 from distributeai.consensus.submitter import apply_input
 from distributeai.p2p.http import Request
 from distributeai.p2p.identity import peer_id_from_public_key
 
-from .protocol_fixtures import EXECUTORS, NOW, SUBMITTER, bid, close_bidding, new_job, run_executor
+from .protocol_fixtures import EXECUTORS, NOW, SUBMITTER, bid, certified_job, new_job
 
 A, B, C = b"a" * 32, b"b" * 32, b"c" * 32
 E1, E2, E3, E4, E5 = (bytes([i]) * 32 for i in range(1, 6))
@@ -55,16 +55,7 @@ def test_a_certificate_without_a_reason_is_given_one_from_its_contents():
 def certificate(outputs: list[bytes], nonce: bytes, quorum: int = 2) -> tuple[bytes, bytes]:
     """The announcement and the signed certificate of a job run by EXECUTORS[:len(outputs)]
     with these outputs, no replacements allowed."""
-    job = new_job(replicas=len(outputs), quorum=quorum, nonce=nonce, max_total_results=len(outputs))
-    close_bidding(job, EXECUTORS[: len(outputs)])
-    reveals = {}
-    for ex, out in zip(EXECUTORS, outputs):
-        commit, reveals[ex] = run_executor(ex, job.job_id, out)
-        job.receive_commit(verify(commit, Commit), NOW + 1)
-    for ex in reveals:
-        if not job.done:
-            job.receive_reveal(verify(reveals[ex], Reveal), NOW + 2)
-    assert job.certificate
+    job = certified_job(outputs, quorum, nonce=nonce, max_total_results=len(outputs))
     return sign(SUBMITTER, Announce(job.signed_spec, ("/ip4/127.0.0.1/tcp/1",))), job.certificate
 
 

@@ -30,11 +30,10 @@ from trio_websocket import open_websocket_url
 
 from distributeai.bootstrap.service import Stats
 from distributeai.tools.devnet import Devnet
-from distributeai.consensus.messages import Commit, Reveal, verify
 from distributeai.p2p.identity import peer_id_from_public_key
 
 from .netfixtures import DEMO_STDOUT, missing, submit_json
-from .protocol_fixtures import EXECUTORS, NOW, SUBMITTER, close_bidding, new_job, run_executor
+from .protocol_fixtures import EXECUTORS, SUBMITTER, certified_job
 
 REPO = Path(__file__).resolve().parent.parent
 ARTIFACTS = Path(os.environ.get("DISTRIBUTEAI_ARTIFACTS") or REPO / "test-artifacts")
@@ -54,17 +53,7 @@ MISSING_IMAGE_JOB = {"name": "render scene 7", "docker_image": "nosuch:image", "
 
 def certificate(outputs: list[bytes], nonce: bytes) -> bytes:
     """A signed certificate of a job run by EXECUTORS[:len(outputs)] with these outputs."""
-    job = new_job(replicas=len(outputs), quorum=2, nonce=nonce)
-    close_bidding(job, EXECUTORS[: len(outputs)])
-    reveals = {}
-    for ex, out in zip(EXECUTORS, outputs):
-        commit, reveals[ex] = run_executor(ex, job.job_id, out)
-        job.receive_commit(verify(commit, Commit), NOW + 1)
-    for ex in reveals:
-        if not job.done:
-            job.receive_reveal(verify(reveals[ex], Reveal), NOW + 2)
-    assert job.certificate
-    return job.certificate
+    return certified_job(outputs, nonce=nonce).certificate
 
 
 def test_stats_fold_certificates_into_nodes_and_count_each_once():

@@ -37,7 +37,7 @@ from distributeai.p2p.identity import peer_id_from_public_key
 from distributeai.sandbox.base import RunRequest, SandboxError
 from distributeai.tools.devnet import Devnet
 
-from .netfixtures import DEMO_ARGS, DEMO_STDOUT, cli, submit_json, wait_for
+from .netfixtures import DEMO_ARGS, DEMO_STDOUT, cli, sandbox_devnet, submit_json, wait_for
 
 GONE_S = 30  # cancel -> every run gone; a kill takes milliseconds, a loaded 2-core machine seconds
 
@@ -46,20 +46,12 @@ GONE_S = 30  # cancel -> every run gone; a kill takes milliseconds, a loaded 2-c
 
 @pytest.fixture(scope="module", params=["docker", "bwrap"])
 def net(request, tmp_path_factory):
-    host = None
-    if request.param == "docker":
-        host = request.getfixturevalue("docker_host")
-    else:
-        request.getfixturevalue("bwrap_ready")
-    with Devnet(tmp_path_factory.mktemp(f"cancel-{request.param}") / "net", nodes=3, sandbox=request.param,
-                docker_host=host) as n:
-        n.start()
-        n.wait_connected()
+    with sandbox_devnet(request, tmp_path_factory, "cancel") as n:
         n.docker_client = None
-        if host is not None:
+        if n.docker_host is not None:
             import docker
 
-            n.docker_client = docker.DockerClient(base_url=host, timeout=30)
+            n.docker_client = docker.DockerClient(base_url=n.docker_host, timeout=30)
         yield n
         if n.docker_client is not None:
             n.docker_client.close()

@@ -13,7 +13,7 @@ import pytest
 
 from distributeai.tools.devnet import Devnet
 
-from .netfixtures import cli, submit_json, wait_for
+from .netfixtures import cli, sandbox_devnet, submit_json
 
 pytestmark = pytest.mark.slow
 
@@ -23,15 +23,7 @@ NAMES_SCRIPT = ("cd /out && echo ok > good.txt && echo x > \"$(printf 'bad\\377n
 
 @pytest.fixture(scope="module", params=["docker", "bwrap"])
 def net(request, tmp_path_factory):
-    host = None
-    if request.param == "docker":
-        host = request.getfixturevalue("docker_host")
-    else:
-        request.getfixturevalue("bwrap_ready")
-    with Devnet(tmp_path_factory.mktemp(f"hostile-{request.param}") / "net", nodes=3, sandbox=request.param,
-                docker_host=host) as n:
-        n.start()
-        n.wait_connected()
+    with sandbox_devnet(request, tmp_path_factory, "hostile") as n:
         yield n
 
 
