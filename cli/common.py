@@ -126,20 +126,48 @@ def run(app: typer.Typer, args: list[str] | None = None) -> NoReturn:
 
 # --- running a service (node start, bootstrap start) ---------------------------------------------
 
-def setup_logging(level: str) -> None:
-    """Log at `level` to stderr, with libp2p's own loggers kept quiet."""
-    # Import libp2p first: importing it clears the handlers of its loggers (docs/libp2p.md, "Install").
-    import libp2p  # noqa: F401
+def setup_logging(level: str, fmt: str = "text") -> None:
+    """Log at `level` to stderr, as text or one JSON object a line (cli/logs.py)."""
+    from .logs import setup_logging as setup
 
-    from distributeai.p2p.overlay import quiet_libp2p_logs
-
-    logging.basicConfig(level=getattr(logging, level.upper(), logging.INFO), stream=sys.stderr,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    quiet_libp2p_logs()
+    setup(level, fmt)
 
 
 def run_service(async_fn, *args) -> None:
-    """Run a trio service until it ends, SIGINT or SIGTERM; both signals stop it cleanly."""
+    """Run a trio service until it ends, SIGINT or SIGTERM; both signals stop it cleanly. A
+    foreseeable reason it cannot start (p2p/startup.py StartError: an address taken, a data dir
+    in use) is one line on stderr and exit 1, wherever in its nurseries it was raised."""
+    try:
+        _run_service(async_fn, *args)
+    except BaseException as exc:  # trio's nurseries wrap what ends a service in exception groups
+        from distributeai.p2p.startup import StartError
+
+        if (refused := leaf(exc, StartError)) is not None:
+            fail(str(refused), 1)
+        raise
+
+
+def make_data_dir(path: Path, option: str = "--data-dir") -> None:
+    """Create a service's data directory (0700) if absent; one that cannot be is one line, exit 1."""
+    from distributeai.p2p.startup import StartError, make_dir
+
+    try:
+        make_dir(path, option)
+    except StartError as exc:
+        fail(str(exc), 1)
+
+
+def leaf(exc: BaseException, kind: type | tuple[type, ...]) -> BaseException | None:
+    """`exc` if it is a `kind`, else the first `kind` inside it (nested exception groups)."""
+    if isinstance(exc, kind):
+        return exc
+    for inner in exc.exceptions if isinstance(exc, BaseExceptionGroup) else ():
+        if (found := leaf(inner, kind)) is not None:
+            return found
+    return None
+
+
+def _run_service(async_fn, *args) -> None:
     import trio
 
     async def main() -> None:

@@ -9,7 +9,7 @@ from typing import Optional
 import typer
 
 from . import keys
-from .common import (DataDirOption, JsonOption, check_multiaddr, control, data_dir_of, fail, node_dir,
+from .common import (DataDirOption, JsonOption, check_multiaddr, control, data_dir_of, fail, leaf, make_data_dir, node_dir,
                      parse_hostport, print_json, run_service, settings, setup_logging)
 
 node_app = typer.Typer(no_args_is_help=True, help="Run or inspect a volunteer node.")
@@ -31,6 +31,7 @@ def node_start(
     api: Optional[str] = typer.Option(None, help="HOST:PORT to serve the REST API on (POST /api/v1/jobs, GET /api/v1/jobs/ID, /api/v1/nodes, /stats, /openapi.json; port 0: any free one, shown by `node info` as api_url). Off loopback it asks for a bearer token. Default: off."),
     pow_difficulty: Optional[int] = typer.Option(None, help="Proof-of-work bits demanded of every bidder and announcer, and solved once for this node's own key (stored in DATA_DIR/node.pow). Default 20: about 0.5 s."),
     log_level: Optional[str] = typer.Option(None, help="debug, info (the default), warning or error."),
+    log_format: Optional[str] = typer.Option(None, "--log-format", help="text (the default) or json: one JSON object a line (time, level, logger, message, fields) for log shippers."),
     http_auth: Optional[str] = typer.Option(None, "--http-auth", help="auto (the default): /metrics asks for a "
                                             "bearer token unless it listens on loopback; token: always."),
     http_token_file: Optional[Path] = typer.Option(None, "--http-token-file", help="A file (mode 0600) holding "
@@ -50,7 +51,7 @@ def node_start(
     """
     cfg = settings(data_dir=data_dir, bootstrap=bootstrap, listen=listen, sandbox=sandbox, gpu=gpu,
                    docker_host=docker_host, cpu=cpu, memory_mb=memory_mb, max_jobs=max_jobs,
-                   genesis_credits=genesis_credits, metrics=metrics, api=api, log_level=log_level, http_auth=http_auth,
+                   genesis_credits=genesis_credits, metrics=metrics, api=api, log_level=log_level, log_format=log_format, http_auth=http_auth,
                    http_token_file=http_token_file,
                    request_rate_limit=request_rate_limit, gossip_rate_limit=gossip_rate_limit,
                    newcomer_gossip_rate_limit=newcomer_gossip_rate_limit,
@@ -70,7 +71,7 @@ def node_start(
     # The key is opened here, before anything starts: a wrong passphrase is one line and exit 2.
     # A new key is encrypted when a passphrase is given by file or environment; none is made
     # where node.db holds an identity's history (node/startcheck.py).
-    data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    make_data_dir(data_dir)
     try:
         check_key_present(data_dir)
     except IdentityMismatch as exc:
@@ -85,9 +86,9 @@ def node_start(
             http_token(listener[0], data_dir, force=cfg.http_auth == "token", token_file=cfg.http_token_file)
         except (TokenFileError, OSError) as exc:
             fail(f"--http-token-file: {exc}" if isinstance(exc, OSError) else str(exc))
-    setup_logging(cfg.log_level)
+    setup_logging(cfg.log_level, cfg.log_format)
     from distributeai.node.bidding import Capacity
-    from distributeai.node.daemon import DataDirBusy, NodeConfig, run_node
+    from distributeai.node.daemon import NodeConfig, run_node
     from distributeai.p2p.ratelimit import RateLimits
 
     config = NodeConfig(data_dir=data_dir, bootstrap=cfg.bootstrap, listen=cfg.listen, sandbox=cfg.sandbox,
@@ -111,25 +112,13 @@ def node_start(
     from distributeai.node.store import StoreDamaged, StoreFull
 
     try:
-        run_service(serve)
+        run_service(serve)  # a StartError (data dir in use, an address taken, Docker down): one line, exit 1
     except BaseException as exc:  # trio's nurseries wrap what ends a service in exception groups
-        if (busy := _leaf(exc, DataDirBusy)) is not None:
-            fail(str(busy), 1)
-        if (refused := _leaf(exc, (IdentityMismatch, StoreDamaged))) is not None:  # the data dir's to fix
+        if (refused := leaf(exc, (IdentityMismatch, StoreDamaged))) is not None:  # the data dir's to fix
             fail(str(refused))
-        if (full := _leaf(exc, StoreFull)) is not None:  # a store that cannot even open: one line
+        if (full := leaf(exc, StoreFull)) is not None:  # a store that cannot even open: one line
             fail(f"{full}; free some space on {data_dir}'s filesystem and start the node again", 1)
         raise
-
-
-def _leaf(exc: BaseException, kind: type | tuple[type, ...]) -> BaseException | None:
-    """`exc` if it is a `kind`, else the first `kind` inside it (nested exception groups)."""
-    if isinstance(exc, kind):
-        return exc
-    for inner in exc.exceptions if isinstance(exc, BaseExceptionGroup) else ():
-        if (found := _leaf(inner, kind)) is not None:
-            return found
-    return None
 
 
 @node_app.command("info")
