@@ -58,6 +58,7 @@ class Submitting:
         self.ports = ports
         self.consider = consider
         self.jobs: dict[bytes, SubmitterJob] = {}
+        self.ended: set[bytes] = set()  # jobs that ended before this start (not rebuilt by recover)
         self._lock = trio.Lock()  # inputs reach the store in the order they were applied
 
     # --- entry points -------------------------------------------------------------------------
@@ -261,6 +262,7 @@ class Submitting:
         p = self.ports
         for row in await p.store.list_jobs(role="submitter", limit=100_000):
             if row["status"] in ("verified", "failed", "nondeterministic"):
+                self.ended.add(bytes.fromhex(row["job_id"]))  # a late commit is job_finished, as before the restart
                 continue
             job = replay(self.identity, self.timing, await p.store.inputs(row["job_id"]))
             if job is None:
@@ -289,6 +291,8 @@ class Submitting:
 
     def _own_job(self, job_id: bytes) -> SubmitterJob:
         job = self.jobs.get(job_id)
+        if job is None and job_id in self.ended:
+            raise RemoteProtocolError("job_finished", "the job has ended")
         if job is None:
             raise RemoteProtocolError("unknown_job", "no such job submitted here")
         return job
