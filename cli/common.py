@@ -97,8 +97,11 @@ def run(app: typer.Typer, args: list[str] | None = None) -> NoReturn:
     Click prints a usage box of several lines for a missing option, a bad value or an unknown
     command; here every such error is `error: MESSAGE (see `PROG --help`)`. `--help` and shell
     completion behave as in click; a group called without a command shows its help (exit 0)."""
+    from .helpstyle import tidy
+
+    command = tidy(typer.main.get_command(app))  # one way to show flags, lists and defaults in --help
     try:
-        code = app(args=args, prog_name="distributeai", standalone_mode=False)
+        code = command(args=args, prog_name="distributeai", standalone_mode=False)
     except click_exc.NoArgsIsHelpError as exc:
         typer.echo(exc.format_message(), nl=False)  # typer's rich help is printed while formatting
         code = 0

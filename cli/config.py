@@ -43,8 +43,8 @@ LOG_FORMATS = ("text", "json")  # cli/logs.py
 HTTP_AUTHS = ("auto", "token")
 POW_MAX_BITS = 64  # consensus/pow.py MAX_DIFFICULTY: no key would ever be admitted beyond it
 
-DataDirOption = typer.Option(None, "--data-dir", help="The node's data directory (key, store, control socket); "
-                                                      "default: data_dir from the config file or DISTRIBUTEAI_DATA_DIR.")
+DataDirOption = typer.Option(None, "--data-dir", help="The node's data directory (key, store, control socket). "
+                                                      "Default data_dir from the config file or DISTRIBUTEAI_DATA_DIR.")
 JsonOption = typer.Option(False, "--json", help="Print one JSON object.")
 
 
@@ -350,6 +350,10 @@ def config_show(
                     "settings": cfg.values(), "sources": dict(cfg.sources)})
         return
     typer.echo(f"# config file: {cfg.path}{'' if cfg.path_exists else ' (not found)'}")
-    for key, value in cfg.values().items():
-        shown = "(none)" if value is None or value == [] else ", ".join(value) if isinstance(value, list) else value
-        typer.echo(f"{key:16} {str(shown):40}  # {cfg.sources[key]}")
+    rows = [(key, "(none)" if value is None or value == [] else ", ".join(value) if isinstance(value, list)
+             else str(value).lower() if isinstance(value, bool) else str(value), cfg.sources[key])
+            for key, value in cfg.values().items()]
+    key_width = max(len(key) for key, _, _ in rows)
+    value_width = max(len(shown) for _, shown, _ in rows)
+    for key, shown, source in rows:
+        typer.echo(f"{key:{key_width}}  {shown:{value_width}}  # {source}")

@@ -91,7 +91,7 @@ def reputation(data_dir: Optional[Path] = DataDirOption, as_json: bool = JsonOpt
 def status(
     data_dir: Optional[Path] = DataDirOption,
     bootstrap_http: Optional[str] = typer.Option(None, "--bootstrap-http", help="The bootstrap's base URL for network "
-                                                 "totals (its /api/stats); default: bootstrap_http from the config."),
+                                                 "totals (its /api/stats). Default bootstrap_http from the config."),
     once: bool = typer.Option(False, "--once", help="Print one snapshot and exit."),
     as_json: bool = typer.Option(False, "--json", help="Print one snapshot as JSON and exit."),
 ) -> None:

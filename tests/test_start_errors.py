@@ -179,3 +179,20 @@ def test_bootstrap_usage_mistakes(tmp_path):
     (tmp_path / "b" / "bootstrap.key").write_bytes(b"junk")
     (tmp_path / "b" / "bootstrap.key").chmod(0o600)
     assert_one_line(bootstrap_start(tmp_path / "b"), 2, "bootstrap.key")
+
+
+# --- what a running node says about itself (issue 15, "small untruths") -------------------------------
+
+
+def test_node_info_is_lines_for_people_not_python_reprs(running):
+    out = cli("node", "info", "--data-dir", str(running["node_dir"]), timeout=60)
+    assert out.returncode == 0, out.stderr
+    text = out.stdout
+    for python_repr in ("['", "{'", "[]", "{}", "True", "False"):
+        assert python_repr not in text, (python_repr, text)
+    labels = [line[:14].strip() for line in text.splitlines() if line[:1] != " "]
+    assert labels[:3] == ["peer id", "running", "addresses"], text
+    assert {"reputation", "credits", "peers", "api", "metrics", "rejected", "disk"} <= set(labels), text
+    values = [line[14:] for line in text.splitlines()]
+    assert len({line.index(value) for line, value in zip(text.splitlines(), values) if value}) == 1  # one column
+    assert running["api"] in text and "free" in text
