@@ -37,6 +37,7 @@ from distributeai.sandbox.base import RunRequest, RunResult, Sandbox, SandboxErr
 from . import wire
 from .bidding import IMAGE_MISSING, BidContext, decide
 from .inbound import decode_award
+from .joblog import executor_events
 from .ports import NodeSettings, Ports, Sandboxes
 from .store import StoreFull
 
@@ -93,6 +94,7 @@ class Executing:
         if not bid:
             log.info("declined job %s: %s", job_id.hex()[:12], reason)
             return
+        log.info("bidding on job %s", job_id.hex()[:12])
         s = self.settings
         msg = sign(self.identity, Bid(job_id, self.me, s.price, s.capacity.cpu_millis, s.capacity.memory_mb,
                                       (self.sandboxes.backends[spec.sandbox].name,), self.ports.now_ms(), s.pow_nonce))
@@ -158,8 +160,9 @@ class Executing:
         meta = meta or {}
         async with self._lock:
             now = self.ports.now_ms()
-            repeat = kind == "reveal_asked" and job.state == "revealed"
+            repeat, before = kind == "reveal_asked" and job.state == "revealed", job.state
             actions = apply_input(job, kind, raw, meta, now)
+            executor_events(job, before)  # INFO: one line per state change
             if repeat:  # answered before: storing it again would change nothing but the table's size
                 return actions
             await self.store.record_execution_input(job.job_id.hex(), kind, raw, meta, now, status=job.state,

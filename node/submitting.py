@@ -34,6 +34,7 @@ from distributeai.p2p.overlay import RemoteError
 
 from . import wire
 from .inbound import decode_reveal_answer
+from .joblog import submitter_events
 from .ports import NodeSettings, Ports
 
 log = logging.getLogger("distributeai.node.submitter")
@@ -110,6 +111,8 @@ class Submitting:
         self.jobs[job_id] = job
         await p.transport.publish(announce)
         p.events.count("announced")
+        log.info("job %s announced%s: %d of %d must agree", job_id.hex()[:12],
+                 f" ({spec.msg.name})" if spec.msg.name else "", spec.msg.quorum, spec.msg.replicas)
         p.events.notify()
         await self.consider(job_id, spec.msg, ())
         p.runtime.spawn(self._reannounce, job, announce)
@@ -178,6 +181,7 @@ class Submitting:
             elif kind == "tick" and job.state == "bidding":
                 meta["unbid_best"] = self._unbid_best(job, b"")
             actions = apply_input(job, kind, payload, meta, now)
+            submitter_events(job, kind, payload.signer if isinstance(payload, Signed) else None, seen)  # INFO
             if not actions and kind in ("tick", "undelivered") and len(job.history) == seen:
                 return  # nothing happened: nothing to store
             raw = payload.raw if isinstance(payload, Signed) else payload
@@ -209,7 +213,7 @@ class Submitting:
             elif isinstance(action, Penalize):
                 p.events.reject(action.reason, f"by executor {peer_id_from_public_key(action.executor)}")
             elif isinstance(action, Finished):
-                log.info("job %s %s %s", job.job_id.hex()[:12], action.status, action.reason)
+                log.info("job %s %s%s", job.job_id.hex()[:12], action.status, f": {action.reason}" if action.reason else "")
                 p.events.job_finished(action.status, action.reason, (p.now_ms() - job.started_ms) / 1000)
 
     async def _send_award(self, job: SubmitterJob, action: SendAward) -> None:

@@ -1,0 +1,74 @@
+"""Issue 15 item 6: quiet, accurate logs. A real bootstrap and two real nodes log as JSON
+(`--log-format json` on the bootstrap and one node, `DISTRIBUTEAI_LOG_FORMAT=json` on the other),
+run a job, and stop: every line each process wrote to stderr is one JSON object with time, level,
+logger, message and fields; the job's life is at INFO, one line per event, and per-message
+protocol noise (rejections) is not."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from datetime import datetime
+from pathlib import Path
+
+from .netfixtures import cli
+from .test_identity_faults import POW, first_line, stop
+
+LEVELS = {"DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"}
+
+
+def spawn(args: list[str], log: Path, env: dict | None = None) -> subprocess.Popen:
+    with open(log, "ab") as err:
+        return subprocess.Popen([sys.executable, "-m", "distributeai.cli.main", *args], stdout=subprocess.PIPE,
+                                stderr=err, stdin=subprocess.DEVNULL, env={**os.environ, **(env or {})})
+
+
+def records(log: Path) -> list[dict]:
+    """Every line of `log` as a JSON log record; fails on any line that is not one."""
+    out = []
+    for n, line in enumerate(log.read_text().splitlines(), 1):
+        record = json.loads(line)  # a traceback or a text line would fail here
+        assert set(record) == {"time", "level", "logger", "message", "fields"}, (log, n, line)
+        assert record["level"] in LEVELS and isinstance(record["fields"], dict), (log, n, line)
+        assert datetime.fromisoformat(record["time"]).tzinfo is not None, (log, n, line)
+        assert isinstance(record["message"], str) and record["logger"], (log, n, line)
+        out.append(record)
+    return out
+
+
+def test_a_network_logs_one_json_object_a_line_and_a_job_at_info(tmp_path):
+    boot_log, a_log, b_log = tmp_path / "boot.log", tmp_path / "a.log", tmp_path / "b.log"
+    procs = []
+    try:
+        boot = spawn(["bootstrap", "start", "--data-dir", str(tmp_path / "boot"), "--listen", "/ip4/127.0.0.1/tcp/0",
+                      "--http", "127.0.0.1:0", "--pow-difficulty", POW, "--log-format", "json"], boot_log)
+        procs.append(boot)
+        boot_addr = first_line(boot, boot_log)
+        node = ["node", "start", "--sandbox", "process", "--pow-difficulty", POW, "--bootstrap", boot_addr]
+        a = spawn([*node, "--data-dir", str(tmp_path / "a"), "--log-format", "json"], a_log)
+        procs.append(a)
+        b = spawn([*node, "--data-dir", str(tmp_path / "b")], b_log, env={"DISTRIBUTEAI_LOG_FORMAT": "json"})
+        procs.append(b)
+        first_line(a, a_log), first_line(b, b_log)
+        out = cli("submit", "--data-dir", str(tmp_path / "a"), "--replicas", "2", "--quorum", "2", "--json",
+                  "--image", "alpine:latest", "--cmd", "echo", "hello", timeout=300)
+        assert json.loads(out.stdout)["status"] == "verified", (out.stdout, out.stderr)
+    finally:
+        for proc in reversed(procs):
+            stop(proc)
+    logs = {name: records(log) for name, log in (("boot", boot_log), ("a", a_log), ("b", b_log))}
+    info = {name: [r["message"] for r in recs if r["level"] == "INFO"] for name, recs in logs.items()}
+    job_id = json.loads(out.stdout)["job_id"][:12]
+    submitter = [m for m in info["a"] if m.startswith(f"job {job_id} ")]
+    for event in ("announced", "bid from", "bids_closed", "award", "commit", "reveal", "verified"):
+        assert any(m.startswith(f"job {job_id} {event}") for m in submitter), (event, submitter)
+    assert len(submitter) == len(set(submitter)), submitter  # one line per event, none repeated
+    executor = [m for m in info["b"] if job_id in m]
+    for event in ("bidding on", "running here", "executed here"):
+        assert any(event in m for m in executor), (event, executor)
+    fields = [r["fields"] for r in logs["a"] if r["message"].startswith(f"job {job_id} commit ")]
+    assert fields and all(f["event"] == "commit" and f["job_id"].startswith(job_id) and f["peer"] for f in fields)
+    for name, messages in info.items():
+        assert not [m for m in messages if m.startswith("rejected")], (name, messages)
