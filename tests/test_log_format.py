@@ -13,6 +13,8 @@ import sys
 from datetime import datetime
 from pathlib import Path
 
+import pytest
+
 from .netfixtures import cli
 from .test_identity_faults import POW, first_line, stop
 
@@ -72,3 +74,33 @@ def test_a_network_logs_one_json_object_a_line_and_a_job_at_info(tmp_path):
     assert fields and all(f["event"] == "commit" and f["job_id"].startswith(job_id) and f["peer"] for f in fields)
     for name, messages in info.items():
         assert not [m for m in messages if m.startswith("rejected")], (name, messages)
+
+
+async def test_a_restarted_submitter_names_a_late_commit_job_finished_not_unknown_job(autojump_clock, tmp_path):
+    """A commit for a job that ended before the submitter restarted (its own executor resending
+    one the submitter never accepted, or a peer's) is refused as it was before the restart,
+    `job_finished`; `unknown_job` was a false name for it."""
+    import trio
+
+    from distributeai.consensus.errors import RemoteProtocolError
+    from distributeai.consensus.names import COMMIT_PROTOCOL
+    from distributeai.node import wire
+
+    from .test_inprocess import make_spec, network, until_done
+
+    async with trio.open_nursery() as nursery:
+        net, nodes = await network(nursery, tmp_path, 3)
+        sub = nodes[0]
+        job_id = await sub.submitting.submit(make_spec(sub))
+        assert await until_done(sub, job_id) == "verified"
+        executor, commit = next(iter(sub.submitting.jobs[job_id].commits.items()))
+        sender = next(n for n in nodes if n.me == executor)
+        sub.stop()
+        await trio.sleep(0)
+        await sub.start(nursery)
+        assert job_id not in sub.submitting.jobs  # ended jobs are not rebuilt
+        with pytest.raises(RemoteProtocolError) as refused:
+            wire.parse_answer(await sub.serve(COMMIT_PROTOCOL, sender.peer_id, commit.raw))
+        assert refused.value.detail == "job_finished" and sub.rejected["job_finished"] >= 1
+        assert "unknown_job" not in sub.rejected
+        nursery.cancel_scope.cancel()
