@@ -104,3 +104,46 @@ async def test_a_restarted_submitter_names_a_late_commit_job_finished_not_unknow
         assert refused.value.detail == "job_finished" and sub.rejected["job_finished"] >= 1
         assert "unknown_job" not in sub.rejected
         nursery.cancel_scope.cancel()
+
+
+def test_a_remembered_peer_that_is_gone_is_not_called_a_bootstrap(tmp_path):
+    """A restarted node dials the peers it stored on its last run as it dials its bootstrap; one
+    that is gone is no news (DEBUG), and its address is not warned about as "bootstrap"."""
+    import sqlite3
+
+    from .netfixtures import wait_for
+
+    boot_log, a_log, b_log = tmp_path / "boot.log", tmp_path / "a.log", tmp_path / "b.log"
+    procs: list[subprocess.Popen] = []
+    try:
+        boot = spawn(["bootstrap", "start", "--data-dir", str(tmp_path / "boot"), "--listen", "/ip4/127.0.0.1/tcp/0",
+                      "--http", "127.0.0.1:0", "--pow-difficulty", POW], boot_log)
+        procs.append(boot)
+        boot_addr = first_line(boot, boot_log)
+        node = ["node", "start", "--sandbox", "process", "--pow-difficulty", POW, "--bootstrap", boot_addr]
+        a = spawn([*node, "--data-dir", str(tmp_path / "a")], a_log)
+        b = spawn([*node, "--data-dir", str(tmp_path / "b")], b_log)
+        procs += [a, b]
+        first_line(a, a_log)
+        b_id = json.loads(first_line(b, b_log))["peer_id"]
+
+        def a_stored_b() -> bool:
+            with sqlite3.connect(tmp_path / "a" / "node.db") as db:
+                return b_id in {row[0] for row in db.execute("SELECT peer_id FROM peers")}
+
+        wait_for(a_stored_b, 120, "node a to store node b as a peer")
+        for proc in (a, b):
+            stop(proc)
+            procs.remove(proc)
+        a_log.write_text("")
+        a = spawn([*node, "--data-dir", str(tmp_path / "a"), "--log-level", "debug"], a_log)
+        procs.append(a)
+        first_line(a, a_log)
+        wait_for(lambda: any("discovery:" in line and b_id in line for line in a_log.read_text().splitlines()),
+                 120, "node a's failed dial of node b, at DEBUG")
+    finally:
+        for proc in reversed(procs):
+            stop(proc)
+    lines = a_log.read_text().splitlines()
+    assert not [line for line in lines if "WARNING" in line and b_id in line], lines
+    assert not [line for line in lines if "cannot reach bootstrap" in line], lines
