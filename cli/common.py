@@ -196,6 +196,16 @@ def parse_hostport(value: str, option: str) -> tuple[str, int]:
     return host or "127.0.0.1", int(port)
 
 
+def check_listen(value: str, option: str = "--listen") -> None:
+    """A libp2p listen address this program can bind: /ip4|ip6/HOST/tcp/PORT; else one line, exit 2.
+    (Its libp2p listens on TCP only, and a DNS name there is not resolved: it listened on every
+    interface instead.)"""
+    check_multiaddr(value, option)
+    parts = value.strip("/").split("/")
+    if len(parts) != 4 or parts[0] not in ("ip4", "ip6") or parts[2] != "tcp":
+        fail(f"{option} must be /ip4/HOST/tcp/PORT or /ip6/HOST/tcp/PORT (port 0: any free one), got {value!r}")
+
+
 def check_multiaddr(value: str, option: str) -> None:
     """A value that is not a multiaddr is one line naming `option`, exit 2."""
     from multiaddr import Multiaddr

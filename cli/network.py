@@ -11,7 +11,7 @@ from typing import Optional
 import typer
 
 from . import keys
-from .common import (DataDirOption, JsonOption, check_multiaddr, control, data_dir_of, fail, make_data_dir, node_dir,
+from .common import (DataDirOption, JsonOption, check_listen, control, data_dir_of, fail, make_data_dir, node_dir,
                      parse_hostport, print_json, run_service, settings, setup_logging)
 
 bootstrap_app = typer.Typer(no_args_is_help=True, help="Run the bootstrap (DHT seed and stats page).")
@@ -35,7 +35,7 @@ def bootstrap_start(
     from .config import LOG_FORMATS, LOG_LEVELS
 
     host, port = parse_hostport(http, "--http")
-    check_multiaddr(listen, "--listen")
+    check_listen(listen)
     if log_level.lower() not in LOG_LEVELS:
         fail(f"--log-level must be one of {', '.join(LOG_LEVELS)}, got {log_level!r}")
     if log_format.lower() not in LOG_FORMATS:

@@ -9,7 +9,7 @@ from typing import Optional
 import typer
 
 from . import keys
-from .common import (DataDirOption, JsonOption, check_multiaddr, control, data_dir_of, fail, leaf, make_data_dir, node_dir,
+from .common import (DataDirOption, JsonOption, check_listen, check_multiaddr, control, data_dir_of, fail, leaf, make_data_dir, node_dir,
                      parse_hostport, print_json, run_service, safe, settings, setup_logging)
 
 node_app = typer.Typer(no_args_is_help=True, help="Run or inspect a volunteer node.")
@@ -62,7 +62,7 @@ def node_start(
         check_multiaddr(b, "--bootstrap")
         if "/p2p/" not in b:
             fail(f"--bootstrap {b!r} must end in /p2p/<peer id>")
-    check_multiaddr(cfg.listen, "--listen")
+    check_listen(cfg.listen)
     metrics_at = parse_hostport(cfg.metrics, "--metrics") if cfg.metrics is not None else None
     api_at = parse_hostport(cfg.api, "--api") if cfg.api is not None else None
     from distributeai.node.paths import key_path

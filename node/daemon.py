@@ -60,6 +60,7 @@ from .store import Store, StoreFull
 log = logging.getLogger("distributeai.node")
 PEER_CHECK_INTERVAL_S = 1.0  # how often the connected set is compared with what was last saved
 API_DEADLINE_S = 60.0  # a REST request may fetch an output file from an executor; 10 s is too short for that
+MAX_UNIX_PATH = 107  # bytes of a Unix socket's path (sun_path is 108 with its NUL, on Linux)
 AGENT_CLASS = Agent  # tests/byzantine_node.py runs the real node with a dishonest Agent subclass
 
 
@@ -173,6 +174,10 @@ not start as if all were well."""
 async def run_node(config: NodeConfig, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
     data_dir = config.data_dir
     make_dir(data_dir)
+    socket_path = os.fsencode(control_path(data_dir))
+    if len(socket_path) > MAX_UNIX_PATH:
+        raise StartError(f"the control socket {control_path(data_dir)} would be {len(socket_path)} bytes long, over the "
+                         f"{MAX_UNIX_PATH} a Unix socket's path may have: give a shorter --data-dir")
     lock_fd = lock_data_dir(data_dir)
     try:
         # Addresses first: a port taken is then the one line a failed start prints.

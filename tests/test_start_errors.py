@@ -196,3 +196,15 @@ def test_node_info_is_lines_for_people_not_python_reprs(running):
     values = [line[14:] for line in text.splitlines()]
     assert len({line.index(value) for line, value in zip(text.splitlines(), values) if value}) == 1  # one column
     assert running["api"] in text and "free" in text
+
+
+def test_a_data_dir_too_long_for_its_control_socket(tmp_path):
+    data = tmp_path / ("d" * 120)
+    assert_one_line(node_start(data), 1, "control.sock", "shorter --data-dir")
+
+
+@pytest.mark.parametrize("listen", ["/ip4/127.0.0.1/udp/0/quic", "/dns4/localhost/tcp/0"])
+def test_a_listen_address_it_cannot_listen_on(tmp_path, listen):
+    """libp2p here listens on TCP only, and did not resolve a DNS name (it listened everywhere)."""
+    assert_one_line(node_start(tmp_path / "n", "--listen", listen), 2, "--listen", listen)
+    assert_one_line(bootstrap_start(tmp_path / "b", "--listen", listen), 2, "--listen", listen)
