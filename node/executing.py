@@ -92,9 +92,9 @@ class Executing:
         if spec.submitter != self.me:
             await self.store.set_bid_decision(job_id.hex(), "bid" if bid else f"declined: {reason}")
         if not bid:
-            log.info("declined job %s: %s", job_id.hex()[:12], reason)
+            log.info("job %s declined here: %s", job_id.hex()[:12], reason)
             return
-        log.info("bidding on job %s", job_id.hex()[:12])
+        log.info("job %s bidding here", job_id.hex()[:12])
         s = self.settings
         msg = sign(self.identity, Bid(job_id, self.me, s.price, s.capacity.cpu_millis, s.capacity.memory_mb,
                                       (self.sandboxes.backends[spec.sandbox].name,), self.ports.now_ms(), s.pow_nonce))
@@ -190,7 +190,8 @@ class Executing:
         try:
             await self.ports.transport.deliver(job.spec.submitter, protocol, data)
         except RemoteProtocolError as exc:
-            log.info("%s refused for %s: %s", protocol, job.job_id.hex()[:12], exc)
+            log.info("job %s %s refused by its submitter: %s", job.job_id.hex()[:12],
+                     "commit" if protocol == COMMIT_PROTOCOL else "withdrawal", exc.detail or exc.reason)
             await self.apply(job, "refused", meta={"reason": exc.reason})
         except RemoteError as exc:
             log.info("%s attempt %d for %s failed: %s", protocol, job.attempts + 1, job.job_id.hex()[:12], exc)

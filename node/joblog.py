@@ -3,7 +3,7 @@
 Submitter (`submitter_events`, called by Submitting.apply after each input): a bid, and every event
 the job's history gained (bids closed, award, replacement, commit, reveal, an executor's error);
 the verdict has its own line (Submitting._act, `Finished`). Executor (`executor_events`, called by
-Executing.apply): each change of the execution's state (running, executed, committed, revealed,
+Executing.apply; a bid or a decline has its own line in Executing._decided): each change of the execution's state (running, executed, committed, revealed,
 failed with its reason). Per-message protocol noise (a replayed announcement, a refusal) is at
 DEBUG and counted in `node info`'s `rejected` instead (Agent.reject). Each line carries `job_id`,
 `event` and, where there is one, `peer` as fields (`--log-format json` shows them).

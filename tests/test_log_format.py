@@ -68,7 +68,7 @@ def test_a_network_logs_one_json_object_a_line_and_a_job_at_info(tmp_path):
         assert any(m.startswith(f"job {job_id} {event}") for m in submitter), (event, submitter)
     assert len(submitter) == len(set(submitter)), submitter  # one line per event, none repeated
     executor = [m for m in info["b"] if job_id in m]
-    for event in ("bidding on", "running here", "executed here"):
+    for event in ("bidding here", "running here", "executed here"):
         assert any(event in m for m in executor), (event, executor)
     fields = [r["fields"] for r in logs["a"] if r["message"].startswith(f"job {job_id} commit ")]
     assert fields and all(f["event"] == "commit" and f["job_id"].startswith(job_id) and f["peer"] for f in fields)
