@@ -9,6 +9,11 @@ the one its store belongs to and refuses to start on a mismatch, or when node.ke
 node.db is there (startcheck.py, `IdentityMismatch`); a damaged node.db is `store.StoreDamaged`.
 Both messages are one line that says how to recover.
 
+Start failures: what a volunteer can fix (an address taken or not this host's, the data dir in use
+or not a directory, a control socket path too long, `--sandbox docker` with no daemon answering) is
+a `StartError` (p2p/startup.py) whose text is one line saying what to do; the addresses are probed
+right after the lock, before anything else logs, so that line is all a failed start prints.
+
 Identity cost: before it joins, a node proves `pow_difficulty` bits of work on its key
 (node/proof.py; stored, so solved once per key and difficulty).
 
@@ -144,8 +149,8 @@ def open_sandboxes(config: NodeConfig, log: logging.Logger) -> dict[str, Sandbox
     """The backend for each sandbox kind of a spec. Container jobs: the configured backend, or with
     "auto" Docker when its daemon answers and bubblewrap otherwise (never the unsafe process
     backend). WASM jobs always run in the wasm backend. Docker named by `sandbox` but not answering
-is a StartError: the volunteer asked for it, so a node that would bid on no container job does
-not start as if all were well."""
+    is a StartError: the volunteer asked for it, so a node that would bid on no container job does
+    not start as if all were well."""
     kind = config.sandbox
     if kind == "auto":
         docker = open_sandbox("docker", docker_host=config.docker_host, log=log)
