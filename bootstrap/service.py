@@ -10,8 +10,10 @@ message a node would refuse is dropped and counted in `rejected` by the node's r
 from __future__ import annotations
 
 import logging
+import os
 import time
 from collections import Counter, OrderedDict, deque
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -26,6 +28,7 @@ from distributeai.consensus.pow import DEFAULT_DIFFICULTY
 from distributeai.consensus.validate import MAX_SPEC_AGE_MS, CheckedAnnounce
 from distributeai.p2p.identity import load_or_create_key, peer_id_from_public_key, public_key_from_peer_id
 from distributeai.p2p.overlay import open_overlay
+from distributeai.p2p.startup import check_free, check_listen_free, listen_failed, lock_dir, make_dir
 
 from distributeai.bootstrap.api import bootstrap_app
 from distributeai.bootstrap.jobview import announce_view, certificate_view, spec_summary
@@ -139,7 +142,7 @@ class Stats:
                 self._certified(checked, now, now_ms)
         except RemoteProtocolError as exc:
             self.rejected[exc.reason] += 1
-            log.debug("rejected gossip from %s: %s", from_peer, exc)
+            log.debug("rejected gossip from %s: %s", from_peer, exc)  # counted in `rejected`; a flood must not flood the log
             if from_peer in self.last_seen:  # known, and pubsub checked it wrote this junk
                 self.seen(from_peer, now)
         else:
@@ -227,10 +230,36 @@ def _prune(times: deque[float], now: float) -> None:
 
 
 async def run_bootstrap(config: BootstrapConfig, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
-    config.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    """Run the bootstrap until cancelled. What stops its start is a one-line `StartError`
+    (p2p/startup.py): a data dir in use by another bootstrap or not creatable, an address taken."""
+    make_dir(config.data_dir)
+    lock_fd = lock_dir(config.data_dir, "bootstrap")
+    try:
+        check_listen_free("--listen", config.listen)
+        check_free("--http", config.http_host, config.http_port)
+        await _run_bootstrap(config, task_status)
+    finally:
+        os.close(lock_fd)
+
+
+@asynccontextmanager
+async def _listening_overlay(seed: bytes, listen: str):
+    """open_overlay, with a listen address that cannot be bound made a one-line StartError."""
+    entered = False
+    try:
+        async with open_overlay(seed, listen=listen, topics=[JOBS_TOPIC], dht_server=True) as overlay:
+            entered = True
+            yield overlay
+    except OSError as exc:
+        if entered:
+            raise
+        raise listen_failed("--listen", listen, exc) from None
+
+
+async def _run_bootstrap(config: BootstrapConfig, task_status) -> None:
     seed = config.seed if config.seed is not None else load_or_create_key(config.data_dir / "bootstrap.key")
     stats = Stats(config.pow_difficulty)
-    async with open_overlay(seed, listen=config.listen, topics=[JOBS_TOPIC], dht_server=True) as overlay:
+    async with _listening_overlay(seed, config.listen) as overlay:
 
         async def read_gossip():
             async for message in overlay.messages():
@@ -247,8 +276,11 @@ async def run_bootstrap(config: BootstrapConfig, *, task_status=trio.TASK_STATUS
         async with trio.open_nursery() as nursery:
             nursery.start_soon(read_gossip)
             nursery.start_soon(watch_peers)
-            host, port = await nursery.start(serve_app, config.http_host, config.http_port,
-                                             bootstrap_app(overlay, stats, metrics))
+            try:
+                host, port = await nursery.start(serve_app, config.http_host, config.http_port,
+                                                 bootstrap_app(overlay, stats, metrics))
+            except OSError as exc:
+                raise listen_failed("--http", f"{config.http_host}:{config.http_port}", exc) from None
             addr = overlay.multiaddrs()[0]
             (config.data_dir / "multiaddr").write_text(addr + "\n")
             task_status.started({"multiaddr": addr, "http": f"http://{host}:{port}"})

@@ -106,8 +106,11 @@ def run(app: typer.Typer, args: list[str] | None = None) -> NoReturn:
     Click prints a usage box of several lines for a missing option, a bad value or an unknown
     command; here every such error is `error: MESSAGE (see `PROG --help`)`. `--help` and shell
     completion behave as in click; a group called without a command shows its help (exit 0)."""
+    from .helpstyle import tidy
+
+    command = tidy(typer.main.get_command(app))  # one way to show flags, lists and defaults in --help
     try:
-        code = app(args=args, prog_name="distributeai", standalone_mode=False)
+        code = command(args=args, prog_name="distributeai", standalone_mode=False)
     except click_exc.NoArgsIsHelpError as exc:
         typer.echo(exc.format_message(), nl=False)  # typer's rich help is printed while formatting
         code = 0
@@ -135,20 +138,48 @@ def run(app: typer.Typer, args: list[str] | None = None) -> NoReturn:
 
 # --- running a service (node start, bootstrap start) ---------------------------------------------
 
-def setup_logging(level: str) -> None:
-    """Log at `level` to stderr, with libp2p's own loggers kept quiet."""
-    # Import libp2p first: importing it clears the handlers of its loggers (docs/libp2p.md, "Install").
-    import libp2p  # noqa: F401
+def setup_logging(level: str, fmt: str = "text") -> None:
+    """Log at `level` to stderr, as text or one JSON object a line (cli/logs.py)."""
+    from .logs import setup_logging as setup
 
-    from distributeai.p2p.overlay import quiet_libp2p_logs
-
-    logging.basicConfig(level=getattr(logging, level.upper(), logging.INFO), stream=sys.stderr,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    quiet_libp2p_logs()
+    setup(level, fmt)
 
 
 def run_service(async_fn, *args) -> None:
-    """Run a trio service until it ends, SIGINT or SIGTERM; both signals stop it cleanly."""
+    """Run a trio service until it ends, SIGINT or SIGTERM; both signals stop it cleanly. A
+    foreseeable reason it cannot start (p2p/startup.py StartError: an address taken, a data dir
+    in use) is one line on stderr and exit 1, wherever in its nurseries it was raised."""
+    try:
+        _run_service(async_fn, *args)
+    except BaseException as exc:  # trio's nurseries wrap what ends a service in exception groups
+        from distributeai.p2p.startup import StartError
+
+        if (refused := leaf(exc, StartError)) is not None:
+            fail(str(refused), 1)
+        raise
+
+
+def make_data_dir(path: Path, option: str = "--data-dir") -> None:
+    """Create a service's data directory (0700) if absent; one that cannot be is one line, exit 1."""
+    from distributeai.p2p.startup import StartError, make_dir
+
+    try:
+        make_dir(path, option)
+    except StartError as exc:
+        fail(str(exc), 1)
+
+
+def leaf(exc: BaseException, kind: type | tuple[type, ...]) -> BaseException | None:
+    """`exc` if it is a `kind`, else the first `kind` inside it (nested exception groups)."""
+    if isinstance(exc, kind):
+        return exc
+    for inner in exc.exceptions if isinstance(exc, BaseExceptionGroup) else ():
+        if (found := leaf(inner, kind)) is not None:
+            return found
+    return None
+
+
+def _run_service(async_fn, *args) -> None:
     import trio
 
     async def main() -> None:
@@ -172,6 +203,16 @@ def parse_hostport(value: str, option: str) -> tuple[str, int]:
     if not sep or not port.isdigit() or not 0 <= int(port) <= 65535:
         fail(f"{option} must be HOST:PORT, got {value!r}")
     return host or "127.0.0.1", int(port)
+
+
+def check_listen(value: str, option: str = "--listen") -> None:
+    """A libp2p listen address this program can bind: /ip4|ip6/HOST/tcp/PORT; else one line, exit 2.
+    (Its libp2p listens on TCP only, and a DNS name there is not resolved: it listened on every
+    interface instead.)"""
+    check_multiaddr(value, option)
+    parts = value.strip("/").split("/")
+    if len(parts) != 4 or parts[0] not in ("ip4", "ip6") or parts[2] != "tcp":
+        fail(f"{option} must be /ip4/HOST/tcp/PORT or /ip6/HOST/tcp/PORT (port 0: any free one), got {value!r}")
 
 
 def check_multiaddr(value: str, option: str) -> None:

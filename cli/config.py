@@ -39,11 +39,12 @@ ENV_PREFIX = "DISTRIBUTEAI_"
 CONFIG_ENV = "DISTRIBUTEAI_CONFIG"
 SANDBOXES = ("auto", "docker", "bwrap", "process")
 LOG_LEVELS = ("debug", "info", "warning", "error")
+LOG_FORMATS = ("text", "json")  # cli/logs.py
 HTTP_AUTHS = ("auto", "token")
 POW_MAX_BITS = 64  # consensus/pow.py MAX_DIFFICULTY: no key would ever be admitted beyond it
 
-DataDirOption = typer.Option(None, "--data-dir", help="The node's data directory (key, store, control socket); "
-                                                      "default: data_dir from the config file or DISTRIBUTEAI_DATA_DIR.")
+DataDirOption = typer.Option(None, "--data-dir", help="The node's data directory (key, store, control socket). "
+                                                      "Default data_dir from the config file or DISTRIBUTEAI_DATA_DIR.")
 JsonOption = typer.Option(False, "--json", help="Print one JSON object.")
 
 
@@ -88,6 +89,8 @@ class Config:
     pow_difficulty: int = 20
     # Enough to see peers and jobs come and go without libp2p's chatter.
     log_level: str = "info"
+    # Text for people; "json" (one object a line: time, level, logger, message, fields) for log shippers.
+    log_format: str = "text"
     # Requests a second one peer may send on one protocol; about 3 times an honest peer's peak
     # (p2p/ratelimit.py REQUEST_RATE). 0: no limit.
     request_rate_limit: float = REQUEST_RATE
@@ -169,6 +172,10 @@ def _parse(name: str, value: Any, where: str, *, text: bool, base: Path | None =
     if name == "log_level":
         if not isinstance(value, str) or value.lower() not in LOG_LEVELS:
             raise bad("one of " + ", ".join(LOG_LEVELS))
+        return value.lower()
+    if name == "log_format":
+        if not isinstance(value, str) or value.lower() not in LOG_FORMATS:
+            raise bad("one of " + ", ".join(LOG_FORMATS))
         return value.lower()
     if name in ("metrics", "api"):
         host, sep, port = value.rpartition(":") if isinstance(value, str) else ("", "", "")
@@ -322,6 +329,7 @@ def config_show(
     gpu: Optional[bool] = typer.Option(None, "--gpu/--no-gpu", help="This node offers a GPU."),
     pow_difficulty: Optional[int] = typer.Option(None, help="Proof-of-work bits demanded and solved."),
     log_level: Optional[str] = typer.Option(None, help="debug, info, warning or error."),
+    log_format: Optional[str] = typer.Option(None, help="text or json."),
     bootstrap_http: Optional[str] = typer.Option(None, help="The bootstrap's stats URL (for `status`)."),
     as_json: bool = JsonOption,
 ) -> None:
@@ -336,12 +344,16 @@ def config_show(
     cfg = settings(data_dir=data_dir, bootstrap=bootstrap, listen=listen, sandbox=sandbox, docker_host=docker_host,
                    metrics=metrics, cpu=cpu, memory_mb=memory_mb, max_jobs=max_jobs,
                    genesis_credits=genesis_credits, gpu=gpu, pow_difficulty=pow_difficulty, log_level=log_level,
-                   bootstrap_http=bootstrap_http)
+                   log_format=log_format, bootstrap_http=bootstrap_http)
     if as_json:
         print_json({"config_file": str(cfg.path), "config_file_exists": cfg.path_exists,
                     "settings": cfg.values(), "sources": dict(cfg.sources)})
         return
     typer.echo(f"# config file: {cfg.path}{'' if cfg.path_exists else ' (not found)'}")
-    for key, value in cfg.values().items():
-        shown = "(none)" if value is None or value == [] else ", ".join(value) if isinstance(value, list) else value
-        typer.echo(f"{key:16} {str(shown):40}  # {cfg.sources[key]}")
+    rows = [(key, "(none)" if value is None or value == [] else ", ".join(value) if isinstance(value, list)
+             else str(value).lower() if isinstance(value, bool) else str(value), cfg.sources[key])
+            for key, value in cfg.values().items()]
+    key_width = max(len(key) for key, _, _ in rows)
+    value_width = max(len(shown) for _, shown, _ in rows)
+    for key, shown, source in rows:
+        typer.echo(f"{key:{key_width}}  {shown:{value_width}}  # {source}")

@@ -11,7 +11,7 @@ from typing import Optional
 import typer
 
 from . import keys
-from .common import (DataDirOption, JsonOption, check_multiaddr, control, data_dir_of, fail, node_dir,
+from .common import (DataDirOption, JsonOption, check_listen, control, data_dir_of, fail, make_data_dir, node_dir,
                      parse_hostport, print_json, run_service, settings, setup_logging)
 
 bootstrap_app = typer.Typer(no_args_is_help=True, help="Run the bootstrap (DHT seed and stats page).")
@@ -20,21 +20,29 @@ bootstrap_app = typer.Typer(no_args_is_help=True, help="Run the bootstrap (DHT s
 @bootstrap_app.command("start")
 def bootstrap_start(
     listen: str = typer.Option("/ip4/127.0.0.1/tcp/4001", help="libp2p listen multiaddr."),
-    http: str = typer.Option("127.0.0.1:8080", help="HOST:PORT of the stats page and /api/stats."),
+    http: str = typer.Option("127.0.0.1:8080", help="HOST:PORT of the page, /api/stats and /metrics."),
     data_dir: Path = typer.Option(..., "--data-dir", help="The bootstrap's data directory (its key)."),
     log_level: str = typer.Option("info", help="debug, info, warning or error."),
+    log_format: str = typer.Option("text", "--log-format", help="text or json: one JSON object a line (time, level, logger, message, fields)."),
     passphrase_file: Optional[Path] = keys.PassphraseFileOption,
-    pow_difficulty: int = typer.Option(20, min=0, max=64, help="The network's proof-of-work bits (the nodes' --pow-difficulty): only announcements that prove them are counted, as nodes accept only those. Default 20, the nodes' default."),
+    pow_difficulty: int = typer.Option(20, min=0, max=64, help="The network's proof-of-work bits (the nodes' --pow-difficulty): only announcements that prove them are counted, as nodes accept only those."),
 ) -> None:
-    """Start the bootstrap. Prints its full multiaddr as the first line of stdout once ready.
+    """Start the bootstrap. Once ready it prints its full multiaddr as the first line of stdout
+    (also written to DATA_DIR/multiaddr), then the URL of its page.
 
     Example: distributeai bootstrap start --listen /ip4/127.0.0.1/tcp/4001 --http 127.0.0.1:8080 --data-dir ./boot
     """
+    from .config import LOG_FORMATS, LOG_LEVELS
+
     host, port = parse_hostport(http, "--http")
-    check_multiaddr(listen, "--listen")
-    data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    check_listen(listen)
+    if log_level.lower() not in LOG_LEVELS:
+        fail(f"--log-level must be one of {', '.join(LOG_LEVELS)}, got {log_level!r}")
+    if log_format.lower() not in LOG_FORMATS:
+        fail(f"--log-format must be one of {', '.join(LOG_FORMATS)}, got {log_format!r}")
+    make_data_dir(data_dir)
     seed = keys.unlock(data_dir / "bootstrap.key", passphrase_file, create=True)  # as node start
-    setup_logging(log_level)
+    setup_logging(log_level, log_format.lower())
     import trio
 
     from distributeai.bootstrap.service import BootstrapConfig, run_bootstrap
@@ -43,9 +51,9 @@ def bootstrap_start(
         async with trio.open_nursery() as nursery:
             info = await nursery.start(run_bootstrap, BootstrapConfig(data_dir, listen, host, port, pow_difficulty, seed=seed))
             print(info["multiaddr"], flush=True)
-            print(f"stats: {info['http']}/api/stats", flush=True)
+            print(f"page: {info['http']}/", flush=True)
 
-    run_service(serve)
+    run_service(serve)  # a StartError (data dir in use, an address taken): one line, exit 1
 
 
 def credits(data_dir: Optional[Path] = DataDirOption, as_json: bool = typer.Option(False, "--json", help="Print JSON.")) -> None:
@@ -83,7 +91,7 @@ def reputation(data_dir: Optional[Path] = DataDirOption, as_json: bool = JsonOpt
 def status(
     data_dir: Optional[Path] = DataDirOption,
     bootstrap_http: Optional[str] = typer.Option(None, "--bootstrap-http", help="The bootstrap's base URL for network "
-                                                 "totals (its /api/stats); default: bootstrap_http from the config."),
+                                                 "totals (its /api/stats). Default bootstrap_http from the config."),
     once: bool = typer.Option(False, "--once", help="Print one snapshot and exit."),
     as_json: bool = typer.Option(False, "--json", help="Print one snapshot as JSON and exit."),
 ) -> None:

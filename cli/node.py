@@ -9,8 +9,8 @@ from typing import Optional
 import typer
 
 from . import keys
-from .common import (DataDirOption, JsonOption, check_multiaddr, control, data_dir_of, fail, node_dir,
-                     parse_hostport, print_json, run_service, settings, setup_logging)
+from .common import (DataDirOption, JsonOption, check_listen, check_multiaddr, control, data_dir_of, fail, leaf, make_data_dir, node_dir,
+                     parse_hostport, print_json, run_service, safe, settings, setup_logging)
 
 node_app = typer.Typer(no_args_is_help=True, help="Run or inspect a volunteer node.")
 
@@ -20,21 +20,22 @@ def node_start(
     data_dir: Optional[Path] = DataDirOption,
     bootstrap: list[str] = typer.Option([], "--bootstrap", help="Bootstrap multiaddr ending in /p2p/<peer id>; repeatable."),
     listen: Optional[str] = typer.Option(None, help="libp2p listen multiaddr. Default /ip4/127.0.0.1/tcp/0."),
-    sandbox: Optional[str] = typer.Option(None, help="Container jobs: auto (the default: docker if its daemon answers, else bwrap), docker, bwrap, or process (runs jobs unisolated on this host). WASM jobs always run in wasm."),
-    gpu: Optional[bool] = typer.Option(None, "--gpu/--no-gpu", help="This node offers a GPU (jobs that need one are bid on). Default: no."),
-    docker_host: Optional[str] = typer.Option(None, help="Docker daemon address. Default: DOCKER_HOST, else Docker's socket."),
+    sandbox: Optional[str] = typer.Option(None, help="Container jobs: auto (docker if its daemon answers, else bwrap), docker, bwrap, or process (runs jobs unisolated on this host). WASM jobs always run in wasm. Default auto."),
+    gpu: Optional[bool] = typer.Option(None, "--gpu/--no-gpu", help="This node offers a GPU (jobs that need one are bid on). Default no."),
+    docker_host: Optional[str] = typer.Option(None, help="Docker daemon address. Default DOCKER_HOST, else Docker's socket."),
     cpu: Optional[float] = typer.Option(None, help="Cores this node offers to jobs. Default 2."),
     memory_mb: Optional[int] = typer.Option(None, help="Memory in MiB this node offers to jobs. Default 2048."),
     max_jobs: Optional[int] = typer.Option(None, help="Jobs run at once. Default 4."),
     genesis_credits: Optional[int] = typer.Option(None, help="Credits every identity starts with, in this node's view. Default 100."),
-    metrics: Optional[str] = typer.Option(None, help="HOST:PORT to serve Prometheus /metrics on (port 0: any free one, shown by `node info`). Default: off."),
-    api: Optional[str] = typer.Option(None, help="HOST:PORT to serve the REST API on (POST /api/v1/jobs, GET /api/v1/jobs/ID, /api/v1/nodes, /stats, /openapi.json; port 0: any free one, shown by `node info` as api_url). Off loopback it asks for a bearer token. Default: off."),
-    pow_difficulty: Optional[int] = typer.Option(None, help="Proof-of-work bits demanded of every bidder and announcer, and solved once for this node's own key (stored in DATA_DIR/node.pow). Default 20: about 0.5 s."),
-    log_level: Optional[str] = typer.Option(None, help="debug, info (the default), warning or error."),
-    http_auth: Optional[str] = typer.Option(None, "--http-auth", help="auto (the default): /metrics asks for a "
-                                            "bearer token unless it listens on loopback; token: always."),
+    metrics: Optional[str] = typer.Option(None, help="HOST:PORT to serve Prometheus /metrics on (port 0: any free one, shown by `node info`). Default off."),
+    api: Optional[str] = typer.Option(None, help="HOST:PORT to serve the REST API on (POST /api/v1/jobs, GET /api/v1/jobs/ID, /api/v1/nodes, /stats, /openapi.json; port 0: any free one, shown by `node info` as api_url). Off loopback it asks for a bearer token. Default off."),
+    pow_difficulty: Optional[int] = typer.Option(None, help="Proof-of-work bits demanded of every bidder and announcer, and solved once for this node's own key (stored in DATA_DIR/node.pow). Default 20 (about 0.5 s)."),
+    log_level: Optional[str] = typer.Option(None, help="debug, info, warning or error. Default info."),
+    log_format: Optional[str] = typer.Option(None, "--log-format", help="text or json: one JSON object a line (time, level, logger, message, fields) for log shippers. Default text."),
+    http_auth: Optional[str] = typer.Option(None, "--http-auth", help="auto: /metrics and the REST API ask for a "
+                                            "bearer token unless they listen on loopback; token: always. Default auto."),
     http_token_file: Optional[Path] = typer.Option(None, "--http-token-file", help="A file (mode 0600) holding "
-                                                   "the bearer token. Default: DATA_DIR/http.token, made when needed."),
+                                                   "the bearer token. Default DATA_DIR/http.token, made when needed."),
     passphrase_file: Optional[Path] = keys.PassphraseFileOption,
     request_rate_limit: Optional[float] = typer.Option(None, help="Requests a second one peer may send on one protocol; more are refused (rate_limited). Default 50; 0: no limit."),
     gossip_rate_limit: Optional[float] = typer.Option(None, help="Gossip messages a second by one author (a forwarding peer: 2 times that); more are dropped, not relayed. Default 50; 0: no limit."),
@@ -50,7 +51,7 @@ def node_start(
     """
     cfg = settings(data_dir=data_dir, bootstrap=bootstrap, listen=listen, sandbox=sandbox, gpu=gpu,
                    docker_host=docker_host, cpu=cpu, memory_mb=memory_mb, max_jobs=max_jobs,
-                   genesis_credits=genesis_credits, metrics=metrics, api=api, log_level=log_level, http_auth=http_auth,
+                   genesis_credits=genesis_credits, metrics=metrics, api=api, log_level=log_level, log_format=log_format, http_auth=http_auth,
                    http_token_file=http_token_file,
                    request_rate_limit=request_rate_limit, gossip_rate_limit=gossip_rate_limit,
                    newcomer_gossip_rate_limit=newcomer_gossip_rate_limit,
@@ -61,7 +62,7 @@ def node_start(
         check_multiaddr(b, "--bootstrap")
         if "/p2p/" not in b:
             fail(f"--bootstrap {b!r} must end in /p2p/<peer id>")
-    check_multiaddr(cfg.listen, "--listen")
+    check_listen(cfg.listen)
     metrics_at = parse_hostport(cfg.metrics, "--metrics") if cfg.metrics is not None else None
     api_at = parse_hostport(cfg.api, "--api") if cfg.api is not None else None
     from distributeai.node.paths import key_path
@@ -70,7 +71,7 @@ def node_start(
     # The key is opened here, before anything starts: a wrong passphrase is one line and exit 2.
     # A new key is encrypted when a passphrase is given by file or environment; none is made
     # where node.db holds an identity's history (node/startcheck.py).
-    data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    make_data_dir(data_dir)
     try:
         check_key_present(data_dir)
     except IdentityMismatch as exc:
@@ -85,9 +86,9 @@ def node_start(
             http_token(listener[0], data_dir, force=cfg.http_auth == "token", token_file=cfg.http_token_file)
         except (TokenFileError, OSError) as exc:
             fail(f"--http-token-file: {exc}" if isinstance(exc, OSError) else str(exc))
-    setup_logging(cfg.log_level)
+    setup_logging(cfg.log_level, cfg.log_format)
     from distributeai.node.bidding import Capacity
-    from distributeai.node.daemon import DataDirBusy, NodeConfig, run_node
+    from distributeai.node.daemon import NodeConfig, run_node
     from distributeai.p2p.ratelimit import RateLimits
 
     config = NodeConfig(data_dir=data_dir, bootstrap=cfg.bootstrap, listen=cfg.listen, sandbox=cfg.sandbox,
@@ -111,25 +112,13 @@ def node_start(
     from distributeai.node.store import StoreDamaged, StoreFull
 
     try:
-        run_service(serve)
+        run_service(serve)  # a StartError (data dir in use, an address taken, Docker down): one line, exit 1
     except BaseException as exc:  # trio's nurseries wrap what ends a service in exception groups
-        if (busy := _leaf(exc, DataDirBusy)) is not None:
-            fail(str(busy), 1)
-        if (refused := _leaf(exc, (IdentityMismatch, StoreDamaged))) is not None:  # the data dir's to fix
+        if (refused := leaf(exc, (IdentityMismatch, StoreDamaged))) is not None:  # the data dir's to fix
             fail(str(refused))
-        if (full := _leaf(exc, StoreFull)) is not None:  # a store that cannot even open: one line
+        if (full := leaf(exc, StoreFull)) is not None:  # a store that cannot even open: one line
             fail(f"{full}; free some space on {data_dir}'s filesystem and start the node again", 1)
         raise
-
-
-def _leaf(exc: BaseException, kind: type | tuple[type, ...]) -> BaseException | None:
-    """`exc` if it is a `kind`, else the first `kind` inside it (nested exception groups)."""
-    if isinstance(exc, kind):
-        return exc
-    for inner in exc.exceptions if isinstance(exc, BaseExceptionGroup) else ():
-        if (found := _leaf(inner, kind)) is not None:
-            return found
-    return None
 
 
 @node_app.command("info")
@@ -164,10 +153,44 @@ def node_info(data_dir: Optional[Path] = DataDirOption, as_json: bool = typer.Op
     if as_json:
         typer.echo(json.dumps(info))
         return
-    for key in ("peer_id", "multiaddrs", "running", "sandbox", "reputation", "credits", "peers", "counters",
-                "rejected", "disk"):
+    for line in info_lines(info):
+        typer.echo(line)
+
+
+def info_lines(info: dict) -> list[str]:
+    """`node info` for people: one labelled line per fact, lists one item a line, counts as
+    `name n` pairs; what the node did not report is left out."""
+    from distributeai.node.bidding import human
+
+    rows: list[tuple[str, list[str]]] = [("peer id", [safe(info["peer_id"])])]
+    rows.append(("running", [f"yes (pid {info['pid']})" if info.get("pid") else "yes"] if info.get("running")
+                 else ["no (addresses from its last start)"]))
+    rows.append(("addresses", [safe(a) for a in info.get("multiaddrs", [])] or ["none"]))
+    if "sandboxes" in info:
+        rows.append(("sandboxes", [", ".join(f"{kind} in {s['backend']}{'' if s['ok'] else ' (unusable)'}"
+                                             for kind, s in info["sandboxes"].items())]))
+    elif "sandbox" in info:
+        rows.append(("sandbox", [safe(info["sandbox"])]))
+    for key, label in (("reputation", "reputation"), ("credits", "credits"), ("jobs_running", "jobs running")):
         if key in info:
-            typer.echo(f"{key:12} {info[key]}")
+            rows.append((label, [str(info[key])]))
+    if "peers" in info:
+        peers = info["peers"]
+        rows.append(("peers", [f"{len(peers)} connected"] + [safe(p) for p in peers]))
+    for key, label in (("api_url", "api"), ("metrics_url", "metrics")):
+        if info.get(key):
+            rows.append((label, [safe(info[key])]))
+    for key in ("counters", "rejected"):
+        if key in info:
+            counts = info[key]
+            rows.append((key, [", ".join(f"{safe(k)} {v}" for k, v in sorted(counts.items())) or "none"]))
+    if "disk" in info:
+        d = info["disk"]
+        state = "low: not bidding" if d.get("low") else "ok"
+        rows.append(("disk", [f"{human(d['free'])} free, {human(d['reserve'])} kept in reserve ({state}) on "
+                              f"{safe(d['path'])}"]))
+    width = max(len(label) for label, _ in rows) + 2
+    return [f"{label if i == 0 else '':{width}}{value}" for label, values in rows for i, value in enumerate(values)]
 
 
 @node_app.command("peers")

@@ -108,7 +108,7 @@ def simulate(
 
 def fuzz_command(
     inputs: int = typer.Option(100_000, "--inputs", help="Mutated inputs per decoder."),
-    decoder: list[str] = typer.Option([], "--decoder", help="A decoder to fuzz (repeatable); default: all of them."),
+    decoder: list[str] = typer.Option([], "--decoder", help="A decoder to fuzz; repeatable. Default all of them."),
     seed: int = typer.Option(0, "--seed", help="The run's seed: the same seed gives the same inputs."),
     findings_dir: Optional[Path] = typer.Option(None, "--findings-dir", help="Write each finding's input here."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
@@ -151,7 +151,7 @@ def print_report(result: dict) -> None:
 
 
 def sandbox_time(
-    backends: list[str] = typer.Argument(None, help="Backends to time (default: docker bwrap wasm process)."),
+    backends: list[str] = typer.Argument(None, help="Backends to time. Default docker bwrap wasm process."),
     runs: int = typer.Option(10, help="Timed runs per backend, after one warm-up run."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON."),
 ) -> None:
@@ -176,7 +176,7 @@ def sandbox_time(
 
 def devnet(
     nodes: int = typer.Option(3, help="Number of nodes."),
-    sandbox: str = typer.Option("docker", help="The nodes' sandbox for container jobs: auto, docker, bwrap or process."),
+    sandbox: str = typer.Option("auto", help="The nodes' sandbox for container jobs: auto (docker if its daemon answers, else bwrap, as for `node start`), docker, bwrap or process."),
     data_dir: Path = typer.Option(Path(".run/devnet"), "--data-dir", help="Where the network keeps its data (reset at start)."),
     demo: bool = typer.Option(False, "--demo", help="Submit the demo job, print its verified result, and stop."),
     repeat: int = typer.Option(1, "--repeat", help="With --demo: submit it this many times and print timings."),

@@ -150,8 +150,6 @@ class Agent:
         async with trio.open_nursery() as nursery:
             self.nursery = nursery
             await self._rebuild_ledger()
-            for protocol, handler in self.handlers.items():
-                self.overlay.set_handler(protocol, self._guard(handler))
             # What the overlay refuses before any handler sees it (a peer over its rate limit,
             # an oversized or malformed request) counts as the node's own rejections do; at
             # DEBUG, since a flood would otherwise log a line per message.
@@ -159,6 +157,9 @@ class Agent:
             self.overlay.set_standing(self.established)
             await self.submitting.recover()
             await self.executing.recover()
+            # Peers' requests only once the jobs are rebuilt: a commit arriving earlier would be refused as unknown_job.
+            for protocol, handler in self.handlers.items():
+                self.overlay.set_handler(protocol, self._guard(handler))
             nursery.start_soon(self._read_gossip)
             nursery.start_soon(self._keep_running, self.submitting.run_deadlines)
             nursery.start_soon(self.disk.run)
@@ -193,7 +194,7 @@ class Agent:
         self.counters[what] += 1
         self.metrics.count(what)
 
-    def reject(self, reason: str, detail: str = "", *, level: int = logging.INFO) -> None:
+    def reject(self, reason: str, detail: str = "", *, level: int = logging.DEBUG) -> None:
         self.rejected[reason] += 1
         self.metrics.reject(reason)
         log.log(level, "rejected: %s %s", reason, detail)

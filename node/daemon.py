@@ -9,6 +9,11 @@ the one its store belongs to and refuses to start on a mismatch, or when node.ke
 node.db is there (startcheck.py, `IdentityMismatch`); a damaged node.db is `store.StoreDamaged`.
 Both messages are one line that says how to recover.
 
+Start failures: what a volunteer can fix (an address taken or not this host's, the data dir in use
+or not a directory, a control socket path too long, `--sandbox docker` with no daemon answering) is
+a `StartError` (p2p/startup.py) whose text is one line saying what to do; the addresses are probed
+right after the lock, before anything else logs, so that line is all a failed start prints.
+
 Identity cost: before it joins, a node proves `pow_difficulty` bits of work on its key
 (node/proof.py; stored, so solved once per key and difficulty).
 
@@ -20,10 +25,10 @@ multiaddrs, pid) for tools that look without a running node.
 
 from __future__ import annotations
 
-import fcntl
 import json
 import logging
 import os
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
@@ -37,6 +42,8 @@ from distributeai.p2p.httpauth import http_token
 from distributeai.p2p.identity import load_or_create_key, peer_id_from_public_key
 from distributeai.p2p.overlay import open_overlay
 from distributeai.p2p.ratelimit import RateLimits
+from distributeai.p2p.startup import (DirBusy, StartError, check_free, check_listen_free, listen_failed, lock_dir,
+                                      make_dir)  # noqa: F401 (StartError re-exported)
 from distributeai.sandbox import Sandbox, SandboxError, open_sandbox
 from distributeai.sandbox.outdir import remove_stale_stages
 
@@ -58,6 +65,7 @@ from .store import Store, StoreFull
 log = logging.getLogger("distributeai.node")
 PEER_CHECK_INTERVAL_S = 1.0  # how often the connected set is compared with what was last saved
 API_DEADLINE_S = 60.0  # a REST request may fetch an output file from an executor; 10 s is too short for that
+MAX_UNIX_PATH = 107  # bytes of a Unix socket's path (sun_path is 108 with its NUL, on Linux)
 AGENT_CLASS = Agent  # tests/byzantine_node.py runs the real node with a dishonest Agent subclass
 
 
@@ -88,19 +96,36 @@ class NodeConfig:
     keep_outputs_s: float = DEFAULT_KEEP_OUTPUTS_S  # outputs kept after a job ended (node/retention.py)
 
 
-class DataDirBusy(RuntimeError):
-    pass
+DataDirBusy = DirBusy  # another process holds the data dir's lock (a StartError: one line, exit 1)
 
 
 def lock_data_dir(data_dir: Path) -> int:
     """Hold an exclusive lock on the data directory for the life of the process."""
-    fd = os.open(data_dir / "lock", os.O_RDWR | os.O_CREAT, 0o600)
+    return lock_dir(data_dir, "node")
+
+
+@asynccontextmanager
+async def _listening_overlay(seed: bytes, config: NodeConfig, remembered: list[str]):
+    """open_overlay, with a listen address that cannot be bound made a one-line StartError."""
+    entered = False
     try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        os.close(fd)
-        raise DataDirBusy(f"another process is using {data_dir}") from None
-    return fd
+        async with open_overlay(seed, listen=config.listen, bootstrap=config.bootstrap, remembered=remembered,
+                                topics=[JOBS_TOPIC], rate_limits=config.rate_limits) as overlay:
+            entered = True
+            yield overlay
+    except OSError as exc:
+        if entered:
+            raise
+        raise listen_failed("--listen", config.listen, exc) from None
+
+
+async def _serve(nursery: trio.Nursery, option: str, at: tuple[str, int], serve, *args) -> tuple[str, int]:
+    """Start an HTTP listener (`serve`, with `args` after host and port) in `nursery`; its bound
+    (host, port). An address that cannot be bound is a one-line StartError naming `option`."""
+    try:
+        return await nursery.start(serve, *at, *args)
+    except OSError as exc:
+        raise listen_failed(option, f"{at[0]}:{at[1]}", exc) from None
 
 
 async def _save_peers(agent: Agent, store: Store) -> None:
@@ -123,7 +148,9 @@ async def _save_peers(agent: Agent, store: Store) -> None:
 def open_sandboxes(config: NodeConfig, log: logging.Logger) -> dict[str, Sandbox]:
     """The backend for each sandbox kind of a spec. Container jobs: the configured backend, or with
     "auto" Docker when its daemon answers and bubblewrap otherwise (never the unsafe process
-    backend). WASM jobs always run in the wasm backend."""
+    backend). WASM jobs always run in the wasm backend. Docker named by `sandbox` but not answering
+    is a StartError: the volunteer asked for it, so a node that would bid on no container job does
+    not start as if all were well."""
     kind = config.sandbox
     if kind == "auto":
         docker = open_sandbox("docker", docker_host=config.docker_host, log=log)
@@ -135,6 +162,13 @@ def open_sandboxes(config: NodeConfig, log: logging.Logger) -> dict[str, Sandbox
             kind = "bwrap"
         docker.close()
     sandboxes = {"container": open_sandbox(kind, docker_host=config.docker_host, log=log)}
+    if config.sandbox == "docker":  # asked for by name: a daemon that does not answer stops the start
+        try:
+            sandboxes["container"].check()
+        except SandboxError as exc:
+            sandboxes["container"].close()
+            raise StartError(f"--sandbox docker: {exc}; start Docker, point --docker-host (or DOCKER_HOST) at "
+                             f"its daemon, or use --sandbox auto (bwrap when Docker is down)") from None
     try:
         sandboxes["wasm"] = open_sandbox("wasm", log=log)
     except ImportError as exc:  # wasmtime missing: this node simply does not bid on wasm jobs
@@ -144,9 +178,18 @@ def open_sandboxes(config: NodeConfig, log: logging.Logger) -> dict[str, Sandbox
 
 async def run_node(config: NodeConfig, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
     data_dir = config.data_dir
-    data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    make_dir(data_dir)
+    socket_path = os.fsencode(control_path(data_dir))
+    if len(socket_path) > MAX_UNIX_PATH:
+        raise StartError(f"the control socket {control_path(data_dir)} would be {len(socket_path)} bytes long, over the "
+                         f"{MAX_UNIX_PATH} a Unix socket's path may have: give a shorter --data-dir")
     lock_fd = lock_data_dir(data_dir)
     try:
+        # Addresses first: a port taken is then the one line a failed start prints.
+        check_listen_free("--listen", config.listen)
+        for option, at in (("--metrics", config.metrics), ("--api", config.api)):
+            if at is not None:
+                check_free(option, *at)
         if config.seed is None:
             check_key_present(data_dir)
         seed = config.seed if config.seed is not None else load_or_create_key(key_path(data_dir))
@@ -160,16 +203,14 @@ async def run_node(config: NodeConfig, *, task_status=trio.TASK_STATUS_IGNORED) 
             recorded = await store.check_identity(peer_id)
             if recorded is not None:
                 raise mismatch(data_dir, recorded, peer_id)
+            sandboxes = open_sandboxes(config, log)  # before the work: Docker named but down stops the start
             pow_nonce = await load_or_solve(pow_path(data_dir), identity.public_key, config.pow_difficulty)
-            sandboxes = open_sandboxes(config, log)
             # A run cut short by a kill left its /out tmpfs mounted: free it now, not at the next run.
             await trio.to_thread.run_sync(remove_stale_stages, data_dir / "outputs", log)
             # Known peers from earlier runs come after the configured bootstrap, so a restarted node
             # rejoins even when the bootstrap is gone.
             remembered = [a for _, addrs in await store.known_peers(limit=8) for a in addrs[:1]]
-            bootstrap = list(dict.fromkeys([*config.bootstrap, *remembered]))
-            async with open_overlay(seed, listen=config.listen, bootstrap=bootstrap, topics=[JOBS_TOPIC],
-                                    rate_limits=config.rate_limits) as overlay:
+            async with _listening_overlay(seed, config, remembered) as overlay:
                 settings = NodeSettings(sandboxes["container"].name, gpu=config.gpu, capacity=config.capacity,
                                         price=config.price, genesis_credits=config.genesis_credits,
                                         timing=config.timing, pow_difficulty=config.pow_difficulty,
@@ -184,18 +225,18 @@ async def run_node(config: NodeConfig, *, task_status=trio.TASK_STATUS_IGNORED) 
                     if config.metrics is not None:
                         token = http_token(config.metrics[0], data_dir, force=config.http_auth == "token",
                                            token_file=config.http_token_file)
-                        host, port = await nursery.start(partial(serve_http, token=token, counters=agent.http),
-                                                         *config.metrics,
-                                                         {"/metrics": agent.metrics.http_route})
+                        host, port = await _serve(nursery, "--metrics", config.metrics,
+                                                  partial(serve_http, token=token, counters=agent.http),
+                                                  {"/metrics": agent.metrics.http_route})
                         shown = f"[{host}]" if ":" in host else host  # an IPv6 address
                         agent.metrics_url = f"http://{shown}:{port}/metrics"
                     if config.api is not None:
                         token = http_token(config.api[0], data_dir, force=config.http_auth == "token",
                                            token_file=config.http_token_file)
-                        host, port = await nursery.start(partial(serve_app, app=RestApi(agent), token=token,
-                                                                 max_body=API_MAX_BODY, deadline_s=API_DEADLINE_S,
-                                                                 counters=agent.http),
-                                                         *config.api)
+                        host, port = await _serve(nursery, "--api", config.api,
+                                                  partial(serve_app, app=RestApi(agent), token=token,
+                                                          max_body=API_MAX_BODY, deadline_s=API_DEADLINE_S,
+                                                          counters=agent.http))
                         shown = f"[{host}]" if ":" in host else host
                         agent.api_url = f"http://{shown}:{port}"
                     nursery.start_soon(_save_peers, agent, store)

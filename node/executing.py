@@ -46,6 +46,7 @@ from distributeai.sandbox.base import RunRequest, RunResult, Sandbox, SandboxErr
 from . import wire
 from .bidding import IMAGE_MISSING, BidContext, decide
 from .inbound import decode_award
+from .joblog import executor_events
 from .ports import NodeSettings, Ports, Sandboxes
 from .store import StoreFull
 
@@ -105,10 +106,11 @@ class Executing:
         if bid:
             msg = sign(self.identity, Bid(job_id, self.me, s.price, s.capacity.cpu_millis, s.capacity.memory_mb,
                                           (self.sandboxes.backends[spec.sandbox].name,), self.ports.now_ms(), s.pow_nonce))
+            log.info("job %s bidding here", job_id.hex()[:12])
             self.ports.runtime.spawn(self._send_bid, spec.submitter, msg, addrs, BID_PROTOCOL)
             return
         self.ports.events.count(f"declined_{code}")
-        log.info("declined job %s: %s", job_id.hex()[:12], reason)
+        log.info("job %s declined here: %s", job_id.hex()[:12], reason)
         detail = escape_name(reason, DECLINE_DETAIL_MAX)
         msg = sign(self.identity, Decline(job_id, self.me, code, detail, self.ports.now_ms(), s.pow_nonce))
         self.ports.runtime.spawn(self._send_bid, spec.submitter, msg, addrs, DECLINE_PROTOCOL)
@@ -189,8 +191,9 @@ class Executing:
         meta = meta or {}
         async with self._lock:
             now = self.ports.now_ms()
-            repeat = kind == "reveal_asked" and job.state == "revealed"
+            repeat, before = kind == "reveal_asked" and job.state == "revealed", job.state
             actions = apply_input(job, kind, raw, meta, now)
+            executor_events(job, before)  # INFO: one line per state change
             if repeat:  # answered before: storing it again would change nothing but the table's size
                 return actions
             await self.store.record_execution_input(job.job_id.hex(), kind, raw, meta, now, status=job.state,
@@ -222,7 +225,8 @@ class Executing:
         try:
             await self.ports.transport.deliver(job.spec.submitter, protocol, data)
         except RemoteProtocolError as exc:
-            log.info("%s refused for %s: %s", protocol, job.job_id.hex()[:12], exc)
+            log.info("job %s %s refused by its submitter: %s", job.job_id.hex()[:12],
+                     "commit" if protocol == COMMIT_PROTOCOL else "withdrawal", exc.detail or exc.reason)
             await self.apply(job, "refused", meta={"reason": exc.reason})
         except RemoteError as exc:
             log.info("%s attempt %d for %s failed: %s", protocol, job.attempts + 1, job.job_id.hex()[:12], exc)

@@ -36,6 +36,7 @@ from distributeai.p2p.overlay import RemoteError
 
 from . import wire
 from .inbound import decode_reveal_answer
+from .joblog import submitter_events
 from .ports import NodeSettings, Ports
 
 log = logging.getLogger("distributeai.node.submitter")
@@ -65,6 +66,7 @@ class Submitting:
         self.consider = consider
         self.ended = ended
         self.jobs: dict[bytes, SubmitterJob] = {}
+        self.ended_before: set[bytes] = set()  # jobs that ended before this start (not rebuilt by recover)
         self._lock = trio.Lock()  # inputs reach the store in the order they were applied
 
     # --- entry points -------------------------------------------------------------------------
@@ -117,6 +119,8 @@ class Submitting:
         self.jobs[job_id] = job
         await p.transport.publish(announce)
         p.events.count("announced")
+        log.info("job %s announced%s: %d of %d must agree", job_id.hex()[:12],
+                 f" ({spec.msg.name})" if spec.msg.name else "", spec.msg.quorum, spec.msg.replicas)
         p.events.notify()
         await self.consider(job_id, spec.msg, ())
         p.runtime.spawn(self._reannounce, job, announce)
@@ -210,6 +214,7 @@ class Submitting:
                 meta["unbid_best"] = self._unbid_best(job, b"")
             meta["undecided"] = self._undecided(job, payload.signer if kind in ("bid", "decline") else b"")
             actions = apply_input(job, kind, payload, meta, now)
+            submitter_events(job, kind, payload.signer if isinstance(payload, Signed) else None, seen)  # INFO
             if not actions and kind in ("tick", "undelivered") and len(job.history) == seen:
                 return  # nothing happened: nothing to store
             raw = payload.raw if isinstance(payload, Signed) else payload
@@ -241,7 +246,7 @@ class Submitting:
             elif isinstance(action, Penalize):
                 p.events.reject(action.reason, f"by executor {peer_id_from_public_key(action.executor)}")
             elif isinstance(action, Finished):
-                log.info("job %s %s %s", job.job_id.hex()[:12], action.status, action.reason)
+                log.info("job %s %s%s", job.job_id.hex()[:12], action.status, f": {action.reason}" if action.reason else "")
                 await self.ended(job.job_id, "cancelled" if action.reason == "cancelled" else action.status)
                 p.events.job_finished(action.status, action.reason, (p.now_ms() - job.started_ms) / 1000)
 
@@ -295,6 +300,7 @@ class Submitting:
         p = self.ports
         for row in await p.store.list_jobs(role="submitter", limit=100_000):
             if row["status"] in ("verified", "failed", "nondeterministic"):
+                self.ended_before.add(bytes.fromhex(row["job_id"]))  # a late commit is job_finished, as before the restart
                 continue
             job = replay(self.identity, self.timing, await p.store.inputs(row["job_id"]))
             if job is None:
@@ -346,6 +352,8 @@ class Submitting:
 
     def _own_job(self, job_id: bytes) -> SubmitterJob:
         job = self.jobs.get(job_id)
+        if job is None and job_id in self.ended_before:
+            raise RemoteProtocolError("job_finished", "the job has ended")
         if job is None:
             raise RemoteProtocolError("unknown_job", "no such job submitted here")
         return job

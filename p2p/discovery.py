@@ -63,6 +63,7 @@ class Discovery:
     def _init_discovery(self) -> None:
         self._last_self_lookup = -SELF_LOOKUP_EVERY_S
         self._bootstrap_unreachable: set[ID] = set()  # bootstrap peers last seen failing, warned once
+        self._named_bootstrap: set[ID] = set()  # the configured ones; the rest were remembered (open_overlay)
 
     async def _discovery_loop(self, bootstrap: Sequence[PeerInfo]) -> None:
         """Dial the bootstrap peers, then keep finding peers through the DHT and dialing some.
@@ -149,14 +150,19 @@ class Discovery:
 
     async def _dial_bootstrap(self, info: PeerInfo) -> None:
         """A configured bootstrap peer: say once, at WARNING, when it cannot be reached (the
-        operator named it), and once more when it can again; discovery keeps retrying."""
+        operator named it), and once more when it can again; discovery keeps retrying. A peer
+        remembered from an earlier run is dialed the same way, but quietly: it may be gone."""
+        if info.peer_id not in self._named_bootstrap:
+            await self._dial_quietly(info)
+            return
         try:
             await self._dial(info)
         except RemoteError as exc:
             if info.peer_id not in self._bootstrap_unreachable:
                 self._bootstrap_unreachable.add(info.peer_id)
                 addrs = " ".join(str(a) for a in info.addrs)
-                logger.warning("cannot reach bootstrap %s/p2p/%s (%s); retrying", addrs, info.peer_id, exc)
+                logger.warning("cannot reach bootstrap %s/p2p/%s (%s); the node runs and keeps trying",
+                               addrs, info.peer_id, exc)
         else:
             if info.peer_id in self._bootstrap_unreachable:
                 self._bootstrap_unreachable.discard(info.peer_id)

@@ -334,6 +334,7 @@ async def open_overlay(
     *,
     listen: str = "/ip4/127.0.0.1/tcp/0",
     bootstrap: Sequence[str] = (),
+    remembered: Sequence[str] = (),
     topics: Sequence[str] = (),
     dht_server: bool = True,
     max_message_bytes: int = 1 << 20,
@@ -344,6 +345,8 @@ async def open_overlay(
     Bootstrap peers are dialed in the background, and re-dialed whenever discovery runs while
     they are disconnected, so a node starts even when they are down. Raises ValueError for a
     malformed bootstrap addr, OSError if `listen` cannot be bound or its port is taken.
+    `remembered`: peers known from earlier runs, dialed as the bootstrap peers are, but an
+    unreachable one is no news (DEBUG), where an unreachable bootstrap is a WARNING.
     `rate_limits` (default `RateLimits()`): the per-peer limits on requests and gossip.
     """
     boot_infos = []
@@ -352,10 +355,19 @@ async def open_overlay(
             boot_infos.append(info_from_p2p_addr(Multiaddr(addr)))
         except Exception as exc:
             raise ValueError(f"bootstrap addr must end in /p2p/<peer id>: {addr!r}") from exc
+    named = {info.peer_id for info in boot_infos}
+    for addr in remembered:
+        try:
+            info = info_from_p2p_addr(Multiaddr(addr))
+        except Exception:
+            continue  # a stored address that no longer parses: not worth a start failure
+        if info.peer_id not in named:
+            boot_infos.append(info)
     listen_addr = Multiaddr(listen)
     workarounds.check_port_free(listen_addr)
     overlay = Overlay(seed, dht_server=dht_server, max_message_bytes=max_message_bytes, rate_limits=rate_limits)
     boot_infos = [i for i in boot_infos if i.peer_id != overlay._self_id]
+    overlay._named_bootstrap = named
     try:
         async with _run(overlay, listen_addr, topics, boot_infos):
             yield overlay

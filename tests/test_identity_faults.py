@@ -145,7 +145,8 @@ def test_a_data_dir_in_use_is_one_line_not_a_traceback(tmp_path):
     finally:
         os.close(fd)
     assert out.returncode == 1 and "Traceback" not in out.stderr, out.stderr
-    assert out.stderr.strip().splitlines() == [f"error: another process is using {data}"]
+    assert out.stderr.strip().splitlines() == [f"error: another process is using {data} (a node already runs there: "
+                                               "stop it, or give another --data-dir)"]
 
 
 def test_two_data_dirs_with_one_key_are_noticed(tmp_path):

@@ -111,7 +111,7 @@ class Devnet:
         reader = LineReader(proc, "bootstrap", boot_dir / "log")
         self.bootstrap_addr = reader.readline(deadline - time.monotonic())
         http_line = reader.readline(deadline - time.monotonic())
-        self.http_url = http_line.split()[-1].rsplit("/api/stats", 1)[0]
+        self.http_url = http_line.split()[-1].rstrip("/")  # "page: http://HOST:PORT/"
         self.add_nodes(self.nodes, timeout=deadline - time.monotonic())
         return self
 
