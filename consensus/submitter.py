@@ -155,9 +155,11 @@ class SubmitterJob:
                                  f"{len(self.bids)} bids, " + ("waited" if self.awaiting_reputation else "early")))
         return self._advance(now_ms)
 
-    def receive_decline(self, decline: Signed, now_ms: int) -> list[Action]:
+    def receive_decline(self, decline: Signed, now_ms: int, unbid_best: int | None = None) -> list[Action]:
         """A peer will not bid, and says why. Kept for the job's reason and certificate; it may
-        show the job can no longer reach a quorum (`undecided`)."""
+        show the job can no longer reach a quorum (`undecided`). When bidding is held open for a
+        better-reputed peer (`bids_wait`) and `unbid_best` (as for `receive_bid`, this decline
+        counted) shows none is left to wait for, bidding closes now."""
         d: Decline = decline.msg
         self._check_job(d.job_id, "decline")
         if self.done:
@@ -166,6 +168,10 @@ class SubmitterJob:
             raise RemoteProtocolError("duplicate", "peer already bid or declined")
         self.declines[d.bidder] = decline
         self.history.append((now_ms, "declined", d.bidder, f"{d.code}: {d.detail}"))
+        if (self.state == "bidding" and self.awaiting_reputation and unbid_best is not None
+                and self._bids_settled(unbid_best, short_ok=True)):
+            self.state = "running"
+            self.history.append((now_ms, "bids_closed", b"", f"{len(self.bids)} bids, waited"))
         return self._advance(now_ms)
 
     def _bids_settled(self, unbid_best: int, short_ok: bool = False) -> bool:
@@ -441,7 +447,7 @@ def apply_input(job: SubmitterJob, kind: str, payload: Signed | bytes, meta: dic
         return job.receive_bid(payload, now_ms, meta.get("reputation", 0), meta.get("unbid_best"),
                                meta.get("subnet"))
     if kind == "decline":
-        return job.receive_decline(payload, now_ms)
+        return job.receive_decline(payload, now_ms, meta.get("unbid_best"))
     if kind == "commit":
         return job.receive_commit(payload, now_ms)
     if kind == "withdraw":

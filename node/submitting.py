@@ -208,7 +208,7 @@ class Submitting:
             seen = len(job.history)
             # What the node's view adds to an input is taken under the lock (bids applied just
             # before this one are already in the job) and stored with it, so a replay sees it too.
-            if kind == "bid":
+            if kind in ("bid", "decline"):
                 meta["unbid_best"] = self._unbid_best(job, payload.signer)
             elif kind == "tick" and job.state == "bidding":
                 meta["unbid_best"] = self._unbid_best(job, b"")
@@ -317,13 +317,13 @@ class Submitting:
     # --- helpers --------------------------------------------------------------------------------
 
     def _unbid_best(self, job: SubmitterJob, bidder: bytes) -> int:
-        """The best reputation, in this node's view, of a connected peer that has not bid yet;
-        0 (a stranger's) at least. This node's own bid is not waited for: it is sent as the job
-        is announced, ahead of any remote one."""
+        """The best reputation, in this node's view, of a connected peer that has neither bid nor
+        declined yet; 0 (a stranger's) at least. This node's own bid is not waited for: it is sent
+        as the job is announced, ahead of any remote one."""
         best = REPUTATION_START
         for peer in self.ports.transport.connected_peers():
             key = public_key_from_peer_id(peer)
-            if key is not None and key != bidder and key not in job.bids:
+            if key is not None and key != bidder and key not in job.bids and key not in job.declines:
                 best = max(best, self.ports.ledger.reputation_of(key))
         return best
 

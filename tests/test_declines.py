@@ -140,3 +140,17 @@ def test_reasons_are_worded_once_with_plurals():
     assert failure_reason(spec, ["no_gpu"], 1) == "only 1 node bid, the quorum needs 2: 1 node has no GPU"
     assert failure_reason(spec, [], 0, undecided=2) == "no bids: 2 nodes had not answered"
     assert len(failure_reason(make_spec(image="x" * 400), ["image_missing"], 0)) <= 200
+
+
+def test_a_decline_from_the_peer_bidding_waits_for_ends_the_wait_at_once():
+    """Bidding is held open for a better-reputed peer that has not bid (bids_wait); when that peer
+    declines, nobody is left to wait for: bidding closes there and then, not 3 s later."""
+    job = new_job()
+    apply_input(job, "bid", bid(EXECUTORS[0], job), {"unbid_best": 10, "undecided": 1}, NOW)
+    end = NOW + job.timing.bid_window_ms
+    assert apply_input(job, "tick", b"", {"unbid_best": 10, "undecided": 1}, end) == []
+    assert job.awaiting_reputation and job.state == "bidding"
+    actions = apply_input(job, "decline", decline(EXECUTORS[1], job), {"unbid_best": 0, "undecided": 0}, end + 5)
+    assert job.state == "failed", job.history  # and with one bid for a quorum of 2, it cannot verify
+    assert job.reason == "only 1 node bid, the quorum needs 2: 1 node lacks image alpine:latest"
+    assert isinstance(actions[-1], Finished)
