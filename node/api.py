@@ -52,6 +52,13 @@ SANDBOX_KINDS = ("container", "wasm")
 _JOB_ID = re.compile(r"[0-9a-f]{64}")
 
 
+# What GET .../result answers: the verified result, what the job did (limits, exit code), its
+# certified stderr and its output files.
+RESULT_KEYS = ("id", "job_id", "status", "exit_code", "timed_out", "oom_killed", "timeout_s", "memory_mb", "stdout",
+               "stdout_truncated", "stdout_size", "stderr", "stderr_part", "stderr_truncated", "result_hash", "files",
+               "outputs")
+
+
 class ApiError(Exception):
     def __init__(self, status: int, message: str, field: str | None = None,
                  headers: list[tuple[str, str]] | None = None) -> None:
@@ -175,8 +182,7 @@ class RestApi:
         view = await self.job(job_hex)
         if view["status"] != "verified":
             raise ApiError(409, f"job {job_hex} is {view['status']}, not verified", "id")
-        return {k: view.get(k) for k in ("id", "job_id", "status", "exit_code", "stdout", "result_hash", "files",
-                                      "outputs")}
+        return {k: view.get(k) for k in RESULT_KEYS}
 
     async def output(self, job_hex: str, path: str) -> Response:
         view = await self.result(job_hex)

@@ -107,6 +107,16 @@ def openapi_document() -> dict[str, Any]:
                 "Result": {"type": "object", "required": ["id", "status"],
                            "properties": {"id": JOB_ID, "status": {"type": "string"}, "stdout": {"type": "string"},
                                           "exit_code": {"type": "integer"}, "result_hash": {"type": "string"},
+                                          "timed_out": {"type": "boolean"}, "oom_killed": {"type": "boolean"},
+                                          "timeout_s": {"type": "integer"}, "memory_mb": {"type": "integer"},
+                                          "stdout_truncated": {"type": "boolean"},
+                                          "stdout_size": {"type": "integer", "nullable": True,
+                                                          "description": "bytes the job wrote to stdout, 1 MiB + 1 "
+                                                                         "for more than 1 MiB; null if not stated"},
+                                          "stderr": {"type": "string", "description": "the certified stderr (its "
+                                                     "first or last 1.5 KiB when cut: stderr_part)"},
+                                          "stderr_part": {"type": "string", "enum": ["all", "first", "last"]},
+                                          "stderr_truncated": {"type": "boolean"},
                                           "files": {"type": "array", "items": {"type": "object"}},
                                           "outputs": {"type": "object", "description": "status (ok or "
                                                       "out_quota_exceeded), files, listed, manifest_truncated, "

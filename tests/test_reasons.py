@@ -6,6 +6,7 @@ reaches is refused before anything is announced; the bootstrap is not counted as
 from __future__ import annotations
 
 import json
+import urllib.error
 import urllib.request
 
 import pytest
@@ -13,7 +14,7 @@ import pytest
 from distributeai.consensus.submitter import Timing
 from distributeai.tools.devnet import Devnet
 
-from .netfixtures import cli
+from .netfixtures import cli, wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -49,7 +50,6 @@ def test_a_job_nobody_can_run_fails_at_once_with_the_reasons_counted(net):
     def observed():
         other = json.loads(cli("job", "status", job_id, "--data-dir", str(net.node_dirs[1]), "--json").stdout)
         return other if other.get("status") == "failed" else None
-    from .netfixtures import wait_for
     other = wait_for(observed, 30, "the failed certificate at another node")
     assert other["reason"] == reason and len(other["declines"]) == declined
     human = cli("job", "status", job_id, "--data-dir", str(net.node_dirs[1]))
@@ -70,11 +70,27 @@ def test_the_rest_api_says_why_too(net):
         with urllib.request.urlopen(f"{api}/api/v1/jobs/{job_id}", timeout=30) as r:
             job = json.load(r)
         return job if job["status"] == "failed" else None
-    from .netfixtures import wait_for
     job = wait_for(failed, 30, "the REST job to fail")
     assert job["reason"].startswith("no bids: ") and f"lack image {MISSING}" in job["reason"]
     with urllib.request.urlopen(f"{api}/stats", timeout=30) as r:
         assert json.load(r)["active_nodes"] == 3  # this node and its two peers; not the bootstrap
+    # A verified result says what the job did, its stderr too.
+    body = json.dumps({"name": "err", "docker_image": "alpine:latest",
+                       "command": ["sh", "-c", "echo out; echo oops >&2; exit 3"]}).encode()
+    req = urllib.request.Request(f"{api}/api/v1/jobs", data=body, headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(req, timeout=30) as r:
+        verified_id = json.load(r)["id"]
+
+    def verified():
+        try:
+            with urllib.request.urlopen(f"{api}/api/v1/jobs/{verified_id}/result", timeout=30) as r:
+                return json.load(r)
+        except urllib.error.HTTPError as exc:
+            assert exc.code == 409  # not verified yet
+            return None
+    result = wait_for(verified, 60, "the REST job's verified result")
+    assert (result["exit_code"], result["stdout"], result["stderr"]) == (3, "out\n", "oops\n")
+    assert result["timed_out"] is False and result["stdout_truncated"] is False
 
 
 def test_a_quorum_larger_than_the_reachable_nodes_is_refused_before_announcing(net):
