@@ -195,6 +195,9 @@ def print_job(view: dict, as_json: bool) -> None:
         mark = "agrees" if e["agreed"] else ("dissents" if e.get("dissented") else "no verdict" if e["result_hash"] else
                                              f"no result ({safe(e.get('state') or 'unknown')})")
         typer.echo(f"executor {safe(e['peer_id'])}  {mark}  {(e['result_hash'] or '')[:16]}")
+    if view.get("status") != "verified":  # why the nodes that did not bid would not
+        for d in view.get("declines") or []:
+            typer.echo(f"declined {safe(d['peer_id'])}  {safe(d['detail'] or d['code'])}")
     if view.get("result_hash"):
         if over_quota(view):
             typer.echo(f"result   {view['result_hash']}  out_quota_exceeded")

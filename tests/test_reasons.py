@@ -54,6 +54,8 @@ def test_a_job_nobody_can_run_fails_at_once_with_the_reasons_counted(net):
     assert other["reason"] == reason and len(other["declines"]) == declined
     human = cli("job", "status", job_id, "--data-dir", str(net.node_dirs[1]))
     assert reason in human.stdout
+    declined = [line for line in human.stdout.splitlines() if line.startswith("declined ")]
+    assert len(declined) == len(other["declines"]) and all(MISSING in line for line in declined), human.stdout
 
 
 def test_the_rest_api_says_why_too(net):
