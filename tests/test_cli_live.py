@@ -98,10 +98,13 @@ def submitted_id(stderr_file) -> str | None:
 @pytest.mark.slow
 def test_ctrl_c_during_submit_leaves_the_job_running_and_says_how_to_follow_it(net, tmp_path):
     err = tmp_path / "stderr"
+    # The job waits for a file the test makes after the interrupt (the process sandbox sees the
+    # host's files), so it is still running when Ctrl-C comes, however slow the machine.
+    gate = tmp_path / "gate"
     with open(err, "w") as stderr:
         proc = subprocess.Popen([*CLI, "submit", "--data-dir", str(net.node_dirs[0]), "--image", "alpine:latest",
-                                 "--cmd", "sh", "-c", "sleep 3; echo done"], stdout=subprocess.PIPE,
-                                stderr=stderr, stdin=subprocess.DEVNULL, text=True)
+                                 "--cmd", "sh", "-c", f"while [ ! -e {gate} ]; do sleep 0.05; done; echo done"],
+                                stdout=subprocess.PIPE, stderr=stderr, stdin=subprocess.DEVNULL, text=True)
     try:
         job = wait_for(lambda: submitted_id(err), 60, "submit to print the job id")
         wait_for(lambda: net.call(0, {"op": "status", "job_id": job})["executors"], 60, "the job's awards")
@@ -110,6 +113,7 @@ def test_ctrl_c_during_submit_leaves_the_job_running_and_says_how_to_follow_it(n
     finally:
         if proc.poll() is None:
             proc.kill()
+        gate.touch()
     said = err.read_text().splitlines()[1:]
     print("\n".join(said))
     assert said == [f"interrupted: job {job} keeps running",
@@ -151,7 +155,9 @@ def test_job_ids_by_prefix_and_their_errors(net):
 @pytest.mark.slow
 def test_elapsed_ticks_in_status_and_in_job_status_watch_on_a_terminal(net, tmp_path):
     d = str(net.node_dirs[0])
-    out = cli("submit", "--data-dir", d, "--image", "alpine:latest", "--no-wait", "--cmd", "sleep", "10")
+    gate = tmp_path / "gate"  # the job runs until the test has seen the clocks tick, however slow the machine
+    out = cli("submit", "--data-dir", d, "--image", "alpine:latest", "--no-wait", "--cmd", "sh", "-c",
+              f"while [ ! -e {gate} ]; do sleep 0.05; done")
     assert out.returncode == 0, out.stderr
     job = out.stdout.strip()
 
@@ -172,7 +178,9 @@ def test_elapsed_ticks_in_status_and_in_job_status_watch_on_a_terminal(net, tmp_
 
         first = wait_for(elapsed_shown, 30, "the live progress with its elapsed time")
         wait_for(lambda: elapsed_shown() not in (None, first), 30, f"the elapsed time to move on from {first}")
+        gate.touch()
         wait_for(lambda: rc_file.exists() and rc_file.read_text().strip(), 60, "job status --watch to end")
         assert rc_file.read_text().strip() == "0"
     finally:
+        gate.touch()
         tmux.kill()

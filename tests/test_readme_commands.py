@@ -11,7 +11,7 @@ What is changed in a line before it runs, and why (SUBSTITUTIONS, `placeholders`
 |---|---|---|
 | `/ip4/127.0.0.1/tcp/4001/p2p/12D3KooW...` | the bootstrap's multiaddr | a placeholder |
 | `tcp/4001`, `127.0.0.1:8080`, `127.0.0.1:8081` | free ports | other tests may hold these |
-| `JOB_ID`, `3f2a9c01` (an 8-digit prefix) | the newest job n1 submitted (its full id, or its first 8 digits); for `job result`, the newest verified one; for `job cancel`, a `sleep 20` job submitted for it with `--no-wait` | placeholders |
+| `JOB_ID`, `3f2a9c01` (an 8-digit prefix) | the newest job n1 submitted (its full id, or its first 8 digits); for `job result`, the newest verified one; for `job cancel`, a `sleep 300` job submitted for it with `--no-wait` | placeholders |
 | `DOCKER_HOST=unix:///tmp/dai-docker/docker.sock` | the test daemon's URL | the daemon of `scripts/dockerd.sh` |
 | the tools' sizes (TOOL_SCALE) | a few units of each | minutes by design (simulate's 10,000 nodes: 4.5 min, fuzz's 100,000 inputs: 70 s, bench's 100 jobs on 5 nodes on 2 shared cores); every flag is kept |
 
@@ -186,7 +186,7 @@ class Place:
 
     def cancellable_job(self) -> str:
         out = self.run(".venv/bin/distributeai submit --data-dir ./n1 --image alpine:latest --no-wait "
-                       "--cmd sleep 20")
+                       "--cmd sleep 300")  # stopped by the cancel line, however slow the machine
         return out.stdout.strip()
 
     def run(self, line: str, timeout: float = LINE_TIMEOUT_S) -> subprocess.CompletedProcess:
