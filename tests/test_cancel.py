@@ -38,6 +38,7 @@ from distributeai.sandbox.base import RunRequest, SandboxError
 from distributeai.tools.devnet import Devnet
 
 from .netfixtures import DEMO_ARGS, DEMO_STDOUT, cli, sandbox_devnet, submit_json, wait_for
+from .test_inprocess import FakeSandbox
 
 GONE_S = 30  # cancel -> every run gone; a kill takes milliseconds, a loaded 2-core machine seconds
 
@@ -251,24 +252,16 @@ def test_the_reasons_say_what_ended_the_job():
 
 # --- Executing on a job that ends: its sandbox run is cancelled (real threads, real store) -------
 
-class BlockingBox:
+class BlockingBox(FakeSandbox):
     """A sandbox whose runs last until cancelled, as `sleep 300` would."""
 
     name = "blocking"
 
     def __init__(self) -> None:
+        super().__init__()
         self.started, self._stopped = threading.Event(), threading.Event()
         self.runs: list[str] = []
         self.cancelled: list[str] = []
-
-    def check(self) -> None:
-        pass
-
-    def has_image(self, image: str) -> bool:
-        return True
-
-    def pull(self, image: str) -> None:
-        pass
 
     def run(self, request: RunRequest):
         self.runs.append(request.run_id)
