@@ -90,6 +90,13 @@ def net(tmp_path_factory):
         yield n
 
 
+def default_sigint() -> None:
+    """In the child, before exec: Ctrl-C's default disposition. A runner started in the background
+    of a non-interactive shell (`nohup ... &`) ignores SIGINT, every child inherits that, and
+    Python then installs no KeyboardInterrupt handler: the submit would never see the Ctrl-C."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def submitted_id(stderr_file) -> str | None:
     first, newline, _ = stderr_file.read_text().partition("\n")
     return first.split()[1].rstrip(";") if newline and first.startswith("submitted ") else None
@@ -104,7 +111,8 @@ def test_ctrl_c_during_submit_leaves_the_job_running_and_says_how_to_follow_it(n
     with open(err, "w") as stderr:
         proc = subprocess.Popen([*CLI, "submit", "--data-dir", str(net.node_dirs[0]), "--image", "alpine:latest",
                                  "--cmd", "sh", "-c", f"while [ ! -e {gate} ]; do sleep 0.05; done; echo done"],
-                                stdout=subprocess.PIPE, stderr=stderr, stdin=subprocess.DEVNULL, text=True)
+                                stdout=subprocess.PIPE, stderr=stderr, stdin=subprocess.DEVNULL, text=True,
+                                preexec_fn=default_sigint)
     try:
         job = wait_for(lambda: submitted_id(err), 60, "submit to print the job id")
         wait_for(lambda: net.call(0, {"op": "status", "job_id": job})["executors"], 60, "the job's awards")
