@@ -203,15 +203,15 @@ def apply_input(job: ExecutorJob, kind: str, raw: bytes, meta: dict, now_ms: int
     raise ValueError(f"unknown executor input kind {kind!r}")
 
 
-def ended_reason(why: str) -> str:
-    """Why a job ended for its executors, from the status of its certificate ("verified",
-    "nondeterministic", "failed") or "cancelled" (the submitter is this node and cancelled it).
-    A cancel is known by the failed certificate's reason ("cancelled")."""
-    if why == "cancelled":
+def ended_reason(status: str, reason: str = "") -> str:
+    """Why a job ended for its executors, from its certificate's status ("verified",
+    "nondeterministic", "failed") and reason: a cancel is a failed certificate with the reason
+    "cancelled"."""
+    if reason == "cancelled":
         return "cancelled by the submitter"
-    if why == "failed":
+    if status == "failed":
         return "the job failed at its submitter"
-    return f"verdict reached ({why})"
+    return f"verdict reached ({status})"
 
 
 def replay(identity: Identity, award: Award, spec: JobSpec,

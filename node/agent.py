@@ -298,7 +298,7 @@ class Agent:
             self.count("certificates")
             self.notify()
             # A run of it here stops; a cancel says so in the certificate's reason.
-            await self.executing.job_ended(cert.job_id, "cancelled" if cert.reason == "cancelled" else cert.status)
+            await self.executing.job_ended(cert.job_id, cert.status, cert.reason)
 
     # --- the facade the control socket and the REST API use ---------------------------------
 

@@ -11,7 +11,7 @@ nothing. The sandbox calls are `_has_image`, `_pull_then_bid` (`Sandbox.pull`) a
 (`Sandbox.run`, and `Sandbox.cancel` when the node stops during a run or the job ends).
 
 A job that ends at its submitter while this node still runs it (`job_ended`: its certificate
-arrived over gossip, any status, or this node is the submitter and cancelled it) is stopped: the
+arrived over gossip, any status, or this node is the submitter and the job ended here) is stopped: the
 `ended` input is stored first (a restarted node does not run it again), then its sandbox run is
 cancelled (container killed and removed, bwrap's processes killed, the /out stage unmounted; the
 wasm store interrupted) and its run slot freed; nothing is committed or revealed.
@@ -170,16 +170,16 @@ class Executing:
                 await self.apply(job, "start")
         return wire.ok()
 
-    async def job_ended(self, job_id: bytes, why: str) -> None:
-        """The job ended at its submitter. `why`: its certificate's status (the certificate already
-        checked), or "cancelled" (this node is the submitter and cancelled it). A job this node
+    async def job_ended(self, job_id: bytes, status: str, reason: str = "") -> None:
+        """The job ended at its submitter: its certificate's `status` and `reason` (the certificate
+        already checked; or, on the submitter, its own verdict or cancel). A job this node
         runs and has not finished takes the `ended` input (stored before anything is done); a run
         in progress is then stopped (`StopRun`). Any other job id changes nothing."""
         job = self.jobs.get(job_id)
         if job is None or job.state not in UNFINISHED:
             return
-        log.info("job %s ended at its submitter (%s): its run here stops", job_id.hex()[:12], why)
-        await self.apply(job, "ended", meta={"reason": ended_reason(why)})
+        log.info("job %s ended at its submitter (%s): its run here stops", job_id.hex()[:12], reason or status)
+        await self.apply(job, "ended", meta={"reason": ended_reason(status, reason)})
 
     # --- the loop of one input ------------------------------------------------------------------
 

@@ -50,7 +50,7 @@ OFFENCES = ("not_awarded", "late_commit")
 Consider = Callable[[bytes, JobSpec, tuple], Awaitable[None]]
 # What it does when one of its jobs ends: stop its own run of it, if any (Executing.job_ended; its
 # own certificate never comes back to it over gossip, as other executors' copies do).
-Ended = Callable[[bytes, str], Awaitable[None]]
+Ended = Callable[[bytes, str, str], Awaitable[None]]  # (job id, status, reason)
 
 __all__ = ["INPUT_TYPES", "OFFENCES", "REANNOUNCE_INTERVAL_S", "Submitting", "replay"]
 
@@ -247,7 +247,7 @@ class Submitting:
                 p.events.reject(action.reason, f"by executor {peer_id_from_public_key(action.executor)}")
             elif isinstance(action, Finished):
                 log.info("job %s %s%s", job.job_id.hex()[:12], action.status, f": {action.reason}" if action.reason else "")
-                await self.ended(job.job_id, "cancelled" if action.reason == "cancelled" else action.status)
+                await self.ended(job.job_id, action.status, action.reason)
                 p.events.job_finished(action.status, action.reason, (p.now_ms() - job.started_ms) / 1000)
 
     async def _send_award(self, job: SubmitterJob, action: SendAward) -> None:

@@ -169,7 +169,7 @@ def test_cancel_stops_every_executors_run_and_the_nodes_run_the_next_job(net):
         execution = wait_for(lambda i=i: (e := job_status(net, i, job_id).get("execution"))
                              and e["status"] == "ended" and e, GONE_S, f"node {i} to record the end")
         # Every executor learns it was a cancel: the failed certificate's reason says so.
-        assert execution["reason"] == ended_reason("cancelled"), execution
+        assert execution["reason"] == ended_reason("failed", "cancelled"), execution
         assert execution["result"] is None  # nothing ran to an end, nothing was committed
     # The slots are free and nothing was lost: the same three nodes run and agree on a new job.
     view, _ = submit_json(net.node_dirs[0], "--replicas", "3", "--quorum", "3", *DEMO_ARGS)
@@ -194,7 +194,7 @@ def job_after(*inputs: tuple[str, bytes, dict]) -> tuple[ExecutorJob, list]:
 
 
 START, RAN, SENT = ("start", b"", {}), ("ran", REVEAL, {}), ("sent", b"", {})
-ENDED = ("ended", b"", {"reason": ended_reason("cancelled")})
+ENDED = ("ended", b"", {"reason": ended_reason("failed", "cancelled")})
 
 
 @pytest.mark.parametrize("before, stops", [((), True), ((START,), True), ((START, RAN), False),
@@ -244,7 +244,7 @@ def test_without_an_end_a_job_runs_and_commits_as_before():
 
 
 def test_the_reasons_say_what_ended_the_job():
-    assert ended_reason("cancelled") == "cancelled by the submitter"
+    assert ended_reason("failed", "cancelled") == "cancelled by the submitter"
     assert ended_reason("verified") == "verdict reached (verified)"
     assert ended_reason("nondeterministic") == "verdict reached (nondeterministic)"
     assert "failed" in ended_reason("failed")
@@ -325,7 +325,7 @@ async def test_a_job_that_ends_has_its_run_cancelled_its_slot_freed_and_is_not_r
         assert node.executing.running == 1
         await node.executing.job_ended(b"x" * 32, "verified")  # a job this node does not run: nothing
         assert box.cancelled == [] and node.executing.running == 1
-        await node.executing.job_ended(job_id, "cancelled")
+        await node.executing.job_ended(job_id, "failed", "cancelled")
         await node.until(lambda: node.executing.running == 0)
         assert box.cancelled == box.runs and len(box.runs) == 1  # the run in progress, cancelled
         execution = await store.get_execution(job_id.hex())
