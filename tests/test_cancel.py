@@ -114,9 +114,12 @@ def alive(procs: set[tuple[int, str]]) -> set[tuple[int, str]]:
 
 
 def containers(net: Devnet, token: str, **filters) -> list:
-    """The job containers (any state) whose command carries `token`."""
-    found = net.docker_client.containers.list(all=True, filters={"label": "distributeai.sandbox=job", **filters})
-    return [c for c in found if token in (c.attrs["Config"].get("Entrypoint") or [])]
+    """The job containers (any state) whose command carries `token`, as the daemon's list rows.
+
+    One list call, no per-container inspect: a container removed between a list and its inspect
+    would raise NotFound instead of simply being gone."""
+    found = net.docker_client.api.containers(all=True, filters={"label": "distributeai.sandbox=job", **filters})
+    return [c for c in found if token in (c.get("Command") or "")]
 
 
 def stages(net: Devnet) -> list[str]:
