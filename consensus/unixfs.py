@@ -234,7 +234,7 @@ def decode_block(cid: bytes, block: bytes) -> Node:
     raw_links, data = decode_node(block)
     if data is None:
         raise BadBlock("a dag-pb block without UnixFS data")
-    info = decode_unixfs(data)
+    info = decode_unixfs(data, len(raw_links))
     if info.type in _UNSUPPORTED:
         raise BadBlock(f"unsupported UnixFS type: {_UNSUPPORTED[info.type]}")
     if info.type not in (T_RAW, T_FILE, T_DIRECTORY):
