@@ -26,6 +26,7 @@ _PHRASES = {
     "disk_low": ("is low on disk", "are low on disk"),
     "output_too_large": ("cannot hold the job's output quota", "cannot hold the job's output quota"),
     "submitter_cannot_pay": ("sees the submitter short of credits", "see the submitter short of credits"),
+    "inputs_too_large": ("lacks room for the inputs ({inputs})", "lack room for the inputs ({inputs})"),
 }
 assert set(_PHRASES) == set(DECLINE_CODES)
 
@@ -38,8 +39,17 @@ def describe_code(code: str, n: int, spec: JobSpec) -> str:
     """"3 nodes lack image alpine:3" for `n` declines of `code`."""
     one, many = _PHRASES.get(code, ("declined", "declined"))
     text = (one if n == 1 else many).format(image=escape_name(spec.image or "?"), memory=spec.memory_mb,
-                                            cpu=f"{spec.cpu_millis / 1000:g}", sandbox=spec.sandbox)
+                                            cpu=f"{spec.cpu_millis / 1000:g}", sandbox=spec.sandbox,
+                                            inputs=human_bytes(spec.inputs_size))
     return f"{nodes(n)} {text}"
+
+
+def human_bytes(n: int) -> str:
+    """A byte count for people: "300 MB", "1.5 GB", "12 B" (decimal units, 3 significant digits)."""
+    for unit, size in (("TB", 10 ** 12), ("GB", 10 ** 9), ("MB", 10 ** 6), ("kB", 10 ** 3)):
+        if n >= size:
+            return f"{n / size:.3g} {unit}"
+    return f"{n} B"
 
 
 def count_codes(codes: Iterable[str]) -> list[tuple[str, int]]:

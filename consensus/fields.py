@@ -38,6 +38,14 @@ OUT_MAX_FILES_LIMIT = 1_000_000
 OUT_NOTES_MAX = 8
 OUT_NOTE_NAME_MAX = 120
 OUT_NOTE_BYTES = OUT_NOTES_MAX * (OUT_NOTE_NAME_MAX + 40) + 64
+# A job's inputs (JobSpec.inputs: CIDs of files or directories an executor fetches and mounts
+# read-only at /in, each at a path of its own). 64 entries of a CID and a path of at most 255
+# bytes keep the spec far under its 64 KiB cap; the total is capped like an output quota (1 TiB):
+# the sizes are the submitter's word, a node compares them with its own store and declines what
+# does not fit (`inputs_too_large`), and no sum of them can overflow anything.
+MAX_INPUTS = 64
+INPUT_PATH_MAX = 255
+INPUTS_MAX_BYTES = 1 << 40
 SANDBOX_KINDS = ("container", "wasm")
 MAX_REPLICAS = 16
 MAX_TOTAL_RESULTS = 16
@@ -52,7 +60,7 @@ BATCH_MAX_TOTAL_RESULTS = 4
 CERTIFICATE_CAP = 1_000_000  # under the overlay's 1 MiB message cap
 # Why a node will not bid (messages.Decline.code); consensus/declines.py says each for people.
 DECLINE_CODES = ("image_missing", "not_enough_memory", "not_enough_cpu", "busy", "no_gpu", "no_sandbox",
-                 "disk_low", "output_too_large", "submitter_cannot_pay")
+                 "disk_low", "output_too_large", "submitter_cannot_pay", "inputs_too_large")
 DECLINE_DETAIL_MAX = 200
 # What a certificate tells about how a job went besides its verdict: the reason it ended (for a
 # job that did not verify) and a few of the signed bids and declines.

@@ -15,6 +15,9 @@ SHA-256: the spec then carries `wasm_sha256`, the node serves the bytes to execu
 executor fetches them once and keeps them (a module inline in the spec would travel in every
 gossip copy of every announcement and certificate: about 1 MB per job for hashverify's 17 KB
 on five nodes, measured by `distributeai bench`).
+Inputs: `inputs`, a list of `{"cid": "bafy...", "path": "data"}` (a file or directory already on
+the network, mounted read-only at /in/data; `parse_inputs`); a job file does not state sizes: the
+fields carry 0 and the submitting node fills each input's size in before it signs the spec.
 A batch (job array) adds `tasks`: a list of argument lists, one per task, each appended to
 `command` and verified k-of-n on its own; a batch's `max_total_results` defaults to (and may not
 exceed) BATCH_MAX_TOTAL_RESULTS, and `price` is paid per task.
@@ -32,14 +35,16 @@ import re
 import shlex
 from typing import Any
 
-from .errors import JobFileError
+from .cid import BadCid, parse_cid_text
+from .errors import JobFileError, RemoteProtocolError
 from .codec import sha256
 from .codec import PUBKEY_LEN, SIG_LEN, encode
 from .messages import (
     BATCH_MAX_TOTAL_RESULTS, MAX_REPLICAS, MAX_SIZE, MAX_TASK_ARGS, MAX_TASKS, MAX_TOTAL_RESULTS, OUT_MAX_BYTES,
-    OUT_MAX_BYTES_LIMIT, OUT_MAX_FILES, OUT_MAX_FILES_LIMIT, STDIN_CAP,
+    OUT_MAX_BYTES_LIMIT, OUT_MAX_FILES, OUT_MAX_FILES_LIMIT, STDIN_CAP, INPUTS_MAX_BYTES, MAX_INPUTS,
     JobSpec,
 )
+from .spec import check_inputs, input_path_problem
 
 DEFAULTS = {"replicas": 3, "quorum": 2, "timeout": 60, "price": 1, "cpu": 1.0, "memory_mb": 256,
             "max_error_results": 3}
@@ -50,7 +55,7 @@ KNOWN = {
     "name", "docker_image", "image", "command", "required_cpu", "cpu", "required_memory",
     "memory_mb", "timeout", "replicas", "quorum", "price", "env", "max_error_results",
     "max_total_results", "result_deadline", "stdin", "gpu", "wasm_module", "fuel", "price_per_mfuel", "tasks",
-    "out_max_bytes", "out_max_files", *ALIASES,
+    "out_max_bytes", "out_max_files", "inputs", *ALIASES,
 }
 
 
@@ -220,6 +225,7 @@ def parse_job(doc: Any) -> dict:
         raise JobFileError("fuel", "fuel applies to wasm jobs only")
     out_max_bytes = _size_bytes(doc.get("out_max_bytes", OUT_MAX_BYTES), "out_max_bytes", OUT_MAX_BYTES_LIMIT)
     out_max_files = integer("out_max_files", 0, OUT_MAX_FILES_LIMIT, OUT_MAX_FILES)
+    inputs = parse_inputs(doc.get("inputs", []))
     env = doc.get("env", {})
     if (not isinstance(env, dict) or len(env) > MAX_ENV
             or not all(isinstance(k, str) and 0 < len(k) <= MAX_ENV_NAME and isinstance(v, str)
@@ -250,6 +256,7 @@ def parse_job(doc: Any) -> dict:
         "tasks": tuple(tuple(t) for t in tasks),
         "out_max_bytes": out_max_bytes,
         "out_max_files": out_max_files,
+        "inputs": tuple((cid, path, 0) for cid, path in inputs),
     }
     size = signed_spec_size_bound(fields)
     if size > MAX_SIZE["spec"]:
@@ -258,8 +265,45 @@ def parse_job(doc: Any) -> dict:
     return fields
 
 
+def parse_inputs(value: Any) -> list[tuple[bytes, str]]:
+    """A job file's `inputs`: a list of at most MAX_INPUTS objects `{"cid": "bafy...", "path":
+    "data"}` (a CID already on the network, in any text form `parse_cid_text` reads, and where it
+    appears under /in). (cid, path) pairs; JobFileError("inputs") naming the entry otherwise.
+    Sizes are not the file's to state: the submitting node finds them (JobSpec.inputs' sizes are
+    0 in `parse_job`'s fields until it does)."""
+    if not isinstance(value, list) or len(value) > MAX_INPUTS:
+        raise JobFileError("inputs", f"must be a list of at most {MAX_INPUTS} objects {{\"cid\", \"path\"}}")
+    pairs = []
+    for i, item in enumerate(value):
+        if not isinstance(item, dict) or set(item) != {"cid", "path"}:
+            raise JobFileError("inputs", f"entry {i} must be an object with exactly \"cid\" and \"path\"")
+        cid, path = item["cid"], item["path"]
+        if not isinstance(cid, str):
+            raise JobFileError("inputs", f"entry {i}: cid must be a CID's text (bafy...)")
+        try:
+            cid = parse_cid_text(cid)
+        except BadCid as exc:
+            raise JobFileError("inputs", f"entry {i}: cid {cid[:64]!r} is not a CID: {exc}") from None
+        problem = input_path_problem(path)
+        if problem:
+            raise JobFileError("inputs", f"entry {i}: path {str(path)[:64]!r} {problem}")
+        pairs.append((cid, path))
+    check_input_paths([path for _, path in pairs])
+    return pairs
+
+
+def check_input_paths(paths: list[str]) -> None:
+    """JobFileError("inputs") if two inputs share a path or one lies inside another (the rule of
+    JobSpec.inputs, for the paths a user gave: a job file's and `submit --input`'s together)."""
+    try:
+        check_inputs([[b"\x01\x55\x12\x20" + bytes(32), path, 0] for path in paths])
+    except RemoteProtocolError as exc:
+        raise JobFileError("inputs", (exc.detail or exc.reason).removeprefix("inputs ")) from None
+
+
 def signed_spec_size_bound(fields: dict) -> int:
     """The most bytes a spec with these fields takes once signed: the largest submitter, nonce
     and creation time, in the envelope [kind, body, signer, signature]."""
+    fields = {**fields, "inputs": tuple((cid, path, INPUTS_MAX_BYTES) for cid, path, _ in fields.get("inputs", ()))}
     body = JobSpec(submitter=b"\xff" * PUBKEY_LEN, nonce=b"\xff" * 16, created_ms=2**63 - 1, **fields).to_body()
     return len(encode([JobSpec.kind, body, b"\xff" * PUBKEY_LEN, b"\xff" * SIG_LEN]))

@@ -30,7 +30,7 @@ from .codec import Envelope, Identity, encode, open_envelope, sha256
 from .errors import RemoteProtocolError
 from .fields import (  # noqa: F401  (the caps are re-exported: callers import them from here)
     BATCH_MAX_TOTAL_RESULTS, BATCH_REVEAL_CAP, CERT_BIDS_MAX, CERT_DECLINES_MAX, CERT_REASON_MAX, CERTIFICATE_CAP,
-    CERTIFICATE_STATUSES, DECLINE_CODES, DECLINE_DETAIL_MAX, MANIFEST_MAX_ENTRIES, MANIFEST_PATH_MAX, MAX_ENVELOPE, OUT_MAX_BYTES, OUT_MAX_BYTES_LIMIT, OUT_MAX_FILES, OUT_MAX_FILES_LIMIT,
+    CERTIFICATE_STATUSES, DECLINE_CODES, DECLINE_DETAIL_MAX, INPUT_PATH_MAX, INPUTS_MAX_BYTES, MAX_INPUTS, MANIFEST_MAX_ENTRIES, MANIFEST_PATH_MAX, MAX_ENVELOPE, OUT_MAX_BYTES, OUT_MAX_BYTES_LIMIT, OUT_MAX_FILES, OUT_MAX_FILES_LIMIT,
     OUT_NOTE_NAME_MAX, OUT_NOTES_MAX, MAX_REPLICAS, MAX_SIZE, MAX_TASK_ARGS, MAX_TASKS, MAX_TOTAL_RESULTS,
     SANDBOX_KINDS, STDERR_CAP, STDERR_PARTS, STDIN_CAP, STDOUT_CAP, STDOUT_SEEN_MAX, WASM_INLINE_CAP, _arity, _bool, _bytes, _fail, _int, _list, _str,
     task_stdout_cap,
@@ -64,7 +64,10 @@ class Announce:
 @dataclass(frozen=True)
 class Bid:
     """Executor -> submitter. `pow` is the bidder's proof-of-work nonce (`consensus.pow`),
-    checked by the submitter against its difficulty."""
+    checked by the submitter against its difficulty. `held` is how many bytes of the job's
+    inputs the bidder already holds (BOINC's locality scheduling: `submitter.rank_key` prefers
+    holders, so a second job on one dataset goes to the nodes that have it); the bidder's own word,
+    counted at most up to the inputs' total."""
 
     kind: ClassVar[str] = "bid"
     author: ClassVar[str | None] = "bidder"
@@ -76,14 +79,15 @@ class Bid:
     sandboxes: tuple[str, ...]
     created_ms: int
     pow: bytes = b""  # required on the wire; empty passes only difficulty 0
+    held: int = 0  # bytes of the job's inputs already in the bidder's block store
 
     def to_body(self) -> list:
         return [self.job_id, self.bidder, self.price, self.cpu_millis, self.memory_mb,
-                list(self.sandboxes), self.created_ms, self.pow]
+                list(self.sandboxes), self.created_ms, self.pow, self.held]
 
     @classmethod
     def from_body(cls, body: list) -> "Bid":
-        _arity(body, 8, "bid")
+        _arity(body, 9, "bid")
         return cls(
             job_id=_bytes(body[0], "job_id", 32),
             bidder=_bytes(body[1], "bidder", 32),
@@ -93,6 +97,7 @@ class Bid:
             sandboxes=tuple(_str(s, "sandboxes[]", 32) for s in _list(body[5], "sandboxes", 8)),
             created_ms=_int(body[6], "created_ms"),
             pow=_bytes(body[7], "pow", max_len=POW_NONCE_MAX),
+            held=_int(body[8], "held", 0, INPUTS_MAX_BYTES),
         )
 
 

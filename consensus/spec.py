@@ -10,9 +10,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import ClassVar
 
+from .cid import BadCid, check_cid
 from .codec import sha256
 from .fields import (
-    BATCH_MAX_TOTAL_RESULTS, MAX_REPLICAS, OUT_MAX_BYTES, OUT_MAX_BYTES_LIMIT, OUT_MAX_FILES,
+    BATCH_MAX_TOTAL_RESULTS, INPUT_PATH_MAX, INPUTS_MAX_BYTES, MAX_INPUTS, MAX_REPLICAS, OUT_MAX_BYTES, OUT_MAX_BYTES_LIMIT, OUT_MAX_FILES,
     OUT_MAX_FILES_LIMIT, MAX_TASK_ARGS, MAX_TASKS, MAX_TOTAL_RESULTS, SANDBOX_KINDS, STDIN_CAP,
     WASM_INLINE_CAP, _arity, _bool, _bytes, _fail, _int, _list, _str,
 )
@@ -53,6 +54,11 @@ class JobSpec:
     # directories, links, ...). Past either, every honest executor reports `out_quota_exceeded`.
     out_max_bytes: int = OUT_MAX_BYTES
     out_max_files: int = OUT_MAX_FILES
+    # The job's inputs: (CID, path under /in, size), each a file or a directory tree already on
+    # the network (a UnixFS DAG), which executors fetch before running and mount read-only at
+    # /in/PATH. `size` is the file bytes under the CID as its submitter found them (the sum over a
+    # directory's files), so an executor knows the cost before it bids (`check_inputs`).
+    inputs: tuple[tuple[bytes, str, int], ...] = ()
 
     @property
     def is_batch(self) -> bool:
@@ -70,7 +76,13 @@ class JobSpec:
             self.max_error_results, self.max_total_results, self.result_deadline_s,
             self.sandbox, self.stdin, self.wasm_module, self.wasm_sha256, self.gpu, self.fuel_limit,
             self.price_per_mfuel, [list(t) for t in self.tasks], self.out_max_bytes, self.out_max_files,
+            [list(i) for i in self.inputs],
         ]
+
+    @property
+    def inputs_size(self) -> int:
+        """The file bytes of all the job's inputs, as its submitter states them."""
+        return sum(size for _, _, size in self.inputs)
 
     @property
     def module_digest(self) -> bytes:
@@ -87,7 +99,7 @@ class JobSpec:
 
     @classmethod
     def from_body(cls, body: list) -> "JobSpec":
-        _arity(body, 26, "spec")
+        _arity(body, 27, "spec")
         command = tuple(_str(a, "command[]", 4096) for a in _list(body[5], "command", 256))
         if not command:
             raise _fail("command", "must not be empty")
@@ -127,6 +139,7 @@ class JobSpec:
                         for t in _list(body[23], "tasks", MAX_TASKS)),
             out_max_bytes=_int(body[24], "out_max_bytes", 0, OUT_MAX_BYTES_LIMIT),
             out_max_files=_int(body[25], "out_max_files", 0, OUT_MAX_FILES_LIMIT),
+            inputs=check_inputs(_list(body[26], "inputs", MAX_INPUTS)),
         )
         if spec.sandbox not in SANDBOX_KINDS:
             raise _fail("sandbox", f"must be one of {', '.join(SANDBOX_KINDS)}")
@@ -144,6 +157,55 @@ class JobSpec:
         if spec.tasks and spec.max_total_results > BATCH_MAX_TOTAL_RESULTS:
             raise _fail("max_total_results", f"a batch allows at most {BATCH_MAX_TOTAL_RESULTS}")
         return spec
+
+
+def input_path_problem(path: str) -> str | None:
+    """Why `path` cannot be where an input appears under /in (None: it can): a relative path of
+    at most INPUT_PATH_MAX bytes of UTF-8, no empty, "." or ".." component, no control character."""
+    if not isinstance(path, str):
+        return "is not a string"
+    try:
+        raw = path.encode("utf-8")
+    except UnicodeEncodeError:
+        return "is not valid UTF-8"
+    if not path or len(raw) > INPUT_PATH_MAX:
+        return f"is empty or longer than {INPUT_PATH_MAX} bytes"
+    if any(ord(ch) < 0x20 or 0x7F <= ord(ch) < 0xA0 for ch in path):
+        return "has control characters"
+    if path.startswith("/") or any(part in ("", ".", "..") for part in path.split("/")):
+        return "is not a plain relative path (no leading /, no empty, . or .. part)"
+    return None
+
+
+def check_inputs(items: list) -> tuple[tuple[bytes, str, int], ...]:
+    """JobSpec.inputs from its body: at most MAX_INPUTS [cid, path, size] triples, each CID one this
+    network accepts, each path a safe relative path (`input_path_problem`), no path twice and none
+    inside another (an input at "data" leaves no room for one at "data/x"), sizes >= 0 and their
+    total at most INPUTS_MAX_BYTES."""
+    inputs = []
+    for item in items:
+        item = _list(item, "inputs[]", 3)
+        if len(item) != 3:
+            raise _fail("inputs[]", "must be [cid, path, size]")
+        try:
+            cid = check_cid(_bytes(item[0], "inputs[] cid", max_len=64))
+        except BadCid as exc:
+            raise _fail("inputs[] cid", str(exc)) from None
+        path = _str(item[1], "inputs[] path", 4 * INPUT_PATH_MAX)
+        problem = input_path_problem(path)
+        if problem:
+            raise _fail("inputs[] path", problem)
+        inputs.append((cid, path, _int(item[2], "inputs[] size", 0, INPUTS_MAX_BYTES)))
+    paths = {path for _, path, _ in inputs}
+    if len(paths) != len(inputs):
+        raise _fail("inputs", "two inputs at one path")
+    for path in paths:
+        parts = path.split("/")
+        if any("/".join(parts[:i]) in paths for i in range(1, len(parts))):
+            raise _fail("inputs", f"{path!r} lies inside another input")
+    if sum(size for _, _, size in inputs) > INPUTS_MAX_BYTES:
+        raise _fail("inputs", f"their total size is over {INPUTS_MAX_BYTES} bytes")
+    return tuple(inputs)
 
 
 def job_id_of(signed_spec: bytes) -> bytes:

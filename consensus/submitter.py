@@ -7,14 +7,16 @@ that depends on the node's changing view (a bidder's reputation) is passed in wi
 replaying stored inputs rebuilds exactly the same job.
 
 The job's life, with BOINC's names for the policy (all in the signed spec):
-- bidding: bids are collected for `bid_window_ms`, then ranked (reputation, then price, then fit,
-  then H(job_id || bidder), which no bidder can predict before the announcement) and the best
+- bidding: bids are collected for `bid_window_ms`, then ranked (reputation, then bytes of the
+  job's inputs already held (`Bid.held`, BOINC's locality scheduling), then price, then fit, then
+  H(job_id || bidder), which no bidder can predict before the announcement) and the best
   `target_nresults` (n) bidders are awarded. One peer never holds two slots. The window closes
   early once n bids are in and no peer that has not bid yet could outrank the n-th of them on
   reputation: the adapter passes, with each bid, the best reputation among the peers it could
   still hear from (`unbid_best`). Reputation is what keeps fresh identities (Sybils) behind
   established ones, so it is never cut short; ties on reputation are settled among the bids in
-  hand, so a faster peer wins a tie. Nor does the timed end cut it short: when the window ends
+  hand, so a faster peer wins a tie (a job with inputs closes early only once the n-th best bid
+  holds all of them: a holder still to answer would outrank it). Nor does the timed end cut it short: when the window ends
   while a peer that has not bid outranks the n-th best bid in hand (a missing bid counts as a
   stranger's, reputation 0), bidding stays open for it (`bids_wait`) until it bids or
   `bid_wait_reputation_ms` more have passed. On a busy machine an established peer's bid can take
@@ -67,10 +69,19 @@ from .tally import Tally
 from .verdict import job_tally, nondeterministic, top_agreement
 
 def rank_key(job_id: bytes, bid: Bid, spec: JobSpec, reputation: int) -> tuple:
-    """Higher reputation first, then lower price, then more headroom (fit), then a hash of the job
-    id and the bidder that no bidder can predict before the job is announced."""
+    """Higher reputation first, then more of the job's inputs held (locality), then lower price,
+    then more headroom (fit), then a hash of the job id and the bidder that no bidder can predict
+    before the job is announced.
+
+    Locality comes second, never first: `held` is the bidder's own word, free to state, while
+    reputation is earned (and what keeps fresh identities behind established ones), so a claim of
+    holding the data must not lift a stranger over a node with a record. Among equals it beats
+    price and fit: moving a dataset to a node that lacks it costs far more time than any
+    difference those measure, and a claim is counted at most up to the inputs' total, so lying
+    buys no more than a true holder has."""
     fit = min(bid.cpu_millis * 1000 // max(1, spec.cpu_millis), bid.memory_mb * 1000 // max(1, spec.memory_mb))
-    return (-reputation, bid.price, -fit, sha256(job_id + bid.bidder))
+    held = min(bid.held, spec.inputs_size)
+    return (-reputation, -held, bid.price, -fit, sha256(job_id + bid.bidder))
 
 
 @dataclass
@@ -148,7 +159,8 @@ class SubmitterJob:
         self.rank[b.bidder] = rank_key(self.job_id, b, self.spec, reputation)
         self.subnet[b.bidder] = subnet
         if self.state == "bidding":
-            if unbid_best is None or not self._bids_settled(unbid_best, short_ok=self.awaiting_reputation):
+            if (unbid_best is None or not self._bids_settled(unbid_best, short_ok=self.awaiting_reputation)
+                    or not (self.awaiting_reputation or self._locality_settled())):
                 return []
             self.state = "running"
             self.history.append((now_ms, "bids_closed", b"",
@@ -182,6 +194,16 @@ class SubmitterJob:
             return short_ok and REPUTATION_START >= unbid_best
         nth = sorted(self.rank.values())[n - 1]
         return -nth[0] >= unbid_best
+
+    def _locality_settled(self) -> bool:
+        """A job with inputs closes its bid window early only when the n-th best bid in hand holds
+        all of them: otherwise a holder's bid still to come would outrank it (`rank_key`), so the
+        window runs its length (holders answer within it), as locality scheduling wants."""
+        total = self.spec.inputs_size
+        if not self.spec.inputs or len(self.bids) < self.spec.replicas:
+            return True
+        nth = sorted(self.rank.values())[self.spec.replicas - 1]
+        return -nth[1] >= total
 
     def receive_commit(self, commit: Signed, now_ms: int) -> list[Action]:
         c: Commit = commit.msg

@@ -99,9 +99,9 @@ def test_bid_and_announce_carry_the_nonce_and_refuse_the_old_arity_or_a_long_non
         return identity.sign(kind, body)
 
     for identity, kind, body, cls in [
-        (bidder, "bid", bid.to_body()[:-1], Bid),                       # no pow field: the old format
-        (bidder, "bid", bid.to_body()[:-1] + [b"\0" * 17], Bid),         # over 16 bytes
-        (bidder, "bid", bid.to_body()[:-1] + ["nonce"], Bid),            # not bytes
+        (bidder, "bid", bid.to_body()[:-2], Bid),                       # no pow field: the old format
+        (bidder, "bid", bid.to_body()[:-2] + [b"\0" * 17, 0], Bid),      # over 16 bytes
+        (bidder, "bid", bid.to_body()[:-2] + ["nonce", 0], Bid),         # not bytes
         (SUBMITTER, "announce", ann.to_body()[:-1], Announce),
         (SUBMITTER, "announce", ann.to_body()[:-1] + [b"\0" * 17], Announce),
     ]:
