@@ -8,8 +8,9 @@ A job is `RunRequest.wasm_module`: the bytes of a WASI *command* module (one tha
 Isolation: the module can reach only what WASI gives it: no sockets, no inherited stdio, and no
 preopened directory but `RunRequest.in_dir`, when set, preopened READ-ONLY as /in (the first
 preopen: fd 3). Opening a file there for writing, or creating one, fails (WASI errno 63,
-EPERM); a symlink inside it that points outside it cannot be opened (wasmtime's cap-std never
-leaves the preopened directory). Without in_dir every path lookup fails (ENOTCAPABLE/EBADF).
+EPERM); a symlink inside it that points outside it, by absolute or relative path, cannot be
+opened, followed or not (EPERM, or ELOOP without the follow flag: wasmtime's cap-std never leaves
+the preopened directory). Without in_dir every path lookup fails (ENOTCAPABLE/EBADF).
 Clocks and `random_get` are the host's (a module that reads them is not deterministic).
 
 Limits, and how a run ends:

@@ -118,8 +118,9 @@ def test_writing_into_in_fails_and_its_links_reach_no_host_file(sandbox, in_dir)
 
 # ---- /in on wasm: a read-only preopen ------------------------------------------------------------
 
-# Reads /in/data.bin (fd 3, the one preopen) to stdout, then tries to create /in/new.txt for writing
-# and exits with that call's WASI errno (0: created). WAT, so no C toolchain is needed.
+# Reads /in/data.bin (fd 3, the one preopen; links followed) to stdout, then tries to create /in/new.txt for writing
+# and exits with that call's WASI errno (0: created); if data.bin cannot be opened, it exits with
+# that errno and writes nothing. WAT, so no C toolchain is needed.
 IN_WAT = """
 (module
   (import "wasi_snapshot_preview1" "path_open"
@@ -132,9 +133,9 @@ IN_WAT = """
   (data (i32.const 16) "new.txt")
   (func (export "_start")
     (local $err i32) (local $n i32)
-    (local.set $err (call $path_open (i32.const 3) (i32.const 0) (i32.const 0) (i32.const 8)
+    (local.set $err (call $path_open (i32.const 3) (i32.const 1) (i32.const 0) (i32.const 8)
       (i32.const 0) (i64.const 2) (i64.const 0) (i32.const 0) (i32.const 44)))
-    (if (local.get $err) (then (call $proc_exit (i32.add (i32.const 100) (local.get $err)))))
+    (if (local.get $err) (then (call $proc_exit (local.get $err))))
     (block $done (loop $copy
       (i32.store (i32.const 32) (i32.const 1024))
       (i32.store (i32.const 36) (i32.const 4096))
@@ -147,7 +148,7 @@ IN_WAT = """
     (call $proc_exit (call $path_open (i32.const 3) (i32.const 0) (i32.const 16) (i32.const 7)
       (i32.const 1) (i64.const 64) (i64.const 0) (i32.const 0) (i32.const 44)))))
 """
-WASI_EPERM = 63
+WASI_EBADF, WASI_EPERM = 8, 63
 
 
 def test_wasm_reads_in_and_cannot_write_there(in_dir):
@@ -164,8 +165,25 @@ def test_wasm_reads_in_and_cannot_write_there(in_dir):
     finally:
         sb.close()
     assert (result.exit_code, result.stdout, result.stderr) == (WASI_EPERM, DATA, b"")
-    assert (alone.exit_code, alone.stdout) == (100 + 8, b"")
+    assert (alone.exit_code, alone.stdout) == (WASI_EBADF, b"")
     assert snapshot(in_dir) == before
+
+
+@pytest.mark.parametrize("target", ["absolute", "relative"])
+def test_wasm_cannot_follow_a_link_out_of_in(tmp_path, secret, target):
+    wasmtime = pytest.importorskip("wasmtime")
+    from distributeai.sandbox import open_sandbox
+
+    linked = tmp_path / "linked"
+    linked.mkdir()
+    (linked / "data.bin").symlink_to(secret if target == "absolute" else "../secret.txt")
+    sb = open_sandbox("wasm", log=lambda _m: None)
+    try:
+        req = RunRequest(image="", command=["in"], wasm_module=wasmtime.wat2wasm(IN_WAT), in_dir=str(linked))
+        result = sb.run(req)
+    finally:
+        sb.close()
+    assert (result.exit_code, result.stdout, result.stderr) == (WASI_EPERM, b"", b"")
 
 
 # ---- RunRequest checks in_dir -----------------------------------------------------------------------
