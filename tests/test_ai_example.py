@@ -6,7 +6,7 @@ depend on the chunk size, bad inputs are refused with exit code 2 and nothing wr
 make_data.py is deterministic. These run infer.py under a Python that has numpy (this one, else
 the host's Debian python3, which scripts/build-python-image.sh --numpy installs numpy into) and
 read its files here with a small .npy reader, so the project's venv needs no numpy; with no such
-Python they skip.
+Python they skip (fail under CI, whose scripts/test.sh installs it).
 
 With Docker (marked `docker`): the job runs twice in the image distributeai/python-numpy:1 (built
 once by the module's fixture if missing: ~6-10 s here, plus an apt-get install of python3-numpy
@@ -29,6 +29,8 @@ from pathlib import Path
 
 import pytest
 
+from .netfixtures import missing
+
 REPO = Path(__file__).resolve().parent.parent
 EXAMPLE = REPO / "examples" / "ai"
 IMAGE = "distributeai/python-numpy:1"
@@ -50,8 +52,9 @@ def numpy_python() -> str | None:
 @pytest.fixture(scope="module")
 def py() -> str:
     exe = numpy_python()
-    if exe is None:
-        pytest.skip("no Python with numpy here (scripts/build-python-image.sh --numpy installs Debian's)")
+    if exe is None:  # CI has it: scripts/test.sh builds the image first, which installs it
+        missing("no Python with numpy here (scripts/build-python-image.sh --numpy installs Debian's)",
+                "DISTRIBUTEAI_REQUIRE_DOCKER")
     return exe
 
 
@@ -63,7 +66,7 @@ def tiny(py, tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def small(py, tmp_path_factory) -> Path:
-    """SMALL inputs, made once for the module (read only)."""
+    """SMALL inputs for the Docker test (read only)."""
     # A directory of make_data's (0755): pytest's own are 0700, closed to the job's uid 65534.
     return make_data(py, tmp_path_factory.mktemp("small") / "in", *SMALL)
 
@@ -140,10 +143,10 @@ def test_predictions_are_the_exact_integer_computation(py, tiny, tmp_path):
     assert len(set(predictions)) > 1  # a model that always says the same class would prove little
 
 
-def test_predictions_do_not_depend_on_the_chunk_size(py, small):
-    in_dir = small
+def test_predictions_do_not_depend_on_the_chunk_size(py, tiny):
+    in_dir = tiny
     code = ("import sys, numpy as np; sys.path.insert(0, sys.argv[1]); import infer; from pathlib import Path\n"
-            "runs = [infer.infer(Path(sys.argv[2]), n)[0] for n in (1024, 333, 1)]\n"
+            "runs = [infer.infer(Path(sys.argv[2]), n)[0] for n in (1024, 7, 1)]\n"
             "assert all(np.array_equal(runs[0], r) for r in runs), 'chunking changed the predictions'\n")
     subprocess.run([py, "-c", code, str(EXAMPLE), str(in_dir)], check=True, timeout=RUN_TIMEOUT_S)
 
@@ -165,25 +168,61 @@ def test_make_data_is_deterministic_and_rows_change_only_the_data(py, tiny, tmp_
     assert read_npy(c / "data" / "x.npy")[1][:64 * 32] == read_npy(a / "data" / "x.npy")[1]
 
 
-@pytest.mark.parametrize("damage, message", [
+def npy_offset(path: Path) -> int:
+    """Where a .npy file's (version 1.0) data starts."""
+    (length,) = struct.unpack("<H", path.read_bytes()[8:10])
+    return 10 + length
+
+
+def poke_float32(path: Path, index: int, value: float) -> None:
+    """Set one element (flat index) of a float32 .npy file."""
+    with open(path, "r+b") as f:
+        f.seek(npy_offset(path) + 4 * index)
+        f.write(struct.pack("<f", value))
+
+
+def write_float32_npy(path: Path, shape: tuple[int, int], values: list[float]) -> None:
+    """A C-order float32 .npy file (version 1.0), as np.save writes it."""
+    header = f"{{'descr': '<f4', 'fortran_order': False, 'shape': {shape!r}, }}".encode()
+    header += b" " * (-(10 + len(header) + 1) % 64) + b"\n"
+    path.write_bytes(b"\x93NUMPY\x01\x00" + struct.pack("<H", len(header)) + header
+                     + struct.pack(f"<{len(values)}f", *values))
+
+
+def damage(in_dir: Path, how: str) -> None:
+    model, data = in_dir / "model", in_dir / "data"
+    if how == "weights":
+        poke_float32(model / "w1.npy", 0, 2.0 ** 20)
+    elif how == "fraction":
+        poke_float32(model / "w2.npy", 3 * 5 + 1, 0.5)  # w2[3, 1] of 5 classes
+    elif how == "nan":
+        poke_float32(data / "x.npy", 5 * 32 + 7, float("nan"))  # x[5, 7] of 32 features
+    elif how == "shape":
+        (rows, features), x = read_npy(data / "x.npy")
+        write_float32_npy(data / "x.npy", (rows, features - 1),
+                          [v for r in range(rows) for v in x[r * features:(r + 1) * features - 1]])
+    else:
+        (model / "config.json").write_text("{}")
+
+
+def test_write_float32_npy_writes_what_numpy_does(py, tmp_path):
+    write_float32_npy(tmp_path / "a.npy", (2, 3), [1, 2, 3, 4, 5, 6.5])
+    code = "import sys, numpy as np; np.save(sys.argv[1], np.array([[1, 2, 3], [4, 5, 6.5]], dtype='<f4'))"
+    subprocess.run([py, "-c", code, str(tmp_path / "b.npy")], check=True, timeout=RUN_TIMEOUT_S)
+    assert (tmp_path / "a.npy").read_bytes() == (tmp_path / "b.npy").read_bytes()
+
+
+@pytest.mark.parametrize("how, message", [
     ("weights", b"model layer 1: sums reach"),
     ("fraction", b"model layer 2: weights are not all integers"),
     ("nan", b"data/x.npy: row 5 holds a value that is not finite"),
     ("shape", b"data/x.npy: float32 (64, 31), not float32 rows of 32"),
     ("config", b"model/config.json: format is not"),
 ])
-def test_bad_inputs_are_refused_with_nothing_written(py, tiny, tmp_path, damage, message):
+def test_bad_inputs_are_refused_with_nothing_written(py, tiny, tmp_path, how, message):
     in_dir = tmp_path / "in"
     shutil.copytree(tiny, in_dir)
-    code = {
-        "weights": "w = np.load(m + '/w1.npy'); w[0, 0] = 2.0 ** 20; np.save(m + '/w1.npy', w)",
-        "fraction": "w = np.load(m + '/w2.npy'); w[3, 1] = 0.5; np.save(m + '/w2.npy', w)",
-        "nan": "x = np.load(d + '/x.npy'); x[5, 7] = np.nan; np.save(d + '/x.npy', x)",
-        "shape": "x = np.load(d + '/x.npy'); np.save(d + '/x.npy', x[:, :31].copy())",
-        "config": "open(m + '/config.json', 'w').write('{}')",
-    }[damage]
-    subprocess.run([py, "-c", f"import numpy as np; m, d = {str(in_dir / 'model')!r}, {str(in_dir / 'data')!r}; {code}"],
-                   check=True, timeout=RUN_TIMEOUT_S)
+    damage(in_dir, how)
     run = infer(py, in_dir, tmp_path / "out")
     assert run.returncode == 2
     assert run.stderr.startswith(b"infer.py: " + message), run.stderr
