@@ -18,7 +18,8 @@ the order a sum is taken in (BLAS kernels differ by CPU, by thread count, by ver
 - every other step is element-wise and exactly rounded in IEEE arithmetic (multiply, rint,
   clip, a power-of-two scale, floor, max), the same on every CPU and SIMD width;
 - the output is integers (argmax, first index on a tie), so not even a float's formatting can
-  differ; the stdout and summary.json hold nothing that varies (no times, no sizes of memory).
+  differ; the stdout and summary.json hold nothing that varies (no times, no sizes of memory),
+  and what a library might print to stderr while numpy loads is discarded (stderr is hashed too).
 BLAS is pinned to one thread below (before numpy is imported) as well: not for the bits, which
 the bound above already fixes, but so a job uses the one core it bids for.
 
@@ -41,7 +42,25 @@ import json  # noqa: E402
 import sys  # noqa: E402
 from pathlib import Path  # noqa: E402
 
-import numpy as np  # noqa: E402
+
+def _import_numpy_quietly():
+    """numpy, imported with file descriptor 2 on /dev/null. OpenBLAS writes warnings to stderr as
+    it loads on some CPUs and VMs ("could not determine the L2 cache size"); stderr is part of
+    the result hash, so one executor's warning would split the verdict. A failed import still
+    shows its traceback: Python prints it after fd 2 is back."""
+    saved = os.dup(2)
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, 2)
+        os.close(devnull)
+        import numpy
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+    return numpy
+
+
+np = _import_numpy_quietly()
 
 FORMAT = "distributeai-int8-mlp/1"
 EXACT = 1 << 24  # float32 holds every integer of magnitude up to 2**24 exactly
