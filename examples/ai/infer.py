@@ -27,7 +27,7 @@ Memory: the data is memory-mapped and read CHUNK_ROWS rows at a time. Beyond the
 and numpy (~30 MB) it holds the weights (4 x features x hidden bytes: 32 MiB for the default
 model), one chunk of rows (4 MiB) and its hidden layer (4 x CHUNK_ROWS x hidden: 32 MiB), and
 predictions (4 bytes a row); the mapped data pages are clean page cache the kernel takes back
-under the job's memory limit. Measured in README.md: it runs under --memory 512.
+under the job's memory limit. Measured (README.md): it ran in 160 MiB; the README asks for 512.
 """
 
 from __future__ import annotations
