@@ -63,8 +63,9 @@ def _pinned_bytes(c: sqlite3.Connection) -> int:
 
 
 def check_owner(owner: str) -> str:
-    if not isinstance(owner, str) or not owner or len(owner) > MAX_OWNER:
-        raise ValueError(f"a pin owner is text of 1 to {MAX_OWNER} characters")
+    """A pin owner: text of 1 to MAX_OWNER characters (ADDING... is the store's own)."""
+    if not isinstance(owner, str) or not owner or len(owner) > MAX_OWNER or owner.startswith(ADDING):
+        raise ValueError(f"a pin owner is text of 1 to {MAX_OWNER} characters, not starting {ADDING!r}")
     return owner
 
 
@@ -187,6 +188,8 @@ class BlockStore:
     async def put_many(self, pairs: list[tuple[bytes, bytes]], *, pin: str | None = None) -> None:
         """Store a batch of (cid, block) in one transaction: all of it or (on an error) none.
         Every block is checked against its CID first: ValueError "bad_block" when one is not."""
+        if pin is not None:
+            check_owner(pin)
         pairs = [(check_cid(cid), bytes(block)) for cid, block in pairs]
 
         def verify() -> bool:
@@ -198,9 +201,7 @@ class BlockStore:
 
     async def _store(self, pairs: list[tuple[bytes, bytes]], owner: str | None) -> None:
         """Store blocks already checked against their CIDs (put_many; an import, which made the
-        CIDs from the bytes itself)."""
-        if owner is not None:
-            check_owner(owner)
+        CIDs from the bytes itself), pinned for `owner` (checked by the caller) if not None."""
         unique = dict(pairs)
         if not unique:
             return
@@ -232,7 +233,12 @@ class BlockStore:
             for cid, _ in victims:
                 self.files.remove(cid)
 
-        await trio.to_thread.run_sync(run, limiter=self._limiter)
+        try:
+            await trio.to_thread.run_sync(run, limiter=self._limiter)
+        except BaseException:
+            for tick, cid in touches:  # rolled back with the put: kept for the next write
+                self._touched.setdefault(cid, tick)
+            raise
 
     def _index(self, c: sqlite3.Connection, unique: dict[bytes, bytes], held: set[bytes], new: list[bytes],
                first: int, owner: str | None, touches: list) -> tuple[list[tuple[bytes, int]], int]:
