@@ -12,11 +12,14 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 
+from distributeai.consensus.cid import raw_cid
 from distributeai.consensus.codec import Identity, sha256
+from distributeai.consensus.dagpb import T_FILE, encode_node, encode_unixfs
 from distributeai.consensus.executor import make_batch_reveal, make_commit, make_reveal
 from distributeai.consensus.messages import (
     Announce, Award, Bid, Certificate, Commit, Decline, JobSpec, Reveal, RevealRequest, Withdraw, job_id_of, sign, verify,
 )
+from distributeai.consensus.unixfs import CHUNK_SIZE, FileBuilder, Link, directory_block
 from distributeai.p2p.session import request_frame, response_frame
 
 from distributeai.node import wire
@@ -170,3 +173,18 @@ def control_seeds() -> list[bytes]:
             {"op": "tasks", "job_id": job, "start": 0, "limit": 0}, {"op": "stored_peers"},
             {"op": "find_peers", "peer_ids": ["junk"], "lookup": False}]
     return [json.dumps(r).encode() for r in reqs]
+
+
+def unixfs_block_seeds() -> list[bytes]:
+    """dag-pb blocks as `ipfs add --cid-version 1` makes them: a file's root over three raw leaves,
+    a directory (a file, a leaf, an empty directory), the empty directory, and a file node with
+    inline data (what `ipfs add` without raw leaves makes of a small file)."""
+    builder = FileBuilder()
+    blocks = dict(builder.add(bytes(range(256)) * (2 * CHUNK_SIZE // 256) + b"end"))
+    root, _, last = builder.finish()
+    blocks.update(last)
+    empty_cid, empty_dir = directory_block([])
+    _, directory = directory_block([Link(root, "data.bin", builder.tsize or 0), Link(raw_cid(b"hi"), "a.txt", 2),
+                                    Link(empty_cid, "empty", len(empty_dir))])
+    inline = encode_node([], encode_unixfs(T_FILE, data=b"hello\n", filesize=6))
+    return [blocks[root], directory, empty_dir, inline]

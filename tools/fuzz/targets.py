@@ -21,6 +21,7 @@ promise, such as a job file whose spec the network would refuse).
 | job_file | `jobfile.load_job_document` + `parse_job`; invariant: the spec it makes passes `verify` | a valid job |
 | tasks_file | `jobfile.parse_tasks` + `parse_job`; same invariant | a valid batch |
 | control | `control_request.parse_line` (the control API's JSON line and every op's arguments) | a well-formed request |
+| unixfs_block | `consensus.unixfs.decode_block` of a dag-pb block (what Bitswap hands the block store) | a UnixFS file or directory node |
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ from typing import Any, Callable
 import trio
 import trio.testing
 
+from distributeai.consensus.cid import DAG_PB, cid_for
 from distributeai.consensus.codec import Identity
 from distributeai.consensus.errors import JobFileError, RemoteProtocolError
 from distributeai.consensus.gossip import check_gossip
@@ -43,6 +45,7 @@ from distributeai.consensus.messages import (
 from distributeai.consensus.names import (
     AWARD_PROTOCOL, BID_PROTOCOL, BLOB_PROTOCOL, COMMIT_PROTOCOL, DECLINE_PROTOCOL, REVEAL_PROTOCOL, WITHDRAW_PROTOCOL,
 )
+from distributeai.consensus.unixfs import MAX_BLOCK, BadBlock, decode_block
 from distributeai.p2p import reqresp, session
 from distributeai.p2p.identity import peer_id_from_public_key
 
@@ -130,6 +133,8 @@ def build(c: Corpus) -> dict[str, Decoder]:
                 lambda data: check_tasks_file(data, c.submitter, c.now_ms), (JobFileError,), _job_file_reason),
         Decoder("control", corpus_mod.control_seeds(), "json", MAX_REQUEST, parse_line, (BadRequest,),
                 lambda exc: REJECT_REASON),
+        Decoder("unixfs_block", corpus_mod.unixfs_block_seeds(), "bytes", MAX_BLOCK,
+                lambda data: decode_block(cid_for(DAG_PB, data), data), (BadBlock,), lambda exc: "bad_block"),
     ]
     return {d.name: d for d in decoders}
 
