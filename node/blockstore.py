@@ -49,6 +49,7 @@ IN_CHUNK = 500  # cids per `IN (...)` (SQLite's default limit on variables is 32
 ADDING = "adding:"  # owner prefix of the pins an import holds while it runs (dropped at open)
 MAX_OWNER = 200
 
+
 def _chunks(items: list, size: int = IN_CHUNK) -> Iterable[list]:
     for i in range(0, len(items), size):
         yield items[i:i + size]
@@ -59,7 +60,8 @@ def _marks(n: int) -> str:
 
 
 def _pinned_bytes(c: sqlite3.Connection) -> int:
-    return c.execute("SELECT COALESCE(SUM(size), 0) FROM blocks WHERE cid IN (SELECT cid FROM pins)").fetchone()[0]
+    return c.execute(
+        "SELECT COALESCE(SUM(size), 0) FROM blocks WHERE cid IN (SELECT cid FROM pins)").fetchone()[0]
 
 
 def check_owner(owner: str) -> str:

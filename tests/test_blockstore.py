@@ -8,8 +8,9 @@ from __future__ import annotations
 import os
 
 import pytest
+import trio
 
-from distributeai.consensus.cid import cid_for, cid_text, raw_cid, DAG_PB
+from distributeai.consensus.cid import DAG_PB, cid_for, cid_text, parse_cid_text, raw_cid
 from distributeai.node.blockstore import BlockStore, BlockStoreFull, StoreFull
 
 KiB = 1024
@@ -80,6 +81,18 @@ async def test_eviction_takes_the_least_recently_used_first(tmp_path):
     st = store.stats()
     assert st["evicted"] == 3 and st["blocks"] == 4 and st["bytes"] == 40 * KiB
     assert not (tmp_path / "blocks" / blocks[1][0][4:5].hex() / cid_text(blocks[1][0])).exists()
+    await store.close()
+
+
+async def test_concurrent_puts_and_gets_keep_the_cap(tmp_path):
+    store = await BlockStore.open(tmp_path / "blocks", 50 * KiB)
+    async with trio.open_nursery() as nursery:
+        for i in range(20):
+            nursery.start_soon(store.put, *block(i))
+            nursery.start_soon(store.get, block(i)[0])
+    held = await store.have([block(i)[0] for i in range(20)])
+    assert len(held) == 5 and store.stats()["bytes"] == 50 * KiB and store.stats()["evicted"] == 15
+    assert sum(1 for p in (tmp_path / "blocks").rglob("b*") if p.is_file()) == 5  # files match the index
     await store.close()
 
 
@@ -196,10 +209,156 @@ async def test_stats_and_bad_arguments(tmp_path):
     await store.put(*block(3))
     assert store.stats() == {"blocks": 4, "bytes": 40 * KiB, "max_bytes": 100 * KiB,
                              "pinned_bytes": 30 * KiB, "evicted": 0}
-    with pytest.raises(ValueError):
-        await store.put(*block(9), pin="")
+    for owner in ("", "x" * 201, "adding:1"):  # "adding:" is the store's own, for imports in flight
+        with pytest.raises(ValueError):
+            await store.put(*block(9), pin=owner)
     with pytest.raises(ValueError):
         await store.get(b"\x01\x55")
     assert await store.roots() == []
     await store.close()
     assert os.path.exists(tmp_path / "blocks" / "index.db")
+
+
+# --- the UnixFS side: import, export, walk (node/blockdag.py over consensus.unixfs) -------------
+
+MiB = 1024 * KiB
+
+
+def tree(where):
+    (where / "sub" / "deeper").mkdir(parents=True)
+    (where / "empty-dir").mkdir()
+    (where / "a.bin").write_bytes(os.urandom(MiB + 17))
+    (where / "empty").write_bytes(b"")
+    (where / "sub" / "b.txt").write_text("hello\n")
+    (where / "sub" / "deeper" / "c.bin").write_bytes(os.urandom(300 * KiB))
+    return where
+
+
+def same_tree(a, b) -> bool:
+    def listing(root):
+        return sorted((str(p.relative_to(root)), p.is_dir(), None if p.is_dir() else p.read_bytes())
+                      for p in root.rglob("*"))
+    return listing(a) == listing(b)
+
+
+async def test_a_file_goes_in_and_comes_out_the_same(tmp_path):
+    src = tmp_path / "data.bin"
+    src.write_bytes(os.urandom(3 * MiB + 12345))  # 13 chunks, the last one short
+    store = await BlockStore.open(tmp_path / "blocks", 1 << 30)
+    root, size = await store.add_path(src)
+    assert size == 3 * MiB + 12345
+    assert await store.walk_missing(root) == []
+    assert await store.export(root, tmp_path / "out.bin") == size
+    assert (tmp_path / "out.bin").read_bytes() == src.read_bytes()
+    assert (await store.add_path(src)) == (root, size)  # the same bytes, the same CID
+    (entry,) = await store.roots()
+    assert entry["cid"] == cid_text(root) and entry["name"] == "data.bin" and entry["size"] == size
+    assert store.stats()["pinned_bytes"] == 0  # not asked to pin: evictable once imported
+    small = tmp_path / "small"
+    small.write_bytes(b"tiny")
+    tiny, n = await store.add_path(small, pin="submission:x")
+    assert n == 4 and await store.get(tiny) is not None and store.stats()["pinned_bytes"] >= 4
+    await store.export(tiny, tmp_path / "out.bin")  # an existing file is replaced
+    assert (tmp_path / "out.bin").read_bytes() == b"tiny"
+    await store.close()
+
+
+def vector_bytes(size: int, seed: int) -> bytes:
+    return bytes((i * 31 + 7 + seed) % 251 for i in range(size))
+
+
+async def test_an_import_gives_the_cids_ipfs_add_gives(tmp_path):
+    # tests/vectors/unixfs.json (consensus/unixfs.py's reference vectors): a file of 3 chunks and a tree
+    import json
+    from pathlib import Path
+
+    vectors = json.loads((Path(__file__).parent / "vectors" / "unixfs.json").read_text())
+    store = await BlockStore.open(tmp_path / "blocks", 1 << 30)
+    (vec,) = [f for f in vectors["files"] if f["size"] == 786437]
+    (tmp_path / "f").write_bytes(vector_bytes(vec["size"], vec["seed"]))
+    assert await store.add_path(tmp_path / "f") == (parse_cid_text(vec["cid"]), vec["size"])
+    (tree_vec,) = [t for t in vectors["trees"] if t["name"] == "tree"]
+    top = tmp_path / "tree"
+    for entry in tree_vec["entries"]:
+        where = top / entry["path"]
+        if entry.get("dir"):
+            where.mkdir(parents=True, exist_ok=True)
+        else:
+            where.parent.mkdir(parents=True, exist_ok=True)
+            where.write_bytes(vector_bytes(entry["size"], entry["seed"]))
+    root, size = await store.add_path(top)
+    assert root == parse_cid_text(tree_vec["cid"]) and size == sum(e.get("size", 0) for e in tree_vec["entries"])
+    link = tmp_path / "link-to-tree"
+    link.symlink_to(top)
+    assert (await store.add_path(link))[0] == root  # the path itself may be a symlink: followed
+    await store.export(root, tmp_path / "out")
+    assert same_tree(top, tmp_path / "out")
+    await store.close()
+
+
+async def test_a_directory_tree_goes_in_and_comes_out_the_same(tmp_path):
+    src = tree(tmp_path / "src")
+    store = await BlockStore.open(tmp_path / "blocks", 1 << 30)
+    root, size = await store.add_path(src, pin="job-1")
+    assert size == MiB + 17 + 6 + 300 * KiB
+    assert await store.export(root, tmp_path / "copy") == size
+    assert same_tree(src, tmp_path / "copy")
+    with pytest.raises(FileExistsError):
+        await store.export(root, tmp_path / "copy")
+    assert store.stats()["pinned_bytes"] == store.stats()["bytes"]  # every block, pinned for job-1
+    await store.unpin("job-1")
+    assert store.stats()["pinned_bytes"] == 0
+    await store.pin("job-2", root)  # the walk finds every block of the tree again
+    assert store.stats()["pinned_bytes"] == store.stats()["bytes"]
+    await store.close()
+
+
+async def test_an_import_refuses_what_is_not_a_file_or_directory_and_stores_nothing(tmp_path):
+    src = tree(tmp_path / "src")
+    (src / "sub" / "link").symlink_to(src / "a.bin")
+    store = await BlockStore.open(tmp_path / "blocks", 1 << 30)
+    with pytest.raises(ValueError, match="link: a symlink"):
+        await store.add_path(src)
+    (src / "sub" / "link").unlink()
+    os.mkfifo(src / "fifo")
+    with pytest.raises(ValueError, match="fifo: a FIFO"):
+        await store.add_path(src)
+    assert store.stats()["blocks"] == 0 and await store.roots() == []
+    await store.close()
+
+
+async def test_an_import_the_cap_cannot_hold_is_refused_and_leaves_nothing_pinned(tmp_path):
+    src = tmp_path / "big.bin"
+    src.write_bytes(os.urandom(2 * MiB))
+    store = await BlockStore.open(tmp_path / "blocks", MiB)
+    with pytest.raises(BlockStoreFull):
+        await store.add_path(src, pin="job")
+    assert store.stats()["pinned_bytes"] == 0 and await store.roots() == []
+    small = tmp_path / "small.bin"
+    small.write_bytes(os.urandom(900 * KiB))
+    root, _ = await store.add_path(small)  # what the failed import stored is evictable
+    assert await store.walk_missing(root) == []
+    await store.close()
+
+
+async def test_export_of_a_dag_with_a_missing_block_raises_missing_block_and_writes_nothing(tmp_path):
+    from distributeai.node.blockstore import MissingBlock
+
+    src = tree(tmp_path / "src")
+    root_dir = tmp_path / "blocks"
+    store = await BlockStore.open(root_dir, 1 << 30)
+    root, _ = await store.add_path(src)
+    leaf = raw_cid((src / "sub" / "deeper" / "c.bin").read_bytes()[:256 * KiB])
+    assert await store.has(leaf)
+    (root_dir / leaf[4:5].hex() / cid_text(leaf)).unlink()  # lost behind the index's back
+    with pytest.raises(MissingBlock) as raised:
+        await store.export(root, tmp_path / "copy")
+    assert raised.value.cid == leaf
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["blocks", "src"]  # no copy, no partial tree
+    assert await store.walk_missing(root) == [leaf]  # the export's read dropped its row
+    await store.pin("job", root)  # pins what is held now: every block but the lost one
+    assert store.stats()["pinned_bytes"] == store.stats()["bytes"] > 0
+    await store.put(leaf, (src / "sub" / "deeper" / "c.bin").read_bytes()[:256 * KiB])
+    await store.export(root, tmp_path / "copy")
+    assert same_tree(src, tmp_path / "copy")
+    await store.close()
