@@ -362,3 +362,20 @@ async def test_export_of_a_dag_with_a_missing_block_raises_missing_block_and_wri
     await store.export(root, tmp_path / "copy")
     assert same_tree(src, tmp_path / "copy")
     await store.close()
+
+
+async def test_export_refuses_a_file_dag_whose_parts_do_not_add_up(tmp_path):
+    # A peer can send a well-formed file node whose blocksize for a leaf is not the leaf's size:
+    # the export notices, and nothing is written.
+    from distributeai.consensus.dagpb import T_FILE, encode_node, encode_unixfs
+    from distributeai.consensus.unixfs import BadBlock
+
+    store = await BlockStore.open(tmp_path / "blocks", 1 << 20)
+    leaf, data = block(1, 1000)
+    node = encode_node([(leaf, "", 1000)], encode_unixfs(T_FILE, filesize=2000, blocksizes=[2000]))
+    root = cid_for(DAG_PB, node)
+    await store.put_many([(leaf, data), (root, node)])
+    with pytest.raises(BadBlock, match="1000 file bytes, its parent says 2000"):
+        await store.export(root, tmp_path / "out")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["blocks"]
+    await store.close()
