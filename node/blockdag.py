@@ -5,8 +5,10 @@ out, and walking a DAG to see what is held. Thin over `consensus.unixfs` (the fo
 Contract:
 - `add_path` streams: a file is read `BATCH` bytes at a time on a worker thread and chunked there
   (`FileBuilder`, which hashes each chunk into its CID), while the blocks of the batch before are
-  written; blocks are stored `BATCH` bytes per transaction, across small files too. It holds at
-  most a few batches in memory, whatever the size. The tree is checked before anything is stored:
+  written; blocks are stored `BATCH` bytes per transaction, across small files too. Files of at
+  most `BATCH` bytes are read and chunked whole, many in one worker-thread call (and written out
+  so by `export`): a tree of many small files costs a thread hop per few MiB, not per file. It
+  holds at most a few batches in memory, whatever the size. The tree is checked before anything is stored:
   an entry that is not a regular file or a directory (symlink, FIFO, device, socket), a name that
   is not UTF-8, a directory IPFS would shard (HAMT, unsupported), or a tree deeper than
   `MAX_DEPTH` is a ValueError naming the entry. The path itself may be a symlink (followed, as
@@ -30,7 +32,7 @@ import shutil
 import stat
 import uuid
 from pathlib import Path
-from typing import Awaitable, Callable
+from typing import Any, Awaitable, Callable
 
 import trio
 
@@ -70,10 +72,10 @@ async def pipeline(produce: Callable[[], list | None], consume: Callable[[list],
 class _Entry:
     """A file or directory of the tree to import, found by the scan."""
 
-    __slots__ = ("path", "name", "is_dir", "entries")
+    __slots__ = ("path", "name", "is_dir", "size", "entries")
 
-    def __init__(self, path: Path, name: str, is_dir: bool) -> None:
-        self.path, self.name, self.is_dir = path, name, is_dir
+    def __init__(self, path: Path, name: str, is_dir: bool, size: int) -> None:
+        self.path, self.name, self.is_dir, self.size = path, name, is_dir, size
         self.entries: list[_Entry] = []
 
 
@@ -82,7 +84,8 @@ def scan(path: Path) -> _Entry:
     top = os.stat(path)  # the path itself: followed
     if not (stat.S_ISREG(top.st_mode) or stat.S_ISDIR(top.st_mode)):
         raise ValueError(f"{path}: not a regular file or a directory")
-    root = _Entry(Path(os.path.realpath(path)), _utf8(path, path.name or str(path)), stat.S_ISDIR(top.st_mode))
+    root = _Entry(Path(os.path.realpath(path)), _utf8(path, path.name or str(path)), stat.S_ISDIR(top.st_mode),
+                  top.st_size)
     stack = [(root, 0)]
     while stack:
         entry, depth = stack.pop()
@@ -97,12 +100,13 @@ def scan(path: Path) -> _Entry:
                              "which this network does not support")
         for item in items:
             child_path = entry.path / item.name
-            mode = item.stat(follow_symlinks=False).st_mode
+            st = item.stat(follow_symlinks=False)
+            mode = st.st_mode
             if not (stat.S_ISREG(mode) or stat.S_ISDIR(mode)):
                 kind = "a symlink" if stat.S_ISLNK(mode) else "a FIFO" if stat.S_ISFIFO(mode) else \
                     "a socket" if stat.S_ISSOCK(mode) else "a device"
                 raise ValueError(f"{child_path}: {kind}, not a regular file or a directory (refused)")
-            child = _Entry(child_path, _utf8(child_path, item.name), stat.S_ISDIR(mode))
+            child = _Entry(child_path, _utf8(child_path, item.name), stat.S_ISDIR(mode), st.st_size)
             entry.entries.append(child)
             stack.append((child, depth + 1))
     return root
@@ -114,6 +118,42 @@ def _utf8(path: Path, name: str) -> str:
     except UnicodeDecodeError:
         raise ValueError(f"{path!r}: the name is not UTF-8") from None
     return name
+
+
+def _open_regular(path: Path) -> int:
+    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)  # a FIFO swapped in: no hang
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise ValueError(f"{path}: not a regular file (refused)")
+    return fd
+
+
+def _read_small(path: Path) -> tuple[bytes, int, int, list[tuple[bytes, bytes]]] | None:
+    """(cid, size, tsize, blocks) of a whole file of at most BATCH bytes; None if it is larger."""
+    builder = FileBuilder()
+    pairs: list[tuple[bytes, bytes]] = []
+    fd = _open_regular(path)
+    try:
+        while data := os.read(fd, BATCH):
+            if builder.size + len(data) > BATCH:
+                return None  # grew since the scan: imported streaming instead
+            pairs += builder.add(data)
+    finally:
+        os.close(fd)
+    cid, size, last = builder.finish()
+    return cid, size, builder.tsize, pairs + last
+
+
+def _read_smalls(entries: list[_Entry]) -> list[tuple | None]:
+    """`_read_small` of files one after another (one worker-thread call for many small files),
+    until BATCH bytes or the first that is larger."""
+    out: list[tuple | None] = []
+    total = 0
+    for entry in entries:
+        out.append(found := _read_small(entry.path))
+        if found is None or (total := total + found[1]) >= BATCH:
+            break
+    return out
 
 
 class _Importer:
@@ -138,11 +178,8 @@ class _Importer:
     async def add_file(self, path: Path) -> tuple[bytes, int, int]:
         """(cid, file bytes, tsize) of one regular file."""
         builder = FileBuilder()
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)  # a FIFO swapped in: no hang
+        fd = await trio.to_thread.run_sync(_open_regular, path)
         try:
-            if not stat.S_ISREG(os.fstat(fd).st_mode):
-                raise ValueError(f"{path}: not a regular file (refused)")
-
             def read() -> list[tuple[bytes, bytes]] | None:
                 data = os.read(fd, BATCH)
                 return builder.add(data) if data else None
@@ -157,10 +194,21 @@ class _Importer:
     async def add_dir(self, entry: _Entry) -> tuple[bytes, int, int]:
         """(cid, file bytes, tsize) of a scanned directory, its entries imported first."""
         links, size = [], 0
-        for child in entry.entries:
-            cid, n, tsize = await (self.add_dir(child) if child.is_dir else self.add_file(child.path))
-            links.append(Link(cid, child.name, tsize))
-            size += n
+        kids, i = entry.entries, 0
+        while i < len(kids):
+            small = 0
+            while i + small < len(kids) and not kids[i + small].is_dir and kids[i + small].size <= BATCH:
+                small += 1
+            found = await trio.to_thread.run_sync(_read_smalls, kids[i:i + small]) if small else [None]
+            for child, one in zip(kids[i:], found):
+                if one is not None:
+                    cid, n, tsize, pairs = one
+                    await self.emit(pairs)
+                else:  # a directory, or a file over BATCH bytes
+                    cid, n, tsize = await (self.add_dir(child) if child.is_dir else self.add_file(child.path))
+                links.append(Link(cid, child.name, tsize))
+                size += n
+            i += len(found)
         cid, block = directory_block(links)
         await self.emit([(cid, block)])
         return cid, size, len(block) + sum(link.tsize for link in links)
@@ -253,6 +301,41 @@ class _FileReader:
         return out
 
 
+    def check_total(self, written: int) -> None:
+        if self.filesize is not None and self.filesize != written:
+            raise BadBlock(f"the file's DAG holds {written} bytes, its root says {self.filesize}")
+
+
+def _write_smalls(files, links: list[Link], where: Path) -> list[tuple[int, list[bytes]] | None]:
+    """Write the entries `links` of a directory into `where`, one worker-thread call for many
+    small files: each a file of at most BATCH bytes written whole, as (bytes, cids read), until
+    BATCH bytes; it stops at the first entry that is not (None for it: exported the usual way)."""
+    out: list[tuple[int, list[bytes]] | None] = []
+    total = 0
+    for link in links:
+        block = files.read(link.cid)
+        if block is None:
+            raise MissingBlock(link.cid)
+        node = decode_block(link.cid, block)
+        if node.kind == "directory" or node.content_size > BATCH:
+            out.append(None)
+            break
+        reader = _FileReader(files, link.cid, block)
+        chunks: list[bytes] = []
+        while (batch := reader.next_batch()) is not None:  # each leaf checked against its parent
+            chunks += batch
+        fd = os.open(where / link.name, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        try:
+            written = _write_all(fd, chunks)
+        finally:
+            os.close(fd)
+        reader.check_total(written)
+        out.append((written, reader.used))
+        if (total := total + written) >= BATCH:
+            break
+    return out
+
+
 def _write_all(fd: int, chunks: list[bytes]) -> int:
     for chunk in chunks:
         view = memoryview(chunk)
@@ -273,14 +356,10 @@ async def _export_file(store, cid: bytes, block: bytes, target: Path) -> int:
         written += await trio.to_thread.run_sync(_write_all, fd, chunks)
 
     try:
-        await pipeline(reader.next_batch, write)
-    except MissingBlock as exc:
-        await store._drop(exc.cid)  # its row, if the index still had one
-        raise
+        await _dropping_missing(store, pipeline(reader.next_batch, write))
     finally:
         os.close(fd)
-    if reader.filesize is not None and reader.filesize != written:
-        raise BadBlock(f"the file's DAG holds {written} bytes, its root says {reader.filesize}")
+    reader.check_total(written)
     store._mark_used(reader.used)
     await store._maybe_flush()
     return written
@@ -296,10 +375,27 @@ async def _export_node(store, cid: bytes, target: Path, depth: int = 0) -> int:
     if depth >= MAX_DEPTH:
         raise BadBlock(f"directories nested deeper than {MAX_DEPTH} levels")
     await trio.to_thread.run_sync(os.mkdir, target)
-    total = 0
-    for link in node.links:
-        total += await _export_node(store, link.cid, target / link.name, depth + 1)
+    total, links, i = 0, node.links, 0
+    while i < len(links):
+        done = await _dropping_missing(store, trio.to_thread.run_sync(_write_smalls, store.files, links[i:], target))
+        for link, one in zip(links[i:], done):
+            if one is None:  # a directory, or a file over BATCH bytes
+                total += await _export_node(store, link.cid, target / link.name, depth + 1)
+            else:
+                total += one[0]
+                store._mark_used(one[1])
+        i += len(done)
+    await store._maybe_flush()
     return total
+
+
+async def _dropping_missing(store, work: Awaitable) -> Any:
+    """`await work`; on MissingBlock, first drop the block's index row (if it still had one)."""
+    try:
+        return await work
+    except MissingBlock as exc:
+        await store._drop(exc.cid)
+        raise
 
 
 def _remove(path: Path) -> None:
