@@ -231,6 +231,8 @@ def tree(where):
     (where / "empty").write_bytes(b"")
     (where / "sub" / "b.txt").write_text("hello\n")
     (where / "sub" / "deeper" / "c.bin").write_bytes(os.urandom(300 * KiB))
+    (where / "sub" / "large.bin").write_bytes(os.urandom(5 * MiB))  # over a batch: streamed, in and out
+    (where / "sub" / "z.txt").write_text("after the large one\n")
     return where
 
 
@@ -243,10 +245,10 @@ def same_tree(a, b) -> bool:
 
 async def test_a_file_goes_in_and_comes_out_the_same(tmp_path):
     src = tmp_path / "data.bin"
-    src.write_bytes(os.urandom(3 * MiB + 12345))  # 13 chunks, the last one short
+    src.write_bytes(os.urandom(9 * MiB + 12345))  # 37 chunks, the last one short; three batches
     store = await BlockStore.open(tmp_path / "blocks", 1 << 30)
     root, size = await store.add_path(src)
-    assert size == 3 * MiB + 12345
+    assert size == 9 * MiB + 12345
     assert await store.walk_missing(root) == []
     assert await store.export(root, tmp_path / "out.bin") == size
     assert (tmp_path / "out.bin").read_bytes() == src.read_bytes()
@@ -260,6 +262,14 @@ async def test_a_file_goes_in_and_comes_out_the_same(tmp_path):
     assert n == 4 and await store.get(tiny) is not None and store.stats()["pinned_bytes"] >= 4
     await store.export(tiny, tmp_path / "out.bin")  # an existing file is replaced
     assert (tmp_path / "out.bin").read_bytes() == b"tiny"
+    from distributeai.node.blockstore import MissingBlock
+    middle = raw_cid(src.read_bytes()[20 * 256 * KiB:21 * 256 * KiB])
+    (tmp_path / "blocks" / middle[4:5].hex() / cid_text(middle)).unlink()
+    with pytest.raises(MissingBlock) as raised:  # found mid-stream, in the second batch
+        await store.export(root, tmp_path / "out.bin")
+    assert raised.value.cid == middle and (tmp_path / "out.bin").read_bytes() == b"tiny"  # untouched
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".out.bin")]  # no partial file left
+    assert await store.walk_missing(root) == [middle]
     await store.close()
 
 
@@ -300,7 +310,7 @@ async def test_a_directory_tree_goes_in_and_comes_out_the_same(tmp_path):
     src = tree(tmp_path / "src")
     store = await BlockStore.open(tmp_path / "blocks", 1 << 30)
     root, size = await store.add_path(src, pin="job-1")
-    assert size == MiB + 17 + 6 + 300 * KiB
+    assert size == MiB + 17 + 6 + 300 * KiB + 5 * MiB + 20
     assert await store.export(root, tmp_path / "copy") == size
     assert same_tree(src, tmp_path / "copy")
     with pytest.raises(FileExistsError):
