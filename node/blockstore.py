@@ -36,7 +36,7 @@ from typing import Any, Callable, Iterable
 import trio
 
 from distributeai.consensus.cid import check_cid, cid_text, verify_block
-from . import clock
+from . import blockdag, clock
 from .blockfiles import (  # noqa: F401 (BlockIndexDamaged, BlockStoreFull, MissingBlock: re-exported)
     INDEX_FILE, BlockFiles, BlockIndexDamaged, BlockStoreFull, MissingBlock, connect_index,
 )
@@ -367,9 +367,7 @@ class BlockStore:
         """Pin for `owner` every block of the DAG under `root` that is held now (what is missing is
         not walked: `walk_missing` says what to fetch, and a put with `pin=owner` pins it)."""
         check_owner(owner)
-        from .blockdag import walk  # the UnixFS side
-
-        held, _missing = await walk(self, check_cid(root))
+        held, _missing = await blockdag.walk(self, check_cid(root))
         await self._pin_cids(owner, held)
 
     async def _pin_cids(self, owner: str, cids: list[bytes]) -> None:
@@ -419,23 +417,20 @@ class BlockStore:
         FIFOs, devices, sockets inside are refused before anything is stored (ValueError naming
         the entry). While it runs its blocks are pinned (an import the cap cannot hold raises
         BlockStoreFull); after, they are pinned for `pin` or left evictable; a root row is kept."""
-        from .blockdag import add_path
         if pin is not None:
             check_owner(pin)
-        return await add_path(self, Path(path), pin)
+        return await blockdag.add_path(self, Path(path), pin)
 
     async def export(self, root: bytes, dest: Path) -> int:
         """Write the file or directory tree under `root` to `dest` (streaming, each block checked);
         the file bytes written. MissingBlock(cid) when a block is not here: `dest` is then
         untouched (the tree is written beside it and renamed into place at the end)."""
-        from .blockdag import export
-        return await export(self, check_cid(root), Path(dest))
+        return await blockdag.export(self, check_cid(root), Path(dest))
 
     async def walk_missing(self, root: bytes) -> list[bytes]:
         """The blocks of the DAG under `root` not held, as far as the held blocks tell (the
         children of a missing node are unknown until it is fetched)."""
-        from .blockdag import walk
-        return (await walk(self, check_cid(root)))[1]
+        return (await blockdag.walk(self, check_cid(root)))[1]
 
     # --- listing -------------------------------------------------------------------------------
 
