@@ -7,9 +7,9 @@ Contract:
   not empty), filesize (if given), blocksizes (unpacked, one field each), in field order.
 - `decode_node` and `decode_unixfs` are strict, bounded and iterative (no recursion; the work is
   linear in the input): a truncated or over-long varint, a length past the end, a wire type a field
-  does not have, a field number the message does not define, a repeated singular field, Links after
-  Data after Links, or a PBLink whose fields are out of order: `BadBlock` naming the defect. They do
-  not interpret what they read (CIDs, names, sizes): consensus/unixfs.py does.
+  does not have, a field number the message does not define, a repeated singular field, Links on
+  both sides of Data, a PBLink without Hash or with its fields out of order: `BadBlock` naming the
+  defect. They do not interpret what they read (CIDs, names, sizes): consensus/unixfs.py does.
 Pure: no I/O; stdlib only.
 """
 

@@ -215,7 +215,8 @@ def test_decoding_our_blocks_round_trips():
     _, root, blocks = import_file(data)
     node = decode_block(root, blocks[root])
     assert node.kind == "file" and node.filesize == len(data) and node.data == b""
-    assert node.blocksizes == [CHUNK_SIZE, CHUNK_SIZE, 3] and children(root, blocks[root]) == [l.cid for l in node.links]
+    assert node.blocksizes == [CHUNK_SIZE, CHUNK_SIZE, 3]
+    assert children(root, blocks[root]) == [link.cid for link in node.links]
     assert [link.tsize for link in node.links] == node.blocksizes and {link.name for link in node.links} == {""}
     leaf = node.links[2].cid
     assert decode_block(leaf, blocks[leaf]).kind == "raw" and children(leaf, blocks[leaf]) == []
@@ -229,6 +230,16 @@ def test_a_file_node_with_inline_data_is_read():
     block = encode_node([], encode_unixfs(2, data=b"hello", filesize=5))
     node = decode_block(cid_for(DAG_PB, block), block)
     assert (node.kind, node.data, node.content_size, node.links) == ("file", b"hello", 5, [])
+
+
+def test_a_unixfs_raw_node_reads_as_a_file_and_mode_and_mtime_are_ignored():
+    # UnixFS type Raw (old leaves, `ipfs add` without raw leaves at some settings); mode and mtime
+    # (`ipfs add --preserve-mode --preserve-mtime`) change nothing this network reads.
+    raw = encode_node([], encode_unixfs(0, data=b"abc", filesize=3))
+    assert decode_block(cid_for(DAG_PB, raw), raw).content_size == 3
+    meta = b"\x38\xed\x03" + b"\x42\x02\x08\x01"  # mode 0o755, mtime {Seconds: 1}
+    directory = encode_node([(raw_cid(b"x"), "x", 1)], encode_unixfs(1) + meta)
+    assert [link.name for link in decode_block(cid_for(DAG_PB, directory), directory).links] == ["x"]
 
 
 CID = raw_cid(b"child")
