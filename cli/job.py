@@ -46,6 +46,24 @@ def read_bytes(path: Path, what: str) -> bytes:
         fail(f"{what}: cannot read {path}: {exc.strerror}")
 
 
+def local_input(item: str) -> tuple[str, str]:
+    """`--input PATH[:NAME]` as (absolute path, name under /in). A path that exists as given
+    (colon and all) is taken whole; else the part after the last colon is the name."""
+    from distributeai.consensus.spec import input_path_problem
+
+    path, name = item, ""
+    if not os.path.lexists(item) and ":" in item:
+        path, name = item.rsplit(":", 1)
+    if not os.path.exists(path):
+        fail(f"--input {item}: {path} does not exist")
+    path = os.path.abspath(path)
+    name = name or os.path.basename(path.rstrip("/")) or "input"
+    problem = input_path_problem(name)
+    if problem:
+        fail(f"--input {item}: the name {name!r} {problem}")
+    return path, name
+
+
 def read_tasks(path: Path) -> list[list[str]]:
     """A tasks file (consensus.jobfile.parse_tasks): one task per line, shell-quoted."""
     from distributeai.consensus.errors import JobFileError
@@ -84,6 +102,8 @@ def submit(
     tasks_file: Optional[Path] = typer.Option(None, "--tasks", help="A batch: one task's arguments per line "
                                               "(shell-quoted), each appended to the command and verified on its own."),
     env: list[str] = typer.Option([], "--env", help="NAME=VALUE for the job's environment; repeatable."),
+    inputs: list[str] = typer.Option([], "--input", help="PATH[:NAME]: a file or directory the job reads at "
+                                     "/in/NAME (read-only; NAME defaults to the path's last part); repeatable."),
     cpu: Optional[float] = typer.Option(None, "--cpu", help="Cores the job needs. Default 1."),
     memory: Optional[int] = typer.Option(None, "--memory", help="MiB the job may use. Default 256."),
     no_wait: bool = typer.Option(False, "--no-wait", help="Print the job id and return at once."),
@@ -104,7 +124,7 @@ def submit(
     Example: distributeai submit --data-dir ./node1 --image alpine:latest --cmd sh -c "echo 'Hello' | sha256sum" --json
     """
     from distributeai.consensus.errors import JobFileError
-    from distributeai.consensus.jobfile import parse_job
+    from distributeai.consensus.jobfile import check_input_paths, parse_job
     from distributeai.consensus.messages import JobSpec, encode_body
     from distributeai.node.paths import key_path
 
@@ -152,6 +172,11 @@ def submit(
         fields = parse_job(doc)
     except JobFileError as exc:
         fail(f"invalid job: {exc}")
+    local = [local_input(item) for item in inputs]
+    try:
+        check_input_paths([path for _, path, _ in fields["inputs"]] + [name for _, name in local])
+    except JobFileError as exc:
+        fail(f"invalid job: {exc}")
     data_dir = node_dir(data_dir)
     if not key_path(data_dir).exists():
         fail(f"no node key in {data_dir}: start a node there first with `distributeai node start --data-dir {data_dir}`", 1)
@@ -167,7 +192,10 @@ def submit(
     request = {"op": "submit", "spec": encode_body(spec).hex()}
     if spec.wasm_sha256:
         request["module"] = module.hex()
-    answer = control(data_dir, request)
+    if local:
+        request["inputs"] = [{"path": path, "name": name} for path, name in local]
+    # Inputs are imported (or fetched, by CID) before the node answers: no time limit then.
+    answer = control(data_dir, request, timeout=None if (local or spec.inputs) else 30.0)
     if "error" in answer:
         fail(f"the node refused the job: {answer['error']}", 1)
     job_hex = answer["job_id"]

@@ -307,10 +307,12 @@ class Agent:
         with self._disk_full_refused():
             return await self.submitting.submit(signed_spec, module)
 
-    async def submit_unsigned(self, body: bytes, module: bytes | None = None) -> bytes:
-        """Sign a spec naming this node and submit it (Submitting.submit_unsigned)."""
+    async def submit_unsigned(self, body: bytes, module: bytes | None = None,
+                              inputs: list[tuple[str, str]] = ()) -> bytes:
+        """Sign a spec naming this node and submit it, its `inputs` (path, name) imported
+        (Submitting.submit_unsigned)."""
         with self._disk_full_refused():
-            return await self.submitting.submit_unsigned(body, module)
+            return await self.submitting.submit_unsigned(body, module, inputs)
 
     async def cancel(self, job_id: bytes) -> None:
         """Cancel a job submitted from this node (Submitting.cancel); LocalProtocolError if not."""

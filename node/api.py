@@ -34,7 +34,7 @@ from typing import TYPE_CHECKING, Any
 
 from distributeai.consensus.errors import JobFileError, LocalProtocolError
 from distributeai.consensus.jobfile import load_job_document, parse_job
-from distributeai.consensus.messages import JobSpec, sign
+from distributeai.consensus.messages import JobSpec, encode_body, sign
 from distributeai.p2p.http import Request, Response, json_response
 from distributeai.p2p.identity import public_key_from_peer_id
 
@@ -148,8 +148,13 @@ class RestApi:
         spec = JobSpec(submitter=a.me, nonce=os.urandom(16), created_ms=now_ms(), **fields)
         module = doc.get("wasm_module") if spec.wasm_sha256 else None
         try:
-            job_id = await a.submit(sign(a.identity, spec), module)
+            if spec.inputs:  # by CID: the node sizes each (fetched whole from its peers) before signing
+                job_id = await a.submit_unsigned(encode_body(spec), module)
+            else:
+                job_id = await a.submit(sign(a.identity, spec), module)
         except LocalProtocolError as exc:
+            if exc.reason in ("bad_inputs", "inputs_unavailable"):
+                raise ApiError(400 if exc.reason == "bad_inputs" else 409, str(exc), "inputs") from None
             if exc.reason == "insufficient_credits":
                 raise ApiError(409, str(exc), "price") from None
             if exc.reason == "too_few_nodes":  # the network as this node sees it now

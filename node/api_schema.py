@@ -69,6 +69,12 @@ def openapi_document() -> dict[str, Any]:
             "out_max_bytes": {"oneOf": [{"type": "integer", "minimum": 0}, {"type": "string"}],
                               "description": "output quota in bytes, or a size like '100m' (default 1 GiB)"},
             "out_max_files": {"type": "integer", "minimum": 0, "description": "output quota in entries (default 10000)"},
+            "inputs": {"type": "array", "maxItems": 64,
+                       "items": {"type": "object", "required": ["cid", "path"], "additionalProperties": False,
+                                 "properties": {"cid": {"type": "string", "description": "a CID on the network"},
+                                                "path": {"type": "string", "description": "where the job sees it, under /in"}}},
+                       "description": "files or directories already on the network, by CID, mounted read-only at "
+                                      "/in/PATH; the node fetches each whole and states its size in the spec"},
         },
         "additionalProperties": False,
     }
@@ -149,7 +155,7 @@ def openapi_document() -> dict[str, Any]:
                                                     "parameters": {"id": "$response.body#/id"}}}},
                                   "400": _error("A field is wrong (named in `field`); nothing was sent"),
                                   "401": UNAUTHORIZED,
-                                  "409": _error("This node cannot pay for the job (field `price`), or its quorum is larger than the nodes it can reach (field `quorum`)"),
+                                  "409": _error("This node cannot pay for the job (field `price`), or its quorum is larger than the nodes it can reach (field `quorum`), or an input cannot be fetched from its peers (field `inputs`)"),
                                   "413": _error("The body is over the limit (1 MiB)"),
                                   "503": _error("The node's disk is full: nothing was stored or sent; "
                                                 "try again later (Retry-After)")},

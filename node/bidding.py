@@ -21,6 +21,10 @@ pulling for a job the node would otherwise run):
                                            what this node accepts (--max-output) or over its free
                                            space above the reserve, less the quotas of the jobs
                                            it has been awarded and not yet run
+    fits_inputs      inputs_too_large      the job's inputs, less what this node's block store holds
+                                           of them already, are more than the store can take (its
+                                           cap less its pinned blocks) or than the disk has free
+                                           above the reserve and the output quotas promised
     has_free_slot    busy                  the node already runs its maximum number of jobs
     image_present    image_missing         the image is not available locally (the executor then
                                            tries to pull it and decides again)
@@ -51,6 +55,7 @@ BUSY = "busy"
 IMAGE_MISSING = "image_missing"
 DISK_LOW = "disk_low"
 OUTPUT_TOO_LARGE = "output_too_large"
+INPUTS_TOO_LARGE = "inputs_too_large"
 FITS = "fits"
 
 
@@ -76,6 +81,10 @@ class BidContext:
     disk_low: bool = False
     disk_headroom: int | None = None
     max_output: int | None = None
+    # The job's inputs (node/job_inputs.py): bytes of them this node holds already, and what its
+    # block store can still take (cap less pinned). None: no block store (no limit).
+    inputs_held: int = 0
+    store_room: int | None = None
 
 
 def submitter_pays(c: BidContext) -> Decision | None:
@@ -127,12 +136,25 @@ def fits_output(c: BidContext) -> Decision | None:
     return None
 
 
+def fits_inputs(c: BidContext) -> Decision | None:
+    """The inputs still to fetch must fit the block store and the disk (the outputs' promises
+    already taken off `disk_headroom`)."""
+    need = max(0, c.spec.inputs_size - c.inputs_held)
+    if not need:
+        return None
+    for room, what in ((c.store_room, "its block store has room for"), (c.disk_headroom, "its disk has free")):
+        if room is not None and need > room:
+            return Decision(False, f"inputs_too_large: the job's inputs need {human(need)} more, {what} "
+                                   f"{human(max(0, room))}", INPUTS_TOO_LARGE)
+    return None
+
+
 def has_free_slot(c: BidContext) -> Decision | None:
     return None if c.running < c.capacity.max_running else Decision(False, "all job slots busy", BUSY)
 
 
-PREDICATES = (submitter_pays, sandbox_ready, has_gpu, fits_resources, disk_room, fits_output, has_free_slot,
-              image_present)
+PREDICATES = (submitter_pays, sandbox_ready, has_gpu, fits_resources, disk_room, fits_output, fits_inputs,
+              has_free_slot, image_present)
 
 
 def decide(c: BidContext) -> Decision:

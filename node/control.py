@@ -9,10 +9,15 @@ line, answered with a JSON object on one line. Requests are capped at MAX_REQUES
     {"op": "info"}                                   -> node info
     {"op": "submit", "signed_spec": HEX[, "module": HEX]} -> {"job_id": HEX}
                                                         (module: a wasm module too large to travel in the spec)
-    {"op": "submit", "spec": HEX[, "module": HEX]}   -> {"job_id": HEX}: the node signs the spec (canonical
+    {"op": "submit", "spec": HEX[, "module": HEX][, "inputs": [{"path": ABS, "name": NAME}, ...]]}
+                                                     -> {"job_id": HEX}: the node signs the spec (canonical
                                                         body, naming this node as submitter) with its key;
                                                         how `distributeai submit` works, so that the CLI never
-                                                        opens the key file (which may be encrypted)
+                                                        opens the key file (which may be encrypted). Before
+                                                        signing, it imports each input path into its block
+                                                        store (shown to the job at /in/NAME) and fills in the
+                                                        size of each input the spec names by CID (fetched
+                                                        whole from its peers): node/job_inputs.py
     {"op": "status", "job_id": HEX}                  -> job view (every op's job_id may be a unique prefix
                                                         of 8 or more hex digits; an ambiguous one is
                                                         answered with code "ambiguous_job" and "candidates")
@@ -97,7 +102,7 @@ async def _dispatch(agent: Agent, request: dict) -> dict:
     if op == "submit":
         try:
             if req.get("spec") is not None:
-                job_id = await agent.submit_unsigned(req["spec"], req["module"])
+                job_id = await agent.submit_unsigned(req["spec"], req["module"], req["inputs"])
             else:
                 job_id = await agent.submit(req["signed_spec"], req["module"])
         except LocalProtocolError as exc:

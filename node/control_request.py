@@ -32,6 +32,29 @@ OPS = ("info", "submit", "status", "wait", "list", "credits", "reputation", "pee
        "result", "tasks", "stored_peers", "find_peers")
 
 
+MAX_INPUTS = 64  # consensus.fields.MAX_INPUTS: local inputs of one submit
+
+
+def _local_inputs(value: Any) -> list[tuple[str, str]]:
+    """A submit's `inputs`: [{"path": ABSOLUTE PATH, "name": NAME}, ...], each a file or directory
+    on the node's host to import and show the job at /in/NAME ((path, name) pairs; the name is
+    checked with the spec)."""
+    if not isinstance(value, list) or len(value) > MAX_INPUTS:
+        raise BadRequest(f"inputs must be a list of at most {MAX_INPUTS} {{path, name}} objects")
+    pairs = []
+    for item in value:
+        if not isinstance(item, dict) or set(item) != {"path", "name"}:
+            raise BadRequest("each input must be an object with exactly path and name")
+        path, name = item["path"], item["name"]
+        if (not isinstance(path, str) or not path.startswith("/") or "\x00" in path
+                or len(path) > MAX_PATH_CHARS):
+            raise BadRequest("an input's path must be an absolute path")
+        if not isinstance(name, str) or not name or len(name) > MAX_PATH_CHARS:
+            raise BadRequest("an input's name must be a non-empty string")
+        pairs.append((path, name))
+    return pairs
+
+
 class BadRequest(ValueError):
     """A control request that is not JSON, not an object, names no known op, or carries an
     argument of the wrong type or range."""
@@ -72,6 +95,7 @@ def check_request(obj: Any) -> dict:
         else:
             req["signed_spec"] = _hex(obj.get("signed_spec", ""), "signed_spec")
         req["module"] = _hex(obj.get("module", ""), "module") or None
+        req["inputs"] = _local_inputs(obj.get("inputs", []))
     elif op in ("status", "wait", "cancel", "result", "tasks"):
         req["job_id"] = _job_id(obj.get("job_id", ""))
     if op == "wait":

@@ -46,6 +46,7 @@ from distributeai.sandbox.base import RunRequest, RunResult, Sandbox, SandboxErr
 from . import wire
 from .bidding import IMAGE_MISSING, BidContext, decide
 from .inbound import decode_award
+from .job_inputs import InputsUnavailable, JobInputs, input_providers
 from .joblog import executor_events
 from .ports import NodeSettings, Ports, Sandboxes
 from .store import StoreFull
@@ -71,6 +72,7 @@ class Executing:
         self._lock = trio.Lock()  # inputs reach the store in the order they were applied
         self._limiter = trio.CapacityLimiter(settings.capacity.max_running)
         self._pull_limiter = trio.CapacityLimiter(1)  # one image pull at a time
+        self.inputs: JobInputs | None = None  # the block store's side of jobs' inputs (set by the agent)
 
     # --- bidding --------------------------------------------------------------------------------
 
@@ -86,18 +88,20 @@ class Executing:
         # The room above the reserve, less what the jobs awarded and not yet run may still write.
         promised = sum(j.spec.out_max_bytes for j in self.jobs.values() if j.state in ("awarded", "running")
                        and j.spec.sandbox == "container" and not j.spec.is_batch)
+        held = await self.inputs.held(spec) if self.inputs is not None and spec.inputs else 0
         decision = decide(BidContext(spec, self.settings.capacity, self.running, boxes.ok.get(spec.sandbox, False),
                                      lambda _: image_ok, submitter_can_pay=self.ports.ledger.can_pay(spec),
                                      gpu_ok=self.settings.gpu or not spec.gpu, disk_low=disk.low,
                                      disk_headroom=disk.headroom() - promised if disk.path is not None else None,
-                                     max_output=self.settings.max_output))
+                                     max_output=self.settings.max_output, inputs_held=held,
+                                     store_room=self.inputs.room() if self.inputs is not None else None))
         if decision.code == IMAGE_MISSING:
             self.ports.runtime.spawn(self._pull_then_bid, job_id, spec, addrs)
             return
-        await self._decided(job_id, spec, addrs, decision.bid, decision.reason, decision.code)
+        await self._decided(job_id, spec, addrs, decision.bid, decision.reason, decision.code, held)
 
     async def _decided(self, job_id: bytes, spec: JobSpec, addrs: tuple[str, ...], bid: bool, reason: str,
-                       code: str) -> None:
+                       code: str, held: int = 0) -> None:
         """Bid, or tell the submitter in a signed Decline why not (its code and `reason`), so it
         can end a job nobody can run at once and say why."""
         if spec.submitter != self.me:
@@ -105,7 +109,8 @@ class Executing:
         s = self.settings
         if bid:
             msg = sign(self.identity, Bid(job_id, self.me, s.price, s.capacity.cpu_millis, s.capacity.memory_mb,
-                                          (self.sandboxes.backends[spec.sandbox].name,), self.ports.now_ms(), s.pow_nonce))
+                                          (self.sandboxes.backends[spec.sandbox].name,), self.ports.now_ms(), s.pow_nonce,
+                                          held))
             log.info("job %s bidding here", job_id.hex()[:12])
             self.ports.runtime.spawn(self._send_bid, spec.submitter, msg, addrs, BID_PROTOCOL)
             return
@@ -176,6 +181,8 @@ class Executing:
         runs and has not finished takes the `ended` input (stored before anything is done); a run
         in progress is then stopped (`StopRun`). Any other job id changes nothing."""
         job = self.jobs.get(job_id)
+        if self.inputs is not None and (job is None or job.state not in UNFINISHED):
+            await self.inputs.release(job_id.hex())  # a run of it here is over: its inputs may go
         if job is None or job.state not in UNFINISHED:
             return
         log.info("job %s ended at its submitter (%s): its run here stops", job_id.hex()[:12], reason or status)
@@ -201,6 +208,8 @@ class Executing:
                                                     reveal=job.reveal if kind == "ran" else None)
         self.ports.events.notify()
         self._act(job, actions)
+        if job.state != before and job.state in ("failed", "ended") and job.spec.inputs and self.inputs is not None:
+            await self.inputs.release(job.job_id.hex())  # the inputs stay in the store, evictable
         return actions
 
     def _act(self, job: ExecutorJob, actions: list) -> None:
@@ -255,7 +264,7 @@ class Executing:
         try:
             with trio.CancelScope() as self._stops[job.job_id]:
                 reveal, summary = await self.run(job)
-        except (SandboxError, ValueError, RemoteError, RemoteProtocolError) as exc:
+        except (SandboxError, ValueError, RemoteError, RemoteProtocolError, InputsUnavailable) as exc:
             if job.state != "running":
                 return  # stopped: the sandbox said so before the scope did
             log.warning("job %s could not run: %s", job.job_id.hex()[:12], exc)
@@ -284,7 +293,12 @@ class Executing:
         box = self.sandboxes.backends[spec.sandbox]
         requests = ([dataclasses.replace(request, command=spec.task_command(i)) for i in range(len(spec.tasks))]
                     if spec.is_batch else [request])
-        results = await self._run_in(box, requests)
+        try:
+            results = await self._run_in(box, requests)
+        finally:
+            if request.in_dir is not None and self.inputs is not None:
+                with trio.CancelScope(shield=True):
+                    await self.inputs.remove_dir(award.job_id.hex())
         if spec.is_batch:
             return self._batch_reveal(award, spec, results)
         result = results[0]
@@ -326,9 +340,17 @@ class Executing:
 
     async def _request(self, award: Award, spec: JobSpec) -> RunRequest:
         """The sandbox request for a job: its module (fetched by SHA-256 if it did not travel in the
-        spec), its input, and a fresh output directory for container jobs."""
+        spec), its input, its inputs fetched and laid out for /in (`JobInputs.fetch`:
+        InputsUnavailable withdraws), and a fresh output directory for container jobs."""
         module = None
         out_dir = None
+        in_dir = None
+        if spec.inputs:
+            if self.inputs is None or self.inputs.inputs_dir is None:
+                raise InputsUnavailable("this node has no block store for the job's inputs")
+            providers = input_providers(peer_id_from_public_key(spec.submitter), peer_id_from_public_key(self.me),
+                                        self.ports.transport.connected_peers())
+            in_dir = str(await self.inputs.fetch(award.job_id.hex(), spec, providers))
         if spec.sandbox == "wasm":
             module = spec.wasm_module or await self._fetch_module(spec)
         elif self.sandboxes.outputs_dir is not None and not spec.is_batch:
@@ -341,7 +363,7 @@ class Executing:
                           cpu=spec.cpu_millis / 1000, memory_mb=spec.memory_mb, timeout_s=float(spec.timeout_s),
                           stdin=spec.stdin, out_dir=out_dir, out_max_bytes=spec.out_max_bytes,
                           out_max_files=spec.out_max_files, out_keep_free=self.settings.disk_reserve,
-                          wasm_module=module, fuel=spec.fuel_limit or None)
+                          wasm_module=module, fuel=spec.fuel_limit or None, in_dir=in_dir)
 
     async def _fetch_module(self, spec: JobSpec) -> bytes:
         digest = spec.wasm_sha256

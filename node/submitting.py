@@ -35,7 +35,9 @@ from distributeai.p2p.discovery import TARGET_PEERS
 from distributeai.p2p.overlay import RemoteError
 
 from . import wire
+from .blockstore import BlockStoreFull
 from .inbound import decode_reveal_answer
+from .job_inputs import JobInputs
 from .joblog import submitter_events
 from .ports import NodeSettings, Ports
 
@@ -68,23 +70,54 @@ class Submitting:
         self.jobs: dict[bytes, SubmitterJob] = {}
         self.ended_before: set[bytes] = set()  # jobs that ended before this start (not rebuilt by recover)
         self._lock = trio.Lock()  # inputs reach the store in the order they were applied
+        self.inputs: JobInputs | None = None  # jobs' data inputs in the block store (set by the agent)
 
     # --- entry points -------------------------------------------------------------------------
 
-    async def submit_unsigned(self, body: bytes, module: bytes | None = None) -> bytes:
+    async def submit_unsigned(self, body: bytes, module: bytes | None = None,
+                              local: list[tuple[str, str]] = ()) -> bytes:
         """Sign a job spec for this node's user (the control socket's owner) and submit it.
 
         `body` is the spec's canonical encoding (`encode_body`); its submitter must be this node.
         The node signs job specs only, never arbitrary bytes: the socket is no general signing
         oracle. This is how `distributeai submit` works without opening a (perhaps encrypted)
-        key file itself."""
+        key file itself. The job's inputs are filled in before it is signed (`_with_inputs`):
+        `local` are (path, name) pairs to import (`submit --input PATH:NAME`), and each input the
+        spec names by CID gets its size."""
         try:
             spec = decode_unsigned(body, JobSpec)
         except RemoteProtocolError as exc:
             raise LocalProtocolError(exc.reason, exc.detail) from None
         if spec.submitter != self.me:
             raise LocalProtocolError("wrong_signer", "a node signs only jobs that name it as their submitter")
-        return await self.submit(sign(self.identity, spec), module)
+        if not spec.inputs and not local:
+            return await self.submit(sign(self.identity, spec), module)
+        try:
+            spec = await self._with_inputs(spec, list(local))
+            return await self.submit(sign(self.identity, spec), module)
+        except BaseException:
+            if self.inputs is not None:  # refused: its inputs are nobody's submission
+                with trio.CancelScope(shield=True):
+                    await self.inputs.release_submission(spec)
+            raise
+
+    async def _with_inputs(self, spec: JobSpec, local: list[tuple[str, str]]) -> JobSpec:
+        """The spec with its inputs' CIDs and sizes (JobInputs.prepare, pinned for the
+        submission until its certificate), checked whole again."""
+        if self.inputs is None:
+            raise LocalProtocolError("bad_inputs", "this node has no block store for inputs")
+        try:
+            spec = await self.inputs.prepare(spec, local)
+            return JobSpec.from_body(spec.to_body())
+        except RemoteProtocolError as exc:
+            raise LocalProtocolError("bad_inputs", exc.detail or exc.reason) from None
+        except (OSError, ValueError) as exc:  # a path that cannot be imported (the entry named)
+            raise LocalProtocolError("bad_inputs", f"an input cannot be imported: {exc}") from None
+        except LookupError as exc:  # InputsUnavailable
+            raise LocalProtocolError("inputs_unavailable", str(exc)) from None
+        except BlockStoreFull as exc:
+            raise LocalProtocolError("store_full", f"the block store cannot hold the inputs ({exc}): "
+                                                   "raise node start --store-max") from None
 
     async def submit(self, signed_spec: bytes, module: bytes | None = None) -> bytes:
         """Announce a job signed by this node's user. Raises LocalProtocolError if it is not,
@@ -248,6 +281,8 @@ class Submitting:
             elif isinstance(action, Finished):
                 log.info("job %s %s%s", job.job_id.hex()[:12], action.status, f": {action.reason}" if action.reason else "")
                 await self.ended(job.job_id, action.status, action.reason)
+                if job.spec.inputs and self.inputs is not None:
+                    await self.inputs.release_submission(job.spec)
                 p.events.job_finished(action.status, action.reason, (p.now_ms() - job.started_ms) / 1000)
 
     async def _send_award(self, job: SubmitterJob, action: SendAward) -> None:

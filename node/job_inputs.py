@@ -1,0 +1,204 @@
+"""A job's inputs on this node (issue 16, item 3): the CIDs a spec names (`JobSpec.inputs`), in
+the block store (node/blockstore.py), moved by node/transfer.py's `fetch_dag`.
+
+Contract (`JobInputs`, one per node; the submitter's and the executor's sides both use it):
+- submitting: `prepare(spec, local, owner)` gives the spec to sign: each local path (a file or a
+  directory the user named with `submit --input PATH[:NAME]`) imported into the store (CID and
+  size filled in), and each input the spec names by CID fetched whole from the connected peers
+  and sized (the sum of its files' bytes). Fetching the whole DAG at submit time, not only its
+  root, is deliberate: it proves the CID exists on the network, it gives the exact size of a
+  directory (a walk of the nodes above the files; the file roots' sizes are in their root blocks),
+  and the submitter is the first provider every executor asks. Everything is pinned from the
+  start under `submission_owner(spec)`, "submission:" and the spec's nonce (the job id is not
+  known before the spec holds the CIDs, and one owner from import to certificate leaves no
+  moment the blocks could be evicted); `release_submission(spec)` drops the pins once the job
+  has its certificate, and `abandon` when the submission is refused. A crash between the import
+  and the announcement leaves that pin behind (the store has no listing of owners to sweep).
+- bidding: `held(spec)` is the file bytes of the job's inputs whose whole DAG this store holds
+  (an input held in part counts 0): a walk of the DAG's held blocks (its dag-pb nodes are read,
+  its leaves only looked up), remembered per root while the store has evicted nothing since, so
+  a bid on a dataset already checked costs no walk. `room()` is what the store can still take
+  (its cap less its pinned bytes).
+- executing: `fetch(job_hex, spec, providers)` pins what is held under `inputs:JOB`, fetches the
+  rest from `providers` (the submitter first), and writes every input out to
+  `inputs_dir/JOB/PATH` (directories 0755, files 0644: the job reads them as uid 65534); the
+  directory, for `RunRequest.in_dir`. A fetch cut short (SIGKILL, restart) is resumed by calling
+  it again: stored blocks are not asked for twice, and the directory is written afresh.
+  `InputsUnavailable` (a LookupError) when no provider has some block, with the CID in words.
+  `remove_dir(job_hex)` after the run; `release(job_hex)` when the job has ended here.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from dataclasses import replace
+from pathlib import Path
+from typing import Any, Awaitable, Callable
+
+import trio
+
+from distributeai.consensus.cid import cid_text
+from distributeai.consensus.messages import JobSpec
+from distributeai.consensus.unixfs import decode_block
+
+from .blockstore import BlockStoreFull, MissingBlock
+
+# Agent.fetch_dag(root, providers, *, pin=None, progress=None): every block of the DAG in the store.
+FetchDag = Callable[..., Awaitable[Any]]
+INPUT_PROVIDERS = 8  # peers asked at once for a job's input blocks
+
+
+class InputsUnavailable(LookupError):
+    """No provider could give some block of a job's input."""
+
+
+def submission_owner(spec: JobSpec) -> str:
+    return f"submission:{spec.nonce.hex()}"
+
+
+def run_owner(job_hex: str) -> str:
+    return f"inputs:{job_hex}"
+
+
+def input_providers(submitter: str, me: str, connected: list[str]) -> list[str]:
+    """Who may hold a job's input blocks (peer ids): its submitter first, then up to
+    INPUT_PROVIDERS - 1 connected peers (an executor of the job or of an earlier job on the same
+    data; one that lacks them says DONT_HAVE and its share goes to the others)."""
+    others = [p for p in connected if p not in (submitter, me)]
+    return [submitter, *others[:INPUT_PROVIDERS - 1]]
+
+
+async def dag_size(blocks, root: bytes) -> int:
+    """The file bytes under `root`, a file or a directory DAG held here: a file's root block
+    states its size; a directory's is the sum over its entries (only directory nodes are walked).
+    LookupError if a directory node or a file's root is not here."""
+    total = 0
+    stack = [root]
+    while stack:
+        cid = stack.pop()
+        block = await blocks.get(cid)
+        if block is None:
+            raise InputsUnavailable(f"block {cid_text(cid)} of input {cid_text(root)} is not held")
+        node = decode_block(cid, block)
+        if node.kind == "directory":
+            stack.extend(link.cid for link in node.links)
+        else:
+            total += node.content_size
+    return total
+
+
+def open_up(path: Path) -> None:
+    """Directories 0755, files 0644 under `path` (and `path` itself): readable by the job's uid."""
+    os.chmod(path, 0o755)
+    for where, dirs, files in os.walk(path):
+        for name in dirs:
+            os.chmod(os.path.join(where, name), 0o755)
+        for name in files:
+            os.chmod(os.path.join(where, name), 0o644)
+
+
+class JobInputs:
+    def __init__(self, blocks, fetch_dag: FetchDag, connected: Callable[[], list[str]],
+                 inputs_dir: Path | None) -> None:
+        self.blocks = blocks
+        self.fetch_dag = fetch_dag
+        self.connected = connected
+        self.inputs_dir = inputs_dir
+        self._whole: dict[bytes, int] = {}  # root -> the store's eviction count when found whole
+
+    # --- submitting ------------------------------------------------------------------------------
+
+    async def prepare(self, spec: JobSpec, local: list[tuple[str, str]]) -> JobSpec:
+        """The spec with every input's CID and size: its CID inputs fetched (from the connected
+        peers) and sized, then each (path, name) of `local` imported, all pinned for the
+        submission. ValueError for a path that cannot be imported, InputsUnavailable for a CID
+        nobody serves, BlockStoreFull."""
+        owner = submission_owner(spec)
+        inputs = []
+        for cid, path, _ in spec.inputs:
+            if await self.blocks.walk_missing(cid):
+                try:
+                    await self.fetch_dag(cid, self.connected(), pin=owner)
+                except LookupError as exc:
+                    raise InputsUnavailable(f"input {path}: {cid_text(cid)} could not be fetched from the "
+                                            f"connected peers ({exc})") from None
+            await self.blocks.pin(owner, cid)
+            inputs.append((cid, path, await dag_size(self.blocks, cid)))
+        for source, name in local:
+            cid, size = await self.blocks.add_path(Path(source), pin=owner)
+            inputs.append((cid, name, size))
+        return replace(spec, inputs=tuple(inputs))
+
+    async def release_submission(self, spec: JobSpec) -> None:
+        """The submission's job has its certificate, or was refused: its inputs may be evicted."""
+        await self.blocks.unpin(submission_owner(spec))
+
+    # --- bidding ---------------------------------------------------------------------------------
+
+    async def held(self, spec: JobSpec) -> int:
+        """File bytes of `spec`'s inputs whose whole DAG is in the store."""
+        total = 0
+        for cid, _, size in spec.inputs:
+            if await self._holds(cid):
+                total += size
+        return total
+
+    async def _holds(self, root: bytes) -> bool:
+        evicted = self.blocks.stats()["evicted"]
+        if self._whole.get(root) == evicted:
+            return True
+        if not await self.blocks.has(root) or await self.blocks.walk_missing(root):
+            return False
+        if len(self._whole) > 4096:
+            self._whole.clear()
+        self._whole[root] = evicted
+        return True
+
+    def room(self) -> int:
+        """Bytes the store can still take for a job's inputs: its cap less what is pinned."""
+        stats = self.blocks.stats()
+        return max(0, stats["max_bytes"] - stats["pinned_bytes"])
+
+    # --- executing -------------------------------------------------------------------------------
+
+    def run_dir(self, job_hex: str) -> Path:
+        assert self.inputs_dir is not None
+        return self.inputs_dir / job_hex
+
+    async def fetch(self, job_hex: str, spec: JobSpec, providers: list[str]) -> Path:
+        """Every input of the job in the store (pinned `inputs:JOB`) and written out under a fresh
+        `inputs_dir/JOB/`; that directory. InputsUnavailable when a block cannot be had."""
+        owner = run_owner(job_hex)
+        for cid, path, _ in spec.inputs:
+            await self.blocks.pin(owner, cid)  # what is held now stays while the rest arrives
+            if await self.blocks.walk_missing(cid):
+                try:
+                    await self.fetch_dag(cid, providers, pin=owner)
+                except (LookupError, BlockStoreFull) as exc:
+                    raise InputsUnavailable(f"input {path} ({cid_text(cid)}) could not be fetched: "
+                                            f"{exc or type(exc).__name__}") from None
+                await self.blocks.pin(owner, cid)
+        top = self.run_dir(job_hex)
+        await self.remove_dir(job_hex)  # a run cut short left it half written
+        await trio.to_thread.run_sync(lambda: top.mkdir(parents=True))
+        for cid, path, _ in spec.inputs:
+            dest = top / path
+            await trio.to_thread.run_sync(lambda: dest.parent.mkdir(parents=True, exist_ok=True))
+            try:
+                await self.blocks.export(cid, dest)
+            except (LookupError, MissingBlock) as exc:  # evicted under us, which the pin prevents
+                raise InputsUnavailable(f"input {path}: a block went missing ({exc!r})") from None
+        await trio.to_thread.run_sync(open_up, top)
+        return top
+
+    async def remove_dir(self, job_hex: str) -> None:
+        if self.inputs_dir is None:
+            return
+        top = self.run_dir(job_hex)
+        if top.exists():
+            await trio.to_thread.run_sync(shutil.rmtree, top)
+
+    async def release(self, job_hex: str) -> None:
+        """The job ended here: its inputs may be evicted (they stay while there is room: locality)."""
+        await self.blocks.unpin(run_owner(job_hex))

@@ -1,0 +1,148 @@
+"""A job's inputs on a node (issue 16, item 3), component by component: the `inputs_too_large`
+bidding predicate (pure), the control request's `inputs`, who is asked for input blocks, and
+`JobInputs` over a real block store (import and sizing, what a bid says it holds, the layout an
+executor hands the sandbox, the pins)."""
+
+from __future__ import annotations
+
+import os
+import stat
+
+import pytest
+
+from distributeai.consensus.cid import raw_cid
+from distributeai.consensus.messages import JobSpec
+from distributeai.node.bidding import BidContext, Capacity, decide
+from distributeai.node.control_request import BadRequest, check_request
+from distributeai.node.job_inputs import input_providers
+
+MB = 10**6
+
+
+def spec_with(size: int) -> JobSpec:
+    return JobSpec(submitter=b"\1" * 32, nonce=b"\0" * 16, created_ms=0, name="", image="alpine:latest",
+                   command=("true",), inputs=((raw_cid(b"x"), "data", size),), out_max_bytes=0)
+
+
+def ctx(spec: JobSpec, **kw) -> BidContext:
+    return BidContext(spec=spec, capacity=Capacity(), running=0, sandbox_ok=True, image_ok=lambda _: True, **kw)
+
+
+def test_a_node_declines_inputs_its_store_or_disk_cannot_take_less_what_it_holds():
+    spec = spec_with(300 * MB)
+    assert decide(ctx(spec, store_room=None)).bid  # no block store watched: no limit
+    no = decide(ctx(spec, store_room=100 * MB))
+    assert not no.bid and no.code == "inputs_too_large" and "block store" in no.reason
+    assert decide(ctx(spec, store_room=100 * MB, inputs_held=200 * MB)).bid  # only 100 MB to fetch
+    disk = decide(ctx(spec, store_room=10**12, disk_headroom=50 * MB, max_output=None))
+    assert not disk.bid and disk.code == "inputs_too_large" and "disk" in disk.reason
+    assert decide(ctx(spec, store_room=10**12, disk_headroom=50 * MB, inputs_held=300 * MB)).bid
+
+
+def test_the_control_submit_takes_local_inputs_as_absolute_paths_with_names():
+    base = {"op": "submit", "spec": "00"}
+    assert check_request(base)["inputs"] == []
+    req = check_request({**base, "inputs": [{"path": "/tmp/d", "name": "data"}]})
+    assert req["inputs"] == [("/tmp/d", "data")]
+    for bad in ("x", [{"path": "rel", "name": "a"}], [{"path": "/a"}], [{"path": "/a", "name": ""}],
+                [{"path": "/a", "name": "a", "cid": "b"}], [{"path": "/a", "name": "a"}] * 65):
+        with pytest.raises(BadRequest):
+            check_request({**base, "inputs": bad})
+
+
+def test_input_blocks_are_asked_of_the_submitter_first_then_other_peers():
+    assert input_providers("S", "me", ["a", "S", "me", "b"]) == ["S", "a", "b"]
+    assert len(input_providers("S", "me", [str(i) for i in range(50)])) == 8
+
+
+# --- JobInputs over a real block store -----------------------------------------------------------
+
+@pytest.fixture
+async def store(tmp_path):
+    from distributeai.node.blockstore import BlockStore
+
+    s = await BlockStore.open(tmp_path / "blocks", 64 << 20)
+    yield s
+    await s.close()
+
+
+def tree(root) -> None:
+    (root / "sub").mkdir(parents=True)
+    (root / "a.txt").write_bytes(b"alpha\n")
+    (root / "sub" / "b.bin").write_bytes(os.urandom(600_000))
+
+
+async def test_submitting_imports_paths_sizes_cids_and_pins_until_the_certificate(tmp_path, store):
+    from distributeai.node.job_inputs import JobInputs, dag_size
+
+    tree(tmp_path / "d")
+    (tmp_path / "f.txt").write_bytes(b"hello\n")
+    cid_dir, size_dir = await store.add_path(tmp_path / "d")
+    assert size_dir == 600_006 and await dag_size(store, cid_dir) == 600_006
+
+    async def no_fetch(*a, **k):
+        raise AssertionError("everything is held: nothing to fetch")
+
+    inputs = JobInputs(store, no_fetch, lambda: [], tmp_path / "inputs")
+    spec = JobSpec(submitter=b"\1" * 32, nonce=b"\0" * 16, created_ms=0, name="", image="alpine:latest",
+                   command=("true",), inputs=((cid_dir, "data", 0),))
+    full = await inputs.prepare(spec, [(str(tmp_path / "f.txt"), "f")])
+    assert [(p, s) for _, p, s in full.inputs] == [("data", 600_006), ("f", 6)]
+    assert store.stats()["pinned_bytes"] >= 600_012
+    assert await inputs.held(full) == 600_012
+    await inputs.release_submission(full)
+    assert store.stats()["pinned_bytes"] == 0
+    assert await inputs.held(full) == 600_012  # unpinned, still held: locality
+
+
+async def test_an_executor_lays_inputs_out_read_only_for_uid_65534_and_removes_them(tmp_path, store):
+    from distributeai.node.job_inputs import JobInputs
+
+    tree(tmp_path / "d")
+    cid, size = await store.add_path(tmp_path / "d")
+    calls = []
+
+    async def fetch_dag(root, providers, *, pin=None, progress=None):
+        calls.append((root, providers, pin))
+
+    inputs = JobInputs(store, fetch_dag, lambda: [], tmp_path / "inputs")
+    spec = JobSpec(submitter=b"\1" * 32, nonce=b"\0" * 16, created_ms=0, name="", image="alpine:latest",
+                   command=("true",), inputs=((cid, "nested/data", size),))
+    job = "cd" * 32
+    top = await inputs.fetch(job, spec, ["S"])
+    assert calls == []  # held already: nothing fetched
+    assert (top / "nested" / "data" / "a.txt").read_bytes() == b"alpha\n"
+    assert (top / "nested" / "data" / "sub" / "b.bin").stat().st_size == 600_000
+    for where, dirs, files in os.walk(top):
+        assert stat.S_IMODE(os.stat(where).st_mode) == 0o755
+        assert all(stat.S_IMODE(os.stat(os.path.join(where, f)).st_mode) == 0o644 for f in files)
+    assert store.stats()["pinned_bytes"] > 0
+    top2 = await inputs.fetch(job, spec, ["S"])  # again, as after a restart: written afresh
+    assert top2 == top and (top / "nested" / "data" / "a.txt").exists()
+    await inputs.remove_dir(job)
+    assert not top.exists()
+    await inputs.release(job)
+    assert store.stats()["pinned_bytes"] == 0
+
+
+async def test_a_missing_input_is_fetched_and_one_nobody_has_is_inputs_unavailable(tmp_path, store):
+    from distributeai.node.job_inputs import InputsUnavailable, JobInputs
+
+    cid = raw_cid(b"nobody has this")
+
+    async def fetch_dag(root, providers, *, pin=None, progress=None):
+        raise LookupError("no provider has it")
+
+    inputs = JobInputs(store, fetch_dag, lambda: [], tmp_path / "inputs")
+    spec = JobSpec(submitter=b"\1" * 32, nonce=b"\0" * 16, created_ms=0, name="", image="alpine:latest",
+                   command=("true",), inputs=((cid, "x", 15),))
+    assert await inputs.held(spec) == 0
+    with pytest.raises(InputsUnavailable, match="could not be fetched"):
+        await inputs.fetch("ef" * 32, spec, ["S"])
+
+    async def fetch_it(root, providers, *, pin=None, progress=None):
+        await store.put(root, b"nobody has this", pin=pin)
+
+    inputs.fetch_dag = fetch_it
+    top = await inputs.fetch("ef" * 32, spec, ["S"])
+    assert (top / "x").read_bytes() == b"nobody has this"
