@@ -21,7 +21,9 @@ Contract (`JobInputs`, one per node; the submitter's and the executor's sides bo
   (its cap less its pinned bytes).
 - executing: `fetch(job_hex, spec, providers)` pins what is held under `inputs:JOB`, fetches the
   rest from `providers` (the submitter first), and writes every input out to
-  `inputs_dir/JOB/PATH` (directories 0755, files 0644: the job reads them as uid 65534); the
+  `inputs_dir/JOB/PATH` (directories 0755, files 0644: the job reads them as uid 65534), after
+  checking each input's size against the spec's (a misstated size is refused like a missing
+  block: the spec's sizes are what nodes decided to bid on); the
   directory, for `RunRequest.in_dir`. A fetch cut short (SIGKILL, restart) is resumed by calling
   it again: stored blocks are not asked for twice, and the directory is written afresh.
   `InputsUnavailable` (a LookupError) when no provider has some block, with the CID in words.
@@ -170,7 +172,7 @@ class JobInputs:
         """Every input of the job in the store (pinned `inputs:JOB`) and written out under a fresh
         `inputs_dir/JOB/`; that directory. InputsUnavailable when a block cannot be had."""
         owner = run_owner(job_hex)
-        for cid, path, _ in spec.inputs:
+        for cid, path, size in spec.inputs:
             await self.blocks.pin(owner, cid)  # what is held now stays while the rest arrives
             if await self.blocks.walk_missing(cid):
                 try:
@@ -179,6 +181,9 @@ class JobInputs:
                     raise InputsUnavailable(f"input {path} ({cid_text(cid)}) could not be fetched: "
                                             f"{exc or type(exc).__name__}") from None
                 await self.blocks.pin(owner, cid)
+            actual = await dag_size(self.blocks, cid)
+            if actual != size:  # every honest executor refuses a spec that misstates its inputs
+                raise InputsUnavailable(f"input {path} holds {actual} bytes, the job's spec says {size}")
         top = self.run_dir(job_hex)
         await self.remove_dir(job_hex)  # a run cut short left it half written
         await trio.to_thread.run_sync(lambda: top.mkdir(parents=True))

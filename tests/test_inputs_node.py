@@ -96,7 +96,7 @@ async def test_submitting_imports_paths_sizes_cids_and_pins_until_the_certificat
 
 
 async def test_an_executor_lays_inputs_out_read_only_for_uid_65534_and_removes_them(tmp_path, store):
-    from distributeai.node.job_inputs import JobInputs
+    from distributeai.node.job_inputs import InputsUnavailable, JobInputs
 
     tree(tmp_path / "d")
     cid, size = await store.add_path(tmp_path / "d")
@@ -117,6 +117,9 @@ async def test_an_executor_lays_inputs_out_read_only_for_uid_65534_and_removes_t
         assert stat.S_IMODE(os.stat(where).st_mode) == 0o755
         assert all(stat.S_IMODE(os.stat(os.path.join(where, f)).st_mode) == 0o644 for f in files)
     assert store.stats()["pinned_bytes"] > 0
+    with pytest.raises(InputsUnavailable, match="says 1"):
+        await inputs.fetch("ee" * 32, JobSpec(**{**spec.__dict__, "inputs": ((cid, "d", 1),)}), ["S"])
+    await inputs.release("ee" * 32)  # as a failed run does (Executing.apply)
     top2 = await inputs.fetch(job, spec, ["S"])  # again, as after a restart: written afresh
     assert top2 == top and (top / "nested" / "data" / "a.txt").exists()
     await inputs.remove_dir(job)
