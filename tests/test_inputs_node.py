@@ -149,3 +149,19 @@ async def test_a_missing_input_is_fetched_and_one_nobody_has_is_inputs_unavailab
     inputs.fetch_dag = fetch_it
     top = await inputs.fetch("ef" * 32, spec, ["S"])
     assert (top / "x").read_bytes() == b"nobody has this"
+
+
+def test_submit_input_takes_path_and_name(tmp_path, monkeypatch):
+    import typer
+
+    from distributeai.cli.job import local_input
+
+    (tmp_path / "data.csv").write_text("1\n")
+    (tmp_path / "odd:name").write_text("2\n")
+    monkeypatch.chdir(tmp_path)
+    assert local_input("data.csv") == (str(tmp_path / "data.csv"), "data.csv")
+    assert local_input("data.csv:d/x") == (str(tmp_path / "data.csv"), "d/x")
+    assert local_input("odd:name") == (str(tmp_path / "odd:name"), "odd:name")  # it exists as given
+    for bad in ("missing", "data.csv:../x", "data.csv:/abs"):
+        with pytest.raises(typer.Exit):
+            local_input(bad)
