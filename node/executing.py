@@ -46,7 +46,7 @@ from distributeai.sandbox.base import RunRequest, RunResult, Sandbox, SandboxErr
 from . import wire
 from .bidding import IMAGE_MISSING, BidContext, decide
 from .inbound import decode_award
-from .job_inputs import InputsUnavailable, JobInputs, input_providers
+from .job_inputs import InputsUnavailable, input_providers, job_inputs
 from .joblog import executor_events
 from .ports import NodeSettings, Ports, Sandboxes
 from .store import StoreFull
@@ -72,7 +72,7 @@ class Executing:
         self._lock = trio.Lock()  # inputs reach the store in the order they were applied
         self._limiter = trio.CapacityLimiter(settings.capacity.max_running)
         self._pull_limiter = trio.CapacityLimiter(1)  # one image pull at a time
-        self.inputs: JobInputs | None = None  # the block store's side of jobs' inputs (set by the agent)
+        self.inputs = job_inputs(ports, settings)  # jobs' data inputs in the block store (None: no store)
 
     # --- bidding --------------------------------------------------------------------------------
 

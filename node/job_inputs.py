@@ -100,6 +100,15 @@ def open_up(path: Path) -> None:
             os.chmod(os.path.join(where, name), 0o644)
 
 
+def job_inputs(ports, settings) -> "JobInputs | None":
+    """The JobInputs of a role, on its ports' block store (`Ports.content`; None without one)."""
+    content = getattr(ports, "content", None)
+    if content is None:
+        return None
+    inputs_dir = settings.data_dir / "inputs" if settings.data_dir is not None else None
+    return JobInputs(content.blocks, content.fetch_dag, ports.transport.connected_peers, inputs_dir)
+
+
 class JobInputs:
     def __init__(self, blocks, fetch_dag: FetchDag, connected: Callable[[], list[str]],
                  inputs_dir: Path | None) -> None:
@@ -122,9 +131,11 @@ class JobInputs:
             if await self.blocks.walk_missing(cid):
                 try:
                     await self.fetch_dag(cid, self.connected(), pin=owner)
-                except LookupError as exc:
+                except BlockStoreFull:
+                    raise
+                except Exception as exc:  # BlocksUnavailable, a peer gone, a bad block: no DAG
                     raise InputsUnavailable(f"input {path}: {cid_text(cid)} could not be fetched from the "
-                                            f"connected peers ({exc})") from None
+                                            f"connected peers ({exc or type(exc).__name__})") from None
             await self.blocks.pin(owner, cid)
             inputs.append((cid, path, await dag_size(self.blocks, cid)))
         for source, name in local:
@@ -177,7 +188,7 @@ class JobInputs:
             if await self.blocks.walk_missing(cid):
                 try:
                     await self.fetch_dag(cid, providers, pin=owner)
-                except (LookupError, BlockStoreFull) as exc:
+                except Exception as exc:  # BlocksUnavailable, BlockStoreFull, a bad block: cannot run
                     raise InputsUnavailable(f"input {path} ({cid_text(cid)}) could not be fetched: "
                                             f"{exc or type(exc).__name__}") from None
                 await self.blocks.pin(owner, cid)

@@ -37,7 +37,7 @@ from distributeai.p2p.overlay import RemoteError
 from . import wire
 from .blockstore import BlockStoreFull
 from .inbound import decode_reveal_answer
-from .job_inputs import JobInputs
+from .job_inputs import job_inputs
 from .joblog import submitter_events
 from .ports import NodeSettings, Ports
 
@@ -70,7 +70,7 @@ class Submitting:
         self.jobs: dict[bytes, SubmitterJob] = {}
         self.ended_before: set[bytes] = set()  # jobs that ended before this start (not rebuilt by recover)
         self._lock = trio.Lock()  # inputs reach the store in the order they were applied
-        self.inputs: JobInputs | None = None  # jobs' data inputs in the block store (set by the agent)
+        self.inputs = job_inputs(ports, settings)  # jobs' data inputs in the block store (None: no store)
 
     # --- entry points -------------------------------------------------------------------------
 
