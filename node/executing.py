@@ -345,12 +345,6 @@ class Executing:
         module = None
         out_dir = None
         in_dir = None
-        if spec.inputs:
-            if self.inputs is None or self.inputs.inputs_dir is None:
-                raise InputsUnavailable("this node has no block store for the job's inputs")
-            providers = input_providers(peer_id_from_public_key(spec.submitter), peer_id_from_public_key(self.me),
-                                        self.ports.transport.connected_peers())
-            in_dir = str(await self.inputs.fetch(award.job_id.hex(), spec, providers))
         if spec.sandbox == "wasm":
             module = spec.wasm_module or await self._fetch_module(spec)
         elif self.sandboxes.outputs_dir is not None and not spec.is_batch:
@@ -359,6 +353,12 @@ class Executing:
                 await trio.to_thread.run_sync(shutil.rmtree, path)  # a run cut short by a restart
             path.mkdir(parents=True)
             out_dir = str(path)
+        if spec.inputs:  # last: nothing after it can fail and leave the laid-out inputs behind
+            if self.inputs is None or self.inputs.inputs_dir is None:
+                raise InputsUnavailable("this node has no block store for the job's inputs")
+            providers = input_providers(peer_id_from_public_key(spec.submitter), peer_id_from_public_key(self.me),
+                                        self.ports.transport.connected_peers())
+            in_dir = str(await self.inputs.fetch(award.job_id.hex(), spec, providers))
         return RunRequest(image=spec.image or "wasm", command=list(spec.command), env=dict(spec.env),
                           cpu=spec.cpu_millis / 1000, memory_mb=spec.memory_mb, timeout_s=float(spec.timeout_s),
                           stdin=spec.stdin, out_dir=out_dir, out_max_bytes=spec.out_max_bytes,

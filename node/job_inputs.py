@@ -153,8 +153,11 @@ class JobInputs:
         """File bytes of `spec`'s inputs whose whole DAG is in the store."""
         total = 0
         for cid, _, size in spec.inputs:
-            if await self._holds(cid):
-                total += size
+            try:
+                if await self._holds(cid):
+                    total += size
+            except Exception:  # a damaged block here (BadBlock): not held, never a failed bid
+                continue
         return total
 
     async def _holds(self, root: bytes) -> bool:
@@ -216,5 +219,8 @@ class JobInputs:
             await trio.to_thread.run_sync(shutil.rmtree, top)
 
     async def release(self, job_hex: str) -> None:
-        """The job ended here: its inputs may be evicted (they stay while there is room: locality)."""
-        await self.blocks.unpin(run_owner(job_hex))
+        """The job ended here: its inputs may be evicted (they stay while there is room: locality),
+        and what a run stopped mid-fetch left in `inputs_dir/JOB/` goes."""
+        with trio.CancelScope(shield=True):
+            await self.blocks.unpin(run_owner(job_hex))
+            await self.remove_dir(job_hex)
