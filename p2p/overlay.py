@@ -26,6 +26,7 @@ from libp2p.tools.anyio_service import background_trio_service
 from multiaddr import Multiaddr
 
 from . import reqresp, selfcheck, session, workarounds, workarounds_pubsub
+from .bitswap import Bitswap, BitswapLimits, BlockSource, Verify
 from .discovery import LOOKUP_TIMEOUT_S, Discovery
 from .gossip import GossipMessage, GossipSide
 from .ratelimit import KeyedLimiter, RateLimits
@@ -94,6 +95,7 @@ class Overlay(GossipSide, Discovery):
         # Another process with our key (selfcheck.py): peers tell us the record they hold for us.
         self._selfcheck = selfcheck.SelfCheck()
         self.set_handler(selfcheck.PROTOCOL, self._answer_peer_record)
+        self.bitswap: Bitswap | None = None  # start_bitswap
 
     # --- addresses and peers ----------------------------------------------------------------
 
@@ -151,7 +153,29 @@ class Overlay(GossipSide, Discovery):
         out.update(self._stats)
         out["dht_peers"] = self._dht.routing_table.size()
         out["identity_conflicts"] = self._selfcheck.conflicts
+        if self.bitswap is not None:
+            out.update({f"bitswap_{k}": v for k, v in self.bitswap.stats().items()})
         return out
+
+    def start_bitswap(self, source: BlockSource, verify: Verify, limits: BitswapLimits | None = None) -> Bitswap:
+        """Serve blocks from `source` over Bitswap 1.2.0 and fetch blocks (`overlay.bitswap.fetch`),
+        each checked with `verify(cid, block)` (bitswap.py). Its refusals go to the reject hook and
+        its counts into `stats()` as `bitswap_*`. Inside `open_overlay` only; once."""
+        if self._nursery is None:
+            raise RuntimeError("start_bitswap runs inside open_overlay")
+        if self.bitswap is not None:
+            raise RuntimeError("bitswap is already started")
+        self.bitswap = Bitswap(self._host, self._nursery, source, verify, limits=limits,
+                               connect=self._connect_peer, on_reject=self._bitswap_rejected)
+        return self.bitswap
+
+    async def _connect_peer(self, pid: ID) -> None:
+        if not self._is_connected(pid):
+            await self._dial(await self._find(pid))
+
+    def _bitswap_rejected(self, reason: str) -> None:
+        if self._reject_hook is not None:
+            self._reject_hook(reason)
 
     async def _answer_peer_record(self, peer_id: str, _request: bytes) -> bytes:
         return selfcheck.answer(self._host, peer_id)
