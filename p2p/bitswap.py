@@ -36,10 +36,10 @@ from libp2p.abc import INotifee
 from libp2p.custom_types import TProtocol
 from libp2p.peer.id import ID
 
-from . import reqresp
+from . import reqresp, workarounds
 from .bitswap_wire import (
     MAX_BLOCK, MAX_ENTRIES, MAX_MESSAGE, PROTOCOL, Entry, Message, WireError, cid_from_prefix, cid_prefix,
-    decode_message, encode_message, frame, read_uvarint,
+    decode_message, encode_frame, read_uvarint,
 )
 from .ratelimit import KeyedLimiter
 
@@ -48,10 +48,13 @@ logger = logging.getLogger(__name__)
 WRITE_TIMEOUT_S = 30.0  # a message write that cannot finish (peer not reading) resets our stream
 READ_TIMEOUT_S = 30.0  # a message's bytes must all arrive within this once its length is read
 OPEN_TIMEOUT_S = 10.0  # opening our stream to a peer (dial included)
-MAX_INBOUND_STREAMS = 4  # per peer; go-bitswap opens one
+MAX_INBOUND_STREAMS = 2  # per peer; go-bitswap keeps one open
 MAX_SERVING = 16  # peers served at once (each holds up to one batch of blocks)
 RECENT = 4096  # cids per peer we asked for and stopped wanting: late copies are duplicates
 READ_CHUNK = 256 << 10
+# Yamux receive window granted on each inbound Bitswap stream (workarounds.widen_stream_window):
+# one largest message. Memory a peer can make us buffer: this per stream, MAX_INBOUND_STREAMS streams.
+RECV_WINDOW = MAX_MESSAGE
 
 Verify = Callable[[bytes, bytes], bool]
 
@@ -167,7 +170,7 @@ class Bitswap:
     async def send(self, peer: _Peer, msg: Message) -> bool:
         """Write `msg` on our stream to the peer (opened, and dialed, if need be). False if the
         peer cannot be reached or the write failed (our stream is then reset and dropped)."""
-        data = frame(encode_message(msg))
+        data = encode_frame(msg)
         async with peer.open_lock:
             if peer.stream is None:
                 try:
@@ -207,6 +210,7 @@ class Bitswap:
             await reqresp.reset_stream(stream)
             return
         peer.inbound += 1
+        await workarounds.widen_stream_window(stream, RECV_WINDOW)
         reader = _Reader(stream)
         try:
             while True:
@@ -216,12 +220,14 @@ class Bitswap:
                 if length > MAX_MESSAGE:
                     raise WireError("too_large", f"a message of {length} bytes")
                 with trio.fail_after(READ_TIMEOUT_S):
-                    body = await reader.exactly(length)
+                    await reader.fill(length)
                 self.counts["messages_in"] += 1
                 if not self._rate.allow(pid, trio.current_time()):
+                    reader.drop(length)
                     self.reject("rate_limited", pid, "over the message rate")
                     continue
-                await self._dispatch(peer, decode_message(body))
+                msg = reader.decode(length)
+                await self._dispatch(peer, msg)
         except WireError as exc:
             self.reject(exc.reason, pid, str(exc))
             self._peer_failed(pid, f"sent a {exc.reason} message")
@@ -382,11 +388,18 @@ class _Reader:
                     raise WireError("malformed", "the stream ended inside a length prefix")
                 return None
 
-    async def exactly(self, n: int) -> bytes:
+    async def fill(self, n: int) -> None:
+        """Read until the next n bytes (one message) are buffered."""
         while len(self._buf) < n:
             if not await self._more():
                 raise WireError("malformed", "the stream ended inside a message")
-        with memoryview(self._buf) as view:
-            out = bytes(view[:n])
-        del self._buf[:n]
-        return out
+
+    def decode(self, n: int) -> Message:
+        """Decode the buffered message of n bytes (from a view: no copy of it first) and drop it.
+        The rest goes to a new buffer: a view of the old one may outlive an error's traceback."""
+        buf = self._buf
+        self._buf = buf[n:]
+        return decode_message(memoryview(buf)[:n])
+
+    def drop(self, n: int) -> None:
+        self._buf = self._buf[n:]

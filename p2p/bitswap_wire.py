@@ -151,7 +151,17 @@ def _bytes_field(field: int, value: bytes) -> list[bytes]:
 
 
 def encode_message(msg: Message) -> bytes:
-    """The protobuf bytes of `msg` (without the length prefix: `frame` adds it)."""
+    """The protobuf bytes of `msg` (without the length prefix: `encode_frame` has it)."""
+    return b"".join(_parts(msg))
+
+
+def encode_frame(msg: Message) -> bytes:
+    """`msg` as it goes on a stream, its uvarint length first (one copy of the blocks)."""
+    parts = _parts(msg)
+    return b"".join([uvarint(sum(map(len, parts))), *parts])
+
+
+def _parts(msg: Message) -> list[bytes]:
     parts: list[bytes] = []
     if msg.entries or msg.full:
         wl: list[bytes] = []
@@ -178,12 +188,7 @@ def encode_message(msg: Message) -> bytes:
         parts += _bytes_field(4, b"".join(inner))
     if msg.pending_bytes:
         parts += [_key(5, _VARINT), _int32(msg.pending_bytes)]
-    return b"".join(parts)
-
-
-def frame(body: bytes) -> bytes:
-    """`body` with its uvarint length prefix, as it goes on a stream."""
-    return uvarint(len(body)) + body
+    return parts
 
 
 # --- decoding ---------------------------------------------------------------------------------
@@ -248,7 +253,7 @@ def _count(items: list, what: str) -> None:
         raise WireError("too_large", f"more than {MAX_ENTRIES} {what} in one message")
 
 
-def decode_message(body: bytes) -> Message:
+def decode_message(body: bytes | memoryview) -> Message:
     """The Message in `body` (without its length prefix). WireError ("malformed" or "too_large")
     for bytes that do not parse, a CID that does not parse, an unknown enum value, more than
     MAX_ENTRIES entries, blocks or presences, a block over MAX_BLOCK, or a body over MAX_MESSAGE."""

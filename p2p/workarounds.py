@@ -352,3 +352,24 @@ def quiet_libp2p_logs() -> None:
     logging.getLogger("libp2p.host.basic_host").addFilter(_STREAM_OPEN_FILTER)  # no duplicates
     logging.getLogger("libp2p.transport.tcp.tcp").addFilter(_TCP_DIAL_FILTER)
     logging.getLogger("libp2p.pubsub.pubsub").addFilter(_SUBSCRIPTION_FULL_FILTER)
+
+
+async def widen_stream_window(stream: Any, size: int) -> None:
+    """Grant the peer `size` bytes of yamux receive window on one stream at once (a bulk stream).
+
+    docs/libp2p.md item 14: a yamux stream starts with a 256 KiB window
+    (`stream_muxer/yamux/yamux.py:148,184-186`) that auto-tuning doubles only when two window
+    updates come within 4 RTTs (`yamux.py:380-404`, 1 ms assumed on loopback): on a loaded machine
+    it stays at 256 KiB, and a writer that finds the window empty polls it every 10 ms
+    (`yamux.py:280-289`). Bitswap messages are up to 4 MiB; one stream carried 17.9 MB/s with
+    the default window, 23.5 MB/s with 4 MiB (2 loaded cores, 128 MiB in 256 KiB blocks). The
+    memory the peer may make us buffer is `size` for this stream, as with any granted window.
+    """
+    muxed = getattr(stream, "muxed_stream", None)
+    if size <= 0 or not hasattr(muxed, "target_recv_window") or muxed.target_recv_window >= size:
+        return
+    async with muxed.window_lock:
+        grow = size - muxed.target_recv_window
+        muxed.target_recv_window = size
+        muxed.recv_window += grow
+    await muxed.send_window_update(grow, skip_lock=True)

@@ -3,7 +3,7 @@
     python tests/bitswap_peer.py serve --dir D [--corrupt]
         serves the blocks in D (one file per block, named by the hex of its CID); --corrupt
         flips a byte of every block it sends (a lying provider)
-    python tests/bitswap_peer.py serve --synthetic N [--size S]
+    python tests/bitswap_peer.py serve --synthetic N [--size S] [--profile F]
         serves N blocks of S bytes (default 256 KiB) made on demand (`synthetic_block`)
     python tests/bitswap_peer.py fetch --peer ADDR --synthetic N [--size S] [--window W] [--profile F]
         fetches those N blocks from ADDR and prints {"bytes", "seconds", "mb_s", "stats"}
@@ -18,6 +18,7 @@ import argparse
 import cProfile
 import json
 import os
+import resource
 import pathlib
 import struct
 import sys
@@ -68,7 +69,14 @@ async def serve(args: argparse.Namespace) -> None:
     async with open_overlay(os.urandom(32)) as overlay:
         overlay.start_bitswap(source, verify_block)
         print(json.dumps({"peer_id": overlay.peer_id, "addrs": overlay.multiaddrs()}), flush=True)
+        profile = cProfile.Profile() if args.profile else None
+        cpu = _cpu()
+        if profile:
+            profile.enable()
         await trio.to_thread.run_sync(sys.stdin.read, abandon_on_cancel=True)
+        if profile:
+            profile.disable()
+            profile.dump_stats(args.profile)
 
 
 async def fetch(args: argparse.Namespace) -> None:
@@ -83,16 +91,22 @@ async def fetch(args: argparse.Namespace) -> None:
         bitswap = overlay.start_bitswap(SyntheticSource(0, args.size), verify_block)
         provider = await overlay.connect(args.peer)
         profile = cProfile.Profile() if args.profile else None
-        start = time.perf_counter()
+        start, cpu = time.perf_counter(), _cpu()
         if profile:
             profile.enable()
         await bitswap.fetch(cids, [provider], deliver, window=args.window)
         if profile:
             profile.disable()
             profile.dump_stats(args.profile)
+        print(json.dumps({"server_cpu_s": round(_cpu() - cpu, 2)}), file=sys.stderr, flush=True)
         seconds = time.perf_counter() - start
         print(json.dumps({"bytes": got, "seconds": round(seconds, 3), "mb_s": round(got / seconds / 1e6, 1),
-                          "stats": bitswap.stats()}), flush=True)
+                          "cpu_s": round(_cpu() - cpu, 2), "stats": bitswap.stats()}), flush=True)
+
+
+def _cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
 
 
 def main() -> None:

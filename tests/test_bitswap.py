@@ -59,7 +59,7 @@ def test_codec_round_trips_and_matches_the_reference_protobuf() -> None:
     assert wire.decode_message(ref.SerializeToString()) == msg
     prefix, data = msg.blocks[0]
     assert wire.cid_from_prefix(prefix, data) == msg.entries[0].cid
-    assert wire.frame(body)[: len(wire.uvarint(len(body)))] == wire.uvarint(len(body))
+    assert wire.encode_frame(msg) == wire.uvarint(len(body)) + body
 
 
 @pytest.mark.parametrize("body, reason", [
