@@ -66,16 +66,15 @@ class _Fetch:
             busy = [p for p, wants in self.out.items() if wants]
             if not busy:
                 break
-            deadline = min(self.last[p] for p in busy) + self.stall
-            with trio.move_on_at(deadline):
-                kind, pid, cid, data = await self._recv.receive()
-                await self._handle(kind, pid, cid, data, deliver)
-                while True:  # everything already queued, before assigning more
-                    try:
-                        kind, pid, cid, data = self._recv.receive_nowait()
-                    except trio.WouldBlock:
-                        break
-                    await self._handle(kind, pid, cid, data, deliver)
+            event = None
+            with trio.move_on_at(min(self.last[p] for p in busy) + self.stall):
+                event = await self._recv.receive()
+            while event is not None:  # everything already queued, before assigning more
+                await self._handle(*event, deliver)  # outside the deadline: never cancel `deliver`
+                try:
+                    event = self._recv.receive_nowait()
+                except trio.WouldBlock:
+                    event = None
             now = trio.current_time()
             for p in busy:
                 if p in self.out and self.out[p] and self.last[p] + self.stall <= now:
@@ -83,7 +82,7 @@ class _Fetch:
                     self._drop(p)
         self.missing += [c for c in self.todo if c in self.left]
         if self.missing:
-            raise BlocksUnavailable(self.missing)
+            raise BlocksUnavailable(list(dict.fromkeys(self.missing)))
 
     async def _handle(self, kind: str, pid: ID, cid: bytes | None, data, deliver) -> None:
         if kind == "failed":
@@ -133,7 +132,7 @@ class _Fetch:
                 if not waiting:
                     peer.forget(cid)
                     cancels.append(cid)
-        if cancels and pid in self.bitswap._host.get_network().connections:
+        if cancels and self.bitswap._host.get_network().connections.get(pid):
             msg = Message(entries=tuple(Entry(cid, cancel=True) for cid in cancels))
             self.bitswap._nursery.start_soon(self.bitswap.send, peer, msg)
 
