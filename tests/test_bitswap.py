@@ -22,6 +22,7 @@ from libp2p.bitswap.pb.bitswap_pb2 import Message as ReferenceMessage
 
 from distributeai.consensus.cid import raw_cid, verify_block
 from distributeai.p2p import bitswap_wire as wire
+from distributeai.p2p.bitswap import BitswapLimits
 from distributeai.p2p.bitswap_fetch import BlocksUnavailable
 from distributeai.p2p.overlay import open_overlay
 
@@ -241,3 +242,56 @@ async def test_provider_killed_mid_fetch(blocks, providers) -> None:
     got, _, _ = await _fetch(providers, ["b", "a"], cids, data, on_block=kill_on_first_block)
     assert set(got) == set(cids)
     assert victim.proc.wait(10) == -signal.SIGKILL
+
+
+# --- a hostile peer, in this process ----------------------------------------------------------
+
+
+class _DictSource:
+    def __init__(self, blocks: dict[bytes, bytes]) -> None:
+        self.blocks = blocks
+
+    async def get(self, cid: bytes) -> bytes | None:
+        return self.blocks.get(cid)
+
+    async def has(self, cid: bytes) -> bool:
+        return cid in self.blocks
+
+
+async def _raw_stream(attacker, target):
+    from libp2p.custom_types import TProtocol
+
+    return await attacker._host.new_stream(attacker.check_peer_id(target.peer_id), [TProtocol(wire.PROTOCOL)])
+
+
+async def test_hostile_messages_are_refused_and_the_node_keeps_serving() -> None:
+    block = os.urandom(1000)
+    cid = _cid(block)
+    rejects: list[str] = []
+    async with open_overlay(os.urandom(32)) as server, open_overlay(os.urandom(32)) as client:
+        server.set_reject_hook(rejects.append)
+        server.start_bitswap(_DictSource({cid: block}), verify_block,
+                             BitswapLimits(max_wants_per_peer=16, message_rate=0))
+        bitswap = client.start_bitswap(_NoBlocks(), verify_block)
+        await client.connect(server.multiaddrs()[0])
+        with trio.fail_after(FETCH_S):
+            stream = await _raw_stream(client, server)
+            await stream.write(wire.uvarint(3) + b"\x0a\x05\x00")  # a field past its message
+            while server.stats()["bitswap_malformed"] == 0:
+                await trio.sleep(0.01)
+            # 20 wants of blocks the server lacks, 16 allowed: 4 refused with DONT_HAVE
+            lacking = [_cid(os.urandom(8)) for _ in range(20)]
+            stream = await _raw_stream(client, server)
+            want = wire.Message(entries=tuple(wire.Entry(c) for c in lacking[:16]) +
+                                tuple(wire.Entry(c, send_dont_have=True) for c in lacking[16:]))
+            await stream.write(wire.encode_frame(want))
+            while server.stats()["bitswap_wants_refused"] < 4:
+                await trio.sleep(0.01)
+            got = {}
+
+            async def deliver(c: bytes, b: bytes) -> None:
+                got[c] = b
+
+            await bitswap.fetch([cid], [server.peer_id], deliver)
+    assert got == {cid: block}
+    assert rejects.count("malformed") == 1 and "too_large" in rejects
