@@ -357,11 +357,11 @@ def quiet_libp2p_logs() -> None:
 async def widen_stream_window(stream: Any, size: int) -> None:
     """Grant the peer `size` bytes of yamux receive window on one stream at once (a bulk stream).
 
-    docs/libp2p.md item 14: a yamux stream starts with a 256 KiB window
+    docs/libp2p.md item 15: a yamux stream starts with a 256 KiB window
     (`stream_muxer/yamux/yamux.py:148,184-186`) that auto-tuning doubles only when two window
-    updates come within 4 RTTs (`yamux.py:380-404`, 1 ms assumed on loopback): on a loaded machine
+    updates come within 4 RTTs (`yamux.py:381-404`, 1 ms assumed on loopback): on a loaded machine
     it stays at 256 KiB, and a writer that finds the window empty polls it every 10 ms
-    (`yamux.py:280-289`). Bitswap messages are up to 4 MiB; one stream carried 17.9 MB/s with
+    (`yamux.py:280-286`). Bitswap messages are up to 4 MiB; one stream carried 17.9 MB/s with
     the default window, 23.5 MB/s with 4 MiB (2 loaded cores, 128 MiB in 256 KiB blocks). The
     memory the peer may make us buffer is `size` for this stream, as with any granted window.
     """
