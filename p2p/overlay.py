@@ -225,8 +225,9 @@ class Overlay(GossipSide, Discovery):
     def set_reject_hook(self, hook: Callable[[str], None]) -> None:
         """Call `hook(reason)` for every message this overlay refuses before any handler sees it:
         "rate_limited" (gossip or request), and for requests a session refuses itself
-        "session_malformed", "session_too_large", "session_busy". The node counts them with the
-        rejections of its own checks."""
+        "session_malformed", "session_too_large", "session_busy", and Bitswap's "bad_block",
+        "too_large", "malformed", "rate_limited". The node counts them with the rejections of its
+        own checks."""
         self._reject_hook = hook
 
     # --- request/response -------------------------------------------------------------------

@@ -20,7 +20,7 @@ Applied elsewhere in p2p/ (they are calls, not settings; each carries its own co
 - docs/libp2p.md item 9: a yamux frame write is not shielded from cancellation
   (`stream_muxer/yamux/yamux.py:874-875`) and Noise splits a 64 KiB frame in two
   (`security/noise/io.py:68-79`), so a cancelled write corrupts the connection ->
-  `session._write_frame` never cancels a frame write half way; it resets the stream instead.
+  `reqresp.write_whole` (session.py, bitswap.py) never cancels a write half way; it resets the stream instead.
 - docs/libp2p.md item 10: pubsub has no per-peer rate limit, and spawns a task and verifies a
   signature for every message before any topic validator runs ->
   `workarounds_pubsub.limit_gossip_rates` drops a forwarder's excess from the parsed RPC first.
