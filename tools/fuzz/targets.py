@@ -21,6 +21,7 @@ promise, such as a job file whose spec the network would refuse).
 | job_file | `jobfile.load_job_document` + `parse_job`; invariant: the spec it makes passes `verify` | a valid job |
 | tasks_file | `jobfile.parse_tasks` + `parse_job`; same invariant | a valid batch |
 | control | `control_request.parse_line` (the control API's JSON line and every op's arguments) | a well-formed request |
+| bitswap | `p2p.bitswap_wire.decode_message` (a Bitswap 1.2.0 message from any peer) | a message within the bounds |
 """
 
 from __future__ import annotations
@@ -43,7 +44,7 @@ from distributeai.consensus.messages import (
 from distributeai.consensus.names import (
     AWARD_PROTOCOL, BID_PROTOCOL, BLOB_PROTOCOL, COMMIT_PROTOCOL, DECLINE_PROTOCOL, REVEAL_PROTOCOL, WITHDRAW_PROTOCOL,
 )
-from distributeai.p2p import reqresp, session
+from distributeai.p2p import bitswap_wire, reqresp, session
 from distributeai.p2p.identity import peer_id_from_public_key
 
 from distributeai.node import wire
@@ -130,8 +131,25 @@ def build(c: Corpus) -> dict[str, Decoder]:
                 lambda data: check_tasks_file(data, c.submitter, c.now_ms), (JobFileError,), _job_file_reason),
         Decoder("control", corpus_mod.control_seeds(), "json", MAX_REQUEST, parse_line, (BadRequest,),
                 lambda exc: REJECT_REASON),
+        Decoder("bitswap", bitswap_seeds(), "bytes", bitswap_wire.MAX_MESSAGE, bitswap_wire.decode_message,
+                (bitswap_wire.WireError,), lambda exc: exc.reason),  # type: ignore[attr-defined]
     ]
     return {d.name: d for d in decoders}
+
+
+def bitswap_seeds() -> list[bytes]:
+    """Bitswap messages: wants (block, have, cancel, full), blocks with prefixes, presences."""
+    import hashlib
+
+    block = bytes(range(256)) * 4
+    cid = bytes([1, 0x55, 0x12, 0x20]) + hashlib.sha256(block).digest()
+    w = bitswap_wire
+    return [w.encode_message(m) for m in (
+        w.Message(entries=(w.Entry(cid, send_dont_have=True), w.Entry(cid, 3, want_have=True)), full=True),
+        w.Message(entries=(w.Entry(cid, cancel=True),)),
+        w.Message(blocks=((w.cid_prefix(cid), block),), pending_bytes=1024),
+        w.Message(presences=((cid, True), (cid, False))),
+    )]
 
 
 # --- session framing ------------------------------------------------------------------------------
