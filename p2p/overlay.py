@@ -60,6 +60,7 @@ class Overlay(GossipSide, Discovery):
         )
         workarounds.release_inbound_slot_on_close(self._host.get_network())
         workarounds.fix_yamux_window_updates()
+        workarounds.buffer_tcp_reads()
         workarounds_pubsub.cache_pubsub_peer_records()
         workarounds_pubsub.cache_own_peer_record()
         workarounds.disable_auto_connector(self._host.get_network())

@@ -77,6 +77,8 @@ async def serve(args: argparse.Namespace) -> None:
         if profile:
             profile.disable()
             profile.dump_stats(args.profile)
+        print(json.dumps({"server_cpu_s": round(_cpu() - cpu, 2), "stats": overlay.bitswap.stats()}),
+              file=sys.stderr, flush=True)
 
 
 async def fetch(args: argparse.Namespace) -> None:
@@ -98,7 +100,6 @@ async def fetch(args: argparse.Namespace) -> None:
         if profile:
             profile.disable()
             profile.dump_stats(args.profile)
-        print(json.dumps({"server_cpu_s": round(_cpu() - cpu, 2)}), file=sys.stderr, flush=True)
         seconds = time.perf_counter() - start
         print(json.dumps({"bytes": got, "seconds": round(seconds, 3), "mb_s": round(got / seconds / 1e6, 1),
                           "cpu_s": round(_cpu() - cpu, 2), "stats": bitswap.stats()}), flush=True)
