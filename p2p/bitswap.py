@@ -238,6 +238,8 @@ class Bitswap:
         finally:
             peer.inbound -= 1
             await reqresp.reset_stream(stream)
+            if not (peer.inbound or peer.asked or peer.serving or self._host.get_network().connections.get(pid)):
+                self._peers.pop(pid, None)
 
     async def _dispatch(self, peer: _Peer, msg: Message) -> None:
         for prefix, data in msg.blocks:
