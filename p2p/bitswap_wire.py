@@ -114,6 +114,12 @@ def parse_cid(cid: bytes) -> tuple[int, int, int, int]:
     return version, codec, mh_type, mh_len
 
 
+def multihash_of(cid: bytes) -> bytes:
+    """The multihash a CID names (what DHT provider records are keyed by)."""
+    _, _, mh_type, mh_len = parse_cid(cid)
+    return uvarint(mh_type) + uvarint(mh_len) + bytes(cid[len(cid) - mh_len:])
+
+
 def cid_prefix(cid: bytes) -> bytes:
     """The prefix a block of `cid` travels with: uvarints version, codec, multihash type, length."""
     return b"".join(uvarint(v) for v in parse_cid(cid))

@@ -25,7 +25,7 @@ from libp2p.pubsub.pubsub import Pubsub
 from libp2p.tools.anyio_service import background_trio_service
 from multiaddr import Multiaddr
 
-from . import reqresp, selfcheck, session, workarounds, workarounds_pubsub
+from . import bitswap_wire, reqresp, selfcheck, session, workarounds, workarounds_pubsub
 from .bitswap import Bitswap, BitswapLimits, BlockSource, Verify
 from .discovery import LOOKUP_TIMEOUT_S, Discovery
 from .gossip import GossipMessage, GossipSide
@@ -42,6 +42,7 @@ RPC_OVERHEAD = 64 * 1024
 DIAL_TIMEOUT_S = 5.0
 # Shutdown of a host takes about 0.2 s (docs/libp2p.md); give it far more, never forever.
 CLOSE_TIMEOUT_S = 5.0
+PROVIDER_ADDR_TTL_S = 600  # addrs learned from a provider record
 
 
 class Overlay(GossipSide, Discovery):
@@ -169,6 +170,30 @@ class Overlay(GossipSide, Discovery):
         self.bitswap = Bitswap(self._host, self._nursery, source, verify, limits=limits,
                                connect=self._connect_peer, on_reject=self._bitswap_rejected)
         return self.bitswap
+
+    async def provide(self, cid: bytes) -> bool:
+        """Announce in the DHT that we hold the block `cid` (a provider record keyed by its
+        multihash, as IPFS has them). ValueError for a malformed cid; False if no peer took it."""
+        key = bitswap_wire.multihash_of(cid).hex()
+        with trio.move_on_after(LOOKUP_TIMEOUT_S):
+            return bool(await self._dht.provide(key))
+        return False
+
+    async def find_providers(self, cid: bytes, limit: int = 20) -> list[str]:
+        """Peer ids of up to `limit` providers of `cid` from the DHT (their addrs go to the
+        peerstore, so `fetch` can dial them); [] if none is found within LOOKUP_TIMEOUT_S."""
+        key = bitswap_wire.multihash_of(cid).hex()
+        found: list[str] = []
+        with trio.move_on_after(LOOKUP_TIMEOUT_S):
+            infos = await self._dht.find_providers(key, limit)
+            for info in infos:  # one provider may come back many times (docs/libp2p.md item 6)
+                pid = info.peer_id.to_base58()
+                if info.peer_id == self._self_id or pid in found:
+                    continue
+                if info.addrs:
+                    self._host.get_peerstore().add_addrs(info.peer_id, info.addrs, PROVIDER_ADDR_TTL_S)
+                found.append(pid)
+        return found[:limit]
 
     async def _connect_peer(self, pid: ID) -> None:
         if not self._is_connected(pid):

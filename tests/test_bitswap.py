@@ -295,3 +295,25 @@ async def test_hostile_messages_are_refused_and_the_node_keeps_serving() -> None
             await bitswap.fetch([cid], [server.peer_id], deliver)
     assert got == {cid: block}
     assert rejects.count("malformed") == 1 and "too_large" in rejects
+
+
+async def test_provider_found_through_the_dht_is_dialed_and_fetched_from() -> None:
+    block = os.urandom(5000)
+    cid = _cid(block)
+    async with open_overlay(os.urandom(32)) as hub, open_overlay(os.urandom(32)) as holder, \
+            open_overlay(os.urandom(32)) as seeker:
+        holder.start_bitswap(_DictSource({cid: block}), verify_block)
+        bitswap = seeker.start_bitswap(_NoBlocks(), verify_block)
+        with trio.fail_after(FETCH_S):
+            await holder.connect(hub.multiaddrs()[0])
+            await seeker.connect(hub.multiaddrs()[0])
+            assert await holder.provide(cid)
+            providers = await seeker.find_providers(cid)
+            assert providers == [holder.peer_id]
+            got = {}
+
+            async def deliver(c: bytes, b: bytes) -> None:
+                got[c] = b
+
+            await bitswap.fetch([cid], providers, deliver)
+    assert got == {cid: block}
