@@ -65,6 +65,8 @@ class _Fetch:
             await self._assign()
             busy = [p for p, wants in self.out.items() if wants]
             if not busy:
+                if self.todo and self.out:  # a send failed while assigning: its wants go to the others
+                    continue
                 break
             event = None
             with trio.move_on_at(min(self.last[p] for p in busy) + self.stall):
