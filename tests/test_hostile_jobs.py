@@ -90,3 +90,58 @@ def test_a_manifest_cut_at_its_limit_says_so(net):
     assert "the certified result lists the first 64" in human_status(net, view["job_id"])
     got = cli("job", "result", view["job_id"], "--data-dir", str(net.node_dirs[0]), "--json")
     assert json.loads(got.stdout)["outputs"]["manifest_truncated"] is True
+
+
+# --- inputs (issue 16, item 3), on the same network ----------------------------------------------
+
+IN_SCRIPT = ("cd /in && find . | sort && cat data.txt && sha256sum ds/a ds/sub/b "
+             "&& if touch /in/x 2>/dev/null; then echo writable; else echo read-only; fi")
+
+
+def stored(net: Devnet, i: int, job_id: str) -> tuple:
+    """The signed spec and certificate node i stored for a job (its SQLite, read-only)."""
+    import sqlite3
+
+    db = sqlite3.connect(f"file:{net.node_dirs[i] / 'node.db'}?mode=ro", uri=True)
+    try:
+        return db.execute("SELECT signed_spec, certificate FROM jobs WHERE job_id=?", (job_id,)).fetchone()
+    finally:
+        db.close()
+
+
+def test_inputs_are_fetched_shown_read_only_at_in_and_their_holders_say_so_when_bidding(net, tmp_path):
+    import hashlib
+    import os
+
+    from distributeai.consensus.cid import cid_text
+    from distributeai.consensus.messages import Bid, Certificate, JobSpec, Reveal, verify
+
+    (tmp_path / "data.txt").write_bytes(b"hello inputs\n")
+    ds = tmp_path / "dataset"
+    (ds / "sub").mkdir(parents=True)
+    (ds / "a").write_bytes(b"A\n")
+    blob = os.urandom(300_000)  # two blocks: a file DAG, not one raw leaf
+    (ds / "sub" / "b").write_bytes(blob)
+    view = run(net, IN_SCRIPT, "--input", str(tmp_path / "data.txt"), "--input", f"{ds}:ds")
+    lines = view["stdout"].splitlines()
+    assert lines[:6] == [".", "./data.txt", "./ds", "./ds/a", "./ds/sub", "./ds/sub/b"], lines
+    assert "hello inputs" in lines and lines[-1] == "read-only"
+    assert f"{hashlib.sha256(blob).hexdigest()}  ds/sub/b" in lines
+    spec = verify(stored(net, 0, view["job_id"])[0], JobSpec).msg
+    assert [(path, size) for _, path, size in spec.inputs] == [("data.txt", 13), ("ds", 300_002)]
+    # A second job names the dataset by CID (a job file): the submitting node sizes it, and the
+    # nodes that hold it (its submitter, every executor that ran the first job) say so in their bids.
+    cid = spec.inputs[1][0]
+    job = tmp_path / "again.json"
+    job.write_text(json.dumps({"image": "alpine:latest", "command": ["sha256sum", "/in/again/sub/b"],
+                               "inputs": [{"cid": cid_text(cid), "path": "again"}]}))
+    view2, _ = submit_json(net.node_dirs[0], "-f", str(job))
+    assert view2["status"] == "verified", view2
+    assert view2["stdout"] == f"{hashlib.sha256(blob).hexdigest()}  /in/again/sub/b\n"
+    spec2_raw, cert_raw = stored(net, 0, view2["job_id"])
+    assert verify(spec2_raw, JobSpec).msg.inputs == ((cid, "again", 300_002),)
+    first = verify(stored(net, 0, view["job_id"])[1], Certificate).msg
+    holders = {spec.submitter} | {verify(r, Reveal).msg.executor for r in first.reveals}
+    bids = [verify(b, Bid).msg for b in verify(cert_raw, Certificate).msg.bids]
+    assert any(b.bidder in holders for b in bids), bids
+    assert all(b.held == 300_002 for b in bids if b.bidder in holders), bids
