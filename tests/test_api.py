@@ -154,6 +154,9 @@ def test_the_seeds_job_files_verify_through_the_rest_api(tmp_path, docker_host):
         assert stats["active_nodes"] >= 3 and stats["pending_jobs"] == 0
 
 
+UNKNOWN_CID = "bafkreifzjut3te2nhyekklss27nh3k72ysco7y32koao5eei66wof36n5e"  # the raw block "hello world"
+
+
 def test_bad_requests_get_a_4xx_naming_the_field_and_reach_nothing(tmp_path):
     with Devnet(tmp_path / "net", nodes=1, sandbox="process", api=True) as net:
         net.start()
@@ -173,6 +176,9 @@ def test_bad_requests_get_a_4xx_naming_the_field_and_reach_nothing(tmp_path):
             (json.dumps({**seed, "sandbox": "wasm"}).encode(), 400, "wasm_module"),
             (json.dumps({**seed, "wasm_module": "not base64!"}).encode(), 400, "wasm_module"),
             (json.dumps({**seed, "price": 10_000}).encode(), 409, "price"),  # more than this node can pay
+            (json.dumps({**seed, "inputs": [{"cid": "bafyNOT", "path": "x"}]}).encode(), 400, "inputs"),
+            (json.dumps({**seed, "inputs": [{"cid": UNKNOWN_CID, "path": "../x"}]}).encode(), 400, "inputs"),
+            (json.dumps({**seed, "inputs": [{"cid": UNKNOWN_CID, "path": "x"}]}).encode(), 409, "inputs"),  # nobody has it
         ]
         for body, want, field in bad:
             status, headers, answer = http("POST", f"{api}/api/v1/jobs", body)
@@ -207,6 +213,15 @@ def test_bad_requests_get_a_4xx_naming_the_field_and_reach_nothing(tmp_path):
         job_id = json.loads(body)["id"]
         status, error = get_json(f"{api}/api/v1/jobs/{job_id}/result")
         assert status == 409 and error["field"] == "id"
+        # Inputs by CID: data the node holds (`blob add`) is sized and shown to the job at /in.
+        (tmp_path / "in.txt").write_text("by cid\n")
+        added = net.call(0, {"op": "blob_add", "path": str(tmp_path / "in.txt")})
+        status, _, body = http("POST", f"{api}/api/v1/jobs", json.dumps({
+            **seed, "replicas": 1, "quorum": 1, "command": ["sh", "-c", "cat \"$IN_DIR/data/in.txt\""],
+            "inputs": [{"cid": added["cid"], "path": "data/in.txt"}]}).encode())
+        assert status == 201, body
+        done = poll_until_done(api, json.loads(body)["id"], 120)
+        assert done["status"] == "verified" and done["stdout"] == "by cid\n", done
 
 
 def test_off_loopback_rules_a_token_is_required(tmp_path):
