@@ -102,7 +102,7 @@ def submit(
     tasks_file: Optional[Path] = typer.Option(None, "--tasks", help="A batch: one task's arguments per line "
                                               "(shell-quoted), each appended to the command and verified on its own."),
     env: list[str] = typer.Option([], "--env", help="NAME=VALUE for the job's environment; repeatable."),
-    inputs: list[str] = typer.Option([], "--input", help="PATH[:NAME]: a file or directory the job reads at "
+    inputs: list[str] = typer.Option([], "--input", metavar="PATH[:NAME]", help="A file or directory the job reads at "
                                      "/in/NAME (read-only; NAME defaults to the path's last part); repeatable."),
     cpu: Optional[float] = typer.Option(None, "--cpu", help="Cores the job needs. Default 1."),
     memory: Optional[int] = typer.Option(None, "--memory", help="MiB the job may use. Default 256."),
