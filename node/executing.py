@@ -181,9 +181,10 @@ class Executing:
         runs and has not finished takes the `ended` input (stored before anything is done); a run
         in progress is then stopped (`StopRun`). Any other job id changes nothing."""
         job = self.jobs.get(job_id)
-        if self.inputs is not None and (job is None or job.state not in UNFINISHED):
-            await self.inputs.release(job_id.hex())  # a run of it here is over: its inputs may go
-        if job is None or job.state not in UNFINISHED:
+        if job is None or job.state not in UNFINISHED:  # a run of it here is over: its inputs may go
+            if self.inputs is not None and (job.spec.inputs if job is not None else
+                                            await self.store.get_execution(job_id.hex()) is not None):
+                await self.inputs.release(job_id.hex())
             return
         log.info("job %s ended at its submitter (%s): its run here stops", job_id.hex()[:12], reason or status)
         await self.apply(job, "ended", meta={"reason": ended_reason(status, reason)})
