@@ -12,6 +12,8 @@ This package imports nothing from the rest of distributeai.
 from __future__ import annotations
 
 import logging
+import os
+import stat
 from dataclasses import dataclass, field
 from collections.abc import Callable
 from typing import Protocol
@@ -77,6 +79,14 @@ class RunRequest:
     out_max_bytes: int = 1 << 30  # bytes of regular files the job may leave in /out
     out_max_files: int = 10_000  # entries (files, directories, links, ...) it may leave there
     out_keep_free: int = 0  # bytes that must stay free on out_dir's filesystem when files are kept
+    # A host directory holding the job's inputs, shown to the job READ-ONLY at /in (docker, bwrap,
+    # wasm; the process backend passes it as $IN_DIR and isolates nothing). It is the caller's
+    # directory: no backend ever writes to it, and a write into /in fails in the job (EROFS or
+    # EACCES). Links inside it are resolved in the job's own view (never towards the host's
+    # files). The job runs as uid 65534 on docker and bwrap: it reads what "others" may read, so
+    # the caller makes its directories 0755 and its files 0644. Absolute path of an existing
+    # directory (checked here, ValueError otherwise).
+    in_dir: str | None = None
     wasm_module: bytes | None = None  # the wasm backend runs this module; command[0] is its argv[0]
     fuel: int | None = None  # wasm: the fuel limit (None: the backend's default)
     # Names the run for `Sandbox.cancel`; unique per run (e.g. job id + attempt). None: the run
@@ -108,10 +118,26 @@ class RunRequest:
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 0:
                 raise ValueError(f"{name} must be an int >= 0, got {value!r}")
+        if self.in_dir is not None:
+            check_in_dir(self.in_dir)
         if self.run_id is not None and (
             not isinstance(self.run_id, str) or not 0 < len(self.run_id) <= MAX_RUN_ID or "\0" in self.run_id
         ):
             raise ValueError(f"run_id must be None or 1..{MAX_RUN_ID} characters without NUL: {self.run_id!r}")
+
+
+def check_in_dir(path: object) -> None:
+    """ValueError unless `path` is the absolute path (str, no NUL) of an existing directory."""
+    if not isinstance(path, str) or not path or "\0" in path:
+        raise ValueError(f"in_dir must be a path (str without NUL): {path!r}")
+    if not os.path.isabs(path):
+        raise ValueError(f"in_dir must be an absolute path: {path!r}")
+    try:
+        mode = os.stat(path).st_mode
+    except OSError as e:
+        raise ValueError(f"in_dir {path!r}: {e.strerror}") from None
+    if not stat.S_ISDIR(mode):
+        raise ValueError(f"in_dir is not a directory: {path!r}")
 
 
 @dataclass(frozen=True)

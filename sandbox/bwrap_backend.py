@@ -3,7 +3,8 @@
 Isolation (flags measured: docs/sandbox.md): new user, pid, net, ipc, uts, mount and
 cgroup namespaces; the job runs as uid/gid 65534 with no capabilities, hostname "sandbox", in /tmp.
 It sees a read-only root with the host's /usr (read-only), a private /tmp tmpfs (64 MB, as the
-Docker backend), private /proc and /dev, and /out (read-write) when RunRequest.out_dir is set: a
+Docker backend), private /proc and /dev, /in (read-only) when RunRequest.in_dir is set, and /out
+(read-write) when RunRequest.out_dir is set: a
 staging directory beside out_dir (outdir.OutStage: a tmpfs of the job's output quota when the node
 is root), described, kept into out_dir and removed after the run.
 The net namespace is empty: loopback only. The image is ignored. Env: PATH, the request's env and
@@ -14,8 +15,9 @@ too. Run as root, bwrap maps the job's uid to host root: the job then owns every
 it can see, and could e.g. `chmod 000 /dev/null` on the host (tried: it works). The unprivileged
 bwrap cannot reach an out_dir below a private (0700) directory, and `--bind-fd` does not help (bwrap
 0.8 resolves the fd back to its path); so the forked child, still root, enters a private mount
-namespace, binds the stage onto OUT_BIND there (the host's OUT_BIND stays an empty directory; the
-mount goes away with the run) and bwrap binds OUT_BIND at /out.
+namespace, binds the stage onto OUT_BIND and in_dir onto IN_BIND (read-only) there (the host's
+OUT_BIND and IN_BIND stay empty directories; the mounts go away with the run), and bwrap binds
+OUT_BIND at /out and IN_BIND read-only at /in.
 
 bwrap's `--json-status-fd` tells whether the job's argv was exec'd at all: without its
 "exit-code" record, an exit 1 is bwrap's own failure (setup, or execvp of argv[0]: mapped to 127/126
@@ -74,9 +76,12 @@ JOB_UID = JOB_GID = 65534  # nobody:nogroup, inside the sandbox and (node run as
 HOSTNAME = "sandbox"  # as the Docker backend: jobs that print it agree across executors
 TMP_SIZE = 64 << 20  # the Docker backend's /tmp size; tmpfs pages also count against memory_mb
 OUT_MOUNT = "/out"
-# Node run as root: the job's stage is bound here in the child's private mount namespace (the host's
-# copy stays an empty directory), as bwrap, running as nobody, may not be able to walk to the stage.
+IN_MOUNT = "/in"  # RunRequest.in_dir, read-only
+# Node run as root: the job's stage and in_dir are bound here in the child's private mount namespace
+# (the host's copies stay empty directories), as bwrap, running as nobody, may not be able to walk
+# to them (a 0700 parent).
 OUT_BIND = "/run/distributeai-bwrap-out"
+IN_BIND = "/run/distributeai-bwrap-in"
 DRAIN_S = 1.0  # after exit the whole pid namespace is dead, pipes reach EOF at once; a bound only
 # The isolation flags that held (docs/sandbox.md), plus a fixed hostname and /tmp size.
 ISOLATION = [
@@ -113,22 +118,30 @@ def _rlimits(cap_files: bool) -> Limits:
 
 _libc = ctypes.CDLL(None, use_errno=True)
 CLONE_NEWNS = 0x00020000
-MS_BIND, MS_REC, MS_SLAVE = 0x1000, 0x4000, 0x80000
+MS_RDONLY, MS_REMOUNT, MS_BIND, MS_REC, MS_SLAVE = 0x1, 0x20, 0x1000, 0x4000, 0x80000
+# What the root child binds before it drops to nobody: (host source, target under /run, read-only).
+Binds = list[tuple[bytes, bytes, bool]]
 
 
-def _bind_in_private_namespace(source: bytes, target: bytes) -> None:
-    """In the forked child (root): a mount namespace of its own, then bind `source` on `target`."""
-    for ok, what in (
+def _bind_in_private_namespace(binds: Binds) -> None:
+    """In the forked child (root): a mount namespace of its own, then bind each source on its
+    target (read-only ones remounted read-only: bwrap's --ro-bind does it again inside)."""
+    steps = [
         (lambda: _libc.unshare(CLONE_NEWNS), "unshare(CLONE_NEWNS)"),
         (lambda: _libc.mount(None, b"/", None, MS_REC | MS_SLAVE, None), "mount --make-rslave /"),
-        (lambda: _libc.mount(source, target, None, MS_BIND, None), "mount --bind the /out stage"),
-    ):
+    ]
+    for source, target, read_only in binds:
+        steps.append((lambda s=source, t=target: _libc.mount(s, t, None, MS_BIND, None), f"mount --bind {target!r}"))
+        if read_only:
+            flags = MS_BIND | MS_REMOUNT | MS_RDONLY
+            steps.append((lambda t=target: _libc.mount(None, t, None, flags, None), f"remount {target!r} ro"))
+    for ok, what in steps:
         if ok() != 0:
             err = ctypes.get_errno()
             raise OSError(err, f"{what}: {os.strerror(err)}")
 
 
-def _child_setup(procs_files: list[str], limits: Limits, drop: bool, stage: bytes | None) -> None:
+def _child_setup(procs_files: list[str], limits: Limits, drop: bool, binds: Binds) -> None:
     # Runs in the forked child before it execs bwrap. Only plain syscall wrappers: no lock another
     # thread of the node could hold at fork time (the preexec_fn caveat).
     for path in procs_files:
@@ -139,9 +152,9 @@ def _child_setup(procs_files: list[str], limits: Limits, drop: bool, stage: byte
             os.close(fd)
     for res, pair in limits:
         resource.setrlimit(res, pair)
-    if stage is not None:
+    if binds:
         # By path: a mount from an fd opened in the node's namespace is refused (EINVAL) here.
-        _bind_in_private_namespace(stage, OUT_BIND.encode())
+        _bind_in_private_namespace(binds)
     if drop:
         os.setgroups([])
         os.setgid(JOB_GID)
@@ -173,15 +186,15 @@ def _job_was_executed(status: bytes) -> bool:
     return False
 
 
-def _prepare_out_bind() -> None:
-    """Make OUT_BIND, the empty root-owned directory the child binds the stage on (node as root)."""
+def _prepare_bind(path: str) -> None:
+    """Make `path` (OUT_BIND, IN_BIND), an empty root-owned directory the child binds on (node as root)."""
     try:
-        os.makedirs(OUT_BIND, mode=0o755, exist_ok=True)
-        st = os.lstat(OUT_BIND)
+        os.makedirs(path, mode=0o755, exist_ok=True)
+        st = os.lstat(path)
     except OSError as e:
-        raise SandboxError("backend_error", f"cannot create {OUT_BIND}: {e}") from e
+        raise SandboxError("backend_error", f"cannot create {path}: {e}") from e
     if not stat.S_ISDIR(st.st_mode) or st.st_uid != 0:
-        raise SandboxError("backend_error", f"{OUT_BIND} is not a directory owned by root")
+        raise SandboxError("backend_error", f"{path} is not a directory owned by root")
 
 
 class BwrapSandbox:
@@ -257,24 +270,32 @@ class BwrapSandbox:
         if req.cpu > ncpu:  # as Docker refuses it
             raise SandboxError("invalid_request", f"cpu {req.cpu} > {ncpu} cpus available")
         drop = os.geteuid() == 0
+        # Node not root: the job is this user on the host and bwrap can reach in_dir and the stage
+        # itself; root: the child binds them on IN_BIND and OUT_BIND first (see _child_setup).
+        argv, binds = [bwrap, *ISOLATION], []
+        if req.in_dir is not None:
+            if drop:
+                _prepare_bind(IN_BIND)
+                binds.append((os.fsencode(req.in_dir), IN_BIND.encode(), True))
+            argv += ["--ro-bind", IN_BIND if drop else req.in_dir, IN_MOUNT]
         if req.out_dir is None:
-            return self._run_tracked([bwrap, *ISOLATION], req, bases, drop, None, _rlimits(False))
+            return self._run_tracked(argv, req, bases, drop, binds, _rlimits(False))
         if drop:
-            _prepare_out_bind()
-        # Node not root: the job is this user on the host and bwrap can reach the stage itself.
+            _prepare_bind(OUT_BIND)
         with OutStage(req, owner=(JOB_UID, JOB_GID) if drop else None, log=self._log) as stage:
-            argv = [bwrap, *ISOLATION, "--bind", OUT_BIND if drop else stage.path, OUT_MOUNT]
-            bind = os.fsencode(stage.path) if drop else None
-            result = self._run_tracked(argv, req, bases, drop, bind, _rlimits(not stage.enforced))
+            argv += ["--bind", OUT_BIND if drop else stage.path, OUT_MOUNT]
+            if drop:
+                binds.append((os.fsencode(stage.path), OUT_BIND.encode(), False))
+            result = self._run_tracked(argv, req, bases, drop, binds, _rlimits(not stage.enforced))
             entries = stage.collect()  # the run's pid namespace is dead: nothing writes there now
         return _replace(result, out_entries=entries, out_enforced=stage.enforced)
 
     def _run_tracked(
-        self, argv: list[str], req: RunRequest, bases: dict[str, str], drop: bool, stage: bytes | None,
+        self, argv: list[str], req: RunRequest, bases: dict[str, str], drop: bool, binds: Binds,
         limits: Limits,
     ) -> RunResult:
-        """Run argv (bwrap and its mounts) with the request's env and argv; stage: the /out stage
-        the child binds on OUT_BIND (root), else None; limits: the rlimits the child sets."""
+        """Run argv (bwrap and its mounts) with the request's env and argv; binds: what the child
+        binds on IN_BIND and OUT_BIND (root), else empty; limits: the rlimits the child sets."""
         for key, value in {"PATH": DEFAULT_PATH, **req.env}.items():
             argv += ["--setenv", key, value]
         # Last mount op: bwrap's root is a tmpfs, writable unless remounted (/tmp, /out stay writable).
@@ -284,7 +305,7 @@ class BwrapSandbox:
             groups = JobGroups(bases)
             try:
                 groups.create(req)
-                result = self._run(argv, req, groups, drop, stage, limits, handle)
+                result = self._run(argv, req, groups, drop, binds, limits, handle)
                 oom = groups.oom_kills() > 0
             finally:
                 for error in groups.remove():
@@ -298,7 +319,7 @@ class BwrapSandbox:
         req: RunRequest,
         groups: JobGroups,
         drop: bool,
-        stage: bytes | None,
+        binds: Binds,
         limits: Limits,
         handle: RunHandle,
     ) -> RunResult:
@@ -318,7 +339,7 @@ class BwrapSandbox:
                     close_fds=True,
                     pass_fds=(status_w,),
                     start_new_session=True,
-                    preexec_fn=lambda: _child_setup(procs_files, limits, drop, stage),
+                    preexec_fn=lambda: _child_setup(procs_files, limits, drop, binds),
                 )
             except (OSError, subprocess.SubprocessError) as e:
                 raise SandboxError("start_failed", f"{argv[0]}: {e}") from e

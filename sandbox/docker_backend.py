@@ -28,6 +28,11 @@ points at the host's file once on the host), what may be kept is copied into out
 is unmounted and removed. The daemon must see this process's mounts (the same host and mount
 namespace, as for any bind mount).
 
+Input directory (RunRequest.in_dir): bind-mounted read-only at /in (a Mount with read_only=True,
+as /out's, so ':' or ',' in the path is no problem). Writing there fails in the job (EROFS); the
+job (uid 65534) reads what the directory's modes let "others" read. Links inside it resolve in the
+container (an absolute link names the container's file, never the host's).
+
 Containers carry the label distributeai.sandbox=job, so leftovers of a crashed worker can be
 found: `docker ps -a --filter label=distributeai.sandbox=job`.
 """
@@ -77,6 +82,7 @@ LOG_CONFIG = docker.types.LogConfig(
     type="local", config={"max-size": "20m", "max-file": "5"}
 )
 KILL_WAIT_S = 10.0  # after SIGKILL a container exits in milliseconds; this only bounds a sick daemon
+IN_MOUNT = "/in"  # where the job sees RunRequest.in_dir, bound read-only
 OUT_MOUNT = "/out"  # where the job sees its staging directory (outdir.OutStage)
 OUT_OWNER = (65534, 65534)  # the stage's owner, so the job (USER) can write there
 # After the container exited and the stdin socket was shut down, how long to wait for the writer
@@ -254,11 +260,14 @@ class DockerSandbox:
             return result
 
     def _run_tracked(self, req: RunRequest, handle: RunHandle) -> RunResult:
+        mounts = []
+        if req.in_dir is not None:
+            mounts.append(docker.types.Mount(target=IN_MOUNT, source=req.in_dir, type="bind", read_only=True))
         if req.out_dir is None:
-            return self._run_container(req, handle, [])
+            return self._run_container(req, handle, mounts)
         with OutStage(req, owner=OUT_OWNER, log=self._log) as stage:
-            mount = docker.types.Mount(target=OUT_MOUNT, source=stage.path, type="bind", read_only=False)
-            result = self._run_container(req, handle, [mount])
+            mounts.append(docker.types.Mount(target=OUT_MOUNT, source=stage.path, type="bind", read_only=False))
+            result = self._run_container(req, handle, mounts)
             # The container is gone (or at least stopped): nothing writes to the stage any more.
             handle.raise_if_cancelled()
             entries = stage.collect()

@@ -24,6 +24,9 @@ What it does give, so results match the Docker backend for honest jobs:
   must write their files to $OUT_DIR (a portable job writes to "${OUT_DIR:-/out}"). Nothing stops
   a job from writing elsewhere. After the run the stage is described (links are not followed), what
   may be kept is copied into out_dir, and the stage is removed.
+- in_dir: passed as the env variable IN_DIR (overriding any IN_DIR in RunRequest.env), the host
+  path itself: NOT read-only here. The job runs as the node's user and can write, delete or
+  replace what is in in_dir; a portable job reads "${IN_DIR:-/in}".
 """
 
 from __future__ import annotations
@@ -253,6 +256,8 @@ class ProcessSandbox:
         env = {"PATH": DEFAULT_PATH, **req.env}
         if out_dir is not None:
             env["OUT_DIR"] = out_dir
+        if req.in_dir is not None:
+            env["IN_DIR"] = req.in_dir
         limits = _rlimits(req)
         started = time.monotonic()
         try:

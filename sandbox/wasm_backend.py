@@ -3,10 +3,14 @@
 A job is `RunRequest.wasm_module`: the bytes of a WASI *command* module (one that exports
 `_start`). It runs with argv = `command` (command[0] is the program name), exactly `env`, stdin =
 `stdin`, and stdout/stderr captured up to `output_cap` each. `image`, `cpu`, `pids_limit` and
-`out_dir` are ignored (a wasm job is one thread and has no processes or directories).
+`out_dir` are ignored (a wasm job is one thread and has no processes and no /out).
 
-Isolation: the module can reach only what WASI gives it, and it is given no preopened
-directories (every path lookup fails with ENOTCAPABLE/EBADF), no sockets, no inherited stdio.
+Isolation: the module can reach only what WASI gives it: no sockets, no inherited stdio, and no
+preopened directory but `RunRequest.in_dir`, when set, preopened READ-ONLY as /in (the first
+preopen: fd 3). Opening a file there for writing, or creating one, fails (WASI errno 63,
+EPERM); a symlink inside it that points outside it, by absolute or relative path, cannot be
+opened, followed or not (EPERM, or ELOOP without the follow flag: wasmtime's cap-std never leaves
+the preopened directory). Without in_dir every path lookup fails (ENOTCAPABLE/EBADF).
 Clocks and `random_get` are the host's (a module that reads them is not deterministic).
 
 Limits, and how a run ends:
@@ -62,6 +66,7 @@ NAME = "wasm"
 # memset-heavy module ~2*10^9/s). Jobs that care about determinism should set `fuel` themselves.
 DEFAULT_FUEL = 100_000_000_000
 MAX_FUEL = (1 << 63) - 1
+IN_GUEST = "/in"  # where the module finds RunRequest.in_dir (read-only)
 TICK_S = 0.01  # epoch ticker period: the resolution of the wall-clock timeout and of cancel
 TABLE_ELEMENTS = 1 << 18  # per table; a funcref element takes 8-16 bytes of host memory
 MAX_TABLES = 8
@@ -313,11 +318,16 @@ class WasmSandbox:
             except (UnicodeError, wt.WasmtimeError) as e:
                 raise SandboxError("invalid_request", f"argv or env not usable by WASI: {e}") from None
             set_stdin(wt, wasi, req.stdin)
+            if req.in_dir is not None:
+                try:  # wasmtime-py 50: (host path, guest path, fs_mutable)
+                    wasi.preopen_dir(req.in_dir, IN_GUEST, False)
+                except (UnicodeError, wt.WasmtimeError) as e:
+                    raise SandboxError("invalid_request", f"in_dir not usable by WASI: {e}") from None
             wasi.stdout_custom = out
             wasi.stderr_custom = err
             start = time.monotonic()
             state = RunState(deadline=start + req.timeout_s, mono_base=start, captures=(out, err))
-            store.set_wasi(wasi)  # no preopens, no inherited stdio, no network
+            store.set_wasi(wasi)  # no preopen but /in, no inherited stdio, no network
             install_stopper(wt, store, state)
             current.state = state
             handle.attach(state.cancelled.set)
