@@ -107,6 +107,9 @@ class Config:
     disk_reserve: int = 1 << 30
     # The largest output quota (a job's out_max_bytes) the node bids on: the spec's default, 1 GiB.
     max_output: int = 1 << 30
+    # The block store's size (DATA_DIR/blocks: inputs, outputs and blobs by CID); beyond it the
+    # least recently used unpinned blocks are evicted (node/blockstore.py).
+    store_max: int = 10 << 30
     # Seconds a job's outputs are kept after it ended, for nodes fetching them (node/retention.py).
     keep_outputs: float = 24 * 3600.0
     # Where each value came from: "default", "file PATH", "env NAME" or "flag --NAME".
@@ -214,7 +217,7 @@ def _parse(name: str, value: Any, where: str, *, text: bool, base: Path | None =
         if name == "pow_difficulty" and number > POW_MAX_BITS:
             raise bad(f"an integer from 0 to {POW_MAX_BITS}")
         return number
-    if name in ("disk_reserve", "max_output"):
+    if name in ("disk_reserve", "max_output", "store_max"):
         number = parse_size(value)
         if number is None:
             raise bad("a size in bytes, or with a unit (512m, 1g)")

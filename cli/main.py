@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import typer
 
-from distributeai.cli import config, job, keys, network, node, tools
+from distributeai.cli import blob, config, job, keys, network, node, tools
 from distributeai.cli.common import run as run_app
 
 app = typer.Typer(add_completion=True, no_args_is_help=True, pretty_exceptions_enable=False,
@@ -28,6 +28,7 @@ app = typer.Typer(add_completion=True, no_args_is_help=True, pretty_exceptions_e
 app.add_typer(node.node_app, name="node")
 app.add_typer(network.bootstrap_app, name="bootstrap")
 app.add_typer(job.job_app, name="job")
+app.add_typer(blob.blob_app, name="blob")
 app.command(context_settings=job.SUBMIT_CONTEXT, cls=job.SubmitCommand)(job.submit)
 app.command("credits")(network.credits)
 app.command("bench")(tools.bench)

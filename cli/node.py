@@ -42,6 +42,7 @@ def node_start(
     newcomer_gossip_rate_limit: Optional[float] = typer.Option(None, help="The same for an author with no verified job or reputation in this node's view. Default 5; 0: no limit."),
     disk_reserve: Optional[str] = typer.Option(None, "--disk-reserve", help="Space kept free on the data dir's filesystem, e.g. 512m, 2g: below it the node bids on no job (declined: disk_low). Default 1g."),
     max_output: Optional[str] = typer.Option(None, "--max-output", help="The largest output quota (a job's --out-max) this node bids on, e.g. 100m (declined: output_too_large). Default 1g."),
+    store_max: Optional[str] = typer.Option(None, "--store-max", help="The block store's size (inputs, outputs and blobs by CID, in DATA_DIR/blocks), e.g. 50g; beyond it the least recently used blocks no job needs are evicted. Default 10g."),
     keep_outputs: Optional[str] = typer.Option(None, "--keep-outputs", help="How long a job's output files are kept after it ended (certified, or its run here failed), for nodes fetching them, e.g. 90m, 24h, 7d; never while one is being fetched. Default 24h."),
 ) -> None:
     """Start a volunteer node: discover peers, bid on jobs, run them, verify results. Each option
@@ -56,7 +57,7 @@ def node_start(
                    request_rate_limit=request_rate_limit, gossip_rate_limit=gossip_rate_limit,
                    newcomer_gossip_rate_limit=newcomer_gossip_rate_limit,
                    pow_difficulty=pow_difficulty, disk_reserve=disk_reserve, max_output=max_output,
-                   keep_outputs=keep_outputs)
+                   keep_outputs=keep_outputs, store_max=store_max)
     data_dir = data_dir_of(cfg)
     for b in cfg.bootstrap:
         check_multiaddr(b, "--bootstrap")
@@ -99,7 +100,7 @@ def node_start(
                         rate_limits=RateLimits.of(cfg.request_rate_limit, cfg.gossip_rate_limit,
                                                    cfg.newcomer_gossip_rate_limit),
                         pow_difficulty=cfg.pow_difficulty, disk_reserve=cfg.disk_reserve,
-                        max_output=cfg.max_output, keep_outputs_s=cfg.keep_outputs)
+                        max_output=cfg.max_output, keep_outputs_s=cfg.keep_outputs, store_max=cfg.store_max)
     import trio
 
     async def serve() -> None:

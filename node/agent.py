@@ -15,6 +15,9 @@ Contract:
   (`store_full`) and tells the disk guard (node/disk.py), which logs one line per episode and stops
   bidding until space returns. Outputs of ended jobs are removed after `keep_outputs_s`
   (node/retention.py), never while a node is fetching them.
+- Blocks by CID: the block store (`blocks`, node/blockstore.py) is served to any peer over
+  Bitswap (p2p/bitswap.py, started in `run`, every block verified with `consensus.cid.verify_block`)
+  and filled by `fetch_dag` (node/transfer.py); `blobs` (node/blobs.py) is the user's side of it.
 - Reputation and credits are a fold (`consensus.ledger`) over the ledger events in the store,
   rebuilt at start, so they are identical before and after a restart.
 """
@@ -32,6 +35,7 @@ from typing import Any, Awaitable, Callable, Iterator
 import trio
 
 from distributeai.consensus.certificate import verify_certificate
+from distributeai.consensus.cid import verify_block
 from distributeai.consensus.codec import Identity
 from distributeai.consensus.errors import LocalProtocolError, RemoteProtocolError
 from distributeai.consensus.gossip import check_gossip
@@ -48,15 +52,18 @@ from distributeai.p2p.overlay import GossipMessage, Overlay, RemoteError
 from distributeai.sandbox.base import Sandbox, SandboxError
 
 from . import wire
+from .blobs import Blobs
+from .blockstore import BlockStore
 from .clock import now_ms
 from .disk import CHECK_INTERVAL_S, DiskGuard
 from .executing import Executing
 from .metrics import NodeMetrics
 from .outputs_serving import OutputsServing
-from .ports import Events, NodeSettings, Ports, Runtime, Sandboxes, Transport
+from .ports import Content, Events, NodeSettings, Ports, Runtime, Sandboxes, Transport
 from .retention import Pins, run_sweeper, sweep_interval
 from .store import Store, StoreFull
 from .submitting import Submitting
+from .transfer import Progress, fetch_dag
 from .views import job_view, task_results
 
 log = logging.getLogger("distributeai.node")
@@ -70,7 +77,7 @@ class Agent:
     executing_class = Executing  # tests/byzantine_node.py swaps in a dishonest executor
 
     def __init__(self, identity: Identity, store: Store, overlay: Overlay, sandboxes: dict[str, Sandbox],
-                 settings: NodeSettings, outputs_dir: Path | None = None) -> None:
+                 settings: NodeSettings, outputs_dir: Path | None = None, blocks: BlockStore | None = None) -> None:
         """`sandboxes` maps a spec's sandbox kind ("container", "wasm") to the backend that runs it."""
         self.identity = identity
         self.me = identity.public_key
@@ -79,6 +86,9 @@ class Agent:
         self.overlay = overlay
         self.sandboxes = sandboxes
         self.outputs_dir = outputs_dir
+        self.blocks = blocks
+        self.blobs = (Blobs(blocks, self._fetch_blocks, overlay.connected_peers, overlay.find_providers, overlay.provide)
+                      if blocks is not None else None)
         self.settings = settings
         self.ledger = Ledger(genesis=settings.genesis_credits)
         self.rejected: Counter[str] = Counter()
@@ -127,6 +137,7 @@ class Agent:
                           job_finished=self.metrics.job_finished, sandbox_run=self.metrics.sandbox_run),
             runtime=Runtime(now_ms=now_ms, spawn=lambda fn, *args: self.nursery.start_soon(self._task, fn, *args)),
             disk=self.disk,
+            content=Content(self.blocks, self.fetch_dag) if self.blocks is not None else None,
         )
 
     async def _task(self, fn: Callable[..., Awaitable[Any]], *args: Any) -> None:
@@ -155,6 +166,8 @@ class Agent:
             # DEBUG, since a flood would otherwise log a line per message.
             self.overlay.set_reject_hook(lambda reason: self.reject(reason, "by the overlay", level=logging.DEBUG))
             self.overlay.set_standing(self.established)
+            if self.blocks is not None:
+                self.overlay.start_bitswap(self.blocks, verify_block)
             await self.submitting.recover()
             await self.executing.recover()
             # Peers' requests only once the jobs are rebuilt: a commit arriving earlier would be refused as unknown_job.
@@ -409,6 +422,14 @@ class Agent:
                           for t in reversed(mine)],
         }
 
+    async def _fetch_blocks(self, cids: list[bytes], providers: list[str], deliver) -> None:
+        await self.overlay.bitswap.fetch(cids, providers, deliver)
+
+    async def fetch_dag(self, root: bytes, providers: list[str], *, pin: str | None = None,
+                        progress: Progress | None = None) -> Progress:
+        """Every block of the DAG under `root` into the block store, from `providers` (node/transfer.py)."""
+        return await fetch_dag(root, self.blocks, self._fetch_blocks, providers, pin=pin, progress=progress)
+
     def info(self) -> dict[str, Any]:
         return {
             "peer_id": self.peer_id,
@@ -425,6 +446,7 @@ class Agent:
             "overlay": self.overlay.stats(),
             "rejected": dict(self.rejected),
             "disk": self.disk.view(),
+            **({"blocks": self.blocks.stats()} if self.blocks is not None else {}),
             "http": dict(self.http),
             "pid": os.getpid(),
             **({"metrics_url": self.metrics_url} if self.metrics_url else {}),

@@ -434,6 +434,16 @@ class BlockStore:
 
     # --- listing -------------------------------------------------------------------------------
 
+    async def record_root(self, root: bytes, name: str, size: int) -> None:
+        """List `root` in `roots()` (a DAG fetched whole, as an import's root is listed)."""
+        added = self._now_ms()
+
+        def fn(c: sqlite3.Connection) -> None:
+            c.execute("INSERT OR REPLACE INTO roots(cid, name, size, added_ms) VALUES (?,?,?,?)",
+                      (check_cid(root), name, size, added))
+
+        await self._run(fn)
+
     async def roots(self) -> list[dict]:
         """The imported roots (`blob ls`), newest first: cid (text), name, size (file bytes), added (ms)."""
         def fn(c: sqlite3.Connection) -> list[dict]:

@@ -33,6 +33,12 @@ line, answered with a JSON object on one line. Requests are capped at MAX_REQUES
                                                      -> {"found": {peer id: {"addrs", "how"}}, "not_found": [...]}
                                                         resolved as a request would (known addrs, else a DHT
                                                         lookup); "lookup": always a DHT lookup through the network
+    {"op": "blob_add", "path": PATH}                 -> {"cid", "size", "announced"}: a file or directory (a path
+                                                        on this host) into the block store, pinned (node/blobs.py)
+    {"op": "blob_get", "cid": CID, "out": PATH[, "providers": [ID, ...]]}
+                                                     -> {"cid", "size", "written_to", "fetched_blocks", ...}
+    {"op": "blob_ls"}                                -> {"blobs": [{"cid", "name", "size", "added"}]}
+    {"op": "transfers"}                              -> {"transfers": [{"cid", "bytes", "blocks", "seconds", ...}]}
 Errors: {"error": "message", "code": "reason"}. Every argument is checked before any op runs
 (control_request.py); a malformed request is answered with code "bad_request" and counted in
 `rejected` (reason "control_bad_request"); nothing a client sends ends the node.
@@ -145,6 +151,8 @@ async def _dispatch(agent: Agent, request: dict) -> dict:
         return {"peers": await agent.stored_peers(limit=1000)}
     if op == "find_peers":
         return await _find_peers(agent, req["peer_ids"], req["lookup"])
+    if op in ("blob_add", "blob_get", "blob_ls", "transfers"):
+        return await _blob_op(agent, req)
     if op == "credits":
         return agent.credits()
     if op == "reputation":
@@ -152,6 +160,21 @@ async def _dispatch(agent: Agent, request: dict) -> dict:
     assert op == "list", op  # check_request admits only the ops above
     rows = await agent.recent_jobs(req["limit"])
     return {"jobs": [await agent.job_status(r["job_id"]) for r in rows]}
+
+
+async def _blob_op(agent: Agent, req: dict) -> dict:
+    if agent.blobs is None:
+        return {"error": "this node has no block store", "code": "no_block_store"}
+    try:
+        if req["op"] == "blob_add":
+            return await agent.blobs.add(Path(req["path"]))
+        if req["op"] == "blob_get":
+            return await agent.blobs.get(req["cid"], Path(req["out"]), req["providers"])
+    except LocalProtocolError as exc:
+        return {"error": str(exc), "code": exc.reason}
+    if req["op"] == "blob_ls":
+        return {"blobs": await agent.blobs.ls()}
+    return {"transfers": agent.blobs.transfers()}
 
 
 FIND_PEERS_PARALLEL = 4  # lookups at once: each queries 3 peers at a time, and a peer serves 12 DHT streams at once

@@ -29,7 +29,8 @@ FIND_PEERS_MAX = 1000
 MAX_PEER_ID_CHARS = 128
 MAX_PATH_CHARS = 4096
 OPS = ("info", "submit", "status", "wait", "list", "credits", "reputation", "peers", "cancel",
-       "result", "tasks", "stored_peers", "find_peers")
+       "result", "tasks", "stored_peers", "find_peers", "blob_add", "blob_get", "blob_ls", "transfers")
+MAX_CID_CHARS = 128
 
 
 class BadRequest(ValueError):
@@ -92,6 +93,18 @@ def check_request(obj: Any) -> dict:
         req["limit"] = min(_int(obj.get("limit", 100), "limit", 0, MAX_INDEX), MAX_TASKS_PAGE)
     elif op == "list":
         req["limit"] = min(_int(obj.get("limit", 50), "limit", 0, MAX_INDEX), MAX_LIST)
+    elif op == "blob_add":
+        req["path"] = _path(obj.get("path"), "path")
+    elif op == "blob_get":
+        cid = obj.get("cid")
+        if not isinstance(cid, str) or not 0 < len(cid) <= MAX_CID_CHARS:
+            raise BadRequest("cid must be a CID's text (bafy..., bafk... or Qm...)")
+        req["cid"], req["out"] = cid, _path(obj.get("out"), "out")
+        providers = obj.get("providers", [])
+        if (not isinstance(providers, list) or len(providers) > FIND_PEERS_MAX
+                or not all(isinstance(p, str) and 0 < len(p) <= MAX_PEER_ID_CHARS for p in providers)):
+            raise BadRequest(f"providers must be a list of at most {FIND_PEERS_MAX} peer ids")
+        req["providers"] = list(dict.fromkeys(providers))
     elif op == "find_peers":
         ids = obj.get("peer_ids")
         if (not isinstance(ids, list) or len(ids) > FIND_PEERS_MAX
@@ -102,6 +115,12 @@ def check_request(obj: Any) -> dict:
             raise BadRequest("lookup must be true or false")
         req["peer_ids"], req["lookup"] = list(dict.fromkeys(ids)), lookup
     return req
+
+
+def _path(value: Any, name: str) -> str:
+    if not isinstance(value, str) or not value or "\x00" in value or len(value) > MAX_PATH_CHARS:
+        raise BadRequest(f"{name} must be a path")
+    return value
 
 
 def _short(value: Any) -> str:

@@ -54,6 +54,7 @@ from distributeai.consensus.submitter import Timing
 from .api import MAX_BODY as API_MAX_BODY, RestApi
 from .agent import Agent, NodeSettings
 from .bidding import Capacity
+from .blockstore import DEFAULT_MAX_BYTES, BlockStore
 from .clock import now_ms
 from .control import serve_control
 from .disk import DEFAULT_KEEP_OUTPUTS_S, DEFAULT_MAX_OUTPUT, DEFAULT_RESERVE
@@ -94,6 +95,7 @@ class NodeConfig:
     disk_reserve: int = DEFAULT_RESERVE  # bytes kept free on the data dir's filesystem (node/disk.py)
     max_output: int = DEFAULT_MAX_OUTPUT  # the largest output quota (JobSpec.out_max_bytes) bid on
     keep_outputs_s: float = DEFAULT_KEEP_OUTPUTS_S  # outputs kept after a job ended (node/retention.py)
+    store_max: int = DEFAULT_MAX_BYTES  # the block store's cap (node/blockstore.py)
 
 
 DataDirBusy = DirBusy  # another process holds the data dir's lock (a StartError: one line, exit 1)
@@ -196,6 +198,7 @@ async def run_node(config: NodeConfig, *, task_status=trio.TASK_STATUS_IGNORED) 
         identity = Identity.from_seed(seed)
         store = await Store.open(store_path(data_dir))  # StoreDamaged: one line, with the recovery
         sandboxes: dict[str, Sandbox] = {}
+        blocks: BlockStore | None = None
         try:
             # Before anything is written for this key (node.pow, node.json): a key file that was
             # replaced or damaged must not take over the store's history (startcheck.py).
@@ -209,6 +212,7 @@ async def run_node(config: NodeConfig, *, task_status=trio.TASK_STATUS_IGNORED) 
             await trio.to_thread.run_sync(remove_stale_stages, data_dir / "outputs", log)
             # Known peers from earlier runs come after the configured bootstrap, so a restarted node
             # rejoins even when the bootstrap is gone.
+            blocks = await BlockStore.open(data_dir / "blocks", config.store_max)  # BlockIndexDamaged: one line
             remembered = [a for _, addrs in await store.known_peers(limit=8) for a in addrs[:1]]
             async with _listening_overlay(seed, config, remembered) as overlay:
                 settings = NodeSettings(sandboxes["container"].name, gpu=config.gpu, capacity=config.capacity,
@@ -218,7 +222,8 @@ async def run_node(config: NodeConfig, *, task_status=trio.TASK_STATUS_IGNORED) 
                                         max_output=config.max_output, keep_outputs_s=config.keep_outputs_s,
                                         bootstrap_peers=frozenset(a.rsplit("/p2p/", 1)[1] for a in config.bootstrap
                                                                   if "/p2p/" in a))
-                agent = AGENT_CLASS(identity, store, overlay, sandboxes, settings, outputs_dir=data_dir / "outputs")
+                agent = AGENT_CLASS(identity, store, overlay, sandboxes, settings, outputs_dir=data_dir / "outputs",
+                                    blocks=blocks)
                 async with trio.open_nursery() as nursery:
                     await nursery.start(agent.run)
                     await nursery.start(serve_control, agent, control_path(data_dir))
@@ -252,6 +257,8 @@ async def run_node(config: NodeConfig, *, task_status=trio.TASK_STATUS_IGNORED) 
             for sandbox in sandboxes.values():
                 sandbox.close()
             with trio.CancelScope(shield=True):
+                if blocks is not None:
+                    await blocks.close()
                 await store.aclose()
     finally:
         os.close(lock_fd)

@@ -156,6 +156,16 @@ class StorePort(Protocol):
 
 
 @dataclass(frozen=True)
+class Content:
+    """Blocks by CID: the node's block store (node/blockstore.py) and fetching a DAG into it from
+    providers over Bitswap (`fetch_dag(root, providers, *, pin=None, progress=None)`,
+    node/transfer.py)."""
+
+    blocks: Any
+    fetch_dag: Callable[..., Awaitable[Any]]
+
+
+@dataclass(frozen=True)
 class Ports:
     """Everything a role may reach, bundled: each role uses the parts it needs."""
 
@@ -165,9 +175,10 @@ class Ports:
     events: Events
     runtime: Runtime
     disk: DiskGuard = field(default_factory=lambda: DiskGuard(None))
+    content: Content | None = None  # None: a node without a block store (tests of other parts)
 
     def now_ms(self) -> int:
         return self.runtime.now_ms()
 
 
-__all__ = ["Events", "Ledger", "NodeSettings", "Ports", "Runtime", "Sandboxes", "StorePort", "Transport"]
+__all__ = ["Content", "Events", "Ledger", "NodeSettings", "Ports", "Runtime", "Sandboxes", "StorePort", "Transport"]

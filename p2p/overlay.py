@@ -25,7 +25,8 @@ from libp2p.pubsub.pubsub import Pubsub
 from libp2p.tools.anyio_service import background_trio_service
 from multiaddr import Multiaddr
 
-from . import reqresp, selfcheck, session, workarounds, workarounds_pubsub
+from . import bitswap_wire, reqresp, selfcheck, session, workarounds, workarounds_pubsub
+from .bitswap import Bitswap, BitswapLimits, BlockSource, Verify
 from .discovery import LOOKUP_TIMEOUT_S, Discovery
 from .gossip import GossipMessage, GossipSide
 from .ratelimit import KeyedLimiter, RateLimits
@@ -41,6 +42,7 @@ RPC_OVERHEAD = 64 * 1024
 DIAL_TIMEOUT_S = 5.0
 # Shutdown of a host takes about 0.2 s (docs/libp2p.md); give it far more, never forever.
 CLOSE_TIMEOUT_S = 5.0
+PROVIDER_ADDR_TTL_S = 600  # addrs learned from a provider record
 
 
 class Overlay(GossipSide, Discovery):
@@ -59,6 +61,7 @@ class Overlay(GossipSide, Discovery):
         )
         workarounds.release_inbound_slot_on_close(self._host.get_network())
         workarounds.fix_yamux_window_updates()
+        workarounds.buffer_tcp_reads()
         workarounds_pubsub.cache_pubsub_peer_records()
         workarounds_pubsub.cache_own_peer_record()
         workarounds.disable_auto_connector(self._host.get_network())
@@ -94,6 +97,7 @@ class Overlay(GossipSide, Discovery):
         # Another process with our key (selfcheck.py): peers tell us the record they hold for us.
         self._selfcheck = selfcheck.SelfCheck()
         self.set_handler(selfcheck.PROTOCOL, self._answer_peer_record)
+        self.bitswap: Bitswap | None = None  # start_bitswap
 
     # --- addresses and peers ----------------------------------------------------------------
 
@@ -151,7 +155,53 @@ class Overlay(GossipSide, Discovery):
         out.update(self._stats)
         out["dht_peers"] = self._dht.routing_table.size()
         out["identity_conflicts"] = self._selfcheck.conflicts
+        if self.bitswap is not None:
+            out.update({f"bitswap_{k}": v for k, v in self.bitswap.stats().items()})
         return out
+
+    def start_bitswap(self, source: BlockSource, verify: Verify, limits: BitswapLimits | None = None) -> Bitswap:
+        """Serve blocks from `source` over Bitswap 1.2.0 and fetch blocks (`overlay.bitswap.fetch`),
+        each checked with `verify(cid, block)` (bitswap.py). Its refusals go to the reject hook and
+        its counts into `stats()` as `bitswap_*`. Inside `open_overlay` only; once."""
+        if self._nursery is None:
+            raise RuntimeError("start_bitswap runs inside open_overlay")
+        if self.bitswap is not None:
+            raise RuntimeError("bitswap is already started")
+        self.bitswap = Bitswap(self._host, self._nursery, source, verify, limits=limits,
+                               connect=self._connect_peer, on_reject=self._bitswap_rejected)
+        return self.bitswap
+
+    async def provide(self, cid: bytes) -> bool:
+        """Announce in the DHT that we hold the block `cid` (a provider record keyed by its
+        multihash, as IPFS has them). ValueError for a malformed cid; False if no peer took it."""
+        key = bitswap_wire.multihash_of(cid).hex()
+        with trio.move_on_after(LOOKUP_TIMEOUT_S):
+            return bool(await self._dht.provide(key))
+        return False
+
+    async def find_providers(self, cid: bytes, limit: int = 20) -> list[str]:
+        """Peer ids of up to `limit` providers of `cid` from the DHT (their addrs go to the
+        peerstore, so `fetch` can dial them); [] if none is found within LOOKUP_TIMEOUT_S."""
+        key = bitswap_wire.multihash_of(cid).hex()
+        found: list[str] = []
+        with trio.move_on_after(LOOKUP_TIMEOUT_S):
+            infos = await self._dht.find_providers(key, limit)
+            for info in infos:  # one provider may come back many times (docs/libp2p.md item 6)
+                pid = info.peer_id.to_base58()
+                if info.peer_id == self._self_id or pid in found:
+                    continue
+                if info.addrs:
+                    self._host.get_peerstore().add_addrs(info.peer_id, info.addrs, PROVIDER_ADDR_TTL_S)
+                found.append(pid)
+        return found[:limit]
+
+    async def _connect_peer(self, pid: ID) -> None:
+        if not self._is_connected(pid):
+            await self._dial(await self._find(pid))
+
+    def _bitswap_rejected(self, reason: str) -> None:
+        if self._reject_hook is not None:
+            self._reject_hook(reason)
 
     async def _answer_peer_record(self, peer_id: str, _request: bytes) -> bytes:
         return selfcheck.answer(self._host, peer_id)
@@ -201,8 +251,9 @@ class Overlay(GossipSide, Discovery):
     def set_reject_hook(self, hook: Callable[[str], None]) -> None:
         """Call `hook(reason)` for every message this overlay refuses before any handler sees it:
         "rate_limited" (gossip or request), and for requests a session refuses itself
-        "session_malformed", "session_too_large", "session_busy". The node counts them with the
-        rejections of its own checks."""
+        "session_malformed", "session_too_large", "session_busy", and Bitswap's "bad_block",
+        "too_large", "malformed", "rate_limited". The node counts them with the rejections of its
+        own checks."""
         self._reject_hook = hook
 
     # --- request/response -------------------------------------------------------------------

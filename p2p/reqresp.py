@@ -81,6 +81,43 @@ def new_limiter() -> trio.CapacityLimiter:
     return trio.CapacityLimiter(MAX_CONCURRENT_INBOUND)
 
 
+async def write_whole(stream: INetStream, data: bytes, lock: trio.Lock, timeout: float) -> bool:
+    """Write `data` whole, under `lock`; never cancelled half way. False if it failed or did not
+    finish within `timeout` (the stream is then reset, which also ends the write).
+
+    docs/libp2p.md item 9: yamux writes a frame unshielded (`stream_muxer/yamux/yamux.py:874-875`)
+    and Noise splits a full 64 KiB frame in two (`security/noise/io.py:68-79`): a write cancelled
+    between them corrupts the connection. So the write runs shielded in a task of its own, and a
+    caller that gives up (or the timeout) resets the stream instead of abandoning half a frame.
+    Every libp2p stream write in p2p/ goes through here (session.py, bitswap.py)."""
+    async with lock:
+        done = trio.Event()
+        ok = False
+
+        async def write() -> None:
+            nonlocal ok
+            with trio.CancelScope(shield=True):
+                try:
+                    await stream.write(data)
+                    ok = True
+                except Exception as exc:  # the stream or connection is gone
+                    logger.debug("stream write failed: %r", exc)
+                finally:
+                    done.set()
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(write)
+            with trio.move_on_after(timeout) as scope:
+                try:
+                    await done.wait()
+                except BaseException:  # cancelled by the caller: the data may be half written
+                    await reset_stream(stream)
+                    raise
+            if scope.cancelled_caught:
+                await reset_stream(stream)
+        return ok
+
+
 async def reset_stream(stream: INetStream) -> None:
     with trio.CancelScope(shield=True):
         try:

@@ -129,34 +129,8 @@ def response_frame(request_id: int, status: int, payload: bytes) -> bytes:
 
 
 async def _write_frame(stream: INetStream, frame: bytes, lock: trio.Lock) -> bool:
-    """Write one frame whole, under `lock`; never cancelled half way. False if it failed or did
-    not finish within WRITE_TIMEOUT_S (the stream is then reset, which also ends the writer)."""
-    async with lock:
-        done = trio.Event()
-        ok = False
-
-        async def write() -> None:
-            nonlocal ok
-            with trio.CancelScope(shield=True):
-                try:
-                    await stream.write(frame)
-                    ok = True
-                except Exception as exc:  # the stream or connection is gone
-                    logger.debug("session write failed: %r", exc)
-                finally:
-                    done.set()
-
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(write)
-            with trio.move_on_after(WRITE_TIMEOUT_S) as scope:
-                try:
-                    await done.wait()
-                except BaseException:  # cancelled by the caller: the frame may be half written
-                    await reqresp.reset_stream(stream)
-                    raise
-            if scope.cancelled_caught:
-                await reqresp.reset_stream(stream)
-        return ok
+    """Write one frame whole, under `lock` (reqresp.write_whole, the one shielded writer)."""
+    return await reqresp.write_whole(stream, frame, lock, WRITE_TIMEOUT_S)
 
 
 class DialerSession:

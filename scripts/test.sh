@@ -10,6 +10,7 @@ DOCKER_DIR="${DISTRIBUTEAI_DOCKER_DIR:-/tmp/dai-docker-test}"
 scripts/dockerd.sh start "$DOCKER_DIR" >/tmp/dai-dockerd-start.log
 export DOCKER_HOST="unix://$DOCKER_DIR/docker.sock"
 scripts/build-python-image.sh
+scripts/build-python-image.sh --numpy   # examples/ai (tests/test_ai_example.py)
 export DISTRIBUTEAI_REQUIRE_DOCKER=1 DISTRIBUTEAI_REQUIRE_BWRAP=1
 trap 'scripts/dockerd.sh stop "$DOCKER_DIR" >/dev/null 2>&1 || true' EXIT
 .venv/bin/python -m pytest -q -p no:cacheprovider "$@"

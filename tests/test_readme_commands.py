@@ -11,6 +11,7 @@ What is changed in a line before it runs, and why (SUBSTITUTIONS, `placeholders`
 |---|---|---|
 | `/ip4/127.0.0.1/tcp/4001/p2p/12D3KooW...` | the bootstrap's multiaddr | a placeholder |
 | `tcp/4001`, `127.0.0.1:8080`, `127.0.0.1:8081` | free ports | other tests may hold these |
+| `bafy...` | the CID n1 listed last (`blob ls`) | a placeholder |
 | `JOB_ID`, `3f2a9c01` (an 8-digit prefix) | the newest job n1 submitted (its full id, or its first 8 digits); for `job result`, the newest verified one; for `job cancel`, a `sleep 300` job submitted for it with `--no-wait` | placeholders |
 | `DOCKER_HOST=unix:///tmp/dai-docker/docker.sock` | the test daemon's URL | the daemon of `scripts/dockerd.sh` |
 | the tools' sizes (TOOL_SCALE) | a few units of each | minutes by design (simulate's 10,000 nodes: 4.5 min, fuzz's 100,000 inputs: 70 s, bench's 100 jobs on 5 nodes on 2 shared cores); every flag is kept |
@@ -169,6 +170,10 @@ class Place:
         sub = subcommand(line)
         for written, small in TOOL_SCALE.get(sub[0] if sub else "", []):
             line = line.replace(written, small)
+        if "bafy..." in line:
+            blobs = self.call({"op": "blob_ls"})["blobs"]
+            assert blobs, "a line names bafy... before any blob was added"
+            line = line.replace("bafy...", blobs[0]["cid"])
         if "JOB_ID" in line or "3f2a9c01" in line:
             job = (self.cancellable_job() if sub[:2] == ["job", "cancel"]
                    else self.newest_job(verified=sub[:2] == ["job", "result"]))

@@ -22,6 +22,7 @@ promise, such as a job file whose spec the network would refuse).
 | tasks_file | `jobfile.parse_tasks` + `parse_job`; same invariant | a valid batch |
 | control | `control_request.parse_line` (the control API's JSON line and every op's arguments) | a well-formed request |
 | unixfs_block | `consensus.unixfs.decode_block` of a dag-pb block (what Bitswap hands the block store) | a UnixFS file or directory node |
+| bitswap | `p2p.bitswap_wire.decode_message` (a Bitswap 1.2.0 message from any peer) | a message within the bounds |
 """
 
 from __future__ import annotations
@@ -46,7 +47,7 @@ from distributeai.consensus.names import (
     AWARD_PROTOCOL, BID_PROTOCOL, BLOB_PROTOCOL, COMMIT_PROTOCOL, DECLINE_PROTOCOL, REVEAL_PROTOCOL, WITHDRAW_PROTOCOL,
 )
 from distributeai.consensus.unixfs import MAX_BLOCK, BadBlock, decode_block
-from distributeai.p2p import reqresp, session
+from distributeai.p2p import bitswap_wire, reqresp, session
 from distributeai.p2p.identity import peer_id_from_public_key
 
 from distributeai.node import wire
@@ -135,8 +136,25 @@ def build(c: Corpus) -> dict[str, Decoder]:
                 lambda exc: REJECT_REASON),
         Decoder("unixfs_block", corpus_mod.unixfs_block_seeds(), "bytes", MAX_BLOCK,
                 lambda data: decode_block(cid_for(DAG_PB, data), data), (BadBlock,), lambda exc: "bad_block"),
+        Decoder("bitswap", bitswap_seeds(), "bytes", bitswap_wire.MAX_MESSAGE, bitswap_wire.decode_message,
+                (bitswap_wire.WireError,), lambda exc: exc.reason),  # type: ignore[attr-defined]
     ]
     return {d.name: d for d in decoders}
+
+
+def bitswap_seeds() -> list[bytes]:
+    """Bitswap messages: wants (block, have, cancel, full), blocks with prefixes, presences."""
+    import hashlib
+
+    block = bytes(range(256)) * 4
+    cid = bytes([1, 0x55, 0x12, 0x20]) + hashlib.sha256(block).digest()
+    w = bitswap_wire
+    return [w.encode_message(m) for m in (
+        w.Message(entries=(w.Entry(cid, send_dont_have=True), w.Entry(cid, 3, want_have=True)), full=True),
+        w.Message(entries=(w.Entry(cid, cancel=True),)),
+        w.Message(blocks=((w.cid_prefix(cid), block),), pending_bytes=1024),
+        w.Message(presences=((cid, True), (cid, False))),
+    )]
 
 
 # --- session framing ------------------------------------------------------------------------------

@@ -1,0 +1,106 @@
+"""Blobs by CID for the user: add a file or directory, fetch one from the network, list them.
+
+Contract (`Blobs`, reached as `Agent.blobs`):
+- `add(path)`: imports a file or directory tree into the block store, streaming (UnixFS, CIDv1,
+  raw leaves: the CID `ipfs add --cid-version 1` gives), pinned under `blob:CID` so eviction never
+  takes it; the root CID and size.
+- `get(cid, out, providers)`: makes the DAG present (node/transfer.py: the blocks the store lacks,
+  from several providers at once, each verified), then writes it to `out` (a file, or a directory
+  for a directory DAG); a fetch cut short resumes where it stopped when asked again. Providers:
+  the peers named; else every connected peer (one that lacks the blocks answers DONT_HAVE and its
+  share goes to the others) and, when they do not have it all, the providers the DHT knows
+  (`find_providers`; `add` announces the root with `provide`). `transfers()` shows each fetch in progress (bytes, blocks, rate,
+  providers), for the CLI's progress bar.
+- `ls()`: the roots added or fetched here, newest first.
+Errors are `LocalProtocolError`s with a reason: `bad_cid`, `bad_path`, `unavailable`, `store_full`,
+`write_failed`.
+"""
+
+from __future__ import annotations
+
+import itertools
+import time
+from pathlib import Path
+from typing import Awaitable, Callable
+
+from distributeai.consensus.cid import BadCid, cid_text, parse_cid_text
+from distributeai.consensus.errors import LocalProtocolError
+from distributeai.p2p.bitswap_fetch import BlocksUnavailable
+
+from .blockstore import BlockStore, BlockStoreFull, MissingBlock
+from .transfer import Fetch, Progress, fetch_dag
+
+
+class Blobs:
+    def __init__(self, store: BlockStore, fetch: Fetch, connected: Callable[[], list[str]],
+                 find_providers: Callable[[bytes], Awaitable[list[str]]],
+                 provide: Callable[[bytes], Awaitable[bool]]) -> None:
+        self.store = store
+        self.fetch = fetch
+        self.connected = connected
+        self.find_providers = find_providers
+        self.provide = provide
+        self._transfers: dict[int, tuple[str, float, Progress]] = {}
+        self._ids = itertools.count(1)
+
+    async def add(self, path: Path) -> dict:
+        """Import `path` (a file or a directory) and pin it; {"cid", "size"}."""
+        try:
+            root, size = await self.store.add_path(path, pin="blob:pending")
+        except FileNotFoundError:
+            raise LocalProtocolError("bad_path", f"{path} does not exist") from None
+        except (ValueError, OSError) as exc:
+            raise LocalProtocolError("bad_path", f"{path}: {exc}") from None
+        except BlockStoreFull as exc:
+            raise LocalProtocolError("store_full", f"the block store is full: {exc}") from None
+        await self.store.pin(f"blob:{cid_text(root)}", root)
+        await self.store.unpin("blob:pending")
+        announced = await self.provide(root)
+        return {"cid": cid_text(root), "size": size, "announced": announced}
+
+    async def get(self, text: str, out: Path, providers: list[str] | None = None) -> dict:
+        """Fetch the DAG named by `text` and write it to `out`; {"cid", "size", "fetched", ...}."""
+        try:
+            root = parse_cid_text(text)
+        except BadCid as exc:
+            raise LocalProtocolError("bad_cid", str(exc)) from None
+        peers = list(providers) if providers else self.connected()
+        key = next(self._ids)
+        progress = Progress()
+        self._transfers[key] = (cid_text(root), time.monotonic(), progress)
+        owner = f"blob:{cid_text(root)}"
+        try:
+            try:
+                await fetch_dag(root, self.store, self.fetch, peers, pin=owner, progress=progress)
+            except BlocksUnavailable:
+                if providers:
+                    raise
+                found = [p for p in await self.find_providers(root) if p not in peers]
+                if not found:
+                    raise
+                peers += found
+                await fetch_dag(root, self.store, self.fetch, found, pin=owner, progress=progress)
+        except BlockStoreFull as exc:
+            raise LocalProtocolError("store_full", f"the block store is full: {exc}") from None
+        except (BlocksUnavailable, LookupError) as exc:
+            raise LocalProtocolError("unavailable", f"{cid_text(root)}: {exc} (asked {len(peers)} peers)") from None
+        finally:
+            del self._transfers[key]
+        try:
+            size = await self.store.export(root, out)
+        except MissingBlock as exc:
+            raise LocalProtocolError("unavailable", f"block {exc} is missing") from None
+        except OSError as exc:
+            raise LocalProtocolError("write_failed", f"cannot write {out}: {exc.strerror or exc}") from None
+        await self.store.record_root(root, out.name, size)
+        return {"cid": cid_text(root), "size": size, "written_to": str(out), "fetched_blocks": progress.blocks,
+                "fetched_bytes": progress.bytes, "held_blocks": progress.held, "providers": len(peers)}
+
+    def transfers(self) -> list[dict]:
+        now = time.monotonic()
+        return [{"id": key, "cid": cid, "bytes": p.bytes, "blocks": p.blocks, "held": p.held,
+                 "seconds": round(now - started, 3), "providers": len(p.providers)}
+                for key, (cid, started, p) in self._transfers.items()]
+
+    async def ls(self) -> list[dict]:
+        return await self.store.roots()
