@@ -408,8 +408,11 @@ def test_outputs_are_removed_after_keep_outputs(tmp_path):
         net.start()
         job = submit(net, *WRITE_8MB)
         assert job["status"] == "verified" and [f["path"] for f in job["files"]] == ["zeros"], job
+        # Kept as blocks, pinned for the job (zeros: one 256 KiB block stands for all but the last chunk).
+        assert net.info(0)["blocks"]["pinned_bytes"] > 256 * 1024
         outputs = net.node_dirs[0] / "outputs"
         wait_for(lambda: not (outputs / job["job_id"]).exists(), 60, "the job's outputs to be removed")
+        assert net.info(0)["blocks"]["pinned_bytes"] == 0  # and its blocks unpinned: evictable
         assert net.node_procs[0].poll() is None
 
 
