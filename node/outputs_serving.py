@@ -16,7 +16,7 @@ Contract:
   `open_output(job_hex, path)`: a verified job's output files, each by its certified CID:
   `fetch_dag` (node/transfer.py: the blocks the store lacks, from the agreeing executors at once,
   each verified against its CID, resumable: blocks already stored are not asked for again) pinned
-  under `fetch:JOB_ID` while it is written out, then `blocks.export` (streaming) or, for the REST
+  under `fetch:JOB_ID` while it is written out (then unpinned: they stay as cache), then `blocks.export` (streaming) or, for the REST
   API, `read_file` (an async iterator of the file's bytes, block by block, each checked). On the
   node that ran the job the blocks are here already and nothing goes over the network. A file
   that cannot be had keeps its own reason (`unavailable`, `store_full`, `write_failed`,
@@ -36,6 +36,7 @@ import trio
 from distributeai.consensus.cid import BadCid, cid_text, parse_cid_text, verify_block
 from distributeai.consensus.errors import LocalProtocolError, RemoteProtocolError
 from distributeai.consensus.unixfs import BadBlock, FileBuilder, decode_block
+from distributeai.p2p.bitswap_fetch import BlocksUnavailable
 
 from . import wire
 from .blockstore import BlockStoreFull, MissingBlock
@@ -178,7 +179,7 @@ class OutputsServing:
             await self.blocks.pin(fetch_owner(job_hex), root)  # also the blocks that were here already
         except (BlockStoreFull, StoreFull) as exc:
             raise LocalProtocolError("store_full", f"no room in the block store for {entry['path']}: {exc}") from None
-        except (LookupError, BadBlock) as exc:  # BlocksUnavailable, a block gone in between, a bad DAG
+        except (BlocksUnavailable, LookupError, BadBlock) as exc:  # nobody has it, a block gone in between, a bad DAG
             raise LocalProtocolError("unavailable", f"no agreeing executor served {entry['path']}: {exc}") from None
         return root
 
@@ -200,7 +201,12 @@ class OutputsServing:
         first; the iterator keeps them pinned until it is closed."""
         view = await self._verified(job_hex)
         entry = self._entry(view, path)
-        root = await self._present(job_hex, view, entry)
+        try:
+            root = await self._present(job_hex, view, entry)
+        except LocalProtocolError:
+            if self.blocks is not None:
+                await self.blocks.unpin(fetch_owner(job_hex))
+            raise
 
         async def chunks() -> AsyncIterator[bytes]:
             try:
@@ -215,8 +221,8 @@ class OutputsServing:
     async def fetch_outputs(self, job_hex: str, out_dir: Path) -> tuple[list[dict], list[dict]]:
         """Write the verified output files of a job into `out_dir` (each as `fetch_output`): every
         file that can be had is written; (written, failed), each failure with its reason. The
-        fetch pin is released once every file is written (kept after a failure, so asking again
-        resumes with the blocks already here)."""
+        fetch pin is released at the end: the blocks stay as the store's cache (evicted least
+        recently used first), so asking again after a failure resumes with those still here."""
         view = await self._verified(job_hex)
         written, failed = [], []
         for f in view.get("files") or []:
@@ -233,6 +239,6 @@ class OutputsServing:
                 failed.append({"path": f["path"], "size": f["size"], "reason": exc.reason, "error": str(exc)})
                 continue
             written.append({"path": f["path"], "size": size, "cid": f["cid"], "written_to": str(target)})
-        if not failed:
+        if self.blocks is not None:
             await self.blocks.unpin(fetch_owner(job_hex))
         return written, failed

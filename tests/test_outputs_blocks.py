@@ -79,3 +79,53 @@ def test_outputs_become_pinned_blocks_checked_against_their_cids_and_stream_back
         await store.close()
 
     trio.run(main)
+
+
+def test_a_node_that_ran_the_job_writes_and_streams_its_outputs_with_no_network(tmp_path):
+    """fetch_outputs / open_output on the executor's own store: nothing is asked of the network
+    (the fetch below would fail), a file no one has keeps its own reason, the others are written."""
+    from distributeai.consensus.errors import LocalProtocolError
+    from distributeai.node.outputs_serving import OutputsServing
+    from distributeai.node.retention import Pins
+    from distributeai.node.transfer import fetch_dag
+    from distributeai.p2p.bitswap_fetch import BlocksUnavailable
+
+    async def main() -> None:
+        store = await BlockStore.open(tmp_path / "blocks", 1 << 30)
+        outputs, job = tmp_path / "outputs", "cd" * 32
+        big = seeded(3 * CHUNK_SIZE + 1)
+        (outputs / job).mkdir(parents=True)
+        (outputs / job / "big.bin").write_bytes(big)
+        manifest = (("big.bin", len(big), cid_of(big)), ("gone.txt", 3, cid_of(b"abc")))
+        assert await import_outputs(store, outputs, job, manifest) == ["big.bin"]
+        asked = []
+
+        async def network(cids, providers, deliver):
+            asked.append(cids)
+            raise BlocksUnavailable(cids)
+
+        async def dag(root, providers, *, pin=None, progress=None):
+            return await fetch_dag(root, store, network, providers, pin=pin, progress=progress)
+
+        async def status(job_hex):
+            return {"status": "verified", "executors": [{"peer_id": "p", "agreed": True}],
+                    "files": [{"path": p, "size": n, "cid": cid_text(c)} for p, n, c in manifest]}
+
+        serving = OutputsServing(None, Pins(lambda: 0), store, dag, status)
+        out = tmp_path / "got"
+        written, failed = await serving.fetch_outputs(job, out)
+        assert [(w["path"], w["size"]) for w in written] == [("big.bin", len(big))]
+        assert (out / "big.bin").read_bytes() == big
+        assert [(f["path"], f["reason"]) for f in failed] == [("gone.txt", "unavailable")]
+        assert asked == [[cid_of(b"abc")]]  # only the file this node lacks was asked for
+        size, chunks = await serving.open_output(job, "big.bin")
+        assert size == len(big) and b"".join([c async for c in chunks]) == big
+        try:
+            await serving.open_output(job, "gone.txt")
+        except LocalProtocolError as exc:
+            assert exc.reason == "unavailable"
+        else:
+            raise AssertionError("a file no one has was served")
+        await store.close()
+
+    trio.run(main)
