@@ -20,7 +20,9 @@ Contract:
   `MAX_BODY`, answered by p2p/http.py before this runs). 502 only when a verified output file cannot
   be had (no agreeing executor serves its blocks, or the block store has no room for them). An
   output file is fetched into the block store (verified block by block) before its answer starts,
-  then streamed from there (p2p/http.py `Streamed`, with its Content-Length): never held whole.
+  then streamed from there (p2p/http.py `Streamed`, with its Content-Length): never held whole. A
+  fetch that outlasts the request's deadline (node/daemon.py, API_DEADLINE_S) is cut; asking again
+  resumes with the blocks already here.
 - A POST is checked whole (JSON, then `consensus.jobfile.parse_job`, which names the field) before
   anything is signed or sent: nothing reaches the network from a rejected request.
 - Off loopback the listener asks for a bearer token (p2p/httpauth.py, as /metrics does).
