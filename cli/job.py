@@ -317,7 +317,7 @@ def job_result(
     for line in result_report(answer):  # limits, exit code, a cut stdout, files, stderr
         typer.echo(line, err=True, nl=not line.endswith("\n"))
     for f in answer.get("written") or []:
-        typer.echo(f"wrote {safe(f['written_to'])}  ({f['size']} bytes, sha256 {f['sha256']})", err=True)
+        typer.echo(f"wrote {safe(f['written_to'])}  ({f['size']} bytes, cid {f['cid']})", err=True)
     for f in answer.get("not_fetched") or []:
         typer.echo(f"could not fetch {safe(f['path'])} ({f['size']} bytes): {safe(f['error'])}", err=True)
     if out is None and answer.get("files"):

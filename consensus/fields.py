@@ -27,6 +27,9 @@ STDIN_CAP = 8 * 1024          # input data carried in the spec
 WASM_INLINE_CAP = 48 * 1024   # a module up to this size travels in the spec; larger ones by SHA-256
 MANIFEST_MAX_ENTRIES = 64     # output files listed in a reveal
 MANIFEST_PATH_MAX = 255
+# One manifest entry [path, size, cid] on the wire at most: the path, a 36-byte CIDv1
+# (consensus/cid.py), a 9-byte size and the array, string and bytes headers (1 + 2 + 2), rounded up.
+MANIFEST_ENTRY_MAX = MANIFEST_PATH_MAX + 52
 # A job's output quota (JobSpec.out_max_bytes, out_max_files): the defaults, and the most a spec
 # may ask for (a node offers at most what its own --max-output allows).
 OUT_MAX_BYTES = 1 << 30
@@ -77,14 +80,14 @@ MAX_SIZE = {
     "commit": 1024,
     "withdraw": 1024,
     "reveal_request": 1024,
-    "reveal": max(STDOUT_CAP + STDERR_CAP + MANIFEST_MAX_ENTRIES * (MANIFEST_PATH_MAX + 48) + OUT_NOTE_BYTES,
+    "reveal": max(STDOUT_CAP + STDERR_CAP + MANIFEST_MAX_ENTRIES * MANIFEST_ENTRY_MAX + OUT_NOTE_BYTES,
                   BATCH_REVEAL_CAP) + 1024,
     "certificate": CERTIFICATE_CAP,
 }
 # A single job's certificate (16 plain reveals) and a batch's (4 batch reveals) both fit, with
 # their reason, bids and declines.
 CERTIFICATE_RESERVE = CERT_REASON_MAX + CERT_BIDS_MAX * MAX_SIZE["bid"] + CERT_DECLINES_MAX * MAX_SIZE["decline"] + 1024
-assert MAX_SIZE["spec"] + MAX_TOTAL_RESULTS * (STDOUT_CAP + STDERR_CAP + MANIFEST_MAX_ENTRIES * (MANIFEST_PATH_MAX + 48)
+assert MAX_SIZE["spec"] + MAX_TOTAL_RESULTS * (STDOUT_CAP + STDERR_CAP + MANIFEST_MAX_ENTRIES * MANIFEST_ENTRY_MAX
                                               + OUT_NOTE_BYTES + 1024 + MAX_SIZE["award"]) + CERTIFICATE_RESERVE <= CERTIFICATE_CAP
 assert MAX_SIZE["spec"] + BATCH_MAX_TOTAL_RESULTS * (MAX_SIZE["reveal"] + MAX_SIZE["award"]) + CERTIFICATE_RESERVE <= CERTIFICATE_CAP
 

@@ -26,6 +26,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
+from .cid import CID_LEN, BadCid, check_cid
 from .codec import Envelope, Identity, encode, open_envelope, sha256
 from .errors import RemoteProtocolError
 from .fields import (  # noqa: F401  (the caps are re-exported: callers import them from here)
@@ -225,6 +226,14 @@ class RevealRequest:
         return cls(_bytes(body[0], "job_id", 32), _bytes(body[1], "executor", 32))
 
 
+def _cid(v: Any, name: str) -> bytes:
+    """A binary CIDv1 (consensus/cid.py: raw or dag-pb, SHA2-256)."""
+    try:
+        return check_cid(_bytes(v, name, CID_LEN))
+    except BadCid as exc:
+        raise _fail(name, str(exc)) from exc
+
+
 def _outputs(body: Any, listed: int) -> Outputs:
     """Reveal.outputs from its body [status, files, notes, skipped]; `listed`: manifest entries."""
     body = _list(body, "outputs", 4)
@@ -280,7 +289,7 @@ class Reveal:
     stdout: bytes
     stdout_truncated: bool
     timed_out: bool
-    manifest: tuple[tuple[str, int, bytes], ...] = ()
+    manifest: tuple[tuple[str, int, bytes], ...] = ()  # (path, size, binary CIDv1)
     fuel_used: int = -1  # -1: not a wasm job
     oom_killed: bool = False
     sandbox: str = ""
@@ -325,9 +334,9 @@ class Reveal:
         for entry in _list(body[7], "manifest", MANIFEST_MAX_ENTRIES):
             entry = _list(entry, "manifest[]", 3)
             if len(entry) != 3:
-                raise _fail("manifest[]", "must be [path, size, sha256]")
+                raise _fail("manifest[]", "must be [path, size, cid]")
             manifest.append((_str(entry[0], "manifest path", MANIFEST_PATH_MAX, False),
-                             _int(entry[1], "manifest size"), _bytes(entry[2], "manifest sha256", 32)))
+                             _int(entry[1], "manifest size"), _cid(entry[2], "manifest cid")))
             problem = name_problem(manifest[-1][0].encode())
             if problem is not None:
                 raise _fail("manifest path", problem)

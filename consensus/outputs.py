@@ -1,7 +1,7 @@
 """What a job left in /out, as every honest executor must report it: one rule, pure.
 
-The sandbox describes each entry it found (raw name bytes, kind, size, SHA-256 of the regular
-files it hashed); `describe_outputs` turns that into the part of the result that is hashed and
+The sandbox describes each entry it found (raw name bytes, kind, size, and for the regular
+files it read the CID `ipfs add --cid-version 1` gives them: `consensus.unixfs.FileBuilder`); `describe_outputs` turns that into the part of the result that is hashed and
 signed (`Outputs`), so executors that saw the same /out report the same thing, whatever the names:
 
 - Quota: the job exceeded it iff it left more than `max_files` entries (files, directories,
@@ -35,7 +35,7 @@ BAD_OUTPUT_NAME = "bad_output_name"
 SKIP_REASONS = ("symlink", "fifo", "socket", "device", "other", BAD_OUTPUT_NAME)
 ENTRY_KINDS = ("file", "dir", *SKIP_REASONS[:-1])
 
-ManifestEntry = tuple[str, int, bytes]  # (path, size, sha256)
+ManifestEntry = tuple[str, int, bytes]  # (path, size, binary CIDv1 of the file's UnixFS DAG)
 Note = tuple[str, str]  # (escaped name, reason)
 
 
@@ -109,8 +109,8 @@ def describe_outputs(entries: Iterable[tuple[bytes, str, int, bytes | None]], ma
                      max_files: int) -> tuple[tuple[ManifestEntry, ...], Outputs]:
     """The manifest and the outputs summary of what a job left in /out, by the rule above.
 
-    `entries`: (raw name, kind, size, sha256 or None) per entry, kind one of ENTRY_KINDS. A
-    regular file within the quota that has no hash could not be read; it is skipped as "other"."""
+    `entries`: (raw name, kind, size, CID or None) per entry, kind one of ENTRY_KINDS. A regular
+    file within the quota that has no CID could not be read; it is skipped as "other"."""
     entries = sorted(entries)
     total = sum(size for _, kind, size, _ in entries if kind == "file")
     if len(entries) > max_files or total > max_bytes:

@@ -4,7 +4,8 @@
   out, stdout (as carried in the reveal, at most STDOUT_CAP bytes), whether stdout was truncated,
   how much the job wrote to stdout (`stdout_size`, -1 when not stated), stderr as carried in the
   reveal (at most STDERR_CAP bytes) and which part of it that is ("all", "first", "last"), the
-  manifest of output files as (path, size, sha256) sorted by path, and for a wasm job the fuel
+  manifest of output files as (path, size, CID) sorted by path (the binary CIDv1 of the file as
+  `ipfs add --cid-version 1` makes it, so the blocks a fetch verifies are bound to the result), and for a wasm job the fuel
   it used (-1 otherwise), so that agreeing executors also agree on what the job cost; and the
   outputs summary (`outputs.Outputs`: quota status, files found, skipped entries), so that a cut
   manifest, a skipped file or a quota end is part of what is certified.
@@ -17,9 +18,7 @@
 from __future__ import annotations
 
 from .codec import encode, sha256
-from .outputs import NONE, Outputs
-
-ManifestEntry = tuple[str, int, bytes]
+from .outputs import NONE, ManifestEntry, Outputs
 
 
 def result_hash(exit_code: int, timed_out: bool, stdout: bytes, stdout_truncated: bool,
@@ -27,7 +26,7 @@ def result_hash(exit_code: int, timed_out: bool, stdout: bytes, stdout_truncated
                 stderr: bytes = b"", stderr_part: str = "all", stdout_size: int = -1) -> bytes:
     """The hash of one result (a batch task's: no manifest, no stderr, no stdout size)."""
     entries = [[path, size, digest] for path, size, digest in sorted(manifest)]
-    return sha256(b"distributeai/result/v3\x00"
+    return sha256(b"distributeai/result/v4\x00"
                   + encode([exit_code, timed_out, stdout, stdout_truncated, entries, fuel_used, outputs.to_body(),
                             stderr, stderr_part, stdout_size]))
 

@@ -113,7 +113,7 @@ class Agent:
         self.executing = self.executing_class(identity, settings, ports,
                                               Sandboxes(sandboxes, self.sandbox_ok, outputs_dir))
         self.submitting = Submitting(identity, settings, ports, self.executing.consider, self.executing.job_ended)
-        self.outputs = OutputsServing(store, outputs_dir, self.pins, self.deliver, self.job_status)
+        self.outputs = OutputsServing(store, self.pins, blocks, self.fetch_dag, self.job_status)
         self.handlers: dict[str, Handler] = {
             BID_PROTOCOL: self.submitting.handle_bid,
             DECLINE_PROTOCOL: self.submitting.handle_decline,
@@ -179,7 +179,7 @@ class Agent:
             if self.outputs_dir is not None:
                 keep = self.settings.keep_outputs_s
                 nursery.start_soon(partial(run_sweeper, self.store, self.outputs_dir, keep, now_ms, self.pins,
-                                           self.store_full, sweep_interval(keep)))
+                                           self.store_full, sweep_interval(keep), blocks=self.blocks))
             task_status.started()
 
     async def _rebuild_ledger(self) -> None:

@@ -8,7 +8,8 @@ for what it knows. Routes (the OpenAPI document, `api_schema.py`, is served at /
     GET  /api/v1/jobs/{id}                  the job object (`job status --json`, plus "id")
     GET  /api/v1/jobs/{id}/result           the verified stdout, exit code, result hash, output files and
                                             outputs (quota status, skipped entries)
-    GET  /api/v1/jobs/{id}/outputs/{path}   one verified output file's bytes, fetched by SHA-256
+    GET  /api/v1/jobs/{id}/outputs/{path}   one verified output file's bytes, streamed (any size), its blocks
+                                            fetched by CID from the agreeing executors
     GET  /api/v1/nodes                      the peers this node knows: reputation, connected, last seen
     GET  /stats (also /api/v1/stats)        this node's view of the network's totals
     GET  /openapi.json
@@ -16,8 +17,12 @@ for what it knows. Routes (the OpenAPI document, `api_schema.py`, is served at /
 Contract:
 - Every error is JSON `{"error": message[, "field": name]}` with a 4xx status: 400 (a field, named),
   404 (no such job, file or route), 405 (method), 409 (the job is not verified yet), 413 (a body over
-  `MAX_BODY`, answered by p2p/http.py before this runs). 502 only when no agreeing executor serves a
-  verified output file.
+  `MAX_BODY`, answered by p2p/http.py before this runs). 502 only when a verified output file cannot
+  be had (no agreeing executor serves its blocks, or the block store has no room for them). An
+  output file is fetched into the block store (verified block by block) before its answer starts,
+  then streamed from there (p2p/http.py `Streamed`, with its Content-Length): never held whole. A
+  fetch that outlasts the request's deadline (node/daemon.py, API_DEADLINE_S) is cut; asking again
+  resumes with the blocks already here.
 - A POST is checked whole (JSON, then `consensus.jobfile.parse_job`, which names the field) before
   anything is signed or sent: nothing reaches the network from a rejected request.
 - Off loopback the listener asks for a bearer token (p2p/httpauth.py, as /metrics does).
@@ -35,7 +40,7 @@ from typing import TYPE_CHECKING, Any
 from distributeai.consensus.errors import JobFileError, LocalProtocolError
 from distributeai.consensus.jobfile import load_job_document, parse_job
 from distributeai.consensus.messages import JobSpec, encode_body, sign
-from distributeai.p2p.http import Request, Response, json_response
+from distributeai.p2p.http import Request, Response, Streamed, json_response
 from distributeai.p2p.identity import public_key_from_peer_id
 
 from .api_schema import openapi_document
@@ -194,10 +199,10 @@ class RestApi:
         if not any(f["path"] == path for f in view.get("files") or []):
             raise ApiError(404, f"job {job_hex} has no output file {path[:200]!r}", "path")
         try:
-            data = await self.agent.outputs.fetch_output(job_hex, path)
+            size, chunks = await self.agent.outputs.open_output(job_hex, path)
         except LocalProtocolError as exc:
             raise ApiError(502, str(exc), "path") from None
-        return 200, "application/octet-stream", data
+        return 200, "application/octet-stream", Streamed(chunks, size)
 
     # --- the network, as this node sees it ----------------------------------------------------
 

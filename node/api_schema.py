@@ -123,7 +123,11 @@ def openapi_document() -> dict[str, Any]:
                                                      "first or last 1.5 KiB when cut: stderr_part)"},
                                           "stderr_part": {"type": "string", "enum": ["all", "first", "last"]},
                                           "stderr_truncated": {"type": "boolean"},
-                                          "files": {"type": "array", "items": {"type": "object"}},
+                                          "files": {"type": "array", "items": {
+                                              "type": "object", "description": "an output file: path, size "
+                                              "(bytes) and cid (its CIDv1 as ipfs add --cid-version 1 gives it)",
+                                              "properties": {"path": {"type": "string"}, "size": {"type": "integer"},
+                                                             "cid": {"type": "string"}}}},
                                           "outputs": {"type": "object", "description": "status (ok or "
                                                       "out_quota_exceeded), files, listed, manifest_truncated, "
                                                       "skipped, skipped_entries [{name, reason}], quota"}}},
@@ -187,7 +191,7 @@ def openapi_document() -> dict[str, Any]:
                 "responses": {"200": _json("The verified result", "Result"), "400": BAD_ID, "401": UNAUTHORIZED,
                               "404": NO_JOB, "409": _error("The job is not verified (yet)")}}},
             "/api/v1/jobs/{id}/outputs/{path}": {"get": {
-                "summary": "One verified output file, fetched by its SHA-256 from an agreeing executor",
+                "summary": "One verified output file, streamed; its blocks fetched by CID from the agreeing executors",
                 "parameters": _job_path({"name": "path", "in": "path", "required": True, "schema": {"type": "string"}}),
                 "responses": {"200": {"description": "The file's bytes",
                                       "content": {"application/octet-stream": {"schema": {"type": "string",
@@ -195,7 +199,7 @@ def openapi_document() -> dict[str, Any]:
                               "400": BAD_ID, "401": UNAUTHORIZED,
                               "404": _error("No such job or output file"),
                               "409": _error("The job is not verified (yet)"),
-                              "502": _error("No agreeing executor served the file")}}},
+                              "502": _error("No agreeing executor served the file, or no room for it here")}}},
             "/api/v1/nodes": {"get": {
                 "summary": "The peers this node knows, with reputation and when last seen",
                 "responses": {"200": _json("Peers", "Nodes"), "401": UNAUTHORIZED}}},

@@ -48,6 +48,7 @@ from .bidding import IMAGE_MISSING, BidContext, decide
 from .inbound import decode_award
 from .job_inputs import InputsUnavailable, input_providers, job_inputs
 from .joblog import executor_events
+from .outputs_serving import FileCid, import_outputs
 from .ports import NodeSettings, Ports, Sandboxes
 from .store import StoreFull
 
@@ -280,9 +281,8 @@ class Executing:
             self.ports.events.count("runs_stopped")
             return
         manifest = verify(reveal, Reveal).msg.manifest
-        if manifest:  # the files the sandbox could keep (the disk may have had no room for some)
-            await self.store.add_outputs(job.job_id.hex(), await trio.to_thread.run_sync(
-                self._kept_outputs, job.job_id.hex(), manifest))
+        if manifest and self.ports.content is not None:  # the kept files become blocks (outputs_serving.py)
+            await import_outputs(self.ports.content.blocks, self.sandboxes.outputs_dir, job.job_id.hex(), manifest)
         await self.apply(job, "ran", reveal, result=summary)
         self.ports.events.count("executed")
 
@@ -290,7 +290,7 @@ class Executing:
         """Run the job in its sandbox: the signed reveal of the result and a summary for the status
         (SandboxError, ValueError, RemoteError, RemoteProtocolError: it could not run)."""
         award, spec = job.award, job.spec
-        request = await self._request(award, spec)
+        request = dataclasses.replace(await self._request(award, spec), out_hasher=FileCid)  # files named by CID
         box = self.sandboxes.backends[spec.sandbox]
         requests = ([dataclasses.replace(request, command=spec.task_command(i)) for i in range(len(spec.tasks))]
                     if spec.is_batch else [request])
@@ -382,16 +382,11 @@ class Executing:
         part of stderr it certifies), its outputs described by the one rule every executor applies
         (consensus.outputs.describe_outputs)."""
         manifest, outputs = describe_outputs(
-            [(e.name, e.kind, e.size, bytes.fromhex(e.sha256) if e.sha256 else None) for e in result.out_entries],
+            [(e.name, e.kind, e.size, e.digest) for e in result.out_entries],
             spec.out_max_bytes, spec.out_max_files)
         return make_reveal(self.identity, award.job_id, result.exit_code, result.timed_out, result.stdout,
                            result.stdout_truncated, manifest, result.fuel_used, result.oom_killed, result.sandbox,
                            outputs, stderr=result.stderr, stderr_truncated=result.stderr_truncated)
-
-    def _kept_outputs(self, job_hex: str, manifest: tuple) -> list[tuple[str, str]]:
-        """(sha256 hex, path) of each manifest file present in the job's output directory."""
-        base = self.sandboxes.outputs_dir / job_hex if self.sandboxes.outputs_dir is not None else None
-        return [(d.hex(), path) for path, _, d in manifest if base is not None and (base / path).is_file()]
 
     def commit_to_send(self, job: ExecutorJob, commit: bytes) -> bytes:
         """The commit as sent: the job's own (a cheating executor's may differ)."""

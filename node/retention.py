@@ -1,15 +1,17 @@
 """Outputs retention: an executor removes a job's output files some time after the job ended.
 
 Contract:
-- Each container job this node ran left its files in `DATA_DIR/outputs/JOB_ID/` (and rows in the
-  store's `outputs` table, which serve them by SHA-256 to nodes fetching a verified result).
+- Each container job this node ran has `DATA_DIR/outputs/JOB_ID/`, where the sandbox stages its
+  files; they are imported into the block store pinned under `outputs:JOB_ID`
+  (node/outputs_serving.py: `import_outputs`) and the emptied directory stays as the record.
 - A job's part here is over when its certificate is recorded or this node's execution of it
   failed (`Store.jobs_ended`). `keep_s` (`node start --keep-outputs`, default 24 h) after that,
-  the sweep removes the directory and the rows. A job whose part is not over is never touched
+  the sweep unpins `outputs:JOB_ID` (with `blocks`), removes the directory (and what is left in
+  it) and the store's rows. Unpinned blocks are not deleted: they become evictable, least
+  recently used first, when the store needs room. A job whose part is not over is never touched
   (a job whose submitter vanished keeps its outputs until a certificate arrives).
 - Pinned while served: `Pins.hold(job)` marks a job as being read for a fetching node; the sweep
-  skips a job held now or served within the last `PIN_LINGER_S` (a submitter fetching a job's
-  files asks for them one by one).
+  skips a job held now or served within the last `PIN_LINGER_S`.
 - `due` is the rule, pure; `sweep` does one pass (real files, real store); `run_sweeper` repeats it
   every `interval_s` on trio's clock (`sweep_interval`: a quarter of the retention, at most
   `SWEEP_INTERVAL_S`). A sweep never raises for a file it cannot remove (logged,
@@ -82,9 +84,10 @@ async def inline(fn: Callable[..., Any], *args: Any) -> Any:
 
 
 async def sweep(store, outputs_dir: Path, keep_s: float, now_ms: int, pins: Pins | None = None,
-                offload: Callable[..., Awaitable[Any]] = _on_thread) -> list[str]:
+                offload: Callable[..., Awaitable[Any]] = _on_thread, blocks=None) -> list[str]:
     """One pass: remove the outputs of every job due (`due`) and not pinned; the job ids removed.
-    The files are removed through `offload` (a worker thread; `inline` in tests)."""
+    Its blocks are unpinned in `blocks` (the block store; None: none), its directory removed
+    through `offload` (a worker thread; `inline` in tests)."""
     if not outputs_dir.is_dir():
         return []
     names = sorted(p.name for p in outputs_dir.iterdir() if p.is_dir())
@@ -95,6 +98,8 @@ async def sweep(store, outputs_dir: Path, keep_s: float, now_ms: int, pins: Pins
     for job_id, ended_ms in sorted(ended.items()):
         if not due(ended_ms, int(keep_s * 1000), now_ms) or (pins is not None and pins.pinned(job_id)):
             continue
+        if blocks is not None:
+            await blocks.unpin(f"outputs:{job_id}")
         try:
             await offload(shutil.rmtree, outputs_dir / job_id)
         except OSError as exc:
@@ -109,14 +114,14 @@ async def sweep(store, outputs_dir: Path, keep_s: float, now_ms: int, pins: Pins
 
 async def run_sweeper(store, outputs_dir: Path, keep_s: float, now_ms: Callable[[], int], pins: Pins,
                       on_full: Callable[[StoreFull, str], None], interval_s: float = SWEEP_INTERVAL_S,
-                      offload: Callable[..., Awaitable[Any]] = _on_thread) -> None:
+                      offload: Callable[..., Awaitable[Any]] = _on_thread, blocks=None) -> None:
     """`sweep` every `interval_s` until cancelled. A pass that fails ends there and the next one
     tries again: a `StoreFull` goes to `on_full(exc, what)` (the agent counts it), anything else
     is logged."""
     while True:
         await trio.sleep(interval_s)  # a sampling period, not synchronization
         try:
-            await sweep(store, outputs_dir, keep_s, now_ms(), pins, offload)
+            await sweep(store, outputs_dir, keep_s, now_ms(), pins, offload, blocks)
         except StoreFull as exc:
             on_full(exc, "an outputs sweep")
         except Exception as exc:  # task boundary: retention must never end the node

@@ -20,9 +20,9 @@ What is stored (and why):
   verified certificates (this node's own and those received over gossip) and offences this node
   saw itself. Rebuilding the ledger from it after a restart gives the same figures.
 - `peers`: known peers and their addresses, so a restarted node rejoins without the bootstrap.
-- `outputs`: which output file (by SHA-256) of which job this node holds, under
-  `DATA_DIR/outputs/JOB_ID/`, so it can serve it (blob protocol) to a node fetching a verified
-  result's files.
+- `outputs`: which output file (by SHA-256) of which job a node of an earlier version held, under
+  `DATA_DIR/outputs/JOB_ID/`. No longer written: output files are blocks now (node/outputs_serving.py);
+  retention still removes the rows of old jobs.
 - `meta`: the peer id this store belongs to, recorded at the first start (`check_identity`): a node
   whose key file gives another peer id refuses to start instead of taking this history as its own.
 - `blobs`: wasm modules too large to travel in a spec, by SHA-256: a submitter's own, served to

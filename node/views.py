@@ -18,6 +18,7 @@ from typing import Callable
 from distributeai.consensus.certificate import verify_certificate
 from distributeai.consensus.codec import sha256
 from distributeai.consensus.messages import Award, JobSpec, Reveal, verify
+from distributeai.consensus.cid import cid_text
 from distributeai.consensus.outputs import manifest_truncated
 from distributeai.consensus.submitter import SubmitterJob
 from distributeai.consensus.verdict import job_tally, task_tallies
@@ -85,7 +86,7 @@ def job_view(row: dict, machine: SubmitterJob | None, execution: dict | None,
                     stderr_truncated=agreeing.stderr_part != "all",
                     oom_killed=agreeing.oom_killed, sandbox_used=agreeing.sandbox,
                     fuel_used=agreeing.fuel_used if agreeing.fuel_used >= 0 else None,
-                    files=[{"path": p, "size": n, "sha256": d.hex()} for p, n, d in agreeing.manifest],
+                    files=[{"path": p, "size": n, "cid": cid_text(d)} for p, n, d in agreeing.manifest],
                     outputs=outputs_view(spec, agreeing))
     view["executors"] = [
         {
@@ -150,7 +151,7 @@ def differences(reveals: dict[bytes, Reveal], peer_id_of: Callable[[bytes], str]
     """What differs between the executors' results: for each part of the result hash that is not
     the same everywhere, each executor's value (stdout as its SHA-256; stderr as the SHA-256 of
     its bytes and part), and the output-file
-    manifest entries that differ (path, and each executor's size and SHA-256 or null)."""
+    manifest entries that differ (path, and each executor's size and CID or null)."""
     parts = {
         "exit_code": {peer_id_of(e): r.exit_code for e, r in reveals.items()},
         "timed_out": {peer_id_of(e): r.timed_out for e, r in reveals.items()},
@@ -161,7 +162,7 @@ def differences(reveals: dict[bytes, Reveal], peer_id_of: Callable[[bytes], str]
         "outputs": {peer_id_of(e): r.outputs.to_body() for e, r in reveals.items()},
     }
     differing = {k: v for k, v in parts.items() if len(set(v.values())) > 1}
-    manifests = {peer_id_of(e): {p: (n, d.hex()) for p, n, d in r.manifest} for e, r in reveals.items()}
+    manifests = {peer_id_of(e): {p: (n, cid_text(d)) for p, n, d in r.manifest} for e, r in reveals.items()}
     paths = sorted({p for m in manifests.values() for p in m})
     manifest = [{"path": p, "entries": {who: m.get(p) for who, m in manifests.items()}}
                 for p in paths if len({str(m.get(p)) for m in manifests.values()}) > 1]

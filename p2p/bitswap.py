@@ -19,7 +19,8 @@ parse ("malformed"), messages per peer and second (`message_rate`, excess droppe
 Client: `fetch` (bitswap_fetch.py) asks several providers at once, a window of wants each, and
 hands every block to `deliver` once, verified by the `verify(cid, block)` given here. A block no
 outstanding want of ours matches (wrong data) is a bad block: counted `bad_block`, reported
-"bad_block", and its sender is dropped from every fetch. A block we no longer want (another
+"bad_block", and its sender is dropped from every fetch and left out of fetches for DISTRUST_S
+(it loses its standing here: `distrusted`, counted `providers_distrusted` when skipped). A block we no longer want (another
 provider was faster) is a duplicate (`blocks_dup`), not a fault.
 """
 
@@ -45,6 +46,7 @@ from .ratelimit import KeyedLimiter
 
 logger = logging.getLogger(__name__)
 
+DISTRUST_S = 600.0  # how long a peer that sent a bad block is asked for nothing
 WRITE_TIMEOUT_S = 30.0  # a message write that cannot finish (peer not reading) resets our stream
 READ_TIMEOUT_S = 30.0  # a message's bytes must all arrive within this once its length is read
 OPEN_TIMEOUT_S = 10.0  # opening our stream to a peer (dial included)
@@ -134,13 +136,14 @@ class Bitswap:
         self._rate = KeyedLimiter(self.limits.message_rate)
         self._serving = trio.CapacityLimiter(MAX_SERVING)
         self.fetches: set = set()  # bitswap_fetch._Fetch in progress
+        self.distrusted: dict[ID, float] = {}  # peer -> trio time until which it is no provider (a bad block)
         self.counts: collections.Counter[str] = collections.Counter()
         host.set_stream_handler(TProtocol(PROTOCOL), self._serve_stream)
         host.get_network().register_notifee(_Notifee(self))
 
     def stats(self) -> dict[str, int]:
         keys = ("blocks_in", "bytes_in", "blocks_out", "bytes_out", "bad_block", "dont_have", "wants_in",
-                "wants_refused", "blocks_dup", "malformed", "too_large", "rate_limited")
+                "wants_refused", "blocks_dup", "malformed", "too_large", "rate_limited", "providers_distrusted")
         out = {k: 0 for k in keys}
         out.update(self.counts)
         return out
@@ -275,6 +278,7 @@ class Bitswap:
                 cid = rebuilt
         if cid is None:
             self.reject("bad_block", peer.pid, "a block that matches none of our wants")
+            self.distrusted[peer.pid] = trio.current_time() + DISTRUST_S
             for fetch in list(self.fetches):
                 fetch.peer_failed(peer.pid, "sent a bad block")
             return

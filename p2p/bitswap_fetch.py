@@ -210,8 +210,12 @@ async def fetch(bitswap, cids: list[bytes], providers: list[str], deliver, *, wi
             pid = ID.from_base58(provider)
         except Exception as exc:  # libp2p raises several types for a malformed id
             raise ValueError(f"not a peer id: {provider!r}") from exc
-        if pid != me:
-            pids.append(pid)
+        if pid == me:
+            continue
+        if bitswap.distrusted.get(pid, -math.inf) > trio.current_time():
+            bitswap.counts["providers_distrusted"] += 1
+            continue
+        pids.append(pid)
     if not cids:
         return
     job = _Fetch(bitswap, cids, pids, window, stall_timeout)

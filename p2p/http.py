@@ -10,6 +10,14 @@ every request must carry `Authorization: Bearer <token>` (else 401, before the b
 app runs). `serve_http` is the GET-only form with a route table. Enough for a stats page and a JSON
 API; not a general web framework.
 
+A response body is bytes, or `Streamed(chunks, length)`: an async iterator of byte chunks sent as
+they come (with Content-Length when `length` is known, else chunked), so a file of any size is
+served without holding it. The connection's deadline then becomes a progress deadline: each
+chunk must be sent within `deadline_s` of the one before. A stream that fails part way (the
+iterator raises, or yields a total other than `length`) is cut: the connection closes without
+completing the body, which the client sees as a short read, never as a complete file. The
+iterator is closed (`aclose`) however the response ends.
+
 Hostile clients (`HttpLimits`, httplimits.py, has the numbers and why): connections are capped in
 total and per client IP, the oldest idle one evicted to make room and a new one refused with 503
 and Retry-After only when every connection within the cap is busy; a connection that completes no
@@ -28,7 +36,7 @@ import logging
 import urllib.parse
 from dataclasses import dataclass
 from http import HTTPStatus
-from typing import Awaitable, Callable
+from typing import AsyncIterator, Awaitable, Callable
 
 import h11
 import trio
@@ -37,8 +45,19 @@ from .httpauth import authorized
 from .httplimits import RETRY_AFTER_S, ConnectionTable, HttpLimits, Slot
 
 log = logging.getLogger("distributeai.p2p.http")
+
+
+@dataclass(frozen=True)
+class Streamed:
+    """A response body produced as it is sent (see the module docstring)."""
+
+    chunks: AsyncIterator[bytes]
+    length: int | None = None  # the body's size when known (sent as Content-Length)
+
+
 # status, content type, body; an app may add a fourth item: extra headers, [(name, value), ...]
-Response = tuple[int, str, bytes] | tuple[int, str, bytes, list[tuple[str, str]]]
+Body = bytes | Streamed
+Response = tuple[int, str, Body] | tuple[int, str, Body, list[tuple[str, str]]]
 Route = Callable[[], Awaitable[Response]]
 CONNECTION_DEADLINE_S = 10.0
 MAX_HEADER_BYTES = 16 * 1024
@@ -201,7 +220,7 @@ async def _handle(stream: trio.SocketStream, server: _Server, slot: Slot, head_s
     (the idle deadline, or an eviction)."""
     conn = h11.Connection(h11.SERVER, max_incomplete_event_size=MAX_HEADER_BYTES)
     linger_s = server.limits.linger_s
-    with trio.move_on_after(server.deadline_s):
+    with trio.move_on_after(server.deadline_s) as deadline:
         try:
             with head_scope:
                 request = await _read_request(conn, stream)
@@ -246,12 +265,48 @@ async def _handle(stream: trio.SocketStream, server: _Server, slot: Slot, head_s
                 status, ctype, body, *more = await server.app(Request(request.method.decode("ascii", "replace").upper(),
                                                                       path, query, headers, payload))
                 extra = list(more[0]) if more else []
+        if isinstance(body, Streamed):
+            await _send_streamed(stream, conn, request.method, status, ctype, body, extra, deadline, server.deadline_s)
+            return
         out = [("content-type", ctype), ("content-length", str(len(body))), ("connection", "close"),
                ("cache-control", "no-store"), *extra]
         await stream.send_all(conn.send(h11.Response(status_code=status, headers=out)))
         if request.method != b"HEAD":
             await stream.send_all(conn.send(h11.Data(data=body)))
         await stream.send_all(conn.send(h11.EndOfMessage()))
+
+
+async def _send_streamed(stream: trio.SocketStream, conn: h11.Connection, method: bytes, status: int, ctype: str,
+                         body: Streamed, extra: list[tuple[str, str]], deadline: trio.CancelScope,
+                         step_s: float) -> None:
+    """Send a Streamed body, each chunk within `step_s` of the one before (`deadline` is moved);
+    a failing iterator cuts the body (the connection closes without its end)."""
+    size = [("content-length", str(body.length))] if body.length is not None else [("transfer-encoding", "chunked")]
+    out = [("content-type", ctype), *size, ("connection", "close"), ("cache-control", "no-store"), *extra]
+    chunks = body.chunks
+    try:
+        await stream.send_all(conn.send(h11.Response(status_code=status, headers=out)))
+        if method == b"HEAD":
+            return
+        sent = 0
+        async for chunk in chunks:
+            if not chunk:
+                continue
+            sent += len(chunk)
+            if body.length is not None and sent > body.length:
+                raise ValueError(f"the stream yielded more than its length, {body.length} bytes")
+            await stream.send_all(conn.send(h11.Data(data=chunk)))
+            deadline.deadline = trio.current_time() + step_s
+        await stream.send_all(conn.send(h11.EndOfMessage()))  # h11: LocalProtocolError if short
+    except (trio.BrokenResourceError, trio.ClosedResourceError):
+        raise
+    except Exception as exc:  # the body cannot be completed: the client sees a short read
+        log.warning("http stream cut: %s", exc)
+    finally:
+        aclose = getattr(chunks, "aclose", None)
+        if aclose is not None:
+            with trio.CancelScope(shield=True):
+                await aclose()
 
 
 def routes_app(routes: dict[str, Route]) -> App:

@@ -20,6 +20,7 @@ from typing import Protocol
 
 __all__ = [
     "KINDS",
+    "Hasher",
     "LogSink",
     "OutEntry",
     "REASONS",
@@ -56,6 +57,14 @@ MAX_RUN_ID = 200  # characters
 LogSink = logging.Logger | Callable[[str], object]
 
 
+class Hasher(Protocol):
+    """What RunRequest.out_hasher makes: hashlib's shape, for one file."""
+
+    def update(self, data: bytes, /) -> object: ...
+
+    def digest(self) -> bytes: ...
+
+
 @dataclass(frozen=True)
 class RunRequest:
     """One job: an argv and the limits it runs under."""
@@ -79,6 +88,11 @@ class RunRequest:
     out_max_bytes: int = 1 << 30  # bytes of regular files the job may leave in /out
     out_max_files: int = 10_000  # entries (files, directories, links, ...) it may leave there
     out_keep_free: int = 0  # bytes that must stay free on out_dir's filesystem when files are kept
+    # What names each regular file left in /out (OutEntry.digest): a factory of objects with
+    # `update(bytes)` and `digest() -> bytes`, fed the file's bytes in order as they are copied
+    # into out_dir (one read of each file); None: hashlib.sha256. The node passes one that
+    # computes the file's IPFS CID, so the sandbox needs no knowledge of CIDs.
+    out_hasher: Callable[[], Hasher] | None = None
     # A host directory holding the job's inputs, shown to the job READ-ONLY at /in (docker, bwrap,
     # wasm; the process backend passes it as $IN_DIR and isolates nothing). It is the caller's
     # directory: no backend ever writes to it, and a write into /in fails in the job (EROFS or
@@ -120,6 +134,8 @@ class RunRequest:
                 raise ValueError(f"{name} must be an int >= 0, got {value!r}")
         if self.in_dir is not None:
             check_in_dir(self.in_dir)
+        if self.out_hasher is not None and not callable(self.out_hasher):
+            raise ValueError(f"out_hasher must be None or a callable making a hasher, got {self.out_hasher!r}")
         if self.run_id is not None and (
             not isinstance(self.run_id, str) or not 0 < len(self.run_id) <= MAX_RUN_ID or "\0" in self.run_id
         ):
@@ -168,7 +184,9 @@ class OutEntry:
     name: bytes  # path relative to /out, raw bytes as the filesystem has them
     kind: str  # "file" | "dir" | "symlink" | "fifo" | "socket" | "device" | "other"
     size: int  # st_size for a regular file, else 0
-    sha256: str | None = None  # hex, for a regular file hashed (None: not hashed, past out_max_bytes)
+    # RunRequest.out_hasher's digest (SHA-256 by default) of a regular file read (None: not read,
+    # past out_max_bytes, or unreadable)
+    digest: bytes | None = None
     kept: bool = False  # the file was copied into out_dir (False: not a file, not hashed, or no room)
 
 

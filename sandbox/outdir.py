@@ -33,8 +33,9 @@ import shutil
 import stat
 import threading
 from collections import deque
+from collections.abc import Callable
 
-from .base import LogSink, OutEntry, RunRequest, SandboxError, warn
+from .base import Hasher, LogSink, OutEntry, RunRequest, SandboxError, warn
 
 __all__ = ["OutStage", "WALK_PATH_MAX", "describe", "tmpfs_size", "walk"]
 
@@ -77,6 +78,7 @@ class OutStage:
         self.max_bytes = req.out_max_bytes
         self.max_files = req.out_max_files
         self.keep_free = req.out_keep_free
+        self.hasher = req.out_hasher or hashlib.sha256
         self.owner = owner
         self.path = ""  # set on enter: what the job sees as /out
         self.enforced = False  # a tmpfs is (or was, after exit) mounted at path
@@ -137,7 +139,8 @@ class OutStage:
             try:
                 out = os.open(self.out_dir, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
                 try:
-                    return describe(root, walk(root, self.max_files + 1), self.max_bytes, out, self.keep_free)
+                    return describe(root, walk(root, self.max_files + 1), self.max_bytes, out, self.keep_free,
+                                    self.hasher)
                 finally:
                     os.close(out)
             finally:
@@ -229,11 +232,13 @@ def kind_of(mode: int) -> str:
 
 
 def describe(
-    root: int, found: list[tuple[bytes, os.stat_result]], max_bytes: int, out: int, keep_free: int
+    root: int, found: list[tuple[bytes, os.stat_result]], max_bytes: int, out: int, keep_free: int,
+    hasher: Callable[[], Hasher] = hashlib.sha256,
 ) -> tuple[OutEntry, ...]:
-    """The OutEntry of each found entry, sorted by name. Regular files are hashed in that order while
-    the running total of their sizes stays <= max_bytes (later ones: sha256 None, so a sparse 2 GiB
-    file costs no reading past the budget). Each hashed file is copied, in the same pass, into the
+    """The OutEntry of each found entry, sorted by name. Regular files are hashed (a fresh
+    `hasher()` each, its `digest()` the entry's) in that order while the running total of their
+    sizes stays <= max_bytes (later ones: digest None, so a sparse 2 GiB file costs no reading
+    past the budget). Each hashed file is copied, in the same pass, into the
     directory fd `out` at the same relative path (directories made as needed, no link followed,
     nothing existing replaced), unless out's filesystem would then have less than keep_free bytes
     free, or the copy fails (the partial file is removed): then kept=False."""
@@ -245,12 +250,13 @@ def describe(
             entries.append(OutEntry(name=rel, kind=kind, size=0))
             continue
         total += st.st_size
-        digest, kept = _hash_and_copy(root, rel, st, out, keep_free) if total <= max_bytes else (None, False)
-        entries.append(OutEntry(name=rel, kind=kind, size=st.st_size, sha256=digest, kept=kept))
+        digest, kept = _hash_and_copy(root, rel, st, out, keep_free, hasher) if total <= max_bytes else (None, False)
+        entries.append(OutEntry(name=rel, kind=kind, size=st.st_size, digest=digest, kept=kept))
     return tuple(entries)
 
 
-def _hash_and_copy(root: int, rel: bytes, st: os.stat_result, out: int, keep_free: int) -> tuple[str | None, bool]:
+def _hash_and_copy(root: int, rel: bytes, st: os.stat_result, out: int, keep_free: int,
+                   hasher: Callable[[], Hasher]) -> tuple[bytes | None, bool]:
     # O_NOFOLLOW|O_NONBLOCK and a check of the open file: never a link's target, never a FIFO's wait.
     try:
         fd = os.open(rel, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, dir_fd=root)
@@ -261,7 +267,7 @@ def _hash_and_copy(root: int, rel: bytes, st: os.stat_result, out: int, keep_fre
         if not stat.S_ISREG(now.st_mode) or (now.st_dev, now.st_ino) != (st.st_dev, st.st_ino):
             return None, False
         dest = _Copy.open(out, rel, st.st_size, keep_free)
-        digest = hashlib.sha256()
+        digest = hasher()
         read = 0
         try:
             while read <= st.st_size and (chunk := os.read(fd, min(CHUNK, st.st_size + 1 - read))):
@@ -275,7 +281,7 @@ def _hash_and_copy(root: int, rel: bytes, st: os.stat_result, out: int, keep_fre
             if dest is not None:
                 dest.abort()
             return None, False
-        return digest.hexdigest(), dest is not None and dest.finish()
+        return digest.digest(), dest is not None and dest.finish()
     finally:
         os.close(fd)
 

@@ -19,9 +19,11 @@ from pathlib import Path
 
 import pytest
 
+from distributeai.consensus.cid import cid_text
+from distributeai.consensus.unixfs import FileBuilder
 from distributeai.tools.devnet import Devnet
 
-from .netfixtures import DEMO_STDOUT, wait_for
+from .netfixtures import DEMO_STDOUT, cli, wait_for
 
 pytestmark = pytest.mark.slow
 WORKLOADS = Path(__file__).resolve().parent.parent / "sandbox" / "workloads"
@@ -109,7 +111,7 @@ def test_the_seeds_job_files_verify_through_the_rest_api(tmp_path, docker_host):
         status, headers, data = http("GET", f"{api}/api/v1/jobs/{ids['python-workload']}/outputs/primes.txt")
         assert status == 200 and headers["Content-Type"] == "application/octet-stream"
         digest = hashlib.sha256(data).hexdigest()
-        assert digest == entry["sha256"] and result["stdout"].strip().endswith(digest)
+        assert file_cid(data) == entry["cid"] and result["stdout"].strip().endswith(digest)
         assert data.startswith(b"2\n3\n5\n7\n") and data.count(b"\n") == 17984
 
         status, listed = get_json(f"{api}/api/v1/jobs?role=submitter&limit=1")
@@ -152,6 +154,45 @@ def test_the_seeds_job_files_verify_through_the_rest_api(tmp_path, docker_host):
         status, stats = get_json(f"{api}/stats")
         assert status == 200 and stats["completed_jobs"] == 3 and stats["total_jobs"] == 3  # the README made one more
         assert stats["active_nodes"] >= 3 and stats["pending_jobs"] == 0
+
+        a_big_output_is_fetched_whole_and_streamed(net, api, tmp_path)
+
+
+def file_cid(data: bytes) -> str:
+    """The CID `ipfs add --cid-version 1` gives a file of these bytes (consensus/unixfs.py)."""
+    builder = FileBuilder()
+    builder.add(data)
+    return cid_text(builder.finish()[0])
+
+
+def a_big_output_is_fetched_whole_and_streamed(net: Devnet, api: str, tmp_path: Path) -> None:
+    """Issue 16 item 4: a job writes 10.9 MB to /out (ten times the largest message; the same
+    bytes on every executor: the numbers 1 to 1,500,000), is verified 2-of-2 by two of the three
+    nodes, and the node that ran nothing fetches the file's blocks by its CID from the two
+    executors: the REST API streams it whole (with its length), `job result --out` writes it."""
+    expected = "".join(f"{i}\n" for i in range(1, 1_500_001)).encode()
+    job_file = json.dumps({"name": "big-output", "docker_image": "alpine:latest", "replicas": 2, "quorum": 2,
+                           "command": ["sh", "-c", "seq 1 1500000 > /out/big.bin"], "required_cpu": 1,
+                           "required_memory": 128}).encode()
+    status, _, body = http("POST", f"{api}/api/v1/jobs", job_file)
+    assert status == 201, body
+    job_id = json.loads(body)["id"]
+    done = poll_until_done(api, job_id, 180)
+    assert done["status"] == "verified", done
+    assert done["files"] == [{"path": "big.bin", "size": len(expected), "cid": file_cid(expected)}]
+    executors = {e["peer_id"] for e in done["executors"] if e["agreed"]}
+    assert len(executors) == 2
+    other = next(i for i, info in enumerate(net.node_info) if info["peer_id"] not in executors)
+    elsewhere = net.node_info[other]["api_url"]
+    wait_for(lambda: get_json(f"{elsewhere}/api/v1/jobs/{job_id}")[1].get("status") == "verified", 120,
+             "the node that ran nothing to learn the certificate")
+    status, headers, data = http("GET", f"{elsewhere}/api/v1/jobs/{job_id}/outputs/big.bin")
+    assert status == 200 and headers["Content-Length"] == str(len(expected)) and data == expected
+    out = tmp_path / "big-out"
+    got = cli("job", "result", job_id, "--data-dir", str(net.node_dirs[other]), "--out", str(out))
+    assert got.returncode == 0, got.stderr
+    assert (out / "big.bin").read_bytes() == expected
+    assert file_cid(expected) in got.stderr
 
 
 UNKNOWN_CID = "bafkreifzjut3te2nhyekklss27nh3k72ysco7y32koao5eei66wof36n5e"  # the raw block "hello world"

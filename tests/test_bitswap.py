@@ -227,6 +227,8 @@ async def test_bad_block_is_counted_and_the_fetch_completes_from_the_other(block
     got, stats, rejects = await _fetch(providers, ["bad", "a"], cids, data, probe=(["bad"], cids[:1]))
     assert set(got) == set(cids)
     assert stats["probe"]["bitswap_bad_block"] == 1 and "bad_block" in rejects
+    # Having sent a bad block, "bad" lost its standing: the second fetch did not ask it at all.
+    assert stats["bitswap_providers_distrusted"] == 1 and stats["bitswap_bad_block"] == 1
 
 
 async def test_dont_have_moves_wants_to_the_other_provider(blocks, providers) -> None:

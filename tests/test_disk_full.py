@@ -19,9 +19,11 @@ import pytest
 import trio
 import trio.testing
 
+from distributeai.consensus.cid import raw_cid
 from distributeai.consensus.messages import JobSpec
 from distributeai.node import disk as disk_module
 from distributeai.node.bidding import DISK_LOW, OUTPUT_TOO_LARGE, BidContext, Capacity, decide
+from distributeai.node.blockstore import BlockStore
 from distributeai.node.disk import FAILED_WRITE_MARGIN, DiskGuard, rule
 from distributeai.node.retention import Pins, due, inline, run_sweeper, sweep, sweep_interval
 from distributeai.node.store import Store, StoreFull
@@ -240,12 +242,15 @@ def test_a_full_disk_fails_a_write_cleanly_and_the_store_recovers_when_space_ret
 
 # --- retention --------------------------------------------------------------------------------
 
-async def ran(store: Store, outputs: Path, job: str, at_ms: int, *, certified: bool = True) -> None:
+async def ran(store: Store, outputs: Path, job: str, at_ms: int, *, certified: bool = True,
+              blocks: BlockStore | None = None) -> None:
     await store.insert_job(job, "executor", job, b"spec", "announced", at_ms)
     await store.insert_execution(job, b"award", at_ms)
     (outputs / job).mkdir(parents=True)
     (outputs / job / "out.txt").write_text(job)
     await store.add_outputs(job, [("ab" * 32, "out.txt")])
+    if blocks is not None:  # its output file, as an executor keeps it: a block pinned for the job
+        await blocks.put(raw_cid(job.encode()), job.encode(), pin=f"outputs:{job}")
     if certified:
         await store.record_certificate(job, b"cert", "verified", "", at_ms, role_if_new="observer", name=job,
                                        signed_spec=b"spec")
@@ -254,25 +259,30 @@ async def ran(store: Store, outputs: Path, job: str, at_ms: int, *, certified: b
 def test_sweep_removes_ended_jobs_outputs_after_the_retention_and_never_a_pinned_one(tmp_path):
     async def main() -> None:
         store = await Store.open(tmp_path / "node.db")
+        blocks = await BlockStore.open(tmp_path / "blocks", 1 << 20)
         outputs = tmp_path / "outputs"
-        await ran(store, outputs, "old", 1_000)
-        await ran(store, outputs, "fetched", 1_000)
-        await ran(store, outputs, "recent", 50_000)
-        await ran(store, outputs, "running", 1_000, certified=False)
-        await ran(store, outputs, "failed", 1_000, certified=False)
+        await ran(store, outputs, "old", 1_000, blocks=blocks)
+        await ran(store, outputs, "fetched", 1_000, blocks=blocks)
+        await ran(store, outputs, "recent", 50_000, blocks=blocks)
+        await ran(store, outputs, "running", 1_000, certified=False, blocks=blocks)
+        await ran(store, outputs, "failed", 1_000, certified=False, blocks=blocks)
         await store.update_execution("failed", 2_000, status="failed", reason="x")
         clock = {"now": 62_000}
         pins = Pins(lambda: clock["now"], linger_s=30)
         with pins.hold("fetched"):
-            assert await sweep(store, outputs, 60, clock["now"], pins) == ["failed", "old"]
+            assert await sweep(store, outputs, 60, clock["now"], pins, blocks=blocks) == ["failed", "old"]
         assert sorted(p.name for p in outputs.iterdir()) == ["fetched", "recent", "running"]
         assert await store.find_output("ab" * 32) is not None  # the others still serve it
+        # The blocks of the jobs swept are unpinned (evictable), the others' stay pinned.
+        assert blocks.stats()["pinned_bytes"] == len("fetched" "recent" "running")
         clock["now"] = 80_000  # 18 s after the fetch ended: still pinned
-        assert await sweep(store, outputs, 60, clock["now"], pins) == []
+        assert await sweep(store, outputs, 60, clock["now"], pins, blocks=blocks) == []
         clock["now"] = 111_000
-        assert await sweep(store, outputs, 60, clock["now"], pins) == ["fetched", "recent"]
+        assert await sweep(store, outputs, 60, clock["now"], pins, blocks=blocks) == ["fetched", "recent"]
         assert [p.name for p in outputs.iterdir()] == ["running"]  # not ended: kept
         assert await store.jobs_ended(["running"]) == {}
+        assert blocks.stats()["pinned_bytes"] == len("running")
+        await blocks.close()
         await store.aclose()
 
     trio.run(main)
@@ -398,8 +408,11 @@ def test_outputs_are_removed_after_keep_outputs(tmp_path):
         net.start()
         job = submit(net, *WRITE_8MB)
         assert job["status"] == "verified" and [f["path"] for f in job["files"]] == ["zeros"], job
+        # Kept as blocks, pinned for the job (zeros: one 256 KiB block stands for all but the last chunk).
+        assert net.info(0)["blocks"]["pinned_bytes"] > 256 * 1024
         outputs = net.node_dirs[0] / "outputs"
         wait_for(lambda: not (outputs / job["job_id"]).exists(), 60, "the job's outputs to be removed")
+        assert net.info(0)["blocks"]["pinned_bytes"] == 0  # and its blocks unpinned: evictable
         assert net.node_procs[0].poll() is None
 
 

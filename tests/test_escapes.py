@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from distributeai.consensus.cid import cid_text, raw_cid
 from distributeai.tools.devnet import Devnet
 
 from .netfixtures import DEMO_STDOUT, cli
@@ -96,7 +97,7 @@ def test_writes_outside_tmp_and_out_fail_and_reach_nothing_on_the_host(net):
     assert wrote == {"/tmp/ok", "/out/ok"}, view["stdout"]
     for p in targets[:4]:
         assert not os.path.exists(p), p
-    assert view["files"] == [{"path": "ok", "size": 1, "sha256": "2d711642b726b04401627ca9fbac32f5c8530fb1903cc4db02258717921a4881"}]
+    assert view["files"] == [{"path": "ok", "size": 1, "cid": cid_text(raw_cid(b"x"))}]
 
 
 def test_fork_bomb_is_contained(net):

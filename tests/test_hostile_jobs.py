@@ -7,10 +7,10 @@ agrees on, nobody honest loses reputation, and what was dropped is said in the h
 from __future__ import annotations
 
 import json
-import shutil
 
 import pytest
 
+from distributeai.consensus.cid import cid_text, parse_cid_text
 from distributeai.tools.devnet import Devnet
 
 from .netfixtures import cli, sandbox_devnet, submit_json
@@ -60,10 +60,11 @@ def test_hostile_names_fifos_and_symlinks_are_skipped_alike_everywhere_and_said(
     text = human_status(net, view["job_id"])
     assert "\x1b" not in text and "esc\\x1b[31mred" in text and "bad_output_name" in text
     no_one_lost_reputation(net)
-    # The outputs vanish from every executor (a disk lost, a retention sweep): `job result --out`
-    # says which file it could not fetch, and fails.
+    # The outputs vanish from every node (a disk lost): `job result --out` says which file it
+    # could not fetch, and fails.
+    cid = parse_cid_text(view["files"][0]["cid"])
     for d in net.node_dirs:
-        shutil.rmtree(d / "outputs" / view["job_id"], ignore_errors=True)
+        (d / "blocks" / cid[4:5].hex() / cid_text(cid)).unlink(missing_ok=True)
     got = cli("job", "result", view["job_id"], "--data-dir", str(net.node_dirs[0]), "--out", str(tmp_path / "o"))
     assert got.returncode == 1, got.stderr
     assert "could not fetch good.txt" in got.stderr

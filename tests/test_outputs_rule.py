@@ -3,11 +3,11 @@ hostile names, special files, quota ends and cut manifests give one result, sign
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import replace
 
 import pytest
 
+from distributeai.consensus.cid import raw_cid
 from distributeai.consensus.codec import Identity
 from distributeai.consensus.errors import RemoteProtocolError
 from distributeai.consensus.executor import make_reveal
@@ -21,7 +21,8 @@ HOSTILE = [b"bad\xffname", b"esc\x1b[31mred", b"x" * 300, b"tab\tname", b"c1\xc2
 
 
 def digest(data: bytes) -> bytes:
-    return hashlib.sha256(data).digest()
+    """The file's CID as ipfs add --cid-version 1 gives it (one chunk: its raw block)."""
+    return raw_cid(data)
 
 
 def file(name: bytes, data: bytes = b"x") -> tuple[bytes, str, int, bytes]:
@@ -110,6 +111,8 @@ def _tampered(mutate) -> bytes:
 
 @pytest.mark.parametrize("mutate", [
     lambda r: replace(r, manifest=(("esc\x1b", 1, digest(b"x")),)),
+    lambda r: replace(r, manifest=(("a", 1, bytes(32)),)),  # a SHA-256, not a CID
+    lambda r: replace(r, manifest=(("a", 1, b"\x01\x71" + digest(b"x")[2:]),)),  # a codec not accepted
     lambda r: replace(r, outputs=Outputs("", 1, (("\x1b[2J", "fifo"),), 1)),
     lambda r: replace(r, outputs=Outputs("", 1, (("p", "made_up"),), 1)),
     lambda r: replace(r, outputs=Outputs("", 0, (), 0)),  # fewer files than listed
@@ -130,3 +133,24 @@ def test_an_old_style_body_without_outputs_is_refused():
     with pytest.raises(RemoteProtocolError):
         Reveal.from_body(r.to_body()[:12])
     assert Reveal.from_body(r.to_body()) == r
+
+
+def test_the_result_hash_covers_each_file_by_its_unixfs_cid():
+    """The manifest names a file by the CID `ipfs add --cid-version 1` gives it (several chunks:
+    a dag-pb root over raw leaves), and a reveal naming another CID for it is another result."""
+    from distributeai.consensus.cid import DAG_PB, codec_of
+    from distributeai.consensus.results import result_hash
+    from distributeai.consensus.unixfs import CHUNK_SIZE, FileBuilder
+
+    data = bytes(range(256)) * (CHUNK_SIZE // 128 + 3)  # three chunks
+    builder = FileBuilder()
+    builder.add(data)
+    root, size, _ = builder.finish()
+    assert (size, codec_of(root)) == (len(data), DAG_PB)
+    me = Identity.from_seed(b"e" * 32)
+    manifest, out = describe_outputs([(b"big.bin", "file", len(data), root), file(b"small")], 1 << 30, 10)
+    r = verify(make_reveal(me, JOB, 0, False, b"", manifest=manifest, outputs=out), Reveal).msg
+    assert r.manifest == (("big.bin", len(data), root), ("small", 1, raw_cid(b"x")))
+    other = result_hash(0, False, b"", False, (("big.bin", len(data), raw_cid(data[:10])), r.manifest[1]),
+                        outputs=out, stdout_size=0)
+    assert r.result_hash == result_hash(0, False, b"", False, r.manifest, outputs=out, stdout_size=0) != other

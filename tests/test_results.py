@@ -1,13 +1,14 @@
-"""Getting results out: output files fetched by SHA-256 from agreeing executors and checked
-against the certificate; cancelling a job; the peer list."""
+"""Getting results out: output files fetched by CID from agreeing executors and checked against
+the certificate; cancelling a job; the peer list."""
 
 from __future__ import annotations
 
-import hashlib
 import json
 
 import pytest
 
+from distributeai.consensus.cid import cid_text
+from distributeai.consensus.unixfs import FileBuilder
 from distributeai.tools.devnet import Devnet
 
 from .netfixtures import cli, wait_for
@@ -43,7 +44,9 @@ def test_output_files_are_fetched_from_agreeing_executors_and_checked(net, tmp_p
         answer = net.call(i, {"op": "result", "job_id": view["job_id"], "out": str(out)})
         assert "error" not in answer, answer
         assert (out / "answer.txt").read_text() == "forty-two\n"
-        assert hashlib.sha256((out / "sub" / "zeros").read_bytes()).hexdigest() == view["files"][1]["sha256"]
+        builder = FileBuilder()
+        builder.add((out / "sub" / "zeros").read_bytes())
+        assert cid_text(builder.finish()[0]) == view["files"][1]["cid"]
 
 
 def test_cancel_ends_a_running_job(net):

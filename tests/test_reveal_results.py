@@ -12,6 +12,7 @@ from distributeai.cli.jobview import (
     EXIT_NO_CODE, EXIT_NOT_VERIFIED, EXIT_OOM_KILLED, EXIT_TIMED_OUT, job_exit_code, size_text, status_line,
     stderr_block, stdout_line, task_note,
 )
+from distributeai.consensus.cid import raw_cid
 from distributeai.consensus.codec import Identity
 from distributeai.consensus.errors import RemoteProtocolError
 from distributeai.consensus.executor import certified_stderr, make_batch_reveal, make_reveal, stdout_size
@@ -85,14 +86,15 @@ def test_honest_executors_of_one_run_sign_one_result():
     assert a.result_hash == b.result_hash and a.stdout_size == -1 and a.stderr_part == "first"
 
 
-def test_the_domain_tag_is_v3():
+def test_the_domain_tag_is_v4():
+    """v4: manifest entries name files by CID (v3 named them by SHA-256)."""
     import hashlib
 
     from distributeai.consensus.codec import encode
     from distributeai.consensus.outputs import NONE
 
     body = encode([0, False, b"", False, [], -1, NONE.to_body(), b"", "all", -1])
-    assert result_hash(0, False, b"", False) == hashlib.sha256(b"distributeai/result/v3\x00" + body).digest()
+    assert result_hash(0, False, b"", False) == hashlib.sha256(b"distributeai/result/v4\x00" + body).digest()
 
 
 def test_a_result_over_the_output_quota_carries_no_stderr():
@@ -130,7 +132,7 @@ def test_a_batch_reveal_carries_no_stderr():
 
 
 def test_the_largest_reveals_fit_their_cap_and_sixteen_fit_a_certificate_with_room_to_spare():
-    manifest = tuple(sorted((f"{i:03d}" + "p" * (MANIFEST_PATH_MAX - 3), 2**40, bytes(32))
+    manifest = tuple(sorted((f"{i:03d}" + "p" * (MANIFEST_PATH_MAX - 3), 2**63 - 1, raw_cid(b"%d" % i))
                             for i in range(MANIFEST_MAX_ENTRIES)))
     notes = tuple(sorted((f"{i}" + "n" * (OUT_NOTE_NAME_MAX - 1), "bad_output_name") for i in range(OUT_NOTES_MAX)))
     raw = make_reveal(ME, JOB, -(2**31), False, b"\xff" * STDOUT_SEEN_MAX, True, manifest, 2**62, True, "process",

@@ -3,6 +3,7 @@ cleanup) with a real dockerd, and the process backend's env, workdir and warning
 
 from __future__ import annotations
 
+import hashlib
 import contextlib
 import logging
 import os
@@ -101,7 +102,7 @@ def test_docker_only_out_is_writable(docker_sandbox, out_dir):
         b"root=1", b"etc=1", b"dotdot=1", b"out=0", b"65534", b"rw",
     ]
     assert b"Read-only file system" in result.stderr
-    assert result.out_entries == (OutEntry(marker.encode(), "file", 2, sha256(b"x\n"), True),)
+    assert result.out_entries == (OutEntry(marker.encode(), "file", 2, hashlib.sha256(b"x\n").digest(), True),)
     # Nothing reached the host outside out_dir: not beside it, nor at the paths the job tried.
     assert sorted(p.name for p in out_dir.parent.iterdir()) == ["out"]
     assert [p.name for p in out_dir.iterdir()] == [marker]

@@ -355,10 +355,10 @@ def test_out_dir_files_are_described_and_kept(sb, tmp_path):
     )
     assert (r.exit_code, r.out_enforced) == (0, True), r
     assert r.out_entries == (
-        OutEntry(b"a.txt", "file", 5, hashlib.sha256(b"hello").hexdigest(), True),
+        OutEntry(b"a.txt", "file", 5, hashlib.sha256(b"hello").digest(), True),
         OutEntry(b"link", "symlink", 0),
         OutEntry(b"sub", "dir", 0),
-        OutEntry(b"sub/b.bin", "file", 100000, hashlib.sha256(b"\0" * 100000).hexdigest(), True),
+        OutEntry(b"sub/b.bin", "file", 100000, hashlib.sha256(b"\0" * 100000).digest(), True),
     )
     assert (out / "a.txt").read_bytes() == b"hello" and not (out / "link").exists()
     # One file larger than the old 64 MB per-file cap, within its quota: RLIMIT_FSIZE is gone

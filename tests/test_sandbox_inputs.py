@@ -12,6 +12,7 @@ regular files are kept, so out_dir holds no link and no FIFO afterwards.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import stat
 
@@ -217,9 +218,9 @@ def test_special_entries_in_out_are_described_not_followed(sandbox, out_dir, in_
     assert (result.exit_code, result.stderr) == (0, b"")
     # The job has no capabilities (no mknod), and link(2) never crosses a mount.
     assert result.stdout == b"mknod 1\nlink from /in 1\nlink from /tmp 1\nlink from the host 1\n"
-    data = OutEntry(b"data", "file", 4, sha256(b"data"), kept=True)
+    data = OutEntry(b"data", "file", 4, hashlib.sha256(b"data").digest(), kept=True)
     assert result.out_entries == (
-        data, OutEntry(b"fifo", "fifo", 0), OutEntry(b"hard", "file", 4, sha256(b"data"), kept=True),
+        data, OutEntry(b"fifo", "fifo", 0), OutEntry(b"hard", "file", 4, hashlib.sha256(b"data").digest(), kept=True),
         OutEntry(b"host", "symlink", 0), OutEntry(b"passwd", "symlink", 0), OutEntry(b"up", "symlink", 0),
     )
     kept = snapshot(out_dir)  # only the regular files, each its own copy: no link, no FIFO to block a reader

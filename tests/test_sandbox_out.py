@@ -7,6 +7,7 @@ every run, cancelled ones too, nothing is left mounted or staged beside out_dir.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import threading
 
@@ -31,7 +32,7 @@ def nothing_left(tmp_path):
 
 
 def file(name: bytes, data: bytes, kept: bool = True) -> OutEntry:
-    return OutEntry(name=name, kind="file", size=len(data), sha256=sha256(data), kept=kept)
+    return OutEntry(name=name, kind="file", size=len(data), digest=hashlib.sha256(data).digest(), kept=kept)
 
 
 def run(sb, script: str, out_dir, **kw):
@@ -146,7 +147,7 @@ def test_writing_past_out_max_bytes_fails_in_the_job(sandbox, out_dir):
     assert result.out_enforced
     assert result.stdout == b"rc=1\n"  # head met ENOSPC, while it ran
     (big,) = result.out_entries
-    assert (big.name, big.kind, big.sha256, big.kept) == (b"big", "file", None, False)
+    assert (big.name, big.kind, big.digest, big.kept) == (b"big", "file", None, False)
     assert MB < big.size <= tmpfs_size(MB, 10) < 5_000_000
     assert os.listdir(out_dir) == []
     assert elapsed < PROMPT_S

@@ -5,6 +5,7 @@ jobs: tests/test_sandbox_out.py."""
 from __future__ import annotations
 
 import ctypes
+import hashlib
 import os
 import socket
 import subprocess
@@ -15,7 +16,11 @@ from distributeai.sandbox import OutEntry, RunRequest, SandboxError
 from distributeai.sandbox import outdir
 from distributeai.sandbox.outdir import WALK_PATH_MAX, OutStage, describe, remove_stale_stages, tmpfs_size, walk
 
-from .sandbox_helpers import sha256, stage_mounts, stages
+from .sandbox_helpers import stage_mounts, stages
+
+
+def sha256(data: bytes) -> bytes:
+    return hashlib.sha256(data).digest()
 
 ROOT = os.geteuid() == 0
 needs_root = pytest.mark.skipif(not ROOT, reason="mounting a tmpfs needs root")
@@ -29,11 +34,12 @@ def names(root, limit: int) -> list[bytes]:
         os.close(fd)
 
 
-def collect(stage, out, max_bytes: int = 1 << 30, keep_free: int = 0, limit: int = 1000) -> tuple[OutEntry, ...]:
+def collect(stage, out, max_bytes: int = 1 << 30, keep_free: int = 0, limit: int = 1000,
+            hasher=hashlib.sha256) -> tuple[OutEntry, ...]:
     root = os.open(stage, os.O_RDONLY | os.O_DIRECTORY)
     dest = os.open(out, os.O_RDONLY | os.O_DIRECTORY)
     try:
-        return describe(root, walk(root, limit), max_bytes, dest, keep_free)
+        return describe(root, walk(root, limit), max_bytes, dest, keep_free, hasher)
     finally:
         os.close(root)
         os.close(dest)
@@ -139,6 +145,36 @@ def test_keep_never_follows_or_replaces_what_is_in_out_dir(stage, out, tmp_path)
     assert os.listdir(elsewhere) == [] and (out / "g").read_bytes() == b"old"
 
 
+class Counting:
+    """A hasher that records what it was fed: each file's bytes once, in order."""
+
+    fed: list[bytes] = []
+
+    def __init__(self) -> None:
+        self.data = bytearray()
+
+    def update(self, chunk: bytes) -> None:
+        self.data += chunk
+
+    def digest(self) -> bytes:
+        Counting.fed.append(bytes(self.data))
+        return b"len:%d" % len(self.data)
+
+
+def test_an_injected_hasher_names_each_file_from_the_one_read_that_copies_it(stage, out):
+    (stage / "a").write_bytes(b"x" * 3_000_000)
+    (stage / "d").mkdir()
+    (stage / "d" / "b").write_bytes(b"hello")
+    Counting.fed = []
+    entries = collect(stage, out, hasher=Counting)
+    assert [(e.name, e.digest, e.kept) for e in entries] == [
+        (b"a", b"len:3000000", True), (b"d", None, False), (b"d/b", b"len:5", True)]
+    assert Counting.fed == [b"x" * 3_000_000, b"hello"]
+    assert (out / "a").read_bytes() == b"x" * 3_000_000 and (out / "d" / "b").read_bytes() == b"hello"
+    with pytest.raises(ValueError):
+        RunRequest(image="i", command=["true"], out_hasher="sha256")
+
+
 @needs_root
 def test_a_copy_that_fails_is_removed(stage, tmp_path):
     small = tmp_path / "small"
@@ -149,7 +185,7 @@ def test_a_copy_that_fails_is_removed(stage, tmp_path):
         (stage / "b").write_bytes(b"b" * 40_000)
         # A negative reserve passes the free-space check: the second copy meets ENOSPC itself.
         entries = collect(stage, small, keep_free=-(1 << 40))
-        assert [(e.name, e.sha256 is not None, e.kept) for e in entries] == [(b"a", True, True), (b"b", True, False)]
+        assert [(e.name, e.digest is not None, e.kept) for e in entries] == [(b"a", True, True), (b"b", True, False)]
         assert os.listdir(small) == ["a"]
     finally:
         subprocess.run(["umount", str(small)], check=True)

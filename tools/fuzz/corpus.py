@@ -89,7 +89,7 @@ def seed_messages(submitter: Identity | None = None, executor: Identity | None =
                                                 deadline_ms=now_ms + 90_000)) for i, x in enumerate(executors)}
     m["award"] = [awards[e.public_key], batch_awards[e.public_key]]
     hello = b"66a045b452102c59d840ec097d59d9467e13a3f34f6494e539ffd32c1bb35f18  -\n"
-    reveals = {x.public_key: make_reveal(x, job, 0, False, hello, manifest=(("out/a.txt", 5, sha256(b"hello")),),
+    reveals = {x.public_key: make_reveal(x, job, 0, False, hello, manifest=(("out/a.txt", 5, raw_cid(b"hello")),),
                                          sandbox="process") for x in executors}
     wrong = make_reveal(others[1], job, 1, False, b"wrong\n", stderr=b"Traceback: " + b"e" * 2000)  # stderr's end
     big = make_reveal(e, job, 0, False, bytes(range(256)) * 200, fuel_used=12345, oom_killed=True, sandbox="wasm")
