@@ -16,11 +16,12 @@ The job's life, with BOINC's names for the policy (all in the signed spec):
   still hear from (`unbid_best`). Reputation is what keeps fresh identities (Sybils) behind
   established ones, so it is never cut short; ties on reputation are settled among the bids in
   hand, so a faster peer wins a tie (a job with inputs closes early only once the n-th best bid
-  holds all of them: a holder still to answer would outrank it). Nor does the timed end cut it short: when the window ends
-  while a peer that has not bid outranks the n-th best bid in hand (a missing bid counts as a
-  stranger's, reputation 0), bidding stays open for it (`bids_wait`) until it bids or
-  `bid_wait_reputation_ms` more have passed. On a busy machine an established peer's bid can take
-  over a second, and the fresh identities that answered first would otherwise take its slot.
+  holds all of them: a holder still to answer would outrank it). Nor does the timed end cut it
+  short: when the window ends while a peer that has not bid outranks the n-th best bid in hand
+  (a missing bid counts as a stranger's, reputation 0), bidding stays open for it (`bids_wait`)
+  until it bids or `bid_wait_reputation_ms` more have passed. On a busy machine an established
+  peer's bid can take over a second, and the fresh identities that answered first would
+  otherwise take its slot.
 - diversity: no two live slots go to bidders from the same address range (`subnet.subnet_of`:
   IPv4 /24, IPv6 /48, taken by the adapter from the connection each bid arrived on) while a
   bidder from another range is left; only then does the best remaining bidder overall get the
