@@ -165,3 +165,36 @@ def test_submit_input_takes_path_and_name(tmp_path, monkeypatch):
     for bad in ("missing", "data.csv:../x", "data.csv:/abs"):
         with pytest.raises(typer.Exit):
             local_input(bad)
+
+
+async def test_a_fetch_cut_short_resumes_asking_only_for_the_blocks_still_missing(tmp_path, store):
+    """As after a SIGKILL mid-fetch: the blocks stored survive (pinned `inputs:JOB`), and the run
+    at restart asks the providers for the rest only (node/transfer.py under JobInputs.fetch)."""
+    from distributeai.consensus.unixfs import FileBuilder
+    from distributeai.node.job_inputs import JobInputs
+    from distributeai.node.transfer import fetch_dag
+
+    data = os.urandom(5 * 262144 + 7)  # six leaves under one file node
+    builder = FileBuilder()
+    blocks = dict(builder.add(data))
+    root, size, last = builder.finish()
+    blocks.update(last)
+    asked: list[bytes] = []
+
+    async def bitswap(cids, providers, deliver):
+        for cid in cids:
+            asked.append(cid)
+            await deliver(cid, blocks[cid])
+
+    async def via_transfer(cid, providers, *, pin=None, progress=None):
+        return await fetch_dag(cid, store, bitswap, providers, pin=pin, progress=progress)
+
+    leaves = [c for c in blocks if c != root]
+    for cid in leaves[:3]:  # what arrived before the kill
+        await store.put(cid, blocks[cid], pin="inputs:" + "ab" * 32)
+    inputs = JobInputs(store, via_transfer, lambda: [], tmp_path / "inputs")
+    spec = JobSpec(submitter=b"\1" * 32, nonce=b"\0" * 16, created_ms=0, name="", image="alpine:latest",
+                   command=("true",), inputs=((root, "model.bin", size),))
+    top = await inputs.fetch("ab" * 32, spec, ["S"])
+    assert (top / "model.bin").read_bytes() == data
+    assert set(asked) == set(blocks) - set(leaves[:3]) and len(asked) == len(set(asked))
