@@ -24,12 +24,17 @@ def bench(
     concurrency: int = typer.Option(5, "--concurrency", help="Jobs in flight at once."),
     sandbox: str = typer.Option("process", "--sandbox", help="process, wasm, bwrap or docker."),
     batch: int = typer.Option(0, "--batch", help="Make every job a batch of this many tasks; adds tasks_per_s."),
+    data: Optional[str] = typer.Option(None, "--data", help="Instead of jobs: move a file of this size by CID "
+                                       "between 4 nodes (e.g. 256m, 1g): import, a fetch from 1 provider and "
+                                       "from 2, and one surviving a provider's SIGKILL."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
 ) -> None:
     """Start a private network on 127.0.0.1, run jobs through it, tear it down, report speed.
 
     Example: distributeai bench --nodes 5 --jobs 100 --concurrency 10 --sandbox process --json
     """
+    if data is not None:
+        return _data_bench(data, as_json)
     if sandbox not in ("process", "wasm", "bwrap", "docker"):
         fail(f"--sandbox must be process, wasm, bwrap or docker, got {sandbox!r}")
     if nodes < 3 or jobs < 1 or concurrency < 1:
@@ -236,3 +241,26 @@ def devnet(
             signal.sigwait({signal.SIGINT, signal.SIGTERM})
     except DevnetError as exc:
         fail(str(exc), 1)
+
+
+def _data_bench(data: str, as_json: bool) -> None:
+    from .config import parse_size
+
+    size = parse_size(data)
+    if size is None or size < 1:
+        fail(f"--data must be a size in bytes, or with a unit (256m, 1g), got {data!r}")
+    from distributeai.tools.databench import run_data_bench
+
+    result = run_data_bench(size)
+    if as_json:
+        typer.echo(json.dumps(result))
+        return
+    typer.echo(f"{size} bytes ({result['cid']}): import {result['import_mb_per_s']} MB/s")
+    for key in ("one_provider", "two_providers"):
+        r = result[key]
+        typer.echo(f"fetch from {r['providers']}: {r['mb_per_s']} MB/s whole get ({r['fetch_mb_per_s']} MB/s fetch), "
+                   f"{r['cpu_s_per_gib_fetcher']} CPU-s/GiB fetcher, {r['cpu_s_per_gib_providers']} providers, "
+                   f"peak RSS +{r['peak_rss_growth_mb']} MB")
+    typer.echo(f"a provider killed mid-way: {'completed' if result['provider_killed']['kill_ok'] else 'FAILED'} "
+               f"{result['provider_killed']}")
+

@@ -69,6 +69,7 @@ class Blobs:
         progress = Progress()
         self._transfers[key] = (cid_text(root), time.monotonic(), progress)
         owner = f"blob:{cid_text(root)}"
+        started = time.monotonic()
         try:
             try:
                 await fetch_dag(root, self.store, self.fetch, peers, pin=owner, progress=progress)
@@ -86,6 +87,7 @@ class Blobs:
             raise LocalProtocolError("unavailable", f"{cid_text(root)}: {exc} (asked {len(peers)} peers)") from None
         finally:
             del self._transfers[key]
+        fetched = time.monotonic()
         try:
             size = await self.store.export(root, out)
         except MissingBlock as exc:
@@ -94,7 +96,8 @@ class Blobs:
             raise LocalProtocolError("write_failed", f"cannot write {out}: {exc.strerror or exc}") from None
         await self.store.record_root(root, out.name, size)
         return {"cid": cid_text(root), "size": size, "written_to": str(out), "fetched_blocks": progress.blocks,
-                "fetched_bytes": progress.bytes, "held_blocks": progress.held, "providers": len(peers)}
+                "fetched_bytes": progress.bytes, "held_blocks": progress.held, "providers": len(peers),
+                "fetch_s": round(fetched - started, 3), "export_s": round(time.monotonic() - fetched, 3)}
 
     def transfers(self) -> list[dict]:
         now = time.monotonic()
