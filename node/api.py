@@ -10,6 +10,10 @@ for what it knows. Routes (the OpenAPI document, `api_schema.py`, is served at /
                                             outputs (quota status, skipped entries)
     GET  /api/v1/jobs/{id}/outputs/{path}   one verified output file's bytes, streamed (any size), its blocks
                                             fetched by CID from the agreeing executors
+    POST /api/v1/blobs[?name=]              a file's bytes (the body, streamed, up to the store's cap) -> 201
+                                            {"cid", "size", "announced"}: imported and pinned as `blob add`
+    GET  /api/v1/blobs                      the blobs added or fetched here (`blob ls`): {"blobs": [...]}
+    GET  /api/v1/blobs/{cid}                a file's bytes, streamed, fetched first if not held (`blob get`)
     GET  /api/v1/nodes                      the peers this node knows: reputation, connected, last seen
     GET  /stats (also /api/v1/stats)        this node's view of the network's totals
     GET  /openapi.json
@@ -25,6 +29,14 @@ Contract:
   resumes with the blocks already here.
 - A POST is checked whole (JSON, then `consensus.jobfile.parse_job`, which names the field) before
   anything is signed or sent: nothing reaches the network from a rejected request.
+- Blobs (node/blobs.py's rules): an upload is read as it arrives (p2p/http.py `streamed_bodies`:
+  `streamed_body` names the route and its limit, the block store's cap: a larger Content-Length is
+  413 before anything is read) and imported block by block (`BlockStore.add_stream`); it is never
+  held whole. A GET fetches the DAG into the store first (the connected peers, then the DHT's
+  providers; pinned `blob:CID` as `blob get` does), then streams it with its Content-Length. A
+  directory's CID is 400 (field `cid`: `blob get --out DIR` writes directories); a malformed CID
+  400 (field `cid`); a CID no peer serves 404 with the reason; no room for it here 502. An upload
+  the store cannot hold (pinned blocks fill its cap) is 507; a full disk 503.
 - Off loopback the listener asks for a bearer token (p2p/httpauth.py, as /metrics does).
 """
 
@@ -37,14 +49,18 @@ import os
 import re
 from typing import TYPE_CHECKING, Any
 
+from distributeai.consensus.cid import BadCid, cid_text, parse_cid_text
 from distributeai.consensus.errors import JobFileError, LocalProtocolError
 from distributeai.consensus.jobfile import load_job_document, parse_job
 from distributeai.consensus.messages import JobSpec, encode_body, sign
+from distributeai.consensus.unixfs import BadBlock, decode_block
 from distributeai.p2p.http import Request, Response, Streamed, json_response
 from distributeai.p2p.identity import public_key_from_peer_id
 
 from .api_schema import openapi_document
 from .clock import now_ms
+from .outputs_serving import read_file
+from .sqlitefile import StoreFull
 
 if TYPE_CHECKING:
     from .agent import Agent
@@ -55,6 +71,7 @@ JOB_STATUSES = ("announced", "bidding", "running", "verified", "failed", "nondet
 ROLES = ("submitter", "executor", "observer")
 SANDBOX_KINDS = ("container", "wasm")
 _JOB_ID = re.compile(r"[0-9a-f]{64}")
+MAX_BLOB_NAME = 255  # ?name= of an upload: a file name, shown by `blob ls`
 
 
 # What GET .../result answers: the verified result, what the job did (limits, exit code), its
@@ -106,6 +123,13 @@ class RestApi:
             if self._method(r, "GET", "POST") == "POST":
                 return json_response(201, await self.submit(r.body))
             return json_response(200, await self.list_jobs(r.query))
+        if path == "/api/v1/blobs":
+            if self._method(r, "GET", "POST") == "POST":
+                return json_response(201, await self.upload(r))
+            return json_response(200, {"blobs": await self._blobs().ls()})
+        if parts[:3] == ["api", "v1", "blobs"] and len(parts) == 4:
+            self._method(r, "GET")
+            return await self.blob(parts[3])
         if parts[:3] == ["api", "v1", "jobs"] and len(parts) >= 4:
             self._method(r, "GET")
             job_hex = _job_id(parts[3])
@@ -204,6 +228,58 @@ class RestApi:
             raise ApiError(502, str(exc), "path") from None
         return 200, "application/octet-stream", Streamed(chunks, size)
 
+    # --- blobs ---------------------------------------------------------------------------------
+
+    def streamed_body(self, method: str, path: str) -> int | None:
+        """p2p/http.py's `streamed_bodies`: an upload's body is read as it arrives, up to the
+        block store's cap; every other body whole, up to MAX_BODY."""
+        if method == "POST" and path.rstrip("/") == "/api/v1/blobs" and self.agent.blocks is not None:
+            return self.agent.blocks.max_bytes
+        return None
+
+    def _blobs(self):
+        if self.agent.blobs is None:
+            raise ApiError(404, "this node keeps no block store")
+        return self.agent.blobs
+
+    async def upload(self, r: Request) -> dict:
+        """Import the body as one file, pinned `blob:CID` and announced (as `blob add`)."""
+        blobs = self._blobs()
+        name = r.query.get("name", "")
+        if len(name) > MAX_BLOB_NAME or not name.isprintable() or "/" in name:
+            raise ApiError(400, f"name must be at most {MAX_BLOB_NAME} printable characters, no '/'", "name")
+        try:
+            return await blobs.add_stream(r.stream if r.stream is not None else _once(r.body), name)
+        except LocalProtocolError as exc:  # store_full: pinned blocks fill the store's cap
+            raise ApiError(507, str(exc)) from None
+        except StoreFull as exc:
+            raise ApiError(503, f"the node's disk is full: {exc}", None, [("retry-after", "60")]) from None
+
+    async def blob(self, text: str) -> Response:
+        """A file's bytes by CID, streamed from the block store once its DAG is here."""
+        blobs = self._blobs()
+        try:
+            root = parse_cid_text(text)
+        except BadCid as exc:
+            raise ApiError(400, f"not a CID: {exc}", "cid") from None
+        try:
+            progress, _ = await blobs.present(root)
+        except LocalProtocolError as exc:
+            raise ApiError(404 if exc.reason == "unavailable" else 502, str(exc), "cid") from None
+        block = await self.agent.blocks.get(root)
+        try:
+            if block is None:
+                raise BadBlock("its root block is gone")
+            node = decode_block(root, block)
+        except BadBlock as exc:
+            raise ApiError(502, f"{cid_text(root)}: {exc}", "cid") from None
+        if node.kind == "directory":
+            raise ApiError(400, f"{cid_text(root)} is a directory; `blob get CID --out DIR` writes directories",
+                           "cid")
+        if progress.blocks:  # fetched here: listed by `blob ls`, as `blob get` lists it
+            await self.agent.blocks.record_root(root, "", node.content_size)
+        return 200, "application/octet-stream", Streamed(read_file(self.agent.blocks, root), node.content_size)
+
     # --- the network, as this node sees it ----------------------------------------------------
 
     async def nodes(self) -> dict:
@@ -245,6 +321,10 @@ class RestApi:
             "credits": a.ledger.balance(a.me),
             "jobs_running_here": a.jobs_running,
         }
+
+
+async def _once(body: bytes):
+    yield body
 
 
 def _job_id(text: str) -> str:

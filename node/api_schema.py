@@ -11,6 +11,7 @@ from typing import Any
 from distributeai.consensus.messages import MAX_REPLICAS, MAX_TOTAL_RESULTS
 
 JOB_ID = {"type": "string", "pattern": "^[0-9a-fA-F]{64}$", "description": "SHA-256 of the signed job spec"}
+CID = {"type": "string", "description": "a CID as text: CIDv1 base32 (bafy..., bafk...) or CIDv0 (Qm...)"}
 STATUSES = ["announced", "bidding", "running", "verified", "failed", "nondeterministic"]
 
 
@@ -131,6 +132,15 @@ def openapi_document() -> dict[str, Any]:
                                           "outputs": {"type": "object", "description": "status (ok or "
                                                       "out_quota_exceeded), files, listed, manifest_truncated, "
                                                       "skipped, skipped_entries [{name, reason}], quota"}}},
+                "Blob": {"type": "object", "required": ["cid", "size"],
+                         "properties": {"cid": CID, "size": {"type": "integer", "minimum": 0},
+                                        "announced": {"type": "boolean",
+                                                      "description": "a DHT provider record was published"}}},
+                "BlobList": {"type": "object", "required": ["blobs"],
+                             "properties": {"blobs": {"type": "array", "items": {
+                                 "type": "object", "description": "a blob added or fetched here, newest first",
+                                 "properties": {"cid": CID, "name": {"type": "string"},
+                                                "size": {"type": "integer"}, "added": {"type": "integer"}}}}}},
                 "Nodes": {"type": "object", "required": ["nodes", "total"],
                           "properties": {"self": {"type": "string"}, "total": {"type": "integer"},
                                          "nodes": {"type": "array", "items": {
@@ -200,6 +210,43 @@ def openapi_document() -> dict[str, Any]:
                               "404": _error("No such job or output file"),
                               "409": _error("The job is not verified (yet)"),
                               "502": _error("No agreeing executor served the file, or no room for it here")}}},
+            "/api/v1/blobs": {
+                "post": {
+                    "summary": "Upload a file (the body, streamed, any size up to the block store's cap); it is "
+                               "imported as blocks, pinned and announced, as `blob add`",
+                    "operationId": "addBlob",
+                    "parameters": [{"name": "name", "in": "query", "description": "a file name, shown by blob ls",
+                                    "schema": {"type": "string", "maxLength": 255}}],
+                    "requestBody": {"required": False, "content": {"application/octet-stream": {
+                        "schema": {"type": "string", "format": "binary"}}}},
+                    "responses": {"201": {**_json("Its CID (as ipfs add --cid-version 1 gives it) and size", "Blob"),
+                                          "links": {"GetBlob": {"operationId": "getBlob",
+                                                                "parameters": {"cid": "$response.body#/cid"}}}},
+                                  "400": _error("The name is wrong (field `name`)"),
+                                  "401": UNAUTHORIZED,
+                                  "408": _error("The body stopped arriving (nothing for 10 s)"),
+                                  "413": _error("The body is over the block store's cap"),
+                                  "503": _error("The node's disk is full; try again later (Retry-After)"),
+                                  "507": _error("Pinned blocks leave no room for it in the block store")},
+                },
+                "get": {
+                    "summary": "The blobs added to or fetched into this node's block store, newest first",
+                    "operationId": "listBlobs",
+                    "responses": {"200": _json("Blobs", "BlobList"), "401": UNAUTHORIZED},
+                },
+            },
+            "/api/v1/blobs/{cid}": {"get": {
+                "summary": "A file by CID, streamed; its blocks fetched first (each verified) from the connected "
+                           "peers, then the DHT's providers, when not held here",
+                "operationId": "getBlob",
+                "parameters": [{"name": "cid", "in": "path", "required": True, "schema": CID}],
+                "responses": {"200": {"description": "The file's bytes (Content-Length: its size)",
+                                      "content": {"application/octet-stream": {"schema": {"type": "string",
+                                                                                          "format": "binary"}}}},
+                              "400": _error("Not a CID, or the CID of a directory (field `cid`)"),
+                              "401": UNAUTHORIZED,
+                              "404": _error("No peer serves it (the reason says which blocks and whom it asked)"),
+                              "502": _error("No room for it here, or its blocks are malformed")}}},
             "/api/v1/nodes": {"get": {
                 "summary": "The peers this node knows, with reputation and when last seen",
                 "responses": {"200": _json("Peers", "Nodes"), "401": UNAUTHORIZED}}},

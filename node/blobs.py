@@ -11,6 +11,9 @@ Contract (`Blobs`, reached as `Agent.blobs`):
   share goes to the others) and, when they do not have it all, the providers the DHT knows
   (`find_providers`; `add` announces the root with `provide`). `transfers()` shows each fetch in progress (bytes, blocks, rate,
   providers), for the CLI's progress bar.
+- `add_stream(chunks, name)`: `add` for one file whose bytes come from an async iterator (the REST
+  API's upload), streaming, with the same pin and announcement. `present(root)`: `get`'s fetch alone
+  (the DAG present and pinned here; the REST API then streams it from the store).
 - `ls()`: the roots added or fetched here, newest first.
 Errors are `LocalProtocolError`s with a reason: `bad_cid`, `bad_path`, `unavailable`, `store_full`,
 `write_failed`.
@@ -21,7 +24,7 @@ from __future__ import annotations
 import itertools
 import time
 from pathlib import Path
-from typing import Awaitable, Callable
+from typing import AsyncIterator, Awaitable, Callable
 
 from distributeai.consensus.cid import BadCid, cid_text, parse_cid_text
 from distributeai.consensus.errors import LocalProtocolError
@@ -44,17 +47,26 @@ class Blobs:
         self._ids = itertools.count(1)
 
     async def add(self, path: Path) -> dict:
-        """Import `path` (a file or a directory) and pin it; {"cid", "size"}."""
+        """Import `path` (a file or a directory) and pin it; {"cid", "size", "announced"}."""
         try:
-            root, size = await self.store.add_path(path, pin="blob:pending")
+            return await self._add(lambda owner: self.store.add_path(path, pin=owner))
         except FileNotFoundError:
             raise LocalProtocolError("bad_path", f"{path} does not exist") from None
         except (ValueError, OSError) as exc:
             raise LocalProtocolError("bad_path", f"{path}: {exc}") from None
+
+    async def add_stream(self, chunks: AsyncIterator[bytes], name: str = "") -> dict:
+        """Import one file from `chunks` (an upload), listed under `name`, and pin it, as `add`."""
+        return await self._add(lambda owner: self.store.add_stream(chunks, name, pin=owner))
+
+    async def _add(self, run: Callable[[str], Awaitable[tuple[bytes, int]]]) -> dict:
+        pending = f"blob:pending:{next(self._ids)}"  # one per import: another's end cannot unpin it
+        try:
+            root, size = await run(pending)
         except BlockStoreFull as exc:
             raise LocalProtocolError("store_full", f"the block store is full: {exc}") from None
         await self.store.pin(f"blob:{cid_text(root)}", root)
-        await self.store.unpin("blob:pending")
+        await self.store.unpin(pending)
         announced = await self.provide(root)
         return {"cid": cid_text(root), "size": size, "announced": announced}
 
@@ -64,12 +76,28 @@ class Blobs:
             root = parse_cid_text(text)
         except BadCid as exc:
             raise LocalProtocolError("bad_cid", str(exc)) from None
+        started = time.monotonic()
+        progress, peers = await self.present(root, providers)
+        fetched = time.monotonic()
+        try:
+            size = await self.store.export(root, out)
+        except MissingBlock as exc:
+            raise LocalProtocolError("unavailable", f"block {exc} is missing") from None
+        except OSError as exc:
+            raise LocalProtocolError("write_failed", f"cannot write {out}: {exc.strerror or exc}") from None
+        await self.store.record_root(root, out.name, size)
+        return {"cid": cid_text(root), "size": size, "written_to": str(out), "fetched_blocks": progress.blocks,
+                "fetched_bytes": progress.bytes, "held_blocks": progress.held, "providers": len(peers),
+                "fetch_s": round(fetched - started, 3), "export_s": round(time.monotonic() - fetched, 3)}
+
+    async def present(self, root: bytes, providers: list[str] | None = None) -> tuple[Progress, list[str]]:
+        """Make the DAG under `root` present here, pinned `blob:CID` (the providers as `get` says);
+        (its progress, the peers asked). LocalProtocolError `unavailable` or `store_full`."""
         peers = list(providers) if providers else self.connected()
         key = next(self._ids)
         progress = Progress()
         self._transfers[key] = (cid_text(root), time.monotonic(), progress)
         owner = f"blob:{cid_text(root)}"
-        started = time.monotonic()
         try:
             try:
                 await fetch_dag(root, self.store, self.fetch, peers, pin=owner, progress=progress)
@@ -87,17 +115,7 @@ class Blobs:
             raise LocalProtocolError("unavailable", f"{cid_text(root)}: {exc} (asked {len(peers)} peers)") from None
         finally:
             del self._transfers[key]
-        fetched = time.monotonic()
-        try:
-            size = await self.store.export(root, out)
-        except MissingBlock as exc:
-            raise LocalProtocolError("unavailable", f"block {exc} is missing") from None
-        except OSError as exc:
-            raise LocalProtocolError("write_failed", f"cannot write {out}: {exc.strerror or exc}") from None
-        await self.store.record_root(root, out.name, size)
-        return {"cid": cid_text(root), "size": size, "written_to": str(out), "fetched_blocks": progress.blocks,
-                "fetched_bytes": progress.bytes, "held_blocks": progress.held, "providers": len(peers),
-                "fetch_s": round(fetched - started, 3), "export_s": round(time.monotonic() - fetched, 3)}
+        return progress, peers
 
     def transfers(self) -> list[dict]:
         now = time.monotonic()

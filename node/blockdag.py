@@ -13,6 +13,10 @@ Contract:
   is not UTF-8, a directory IPFS would shard (HAMT, unsupported), or a tree deeper than
   `MAX_DEPTH` is a ValueError naming the entry. The path itself may be a symlink (followed, as
   `cp` does); nothing inside one is followed.
+- `add_stream` imports one file whose bytes come from an async iterator (an HTTP upload), by the
+  same rules: gathered into BATCH bytes, chunked on a worker thread, stored BATCH bytes per
+  transaction, pinned for its own owner while it runs (an error from the iterator ends it, and
+  drops those pins); memory: about two batches, whatever the size.
 - Blocks an import made are not hashed a second time: their CIDs were just computed from their
   bytes. Every block from anywhere else goes through `put` (`verify_block`).
 - `export` writes the tree beside `dest` under a temp name and renames it into place at the end:
@@ -32,7 +36,7 @@ import shutil
 import stat
 import uuid
 from pathlib import Path
-from typing import Any, Awaitable, Callable
+from typing import Any, AsyncIterator, Awaitable, Callable
 
 import trio
 
@@ -214,15 +218,33 @@ class _Importer:
         return cid, size, len(block) + sum(link.tsize for link in links)
 
 
-async def add_path(store, path: Path, pin: str | None) -> tuple[bytes, int]:
-    tree = await trio.to_thread.run_sync(scan, path)
+    async def add_chunks(self, chunks: AsyncIterator[bytes]) -> tuple[bytes, int, int]:
+        """(cid, file bytes, tsize) of one file whose bytes come from `chunks`, gathered into
+        BATCH bytes and chunked on a worker thread (add_file's rules, another source)."""
+        builder = FileBuilder()
+        batch: list[bytes] = []
+        n = 0
+        async for data in chunks:
+            batch.append(data)
+            n += len(data)
+            if n >= BATCH:
+                joined, batch, n = b"".join(batch), [], 0
+                await self.emit(await trio.to_thread.run_sync(builder.add, joined))
+        if batch:
+            await self.emit(await trio.to_thread.run_sync(builder.add, b"".join(batch)))
+        cid, size, last = await trio.to_thread.run_sync(builder.finish)
+        await self.emit(last)
+        return cid, size, builder.tsize
+
+
+async def _import(store, pin: str | None, name: str,
+                  work: Callable[[_Importer], Awaitable[tuple[bytes, int, int]]]) -> tuple[bytes, int]:
+    """Run one import (`work`) under a temporary owner; its blocks then go to `pin` (or are left
+    evictable) and its root is recorded under `name`; after a failure its pins are dropped."""
     temp = store._import_owner()
     importer = _Importer(store, temp)
     try:
-        if tree.is_dir:
-            cid, size, _ = await importer.add_dir(tree)
-        else:
-            cid, size, _ = await importer.add_file(tree.path)
+        cid, size, _ = await work(importer)
         await importer.flush()
     except BaseException:
         with trio.CancelScope(shield=True):
@@ -231,8 +253,18 @@ async def add_path(store, path: Path, pin: str | None) -> tuple[bytes, int]:
             except Exception:
                 pass  # its pins are dropped at the next open
         raise
-    await store._finish_import(temp, pin, cid, tree.name, size)
+    await store._finish_import(temp, pin, cid, name, size)
     return cid, size
+
+
+async def add_path(store, path: Path, pin: str | None) -> tuple[bytes, int]:
+    tree = await trio.to_thread.run_sync(scan, path)
+    return await _import(store, pin, tree.name,
+                         lambda importer: importer.add_dir(tree) if tree.is_dir else importer.add_file(tree.path))
+
+
+async def add_stream(store, chunks: AsyncIterator[bytes], name: str, pin: str | None) -> tuple[bytes, int]:
+    return await _import(store, pin, name, lambda importer: importer.add_chunks(chunks))
 
 
 async def walk(store, root: bytes) -> tuple[list[bytes], list[bytes]]:

@@ -23,7 +23,7 @@ Contract:
   the same block is stored again (at most one batch of 4 MiB per crash).
 - A write the disk cannot hold raises `node.sqlitefile.StoreFull` (file or index) and stores
   nothing; the store stays usable. `BlockStoreFull` is the cap, `StoreFull` the disk.
-- `add_path`, `export`, `walk_missing` are the UnixFS side (node/blockdag.py, over
+- `add_path`, `add_stream`, `export`, `walk_missing` are the UnixFS side (node/blockdag.py, over
   `consensus.unixfs`). `stats()` reads counters kept in memory: no I/O.
 """
 
@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import sqlite3
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Any, AsyncIterator, Callable, Iterable
 
 import trio
 
@@ -420,6 +420,14 @@ class BlockStore:
         if pin is not None:
             check_owner(pin)
         return await blockdag.add_path(self, Path(path), pin)
+
+    async def add_stream(self, chunks: AsyncIterator[bytes], name: str = "", *,
+                         pin: str | None = None) -> tuple[bytes, int]:
+        """Import one file whose bytes come from `chunks` (streaming, as `add_path` does a file);
+        (root cid, file bytes); its root row is listed under `name`."""
+        if pin is not None:
+            check_owner(pin)
+        return await blockdag.add_stream(self, chunks, name, pin)
 
     async def export(self, root: bytes, dest: Path) -> int:
         """Write the file or directory tree under `root` to `dest` (streaming, each block checked);

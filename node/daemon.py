@@ -238,10 +238,11 @@ async def run_node(config: NodeConfig, *, task_status=trio.TASK_STATUS_IGNORED) 
                     if config.api is not None:
                         token = http_token(config.api[0], data_dir, force=config.http_auth == "token",
                                            token_file=config.http_token_file)
+                        rest = RestApi(agent)
                         host, port = await _serve(nursery, "--api", config.api,
-                                                  partial(serve_app, app=RestApi(agent), token=token,
+                                                  partial(serve_app, app=rest, token=token,
                                                           max_body=API_MAX_BODY, deadline_s=API_DEADLINE_S,
-                                                          counters=agent.http))
+                                                          counters=agent.http, streamed_bodies=rest.streamed_body))
                         shown = f"[{host}]" if ":" in host else host
                         agent.api_url = f"http://{shown}:{port}"
                     nursery.start_soon(_save_peers, agent, store)

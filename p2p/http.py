@@ -10,6 +10,13 @@ every request must carry `Authorization: Bearer <token>` (else 401, before the b
 app runs). `serve_http` is the GET-only form with a route table. Enough for a stats page and a JSON
 API; not a general web framework.
 
+A route may take its request body streamed instead (`serve_app(..., streamed_bodies=)`: given the
+method and path, the largest body it accepts, or None for the usual whole body): the app then gets
+`Request.stream`, an async iterator of the body's chunks read from the socket as it asks for them,
+and `body` is empty. Each chunk must arrive within `body_s` of the one before (408), the body stay
+within its limit (413; at once by its Content-Length, before the app runs); the connection's
+deadline then counts from the last chunk. httpbody.py has the contract.
+
 A response body is bytes, or `Streamed(chunks, length)`: an async iterator of byte chunks sent as
 they come (with Content-Length when `length` is known, else chunked), so a file of any size is
 served without holding it. The connection's deadline then becomes a progress deadline: each
@@ -42,6 +49,7 @@ import h11
 import trio
 
 from .httpauth import authorized
+from .httpbody import BodyStream, RequestBodyError
 from .httplimits import RETRY_AFTER_S, ConnectionTable, HttpLimits, Slot
 
 log = logging.getLogger("distributeai.p2p.http")
@@ -67,7 +75,9 @@ LINGER_BYTES = 256 * 1024  # after an error answer, at most this much more is re
 # What a server counts in `counters`: connections refused over a cap (503), idle ones evicted to
 # admit a newer one, idle ones closed at `idle_s`, bodies cut at `body_s` (408), request heads
 # over MAX_HEADER_BYTES (431) and malformed requests (400).
-COUNTERS = ("refused_over_cap", "evicted_idle", "closed_idle", "body_timeout", "header_too_large", "bad_request")
+# A streamed request body (httpbody.py) over its limit is counted as body_too_large.
+COUNTERS = ("refused_over_cap", "evicted_idle", "closed_idle", "body_timeout", "header_too_large", "bad_request",
+            "body_too_large")
 
 
 @dataclass(frozen=True)
@@ -79,9 +89,11 @@ class Request:
     query: dict[str, str]
     headers: dict[bytes, bytes]  # lower-case names
     body: bytes
+    stream: AsyncIterator[bytes] | None = None  # the body as it arrives, for a route that asked (then body is b"")
 
 
 App = Callable[[Request], Awaitable[Response]]
+StreamedBodies = Callable[[str, str], int | None]  # (method, path) -> the largest body, streamed; None: whole
 
 
 def json_response(status: int, value: object) -> Response:
@@ -147,6 +159,11 @@ async def _answer_and_linger(stream: trio.SocketStream, answer: bytes, linger_s:
     (up to LINGER_BYTES, for up to `linger_s`) before the caller closes: closing a socket with
     unread data sends a reset, which can cost the client the answer."""
     await stream.send_all(answer)
+    await _linger(stream, linger_s)
+
+
+async def _linger(stream: trio.SocketStream, linger_s: float) -> None:
+    """End our side, then read and drop what the client still sends (see _answer_and_linger)."""
     await stream.send_eof()
     with trio.move_on_after(linger_s):
         seen = 0
@@ -184,6 +201,7 @@ class _Server:
     limits: HttpLimits
     table: ConnectionTable
     counters: collections.Counter
+    streamed_bodies: StreamedBodies | None = None
 
 
 async def _connection(stream: trio.SocketStream, server: _Server) -> None:
@@ -238,9 +256,16 @@ async def _handle(stream: trio.SocketStream, server: _Server, slot: Slot, head_s
         server.table.busy(slot)
         headers = {name.lower(): value for name, value in request.headers}
         extra: list[tuple[str, str]] = []
+        unread: BodyStream | None = None  # a streamed body the app did not read to its end
         if server.token is not None and not authorized(headers.get(b"authorization"), server.token):
             status, ctype, body = json_response(401, {"error": "a bearer token is required (Authorization: Bearer TOKEN)"})
             extra = [("www-authenticate", 'Bearer realm="distributeai"')]
+        elif (limit := _streamed_limit(server, request)) is not None:
+            answer = await _with_streamed_body(stream, conn, server, request, headers, limit, deadline)
+            if answer is None:
+                return
+            status, ctype, body, extra, reader = answer
+            unread = None if reader.done else reader
         else:
             length = headers.get(b"content-length", b"0")
             max_body = server.max_body
@@ -258,6 +283,7 @@ async def _handle(stream: trio.SocketStream, server: _Server, slot: Slot, head_s
                     await _answer_and_linger(stream, error_bytes(408, "request body not complete in time"), linger_s)
                     return
             if payload is None:
+                server.counters["body_too_large"] += 1
                 status, ctype, body = json_response(413, {"error": f"request body over the limit of {max_body} bytes",
                                                           "limit": max_body})
             else:
@@ -274,6 +300,54 @@ async def _handle(stream: trio.SocketStream, server: _Server, slot: Slot, head_s
         if request.method != b"HEAD":
             await stream.send_all(conn.send(h11.Data(data=body)))
         await stream.send_all(conn.send(h11.EndOfMessage()))
+        if unread is not None:  # answered before the body ended: let the client read the answer
+            await _linger(stream, linger_s)
+
+
+def _streamed_limit(server: _Server, request: h11.Request) -> int | None:
+    if server.streamed_bodies is None:
+        return None
+    path, _ = _parse_target(request.target)
+    return server.streamed_bodies(request.method.decode("ascii", "replace").upper(), path)
+
+
+async def _with_streamed_body(stream: trio.SocketStream, conn: h11.Connection, server: _Server, request: h11.Request,
+                              headers: dict[bytes, bytes], limit: int, deadline: trio.CancelScope
+                              ) -> tuple[int, str, Body, list[tuple[str, str]], BodyStream] | None:
+    """Run the app with the body streamed (httpbody.py); its answer, or None when the body failed
+    (over `limit`, silent for `body_s`, malformed: answered here, counted, whatever the app said).
+    The connection's deadline is moved to `deadline_s` after each chunk that arrives (at least
+    `body_s` and the linger, so a silent client is answered 408 rather than dropped)."""
+    length = headers.get(b"content-length", b"")
+    if length.isdigit() and int(length) > limit:
+        server.counters["body_too_large"] += 1
+        await _answer_and_linger(stream, error_bytes(413, f"request body over the limit of {limit} bytes"),
+                                 server.limits.linger_s)
+        return None
+
+    # Time for the next chunk (body_s), then for an answer, whatever the caller's deadline_s.
+    step_s = max(server.deadline_s, server.limits.body_s + server.limits.linger_s + 1.0)
+
+    def progress() -> None:
+        deadline.deadline = max(deadline.deadline, trio.current_time() + step_s)
+
+    progress()
+    reader = BodyStream(conn, stream, limit, server.limits.body_s, progress)
+    path, query = _parse_target(request.target)
+    chunks = reader.chunks()
+    try:
+        status, ctype, body, *more = await server.app(Request(request.method.decode("ascii", "replace").upper(),
+                                                              path, query, headers, b"", chunks))
+    finally:
+        with trio.CancelScope(shield=True):
+            await chunks.aclose()
+    failure = reader.failure
+    if failure is not None:
+        if failure.counter is not None:
+            server.counters[failure.counter] += 1
+        await _answer_and_linger(stream, error_bytes(failure.status, failure.message), server.limits.linger_s)
+        return None
+    return status, ctype, body, list(more[0]) if more else [], reader
 
 
 async def _send_streamed(stream: trio.SocketStream, conn: h11.Connection, method: bytes, status: int, ctype: str,
@@ -337,22 +411,26 @@ async def serve_http(host: str, port: int, routes: dict[str, Route], *, token: s
 async def serve_app(host: str, port: int, app: App, *, token: str | None = None,
                     max_body: int = DEFAULT_MAX_BODY, deadline_s: float = CONNECTION_DEADLINE_S,
                     limits: HttpLimits = HttpLimits(), counters: collections.Counter | None = None,
+                    streamed_bodies: StreamedBodies | None = None,
                     task_status=trio.TASK_STATUS_IGNORED) -> None:
     """Serve `app` until cancelled; see the module docstring for bodies, tokens, deadlines and
     limits. `counters`, if given, is where the server counts what it refused (COUNTERS); the
-    caller reads it. An exception from the app is the app's bug: it is logged and answered 500,
-    and the server goes on."""
+    caller reads it. `streamed_bodies(method, path)`, if given, names the routes whose request
+    body the app reads as it arrives (`Request.stream`) and the largest such body. An exception
+    from the app is the app's bug: it is logged and answered 500, and the server goes on."""
 
     async def guarded(request: Request) -> Response:
         try:
             return await app(request)
+        except RequestBodyError as exc:  # the body failed: the server answers it (_with_streamed_body)
+            return json_response(exc.status, {"error": exc.message})
         except Exception:
             log.exception("http app failed on %s %s", request.method, request.path[:200])
             return json_response(500, {"error": "internal error"})
 
     server = _Server(guarded, token, max_body, deadline_s, limits,
                      ConnectionTable(limits.max_connections, limits.max_per_client),
-                     counters if counters is not None else collections.Counter())
+                     counters if counters is not None else collections.Counter(), streamed_bodies)
 
     async def handler(stream: trio.SocketStream) -> None:
         try:

@@ -1,5 +1,6 @@
 """The node's REST API (issue 8), against real nodes on 127.0.0.1 with a real HTTP client
-(urllib): the seed's two job files verified through it in a 3-node Docker network, its errors
+(urllib): the seed's two job files verified through it in a 3-node Docker network (and a file
+uploaded to one node's blobs and streamed from another's by CID), its errors
 (4xx naming the field, 413, 405, 404; nothing reaches the network), the bearer token, and a
 schemathesis run over /openapi.json that must find no 5xx (nor any response the document does not
 describe)."""
@@ -9,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import socket
 import subprocess
 import sys
 import time
@@ -156,6 +158,7 @@ def test_the_seeds_job_files_verify_through_the_rest_api(tmp_path, docker_host):
         assert stats["active_nodes"] >= 3 and stats["pending_jobs"] == 0
 
         a_big_output_is_fetched_whole_and_streamed(net, api, tmp_path)
+        a_blob_uploaded_to_one_node_is_streamed_from_another(net, tmp_path)
 
 
 def file_cid(data: bytes) -> str:
@@ -195,11 +198,67 @@ def a_big_output_is_fetched_whole_and_streamed(net: Devnet, api: str, tmp_path: 
     assert file_cid(expected) in got.stderr
 
 
+def a_blob_uploaded_to_one_node_is_streamed_from_another(net: Devnet, tmp_path: Path) -> None:
+    """Issue 16 item 5: POST /api/v1/blobs streams a file into node 0's block store (its CID is
+    the one consensus.unixfs gives those bytes, as ipfs add --cid-version 1); GET
+    /api/v1/blobs/{cid} on node 1 fetches its blocks over Bitswap and streams it whole, with its
+    length; both list it. A directory's CID is refused (400, field cid)."""
+    data = b"".join(hashlib.sha256(b"%d" % i).digest() for i in range(3 * 32768 + 400))  # 3 MiB and a bit
+    first, second = net.node_info[0]["api_url"], net.node_info[1]["api_url"]
+    status, headers, body = http("POST", f"{first}/api/v1/blobs?name=data.bin", data,
+                                 content_type="application/octet-stream")
+    assert status == 201 and headers["Content-Type"] == "application/json", body
+    added = json.loads(body)
+    assert added["cid"] == file_cid(data) and added["size"] == len(data)
+    status, headers, got = http("GET", f"{second}/api/v1/blobs/{added['cid']}")
+    assert status == 200 and headers["Content-Type"] == "application/octet-stream"
+    assert headers["Content-Length"] == str(len(data)) and got == data
+    for api, name in ((first, "data.bin"), (second, "")):
+        status, listed = get_json(f"{api}/api/v1/blobs")
+        assert status == 200 and {"cid": added["cid"], "size": len(data), "name": name} in [
+            {k: row[k] for k in ("cid", "size", "name")} for row in listed["blobs"]], listed
+    folder = tmp_path / "folder"
+    folder.mkdir()
+    (folder / "a.txt").write_text("a\n")
+    done = cli("blob", "add", str(folder), "--json", "--data-dir", str(net.node_dirs[0]))
+    assert done.returncode == 0, done.stderr
+    status, error = get_json(f"{first}/api/v1/blobs/{json.loads(done.stdout)['cid']}")
+    assert status == 400 and error["field"] == "cid" and "directory" in error["error"]
+
+
+def blob_requests_are_checked(api: str) -> None:
+    """On a node whose block store holds 4 MiB: an upload over that is refused (413) before it is
+    read, one the pinned blocks leave no room for is 507, a malformed CID 400 naming the field; a
+    refused upload leaves nothing listed."""
+    # A client that announces 5 MiB is answered at once, before it sends them (as curl, which
+    # waits for "100 Continue", sees it; urllib would still be sending when the node closes).
+    host, port = api.removeprefix("http://").rsplit(":", 1)
+    with socket.create_connection((host, int(port)), timeout=30) as sock:
+        sock.sendall(b"POST /api/v1/blobs HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n" % (5 << 20))
+        answer = b"".join(iter(lambda: sock.recv(65536), b""))
+    head, _, body = answer.partition(b"\r\n\r\n")
+    assert head.split()[1] == b"413" and "limit" in json.loads(body)["error"], answer
+    status, _, answer = http("POST", f"{api}/api/v1/blobs?name=a%2Fb", b"x")
+    assert status == 400 and json.loads(answer)["field"] == "name"
+    status, listed = get_json(f"{api}/api/v1/blobs")
+    assert (status, listed) == (200, {"blobs": []})
+    first = os.urandom(3 << 20)
+    status, _, answer = http("POST", f"{api}/api/v1/blobs", first, content_type="application/octet-stream")
+    assert status == 201 and json.loads(answer)["cid"] == file_cid(first)
+    status, _, answer = http("POST", f"{api}/api/v1/blobs", os.urandom(3 << 20), content_type="application/octet-stream")
+    assert status == 507 and "full" in json.loads(answer)["error"]
+    status, listed = get_json(f"{api}/api/v1/blobs")
+    assert status == 200 and [row["cid"] for row in listed["blobs"]] == [file_cid(first)]
+    for text in ("bafynotacid", "Qm" + "1" * 44, "x" * 300):
+        status, error = get_json(f"{api}/api/v1/blobs/{text}")
+        assert status == 400 and error["field"] == "cid", (text, error)
+
+
 UNKNOWN_CID = "bafkreifzjut3te2nhyekklss27nh3k72ysco7y32koao5eei66wof36n5e"  # the raw block "hello world"
 
 
 def test_bad_requests_get_a_4xx_naming_the_field_and_reach_nothing(tmp_path):
-    with Devnet(tmp_path / "net", nodes=1, sandbox="process", api=True) as net:
+    with Devnet(tmp_path / "net", nodes=1, sandbox="process", api=True, extra_args=("--store-max", "4m")) as net:
         net.start()
         net.wait_connected()
         api = net.node_info[0]["api_url"]
@@ -254,6 +313,7 @@ def test_bad_requests_get_a_4xx_naming_the_field_and_reach_nothing(tmp_path):
         job_id = json.loads(body)["id"]
         status, error = get_json(f"{api}/api/v1/jobs/{job_id}/result")
         assert status == 409 and error["field"] == "id"
+        blob_requests_are_checked(api)
         # Inputs by CID: data the node holds (`blob add`) is sized and shown to the job at /in.
         (tmp_path / "in.txt").write_text("by cid\n")
         added = net.call(0, {"op": "blob_add", "path": str(tmp_path / "in.txt")})
@@ -276,11 +336,14 @@ def test_off_loopback_rules_a_token_is_required(tmp_path):
         token = token_file.read_text().strip()
         seed = (WORKLOADS / "hash-verify.json").read_bytes()
         for method, path, body in [("GET", "/stats", None), ("GET", "/api/v1/jobs", None),
-                                   ("POST", "/api/v1/jobs", seed), ("GET", "/openapi.json", None)]:
+                                   ("POST", "/api/v1/jobs", seed), ("GET", "/openapi.json", None),
+                                   ("POST", "/api/v1/blobs", seed), ("GET", "/api/v1/blobs", None)]:
             for wrong in (None, "not-the-token"):
                 status, headers, answer = http(method, api + path, body, token=wrong)
                 assert status == 401 and "Bearer" in headers["WWW-Authenticate"], (method, path)
         assert get_json(f"{api}/api/v1/jobs", token=token) == (200, {"jobs": [], "total": 0, "limit": 50, "offset": 0})
+        status, _, body = http("POST", f"{api}/api/v1/blobs", seed, token=token, content_type="application/octet-stream")
+        assert status == 201 and json.loads(body)["cid"] == file_cid(seed)
         # One node: a job of quorum 1 is one it can take (a larger quorum is refused as too_few_nodes).
         alone = json.dumps({**json.loads(seed), "replicas": 1, "quorum": 1}).encode()
         status, _, body = http("POST", f"{api}/api/v1/jobs", alone, token=token)

@@ -1,17 +1,24 @@
 """p2p/http.py's streamed response bodies (`Streamed`), over real sockets on 127.0.0.1 against a
 real `serve_app`: a body larger than anything held is sent chunk by chunk, with its length or
 chunked; a stream that fails part way is cut (the client sees a short body, never a whole one);
-the iterator is always closed; a reader that stops reading is cut at the progress deadline."""
+the iterator is always closed; a reader that stops reading is cut at the progress deadline.
+And streamed request bodies: an upload larger than anything held arrives whole (Content-Length or
+chunked), one that stops sending is cut after `body_s` of silence (however long it took in all),
+one over its route's limit is refused 413; each refusal counted."""
 
 from __future__ import annotations
 
+import collections
 import hashlib
+import json
+import tracemalloc
 from contextlib import asynccontextmanager
 
 import h11
 import trio
 
-from distributeai.p2p.http import Request, Response, Streamed, serve_app
+from distributeai.p2p.http import Request, Response, Streamed, json_response, serve_app
+from distributeai.p2p.httplimits import HttpLimits
 
 WAIT_S = 20
 CHUNK = 1 << 16
@@ -125,3 +132,134 @@ async def test_a_client_that_stops_reading_is_cut_at_the_progress_deadline():
             await app.closed.wait()  # never read: the server gave up on it, and closed the iterator
         await stream.aclose()
     assert app.made < 10_000
+
+
+# --- streamed request bodies (`serve_app(..., streamed_bodies=)`, p2p/httpbody.py) -----------------
+
+UPLOAD_LIMIT = 48 << 20
+
+
+class Upload:
+    """An app that reads its body as it arrives, hashing it, and says what it saw."""
+
+    def __init__(self) -> None:
+        self.called = 0
+        self.biggest = 0
+
+    async def __call__(self, request: Request) -> Response:
+        self.called += 1
+        digest, size = hashlib.sha256(), 0
+        async for chunk in request.stream:
+            self.biggest = max(self.biggest, len(chunk))
+            digest.update(chunk)
+            size += len(chunk)
+        return json_response(201, {"size": size, "sha256": digest.hexdigest()})
+
+
+def only_uploads(method: str, path: str) -> int | None:
+    return UPLOAD_LIMIT if (method, path) == ("POST", "/up") else None
+
+
+async def post(port: int, pieces, *, chunked: bool, length: int | None = None) -> tuple[int, bytes]:
+    """(status, body) of one POST /up whose body is `pieces` (an async iterator of bytes), sent
+    with its Content-Length (`length`) or chunked; the answer is read even if the server stops
+    reading the body part way."""
+    stream = await trio.open_tcp_stream("127.0.0.1", port)
+    conn = h11.Connection(h11.CLIENT)
+    size = [("transfer-encoding", "chunked")] if chunked else [("content-length", str(length))]
+    answer = bytearray()
+
+    async def send() -> None:
+        try:
+            await stream.send_all(conn.send(h11.Request(method="POST", target="/up", headers=[("host", "x"), *size])))
+            async for data in pieces:
+                await stream.send_all(conn.send(h11.Data(data=data)))
+            await stream.send_all(conn.send(h11.EndOfMessage()))
+        except (trio.BrokenResourceError, trio.ClosedResourceError, h11.LocalProtocolError):
+            pass  # the server answered and closed before the body ended
+
+    async with stream, trio.open_nursery() as nursery:
+        nursery.start_soon(send)
+        while True:
+            try:
+                data = await stream.receive_some(1 << 16)
+            except trio.BrokenResourceError:
+                break
+            if not data:
+                break
+            answer += data
+        nursery.cancel_scope.cancel()
+    head, _, body = bytes(answer).partition(b"\r\n\r\n")
+    return int(head.split()[1]), body
+
+
+async def pieces_of(n: int, gap_s: float = 0.0, stall_after: int | None = None):
+    for i in range(n):
+        if i == stall_after:
+            await trio.sleep_forever()  # the client's behaviour: it stops sending
+        if gap_s:
+            await trio.sleep(gap_s)  # the client's behaviour: a slow sender
+        yield piece(i)
+
+
+async def test_a_large_streamed_upload_arrives_whole_in_bounded_memory_with_its_length_or_chunked():
+    n = 512  # 32 MiB, sent 64 KiB at a time
+    want = hashlib.sha256(expected(n)).hexdigest()
+    for chunked in (False, True):
+        app = Upload()
+        async with server(app, streamed_bodies=only_uploads) as port:
+            tracemalloc.start()
+            try:
+                with trio.fail_after(60):
+                    status, body = await post(port, pieces_of(n), chunked=chunked, length=n * CHUNK)
+                peak = tracemalloc.get_traced_memory()[1]
+            finally:
+                tracemalloc.stop()
+        assert status == 201 and json.loads(body) == {"size": n * CHUNK, "sha256": want}
+        assert app.biggest <= 1 << 16
+        assert peak < 8 << 20, peak  # the server held a few chunks at a time, never the 32 MiB
+
+
+async def test_a_streamed_upload_is_cut_after_body_s_of_silence_not_body_s_in_all():
+    counters = collections.Counter()
+    limits = HttpLimits(body_s=2.0)
+    async with server(Upload(), streamed_bodies=only_uploads, limits=limits, deadline_s=1.0,
+                      counters=counters) as port:
+        with trio.fail_after(WAIT_S):
+            # 10 pieces 0.25 s apart: 2.5 s in all, longer than body_s and than the connection deadline
+            status, body = await post(port, pieces_of(10, gap_s=0.25), chunked=True)
+            assert status == 201 and json.loads(body)["size"] == 10 * CHUNK
+            started = trio.current_time()
+            status, body = await post(port, pieces_of(10, stall_after=3), chunked=False, length=10 * CHUNK)
+        assert status == 408 and trio.current_time() - started >= limits.body_s
+        assert "nothing arrived" in json.loads(body)["error"]
+    assert counters["body_timeout"] == 1
+
+
+async def test_an_upload_over_its_limit_is_refused_413_and_counted():
+    counters = collections.Counter()
+    app = Upload()
+    n = UPLOAD_LIMIT // CHUNK + 8
+    async with server(app, streamed_bodies=only_uploads, counters=counters) as port:
+        with trio.fail_after(WAIT_S):
+            # by its Content-Length: refused before the app runs
+            status, body = await post(port, pieces_of(n), chunked=False, length=n * CHUNK)
+            assert status == 413 and app.called == 0
+            # chunked: cut as it passes the limit
+            status, body = await post(port, pieces_of(n), chunked=True)
+            assert status == 413 and app.called == 1
+            assert str(UPLOAD_LIMIT) in json.loads(body)["error"]
+            # a route that did not ask for streaming keeps the whole-body limit
+            status, _ = await post_to_other_route(port)
+            assert status == 413
+    assert counters["body_too_large"] == 3
+
+
+async def post_to_other_route(port: int) -> tuple[int, bytes]:
+    stream = await trio.open_tcp_stream("127.0.0.1", port)
+    async with stream:
+        await stream.send_all(b"POST /other HTTP/1.1\r\nhost: x\r\ncontent-length: 1000000\r\n\r\n")
+        answer = bytearray()
+        while data := await stream.receive_some(1 << 16):
+            answer += data
+    return int(bytes(answer).split()[1]), bytes(answer)
