@@ -105,7 +105,8 @@ def job_inputs(ports, settings) -> "JobInputs | None":
     content = getattr(ports, "content", None)
     if content is None:
         return None
-    inputs_dir = settings.data_dir / "inputs" if settings.data_dir is not None else None
+    # Absolute: the sandbox takes only an absolute in_dir, and --data-dir may be relative.
+    inputs_dir = settings.data_dir.absolute() / "inputs" if settings.data_dir is not None else None
     return JobInputs(content.blocks, content.fetch_dag, ports.transport.connected_peers, inputs_dir)
 
 

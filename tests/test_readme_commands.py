@@ -12,6 +12,7 @@ What is changed in a line before it runs, and why (SUBSTITUTIONS, `placeholders`
 | `/ip4/127.0.0.1/tcp/4001/p2p/12D3KooW...` | the bootstrap's multiaddr | a placeholder |
 | `tcp/4001`, `127.0.0.1:8080`, `127.0.0.1:8081` | free ports | other tests may hold these |
 | `bafy...` | the CID n1 listed last (`blob ls`) | a placeholder |
+| `python3 examples/ai/make_data.py .run/ai` | the same with Debian's python3 (it has numpy; the venv's does not) and `--rows 2000` (8 MB of data instead of 205 MB) | minutes by design; the image comes from scripts/test.sh, which builds it (`scripts/build-python-image.sh` is not run here) |
 | `JOB_ID`, `3f2a9c01` (an 8-digit prefix) | the newest job n1 submitted (its full id, or its first 8 digits); for `job result`, the newest verified one; for `job cancel`, a `sleep 300` job submitted for it with `--no-wait` | placeholders |
 | `DOCKER_HOST=unix:///tmp/dai-docker/docker.sock` | the test daemon's URL | the daemon of `scripts/dockerd.sh` |
 | the tools' sizes (TOOL_SCALE) | a few units of each | minutes by design (simulate's 10,000 nodes: 4.5 min, fuzz's 100,000 inputs: 70 s, bench's 100 jobs on 5 nodes on 2 shared cores); every flag is kept |
@@ -62,7 +63,8 @@ TOOL_SCALE = {
     "fuzz": [("--inputs 100000", "--inputs 200")],
     "sandbox-time": [("--runs 10", "--runs 2")],
 }
-NOT_RUN = ("scripts/demo.sh", "scripts/test.sh")  # see the module docstring
+NOT_RUN = ("scripts/demo.sh", "scripts/test.sh", "scripts/build-python-image.sh")  # see the module docstring
+EXAMPLE_DATA = ("python3 examples/ai/make_data.py .run/ai", "/usr/bin/python3 examples/ai/make_data.py .run/ai --rows 2000")
 
 
 def sh_blocks(text: str) -> list[list[str]]:
@@ -137,6 +139,7 @@ class Place:
         (root / ".venv" / "bin").mkdir(parents=True)
         (root / ".venv" / "bin" / "distributeai").symlink_to(ENTRY)
         (root / "sandbox").symlink_to(REPO / "sandbox")
+        (root / "examples").symlink_to(REPO / "examples")
         (root / "n1").mkdir()
         (root / "node1").symlink_to(root / "n1")
         (root / "distributeai").mkdir()
@@ -167,6 +170,7 @@ class Place:
         line = line.replace("/ip4/127.0.0.1/tcp/4001/p2p/12D3KooW...", self.multiaddr)
         line = self.ports_in(line)
         line = line.replace("unix:///tmp/dai-docker/docker.sock", self.docker_host)
+        line = line.replace(*EXAMPLE_DATA)
         sub = subcommand(line)
         for written, small in TOOL_SCALE.get(sub[0] if sub else "", []):
             line = line.replace(written, small)
@@ -264,7 +268,8 @@ def test_lines_are_found():
     assert sum(1 for line in readme if subcommand(line)) >= 20
     assert any("sh -c \"echo 'Hello' | sha256sum\" --json" in line for line in readme)
     assert any(line.startswith("printf") for line in readme)
-    assert all(subcommand(line) or line.startswith(("printf", "curl")) for line in readme), readme
+    assert any(line.startswith(EXAMPLE_DATA[0]) for line in readme)
+    assert all(subcommand(line) or line.startswith(("printf", "curl", EXAMPLE_DATA[0])) for line in readme), readme
     assert len(examples) >= 10 and all(subcommand(e) for e in examples)
 
 
