@@ -13,7 +13,7 @@ scripts/build-python-image.sh
 scripts/build-python-image.sh --numpy   # examples/ai (tests/test_ai_example.py)
 export DISTRIBUTEAI_REQUIRE_DOCKER=1 DISTRIBUTEAI_REQUIRE_BWRAP=1
 trap 'scripts/dockerd.sh stop "$DOCKER_DIR" >/dev/null 2>&1 || true' EXIT
-.venv/bin/python -m pytest -q -p no:cacheprovider "$@"
+.venv/bin/python -m pytest -q -p no:cacheprovider --durations=30 "$@"  # the 30 slowest: where CI time goes
 # The whole suite also runs the dedicated fuzz run (issue 7): 100,000 inputs for every decoder a
 # peer or a user reaches (scripts/fuzz.sh; about 3 minutes on 2 cores). Its full JSON report is
 # kept in .run/fuzz/report.json; a finding fails the run.

@@ -79,12 +79,12 @@ class ByzantineAgent(agent_module.Agent):
     price: int | None = None  # None: the configured price
     weak_pow = False
 
-    def __init__(self, identity, store, overlay, sandboxes, settings, outputs_dir=None) -> None:
+    def __init__(self, identity, store, overlay, sandboxes, settings, **options) -> None:
         if self.price is not None:
             settings = dataclasses.replace(settings, price=self.price)
         if self.weak_pow:
             settings = dataclasses.replace(settings, pow_nonce=weak_nonce(identity.public_key, settings.pow_difficulty))
-        super().__init__(identity, store, overlay, sandboxes, settings, outputs_dir)
+        super().__init__(identity, store, overlay, sandboxes, settings, **options)  # outputs_dir, blocks, ...
 
 
 class FragileAgent(ByzantineAgent):
