@@ -71,12 +71,22 @@ def name_problem(name: bytes) -> str | None:
         text = name.decode("utf-8")
     except UnicodeDecodeError:
         return "is not valid UTF-8"
-    if not text or len(name) > MANIFEST_PATH_MAX:
-        return f"is empty or longer than {MANIFEST_PATH_MAX} bytes"
+    return relative_path_problem(text, MANIFEST_PATH_MAX)
+
+
+def relative_path_problem(text: str, max_bytes: int) -> str | None:
+    """The one rule for a path under /in or /out (None: it is one): at most `max_bytes` bytes of
+    UTF-8, relative, no empty, "." or ".." component, no control character."""
+    try:
+        raw = text.encode("utf-8")
+    except UnicodeEncodeError:
+        return "is not valid UTF-8"
+    if not text or len(raw) > max_bytes:
+        return f"is empty or longer than {max_bytes} bytes"
     if any(is_control(ch) for ch in text):
         return "has control characters"
-    if any(part in ("", ".", "..") for part in text.split("/")) or text.startswith("/"):
-        return "is not a plain relative path"
+    if text.startswith("/") or any(part in ("", ".", "..") for part in text.split("/")):
+        return "is not a plain relative path (no leading /, no empty, . or .. part)"
     return None
 
 

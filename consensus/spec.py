@@ -17,6 +17,7 @@ from .fields import (
     OUT_MAX_FILES_LIMIT, MAX_TASK_ARGS, MAX_TASKS, MAX_TOTAL_RESULTS, SANDBOX_KINDS, STDIN_CAP,
     WASM_INLINE_CAP, _arity, _bool, _bytes, _fail, _int, _list, _str,
 )
+from .outputs import relative_path_problem
 
 
 @dataclass(frozen=True)
@@ -164,17 +165,7 @@ def input_path_problem(path: str) -> str | None:
     at most INPUT_PATH_MAX bytes of UTF-8, no empty, "." or ".." component, no control character."""
     if not isinstance(path, str):
         return "is not a string"
-    try:
-        raw = path.encode("utf-8")
-    except UnicodeEncodeError:
-        return "is not valid UTF-8"
-    if not path or len(raw) > INPUT_PATH_MAX:
-        return f"is empty or longer than {INPUT_PATH_MAX} bytes"
-    if any(ord(ch) < 0x20 or 0x7F <= ord(ch) < 0xA0 for ch in path):
-        return "has control characters"
-    if path.startswith("/") or any(part in ("", ".", "..") for part in path.split("/")):
-        return "is not a plain relative path (no leading /, no empty, . or .. part)"
-    return None
+    return relative_path_problem(path, INPUT_PATH_MAX)
 
 
 def check_inputs(items: list) -> tuple[tuple[bytes, str, int], ...]:

@@ -28,7 +28,7 @@ import uuid
 from pathlib import Path
 
 from distributeai.consensus.cid import check_cid, cid_text, verify_block
-from .sqlitefile import StoreDamaged, StoreFull, disk_error
+from .sqlitefile import StoreDamaged, StoreFull, connect
 
 TEMP_DIR = "tmp"
 INDEX_FILE = "index.db"
@@ -57,8 +57,6 @@ CREATE TABLE IF NOT EXISTS roots (
 );
 """
 
-_DAMAGED = {sqlite3.SQLITE_CORRUPT, sqlite3.SQLITE_NOTADB}
-
 
 class BlockIndexDamaged(StoreDamaged):
     """`blocks/index.db` is not a sound SQLite database; one line with the recovery."""
@@ -72,29 +70,9 @@ class BlockIndexDamaged(StoreDamaged):
 
 
 def connect_index(path: Path) -> sqlite3.Connection:
-    """Open (or create) the index as node/sqlitefile.connect opens node.db: WAL, quick_check;
+    """Open (or create) the index as node.db is opened (node/sqlitefile.connect: WAL, quick_check);
     BlockIndexDamaged for a file that is not a sound database, StoreFull for a full disk."""
-    conn = None
-    try:
-        conn = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None)
-        conn.execute("PRAGMA journal_mode=WAL")
-        conn.execute("PRAGMA synchronous=NORMAL")
-        conn.execute("PRAGMA busy_timeout=5000")
-        problems = [row[0] for row in conn.execute("PRAGMA quick_check(3)")]
-        if problems != ["ok"]:
-            raise BlockIndexDamaged(path, " ".join(" ".join(problems).split()))
-        conn.executescript(SCHEMA)
-    except (sqlite3.Error, BlockIndexDamaged) as exc:
-        if conn is not None:
-            conn.close()
-        if isinstance(exc, BlockIndexDamaged):
-            raise
-        if getattr(exc, "sqlite_errorcode", None) in _DAMAGED:
-            raise BlockIndexDamaged(path, str(exc)) from None
-        if disk_error(exc):
-            raise StoreFull(f"cannot open {path}: {exc}") from exc
-        raise
-    return conn
+    return connect(path, SCHEMA, BlockIndexDamaged, rows=False)
 
 
 class BlockStoreFull(Exception):

@@ -40,7 +40,7 @@ from . import blockdag, clock
 from .blockfiles import (  # noqa: F401 (BlockIndexDamaged, BlockStoreFull, MissingBlock: re-exported)
     INDEX_FILE, BlockFiles, BlockIndexDamaged, BlockStoreFull, MissingBlock, connect_index,
 )
-from .sqlitefile import StoreFull, disk_error, rollback
+from .sqlitefile import StoreFull, disk_error, rollback, transaction
 
 DEFAULT_MAX_BYTES = 10 << 30  # `node start --store-max` (10g)
 TOUCH_FLUSH = 1024  # gets whose recency is kept in memory before it is written
@@ -139,20 +139,7 @@ class BlockStore:
         return await trio.to_thread.run_sync(call, limiter=self._limiter)
 
     def _tx(self, fn: Callable[[sqlite3.Connection], Any]) -> Any:
-        c = self._conn
-        try:
-            c.execute("BEGIN IMMEDIATE")
-            try:
-                out = fn(c)
-                c.execute("COMMIT")
-            except BaseException:
-                rollback(c)
-                raise
-        except sqlite3.Error as exc:
-            if disk_error(exc):
-                raise StoreFull(f"the block index could not write to disk: {exc}") from exc
-            raise
-        return out
+        return transaction(self._conn, fn, "the block index")
 
     async def _set_pinned(self, fn: Callable[[sqlite3.Connection], int]) -> None:
         """Run a transaction that changes pins and returns the pinned bytes after it."""

@@ -132,28 +132,50 @@ def rollback(conn: sqlite3.Connection) -> None:
             pass
 
 
-def connect(path: Path) -> sqlite3.Connection:
-    """Open node.db and check it (`PRAGMA quick_check`): StoreDamaged if it is not a sound database,
+def connect(path: Path, schema: str = SCHEMA, damaged: type[StoreDamaged] = StoreDamaged,
+            rows: bool = True) -> sqlite3.Connection:
+    """Open node.db (or another of the node's SQLite files, with its `schema` and its `damaged`
+    error) and check it (`PRAGMA quick_check`): `damaged` if it is not a sound database,
     StoreFull when the disk cannot hold what opening needs (the WAL's index, a new schema); other
-    SQLite errors (locked, unreadable) propagate as themselves."""
+    SQLite errors (locked, unreadable) propagate as themselves. `rows`: rows as sqlite3.Row."""
     conn = None
     try:
         conn = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None)
-        conn.row_factory = sqlite3.Row
+        if rows:
+            conn.row_factory = sqlite3.Row
         conn.execute("PRAGMA journal_mode=WAL")
         conn.execute("PRAGMA synchronous=NORMAL")
         conn.execute("PRAGMA busy_timeout=5000")
         problems = [row[0] for row in conn.execute("PRAGMA quick_check(3)")]
         if problems != ["ok"]:
-            conn.close()
-            raise StoreDamaged(path, " ".join(" ".join(problems).split()))
-        conn.executescript(SCHEMA)
-    except sqlite3.Error as exc:
+            raise damaged(path, " ".join(" ".join(problems).split()))
+        conn.executescript(schema)
+    except (sqlite3.Error, StoreDamaged) as exc:
         if conn is not None:
             conn.close()
+        if isinstance(exc, StoreDamaged):
+            raise
         if getattr(exc, "sqlite_errorcode", None) in _DAMAGED:
-            raise StoreDamaged(path, str(exc)) from None
+            raise damaged(path, str(exc)) from None
         if disk_error(exc):
             raise StoreFull(f"cannot open {path}: {exc}") from exc
         raise
     return conn
+
+
+def transaction(conn: sqlite3.Connection, fn, what: str):
+    """`fn(conn)` in one BEGIN IMMEDIATE transaction, rolled back on any exception; a disk error
+    is StoreFull ("`what` could not write to disk: ...") and leaves the connection usable."""
+    try:
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            out = fn(conn)
+            conn.execute("COMMIT")
+        except BaseException:
+            rollback(conn)
+            raise
+    except sqlite3.Error as exc:
+        if disk_error(exc):
+            raise StoreFull(f"{what} could not write to disk: {exc}") from exc
+        raise
+    return out

@@ -46,7 +46,7 @@ from typing import Any, Callable
 import trio
 
 from .sqlitefile import (  # noqa: F401 (StoreDamaged, StoreFull, disk_error: re-exported)
-    StoreDamaged, StoreFull, connect as _connect, disk_error, rollback as _rollback,
+    StoreDamaged, StoreFull, connect as _connect, disk_error, transaction,
 )
 
 
@@ -71,20 +71,7 @@ class Store:
 
     async def _run(self, fn: Callable[[sqlite3.Connection], Any]) -> Any:
         def tx() -> Any:
-            conn = self._conn
-            try:
-                conn.execute("BEGIN IMMEDIATE")
-                try:
-                    out = fn(conn)
-                    conn.execute("COMMIT")
-                except BaseException:
-                    _rollback(conn)
-                    raise
-            except sqlite3.Error as exc:
-                if disk_error(exc):
-                    raise StoreFull(f"the store could not write to disk: {exc}") from exc
-                raise
-            return out
+            return transaction(self._conn, fn, "the store")
 
         if self._inline:
             out = tx()
