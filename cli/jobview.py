@@ -191,9 +191,11 @@ def print_job(view: dict, as_json: bool) -> None:
     typer.echo(f"job      {view['job_id']}")
     typer.echo(status_line(view))
     typer.echo(f"elapsed  {view.get('elapsed_s')} s")
+    # Why an executor gave no result, as the submitter recorded it ("withdrawn <its reason>", "timeout ...").
+    why = {h["peer_id"]: h["detail"] for h in view.get("history") or [] if h.get("event") == "error" and h.get("detail")}
     for e in view.get("executors", []):
         mark = "agrees" if e["agreed"] else ("dissents" if e.get("dissented") else "no verdict" if e["result_hash"] else
-                                             f"no result ({safe(e.get('state') or 'unknown')})")
+                                             f"no result ({safe(why.get(e['peer_id']) or e.get('state') or 'unknown')})")
         typer.echo(f"executor {safe(e['peer_id'])}  {mark}  {(e['result_hash'] or '')[:16]}")
     if view.get("status") != "verified":  # why the nodes that did not bid would not
         for d in view.get("declines") or []:

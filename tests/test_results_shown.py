@@ -90,3 +90,20 @@ def test_an_oom_killed_job_says_so(net):
     assert out.returncode == 137, out.stdout + out.stderr
     assert "the executors agree that the job failed (killed: out of memory)" in out.stdout
     assert "memory   the job ran out of memory (its limit: 64 MiB) and was killed (exit code 137)" in out.stdout
+
+
+def test_an_executor_without_a_result_shows_why(capsys):
+    """The reason the submitter recorded for an executor's failure is on its line, not only in --json."""
+    from distributeai.cli.jobview import print_job
+
+    view = {"job_id": "ab" * 32, "status": "failed", "reason": "no bidders left to replace failed executors",
+            "elapsed_s": 1.7, "result_hash": None,
+            "executors": [{"peer_id": "12D3KooWA", "agreed": False, "result_hash": None, "state": "withdrawn"},
+                          {"peer_id": "12D3KooWB", "agreed": False, "result_hash": None, "state": "awarded"}],
+            "history": [{"at_ms": 1, "event": "award", "peer_id": "12D3KooWA", "detail": ""},
+                        {"at_ms": 2, "event": "error", "peer_id": "12D3KooWA",
+                         "detail": "withdrawn the job's inputs are not available: no provider has them"}]}
+    print_job(view, as_json=False)
+    out = capsys.readouterr().out
+    assert "executor 12D3KooWA  no result (withdrawn the job's inputs are not available: no provider has them)" in out
+    assert "executor 12D3KooWB  no result (awarded)" in out
