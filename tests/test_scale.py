@@ -5,7 +5,7 @@ One test, in phases, each timed and printed (`pytest -s tests/test_scale.py` sho
 1. Start-up: 51 OS processes (`Devnet`, process sandbox) until every node has printed its ready
    line. Each process imports libp2p (about 1 s of CPU), so on 2 cores this takes tens of
    seconds; it is not part of the discovery budget, which starts when the last node is up.
-2. Discovery, within DISCOVERY_S (30 s) of that moment: every node has found every other through
+2. Discovery, within DISCOVERY_S (60 s) of that moment: every node has found every other through
    the DHT: node A has node B's real listen address (the one in B's ready line), either in the
    peerstore that A's requests dial from, filled by A's DHT discovery, or from a Kademlia lookup
    for B, which is what a request to B would run (`find_peers`, control API). Nodes start
@@ -49,8 +49,10 @@ from distributeai.p2p.identity import load_or_create_key
 from .netfixtures import DEMO_STDOUT
 
 NODES = 50
-STARTUP_S = 150.0  # 51 processes importing libp2p on 2 cores: 23-48 s measured (shared machine)
-DISCOVERY_S = 30.0
+STARTUP_S = 150.0  # 51 processes importing libp2p on 2 cores: 23-65 s measured (shared machine)
+# Measured 10-19 s on 2 cores (18.8 s once nodes carried a block store and Bitswap); one fresh-clone
+# CI run went past 30 s. A loose bound: it catches discovery that does not converge, not a slow machine.
+DISCOVERY_S = 60.0
 LOOKUPS_PER_NODE = 2
 # Nodes running their fresh lookups at a time. A lookup waits for its slowest query (up to
 # 10 s), so dozens at once on 2 busy cores made the odd one time out.
