@@ -98,6 +98,7 @@ class Agent:
         self.api_url: str | None = None  # set by the daemon when it serves the REST API
         self.http: Counter = Counter()  # what the daemon's HTTP servers refused or closed (p2p/http.py)
         self.changed = trio.Event()  # replaced on every change; waiters re-check their condition
+        self._announcing: set[bytes] = set()  # roots whose provider record is being published
         self.nursery: trio.Nursery = None  # type: ignore[assignment]  # set by run()
         self.disk = DiskGuard(settings.data_dir, settings.disk_reserve)
         self.pins = Pins(now_ms)  # jobs whose outputs are being served (node/retention.py)
@@ -137,7 +138,7 @@ class Agent:
                           job_finished=self.metrics.job_finished, sandbox_run=self.metrics.sandbox_run),
             runtime=Runtime(now_ms=now_ms, spawn=lambda fn, *args: self.nursery.start_soon(self._task, fn, *args)),
             disk=self.disk,
-            content=Content(self.blocks, self.fetch_dag) if self.blocks is not None else None,
+            content=Content(self.blocks, self.fetch_dag, self.announce) if self.blocks is not None else None,
         )
 
     async def _task(self, fn: Callable[..., Awaitable[Any]], *args: Any) -> None:
@@ -428,9 +429,30 @@ class Agent:
         await self.overlay.bitswap.fetch(cids, providers, deliver)
 
     async def fetch_dag(self, root: bytes, providers: list[str], *, pin: str | None = None,
-                        progress: Progress | None = None) -> Progress:
-        """Every block of the DAG under `root` into the block store, from `providers` (node/transfer.py)."""
-        return await fetch_dag(root, self.blocks, self._fetch_blocks, providers, pin=pin, progress=progress)
+                        progress: Progress | None = None, max_bytes: int | None = None) -> Progress:
+        """Every block of the DAG under `root` into the block store, from `providers`, then from
+        the providers the DHT names for `root` (node/transfer.py)."""
+        return await fetch_dag(root, self.blocks, self._fetch_blocks, providers, pin=pin, progress=progress,
+                               max_bytes=max_bytes, find_providers=self.overlay.find_providers)
+
+    def announce(self, cid: bytes) -> None:
+        """Publish a DHT provider record for `cid` (a root held whole here), in the background;
+        one at a time per CID. A record no peer took is counted `provide_failed`."""
+        if cid in self._announcing or self.nursery is None:
+            return
+        self._announcing.add(cid)
+
+        async def provide() -> None:
+            try:
+                if not await self.overlay.provide(cid):
+                    self.count("provide_failed")
+            except Exception as exc:  # a DHT fault never reaches the node's nursery
+                log.debug("provider record for %s: %r", cid.hex(), exc)
+                self.count("provide_failed")
+            finally:
+                self._announcing.discard(cid)
+
+        self.nursery.start_soon(provide)
 
     def info(self) -> dict[str, Any]:
         return {

@@ -282,7 +282,8 @@ class Executing:
             return
         manifest = verify(reveal, Reveal).msg.manifest
         if manifest and self.ports.content is not None:  # the kept files become blocks (outputs_serving.py)
-            await import_outputs(self.ports.content.blocks, self.sandboxes.outputs_dir, job.job_id.hex(), manifest)
+            await import_outputs(self.ports.content.blocks, self.sandboxes.outputs_dir, job.job_id.hex(), manifest,
+                                 self.ports.content.announce)
         await self.apply(job, "ran", reveal, result=summary)
         self.ports.events.count("executed")
 

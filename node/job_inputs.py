@@ -27,6 +27,12 @@ Contract (`JobInputs`, one per node; the submitter's and the executor's sides bo
   directory, for `RunRequest.in_dir`. A fetch cut short (SIGKILL, restart) is resumed by calling
   it again: stored blocks are not asked for twice, and the directory is written afresh.
   `InputsUnavailable` (a LookupError) when no provider has some block, with the CID in words.
+  A fetch is bounded by the spec's size (node/transfer.py `size_bound`): a submitter that
+  understates an input is refused once that much has arrived, not after the whole DAG. When the
+  submitter and the connected peers lack a block, the DHT's provider records name more peers.
+- announcing: every input root this node holds whole (imported for its submission, or fetched
+  for a run) is announced in the DHT (`Content.announce`, in the background: a provider record
+  that other nodes' fetches find), so a dataset spreads from every node that has it.
   `remove_dir(job_hex)` after the run; `release(job_hex)` when the job has ended here.
 """
 
@@ -45,6 +51,7 @@ from distributeai.consensus.messages import JobSpec
 from distributeai.consensus.unixfs import decode_block
 
 from .blockstore import BlockStoreFull, MissingBlock
+from .transfer import size_bound
 
 # Agent.fetch_dag(root, providers, *, pin=None, progress=None): every block of the DAG in the store.
 FetchDag = Callable[..., Awaitable[Any]]
@@ -107,16 +114,18 @@ def job_inputs(ports, settings) -> "JobInputs | None":
         return None
     # Absolute: the sandbox takes only an absolute in_dir, and --data-dir may be relative.
     inputs_dir = settings.data_dir.absolute() / "inputs" if settings.data_dir is not None else None
-    return JobInputs(content.blocks, content.fetch_dag, ports.transport.connected_peers, inputs_dir)
+    return JobInputs(content.blocks, content.fetch_dag, ports.transport.connected_peers, inputs_dir,
+                     content.announce)
 
 
 class JobInputs:
     def __init__(self, blocks, fetch_dag: FetchDag, connected: Callable[[], list[str]],
-                 inputs_dir: Path | None) -> None:
+                 inputs_dir: Path | None, announce: Callable[[bytes], None] = lambda cid: None) -> None:
         self.blocks = blocks
         self.fetch_dag = fetch_dag
         self.connected = connected
         self.inputs_dir = inputs_dir
+        self.announce = announce
         self._whole: dict[bytes, int] = {}  # root -> the store's eviction count when found whole
 
     # --- submitting ------------------------------------------------------------------------------
@@ -142,6 +151,8 @@ class JobInputs:
         for source, name in local:
             cid, size = await self.blocks.add_path(Path(source), pin=owner)
             inputs.append((cid, name, size))
+        for cid, _, _ in inputs:
+            self.announce(cid)
         return replace(spec, inputs=tuple(inputs))
 
     async def release_submission(self, spec: JobSpec) -> None:
@@ -191,7 +202,7 @@ class JobInputs:
             await self.blocks.pin(owner, cid)  # what is held now stays while the rest arrives
             if await self.blocks.walk_missing(cid):
                 try:
-                    await self.fetch_dag(cid, providers, pin=owner)
+                    await self.fetch_dag(cid, providers, pin=owner, max_bytes=size_bound(size))
                 except Exception as exc:  # BlocksUnavailable, BlockStoreFull, a bad block: cannot run
                     raise InputsUnavailable(f"input {path} ({cid_text(cid)}) could not be fetched: "
                                             f"{exc or type(exc).__name__}") from None
@@ -199,6 +210,7 @@ class JobInputs:
             actual = await dag_size(self.blocks, cid)
             if actual != size:  # every honest executor refuses a spec that misstates its inputs
                 raise InputsUnavailable(f"input {path} holds {actual} bytes, the job's spec says {size}")
+            self.announce(cid)
         top = self.run_dir(job_hex)
         await self.remove_dir(job_hex)  # a run cut short left it half written
         await trio.to_thread.run_sync(lambda: top.mkdir(parents=True))

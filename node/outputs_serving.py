@@ -74,9 +74,12 @@ class FileCid:
         return self._builder.finish()[0]
 
 
-async def import_outputs(blocks, outputs_dir: Path | None, job_hex: str, manifest) -> list[str]:
+async def import_outputs(blocks, outputs_dir: Path | None, job_hex: str, manifest,
+                         announce: Callable[[bytes], None] = lambda cid: None) -> list[str]:
     """Import each manifest file kept in `outputs_dir/job_hex/` (see the module docstring); the
-    paths now held as blocks. Never raises for one file: a mismatch or a full store is logged."""
+    paths now held as blocks, each root announced (`announce`: a DHT provider record, so a later
+    job's input or a `blob get` of the CID finds this node). Never raises for one file: a
+    mismatch or a full store is logged."""
     if outputs_dir is None or not manifest:
         return []
     base = outputs_dir / job_hex
@@ -98,6 +101,7 @@ async def import_outputs(blocks, outputs_dir: Path | None, job_hex: str, manifes
                 got = None
         if got is not None:
             held.append(path)
+            announce(got)
         try:
             await trio.to_thread.run_sync(staged.unlink)
         except OSError as exc:

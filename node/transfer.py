@@ -8,6 +8,12 @@ to learn the next level (each CID once, however often the DAG links it). Memory 
 distinct CIDs (36 bytes each: 4,096 for a 1 GiB file) plus Bitswap's window; no file is ever held whole. A fetch cut short (a dropped
 connection, a killed provider, a restart) is resumed by calling it again: blocks already stored
 are never asked for twice. `Progress` counts what arrived, for the CLI's bar.
+
+Two bounds a caller may add: `max_bytes` stops the fetch (DagTooLarge) once more new bytes have
+arrived than the caller was told the DAG holds (a job's spec states each input's size: a
+submitter that lies gets refused after at most `max_bytes`, not after the whole DAG), and
+`find_providers` (the DHT's provider records, `Overlay.find_providers`) is asked for more peers
+when `providers` cannot give some block; the fetch then resumes from them.
 """
 
 from __future__ import annotations
@@ -16,7 +22,8 @@ from dataclasses import dataclass, field
 from typing import Awaitable, Callable, Protocol
 
 from distributeai.consensus.cid import DAG_PB, codec_of
-from distributeai.consensus.unixfs import children
+from distributeai.consensus.unixfs import MAX_BLOCK, children
+from distributeai.p2p.bitswap_fetch import BlocksUnavailable
 
 BATCH = 512  # CIDs handed to one Bitswap fetch: bounds the bookkeeping, not the transfer's window
 PUT_BATCH = 16  # blocks stored per transaction (4 MiB of leaves): single puts ran at half the speed
@@ -29,6 +36,18 @@ class BlockSink(Protocol):
 
 
 Fetch = Callable[[list[bytes], list[str], Callable[[bytes, bytes], Awaitable[None]]], Awaitable[None]]
+FindProviders = Callable[[bytes], Awaitable[list[str]]]
+
+
+class DagTooLarge(ValueError):
+    """A fetch brought more bytes than the caller's bound: the DAG is not what it was said to be."""
+
+
+def size_bound(size: int) -> int:
+    """The most new block bytes a fetch of a DAG holding `size` file bytes may bring: the files,
+    plus the dag-pb nodes above them (under 0.2 % for 256 KiB chunks: 174 links of about 40 bytes
+    each per 45 MB) with room to spare, plus one block for a directory's own nodes."""
+    return size + size // 64 + MAX_BLOCK
 
 
 @dataclass
@@ -41,12 +60,29 @@ class Progress:
 
 
 async def fetch_dag(root: bytes, store: BlockSink, fetch: Fetch, providers: list[str], *,
-                    pin: str | None = None, progress: Progress | None = None) -> Progress:
-    """Make every block of the DAG under `root` present in `store` (p2p.bitswap_fetch's
-    BlocksUnavailable from `fetch` when no provider has some; the blocks fetched so far stay
-    stored). Verified blocks are stored in batches of PUT_BATCH, so at most that many wait in
-    memory besides Bitswap's window."""
+                    pin: str | None = None, progress: Progress | None = None, max_bytes: int | None = None,
+                    find_providers: FindProviders | None = None) -> Progress:
+    """Make every block of the DAG under `root` present in `store`. When `providers` cannot give
+    some block, `find_providers(root)` (if given) names more peers and the fetch resumes from
+    them; BlocksUnavailable when none of them has it either (the blocks fetched so far stay
+    stored). DagTooLarge once more than `max_bytes` new bytes arrived."""
     progress = progress if progress is not None else Progress()
+    limit = progress.bytes + max_bytes if max_bytes is not None else None
+    try:
+        return await _fetch_dag(root, store, fetch, providers, pin, progress, limit)
+    except BlocksUnavailable:
+        if find_providers is None:
+            raise
+        found = [p for p in await find_providers(root) if p not in providers]
+        if not found:
+            raise
+        return await _fetch_dag(root, store, fetch, found, pin, progress, limit)
+
+
+async def _fetch_dag(root: bytes, store: BlockSink, fetch: Fetch, providers: list[str], pin: str | None,
+                     progress: Progress, limit: int | None) -> Progress:
+    """fetch_dag from these providers, until `progress.bytes` passes `limit`. Verified blocks are
+    stored in batches of PUT_BATCH, so at most that many wait in memory besides Bitswap's window."""
     progress.providers.update(providers)
 
     pending: list[tuple[bytes, bytes]] = []
@@ -58,6 +94,8 @@ async def fetch_dag(root: bytes, store: BlockSink, fetch: Fetch, providers: list
             await store.put_many(batch, pin=pin)
             progress.blocks += len(batch)
             progress.bytes += sum(len(b) for _, b in batch)
+            if limit is not None and progress.bytes > limit:
+                raise DagTooLarge(f"{progress.bytes} bytes arrived, more than the DAG was said to hold")
 
     async def deliver(cid: bytes, block: bytes) -> None:
         pending.append((cid, block))

@@ -102,7 +102,7 @@ async def test_an_executor_lays_inputs_out_read_only_for_uid_65534_and_removes_t
     cid, size = await store.add_path(tmp_path / "d")
     calls = []
 
-    async def fetch_dag(root, providers, *, pin=None, progress=None):
+    async def fetch_dag(root, providers, *, pin=None, progress=None, **_):
         calls.append((root, providers, pin))
 
     inputs = JobInputs(store, fetch_dag, lambda: [], tmp_path / "inputs")
@@ -133,7 +133,7 @@ async def test_a_missing_input_is_fetched_and_one_nobody_has_is_inputs_unavailab
 
     cid = raw_cid(b"nobody has this")
 
-    async def fetch_dag(root, providers, *, pin=None, progress=None):
+    async def fetch_dag(root, providers, *, pin=None, progress=None, **_):
         raise LookupError("no provider has it")
 
     inputs = JobInputs(store, fetch_dag, lambda: [], tmp_path / "inputs")
@@ -143,7 +143,7 @@ async def test_a_missing_input_is_fetched_and_one_nobody_has_is_inputs_unavailab
     with pytest.raises(InputsUnavailable, match="could not be fetched"):
         await inputs.fetch("ef" * 32, spec, ["S"])
 
-    async def fetch_it(root, providers, *, pin=None, progress=None):
+    async def fetch_it(root, providers, *, pin=None, progress=None, **_):
         await store.put(root, b"nobody has this", pin=pin)
 
     inputs.fetch_dag = fetch_it
@@ -186,8 +186,8 @@ async def test_a_fetch_cut_short_resumes_asking_only_for_the_blocks_still_missin
             asked.append(cid)
             await deliver(cid, blocks[cid])
 
-    async def via_transfer(cid, providers, *, pin=None, progress=None):
-        return await fetch_dag(cid, store, bitswap, providers, pin=pin, progress=progress)
+    async def via_transfer(cid, providers, *, pin=None, progress=None, **kw):
+        return await fetch_dag(cid, store, bitswap, providers, pin=pin, progress=progress, **kw)
 
     leaves = [c for c in blocks if c != root]
     for cid in leaves[:3]:  # what arrived before the kill
@@ -198,3 +198,101 @@ async def test_a_fetch_cut_short_resumes_asking_only_for_the_blocks_still_missin
     top = await inputs.fetch("ab" * 32, spec, ["S"])
     assert (top / "model.bin").read_bytes() == data
     assert set(asked) == set(blocks) - set(leaves[:3]) and len(asked) == len(set(asked))
+
+
+def file_blocks(size: int) -> tuple[bytes, int, dict[bytes, bytes]]:
+    """A file of `size` random bytes as UnixFS blocks: (root, size, {cid: block})."""
+    from distributeai.consensus.unixfs import FileBuilder
+
+    builder = FileBuilder()
+    blocks = dict(builder.add(os.urandom(size)))
+    root, size, last = builder.finish()
+    blocks.update(last)
+    return root, size, blocks
+
+
+async def test_a_submitter_that_understates_an_input_is_refused_before_the_whole_dag_arrives(tmp_path, store):
+    """The spec says 1,000 bytes, the DAG holds 16 MiB: the fetch stops once the spec's bound
+    (node/transfer.py size_bound: the size, a margin, one block) is passed, the run is refused."""
+    from distributeai.node.job_inputs import InputsUnavailable, JobInputs
+    from distributeai.node.transfer import fetch_dag, size_bound
+
+    root, size, blocks = file_blocks(64 * 262144)
+    asked: list[bytes] = []
+
+    async def bitswap(cids, providers, deliver):
+        for cid in cids:
+            asked.append(cid)
+            await deliver(cid, blocks[cid])
+
+    async def via_transfer(cid, providers, *, pin=None, progress=None, **kw):
+        return await fetch_dag(cid, store, bitswap, providers, pin=pin, progress=progress, **kw)
+
+    inputs = JobInputs(store, via_transfer, lambda: [], tmp_path / "inputs")
+    spec = JobSpec(submitter=b"\1" * 32, nonce=b"\0" * 16, created_ms=0, name="", image="alpine:latest",
+                   command=("true",), inputs=((root, "data", 1000),))
+    with pytest.raises(InputsUnavailable, match="more than the DAG was said to hold"):
+        await inputs.fetch("ab" * 32, spec, ["S"])
+    arrived = sum(len(blocks[c]) for c in asked)
+    assert arrived < size_bound(1000) + 16 * 262144 < size  # at most one stored batch past the bound
+    # An honest spec for the same DAG fetches it all.
+    honest = JobSpec(**{**spec.__dict__, "inputs": ((root, "data", size),)})
+    top = await inputs.fetch("ac" * 32, honest, ["S"])
+    assert (top / "data").stat().st_size == size
+
+
+async def test_blocks_the_named_providers_lack_come_from_the_dhts_providers(store):
+    from distributeai.node.transfer import fetch_dag
+    from distributeai.p2p.bitswap_fetch import BlocksUnavailable
+
+    root, size, blocks = file_blocks(5 * 262144)
+    leaves = [c for c in blocks if c != root]
+    holds = {"S": {root, *leaves[:2]}, "D": set(blocks)}  # the submitter lost part; D announced it
+    asked: list[tuple[str, bytes]] = []
+
+    async def bitswap(cids, providers, deliver):
+        missing = []
+        for cid in cids:
+            peer = next((p for p in providers if cid in holds.get(p, ())), None)
+            if peer is None:
+                missing.append(cid)
+                continue
+            asked.append((peer, cid))
+            await deliver(cid, blocks[cid])
+        if missing:
+            raise BlocksUnavailable(missing)
+
+    async def nobody(cid):
+        return []
+
+    with pytest.raises(BlocksUnavailable):
+        await fetch_dag(root, store, bitswap, ["S"], find_providers=nobody)
+
+    looked_up = []
+
+    async def dht(cid):
+        looked_up.append(cid)
+        return ["S", "D"]
+
+    progress = await fetch_dag(root, store, bitswap, ["S"], find_providers=dht)
+    assert looked_up == [root] and not await store.walk_missing(root)
+    assert any(peer == "D" for peer, _ in asked) and progress.providers == {"S", "D"}
+    assert len(asked) == len(blocks)  # each block asked once: the fetch resumed, not restarted
+
+
+async def test_inputs_held_whole_are_announced(tmp_path, store):
+    from distributeai.node.job_inputs import JobInputs
+
+    announced: list[bytes] = []
+    (tmp_path / "d.bin").write_bytes(b"data\n")
+
+    async def no_fetch(root, providers, **_):
+        raise AssertionError("nothing to fetch")
+
+    inputs = JobInputs(store, no_fetch, lambda: [], tmp_path / "inputs", announced.append)
+    spec = JobSpec(submitter=b"\1" * 32, nonce=b"\0" * 16, created_ms=0, name="", image="alpine:latest",
+                   command=("true",))
+    prepared = await inputs.prepare(spec, [(str(tmp_path / "d.bin"), "d.bin")])
+    assert announced == [prepared.inputs[0][0]]  # the submitter, once imported
+    await inputs.fetch("ad" * 32, prepared, ["S"])
+    assert announced == [prepared.inputs[0][0]] * 2  # an executor, once it holds it whole

@@ -67,8 +67,10 @@ def test_outputs_become_pinned_blocks_checked_against_their_cids_and_stream_back
         (outputs / job / "lied.txt").write_bytes(b"what the copy says")
         manifest = (("big.bin", len(big), cid_of(big)), ("lied.txt", 4, cid_of(b"what the job wrote")),
                     ("not-kept.txt", 3, cid_of(b"abc")), ("sub/small.txt", len(small), cid_of(small)))
-        held = await import_outputs(store, outputs, job, manifest)
+        announced: list[bytes] = []
+        held = await import_outputs(store, outputs, job, manifest, announced.append)
         assert held == ["big.bin", "sub/small.txt"]  # a copy that is not what was certified is not served
+        assert announced == [manifest[0][2], manifest[3][2]]  # what is served is announced in the DHT
         assert list((outputs / job).iterdir()) == []  # no second copy; the directory is retention's record
         for path, size, cid in (manifest[0], manifest[3]):
             got = b"".join([chunk async for chunk in read_file(store, cid)])
