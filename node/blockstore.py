@@ -15,7 +15,8 @@ Contract:
   at close), so reads cost no transaction.
 - Pins are by owner (a job id's hex, "submission:<job>", ...): `put(..., pin=owner)` pins as it
   stores; `pin(owner, root)` pins every block of the DAG under `root` held now; `unpin(owner)`
-  releases all of that owner's. A block is pinned while any owner pins it.
+  releases all of that owner's; `owners(prefix)` lists the owners holding pins. A block is pinned
+  while any owner pins it.
 - Reopen after a crash: `tmp/` is emptied (writes in flight), the pins of imports in flight are
   dropped; an index row whose file is gone (or whose file no longer holds its block) is dropped on
   the first `get` of it (a scan at open would cost a stat per block, at every start). A block file
@@ -374,6 +375,15 @@ class BlockStore:
             return _pinned_bytes(c)
 
         await self._set_pinned(fn)
+
+    async def owners(self, prefix: str) -> list[str]:
+        """The owners starting with `prefix` that hold a pin (for a sweep of pins a crash left)."""
+        def fn(c: sqlite3.Connection) -> list[str]:
+            rows = c.execute("SELECT DISTINCT owner FROM pins WHERE substr(owner, 1, ?) = ? ORDER BY owner",
+                             (len(prefix), prefix))
+            return [r[0] for r in rows]
+
+        return await self._run(fn, tx=False)
 
     async def _finish_import(self, temp: str, owner: str | None, root: bytes | None, name: str,
                              size: int) -> None:

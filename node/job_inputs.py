@@ -12,8 +12,10 @@ Contract (`JobInputs`, one per node; the submitter's and the executor's sides bo
   start under `submission_owner(spec)`, "submission:" and the spec's nonce (the job id is not
   known before the spec holds the CIDs, and one owner from import to certificate leaves no
   moment the blocks could be evicted); `release_submission(spec)` drops the pins once the job
-  has its certificate, and `abandon` when the submission is refused. A crash between the import
-  and the announcement leaves that pin behind (the store has no listing of owners to sweep).
+  has its certificate, and `abandon` when the submission is refused. A pin a crash left behind
+  (between the import and the announcement, or the certificate and the release) is dropped at
+  the next start: `sweep_submissions(live)` unpins every submission owner not in `live` (the
+  owners of the submitter's recovered, unfinished jobs).
 - bidding: `held(spec)` is the file bytes of the job's inputs whose whole DAG this store holds
   (an input held in part counts 0): a walk of the DAG's held blocks (its dag-pb nodes are read,
   its leaves only looked up), remembered per root while the store has evicted nothing since, so
@@ -154,6 +156,13 @@ class JobInputs:
         for cid, _, _ in inputs:
             self.announce(cid)
         return replace(spec, inputs=tuple(inputs))
+
+    async def sweep_submissions(self, live: set[str]) -> list[str]:
+        """At start, before any submission: unpin each `submission:` owner not in `live`; those."""
+        stale = [o for o in await self.blocks.owners("submission:") if o not in live]
+        for owner in stale:
+            await self.blocks.unpin(owner)
+        return stale
 
     async def release_submission(self, spec: JobSpec) -> None:
         """The submission's job has its certificate, or was refused: its inputs may be evicted."""

@@ -37,7 +37,7 @@ from distributeai.p2p.overlay import RemoteError
 from . import wire
 from .blockstore import BlockStoreFull
 from .inbound import decode_reveal_answer
-from .job_inputs import job_inputs
+from .job_inputs import job_inputs, submission_owner
 from .joblog import submitter_events
 from .ports import NodeSettings, Ports
 
@@ -348,6 +348,11 @@ class Submitting:
             await self._act(job, resend)
             if row["announce"] is not None:
                 p.runtime.spawn(self._reannounce, job, row["announce"])
+        if self.inputs is not None:  # before any new submission: pins a crash left behind
+            stale = await self.inputs.sweep_submissions(
+                {submission_owner(j.spec) for j in self.jobs.values() if not j.done})
+            if stale:
+                log.info("released %d submission pins a crash left behind", len(stale))
 
     # --- helpers --------------------------------------------------------------------------------
 

@@ -296,3 +296,21 @@ async def test_inputs_held_whole_are_announced(tmp_path, store):
     assert announced == [prepared.inputs[0][0]]  # the submitter, once imported
     await inputs.fetch("ad" * 32, prepared, ["S"])
     assert announced == [prepared.inputs[0][0]] * 2  # an executor, once it holds it whole
+
+
+async def test_submission_pins_a_crash_left_are_swept_and_live_ones_kept(tmp_path, store):
+    """What `Submitting.recover` does at start: a submission owner no unfinished job claims is
+    unpinned (its blocks evictable), the others and every other kind of owner stay."""
+    from distributeai.node.job_inputs import JobInputs
+
+    for name in ("stale", "live", "run"):
+        (tmp_path / name).write_bytes(name.encode() * 1000)
+    await store.add_path(tmp_path / "stale", pin="submission:" + "01" * 16)
+    await store.add_path(tmp_path / "live", pin="submission:" + "02" * 16)
+    await store.add_path(tmp_path / "run", pin="inputs:" + "03" * 32)
+    assert await store.owners("submission:") == ["submission:" + "01" * 16, "submission:" + "02" * 16]
+    inputs = JobInputs(store, None, lambda: [], tmp_path / "inputs")
+    assert await inputs.sweep_submissions({"submission:" + "02" * 16}) == ["submission:" + "01" * 16]
+    assert await store.owners("submission:") == ["submission:" + "02" * 16]
+    assert await store.owners("inputs:") == ["inputs:" + "03" * 32]
+    assert store.stats()["pinned_bytes"] == 4000 + 3000
