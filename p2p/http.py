@@ -17,6 +17,10 @@ and `body` is empty. Each chunk must arrive within `body_s` of the one before (4
 within its limit (413; at once by its Content-Length, before the app runs); the connection's
 deadline then counts from the last chunk. httpbody.py has the contract.
 
+An app that works long before it can answer (fetching a large file from peers first) keeps the
+connection by calling `Request.keep_alive()` as it makes progress: each call moves the deadline
+to `deadline_s` from then, so only an app that stalls for that long is cut.
+
 A response body is bytes, or `Streamed(chunks, length)`: an async iterator of byte chunks sent as
 they come (with Content-Length when `length` is known, else chunked), so a file of any size is
 served without holding it. The connection's deadline then becomes a progress deadline: each
@@ -90,6 +94,9 @@ class Request:
     headers: dict[bytes, bytes]  # lower-case names
     body: bytes
     stream: AsyncIterator[bytes] | None = None  # the body as it arrives, for a route that asked (then body is b"")
+    # The app's own progress deadline: each call gives the connection `deadline_s` more from now
+    # (an app that fetches a large file before answering calls it as bytes arrive).
+    keep_alive: Callable[[], None] = lambda: None
 
 
 App = Callable[[Request], Awaitable[Response]]
@@ -289,7 +296,8 @@ async def _handle(stream: trio.SocketStream, server: _Server, slot: Slot, head_s
             else:
                 path, query = _parse_target(request.target)
                 status, ctype, body, *more = await server.app(Request(request.method.decode("ascii", "replace").upper(),
-                                                                      path, query, headers, payload))
+                                                                      path, query, headers, payload,
+                                                                      keep_alive=_extender(deadline, server.deadline_s)))
                 extra = list(more[0]) if more else []
         if isinstance(body, Streamed):
             await _send_streamed(stream, conn, request.method, status, ctype, body, extra, deadline, server.deadline_s)
@@ -348,6 +356,14 @@ async def _with_streamed_body(stream: trio.SocketStream, conn: h11.Connection, s
         await _answer_and_linger(stream, error_bytes(failure.status, failure.message), server.limits.linger_s)
         return None
     return status, ctype, body, list(more[0]) if more else [], reader
+
+
+def _extender(deadline: trio.CancelScope, step_s: float) -> Callable[[], None]:
+    """`Request.keep_alive`: move `deadline` to `step_s` from now (never earlier)."""
+    def keep_alive() -> None:
+        deadline.deadline = max(deadline.deadline, trio.current_time() + step_s)
+
+    return keep_alive
 
 
 async def _send_streamed(stream: trio.SocketStream, conn: h11.Connection, method: bytes, status: int, ctype: str,

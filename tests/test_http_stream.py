@@ -134,6 +134,31 @@ async def test_a_client_that_stops_reading_is_cut_at_the_progress_deadline():
     assert app.made < 10_000
 
 
+async def test_an_app_that_reports_progress_keeps_its_connection_past_the_deadline():
+    """An app that works for twice the deadline before answering (as the REST API fetches a large
+    file from peers first) is answered when it calls `keep_alive` as it goes; one that does not
+    call it is cut at the deadline."""
+    steps, step_s, deadline_s = 16, 0.25, 2.0  # 4 s of work, never 2 s without progress
+
+    def working(report: bool):
+        async def app(request: Request) -> Response:
+            for _ in range(steps):
+                await trio.sleep(step_s)  # a stand-in for a fetch's progress, not a synchronisation
+                if report:
+                    request.keep_alive()
+            return json_response(200, {"done": True})
+        return app
+
+    for report in (True, False):
+        async with server(working(report), deadline_s=deadline_s) as port:
+            with trio.fail_after(WAIT_S):
+                head, body, complete = await get(port)
+        if report:
+            assert head.status_code == 200 and complete and json.loads(body) == {"done": True}
+        else:
+            assert head is None and not complete
+
+
 # --- streamed request bodies (`serve_app(..., streamed_bodies=)`, p2p/httpbody.py) -----------------
 
 UPLOAD_LIMIT = 48 << 20
