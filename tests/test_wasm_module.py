@@ -165,3 +165,11 @@ def test_a_module_nobody_serves_is_unavailable_and_one_too_large_is_never_read(t
             await store.close()
 
     trio.run(main)
+
+
+def test_the_bootstrap_page_shows_a_module_by_its_cid():
+    from distributeai.bootstrap.jobview import spec_summary
+    from distributeai.consensus.cid import cid_text
+
+    assert spec_summary(wasm_spec(wasm_cid=CID))["runs"] == f"wasm module (by CID {cid_text(CID)})"
+    assert spec_summary(wasm_spec(wasm_module=b"\0asm\1\0\0\0"))["runs"] == "wasm module (8 bytes inline)"
