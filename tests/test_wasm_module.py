@@ -173,3 +173,26 @@ def test_the_bootstrap_page_shows_a_module_by_its_cid():
 
     assert spec_summary(wasm_spec(wasm_cid=CID))["runs"] == f"wasm module (by CID {cid_text(CID)})"
     assert spec_summary(wasm_spec(wasm_module=b"\0asm\1\0\0\0"))["runs"] == "wasm module (8 bytes inline)"
+
+
+def test_a_store_of_an_earlier_version_drops_its_blobs_table_and_keeps_its_jobs(tmp_path):
+    import sqlite3
+
+    from distributeai.node.store import Store
+
+    old = sqlite3.connect(tmp_path / "node.db")
+    old.executescript("CREATE TABLE blobs (sha256 TEXT PRIMARY KEY, data BLOB NOT NULL);"
+                      "INSERT INTO blobs VALUES ('ab', x'0061736d');")
+    old.close()
+
+    async def main() -> None:
+        store = await Store.open(tmp_path / "node.db")
+        await store.insert_job("j", "observer", "n", b"spec", "announced", 1)
+        await store.aclose()
+        store = await Store.open(tmp_path / "node.db")  # opening again changes nothing
+        assert (await store.get_job("j"))["status"] == "announced"
+        await store.aclose()
+
+    trio.run(main)
+    tables = {r[0] for r in sqlite3.connect(tmp_path / "node.db").execute("SELECT name FROM sqlite_master")}
+    assert "blobs" not in tables and "jobs" in tables
