@@ -15,8 +15,10 @@ Contract:
   `JobInputs.release`), and reads its bytes from the store: the size its root block states is
   checked against WASM_MODULE_MAX before anything is read, and the bytes read are counted against
   that size (a DAG whose blocks hold other than its root states is refused), so no more than
-  WASM_MODULE_MAX bytes are ever held. `InputsUnavailable` when no provider serves some block;
-  ValueError when the module is too large or is not a file. Either way the executor withdraws
+  WASM_MODULE_MAX bytes are ever held in memory. The DAG is fetched whole before its size is
+  known, as an input's is: what it may take on disk is bounded by the store's cap (a pinned
+  fetch the cap cannot hold stops there). `InputsUnavailable` when no provider serves some block
+  or the store cannot hold them; ValueError when the module is too large or is not a file. Either way the executor withdraws
   with that reason. The blocks stay in the store once the job ends, evictable: a later job with
   the same module fetches nothing.
 """
