@@ -18,6 +18,7 @@ from collections import Counter
 from typing import Any, Mapping
 
 from distributeai.consensus.certificate import CheckedCertificate
+from distributeai.consensus.cid import cid_text
 from distributeai.consensus.messages import JobSpec
 from distributeai.p2p.identity import peer_id_from_public_key
 
@@ -35,7 +36,7 @@ def spec_summary(spec: JobSpec) -> dict[str, Any]:
     """What to run, how it is verified and what it pays, in at most a few kilobytes."""
     command = [cut(a) for a in spec.command[:COMMAND_ARGS_MAX]]
     if spec.sandbox == "wasm":
-        module = f"{len(spec.wasm_module):,} bytes inline" if spec.wasm_module else "fetched from the submitter"
+        module = f"{len(spec.wasm_module):,} bytes inline" if spec.wasm_module else f"by CID {cid_text(spec.wasm_cid)}"
         runs = f"wasm module ({module})"
     else:
         runs = cut(spec.image)

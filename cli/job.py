@@ -190,7 +190,7 @@ def submit(
         fail(str(exc))
     spec = JobSpec(submitter=submitter, nonce=os.urandom(16), created_ms=int(time.time() * 1000), **fields)
     request = {"op": "submit", "spec": encode_body(spec).hex()}
-    if spec.wasm_sha256:
+    if spec.wasm_cid:  # the node imports it into its block store, where executors fetch it by CID
         request["module"] = module.hex()
     if local:
         request["inputs"] = [{"path": path, "name": name} for path, name in local]

@@ -24,7 +24,13 @@ STDOUT_SEEN_MAX = 1 << 20
 STDERR_CAP = 1536
 STDERR_PARTS = ("all", "first", "last")  # all of stderr, or only its first or last STDERR_CAP bytes
 STDIN_CAP = 8 * 1024          # input data carried in the spec
-WASM_INLINE_CAP = 48 * 1024   # a module up to this size travels in the spec; larger ones by SHA-256
+WASM_INLINE_CAP = 48 * 1024   # a module up to this size travels in the spec; larger ones by CID
+# The largest wasm module a node loads (JobSpec.wasm_cid: a module fetched as a UnixFS file). An
+# executor reads the module whole into memory and wasmtime compiles it there (the compiled code is
+# several times its size), so this bounds what one job can make a node allocate before it runs.
+# 64 MiB: interpreters compiled to WASI (CPython's python.wasm is tens of MiB) fit with room, and
+# what it costs stays small beside the memory a node gives the jobs it runs.
+WASM_MODULE_MAX = 64 << 20
 MANIFEST_MAX_ENTRIES = 64     # output files listed in a reveal
 MANIFEST_PATH_MAX = 255
 # One manifest entry [path, size, cid] on the wire at most: the path, a 36-byte CIDv1

@@ -11,10 +11,12 @@ Also: `stdin` (text, or bytes from the CLI), `gpu` (bool), and for WebAssembly j
 (fuel limit) and `price_per_mfuel`. The output quota: `out_max_bytes` (bytes as an integer, or a
 string with a unit: `"10m"`, `"1g"`; default 1 GiB) and `out_max_files` (entries in /out, default
 10,000); past either the job's result is `out_quota_exceeded` on every honest executor. A module larger than WASM_INLINE_PREFERRED travels by its
-SHA-256: the spec then carries `wasm_sha256`, the node serves the bytes to executors, and each
-executor fetches them once and keeps them (a module inline in the spec would travel in every
-gossip copy of every announcement and certificate: about 1 MB per job for hashverify's 17 KB
-on five nodes, measured by `distributeai bench`).
+CID: the spec then carries `wasm_cid` (the CID `ipfs add --cid-version 1` gives the module's
+bytes, computed here: no node needed), the submitting node imports the bytes into its block
+store, and each executor fetches the blocks into its own, where they stay as cache (a module
+inline in the spec would travel in every gossip copy of every announcement and certificate: about
+1 MB per job for hashverify's 17 KB on five nodes, measured by `distributeai bench`). A module
+is at most WASM_MODULE_MAX bytes, the most a node loads.
 Inputs: `inputs`, a list of `{"cid": "bafy...", "path": "data"}` (a file or directory already on
 the network, mounted read-only at /in/data; `parse_inputs`); a job file does not state sizes: the
 fields carry 0 and the submitting node fills each input's size in before it signs the spec.
@@ -37,18 +39,18 @@ from typing import Any
 
 from .cid import BadCid, parse_cid_text
 from .errors import JobFileError, RemoteProtocolError
-from .codec import sha256
 from .codec import PUBKEY_LEN, SIG_LEN, encode
 from .messages import (
     BATCH_MAX_TOTAL_RESULTS, MAX_REPLICAS, MAX_SIZE, MAX_TASK_ARGS, MAX_TASKS, MAX_TOTAL_RESULTS, OUT_MAX_BYTES,
     OUT_MAX_BYTES_LIMIT, OUT_MAX_FILES, OUT_MAX_FILES_LIMIT, STDIN_CAP, INPUTS_MAX_BYTES, MAX_INPUTS,
-    JobSpec,
+    WASM_MODULE_MAX, JobSpec,
 )
 from .spec import check_inputs, input_path_problem
+from .unixfs import file_cid
 
 DEFAULTS = {"replicas": 3, "quorum": 2, "timeout": 60, "price": 1, "cpu": 1.0, "memory_mb": 256,
             "max_error_results": 3}
-WASM_INLINE_PREFERRED = 4 * 1024  # at most WASM_INLINE_CAP; larger modules go by SHA-256
+WASM_INLINE_PREFERRED = 4 * 1024  # at most WASM_INLINE_CAP; larger modules go by CID
 RESULT_GRACE_S = 30  # default result deadline beyond the job's timeout: sandbox start, image, upload
 ALIASES = {"target_nresults": "replicas", "min_quorum": "quorum"}  # BOINC's names
 KNOWN = {
@@ -162,6 +164,8 @@ def parse_job(doc: Any) -> dict:
     module = doc.get("wasm_module")
     if module is not None and (not isinstance(module, bytes) or not module):
         raise JobFileError("wasm_module", "must be the bytes of a WebAssembly module")
+    if module is not None and len(module) > WASM_MODULE_MAX:
+        raise JobFileError("wasm_module", f"has {len(module)} bytes; a node loads modules of at most {WASM_MODULE_MAX}")
     image_field = "docker_image" if "docker_image" in doc else "image"
     image = doc.get(image_field, "" if module else None)
     if module is not None:
@@ -249,7 +253,7 @@ def parse_job(doc: Any) -> dict:
         "sandbox": "wasm" if module else "container",
         "stdin": stdin,
         "wasm_module": module if module and len(module) <= WASM_INLINE_PREFERRED else b"",
-        "wasm_sha256": sha256(module) if module and len(module) > WASM_INLINE_PREFERRED else b"",
+        "wasm_cid": file_cid(module) if module and len(module) > WASM_INLINE_PREFERRED else b"",
         "gpu": gpu,
         "fuel_limit": fuel,
         "price_per_mfuel": price_per_mfuel,

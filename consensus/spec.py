@@ -46,7 +46,7 @@ class JobSpec:
     sandbox: str = "container"   # "container" (docker, bwrap, process) or "wasm" (always the wasm sandbox)
     stdin: bytes = b""
     wasm_module: bytes = b""     # inline module (at most WASM_INLINE_CAP) ...
-    wasm_sha256: bytes = b""     # ... or only its SHA-256, fetched from the submitter
+    wasm_cid: bytes = b""        # ... or the CID of its bytes as a UnixFS file, fetched into the block store
     gpu: bool = False            # a node without a GPU does not bid
     fuel_limit: int = 0          # wasm: fuel budget (0: the executor's default)
     price_per_mfuel: int = 0     # wasm: credits per million fuel units, paid on top of `price`
@@ -75,7 +75,7 @@ class JobSpec:
             list(self.command), [list(p) for p in sorted(self.env)], self.cpu_millis,
             self.memory_mb, self.timeout_s, self.replicas, self.quorum, self.price,
             self.max_error_results, self.max_total_results, self.result_deadline_s,
-            self.sandbox, self.stdin, self.wasm_module, self.wasm_sha256, self.gpu, self.fuel_limit,
+            self.sandbox, self.stdin, self.wasm_module, self.wasm_cid, self.gpu, self.fuel_limit,
             self.price_per_mfuel, [list(t) for t in self.tasks], self.out_max_bytes, self.out_max_files,
             [list(i) for i in self.inputs],
         ]
@@ -86,9 +86,10 @@ class JobSpec:
         return sum(size for _, _, size in self.inputs)
 
     @property
-    def module_digest(self) -> bytes:
-        """The SHA-256 of the wasm module, whether it travels inline or not."""
-        return self.wasm_sha256 or (sha256(self.wasm_module) if self.wasm_module else b"")
+    def block_roots(self) -> tuple[bytes, ...]:
+        """The CIDs of the DAGs a node holds in its block store for this job: its wasm module's
+        (when it does not travel inline) and each input's."""
+        return ((self.wasm_cid,) if self.wasm_cid else ()) + tuple(cid for cid, _, _ in self.inputs)
 
     @property
     def min_quorum(self) -> int:
@@ -132,7 +133,7 @@ class JobSpec:
             sandbox=_str(body[16], "sandbox", 16),
             stdin=_bytes(body[17], "stdin", max_len=STDIN_CAP),
             wasm_module=_bytes(body[18], "wasm_module", max_len=WASM_INLINE_CAP),
-            wasm_sha256=_bytes(body[19], "wasm_sha256", max_len=32),
+            wasm_cid=check_wasm_cid(body[19]),
             gpu=_bool(body[20], "gpu"),
             fuel_limit=_int(body[21], "fuel_limit", 0, 2**62),
             price_per_mfuel=_int(body[22], "price_per_mfuel", 0, 2**40),
@@ -144,12 +145,10 @@ class JobSpec:
         )
         if spec.sandbox not in SANDBOX_KINDS:
             raise _fail("sandbox", f"must be one of {', '.join(SANDBOX_KINDS)}")
-        if len(spec.wasm_sha256) not in (0, 32):
-            raise _fail("wasm_sha256", "must be empty or 32 bytes")
         if spec.sandbox == "wasm":
-            if bool(spec.wasm_module) == bool(spec.wasm_sha256):
-                raise _fail("wasm_module", "a wasm job carries its module or its SHA-256, not both or neither")
-        elif spec.wasm_module or spec.wasm_sha256 or not spec.image:
+            if bool(spec.wasm_module) == bool(spec.wasm_cid):
+                raise _fail("wasm_module", "a wasm job carries its module or its CID, not both or neither")
+        elif spec.wasm_module or spec.wasm_cid or not spec.image:
             raise _fail("image", "a container job names an image and carries no wasm module")
         if spec.quorum > spec.replicas:
             raise _fail("quorum", "must not exceed replicas")
@@ -158,6 +157,19 @@ class JobSpec:
         if spec.tasks and spec.max_total_results > BATCH_MAX_TOTAL_RESULTS:
             raise _fail("max_total_results", f"a batch allows at most {BATCH_MAX_TOTAL_RESULTS}")
         return spec
+
+
+def check_wasm_cid(value) -> bytes:
+    """JobSpec.wasm_cid from its body: empty (the module travels inline, or the job runs an
+    image), or the binary CIDv1 of the module's bytes as a UnixFS file, one this network accepts
+    (consensus.cid.check_cid; the error names the defect)."""
+    cid = _bytes(value, "wasm_cid", max_len=64)
+    if not cid:
+        return b""
+    try:
+        return check_cid(cid)
+    except BadCid as exc:
+        raise _fail("wasm_cid", str(exc)) from None
 
 
 def input_path_problem(path: str) -> str | None:

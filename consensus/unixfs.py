@@ -9,6 +9,7 @@ Contract:
   serialized bytes of the subtree), CIDv1 sha2-256. A one-chunk file is its raw leaf (the empty
   file is the empty raw block). It holds at most one partial chunk plus one pending link list per
   tree level (under `MAX_LINKS` entries each), and hands back each block as soon as it is complete.
+  `file_cid(data)` is the root CID alone, of bytes already in memory (a wasm module's).
 - `directory_block` makes a UnixFS Directory node, links sorted by name bytes as kubo sorts them;
   ValueError for names a directory cannot hold (see `name_problem`), duplicates, and directories
   kubo would shard (HAMT, not supported here: over `SHARD_THRESHOLD` bytes of names and CIDs).
@@ -35,7 +36,7 @@ from .dagpb import (
 )
 
 __all__ = ["CHUNK_SIZE", "MAX_LINKS", "MAX_BLOCK", "SHARD_THRESHOLD", "BadBlock", "FileBuilder", "Link", "Node",
-           "directory_block", "decode_block", "children", "name_problem"]
+           "directory_block", "decode_block", "children", "file_cid", "name_problem"]
 
 CHUNK_SIZE = 262144  # kubo's default chunker, size-262144
 MAX_LINKS = 174  # kubo's balanced layout: links per node
@@ -183,6 +184,14 @@ class FileBuilder:
         cid = cid_for(DAG_PB, block)
         out.append((cid, block))
         return _Child(cid, len(block) + sum(k.tsize for k in kids), sum(sizes))
+
+
+def file_cid(data: bytes) -> bytes:
+    """The CID of `data` as one file (what `ipfs add --cid-version 1` gives it): FileBuilder's
+    root, the blocks dropped."""
+    builder = FileBuilder()
+    builder.add(data)
+    return builder.finish()[0]
 
 
 # --- directories -----------------------------------------------------------------------------------

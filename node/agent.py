@@ -42,7 +42,7 @@ from distributeai.consensus.gossip import check_gossip
 from distributeai.consensus.ledger import Ledger
 from distributeai.consensus.messages import JobSpec, verify
 from distributeai.consensus.names import (
-    AWARD_PROTOCOL, BID_PROTOCOL, BLOB_PROTOCOL, COMMIT_PROTOCOL, DECLINE_PROTOCOL, JOBS_TOPIC, REVEAL_PROTOCOL,
+    AWARD_PROTOCOL, BID_PROTOCOL, COMMIT_PROTOCOL, DECLINE_PROTOCOL, JOBS_TOPIC, REVEAL_PROTOCOL,
     WITHDRAW_PROTOCOL,
 )
 from distributeai.consensus.submitter import TERMINAL
@@ -122,7 +122,6 @@ class Agent:
             WITHDRAW_PROTOCOL: self.submitting.handle_withdraw,
             AWARD_PROTOCOL: self.executing.handle_award,
             REVEAL_PROTOCOL: self.executing.handle_reveal,
-            BLOB_PROTOCOL: self.outputs.handle_blob,
         }
 
     def ports(self) -> Ports:

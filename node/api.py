@@ -175,7 +175,7 @@ class RestApi:
             raise ApiError(400, str(exc), exc.field) from None
         a = self.agent
         spec = JobSpec(submitter=a.me, nonce=os.urandom(16), created_ms=now_ms(), **fields)
-        module = doc.get("wasm_module") if spec.wasm_sha256 else None
+        module = doc.get("wasm_module") if spec.wasm_cid else None
         try:
             if spec.inputs:  # by CID: the node sizes each (fetched whole from its peers) before signing
                 job_id = await a.submit_unsigned(encode_body(spec), module)

@@ -87,6 +87,7 @@ def openapi_document() -> dict[str, Any]:
             "status": {"type": "string", "enum": STATUSES},
             "reason": {"type": "string"},
             "name": {"type": "string"}, "role": {"type": "string"},
+            "wasm_cid": {"type": "string", "nullable": True, "description": "the CID of a wasm module too large for the spec"},
             "stdout": {"type": "string", "nullable": True},
             "exit_code": {"type": "integer", "nullable": True},
             "result_hash": {"type": "string", "nullable": True},

@@ -28,7 +28,7 @@ import uuid
 import trio
 
 from distributeai.consensus.errors import RemoteProtocolError
-from distributeai.consensus.codec import Identity, sha256
+from distributeai.consensus.codec import Identity
 from distributeai.consensus.executor import make_batch_reveal, make_reveal
 from distributeai.consensus.outputs import describe_outputs, escape_name
 from distributeai.consensus.executor_job import (
@@ -38,7 +38,7 @@ from distributeai.consensus.executor_job import (
 from distributeai.consensus.messages import (
     DECLINE_DETAIL_MAX, Award, Bid, Decline, JobSpec, Reveal, RevealRequest, sign, verify,
 )
-from distributeai.consensus.names import BID_PROTOCOL, BLOB_PROTOCOL, COMMIT_PROTOCOL, DECLINE_PROTOCOL, WITHDRAW_PROTOCOL
+from distributeai.consensus.names import BID_PROTOCOL, COMMIT_PROTOCOL, DECLINE_PROTOCOL, WITHDRAW_PROTOCOL
 from distributeai.p2p.identity import peer_id_from_public_key
 from distributeai.p2p.overlay import RemoteError
 from distributeai.sandbox.base import RunRequest, RunResult, Sandbox, SandboxError
@@ -47,6 +47,7 @@ from . import wire
 from .bidding import IMAGE_MISSING, BidContext, decide
 from .inbound import decode_award
 from .job_inputs import InputsUnavailable, input_providers, job_inputs
+from .job_module import fetch_module
 from .joblog import executor_events
 from .outputs_serving import FileCid, import_outputs
 from .ports import NodeSettings, Ports, Sandboxes
@@ -183,7 +184,7 @@ class Executing:
         in progress is then stopped (`StopRun`). Any other job id changes nothing."""
         job = self.jobs.get(job_id)
         if job is None or job.state not in UNFINISHED:  # a run of it here is over: its inputs may go
-            if self.inputs is not None and (job.spec.inputs if job is not None else
+            if self.inputs is not None and (job.spec.block_roots if job is not None else
                                             await self.store.get_execution(job_id.hex()) is not None):
                 await self.inputs.release(job_id.hex())
             return
@@ -210,8 +211,9 @@ class Executing:
                                                     reveal=job.reveal if kind == "ran" else None)
         self.ports.events.notify()
         self._act(job, actions)
-        if job.state != before and job.state in ("failed", "ended") and job.spec.inputs and self.inputs is not None:
-            await self.inputs.release(job.job_id.hex())  # the inputs stay in the store, evictable
+        if (job.state != before and job.state in ("failed", "ended") and job.spec.block_roots
+                and self.inputs is not None):
+            await self.inputs.release(job.job_id.hex())  # the inputs and module stay in the store, evictable
         return actions
 
     def _act(self, job: ExecutorJob, actions: list) -> None:
@@ -341,14 +343,14 @@ class Executing:
         return reveal, summary
 
     async def _request(self, award: Award, spec: JobSpec) -> RunRequest:
-        """The sandbox request for a job: its module (fetched by SHA-256 if it did not travel in the
-        spec), its input, its inputs fetched and laid out for /in (`JobInputs.fetch`:
+        """The sandbox request for a job: its module (fetched by CID if it did not travel in the
+        spec: `_fetch_module`), its input, its inputs fetched and laid out for /in (`JobInputs.fetch`:
         InputsUnavailable withdraws), and a fresh output directory for container jobs."""
         module = None
         out_dir = None
         in_dir = None
         if spec.sandbox == "wasm":
-            module = spec.wasm_module or await self._fetch_module(spec)
+            module = spec.wasm_module or await self._fetch_module(award.job_id.hex(), spec)
         elif self.sandboxes.outputs_dir is not None and not spec.is_batch:
             path = self.sandboxes.outputs_dir / award.job_id.hex()
             if path.exists():
@@ -358,25 +360,24 @@ class Executing:
         if spec.inputs:  # last: nothing after it can fail and leave the laid-out inputs behind
             if self.inputs is None or self.inputs.inputs_dir is None:
                 raise InputsUnavailable("this node has no block store for the job's inputs")
-            providers = input_providers(peer_id_from_public_key(spec.submitter), peer_id_from_public_key(self.me),
-                                        self.ports.transport.connected_peers())
-            in_dir = str(await self.inputs.fetch(award.job_id.hex(), spec, providers))
+            in_dir = str(await self.inputs.fetch(award.job_id.hex(), spec, self._providers(spec)))
         return RunRequest(image=spec.image or "wasm", command=list(spec.command), env=dict(spec.env),
                           cpu=spec.cpu_millis / 1000, memory_mb=spec.memory_mb, timeout_s=float(spec.timeout_s),
                           stdin=spec.stdin, out_dir=out_dir, out_max_bytes=spec.out_max_bytes,
                           out_max_files=spec.out_max_files, out_keep_free=self.settings.disk_reserve,
                           wasm_module=module, fuel=spec.fuel_limit or None, in_dir=in_dir)
 
-    async def _fetch_module(self, spec: JobSpec) -> bytes:
-        digest = spec.wasm_sha256
-        cached = await self.store.get_blob(digest.hex())
-        if cached is not None:
-            return cached
-        blob = await self.ports.transport.deliver(spec.submitter, BLOB_PROTOCOL, digest)
-        if sha256(blob) != digest:
-            raise RemoteProtocolError("bad_blob", "the submitter served a module with another hash")
-        await self.store.put_blob(digest.hex(), blob)
-        return blob
+    async def _fetch_module(self, job_hex: str, spec: JobSpec) -> bytes:
+        """The module a spec names by CID, from the block store (node/job_module.py: fetched from
+        the submitter and connected peers if need be, pinned for the run like the inputs)."""
+        if self.ports.content is None:
+            raise InputsUnavailable("this node has no block store for the job's wasm module")
+        return await fetch_module(self.ports.content, job_hex, spec, self._providers(spec))
+
+    def _providers(self, spec: JobSpec) -> list[str]:
+        """Who may hold a job's blocks: its submitter first, then connected peers."""
+        return input_providers(peer_id_from_public_key(spec.submitter), peer_id_from_public_key(self.me),
+                               self.ports.transport.connected_peers())
 
     def make_reveal(self, award: Award, spec: JobSpec, result: RunResult) -> bytes:
         """The signed reveal of a result (consensus.executor.make_reveal: stdout, its size and the

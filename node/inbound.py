@@ -3,8 +3,7 @@
 The checks of inbound requests that need no store, kept apart from the agent so that tools/fuzz
 runs these very functions on millions of inputs without a node (a gossiped message's check is
 `consensus.gossip.check_gossip`, shared with the bootstrap, the fuzzer and the simulator):
-- `decode_award(data, me)`, `decode_blob_request(data)`: what the executor's award handler and
-  the blob handler check before looking anything up;
+- `decode_award(data, me)`: what the executor's award handler checks before looking anything up;
 - `decode_reveal_answer(payload, executor)`: the reveal a submitter asked `executor` for.
 (Bids, commits and withdrawals are `consensus.messages.verify` plus `Submitting._check_sender`.)
 Each returns what it checked or raises RemoteProtocolError with a reason (malformed,
@@ -24,13 +23,6 @@ def decode_award(data: bytes, me: bytes) -> Signed:
     if signed.msg.executor != me:
         raise RemoteProtocolError("malformed", "award names another executor")
     return signed
-
-
-def decode_blob_request(data: bytes) -> bytes:
-    """A blob request: the SHA-256 of the blob wanted."""
-    if len(data) != 32:
-        raise RemoteProtocolError("malformed", "a blob request is a 32-byte SHA-256")
-    return bytes(data)
 
 
 def decode_reveal_answer(payload: bytes, executor: bytes) -> Signed:

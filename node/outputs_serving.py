@@ -21,8 +21,6 @@ Contract:
   node that ran the job the blocks are here already and nothing goes over the network. A file
   that cannot be had keeps its own reason (`unavailable`, `store_full`, `write_failed`,
   `bad_path`) and the others are still written.
-- `handle_blob` serves the wasm modules this node holds by SHA-256 (BLOB_PROTOCOL); output files
-  no longer travel that way.
 """
 
 from __future__ import annotations
@@ -34,13 +32,11 @@ from typing import AsyncIterator, Awaitable, Callable
 import trio
 
 from distributeai.consensus.cid import BadCid, cid_text, parse_cid_text, verify_block
-from distributeai.consensus.errors import LocalProtocolError, RemoteProtocolError
+from distributeai.consensus.errors import LocalProtocolError
 from distributeai.consensus.unixfs import BadBlock, FileBuilder, decode_block
 from distributeai.p2p.bitswap_fetch import BlocksUnavailable
 
-from . import wire
 from .blockstore import BlockStoreFull, MissingBlock
-from .inbound import decode_blob_request
 from .retention import Pins
 from .sqlitefile import StoreFull
 from .store import Store
@@ -147,14 +143,6 @@ class OutputsServing:
         self.blocks = blocks
         self.fetch_dag = fetch_dag
         self.job_status = job_status
-
-    async def handle_blob(self, peer: str, data: bytes) -> bytes:
-        """Serve a blob this node holds (a wasm module of one of its jobs) by its SHA-256."""
-        digest = decode_blob_request(data)
-        blob = await self.store.get_blob(digest.hex())
-        if blob is None:
-            raise RemoteProtocolError("unknown_blob", "no such blob here")
-        return wire.ok(blob)
 
     async def _verified(self, job_hex: str) -> dict:
         view = await self.job_status(job_hex)

@@ -33,10 +33,8 @@ CREATE TABLE IF NOT EXISTS outputs (
     path    TEXT NOT NULL,
     PRIMARY KEY (sha256, job_id, path)
 );
-CREATE TABLE IF NOT EXISTS blobs (
-    sha256  TEXT PRIMARY KEY,
-    data    BLOB NOT NULL
-);
+-- Wasm modules by SHA-256, in stores of earlier versions: they are blocks by CID now (node/job_module.py).
+DROP TABLE IF EXISTS blobs;
 CREATE TABLE IF NOT EXISTS inputs (
     seq     INTEGER PRIMARY KEY AUTOINCREMENT,
     job_id  TEXT NOT NULL,

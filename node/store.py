@@ -25,8 +25,8 @@ What is stored (and why):
   retention still removes the rows of old jobs.
 - `meta`: the peer id this store belongs to, recorded at the first start (`check_identity`): a node
   whose key file gives another peer id refuses to start instead of taking this history as its own.
-- `blobs`: wasm modules too large to travel in a spec, by SHA-256: a submitter's own, served to
-  its executors, and an executor's fetched copy, kept.
+- `blobs`: dropped at open (sqlitefile.SCHEMA). It held the wasm modules too large to travel in a
+  spec, by SHA-256; they are blocks by CID now (node/job_module.py).
 
 A full or failing disk: a transaction that SQLite cannot write (SQLITE_FULL "database or disk is
 full", or an SQLITE_IOERR) raises `StoreFull`, after its transaction is rolled back, so the
@@ -125,9 +125,6 @@ class Store:
     async def set_bid_decision(self, job_id: str, decision: str) -> None:
         await self._run(lambda c: c.execute("UPDATE jobs SET bid=? WHERE job_id=?", (decision, job_id)))
 
-    async def put_blob(self, digest: str, data: bytes) -> None:
-        await self._run(lambda c: c.execute("INSERT OR IGNORE INTO blobs(sha256, data) VALUES (?,?)", (digest, data)))
-
     async def add_outputs(self, job_id: str, entries: list[tuple[str, str]]) -> None:
         """Output files this node holds for a job it ran: (sha256 hex, path under its outputs)."""
         await self._run(lambda c: c.executemany(
@@ -161,13 +158,6 @@ class Store:
         def fn(c: sqlite3.Connection) -> tuple[str, str] | None:
             row = c.execute("SELECT job_id, path FROM outputs WHERE sha256=? LIMIT 1", (digest,)).fetchone()
             return (row["job_id"], row["path"]) if row else None
-
-        return await self._run(fn)
-
-    async def get_blob(self, digest: str) -> bytes | None:
-        def fn(c: sqlite3.Connection) -> bytes | None:
-            row = c.execute("SELECT data FROM blobs WHERE sha256=?", (digest,)).fetchone()
-            return row["data"] if row else None
 
         return await self._run(fn)
 

@@ -15,7 +15,7 @@ from typing import Awaitable, Callable
 import trio
 
 from distributeai.consensus.certificate import verify_certificate
-from distributeai.consensus.codec import Identity, sha256
+from distributeai.consensus.codec import Identity
 from distributeai.consensus.errors import LocalProtocolError, RemoteProtocolError
 from distributeai.consensus.ledger import REPUTATION_START, max_cost
 from distributeai.consensus.messages import (
@@ -38,6 +38,7 @@ from . import wire
 from .blockstore import BlockStoreFull
 from .inbound import decode_reveal_answer
 from .job_inputs import job_inputs, submission_owner
+from .job_module import store_module
 from .joblog import submitter_events
 from .ports import NodeSettings, Ports
 
@@ -122,7 +123,7 @@ class Submitting:
     async def submit(self, signed_spec: bytes, module: bytes | None = None) -> bytes:
         """Announce a job signed by this node's user. Raises LocalProtocolError if it is not,
         or if this node cannot pay for it in its own view. `module` is the wasm module of a spec
-        that carries only its SHA-256; this node then serves it to the executors."""
+        that carries only its CID: it goes into the block store, where executors fetch it."""
         p = self.ports
         try:
             spec = verify(signed_spec, JobSpec)
@@ -136,16 +137,20 @@ class Submitting:
                 "insufficient_credits",
                 f"the job may cost {max_cost(spec.msg)} credits, this node has {p.ledger.balance(self.me)}")
         self._check_reach(spec.msg)
-        if spec.msg.wasm_sha256:
-            if module is None or sha256(module) != spec.msg.wasm_sha256:
-                raise LocalProtocolError("missing_module", "the spec names a wasm module by hash; send the module too")
-            await p.store.put_blob(spec.msg.wasm_sha256.hex(), module)
         job_id = job_id_of(signed_spec)
+        if spec.msg.wasm_cid:
+            await self._store_module(job_id, spec.msg, module)
         now = p.now_ms()
         announce = sign(self.identity, Announce(signed_spec, tuple(p.transport.multiaddrs()), self.settings.pow_nonce))
-        if not await p.store.insert_job(job_id.hex(), "submitter", spec.msg.name, signed_spec, "bidding", now,
-                                        announce=announce):
-            raise LocalProtocolError("duplicate", "this job was already submitted")
+        try:
+            if not await p.store.insert_job(job_id.hex(), "submitter", spec.msg.name, signed_spec, "bidding", now,
+                                            announce=announce):
+                raise LocalProtocolError("duplicate", "this job was already submitted")
+        except BaseException:
+            if spec.msg.wasm_cid:  # refused: its module is nobody's submission (a duplicate's was checked first)
+                with trio.CancelScope(shield=True):
+                    await self.inputs.release_submission(spec.msg)
+            raise
         job = SubmitterJob(self.identity, signed_spec, spec.msg, started_ms=now, timing=self.timing)
         await p.store.record_input(job_id.hex(), "start", signed_spec, {}, now, status=job.state, reason="",
                                    certificate=None, offences=[])
@@ -158,6 +163,16 @@ class Submitting:
         await self.consider(job_id, spec.msg, ())
         p.runtime.spawn(self._reannounce, job, announce)
         return job_id
+
+    async def _store_module(self, job_id: bytes, spec: JobSpec, module: bytes | None) -> None:
+        """The wasm module the spec names by CID, in the block store for the executors to fetch,
+        pinned with the submission's inputs (node/job_module.py). A duplicate is refused first:
+        its release would unpin the module of the job already announced."""
+        if await self.ports.store.get_job(job_id.hex()) is not None:
+            raise LocalProtocolError("duplicate", "this job was already submitted")
+        if self.inputs is None:
+            raise LocalProtocolError("missing_module", "this node has no block store for a wasm module sent by CID")
+        await store_module(self.inputs.blocks, spec, module)
 
     def _check_reach(self, spec: JobSpec) -> None:
         """Refuse, before anything is announced, a job whose quorum is larger than the nodes this
@@ -281,7 +296,7 @@ class Submitting:
             elif isinstance(action, Finished):
                 log.info("job %s %s%s", job.job_id.hex()[:12], action.status, f": {action.reason}" if action.reason else "")
                 await self.ended(job.job_id, action.status, action.reason)
-                if job.spec.inputs and self.inputs is not None:
+                if job.spec.block_roots and self.inputs is not None:  # its inputs and module may go
                     await self.inputs.release_submission(job.spec)
                 p.events.job_finished(action.status, action.reason, (p.now_ms() - job.started_ms) / 1000)
 

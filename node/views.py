@@ -38,6 +38,7 @@ def job_view(row: dict, machine: SubmitterJob | None, execution: dict | None,
         "status": row["status"],
         "reason": row["reason"],
         "image": spec.image,
+        "wasm_cid": cid_text(spec.wasm_cid) if spec.wasm_cid else None,  # a module too large for the spec
         "command": list(spec.command),
         "replicas": spec.replicas,
         "quorum": spec.quorum,

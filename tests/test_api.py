@@ -7,6 +7,7 @@ describe)."""
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import json
 import os
@@ -323,6 +324,16 @@ def test_bad_requests_get_a_4xx_naming_the_field_and_reach_nothing(tmp_path):
         assert status == 201, body
         done = poll_until_done(api, json.loads(body)["id"], 120)
         assert done["status"] == "verified" and done["stdout"] == "by cid\n", done
+        # A wasm module too large for the spec (over 4 KiB): sent base64, named in the signed spec by
+        # its CID, and read by the executor from the block store.
+        module = (WORKLOADS / "hashverify.wasm").read_bytes()
+        status, _, body = http("POST", f"{api}/api/v1/jobs", json.dumps({
+            "sandbox": "wasm", "wasm_module": base64.b64encode(module).decode(), "command": ["hashverify"],
+            "stdin": "Hello\n", "replicas": 1, "quorum": 1}).encode())
+        assert status == 201, body
+        done = poll_until_done(api, json.loads(body)["id"], 120)
+        assert done["status"] == "verified" and done["stdout"] == DEMO_STDOUT, done
+        assert done["wasm_cid"] == file_cid(module), done
 
 
 def test_off_loopback_rules_a_token_is_required(tmp_path):

@@ -220,15 +220,15 @@ def test_a_full_disk_fails_a_write_cleanly_and_the_store_recovers_when_space_ret
         await store.insert_job("a", "observer", "a", b"spec", "announced", 1)
         fill(small_fs / "filler")
         with pytest.raises(StoreFull, match="database or disk is full|disk I/O error"):
-            await store.put_blob("big", os.urandom(MiB))
+            await store.insert_job("big", "observer", "big", os.urandom(MiB), "announced", 1)
         with pytest.raises(StoreFull):
             for i in range(100):  # whatever room the WAL had, it runs out
                 await store.insert_job(f"j{i}", "observer", "n", os.urandom(32 * 1024), "announced", 1)
         assert (await store.get_job("a"))["status"] == "announced"  # reads go on
         (small_fs / "filler").unlink()
-        await store.put_blob("big", b"x" * MiB)  # the same connection, no restart
+        await store.insert_job("big", "observer", "big", b"x" * MiB, "announced", 1)  # the same connection, no restart
         await store.insert_job("b", "observer", "b", b"spec", "announced", 2)
-        assert await store.get_blob("big") == b"x" * MiB and await store.get_job("b")
+        assert (await store.get_job("big"))["signed_spec"] == b"x" * MiB and await store.get_job("b")
         await store.aclose()
         reopened = await Store.open(small_fs / "node.db")
         assert {"a", "b"} <= {j["job_id"] for j in await reopened.list_jobs()}

@@ -206,7 +206,7 @@ async def test_a_node_counts_every_fuzzed_message_stays_up_and_still_verifies_a_
     from distributeai.tools.devnet import Devnet
     from distributeai.consensus.codec import Identity
     from distributeai.consensus.names import (
-        AWARD_PROTOCOL, BID_PROTOCOL, BLOB_PROTOCOL, COMMIT_PROTOCOL, JOBS_TOPIC, REVEAL_PROTOCOL, WITHDRAW_PROTOCOL,
+        AWARD_PROTOCOL, BID_PROTOCOL, COMMIT_PROTOCOL, JOBS_TOPIC, REVEAL_PROTOCOL, WITHDRAW_PROTOCOL,
     )
     from distributeai.node.wire import parse_answer
     from distributeai.p2p.identity import load_or_create_key
@@ -243,7 +243,7 @@ async def test_a_node_counts_every_fuzzed_message_stays_up_and_still_verifies_a_
             to_submitter, to_executor = build(as_submitter), build(as_executor)
             plan = {BID_PROTOCOL: to_executor["bid"], COMMIT_PROTOCOL: to_executor["commit"],
                     WITHDRAW_PROTOCOL: to_executor["withdraw"], AWARD_PROTOCOL: to_submitter["award"],
-                    REVEAL_PROTOCOL: to_submitter["reveal_request"], BLOB_PROTOCOL: to_submitter["blob"]}
+                    REVEAL_PROTOCOL: to_submitter["reveal_request"]}
             before = Counter(net.info(0)["rejected"])
             expected = Counter()
 

@@ -19,7 +19,7 @@ from distributeai.consensus.messages import (
     Announce, Award, Bid, Commit, JobSpec, RevealRequest, Withdraw, job_id_of, sign,
 )
 from distributeai.consensus.names import (
-    AWARD_PROTOCOL, BID_PROTOCOL, BLOB_PROTOCOL, COMMIT_PROTOCOL, JOBS_TOPIC, REVEAL_PROTOCOL, WITHDRAW_PROTOCOL,
+    AWARD_PROTOCOL, BID_PROTOCOL, COMMIT_PROTOCOL, JOBS_TOPIC, REVEAL_PROTOCOL, WITHDRAW_PROTOCOL,
 )
 from distributeai.node.wire import parse_answer
 from distributeai.p2p.identity import load_or_create_key
@@ -138,7 +138,6 @@ async def test_hostile_peer_is_rejected_counted_and_harmless(tmp_path):
                 ],
                 "oversize": [(BID_PROTOCOL, oversized(me, "bid", 2048)), (COMMIT_PROTOCOL, oversized(me, "commit", 2048)),
                              (AWARD_PROTOCOL, oversized(me, "award", 2048))],
-                "unknown_blob": [(BLOB_PROTOCOL, b"\3" * 32)],
             }
             for reason, sends in requests.items():
                 for protocol, data in sends:

@@ -1,5 +1,5 @@
 """WASM jobs on a real 3-node network: identical results and fuel from 3 executors, a module too
-large for the spec fetched from the submitter by its SHA-256, fuel exhaustion and the memory
+large for the spec named there by its CID and fetched as blocks, fuel exhaustion and the memory
 limit as results, and pricing per fuel."""
 
 from __future__ import annotations
@@ -10,7 +10,9 @@ from pathlib import Path
 import pytest
 
 from distributeai.tools.devnet import Devnet
+from distributeai.consensus.cid import cid_text
 from distributeai.consensus.messages import WASM_INLINE_CAP
+from distributeai.consensus.unixfs import CHUNK_SIZE, file_cid
 
 from .netfixtures import DEMO_STDOUT, cli
 
@@ -56,13 +58,20 @@ def test_hashverify_gives_identical_results_and_fuel_on_3_executors(net):
     assert {e["sandbox"] for e in view["executors"]} == {"wasm"}
 
 
-def test_a_module_too_large_for_the_spec_is_fetched_by_its_hash(net, tmp_path):
+def test_a_module_too_large_for_the_spec_travels_by_its_cid_as_blocks(net, tmp_path):
+    """Over the inline limit and over one chunk (leaves under a dag-pb root): the spec names the
+    module by its file CID, and all three nodes run it, so the two that did not submit it fetched
+    its blocks from the block store of the node that did (there is no other way to it)."""
+    module = with_custom_section((WORKLOADS / "hashverify.wasm").read_bytes(), 3 * CHUNK_SIZE // 2)
+    assert len(module) > max(WASM_INLINE_CAP, CHUNK_SIZE)
     big = tmp_path / "big.wasm"
-    big.write_bytes(with_custom_section((WORKLOADS / "hashverify.wasm").read_bytes(), WASM_INLINE_CAP))
-    assert big.stat().st_size > WASM_INLINE_CAP
-    view = submit(net, "--wasm", str(big), "--stdin", "Hello\n", "--cmd", "hashverify")
+    big.write_bytes(module)
+    view = submit(net, "--wasm", str(big), "--stdin", "Hello\n", "--cmd", "hashverify", "--replicas", "3",
+                  "--quorum", "3")
     assert view["status"] == "verified", view
     assert view["stdout"] == DEMO_STDOUT
+    assert view["wasm_cid"] == cid_text(file_cid(module))
+    assert {e["peer_id"] for e in view["executors"] if e["agreed"]} == {info["peer_id"] for info in net.node_info}
 
 
 def test_fuel_exhaustion_is_a_result(net):

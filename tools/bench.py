@@ -101,7 +101,7 @@ def run_bench(nodes: int, jobs: int, concurrency: int, sandbox: str, docker_host
     container = "process" if sandbox == "wasm" else sandbox
     doc = _job_doc(sandbox, batch)
     fields = parse_job(doc)
-    module = doc.get("wasm_module") if fields["wasm_sha256"] else None
+    module = doc.get("wasm_module") if fields["wasm_cid"] else None
     with tempfile.TemporaryDirectory(prefix="dai-bench-") as root, \
             Devnet(Path(root) / "net", nodes=nodes, sandbox=container, docker_host=docker_host,
                    log_level="warning") as net:

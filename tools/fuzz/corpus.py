@@ -19,7 +19,7 @@ from distributeai.consensus.executor import make_batch_reveal, make_commit, make
 from distributeai.consensus.messages import (
     Announce, Award, Bid, Certificate, Commit, Decline, JobSpec, Reveal, RevealRequest, Withdraw, job_id_of, sign, verify,
 )
-from distributeai.consensus.unixfs import CHUNK_SIZE, FileBuilder, Link, directory_block
+from distributeai.consensus.unixfs import CHUNK_SIZE, FileBuilder, Link, directory_block, file_cid
 from distributeai.p2p.session import request_frame, response_frame
 
 from distributeai.node import wire
@@ -70,11 +70,11 @@ def seed_messages(submitter: Identity | None = None, executor: Identity | None =
                      env=(("A", "1"), ("LANG", "C")), stdin=b"input\n")
     wasm_inline = spec(2, name="wasm", image="", command=("hashverify",), sandbox="wasm",
                        wasm_module=b"\0asm\1\0\0\0" + bytes(64), fuel_limit=10**9, price_per_mfuel=2)
-    wasm_hash = spec(3, name="wasm-big", image="", command=("hashverify",), sandbox="wasm",
-                     wasm_sha256=sha256(b"module"))
+    wasm_by_cid = spec(3, name="wasm-big", image="", command=("hashverify",), sandbox="wasm",
+                       wasm_cid=file_cid(b"\0asm\1\0\0\0" + bytes(8192)))
     batch = spec(4, name="batch", image="alpine:latest", command=("echo",), tasks=(("a",), ("b", "c"), ()),
                  max_total_results=4)
-    m["spec"] = [container, wasm_inline, wasm_hash, batch]
+    m["spec"] = [container, wasm_inline, wasm_by_cid, batch]
     m["announce"] = [sign(s, Announce(signed_spec=raw, submitter_addrs=("/ip4/127.0.0.1/tcp/4001/p2p/x",)))
                      for raw in m["spec"]] + [sign(s, Announce(signed_spec=container, submitter_addrs=()))]
     job = job_id_of(container)
@@ -128,7 +128,7 @@ def seed_messages(submitter: Identity | None = None, executor: Identity | None =
 
 
 def answer_seeds(c: Corpus) -> list[bytes]:
-    """Answer frames as request handlers send them: ok with nothing, with a reveal, with a blob;
+    """Answer frames as request handlers send them: ok with nothing, with a reveal, with raw bytes;
     refusals."""
     return [wire.ok(), wire.ok(c.messages["reveal"][0]), wire.ok(b"\0asm" * 100), wire.refuse("unknown_job"),
             wire.refuse("malformed")]

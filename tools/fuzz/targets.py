@@ -14,7 +14,6 @@ promise, such as a job file whose spec the network would refuse).
 | award | `inbound.decode_award` (executor's handler) | valid, naming this executor |
 | reveal_request | `verify(data, RevealRequest)` (executor's handler) | valid |
 | reveal | `inbound.decode_reveal_answer` (the submitter reading an answer) | valid, by the executor asked |
-| blob | `inbound.decode_blob_request` | 32 bytes |
 | answer | `wire.parse_answer` (any requester) | a positive answer frame |
 | session_frame | `session.parse_request_header` + `parse_request_body` | one well-formed request frame |
 | session | `session.serve_session` over a trio memory stream pair, the input as the stream's bytes | no frame refused |
@@ -44,7 +43,7 @@ from distributeai.consensus.messages import (
     MAX_ENVELOPE, MAX_SIZE, Bid, Commit, Decline, JobSpec, RevealRequest, Withdraw, sign, verify,
 )
 from distributeai.consensus.names import (
-    AWARD_PROTOCOL, BID_PROTOCOL, BLOB_PROTOCOL, COMMIT_PROTOCOL, DECLINE_PROTOCOL, REVEAL_PROTOCOL, WITHDRAW_PROTOCOL,
+    AWARD_PROTOCOL, BID_PROTOCOL, COMMIT_PROTOCOL, DECLINE_PROTOCOL, REVEAL_PROTOCOL, WITHDRAW_PROTOCOL,
 )
 from distributeai.consensus.unixfs import MAX_BLOCK, BadBlock, decode_block
 from distributeai.p2p import bitswap_wire, reqresp, session
@@ -52,12 +51,12 @@ from distributeai.p2p.identity import peer_id_from_public_key
 
 from distributeai.node import wire
 from distributeai.node.control_request import MAX_REQUEST, REJECT_REASON, BadRequest, parse_line
-from distributeai.node.inbound import decode_award, decode_blob_request, decode_reveal_answer
+from distributeai.node.inbound import decode_award, decode_reveal_answer
 from distributeai.node.submitting import Submitting
 from . import corpus as corpus_mod
 from .corpus import Corpus
 
-PROTOCOLS = [BID_PROTOCOL, DECLINE_PROTOCOL, COMMIT_PROTOCOL, WITHDRAW_PROTOCOL, AWARD_PROTOCOL, REVEAL_PROTOCOL, BLOB_PROTOCOL]
+PROTOCOLS = [BID_PROTOCOL, DECLINE_PROTOCOL, COMMIT_PROTOCOL, WITHDRAW_PROTOCOL, AWARD_PROTOCOL, REVEAL_PROTOCOL]
 SESSION_MAX_BYTES = 1 << 20  # the overlay's default max_message_bytes, as nodes run it
 SESSION_INPUT_DEADLINE_S = 10.0  # one input's session must end by then (a hang otherwise)
 
@@ -120,8 +119,6 @@ def build(c: Corpus) -> dict[str, Decoder]:
         request("reveal_request", lambda data: verify(data, RevealRequest), msgs["reveal_request"] + other,
                 "reveal_request"),
         request("reveal", lambda data: decode_reveal_answer(data, me), msgs["reveal"] + other, "reveal"),
-        Decoder("blob", [bytes(range(32)), bytes(32)], "bytes", 64, decode_blob_request, (RemoteProtocolError,),
-                _protocol_reason),
         Decoder("answer", corpus_mod.answer_seeds(c), "msgpack", MAX_ENVELOPE + 64, wire.parse_answer,
                 (RemoteProtocolError,), _protocol_reason),
         Decoder("session_frame", corpus_mod.frame_seeds(c, PROTOCOLS), "bytes", SESSION_MAX_BYTES + 512,
