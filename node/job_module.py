@@ -15,9 +15,8 @@ Contract:
   `JobInputs.release`), and reads its bytes from the store: the size its root block states is
   checked against WASM_MODULE_MAX before anything is read, and the bytes read are counted against
   that size (a DAG whose blocks hold other than its root states is refused), so no more than
-  WASM_MODULE_MAX bytes are ever held in memory. The DAG is fetched whole before its size is
-  known, as an input's is: what it may take on disk is bounded by the store's cap (a pinned
-  fetch the cap cannot hold stops there). `InputsUnavailable` when no provider serves some block
+  WASM_MODULE_MAX bytes are ever held in memory. The fetch itself stops once more than
+  WASM_MODULE_MAX (and the dag-pb nodes' margin, node/transfer.py `size_bound`) has arrived. `InputsUnavailable` when no provider serves some block
   or the store cannot hold them; ValueError when the module is too large or is not a file. Either way the executor withdraws
   with that reason. The blocks stay in the store once the job ends, evictable: a later job with
   the same module fetches nothing.
@@ -33,6 +32,7 @@ from distributeai.consensus.messages import WASM_MODULE_MAX, JobSpec
 from distributeai.consensus.unixfs import BadBlock, file_cid
 
 from .blockstore import BlockStoreFull, MissingBlock
+from .transfer import size_bound
 from .job_inputs import InputsUnavailable, dag_size, run_owner, submission_owner
 from .outputs_serving import read_file
 
@@ -61,7 +61,7 @@ async def fetch_module(content, job_hex: str, spec: JobSpec, providers: list[str
     await blocks.pin(owner, cid)  # what is held now stays while the rest arrives
     if await blocks.walk_missing(cid):
         try:
-            await content.fetch_dag(cid, providers, pin=owner)
+            await content.fetch_dag(cid, providers, pin=owner, max_bytes=size_bound(WASM_MODULE_MAX))
         except Exception as exc:  # BlocksUnavailable, BlockStoreFull, a bad block: cannot run
             raise InputsUnavailable(f"the wasm module {cid_text(cid)} could not be fetched: "
                                     f"{exc or type(exc).__name__}") from None

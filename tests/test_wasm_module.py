@@ -104,8 +104,9 @@ def from_store(source: BlockStore):
 
 
 def content_of(blocks: BlockStore, source: BlockStore) -> Content:
-    async def fetch(root, providers, *, pin=None, progress=None):
-        return await fetch_dag(root, blocks, from_store(source), providers, pin=pin, progress=progress)
+    async def fetch(root, providers, *, pin=None, progress=None, max_bytes=None):
+        return await fetch_dag(root, blocks, from_store(source), providers, pin=pin, progress=progress,
+                               max_bytes=max_bytes)
     return Content(blocks, fetch)
 
 
