@@ -161,7 +161,7 @@ def test_bidding_declines_a_low_disk_and_outputs_it_cannot_hold():
     assert (over_node.bid, over_node.code) == (False, OUTPUT_TOO_LARGE)
     over_disk = decide(context(ok, disk_headroom=5 * MiB, max_output=64 * MiB))
     assert (over_disk.bid, over_disk.code) == (False, OUTPUT_TOO_LARGE)
-    assert "5.0 MiB free above its reserve" in over_disk.reason
+    assert "5 MiB free above its reserve" in over_disk.reason
     # Batches and wasm jobs write no /out: their quota asks for no room; a low disk still declines.
     assert decide(context(spec(out_max_bytes=100 * MiB, tasks=(("a",),)), disk_headroom=0, max_output=0)).bid
     assert decide(context(spec(sandbox="wasm", image="", out_max_bytes=100 * MiB, wasm_module=b"\0asm"),
