@@ -12,7 +12,9 @@ Contract (`JobInputs`, one per node; the submitter's and the executor's sides bo
   start under `submission_owner(spec)`, "submission:" and the spec's nonce (the job id is not
   known before the spec holds the CIDs, and one owner from import to certificate leaves no
   moment the blocks could be evicted); `release_submission(spec)` drops the pins once the job
-  has its certificate, and `abandon` when the submission is refused. A crash between the import
+  has its certificate, and `abandon` when the submission is refused. Each import is listed in
+  `transfers` (node/transfer.py, kind "import", with its bytes so far) while it runs; the
+  fetches list themselves (the node's `fetch_dag`). A crash between the import
   and the announcement leaves that pin behind (the store has no listing of owners to sweep).
 - bidding: `held(spec)` is the file bytes of the job's inputs whose whole DAG this store holds
   (an input held in part counts 0): a walk of the DAG's held blocks (its dag-pb nodes are read,
@@ -45,6 +47,7 @@ from distributeai.consensus.messages import JobSpec
 from distributeai.consensus.unixfs import decode_block
 
 from .blockstore import BlockStoreFull, MissingBlock
+from .transfer import Transfers
 
 # Agent.fetch_dag(root, providers, *, pin=None, progress=None): every block of the DAG in the store.
 FetchDag = Callable[..., Awaitable[Any]]
@@ -107,13 +110,15 @@ def job_inputs(ports, settings) -> "JobInputs | None":
         return None
     # Absolute: the sandbox takes only an absolute in_dir, and --data-dir may be relative.
     inputs_dir = settings.data_dir.absolute() / "inputs" if settings.data_dir is not None else None
-    return JobInputs(content.blocks, content.fetch_dag, ports.transport.connected_peers, inputs_dir)
+    return JobInputs(content.blocks, content.fetch_dag, ports.transport.connected_peers, inputs_dir,
+                     content.transfers)
 
 
 class JobInputs:
     def __init__(self, blocks, fetch_dag: FetchDag, connected: Callable[[], list[str]],
-                 inputs_dir: Path | None) -> None:
+                 inputs_dir: Path | None, transfers: Transfers | None = None) -> None:
         self.blocks = blocks
+        self.transfers = transfers if transfers is not None else Transfers()
         self.fetch_dag = fetch_dag
         self.connected = connected
         self.inputs_dir = inputs_dir
@@ -140,7 +145,8 @@ class JobInputs:
             await self.blocks.pin(owner, cid)
             inputs.append((cid, path, await dag_size(self.blocks, cid)))
         for source, name in local:
-            cid, size = await self.blocks.add_path(Path(source), pin=owner)
+            with self.transfers.track("import", name) as progress:
+                cid, size = await self.blocks.add_path(Path(source), pin=owner, progress=progress)
             inputs.append((cid, name, size))
         return replace(spec, inputs=tuple(inputs))
 

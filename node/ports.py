@@ -159,10 +159,12 @@ class StorePort(Protocol):
 class Content:
     """Blocks by CID: the node's block store (node/blockstore.py) and fetching a DAG into it from
     providers over Bitswap (`fetch_dag(root, providers, *, pin=None, progress=None)`,
-    node/transfer.py)."""
+    node/transfer.py), each fetch listed in `transfers` (the node's Transfers, where an import
+    lists itself too)."""
 
     blocks: Any
     fetch_dag: Callable[..., Awaitable[Any]]
+    transfers: Any = None
 
 
 @dataclass(frozen=True)

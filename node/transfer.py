@@ -8,14 +8,25 @@ to learn the next level (each CID once, however often the DAG links it). Memory 
 distinct CIDs (36 bytes each: 4,096 for a 1 GiB file) plus Bitswap's window; no file is ever held whole. A fetch cut short (a dropped
 connection, a killed provider, a restart) is resumed by calling it again: blocks already stored
 are never asked for twice. `Progress` counts what arrived, for the CLI's bar.
+
+`Transfers` is the node's one list of the transfers in progress (the `transfers` control op, the
+CLI's progress bar): `track(kind, name, progress)` registers one for as long as its `with` block
+runs; kind "fetch" (a DAG from peers, `name` its CID: `blob get`, a job's inputs, `job result`'s
+outputs) or "import" (a file or a directory into the block store, `name` its file name: `blob
+add`, `submit --input`, an upload). `rows()`: each one's id, kind, name, cid (a fetch's; None for
+an import), bytes so far, total (an import's file bytes; None when unknown), blocks, held,
+seconds, rate (bytes a second) and providers (a fetch's peers asked; 0 for an import).
 """
 
 from __future__ import annotations
 
+import itertools
+import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Awaitable, Callable, Protocol
+from typing import Awaitable, Callable, Iterator, Protocol
 
-from distributeai.consensus.cid import DAG_PB, codec_of
+from distributeai.consensus.cid import DAG_PB, cid_text, codec_of
 from distributeai.consensus.unixfs import children
 
 BATCH = 512  # CIDs handed to one Bitswap fetch: bounds the bookkeeping, not the transfer's window
@@ -33,19 +44,59 @@ Fetch = Callable[[list[bytes], list[str], Callable[[bytes, bytes], Awaitable[Non
 
 @dataclass
 class Progress:
-    """What a fetch moved so far (blocks and bytes that arrived; those already held are `held`)."""
+    """What a transfer moved so far: a fetch's blocks and bytes that arrived (those already held
+    are `held`), or an import's blocks stored and file bytes read (`total`: its file bytes)."""
     blocks: int = 0
     bytes: int = 0
     held: int = 0
     providers: set[str] = field(default_factory=set)
+    total: int | None = None
+
+
+class Transfers:
+    """The transfers in progress on this node (see the module docstring)."""
+
+    KINDS = ("fetch", "import")
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+        self._clock = clock
+        self._rows: dict[int, tuple[str, str, float, Progress]] = {}
+        self._ids = itertools.count(1)
+
+    @contextmanager
+    def track(self, kind: str, name: str, progress: Progress | None = None) -> Iterator[Progress]:
+        """Listed while the block runs; yields its Progress (the one given, or a new one)."""
+        assert kind in self.KINDS, kind
+        progress = progress if progress is not None else Progress()
+        key = next(self._ids)
+        self._rows[key] = (kind, name, self._clock(), progress)
+        try:
+            yield progress
+        finally:
+            del self._rows[key]
+
+    def rows(self) -> list[dict]:
+        now = self._clock()
+        out = []
+        for key, (kind, name, started, p) in self._rows.items():
+            seconds = max(now - started, 0.0)
+            out.append({"id": key, "kind": kind, "name": name, "cid": name if kind == "fetch" else None,
+                        "bytes": p.bytes, "total": p.total, "blocks": p.blocks, "held": p.held,
+                        "seconds": round(seconds, 3), "rate": int(p.bytes / seconds) if seconds > 0 else 0,
+                        "providers": len(p.providers)})
+        return out
 
 
 async def fetch_dag(root: bytes, store: BlockSink, fetch: Fetch, providers: list[str], *,
-                    pin: str | None = None, progress: Progress | None = None) -> Progress:
+                    pin: str | None = None, progress: Progress | None = None,
+                    transfers: Transfers | None = None) -> Progress:
     """Make every block of the DAG under `root` present in `store` (p2p.bitswap_fetch's
     BlocksUnavailable from `fetch` when no provider has some; the blocks fetched so far stay
     stored). Verified blocks are stored in batches of PUT_BATCH, so at most that many wait in
-    memory besides Bitswap's window."""
+    memory besides Bitswap's window. Listed in `transfers` (kind "fetch") while it runs."""
+    if transfers is not None:
+        with transfers.track("fetch", cid_text(root), progress) as progress:
+            return await fetch_dag(root, store, fetch, providers, pin=pin, progress=progress)
     progress = progress if progress is not None else Progress()
     progress.providers.update(providers)
 
