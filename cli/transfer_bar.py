@@ -102,10 +102,13 @@ def _show_bar(directory: Path, worker: threading.Thread, before: int) -> None:
     from rich.live import Live
     from rich.text import Text
 
-    started = time.monotonic()
-    with Live(Text("transferring..."), console=Console(stderr=True), refresh_per_second=4, transient=True) as live:
+    started, moved = time.monotonic(), False
+    with Live(Text("starting..."), console=Console(stderr=True), refresh_per_second=4, transient=True) as live:
         while worker.is_alive():
             rows = [r for r in transfers(directory) if r.get("id", 0) > before]
-            lines = bar_lines(rows) or [f"waiting for the node... {time.monotonic() - started:.0f} s"]
-            live.update(Text("\n".join(lines)))
+            moved = moved or bool(rows)
+            # No transfer listed: before the first (a scan, a lookup) or after the last (a file
+            # written out, a job announced): the node is still at work on the request.
+            idle = f"{'finishing' if moved else 'starting'}... {time.monotonic() - started:.0f} s"
+            live.update(Text("\n".join(bar_lines(rows) or [idle])))
             worker.join(POLL_S)
