@@ -169,3 +169,55 @@ def test_the_bar_says_bytes_of_total_rate_and_providers():
     assert bar_line(got) == "fetch bafkreihdw…tenxquvyku  1.5 KiB  3 MiB/s  from 1 provider"
     assert bar_line({**imp, "name": "evil\x1b[2Jname"}).startswith("import evil\\x1b[2Jname")
     assert bar_lines([imp] * 6)[-1] == "and 2 more" and len(bar_lines([imp] * 6)) == 5
+
+
+def test_the_bar_is_drawn_on_a_terminal_and_erased_when_the_request_ends(tmp_path, monkeypatch):
+    """`_show_bar` on a pty: it draws at once (here "starting...": no node answers `transfers`),
+    the request's end (a thread held by an event, released once the drawing was read) ends it,
+    and the bar erases itself (transient), leaving the terminal to the command's own output."""
+    import pty
+    import select
+    import sys
+    import threading
+    import time
+
+    from distributeai.cli import transfer_bar
+
+    master, slave = pty.openpty()
+    monkeypatch.setattr(sys, "stderr", os.fdopen(slave, "w", buffering=1))
+    release = threading.Event()
+    drawn = bytearray()
+
+    def read() -> None:
+        deadline = time.monotonic() + 30  # a bar never drawn fails the test, never hangs it
+        while b"starting..." not in drawn and time.monotonic() < deadline:
+            if select.select([master], [], [], 1)[0]:
+                drawn.extend(os.read(master, 4096))
+        release.set()
+
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
+    request = threading.Thread(target=release.wait, daemon=True)
+    request.start()
+    transfer_bar._show_bar(tmp_path, request, 0)
+    reader.join(30)
+    sys.stderr.flush()
+    # A pty hands what was written to its reader asynchronously: read until the erasing arrives.
+    deadline = time.monotonic() + 30
+    while not drawn.endswith(b"\x1b[2K") and time.monotonic() < deadline:
+        if select.select([master], [], [], 1)[0]:
+            drawn.extend(os.read(master, 4096))
+    os.close(master)
+    assert b"starting..." in drawn
+    assert drawn.endswith(b"\x1b[2K")  # transient: the bar's line erased, the cursor back at its start
+
+
+def test_without_a_node_the_request_fails_with_the_one_line_error(tmp_path, capsys):
+    import typer
+
+    from distributeai.cli.transfer_bar import run_with_bar, transfers
+
+    assert transfers(tmp_path) == []
+    with pytest.raises(typer.Exit):
+        run_with_bar(tmp_path, {"op": "info"}, as_json=False)
+    assert "cannot reach the node" in capsys.readouterr().err
