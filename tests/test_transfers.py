@@ -184,7 +184,8 @@ def test_the_bar_is_drawn_on_a_terminal_and_erased_when_the_request_ends(tmp_pat
     from distributeai.cli import transfer_bar
 
     master, slave = pty.openpty()
-    monkeypatch.setattr(sys, "stderr", os.fdopen(slave, "w", buffering=1))
+    terminal = os.fdopen(slave, "w", buffering=1)
+    monkeypatch.setattr(sys, "stderr", terminal)
     release = threading.Event()
     drawn = bytearray()
 
@@ -207,6 +208,8 @@ def test_the_bar_is_drawn_on_a_terminal_and_erased_when_the_request_ends(tmp_pat
     while not drawn.endswith(b"\x1b[2K") and time.monotonic() < deadline:
         if select.select([master], [], [], 1)[0]:
             drawn.extend(os.read(master, 4096))
+    monkeypatch.undo()
+    terminal.close()
     os.close(master)
     assert b"starting..." in drawn
     assert drawn.endswith(b"\x1b[2K")  # transient: the bar's line erased, the cursor back at its start
