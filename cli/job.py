@@ -17,6 +17,7 @@ from .common import (
     DataDirOption, JsonOption, check_job_id, control, fail, job_error_code, node_dir, print_json, safe,
 )
 from .jobview import job_exit_code, print_job, result_report, task_note  # noqa: F401  (print_job: cli/tools.py uses it)
+from .transfer_bar import run_with_bar
 
 job_app = typer.Typer(no_args_is_help=True, help="Look at jobs.")
 
@@ -195,7 +196,7 @@ def submit(
     if local:
         request["inputs"] = [{"path": path, "name": name} for path, name in local]
     # Inputs are imported (or fetched, by CID) before the node answers: no time limit then.
-    answer = control(data_dir, request, timeout=None if (local or spec.inputs) else 30.0)
+    answer = run_with_bar(data_dir, request, as_json, timeout=None if (local or spec.inputs) else 30.0)
     if "error" in answer:
         fail(f"the node refused the job: {answer['error']}", 1)
     job_hex = answer["job_id"]
@@ -306,7 +307,7 @@ def job_result(
         if out.exists() and not out.is_dir():
             fail(f"--out {out} exists and is not a directory")
         request["out"] = str(out.resolve())  # the node writes the files; its working directory is not ours
-    answer = control(node_dir(data_dir), request, timeout=300)
+    answer = run_with_bar(node_dir(data_dir), request, as_json, timeout=300)
     if "error" in answer:
         fail(answer["error"], 1)
     if as_json:

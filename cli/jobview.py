@@ -18,6 +18,7 @@ from typing import Optional
 import typer
 
 from distributeai.consensus.fields import STDERR_CAP, STDOUT_CAP, STDOUT_SEEN_MAX
+from distributeai.consensus.units import human_bytes
 
 from .common import safe
 
@@ -26,17 +27,6 @@ EXIT_TIMED_OUT = 124   # as coreutils `timeout` exits
 EXIT_OOM_KILLED = 137  # 128 + SIGKILL, as a shell reports a process the kernel killed
 EXIT_NO_CODE = 1       # over its output quota; an exit code outside 0..255
 EXIT_NOT_VERIFIED = 1  # failed or nondeterministic: no result to take a code from
-
-
-def size_text(n: int) -> str:
-    """A byte count for people: 512 bytes, 32 KiB, 1.5 MiB."""
-    if n < 1024:
-        return f"{n} byte{'' if n == 1 else 's'}"
-    for unit, scale in (("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)):
-        if n >= scale:
-            value = n / scale
-            return f"{value:.0f} {unit}" if value == int(value) else f"{value:.1f} {unit}"
-    raise AssertionError(n)
 
 
 def shown(text: str) -> str:
@@ -117,16 +107,16 @@ def stdout_line(view: dict) -> Optional[str]:
     if size is None:
         of = " (the job was stopped at its timeout: how much it wrote is not certified)"
     elif size > STDOUT_SEEN_MAX:
-        of = f" of more than {size_text(STDOUT_SEEN_MAX)}"
+        of = f" of more than {human_bytes(STDOUT_SEEN_MAX)}"
     else:
-        of = f" of {size_text(size)}"
+        of = f" of {human_bytes(size)}"
     kept = min(size, STDOUT_CAP) if size is not None else STDOUT_CAP
     if view.get("sandbox") == "wasm":
         how = "a WebAssembly job has no /out: print less, or run it in a container and write it to /out"
     else:
         how = (f"to get all of it, write it to /out (`cmd > /out/stdout.txt`) and fetch it with "
                f"`distributeai job result {view.get('job_id', 'JOB')} --out DIR`")
-    return typer.style(f"stdout   the first {size_text(kept)}{of} are certified; {how}", fg="yellow")
+    return typer.style(f"stdout   the first {human_bytes(kept)}{of} are certified; {how}", fg="yellow")
 
 
 def stderr_block(view: dict) -> list[str]:
@@ -136,8 +126,8 @@ def stderr_block(view: dict) -> list[str]:
     if not text:
         return []
     part = view.get("stderr_part") or "all"
-    header = {"all": "stderr:", "last": f"stderr (its last {size_text(STDERR_CAP)}; the rest was cut):",
-              "first": f"stderr (its first {size_text(STDERR_CAP)}; the rest was cut):"}[part]
+    header = {"all": "stderr:", "last": f"stderr (its last {human_bytes(STDERR_CAP)}; the rest was cut):",
+              "first": f"stderr (its first {human_bytes(STDERR_CAP)}; the rest was cut):"}[part]
     body = ("[...]" if part == "last" else "") + shown(text) + ("[...]" if part == "first" else "")
     return [header, body if body.endswith("\n") else body + "\n"]
 

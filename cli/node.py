@@ -161,7 +161,7 @@ def node_info(data_dir: Optional[Path] = DataDirOption, as_json: bool = typer.Op
 def info_lines(info: dict) -> list[str]:
     """`node info` for people: one labelled line per fact, lists one item a line, counts as
     `name n` pairs; what the node did not report is left out."""
-    from distributeai.node.bidding import human
+    from distributeai.consensus.units import human_bytes
 
     rows: list[tuple[str, list[str]]] = [("peer id", [safe(info["peer_id"])])]
     rows.append(("running", [f"yes (pid {info['pid']})" if info.get("pid") else "yes"] if info.get("running")
@@ -188,7 +188,7 @@ def info_lines(info: dict) -> list[str]:
     if "disk" in info:
         d = info["disk"]
         state = "low: not bidding" if d.get("low") else "ok"
-        rows.append(("disk", [f"{human(d['free'])} free, {human(d['reserve'])} kept in reserve ({state}) on "
+        rows.append(("disk", [f"{human_bytes(d['free'])} free, {human_bytes(d['reserve'])} kept in reserve ({state}) on "
                               f"{safe(d['path'])}"]))
     width = max(len(label) for label, _ in rows) + 2
     return [f"{label if i == 0 else '':{width}}{value}" for label, values in rows for i, value in enumerate(values)]

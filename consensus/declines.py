@@ -14,6 +14,7 @@ from typing import Iterable
 from .fields import CERT_REASON_MAX, DECLINE_CODES
 from .outputs import escape_name
 from .spec import JobSpec
+from .units import human_bytes
 
 # Each code as "N node(s) ..." reads: singular form, plural form.
 _PHRASES = {
@@ -42,14 +43,6 @@ def describe_code(code: str, n: int, spec: JobSpec) -> str:
                                             cpu=f"{spec.cpu_millis / 1000:g}", sandbox=spec.sandbox,
                                             inputs=human_bytes(spec.inputs_size))
     return f"{nodes(n)} {text}"
-
-
-def human_bytes(n: int) -> str:
-    """A byte count for people: "300 MB", "1.5 GB", "12 B" (decimal units, 3 significant digits)."""
-    for unit, size in (("TB", 10 ** 12), ("GB", 10 ** 9), ("MB", 10 ** 6), ("kB", 10 ** 3)):
-        if n >= size:
-            return f"{n / size:.3g} {unit}"
-    return f"{n} B"
 
 
 def count_codes(codes: Iterable[str]) -> list[tuple[str, int]]:

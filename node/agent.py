@@ -63,7 +63,7 @@ from .ports import Content, Events, NodeSettings, Ports, Runtime, Sandboxes, Tra
 from .retention import Pins, run_sweeper, sweep_interval
 from .store import Store, StoreFull
 from .submitting import Submitting
-from .transfer import Progress, fetch_dag
+from .transfer import Progress, Transfers, fetch_dag
 from .views import job_view, task_results
 
 log = logging.getLogger("distributeai.node")
@@ -87,8 +87,9 @@ class Agent:
         self.sandboxes = sandboxes
         self.outputs_dir = outputs_dir
         self.blocks = blocks
-        self.blobs = (Blobs(blocks, self._fetch_blocks, overlay.connected_peers, overlay.find_providers, overlay.provide)
-                      if blocks is not None else None)
+        self.transfers = Transfers()  # every import and fetch in progress (node/transfer.py)
+        self.blobs = (Blobs(blocks, self._fetch_blocks, overlay.connected_peers, overlay.find_providers, overlay.provide,
+                            self.transfers) if blocks is not None else None)
         self.settings = settings
         self.ledger = Ledger(genesis=settings.genesis_credits)
         self.rejected: Counter[str] = Counter()
@@ -137,7 +138,8 @@ class Agent:
                           job_finished=self.metrics.job_finished, sandbox_run=self.metrics.sandbox_run),
             runtime=Runtime(now_ms=now_ms, spawn=lambda fn, *args: self.nursery.start_soon(self._task, fn, *args)),
             disk=self.disk,
-            content=Content(self.blocks, self.fetch_dag, self.announce) if self.blocks is not None else None,
+            content=(Content(self.blocks, self.fetch_dag, self.announce, self.transfers)
+                     if self.blocks is not None else None),
         )
 
     async def _task(self, fn: Callable[..., Awaitable[Any]], *args: Any) -> None:
@@ -432,7 +434,8 @@ class Agent:
         """Every block of the DAG under `root` into the block store, from `providers`, then from
         the providers the DHT names for `root` (node/transfer.py)."""
         return await fetch_dag(root, self.blocks, self._fetch_blocks, providers, pin=pin, progress=progress,
-                               max_bytes=max_bytes, find_providers=self.overlay.find_providers)
+                               max_bytes=max_bytes, find_providers=self.overlay.find_providers,
+                               transfers=self.transfers)
 
     def announce(self, cid: bytes) -> None:
         """Publish a DHT provider record for `cid` (a root held whole here), in the background;

@@ -36,6 +36,7 @@ from dataclasses import dataclass
 from typing import Callable
 
 from distributeai.consensus.messages import JobSpec
+from distributeai.consensus.units import human_bytes
 
 
 
@@ -127,11 +128,11 @@ def fits_output(c: BidContext) -> Decision | None:
         return None
     quota = c.spec.out_max_bytes
     if c.max_output is not None and quota > c.max_output:
-        return Decision(False, f"output_too_large: the job may write {human(quota)}, this node accepts "
-                               f"{human(c.max_output)}", OUTPUT_TOO_LARGE)
+        return Decision(False, f"output_too_large: the job may write {human_bytes(quota)}, this node accepts "
+                               f"{human_bytes(c.max_output)}", OUTPUT_TOO_LARGE)
     if c.disk_headroom is not None and quota > c.disk_headroom:
-        return Decision(False, f"output_too_large: the job may write {human(quota)}, this node has "
-                               f"{human(max(0, c.disk_headroom))} free above its reserve and the jobs it "
+        return Decision(False, f"output_too_large: the job may write {human_bytes(quota)}, this node has "
+                               f"{human_bytes(max(0, c.disk_headroom))} free above its reserve and the jobs it "
                                f"runs", OUTPUT_TOO_LARGE)
     return None
 
@@ -144,8 +145,8 @@ def fits_inputs(c: BidContext) -> Decision | None:
         return None
     for room, what in ((c.store_room, "its block store has room for"), (c.disk_headroom, "its disk has free")):
         if room is not None and need > room:
-            return Decision(False, f"inputs_too_large: the job's inputs need {human(need)} more, {what} "
-                                   f"{human(max(0, room))}", INPUTS_TOO_LARGE)
+            return Decision(False, f"inputs_too_large: the job's inputs need {human_bytes(need)} more, {what} "
+                                   f"{human_bytes(max(0, room))}", INPUTS_TOO_LARGE)
     return None
 
 
@@ -163,11 +164,3 @@ def decide(c: BidContext) -> Decision:
         if refusal is not None:
             return refusal
     return Decision(True, "fits", FITS)
-
-
-def human(n: int) -> str:
-    """A byte count for people: 1.5 GiB, 300.0 MiB, 12 B."""
-    for unit, size in (("GiB", 1024 ** 3), ("MiB", 1024 ** 2), ("KiB", 1024)):
-        if abs(n) >= size:
-            return f"{n / size:.1f} {unit}"
-    return f"{n} B"

@@ -9,8 +9,9 @@ Contract (`Blobs`, reached as `Agent.blobs`):
   for a directory DAG); a fetch cut short resumes where it stopped when asked again. Providers:
   the peers named; else every connected peer (one that lacks the blocks answers DONT_HAVE and its
   share goes to the others) and, when they do not have it all, the providers the DHT knows
-  (`find_providers`; `add` announces the root with `provide`). `transfers()` shows each fetch in progress (bytes, blocks, rate,
-  providers), for the CLI's progress bar.
+  (`find_providers`; `add` announces the root with `provide`).
+- Every import (`add`, `add_stream`) and fetch (`get`, `present`) is listed in `transfers` (the
+  node's one `Transfers`, node/transfer.py) while it runs, for the CLI's progress bar.
 - `add_stream(chunks, name)`: `add` for one file whose bytes come from an async iterator (the REST
   API's upload), streaming, with the same pin and announcement. `present(root)`: `get`'s fetch alone
   (the DAG present and pinned here; the REST API then streams it from the store).
@@ -31,25 +32,26 @@ from distributeai.consensus.errors import LocalProtocolError
 from distributeai.p2p.bitswap_fetch import BlocksUnavailable
 
 from .blockstore import BlockStore, BlockStoreFull, MissingBlock
-from .transfer import Fetch, Progress, fetch_dag
+from .transfer import Fetch, Progress, Transfers, fetch_dag
 
 
 class Blobs:
     def __init__(self, store: BlockStore, fetch: Fetch, connected: Callable[[], list[str]],
                  find_providers: Callable[[bytes], Awaitable[list[str]]],
-                 provide: Callable[[bytes], Awaitable[bool]]) -> None:
+                 provide: Callable[[bytes], Awaitable[bool]], transfers: Transfers | None = None) -> None:
         self.store = store
         self.fetch = fetch
         self.connected = connected
         self.find_providers = find_providers
         self.provide = provide
-        self._transfers: dict[int, tuple[str, float, Progress]] = {}
+        self.transfers = transfers if transfers is not None else Transfers()
         self._ids = itertools.count(1)
 
     async def add(self, path: Path) -> dict:
         """Import `path` (a file or a directory) and pin it; {"cid", "size", "announced"}."""
         try:
-            return await self._add(lambda owner: self.store.add_path(path, pin=owner))
+            with self.transfers.track("import", path.name) as progress:
+                return await self._add(lambda owner: self.store.add_path(path, pin=owner, progress=progress))
         except FileNotFoundError:
             raise LocalProtocolError("bad_path", f"{path} does not exist") from None
         except (ValueError, OSError) as exc:
@@ -57,7 +59,8 @@ class Blobs:
 
     async def add_stream(self, chunks: AsyncIterator[bytes], name: str = "") -> dict:
         """Import one file from `chunks` (an upload), listed under `name`, and pin it, as `add`."""
-        return await self._add(lambda owner: self.store.add_stream(chunks, name, pin=owner))
+        with self.transfers.track("import", name) as progress:
+            return await self._add(lambda owner: self.store.add_stream(chunks, name, pin=owner, progress=progress))
 
     async def _add(self, run: Callable[[str], Awaitable[tuple[bytes, int]]]) -> dict:
         pending = f"blob:pending:{next(self._ids)}"  # one per import: another's end cannot unpin it
@@ -94,10 +97,12 @@ class Blobs:
         """Make the DAG under `root` present here, pinned `blob:CID` (the providers as `get` says);
         (its progress, the peers asked). LocalProtocolError `unavailable` or `store_full`."""
         peers = list(providers) if providers else self.connected()
-        key = next(self._ids)
-        progress = Progress()
-        self._transfers[key] = (cid_text(root), time.monotonic(), progress)
         owner = f"blob:{cid_text(root)}"
+        with self.transfers.track("fetch", cid_text(root)) as progress:
+            return await self._present(root, providers, peers, owner, progress)
+
+    async def _present(self, root: bytes, providers: list[str] | None, peers: list[str], owner: str,
+                       progress: Progress) -> tuple[Progress, list[str]]:
         try:
             try:
                 await fetch_dag(root, self.store, self.fetch, peers, pin=owner, progress=progress)
@@ -113,15 +118,7 @@ class Blobs:
             raise LocalProtocolError("store_full", f"the block store is full: {exc}") from None
         except (BlocksUnavailable, LookupError) as exc:
             raise LocalProtocolError("unavailable", f"{cid_text(root)}: {exc} (asked {len(peers)} peers)") from None
-        finally:
-            del self._transfers[key]
         return progress, peers
-
-    def transfers(self) -> list[dict]:
-        now = time.monotonic()
-        return [{"id": key, "cid": cid, "bytes": p.bytes, "blocks": p.blocks, "held": p.held,
-                 "seconds": round(now - started, 3), "providers": len(p.providers)}
-                for key, (cid, started, p) in self._transfers.items()]
 
     async def ls(self) -> list[dict]:
         return await self.store.roots()

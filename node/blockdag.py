@@ -13,6 +13,9 @@ Contract:
   is not UTF-8, a directory IPFS would shard (HAMT, unsupported), or a tree deeper than
   `MAX_DEPTH` is a ValueError naming the entry. The path itself may be a symlink (followed, as
   `cp` does); nothing inside one is followed.
+- `add_path` and `add_stream` report as they go when given a `progress` (node/transfer.py's
+  Progress): `blocks` stored, `bytes` of file data stored (its raw leaves), and for `add_path`
+  `total`, the tree's file bytes from the scan.
 - `add_stream` imports one file whose bytes come from an async iterator (an HTTP upload), by the
   same rules: gathered into BATCH bytes, chunked on a worker thread, stored BATCH bytes per
   transaction, pinned for its own owner while it runs (an error from the iterator ends it, and
@@ -163,8 +166,8 @@ def _read_smalls(entries: list[_Entry]) -> list[tuple | None]:
 class _Importer:
     """Blocks of one import, pinned for its temporary owner, stored BATCH bytes at a time."""
 
-    def __init__(self, store, owner: str) -> None:
-        self.store, self.owner = store, owner
+    def __init__(self, store, owner: str, progress=None) -> None:
+        self.store, self.owner, self.progress = store, owner, progress
         self.pending: list[tuple[bytes, bytes]] = []
         self.pending_bytes = 0
 
@@ -178,6 +181,9 @@ class _Importer:
         pairs, self.pending, self.pending_bytes = self.pending, [], 0
         if pairs:
             await self.store._store(pairs, self.owner)
+            if self.progress is not None:
+                self.progress.blocks += len(pairs)
+                self.progress.bytes += sum(len(block) for cid, block in pairs if codec_of(cid) == RAW)
 
     async def add_file(self, path: Path) -> tuple[bytes, int, int]:
         """(cid, file bytes, tsize) of one regular file."""
@@ -238,11 +244,11 @@ class _Importer:
 
 
 async def _import(store, pin: str | None, name: str,
-                  work: Callable[[_Importer], Awaitable[tuple[bytes, int, int]]]) -> tuple[bytes, int]:
+                  work: Callable[[_Importer], Awaitable[tuple[bytes, int, int]]], progress=None) -> tuple[bytes, int]:
     """Run one import (`work`) under a temporary owner; its blocks then go to `pin` (or are left
     evictable) and its root is recorded under `name`; after a failure its pins are dropped."""
     temp = store._import_owner()
-    importer = _Importer(store, temp)
+    importer = _Importer(store, temp, progress)
     try:
         cid, size, _ = await work(importer)
         await importer.flush()
@@ -257,14 +263,23 @@ async def _import(store, pin: str | None, name: str,
     return cid, size
 
 
-async def add_path(store, path: Path, pin: str | None) -> tuple[bytes, int]:
+def tree_bytes(entry: _Entry) -> int:
+    """The file bytes of a scanned tree (as the scan saw them)."""
+    return entry.size if not entry.is_dir else sum(tree_bytes(child) for child in entry.entries)
+
+
+async def add_path(store, path: Path, pin: str | None, progress=None) -> tuple[bytes, int]:
     tree = await trio.to_thread.run_sync(scan, path)
+    if progress is not None:
+        progress.total = tree_bytes(tree)
     return await _import(store, pin, tree.name,
-                         lambda importer: importer.add_dir(tree) if tree.is_dir else importer.add_file(tree.path))
+                         lambda importer: importer.add_dir(tree) if tree.is_dir else importer.add_file(tree.path),
+                         progress)
 
 
-async def add_stream(store, chunks: AsyncIterator[bytes], name: str, pin: str | None) -> tuple[bytes, int]:
-    return await _import(store, pin, name, lambda importer: importer.add_chunks(chunks))
+async def add_stream(store, chunks: AsyncIterator[bytes], name: str, pin: str | None,
+                     progress=None) -> tuple[bytes, int]:
+    return await _import(store, pin, name, lambda importer: importer.add_chunks(chunks), progress)
 
 
 async def walk(store, root: bytes) -> tuple[list[bytes], list[bytes]]:

@@ -409,22 +409,24 @@ class BlockStore:
 
     # --- the UnixFS side (node/blockdag.py) --------------------------------------------------
 
-    async def add_path(self, path: Path, *, pin: str | None = None) -> tuple[bytes, int]:
+    async def add_path(self, path: Path, *, pin: str | None = None, progress=None) -> tuple[bytes, int]:
         """Import a file or a directory tree (streaming); (root cid, total file bytes). Symlinks,
         FIFOs, devices, sockets inside are refused before anything is stored (ValueError naming
         the entry). While it runs its blocks are pinned (an import the cap cannot hold raises
-        BlockStoreFull); after, they are pinned for `pin` or left evictable; a root row is kept."""
+        BlockStoreFull); after, they are pinned for `pin` or left evictable; a root row is kept.
+        `progress` (node/transfer.py's Progress), when given, counts the blocks and file bytes
+        stored as it goes, and its `total` is the tree's file bytes."""
         if pin is not None:
             check_owner(pin)
-        return await blockdag.add_path(self, Path(path), pin)
+        return await blockdag.add_path(self, Path(path), pin, progress)
 
     async def add_stream(self, chunks: AsyncIterator[bytes], name: str = "", *,
-                         pin: str | None = None) -> tuple[bytes, int]:
+                         pin: str | None = None, progress=None) -> tuple[bytes, int]:
         """Import one file whose bytes come from `chunks` (streaming, as `add_path` does a file);
-        (root cid, file bytes); its root row is listed under `name`."""
+        (root cid, file bytes); its root row is listed under `name`; `progress` as `add_path`'s."""
         if pin is not None:
             check_owner(pin)
-        return await blockdag.add_stream(self, chunks, name, pin)
+        return await blockdag.add_stream(self, chunks, name, pin, progress)
 
     async def export(self, root: bytes, dest: Path) -> int:
         """Write the file or directory tree under `root` to `dest` (streaming, each block checked);

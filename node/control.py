@@ -43,7 +43,9 @@ line, answered with a JSON object on one line. Requests are capped at MAX_REQUES
     {"op": "blob_get", "cid": CID, "out": PATH[, "providers": [ID, ...]]}
                                                      -> {"cid", "size", "written_to", "fetched_blocks", ...}
     {"op": "blob_ls"}                                -> {"blobs": [{"cid", "name", "size", "added"}]}
-    {"op": "transfers"}                              -> {"transfers": [{"cid", "bytes", "blocks", "seconds", ...}]}
+    {"op": "transfers"}                              -> {"transfers": [{"id", "kind", "name", "cid", "bytes", "total",
+                                                        "blocks", "held", "seconds", "rate", "providers"}]}: the
+                                                        imports and fetches in progress (node/transfer.py Transfers)
 Errors: {"error": "message", "code": "reason"}. Every argument is checked before any op runs
 (control_request.py); a malformed request is answered with code "bad_request" and counted in
 `rejected` (reason "control_bad_request"); nothing a client sends ends the node.
@@ -156,7 +158,9 @@ async def _dispatch(agent: Agent, request: dict) -> dict:
         return {"peers": await agent.stored_peers(limit=1000)}
     if op == "find_peers":
         return await _find_peers(agent, req["peer_ids"], req["lookup"])
-    if op in ("blob_add", "blob_get", "blob_ls", "transfers"):
+    if op == "transfers":  # imports and fetches in progress: [] on a node without a block store
+        return {"transfers": agent.transfers.rows()}
+    if op in ("blob_add", "blob_get", "blob_ls"):
         return await _blob_op(agent, req)
     if op == "credits":
         return agent.credits()
@@ -177,9 +181,7 @@ async def _blob_op(agent: Agent, req: dict) -> dict:
             return await agent.blobs.get(req["cid"], Path(req["out"]), req["providers"])
     except LocalProtocolError as exc:
         return {"error": str(exc), "code": exc.reason}
-    if req["op"] == "blob_ls":
-        return {"blobs": await agent.blobs.ls()}
-    return {"transfers": agent.blobs.transfers()}
+    return {"blobs": await agent.blobs.ls()}
 
 
 FIND_PEERS_PARALLEL = 4  # lookups at once: each queries 3 peers at a time, and a peer serves 12 DHT streams at once

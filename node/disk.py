@@ -29,7 +29,7 @@ from typing import Callable
 
 import trio
 
-from .bidding import human
+from distributeai.consensus.units import human_bytes
 
 log = logging.getLogger("distributeai.node.disk")
 
@@ -87,10 +87,10 @@ class DiskGuard:
         if low and not self.low:
             self.episodes += 1
             log.warning("data dir %s is full: not bidding until space returns (free %s, reserve %s)",
-                        self.path, human(free), human(self.reserve))
+                        self.path, human_bytes(free), human_bytes(self.reserve))
         elif self.low and not low:
             log.warning("data dir %s has room again: bidding (free %s, reserve %s)",
-                        self.path, human(free), human(self.reserve))
+                        self.path, human_bytes(free), human_bytes(self.reserve))
         self.low = low
         return low
 

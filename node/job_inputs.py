@@ -12,7 +12,9 @@ Contract (`JobInputs`, one per node; the submitter's and the executor's sides bo
   start under `submission_owner(spec)`, "submission:" and the spec's nonce (the job id is not
   known before the spec holds the CIDs, and one owner from import to certificate leaves no
   moment the blocks could be evicted); `release_submission(spec)` drops the pins once the job
-  has its certificate, and `abandon` when the submission is refused. A pin a crash left behind
+  has its certificate, and `abandon` when the submission is refused. Each import is listed in
+  `transfers` (node/transfer.py, kind "import", with its bytes so far) while it runs; the
+  fetches list themselves (the node's `fetch_dag`). A pin a crash left behind
   (between the import and the announcement, or the certificate and the release) is dropped at
   the next start: `sweep_submissions(live)` unpins every submission owner not in `live` (the
   owners of the submitter's recovered, unfinished jobs).
@@ -53,7 +55,7 @@ from distributeai.consensus.messages import JobSpec
 from distributeai.consensus.unixfs import decode_block
 
 from .blockstore import BlockStoreFull, MissingBlock
-from .transfer import size_bound
+from .transfer import Transfers, size_bound
 
 # Agent.fetch_dag(root, providers, *, pin=None, progress=None): every block of the DAG in the store.
 FetchDag = Callable[..., Awaitable[Any]]
@@ -117,13 +119,15 @@ def job_inputs(ports, settings) -> "JobInputs | None":
     # Absolute: the sandbox takes only an absolute in_dir, and --data-dir may be relative.
     inputs_dir = settings.data_dir.absolute() / "inputs" if settings.data_dir is not None else None
     return JobInputs(content.blocks, content.fetch_dag, ports.transport.connected_peers, inputs_dir,
-                     content.announce)
+                     content.announce, content.transfers)
 
 
 class JobInputs:
     def __init__(self, blocks, fetch_dag: FetchDag, connected: Callable[[], list[str]],
-                 inputs_dir: Path | None, announce: Callable[[bytes], None] = lambda cid: None) -> None:
+                 inputs_dir: Path | None, announce: Callable[[bytes], None] = lambda cid: None,
+                 transfers: Transfers | None = None) -> None:
         self.blocks = blocks
+        self.transfers = transfers if transfers is not None else Transfers()
         self.fetch_dag = fetch_dag
         self.connected = connected
         self.inputs_dir = inputs_dir
@@ -151,7 +155,8 @@ class JobInputs:
             await self.blocks.pin(owner, cid)
             inputs.append((cid, path, await dag_size(self.blocks, cid)))
         for source, name in local:
-            cid, size = await self.blocks.add_path(Path(source), pin=owner)
+            with self.transfers.track("import", name) as progress:
+                cid, size = await self.blocks.add_path(Path(source), pin=owner, progress=progress)
             inputs.append((cid, name, size))
         for cid, _, _ in inputs:
             self.announce(cid)

@@ -157,13 +157,15 @@ class StorePort(Protocol):
 class Content:
     """Blocks by CID: the node's block store (node/blockstore.py), fetching a DAG into it from
     providers over Bitswap, then from those the DHT names (`fetch_dag(root, providers, *,
-    pin=None, progress=None, max_bytes=None)`, node/transfer.py), and announcing a root held
-    whole as a DHT provider record (`announce(cid)`: returns at once, the record is published in
-    the background)."""
+    pin=None, progress=None, max_bytes=None)`, node/transfer.py; each fetch listed in `transfers`,
+    the node's Transfers, where an import lists itself too), and announcing a root held whole as a
+    DHT provider record (`announce(cid)`: returns at once, the record is published in the
+    background)."""
 
     blocks: Any
     fetch_dag: Callable[..., Awaitable[Any]]
     announce: Callable[[bytes], None] = lambda cid: None
+    transfers: Any = None
 
 
 @dataclass(frozen=True)

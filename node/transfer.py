@@ -14,14 +14,25 @@ arrived than the caller was told the DAG holds (a job's spec states each input's
 submitter that lies gets refused after at most `max_bytes`, not after the whole DAG), and
 `find_providers` (the DHT's provider records, `Overlay.find_providers`) is asked for more peers
 when `providers` cannot give some block; the fetch then resumes from them.
+
+`Transfers` is the node's one list of the transfers in progress (the `transfers` control op, the
+CLI's progress bar): `track(kind, name, progress)` registers one for as long as its `with` block
+runs; kind "fetch" (a DAG from peers, `name` its CID: `blob get`, a job's inputs, `job result`'s
+outputs) or "import" (a file or a directory into the block store, `name` its file name: `blob
+add`, `submit --input`, an upload). `rows()`: each one's id, kind, name, cid (a fetch's; None for
+an import), bytes so far, total (an import's file bytes; None when unknown), blocks, held,
+seconds, rate (bytes a second) and providers (a fetch's peers asked; 0 for an import).
 """
 
 from __future__ import annotations
 
+import itertools
+import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Awaitable, Callable, Protocol
+from typing import Awaitable, Callable, Iterator, Protocol
 
-from distributeai.consensus.cid import DAG_PB, codec_of
+from distributeai.consensus.cid import DAG_PB, cid_text, codec_of
 from distributeai.consensus.unixfs import MAX_BLOCK, children
 from distributeai.p2p.bitswap_fetch import BlocksUnavailable
 
@@ -52,20 +63,61 @@ def size_bound(size: int) -> int:
 
 @dataclass
 class Progress:
-    """What a fetch moved so far (blocks and bytes that arrived; those already held are `held`)."""
+    """What a transfer moved so far: a fetch's blocks and bytes that arrived (those already held
+    are `held`), or an import's blocks stored and file bytes read (`total`: its file bytes)."""
     blocks: int = 0
     bytes: int = 0
     held: int = 0
     providers: set[str] = field(default_factory=set)
+    total: int | None = None
+
+
+class Transfers:
+    """The transfers in progress on this node (see the module docstring)."""
+
+    KINDS = ("fetch", "import")
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+        self._clock = clock
+        self._rows: dict[int, tuple[str, str, float, Progress]] = {}
+        self._ids = itertools.count(1)
+
+    @contextmanager
+    def track(self, kind: str, name: str, progress: Progress | None = None) -> Iterator[Progress]:
+        """Listed while the block runs; yields its Progress (the one given, or a new one)."""
+        assert kind in self.KINDS, kind
+        progress = progress if progress is not None else Progress()
+        key = next(self._ids)
+        self._rows[key] = (kind, name, self._clock(), progress)
+        try:
+            yield progress
+        finally:
+            del self._rows[key]
+
+    def rows(self) -> list[dict]:
+        now = self._clock()
+        out = []
+        for key, (kind, name, started, p) in self._rows.items():
+            seconds = max(now - started, 0.0)
+            out.append({"id": key, "kind": kind, "name": name, "cid": name if kind == "fetch" else None,
+                        "bytes": p.bytes, "total": p.total, "blocks": p.blocks, "held": p.held,
+                        "seconds": round(seconds, 3), "rate": int(p.bytes / seconds) if seconds > 0 else 0,
+                        "providers": len(p.providers)})
+        return out
 
 
 async def fetch_dag(root: bytes, store: BlockSink, fetch: Fetch, providers: list[str], *,
                     pin: str | None = None, progress: Progress | None = None, max_bytes: int | None = None,
-                    find_providers: FindProviders | None = None) -> Progress:
+                    find_providers: FindProviders | None = None, transfers: Transfers | None = None) -> Progress:
     """Make every block of the DAG under `root` present in `store`. When `providers` cannot give
     some block, `find_providers(root)` (if given) names more peers and the fetch resumes from
     them; BlocksUnavailable when none of them has it either (the blocks fetched so far stay
-    stored). DagTooLarge once more than `max_bytes` new bytes arrived."""
+    stored). DagTooLarge once more than `max_bytes` new bytes arrived. Listed in `transfers`
+    (kind "fetch") while it runs."""
+    if transfers is not None:
+        with transfers.track("fetch", cid_text(root), progress) as progress:
+            return await fetch_dag(root, store, fetch, providers, pin=pin, progress=progress, max_bytes=max_bytes,
+                                   find_providers=find_providers)
     progress = progress if progress is not None else Progress()
     limit = progress.bytes + max_bytes if max_bytes is not None else None
     try:

@@ -3,12 +3,16 @@
 A file and a directory added on one node are fetched by CID on the others over Bitswap, from one
 provider and from two at once; the CIDs are what `ipfs add --cid-version 1` gives (computed here
 with consensus.unixfs, which tests/test_unixfs.py checks against the reference importer); a CID
-nobody holds and a malformed one are refused with one line."""
+nobody holds and a malformed one are refused with one line. `submit --input` and `job result --out`
+are listed in the node's transfers while they run."""
 
 from __future__ import annotations
 
 import json
 import os
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -17,7 +21,7 @@ from distributeai.consensus.cid import cid_text
 from distributeai.consensus.unixfs import FileBuilder
 from distributeai.tools.devnet import Devnet
 
-from .netfixtures import cli
+from .netfixtures import cli, wait_for
 
 
 def pattern(size: int, seed: int) -> bytes:
@@ -96,3 +100,53 @@ def test_refusals(net, tmp_path):
     gone = cli("blob", "add", str(tmp_path / "missing"), "--data-dir", str(net.node_dirs[0]))
     assert gone.returncode == 2 and "does not exist" in gone.stderr
     assert os.path.isdir(net.node_dirs[0] / "blocks")
+
+
+def watch_transfers(net: Devnet, i: int, *args: str) -> tuple[subprocess.CompletedProcess, list[dict]]:
+    """Run a CLI command against node `i` and sample the node's `transfers` op until it ends:
+    (its outcome, every row seen). A fast machine may finish before the first sample, so callers
+    check a row's fields when one was seen, never that one was."""
+    proc = subprocess.Popen([sys.executable, "-m", "distributeai.cli.main", *args, "--data-dir",
+                             str(net.node_dirs[i]), "--json"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            stdin=subprocess.DEVNULL, text=True)
+    seen: list[dict] = []
+    try:
+        while proc.poll() is None:
+            seen += net.call(i, {"op": "transfers"}, timeout=30)["transfers"]
+            time.sleep(0.02)  # sampling the transfer, not synchronization: the loop ends with the process
+        out, err = proc.communicate(timeout=600)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    return subprocess.CompletedProcess(proc.args, proc.returncode, out, err), seen
+
+
+def test_submit_input_and_job_result_out_are_listed_as_transfers(net, tmp_path):
+    """`submit --input` of a 64 MiB file is listed as an import while the submit request runs, and
+    `job result --out` of a 32 MiB output as a fetch (the rows' fields checked when sampled)."""
+    big = tmp_path / "big.bin"
+    big.write_bytes(os.urandom(64 << 20))
+    script = 'head -c 33554432 "${IN_DIR:-/in}/data" > "${OUT_DIR:-/out}/r.bin"'
+    out, seen = watch_transfers(net, 0, "submit", "--replicas", "1", "--quorum", "1", "--input", f"{big}:data",
+                                "--image", "alpine:latest", "--cmd", "sh", "-c", script)
+    assert out.returncode == 0, out.stderr
+    view = json.loads(out.stdout)
+    assert view["status"] == "verified", view
+    imports = [r for r in seen if r["kind"] == "import"]
+    for row in imports:
+        assert (row["name"], row["cid"], row["providers"]) == ("data", None, 0)
+        assert row["total"] in (None, 64 << 20) and 0 <= row["bytes"] <= 64 << 20
+    executor = next(e["peer_id"] for e in view["executors"] if e["agreed"])
+    ids = [net.call(i, {"op": "info"})["peer_id"] for i in range(3)]
+    fetcher = next(i for i in (1, 2, 0) if ids[i] != executor)  # not the executor: the blocks travel
+    wait_for(lambda: net.call(fetcher, {"op": "status", "job_id": view["job_id"]}).get("status") == "verified",
+             60, f"node {fetcher} to see the verdict")
+    got, fetched = watch_transfers(net, fetcher, "job", "result", view["job_id"], "--out", str(tmp_path / "res"))
+    assert got.returncode == 0, got.stderr
+    assert (tmp_path / "res" / "r.bin").read_bytes() == big.read_bytes()[:32 << 20]
+    file_cid = next(f["cid"] for f in view["files"] if f["path"] == "r.bin")
+    for row in (r for r in fetched if r["kind"] == "fetch"):
+        assert row["cid"] == file_cid and row["name"] == file_cid and row["total"] is None
+        assert row["providers"] == 1 and 0 <= row["bytes"] <= 32 << 20
+    print(f"\nsampled {len(imports)} import rows, {sum(r['kind'] == 'fetch' for r in fetched)} fetch rows"
+          f" (node {fetcher} fetched from node {ids.index(executor)})")

@@ -21,7 +21,7 @@ import trio.testing
 
 from distributeai.consensus.cid import raw_cid
 from distributeai.consensus.messages import JobSpec
-from distributeai.node import disk as disk_module
+from distributeai.consensus.units import human_bytes
 from distributeai.node.bidding import DISK_LOW, OUTPUT_TOO_LARGE, BidContext, Capacity, decide
 from distributeai.node.blockstore import BlockStore
 from distributeai.node.disk import FAILED_WRITE_MARGIN, DiskGuard, rule
@@ -96,13 +96,13 @@ def test_guard_logs_each_transition_once_and_counts_failed_writes(caplog):
         guard.write_failed()
     assert guard.low and guard.store_full == 3 and guard.episodes == 1
     full = [r.getMessage() for r in caplog.records if "is full" in r.getMessage()]
-    assert full == ["data dir /data is full: not bidding until space returns (free 1.0 MiB, reserve 10.0 MiB)"]
+    assert full == ["data dir /data is full: not bidding until space returns (free 1 MiB, reserve 10 MiB)"]
     free["now"] = 12 * MiB  # above the reserve, but not by the margin a failed write asks for
     assert guard.check()
     free["now"] = 10 * MiB + FAILED_WRITE_MARGIN
     assert not guard.check()
     assert [r.getMessage() for r in caplog.records if "room again" in r.getMessage()] == [
-        f"data dir /data has room again: bidding (free {disk_module.human(free['now'])}, reserve 10.0 MiB)"]
+        f"data dir /data has room again: bidding (free {human_bytes(free['now'])}, reserve 10 MiB)"]
     free["now"] = 12 * MiB  # no write failed since: the reserve alone decides
     assert not guard.check()
     assert guard.view() == {"path": "/data", "low": False, "free": 12 * MiB, "reserve": 10 * MiB,
@@ -161,7 +161,7 @@ def test_bidding_declines_a_low_disk_and_outputs_it_cannot_hold():
     assert (over_node.bid, over_node.code) == (False, OUTPUT_TOO_LARGE)
     over_disk = decide(context(ok, disk_headroom=5 * MiB, max_output=64 * MiB))
     assert (over_disk.bid, over_disk.code) == (False, OUTPUT_TOO_LARGE)
-    assert "5.0 MiB free above its reserve" in over_disk.reason
+    assert "5 MiB free above its reserve" in over_disk.reason
     # Batches and wasm jobs write no /out: their quota asks for no room; a low disk still declines.
     assert decide(context(spec(out_max_bytes=100 * MiB, tasks=(("a",),)), disk_headroom=0, max_output=0)).bid
     assert decide(context(spec(sandbox="wasm", image="", out_max_bytes=100 * MiB, wasm_module=b"\0asm"),

@@ -9,7 +9,7 @@ import json
 
 import pytest
 
-from distributeai.cli.jobview import size_text
+from distributeai.consensus.units import human_bytes
 from distributeai.consensus.fields import STDERR_CAP, STDOUT_SEEN_MAX
 from distributeai.tools.devnet import Devnet
 
@@ -51,7 +51,7 @@ def test_a_failing_job_shows_its_exit_code_and_the_end_of_its_stderr(net):
     assert out.returncode == 3, out.stdout + out.stderr
     assert "the executors agree that the job failed (exit code 3)" in out.stdout
     assert "\nexit code 3\n" in out.stdout
-    assert f"stderr (its last {size_text(STDERR_CAP)}; the rest was cut):" in out.stdout
+    assert f"stderr (its last {human_bytes(STDERR_CAP)}; the rest was cut):" in out.stdout
     assert "error: bad input\n" in out.stdout and "warning 0\n" not in out.stdout
     assert out.stdout.endswith("stdout:\npartial\n")
     job = job_id_of(out)

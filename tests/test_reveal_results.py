@@ -9,7 +9,7 @@ from dataclasses import replace
 import pytest
 
 from distributeai.cli.jobview import (
-    EXIT_NO_CODE, EXIT_NOT_VERIFIED, EXIT_OOM_KILLED, EXIT_TIMED_OUT, job_exit_code, size_text, status_line,
+    EXIT_NO_CODE, EXIT_NOT_VERIFIED, EXIT_OOM_KILLED, EXIT_TIMED_OUT, job_exit_code, status_line,
     stderr_block, stdout_line, task_note,
 )
 from distributeai.consensus.cid import raw_cid
@@ -176,7 +176,6 @@ def test_a_cut_stdout_states_the_sizes_it_knows():
     assert "how much it wrote is not certified" in stdout_line(view(stdout_truncated=True, stdout_size=None))
     assert "--out DIR" in stdout_line(view(stdout_truncated=True, stdout_size=40_000))
     assert "no /out" in stdout_line(view(stdout_truncated=True, stdout_size=40_000, sandbox="wasm"))
-    assert (size_text(1), size_text(1536), size_text(1 << 20)) == ("1 byte", "1.5 KiB", "1 MiB")
 
 
 def test_stderr_is_shown_with_where_it_was_cut_and_no_terminal_controls():
