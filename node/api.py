@@ -25,8 +25,9 @@ Contract:
   be had (no agreeing executor serves its blocks, or the block store has no room for them). An
   output file is fetched into the block store (verified block by block) before its answer starts,
   then streamed from there (p2p/http.py `Streamed`, with its Content-Length): never held whole. A
-  fetch that outlasts the request's deadline (node/daemon.py, API_DEADLINE_S) is cut; asking again
-  resumes with the blocks already here.
+  fetch takes as long as it keeps moving: the request's deadline (node/daemon.py, API_DEADLINE_S)
+  counts from the last KEEP_ALIVE_S in which it brought bytes; one that stalls that long is cut,
+  and asking again resumes with the blocks already here.
 - A POST is checked whole (JSON, then `consensus.jobfile.parse_job`, which names the field) before
   anything is signed or sent: nothing reaches the network from a rejected request.
 - Blobs (node/blobs.py's rules): an upload is read as it arrives (p2p/http.py `streamed_bodies`:
@@ -47,7 +48,9 @@ import binascii
 import json
 import os
 import re
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Awaitable, Callable
+
+import trio
 
 from distributeai.consensus.cid import BadCid, cid_text, parse_cid_text
 from distributeai.consensus.errors import JobFileError, LocalProtocolError
@@ -72,6 +75,7 @@ ROLES = ("submitter", "executor", "observer")
 SANDBOX_KINDS = ("container", "wasm")
 _JOB_ID = re.compile(r"[0-9a-f]{64}")
 MAX_BLOB_NAME = 255  # ?name= of an upload: a file name, shown by `blob ls`
+KEEP_ALIVE_S = 2.0  # how often a GET that fetches first looks whether its fetch still moves
 
 
 # What GET .../result answers: the verified result, what the job did (limits, exit code), its
@@ -129,7 +133,7 @@ class RestApi:
             return json_response(200, {"blobs": await self._blobs().ls()})
         if parts[:3] == ["api", "v1", "blobs"] and len(parts) == 4:
             self._method(r, "GET")
-            return await self.blob(parts[3])
+            return await self.blob(parts[3], request.keep_alive)
         if parts[:3] == ["api", "v1", "jobs"] and len(parts) >= 4:
             self._method(r, "GET")
             job_hex = _job_id(parts[3])
@@ -138,7 +142,7 @@ class RestApi:
             if len(parts) == 5 and parts[4] == "result":
                 return json_response(200, await self.result(job_hex))
             if len(parts) >= 6 and parts[4] == "outputs":
-                return await self.output(job_hex, "/".join(parts[5:]))
+                return await self.output(job_hex, "/".join(parts[5:]), request.keep_alive)
         raise ApiError(404, f"no route {r.path[:200]!r}")
 
     @staticmethod
@@ -218,12 +222,14 @@ class RestApi:
             raise ApiError(409, f"job {job_hex} is {view['status']}, not verified", "id")
         return {k: view.get(k) for k in RESULT_KEYS}
 
-    async def output(self, job_hex: str, path: str) -> Response:
+    async def output(self, job_hex: str, path: str, keep_alive: Callable[[], None]) -> Response:
         view = await self.result(job_hex)
-        if not any(f["path"] == path for f in view.get("files") or []):
+        entry = next((f for f in view.get("files") or [] if f["path"] == path), None)
+        if entry is None:
             raise ApiError(404, f"job {job_hex} has no output file {path[:200]!r}", "path")
         try:
-            size, chunks = await self.agent.outputs.open_output(job_hex, path)
+            size, chunks = await self._fetching(entry.get("cid") or "", keep_alive,
+                                                self.agent.outputs.open_output(job_hex, path))
         except LocalProtocolError as exc:
             raise ApiError(502, str(exc), "path") from None
         return 200, "application/octet-stream", Streamed(chunks, size)
@@ -255,7 +261,28 @@ class RestApi:
         except StoreFull as exc:
             raise ApiError(503, f"the node's disk is full: {exc}", None, [("retry-after", "60")]) from None
 
-    async def blob(self, text: str) -> Response:
+    async def _fetching(self, cid: str, keep_alive: Callable[[], None], work: Awaitable[Any]) -> Any:
+        """Await `work` (which fetches the DAG `cid` names), keeping the connection alive
+        (p2p/http.py `Request.keep_alive`) each KEEP_ALIVE_S that its fetch (in the node's
+        transfers) brought more bytes: a large file takes as long as it needs, a stalled one is
+        cut at the connection's deadline."""
+        async def watch() -> None:
+            last = 0
+            while True:
+                await trio.sleep(KEEP_ALIVE_S)  # a poll of the transfers' counters
+                moved = sum(r["bytes"] for r in self.agent.transfers.rows() if r["cid"] == cid)
+                if moved > last:
+                    keep_alive()
+                last = moved
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(watch)
+            try:
+                return await work
+            finally:
+                nursery.cancel_scope.cancel()
+
+    async def blob(self, text: str, keep_alive: Callable[[], None] = lambda: None) -> Response:
         """A file's bytes by CID, streamed from the block store once its DAG is here."""
         blobs = self._blobs()
         try:
@@ -263,7 +290,7 @@ class RestApi:
         except BadCid as exc:
             raise ApiError(400, f"not a CID: {exc}", "cid") from None
         try:
-            progress, _ = await blobs.present(root)
+            progress, _ = await self._fetching(cid_text(root), keep_alive, blobs.present(root))
         except LocalProtocolError as exc:
             raise ApiError(404 if exc.reason == "unavailable" else 502, str(exc), "cid") from None
         block = await self.agent.blocks.get(root)

@@ -98,27 +98,16 @@ class Blobs:
         (its progress, the peers asked). LocalProtocolError `unavailable` or `store_full`."""
         peers = list(providers) if providers else self.connected()
         owner = f"blob:{cid_text(root)}"
-        with self.transfers.track("fetch", cid_text(root)) as progress:
-            return await self._present(root, providers, peers, owner, progress)
-
-    async def _present(self, root: bytes, providers: list[str] | None, peers: list[str], owner: str,
-                       progress: Progress) -> tuple[Progress, list[str]]:
+        find = None if providers else self.find_providers  # peers named: only those
         try:
-            try:
-                await fetch_dag(root, self.store, self.fetch, peers, pin=owner, progress=progress)
-            except BlocksUnavailable:
-                if providers:
-                    raise
-                found = [p for p in await self.find_providers(root) if p not in peers]
-                if not found:
-                    raise
-                peers += found
-                await fetch_dag(root, self.store, self.fetch, found, pin=owner, progress=progress)
+            progress = await fetch_dag(root, self.store, self.fetch, peers, pin=owner, find_providers=find,
+                                       transfers=self.transfers)
         except BlockStoreFull as exc:
             raise LocalProtocolError("store_full", f"the block store is full: {exc}") from None
         except (BlocksUnavailable, LookupError) as exc:
-            raise LocalProtocolError("unavailable", f"{cid_text(root)}: {exc} (asked {len(peers)} peers)") from None
-        return progress, peers
+            raise LocalProtocolError("unavailable", f"{cid_text(root)}: {exc} (asked {len(peers)} peers"
+                                     f"{'' if providers else ' and the DHT'})") from None
+        return progress, sorted(progress.providers)
 
     async def ls(self) -> list[dict]:
         return await self.store.roots()

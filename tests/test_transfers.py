@@ -103,7 +103,7 @@ async def test_submit_lists_the_import_of_its_input(tmp_path, stores):
     _, dest = stores
     (tmp_path / "big.bin").write_bytes(os.urandom(12 << 20))
     transfers = Transfers()
-    inputs = JobInputs(dest, None, lambda: [], None, transfers)
+    inputs = JobInputs(dest, None, lambda: [], None, transfers=transfers)
     spec = spec_with(0)
     spec = replace(spec, inputs=())
     seen: list[dict] = []
@@ -224,3 +224,33 @@ def test_without_a_node_the_request_fails_with_the_one_line_error(tmp_path, caps
     with pytest.raises(typer.Exit):
         run_with_bar(tmp_path, {"op": "info"}, as_json=False)
     assert "cannot reach the node" in capsys.readouterr().err
+
+
+def test_a_rest_get_keeps_its_connection_while_its_fetch_moves_and_not_after():
+    """node/api.py `_fetching` on trio's autojump clock: while the transfer named by the CID
+    brings bytes, `keep_alive` is called each KEEP_ALIVE_S; once it stalls, no more."""
+    from types import SimpleNamespace
+
+    from distributeai.node.api import KEEP_ALIVE_S, RestApi
+
+    async def main() -> None:
+        transfers = Transfers()
+        api = RestApi.__new__(RestApi)
+        api.agent = SimpleNamespace(transfers=transfers)
+        kept: list[float] = []
+        progress = Progress()
+
+        async def work() -> str:
+            with transfers.track("fetch", "bafyX", progress):
+                for _ in range(20):  # moves for 10 * KEEP_ALIVE_S, twice in each
+                    await trio.sleep(KEEP_ALIVE_S / 2)
+                    progress.bytes += 1 << 20
+                await trio.sleep(10 * KEEP_ALIVE_S)  # then stalls as long
+            return "done"
+
+        start = trio.current_time()
+        assert await api._fetching("bafyX", lambda: kept.append(trio.current_time() - start), work()) == "done"
+        assert 8 <= len(kept) <= 11 and max(kept) <= 11 * KEEP_ALIVE_S + 1e-6
+        assert trio.current_time() - start >= 20 * KEEP_ALIVE_S
+
+    trio.run(main, clock=trio.testing.MockClock(autojump_threshold=0))
