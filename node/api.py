@@ -133,7 +133,7 @@ class RestApi:
             return json_response(200, {"blobs": await self._blobs().ls()})
         if parts[:3] == ["api", "v1", "blobs"] and len(parts) == 4:
             self._method(r, "GET")
-            return await self.blob(parts[3], request.keep_alive)
+            return await self.blob(parts[3], r.keep_alive)
         if parts[:3] == ["api", "v1", "jobs"] and len(parts) >= 4:
             self._method(r, "GET")
             job_hex = _job_id(parts[3])
@@ -142,7 +142,7 @@ class RestApi:
             if len(parts) == 5 and parts[4] == "result":
                 return json_response(200, await self.result(job_hex))
             if len(parts) >= 6 and parts[4] == "outputs":
-                return await self.output(job_hex, "/".join(parts[5:]), request.keep_alive)
+                return await self.output(job_hex, "/".join(parts[5:]), r.keep_alive)
         raise ApiError(404, f"no route {r.path[:200]!r}")
 
     @staticmethod
