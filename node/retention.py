@@ -7,7 +7,7 @@ Contract:
 - A job's part here is over when its certificate is recorded or this node's execution of it
   failed (`Store.jobs_ended`). `keep_s` (`node start --keep-outputs`, default 24 h) after that,
   the sweep unpins `outputs:JOB_ID` (with `blocks`), removes the directory (and what is left in
-  it) and the store's rows. Unpinned blocks are not deleted: they become evictable, least
+  it). Unpinned blocks are not deleted: they become evictable, least
   recently used first, when the store needs room. A job whose part is not over is never touched
   (a job whose submitter vanished keeps its outputs until a certificate arrives).
 - Pinned while served: `Pins.hold(job)` marks a job as being read for a fetching node; the sweep
@@ -105,7 +105,6 @@ async def sweep(store, outputs_dir: Path, keep_s: float, now_ms: int, pins: Pins
         except OSError as exc:
             log.warning("could not remove the outputs of job %s: %s", job_id[:12], exc)
             continue
-        await store.remove_outputs(job_id)
         removed.append(job_id)
     if removed:
         log.info("removed the outputs of %d job(s) kept %.0f s after they ended", len(removed), keep_s)

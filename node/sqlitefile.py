@@ -27,13 +27,9 @@ CREATE TABLE IF NOT EXISTS jobs (
     certificate BLOB,
     bid         TEXT NOT NULL DEFAULT ''    -- this node's decision on bidding, with the reason
 );
-CREATE TABLE IF NOT EXISTS outputs (
-    sha256  TEXT NOT NULL,
-    job_id  TEXT NOT NULL,
-    path    TEXT NOT NULL,
-    PRIMARY KEY (sha256, job_id, path)
-);
--- Wasm modules by SHA-256, in stores of earlier versions: they are blocks by CID now (node/job_module.py).
+-- Output files and wasm modules by SHA-256, in stores of earlier versions: they are blocks by CID
+-- now (node/outputs_serving.py, node/job_module.py), found through the block store's index.
+DROP TABLE IF EXISTS outputs;
 DROP TABLE IF EXISTS blobs;
 CREATE TABLE IF NOT EXISTS inputs (
     seq     INTEGER PRIMARY KEY AUTOINCREMENT,

@@ -20,13 +20,11 @@ What is stored (and why):
   verified certificates (this node's own and those received over gossip) and offences this node
   saw itself. Rebuilding the ledger from it after a restart gives the same figures.
 - `peers`: known peers and their addresses, so a restarted node rejoins without the bootstrap.
-- `outputs`: which output file (by SHA-256) of which job a node of an earlier version held, under
-  `DATA_DIR/outputs/JOB_ID/`. No longer written: output files are blocks now (node/outputs_serving.py);
-  retention still removes the rows of old jobs.
 - `meta`: the peer id this store belongs to, recorded at the first start (`check_identity`): a node
   whose key file gives another peer id refuses to start instead of taking this history as its own.
-- `blobs`: dropped at open (sqlitefile.SCHEMA). It held the wasm modules too large to travel in a
-  spec, by SHA-256; they are blocks by CID now (node/job_module.py).
+- `outputs` and `blobs`: dropped at open (sqlitefile.SCHEMA). They held, in stores of earlier
+  versions, output files and wasm modules by SHA-256; both are blocks by CID now
+  (node/outputs_serving.py, node/job_module.py).
 
 A full or failing disk: a transaction that SQLite cannot write (SQLITE_FULL "database or disk is
 full", or an SQLITE_IOERR) raises `StoreFull`, after its transaction is rolled back, so the
@@ -125,12 +123,6 @@ class Store:
     async def set_bid_decision(self, job_id: str, decision: str) -> None:
         await self._run(lambda c: c.execute("UPDATE jobs SET bid=? WHERE job_id=?", (decision, job_id)))
 
-    async def add_outputs(self, job_id: str, entries: list[tuple[str, str]]) -> None:
-        """Output files this node holds for a job it ran: (sha256 hex, path under its outputs)."""
-        await self._run(lambda c: c.executemany(
-            "INSERT OR IGNORE INTO outputs(sha256, job_id, path) VALUES (?,?,?)",
-            [(digest, job_id, path) for digest, path in entries]))
-
     async def jobs_ended(self, job_ids: list[str]) -> dict[str, int]:
         """Of `job_ids`, those whose part here is over, with when (ms): a certificate is recorded
         (the job's last update), or this node's execution of it failed (that execution's last
@@ -147,17 +139,6 @@ class Store:
                                    f" AND job_id IN ({marks})", chunk):
                     ended[r["job_id"]] = min(ended.get(r["job_id"], r["updated_ms"]), r["updated_ms"])
             return ended
-
-        return await self._run(fn)
-
-    async def remove_outputs(self, job_id: str) -> int:
-        """Forget the output files held for a job (their files are removed by the caller); how many."""
-        return await self._run(lambda c: c.execute("DELETE FROM outputs WHERE job_id=?", (job_id,)).rowcount)
-
-    async def find_output(self, digest: str) -> tuple[str, str] | None:
-        def fn(c: sqlite3.Connection) -> tuple[str, str] | None:
-            row = c.execute("SELECT job_id, path FROM outputs WHERE sha256=? LIMIT 1", (digest,)).fetchone()
-            return (row["job_id"], row["path"]) if row else None
 
         return await self._run(fn)
 
