@@ -53,11 +53,11 @@ def test_data_bench_moves_the_file_and_reports_its_figures():
     # An output fetched by `job result --out` from its 2 executors, and by CID from 1.
     b = r["jobs"]["output_from_two"]
     assert b["status"] == "verified" and "error" not in b, b
-    assert b["one_provider"]["written"] == size and b["one_provider"]["providers"] == 1
+    assert b["one_provider"]["written"] == size and b["one_provider"]["providers"] == 1 and b["one_provider"]["cids_match"]
     assert b["two_providers"]["written"] == size and b["two_providers"]["not_fetched"] == []
     assert b["one_provider"]["mb_per_s"] > 0 and b["two_providers"]["mb_per_s"] > 0 and b["ratio_two_to_one"] > 0
     k = b["provider_killed"]
-    assert k["kill_ok"] or (k.get("killed_mid_way") is False and "error" not in k and k["cid_matches"]), k
+    assert k["kill_ok"] or (k.get("killed_mid_way") is False and "error" not in k and k["cids_match"]), k
     assert k["written"] == size, k
 
 

@@ -91,14 +91,14 @@ class _Net:
         }
 
 
-def kill_mid_way(net: Devnet, fetcher: int, victim_pid: int, size: int, killed: threading.Event) -> None:
-    """SIGKILL `victim_pid` once node `fetcher`'s `blob get` has received a third of `size`
-    (its `transfers` control op), and set `killed`; give up when `killed` is set by the caller
-    (the fetch ended first) or after 600 s."""
+def kill_mid_way(net: Devnet, fetcher: int, victim_pid: int, at_bytes: float, killed: threading.Event) -> None:
+    """SIGKILL `victim_pid` once node `fetcher`'s `blob get` has received `at_bytes` (its
+    `transfers` control op), and set `killed`; give up when `killed` is set by the caller (the
+    fetch ended first) or after 600 s."""
     deadline = time.monotonic() + 600
     while time.monotonic() < deadline and not killed.is_set():
         rows = call(control_path(net.node_dirs[fetcher]), {"op": "transfers"}, timeout=10).get("transfers", [])
-        if rows and sum(r["bytes"] for r in rows) >= size / 3:
+        if rows and sum(r["bytes"] for r in rows) >= at_bytes:
             os.kill(victim_pid, signal.SIGKILL)
             killed.set()
             return
@@ -124,7 +124,7 @@ def run_data_bench(size: int) -> dict:
 
         # A provider killed a third of the way through.
         killed = threading.Event()
-        watcher = threading.Thread(target=kill_mid_way, args=(net, 3, n.pids[0], size, killed), daemon=True)
+        watcher = threading.Thread(target=kill_mid_way, args=(net, 3, n.pids[0], size / 3, killed), daemon=True)
         watcher.start()
         try:
             survived = n.fetch(3, cid, Path(root) / "four.bin", [0, 1], size)

@@ -12,24 +12,25 @@ ask), so every executor fetches over the network; and measures, each figure from
   peak RSS growth (VmHWM, reset through /proc/PID/clear_refs before the submit, less the RSS
   then) and CPU-seconds per GiB of SIZE (utime + stime over the job).
 - output: a job of 2 replicas, quorum 2, writes SIZE deterministic, non-repeating bytes to
-  $OUT_DIR/out.bin (a seeded PRNG, 1 MiB at a time: repeated bytes would be one block). Then
-  - one provider: a node that ran neither job's output nor submitted it fetches the file's CID
-    with `blob_get` from ONE agreeing executor (the control op behind `blob get --from`, the same
-    `fetch_dag` as `job result`: `job result` always asks every agreeing executor, so one provider
-    is measured this way);
+  $OUT_DIR in files of 32 MiB (`PIECE`: the process sandbox caps a file at 64 MiB; a seeded PRNG,
+  1 MiB at a time: repeated bytes would be one block). Then
+  - one provider: a node that neither ran nor submitted it fetches each file's CID in turn with
+    `blob_get` from ONE agreeing executor (the control op behind `blob get --from`, the same
+    `fetch_dag` as `job result`, which always asks every agreeing executor);
   - two providers: n1 (the submitter, which holds none of it) fetches the job's files with the
     `result` op and an `out` directory (what `job result --out DIR` sends) from both executors;
   and reports MB/s each way and the ratio two/one.
-- a provider killed: another node that holds none of it fetches the CID from both executors with
-  `blob_get`, and one executor gets SIGKILL once a third has arrived; the fetch must complete from
-  the other: the bytes written equal SIZE and the written file's CID (outputs_serving.FileCid, the
-  `ipfs add --cid-version 1` CID) is the one the executors certified.
+- a provider killed: another node that holds none of it fetches each file from both executors
+  with `blob_get`, and one executor gets SIGKILL half way through the middle file; the fetch must
+  complete from the other: the bytes written equal SIZE and each written file's CID
+  (outputs_serving.FileCid, the `ipfs add --cid-version 1` CID) is the one the executors certified.
 Speed belongs here, not in timed tests: the machine is shared, so compare ratios within one run.
 """
 
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 import threading
@@ -45,15 +46,18 @@ from .devnet import Devnet
 NODES = 5
 JOB_MEMORY_MB = 256
 INPUT_NAME = "data.bin"
-OUTPUT_NAME = "out.bin"
-# Writes SIZE bytes of a seeded PRNG (no two 1 MiB pieces alike) to $OUT_DIR/out.bin.
+# The output, in files of PIECE bytes: the process sandbox caps a file at 64 MiB (RLIMIT_FSIZE,
+# sandbox/process_backend.py FILE_SIZE_LIMIT). Bytes of a seeded PRNG: no two 1 MiB blocks alike.
+PIECE = 32 << 20
 WRITER = ("import os, random\n"
-          "r, left = random.Random(7), int(os.environ['SIZE'])\n"
-          "with open(os.path.join(os.environ['OUT_DIR'], 'out.bin'), 'wb') as f:\n"
-          "    while left:\n"
-          "        n = min(left, 1 << 20)\n"
-          "        f.write(r.randbytes(n))\n"
-          "        left -= n\n")
+          "r, left, k, piece = random.Random(7), int(os.environ['SIZE']), 0, int(os.environ['PIECE'])\n"
+          "while left:\n"
+          "    with open(os.path.join(os.environ['OUT_DIR'], 'part-%04d.bin' % k), 'wb') as f:\n"
+          "        n = min(left, piece)\n"
+          "        left, k = left - n, k + 1\n"
+          "        while n:\n"
+          "            f.write(r.randbytes(min(n, 1 << 20)))\n"
+          "            n -= min(n, 1 << 20)\n")
 
 
 def _job_timeout(size: int) -> int:
@@ -143,24 +147,49 @@ def _file_cid(path: Path) -> str:
     return cid_text(h.digest())
 
 
+def _fetch_pieces(n: _Net, i: int, pieces: list[tuple[str, int]], providers: list[int], where: Path,
+                  kill: tuple[Devnet, int, threading.Event] | None = None) -> dict:
+    """`_Net.fetch` of each (cid, size) piece on node i in turn, summed; each written file checked
+    against its CID, then removed. With `kill` (net, victim node, event): the victim gets SIGKILL
+    half way through the middle piece."""
+    total = sum(size for _, size in pieces)
+    sums = {"wall_s": 0.0, "cpu": 0.0, "written": 0, "peak": 0.0, "cids_match": True}
+    for k, (cid, size) in enumerate(pieces):
+        if kill is not None and k == len(pieces) // 2:
+            net, victim, killed = kill
+            threading.Thread(target=kill_mid_way, args=(net, i, n.pids[victim], size / 2, killed), daemon=True).start()
+        target = where / f"piece{k}.bin"
+        r = n.fetch(i, cid, target, providers, size)
+        sums["cids_match"] = sums["cids_match"] and _file_cid(target) == cid
+        target.unlink()
+        sums["wall_s"] += r["wall_s"]
+        sums["cpu"] += r["cpu_s_per_gib_fetcher"] * size / GIB
+        sums["written"] += r["written"]
+        sums["peak"] = max(sums["peak"], r["peak_rss_growth_mb"] or 0.0)
+    return {"providers": len(providers), "wall_s": round(sums["wall_s"], 2),
+            "mb_per_s": round(total / MB / sums["wall_s"], 1), "written": sums["written"],
+            "cids_match": sums["cids_match"], "cpu_s_per_gib_fetcher": round(sums["cpu"] * GIB / total, 2),
+            "peak_rss_growth_mb": sums["peak"]}
+
+
 def output_from_two(net: Devnet, n: _Net, root: Path, size: int) -> dict:
-    doc = {"image": "alpine:latest", "command": ["python3", "-c", WRITER], "env": {"SIZE": str(size)},
-           "replicas": 2, "quorum": 2, "timeout": _job_timeout(size), "memory_mb": JOB_MEMORY_MB,
-           "out_max_bytes": max(size, 1 << 20)}
+    doc = {"image": "alpine:latest", "command": ["python3", "-c", WRITER],
+           "env": {"SIZE": str(size), "PIECE": str(PIECE)}, "replicas": 2, "quorum": 2,
+           "timeout": _job_timeout(size), "memory_mb": JOB_MEMORY_MB, "out_max_bytes": max(size, 1 << 20)}
     job_hex = _submit(net, root, doc, [])
     view = _wait(n, job_hex, 4 * _job_timeout(size))
-    if view.get("status") != "verified":
-        return {"job_id": job_hex, "status": view.get("status"), "error": view.get("reason") or view.get("error")}
-    result = n.op(0, {"op": "result", "job_id": job_hex})
-    files = {f["path"]: f for f in result.get("files") or []}
-    cid = files[OUTPUT_NAME]["cid"]
+    if view.get("status") != "verified" or view.get("exit_code") != 0:
+        return {"job_id": job_hex, "status": view.get("status"), "exit_code": view.get("exit_code"),
+                "error": view.get("reason") or view.get("error") or "the writer failed"}
+    files = sorted((f["path"], f["cid"], f["size"]) for f in n.op(0, {"op": "result", "job_id": job_hex})["files"])
+    pieces = [(cid, length) for _, cid, length in files]
     executors = _executors(n, view)
     fresh = [i for i in range(1, len(n.pids)) if i not in executors]
-    if len(executors) != 2 or len(fresh) < 2:
-        return {"job_id": job_hex, "status": "verified", "error": f"executors {executors}, fresh {fresh}"}
+    if len(executors) != 2 or len(fresh) < 2 or sum(length for _, length in pieces) != size:
+        return {"job_id": job_hex, "status": "verified", "error": f"executors {executors}, fresh {fresh}, files {files}"}
 
-    one = n.fetch(fresh[0], cid, root / "one.bin", executors[:1], size)
-    (root / "one.bin").unlink()
+    one = _fetch_pieces(n, fresh[0], pieces, executors[:1], root)
+    one["how"] = f"blob get --from one executor (control op blob_get) of each file on fresh node n{fresh[0] + 1}"
     out_dir = root / "two"
     cpu0 = _cpu_seconds(n.pids[0])
     rss0 = _rss_kb(n.pids[0], "VmRSS")
@@ -168,32 +197,26 @@ def output_from_two(net: Devnet, n: _Net, root: Path, size: int) -> dict:
     started = time.perf_counter()
     answer = n.op(0, {"op": "result", "job_id": job_hex, "out": str(out_dir)})
     wall = time.perf_counter() - started
-    written = (out_dir / OUTPUT_NAME).stat().st_size if (out_dir / OUTPUT_NAME).exists() else 0
+    written = sum(p.stat().st_size for p in out_dir.iterdir()) if out_dir.exists() else 0
     two = {"providers": 2, "how": "job result --out (control op result with out) on the submitter",
            "wall_s": round(wall, 2), "mb_per_s": round(size / MB / wall, 1), "written": written,
            "not_fetched": answer.get("not_fetched") or [],
            "cpu_s_per_gib_fetcher": round((_cpu_seconds(n.pids[0]) - cpu0) * GIB / size, 2),
            "peak_rss_growth_mb": round((_rss_kb(n.pids[0], "VmHWM") - rss0) / 1024, 1) if reset else None}
-    one["how"] = f"blob get --from one executor (control op blob_get) on fresh node n{fresh[0] + 1}"
-    (out_dir / OUTPUT_NAME).unlink(missing_ok=True)
+    shutil.rmtree(out_dir, ignore_errors=True)
 
-    # A provider killed a third of the way through another fetch from both.
+    # An executor killed half way through the middle file of another fetch from both.
     killed = threading.Event()
     victim = executors[0]
-    watcher = threading.Thread(target=kill_mid_way, args=(net, fresh[1], n.pids[victim], size, killed), daemon=True)
-    watcher.start()
-    target = root / "killed.bin"
     try:
-        survived = n.fetch(fresh[1], cid, target, executors, size)
-        same = _file_cid(target) == cid
-        kill = {"kill_ok": killed.is_set() and survived["written"] == size and same,
-                "killed_mid_way": killed.is_set(), "written": survived["written"], "cid_matches": same,
-                "killed_node": victim + 1, "fetcher_node": fresh[1] + 1,
-                **{k: survived[k] for k in ("wall_s", "mb_per_s")}}
+        survived = _fetch_pieces(n, fresh[1], pieces, executors, root, kill=(net, victim, killed))
+        kill = {"kill_ok": killed.is_set() and survived["written"] == size and survived["cids_match"],
+                "killed_mid_way": killed.is_set(), "killed_node": victim + 1, "fetcher_node": fresh[1] + 1,
+                **{k: survived[k] for k in ("written", "cids_match", "wall_s", "mb_per_s")}}
     except RuntimeError as exc:
         kill = {"kill_ok": False, "error": str(exc)}
     killed.set()
-    return {"job_id": job_hex, "status": "verified", "cid": cid, "executors": [i + 1 for i in executors],
+    return {"job_id": job_hex, "status": "verified", "files": len(pieces), "executors": [i + 1 for i in executors],
             "one_provider": one, "two_providers": two,
             "ratio_two_to_one": round(two["mb_per_s"] / one["mb_per_s"], 2) if one["mb_per_s"] else None,
             "provider_killed": kill}
@@ -228,7 +251,7 @@ def lines(r: dict) -> list[str]:
         out.append(f"an output from 2 executors: FAILED {b}")
         return out
     one, two = b["one_provider"], b["two_providers"]
-    out.append(f"an output (executors {b['executors']}) from 1 provider: {one['mb_per_s']} MB/s ({one['how']}); "
+    out.append(f"an output ({b['files']} files, executors {b['executors']}) from 1 provider: {one['mb_per_s']} MB/s ({one['how']}); "
                f"from 2: {two['mb_per_s']} MB/s ({two['how']}); ratio {b['ratio_two_to_one']}")
     k = b["provider_killed"]
     out.append(f"an output provider killed mid-way: {'completed' if k['kill_ok'] else 'FAILED'} {k}")
