@@ -27,6 +27,9 @@ def bench(
     data: Optional[str] = typer.Option(None, "--data", help="Instead of jobs: move a file of this size by CID "
                                        "between 4 nodes (e.g. 256m, 1g): import, a fetch from 1 provider and "
                                        "from 2, and one surviving a provider's SIGKILL."),
+    through_jobs: bool = typer.Option(False, "--through-jobs", help="With --data: then move it through jobs on 5 "
+                                      "nodes too: an input to 3 executors, an output fetched from 2 executors and "
+                                      "from 1, and one surviving an executor's SIGKILL (the JSON's \"jobs\")."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
 ) -> None:
     """Start a private network on 127.0.0.1, run jobs through it, tear it down, report speed.
@@ -34,7 +37,7 @@ def bench(
     Example: distributeai bench --nodes 5 --jobs 100 --concurrency 10 --sandbox process --json
     """
     if data is not None:
-        return _data_bench(data, as_json)
+        return _data_bench(data, as_json, through_jobs)
     if sandbox not in ("process", "wasm", "bwrap", "docker"):
         fail(f"--sandbox must be process, wasm, bwrap or docker, got {sandbox!r}")
     if nodes < 3 or jobs < 1 or concurrency < 1:
@@ -243,7 +246,7 @@ def devnet(
         fail(str(exc), 1)
 
 
-def _data_bench(data: str, as_json: bool) -> None:
+def _data_bench(data: str, as_json: bool, through_jobs: bool = False) -> None:
     from .config import parse_size
 
     size = parse_size(data)
@@ -252,6 +255,13 @@ def _data_bench(data: str, as_json: bool) -> None:
     from distributeai.tools.databench import run_data_bench
 
     result = run_data_bench(size)
+    if through_jobs:
+        import tempfile
+
+        from distributeai.tools.databench_jobs import run_jobs_bench
+
+        with tempfile.TemporaryDirectory(prefix="dai-databench-jobs-") as root:
+            result["jobs"] = run_jobs_bench(size, Path(root))
     if as_json:
         typer.echo(json.dumps(result))
         return
@@ -263,4 +273,9 @@ def _data_bench(data: str, as_json: bool) -> None:
                    f"peak RSS +{r['peak_rss_growth_mb']} MB")
     typer.echo(f"a provider killed mid-way: {'completed' if result['provider_killed']['kill_ok'] else 'FAILED'} "
                f"{result['provider_killed']}")
+    if through_jobs:
+        from distributeai.tools.databench_jobs import lines
+
+        for line in lines(result["jobs"]):
+            typer.echo(line)
 

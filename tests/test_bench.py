@@ -30,8 +30,8 @@ def test_bench_rejects_a_network_too_small_for_2_of_3():
 
 
 def test_data_bench_moves_the_file_and_reports_its_figures():
-    size = 3 << 20
-    out = cli("bench", "--data", "3m", "--json", timeout=300)
+    size = 8 << 20
+    out = cli("bench", "--data", "8m", "--through-jobs", "--json", timeout=900)
     assert out.returncode == 0, out.stderr
     r = json.loads(out.stdout)
     assert r["size"] == size and r["cid"].startswith("bafybei") and r["import_mb_per_s"] > 0
@@ -39,9 +39,26 @@ def test_data_bench_moves_the_file_and_reports_its_figures():
         fetch = r[key]
         assert fetch["written"] == size and fetch["providers"] == providers and fetch["mb_per_s"] > 0
         assert fetch["cpu_s_per_gib_fetcher"] > 0 and len(fetch["cpu_s_per_gib_providers"]) == providers
-    # Whether the kill lands before a 3 MiB fetch ends is up to the machine; when it does, the get completes.
+    # Whether the kill lands before a small fetch ends is up to the machine; when it does, the get completes.
     killed = r["provider_killed"]
     assert killed["kill_ok"] or (killed.get("killed_mid_way") is False and "error" not in killed), killed
+
+    # Through jobs: an input fetched by 3 executors, each timed by its own node; the job verified.
+    a = r["jobs"]["input_to_three"]
+    assert a["status"] == "verified" and a["submit_to_verified_s"] > 0, a
+    assert len(a["executors"]) == 3, a
+    for e in a["executors"]:
+        assert e["fetched_bytes"] >= size and e["fetch_s"] > 0 and e["fetch_mb_per_s"] > 0, e
+    assert len(a["nodes"]) == 5 and all(x["cpu_s_per_gib"] > 0 for x in a["nodes"]), a["nodes"]
+    # An output fetched by `job result --out` from its 2 executors, and by CID from 1.
+    b = r["jobs"]["output_from_two"]
+    assert b["status"] == "verified" and "error" not in b, b
+    assert b["one_provider"]["written"] == size and b["one_provider"]["providers"] == 1 and b["one_provider"]["cids_match"]
+    assert b["two_providers"]["written"] == size and b["two_providers"]["not_fetched"] == []
+    assert b["one_provider"]["mb_per_s"] > 0 and b["two_providers"]["mb_per_s"] > 0 and b["ratio_two_to_one"] > 0
+    k = b["provider_killed"]
+    assert k["kill_ok"] or (k.get("killed_mid_way") is False and "error" not in k and k["cids_match"]), k
+    assert k["written"] == size, k
 
 
 def test_data_bench_rejects_a_bad_size():

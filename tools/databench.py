@@ -91,6 +91,20 @@ class _Net:
         }
 
 
+def kill_mid_way(net: Devnet, fetcher: int, victim_pid: int, at_bytes: float, killed: threading.Event) -> None:
+    """SIGKILL `victim_pid` once node `fetcher`'s `blob get` has received `at_bytes` (its
+    `transfers` control op), and set `killed`; give up when `killed` is set by the caller (the
+    fetch ended first) or after 600 s."""
+    deadline = time.monotonic() + 600
+    while time.monotonic() < deadline and not killed.is_set():
+        rows = call(control_path(net.node_dirs[fetcher]), {"op": "transfers"}, timeout=10).get("transfers", [])
+        if rows and sum(r["bytes"] for r in rows) >= at_bytes:
+            os.kill(victim_pid, signal.SIGKILL)
+            killed.set()
+            return
+        time.sleep(0.05)  # sampling the transfer's progress, not synchronization
+
+
 def run_data_bench(size: int) -> dict:
     with tempfile.TemporaryDirectory(prefix="dai-databench-") as root, \
             Devnet(Path(root) / "net", nodes=4, sandbox="process", log_level="warning") as net:
@@ -110,18 +124,7 @@ def run_data_bench(size: int) -> dict:
 
         # A provider killed a third of the way through.
         killed = threading.Event()
-
-        def killer() -> None:
-            deadline = time.monotonic() + 600
-            while time.monotonic() < deadline and not killed.is_set():
-                rows = call(control_path(net.node_dirs[3]), {"op": "transfers"}, timeout=10).get("transfers", [])
-                if rows and sum(r["bytes"] for r in rows) >= size / 3:
-                    os.kill(n.pids[0], signal.SIGKILL)
-                    killed.set()
-                    return
-                time.sleep(0.05)  # sampling the transfer's progress, not synchronization
-
-        watcher = threading.Thread(target=killer, daemon=True)
+        watcher = threading.Thread(target=kill_mid_way, args=(net, 3, n.pids[0], size / 3, killed), daemon=True)
         watcher.start()
         try:
             survived = n.fetch(3, cid, Path(root) / "four.bin", [0, 1], size)

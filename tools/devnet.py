@@ -70,6 +70,7 @@ class Devnet:
     metrics: bool = False  # nodes serve /metrics on a free loopback port: `info(i)["metrics_url"]`
     api: bool = False  # nodes serve the REST API on a free loopback port: `node_info[i]["api_url"]`
     extra_args: tuple[str, ...] = ()  # more `node start` options for every node
+    node_args: dict[int, tuple[str, ...]] = field(default_factory=dict)  # node index -> more options for it
     # Each node's --pow-difficulty. A devnet makes fresh identities on every run: 16 bits (0.03 s
     # of CPU each) keeps the proof real but the start quick; the node's default, 20 (0.5 s of CPU on
     # average, up to 2 s), added a median of 1.7 s to a 3-node start on the shared 2 cores, and would
@@ -140,6 +141,7 @@ class Devnet:
                             "--sandbox", self.sandbox, "--log-level", self.log_level,
                             *(["--metrics", "127.0.0.1:0"] if self.metrics else []),
                             *(["--api", "127.0.0.1:0"] if self.api else []), *self.extra_args,
+                            *self.node_args.get(i, ()),
                             *([] if self.pow_difficulty is None else ["--pow-difficulty", str(self.pow_difficulty)])],
                            d / "log",
                            self.programs.get(i))
