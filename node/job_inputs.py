@@ -39,7 +39,7 @@ Contract (`JobInputs`, one per node; the submitter's and the executor's sides bo
   that other nodes' fetches find), so a dataset spreads from every node that has it.
   Each fetch logs one INFO line on `distributeai.node.jobs` (event `inputs_fetched`: bytes and
   blocks that came over the network, blocks already held, the seconds the fetch and the write-out
-  took), which `distributeai bench --data SIZE --jobs` reads as each executor's fetch throughput.
+  took), which `distributeai bench --data SIZE --through-jobs` reads as each executor's fetch throughput.
   `remove_dir(job_hex)` after the run; `release(job_hex)` when the job has ended here.
 """
 

@@ -23,6 +23,7 @@ import threading
 import time
 from pathlib import Path
 
+from distributeai.cli.transfer_bar import transfers
 from distributeai.node.control import call
 from distributeai.node.paths import control_path
 
@@ -97,7 +98,7 @@ def kill_mid_way(net: Devnet, fetcher: int, victim_pid: int, at_bytes: float, ki
     fetch ended first) or after 600 s."""
     deadline = time.monotonic() + 600
     while time.monotonic() < deadline and not killed.is_set():
-        rows = call(control_path(net.node_dirs[fetcher]), {"op": "transfers"}, timeout=10).get("transfers", [])
+        rows = [r for r in transfers(net.node_dirs[fetcher], timeout=10) if r["kind"] == "fetch"]
         if rows and sum(r["bytes"] for r in rows) >= at_bytes:
             os.kill(victim_pid, signal.SIGKILL)
             killed.set()
