@@ -172,7 +172,6 @@ async def test_a_fetch_cut_short_resumes_asking_only_for_the_blocks_still_missin
     at restart asks the providers for the rest only (node/transfer.py under JobInputs.fetch)."""
     from distributeai.consensus.unixfs import FileBuilder
     from distributeai.node.job_inputs import JobInputs
-    from distributeai.node.transfer import fetch_dag
 
     data = os.urandom(5 * 262144 + 7)  # six leaves under one file node
     builder = FileBuilder()
@@ -180,14 +179,7 @@ async def test_a_fetch_cut_short_resumes_asking_only_for_the_blocks_still_missin
     root, size, last = builder.finish()
     blocks.update(last)
     asked: list[bytes] = []
-
-    async def bitswap(cids, providers, deliver):
-        for cid in cids:
-            asked.append(cid)
-            await deliver(cid, blocks[cid])
-
-    async def via_transfer(cid, providers, *, pin=None, progress=None, **kw):
-        return await fetch_dag(cid, store, bitswap, providers, pin=pin, progress=progress, **kw)
+    via_transfer = serving(store, blocks, asked)
 
     leaves = [c for c in blocks if c != root]
     for cid in leaves[:3]:  # what arrived before the kill
@@ -198,6 +190,22 @@ async def test_a_fetch_cut_short_resumes_asking_only_for_the_blocks_still_missin
     top = await inputs.fetch("ab" * 32, spec, ["S"])
     assert (top / "model.bin").read_bytes() == data
     assert set(asked) == set(blocks) - set(leaves[:3]) and len(asked) == len(set(asked))
+
+
+def serving(store, blocks: dict[bytes, bytes], asked: list[bytes]):
+    """A node's fetch_dag (node/transfer.py over `store`) whose Bitswap serves `blocks`, noting
+    each CID asked in `asked`."""
+    from distributeai.node.transfer import fetch_dag
+
+    async def bitswap(cids, providers, deliver):
+        for cid in cids:
+            asked.append(cid)
+            await deliver(cid, blocks[cid])
+
+    async def via_transfer(cid, providers, *, pin=None, progress=None, **kw):
+        return await fetch_dag(cid, store, bitswap, providers, pin=pin, progress=progress, **kw)
+
+    return via_transfer
 
 
 def file_blocks(size: int) -> tuple[bytes, int, dict[bytes, bytes]]:
@@ -215,18 +223,11 @@ async def test_a_submitter_that_understates_an_input_is_refused_before_the_whole
     """The spec says 1,000 bytes, the DAG holds 16 MiB: the fetch stops once the spec's bound
     (node/transfer.py size_bound: the size, a margin, one block) is passed, the run is refused."""
     from distributeai.node.job_inputs import InputsUnavailable, JobInputs
-    from distributeai.node.transfer import fetch_dag, size_bound
+    from distributeai.node.transfer import size_bound
 
     root, size, blocks = file_blocks(64 * 262144)
     asked: list[bytes] = []
-
-    async def bitswap(cids, providers, deliver):
-        for cid in cids:
-            asked.append(cid)
-            await deliver(cid, blocks[cid])
-
-    async def via_transfer(cid, providers, *, pin=None, progress=None, **kw):
-        return await fetch_dag(cid, store, bitswap, providers, pin=pin, progress=progress, **kw)
+    via_transfer = serving(store, blocks, asked)
 
     inputs = JobInputs(store, via_transfer, lambda: [], tmp_path / "inputs")
     spec = JobSpec(submitter=b"\1" * 32, nonce=b"\0" * 16, created_ms=0, name="", image="alpine:latest",
