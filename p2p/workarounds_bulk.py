@@ -14,8 +14,12 @@ from typing import Any
 
 import trio
 
-# The most one batched write puts on the socket (one send call): 16 frames.
+# The most one batched write puts on the socket (one send call).
 WRITE_BATCH = 1 << 20
+# Payload of one yamux DATA frame in a batched write (batch_yamux_writes): the default initial
+# stream window, so any peer can take a whole frame; rust-yamux and jvm-libp2p refuse frames over
+# 1 MiB (yamux/src/frame/io.rs MAX_FRAME_BODY_LEN, YamuxFrameCodec), go-yamux only over the window.
+BULK_FRAME = 256 << 10
 
 
 def apply() -> None:
@@ -61,6 +65,7 @@ def batch_yamux_writes() -> None:
     polls, MuxedStreamError after 5 s: `yamux.py:280-298`). A connection that is not yamux over
     Noise (no `noise_state`) keeps the original write. Same contract and errors otherwise.
     """
+    from libp2p.security.noise.io import MAX_PLAINTEXT_LENGTH
     from libp2p.stream_muxer.exceptions import MuxedStreamError
     from libp2p.stream_muxer.yamux import yamux
 
@@ -68,7 +73,8 @@ def batch_yamux_writes() -> None:
     if getattr(stream_class, "_distributeai_batched", False):
         return
     original = stream_class.write
-    fmt, header_size, type_data = yamux.YAMUX_HEADER_FORMAT, yamux.HEADER_SIZE, yamux.TYPE_DATA
+    fmt, type_data = yamux.YAMUX_HEADER_FORMAT, yamux.TYPE_DATA
+    noise_payload = MAX_PLAINTEXT_LENGTH
 
     async def take_window(self: Any, want: int) -> int:
         """Up to `want` bytes of send window, waiting (as the original does) while it is zero."""
@@ -103,17 +109,19 @@ def batch_yamux_writes() -> None:
             await original(self, data)  # not Noise, or one frame: nothing to batch
             return
         view = memoryview(data)
-        frame_payload = yamux.MAX_MESSAGE_SIZE - header_size
         sent, total = 0, len(data)
         while sent < total:
             n = await take_window(self, min(WRITE_BATCH, total - sent))
+            frames = [struct.pack(fmt, 0, type_data, 0, self.stream_id, min(BULK_FRAME, sent + n - start))
+                      + view[start:min(start + BULK_FRAME, sent + n)]
+                      for start in range(sent, sent + n, BULK_FRAME)]
             parts = []
-            async with conn._write_lock:
-                for start in range(sent, sent + n, frame_payload):
-                    chunk = view[start:min(start + frame_payload, sent + n)]
-                    message = noise.encrypt(struct.pack(fmt, 0, type_data, 0, self.stream_id, len(chunk)) + chunk)
-                    parts.append(len(message).to_bytes(2, "big"))
-                    parts.append(message)
+            async with conn._write_lock:  # Noise nonces in the order the messages go out
+                for frame in frames:
+                    for off in range(0, len(frame), noise_payload):
+                        message = noise.encrypt(frame[off:off + noise_payload])
+                        parts.append(len(message).to_bytes(2, "big"))
+                        parts.append(message)
                 await raw.write(b"".join(parts))
             await trio.lowlevel.checkpoint()  # as `_write_frame` does: let the reader side run
             sent += n
