@@ -15,7 +15,7 @@ from typing import Any
 import trio
 
 # The most one batched write puts on the socket (one send call).
-WRITE_BATCH = 1 << 20
+WRITE_BATCH = 256 << 10
 # Payload of one yamux DATA frame in a batched write (batch_yamux_writes): the default initial
 # stream window, so any peer can take a whole frame; rust-yamux and jvm-libp2p refuse frames over
 # 1 MiB (yamux/src/frame/io.rs MAX_FRAME_BODY_LEN, YamuxFrameCodec), go-yamux only over the window.
