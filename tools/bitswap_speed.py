@@ -14,6 +14,8 @@ fetch starts to its end); the fetcher also wall seconds, so MB/s (1e6 bytes) and
 odd rounds, so both meet the same load on a shared machine. Compare the variants within one run.
 `--profile DIR`: cProfile each side into DIR/<variant>-<round>-{serve,fetch}.prof.
 `--no-store`: the fetcher counts blocks and drops them (no BlockStore writes): the transfer alone.
+`--window W` / `--base-window W`: Bitswap.fetch's window for both variants / for base only (with
+`--base .` the same tree against itself at two windows).
 
 The peer mode (`peer serve|fetch`) is internal: the parent starts it with the variant's tree first
 on sys.path.
@@ -264,6 +266,7 @@ def main() -> None:
     parser.add_argument("--profile", help="a directory for cProfile dumps of both sides")
     parser.add_argument("--no-store", action="store_true", help="the fetcher drops blocks (no BlockStore)")
     parser.add_argument("--window", type=int, default=0, help="Bitswap.fetch's window (default: its own)")
+    parser.add_argument("--base-window", type=int, help="the base variant's window, if not --window")
     args = parser.parse_args()
     variants = {"head": HERE}
     if args.base:
@@ -281,7 +284,8 @@ def main() -> None:
         for r in range(args.rounds):
             for name in (names if r % 2 == 0 else names[::-1]):
                 prof = os.path.join(args.profile, f"{name}-{r}") if args.profile else None
-                out = _one(variants[name], served, root, work, prof, args.no_store, args.window)
+                window = args.base_window if name == "base" and args.base_window is not None else args.window
+                out = _one(variants[name], served, root, work, prof, args.no_store, window)
                 results[name].append(out)
                 print(f"round {r} {name:4s}: {out['mb_s']:6.1f} MB/s  {out['seconds']:6.2f} s  "
                       f"CPU-s/GiB fetch {out['fetch_cpu_gib']:5.1f} serve {out['serve_cpu_gib']:5.1f}  "
