@@ -24,6 +24,7 @@ on sys.path.
 from __future__ import annotations
 
 import argparse
+import atexit
 import functools
 import json
 import os
@@ -44,6 +45,7 @@ GIB = float(1 << 30)
 def _use_tree(tree: str) -> None:
     """Make `import distributeai` resolve to `tree` (a repository checkout) before anything else."""
     shim = Path(tempfile.mkdtemp(prefix="bsspeed-shim-"))
+    atexit.register(shutil.rmtree, shim, True)
     (shim / "distributeai").symlink_to(Path(tree).resolve())
     sys.path.insert(0, str(shim))
     for finder in list(sys.meta_path):  # an editable install's finder would map it to this checkout
