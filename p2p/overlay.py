@@ -25,7 +25,7 @@ from libp2p.pubsub.pubsub import Pubsub
 from libp2p.tools.anyio_service import background_trio_service
 from multiaddr import Multiaddr
 
-from . import bitswap_wire, reqresp, selfcheck, session, workarounds, workarounds_pubsub
+from . import bitswap_wire, reqresp, selfcheck, session, workarounds, workarounds_bulk, workarounds_pubsub
 from .bitswap import Bitswap, BitswapLimits, BlockSource, Verify
 from .discovery import LOOKUP_TIMEOUT_S, Discovery
 from .gossip import GossipMessage, GossipSide
@@ -62,6 +62,7 @@ class Overlay(GossipSide, Discovery):
         workarounds.release_inbound_slot_on_close(self._host.get_network())
         workarounds.fix_yamux_window_updates()
         workarounds.buffer_tcp_reads()
+        workarounds_bulk.apply()
         workarounds_pubsub.cache_pubsub_peer_records()
         workarounds_pubsub.cache_own_peer_record()
         workarounds.disable_auto_connector(self._host.get_network())

@@ -1,6 +1,7 @@
 """Every py-libp2p 0.8.1 setting and workaround the project needs, by subject: this module has
 the host's (security, muxer, connections, inbound slots, yamux windows, buffered TCP reads, listen
-port, advertised addresses, DHT lookups, log noise); workarounds_pubsub.py has GossipSub's.
+port, advertised addresses, DHT lookups, log noise); workarounds_bulk.py has bulk data's over
+yamux + Noise (batched frames, lean reads); workarounds_pubsub.py has GossipSub's.
 
 Each item names the defect, the libp2p file:line (installed 0.8.1 package) and the entry of
 docs/libp2p.md it comes from, so that a later pin can drop what it fixes. Re-check the line
