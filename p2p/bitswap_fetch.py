@@ -9,6 +9,10 @@
 - a provider's outstanding wants go to the others when it answers DONT_HAVE (for that cid),
   disconnects, cannot be reached, is silent for `stall_timeout` s with wants outstanding, or sends
   a bad block (then it is dropped for the rest of this fetch; bitswap.py counts and reports it);
+- a provider that has answered DONT_HAVE for a whole window of cids and sent no block in this
+  fetch is dropped from it (`fetch_lacking`): a peer named as a provider that holds none of the
+  DAG would otherwise be asked for every cid in turn, a round trip each, before its holder (a
+  job's input fetch names up to 8 connected peers; most hold nothing of it);
 - once nothing is left to assign, an idle provider is also asked for a cid still outstanding at
   another (each cid at most at two): the first block wins and the other want is cancelled;
 - when done, wants still outstanding are cancelled; `BlocksUnavailable(missing)` if no provider
@@ -43,6 +47,8 @@ class _Fetch:
         self.todo = collections.deque(cids)
         self.out: dict[ID, dict[bytes, None]] = {pid: {} for pid in pids}  # live providers
         self.refused: collections.defaultdict[bytes, set[ID]] = collections.defaultdict(set)
+        self.lacking: collections.Counter[ID] = collections.Counter()  # DONT_HAVEs from each provider
+        self.served: set[ID] = set()  # providers that sent a block in this fetch
         self.last: dict[ID, float] = {}
         self.left = set(cids)
         self.missing: list[bytes] = []
@@ -99,7 +105,12 @@ class _Fetch:
             self.refused[cid].add(pid)
             if cid in self.left and not self._holders(cid):
                 self.todo.appendleft(cid)
+            self.lacking[pid] += 1
+            if pid not in self.served and self.lacking[pid] >= self.window:
+                self.bitswap.counts["fetch_lacking"] += 1
+                self._drop(pid)
             return
+        self.served.add(pid)
         if cid not in self.left:
             return
         self.left.discard(cid)

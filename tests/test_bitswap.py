@@ -149,10 +149,12 @@ def blocks(tmp_path_factory) -> tuple[list[bytes], dict[bytes, bytes], pathlib.P
 
 
 @pytest.fixture(scope="module")
-def providers(blocks):
+def providers(blocks, tmp_path_factory):
     _, _, full, half = blocks
+    empty = tmp_path_factory.mktemp("empty")
     procs = {"a": Provider("a", "--dir", str(full)), "b": Provider("b", "--dir", str(full)),
-             "bad": Provider("bad", "--dir", str(full), "--corrupt"), "half": Provider("half", "--dir", str(half))}
+             "bad": Provider("bad", "--dir", str(full), "--corrupt"), "half": Provider("half", "--dir", str(half)),
+             "empty": Provider("empty", "--dir", str(empty))}
     try:
         deadline = time.monotonic() + STARTUP_S
         for p in procs.values():
@@ -240,6 +242,15 @@ async def test_dont_have_moves_wants_to_the_other_provider(blocks, providers) ->
     assert stats["probe"]["bitswap_dont_have"] == 1
 
 
+async def test_a_provider_that_holds_nothing_is_dropped_after_a_window_of_dont_haves(blocks, providers) -> None:
+    cids, data, _, _ = blocks
+    # Alone, "empty" is asked for its window (16) and is then out of the fetch: the 32 cids are
+    # not each asked of it in turn. With "a", the fetch completes.
+    got, stats, _ = await _fetch(providers, ["empty", "a"], cids, data, probe=(["empty"], cids))
+    assert set(got) == set(cids)
+    assert stats["probe"]["bitswap_fetch_lacking"] == 1 and stats["probe"]["bitswap_dont_have"] < len(cids)
+
+
 async def test_blocks_nobody_has_are_reported_missing(blocks, providers) -> None:
     cids, data, _, _ = blocks
     unknown = _cid(b"nobody has this block")
@@ -288,8 +299,8 @@ async def test_hostile_messages_are_refused_and_the_node_keeps_serving() -> None
     rejects: list[str] = []
     async with open_overlay(os.urandom(32)) as server, open_overlay(os.urandom(32)) as client:
         server.set_reject_hook(rejects.append)
-        server.start_bitswap(_DictSource({cid: block}), verify_block,
-                             BitswapLimits(max_wants_per_peer=16, message_rate=0))
+        serving = server.start_bitswap(_DictSource({cid: block}), verify_block,
+                                       BitswapLimits(max_wants_per_peer=16, message_rate=0))
         bitswap = client.start_bitswap(_NoBlocks(), verify_block)
         await client.connect(server.multiaddrs()[0])
         with trio.fail_after(FETCH_S):
@@ -304,6 +315,13 @@ async def test_hostile_messages_are_refused_and_the_node_keeps_serving() -> None
                                 tuple(wire.Entry(c, send_dont_have=True) for c in lacking[16:]))
             await stream.write(wire.encode_frame(want))
             while server.stats()["bitswap_wants_refused"] < 4:
+                await trio.sleep(0.01)
+            # The 16 it took are answered (dropped: it lacks them, no DONT_HAVE asked) before the
+            # fetch below, else its want would be the 17th and refused as the flood's were.
+            from libp2p.peer.id import ID
+
+            flooder = serving.peer(ID.from_base58(client.peer_id))
+            while flooder.wants or flooder.serving:
                 await trio.sleep(0.01)
             got = {}
 
