@@ -108,6 +108,21 @@ async def dag_size(blocks, root: bytes) -> int:
     return total
 
 
+async def present_for_run(blocks, fetch_dag: FetchDag, cid: bytes, providers: list[str], owner: str,
+                          max_bytes: int, what: str, progress: Progress | None = None) -> None:
+    """The DAG under `cid` whole in `blocks`, pinned under `owner` (a run's inputs or module):
+    what is held is pinned first, so it stays while the rest arrives from `providers` (at most
+    `max_bytes` new bytes), then the whole DAG. InputsUnavailable, naming `what`, when it cannot
+    be had."""
+    await blocks.pin(owner, cid)
+    if await blocks.walk_missing(cid):
+        try:
+            await fetch_dag(cid, providers, pin=owner, progress=progress, max_bytes=max_bytes)
+        except Exception as exc:  # BlocksUnavailable, BlockStoreFull, a bad block: cannot run
+            raise InputsUnavailable(f"{what} could not be fetched: {exc or type(exc).__name__}") from None
+        await blocks.pin(owner, cid)
+
+
 def open_up(path: Path) -> None:
     """Directories 0755, files 0644 under `path` (and `path` itself): readable by the job's uid."""
     os.chmod(path, 0o755)
@@ -222,14 +237,8 @@ class JobInputs:
         progress = Progress()
         started = time.monotonic()
         for cid, path, size in spec.inputs:
-            await self.blocks.pin(owner, cid)  # what is held now stays while the rest arrives
-            if await self.blocks.walk_missing(cid):
-                try:
-                    await self.fetch_dag(cid, providers, pin=owner, progress=progress, max_bytes=size_bound(size))
-                except Exception as exc:  # BlocksUnavailable, BlockStoreFull, a bad block: cannot run
-                    raise InputsUnavailable(f"input {path} ({cid_text(cid)}) could not be fetched: "
-                                            f"{exc or type(exc).__name__}") from None
-                await self.blocks.pin(owner, cid)
+            await present_for_run(self.blocks, self.fetch_dag, cid, providers, owner, size_bound(size),
+                                  f"input {path} ({cid_text(cid)})", progress)
             actual = await dag_size(self.blocks, cid)
             if actual != size:  # every honest executor refuses a spec that misstates its inputs
                 raise InputsUnavailable(f"input {path} holds {actual} bytes, the job's spec says {size}")

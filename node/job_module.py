@@ -32,9 +32,9 @@ from distributeai.consensus.messages import WASM_MODULE_MAX, JobSpec
 from distributeai.consensus.unixfs import BadBlock, file_cid
 
 from .blockstore import BlockStoreFull, MissingBlock
-from .transfer import size_bound
-from .job_inputs import InputsUnavailable, dag_size, run_owner, submission_owner
+from .job_inputs import InputsUnavailable, dag_size, present_for_run, run_owner, submission_owner
 from .outputs_serving import read_file
+from .transfer import size_bound
 
 
 async def store_module(blocks, spec: JobSpec, module: bytes | None) -> None:
@@ -57,15 +57,9 @@ async def store_module(blocks, spec: JobSpec, module: bytes | None) -> None:
 
 async def fetch_module(content, job_hex: str, spec: JobSpec, providers: list[str]) -> bytes:
     """The bytes of the module `spec` names by CID, fetched if need be (see the module docstring)."""
-    blocks, cid, owner = content.blocks, spec.wasm_cid, run_owner(job_hex)
-    await blocks.pin(owner, cid)  # what is held now stays while the rest arrives
-    if await blocks.walk_missing(cid):
-        try:
-            await content.fetch_dag(cid, providers, pin=owner, max_bytes=size_bound(WASM_MODULE_MAX))
-        except Exception as exc:  # BlocksUnavailable, BlockStoreFull, a bad block: cannot run
-            raise InputsUnavailable(f"the wasm module {cid_text(cid)} could not be fetched: "
-                                    f"{exc or type(exc).__name__}") from None
-        await blocks.pin(owner, cid)
+    blocks, cid = content.blocks, spec.wasm_cid
+    await present_for_run(blocks, content.fetch_dag, cid, providers, run_owner(job_hex),
+                          size_bound(WASM_MODULE_MAX), f"the wasm module {cid_text(cid)}")
     try:
         size = await dag_size(blocks, cid)
         if size > WASM_MODULE_MAX:
