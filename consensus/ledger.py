@@ -108,6 +108,7 @@ class Ledger:
     _undo: list[tuple[tuple[bytes, int | None], ...]] = field(default_factory=list)  # per folded effect
     _rep: dict[bytes, int] = field(default_factory=dict)  # the certificate view's reputation
     _transfers: list[Transfer] | None = None  # flattened on read, dropped on change
+    _digest: bytes | None = None  # view_digest, dropped on change
 
     # --- folding ------------------------------------------------------------------------------
 
@@ -127,6 +128,7 @@ class Ledger:
             self.spent[t.payer] = self.spent.get(t.payer, 0) - t.amount
             self.spent[t.payee] = self.spent.get(t.payee, 0) + t.amount
         self._transfers = None
+        self._digest = None
         return True
 
     def _unfold_to(self, i: int) -> None:
@@ -201,7 +203,9 @@ class Ledger:
     def view_digest(self) -> bytes:
         """SHA-256 over the canonical encoding of `view()` (local offences never count): equal
         on any two nodes holding the same certificates with the same genesis grant."""
-        return hashlib.sha256(VIEW_DOMAIN + encode([self.genesis, self.view()])).digest()
+        if self._digest is None:
+            self._digest = hashlib.sha256(VIEW_DOMAIN + encode([self.genesis, self.view()])).digest()
+        return self._digest
 
 
 def job_price(spec: JobSpec, reveal: Reveal) -> int:

@@ -5,6 +5,7 @@ and ends with the same ledger view (view_digest) as the nodes that saw them live
 from __future__ import annotations
 
 import json
+import urllib.request
 
 import pytest
 
@@ -13,6 +14,11 @@ from distributeai.tools.devnet import Devnet
 from .netfixtures import cli, wait_for
 
 JOBS = 2
+
+
+def _bootstrap_ledger(url: str) -> dict:
+    with urllib.request.urlopen(url + "/api/stats", timeout=10) as r:
+        return json.load(r)["ledger"]
 
 
 @pytest.mark.slow
@@ -43,6 +49,8 @@ def test_a_node_that_was_down_converges_to_the_same_ledger_view(tmp_path, monkey
 
         live = wait_for(live_agree, 120, "the three live nodes to hold every certificate and agree")
         assert live["view_digest"] != before["view_digest"]
+        # The bootstrap folds what it saw on gossip the same way (bootstrap/api.py /api/stats).
+        wait_for(lambda: _bootstrap_ledger(net.http_url) == live, 60, "the bootstrap's view to match")
 
         net.restart_node(3)
         # No job runs from here on: what node 4 learns, it learns by reconciling.
