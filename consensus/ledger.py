@@ -110,6 +110,12 @@ class Ledger:
     _transfers: list[Transfer] | None = None  # flattened on read, dropped on change
     _digest: bytes | None = None  # view_digest, dropped on change
 
+    def __deepcopy__(self, memo: dict) -> "Ledger":
+        """A copy sharing the immutable parts (effects, keys, undo records): what a copy-on-write
+        holder of many views (tools/simworld.py) pays is a few list and dict copies."""
+        return Ledger(self.genesis, dict(self.spent), set(self.applied), dict(self.offences), list(self._effects),
+                      list(self._keys), list(self._undo), dict(self._rep), None, self._digest)
+
     # --- folding ------------------------------------------------------------------------------
 
     def apply_certificate(self, cert: CheckedCertificate, at_ms: int) -> bool:

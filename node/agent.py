@@ -43,7 +43,7 @@ from distributeai.consensus.ledger import Ledger
 from distributeai.consensus.messages import JobSpec, verify
 from distributeai.consensus.names import (
     AWARD_PROTOCOL, BID_PROTOCOL, COMMIT_PROTOCOL, DECLINE_PROTOCOL, JOBS_TOPIC, REVEAL_PROTOCOL,
-    RECONCILE_PROTOCOL, WITHDRAW_PROTOCOL,
+    WITHDRAW_PROTOCOL,
 )
 from distributeai.consensus.submitter import TERMINAL
 from distributeai.consensus.validate import CheckedAnnounce
@@ -59,8 +59,8 @@ from .disk import CHECK_INTERVAL_S, DiskGuard
 from .executing import Executing
 from .metrics import NodeMetrics
 from .outputs_serving import OutputsServing
-from .reconcile import ReconcileHooks, Reconciler
 from .ports import Content, Events, NodeSettings, Ports, Runtime, Sandboxes, Transport
+from .reconcile import ReconcileHooks, Reconciler
 from .retention import Pins, run_sweeper, sweep_interval
 from .store import Store, StoreFull
 from .submitting import Submitting
@@ -178,8 +178,7 @@ class Agent:
             # Peers' requests only once the jobs are rebuilt: a commit arriving earlier would be refused as unknown_job.
             for protocol, handler in self.handlers.items():
                 self.overlay.set_handler(protocol, self._guard(handler))
-            self.overlay.set_handler(RECONCILE_PROTOCOL, self.reconciler.handle)
-            nursery.start_soon(self.reconciler.run)
+            self.reconciler.start(nursery)  # serves RECONCILE_PROTOCOL, reconciles on connect and periodically
             nursery.start_soon(self._read_gossip)
             nursery.start_soon(self._keep_running, self.submitting.run_deadlines)
             nursery.start_soon(self.disk.run)

@@ -95,6 +95,11 @@ class Reconciler:
                 self.keys.add(key_bytes(created_ms, job_id))
         return self.keys
 
+    def start(self, nursery: trio.Nursery) -> None:
+        """Serve RECONCILE_PROTOCOL and run the sessions (`run`) in `nursery`."""
+        self.overlay.set_handler(RECONCILE_PROTOCOL, self.handle)
+        nursery.start_soon(self.run)
+
     # --- serving ------------------------------------------------------------------------------
 
     async def handle(self, peer: str, data: bytes) -> bytes:

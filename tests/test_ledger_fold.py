@@ -149,3 +149,17 @@ def test_real_certificates_fold_the_same_in_either_order():
     first, second = folded([a, b]), folded([b, a])
     assert first.view_digest() == second.view_digest()
     assert first.reputation_of(EXECUTORS[0].public_key) == second.reputation_of(EXECUTORS[0].public_key)
+
+
+def test_a_copy_goes_its_own_way():
+    import copy
+
+    certs = many(30, seed=6)
+    original = folded(certs[:20])
+    twin = copy.deepcopy(original)
+    assert twin.view_digest() == original.view_digest()
+    for c in certs[20:]:
+        twin.apply_certificate(c, 0)
+    twin.apply_offence(PEOPLE[0])
+    assert original.view_digest() == folded(certs[:20]).view_digest() and not original.offences
+    assert twin.view_digest() == folded(certs).view_digest()
