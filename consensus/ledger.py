@@ -109,12 +109,13 @@ class Ledger:
     _rep: dict[bytes, int] = field(default_factory=dict)  # the certificate view's reputation
     _transfers: list[Transfer] | None = None  # flattened on read, dropped on change
     _digest: bytes | None = None  # view_digest, dropped on change
+    _arrivals: list[tuple[int, bytes]] = field(default_factory=list)  # keys in arrival order
 
     def __deepcopy__(self, memo: dict) -> "Ledger":
         """A copy sharing the immutable parts (effects, keys, undo records): what a copy-on-write
         holder of many views (tools/simworld.py) pays is a few list and dict copies."""
         return Ledger(self.genesis, dict(self.spent), set(self.applied), dict(self.offences), list(self._effects),
-                      list(self._keys), list(self._undo), dict(self._rep), None, self._digest)
+                      list(self._keys), list(self._undo), dict(self._rep), None, self._digest, list(self._arrivals))
 
     # --- folding ------------------------------------------------------------------------------
 
@@ -129,6 +130,7 @@ class Ledger:
         i = bisect_right(self._keys, effect.key)
         self._unfold_to(i)
         self._keys.insert(i, effect.key)
+        self._arrivals.append(effect.key)
         self._effects.insert(i, effect)
         for t in effect.transfers:  # sums: their order does not matter
             self.spent[t.payer] = self.spent.get(t.payer, 0) - t.amount
@@ -199,6 +201,11 @@ class Ledger:
     def certificate_ids(self) -> list[tuple[int, bytes]]:
         """The keys (created_ms, job_id) of every certificate in the set, in fold order."""
         return list(self._keys)
+
+    def arrived(self, since: int) -> list[tuple[int, bytes]]:
+        """The keys of the certificates added after the first `since`, in arrival order: what a
+        holder of a copy of the key set (node/reconcile.py) adds to catch up, without a scan."""
+        return self._arrivals[since:]
 
     def view(self) -> list[list]:
         """The certificate view: [identity, reputation, credits] per identity it names, sorted."""

@@ -87,11 +87,11 @@ class Reconciler:
 
     def keyset(self) -> KeySet:
         """This node's certificate keys, brought up to date with the ledger's set."""
-        if len(self.keys) != len(self.ledger.applied):
-            ids = self.ledger.certificate_ids()
-            if not self.keys:
-                self.keys = KeySet.of(key_bytes(created_ms, job_id) for created_ms, job_id in ids)
-            for created_ms, job_id in ids:  # in order: mostly appends
+        new = self.ledger.arrived(len(self.keys))
+        if len(new) > len(self.keys):  # at start: one sort
+            self.keys = KeySet.of([*self.keys.keys, *(key_bytes(ms, job_id) for ms, job_id in new)])
+        else:  # mostly appends: a certificate arrives about when it was made
+            for created_ms, job_id in new:
                 self.keys.add(key_bytes(created_ms, job_id))
         return self.keys
 
@@ -180,6 +180,7 @@ class Reconciler:
                 raise RemoteProtocolError("reconcile_withheld", "listed certificates it does not give")
             batch = {}
             for raw in raws:  # the whole batch is checked before any of it is stored
+                await trio.lowlevel.checkpoint()  # a signature check each: let the node breathe
                 checked = check_pulled(raw, wanted, self.hooks.now_ms(), self.pow_difficulty)
                 if checked.certificate.job_id in batch:
                     raise RemoteProtocolError("reconcile_unasked", "the same certificate twice")
