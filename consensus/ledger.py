@@ -6,9 +6,11 @@ Two layers:
 1. The certificate view, which every node shares. It is the fold of the certificate SET in one
    order, the certificate's `created_ms`, then its job id (`certificate_key`), with clamping applied
    in that order. It depends on which certificates a node holds, never on the order they arrived:
-   two nodes holding the same certificates compute byte-identical views (`view_digest`). A
-   certificate that arrives late (older than one already folded) undoes the certificates after it
-   and folds them again, lazily on the next read; one that arrives in order costs one step.
+   two nodes holding the same certificates compute byte-identical views (`view_digest`). Clamping
+   makes an identity's reputation depend on the order of its own events only, so each identity
+   keeps its events in fold order with its value after each (`Track`): a certificate that
+   arrives late (older than one already folded) makes the later values of the identities it
+   names stale, refolded when next read; one that arrives in order costs one step each.
 2. The local layer: offences this node saw itself (`apply_offence`), never shared and never part
    of `view_digest`. They add up per identity, the sum clamped to [REPUTATION_MIN, 0] (so that an
    identity's local record never weighs more than the whole scale), and combine with the
@@ -98,6 +100,35 @@ def _clamp(value: int) -> int:
 
 
 @dataclass
+class Track:
+    """One identity's reputation events in fold order: `values[t]` is its reputation after event
+    t, up to date below `clean` (a late event makes the ones after it stale)."""
+    keys: list[tuple[int, bytes]] = field(default_factory=list)
+    deltas: list[int] = field(default_factory=list)
+    values: list[int] = field(default_factory=list)
+    clean: int = 0
+
+    def insert(self, key: tuple[int, bytes], delta: int) -> None:
+        j = bisect_right(self.keys, key)
+        self.keys.insert(j, key)
+        self.deltas.insert(j, delta)
+        self.values.insert(j, 0)
+        self.clean = min(self.clean, j)
+
+    def value(self) -> int:
+        """The reputation after every event, refolding the stale ones (clamped after each)."""
+        if self.clean < len(self.values):
+            v = self.values[self.clean - 1] if self.clean else REPUTATION_START
+            for t in range(self.clean, len(self.values)):
+                v = self.values[t] = _clamp(v + self.deltas[t])
+            self.clean = len(self.values)
+        return self.values[-1]
+
+    def copy(self) -> "Track":
+        return Track(list(self.keys), list(self.deltas), list(self.values), self.clean)
+
+
+@dataclass
 class Ledger:
     genesis: int = GENESIS_CREDITS
     spent: dict[bytes, int] = field(default_factory=dict)  # net credits moved, without genesis
@@ -105,58 +136,44 @@ class Ledger:
     offences: dict[bytes, int] = field(default_factory=dict)  # the local layer: summed penalties
     _effects: list[Effect] = field(default_factory=list)  # the certificate set, in fold order
     _keys: list[tuple[int, bytes]] = field(default_factory=list)  # their keys, for bisect
-    _undo: list[tuple[tuple[bytes, int | None], ...]] = field(default_factory=list)  # per folded effect
-    _rep: dict[bytes, int] = field(default_factory=dict)  # the certificate view's reputation
+    _tracks: dict[bytes, Track] = field(default_factory=dict)  # per identity with a reputation event
     _transfers: list[Transfer] | None = None  # flattened on read, dropped on change
     _digest: bytes | None = None  # view_digest, dropped on change
     _arrivals: list[tuple[int, bytes]] = field(default_factory=list)  # keys in arrival order
 
     def __deepcopy__(self, memo: dict) -> "Ledger":
-        """A copy sharing the immutable parts (effects, keys, undo records): what a copy-on-write
-        holder of many views (tools/simworld.py) pays is a few list and dict copies."""
+        """A copy sharing the immutable parts (effects, keys): what a copy-on-write holder of
+        many views (tools/simworld.py) pays is list and dict copies."""
         return Ledger(self.genesis, dict(self.spent), set(self.applied), dict(self.offences), list(self._effects),
-                      list(self._keys), list(self._undo), dict(self._rep), None, self._digest, list(self._arrivals))
+                      list(self._keys), {w: t.copy() for w, t in self._tracks.items()}, None, self._digest,
+                      list(self._arrivals))
 
     # --- folding ------------------------------------------------------------------------------
 
     def apply_certificate(self, cert: CheckedCertificate, at_ms: int) -> bool:
         """Add one verified certificate to the set; False (and nothing changes) if it is there
-        already. Its place in the fold is its key, whenever it arrives."""
+        already. Its place in the fold is its key, whenever it arrives: each identity it names
+        has its events after that place refolded, on the next read of that identity."""
         job_id = cert.certificate.job_id
         if job_id in self.applied:
             return False
         self.applied.add(job_id)
         effect = effect_of(cert, at_ms)
         i = bisect_right(self._keys, effect.key)
-        self._unfold_to(i)
         self._keys.insert(i, effect.key)
-        self._arrivals.append(effect.key)
         self._effects.insert(i, effect)
+        self._arrivals.append(effect.key)
+        for who, delta in effect.deltas:
+            track = self._tracks.get(who)
+            if track is None:
+                track = self._tracks[who] = Track()
+            track.insert(effect.key, delta)
         for t in effect.transfers:  # sums: their order does not matter
             self.spent[t.payer] = self.spent.get(t.payer, 0) - t.amount
             self.spent[t.payee] = self.spent.get(t.payee, 0) + t.amount
         self._transfers = None
         self._digest = None
         return True
-
-    def _unfold_to(self, i: int) -> None:
-        """Undo the folded effects at positions >= i, last first."""
-        while len(self._undo) > i:
-            for who, old in reversed(self._undo.pop()):
-                if old is None:
-                    del self._rep[who]
-                else:
-                    self._rep[who] = old
-
-    def _fold(self) -> None:
-        """Fold the effects not folded yet, in order (after a late arrival: from its place on)."""
-        for effect in self._effects[len(self._undo):]:
-            undo: list[tuple[bytes, int | None]] = []
-            for who, delta in effect.deltas:
-                old = self._rep.get(who)
-                undo.append((who, old))
-                self._rep[who] = _clamp((REPUTATION_START if old is None else old) + delta)
-            self._undo.append(tuple(undo))
 
     def apply_offence(self, who: bytes) -> None:
         """An offence this node saw itself: the local layer only (never in `view_digest`)."""
@@ -166,24 +183,19 @@ class Ledger:
 
     def certificate_reputation(self, who: bytes) -> int:
         """`who`'s reputation in the shared certificate view (no local offences)."""
-        self._fold()
-        return self._rep.get(who, REPUTATION_START)
+        track = self._tracks.get(who)
+        return REPUTATION_START if track is None else track.value()
 
     def reputation_of(self, who: bytes) -> int:
         """Reputation as this node ranks by it: the certificate view plus its own offences."""
-        self._fold()
         local = self.offences.get(who, 0)
-        base = self._rep.get(who, REPUTATION_START)
+        base = self.certificate_reputation(who)
         return _clamp(base + local) if local else base
 
     @property
     def reputation(self) -> dict[bytes, int]:
         """Every identity with a reputation in this node's view (both layers), by public key."""
-        self._fold()
-        out = dict(self._rep)
-        for who in self.offences:
-            out[who] = self.reputation_of(who)
-        return out
+        return {who: self.reputation_of(who) for who in (*self._tracks, *self.offences)}
 
     @property
     def transfers(self) -> list[Transfer]:
@@ -209,9 +221,8 @@ class Ledger:
 
     def view(self) -> list[list]:
         """The certificate view: [identity, reputation, credits] per identity it names, sorted."""
-        self._fold()
-        who_all = sorted(set(self._rep) | set(self.spent))
-        return [[who, self._rep.get(who, REPUTATION_START), self.balance(who)] for who in who_all]
+        who_all = sorted(set(self._tracks) | set(self.spent))
+        return [[who, self.certificate_reputation(who), self.balance(who)] for who in who_all]
 
     def view_digest(self) -> bytes:
         """SHA-256 over the canonical encoding of `view()` (local offences never count): equal
