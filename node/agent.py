@@ -116,8 +116,8 @@ class Agent:
         self.executing = self.executing_class(identity, settings, ports,
                                               Sandboxes(sandboxes, self.sandbox_ok, outputs_dir))
         self.submitting = Submitting(identity, settings, ports, self.executing.consider, self.executing.job_ended)
-        self.reconciler = Reconciler(self.ledger, store, overlay, settings,
-                                     ReconcileHooks(self.accept_certificate, self.count, self.reject, now_ms))
+        self.reconciler = Reconciler(self.ledger, store, overlay, settings, ReconcileHooks(
+            self.accept_certificate, self.count, self.reject, now_ms, self.store_full))
         self.outputs = OutputsServing(store, self.pins, blocks, self.fetch_dag, self.job_status)
         self.handlers: dict[str, Handler] = {
             BID_PROTOCOL: self.submitting.handle_bid,

@@ -18,6 +18,8 @@ Contract:
   cut off: its session ends, nothing of that batch is stored, it is counted (`reconcile_bad`, the
   reason in `rejected`) and no session is started with it for CUT_OFF_S. A peer that is
   unreachable or refuses is counted `reconcile_failed`, nothing more.
+- A session never ends the node: a full disk ends it (`store_full`, as the agent counts it), and so
+  does any other fault, logged and counted `internal_error`.
 - Counters: reconcile_sessions, reconcile_pulled (certificates new to this node),
   reconcile_cut_short (a session's bounds reached: the next one goes on), reconcile_served,
   reconcile_bad, reconcile_failed, reconcile_rate_limited.
@@ -45,7 +47,7 @@ from distributeai.p2p.overlay import Overlay, RemoteError
 from distributeai.p2p.ratelimit import KeyedLimiter
 
 from .ports import NodeSettings
-from .store import Store
+from .store import Store, StoreFull
 
 log = logging.getLogger("distributeai.node.reconcile")
 
@@ -63,6 +65,7 @@ class ReconcileHooks:
     count: Callable[[str], None]
     reject: Callable[..., None]  # (reason, detail="")
     now_ms: Callable[[], int]
+    store_full: Callable[[BaseException, str], None]  # a store write failed for want of disk
 
 
 class Reconciler:
@@ -158,6 +161,11 @@ class Reconciler:
         except (RemoteError, trio.TooSlowError) as exc:
             self.hooks.count("reconcile_failed")
             log.debug("reconciliation with %s failed: %r", peer, exc)
+        except StoreFull as exc:  # what was stored stays; the next session goes on
+            self.hooks.store_full(exc, f"reconciliation with {peer}")
+        except Exception:  # a bug here never ends the node
+            log.exception("reconciliation with %s failed", peer)
+            self.hooks.reject("internal_error", f"reconciliation with {peer}")
         finally:
             self.running.discard(peer)
 

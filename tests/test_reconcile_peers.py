@@ -42,7 +42,8 @@ class Node:
         self.ledger = Ledger()
         self.counters: Counter[str] = Counter()
         self.rejected: Counter[str] = Counter()
-        hooks = ReconcileHooks(self.accept, self.count, self.reject, lambda: 0)
+        hooks = ReconcileHooks(self.accept, self.count, self.reject, lambda: 0,
+                               lambda exc, what: self.count("store_full"))
         self.reconciler = Reconciler(self.ledger, store, overlay, NodeSettings("process", reconcile_interval_s=0),
                                      hooks)
         overlay.set_handler(RECONCILE_PROTOCOL, self.reconciler.handle)
