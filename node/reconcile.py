@@ -8,8 +8,8 @@ Contract:
   (`reconcile_rate_limited`, or the decoder's reason in `rejected`).
 - Starts a session with every peer it has not reconciled with since it connected (checked every
   POLL_S), and every `interval_s` with one random connected peer (0: on connect only). Bootstraps
-  are skipped (they serve no certificates). One session per peer at a time, each within
-  SESSION_TIMEOUT_S.
+  are skipped (they serve no certificates). One session at a time (sessions with several peers at
+  once would pull the same certificates from each), each within SESSION_TIMEOUT_S.
 - What a session finds missing is pulled GET_MAX at a time and every certificate goes through
   `consensus.reconcile.check_pulled`, which is `check_gossip`, then through `accept`, the same
   store insert and ledger fold a gossiped certificate takes (Agent.accept_certificate). A batch is
@@ -17,12 +17,13 @@ Contract:
 - A peer that answers with anything malformed, forged, unasked for, or withholds what it listed is
   cut off: its session ends, nothing of that batch is stored, it is counted (`reconcile_bad`, the
   reason in `rejected`) and no session is started with it for CUT_OFF_S. A peer that is
-  unreachable or refuses is counted `reconcile_failed`, nothing more.
+  unreachable or refuses is counted `reconcile_failed`, nothing more; one whose session outlasts
+  SESSION_TIMEOUT_S (a slow drip of answers) is counted `reconcile_timeout` and cut off the same way.
 - A session never ends the node: a full disk ends it (`store_full`, as the agent counts it), and so
   does any other fault, logged and counted `internal_error`.
 - Counters: reconcile_sessions, reconcile_pulled (certificates new to this node),
   reconcile_cut_short (a session's bounds reached: the next one goes on), reconcile_served,
-  reconcile_bad, reconcile_failed, reconcile_rate_limited.
+  reconcile_bad, reconcile_failed, reconcile_timeout, reconcile_rate_limited.
 """
 
 from __future__ import annotations
@@ -71,9 +72,8 @@ class ReconcileHooks:
 class Reconciler:
     def __init__(self, ledger: Ledger, store: Store, overlay: Overlay, settings: NodeSettings,
                  hooks: ReconcileHooks) -> None:
-        """`settings`: reconcile_interval_s, pow_difficulty (of pulled certificates' announcers:
-        none is checked, a certificate has no proof-of-work), request_timeout_s, bootstrap_peers
-        (skipped)."""
+        """`settings`: reconcile_interval_s, pow_difficulty (passed to check_gossip as the gossip
+        path passes it), request_timeout_s, bootstrap_peers (never asked)."""
         self.ledger = ledger
         self.store = store
         self.overlay = overlay
@@ -85,7 +85,8 @@ class Reconciler:
         self.keys = KeySet()
         self.limiter = KeyedLimiter(SERVE_RATE, SERVE_BURST)
         self.cut_off: dict[str, float] = {}  # peer -> trio time until which it is not asked
-        self.running: set[str] = set()
+        self.running: set[str] = set()  # peers with a session started or waiting
+        self.one_at_a_time = trio.Lock()
         self.reconciled: set[str] = set()  # connected peers a session was started with
 
     def keyset(self) -> KeySet:
@@ -151,14 +152,20 @@ class Reconciler:
             return
         self.running.add(peer)
         try:
-            with trio.fail_after(SESSION_TIMEOUT_S):
-                await self._session(peer)
+            async with self.one_at_a_time:  # else each peer's session would pull the same certificates
+                if self.cut_off.get(peer, float("-inf")) > trio.current_time():
+                    return
+                with trio.fail_after(SESSION_TIMEOUT_S):
+                    await self._session(peer)
         except RemoteProtocolError as exc:
             self.hooks.reject(exc.reason, f"reconciliation with {peer}: {exc.detail}")
             self.hooks.count("reconcile_bad")
             self.cut_off[peer] = trio.current_time() + CUT_OFF_S
             log.info("reconciliation with %s cut off: %s", peer, exc)
-        except (RemoteError, trio.TooSlowError) as exc:
+        except trio.TooSlowError:  # a peer that keeps a session going past its bound holds the others up
+            self.hooks.count("reconcile_timeout")
+            self.cut_off[peer] = trio.current_time() + CUT_OFF_S
+        except RemoteError as exc:
             self.hooks.count("reconcile_failed")
             log.debug("reconciliation with %s failed: %r", peer, exc)
         except StoreFull as exc:  # what was stored stays; the next session goes on
