@@ -96,7 +96,7 @@ def _forged(raw: bytes) -> bytes:
     return bytes(out)
 
 
-@pytest.mark.parametrize("lie", ["forged", "unasked", "malformed", "withheld", "endless"])
+@pytest.mark.parametrize("lie", ["forged", "half_forged", "unasked", "malformed", "withheld", "endless"])
 async def test_a_hostile_peer_gets_nothing_stored_and_is_counted(tmp_path, certificates, lie):
     listed = [verify_certificate(c).certificate for c in certificates[:3]]
     theirs = KeySet.of(key_bytes(c.created_ms, c.job_id) for c in listed)
@@ -115,6 +115,8 @@ async def test_a_hostile_peer_gets_nothing_stored_and_is_counted(tmp_path, certi
             return answer(theirs, data)
         if lie == "forged":
             return encode_got([_forged(certificates[0])])
+        if lie == "half_forged":  # a good certificate first: the batch is checked whole, none stored
+            return encode_got([certificates[1], _forged(certificates[0])])
         if lie == "unasked":
             return encode_got([certificates[5]])
         return encode_got([])  # withheld: listed, never given
@@ -131,7 +133,7 @@ async def test_a_hostile_peer_gets_nothing_stored_and_is_counted(tmp_path, certi
             assert honest.counters["reconcile_cut_short"] == 2 and honest.counters["reconcile_bad"] == 0
             return
         assert honest.counters["reconcile_bad"] == 1 and honest.counters["reconcile_sessions"] == 1
-        reason = {"forged": "bad_signature", "unasked": "reconcile_unasked", "malformed": "malformed",
+        reason = {"forged": "bad_signature", "half_forged": "bad_signature", "unasked": "reconcile_unasked", "malformed": "malformed",
                   "withheld": "reconcile_withheld"}[lie]
         assert honest.rejected == Counter({reason: 1}), honest.rejected
 
