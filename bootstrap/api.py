@@ -49,6 +49,8 @@ def snapshot(overlay: "Overlay", stats: "Stats") -> dict:
         "failure_reasons": stats.failure_reasons(),
         "last_hour": stats.series.snapshot(now),
         "rejected": dict(stats.rejected),
+        # The certificate view every node computes from the same certificates (consensus/ledger.py).
+        "ledger": {"certificates": len(stats.ledger.applied), "view_digest": stats.ledger.view_digest().hex()},
         "recent_jobs": recent,
         "uptime_s": round(now - stats.started, 1),
         "now": round(now, 3),

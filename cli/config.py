@@ -112,6 +112,9 @@ class Config:
     store_max: int = 10 << 30
     # Seconds a job's outputs are kept after it ended, for nodes fetching them (node/retention.py).
     keep_outputs: float = 24 * 3600.0
+    # Seconds between reconciliations of the certificate set with a random peer (node/reconcile.py);
+    # 0: only when a peer connects.
+    reconcile_interval: float = 60.0
     # Where each value came from: "default", "file PATH", "env NAME" or "flag --NAME".
     sources: Mapping[str, str] = field(default_factory=dict, compare=False, repr=False)
     # The file consulted (whether or not it exists).
@@ -222,7 +225,7 @@ def _parse(name: str, value: Any, where: str, *, text: bool, base: Path | None =
         if number is None:
             raise bad("a size in bytes, or with a unit (512m, 1g)")
         return number
-    if name == "keep_outputs":
+    if name in ("keep_outputs", "reconcile_interval"):
         seconds = parse_duration(value)
         if seconds is None:
             raise bad("a duration in seconds, or with a unit (90s, 30m, 24h, 7d)")

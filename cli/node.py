@@ -100,7 +100,8 @@ def node_start(
                         rate_limits=RateLimits.of(cfg.request_rate_limit, cfg.gossip_rate_limit,
                                                    cfg.newcomer_gossip_rate_limit),
                         pow_difficulty=cfg.pow_difficulty, disk_reserve=cfg.disk_reserve,
-                        max_output=cfg.max_output, keep_outputs_s=cfg.keep_outputs, store_max=cfg.store_max)
+                        max_output=cfg.max_output, keep_outputs_s=cfg.keep_outputs, store_max=cfg.store_max,
+                        reconcile_interval_s=cfg.reconcile_interval)
     import trio
 
     async def serve() -> None:

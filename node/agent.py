@@ -34,7 +34,7 @@ from typing import Any, Awaitable, Callable, Iterator
 
 import trio
 
-from distributeai.consensus.certificate import verify_certificate
+from distributeai.consensus.certificate import CheckedCertificate, verify_certificate
 from distributeai.consensus.cid import verify_block
 from distributeai.consensus.codec import Identity
 from distributeai.consensus.errors import LocalProtocolError, RemoteProtocolError
@@ -60,6 +60,7 @@ from .executing import Executing
 from .metrics import NodeMetrics
 from .outputs_serving import OutputsServing
 from .ports import Content, Events, NodeSettings, Ports, Runtime, Sandboxes, Transport
+from .reconcile import ReconcileHooks, Reconciler
 from .retention import Pins, run_sweeper, sweep_interval
 from .store import Store, StoreFull
 from .submitting import Submitting
@@ -115,6 +116,8 @@ class Agent:
         self.executing = self.executing_class(identity, settings, ports,
                                               Sandboxes(sandboxes, self.sandbox_ok, outputs_dir))
         self.submitting = Submitting(identity, settings, ports, self.executing.consider, self.executing.job_ended)
+        self.reconciler = Reconciler(self.ledger, store, overlay, settings, ReconcileHooks(
+            self.accept_certificate, self.count, self.reject, now_ms, self.store_full))
         self.outputs = OutputsServing(store, self.pins, blocks, self.fetch_dag, self.job_status)
         self.handlers: dict[str, Handler] = {
             BID_PROTOCOL: self.submitting.handle_bid,
@@ -175,6 +178,7 @@ class Agent:
             # Peers' requests only once the jobs are rebuilt: a commit arriving earlier would be refused as unknown_job.
             for protocol, handler in self.handlers.items():
                 self.overlay.set_handler(protocol, self._guard(handler))
+            self.reconciler.start(nursery)  # serves RECONCILE_PROTOCOL, reconciles on connect and periodically
             nursery.start_soon(self._read_gossip)
             nursery.start_soon(self._keep_running, self.submitting.run_deadlines)
             nursery.start_soon(self.disk.run)
@@ -301,19 +305,25 @@ class Agent:
                 raise RemoteProtocolError("replay", "job already announced")
             self.notify()
             await self.executing.consider(ann.job_id, ann.spec, ann.submitter_addrs)
-        else:
-            cert = checked.certificate
-            reason = "" if cert.status == "verified" else (cert.reason or cert.status)
-            now = now_ms()
-            if not await self.store.record_certificate(cert.job_id.hex(), message.data, cert.status, reason, now,
-                                                       role_if_new="observer", name=checked.spec.name,
-                                                       signed_spec=cert.signed_spec):
-                raise RemoteProtocolError("replay", "certificate already applied")
-            self.ledger.apply_certificate(checked, now)
-            self.count("certificates")
-            self.notify()
-            # A run of it here stops; a cancel says so in the certificate's reason.
-            await self.executing.job_ended(cert.job_id, cert.status, cert.reason)
+        elif not await self.accept_certificate(checked, message.data):
+            raise RemoteProtocolError("replay", "certificate already applied")
+
+    async def accept_certificate(self, checked: CheckedCertificate, raw: bytes) -> bool:
+        """A checked certificate from gossip or reconciliation (node/reconcile.py): stored, folded
+        into the ledger, the job ended here. False if its certificate was held already."""
+        cert = checked.certificate
+        reason = "" if cert.status == "verified" else (cert.reason or cert.status)
+        now = now_ms()
+        if not await self.store.record_certificate(cert.job_id.hex(), raw, cert.status, reason, now,
+                                                   role_if_new="observer", name=checked.spec.name,
+                                                   signed_spec=cert.signed_spec):
+            return False
+        self.ledger.apply_certificate(checked, now)
+        self.count("certificates")
+        self.notify()
+        # A run of it here stops; a cancel says so in the certificate's reason.
+        await self.executing.job_ended(cert.job_id, cert.status, cert.reason)
+        return True
 
     # --- the facade the control socket and the REST API use ---------------------------------
 
@@ -464,6 +474,7 @@ class Agent:
             "sandboxes": {kind: {"backend": sb.name, "ok": self.sandbox_ok[kind]} for kind, sb in self.sandboxes.items()},
             "reputation": self.ledger.reputation_of(self.me),
             "credits": self.ledger.balance(self.me),
+            "ledger": {"certificates": len(self.ledger.applied), "view_digest": self.ledger.view_digest().hex()},
             "peers": sorted(self.overlay.connected_peers()),
             "mesh_peers": sorted(self.overlay.gossip_peers(JOBS_TOPIC)),
             "jobs_running": self.executing.running,

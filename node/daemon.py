@@ -96,6 +96,7 @@ class NodeConfig:
     max_output: int = DEFAULT_MAX_OUTPUT  # the largest output quota (JobSpec.out_max_bytes) bid on
     keep_outputs_s: float = DEFAULT_KEEP_OUTPUTS_S  # outputs kept after a job ended (node/retention.py)
     store_max: int = DEFAULT_MAX_BYTES  # the block store's cap (node/blockstore.py)
+    reconcile_interval_s: float = 60.0  # between reconciliations with a random peer (node/reconcile.py)
 
 
 DataDirBusy = DirBusy  # another process holds the data dir's lock (a StartError: one line, exit 1)
@@ -221,7 +222,8 @@ async def run_node(config: NodeConfig, *, task_status=trio.TASK_STATUS_IGNORED) 
                                         pow_nonce=pow_nonce, data_dir=data_dir, disk_reserve=config.disk_reserve,
                                         max_output=config.max_output, keep_outputs_s=config.keep_outputs_s,
                                         bootstrap_peers=frozenset(a.rsplit("/p2p/", 1)[1] for a in config.bootstrap
-                                                                  if "/p2p/" in a))
+                                                                  if "/p2p/" in a),
+                                        reconcile_interval_s=config.reconcile_interval_s)
                 agent = AGENT_CLASS(identity, store, overlay, sandboxes, settings, outputs_dir=data_dir / "outputs",
                                     blocks=blocks)
                 async with trio.open_nursery() as nursery:

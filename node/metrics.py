@@ -90,6 +90,8 @@ class NodeMetrics:
                                   "Store writes that failed for want of disk (each dropped one input).", registry=r)
         self.declined = Counter("distributeai_bids_declined_total", "Jobs this node declined to bid on, by reason.",
                                 ["reason"], registry=r)
+        self.reconcile = Counter("distributeai_reconcile_events_total",
+                                 "Certificate-set reconciliation (node/reconcile.py), by event.", ["event"], registry=r)
         r.register(_ScrapeTimeGauges(read_gauges))
         # `Agent.count` names -> the counter they feed; other names are not exported.
         self._counted = {"announced": self.announced, "bids_sent": self.bid, "awarded": self.awarded,
@@ -104,6 +106,8 @@ class NodeMetrics:
             counter.inc()
         elif what.startswith("declined_"):  # a bidding.py reason code, so the label set is bounded
             self.declined.labels(reason=what.removeprefix("declined_")).inc()
+        elif what.startswith("reconcile_"):  # node/reconcile.py's fixed event names
+            self.reconcile.labels(event=what.removeprefix("reconcile_")).inc()
 
     def reject(self, reason: str) -> None:
         self.rejected.labels(reason=reason).inc()

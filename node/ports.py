@@ -68,6 +68,9 @@ class NodeSettings:
     # The peer ids of the bootstraps this node was started with (`--bootstrap .../p2p/ID`): they
     # seed discovery and never bid, so they are not counted among the peers that could run a job.
     bootstrap_peers: frozenset[str] = frozenset()
+    # Seconds between reconciliations of the certificate set with one random peer (node/reconcile.py;
+    # 0: only when a peer connects).
+    reconcile_interval_s: float = 60.0
 
 
 @dataclass(frozen=True)

@@ -16,9 +16,11 @@ What is stored (and why):
 - `executions`: what this node ran as an executor: the award, the sandbox result, the commit state.
 - `execution_inputs`: every input that advanced one of this node's executions (`ExecutorJob`),
   with the time it was applied. Replaying them rebuilds the execution after a restart.
-- `ledger`: the events reputation and credits are folded from, in the order they were applied:
-  verified certificates (this node's own and those received over gossip) and offences this node
-  saw itself. Rebuilding the ledger from it after a restart gives the same figures.
+- `ledger`: the events reputation and credits are folded from: verified certificates (this node's
+  own and those received over gossip or pulled by reconciliation, node/reconcile.py, which also
+  serves them from here to peers by job id) and offences this node saw itself. Rebuilding the
+  ledger from it after a restart gives the same figures: the fold orders certificates by their own
+  time and id (consensus/ledger.py), not by the order they were stored.
 - `peers`: known peers and their addresses, so a restarted node rejoins without the bootstrap.
 - `meta`: the peer id this store belongs to, recorded at the first start (`check_identity`): a node
   whose key file gives another peer id refuses to start instead of taking this history as its own.
@@ -262,6 +264,18 @@ class Store:
         await self._run(lambda c: c.execute(
             "INSERT INTO ledger(kind, job_id, peer, reason, at_ms) VALUES ('offence',?,?,?,?)",
             (job_id, peer, reason, now_ms)))
+
+    async def certificates(self, job_ids: list[str]) -> dict[str, bytes]:
+        """The stored bytes of the certificates of `job_ids` (hex) this node holds: what it serves
+        to a peer reconciling with it (node/reconcile.py). Absent ids are left out."""
+
+        def fn(c: sqlite3.Connection) -> dict[str, bytes]:
+            marks = ",".join("?" * len(job_ids))
+            rows = c.execute(f"SELECT job_id, raw FROM ledger WHERE kind='certificate' AND job_id IN ({marks})",
+                             list(job_ids))
+            return {r["job_id"]: r["raw"] for r in rows}
+
+        return await self._run(fn) if job_ids else {}
 
     async def ledger_events(self) -> list[dict]:
         def fn(c: sqlite3.Connection) -> list[dict]:

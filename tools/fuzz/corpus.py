@@ -134,6 +134,27 @@ def answer_seeds(c: Corpus) -> list[bytes]:
             wire.refuse("malformed")]
 
 
+def reconcile_keysets() -> tuple:
+    """Two fixed certificate-key sets (consensus/reconcile.py) that differ in a few places: the
+    fuzzed node's own (`mine`) and a peer's."""
+    from distributeai.consensus.reconcile import KeySet, key_bytes
+    common = [key_bytes(FIXED_NOW_MS - i * 997, sha256(b"job %d" % i)) for i in range(300)]
+    mine = KeySet.of(common[:-3])
+    theirs = KeySet.of(common[2:] + [key_bytes(FIXED_NOW_MS, sha256(b"theirs"))])
+    return mine, theirs
+
+
+def reconcile_seeds(c: Corpus) -> list[bytes]:
+    """Reconciliation messages of every kind: the first range request and a narrower one, the
+    peer's answers to them (a split, key lists, the same), gets and an answer of certificates."""
+    from distributeai.consensus.reconcile import Session, answer, encode_get, encode_got, encode_request
+    mine, theirs = reconcile_keysets()
+    first = Session(mine).start()
+    narrow = encode_request([(mine.keys[10], mine.keys[40], *mine.fingerprint(mine.keys[10], mine.keys[40]))])
+    return [first, narrow, answer(theirs, first), answer(theirs, narrow), answer(mine, first),
+            encode_get([bytes(32), sha256(b"job 1")]), encode_got(c.of("certificate")[:2]), encode_got([])]
+
+
 def frame_seeds(c: Corpus, protocols: list[str]) -> list[bytes]:
     """Session request frames carrying real requests on each protocol, one frame and several."""
     requests = [(p, c.of("bid", "commit", "award")[i % 3]) for i, p in enumerate(protocols)]

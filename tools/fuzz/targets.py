@@ -22,6 +22,7 @@ promise, such as a job file whose spec the network would refuse).
 | control | `control_request.parse_line` (the control API's JSON line and every op's arguments) | a well-formed request |
 | unixfs_block | `consensus.unixfs.decode_block` of a dag-pb block (what Bitswap hands the block store) | a UnixFS file or directory node |
 | bitswap | `p2p.bitswap_wire.decode_message` (a Bitswap 1.2.0 message from any peer) | a message within the bounds |
+| reconcile | by tag, `consensus.reconcile`: `answer` to a range request (`rq`), `Session.on_answer` of the first session's answer (`ra`), `decode_get` (`gq`), `decode_got` (`ga`) | a well-formed message of its kind |
 """
 
 from __future__ import annotations
@@ -44,6 +45,9 @@ from distributeai.consensus.messages import (
 )
 from distributeai.consensus.names import (
     AWARD_PROTOCOL, BID_PROTOCOL, COMMIT_PROTOCOL, DECLINE_PROTOCOL, REVEAL_PROTOCOL, WITHDRAW_PROTOCOL,
+)
+from distributeai.consensus.reconcile import (
+    GET_ANSWER_MAX, GET_MAX, Session, answer, decode_get, decode_got,
 )
 from distributeai.consensus.unixfs import MAX_BLOCK, BadBlock, decode_block
 from distributeai.p2p import bitswap_wire, reqresp, session
@@ -133,10 +137,31 @@ def build(c: Corpus) -> dict[str, Decoder]:
                 lambda exc: REJECT_REASON),
         Decoder("unixfs_block", corpus_mod.unixfs_block_seeds(), "bytes", MAX_BLOCK,
                 lambda data: decode_block(cid_for(DAG_PB, data), data), (BadBlock,), lambda exc: "bad_block"),
+        Decoder("reconcile", corpus_mod.reconcile_seeds(c), "msgpack", GET_ANSWER_MAX + 64,
+                check_reconcile(*corpus_mod.reconcile_keysets()), (RemoteProtocolError,), _protocol_reason),
         Decoder("bitswap", bitswap_seeds(), "bytes", bitswap_wire.MAX_MESSAGE, bitswap_wire.decode_message,
                 (bitswap_wire.WireError,), lambda exc: exc.reason),  # type: ignore[attr-defined]
     ]
     return {d.name: d for d in decoders}
+
+
+def check_reconcile(mine, theirs) -> Callable[[bytes], None]:
+    """A reconciliation message, by its tag, through the code that reads it on a node: a range
+    request answered from `theirs` (the serving side), an answer read by a session of `mine` that
+    has just sent its first request, a get, certificates asked for GET_MAX at a time."""
+    def check(data: bytes) -> None:
+        tag = data[2:4] if len(data) >= 4 and data[:2] == b"\x92\xa2" else b""
+        if tag == b"rq":
+            answer(theirs, data)
+        elif tag == b"ra":
+            session = Session(mine)
+            session.start()
+            session.on_answer(data)
+        elif tag == b"gq":
+            decode_get(data)
+        else:  # "ga", and anything else, which its decoder refuses
+            decode_got(data, GET_MAX)
+    return check
 
 
 def bitswap_seeds() -> list[bytes]:
