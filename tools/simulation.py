@@ -238,7 +238,6 @@ class Simulation:
         self.reach: list[float] = []
         self.awards_to: Counter[int] = Counter()
         self.reconciled: Counter[str] = Counter()
-        self.converged: dict = {}
 
     # --- the event loop ---------------------------------------------------------------------------
 
