@@ -42,7 +42,9 @@ class JsonFormatter(logging.Formatter):
 
 def setup_logging(level: str, fmt: str = "text") -> None:
     """Log at `level` to stderr in `fmt` ("text" or "json"), with libp2p's own loggers kept quiet."""
-    # Import libp2p first: importing it clears the handlers of its loggers (docs/libp2p.md, "Install").
+    # Import libp2p first: importing it clears the handlers of its loggers (docs/libp2p.md, "Install");
+    # through distributeai.p2p, which first makes libp2p's unused modules lazy (items 17-22).
+    import distributeai.p2p  # noqa: F401
     import libp2p  # noqa: F401
 
     from distributeai.p2p.overlay import quiet_libp2p_logs

@@ -1,8 +1,14 @@
 """DistributeAI's overlay over py-libp2p: identity, host, DHT discovery, gossip, request/response.
 
 Generic: it knows nothing of jobs or consensus. See README.md for the contract.
-`identity` is importable without loading libp2p; importing `overlay` loads libp2p (~0.5 s).
+`identity` is importable without loading libp2p; importing `overlay` loads libp2p (~0.5 s), only
+what runs of it: `workarounds_import.install()` runs here, before anything of the project imports
+libp2p (docs/libp2p.md items 17-21).
 """
+
+from . import workarounds_import
+
+workarounds_import.install()
 
 from .identity import (
     KeyFileError,

@@ -145,17 +145,29 @@ class WasmSandbox:
         import logging
 
         self._log: LogSink = log if log is not None else logging.getLogger("distributeai.sandbox")
-        self._lock = threading.Lock()  # guards the cache, _compiling and _closed
+        self._lock = threading.Lock()  # guards the cache, _compiling, _closed and _ready
         self._cache: OrderedDict[str, _Prepared] = OrderedDict()
         self._compiling: dict[str, threading.Lock] = {}
         self._closed = False
         self._import_error: str | None = None
         self._runs = RunRegistry()
+        self._ticker: _Ticker | None = None
+        # wasmtime and its engine (about 8-13 MB of a node's memory) load at the first run, so a
+        # node that never runs a wasm job never pays for them; a missing wasmtime is said at check().
+        import importlib.util
+
+        if importlib.util.find_spec("wasmtime") is None:
+            self._import_error = "wasmtime is not installed"
+
+    def _ready(self) -> None:
+        """Import wasmtime and make the engine, linker and ticker, once (under self._lock)."""
+        if self._ticker is not None:
+            return
         try:
             import wasmtime
-        except ImportError as e:  # a pip dependency; say so at check() instead of at import
+        except ImportError as e:  # a pip dependency that does not load
             self._import_error = f"wasmtime is not installed: {e}"
-            return
+            raise SandboxError("backend_error", self._import_error) from None
         self._wt = wasmtime
         cfg = wasmtime.Config()
         cfg.consume_fuel = True
@@ -201,7 +213,7 @@ class WasmSandbox:
                 return
             self._closed = True
             self._cache.clear()
-        if self._import_error is None:
+        if self._ticker is not None:
             self._ticker.close()
 
     def run(self, req: RunRequest) -> RunResult:
@@ -212,6 +224,8 @@ class WasmSandbox:
         fuel = DEFAULT_FUEL if req.fuel is None else req.fuel
         if not isinstance(fuel, int) or isinstance(fuel, bool) or not 0 < fuel <= MAX_FUEL:
             raise SandboxError("invalid_request", f"fuel must be an int in [1, {MAX_FUEL}], got {fuel!r}")
+        with self._lock:
+            self._ready()
         prepared = self._prepare(bytes(req.wasm_module))
         with self._runs.track(req.run_id) as handle:
             handle.raise_if_cancelled()
