@@ -11,7 +11,8 @@
   Whether the two ever both bid before the awards depends on timing, so that is counted and
   printed, not asserted.
 
-Needs root, `ip` and /dev/net/tun (CI has them: there these tests must run; elsewhere they skip).
+The relay's queue on its own (pure: packets and times passed in) runs anywhere. The rest needs root,
+`ip` and /dev/net/tun (CI has them: there these tests must run; elsewhere they skip).
 """
 
 from __future__ import annotations
@@ -32,10 +33,10 @@ from distributeai.node.paths import key_path
 from distributeai.p2p.identity import load_or_create_key
 from distributeai.tools.devnet import Devnet
 from distributeai.tools.netns import Wan, remove_leftovers, unavailable
+from distributeai.tools.wanrelay import Relay, pair_delay_ms
 
 from .netfixtures import DEMO_STDOUT, missing
 
-pytestmark = pytest.mark.slow
 
 DIVERSITY_JOBS = 6
 JOB_S = 120.0
@@ -67,8 +68,8 @@ print(min(rtts) * 1000, max(rtts) * 1000)
 """
 
 
-@pytest.fixture(autouse=True)
-def _needs_netns():
+@pytest.fixture
+def netns():
     why = unavailable()
     if why:
         missing(f"a WAN of network namespaces: {why}")
@@ -92,7 +93,33 @@ def round_trip(wan: Wan, client, server) -> tuple[float, float, str]:
         srv.wait()
 
 
-def test_relay_adds_the_pairs_delay_and_keeps_addresses(tmp_path):
+def test_the_relay_queue_holds_each_packet_its_pairs_delay_and_never_reorders_a_flow():
+    relay = Relay(10, 40, jitter=30, seed=3)
+    sent = []
+    for n in range(300):
+        src, dst = (1, 2) if n % 3 else (2, 5)
+        pkt = bytes([0x45]) + bytes(11) + bytes([10, 77, src, 9, 10, 77, dst, 9]) + n.to_bytes(4, "big")
+        relay.take(pkt, n / 1000)
+        sent.append((n / 1000, pkt))
+    out = []
+    t = 0.0
+    while relay.next_at() is not None:
+        t = relay.next_at()
+        out += [(t, p) for p in relay.due(t)]
+    assert len(out) == 300
+    at = {p: when for when, p in out}
+    for when, p in sent:
+        assert at[p] - when >= pair_delay_ms(p[14], p[18], 10, 40, 3) / 1000 - 1e-9
+    for flow in (bytes([10, 77, 1, 9, 10, 77, 2, 9]), bytes([10, 77, 2, 9, 10, 77, 5, 9])):
+        order = [int.from_bytes(p[20:], "big") for _, p in out if p[12:20] == flow]
+        assert order == sorted(order)
+    assert pair_delay_ms(2, 5, 10, 40, 3) == pair_delay_ms(5, 2, 10, 40, 3)
+    relay.take(b"\x60" + bytes(39), 0.0)  # IPv6: never queued
+    assert relay.dropped == 1 and relay.next_at() is None
+
+
+@pytest.mark.slow
+def test_relay_adds_the_pairs_delay_and_keeps_addresses(tmp_path, netns):
     with Wan([1, 1, 2], delay_ms=(20, 40), jitter_ms=5, log=tmp_path / "relay.log") as wan:
         a, b, c, d = wan.hosts
         figures = {}
@@ -110,7 +137,8 @@ def test_relay_adds_the_pairs_delay_and_keeps_addresses(tmp_path):
     print("\nwan figures:", figures, "relay:", stats)
 
 
-def test_leftovers_of_a_dead_run_are_removed():
+@pytest.mark.slow
+def test_leftovers_of_a_dead_run_are_removed(netns):
     """A namespace named for a process that no longer exists is deleted by the next Wan."""
     dead = subprocess.Popen(["true"])
     dead.wait()
@@ -167,7 +195,8 @@ def check_diversity(events, submitter: str, range_of: dict[str, str]) -> tuple[b
     return both_before_award, len(shared_awarded) == 2
 
 
-def test_two_nodes_of_one_slash24_never_share_a_job_while_others_bid(tmp_path):
+@pytest.mark.slow
+def test_two_nodes_of_one_slash24_never_share_a_job_while_others_bid(tmp_path, netns):
     # Sites: the bootstrap, three nodes on their own /24, two nodes on one /24.
     with Wan([1, 1, 1, 1, 2], log=tmp_path / "relay.log") as wan, \
             Devnet(tmp_path / "net", nodes=5, hosts=wan.hosts, sandbox="process", log_level="info",
