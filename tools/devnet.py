@@ -1,5 +1,8 @@
 """A local network of real processes on 127.0.0.1: one bootstrap and N nodes.
 
+(Or, given `hosts` from tools/netns.py, each process in its own network namespace on its own
+address, the sites connected through a delaying relay: docs/wan.md.)
+
 Used by `distributeai devnet` (which the README's first command, scripts/demo.sh, runs) and by the
 end-to-end tests, so both exercise exactly the same start-up path as a volunteer: `distributeai
 bootstrap start` and `distributeai node start` as separate OS processes, each with its own data
@@ -86,14 +89,26 @@ class Devnet:
     # Node index -> the program to run instead of `python -m distributeai.cli.main` (the failure
     # tests run a byzantine node this way); its arguments are the CLI's.
     programs: dict[int, list[str]] = field(default_factory=dict)
+    # A WAN on one machine (tools/netns.py): `hosts[0]` runs the bootstrap, `hosts[1 + i]` node i,
+    # each process inside its host's network namespace, listening on its host's address (libp2p;
+    # the bootstrap's page, --metrics and --api stay on 127.0.0.1 inside the namespace, out of the
+    # caller's reach; the control socket is a file, so `call` and `info` work as on loopback).
+    # None (the default): everything on 127.0.0.1 in this process's namespace.
+    hosts: list | None = None
 
-    def _spawn(self, args: list[str], log: Path, program: list[str] | None = None) -> subprocess.Popen:
+    def _listen(self, index: int) -> list[str]:
+        """`--listen` for hosts[index] (0: the bootstrap), nothing on loopback (the default)."""
+        return [] if self.hosts is None else ["--listen", f"/ip4/{self.hosts[index].ip}/tcp/0"]
+
+    def _spawn(self, args: list[str], log: Path, program: list[str] | None = None,
+               host=None) -> subprocess.Popen:
         env = dict(os.environ)
         if self.docker_host:
             env["DOCKER_HOST"] = self.docker_host
         env.setdefault("PYTHONUNBUFFERED", "1")
+        argv = [*(program or [sys.executable, "-m", "distributeai.cli.main"]), *args]
         with open(log, "ab") as err:
-            proc = subprocess.Popen([*(program or [sys.executable, "-m", "distributeai.cli.main"]), *args],
+            proc = subprocess.Popen(argv if host is None else host.command(argv),
                                     stdout=subprocess.PIPE, stderr=err, stdin=subprocess.DEVNULL, env=env)
         self.procs.append(proc)
         return proc
@@ -105,10 +120,13 @@ class Devnet:
         self.root.mkdir(parents=True, exist_ok=True)
         boot_dir = self.root / "bootstrap"
         boot_dir.mkdir(exist_ok=True)
-        proc = self._spawn(["bootstrap", "start", "--listen", "/ip4/127.0.0.1/tcp/0", "--http", "127.0.0.1:0",
+        if self.hosts is not None and len(self.hosts) < self.nodes + 1:
+            raise DevnetError(f"{self.nodes} nodes and a bootstrap need {self.nodes + 1} hosts, not {len(self.hosts)}")
+        listen = self._listen(0) or ["--listen", "/ip4/127.0.0.1/tcp/0"]
+        proc = self._spawn(["bootstrap", "start", *listen, "--http", "127.0.0.1:0",
                             "--data-dir", str(boot_dir), "--log-level", self.log_level,
                             *([] if self.pow_difficulty is None else ["--pow-difficulty", str(self.pow_difficulty)])],
-                           boot_dir / "log")
+                           boot_dir / "log", host=None if self.hosts is None else self.hosts[0])
         reader = LineReader(proc, "bootstrap", boot_dir / "log")
         self.bootstrap_addr = reader.readline(deadline - time.monotonic())
         http_line = reader.readline(deadline - time.monotonic())
@@ -122,6 +140,8 @@ class Devnet:
         `timeout` bounds the whole start (DevnetError naming the first node not ready)."""
         deadline = time.monotonic() + timeout
         added = list(range(len(self.node_dirs), len(self.node_dirs) + count))
+        if self.hosts is not None and added and len(self.hosts) < added[-1] + 2:
+            raise DevnetError(f"node {added[-1]} has no host: {len(self.hosts)} hosts for the bootstrap and nodes")
         for i in added:
             d = self.root / f"node{i + 1}"
             d.mkdir(exist_ok=True)
@@ -138,13 +158,13 @@ class Devnet:
     def _spawn_node(self, i: int) -> subprocess.Popen:
         d = self.node_dirs[i]
         return self._spawn(["node", "start", "--bootstrap", self.bootstrap_addr, "--data-dir", str(d),
-                            "--sandbox", self.sandbox, "--log-level", self.log_level,
+                            "--sandbox", self.sandbox, "--log-level", self.log_level, *self._listen(i + 1),
                             *(["--metrics", "127.0.0.1:0"] if self.metrics else []),
                             *(["--api", "127.0.0.1:0"] if self.api else []), *self.extra_args,
                             *self.node_args.get(i, ()),
                             *([] if self.pow_difficulty is None else ["--pow-difficulty", str(self.pow_difficulty)])],
                            d / "log",
-                           self.programs.get(i))
+                           self.programs.get(i), host=None if self.hosts is None else self.hosts[i + 1])
 
     def kill_node(self, i: int) -> None:
         """SIGKILL node i: no clean shutdown, as when a volunteer's machine loses power."""
