@@ -19,6 +19,8 @@ What is stored (and why):
 - `ledger`: the events reputation and credits are folded from, in the order they were applied:
   verified certificates (this node's own and those received over gossip) and offences this node
   saw itself. Rebuilding the ledger from it after a restart gives the same figures.
+- `job_shares`: each known job's eligible share for sampled bidding (consensus/sampling.py), as
+  announced or last widened by its submitter; written before the node acts on it.
 - `peers`: known peers and their addresses, so a restarted node rejoins without the bootstrap.
 - `meta`: the peer id this store belongs to, recorded at the first start (`check_identity`): a node
   whose key file gives another peer id refuses to start instead of taking this history as its own.
@@ -205,6 +207,21 @@ class Store:
                 c.execute("UPDATE jobs SET role=? WHERE job_id=?", (role, job_id))
 
         await self._run(fn)
+
+    # --- sampled bidding -----------------------------------------------------------------------
+
+    async def set_job_share(self, job_id: str, share: int) -> None:
+        """A job's eligible share (consensus/sampling.py), as announced or last widened."""
+        await self._run(lambda c: c.execute("INSERT OR REPLACE INTO job_shares(job_id, share) VALUES (?,?)",
+                                            (job_id, share)))
+
+    async def job_share(self, job_id: str) -> int | None:
+        """The share `set_job_share` stored for the job; None if none was."""
+        def fn(c: sqlite3.Connection) -> int | None:
+            row = c.execute("SELECT share FROM job_shares WHERE job_id=?", (job_id,)).fetchone()
+            return None if row is None else int(row[0])
+
+        return await self._run(fn)
 
     # --- submitter inputs -----------------------------------------------------------------------
 
