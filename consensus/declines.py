@@ -4,6 +4,10 @@
 certificate: what went wrong, then the declines counted by kind, most common first, e.g.
 "no bids: 3 nodes lack image python:3.9-slim, 1 node is busy". Pure, and the one place that
 words a decline code, so the CLI, the REST API and the page say the same thing.
+
+Who declines: only a node eligible for the job (consensus/sampling.py, at the job's current
+share) that will not bid. A node outside the sample sends nothing, neither bid nor decline (the
+submitter refuses both as `not_eligible`), so declines count only the sampled nodes.
 """
 
 from __future__ import annotations

@@ -10,7 +10,9 @@ from __future__ import annotations
 
 from typing import Any
 
+from .cid import CID_LEN, BadCid, check_cid
 from .errors import RemoteProtocolError
+from .sampling import check_share
 
 # Size caps per kind (bytes of the whole envelope). A reveal carries stdout; a certificate carries
 # the spec and up to MAX_TOTAL_RESULTS awards and reveals, and must still fit one gossip message
@@ -80,6 +82,7 @@ CERTIFICATE_STATUSES = ("verified", "failed", "nondeterministic")
 MAX_SIZE = {
     "spec": 64 * 1024,
     "announce": 66 * 1024,
+    "widen": 256,  # [kind, [job_id, share, created_ms], signer, signature]: about 150 bytes
     "bid": 1024,
     "decline": 512,
     "award": 1024,
@@ -144,3 +147,19 @@ def _bool(v: Any, name: str) -> bool:
 def _arity(body: list, n: int, name: str) -> None:
     if len(body) != n:
         raise _fail(name, f"body must have {n} fields, has {len(body)}")
+
+
+def _cid(v: Any, name: str) -> bytes:
+    """A binary CIDv1 (consensus/cid.py: raw or dag-pb, SHA2-256)."""
+    try:
+        return check_cid(_bytes(v, name, CID_LEN))
+    except BadCid as exc:
+        raise _fail(name, str(exc)) from exc
+
+
+def _share(v: Any) -> int:
+    """An eligible share (consensus/sampling.py): an integer in [1, SHARE_ALL]."""
+    try:
+        return check_share(v)
+    except ValueError as exc:
+        raise _fail("share", str(exc)) from None

@@ -3,14 +3,19 @@ simulator alike.
 
 `check_gossip(data, author, now_ms, pow_difficulty, seen=None)` decides, from the bytes, the
 author's public key, the time and the proof-of-work difficulty, whether a message on the jobs
-topic is one a node accepts, and returns what it checked (a CheckedAnnounce or a
+topic is one a node accepts, and returns what it checked (a CheckedAnnounce, CheckedWiden or
 CheckedCertificate). In this order:
 
 1. size and encoding: at most MAX_ENVELOPE bytes of canonical MessagePack (`oversize`,
-   `malformed`, `noncanonical`); the kind is `announce` or `certificate` (`unknown_kind`);
+   `malformed`, `noncanonical`); the kind is `announce`, `widen` or `certificate` (`unknown_kind`);
 2. an announcement (consensus.validate.check_announce): signatures and signer (`bad_signature`,
    `wrong_signer`, ...), the author is the submitter (`wrong_sender`), freshness (`stale`,
    `future_dated`), the submitter's proof-of-work of `pow_difficulty` bits (`weak_identity`);
+2b. a widening (consensus.validate.check_widen): signature, the author is its signer
+   (`wrong_sender`), freshness as an announcement's (`stale`, `future_dated`). The caller then
+   checks, against the job it knows, that the signer is the job's submitter (`wrong_signer`) and
+   that the share grows (`sampling.accept_widen`; else `replay`: a replayed or reordered widening
+   changes nothing); a widening of a job the node does not know is dropped (`unknown_job`);
 3. a certificate (consensus.certificate.verify_certificate): every signature inside and the
    verdict re-derived from them (`bad_award`, `bad_reveal`, `bad_verdict`, ...), and the author is
    the job's submitter (`wrong_sender`: a certificate relayed under another author is not taken);
@@ -37,26 +42,29 @@ from .certificate import CheckedCertificate, verify_certificate
 from .codec import decode_canonical
 from .errors import RemoteProtocolError
 from .messages import MAX_ENVELOPE
-from .validate import CheckedAnnounce, check_announce
+from .validate import CheckedAnnounce, CheckedWiden, check_announce, check_widen
 
-GOSSIP_KINDS = ("announce", "certificate")
+GOSSIP_KINDS = ("announce", "widen", "certificate")
 
 # seen(kind, job_id): whether the caller already knows this message (see the module's rule 4).
 Seen = Callable[[str, bytes], bool]
 
 
 def check_gossip(data: bytes, author: bytes | None, now_ms: int, pow_difficulty: int,
-                 seen: Seen | None = None) -> CheckedAnnounce | CheckedCertificate:
+                 seen: Seen | None = None) -> CheckedAnnounce | CheckedWiden | CheckedCertificate:
     """The message `data` published by `author` at `now_ms`, checked as every node checks it
     (the module's docstring lists the order and the reasons); an announcement's submitter must
     prove `pow_difficulty` bits of work (a node's own setting; 0, the simulator's, checks none)."""
     value = decode_canonical(data, MAX_ENVELOPE)
     kind = value[0] if isinstance(value, list) and value and isinstance(value[0], str) else None
-    checked: CheckedAnnounce | CheckedCertificate
+    checked: CheckedAnnounce | CheckedWiden | CheckedCertificate
     if kind == "announce":
         # b"" is no Ed25519 key, so an author that is not one is never the submitter.
         checked = check_announce(data, now_ms, pow_difficulty, author or b"")
         job_id = checked.job_id
+    elif kind == "widen":
+        checked = check_widen(data, now_ms, author)
+        return checked  # its replay rule (the share grows) needs the job: the caller's
     elif kind == "certificate":
         checked = verify_certificate(data)
         if author is None or checked.spec.submitter != author:

@@ -9,7 +9,9 @@ re-exported here, so every message type and cap is importable from this module.
 
 Flow (see docs/architecture.md, "A job's life"):
   JobSpec   signed by the submitter; `job_id` = SHA-256 of the signed spec's canonical bytes.
-  Announce  gossip: the signed spec plus the submitter's multiaddrs, signed by the submitter.
+  Announce  gossip: the signed spec plus the submitter's multiaddrs and the eligible share
+            (consensus/sampling.py: who may bid), signed by the submitter.
+  Widen     gossip: the submitter doubles a job's eligible share (too few acceptable bids).
   Bid       executor -> submitter: price, capacity, sandbox kinds.
   Award     submitter -> executor: one slot of the job, with a deadline.
   Commit    executor -> submitter: seal = H(executor || job_id || result_hash).
@@ -26,40 +28,62 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
-from .cid import CID_LEN, BadCid, check_cid
 from .codec import Envelope, Identity, encode, open_envelope, sha256
 from .errors import RemoteProtocolError
 from .fields import (  # noqa: F401  (the caps are re-exported: callers import them from here)
     BATCH_MAX_TOTAL_RESULTS, BATCH_REVEAL_CAP, CERT_BIDS_MAX, CERT_DECLINES_MAX, CERT_REASON_MAX, CERTIFICATE_CAP,
     CERTIFICATE_STATUSES, DECLINE_CODES, DECLINE_DETAIL_MAX, INPUT_PATH_MAX, INPUTS_MAX_BYTES, MAX_INPUTS, MANIFEST_MAX_ENTRIES, MANIFEST_PATH_MAX, MAX_ENVELOPE, OUT_MAX_BYTES, OUT_MAX_BYTES_LIMIT, OUT_MAX_FILES, OUT_MAX_FILES_LIMIT,
     OUT_NOTE_NAME_MAX, OUT_NOTES_MAX, MAX_REPLICAS, MAX_SIZE, MAX_TASK_ARGS, MAX_TASKS, MAX_TOTAL_RESULTS,
-    SANDBOX_KINDS, STDERR_CAP, STDERR_PARTS, STDIN_CAP, STDOUT_CAP, STDOUT_SEEN_MAX, WASM_INLINE_CAP, WASM_MODULE_MAX, _arity, _bool, _bytes, _fail, _int, _list, _str,
+    SANDBOX_KINDS, STDERR_CAP, STDERR_PARTS, STDIN_CAP, STDOUT_CAP, STDOUT_SEEN_MAX, WASM_INLINE_CAP, WASM_MODULE_MAX, _arity, _bool, _bytes, _cid, _fail, _int, _list, _share, _str,
     task_stdout_cap,
 )
-from .outputs import NONE as NO_OUTPUTS, OUT_QUOTA_EXCEEDED, OUT_STATUSES, SKIP_REASONS, Outputs
-from .outputs import is_printable_ascii, name_problem
+from .outputs import NONE as NO_OUTPUTS, OUT_QUOTA_EXCEEDED, OUT_STATUSES, SKIP_REASONS, Outputs, is_printable_ascii, name_problem
 from .pow import NONCE_MAX as POW_NONCE_MAX
+from .sampling import SHARE_ALL
 from .spec import JobSpec, job_id_of  # noqa: F401  (re-exported: the spec is a message too)
 @dataclass(frozen=True)
 class Announce:
-    """Gossiped once per job: the signed spec, where to reach its submitter, and the submitter's
-    proof-of-work nonce (`consensus.pow`; checked by every receiver against its difficulty)."""
+    """Gossiped once per job: the signed spec, where to reach its submitter, the submitter's
+    proof-of-work nonce (`consensus.pow`; checked by every receiver against its difficulty) and the
+    share a node must be `sampling.eligible` at to bid (SHARE_ALL, every node, by default)."""
 
     kind: ClassVar[str] = "announce"
     author: ClassVar[str | None] = None  # the submitter; checked against the spec by the caller
     signed_spec: bytes
     submitter_addrs: tuple[str, ...]
     pow: bytes = b""  # required on the wire; empty passes only difficulty 0
+    share: int = SHARE_ALL
 
     def to_body(self) -> list:
-        return [self.signed_spec, list(self.submitter_addrs), self.pow]
+        return [self.signed_spec, list(self.submitter_addrs), self.pow, self.share]
 
     @classmethod
     def from_body(cls, body: list) -> "Announce":
-        _arity(body, 3, "announce")
+        _arity(body, 4, "announce")
         addrs = tuple(_str(a, "submitter_addrs[]", 512) for a in _list(body[1], "submitter_addrs", 16))
         return cls(_bytes(body[0], "signed_spec", max_len=MAX_SIZE["spec"]), addrs,
-                   _bytes(body[2], "pow", max_len=POW_NONCE_MAX))
+                   _bytes(body[2], "pow", max_len=POW_NONCE_MAX), _share(body[3]))
+
+
+@dataclass(frozen=True)
+class Widen:
+    """Gossip: the submitter (checked against the spec by the caller) had too few acceptable bids
+    and widens the job's eligible share to `share` (`sampling.widen`), dated like an announcement;
+    only a larger share changes anything (`sampling.accept_widen`): a replay is refused."""
+
+    kind: ClassVar[str] = "widen"
+    author: ClassVar[str | None] = None  # the submitter; checked against the spec by the caller
+    job_id: bytes
+    share: int
+    created_ms: int
+
+    def to_body(self) -> list:
+        return [self.job_id, self.share, self.created_ms]
+
+    @classmethod
+    def from_body(cls, body: list) -> "Widen":
+        _arity(body, 3, "widen")
+        return cls(_bytes(body[0], "job_id", 32), _share(body[1]), _int(body[2], "created_ms"))
 
 
 @dataclass(frozen=True)
@@ -224,14 +248,6 @@ class RevealRequest:
     def from_body(cls, body: list) -> "RevealRequest":
         _arity(body, 2, "reveal_request")
         return cls(_bytes(body[0], "job_id", 32), _bytes(body[1], "executor", 32))
-
-
-def _cid(v: Any, name: str) -> bytes:
-    """A binary CIDv1 (consensus/cid.py: raw or dag-pb, SHA2-256)."""
-    try:
-        return check_cid(_bytes(v, name, CID_LEN))
-    except BadCid as exc:
-        raise _fail(name, str(exc)) from exc
 
 
 def _outputs(body: Any, listed: int) -> Outputs:
@@ -435,7 +451,8 @@ class Certificate:
 
 
 MESSAGE_TYPES: dict[str, type] = {
-    t.kind: t for t in (JobSpec, Announce, Bid, Decline, Award, Commit, Withdraw, RevealRequest, Reveal, Certificate)
+    t.kind: t for t in (JobSpec, Announce, Widen, Bid, Decline, Award, Commit, Withdraw, RevealRequest, Reveal,
+                        Certificate)
 }
 
 

@@ -14,7 +14,8 @@ SHARE_ALL (2^32) makes every node eligible.
 - The submitter sizes the first share so that about `factor * replicas` nodes of its estimate
   of the network qualify (`initial_share`); when too few acceptable bids arrive it widens:
   `widen(share)` doubles the share, until every node qualifies (Golem's network mask dropping
-  a bit). A widening only ever grows the share, so a replayed or reordered one changes nothing.
+  a bit). A widening only ever grows the share, so a replayed or reordered one changes nothing
+  (`accept_widen`).
 
 `estimate_network_size` turns the XOR distances of the closest known peers to a key into an
 estimate of how many nodes there are (Kademlia's keys are uniform, so the i-th closest of N keys
@@ -56,6 +57,12 @@ def initial_share(network_size: int, replicas: int, factor: int = DEFAULT_FACTOR
 def widen(share: int) -> int:
     """The next, doubled share (never past SHARE_ALL)."""
     return min(SHARE_ALL, max(1, share) * 2)
+
+
+def accept_widen(known_share: int, new_share: int) -> bool:
+    """Whether a widening to `new_share` changes a job known at `known_share`: only a larger share
+    does, so a replayed, reordered or shrinking one is dropped (the caller counts it `replay`)."""
+    return new_share > known_share
 
 
 def check_share(share: int) -> int:

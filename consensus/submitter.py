@@ -22,6 +22,15 @@ The job's life, with BOINC's names for the policy (all in the signed spec):
   until it bids or `bid_wait_reputation_ms` more have passed. On a busy machine an established
   peer's bid can take over a second, and the fresh identities that answered first would
   otherwise take its slot.
+- sampling (consensus/sampling.py): only bidders `eligible(job_id, bidder, share)` may bid
+  (`not_eligible` otherwise: a Sybil outside the sample gains nothing), `share` starting from the
+  announcement's. When the bid window ends with fewer than n bids, or later the job is short of
+  bidders (starved, or its quorum out of reach), and `share` < SHARE_ALL, the job widens
+  (`WidenBids`: the share doubles, the adapter publishes a signed Widen; in bidding the window
+  restarts), at most once per `bid_window_ms`, before it would settle for too few or give up:
+  peers outside the sample could still bid. `unbid_best` and `undecided` count only connected
+  peers eligible at the current share. A widening is re-derived on replay (it follows from the
+  stored inputs); the starting share is the start input's `meta["share"]`.
 - diversity: no two live slots go to bidders from the same address range (`subnet.subnet_of`:
   IPv4 /24, IPv6 /48, taken by the adapter from the connection each bid arrived on) while a
   bidder from another range is left; only then does the best remaining bidder overall get the
@@ -54,7 +63,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from .codec import Identity, sha256
+from .codec import Identity
 from .declines import failure_reason
 from .errors import RemoteProtocolError
 from .ledger import REPUTATION_START
@@ -62,28 +71,14 @@ from .messages import (
     CERT_BIDS_MAX, CERT_DECLINES_MAX, Award, Bid, Certificate, Commit, Decline, JobSpec, Reveal, RevealRequest,
     Signed, Withdraw, job_id_of, sign, verify,
 )
-from .results import seal as compute_seal
+from .sampling import SHARE_ALL, widen
 from .submitter_actions import (  # noqa: F401  (re-exported: the machine's actions and timing import from here)
-    LIVE, TERMINAL, Action, Finished, Penalize, PublishCertificate, RequestReveal, SendAward, Timing,
+    LIVE, TERMINAL, Action, Finished, Penalize, PublishCertificate, RequestReveal, SendAward, Timing, WidenBids,
 )
+from .submitter_inputs import INPUT_TYPES, apply_input, decode_input  # noqa: F401  (re-exported)
+from .submitter_rules import check_eligible, check_reveal, rank_key  # noqa: F401  (re-exported)
 from .tally import Tally
 from .verdict import job_tally, nondeterministic, top_agreement
-
-def rank_key(job_id: bytes, bid: Bid, spec: JobSpec, reputation: int) -> tuple:
-    """Higher reputation first, then more of the job's inputs held (locality), then lower price,
-    then more headroom (fit), then a hash of the job id and the bidder that no bidder can predict
-    before the job is announced.
-
-    Locality comes second, never first: `held` is the bidder's own word, free to state, while
-    reputation is earned (and what keeps fresh identities behind established ones), so a claim of
-    holding the data must not lift a stranger over a node with a record. Among equals it beats
-    price and fit: moving a dataset to a node that lacks it costs far more time than any
-    difference those measure, and a claim is counted at most up to the inputs' total, so lying
-    buys no more than a true holder has."""
-    fit = min(bid.cpu_millis * 1000 // max(1, spec.cpu_millis), bid.memory_mb * 1000 // max(1, spec.memory_mb))
-    held = min(bid.held, spec.inputs_size)
-    return (-reputation, -held, bid.price, -fit, sha256(job_id + bid.bidder))
-
 
 @dataclass
 class SubmitterJob:
@@ -92,6 +87,7 @@ class SubmitterJob:
     spec: JobSpec
     started_ms: int
     timing: Timing = field(default_factory=Timing)
+    share: int = SHARE_ALL  # who may bid: sampling.eligible at this share (the announcement's, widened)
     state: str = "bidding"
     reason: str = ""
     bids: dict[bytes, Signed] = field(default_factory=dict)
@@ -111,6 +107,8 @@ class SubmitterJob:
     errors: int = 0
     extra: int = 0  # executors wanted beyond n, when the results in hand are inconclusive
     starved_since_ms: int | None = None
+    widened_ms: int | None = None  # the last widening; the bid window restarts there
+    widen_pending: bool = False  # short of bidders, the next widening waits for widened_ms + window
     history: list[tuple[int, str, bytes, str]] = field(default_factory=list)
     result: Tally | None = None
     certificate: bytes | None = None
@@ -133,8 +131,9 @@ class SubmitterJob:
             return None
         times = []
         if self.state == "bidding":
-            times.append(self.started_ms + self.timing.bid_window_ms
-                         + (self.timing.bid_wait_reputation_ms if self.awaiting_reputation else 0))
+            times.append(self._window_end() + (self.timing.bid_wait_reputation_ms if self.awaiting_reputation else 0))
+        if self.widen_pending and self.widened_ms is not None:
+            times.append(self.widened_ms + self.timing.bid_window_ms)
         times += [a.msg.deadline_ms for e, a in self.awards.items() if self.slot[e] == "awarded"]
         times += [t + self.timing.reveal_window_ms for e, t in self.reveal_asked_ms.items()
                   if self.slot[e] == "committed"]
@@ -149,11 +148,13 @@ class SubmitterJob:
         """`reputation` is the bidder's reputation in this node's view when the bid arrived;
         `unbid_best`, if given, the best reputation any peer that has not bid could have (see
         the module docstring); None keeps the window open for its whole length. `subnet` is the
-        address range of the connection the bid came on (`subnet.subnet_of`), None if unknown."""
+        address range of the connection the bid came on (`subnet.subnet_of`), None if unknown.
+        A bidder not eligible at the job's share is refused (`not_eligible`)."""
         b: Bid = bid.msg
         self._check_job(b.job_id, "bid")
         if self.done:
             raise RemoteProtocolError("job_finished", "the job has ended")
+        check_eligible(self.job_id, b.bidder, self.share)
         if b.bidder in self.bids:
             raise RemoteProtocolError("duplicate", "peer already bid")
         self.bids[b.bidder] = bid
@@ -177,6 +178,7 @@ class SubmitterJob:
         self._check_job(d.job_id, "decline")
         if self.done:
             raise RemoteProtocolError("job_finished", "the job has ended")
+        check_eligible(self.job_id, d.bidder, self.share, "decline")  # an ineligible node sends nothing
         if d.bidder in self.declines or d.bidder in self.bids:
             raise RemoteProtocolError("duplicate", "peer already bid or declined")
         self.declines[d.bidder] = decline
@@ -267,7 +269,10 @@ class SubmitterJob:
         if self.done:
             return []
         actions: list[Action] = []
-        window_end = self.started_ms + self.timing.bid_window_ms
+        window_end = self._window_end()
+        if self.state == "bidding" and now_ms >= window_end and len(self.bids) < self.spec.replicas \
+                and self.share < SHARE_ALL:
+            return self._widen(now_ms)  # too few bids: more peers may bid, in a new window
         if self.state == "bidding" and now_ms >= window_end:
             if (unbid_best is None or self._bids_settled(unbid_best, short_ok=True)
                     or now_ms >= window_end + self.timing.bid_wait_reputation_ms):
@@ -292,17 +297,43 @@ class SubmitterJob:
 
     # --- the rules --------------------------------------------------------------------------
 
+    def _window_end(self) -> int:
+        """The bid window's end: it restarts at each widening made while bidding."""
+        return max(self.started_ms, self.widened_ms or 0) + self.timing.bid_window_ms
+
+    def _widen(self, now_ms: int) -> list[Action]:
+        """Double the eligible share (sampling.widen), at most once per bid window: the adapter
+        publishes the signed Widen; while bidding, the window restarts."""
+        if self.share >= SHARE_ALL:
+            return []
+        if self.widened_ms is not None and now_ms < self.widened_ms + self.timing.bid_window_ms:
+            self.widen_pending = True
+            return []
+        # Running, a tick at the next window's end looks again (a bid may have come, or not).
+        self.share, self.widened_ms, self.widen_pending = widen(self.share), now_ms, self.state != "bidding"
+        self.awaiting_reputation = False
+        if self.starved_since_ms is not None:
+            self.starved_since_ms = now_ms  # the wait for bidders counts from the widening
+        self.history.append((now_ms, "bids_widened", b"", f"share {self.share / SHARE_ALL:.4g}, {len(self.bids)} bids"))
+        return [WidenBids(self.share)]
+
     def _advance(self, now_ms: int) -> list[Action]:
         if self.done or self.state == "bidding":
             return []
+        self.widen_pending = False
         if self.errors > self.spec.max_error_results:
             return self._finish("failed", "too_many_errors", now_ms)
+        actions: list[Action] = []
         if self._hopeless():  # before any award: awards that cannot reach a quorum are not sent
+            if self.share < SHARE_ALL:  # peers outside the sample could still bid: widen first
+                return self._widen(now_ms)
             reveals = {e: s.msg for e, s in self.reveals.items()}
             status = "nondeterministic" if nondeterministic(self.spec, reveals) else "failed"
             what = "no bidders left to replace failed executors" if self.errors else ""
             return self._finish(status, self._failure_reason(what), now_ms)
-        actions: list[Action] = list(self._fill(now_ms))
+        actions += self._fill(now_ms)
+        if self.starved_since_ms is not None:
+            actions += self._widen(now_ms)
         pending = [e for e in self.awards if self.slot[e] == "awarded"]
         committed = [e for e in self.awards if self.slot[e] in ("committed", "revealed")]
         if not self.commit_closed and (len(committed) >= self.spec.quorum or (committed and not pending)):
@@ -327,20 +358,23 @@ class SubmitterJob:
         # only when none can be is it called nondeterministic. Liars cannot force that verdict
         # on a job that has honest bidders to spare.
         nondet = nondeterministic(self.spec, reveals)
-        if (nondet and len(reveals) >= max(self.spec.replicas, 3)
-                and (len(self.awards) >= self.spec.max_total_results or not self._candidates())):
+        if (nondet and len(reveals) >= max(self.spec.replicas, 3) and (len(self.awards) >= self.spec.max_total_results
+                                                                       or not self._candidates() and self.share >= SHARE_ALL)):
             return actions + self._finish("nondeterministic", "no two results agree", now_ms)
         top = top_agreement(self.spec, reveals)
         live = sum(1 for e in self.awards if self.slot[e] in LIVE)
         if live >= self.spec.replicas + self.extra:
             self.extra += max(1, self.spec.quorum - top)  # ask for as many more as could still reach k
             more = self._fill(now_ms)
+            if self.starved_since_ms is not None:
+                more += self._widen(now_ms)
             if more:
                 return actions + more
         if len(self.awards) >= self.spec.max_total_results:
             status = "nondeterministic" if nondet else "failed"
             return actions + self._finish(status, "max_total_results reached without a quorum", now_ms)
-        if self.starved_since_ms is not None and now_ms >= self.starved_since_ms + self.timing.bid_wait_ms:
+        if (self.starved_since_ms is not None and self.share >= SHARE_ALL
+                and now_ms >= self.starved_since_ms + self.timing.bid_wait_ms):
             status = "nondeterministic" if nondet else "failed"
             why = "no bidders left to replace failed executors" if self.awards else ""
             return actions + self._finish(status, self._failure_reason(why), now_ms)
@@ -438,62 +472,15 @@ class SubmitterJob:
         return [e for e in (*(e for e in self.awards if e in self.bids), *others) if self.bids[e].raw][:CERT_BIDS_MAX]
 
 
-def check_reveal(r: Reveal, committed_seal: bytes, spec: JobSpec | None = None) -> None:
-    """A reveal must hash to its own claimed result and match the executor's earlier seal; for a
-    batch it must carry one result per task, and nothing else."""
-    if spec is not None and (len(r.tasks) != len(spec.tasks) or (spec.is_batch and (r.stdout or r.manifest))):
-        raise RemoteProtocolError("bad_result_hash", "reveal does not carry one result per task of the batch")
-    if r.result_hash != r.expected_hash():
-        raise RemoteProtocolError("bad_result_hash", "result hash does not match the revealed output")
-    if compute_seal(r.executor, r.job_id, r.result_hash) != committed_seal:
-        raise RemoteProtocolError("seal_mismatch", "reveal does not match the executor's seal")
-
-
-# --- one input, live or replayed ----------------------------------------------------------------
-
-INPUT_TYPES = {"bid": Bid, "decline": Decline, "commit": Commit, "withdraw": Withdraw, "reveal": Reveal}
-
-
-def decode_input(kind: str, raw: bytes) -> Signed | bytes:
-    """A stored input's payload as `apply_input` takes it: the verified message for a message
-    kind, the raw bytes otherwise (an undelivered award's executor; empty for a tick or cancel)."""
-    return verify(raw, INPUT_TYPES[kind]) if kind in INPUT_TYPES else raw
-
-
-def apply_input(job: SubmitterJob, kind: str, payload: Signed | bytes, meta: dict, now_ms: int) -> list[Action]:
-    """The one place that decides how an input is applied to a job, for the live node and for a
-    replay alike. `meta` is what the adapter recorded with it (a bid's reputation, early-close bound
-    `unbid_best` and address range; a tick's `unbid_best`; every input's `undecided`, the peers
-    that had neither bid nor declined then, which decides whether a quorum is still in reach)."""
-    job.undecided = meta.get("undecided")
-    if kind == "bid":
-        return job.receive_bid(payload, now_ms, meta.get("reputation", 0), meta.get("unbid_best"),
-                               meta.get("subnet"))
-    if kind == "decline":
-        return job.receive_decline(payload, now_ms, meta.get("unbid_best"))
-    if kind == "commit":
-        return job.receive_commit(payload, now_ms)
-    if kind == "withdraw":
-        return job.receive_withdraw(payload, now_ms)
-    if kind == "reveal":
-        return job.receive_reveal(payload, now_ms)
-    if kind == "undelivered":
-        return job.award_undelivered(payload, now_ms)
-    if kind == "cancel":
-        return job.cancel(now_ms)
-    if kind == "tick":
-        return job.tick(now_ms, meta.get("unbid_best"))
-    raise ValueError(f"unknown input kind {kind!r}")
-
-
 def replay(identity: Identity, timing: Timing, inputs: list[tuple[str, bytes, dict, int]]) -> SubmitterJob | None:
     """A job rebuilt from its stored inputs (`Store.inputs`: kind, raw, meta, time), in order,
     through `apply_input`: the same job, awards and all, as the one that took them live. None if
     the inputs hold no start."""
     job: SubmitterJob | None = None
     for kind, raw, meta, at in inputs:
-        if kind == "start":
-            job = SubmitterJob(identity, raw, verify(raw, JobSpec).msg, started_ms=at, timing=timing)
+        if kind == "start":  # meta["share"]: the announcement's (a widening is re-derived from the ticks)
+            job = SubmitterJob(identity, raw, verify(raw, JobSpec).msg, started_ms=at, timing=timing,
+                               share=meta.get("share", SHARE_ALL))
         elif job is not None:
             apply_input(job, kind, decode_input(kind, raw), meta, at)
     return job

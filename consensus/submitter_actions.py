@@ -55,10 +55,19 @@ class Penalize:
 
 
 @dataclass(frozen=True)
+class WidenBids:
+    """Too few acceptable bids: the job's eligible share is now `share` (sampling.widen, doubled).
+    The adapter publishes a signed `messages.Widen(job_id, share, now)` as gossip, and from now on
+    counts the peers eligible at this share in `unbid_best` and `undecided`."""
+
+    share: int
+
+
+@dataclass(frozen=True)
 class Finished:
     status: str  # "verified" | "failed" | "nondeterministic"
     reason: str
     tally: Tally | None
 
 
-Action = SendAward | RequestReveal | PublishCertificate | Penalize | Finished
+Action = SendAward | RequestReveal | PublishCertificate | Penalize | WidenBids | Finished

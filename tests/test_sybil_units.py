@@ -102,8 +102,8 @@ def test_bid_and_announce_carry_the_nonce_and_refuse_the_old_arity_or_a_long_non
         (bidder, "bid", bid.to_body()[:-2], Bid),                       # no pow field: the old format
         (bidder, "bid", bid.to_body()[:-2] + [b"\0" * 17, 0], Bid),      # over 16 bytes
         (bidder, "bid", bid.to_body()[:-2] + ["nonce", 0], Bid),         # not bytes
-        (SUBMITTER, "announce", ann.to_body()[:-1], Announce),
-        (SUBMITTER, "announce", ann.to_body()[:-1] + [b"\0" * 17], Announce),
+        (SUBMITTER, "announce", ann.to_body()[:-2], Announce),
+        (SUBMITTER, "announce", ann.to_body()[:-2] + [b"\0" * 17, ann.share], Announce),
     ]:
         with pytest.raises(RemoteProtocolError) as e:
             verify(resigned(identity, kind, body), cls)

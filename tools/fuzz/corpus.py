@@ -17,8 +17,10 @@ from distributeai.consensus.codec import Identity, sha256
 from distributeai.consensus.dagpb import T_FILE, encode_node, encode_unixfs
 from distributeai.consensus.executor import make_batch_reveal, make_commit, make_reveal
 from distributeai.consensus.messages import (
-    Announce, Award, Bid, Certificate, Commit, Decline, JobSpec, Reveal, RevealRequest, Withdraw, job_id_of, sign, verify,
+    Announce, Award, Bid, Certificate, Commit, Decline, JobSpec, Reveal, RevealRequest, Widen, Withdraw, job_id_of, sign,
+    verify,
 )
+from distributeai.consensus.sampling import SHARE_ALL
 from distributeai.consensus.unixfs import CHUNK_SIZE, FileBuilder, Link, directory_block, file_cid
 from distributeai.p2p.session import request_frame, response_frame
 
@@ -76,8 +78,11 @@ def seed_messages(submitter: Identity | None = None, executor: Identity | None =
                  max_total_results=4)
     m["spec"] = [container, wasm_inline, wasm_by_cid, batch]
     m["announce"] = [sign(s, Announce(signed_spec=raw, submitter_addrs=("/ip4/127.0.0.1/tcp/4001/p2p/x",)))
-                     for raw in m["spec"]] + [sign(s, Announce(signed_spec=container, submitter_addrs=()))]
+                     for raw in m["spec"]] + [sign(s, Announce(signed_spec=container, submitter_addrs=())),
+                                              sign(s, Announce(signed_spec=batch, submitter_addrs=(), share=1 << 20))]
     job = job_id_of(container)
+    m["widen"] = [sign(s, Widen(job_id=job, share=SHARE_ALL // 2, created_ms=now_ms)),
+                  sign(s, Widen(job_id=job_id_of(batch), share=SHARE_ALL, created_ms=now_ms - 1))]
     batch_job = job_id_of(batch)
     m["bid"] = [sign(e, Bid(job_id=job, bidder=e.public_key, price=1, cpu_millis=1000, memory_mb=256,
                             sandboxes=("container", "wasm"), created_ms=now_ms)),

@@ -9,7 +9,8 @@ promise, such as a job file whose spec the network would refuse).
 
 | decoder | the code | accepted means |
 |---|---|---|
-| gossip | `consensus.gossip.check_gossip` (decode_canonical, kind dispatch, check_announce, verify_certificate, author) | a valid announcement or certificate from its author |
+| gossip | `consensus.gossip.check_gossip` (decode_canonical, kind dispatch, check_announce, check_widen, verify_certificate, author) | a valid announcement, widening or certificate from its author |
+| widen | `check_gossip` of a widening, then `validate.widened_share` against the job's submitter and a known share | a widening by the job's submitter that grows its share |
 | bid, decline, commit, withdraw | `verify(data, T)` + `Submitting._check_sender`, as the submitter's handlers | valid, sent by its signer (the node then looks the job up) |
 | award | `inbound.decode_award` (executor's handler) | valid, naming this executor |
 | reveal_request | `verify(data, RevealRequest)` (executor's handler) | valid |
@@ -46,6 +47,7 @@ from distributeai.consensus.names import (
     AWARD_PROTOCOL, BID_PROTOCOL, COMMIT_PROTOCOL, DECLINE_PROTOCOL, REVEAL_PROTOCOL, WITHDRAW_PROTOCOL,
 )
 from distributeai.consensus.unixfs import MAX_BLOCK, BadBlock, decode_block
+from distributeai.consensus.validate import CheckedWiden, widened_share
 from distributeai.p2p import bitswap_wire, reqresp, session
 from distributeai.p2p.identity import peer_id_from_public_key
 
@@ -108,8 +110,11 @@ def build(c: Corpus) -> dict[str, Decoder]:
 
     other = [msgs["spec"][0], msgs["bid"][0], msgs["award"][0]]  # another kind: wrong_kind
     decoders = [
-        Decoder("gossip", c.of("announce", "certificate") + [msgs["bid"][0]], "msgpack", MAX_ENVELOPE,
+        Decoder("gossip", c.of("announce", "widen", "certificate") + [msgs["bid"][0]], "msgpack", MAX_ENVELOPE,
                 lambda data: check_gossip(data, c.submitter.public_key, c.now_ms, 0), (RemoteProtocolError,),
+                _protocol_reason),
+        Decoder("widen", msgs["widen"] + [msgs["announce"][0]], "msgpack", MAX_SIZE["widen"],
+                lambda data: check_widen_of_job(data, c.submitter.public_key, c.now_ms), (RemoteProtocolError,),
                 _protocol_reason),
         request("bid", from_sender(Bid), msgs["bid"] + other, "bid"),
         request("commit", from_sender(Commit), msgs["commit"] + other, "commit"),
@@ -137,6 +142,15 @@ def build(c: Corpus) -> dict[str, Decoder]:
                 (bitswap_wire.WireError,), lambda exc: exc.reason),  # type: ignore[attr-defined]
     ]
     return {d.name: d for d in decoders}
+
+
+def check_widen_of_job(data: bytes, submitter: bytes, now_ms: int) -> None:
+    """A widening as a node takes it for a job of `submitter` it knows at share 1: the gossip
+    check, then `widened_share` (another kind of gossip is refused as a node refuses it there)."""
+    checked = check_gossip(data, submitter, now_ms, 0)
+    if not isinstance(checked, CheckedWiden):
+        raise RemoteProtocolError("wrong_kind", "not a widening")
+    widened_share(checked, submitter, 1)
 
 
 def bitswap_seeds() -> list[bytes]:

@@ -1,0 +1,48 @@
+"""The submitter's rules that need no job state: the order of bids (`rank_key`), the check of a
+reveal against its seal (`check_reveal`) and of a bidder's eligibility (`check_eligible`,
+consensus/sampling.py). Re-exported by submitter.py, where callers import them from.
+
+Pure: no I/O, no clock.
+"""
+
+from __future__ import annotations
+
+from .codec import sha256
+from .errors import RemoteProtocolError
+from .messages import Bid, JobSpec, Reveal
+from .results import seal as compute_seal
+from .sampling import SHARE_ALL, eligible
+
+
+def rank_key(job_id: bytes, bid: Bid, spec: JobSpec, reputation: int) -> tuple:
+    """Higher reputation first, then more of the job's inputs held (locality), then lower price,
+    then more headroom (fit), then a hash of the job id and the bidder that no bidder can predict
+    before the job is announced.
+
+    Locality comes second, never first: `held` is the bidder's own word, free to state, while
+    reputation is earned (and what keeps fresh identities behind established ones), so a claim of
+    holding the data must not lift a stranger over a node with a record. Among equals it beats
+    price and fit: moving a dataset to a node that lacks it costs far more time than any
+    difference those measure, and a claim is counted at most up to the inputs' total, so lying
+    buys no more than a true holder has."""
+    fit = min(bid.cpu_millis * 1000 // max(1, spec.cpu_millis), bid.memory_mb * 1000 // max(1, spec.memory_mb))
+    held = min(bid.held, spec.inputs_size)
+    return (-reputation, -held, bid.price, -fit, sha256(job_id + bid.bidder))
+
+
+def check_reveal(r: Reveal, committed_seal: bytes, spec: JobSpec | None = None) -> None:
+    """A reveal must hash to its own claimed result and match the executor's earlier seal; for a
+    batch it must carry one result per task, and nothing else."""
+    if spec is not None and (len(r.tasks) != len(spec.tasks) or (spec.is_batch and (r.stdout or r.manifest))):
+        raise RemoteProtocolError("bad_result_hash", "reveal does not carry one result per task of the batch")
+    if r.result_hash != r.expected_hash():
+        raise RemoteProtocolError("bad_result_hash", "result hash does not match the revealed output")
+    if compute_seal(r.executor, r.job_id, r.result_hash) != committed_seal:
+        raise RemoteProtocolError("seal_mismatch", "reveal does not match the executor's seal")
+
+
+def check_eligible(job_id: bytes, peer: bytes, share: int, what: str = "bid") -> None:
+    """`not_eligible` unless `peer` may bid on the job at `share` (sampling.eligible): a peer
+    outside the sample gains nothing by bidding or declining anyway."""
+    if share < SHARE_ALL and not eligible(job_id, peer, share):
+        raise RemoteProtocolError("not_eligible", f"{what} from a peer outside the job's eligible share")
