@@ -211,9 +211,11 @@ class Store:
     # --- sampled bidding -----------------------------------------------------------------------
 
     async def set_job_share(self, job_id: str, share: int) -> None:
-        """A job's eligible share (consensus/sampling.py), as announced or last widened."""
-        await self._run(lambda c: c.execute("INSERT OR REPLACE INTO job_shares(job_id, share) VALUES (?,?)",
-                                            (job_id, share)))
+        """A job's eligible share (consensus/sampling.py), as announced or widened: it only grows, so
+        widenings stored out of order keep the largest."""
+        await self._run(lambda c: c.execute(
+            "INSERT INTO job_shares(job_id, share) VALUES (?,?)"
+            " ON CONFLICT(job_id) DO UPDATE SET share=MAX(share, excluded.share)", (job_id, share)))
 
     async def job_share(self, job_id: str) -> int | None:
         """The share `set_job_share` stored for the job; None if none was."""
