@@ -59,6 +59,18 @@ def story(view: dict) -> list[str]:
     return [f"+{(h['at_ms'] - t0) / 1000:.2f}s {h['event']} {h['detail'][:60]}" for h in view.get("history", [])]
 
 
+def phases(views: list[dict]) -> dict[str, list[float]]:
+    """Seconds from each job's creation to the first of each event of its history: where the time went."""
+    out: dict[str, list[float]] = {}
+    for view in views:
+        firsts: dict[str, int] = {}
+        for h in view.get("history", []):
+            firsts.setdefault(h["event"], h["at_ms"])
+        for event, at in firsts.items():
+            out.setdefault(event, []).append(round((at - view["created_ms"]) / 1000, 3))
+    return out
+
+
 def run(root: Path, nodes: int, jobs: int, submitters: int, factor: int, discovery_s: float) -> dict:
     figures: dict = {"factor": factor, "nodes": nodes, "jobs": jobs, "submitters": submitters}
     net = Devnet(root / f"factor{factor}", nodes=nodes, sandbox="process", log_level="warning",
@@ -116,6 +128,8 @@ def run(root: Path, nodes: int, jobs: int, submitters: int, factor: int, discove
                                    "max": max(v.get("bids", 0) for v in views)}
         figures["widenings_per_job"] = sum(v.get("widenings", 0) for v in views) / len(views)
         figures["per_job"] = {k: round((after[k] - before[k]) / jobs, 1) for k in COUNTERS}
+        figures["phases_p50_s"] = {event: pct(times, 0.5) for event, times in phases(views).items()}
+        figures["errors_per_job"] = sum(1 for v in views for h in v.get("history", []) if h["event"] == "error") / jobs
         slowest = max(views, key=lambda v: v["elapsed_s"])
         figures["slowest"] = {"elapsed_s": slowest["elapsed_s"], "history": story(slowest)}
         return figures
