@@ -81,6 +81,7 @@ class Submitting:
         self._lock = trio.Lock()  # inputs reach the store in the order they were applied
         self.inputs = job_inputs(ports, settings)  # jobs' data inputs in the block store (None: no store)
         self.widenings: dict[bytes, bytes] = {}  # each widened job's latest signed Widen, re-published with its announce
+        self.considered: set[bytes] = set()  # jobs of this node's it was eligible for and considered bidding on
 
     # --- entry points -------------------------------------------------------------------------
 
@@ -174,6 +175,7 @@ class Submitting:
                  "" if share >= SHARE_ALL else f", open to {share_text(share)} of the network")
         p.events.notify()
         if eligible(job_id, self.me, share):
+            self.considered.add(job_id)
             await self.consider(job_id, spec.msg, ())
         p.runtime.spawn(self._reannounce, job, announce)
         return job_id
@@ -330,7 +332,6 @@ class Submitting:
         as the job's share, then gossiped as a signed Widen; this node bids too if it became
         eligible only now."""
         p = self.ports
-        before = await p.store.job_share(job.job_id.hex())
         await p.store.set_job_share(job.job_id.hex(), share)
         widen = sign(self.identity, Widen(job.job_id, share, p.now_ms()))
         self.widenings[job.job_id] = widen
@@ -338,7 +339,8 @@ class Submitting:
         p.events.count("widened")
         log.info("job %s widened bidding to %s of the network", job.job_id.hex()[:12], share_text(share),
                  extra={"job_id": job.job_id.hex(), "event": "widened", "detail": share_text(share)})
-        if before is not None and not eligible(job.job_id, self.me, before) and eligible(job.job_id, self.me, share):
+        if job.job_id not in self.considered and eligible(job.job_id, self.me, share):
+            self.considered.add(job.job_id)
             await self.consider(job.job_id, job.spec, ())
 
     async def _send_award(self, job: SubmitterJob, action: SendAward) -> None:
@@ -400,6 +402,8 @@ class Submitting:
                 continue
             self.jobs[job.job_id] = job
             log.info("recovered job %s in state %s", row["job_id"][:12], job.state)
+            if self.me in job.bids or self.me in job.declines:
+                self.considered.add(job.job_id)
             if await p.store.job_share(row["job_id"]) != job.share:  # a crash between its input and the row
                 await p.store.set_job_share(row["job_id"], job.share)
             if row["announce"] is not None and job.share > verify(row["announce"], Announce).msg.share:
