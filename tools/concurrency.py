@@ -107,6 +107,8 @@ def run(root: Path, nodes: int, jobs: int, submitters: int, factor: int, discove
             i, data = item
             started = time.monotonic()
             answer = net.call(i, {"op": "submit", "signed_spec": data.hex()})
+            if "job_id" not in answer:  # refused before it was announced: reported as such
+                return {"status": "refused", "reason": answer, "elapsed_s": time.monotonic() - started}, 0.0
             view = net.call(i, {"op": "wait", "job_id": answer["job_id"], "timeout": 120}, timeout=150)
             return view, time.monotonic() - started
 
@@ -118,6 +120,8 @@ def run(root: Path, nodes: int, jobs: int, submitters: int, factor: int, discove
         figures["load_before"], figures["load_after"] = [round(x, 2) for x in load_before], [
             round(x, 2) for x in os.getloadavg()]
         views = [v for v, _ in outcomes]
+        figures["refused"] = [v["reason"] for v in views if v["status"] == "refused"]
+        views = [v for v in views if v["status"] != "refused"] or [{"status": "refused", "elapsed_s": 0.0}]
         verdict = [v["elapsed_s"] for v in views]
         wall = [w for _, w in outcomes]
         figures["verified"] = sum(1 for v in views if v["status"] == "verified")
