@@ -79,18 +79,31 @@ def simulate(
     run_ms: float = typer.Option(5000.0, "--run-ms", help="Mean run time of one execution (lognormal, sigma 0.5)."),
     replicas: int = typer.Option(3, "--replicas", help="n: executors per job."),
     quorum: int = typer.Option(2, "--quorum", help="k: executors that must agree."),
-    bid_probability: float = typer.Option(1.0, "--bid-probability", help="NOT what nodes do today (they all bid): "
-                                          "each node bids only with this probability, to show a sampling rule."),
+    bid_probability: float = typer.Option(1.0, "--bid-probability", help="NOT what nodes do: each node that may "
+                                          "bid does so only with this probability (a crude sampling, for comparison)."),
+    sample_factor: int = typer.Option(4, "--sample-factor", help="Sampled bidding: about C x replicas nodes of the "
+                                      "submitter's estimate of the network may bid (consensus/sampling.py), widened "
+                                      "when too few bid; 0: every node bids, as before sampling."),
+    size_estimate: str = typer.Option("dht", "--size-estimate", help="The N of --sample-factor: dht (estimated from "
+                                      "the XOR distances of the closest DHT keys) or true (the node count)."),
+    sampled_window_ms: int = typer.Option(1000, "--sampled-window-ms", help="Bid window of a sampled job "
+                                          "(Timing.sampled_bid_window_ms); a job every node may bid on keeps 300 ms."),
+    reconcile_s: float = typer.Option(30.0, "--reconcile-s", help="Every online node reconciles its certificate set "
+                                      "with a random online peer this often (simulated seconds); 0: only when a node "
+                                      "comes back online."),
+    no_reconcile: bool = typer.Option(False, "--no-reconcile", help="No set reconciliation at all: a node offline "
+                                      "when a certificate was gossiped never gets it (the ledgers diverge)."),
     sign_bids: bool = typer.Option(False, "--sign-bids", help="Sign and verify every bid (about 165 us each; "
                                    "otherwise bids are counted and priced, not signed)."),
     seed: int = typer.Option(1, "--seed", help="Seed of the one random generator: same seed, same report."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
 ) -> None:
     """Simulate a large network on a virtual clock: the real protocol core (signed messages,
-    SubmitterJob, certificate checks, ledgers) without sockets or sandboxes. Reports messages per job,
-    time to verdict and the share of correct verdicts.
+    SubmitterJob, sampled bidding, certificate checks, ledgers and their reconciliation) without sockets
+    or sandboxes. Reports bids and messages per job, the submitter's CPU per job, time to verdict, the
+    share of correct verdicts, distinct ledger views, and its own wall time and peak memory.
 
-    Example: distributeai simulate --nodes 10000 --jobs 200 --liars 0.1 --churn 0.1 --json
+    Example: distributeai simulate --nodes 100000 --jobs 200 --liars 0.1 --churn 0.1 --json
     """
     if nodes < max(2, replicas) or jobs < 1:
         fail("--nodes must be at least 2 and at least --replicas, --jobs at least 1")
@@ -98,15 +111,20 @@ def simulate(
         fail("--quorum and --replicas must satisfy 1 <= quorum <= replicas <= 16")
     if not 0 <= liars <= 1 or not 0 < bid_probability <= 1:
         fail("--liars must be in [0, 1] and --bid-probability in (0, 1]")
+    if sample_factor < 0 or size_estimate not in ("dht", "true") or sampled_window_ms < 1 or reconcile_s < 0:
+        fail("--sample-factor and --reconcile-s must be >= 0, --sampled-window-ms >= 1, --size-estimate dht or true")
     if churn < 0 or downtime_s <= 0 or latency_ms <= 0 or job_rate <= 0 or run_ms <= 0:
         fail("--churn must be >= 0; --downtime-s, --latency-ms, --job-rate and --run-ms > 0")
+    from distributeai.consensus.submitter import Timing
     from distributeai.tools.simreport import describe, run_simulation
     from distributeai.tools.simulation import SimConfig
 
     report = run_simulation(SimConfig(
         nodes=nodes, jobs=jobs, liars=liars, collude=collude, churn_per_min=churn, downtime_s=downtime_s,
         latency_ms=latency_ms, job_rate_per_s=job_rate, run_ms=run_ms, replicas=replicas, quorum=quorum,
-        bid_probability=bid_probability, sign_bids=sign_bids, seed=seed))
+        bid_probability=bid_probability, sign_bids=sign_bids, sample_factor=sample_factor,
+        size_estimate=size_estimate, timing=Timing(sampled_bid_window_ms=sampled_window_ms),
+        reconcile=not no_reconcile, reconcile_s=reconcile_s, seed=seed))
     if as_json:
         typer.echo(json.dumps(report))
         return

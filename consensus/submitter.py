@@ -27,10 +27,12 @@ The job's life, with BOINC's names for the policy (all in the signed spec):
   announcement's. When the bid window ends with fewer than n bids, or later the job is short of
   bidders (starved, or its quorum out of reach), and `share` < SHARE_ALL, the job widens
   (`WidenBids`: the share doubles, the adapter publishes a signed Widen; in bidding the window
-  restarts), at most once per `bid_window_ms`, before it would settle for too few or give up:
+  restarts), at most once per bid window, before it would settle for too few or give up:
   peers outside the sample could still bid. `unbid_best` and `undecided` count only connected
   peers eligible at the current share. A widening is re-derived on replay (it follows from the
-  stored inputs); the starting share is the start input's `meta["share"]`.
+  stored inputs); the starting share is the start input's `meta["share"]`. A job that starts
+  sampled has bid windows of `sampled_bid_window_ms`: its bidders are mostly peers it is not
+  connected to (the announcement crosses the mesh, then each bidder dials).
 - diversity: no two live slots go to bidders from the same address range (`subnet.subnet_of`:
   IPv4 /24, IPv6 /48, taken by the adapter from the connection each bid arrived on) while a
   bidder from another range is left; only then does the best remaining bidder overall get the
@@ -115,6 +117,7 @@ class SubmitterJob:
 
     def __post_init__(self) -> None:
         self.job_id = job_id_of(self.signed_spec)
+        self.sampled = self.share < SHARE_ALL  # its bid windows are sampled_bid_window_ms long
 
     @property
     def done(self) -> bool:
@@ -133,7 +136,7 @@ class SubmitterJob:
         if self.state == "bidding":
             times.append(self._window_end() + (self.timing.bid_wait_reputation_ms if self.awaiting_reputation else 0))
         if self.widen_pending and self.widened_ms is not None:
-            times.append(self.widened_ms + self.timing.bid_window_ms)
+            times.append(self.widened_ms + self._window_ms())
         times += [a.msg.deadline_ms for e, a in self.awards.items() if self.slot[e] == "awarded"]
         times += [t + self.timing.reveal_window_ms for e, t in self.reveal_asked_ms.items()
                   if self.slot[e] == "committed"]
@@ -299,14 +302,17 @@ class SubmitterJob:
 
     def _window_end(self) -> int:
         """The bid window's end: it restarts at each widening made while bidding."""
-        return max(self.started_ms, self.widened_ms or 0) + self.timing.bid_window_ms
+        return max(self.started_ms, self.widened_ms or 0) + self._window_ms()
+
+    def _window_ms(self) -> int:
+        return self.timing.sampled_bid_window_ms if self.sampled else self.timing.bid_window_ms
 
     def _widen(self, now_ms: int) -> list[Action]:
         """Double the eligible share (sampling.widen), at most once per bid window: the adapter
         publishes the signed Widen; while bidding, the window restarts."""
         if self.share >= SHARE_ALL:
             return []
-        if self.widened_ms is not None and now_ms < self.widened_ms + self.timing.bid_window_ms:
+        if self.widened_ms is not None and now_ms < self.widened_ms + self._window_ms():
             self.widen_pending = True
             return []
         # Running, a tick at the next window's end looks again (a bid may have come, or not).

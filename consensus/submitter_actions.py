@@ -21,6 +21,11 @@ class Timing:
     """The submitter's own timing, not part of the spec. Each default has its reason."""
 
     bid_window_ms: int = 300      # bids arrive within a gossip round trip (~10 ms here); 300 ms lets slower peers in
+    # A sampled job's bidders (consensus/sampling.py) are mostly peers the submitter is not connected
+    # to: the announcement must cross the mesh (the simulator: ~320 ms to the eligible nodes of 10,000,
+    # 50 ms links) and each bidder dials (2 round trips) before its bid. A shorter window widens
+    # (doubling the bids) for bids that were already on their way.
+    sampled_bid_window_ms: int = 1000
     # Bidding stays open up to this much longer for a peer that has not bid and outranks the bids in
     # hand: an established node's bid took 1-2 s among 20 starting processes on 2 cores. The cost:
     # a job whose best-reputed peer declines waits this long before its awards.

@@ -48,14 +48,16 @@ def test_a_bid_or_decline_from_outside_the_share_is_refused_and_changes_nothing(
     assert not job.bids and not job.declines
     assert job.receive_bid(bid(inside[0], job), NOW) == []
     assert list(job.bids) == [inside[0].public_key]
-    # At SHARE_ALL (the default) everyone is eligible, as before sampling.
+    # At SHARE_ALL (the default) everyone is eligible, as before sampling, with the short window.
     everyone = new_job(SHARE_ALL)
     assert everyone.receive_bid(bid(outside[0], everyone), NOW) == []
+    assert everyone.next_deadline_ms() == NOW + everyone.timing.bid_window_ms
+    assert job.next_deadline_ms() == NOW + job.timing.sampled_bid_window_ms
 
 
 def test_a_short_bid_window_widens_until_everyone_may_bid_then_closes_as_before():
     job = new_job(SHARE_ALL // 8, replicas=3, quorum=2)
-    window = job.timing.bid_window_ms
+    window = job.timing.sampled_bid_window_ms
     now, shares = NOW + window, []
     while job.share < SHARE_ALL:
         assert job.next_deadline_ms() == now
@@ -79,7 +81,7 @@ def test_enough_bids_in_the_sample_close_the_window_without_widening():
     inside, _ = split(job, QUARTER)
     for p in inside[:2]:
         job.receive_bid(bid(p, job), NOW)
-    actions = job.tick(NOW + job.timing.bid_window_ms)
+    actions = job.tick(NOW + job.timing.sampled_bid_window_ms)
     assert [type(a) for a in actions] == [SendAward, SendAward] and job.share == QUARTER
 
 
@@ -91,7 +93,7 @@ def test_a_quorum_out_of_reach_widens_before_it_fails():
     inside, _ = split(job, QUARTER)
     for p in inside[:2]:
         apply_input(job, "bid", bid(p, job), {"undecided": 0}, NOW)
-    window = job.timing.bid_window_ms
+    window = job.timing.sampled_bid_window_ms
     apply_input(job, "tick", b"", {"undecided": 0}, NOW + window)
     quitter = inside[0]
     withdraw = verify(sign(quitter, Withdraw(job.job_id, quitter.public_key, "sandbox failed")), Withdraw)
@@ -110,7 +112,7 @@ def test_a_bid_after_a_widening_fills_the_slot():
     inside, _ = split(job, QUARTER)
     for p in inside[:2]:
         apply_input(job, "bid", bid(p, job), {"undecided": 0}, NOW)
-    window = job.timing.bid_window_ms
+    window = job.timing.sampled_bid_window_ms
     apply_input(job, "tick", b"", {"undecided": 0}, NOW + window)
     withdraw = verify(sign(inside[0], Withdraw(job.job_id, inside[0].public_key, "x")), Withdraw)
     apply_input(job, "withdraw", withdraw, {"undecided": 0}, NOW + window + 10)
@@ -121,7 +123,7 @@ def test_a_bid_after_a_widening_fills_the_slot():
 
 def test_replay_rebuilds_a_widened_job_from_the_start_share_and_its_ticks():
     job = new_job(QUARTER, replicas=1, quorum=1)
-    window = job.timing.bid_window_ms
+    window = job.timing.sampled_bid_window_ms
     late = split(job, QUARTER)[1]
     late = next(p for p in late if eligible(job.job_id, p.public_key, SHARE_ALL // 2))
     raw_bid = bid(late, job).raw

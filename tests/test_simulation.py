@@ -1,5 +1,6 @@
 """The network simulator (tools/simulation.py) on small networks: what the protocol guarantees holds,
-churn has real effects, and the same seed gives the same report."""
+churn has real effects, sampled bidding keeps the bids per job near c*n, ledgers converge once
+every node has reconciled, and the same seed gives the same report."""
 
 from __future__ import annotations
 
@@ -7,11 +8,16 @@ import json
 import subprocess
 import sys
 
+import random
+
 from distributeai.consensus.certificate import verify_certificate
+from distributeai.consensus.ledger import Ledger
 from distributeai.consensus.messages import JobSpec, job_id_of, verify
+from distributeai.consensus.sampling import eligible
+from distributeai.consensus.submitter import Timing
 from distributeai.tools import simulation, simworld
 from distributeai.tools.simulation import SimConfig, Simulation
-from distributeai.tools.simworld import LedgerViews
+from distributeai.tools.simworld import CertificateSets, Mesh, reconcile_cost
 
 
 def run(**kw) -> tuple[Simulation, dict]:
@@ -20,11 +26,32 @@ def run(**kw) -> tuple[Simulation, dict]:
 
 
 def test_no_liars_every_job_verified_with_the_honest_result():
-    sim, r = run(nodes=50, jobs=20, liars=0.0, seed=1)
+    sim, r = run(nodes=50, jobs=20, liars=0.0, seed=1, sample_factor=0)
     assert r["jobs"]["verified_correct"] == 20 and r["jobs"]["unfinished"] == 0
     assert r["share_correct"] == 1.0
-    assert r["bids_per_job"]["received_min"] >= 40  # every node that fits bids (node/bidding.py)
+    assert r["bids_per_job"]["received_min"] >= 40  # unsampled, every node that fits bids (node/bidding.py)
     assert r["messages_per_job"]["gossip"] > 50 * 2  # announcement and certificate reach every node
+
+
+def test_sampled_bidding_takes_bids_only_from_eligible_nodes_about_c_times_n():
+    sim, r = run(nodes=600, jobs=20, liars=0.1, seed=2)
+    assert r["parameters"]["sample_factor"] == 4 and r["jobs"]["unfinished"] == 0
+    assert "not_eligible" not in r["rejected"]  # nodes honour the sample the submitter checks
+    for job in sim.jobs:  # every bid the certificate carries is from a node eligible for the job
+        for raw in verify_certificate(job.certificate).certificate.awards:
+            award = verify(raw, simulation.Award).msg
+            assert eligible(job.job_id, award.executor, job.share)
+    assert r["bids_per_job"]["received_mean"] <= 4 * 3 * 1.5  # about c * n, never the whole network
+    assert r["share_correct"] >= 0.9
+
+
+def test_a_bid_window_too_short_for_the_gossip_widens_and_every_job_still_ends():
+    sim, r = run(nodes=400, jobs=10, liars=0.0, seed=3, timing=Timing(sampled_bid_window_ms=50))
+    assert r["sampling"]["jobs_widened"] > 0 and r["messages_per_job"]["gossip_by_kind"]["widen"] > 0
+    assert r["jobs"]["verified_correct"] == 10
+    widened = [j for j in sim.jobs if j.widenings]
+    assert all(j.share > j.start_share for j in widened)
+    assert all(any(h[1] == "bids_widened" for h in j.history) for j in widened)
 
 
 def test_certificates_are_real_and_check_out_as_every_node_checks_them():
@@ -35,8 +62,9 @@ def test_certificates_are_real_and_check_out_as_every_node_checks_them():
         assert checked.certificate.job_id == job.job_id == job_id_of(checked.certificate.signed_spec)
         assert verify(checked.certificate.signed_spec, JobSpec).signer == sim.pks[job.submitter]
         assert checked.tally.outcome != "verified" or checked.tally.result_hash == job.honest_hash
-        # Every node that got the certificate folded it into its own ledger.
-        assert job.job_id in sim.views.of(job.submitter).applied
+        # Every node that got the certificate holds it: the submitter was online.
+        bit = next(i for i, c in enumerate(sim.views.certificates) if c.certificate.job_id == job.job_id)
+        assert sim.views.set_of(job.submitter) >> bit & 1
 
 
 def test_independent_liars_never_get_a_wrong_result_certified():
@@ -72,35 +100,80 @@ def test_churn_makes_the_submitter_replace_executors():
 
 
 def test_same_seed_same_report_and_signing_bids_changes_no_outcome():
-    a = run(nodes=40, jobs=15, liars=0.2, churn_per_min=1.0, seed=7)[1]
-    assert a == run(nodes=40, jobs=15, liars=0.2, churn_per_min=1.0, seed=7)[1]
-    assert a != run(nodes=40, jobs=15, liars=0.2, churn_per_min=1.0, seed=8)[1]
-    signed = run(nodes=40, jobs=15, liars=0.2, churn_per_min=1.0, seed=7, sign_bids=True)[1]
+    def report(**kw) -> dict:
+        r = run(nodes=40, jobs=15, liars=0.2, churn_per_min=1.0, **kw)[1]
+        assert r.pop("submitter_cpu_ms_per_job")["mean"] > 0  # measured CPU: the one figure that varies
+        return r
+
+    a = report(seed=7)
+    assert a == report(seed=7)
+    assert a != report(seed=8)
+    signed = report(seed=7, sign_bids=True)
     for r in (a, signed):
         del r["crypto"], r["parameters"]["sign_bids"]
+        # A signed bid rides in the certificate (up to CERT_BIDS_MAX): reconciliation moves more bytes.
+        del r["ledgers"]["reconciliation"]["bytes"], r["ledgers"]["after_everyone_reconciled"]["bytes"]
     assert signed == a
 
 
 def test_bid_probability_cuts_bids_but_is_not_the_default():
     assert SimConfig().bid_probability == 1.0
-    r = run(nodes=200, jobs=5, liars=0.0, bid_probability=0.1, seed=3)[1]
+    r = run(nodes=200, jobs=5, liars=0.0, bid_probability=0.1, seed=3, sample_factor=0)[1]
     assert r["bids_per_job"]["received_mean"] < 50
     assert r["share_correct"] == 1.0
 
 
-def test_ledger_views_split_only_when_nodes_see_different_certificates():
-    sim, _ = run(nodes=10, jobs=2, liars=0.0, seed=5)
+def test_certificate_sets_give_one_view_per_set_and_reconciliation_gives_the_union():
+    sim, _ = run(nodes=10, jobs=3, liars=0.0, seed=5)
     checked = [verify_certificate(j.certificate) for j in sim.jobs]
-    views = LedgerViews(4, 100)
-    views.apply_certificate(checked[0], bytearray([1, 1, 1, 1]), 0)
-    assert views.copies == 0 and len(views.ledgers) == 1
-    views.apply_certificate(checked[1], bytearray([1, 1, 0, 0]), 0)
-    assert views.copies == 1
-    assert checked[1].certificate.job_id in views.of(0).applied
-    assert checked[1].certificate.job_id not in views.of(3).applied
-    assert checked[0].certificate.job_id in views.of(3).applied
-    views.apply_offence(0, b"x" * 32)  # seen by node 0 alone
-    assert views.of(0).reputation_of(b"x" * 32) == -10 and views.of(1).reputation_of(b"x" * 32) == 0
+    online = bytearray(b"\1") * 4
+    sets = CertificateSets(4, 100, online)
+    sets.publish(checked[0], 1000)
+    sets.leave(3)
+    online[3] = 0
+    sets.publish(checked[1], 2000)  # node 3 is offline: it misses this one
+    sets.publish(checked[2], 3000)
+    assert [sets.set_of(v) for v in range(4)] == [0b111, 0b111, 0b111, 0b001]
+    assert sets.of(0) is sets.of(1)  # same certificates, one view
+    fresh = Ledger(genesis=100)
+    for c in checked:
+        fresh.apply_certificate(c, c.certificate.created_ms)
+    assert sets.of(0).reputation == fresh.reputation and sets.of(0).spent == fresh.spent
+    online[3] = 1
+    sets.rejoin(3)
+    assert sets.reconcile(3, 0) == (2, 0) and sets.bytes_of(0b110) == 5000
+    assert sets.distinct(range(4)) == (1, 1)
+    sets.apply_offence(0, b"x" * 32)  # seen by node 0 alone: its own view
+    assert sets.of(0).reputation_of(b"x" * 32) == -10 and sets.of(1).reputation_of(b"x" * 32) == 0
+    assert sets.distinct(range(4)) == (1, 2)
+
+
+def test_reconciliation_costs_grow_with_the_difference_not_the_history():
+    assert reconcile_cost(0, 10) == reconcile_cost(0, 100_000)
+    assert reconcile_cost(1, 1000)[1] < reconcile_cost(10, 1000)[1] < reconcile_cost(100, 1000)[1]
+    assert reconcile_cost(1, 1000)[0] <= 8
+
+
+def test_ledgers_converge_once_every_node_has_reconciled_and_diverge_without():
+    kw = dict(nodes=120, jobs=30, liars=0.1, churn_per_min=1.0, downtime_s=20, seed=6)
+    r = run(**kw)[1]
+    led = r["ledgers"]
+    assert led["reconciliation"]["on_return"] > 0 and led["reconciliation"]["certificates_pulled"] > 0
+    assert led["after_everyone_reconciled"]["distinct_sets"] == 1
+    assert led["after_everyone_reconciled"]["distinct_view_digests"] in (None, 1)
+    apart = run(**kw, reconcile=False)[1]["ledgers"]
+    assert apart["distinct_sets_at_end"] > 1 and apart["after_everyone_reconciled"] == {}
+
+
+def test_arrivals_for_a_few_targets_match_a_flood_of_the_whole_mesh():
+    rng = random.Random(4)
+    mesh = Mesh(300, rng, lambda: rng.uniform(5, 80), 6.0)
+    order, _ = mesh.spread(7, 100.0)
+    flood = {v: t for t, v in order}
+    targets = rng.sample(range(300), 12)
+    got = mesh.arrivals(7, targets, 100.0)
+    assert set(got) == set(targets)
+    assert all(abs(got[v] - flood[v]) < 1e-6 for v in targets)
 
 
 def test_copied_constants_still_match_the_node():

@@ -1,8 +1,11 @@
 """`distributeai simulate`: run tools/simulation.py and add what the simulation itself must not
-read: the wall time, and the measured cost of the signature checks it counted but did once."""
+read: the wall time and peak memory of the simulation, and the measured cost of the signature
+checks it counted but did once (with the submitter's CPU per job, the bids it did not verify
+priced in)."""
 
 from __future__ import annotations
 
+import resource
 import time
 
 from distributeai.consensus.certificate import verify_certificate
@@ -55,13 +58,26 @@ def run_simulation(cfg: SimConfig) -> dict:
     if "certificate_check_us" in us:
         cost["network_certificate_checks_s_per_job"] = round(
             crypto.get("certificate_checks_by_nodes", 0) / jobs * us["certificate_check_us"] / 1e6, 3)
-    report["wall"] = {"wall_time_s": round(wall, 2), "measured_us": us, "cpu_of_counted_checks": cost}
+    if "certificate_check_us" in us:
+        cost["network_certificate_checks_by_reconciliation_s"] = round(
+            crypto.get("certificate_checks_by_reconciliation", 0) * us["certificate_check_us"] / 1e6, 3)
+    cpu = report["submitter_cpu_ms_per_job"]
+    if cpu["mean"] is not None and not cfg.sign_bids:  # the bids it took unsigned, at one verify each
+        cpu["with_bid_verification_mean"] = round(cpu["mean"] + bids * us["bid_verify_us"] / 1000, 3)
+    peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # kilobytes on Linux
+    report["wall"] = {"wall_time_s": round(wall, 2), "peak_rss_mb": round(peak_mb, 1), "measured_us": us,
+                      "cpu_of_counted_checks": cost}
     return report
 
 
 def describe(r: dict) -> list[str]:
     """The report as a few lines for a terminal."""
     p, j, m, t, b = r["parameters"], r["jobs"], r["messages_per_job"], r["time_to_verdict_ms"], r["bids_per_job"]
+    sm, cpu, led = r["sampling"], r["submitter_cpu_ms_per_job"], r["ledgers"]
+    after = led["after_everyone_reconciled"]
+    sampled = (f"sampled bidding c={p['sample_factor']} (N estimated {sm['estimated_nodes_mean']}): "
+               f"{sm['eligible_at_announce_mean']} eligible at the announcement, {sm['jobs_widened']} jobs widened"
+               if p["sample_factor"] else "every node bids (--sample-factor 0)")
     return [
         f"{p['nodes']} nodes, {j['submitted']} jobs ({p['replicas']} executors, {p['quorum']} must agree), "
         f"liars {p['liars']:.0%}{' colluding' if p['collude'] else ''}, churn {p['churn_per_min']}/min, "
@@ -72,5 +88,13 @@ def describe(r: dict) -> list[str]:
         f"messages per job: gossip {m['gossip']}, direct {m['direct']} (bids {m['direct_by_kind'].get('bid', 0)})",
         f"bids per job {b['received_mean']} (in the bid window {b['in_bid_window_mean']}); "
         f"replacements {r['replacements']['total']}",
-        f"{r['virtual_time_s']} s simulated in {r['wall']['wall_time_s']} s",
+        sampled,
+        f"submitter CPU per job {cpu['mean']} ms measured"
+        + (f", {cpu['with_bid_verification_mean']} ms with its bids verified" if "with_bid_verification_mean" in cpu
+           else ""),
+        f"ledgers: {led['distinct_sets_at_end']} distinct certificate sets at the end "
+        f"({led['distinct_sets_online_at_end']} among online nodes); "
+        + (f"after every node reconciled ({after['rounds']} more rounds): {after['distinct_sets']}" if after
+           else "no reconciliation"),
+        f"{r['virtual_time_s']} s simulated in {r['wall']['wall_time_s']} s, peak RSS {r['wall']['peak_rss_mb']} MB",
     ]

@@ -1,7 +1,8 @@
 """A discrete-event simulation of a whole network, driving the protocol core the nodes run.
 
-Pure: no sockets, no threads, no clock reads (time is virtual milliseconds), one
-`random.Random(seed)`; the same configuration gives the same report. It imports only `consensus`,
+Pure: no sockets, no threads, one `random.Random(seed)`, time is virtual milliseconds; the same
+configuration gives the same report but for `submitter_cpu_ms_per_job`, the one clock read
+(`time.process_time` around the submitter's work), which never steers the simulation. It imports only `consensus`,
 the pure `node.bidding` and `tools.simworld` (the mesh and the ledger views).
 
 Real (the functions the daemon calls, on real signed bytes):
@@ -13,9 +14,19 @@ Real (the functions the daemon calls, on real signed bytes):
   node/submitting.py carries them out (an award that cannot be delivered is `award_undelivered`,
   deadlines are `tick`, offences fold into the submitter's own ledger);
 - executors build their reveal and commit with `consensus.executor`; the bid decision is
-  `node.bidding.decide`; announcements and certificates pass `consensus.gossip.check_gossip`
-  (the nodes' own check, at difficulty 0: simulated identities prove no work); every node's reputation and credits are a real
-  `consensus.ledger.Ledger`.
+  `node.bidding.decide`; announcements, widenings and certificates pass
+  `consensus.gossip.check_gossip` (the nodes' own check, at difficulty 0: simulated identities
+  prove no work); every node's reputation and credits are a real `consensus.ledger.Ledger`;
+- sampled bidding (consensus/sampling.py): the submitter starts the job at
+  `initial_share(N, replicas, sample_factor)`, N from `estimate_network_size` over the DHT keys
+  (SHA-256 of each public key) closest to its own (`size_estimate="dht"`) or the true count;
+  only nodes with `score(job_id, key) < share` consider the job (the same rule as `eligible`, which
+  the real `SubmitterJob.receive_bid` applies to every bid); a `WidenBids` action is published as
+  a real signed `Widen`, checked with `check_gossip` and `validate.widened_share`, and the newly
+  eligible nodes consider the job when it reaches them. `sample_factor=0`: every node bids, as
+  before sampling;
+- the submitter's CPU per job is measured (`time.process_time`) around the real `SubmitterJob`
+  calls and the checks of what it receives.
 
 Modelled:
 - the sandbox: a run takes a lognormal time (mean `run_ms`); an honest run prints the SHA-256 of
@@ -33,7 +44,14 @@ Modelled:
 - churn: nodes leave at `churn_per_min` x nodes per simulated minute (a pick that is offline or is
   submitting a job is skipped: submitters stay up) and come back after an exponential downtime
   (mean `downtime_s`). A leaving node loses its runs; a returning node recovers like a restarted
-  daemon: re-runs what was awarded and not committed (Executing.recover).
+  daemon: re-runs what was awarded and not committed (Executing.recover);
+- ledgers: every node holds a certificate set (`simworld.CertificateSets`); gossip gives every
+  online node each certificate, an offline node misses it. With `reconcile` on, a returning node
+  reconciles with a random online peer (set reconciliation: each pulls the difference, every
+  certificate it learns re-verified; messages and bytes counted, proportional to the difference,
+  `simworld.reconcile_cost`), and every `reconcile_s` (0: never) each online node reconciles with a
+  random online peer. After the run the report says how many distinct views remain, then brings
+  every node back and reconciles in rounds until one view is left (`after_everyone_reconciled`).
 
 Shortcuts for speed, each counted in the report so its cost can be priced:
 - bids are real `Bid` messages fed to the real `SubmitterJob`, but with `sign_bids=False` they are
@@ -41,10 +59,15 @@ Shortcuts for speed, each counted in the report so its cost can be priced:
   outcome); `crypto.bids_unsigned` counts them;
 - an announcement or a certificate is verified once, not once per receiving node (every node runs
   the same check on the same bytes); `crypto.*_checks_by_nodes` counts the checks the network makes;
-- a node decides to bid, and a certificate reaches its ledger, at the instant of publication rather
-  than at arrival (at most the gossip spread time, under a second, early);
-- nodes that have applied the same certificates and offences share one `Ledger` object, copied on
-  the first difference (`LedgerViews`); certificates are applied in publication order.
+- a certificate reaches the ledgers of all online nodes at the instant of publication rather than
+  at arrival (at most the gossip spread time, under a second, early); a gossip's transmissions are
+  counted as a flood over the online mesh (`Mesh.sends`), and arrival times are computed only for
+  the nodes that act on it (the eligible ones: `Mesh.arrivals`), unless more than 1/16 of the
+  nodes do (then one flood, `Mesh.spread`);
+- a `Ledger` exists only per distinct certificate set asked for (`CertificateSets`): the fold is
+  order-independent, so nodes holding the same certificates share one view;
+- identities: every node's public key is computed at the start, its `Identity` (private key) only
+  when it signs, and kept while cached.
 """
 
 from __future__ import annotations
@@ -52,6 +75,9 @@ from __future__ import annotations
 import heapq
 import math
 import random
+import time
+from array import array
+from bisect import bisect_left
 from collections import Counter, deque
 from dataclasses import dataclass, field
 from typing import Any, Callable
@@ -62,16 +88,18 @@ from distributeai.consensus.executor import make_commit, make_reveal
 from distributeai.consensus.gossip import check_gossip
 from distributeai.consensus.ledger import GENESIS_CREDITS
 from distributeai.consensus.messages import (
-    MAX_TOTAL_RESULTS, Announce, Award, Bid, Commit, JobSpec, Reveal, RevealRequest, Signed, job_id_of, sign,
-    verify,
+    MAX_TOTAL_RESULTS, Announce, Award, Bid, Commit, JobSpec, Reveal, RevealRequest, Signed, Widen, job_id_of,
+    sign, verify,
 )
 from distributeai.consensus.results import result_hash
+from distributeai.consensus.sampling import SHARE_ALL, estimate_network_size, initial_share, score
 from distributeai.consensus.submitter import (
-    Finished, Penalize, PublishCertificate, RequestReveal, SendAward, SubmitterJob, Timing,
+    Finished, Penalize, PublishCertificate, RequestReveal, SendAward, SubmitterJob, Timing, WidenBids,
 )
+from distributeai.consensus.validate import widened_share
 
 from distributeai.node.bidding import BidContext, Capacity, Decision, decide
-from .simworld import MESH_DEGREE, LedgerViews, Mesh, lognormal_mu
+from .simworld import MESH_DEGREE, CertificateSets, Mesh, lognormal_mu, reconcile_cost
 
 EPOCH_MS = 1_700_000_000_000  # the virtual clock's origin, so that specs carry plausible times
 # Copied from modules the simulator may not import (they pull in trio and libp2p);
@@ -107,6 +135,10 @@ class SimConfig:
     capacity: Capacity = field(default_factory=Capacity)
     genesis_credits: int = GENESIS_CREDITS
     max_virtual_s: float = 3600.0  # stop here even if jobs are unfinished (they are reported)
+    sample_factor: int = 4         # c: about c * replicas eligible nodes per job; 0: every node bids
+    size_estimate: str = "dht"     # the N of initial_share: "dht" (estimate_network_size) or "true"
+    reconcile: bool = True         # reconcile certificate sets on return (and every reconcile_s)
+    reconcile_s: float = 30.0      # every online node reconciles with a random peer this often; 0: never
     seed: int = 1
 
 
@@ -129,7 +161,13 @@ class SimJob:
     announce: bytes
     honest_hash: bytes
     submitted_ms: float
-    seen: bytearray  # who has the announcement
+    seen: bytearray | None  # who has the announcement (dropped once finished)
+    share: int = SHARE_ALL  # the eligible share the nodes know (the announcement's, widened)
+    scores: array | None = None  # each node's sampling.score for this job, while it runs and is sampled
+    start_share: int = SHARE_ALL
+    eligible_at_announce: int = 0  # online eligible nodes the announcement was for
+    widenings: int = 0
+    cpu_s: float = 0.0  # the submitter's CPU in SubmitterJob and its checks of what it received
     decisions: dict = field(default_factory=dict)
     bids: int = 0
     bids_in_window: int = 0
@@ -161,9 +199,14 @@ class Simulation:
         self.cfg = cfg
         self.rng = rng = random.Random(cfg.seed)
         n = self.n = cfg.nodes
-        self.ids = [Identity.from_seed(rng.randbytes(32)) for _ in range(n)]
-        self.pks = [i.public_key for i in self.ids]
+        self.seeds = [rng.randbytes(32) for _ in range(n)]
+        self.pks = [Identity.from_seed(seed).public_key for seed in self.seeds]
+        self.signers: dict[int, Identity] = {}
         self.index = {pk: v for v, pk in enumerate(self.pks)}
+        # The DHT's keys (SHA-256 of the public key, as Kademlia's are uniform), sorted: a node's
+        # closest keys are what it knows for `estimate_network_size`.
+        self.dht = sorted(sha256(pk) for pk in self.pks)
+        self.estimates: dict[int, int] = {}
         self.liar = bytearray(n)
         for v in rng.sample(range(n), round(cfg.liars * n)):
             self.liar[v] = 1
@@ -177,7 +220,7 @@ class Simulation:
         self.mu = lognormal_mu(cfg.latency_ms, cfg.latency_sigma)
         self.run_mu = lognormal_mu(cfg.run_ms, 0.5)
         self.mesh = Mesh(n, rng, self._lat, cfg.hop_ms)
-        self.views = LedgerViews(n, cfg.genesis_credits)
+        self.views = CertificateSets(n, cfg.genesis_credits, self.online)
         self.jobs: list[SimJob] = []
         self.heap: list[tuple[float, int, Callable, tuple]] = []
         self.seq = 0
@@ -194,6 +237,7 @@ class Simulation:
         self.spread_ms: list[float] = []
         self.reach: list[float] = []
         self.awards_to: Counter[int] = Counter()
+        self.reconciled: Counter[str] = Counter()
 
     # --- the event loop ---------------------------------------------------------------------------
 
@@ -204,11 +248,28 @@ class Simulation:
     def _lat(self) -> float:
         return math.exp(self.rng.gauss(self.mu, self.cfg.latency_sigma))
 
+    def _id(self, v: int) -> Identity:
+        """Node v's identity, made when it first signs."""
+        ident = self.signers.get(v)
+        if ident is None:
+            ident = self.signers[v] = Identity.from_seed(self.seeds[v])
+        return ident
+
+    def _timed(self, job: SimJob, fn: Callable, *args: Any) -> Any:
+        """fn(*args), its CPU time counted as the submitter's for this job."""
+        started = time.process_time()
+        try:
+            return fn(*args)
+        finally:
+            job.cpu_s += time.process_time() - started
+
     def run(self) -> dict:
         cfg = self.cfg
         self._at(self.now, self._submit, 0)
         if cfg.churn_per_min > 0:
             self._at(self.now, self._churn)
+        if cfg.reconcile and cfg.reconcile_s > 0:
+            self._at(self.now + cfg.reconcile_s * 1000, self._reconcile_round)
         horizon = EPOCH_MS + cfg.max_virtual_s * 1000
         while self.heap and self.finished < cfg.jobs:
             t, _, fn, args = heapq.heappop(self.heap)
@@ -232,7 +293,7 @@ class Simulation:
         spec = JobSpec(submitter=self.pks[s], nonce=rng.randbytes(16), created_ms=now, name=f"sim-{i}",
                        image=IMAGE, command=command, replicas=cfg.replicas, quorum=cfg.quorum,
                        max_total_results=min(2 * cfg.replicas, MAX_TOTAL_RESULTS))
-        signed_spec = sign(self.ids[s], spec)
+        signed_spec = sign(self._id(s), spec)
         self.crypto["signs"] += 1
         out = self._stdout(command, -1)
         honest = result_hash(0, False, out, False, stdout_size=len(out))  # as make_reveal states it
@@ -241,30 +302,88 @@ class Simulation:
         if not self.views.of(s).can_pay(spec):  # Submitting.submit refuses it locally
             self._finished(job, "failed", "insufficient_credits (refused by the submitter's node)")
             return
-        job.machine = SubmitterJob(self.ids[s], signed_spec, spec, started_ms=now, timing=cfg.timing)
-        job.announce = sign(self.ids[s], Announce(signed_spec, (f"/sim/{s}",)))
+        job.share = job.start_share = self._initial_share(s)
+        job.machine = SubmitterJob(self._id(s), signed_spec, spec, started_ms=now, timing=cfg.timing, share=job.share)
+        job.announce = sign(self._id(s), Announce(signed_spec, (f"/sim/{s}",), b"", job.share))
         self.crypto["signs"] += 1
-        check_gossip(job.announce, self.pks[s], now, 0)  # once; every receiver runs this check on the same bytes
+        checked = check_gossip(job.announce, self.pks[s], now, 0)  # once; every receiver runs this check on the same bytes
+        assert checked.share == job.share
         self.crypto["verifies"] += 2
         self.pinned[s] += 1
+        if job.share < SHARE_ALL:
+            job_id = job.job_id
+            job.scores = array("I", (score(job_id, pk) for pk in self.pks))
         job.seen[s] = 1
-        self._consider(job, s, self.now)  # the submitter may run its own job (Submitting.submit)
+        if self._eligible(job, s):
+            self._consider(job, s, self.now)  # the submitter may run its own job (Submitting.submit)
         self._publish_announce(job, "announce")
         self._schedule_tick(job)
         self._at(self.now + REANNOUNCE_MS, self._reannounce, job)
 
+    def _initial_share(self, s: int) -> int:
+        """The share the submitter announces: about c * replicas of its estimate of the network."""
+        cfg = self.cfg
+        if cfg.sample_factor <= 0:
+            return SHARE_ALL
+        if cfg.size_estimate == "true":
+            size = self.n
+        else:
+            size = self.estimates.get(s)
+            if size is None:
+                own = sha256(self.pks[s])
+                at = bisect_left(self.dht, own)
+                near = self.dht[max(0, at - 40):at + 41]  # the XOR-closest keys are among the nearest in order
+                size = self.estimates[s] = estimate_network_size(own, near)
+        return initial_share(size, cfg.replicas, cfg.sample_factor)
+
+    def _eligible(self, job: SimJob, v: int, below: int = 0) -> bool:
+        """Node v may bid at the share it knows (`sampling.eligible`, from the job's score table),
+        and was not already eligible below `below`."""
+        return job.scores is None and not below or job.scores is not None and below <= job.scores[v] < job.share
+
     def _publish_announce(self, job: SimJob, kind: str) -> None:
-        order, sends = self.mesh.spread(job.submitter, self.now)
-        self.gossip[kind] += sends
-        self.crypto["announce_checks_by_nodes"] += len(order) - 1
-        self.spread_ms.append(order[-1][0] - self.now)
-        self.reach.append(len(order) / sum(self.online))
-        seen = job.seen
-        for t, v in order:
-            if seen[v]:
-                continue  # the author's repeat (insert_job refuses it): no second bid
+        """Gossip the announcement: every online node gets it and drops a repeat (insert_job
+        refuses it: no second bid); the eligible ones among those new to it consider the job."""
+        seen, online = job.seen, self.online
+        fresh = [v for v in range(self.n) if online[v] and not seen[v]]
+        for v in fresh:
             seen[v] = 1
-            self._consider(job, v, t)
+        targets = [v for v in fresh if self._eligible(job, v)]
+        if kind == "announce":
+            job.eligible_at_announce = len(targets) + self._eligible(job, job.submitter)
+        self._gossip(job, kind, targets)
+
+    def _gossip(self, job: SimJob, kind: str, targets: list[int]) -> None:
+        """A job's gossip from its submitter: transmissions counted over the whole online mesh,
+        and each target node considers the job when the message reaches it."""
+        online = sum(self.online)
+        self.gossip[kind] += self.mesh.sends(self.online)
+        self.crypto[f"{kind}_checks_by_nodes"] += online - 1
+        s = job.submitter
+        if len(targets) > self.n // 16:
+            order, _ = self.mesh.spread(s, self.now)
+            wanted = set(targets)
+            arrivals = {v: t for t, v in order if v in wanted}
+        else:
+            arrivals = self.mesh.arrivals(s, targets, self.now)
+        if targets:
+            self.reach.append(len(arrivals) / len(targets))
+        if arrivals:
+            self.spread_ms.append(max(arrivals.values()) - self.now)
+        for v in sorted(arrivals, key=arrivals.get):
+            self._consider(job, v, arrivals[v])
+
+    def _widen(self, job: SimJob, share: int) -> None:
+        """WidenBids: a signed Widen, checked as every node checks it; the newly eligible consider."""
+        s, now = job.submitter, int(self.now)
+        raw = sign(self._id(s), Widen(job.job_id, share, now))
+        self.crypto["signs"] += 1
+        old = job.share
+        job.share = widened_share(check_gossip(raw, self.pks[s], now, 0), self.pks[s], old)
+        self.crypto["verifies"] += 1
+        job.widenings += 1
+        seen, online = job.seen, self.online
+        self._gossip(job, "widen", [v for v in range(self.n) if online[v] and seen[v] and self._eligible(job, v, old)])
 
     def _reannounce(self, job: SimJob) -> None:
         if job.machine is None:
@@ -281,15 +400,17 @@ class Simulation:
         cap = self.cfg.capacity
         bid = Bid(m.job_id, self.pks[v], PRICE, cap.cpu_millis, cap.memory_mb, (SANDBOX,), sent_ms)
         if self.cfg.sign_bids:
-            signed = verify(sign(self.ids[v], bid), Bid)
+            raw = sign(self._id(v), bid)
+            signed = self._timed(job, verify, raw, Bid)
             self.crypto["signs"] += 1
             self.crypto["verifies"] += 1
         else:
             signed = Signed(bid, self.pks[v], b"")
             self.crypto["bids_unsigned"] += 1
         in_window = m.state == "bidding"
+        reputation = self.views.of(job.submitter).reputation_of(self.pks[v])
         try:
-            actions = m.receive_bid(signed, int(self.now), self.views.of(job.submitter).reputation_of(self.pks[v]))
+            actions = self._timed(job, m.receive_bid, signed, int(self.now), reputation)
         except RemoteProtocolError as exc:
             self.rejected[exc.reason] += 1
             return
@@ -300,7 +421,7 @@ class Simulation:
 
     def _on_commit(self, job: SimJob, raw: bytes) -> None:
         m = job.machine
-        signed = verify(raw, Commit)
+        signed = self._timed(job, verify, raw, Commit)
         self.crypto["verifies"] += 1
         if m is None:
             self.rejected["job_finished"] += 1
@@ -309,7 +430,7 @@ class Simulation:
         if earlier is not None and earlier.raw == signed.raw:
             return  # a re-sent commit already applied
         try:
-            actions = m.receive_commit(signed, int(self.now))
+            actions = self._timed(job, m.receive_commit, signed, int(self.now))
         except RemoteProtocolError as exc:
             self.rejected[exc.reason] += 1
             if exc.reason in OFFENCES:
@@ -318,13 +439,13 @@ class Simulation:
         self._act(job, actions)
 
     def _on_reveal(self, job: SimJob, v: int, raw: bytes) -> None:
-        signed = verify(raw, Reveal)
+        signed = self._timed(job, verify, raw, Reveal)
         self.crypto["verifies"] += 1
         if job.machine is None or signed.signer != self.pks[v]:
             self.rejected["job_finished" if job.machine is None else "wrong_signer"] += 1
             return
         try:
-            actions = job.machine.receive_reveal(signed, int(self.now))
+            actions = self._timed(job, job.machine.receive_reveal, signed, int(self.now))
         except RemoteProtocolError as exc:
             self.rejected[exc.reason] += 1
             return
@@ -332,7 +453,7 @@ class Simulation:
 
     def _undelivered(self, job: SimJob, v: int) -> None:
         if job.machine is not None:
-            self._act(job, job.machine.award_undelivered(self.pks[v], int(self.now)))
+            self._act(job, self._timed(job, job.machine.award_undelivered, self.pks[v], int(self.now)))
 
     def _tick(self, job: SimJob, due: int) -> None:
         if job.machine is None or job.tick_at != due:
@@ -340,7 +461,7 @@ class Simulation:
         job.tick_at = None
         nxt = job.machine.next_deadline_ms()
         if nxt is not None and nxt <= self.now:
-            self._act(job, job.machine.tick(int(self.now)))
+            self._act(job, self._timed(job, job.machine.tick, int(self.now)))
         else:
             self._schedule_tick(job)
 
@@ -367,6 +488,8 @@ class Simulation:
                 self._publish_certificate(job, a.certificate)
             elif isinstance(a, Penalize):
                 self.views.apply_offence(s, a.executor)
+            elif isinstance(a, WidenBids):
+                self._widen(job, a.share)
             elif isinstance(a, Finished):
                 honest = a.tally is not None and a.tally.result_hash == job.honest_hash
                 self._finished(job, a.status, a.reason, a.status == "verified" and honest)
@@ -375,13 +498,9 @@ class Simulation:
     def _publish_certificate(self, job: SimJob, raw: bytes) -> None:
         checked = check_gossip(raw, self.pks[job.submitter], int(self.now), 0)  # once; every receiver runs this check on the same bytes
         self.crypto["verifies"] += 2 + len(checked.awards) + len(checked.reveals)
-        order, sends = self.mesh.spread(job.submitter, self.now)
-        self.gossip["certificate"] += sends
-        self.crypto["certificate_checks_by_nodes"] += len(order) - 1
-        received = bytearray(self.n)
-        for _, v in order:
-            received[v] = 1
-        self.views.apply_certificate(checked, received, int(self.now))
+        self.gossip["certificate"] += self.mesh.sends(self.online)
+        self.crypto["certificate_checks_by_nodes"] += sum(self.online) - 1
+        self.views.publish(checked, len(raw))  # every online node holds it now
         job.certificate = raw
 
     def _finished(self, job: SimJob, status: str, reason: str, correct: bool = False) -> None:
@@ -390,7 +509,7 @@ class Simulation:
         if job.machine is not None:
             job.history = job.machine.history
             self.pinned[job.submitter] -= 1
-        job.machine = None
+        job.machine = job.seen = job.scores = None
         self.finished += 1
 
     # --- the network ------------------------------------------------------------------------------
@@ -413,12 +532,11 @@ class Simulation:
         if cfg.bid_probability < 1 and v != s and self.rng.random() >= cfg.bid_probability:
             self.declined["not sampled (--bid-probability)"] += 1
             return
-        # decide() is pure: memoized on its inputs (the ledger view's version stands for can_pay).
-        gid = self.views.group[v]
-        key = (gid, len(self.views.ledgers[gid].applied), self.running[v])
+        # decide() is pure: memoized on its inputs.
+        can_pay = self.views.of(v).can_pay(job.spec)
+        key = (can_pay, self.running[v])
         decision: Decision | None = job.decisions.get(key)
         if decision is None:
-            can_pay = self.views.of(v).can_pay(job.spec)
             decision = job.decisions[key] = decide(BidContext(
                 job.spec, cfg.capacity, self.running[v], True, _image_present, submitter_can_pay=can_pay,
                 gpu_ok=not job.spec.gpu))
@@ -443,7 +561,8 @@ class Simulation:
         signed = verify(raw, Award)
         self.crypto["verifies"] += 1
         award: Award = signed.msg
-        if award.executor != self.pks[e] or signed.signer != job.spec.submitter or not job.seen[e]:
+        if award.executor != self.pks[e] or signed.signer != job.spec.submitter or (job.seen is not None
+                                                                                    and not job.seen[e]):
             self.rejected["bad_award"] += 1
             self._at(self.now + self._lat(), self._undelivered, job, e)
             return
@@ -480,9 +599,9 @@ class Simulation:
             self.active[e] += 1
             self._at(self.now + math.exp(self.rng.gauss(self.run_mu, 0.5)), self._run_done, e, nxt, epoch)
         job = ex.job
-        ex.reveal = make_reveal(self.ids[e], job.job_id, 0, False, self._stdout(job.spec.command, e), sandbox=SANDBOX)
+        ex.reveal = make_reveal(self._id(e), job.job_id, 0, False, self._stdout(job.spec.command, e), sandbox=SANDBOX)
         rh = verify(ex.reveal, Reveal).msg.result_hash  # as Executing.make_commit reads it back
-        commit = make_commit(self.ids[e], job.job_id, rh)
+        commit = make_commit(self._id(e), job.job_id, rh)
         self.crypto["signs"] += 2
         self.crypto["verifies"] += 1
         ex.status = "committed"
@@ -511,6 +630,7 @@ class Simulation:
         if not self.online[v] or self.pinned[v]:
             self.churn["skipped"] += 1
             return
+        self.views.leave(v)
         self.online[v] = 0
         self.epoch[v] += 1
         self.running[v] = self.active[v] = 0
@@ -523,12 +643,94 @@ class Simulation:
         """Back online: rejoin the mesh and recover like a restarted daemon (Executing.recover)."""
         self.online[v] = 1
         self.mesh.join(v, self.online)
+        self.views.rejoin(v)
         self.churn["returned"] += 1
+        if self.cfg.reconcile:
+            self._reconcile(v, self._random_online(v), "on_return")
         # A finished run's commit left in the same instant, so there is no unsent commit to re-send.
         for ex in self.execs.get(v, {}).values():
             if ex.status in ("awarded", "running"):
                 self.churn["runs_recovered"] += 1
                 self._start_run(v, ex)
+
+    # --- ledgers: set reconciliation ---------------------------------------------------------------
+
+    def _random_online(self, v: int) -> int:
+        """A random online peer other than v (v itself if there is none)."""
+        for _ in range(64):
+            w = self.rng.randrange(self.n)
+            if w != v and self.online[w]:
+                return w
+        return v
+
+    def _reconcile(self, v: int, w: int, kind: str, sets: tuple[int, int] | None = None) -> None:
+        """v and w reconcile their certificate sets; messages and bytes counted (simworld.reconcile_cost
+        plus the certificates moved), every certificate learned re-verified (counted)."""
+        if v == w:
+            return
+        views = self.views
+        sv, sw = sets if sets is not None else (views.set_of(v), views.set_of(w))
+        learned_v, learned_w = views.reconcile(v, w, (sv, sw) if sets is not None else None)
+        messages, size = reconcile_cost(learned_v + learned_w, max(sv.bit_count(), sw.bit_count()))
+        r = self.reconciled
+        r[f"{kind}"] += 1
+        r["messages"] += messages + (learned_v > 0) + (learned_w > 0)  # the certificates ride one answer each way
+        if learned_v or learned_w:
+            size += views.bytes_of(sv ^ sw)
+            r["with_difference"] += 1
+            r["certificates_pulled"] += learned_v + learned_w
+            self.crypto["certificate_checks_by_reconciliation"] += learned_v + learned_w
+        r["bytes"] += size
+
+    def _reconcile_round(self) -> None:
+        """Every online node reconciles with a random online peer, from the sets as they stood at the
+        round's start (a round is simultaneous: nothing spreads two hops in one)."""
+        self._at(self.now + self.cfg.reconcile_s * 1000, self._reconcile_round)
+        self._round("periodic")
+
+    def _round(self, kind: str) -> None:
+        views = self.views
+        nodes = [v for v in range(self.n) if self.online[v]]
+        before = {v: views.set_of(v) for v in nodes}
+        for v in nodes:
+            w = self._random_online(v)
+            if w != v:
+                self._reconcile(v, w, kind, (before[v], before[w]))
+
+    def _converge(self) -> dict:
+        """After the run: every node comes back (reconciling on return), then rounds of periodic
+        reconciliation until every node holds the same certificates. Reports the rounds and what
+        they cost; changes nothing the report read before."""
+        if not self.cfg.reconcile:
+            return {}
+        cost = Counter(self.reconciled)
+        for v in range(self.n):
+            if not self.online[v]:
+                self.online[v] = 1
+                self.views.rejoin(v)
+                self._reconcile(v, self._random_online(v), "on_return")
+        rounds = 0
+        while self.views.distinct(range(self.n))[0] > 1 and rounds < 64:
+            self._round("periodic")
+            rounds += 1
+        spent = Counter(self.reconciled)
+        spent.subtract(cost)
+        sets, views = self.views.distinct(range(self.n))
+        return {"rounds": rounds, "distinct_sets": sets, "distinct_views_with_local_offences": views,
+                "distinct_view_digests": self._digests(), "messages": spent["messages"], "bytes": spent["bytes"],
+                "certificates_pulled": spent["certificates_pulled"]}
+
+    def _digests(self, limit: int = 200) -> int | None:
+        """Distinct `Ledger.view_digest()` values over the distinct certificate sets (without local
+        offences), if consensus/ledger.py has it and there are at most `limit` sets; else None."""
+        from distributeai.consensus.ledger import Ledger
+
+        if not hasattr(Ledger, "view_digest"):
+            return None
+        sets = {self.views.set_of(v) for v in range(self.n)}
+        if len(sets) > limit:
+            return None
+        return len({self.views.ledger_of(bits).view_digest() for bits in sets})
 
     # --- the report -------------------------------------------------------------------------------
 
@@ -555,11 +757,34 @@ class Simulation:
         awarded = sum(self.awards_to.values())
         liar_awards = sum(c for v, c in self.awards_to.items() if self.liar[v])
         rnd = lambda x, d=1: None if x is None else round(x, d)  # noqa: E731
+        announced = [j for j in jobs if j.announce]
+        n_ann = len(announced) or 1
+        cpu = sorted(j.cpu_s * 1000 for j in announced)
+        sets_all, views_all = self.views.distinct(range(self.n))
+        sets_online, _ = self.views.distinct(v for v in range(self.n) if self.online[v])
+        ledgers = {"distinct_sets_at_end": sets_all, "distinct_sets_online_at_end": sets_online,
+                   "distinct_views_with_local_offences": views_all, "distinct_view_digests": self._digests(),
+                   "certificates": self.views.count, "ledgers_built": self.views.builds,
+                   "certificate_folds": self.views.folds, "reconciliation": dict(self.reconciled)}
+        churn = dict(self.churn) | {"offline_at_end": self.n - sum(self.online)}
+        crypto = dict(self.crypto)
+        ledgers["after_everyone_reconciled"] = self._converge()  # last: it brings every node back
         return {
             "parameters": {k: getattr(cfg, k) for k in (
                 "nodes", "jobs", "liars", "collude", "churn_per_min", "downtime_s", "latency_ms", "latency_sigma",
                 "hop_ms", "dial_rtts", "job_rate_per_s", "run_ms", "replicas", "quorum", "bid_probability",
-                "sign_bids", "seed")} | {"bid_window_ms": cfg.timing.bid_window_ms, "mesh_degree": MESH_DEGREE},
+                "sign_bids", "sample_factor", "size_estimate", "reconcile", "reconcile_s", "seed")}
+            | {"bid_window_ms": cfg.timing.bid_window_ms, "sampled_bid_window_ms": cfg.timing.sampled_bid_window_ms,
+               "mesh_degree": MESH_DEGREE},
+            "sampling": {
+                "initial_share_mean": rnd(sum(j.start_share for j in announced) / n_ann / SHARE_ALL, 6),
+                "estimated_nodes_mean": rnd(sum(self.estimates.values()) / len(self.estimates))
+                if self.estimates else None,
+                "eligible_at_announce_mean": rnd(sum(j.eligible_at_announce for j in announced) / n_ann),
+                "widenings_per_job": rnd(sum(j.widenings for j in announced) / n_ann, 3),
+                "jobs_widened": sum(1 for j in announced if j.widenings)},
+            "submitter_cpu_ms_per_job": {"mean": rnd(sum(cpu) / len(cpu) if cpu else None, 3),
+                                         "p50": rnd(percentile(cpu, 50), 3), "max": rnd(max(cpu, default=None), 3)},
             "jobs": {"submitted": len(jobs), "finished": len(done), "unfinished": len(jobs) - len(done),
                      "verified_correct": sum(1 for j in done if j.correct), "verified_wrong": verified_wrong,
                      "failed": statuses["failed"], "failed_reasons": dict(failed_reasons),
@@ -584,11 +809,10 @@ class Simulation:
             "executors": {"awards": awarded, "distinct": len(self.awards_to),
                           "most_awards_one_node": max(self.awards_to.values(), default=0),
                           "share_of_awards_to_liars": round(liar_awards / awarded, 4) if awarded else None},
-            "churn": dict(self.churn) | {"offline_at_end": self.n - sum(self.online)},
+            "churn": churn,
             "rejected": dict(self.rejected),
-            "crypto": dict(self.crypto),
-            "ledgers": {"views": len(self.views.ledgers), "copies": self.views.copies,
-                        "certificate_folds": self.views.folds},
+            "crypto": crypto,
+            "ledgers": ledgers,
             "virtual_time_s": round((self.now - EPOCH_MS) / 1000, 3),
         }
 
