@@ -25,7 +25,8 @@ from distributeai.consensus.gossip import check_gossip
 from distributeai.consensus.ledger import REPUTATION_START, Ledger
 from distributeai.consensus.names import JOBS_TOPIC
 from distributeai.consensus.pow import DEFAULT_DIFFICULTY
-from distributeai.consensus.validate import MAX_SPEC_AGE_MS, CheckedAnnounce
+from distributeai.consensus.sampling import SHARE_ALL
+from distributeai.consensus.validate import MAX_SPEC_AGE_MS, CheckedAnnounce, CheckedWiden, widened_share
 from distributeai.p2p.identity import load_or_create_key, peer_id_from_public_key, public_key_from_peer_id
 from distributeai.p2p.overlay import open_overlay
 from distributeai.p2p.startup import check_free, check_listen_free, listen_failed, lock_dir, make_dir
@@ -72,6 +73,7 @@ class Stats:
     def __init__(self, pow_difficulty: int = DEFAULT_DIFFICULTY) -> None:
         self.pow_difficulty = pow_difficulty  # the network's: what every node demands of announcers
         self.announced = 0
+        self.widened = 0  # widenings of sampled bidding (consensus/sampling.py) taken as a node takes them
         self.certified: Counter[str] = Counter()
         self.rejected: Counter[str] = Counter()
         self.jobs: dict[str, dict] = {}  # job id (hex) -> summary, as /api/stats shows it
@@ -138,6 +140,8 @@ class Stats:
                                    seen=self.known)
             if isinstance(checked, CheckedAnnounce):
                 self._announced(checked, from_peer, now, now_ms)
+            elif isinstance(checked, CheckedWiden):
+                self._widened(checked)
             else:
                 self._certified(checked, now, now_ms)
         except RemoteProtocolError as exc:
@@ -157,9 +161,19 @@ class Stats:
         self.series.announced(now)
         spec = spec_summary(ann.spec)
         job.update(name=spec["name"], image=spec["runs"], submitter=from_peer, replicas=ann.spec.replicas,
-                   quorum=ann.spec.quorum, announced_at=now, updated_at=now)
+                   quorum=ann.spec.quorum, share=ann.share, announced_at=now, updated_at=now)
         if job["status"] == "announced":  # a certificate seen first keeps its richer detail
             self.details[job_id] = {"spec": spec, **announce_view(ann.spec)}
+
+    def _widened(self, widen: CheckedWiden) -> None:
+        """A widening counts, and sets the job's `share`, as a node takes it (node/eligibility.py):
+        of a recent job (`unknown_job`), by its submitter (`wrong_signer`), growing the share (`replay`)."""
+        job = self.jobs.get(widen.job_id.hex())
+        submitter = public_key_from_peer_id(job["submitter"]) if job is not None and "submitter" in job else None
+        if submitter is None:
+            raise RemoteProtocolError("unknown_job", "widen of a job not announced here")
+        job["share"] = widened_share(widen, submitter, job.get("share", SHARE_ALL))
+        self.widened += 1
 
     def _certified(self, checked: CheckedCertificate, now: float, now_ms: int) -> None:
         # The ledger remembers every certificate it folded in, also those of jobs that have left

@@ -87,6 +87,9 @@ class Config:
     # Proof-of-work bits demanded of every identity and solved for this node's own: about 0.5 s of
     # one core per identity (consensus/pow.py DEFAULT_DIFFICULTY).
     pow_difficulty: int = 20
+    # Sampled bidding: about this many times a job's replicas of the estimated network may bid on it
+    # (consensus/sampling.py DEFAULT_FACTOR); 0: every node bids on every job.
+    bid_sample_factor: int = 4
     # Enough to see peers and jobs come and go without libp2p's chatter.
     log_level: str = "info"
     # Text for people; "json" (one object a line: time, level, logger, message, fields) for log shippers.
@@ -209,8 +212,8 @@ def _parse(name: str, value: Any, where: str, *, text: bool, base: Path | None =
         if number is None or not number >= 0 or number == float("inf"):
             raise bad("a number of messages a second (0: no limit)")
         return number
-    if name in ("memory_mb", "max_jobs", "genesis_credits", "pow_difficulty"):
-        least = 0 if name in ("genesis_credits", "pow_difficulty") else 1
+    if name in ("memory_mb", "max_jobs", "genesis_credits", "pow_difficulty", "bid_sample_factor"):
+        least = 0 if name in ("genesis_credits", "pow_difficulty", "bid_sample_factor") else 1
         try:
             number = int(value) if text else value if isinstance(value, int) and not isinstance(value, bool) else None
         except ValueError:
@@ -219,6 +222,8 @@ def _parse(name: str, value: Any, where: str, *, text: bool, base: Path | None =
             raise bad(f"an integer of at least {least}")
         if name == "pow_difficulty" and number > POW_MAX_BITS:
             raise bad(f"an integer from 0 to {POW_MAX_BITS}")
+        if name == "bid_sample_factor" and number > BID_SAMPLE_FACTOR_MAX:
+            raise bad(f"an integer from 0 to {BID_SAMPLE_FACTOR_MAX}")
         return number
     if name in ("disk_reserve", "max_output", "store_max"):
         number = parse_size(value)
@@ -241,6 +246,9 @@ def _parse(name: str, value: Any, where: str, *, text: bool, base: Path | None =
             return value
         raise bad("true or false")
     raise ConfigError(f"{where}: unknown key {name!r}")  # pragma: no cover - KEYS guards this
+
+
+BID_SAMPLE_FACTOR_MAX = 1000  # beyond any network's size in replicas: every node bids anyway
 
 
 SIZE_UNITS = {"": 0, "b": 0, "k": 10, "m": 20, "g": 30, "t": 40}

@@ -171,6 +171,23 @@ def result_report(view: dict) -> list[str]:
     return lines + stderr_block(view)
 
 
+def share_words(share: float) -> str:
+    """The fraction of the network that may bid on a job (consensus/sampling.py), in words."""
+    if share >= 1:
+        return "every node"
+    inverse = 1 / share
+    if abs(inverse - round(inverse)) < 1e-6:
+        return f"1/{round(inverse)} of the network"
+    return f"{100 * share:.2g}% of the network"
+
+
+def bidding_line(view: dict) -> str:
+    """`bidding  ...`: who may bid on the job (sampled bidding), and how often it was widened."""
+    n = view.get("widenings") or 0
+    widened = f" (widened {n} time{'' if n == 1 else 's'}: too few bids)" if n else ""
+    return f"bidding  open to {share_words(view['share'])}{widened}"
+
+
 def print_job(view: dict, as_json: bool) -> None:
     """A job's view: JSON, or for people its status, executors and result, stdout last."""
     import json
@@ -181,6 +198,8 @@ def print_job(view: dict, as_json: bool) -> None:
     typer.echo(f"job      {view['job_id']}")
     typer.echo(status_line(view))
     typer.echo(f"elapsed  {view.get('elapsed_s')} s")
+    if view.get("share") is not None:
+        typer.echo(bidding_line(view))
     # Why an executor gave no result, as the submitter recorded it ("withdrawn <its reason>", "timeout ...").
     why = {h["peer_id"]: h["detail"] for h in view.get("history") or [] if h.get("event") == "error" and h.get("detail")}
     for e in view.get("executors", []):

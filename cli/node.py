@@ -43,6 +43,7 @@ def node_start(
     disk_reserve: Optional[str] = typer.Option(None, "--disk-reserve", help="Space kept free on the data dir's filesystem, e.g. 512m, 2g: below it the node bids on no job (declined: disk_low). Default 1g."),
     max_output: Optional[str] = typer.Option(None, "--max-output", help="The largest output quota (a job's --out-max) this node bids on, e.g. 100m (declined: output_too_large). Default 1g."),
     store_max: Optional[str] = typer.Option(None, "--store-max", help="The block store's size (inputs, outputs and blobs by CID, in DATA_DIR/blocks), e.g. 50g; beyond it the least recently used blocks no job needs are evicted. Default 10g."),
+    bid_sample_factor: Optional[int] = typer.Option(None, "--bid-sample-factor", help="Sampled bidding: the jobs this node submits are open at first to about this many times their replicas of the network (as this node estimates it from the DHT), widened while too few bid; 0: every node may bid on them. Default 4."),
     keep_outputs: Optional[str] = typer.Option(None, "--keep-outputs", help="How long a job's output files are kept after it ended (certified, or its run here failed), for nodes fetching them, e.g. 90m, 24h, 7d; never while one is being fetched. Default 24h."),
 ) -> None:
     """Start a volunteer node: discover peers, bid on jobs, run them, verify results. Each option
@@ -57,7 +58,7 @@ def node_start(
                    request_rate_limit=request_rate_limit, gossip_rate_limit=gossip_rate_limit,
                    newcomer_gossip_rate_limit=newcomer_gossip_rate_limit,
                    pow_difficulty=pow_difficulty, disk_reserve=disk_reserve, max_output=max_output,
-                   keep_outputs=keep_outputs, store_max=store_max)
+                   keep_outputs=keep_outputs, store_max=store_max, bid_sample_factor=bid_sample_factor)
     data_dir = data_dir_of(cfg)
     for b in cfg.bootstrap:
         check_multiaddr(b, "--bootstrap")
@@ -101,7 +102,8 @@ def node_start(
                                                    cfg.newcomer_gossip_rate_limit),
                         pow_difficulty=cfg.pow_difficulty, disk_reserve=cfg.disk_reserve,
                         max_output=cfg.max_output, keep_outputs_s=cfg.keep_outputs, store_max=cfg.store_max,
-                        reconcile_interval_s=cfg.reconcile_interval)
+                        reconcile_interval_s=cfg.reconcile_interval,
+                        bid_sample_factor=cfg.bid_sample_factor)
     import trio
 
     async def serve() -> None:
@@ -176,6 +178,8 @@ def info_lines(info: dict) -> list[str]:
     for key, label in (("reputation", "reputation"), ("credits", "credits"), ("jobs_running", "jobs running")):
         if key in info:
             rows.append((label, [str(info[key])]))
+    if "network_size_estimate" in info:
+        rows.append(("network", [f"about {info['network_size_estimate']} nodes (estimated from the DHT)"]))
     if "peers" in info:
         peers = info["peers"]
         rows.append(("peers", [f"{len(peers)} connected"] + [safe(p) for p in peers]))

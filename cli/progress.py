@@ -22,7 +22,7 @@ from rich.spinner import Spinner
 from rich.table import Table
 from rich.text import Text
 
-from .jobview import job_failure
+from .jobview import bidding_line, job_failure
 
 POLL_S = 0.2  # a display refreshed five times a second reads as live; each poll is one small request
 FINAL = ("verified", "failed", "nondeterministic")
@@ -69,7 +69,8 @@ def render(view: dict, elapsed: float, quorum: int, replicas: int) -> Group:
         spinning.add_row(Spinner("dots"), head)
     executors = [Text(f"  slot {e['slot']}  {e['peer_id']}  {e['state']}" + ("  agrees" if e.get("agreed") else ""))
                  for e in view.get("executors") or []]
-    return Group(head if done else spinning, line, *executors)
+    bidding = [Text(bidding_line(view))] if view.get("share") is not None and view["share"] < 1 else []
+    return Group(head if done else spinning, line, *bidding, *executors)
 
 
 def wall_ms() -> int:

@@ -18,6 +18,8 @@ Contract:
 - Blocks by CID: the block store (`blocks`, node/blockstore.py) is served to any peer over
   Bitswap (p2p/bitswap.py, started in `run`, every block verified with `consensus.cid.verify_block`)
   and filled by `fetch_dag` (node/transfer.py); `blobs` (node/blobs.py) is the user's side of it.
+- Sampled bidding: an announcement this node is not eligible for is stored, nothing more (no bid,
+  no decline); a widening is node/eligibility.py's, as is the `network_size` estimate.
 - Reputation and credits are a fold (`consensus.ledger`) over the ledger events in the store,
   rebuilt at start, so they are identical before and after a restart.
 """
@@ -46,7 +48,7 @@ from distributeai.consensus.names import (
     WITHDRAW_PROTOCOL,
 )
 from distributeai.consensus.submitter import TERMINAL
-from distributeai.consensus.validate import CheckedAnnounce
+from distributeai.consensus.validate import CheckedAnnounce, CheckedWiden
 from distributeai.p2p.identity import peer_id_from_public_key, public_key_from_peer_id
 from distributeai.p2p.overlay import GossipMessage, Overlay, RemoteError
 from distributeai.sandbox.base import Sandbox, SandboxError
@@ -56,6 +58,7 @@ from .blobs import Blobs
 from .blockstore import BlockStore
 from .clock import now_ms
 from .disk import CHECK_INTERVAL_S, DiskGuard
+from .eligibility import may_bid, network_size, on_widen
 from .executing import Executing
 from .metrics import NodeMetrics
 from .outputs_serving import OutputsServing
@@ -134,7 +137,7 @@ class Agent:
         return Ports(
             transport=Transport(publish=self.publish, deliver=self.deliver, connect=overlay.connect,
                                 connected_peers=overlay.connected_peers, remote_ip=overlay.remote_ip,
-                                multiaddrs=overlay.multiaddrs),
+                                multiaddrs=overlay.multiaddrs, network_size=self.network_size),
             store=self.store,
             ledger=self.ledger,
             events=Events(count=self.count, reject=self.reject, notify=self.notify, changed=lambda: self.changed,
@@ -223,8 +226,13 @@ class Agent:
         await self.overlay.publish(JOBS_TOPIC, data)
         self.count("gossip_out")
 
+    def network_size(self) -> int:
+        """How many nodes the network holds, as this node can tell from the DHT (eligibility.py)."""
+        return network_size(*self.overlay.dht_keys(), self.settings.bootstrap_peers)
+
     def _gauges(self) -> dict[str, float]:
         return {"distributeai_peers": len(self.overlay.connected_peers()),
+                "distributeai_network_size_estimate": self.network_size(),
                 "distributeai_reputation": self.ledger.reputation_of(self.me),
                 "distributeai_credits": self.ledger.balance(self.me),
                 "distributeai_disk_free_bytes": self.disk.free,
@@ -304,7 +312,13 @@ class Agent:
                 # on the nodes that had it: dropped the same way, it changes nothing.
                 raise RemoteProtocolError("replay", "job already announced")
             self.notify()
-            await self.executing.consider(ann.job_id, ann.spec, ann.submitter_addrs)
+            if await may_bid(ann, self.store, self.me):
+                await self.executing.consider(ann.job_id, ann.spec, ann.submitter_addrs)
+            else:
+                self.count("not_eligible")  # no bid, no decline: a later widening may change that
+        elif isinstance(checked, CheckedWiden):
+            await on_widen(checked, self.store, self.me, self.executing.consider)
+            self.count("widenings_in")
         elif not await self.accept_certificate(checked, message.data):
             raise RemoteProtocolError("replay", "certificate already applied")
 
@@ -476,6 +490,7 @@ class Agent:
             "credits": self.ledger.balance(self.me),
             "ledger": {"certificates": len(self.ledger.applied), "view_digest": self.ledger.view_digest().hex()},
             "peers": sorted(self.overlay.connected_peers()),
+            "network_size_estimate": self.network_size(),
             "mesh_peers": sorted(self.overlay.gossip_peers(JOBS_TOPIC)),
             "jobs_running": self.executing.running,
             "active_jobs": sum(1 for j in self.submitting.jobs.values() if not j.done),

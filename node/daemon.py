@@ -49,6 +49,7 @@ from distributeai.sandbox.outdir import remove_stale_stages
 
 from distributeai.consensus.ledger import GENESIS_CREDITS
 from distributeai.consensus.pow import DEFAULT_DIFFICULTY
+from distributeai.consensus.sampling import DEFAULT_FACTOR
 from distributeai.consensus.submitter import Timing
 
 from .api import MAX_BODY as API_MAX_BODY, RestApi
@@ -97,6 +98,7 @@ class NodeConfig:
     keep_outputs_s: float = DEFAULT_KEEP_OUTPUTS_S  # outputs kept after a job ended (node/retention.py)
     store_max: int = DEFAULT_MAX_BYTES  # the block store's cap (node/blockstore.py)
     reconcile_interval_s: float = 60.0  # between reconciliations with a random peer (node/reconcile.py)
+    bid_sample_factor: int = DEFAULT_FACTOR  # c of sampled bidding (consensus/sampling.py); 0: all bid
 
 
 DataDirBusy = DirBusy  # another process holds the data dir's lock (a StartError: one line, exit 1)
@@ -221,6 +223,7 @@ async def run_node(config: NodeConfig, *, task_status=trio.TASK_STATUS_IGNORED) 
                                         timing=config.timing, pow_difficulty=config.pow_difficulty,
                                         pow_nonce=pow_nonce, data_dir=data_dir, disk_reserve=config.disk_reserve,
                                         max_output=config.max_output, keep_outputs_s=config.keep_outputs_s,
+                                        bid_sample_factor=config.bid_sample_factor,
                                         bootstrap_peers=frozenset(a.rsplit("/p2p/", 1)[1] for a in config.bootstrap
                                                                   if "/p2p/" in a),
                                         reconcile_interval_s=config.reconcile_interval_s)

@@ -11,7 +11,8 @@ Contract of each port:
   request to the peer with public key `to` (this node's own handlers when `to` is this node) and
   returns the payload of a positive answer, raising `RemoteProtocolError` for a refusal and
   `p2p.overlay.RemoteError` when the peer cannot be reached; `connect(addr)` dials a multiaddr
-  (RemoteError/ValueError on failure); `connected_peers()`, `remote_ip(peer_id)`, `multiaddrs()`.
+  (RemoteError/ValueError on failure); `connected_peers()`, `remote_ip(peer_id)`, `multiaddrs()`;
+  `network_size()`, this node's estimate of how many nodes the network holds (Agent.network_size).
 - `StorePort`: the `Store` methods the roles use, with the same contracts (node/store.py).
 - `Ledger`: `consensus.ledger.Ledger` itself (pure): the roles read reputation and credits and fold
   their own offences and certificates into it.
@@ -26,7 +27,8 @@ Contract of each port:
 `Ports` bundles these for both roles. The executor also gets `Sandboxes`: the backend for
 each spec sandbox kind, whether each passed its check at start, the outputs directory, and
 `offload` (a blocking sandbox call off the trio thread, `offload_to_thread`). `NodeSettings` is
-the configuration both roles read (capacity, price, timing, proof-of-work difficulty and nonce).
+the configuration both roles read (capacity, price, timing, proof-of-work difficulty and nonce,
+the bid sample factor).
 """
 
 from __future__ import annotations
@@ -38,6 +40,7 @@ from typing import Any, Awaitable, Callable, Protocol
 import trio
 
 from distributeai.consensus.ledger import GENESIS_CREDITS, Ledger
+from distributeai.consensus.sampling import DEFAULT_FACTOR
 from distributeai.consensus.submitter import Timing
 from distributeai.sandbox.base import Sandbox
 
@@ -71,6 +74,9 @@ class NodeSettings:
     # Seconds between reconciliations of the certificate set with one random peer (node/reconcile.py;
     # 0: only when a peer connects).
     reconcile_interval_s: float = 60.0
+    # Sampled bidding (consensus/sampling.py): a job is announced to about this many times its
+    # replicas of the estimated network (c); 0: every node may bid, as before sampling.
+    bid_sample_factor: int = DEFAULT_FACTOR
 
 
 @dataclass(frozen=True)
@@ -81,6 +87,7 @@ class Transport:
     connected_peers: Callable[[], list[str]]
     remote_ip: Callable[[str], str | None]
     multiaddrs: Callable[[], list[str]]
+    network_size: Callable[[], int] = lambda: 1  # unknown: every node is eligible (sampling.initial_share)
 
 
 @dataclass(frozen=True)
@@ -153,6 +160,8 @@ class StorePort(Protocol):
     async def execution_inputs(self, job_id: str) -> list[tuple[str, bytes, dict, int]]: ...
     async def get_execution(self, job_id: str) -> dict | None: ...
     async def executions_with_status(self, *statuses: str) -> list[dict]: ...
+    async def set_job_share(self, job_id: str, share: int) -> None: ...
+    async def job_share(self, job_id: str) -> int | None: ...
 
 
 @dataclass(frozen=True)

@@ -68,6 +68,12 @@ CREATE TABLE IF NOT EXISTS execution_inputs (
     now_ms  INTEGER NOT NULL
 );
 CREATE INDEX IF NOT EXISTS execution_inputs_job ON execution_inputs(job_id, seq);
+-- Sampled bidding (consensus/sampling.py): each known job's eligible share as last announced or
+-- widened by its submitter; a job without a row was announced to every node.
+CREATE TABLE IF NOT EXISTS job_shares (
+    job_id  TEXT PRIMARY KEY,
+    share   INTEGER NOT NULL
+);
 CREATE TABLE IF NOT EXISTS peers (
     peer_id     TEXT PRIMARY KEY,
     addrs       TEXT NOT NULL,

@@ -21,6 +21,8 @@ What is stored (and why):
   serves them from here to peers by job id) and offences this node saw itself. Rebuilding the
   ledger from it after a restart gives the same figures: the fold orders certificates by their own
   time and id (consensus/ledger.py), not by the order they were stored.
+- `job_shares`: each known job's eligible share for sampled bidding (consensus/sampling.py), as
+  announced or last widened by its submitter; written before the node acts on it.
 - `peers`: known peers and their addresses, so a restarted node rejoins without the bootstrap.
 - `meta`: the peer id this store belongs to, recorded at the first start (`check_identity`): a node
   whose key file gives another peer id refuses to start instead of taking this history as its own.
@@ -207,6 +209,23 @@ class Store:
                 c.execute("UPDATE jobs SET role=? WHERE job_id=?", (role, job_id))
 
         await self._run(fn)
+
+    # --- sampled bidding -----------------------------------------------------------------------
+
+    async def set_job_share(self, job_id: str, share: int) -> None:
+        """A job's eligible share (consensus/sampling.py), as announced or widened: it only grows, so
+        widenings stored out of order keep the largest."""
+        await self._run(lambda c: c.execute(
+            "INSERT INTO job_shares(job_id, share) VALUES (?,?)"
+            " ON CONFLICT(job_id) DO UPDATE SET share=MAX(share, excluded.share)", (job_id, share)))
+
+    async def job_share(self, job_id: str) -> int | None:
+        """The share `set_job_share` stored for the job; None if none was."""
+        def fn(c: sqlite3.Connection) -> int | None:
+            row = c.execute("SELECT share FROM job_shares WHERE job_id=?", (job_id,)).fetchone()
+            return None if row is None else int(row[0])
+
+        return await self._run(fn)
 
     # --- submitter inputs -----------------------------------------------------------------------
 

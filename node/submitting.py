@@ -5,6 +5,13 @@ written to the store with all it changed in one transaction (`Store.record_input
 acted on (awards sent, reveals asked, certificate published). A restarted node replays the stored
 inputs through the same `apply_input` (`replay`) and re-issues what may not have been delivered;
 receivers are idempotent. It reaches the rest of the node only through its ports (ports.py).
+
+Sampled bidding (consensus/sampling.py): a job is announced with the share that makes about
+`bid_sample_factor` times its replicas of the network eligible, as this node estimates the network
+(`Transport.network_size`); only eligible peers count as could-still-bid (`undecided`,
+`unbid_best`). When the job asks to widen (`WidenBids`) the new share is stored (the input that
+led to it already is, and the job's share row) before a signed `Widen` is gossiped; a restart
+resumes from the stored inputs with the share the job started with (the `start` input's meta).
 """
 
 from __future__ import annotations
@@ -19,15 +26,16 @@ from distributeai.consensus.codec import Identity
 from distributeai.consensus.errors import LocalProtocolError, RemoteProtocolError
 from distributeai.consensus.ledger import REPUTATION_START, max_cost
 from distributeai.consensus.messages import (
-    Announce, Bid, Commit, Decline, JobSpec, RevealRequest, Signed, Withdraw, decode_unsigned, job_id_of, sign,
-    verify,
+    Announce, Bid, Commit, Decline, JobSpec, RevealRequest, Signed, Widen, Withdraw, decode_unsigned, job_id_of,
+    sign, verify,
 )
 from distributeai.consensus.names import AWARD_PROTOCOL, REVEAL_PROTOCOL
 from distributeai.consensus.pow import pow_ok
+from distributeai.consensus.sampling import SHARE_ALL, eligible, initial_share
 from distributeai.consensus.subnet import subnet_of
 from distributeai.consensus.submitter import (
-    INPUT_TYPES, Finished, Penalize, PublishCertificate, RequestReveal, SendAward, SubmitterJob, apply_input,
-    replay,
+    INPUT_TYPES, Finished, Penalize, PublishCertificate, RequestReveal, SendAward, SubmitterJob, WidenBids,
+    apply_input, replay,
 )
 from distributeai.consensus.validate import check_spec_time
 from distributeai.p2p.identity import peer_id_from_public_key, public_key_from_peer_id
@@ -72,6 +80,8 @@ class Submitting:
         self.ended_before: set[bytes] = set()  # jobs that ended before this start (not rebuilt by recover)
         self._lock = trio.Lock()  # inputs reach the store in the order they were applied
         self.inputs = job_inputs(ports, settings)  # jobs' data inputs in the block store (None: no store)
+        self.widenings: dict[bytes, bytes] = {}  # each widened job's latest signed Widen, re-published with its announce
+        self.considered: set[bytes] = set()  # jobs of this node's it was eligible for and considered bidding on
 
     # --- entry points -------------------------------------------------------------------------
 
@@ -141,7 +151,9 @@ class Submitting:
         if spec.msg.wasm_cid:
             await self._store_module(job_id, spec.msg, module)
         now = p.now_ms()
-        announce = sign(self.identity, Announce(signed_spec, tuple(p.transport.multiaddrs()), self.settings.pow_nonce))
+        share = self.first_share(spec.msg)
+        announce = sign(self.identity, Announce(signed_spec, tuple(p.transport.multiaddrs()), self.settings.pow_nonce,
+                                                share))
         try:
             if not await p.store.insert_job(job_id.hex(), "submitter", spec.msg.name, signed_spec, "bidding", now,
                                             announce=announce):
@@ -151,16 +163,20 @@ class Submitting:
                 with trio.CancelScope(shield=True):
                     await self.inputs.release_submission(spec.msg)
             raise
-        job = SubmitterJob(self.identity, signed_spec, spec.msg, started_ms=now, timing=self.timing)
-        await p.store.record_input(job_id.hex(), "start", signed_spec, {}, now, status=job.state, reason="",
-                                   certificate=None, offences=[])
+        job = SubmitterJob(self.identity, signed_spec, spec.msg, started_ms=now, timing=self.timing, share=share)
+        await p.store.set_job_share(job_id.hex(), share)
+        await p.store.record_input(job_id.hex(), "start", signed_spec, {"share": share}, now, status=job.state,
+                                   reason="", certificate=None, offences=[])
         self.jobs[job_id] = job
         await p.transport.publish(announce)
         p.events.count("announced")
-        log.info("job %s announced%s: %d of %d must agree", job_id.hex()[:12],
-                 f" ({spec.msg.name})" if spec.msg.name else "", spec.msg.quorum, spec.msg.replicas)
+        log.info("job %s announced%s: %d of %d must agree%s", job_id.hex()[:12],
+                 f" ({spec.msg.name})" if spec.msg.name else "", spec.msg.quorum, spec.msg.replicas,
+                 "" if share >= SHARE_ALL else f", open to {share_text(share)} of the network")
         p.events.notify()
-        await self.consider(job_id, spec.msg, ())
+        if eligible(job_id, self.me, share):
+            self.considered.add(job_id)
+            await self.consider(job_id, spec.msg, ())
         p.runtime.spawn(self._reannounce, job, announce)
         return job_id
 
@@ -173,6 +189,15 @@ class Submitting:
         if self.inputs is None:
             raise LocalProtocolError("missing_module", "this node has no block store for a wasm module sent by CID")
         await store_module(self.inputs.blocks, spec, module)
+
+    def first_share(self, spec: JobSpec) -> int:
+        """The share a new job is announced with: about `bid_sample_factor` times its replicas of
+        the network as this node estimates it (consensus/sampling.py initial_share); every node
+        when the factor is 0."""
+        factor = self.settings.bid_sample_factor
+        if factor <= 0:
+            return SHARE_ALL
+        return initial_share(self.ports.transport.network_size(), spec.replicas, factor)
 
     def _check_reach(self, spec: JobSpec) -> None:
         """Refuse, before anything is announced, a job whose quorum is larger than the nodes this
@@ -293,12 +318,30 @@ class Submitting:
                 p.events.count("certified")
             elif isinstance(action, Penalize):
                 p.events.reject(action.reason, f"by executor {peer_id_from_public_key(action.executor)}")
+            elif isinstance(action, WidenBids):
+                await self._widen(job, action.share)
             elif isinstance(action, Finished):
                 log.info("job %s %s%s", job.job_id.hex()[:12], action.status, f": {action.reason}" if action.reason else "")
                 await self.ended(job.job_id, action.status, action.reason)
                 if job.spec.block_roots and self.inputs is not None:  # its inputs and module may go
                     await self.inputs.release_submission(job.spec)
                 p.events.job_finished(action.status, action.reason, (p.now_ms() - job.started_ms) / 1000)
+
+    async def _widen(self, job: SubmitterJob, share: int) -> None:
+        """Too few acceptable bids: the job (its input already stored) widened to `share`. Stored
+        as the job's share, then gossiped as a signed Widen; this node bids too if it became
+        eligible only now."""
+        p = self.ports
+        await p.store.set_job_share(job.job_id.hex(), share)
+        widen = sign(self.identity, Widen(job.job_id, share, p.now_ms()))
+        self.widenings[job.job_id] = widen
+        await p.transport.publish(widen)
+        p.events.count("widened")
+        log.info("job %s widened bidding to %s of the network", job.job_id.hex()[:12], share_text(share),
+                 extra={"job_id": job.job_id.hex(), "event": "widened", "detail": share_text(share)})
+        if job.job_id not in self.considered and eligible(job.job_id, self.me, share):
+            self.considered.add(job.job_id)
+            await self.consider(job.job_id, job.spec, ())
 
     async def _send_award(self, job: SubmitterJob, action: SendAward) -> None:
         try:
@@ -327,6 +370,8 @@ class Submitting:
             if job.wants_bids:
                 await self.ports.transport.publish(announce)
                 self.ports.events.count("reannounced")
+                if job.job_id in self.widenings:  # for peers that missed it: a repeat is a counted replay
+                    await self.ports.transport.publish(self.widenings[job.job_id])
 
     async def run_deadlines(self) -> None:
         """Tick jobs whose next deadline has passed; sleep until the earliest one or any change."""
@@ -357,6 +402,12 @@ class Submitting:
                 continue
             self.jobs[job.job_id] = job
             log.info("recovered job %s in state %s", row["job_id"][:12], job.state)
+            if self.me in job.bids or self.me in job.declines:
+                self.considered.add(job.job_id)
+            if await p.store.job_share(row["job_id"]) != job.share:  # a crash between its input and the row
+                await p.store.set_job_share(row["job_id"], job.share)
+            if row["announce"] is not None and job.share > verify(row["announce"], Announce).msg.share:
+                self.widenings[job.job_id] = sign(self.identity, Widen(job.job_id, job.share, p.now_ms()))
             resend: list = [SendAward(e, s.raw) for e, s in job.awards.items() if job.slot[e] == "awarded"]
             resend += [RequestReveal(e, sign(self.identity, RevealRequest(job.job_id, e)))
                        for e in job.reveal_asked_ms if job.slot[e] == "committed"]
@@ -372,19 +423,21 @@ class Submitting:
     # --- helpers --------------------------------------------------------------------------------
 
     def _unbid_best(self, job: SubmitterJob, bidder: bytes) -> int:
-        """The best reputation, in this node's view, of a connected peer that has neither bid nor
-        declined yet; 0 (a stranger's) at least. This node's own bid is not waited for: it is sent
-        as the job is announced, ahead of any remote one."""
+        """The best reputation, in this node's view, of a connected peer eligible at the job's
+        share (consensus/sampling.py) that has neither bid nor declined yet; 0 (a stranger's) at
+        least. This node's own bid is not waited for: it is sent as the job is announced, ahead of
+        any remote one."""
         best = REPUTATION_START
         for peer in self.ports.transport.connected_peers():
             key = public_key_from_peer_id(peer)
-            if key is not None and key != bidder and key not in job.bids and key not in job.declines:
+            if (key is not None and key != bidder and key not in job.bids and key not in job.declines
+                    and eligible(job.job_id, key, job.share)):
                 best = max(best, self.ports.ledger.reputation_of(key))
         return best
 
     def _undecided(self, job: SubmitterJob, sender: bytes) -> int | None:
         """How many of the nodes that could still bid (this one and its connected peers, bootstraps
-        aside) have neither bid nor declined, the input's own sender counted as decided. None
+        aside, eligible at the job's share) have neither bid nor declined, the input's own sender counted as decided. None
         (unknown: the timeouts decide) once this node is connected to as many peers as discovery
         aims for (p2p/discovery.py TARGET_PEERS): the network may then be larger than what it
         sees, and nodes it is not connected to may still be dialing in with their bids."""
@@ -392,7 +445,7 @@ class Submitting:
         if len(peers) >= TARGET_PEERS:
             return None
         heard = job.bids.keys() | job.declines.keys() | {sender}
-        return sum(1 for key in [self.me, *peers] if key not in heard)
+        return sum(1 for key in [self.me, *peers] if key not in heard and eligible(job.job_id, key, job.share))
 
     def _from_bidder(self, peer: str, data: bytes, kind: type) -> tuple[Signed, SubmitterJob]:
         """A bid or decline checked: signed by the peer that sent it, for a job of this node's, from
@@ -417,3 +470,12 @@ class Submitting:
     def _check_sender(signed: Signed, peer: str, what: str) -> None:
         if peer_id_from_public_key(signed.signer) != peer:
             raise RemoteProtocolError("wrong_sender", f"{what} signed by a key other than the sending peer's")
+
+
+def share_text(share: int) -> str:
+    """A share (consensus/sampling.py) for people: "all", "1/4", or a percentage ("3.1%")."""
+    if share >= SHARE_ALL:
+        return "all"
+    if SHARE_ALL % share == 0:
+        return f"1/{SHARE_ALL // share}"
+    return f"{100 * share / SHARE_ALL:.2g}%"

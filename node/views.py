@@ -7,7 +7,8 @@ memory_mb among them), result_hash, exit_code, timed_out, oom_killed, stdout (st
 stdout_size: how much the job wrote, STDOUT_SEEN_MAX + 1 for more, null when not stated), stderr
 (stderr_part: "all", or its "first" or "last" bytes; stderr_truncated), files and outputs (quota
 status, files left, skipped entries), executors (each awarded peer: its slot, state, result hash,
-whether it agreed), history (awards, replacements, commits, reveals, errors with reasons), and for
+whether it agreed), on the submitter `share` (the fraction of the network that may bid, 1.0 for
+every node: consensus/sampling.py) and `widenings` (how often it was widened), history (awards, replacements, commits, reveals, errors with reasons), and for
 a nondeterministic job `differences` (what differs between the executors' results).
 """
 
@@ -20,6 +21,7 @@ from distributeai.consensus.codec import sha256
 from distributeai.consensus.messages import Award, JobSpec, Reveal, verify
 from distributeai.consensus.cid import cid_text
 from distributeai.consensus.outputs import manifest_truncated
+from distributeai.consensus.sampling import SHARE_ALL
 from distributeai.consensus.submitter import SubmitterJob
 from distributeai.consensus.verdict import job_tally, task_tallies
 
@@ -69,6 +71,8 @@ def job_view(row: dict, machine: SubmitterJob | None, execution: dict | None,
         awards = {e: s.msg for e, s in machine.awards.items()}
         slots = dict(machine.slot)
         declines = {e: d.msg for e, d in machine.declines.items()}
+        view.update(share=machine.share / SHARE_ALL,  # who may bid (consensus/sampling.py); 1.0: every node
+                    widenings=sum(1 for h in machine.history if h[1] == "bids_widened"))
         view.update(bids=len(machine.bids), commits=len(machine.commits), errors=machine.errors,
                     history=[{"at_ms": t, "event": ev, "peer_id": peer_id_of(e) if e else None, "detail": d}
                              for t, ev, e, d in machine.history])

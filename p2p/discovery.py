@@ -12,6 +12,7 @@ TARGET_PEERS), with their pacing. It uses the overlay's `_host`, `_dht`, `_self_
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import random
 from collections.abc import Awaitable, Callable, Sequence
@@ -64,6 +65,16 @@ class Discovery:
         self._last_self_lookup = -SELF_LOOKUP_EVERY_S
         self._bootstrap_unreachable: set[ID] = set()  # bootstrap peers last seen failing, warned once
         self._named_bootstrap: set[ID] = set()  # the configured ones; the rest were remembered (open_overlay)
+
+    def dht_keys(self) -> tuple[bytes, dict[str, bytes]]:
+        """For an estimate of the network's size: this node's key and, by peer id, the key of every
+        peer in the Kademlia routing table or connected, each as Kademlia places it in the key
+        space (SHA-256 of the peer id's bytes, libp2p `kad_dht/routing_table.py` peer_id_to_key)."""
+        def key(pid: ID) -> bytes:
+            return hashlib.sha256(pid.to_bytes()).digest()
+
+        peers = {*self._dht.routing_table.get_peer_ids(), *self._host.get_connected_peers()} - {self._self_id}
+        return key(self._self_id), {pid.to_base58(): key(pid) for pid in peers}
 
     async def _discovery_loop(self, bootstrap: Sequence[PeerInfo]) -> None:
         """Dial the bootstrap peers, then keep finding peers through the DHT and dialing some.
