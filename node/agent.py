@@ -438,18 +438,6 @@ class Agent:
         return {"job_id": job_hex, "status": row["status"], "total": len(spec.tasks),
                 "tasks": task_results(spec, reveals, start, limit)}
 
-    def credits(self, limit: int = 20) -> dict[str, Any]:
-        mine = [t for t in self.ledger.transfers if self.me in (t.payer, t.payee)][-limit:]
-        return {
-            "peer_id": self.peer_id,
-            "balance": self.ledger.balance(self.me),
-            "genesis": self.ledger.genesis,
-            "transfers": [{"job_id": t.job_id.hex(), "from": peer_id_from_public_key(t.payer),
-                           "to": peer_id_from_public_key(t.payee),
-                           "amount": t.amount if t.payee == self.me else -t.amount, "at_ms": t.at_ms}
-                          for t in reversed(mine)],
-        }
-
     async def _fetch_blocks(self, cids: list[bytes], providers: list[str], deliver) -> None:
         await self.overlay.bitswap.fetch(cids, providers, deliver)
 
@@ -504,7 +492,3 @@ class Agent:
             **({"metrics_url": self.metrics_url} if self.metrics_url else {}),
             **({"api_url": self.api_url} if self.api_url else {}),
         }
-
-    def reputation_view(self) -> dict[str, int]:
-        """Every identity this node has a reputation for, by peer id."""
-        return {peer_id_from_public_key(k): v for k, v in sorted(self.ledger.reputation.items())}

@@ -162,10 +162,11 @@ async def _dispatch(agent: Agent, request: dict) -> dict:
         return {"transfers": agent.transfers.rows()}
     if op in ("blob_add", "blob_get", "blob_ls"):
         return await _blob_op(agent, req)
-    if op == "credits":
-        return agent.credits()
-    if op == "reputation":
-        return {"reputation": agent.reputation_view()}
+    if op in ("credits", "reputation"):
+        from .ledger_views import credits_view, reputation_view  # loads libp2p: not at the CLI's import
+        if op == "credits":
+            return credits_view(agent.ledger, agent.me)
+        return {"reputation": reputation_view(agent.ledger)}
     assert op == "list", op  # check_request admits only the ops above
     rows = await agent.recent_jobs(req["limit"])
     return {"jobs": [await agent.job_status(r["job_id"]) for r in rows]}
