@@ -76,6 +76,7 @@ from .messages import (
 from .sampling import SHARE_ALL, widen
 from .submitter_actions import (  # noqa: F401  (re-exported: the machine's actions and timing import from here)
     LIVE, TERMINAL, Action, Finished, Penalize, PublishCertificate, RequestReveal, SendAward, Timing, WidenBids,
+    reannounce_after_ms,
 )
 from .submitter_inputs import INPUT_TYPES, apply_input, decode_input  # noqa: F401  (re-exported)
 from .submitter_rules import check_eligible, check_reveal, rank_key  # noqa: F401  (re-exported)

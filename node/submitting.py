@@ -35,7 +35,7 @@ from distributeai.consensus.sampling import SHARE_ALL, eligible, initial_share
 from distributeai.consensus.subnet import subnet_of
 from distributeai.consensus.submitter import (
     INPUT_TYPES, Finished, Penalize, PublishCertificate, RequestReveal, SendAward, SubmitterJob, WidenBids,
-    apply_input, replay,
+    apply_input, reannounce_after_ms, replay,
 )
 from distributeai.consensus.validate import check_spec_time
 from distributeai.p2p.identity import peer_id_from_public_key, public_key_from_peer_id
@@ -52,7 +52,6 @@ from .ports import NodeSettings, Ports
 
 log = logging.getLogger("distributeai.node.submitter")
 
-REANNOUNCE_INTERVAL_S = 1.0  # about one gossip heartbeat: the mesh may have changed by then
 # Refusals of a commit that count against its sender in this node's view: an offence, not a race.
 OFFENCES = ("not_awarded", "late_commit")
 
@@ -63,7 +62,7 @@ Consider = Callable[[bytes, JobSpec, tuple], Awaitable[None]]
 # own certificate never comes back to it over gossip, as other executors' copies do).
 Ended = Callable[[bytes, str, str], Awaitable[None]]  # (job id, status, reason)
 
-__all__ = ["INPUT_TYPES", "OFFENCES", "REANNOUNCE_INTERVAL_S", "Submitting", "replay"]
+__all__ = ["INPUT_TYPES", "OFFENCES", "Submitting", "replay"]
 
 
 class Submitting:
@@ -365,13 +364,17 @@ class Submitting:
         """Gossip is best effort: a publish reaches only the current mesh and nothing reports a
         loss. While the job lacks bidders, publish the same announcement again; nodes that have it
         ignore the author's repeats."""
+        repeats = 0
         while not job.done:
-            await trio.sleep(REANNOUNCE_INTERVAL_S)  # a retry period, not synchronization
-            if job.wants_bids:
-                await self.ports.transport.publish(announce)
-                self.ports.events.count("reannounced")
-                if job.job_id in self.widenings:  # for peers that missed it: a repeat is a counted replay
-                    await self.ports.transport.publish(self.widenings[job.job_id])
+            await trio.sleep(reannounce_after_ms(repeats) / 1000)  # a retry period, not synchronization
+            if not job.wants_bids:
+                repeats = 0
+                continue
+            repeats += 1
+            await self.ports.transport.publish(announce)
+            self.ports.events.count("reannounced")
+            if job.job_id in self.widenings:  # for peers that missed it: a repeat is a counted replay
+                await self.ports.transport.publish(self.widenings[job.job_id])
 
     async def run_deadlines(self) -> None:
         """Tick jobs whose next deadline has passed; sleep until the earliest one or any change."""

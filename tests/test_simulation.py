@@ -182,7 +182,7 @@ def test_copied_constants_still_match_the_node():
 
     assert (simworld.MESH_DEGREE, simworld.MESH_DEGREE_LOW, simworld.MESH_DEGREE_HIGH) == (
         workarounds.GOSSIP_DEGREE, workarounds.GOSSIP_DEGREE_LOW, workarounds.GOSSIP_DEGREE_HIGH)
-    assert simulation.REANNOUNCE_MS == submitting.REANNOUNCE_INTERVAL_S * 1000
+    assert simulation.reannounce_after_ms is submitting.reannounce_after_ms  # one schedule for both
     assert simulation.OFFENCES == submitting.OFFENCES
     settings = agent.NodeSettings(sandbox_name="docker")
     assert simulation.PRICE == settings.price

@@ -95,6 +95,7 @@ from distributeai.consensus.results import result_hash
 from distributeai.consensus.sampling import SHARE_ALL, estimate_network_size, initial_share, score
 from distributeai.consensus.submitter import (
     Finished, Penalize, PublishCertificate, RequestReveal, SendAward, SubmitterJob, Timing, WidenBids,
+    reannounce_after_ms,
 )
 from distributeai.consensus.validate import widened_share
 
@@ -104,7 +105,6 @@ from .simworld import MESH_DEGREE, CertificateSets, Mesh, lognormal_mu, reconcil
 EPOCH_MS = 1_700_000_000_000  # the virtual clock's origin, so that specs carry plausible times
 # Copied from modules the simulator may not import (they pull in trio and libp2p);
 # tests/test_simulation.py checks that they still agree.
-REANNOUNCE_MS = 1000                                       # node/submitting.py REANNOUNCE_INTERVAL_S
 OFFENCES = ("not_awarded", "late_commit")                  # node/submitting.py OFFENCES
 PRICE = 1                                                  # node/agent.py NodeSettings.price
 REQUEST_TIMEOUT_MS = 10_000                                # node/agent.py NodeSettings.request_timeout_s
@@ -167,6 +167,7 @@ class SimJob:
     start_share: int = SHARE_ALL
     eligible_at_announce: int = 0  # online eligible nodes the announcement was for
     widenings: int = 0
+    reannounced: int = 0  # re-announcements in a row (reannounce_after_ms)
     cpu_s: float = 0.0  # the submitter's CPU in SubmitterJob and its checks of what it received
     decisions: dict = field(default_factory=dict)
     bids: int = 0
@@ -318,7 +319,7 @@ class Simulation:
             self._consider(job, s, self.now)  # the submitter may run its own job (Submitting.submit)
         self._publish_announce(job, "announce")
         self._schedule_tick(job)
-        self._at(self.now + REANNOUNCE_MS, self._reannounce, job)
+        self._at(self.now + reannounce_after_ms(0), self._reannounce, job)
 
     def _initial_share(self, s: int) -> int:
         """The share the submitter announces: about c * replicas of its estimate of the network."""
@@ -389,8 +390,11 @@ class Simulation:
         if job.machine is None:
             return
         if job.machine.wants_bids:
+            job.reannounced += 1
             self._publish_announce(job, "reannounce")
-        self._at(self.now + REANNOUNCE_MS, self._reannounce, job)
+        else:
+            job.reannounced = 0
+        self._at(self.now + reannounce_after_ms(job.reannounced), self._reannounce, job)
 
     def _on_bid(self, job: SimJob, v: int, sent_ms: int) -> None:
         m = job.machine
