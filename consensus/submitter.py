@@ -29,7 +29,8 @@ The job's life, with BOINC's names for the policy (all in the signed spec):
   (`WidenBids`: the share doubles, the adapter publishes a signed Widen; in bidding the window
   restarts), at most once per bid window, before it would settle for too few or give up:
   peers outside the sample could still bid. `unbid_best` and `undecided` count only connected
-  peers eligible at the current share. A widening is re-derived on replay (it follows from the
+  peers eligible at the current share; `strangers_ahead` (submitter_rules.py) widens rather than
+  let fresh identities take slots from established peers outside the sample. A widening is re-derived on replay (it follows from the
   stored inputs); the starting share is the start input's `meta["share"]`. A job that starts
   sampled has bid windows of `sampled_bid_window_ms`: its bidders are mostly peers it is not
   connected to (the announcement crosses the mesh, then each bidder dials).
@@ -79,7 +80,7 @@ from .submitter_actions import (  # noqa: F401  (re-exported: the machine's acti
     reannounce_after_ms,
 )
 from .submitter_inputs import INPUT_TYPES, apply_input, decode_input  # noqa: F401  (re-exported)
-from .submitter_rules import check_eligible, check_reveal, rank_key  # noqa: F401  (re-exported)
+from .submitter_rules import check_eligible, check_reveal, rank_key, strangers_ahead  # noqa: F401  (re-exported)
 from .tally import Tally
 from .verdict import job_tally, nondeterministic, top_agreement
 
@@ -148,12 +149,14 @@ class SubmitterJob:
     # --- inputs -------------------------------------------------------------------------------
 
     def receive_bid(self, bid: Signed, now_ms: int, reputation: int = 0,
-                    unbid_best: int | None = None, subnet: str | None = None) -> list[Action]:
+                    unbid_best: int | None = None, subnet: str | None = None,
+                    outside_best: int | None = None) -> list[Action]:
         """`reputation` is the bidder's reputation in this node's view when the bid arrived;
         `unbid_best`, if given, the best reputation any peer that has not bid could have (see
         the module docstring); None keeps the window open for its whole length. `subnet` is the
         address range of the connection the bid came on (`subnet.subnet_of`), None if unknown.
-        A bidder not eligible at the job's share is refused (`not_eligible`)."""
+        A bidder not eligible at the job's share is refused (`not_eligible`). `outside_best`: the
+        best reputation of a connected peer outside the sample (`strangers_ahead`)."""
         b: Bid = bid.msg
         self._check_job(b.job_id, "bid")
         if self.done:
@@ -166,7 +169,8 @@ class SubmitterJob:
         self.subnet[b.bidder] = subnet
         if self.state == "bidding":
             if (unbid_best is None or not self._bids_settled(unbid_best, short_ok=self.awaiting_reputation)
-                    or not (self.awaiting_reputation or self._locality_settled())):
+                    or not (self.awaiting_reputation or self._locality_settled())
+                    or strangers_ahead(list(self.rank.values()), self.spec.replicas, self.share, outside_best)):
                 return []
             self.state = "running"
             self.history.append((now_ms, "bids_closed", b"",
@@ -267,16 +271,18 @@ class SubmitterJob:
             return []
         return self._finish("failed", "cancelled", now_ms)
 
-    def tick(self, now_ms: int, unbid_best: int | None = None) -> list[Action]:
-        """Advance on time alone; call at or after `next_deadline_ms()`. `unbid_best` as for
-        `receive_bid`, as it stands now; None closes the bid window at its end, whoever bid."""
+    def tick(self, now_ms: int, unbid_best: int | None = None, outside_best: int | None = None) -> list[Action]:
+        """Advance on time alone; call at or after `next_deadline_ms()`. `unbid_best` and
+        `outside_best` as for `receive_bid`, as they stand now; None closes the bid window at its
+        end, whoever bid."""
         if self.done:
             return []
         actions: list[Action] = []
         window_end = self._window_end()
-        if self.state == "bidding" and now_ms >= window_end and len(self.bids) < self.spec.replicas \
-                and self.share < SHARE_ALL:
-            return self._widen(now_ms)  # too few bids: more peers may bid, in a new window
+        if self.state == "bidding" and now_ms >= window_end and self.share < SHARE_ALL \
+                and (len(self.bids) < self.spec.replicas
+                     or strangers_ahead(list(self.rank.values()), self.spec.replicas, self.share, outside_best)):
+            return self._widen(now_ms)  # too few bids, or strangers ahead: more peers may bid, in a new window
         if self.state == "bidding" and now_ms >= window_end:
             if (unbid_best is None or self._bids_settled(unbid_best, short_ok=True)
                     or now_ms >= window_end + self.timing.bid_wait_reputation_ms):

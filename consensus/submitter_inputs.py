@@ -27,14 +27,15 @@ def decode_input(kind: str, raw: bytes) -> Signed | bytes:
 def apply_input(job: "SubmitterJob", kind: str, payload: Signed | bytes, meta: dict, now_ms: int) -> list[Action]:
     """The one place that decides how an input is applied to a job, for the live node and for a
     replay alike. `meta` is what the adapter recorded with it (a bid's reputation, early-close bound
-    `unbid_best` and address range; a tick's `unbid_best`; every input's `undecided`, the peers
+    `unbid_best` and address range; a tick's `unbid_best`; for both, in a sampled job, `outside_best`,
+    the best reputation of a connected peer outside the sample; every input's `undecided`, the peers
     that had neither bid nor declined then, which decides whether a quorum is still in reach).
     `unbid_best` and `undecided` count only the connected peers eligible at the job's share then
     (`sampling.eligible`): no other peer may bid."""
     job.undecided = meta.get("undecided")
     if kind == "bid":
         return job.receive_bid(payload, now_ms, meta.get("reputation", 0), meta.get("unbid_best"),
-                               meta.get("subnet"))
+                               meta.get("subnet"), meta.get("outside_best"))
     if kind == "decline":
         return job.receive_decline(payload, now_ms, meta.get("unbid_best"))
     if kind == "commit":
@@ -48,5 +49,5 @@ def apply_input(job: "SubmitterJob", kind: str, payload: Signed | bytes, meta: d
     if kind == "cancel":
         return job.cancel(now_ms)
     if kind == "tick":
-        return job.tick(now_ms, meta.get("unbid_best"))
+        return job.tick(now_ms, meta.get("unbid_best"), meta.get("outside_best"))
     raise ValueError(f"unknown input kind {kind!r}")

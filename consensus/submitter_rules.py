@@ -1,6 +1,6 @@
 """The submitter's rules that need no job state: the order of bids (`rank_key`), the check of a
-reveal against its seal (`check_reveal`) and of a bidder's eligibility (`check_eligible`,
-consensus/sampling.py). Re-exported by submitter.py, where callers import them from.
+reveal against its seal (`check_reveal`), of a bidder's eligibility (`check_eligible`,
+consensus/sampling.py) and when a sampled job must widen for reputation (`strangers_ahead`). Re-exported by submitter.py, where callers import them from.
 
 Pure: no I/O, no clock.
 """
@@ -11,6 +11,7 @@ from .codec import sha256
 from .errors import RemoteProtocolError
 from .messages import Bid, JobSpec, Reveal
 from .results import seal as compute_seal
+from .ledger import REPUTATION_START
 from .sampling import SHARE_ALL, eligible
 
 
@@ -46,3 +47,13 @@ def check_eligible(job_id: bytes, peer: bytes, share: int, what: str = "bid") ->
     outside the sample gains nothing by bidding or declining anyway."""
     if share < SHARE_ALL and not eligible(job_id, peer, share):
         raise RemoteProtocolError("not_eligible", f"{what} from a peer outside the job's eligible share")
+
+
+def strangers_ahead(ranks: list[tuple], replicas: int, share: int, outside_best: int | None) -> bool:
+    """A sampled job's n-th best bid (`ranks`: the bids' `rank_key`s) has no earned reputation while
+    a connected peer outside the sample has some (`outside_best`): fresh identities (Sybils) would
+    take a slot an established node could have had were it eligible. Such a job widens rather
+    than close, so reputation keeps Sybils behind established nodes as it does without sampling."""
+    if outside_best is None or outside_best <= REPUTATION_START or share >= SHARE_ALL or len(ranks) < replicas:
+        return False
+    return -sorted(ranks)[replicas - 1][0] <= REPUTATION_START

@@ -284,6 +284,8 @@ class Submitting:
                 meta["unbid_best"] = self._unbid_best(job, payload.signer)
             elif kind == "tick" and job.state == "bidding":
                 meta["unbid_best"] = self._unbid_best(job, b"")
+            if kind in ("bid", "tick") and job.state == "bidding" and job.share < SHARE_ALL:
+                meta["outside_best"] = self._unbid_best(job, b"", outside=True)
             meta["undecided"] = self._undecided(job, payload.signer if kind in ("bid", "decline") else b"")
             actions = apply_input(job, kind, payload, meta, now)
             submitter_events(job, kind, payload.signer if isinstance(payload, Signed) else None, seen)  # INFO
@@ -425,16 +427,16 @@ class Submitting:
 
     # --- helpers --------------------------------------------------------------------------------
 
-    def _unbid_best(self, job: SubmitterJob, bidder: bytes) -> int:
+    def _unbid_best(self, job: SubmitterJob, bidder: bytes, outside: bool = False) -> int:
         """The best reputation, in this node's view, of a connected peer eligible at the job's
-        share (consensus/sampling.py) that has neither bid nor declined yet; 0 (a stranger's) at
-        least. This node's own bid is not waited for: it is sent as the job is announced, ahead of
-        any remote one."""
+        share (consensus/sampling.py; with `outside`, of one NOT eligible) that has neither bid nor
+        declined yet; 0 (a stranger's) at least. This node's own bid is not waited for: it is sent
+        as the job is announced, ahead of any remote one."""
         best = REPUTATION_START
         for peer in self.ports.transport.connected_peers():
             key = public_key_from_peer_id(peer)
             if (key is not None and key != bidder and key not in job.bids and key not in job.declines
-                    and eligible(job.job_id, key, job.share)):
+                    and eligible(job.job_id, key, job.share) != outside):
                 best = max(best, self.ports.ledger.reputation_of(key))
         return best
 

@@ -188,3 +188,18 @@ def test_only_the_submitter_grows_a_share_and_a_replay_changes_nothing():
     assert reason_of(widened_share, theirs, SUBMITTER.public_key, QUARTER) == "wrong_signer"
     assert accept_widen(QUARTER, SHARE_ALL // 2) and not accept_widen(QUARTER, QUARTER)
     assert not accept_widen(SHARE_ALL // 2, QUARTER)
+
+
+def test_a_sampled_job_widens_rather_than_give_strangers_a_slot_an_established_peer_outside_could_have():
+    """n fresh eligible bids (reputation 0) while a connected peer outside the sample has earned
+    reputation: no early close, and the window's end widens instead of settling (strangers_ahead)."""
+    from distributeai.consensus.submitter_rules import strangers_ahead
+
+    ranks = [(0, 0, 1, 0, b"a"), (0, 0, 1, 0, b"b"), (0, 0, 1, 0, b"c")]
+    assert strangers_ahead(ranks, 3, SHARE_ALL // 2, 5)
+    assert not strangers_ahead(ranks, 3, SHARE_ALL, 5)  # everyone is eligible: nobody is outside
+    assert not strangers_ahead(ranks, 3, SHARE_ALL // 2, 0)  # nobody outside has earned anything
+    assert not strangers_ahead(ranks, 3, SHARE_ALL // 2, None)
+    assert not strangers_ahead(ranks[:2], 3, SHARE_ALL // 2, 5)  # short of bids: the other rule widens
+    established = [(-5, 0, 1, 0, b"a"), (-5, 0, 1, 0, b"b"), (-10, 0, 1, 0, b"c")]
+    assert not strangers_ahead(established, 3, SHARE_ALL // 2, 50)  # earned reputation holds the slots
