@@ -383,7 +383,7 @@ def remove_stale_stages(parent: str | os.PathLike, log: LogSink) -> list[str]:
     removed = []
     for name in names:
         match = _STAGE_NAME.match(name)
-        if match is None or _alive(int(match[1])):
+        if match is None or pid_alive(int(match[1])):
             continue
         path = os.path.join(os.fsencode(parent), name)
         _libc.umount2(path, MNT_DETACH | UMOUNT_NOFOLLOW)  # not a mount point: EINVAL, harmless
@@ -393,7 +393,8 @@ def remove_stale_stages(parent: str | os.PathLike, log: LogSink) -> list[str]:
     return removed
 
 
-def _alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
+    """Whether a process with this id exists (one we may not signal counts as alive)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:

@@ -41,6 +41,8 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from distributeai.sandbox.outdir import pid_alive
+
 PREFIX = "dwan"
 ROUTER_TABLE = 100
 TUN = "wtun"
@@ -108,7 +110,7 @@ def remove_leftovers(prefix: str = PREFIX) -> list[str]:
     for line in out.splitlines():
         name = line.split()[0] if line.split() else ""
         m = re.match(rf"^{re.escape(prefix)}(\d+)x\d+-", name)
-        if not m or _alive(int(m.group(1))):
+        if not m or int(m.group(1)) == os.getpid() or pid_alive(int(m.group(1))):
             continue
         pids = ip("netns", "pids", name, check=False).stdout.split()
         for pid in pids:
@@ -119,18 +121,6 @@ def remove_leftovers(prefix: str = PREFIX) -> list[str]:
         ip("netns", "del", name, check=False)
         removed.append(name)
     return removed
-
-
-def _alive(pid: int) -> bool:
-    if pid == os.getpid():
-        return True
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 @dataclass
