@@ -47,9 +47,11 @@ def eligible(job_id: bytes, peer: bytes, share: int) -> bool:
 
 def initial_share(network_size: int, replicas: int, factor: int = DEFAULT_FACTOR) -> int:
     """The share that makes about `factor * replicas` of `network_size` nodes eligible: all of
-    them when the network is no larger than that (or its size is unknown, 0)."""
+    them when the network is no larger than twice that (or its size is unknown, 0). Below that
+    the sample would save at most half the bids, while a short sample widens (a window more) and
+    leaves more of the established nodes outside it."""
     want = max(1, factor) * max(1, replicas)
-    if network_size <= want:
+    if network_size <= 2 * want:
         return SHARE_ALL
     return max(1, min(SHARE_ALL, (want * SHARE_ALL) // network_size))
 

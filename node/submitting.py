@@ -431,10 +431,11 @@ class Submitting:
         """The best reputation, in this node's view, of a connected peer eligible at the job's
         share (consensus/sampling.py; with `outside`, of one NOT eligible) that has neither bid nor
         declined yet; 0 (a stranger's) at least. This node's own bid is not waited for: it is sent
-        as the job is announced, ahead of any remote one."""
+        as the job is announced, ahead of any remote one; outside the sample, this node counts
+        too (an established submitter must not lose its own job's slot to strangers)."""
         best = REPUTATION_START
-        for peer in self.ports.transport.connected_peers():
-            key = public_key_from_peer_id(peer)
+        keys = [public_key_from_peer_id(peer) for peer in self.ports.transport.connected_peers()]
+        for key in keys + [self.me] if outside else keys:
             if (key is not None and key != bidder and key not in job.bids and key not in job.declines
                     and eligible(job.job_id, key, job.share) != outside):
                 best = max(best, self.ports.ledger.reputation_of(key))
