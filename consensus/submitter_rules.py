@@ -1,11 +1,17 @@
 """The submitter's rules that need no job state: the order of bids (`rank_key`), the check of a
 reveal against its seal (`check_reveal`), of a bidder's eligibility (`check_eligible`,
-consensus/sampling.py) and when a sampled job must widen for reputation (`strangers_ahead`). Re-exported by submitter.py, where callers import them from.
+consensus/sampling.py) and when a sampled job must widen for reputation (`strangers_ahead`);
+and, from a job's bids and declines alone, the best reputation among the connected peers that
+could still bid or sit outside the sample (`unbid_best`), which the node and the simulator both
+pass with a bid or tick. Re-exported by submitter.py, where callers import them from (all but
+`unbid_best`, imported from here).
 
 Pure: no I/O, no clock.
 """
 
 from __future__ import annotations
+
+from typing import TYPE_CHECKING, Callable, Iterable
 
 from .codec import sha256
 from .errors import RemoteProtocolError
@@ -13,6 +19,9 @@ from .messages import Bid, JobSpec, Reveal
 from .results import seal as compute_seal
 from .ledger import REPUTATION_START
 from .sampling import SHARE_ALL, eligible
+
+if TYPE_CHECKING:
+    from .submitter import SubmitterJob
 
 
 def rank_key(job_id: bytes, bid: Bid, spec: JobSpec, reputation: int) -> tuple:
@@ -57,3 +66,21 @@ def strangers_ahead(ranks: list[tuple], replicas: int, share: int, outside_best:
     if outside_best is None or outside_best <= REPUTATION_START or share >= SHARE_ALL or len(ranks) < replicas:
         return False
     return -sorted(ranks)[replicas - 1][0] <= REPUTATION_START
+
+
+def unbid_best(job: "SubmitterJob", peers: Iterable[bytes | None], reputation_of: Callable[[bytes], int],
+               bidder: bytes = b"", outside: bool = False) -> int:
+    """The best reputation (`reputation_of`, the submitter's view) of a connected peer (`peers`,
+    public keys; None, a peer whose key is unknown, is skipped) eligible at the job's share (with
+    `outside`, of one NOT eligible) that has neither bid nor declined yet, `bidder` (the input's
+    own sender) counted as decided; REPUTATION_START (a stranger's) at least. The submitter's own
+    bid is not waited for (it bids as the job is announced, ahead of any remote one); outside the
+    sample it counts too (`outside_best`: an established submitter must not lose its own job's
+    slot to strangers, `strangers_ahead`)."""
+    best = REPUTATION_START
+    keys = [*peers, job.identity.public_key] if outside else peers
+    for key in keys:
+        if (key is not None and key != bidder and key not in job.bids and key not in job.declines
+                and eligible(job.job_id, key, job.share) != outside):
+            best = max(best, reputation_of(key))
+    return best

@@ -24,7 +24,7 @@ import trio
 from distributeai.consensus.certificate import verify_certificate
 from distributeai.consensus.codec import Identity
 from distributeai.consensus.errors import LocalProtocolError, RemoteProtocolError
-from distributeai.consensus.ledger import REPUTATION_START, max_cost
+from distributeai.consensus.ledger import max_cost
 from distributeai.consensus.messages import (
     Announce, Bid, Commit, Decline, JobSpec, RevealRequest, Signed, Widen, Withdraw, decode_unsigned, job_id_of,
     sign, verify,
@@ -37,6 +37,7 @@ from distributeai.consensus.submitter import (
     INPUT_TYPES, Finished, Penalize, PublishCertificate, RequestReveal, SendAward, SubmitterJob, WidenBids,
     apply_input, reannounce_after_ms, replay,
 )
+from distributeai.consensus.submitter_rules import unbid_best
 from distributeai.consensus.validate import check_spec_time
 from distributeai.p2p.identity import peer_id_from_public_key, public_key_from_peer_id
 from distributeai.p2p.discovery import TARGET_PEERS
@@ -428,18 +429,10 @@ class Submitting:
     # --- helpers --------------------------------------------------------------------------------
 
     def _unbid_best(self, job: SubmitterJob, bidder: bytes, outside: bool = False) -> int:
-        """The best reputation, in this node's view, of a connected peer eligible at the job's
-        share (consensus/sampling.py; with `outside`, of one NOT eligible) that has neither bid nor
-        declined yet; 0 (a stranger's) at least. This node's own bid is not waited for: it is sent
-        as the job is announced, ahead of any remote one; outside the sample, this node counts
-        too (an established submitter must not lose its own job's slot to strangers)."""
-        best = REPUTATION_START
+        """`unbid_best` (consensus/submitter_rules.py) over this node's connected peers, in its
+        ledger's view: the rule the simulator applies too."""
         keys = [public_key_from_peer_id(peer) for peer in self.ports.transport.connected_peers()]
-        for key in keys + [self.me] if outside else keys:
-            if (key is not None and key != bidder and key not in job.bids and key not in job.declines
-                    and eligible(job.job_id, key, job.share) != outside):
-                best = max(best, self.ports.ledger.reputation_of(key))
-        return best
+        return unbid_best(job, keys, self.ports.ledger.reputation_of, bidder, outside)
 
     def _undecided(self, job: SubmitterJob, sender: bytes) -> int | None:
         """How many of the nodes that could still bid (this one and its connected peers, bootstraps

@@ -9,7 +9,7 @@ import pytest
 from distributeai.consensus.errors import RemoteProtocolError
 from distributeai.consensus.gossip import check_gossip
 from distributeai.consensus.messages import Announce, Decline, Widen, Withdraw, sign, verify
-from distributeai.consensus.sampling import SHARE_ALL, accept_widen, eligible
+from distributeai.consensus.sampling import SHARE_ALL, accept_widen, eligible, score
 from distributeai.consensus.submitter import (
     Finished, SendAward, SubmitterJob, WidenBids, apply_input, decode_input, replay,
 )
@@ -203,3 +203,32 @@ def test_a_sampled_job_widens_rather_than_give_strangers_a_slot_an_established_p
     assert not strangers_ahead(ranks[:2], 3, SHARE_ALL // 2, 5)  # short of bids: the other rule widens
     established = [(-5, 0, 1, 0, b"a"), (-5, 0, 1, 0, b"b"), (-10, 0, 1, 0, b"c")]
     assert not strangers_ahead(established, 3, SHARE_ALL // 2, 50)  # earned reputation holds the slots
+
+
+def test_unbid_best_counts_the_undecided_peers_eligible_or_with_outside_those_outside_and_the_submitter():
+    """`submitter_rules.unbid_best`, the one rule node/submitting.py and the simulator both apply."""
+    from distributeai.consensus.submitter_rules import unbid_best
+
+    job = new_job(QUARTER)
+    inside, outside = split(job, QUARTER)
+    rep = {p.public_key: 10 + i for i, p in enumerate(inside)} | {p.public_key: 50 + i for i, p in enumerate(outside)}
+    rep_of = lambda key: rep.get(key, 0)  # noqa: E731
+    peers = [p.public_key for p in PEOPLE] + [None]  # None: a peer whose key is unknown
+    top_in = max(rep[p.public_key] for p in inside)
+    assert unbid_best(job, peers, rep_of) == top_in
+    assert unbid_best(job, peers, rep_of, outside=True) == max(rep[p.public_key] for p in outside)
+    best_in = max(inside, key=lambda p: rep[p.public_key])
+    assert unbid_best(job, peers, rep_of, bidder=best_in.public_key) < top_in  # the input's sender has decided
+    job.receive_bid(bid(best_in, job), NOW + 1)
+    assert unbid_best(job, peers, rep_of) < top_in  # it bid
+    second = max((p for p in inside if p is not best_in), key=lambda p: rep[p.public_key])
+    assert unbid_best(job, peers, rep_of) == rep[second.public_key]
+    job.receive_decline(verify(sign(second, Decline(job.job_id, second.public_key, "busy", "busy", NOW)), Decline), NOW)
+    assert unbid_best(job, peers, rep_of) < rep[second.public_key]  # it declined
+    assert unbid_best(job, [], lambda key: -5) == 0  # a stranger's at least
+    rep[SUBMITTER.public_key] = 99
+    job.share = score(job.job_id, SUBMITTER.public_key)  # the submitter just outside its own job's sample
+    assert unbid_best(job, [], rep_of, outside=True) == 99  # it counts, connected to nobody
+    assert unbid_best(job, [], rep_of) == 0
+    job.share += 1  # just inside: its own bid is not waited for, and it is not outside
+    assert unbid_best(job, [], rep_of) == 0 and unbid_best(job, [], rep_of, outside=True) == 0
