@@ -1,6 +1,7 @@
 """The network simulator (tools/simulation.py) on small networks: what the protocol guarantees holds,
-churn has real effects, sampled bidding keeps the bids per job near c*n, ledgers converge once
-every node has reconciled, and the same seed gives the same report."""
+churn has real effects, sampled bidding keeps the bids per job near c*n and strangers behind
+established peers outside the sample, ledgers converge once every node has reconciled, and the
+same seed gives the same report."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ from distributeai.consensus.ledger import Ledger
 from distributeai.consensus.messages import JobSpec, job_id_of, verify
 from distributeai.consensus.sampling import eligible
 from distributeai.consensus.submitter import Timing
+from distributeai.consensus.submitter_rules import strangers_ahead
 from distributeai.tools import simulation, simworld
 from distributeai.tools.simulation import SimConfig, Simulation
 from distributeai.tools.simworld import CertificateSets, Mesh, reconcile_cost
@@ -52,6 +54,54 @@ def test_a_bid_window_too_short_for_the_gossip_widens_and_every_job_still_ends()
     widened = [j for j in sim.jobs if j.widenings]
     assert all(j.share > j.start_share for j in widened)
     assert all(any(h[1] == "bids_widened" for h in j.history) for j in widened)
+
+
+class Watched(Simulation):
+    """Records, at each bid or tick of a sampled job still in bidding, its share, the ranks of the
+    bids in hand and the `outside_best` the simulator computed; `blind` withholds that meta from
+    the submitter (as the simulator did before it modelled `strangers_ahead`)."""
+
+    blind = False
+
+    def __init__(self, cfg: SimConfig) -> None:
+        super().__init__(cfg)
+        self.last: dict[int, tuple] = {}
+
+    def _outside(self, job, view) -> dict:
+        meta = super()._outside(job, view)
+        m = job.machine
+        if m is not None and m.state == "bidding":
+            self.last[job.index] = (m.share, list(m.rank.values()), meta.get("outside_best"))
+        return {} if self.blind else meta
+
+
+class Blind(Watched):
+    blind = True
+
+
+def test_a_sampled_job_widens_rather_than_settle_on_strangers_while_an_established_peer_is_outside():
+    """As jobs verify, their executors earn reputation; a later sampled job whose n-th best bid is a
+    stranger's while the submitter or one of its connected peers outside the sample has earned some
+    widens (submitter_rules.strangers_ahead, fed the node's `outside_best`) instead of settling.
+    Bidding closes only at a tick (the simulator passes no `unbid_best`), so the last record of a
+    job is what it closed on: never with strangers ahead. Blind to `outside_best`, jobs do."""
+    kw = dict(nodes=300, jobs=60, liars=0.1, seed=2)
+
+    def settled_on_strangers(sim: Watched) -> list[int]:
+        return [i for i, (share, ranks, best) in sim.last.items() if strangers_ahead(ranks, 3, share, best)]
+
+    sim = Watched(SimConfig(**kw))
+    r = sim.run()
+    assert r["jobs"]["unfinished"] == 0 and r["jobs"]["verified_wrong"] == 0
+    assert r["sampling"]["strangers_ahead_widenings"] > 0
+    widened_with_bids = sum(1 for j in sim.jobs for h in j.history
+                            if h[1] == "bids_widened" and int(h[3].split(", ")[1].split()[0]) >= 3)
+    assert widened_with_bids == r["sampling"]["strangers_ahead_widenings"]
+    assert settled_on_strangers(sim) == []
+    blind = Blind(SimConfig(**kw))
+    b = blind.run()
+    assert b["sampling"]["strangers_ahead_widenings"] == 0
+    assert settled_on_strangers(blind)  # the scenario is one where outside_best decides
 
 
 def test_certificates_are_real_and_check_out_as_every_node_checks_them():

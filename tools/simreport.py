@@ -76,7 +76,8 @@ def describe(r: dict) -> list[str]:
     sm, cpu, led = r["sampling"], r["submitter_cpu_ms_per_job"], r["ledgers"]
     after = led["after_everyone_reconciled"]
     sampled = (f"sampled bidding c={p['sample_factor']} (N estimated {sm['estimated_nodes_mean']}): "
-               f"{sm['eligible_at_announce_mean']} eligible at the announcement, {sm['jobs_widened']} jobs widened"
+               f"{sm['eligible_at_announce_mean']} eligible at the announcement, {sm['jobs_widened']} jobs widened "
+               f"({sm['strangers_ahead_widenings']} widenings for strangers ahead)"
                if p["sample_factor"] else "every node bids (--sample-factor 0)")
     return [
         f"{p['nodes']} nodes, {j['submitted']} jobs ({p['replicas']} executors, {p['quorum']} must agree), "

@@ -25,6 +25,14 @@ Real (the functions the daemon calls, on real signed bytes):
   a real signed `Widen`, checked with `check_gossip` and `validate.widened_share`, and the newly
   eligible nodes consider the job when it reaches them. `sample_factor=0`: every node bids, as
   before sampling;
+- Sybils behind established nodes: each bid and tick of a sampled job in bidding carries
+  `outside_best` in its meta, fed through `apply_input` as node/submitting.py feeds it, computed
+  by the same function (`submitter_rules.unbid_best`, outside the sample, the submitter
+  included) over the submitter's connected peers (see the network below), so the real
+  `strangers_ahead` widens a job whose n-th best bid is a stranger's while an established peer
+  sits outside the sample; `sampling.strangers_ahead_widenings` counts those widenings. Neither
+  `unbid_best` nor `undecided` is passed: the bid window never closes early and never waits for
+  a better-reputed peer (`bids_wait`), it closes at its end;
 - the submitter's CPU per job is measured (`time.process_time`) around the real `SubmitterJob`
   calls and the checks of what it receives.
 
@@ -35,7 +43,8 @@ Modelled:
 - the network: one-way latency is lognormal with mean `latency_ms` (sigma `latency_sigma`), drawn
   per direct message and once per gossip mesh link; a message to a node that is not a mesh
   neighbour first pays a connection set-up of `dial_rtts` round trips (TCP + Noise), charged to the
-  bid that opens it; a request to an offline node fails after `request_timeout_ms`;
+  bid that opens it; a request to an offline node fails after `request_timeout_ms`. A node's
+  connected peers (`Transport.connected_peers`) are its online mesh neighbours;
 - GossipSub: a random mesh of degree D (D_lo/D_hi as p2p/workarounds_pubsub.py sets them); a publish
   floods the mesh and every node forwards once to its mesh peers except the one it got it from and
   the origin, each hop adding `hop_ms` of validation (docs/libp2p.md: ~6 ms of CPU per message); every
@@ -95,8 +104,9 @@ from distributeai.consensus.results import result_hash
 from distributeai.consensus.sampling import SHARE_ALL, estimate_network_size, initial_share, score
 from distributeai.consensus.submitter import (
     Finished, Penalize, PublishCertificate, RequestReveal, SendAward, SubmitterJob, Timing, WidenBids,
-    reannounce_after_ms,
+    apply_input, reannounce_after_ms,
 )
+from distributeai.consensus.submitter_rules import unbid_best
 from distributeai.consensus.validate import widened_share
 
 from distributeai.node.bidding import BidContext, Capacity, Decision, decide
@@ -167,6 +177,7 @@ class SimJob:
     start_share: int = SHARE_ALL
     eligible_at_announce: int = 0  # online eligible nodes the announcement was for
     widenings: int = 0
+    strangers_widenings: int = 0  # of those, with n bids in hand: strangers ahead (submitter_rules)
     reannounced: int = 0  # re-announcements in a row (reannounce_after_ms)
     cpu_s: float = 0.0  # the submitter's CPU in SubmitterJob and its checks of what it received
     decisions: dict = field(default_factory=dict)
@@ -412,9 +423,10 @@ class Simulation:
             signed = Signed(bid, self.pks[v], b"")
             self.crypto["bids_unsigned"] += 1
         in_window = m.state == "bidding"
-        reputation = self.views.of(job.submitter).reputation_of(self.pks[v])
+        view = self.views.of(job.submitter)
+        meta = {"reputation": view.reputation_of(self.pks[v])} | self._outside(job, view)
         try:
-            actions = self._timed(job, m.receive_bid, signed, int(self.now), reputation)
+            actions = self._timed(job, apply_input, m, "bid", signed, meta, int(self.now))
         except RemoteProtocolError as exc:
             self.rejected[exc.reason] += 1
             return
@@ -465,9 +477,22 @@ class Simulation:
         job.tick_at = None
         nxt = job.machine.next_deadline_ms()
         if nxt is not None and nxt <= self.now:
-            self._act(job, self._timed(job, job.machine.tick, int(self.now)))
+            meta = self._outside(job, self.views.of(job.submitter))
+            self._act(job, self._timed(job, apply_input, job.machine, "tick", b"", meta, int(self.now)))
         else:
             self._schedule_tick(job)
+
+    def _outside(self, job: SimJob, view) -> dict:
+        """The meta node/submitting.py adds to a bid or tick of a sampled job in bidding:
+        `outside_best`, the best reputation in the submitter's view (`view`) among its connected
+        peers (its online mesh neighbours) and itself that are outside the job's sample and have
+        not bid (`submitter_rules.unbid_best`, the node's function)."""
+        m = job.machine
+        if m is None or m.state != "bidding" or m.share >= SHARE_ALL:
+            return {}
+        s, online, pks = job.submitter, self.online, self.pks
+        peers = [pks[w] for w in self.mesh.adj[s] if online[w]]
+        return {"outside_best": unbid_best(m, peers, view.reputation_of, b"", outside=True)}
 
     def _schedule_tick(self, job: SimJob) -> None:
         due = job.machine.next_deadline_ms() if job.machine is not None else None
@@ -493,6 +518,8 @@ class Simulation:
             elif isinstance(a, Penalize):
                 self.views.apply_offence(s, a.executor)
             elif isinstance(a, WidenBids):
+                m = job.machine
+                job.strangers_widenings += m.state == "bidding" and len(m.bids) >= self.cfg.replicas
                 self._widen(job, a.share)
             elif isinstance(a, Finished):
                 honest = a.tally is not None and a.tally.result_hash == job.honest_hash
@@ -786,6 +813,7 @@ class Simulation:
                 if self.estimates else None,
                 "eligible_at_announce_mean": rnd(sum(j.eligible_at_announce for j in announced) / n_ann),
                 "widenings_per_job": rnd(sum(j.widenings for j in announced) / n_ann, 3),
+                "strangers_ahead_widenings": sum(j.strangers_widenings for j in announced),
                 "jobs_widened": sum(1 for j in announced if j.widenings)},
             "submitter_cpu_ms_per_job": {"mean": rnd(sum(cpu) / len(cpu) if cpu else None, 3),
                                          "p50": rnd(percentile(cpu, 50), 3), "max": rnd(max(cpu, default=None), 3)},
