@@ -22,18 +22,17 @@ The job's life, with BOINC's names for the policy (all in the signed spec):
   until it bids or `bid_wait_reputation_ms` more have passed. On a busy machine an established
   peer's bid can take over a second, and the fresh identities that answered first would
   otherwise take its slot.
-- sampling (consensus/sampling.py): only bidders `eligible(job_id, bidder, share)` may bid
-  (`not_eligible` otherwise: a Sybil outside the sample gains nothing), `share` starting from the
-  announcement's. When the bid window ends with fewer than n bids, or later the job is short of
-  bidders (starved, or its quorum out of reach), and `share` < SHARE_ALL, the job widens
-  (`WidenBids`: the share doubles, the adapter publishes a signed Widen; in bidding the window
-  restarts), at most once per bid window, before it would settle for too few or give up:
-  peers outside the sample could still bid. `unbid_best` and `undecided` count only connected
-  peers eligible at the current share; `strangers_ahead` (submitter_rules.py) widens rather than
-  let fresh identities take slots from established peers outside the sample. A widening is re-derived on replay (it follows from the
-  stored inputs); the starting share is the start input's `meta["share"]`. A job that starts
-  sampled has bid windows of `sampled_bid_window_ms`: its bidders are mostly peers it is not
-  connected to (the announcement crosses the mesh, then each bidder dials).
+- sampling (consensus/sampling.py): only bidders `eligible(job_id, bidder, share)` may bid (`not_eligible`
+  otherwise: a Sybil outside the sample gains nothing), `share` starting from the announcement's. When the
+  bid window ends with fewer than n bids, or later the job is short of bidders (starved, or its quorum out
+  of reach), and `share` < SHARE_ALL, the job widens (`WidenBids`: the share doubles, the adapter
+  publishes a signed Widen; in bidding the window restarts), at most once per bid window, before it would
+  settle for too few or give up: peers outside the sample could still bid. `unbid_best` and `undecided`
+  count only connected peers eligible at the current share; `strangers_ahead` (submitter_rules.py) widens
+  once rather than let fresh identities take slots from established peers outside the sample. A widening
+  is re-derived on replay (from the stored inputs); the starting share is the start input's
+  `meta["share"]`. A job that starts sampled has bid windows of `sampled_bid_window_ms`: its bidders are
+  mostly peers it is not connected to (the announcement crosses the mesh, then each bidder dials).
 - diversity: no two live slots go to bidders from the same address range (`subnet.subnet_of`:
   IPv4 /24, IPv6 /48, taken by the adapter from the connection each bid arrived on) while a
   bidder from another range is left; only then does the best remaining bidder overall get the
@@ -170,7 +169,8 @@ class SubmitterJob:
         if self.state == "bidding":
             if (unbid_best is None or not self._bids_settled(unbid_best, short_ok=self.awaiting_reputation)
                     or not (self.awaiting_reputation or self._locality_settled())
-                    or strangers_ahead(list(self.rank.values()), self.spec.replicas, self.share, outside_best)):
+                    or strangers_ahead(list(self.rank.values()), self.spec.replicas, self.share, outside_best,
+                                       self.widened_ms is not None)):
                 return []
             self.state = "running"
             self.history.append((now_ms, "bids_closed", b"",
@@ -281,8 +281,9 @@ class SubmitterJob:
         window_end = self._window_end()
         if self.state == "bidding" and now_ms >= window_end and self.share < SHARE_ALL \
                 and (len(self.bids) < self.spec.replicas
-                     or strangers_ahead(list(self.rank.values()), self.spec.replicas, self.share, outside_best)):
-            return self._widen(now_ms)  # too few bids, or strangers ahead: more peers may bid, in a new window
+                     or strangers_ahead(list(self.rank.values()), self.spec.replicas, self.share, outside_best,
+                                     self.widened_ms is not None)):
+            return self._widen(now_ms)  # too few bids, or strangers ahead: more may bid, in a new window
         if self.state == "bidding" and now_ms >= window_end:
             if (unbid_best is None or self._bids_settled(unbid_best, short_ok=True)
                     or now_ms >= window_end + self.timing.bid_wait_reputation_ms):

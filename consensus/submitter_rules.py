@@ -58,12 +58,19 @@ def check_eligible(job_id: bytes, peer: bytes, share: int, what: str = "bid") ->
         raise RemoteProtocolError("not_eligible", f"{what} from a peer outside the job's eligible share")
 
 
-def strangers_ahead(ranks: list[tuple], replicas: int, share: int, outside_best: int | None) -> bool:
+def strangers_ahead(ranks: list[tuple], replicas: int, share: int, outside_best: int | None,
+                    widened: bool = False) -> bool:
     """A sampled job's n-th best bid (`ranks`: the bids' `rank_key`s) has no earned reputation while
     a connected peer outside the sample has some (`outside_best`): fresh identities (Sybils) would
     take a slot an established node could have had were it eligible. Such a job widens rather
-    than close, so reputation keeps Sybils behind established nodes as it does without sampling."""
-    if outside_best is None or outside_best <= REPUTATION_START or share >= SHARE_ALL or len(ranks) < replicas:
+    than close, so reputation keeps Sybils behind established nodes as it does without sampling.
+
+    Only from the job's first sample (`widened`: it has widened before, for whatever reason): the
+    rule costs at most one doubling of the bids. Where few peers hold reputation, widening until
+    n of them were eligible would undo sampling: the simulator at 10,000 nodes with 10 % liars
+    counted 28 bids per job so (one job 343), against 11.3 without the rule."""
+    if (widened or outside_best is None or outside_best <= REPUTATION_START or share >= SHARE_ALL
+            or len(ranks) < replicas):
         return False
     return -sorted(ranks)[replicas - 1][0] <= REPUTATION_START
 

@@ -203,6 +203,7 @@ def test_a_sampled_job_widens_rather_than_give_strangers_a_slot_an_established_p
     assert not strangers_ahead(ranks[:2], 3, SHARE_ALL // 2, 5)  # short of bids: the other rule widens
     established = [(-5, 0, 1, 0, b"a"), (-5, 0, 1, 0, b"b"), (-10, 0, 1, 0, b"c")]
     assert not strangers_ahead(established, 3, SHARE_ALL // 2, 50)  # earned reputation holds the slots
+    assert not strangers_ahead(ranks, 3, SHARE_ALL // 2, 5, widened=True)  # once only, from the first sample
 
 
 def test_unbid_best_counts_the_undecided_peers_eligible_or_with_outside_those_outside_and_the_submitter():

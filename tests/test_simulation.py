@@ -58,8 +58,8 @@ def test_a_bid_window_too_short_for_the_gossip_widens_and_every_job_still_ends()
 
 class Watched(Simulation):
     """Records, at each bid or tick of a sampled job still in bidding, its share, the ranks of the
-    bids in hand and the `outside_best` the simulator computed; `blind` withholds that meta from
-    the submitter (as the simulator did before it modelled `strangers_ahead`)."""
+    bids in hand, the `outside_best` the simulator computed and whether it had widened before;
+    `blind` withholds that meta from the submitter (as the simulator did before it modelled `strangers_ahead`)."""
 
     blind = False
 
@@ -71,7 +71,7 @@ class Watched(Simulation):
         meta = super()._outside(job, view)
         m = job.machine
         if m is not None and m.state == "bidding":
-            self.last[job.index] = (m.share, list(m.rank.values()), meta.get("outside_best"))
+            self.last[job.index] = (m.share, list(m.rank.values()), meta.get("outside_best"), m.widened_ms is not None)
         return {} if self.blind else meta
 
 
@@ -84,11 +84,13 @@ def test_a_sampled_job_widens_rather_than_settle_on_strangers_while_an_establish
     stranger's while the submitter or one of its connected peers outside the sample has earned some
     widens (submitter_rules.strangers_ahead, fed the node's `outside_best`) instead of settling.
     Bidding closes only at a tick (the simulator passes no `unbid_best`), so the last record of a
-    job is what it closed on: never with strangers ahead. Blind to `outside_best`, jobs do."""
+    job is what it closed on: never with strangers ahead while the rule holds (from the job's first
+    sample only). Blind to `outside_best`, jobs do."""
     kw = dict(nodes=300, jobs=60, liars=0.1, seed=2)
 
     def settled_on_strangers(sim: Watched) -> list[int]:
-        return [i for i, (share, ranks, best) in sim.last.items() if strangers_ahead(ranks, 3, share, best)]
+        return [i for i, (share, ranks, best, widened) in sim.last.items()
+                if strangers_ahead(ranks, 3, share, best, widened)]
 
     sim = Watched(SimConfig(**kw))
     r = sim.run()
