@@ -430,12 +430,13 @@ class Submitting:
     def _unbid_best(self, job: SubmitterJob, bidder: bytes, outside: bool = False) -> int:
         """The best reputation, in this node's view, of a connected peer eligible at the job's
         share (consensus/sampling.py; with `outside`, of one NOT eligible) that has neither bid nor
-        declined yet; 0 (a stranger's) at least. This node's own bid is not waited for: it is sent
-        as the job is announced, ahead of any remote one; outside the sample, this node counts
-        too (an established submitter must not lose its own job's slot to strangers)."""
+        declined yet; 0 (a stranger's) at least. This node counts as such a peer too: its own bid
+        or decline, sent as the job is announced or widened, mostly comes first, but a remote bid
+        can overtake it (one in flight as the job widens), and an established submitter must not
+        lose its own job's slot to strangers, inside the sample or outside it."""
         best = REPUTATION_START
         keys = [public_key_from_peer_id(peer) for peer in self.ports.transport.connected_peers()]
-        for key in keys + [self.me] if outside else keys:
+        for key in keys + [self.me]:
             if (key is not None and key != bidder and key not in job.bids and key not in job.declines
                     and eligible(job.job_id, key, job.share) != outside):
                 best = max(best, self.ports.ledger.reputation_of(key))

@@ -1,5 +1,7 @@
-"""Sybil resistance under sampled bidding, in the pure core (issue 17): fresh identities that fall
-inside a job's sample do not take the slots that established peers outside it could have had.
+"""Sybil resistance under sampled bidding (issue 17): fresh identities that fall inside a job's
+sample do not take the slots that established peers outside it could have had, nor the
+submitter's own when it is established and outside its job's sample. Fast and deterministic:
+the pure core, and for the submitter's own bid the node's adapter on ports without a network.
 
 The network is the one of tests/test_sybil.py: 3 established nodes (earned reputation) and 20
 fresh identities (reputation 0, each bidding at price 0 to outrank them), all connected to the
@@ -18,15 +20,21 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import pytest
+import trio
 
+from distributeai.consensus.certificate import verify_certificate
 from distributeai.consensus.codec import Identity
 from distributeai.consensus.errors import RemoteProtocolError
-from distributeai.consensus.ledger import REPUTATION_START
-from distributeai.consensus.messages import job_id_of, sign
+from distributeai.consensus.ledger import REPUTATION_START, Ledger
+from distributeai.consensus.messages import JobSpec, job_id_of, sign
 from distributeai.consensus.sampling import SHARE_ALL, eligible, initial_share
-from distributeai.consensus.submitter import SendAward, SubmitterJob, WidenBids, apply_input
+from distributeai.consensus.submitter import SendAward, SubmitterJob, WidenBids, apply_input, replay
+from distributeai.node.ports import Events, NodeSettings, Ports, Runtime, Transport
+from distributeai.node.store import Store
+from distributeai.node.submitting import Submitting
+from distributeai.p2p.identity import peer_id_from_public_key
 
-from .protocol_fixtures import NOW, SUBMITTER, bid, ident, make_spec
+from .protocol_fixtures import EXECUTORS, NOW, SUBMITTER, bid, certified_job, ident, make_spec
 
 REPLICAS = 3
 ESTABLISHED = [ident(i) for i in (200, 201, 202)]
@@ -35,40 +43,46 @@ EARNED = {p.public_key: r for p, r in zip(ESTABLISHED, (10, 15, 20))}
 SHARE = initial_share(1 + len(ESTABLISHED) + len(FRESH), REPLICAS, 1)
 
 
-def first_eligible_at(job_id: bytes, key: bytes) -> int:
-    """How many widenings of SHARE it takes before `key` may bid on the job (0: at once)."""
-    share, widenings = SHARE, 0
+def first_eligible_at(job_id: bytes, key: bytes, share: int = SHARE) -> int:
+    """How many widenings of `share` it takes before `key` may bid on the job (0: at once)."""
+    widenings = 0
     while not eligible(job_id, key, share):
         share, widenings = min(SHARE_ALL, share * 2), widenings + 1
     return widenings
 
 
-def sampled_job(when: dict[bytes, int]) -> SubmitterJob:
-    """A job whose nonce makes each key of `when` eligible first after exactly that many
-    widenings, and at least REPLICAS fresh identities eligible from the start."""
+def grind(submitter: Identity, share: int, when: dict[bytes, int], also=lambda job_id: True) -> tuple[bytes, JobSpec]:
+    """A signed spec whose nonce makes each key of `when` eligible first after exactly that many
+    widenings of `share`, at least REPLICAS fresh identities eligible from the start, and
+    `also(job_id)` true. A deterministic search: the same job every run."""
     for n in range(100_000):
-        spec = make_spec(nonce=n.to_bytes(16, "big"), replicas=REPLICAS, quorum=2)
-        signed = sign(SUBMITTER, spec)
+        spec = make_spec(submitter=submitter.public_key, nonce=n.to_bytes(16, "big"), replicas=REPLICAS, quorum=2)
+        signed = sign(submitter, spec)
         job_id = job_id_of(signed)
-        if (all(first_eligible_at(job_id, key) == w for key, w in when.items())
-                and sum(eligible(job_id, p.public_key, SHARE) for p in FRESH) >= REPLICAS):
-            return SubmitterJob(SUBMITTER, signed, spec, started_ms=NOW, share=SHARE)
+        if (all(first_eligible_at(job_id, key, share) == w for key, w in when.items())
+                and sum(eligible(job_id, p.public_key, share) for p in FRESH) >= REPLICAS and also(job_id)):
+            return signed, spec
     raise AssertionError("no nonce found")
+
+
+def sampled_job(when: dict[bytes, int]) -> SubmitterJob:
+    """SUBMITTER's job at SHARE, its nonce chosen by `grind`."""
+    signed, spec = grind(SUBMITTER, SHARE, when)
+    return SubmitterJob(SUBMITTER, signed, spec, started_ms=NOW, share=SHARE)
 
 
 @dataclass
 class SubmitterView:
     """The submitter node's view: who is connected and each one's reputation (0 unless earned).
     `apply` adds to an input what node/submitting.py `apply` adds, by the same rules; `undecided`
-    stays unknown (None), as a node with more than TARGET_PEERS (8) connections reports it."""
+    stays unknown (None), as a node with TARGET_PEERS (8) connections or more reports it."""
 
     peers: list[bytes]
     reputation: dict[bytes, int]
     me: bytes = SUBMITTER.public_key
 
     def best(self, job: SubmitterJob, sender: bytes, outside: bool) -> int:
-        keys = self.peers + [self.me] if outside else self.peers
-        return max([REPUTATION_START] + [self.reputation.get(k, REPUTATION_START) for k in keys
+        return max([REPUTATION_START] + [self.reputation.get(k, REPUTATION_START) for k in self.peers + [self.me]
                     if k != sender and k not in job.bids and k not in job.declines
                     and eligible(job.job_id, k, job.share) != outside])
 
@@ -121,3 +135,61 @@ def test_fresh_identities_inside_the_sample_do_not_take_the_slots_of_established
     assert [a for a in actions if isinstance(a, WidenBids)] == [WidenBids(SHARE << w) for w in range(1, widenings + 1)]
     assert [h[1] for h in job.history].count("bids_widened") == widenings
 
+
+# --- the submitter's own slot, on the node's adapter ---------------------------------------------
+
+async def test_an_established_submitter_outside_its_sample_keeps_its_slot_when_a_strangers_bid_comes_first(tmp_path):
+    """The node's adapter itself (node/submitting.py), on ports with a real SQLite store and no
+    network: the submitter has earned reputation (a real certificate), its 20 connected peers
+    none. The nonce puts it outside its job's first share, 3 or more strangers inside, and makes
+    it eligible at the first widening, as it does a stranger whose bid then comes before the
+    submitter's own (the bid was in flight, or the submitter's check of its image was slow). The
+    strangers do not fill the job first: the submitter's own bid is waited for and takes a slot."""
+    me = EXECUTORS[0]
+    ledger = Ledger()
+    ledger.apply_certificate(verify_certificate(certified_job([b"x\n", b"x\n"]).certificate), NOW)
+    assert ledger.reputation_of(me.public_key) > REPUTATION_START
+    peers = [peer_id_from_public_key(p.public_key) for p in FRESH]
+    share = initial_share(1 + len(peers), REPLICAS, 1)
+    clock, considered = [NOW], []
+
+    async def nothing(*_) -> None:
+        pass
+
+    async def consider(job_id: bytes, spec: JobSpec, addrs: tuple) -> None:
+        considered.append(job_id)  # its own bid is sent below, when the test says
+
+    async def undeliverable(*_) -> bytes:
+        raise AssertionError("nothing is delivered: spawn runs nothing")
+
+    ports = Ports(
+        transport=Transport(publish=nothing, deliver=undeliverable, connect=nothing, connected_peers=lambda: peers,
+                            remote_ip=lambda peer: None, multiaddrs=lambda: [], network_size=lambda: 1 + len(peers)),
+        store=Store.open_inline(tmp_path / "node.db"), ledger=ledger,
+        events=Events(count=lambda what: None, reject=lambda *a, **kw: None, notify=lambda: None, changed=trio.Event,
+                      job_finished=lambda *a: None, sandbox_run=lambda *a: None),
+        runtime=Runtime(now_ms=lambda: clock[0], spawn=lambda fn, *args: None))
+    node = Submitting(me, NodeSettings(sandbox_name="process", bid_sample_factor=1), ports, consider, nothing)
+    newly = lambda job_id: any(first_eligible_at(job_id, p.public_key, share) == 1 for p in FRESH)  # noqa: E731
+    signed, _ = grind(me, share, {me.public_key: 1}, newly)
+    job = node.jobs[await node.submit(signed)]
+    assert job.share == share < SHARE_ALL and not considered  # outside its own sample: no bid yet
+
+    async def bid_of(p: Identity) -> None:
+        clock[0] += 1
+        raw = bid(p, job, price=1 if p is me else 0).raw
+        await node.handle_bid(peer_id_from_public_key(p.public_key), raw)
+
+    for p in FRESH:
+        if eligible(job.job_id, p.public_key, share):
+            await bid_of(p)
+    assert job.state == "bidding" and len(job.bids) >= REPLICAS  # enough strangers, yet open
+    clock[0] = job.next_deadline_ms()
+    await node.apply(job, "tick", b"")
+    assert job.share == 2 * share and considered == [job.job_id]  # widened: now it may bid
+    await bid_of(next(p for p in FRESH if first_eligible_at(job.job_id, p.public_key, share) == 1))
+    assert job.state == "bidding"  # the stranger came first; the submitter is still waited for
+    await bid_of(me)
+    assert me.public_key in job.awards and len(job.awards) == REPLICAS
+    again = replay(me, job.timing, await ports.store.inputs(job.job_id.hex()))  # as stored, so replayed
+    assert again.awards.keys() == job.awards.keys() and again.history == job.history
