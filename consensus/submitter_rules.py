@@ -80,13 +80,13 @@ def unbid_best(job: "SubmitterJob", peers: Iterable[bytes | None], reputation_of
     """The best reputation (`reputation_of`, the submitter's view) of a connected peer (`peers`,
     public keys; None, a peer whose key is unknown, is skipped) eligible at the job's share (with
     `outside`, of one NOT eligible) that has neither bid nor declined yet, `bidder` (the input's
-    own sender) counted as decided; REPUTATION_START (a stranger's) at least. The submitter's own
-    bid is not waited for (it bids as the job is announced, ahead of any remote one); outside the
-    sample it counts too (`outside_best`: an established submitter must not lose its own job's
-    slot to strangers, `strangers_ahead`)."""
+    own sender) counted as decided; REPUTATION_START (a stranger's) at least. The submitter counts
+    as such a peer too: its own bid or decline, sent as the job is announced or widened, mostly
+    comes first, but a remote bid can overtake it (one in flight as the job widens), and an
+    established submitter must not lose its own job's slot to strangers, inside the sample or
+    outside it (`outside_best`, `strangers_ahead`)."""
     best = REPUTATION_START
-    keys = [*peers, job.identity.public_key] if outside else peers
-    for key in keys:
+    for key in [*peers, job.identity.public_key]:
         if (key is not None and key != bidder and key not in job.bids and key not in job.declines
                 and eligible(job.job_id, key, job.share) != outside):
             best = max(best, reputation_of(key))

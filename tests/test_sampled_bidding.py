@@ -85,20 +85,29 @@ def test_enough_bids_in_the_sample_close_the_window_without_widening():
     assert [type(a) for a in actions] == [SendAward, SendAward] and job.share == QUARTER
 
 
+def a_quorum_short_by_a_withdrawal() -> tuple[SubmitterJob, list, list, int]:
+    """A 2-of-2 job at QUARTER with `undecided` 0 throughout: two eligible peers bid, the window's
+    end awards both, then the first withdraws, its slot to fill and no eligible peer left. The
+    job, the eligible peers, the withdrawal's actions and its time."""
+    job = new_job(QUARTER, replicas=2, quorum=2, max_total_results=3)
+    inside, _ = split(job, QUARTER)
+    for p in inside[:2]:
+        assert apply_input(job, "bid", bid(p, job), {"undecided": 0}, NOW) == []
+    window = job.timing.sampled_bid_window_ms
+    actions = apply_input(job, "tick", b"", {"undecided": 0}, NOW + window)
+    assert [a.executor for a in actions if isinstance(a, SendAward)] == [p.public_key for p in inside[:2]]
+    quitter = inside[0]
+    withdraw = verify(sign(quitter, Withdraw(job.job_id, quitter.public_key, "sandbox failed")), Withdraw)
+    now = NOW + window + 10
+    return job, inside, apply_input(job, "withdraw", withdraw, {"undecided": 0}, now), now
+
+
 def test_a_quorum_out_of_reach_widens_before_it_fails():
     """Both awarded executors are needed (2 of 2); one withdraws and no eligible peer is left
     (`undecided` 0): the job widens (peers outside the sample may still bid) instead of failing
     at once, and fails only once every node was eligible and still nobody came."""
-    job = new_job(QUARTER, replicas=2, quorum=2, max_total_results=3)
-    inside, _ = split(job, QUARTER)
-    for p in inside[:2]:
-        apply_input(job, "bid", bid(p, job), {"undecided": 0}, NOW)
+    job, _, actions, now = a_quorum_short_by_a_withdrawal()
     window = job.timing.sampled_bid_window_ms
-    apply_input(job, "tick", b"", {"undecided": 0}, NOW + window)
-    quitter = inside[0]
-    withdraw = verify(sign(quitter, Withdraw(job.job_id, quitter.public_key, "sandbox failed")), Withdraw)
-    now = NOW + window + 10
-    actions = apply_input(job, "withdraw", withdraw, {"undecided": 0}, now)
     assert actions == [WidenBids(SHARE_ALL // 2)] and not job.done
     assert job.next_deadline_ms() == now + window  # it looks again after a window
     actions = apply_input(job, "tick", b"", {"undecided": 0}, now + window)
@@ -108,16 +117,10 @@ def test_a_quorum_out_of_reach_widens_before_it_fails():
 
 
 def test_a_bid_after_a_widening_fills_the_slot():
-    job = new_job(QUARTER, replicas=2, quorum=2, max_total_results=3)
-    inside, _ = split(job, QUARTER)
-    for p in inside[:2]:
-        apply_input(job, "bid", bid(p, job), {"undecided": 0}, NOW)
-    window = job.timing.sampled_bid_window_ms
-    apply_input(job, "tick", b"", {"undecided": 0}, NOW + window)
-    withdraw = verify(sign(inside[0], Withdraw(job.job_id, inside[0].public_key, "x")), Withdraw)
-    apply_input(job, "withdraw", withdraw, {"undecided": 0}, NOW + window + 10)
+    job, inside, widened, now = a_quorum_short_by_a_withdrawal()
+    assert widened == [WidenBids(SHARE_ALL // 2)]  # the newcomer, outside QUARTER, may bid only now
     newcomer = next(p for p in split(job, SHARE_ALL // 2)[0] if p not in inside)
-    actions = apply_input(job, "bid", bid(newcomer, job), {"undecided": 0}, NOW + window + 20)
+    actions = apply_input(job, "bid", bid(newcomer, job), {"undecided": 0}, now + 10)
     assert [a.executor for a in actions if isinstance(a, SendAward)] == [newcomer.public_key]
 
 
@@ -231,5 +234,6 @@ def test_unbid_best_counts_the_undecided_peers_eligible_or_with_outside_those_ou
     job.share = score(job.job_id, SUBMITTER.public_key)  # the submitter just outside its own job's sample
     assert unbid_best(job, [], rep_of, outside=True) == 99  # it counts, connected to nobody
     assert unbid_best(job, [], rep_of) == 0
-    job.share += 1  # just inside: its own bid is not waited for, and it is not outside
-    assert unbid_best(job, [], rep_of) == 0 and unbid_best(job, [], rep_of, outside=True) == 0
+    job.share += 1  # just inside: its own bid is waited for as any eligible peer's, and it is not outside
+    assert unbid_best(job, [], rep_of) == 99 and unbid_best(job, [], rep_of, outside=True) == 0
+    assert unbid_best(job, [], rep_of, bidder=SUBMITTER.public_key) == 0  # its own bid: decided
