@@ -29,6 +29,7 @@ from distributeai.consensus.ledger import REPUTATION_START, Ledger
 from distributeai.consensus.messages import JobSpec, job_id_of, sign
 from distributeai.consensus.sampling import SHARE_ALL, eligible, initial_share
 from distributeai.consensus.submitter import SendAward, SubmitterJob, WidenBids, apply_input, replay
+from distributeai.consensus.submitter_rules import unbid_best
 from distributeai.node.ports import Events, NodeSettings, Ports, Runtime, Transport
 from distributeai.node.store import Store
 from distributeai.node.submitting import Submitting
@@ -74,17 +75,15 @@ def sampled_job(when: dict[bytes, int]) -> SubmitterJob:
 @dataclass
 class SubmitterView:
     """The submitter node's view: who is connected and each one's reputation (0 unless earned).
-    `apply` adds to an input what node/submitting.py `apply` adds, by the same rules; `undecided`
-    stays unknown (None), as a node with TARGET_PEERS (8) connections or more reports it."""
+    `apply` adds to an input what node/submitting.py `apply` adds, by the same rule
+    (`submitter_rules.unbid_best`, the submitter counted); `undecided` stays unknown (None), as a
+    node with TARGET_PEERS (8) connections or more reports it."""
 
     peers: list[bytes]
     reputation: dict[bytes, int]
-    me: bytes = SUBMITTER.public_key
 
     def best(self, job: SubmitterJob, sender: bytes, outside: bool) -> int:
-        return max([REPUTATION_START] + [self.reputation.get(k, REPUTATION_START) for k in self.peers + [self.me]
-                    if k != sender and k not in job.bids and k not in job.declines
-                    and eligible(job.job_id, k, job.share) != outside])
+        return unbid_best(job, self.peers, lambda k: self.reputation.get(k, REPUTATION_START), sender, outside)
 
     def apply(self, job: SubmitterJob, kind: str, payload, now_ms: int) -> list:
         sender = payload.signer if kind == "bid" else b""
