@@ -5,14 +5,19 @@ signed by the submitter, the awards signed by the submitter, and the reveals sig
 executors themselves. A certificate whose claimed verdict does not follow from those is rejected.
 The bids and declines it carries are checked the same way (each signed by its bidder, for this
 job, one per bidder), so a reason counted from them ("3 nodes lack image X") rests on signatures.
+An adaptive job's draw (consensus/adaptive.py) is re-derived too, and decides how many agreeing
+results the verdict needs (`mode`); a homogeneous job's executors must share the named platform
+classes, on their own signed bids.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from .adaptive import check_evidence, mode_of, mode_quorum, platform_class
 from .errors import RemoteProtocolError
-from .messages import Award, Bid, Certificate, Decline, JobSpec, Reveal, Signed, job_id_of, verify
+from .messages import Award, Bid, Certificate, Commit, Decline, JobSpec, Reveal, Signed, job_id_of, verify
+from .results import seal
 from .tally import Tally
 from .verdict import job_tally, nondeterministic
 
@@ -27,6 +32,13 @@ class CheckedCertificate:
     raw: bytes
     bids: dict[bytes, Bid] = field(default_factory=dict)
     declines: dict[bytes, Decline] = field(default_factory=dict)
+    mode: str = "replicated"  # adaptive.mode_of: "single", "spot_checked" or "replicated"
+    trusted: bytes | None = None  # an adaptive job's trusted executor (it carries Evidence)
+
+    @property
+    def compared(self) -> bool:
+        """Whether the verdict rests on two or more results compared (what trust.py counts)."""
+        return len(self.reveals) >= 2
 
 
 def verify_certificate(raw: bytes) -> CheckedCertificate:
@@ -62,7 +74,13 @@ def verify_certificate(raw: bytes) -> CheckedCertificate:
         reveals[r.executor] = r
     bids = _signed_by_bidders(cert.bids, Bid, cert.job_id)
     declines = _signed_by_bidders(cert.declines, Decline, cert.job_id)
-    result = job_tally(spec, reveals)
+    trusted, drawn = _check_draw(cert, spec, awards)
+    if trusted is not None and trusted in reveals and \
+            seal(trusted, cert.job_id, reveals[trusted].result_hash) != verify(cert.evidence.commit, Commit).msg.seal:
+        raise RemoteProtocolError("bad_evidence", "the trusted executor's reveal breaks the seal the draw signed")
+    check_homogeneous(spec, awards, bids)
+    mode = mode_of(drawn, trusted, set(reveals))
+    result = job_tally(spec, reveals, quorum=mode_quorum(mode, spec))
     if cert.status == "verified":
         if result.outcome != "verified" or result.result_hash != cert.result_hash:
             raise RemoteProtocolError("bad_verdict", "the reveals do not support the claimed result")
@@ -74,7 +92,31 @@ def verify_certificate(raw: bytes) -> CheckedCertificate:
         raise RemoteProtocolError("bad_verdict", "only a verified certificate names a result")
     if cert.status == "verified" and cert.reason:
         raise RemoteProtocolError("bad_verdict", "a verified certificate gives no failure reason")
-    return CheckedCertificate(cert, spec, awards, reveals, result, raw, bids, declines)
+    return CheckedCertificate(cert, spec, awards, reveals, result, raw, bids, declines, mode, trusted)
+
+
+def _check_draw(cert: Certificate, spec: JobSpec, awards: dict[bytes, Award]) -> tuple[bytes | None, bool | None]:
+    """An adaptive job's trusted executor and whether the draw called a check (None, None: the
+    certificate carries no draw). The commit is the executor's own, for an executor awarded
+    first; the draw is checked by `adaptive.check_evidence`."""
+    if cert.evidence is None:
+        return None, None
+    commit = verify(cert.evidence.commit, Commit).msg
+    first = min(awards.values(), key=lambda a: a.slot, default=None)
+    if first is None or first.executor != commit.executor:
+        raise RemoteProtocolError("bad_evidence", "the draw's executor does not hold the job's first slot")
+    return commit.executor, check_evidence(cert.evidence, spec, spec.submitter, cert.job_id, commit)
+
+
+def check_homogeneous(spec: JobSpec, awards: dict, bids: dict[bytes, Bid]) -> None:
+    """A job with `homogeneous` classes: every awarded executor's signed bid is carried, and all
+    of them advertise the same values for those classes."""
+    if not spec.homogeneous:
+        return
+    if any(e not in bids for e in awards):
+        raise RemoteProtocolError("bad_award", "a homogeneous job's certificate lacks an awarded executor's bid")
+    if len({platform_class(bids[e].platform, spec.homogeneous) for e in awards}) > 1:
+        raise RemoteProtocolError("bad_award", "a homogeneous job was awarded to executors of different platforms")
 
 
 def _signed_by_bidders(raws: tuple[bytes, ...], kind: type, job_id: bytes) -> dict:

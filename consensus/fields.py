@@ -79,6 +79,14 @@ CERT_REASON_MAX = 200
 CERT_BIDS_MAX = 8
 CERT_DECLINES_MAX = 8
 CERTIFICATE_STATUSES = ("verified", "failed", "nondeterministic")
+# Verification (consensus/adaptive.py): the spec's modes, the platform classes a bid advertises
+# (its CPU architecture, CPU vendor and GPU model; JobSpec.homogeneous names some of them), the
+# largest trust threshold, and the unit of probabilities on the wire (millionths: no floats).
+VERIFICATION_MODES = ("replicate", "adaptive")
+PLATFORM_CLASSES = ("arch", "cpu", "gpu")
+PLATFORM_VALUE_MAX = 64
+TRUST_THRESHOLD_MAX = 1_000_000
+PPM = 1_000_000
 MAX_SIZE = {
     "spec": 64 * 1024,
     "announce": 66 * 1024,
@@ -95,7 +103,9 @@ MAX_SIZE = {
 }
 # A single job's certificate (16 plain reveals) and a batch's (4 batch reveals) both fit, with
 # their reason, bids and declines.
-CERTIFICATE_RESERVE = CERT_REASON_MAX + CERT_BIDS_MAX * MAX_SIZE["bid"] + CERT_DECLINES_MAX * MAX_SIZE["decline"] + 1024
+# The reserve holds an adaptive job's evidence too (a CV, a draw signature and a signed commit).
+CERTIFICATE_RESERVE = (CERT_REASON_MAX + CERT_BIDS_MAX * MAX_SIZE["bid"] + CERT_DECLINES_MAX * MAX_SIZE["decline"]
+                       + MAX_SIZE["commit"] + 1024)
 assert MAX_SIZE["spec"] + MAX_TOTAL_RESULTS * (STDOUT_CAP + STDERR_CAP + MANIFEST_MAX_ENTRIES * MANIFEST_ENTRY_MAX
                                               + OUT_NOTE_BYTES + 1024 + MAX_SIZE["award"]) + CERTIFICATE_RESERVE <= CERTIFICATE_CAP
 assert MAX_SIZE["spec"] + BATCH_MAX_TOTAL_RESULTS * (MAX_SIZE["reveal"] + MAX_SIZE["award"]) + CERTIFICATE_RESERVE <= CERTIFICATE_CAP

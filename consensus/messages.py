@@ -28,6 +28,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
+from .adaptive import NO_PLATFORM, Evidence, check_platform
 from .codec import Envelope, Identity, encode, open_envelope, sha256
 from .errors import RemoteProtocolError
 from .fields import (  # noqa: F401  (the caps are re-exported: callers import them from here)
@@ -37,8 +38,9 @@ from .fields import (  # noqa: F401  (the caps are re-exported: callers import t
     SANDBOX_KINDS, STDERR_CAP, STDERR_PARTS, STDIN_CAP, STDOUT_CAP, STDOUT_SEEN_MAX, WASM_INLINE_CAP, WASM_MODULE_MAX, _arity, _bool, _bytes, _cid, _fail, _int, _list, _share, _str,
     task_stdout_cap,
 )
-from .outputs import NONE as NO_OUTPUTS, OUT_QUOTA_EXCEEDED, OUT_STATUSES, SKIP_REASONS, Outputs, is_printable_ascii, name_problem
+from .outputs import NONE as NO_OUTPUTS, OUT_QUOTA_EXCEEDED, Outputs, is_printable_ascii, name_problem
 from .pow import NONCE_MAX as POW_NONCE_MAX
+from .reveal_fields import _outputs, _stderr
 from .sampling import SHARE_ALL
 from .spec import JobSpec, job_id_of  # noqa: F401  (re-exported: the spec is a message too)
 @dataclass(frozen=True)
@@ -105,14 +107,15 @@ class Bid:
     created_ms: int
     pow: bytes = b""  # required on the wire; empty passes only difficulty 0
     held: int = 0  # bytes of the job's inputs already in the bidder's block store
+    platform: tuple[str, ...] = NO_PLATFORM  # arch, CPU vendor, GPU model (adaptive.PLATFORM_CLASSES)
 
     def to_body(self) -> list:
         return [self.job_id, self.bidder, self.price, self.cpu_millis, self.memory_mb,
-                list(self.sandboxes), self.created_ms, self.pow, self.held]
+                list(self.sandboxes), self.created_ms, self.pow, self.held, list(self.platform)]
 
     @classmethod
     def from_body(cls, body: list) -> "Bid":
-        _arity(body, 9, "bid")
+        _arity(body, 10, "bid")
         return cls(
             job_id=_bytes(body[0], "job_id", 32),
             bidder=_bytes(body[1], "bidder", 32),
@@ -123,6 +126,7 @@ class Bid:
             created_ms=_int(body[6], "created_ms"),
             pow=_bytes(body[7], "pow", max_len=POW_NONCE_MAX),
             held=_int(body[8], "held", 0, INPUTS_MAX_BYTES),
+            platform=check_platform(body[9]),
         )
 
 
@@ -250,34 +254,6 @@ class RevealRequest:
         return cls(_bytes(body[0], "job_id", 32), _bytes(body[1], "executor", 32))
 
 
-def _outputs(body: Any, listed: int) -> Outputs:
-    """Reveal.outputs from its body [status, files, notes, skipped]; `listed`: manifest entries."""
-    body = _list(body, "outputs", 4)
-    if len(body) != 4:
-        raise _fail("outputs", "must be [status, files, notes, skipped]")
-    status = _str(body[0], "outputs status", 32)
-    if status not in OUT_STATUSES:
-        raise _fail("outputs status", f"must be one of {OUT_STATUSES}")
-    files = _int(body[1], "outputs files", 0, OUT_MAX_FILES_LIMIT + 1)
-    notes = []
-    for note in _list(body[2], "outputs notes", OUT_NOTES_MAX):
-        note = _list(note, "outputs notes[]", 2)
-        if len(note) != 2:
-            raise _fail("outputs notes[]", "must be [name, reason]")
-        name, reason = _str(note[0], "note name", OUT_NOTE_NAME_MAX), _str(note[1], "note reason", 32)
-        if not is_printable_ascii(name) or reason not in SKIP_REASONS:
-            raise _fail("outputs notes[]", "must be an escaped name and a known reason")
-        notes.append((name, reason))
-    skipped = _int(body[3], "outputs skipped", len(notes), OUT_MAX_FILES_LIMIT + 1)
-    if notes != sorted(notes) or (skipped > len(notes) and len(notes) < OUT_NOTES_MAX):
-        raise _fail("outputs notes", "must be sorted, the first OUT_NOTES_MAX of the skipped entries")
-    if files < listed or (files > listed and listed < MANIFEST_MAX_ENTRIES):
-        raise _fail("outputs files", "must count the manifest's files and any beyond MANIFEST_MAX_ENTRIES")
-    if status and (files or notes or skipped):
-        raise _fail("outputs", "a result over the output quota lists nothing")
-    return Outputs(status, files, tuple(notes), skipped)
-
-
 @dataclass(frozen=True)
 class Reveal:
     """The executor's result. `result_hash` must equal `expected_hash()` (exit code, timeout,
@@ -389,17 +365,6 @@ class Reveal:
         )
 
 
-def _stderr(data: Any, part: Any) -> tuple[bytes, str]:
-    """Reveal.stderr and stderr_part: a part of stderr (only a cut one fills STDERR_CAP)."""
-    data = _bytes(data, "stderr", max_len=STDERR_CAP)
-    part = _str(part, "stderr_part", 8)
-    if part not in STDERR_PARTS:
-        raise _fail("stderr_part", f"must be one of {', '.join(STDERR_PARTS)}")
-    if part != "all" and len(data) != STDERR_CAP:
-        raise _fail("stderr", "a cut stderr keeps STDERR_CAP bytes")
-    return data, part
-
-
 @dataclass(frozen=True)
 class Certificate:
     """The submitter's verdict, self-proving: it carries the signed spec, the signed awards and the
@@ -421,14 +386,16 @@ class Certificate:
     reason: str = ""
     bids: tuple[bytes, ...] = ()
     declines: tuple[bytes, ...] = ()
+    evidence: Evidence | None = None  # an adaptive job's spot-check draw (consensus/adaptive.py)
 
     def to_body(self) -> list:
         return [self.job_id, self.status, self.result_hash, self.signed_spec, list(self.awards),
-                list(self.reveals), self.created_ms, self.reason, list(self.bids), list(self.declines)]
+                list(self.reveals), self.created_ms, self.reason, list(self.bids), list(self.declines),
+                self.evidence.to_body() if self.evidence else []]
 
     @classmethod
     def from_body(cls, body: list) -> "Certificate":
-        _arity(body, 10, "certificate")
+        _arity(body, 11, "certificate")
         status = _str(body[1], "status", 16)
         if status not in CERTIFICATE_STATUSES:
             raise _fail("status", f"must be one of {', '.join(CERTIFICATE_STATUSES)}")
@@ -447,6 +414,7 @@ class Certificate:
             bids=tuple(_bytes(b, "bids[]", max_len=MAX_SIZE["bid"]) for b in _list(body[8], "bids", CERT_BIDS_MAX)),
             declines=tuple(_bytes(d, "declines[]", max_len=MAX_SIZE["decline"])
                            for d in _list(body[9], "declines", CERT_DECLINES_MAX)),
+            evidence=Evidence.from_body(body[10]),
         )
 
 

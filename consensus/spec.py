@@ -12,8 +12,9 @@ from typing import ClassVar
 
 from .cid import BadCid, check_cid
 from .codec import sha256
+from .compare import EXACT, Compare
 from .fields import (
-    BATCH_MAX_TOTAL_RESULTS, INPUT_PATH_MAX, INPUTS_MAX_BYTES, MAX_INPUTS, MAX_REPLICAS, OUT_MAX_BYTES, OUT_MAX_BYTES_LIMIT, OUT_MAX_FILES,
+    BATCH_MAX_TOTAL_RESULTS, CERT_BIDS_MAX, PLATFORM_CLASSES, PPM, TRUST_THRESHOLD_MAX, VERIFICATION_MODES, INPUT_PATH_MAX, INPUTS_MAX_BYTES, MAX_INPUTS, MAX_REPLICAS, OUT_MAX_BYTES, OUT_MAX_BYTES_LIMIT, OUT_MAX_FILES,
     OUT_MAX_FILES_LIMIT, MAX_TASK_ARGS, MAX_TASKS, MAX_TOTAL_RESULTS, SANDBOX_KINDS, STDIN_CAP,
     WASM_INLINE_CAP, _arity, _bool, _bytes, _fail, _int, _list, _str,
 )
@@ -60,6 +61,15 @@ class JobSpec:
     # /in/PATH. `size` is the file bytes under the CID as its submitter found them (the sum over a
     # directory's files), so an executor knows the cost before it bids (`check_inputs`).
     inputs: tuple[tuple[bytes, str, int], ...] = ()
+    # How the result is verified (consensus/adaptive.py): "replicate", k-of-n on every job, or
+    # "adaptive": a bidder whose consecutive-valid count in the job's runtime class is at least
+    # `trust_threshold` runs it alone, spot-checked with probability max(1/CV, floor), the floor in
+    # millionths (no floats on the wire).
+    verification: str = "replicate"
+    trust_threshold: int = 10
+    spot_check_floor_ppm: int = 50_000
+    compare: Compare = EXACT  # how two results are compared (consensus/compare.py)
+    homogeneous: tuple[str, ...] = ()  # platform classes every executor shares (adaptive.PLATFORM_CLASSES)
 
     @property
     def is_batch(self) -> bool:
@@ -77,7 +87,8 @@ class JobSpec:
             self.max_error_results, self.max_total_results, self.result_deadline_s,
             self.sandbox, self.stdin, self.wasm_module, self.wasm_cid, self.gpu, self.fuel_limit,
             self.price_per_mfuel, [list(t) for t in self.tasks], self.out_max_bytes, self.out_max_files,
-            [list(i) for i in self.inputs],
+            [list(i) for i in self.inputs], self.verification, self.trust_threshold,
+            self.spot_check_floor_ppm, self.compare.to_body(), list(self.homogeneous),
         ]
 
     @property
@@ -101,7 +112,7 @@ class JobSpec:
 
     @classmethod
     def from_body(cls, body: list) -> "JobSpec":
-        _arity(body, 27, "spec")
+        _arity(body, 32, "spec")
         command = tuple(_str(a, "command[]", 4096) for a in _list(body[5], "command", 256))
         if not command:
             raise _fail("command", "must not be empty")
@@ -142,6 +153,11 @@ class JobSpec:
             out_max_bytes=_int(body[24], "out_max_bytes", 0, OUT_MAX_BYTES_LIMIT),
             out_max_files=_int(body[25], "out_max_files", 0, OUT_MAX_FILES_LIMIT),
             inputs=check_inputs(_list(body[26], "inputs", MAX_INPUTS)),
+            verification=_str(body[27], "verification", 16),
+            trust_threshold=_int(body[28], "trust_threshold", 1, TRUST_THRESHOLD_MAX),
+            spot_check_floor_ppm=_int(body[29], "spot_check_floor_ppm", 0, PPM),
+            compare=Compare.from_body(body[30]),
+            homogeneous=tuple(_str(c, "homogeneous[]", 16) for c in _list(body[31], "homogeneous", len(PLATFORM_CLASSES))),
         )
         if spec.sandbox not in SANDBOX_KINDS:
             raise _fail("sandbox", f"must be one of {', '.join(SANDBOX_KINDS)}")
@@ -150,6 +166,7 @@ class JobSpec:
                 raise _fail("wasm_module", "a wasm job carries its module or its CID, not both or neither")
         elif spec.wasm_module or spec.wasm_cid or not spec.image:
             raise _fail("image", "a container job names an image and carries no wasm module")
+        check_verification(spec)
         if spec.quorum > spec.replicas:
             raise _fail("quorum", "must not exceed replicas")
         if spec.max_total_results < spec.replicas:
@@ -157,6 +174,21 @@ class JobSpec:
         if spec.tasks and spec.max_total_results > BATCH_MAX_TOTAL_RESULTS:
             raise _fail("max_total_results", f"a batch allows at most {BATCH_MAX_TOTAL_RESULTS}")
         return spec
+
+
+def check_verification(spec: JobSpec) -> None:
+    """The verification fields together: a known mode, platform classes sorted and known, and
+    what a batch cannot do yet (run once, or compare numbers: each task is tallied exactly), and a
+    homogeneous job's awards few enough that every executor's signed bid (its platform) fits the
+    certificate."""
+    if spec.verification not in VERIFICATION_MODES:
+        raise _fail("verification", f"must be one of {', '.join(VERIFICATION_MODES)}")
+    if spec.homogeneous != tuple(sorted(set(spec.homogeneous))) or not set(spec.homogeneous) <= set(PLATFORM_CLASSES):
+        raise _fail("homogeneous", f"must be sorted, distinct names from {', '.join(PLATFORM_CLASSES)}")
+    if spec.tasks and (spec.verification != "replicate" or spec.compare.kind != "exact"):
+        raise _fail("verification", "a batch is replicated and compared exactly")
+    if spec.homogeneous and spec.max_total_results > CERT_BIDS_MAX:
+        raise _fail("max_total_results", f"a homogeneous job allows at most {CERT_BIDS_MAX}")
 
 
 def check_wasm_cid(value) -> bytes:

@@ -32,9 +32,12 @@ def task_tallies(spec: JobSpec, reveals: Mapping[bytes, Reveal], outstanding: in
     return [tally(v, spec.quorum, outstanding) for v in task_votes(spec, reveals)]
 
 
-def job_tally(spec: JobSpec, reveals: Mapping[bytes, Reveal], outstanding: int = 0) -> Tally:
+def job_tally(spec: JobSpec, reveals: Mapping[bytes, Reveal], outstanding: int = 0,
+              quorum: int | None = None) -> Tally:
+    """The verdict the reveals support. `quorum` overrides the spec's k (an adaptive job's mode:
+    1 for a single run, 2 for a spot check; consensus/adaptive.py)."""
     if not spec.is_batch:
-        return tally({e: r.result_hash for e, r in reveals.items()}, spec.quorum, outstanding)
+        return tally({e: r.result_hash for e, r in reveals.items()}, quorum or spec.quorum, outstanding)
     tallies = task_tallies(spec, reveals, outstanding)
     voters = tuple(sorted(reveals))
     if tallies and all(t.outcome == "verified" for t in tallies):
