@@ -95,13 +95,27 @@ def simulate(
                                       "when a certificate was gossiped never gets it (the ledgers diverge)."),
     sign_bids: bool = typer.Option(False, "--sign-bids", help="Sign and verify every bid (about 165 us each; "
                                    "otherwise bids are counted and priced, not signed)."),
+    verification: str = typer.Option("replicate", "--verification", help="The jobs' verification: replicate "
+                                     "(k-of-n) or adaptive (a trusted bidder runs alone, spot-checked)."),
+    trust_threshold: int = typer.Option(10, "--trust-threshold", help="The CV (consecutive valid results) a bidder "
+                                        "needs to run an adaptive job alone."),
+    spot_check_floor: float = typer.Option(0.05, "--spot-check-floor", help="The least chance of a spot check of a "
+                                           "single run: max(1/CV, this)."),
+    strategic: float = typer.Option(0.0, "--strategic", help="Fraction of nodes that are honest until they run an "
+                                    "adaptive job alone (trusted), then return a wrong result with --cheat-prob."),
+    cheat_prob: float = typer.Option(0.5, "--cheat-prob", help="A strategic cheater's chance of cheating on a job it "
+                                     "runs alone (0.5: honest runs that get checked raise its CV toward the floor)."),
+    warmup: int = typer.Option(0, "--warmup", help="Replicate jobs run first, so that executors earn trust; not in "
+                               "the job figures (the message and ledger counters include them)."),
     seed: int = typer.Option(1, "--seed", help="Seed of the one random generator: same seed, same report."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
 ) -> None:
     """Simulate a large network on a virtual clock: the real protocol core (signed messages,
     SubmitterJob, sampled bidding, certificate checks, ledgers and their reconciliation) without sockets
     or sandboxes. Reports bids and messages per job, the submitter's CPU per job, time to verdict, the
-    share of correct verdicts, distinct ledger views, and its own wall time and peak memory.
+    share of correct verdicts, distinct ledger views, and its own wall time and peak memory; with
+    --verification adaptive, the runs per job, the share of single-run and spot-checked jobs, and
+    what strategic cheaters (--strategic) got certified before a spot check caught them.
 
     Example: distributeai simulate --nodes 100000 --jobs 200 --liars 0.1 --churn 0.1 --json
     """
@@ -115,6 +129,10 @@ def simulate(
         fail("--sample-factor and --reconcile-s must be >= 0, --sampled-window-ms >= 1, --size-estimate dht or true")
     if churn < 0 or downtime_s <= 0 or latency_ms <= 0 or job_rate <= 0 or run_ms <= 0:
         fail("--churn must be >= 0; --downtime-s, --latency-ms, --job-rate and --run-ms > 0")
+    if verification not in ("replicate", "adaptive") or not 1 <= trust_threshold <= 1_000_000 or warmup < 0:
+        fail("--verification must be replicate or adaptive, --trust-threshold in [1, 1000000], --warmup >= 0")
+    if not 0 <= spot_check_floor <= 1 or not 0 <= strategic <= 1 - liars or not 0 <= cheat_prob <= 1:
+        fail("--spot-check-floor and --cheat-prob must be in [0, 1], --strategic in [0, 1 - --liars]")
     from distributeai.consensus.submitter import Timing
     from distributeai.tools.simreport import describe, run_simulation
     from distributeai.tools.simulation import SimConfig
@@ -124,7 +142,9 @@ def simulate(
         latency_ms=latency_ms, job_rate_per_s=job_rate, run_ms=run_ms, replicas=replicas, quorum=quorum,
         bid_probability=bid_probability, sign_bids=sign_bids, sample_factor=sample_factor,
         size_estimate=size_estimate, timing=Timing(sampled_bid_window_ms=sampled_window_ms),
-        reconcile=not no_reconcile, reconcile_s=reconcile_s, seed=seed))
+        reconcile=not no_reconcile, reconcile_s=reconcile_s, verification=verification,
+        trust_threshold=trust_threshold, spot_check_floor=spot_check_floor, strategic=strategic, cheat_prob=cheat_prob,
+        warmup=warmup, seed=seed))
     if as_json:
         typer.echo(json.dumps(report))
         return

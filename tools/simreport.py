@@ -75,12 +75,14 @@ def describe(r: dict) -> list[str]:
     p, j, m, t, b = r["parameters"], r["jobs"], r["messages_per_job"], r["time_to_verdict_ms"], r["bids_per_job"]
     sm, cpu, led = r["sampling"], r["submitter_cpu_ms_per_job"], r["ledgers"]
     after = led["after_everyone_reconciled"]
+    v, st = r["verification"], r["strategic"]
+    warm = f" after {p['warmup']} warm-up" if p["warmup"] else ""
     sampled = (f"sampled bidding c={p['sample_factor']} (N estimated {sm['estimated_nodes_mean']}): "
                f"{sm['eligible_at_announce_mean']} eligible at the announcement, {sm['jobs_widened']} jobs widened "
                f"({sm['strangers_ahead_widenings']} widenings for strangers ahead)"
                if p["sample_factor"] else "every node bids (--sample-factor 0)")
     return [
-        f"{p['nodes']} nodes, {j['submitted']} jobs ({p['replicas']} executors, {p['quorum']} must agree), "
+        f"{p['nodes']} nodes, {j['submitted']} jobs{warm} ({p['replicas']} executors, {p['quorum']} must agree), "
         f"liars {p['liars']:.0%}{' colluding' if p['collude'] else ''}, churn {p['churn_per_min']}/min, "
         f"latency {p['latency_ms']} ms, seed {p['seed']}",
         f"share correct {r['share_correct']:.4f}: verified {j['verified_correct']} right, {j['verified_wrong']} wrong; "
@@ -97,5 +99,13 @@ def describe(r: dict) -> list[str]:
         f"({led['distinct_sets_online_at_end']} among online nodes); "
         + (f"after every node reconciled ({after['rounds']} more rounds): {after['distinct_sets']}" if after
            else "no reconciliation"),
+        f"verification {p['verification']}: {r['runs_per_job']} runs per job; single {v['share_single']:.1%}, "
+        f"spot-checked {v['share_spot_checked']:.1%}, replicated {v['share_replicated']:.1%} ({v['escalated']} escalated); "
+        f"{v['credits_per_verified_job']} credits per verified job"
+        + (f"; {v['trusted_executors_at_end']} executors trusted at the end" if "trusted_executors_at_end" in v else ""),
+        *([f"strategic cheaters {st['cheaters']} ({st['ran_alone']} ran alone, {st['cheated']} cheated): "
+           f"{st['wrong_verdicts']} wrong verdicts, {st['caught']} caught after {st['wrong_verdicts_before_caught_mean']} "
+           f"wrong verdicts each on average (expected {st['expected_wrong_before_caught']}); {st['not_caught_yet']} not "
+           f"caught yet"] if st else []),
         f"{r['virtual_time_s']} s simulated in {r['wall']['wall_time_s']} s, peak RSS {r['wall']['peak_rss_mb']} MB",
     ]

@@ -91,11 +91,13 @@ from collections import Counter, deque
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
+from distributeai.consensus.adaptive import NO_PLATFORM, check_probability, runtime_class
 from distributeai.consensus.codec import Identity, sha256
 from distributeai.consensus.errors import RemoteProtocolError
 from distributeai.consensus.executor import make_commit, make_reveal
 from distributeai.consensus.gossip import check_gossip
-from distributeai.consensus.ledger import GENESIS_CREDITS
+from distributeai.consensus.fields import PPM
+from distributeai.consensus.ledger import GENESIS_CREDITS, effect_of
 from distributeai.consensus.messages import (
     MAX_TOTAL_RESULTS, Announce, Award, Bid, Commit, JobSpec, Reveal, RevealRequest, Signed, Widen, job_id_of,
     sign, verify,
@@ -120,6 +122,7 @@ PRICE = 1                                                  # node/agent.py NodeS
 REQUEST_TIMEOUT_MS = 10_000                                # node/agent.py NodeSettings.request_timeout_s
 SANDBOX = "docker"
 IMAGE = "alpine:latest"
+LIAR, STRATEGIC = 1, 2  # Simulation.liar: the kinds of dishonest node
 
 
 @dataclass(frozen=True)
@@ -149,6 +152,12 @@ class SimConfig:
     size_estimate: str = "dht"     # the N of initial_share: "dht" (estimate_network_size) or "true"
     reconcile: bool = True         # reconcile certificate sets on return (and every reconcile_s)
     reconcile_s: float = 30.0      # every online node reconciles with a random peer this often; 0: never
+    verification: str = "replicate"  # the measured jobs' JobSpec.verification: replicate | adaptive
+    trust_threshold: int = 10      # JobSpec.trust_threshold: the CV a bidder needs to run a job alone
+    spot_check_floor: float = 0.05  # JobSpec.spot_check_floor_ppm / 1e6: the least chance of a spot check
+    strategic: float = 0.0         # fraction of nodes that are honest until trusted, then cheat (cheat_prob)
+    cheat_prob: float = 0.5        # a strategic cheater's chance of a wrong result on a job it runs alone
+    warmup: int = 0                # replicate jobs run before the `jobs` measured ones (trust is earned)
     seed: int = 1
 
 
@@ -159,6 +168,7 @@ class Execution:
     job: "SimJob"
     status: str = "awarded"  # awarded | running | committed | revealed
     reveal: bytes | None = None
+    cheat: bool = False  # a strategic cheater's wrong result
 
 
 @dataclass
@@ -190,6 +200,11 @@ class SimJob:
     verdict_ms: float | None = None
     history: list = field(default_factory=list)  # the SubmitterJob's, kept when it is dropped
     certificate: bytes | None = None
+    trust: dict = field(default_factory=dict)  # bidder -> the CV passed with its bid (adaptive jobs)
+    alone: int | None = None  # the executor awarded alone (an adaptive job's trusted bidder)
+    awards_sent: int = 0
+    runs: int = 0  # executor runs that completed (committed), whether revealed or not
+    checked: Any = None  # the certificate as verify_certificate checked it
 
 
 def _image_present(_: str) -> bool:
@@ -208,6 +223,8 @@ class Simulation:
     def __init__(self, cfg: SimConfig) -> None:
         if cfg.nodes < max(2, cfg.replicas) or cfg.jobs < 1:
             raise ValueError("need at least as many nodes as replicas (and 2), and one job")
+        if cfg.verification not in ("replicate", "adaptive") or cfg.warmup < 0 or cfg.liars + cfg.strategic > 1:
+            raise ValueError("verification is replicate or adaptive, warmup >= 0, liars + strategic <= 1")
         self.cfg = cfg
         self.rng = rng = random.Random(cfg.seed)
         n = self.n = cfg.nodes
@@ -219,9 +236,13 @@ class Simulation:
         # closest keys are what it knows for `estimate_network_size`.
         self.dht = sorted(sha256(pk) for pk in self.pks)
         self.estimates: dict[int, int] = {}
+        # 0 honest, LIAR (every result wrong: its own, or with `collude` the colluders' shared one),
+        # STRATEGIC (honest until it runs an adaptive job alone, then wrong with `cheat_prob`).
         self.liar = bytearray(n)
-        for v in rng.sample(range(n), round(cfg.liars * n)):
-            self.liar[v] = 1
+        bad = rng.sample(range(n), min(n, round(cfg.liars * n) + round(cfg.strategic * n)))
+        for k, v in enumerate(bad):
+            self.liar[v] = LIAR if k < round(cfg.liars * n) else STRATEGIC
+        self.cheats: Counter[int] = Counter()  # wrong results each strategic cheater returned
         self.online = bytearray(b"\1") * n
         self.epoch = [0] * n         # bumped when a node leaves: its pending runs die with it
         self.pinned = [0] * n        # jobs a node is submitting (it stays up meanwhile)
@@ -283,7 +304,7 @@ class Simulation:
         if cfg.reconcile and cfg.reconcile_s > 0:
             self._at(self.now + cfg.reconcile_s * 1000, self._reconcile_round)
         horizon = EPOCH_MS + cfg.max_virtual_s * 1000
-        while self.heap and self.finished < cfg.jobs:
+        while self.heap and self.finished < cfg.warmup + cfg.jobs:
             t, _, fn, args = heapq.heappop(self.heap)
             if t > horizon:
                 break
@@ -295,7 +316,7 @@ class Simulation:
 
     def _submit(self, i: int) -> None:
         cfg, rng = self.cfg, self.rng
-        if i + 1 < cfg.jobs:
+        if i + 1 < cfg.warmup + cfg.jobs:
             self._at(self.now + rng.expovariate(cfg.job_rate_per_s) * 1000, self._submit, i + 1)
         s = rng.randrange(self.n)
         while not self.online[s]:
@@ -304,7 +325,9 @@ class Simulation:
         command = ("sh", "-c", f"echo job-{i} | sha256sum")
         spec = JobSpec(submitter=self.pks[s], nonce=rng.randbytes(16), created_ms=now, name=f"sim-{i}",
                        image=IMAGE, command=command, replicas=cfg.replicas, quorum=cfg.quorum,
-                       max_total_results=min(2 * cfg.replicas, MAX_TOTAL_RESULTS))
+                       max_total_results=min(2 * cfg.replicas, MAX_TOTAL_RESULTS),
+                       verification=cfg.verification if i >= cfg.warmup else "replicate",
+                       trust_threshold=cfg.trust_threshold, spot_check_floor_ppm=round(cfg.spot_check_floor * PPM))
         signed_spec = sign(self._id(s), spec)
         self.crypto["signs"] += 1
         out = self._stdout(command, -1)
@@ -425,6 +448,8 @@ class Simulation:
         in_window = m.state == "bidding"
         view = self.views.of(job.submitter)
         meta = {"reputation": view.reputation_of(self.pks[v])} | self._outside(job, view)
+        if job.spec.verification == "adaptive":
+            meta["trust"] = job.trust[v] = self._timed(job, self._trust, view, job.spec, v)
         try:
             actions = self._timed(job, apply_input, m, "bid", signed, meta, int(self.now))
         except RemoteProtocolError as exc:
@@ -482,6 +507,15 @@ class Simulation:
         else:
             self._schedule_tick(job)
 
+    def _trust(self, view, spec: JobSpec, v: int) -> int:
+        """Bidder v's CV as node/submitting.py passes it with a bid (meta "trust"): `Ledger.trust` in
+        the submitter's view, in the job's runtime class (every simulated bid advertises no
+        platform), over the certificates before now. 0 while consensus/ledger.py has no `trust`."""
+        trust = getattr(view, "trust", None)
+        if trust is None:
+            return 0
+        return trust(self.pks[v], runtime_class(spec, NO_PLATFORM), before=(int(self.now), b""))
+
     def _outside(self, job: SimJob, view) -> dict:
         """The meta node/submitting.py adds to a bid or tick of a sampled job in bidding:
         `outside_best`, the best reputation in the submitter's view (`view`) among its connected
@@ -502,6 +536,10 @@ class Simulation:
 
     def _act(self, job: SimJob, actions: list) -> None:
         s = job.submitter
+        awards = [a for a in actions if isinstance(a, SendAward)]
+        if awards and not job.awards_sent and len(awards) == 1 and job.spec.verification == "adaptive":
+            job.alone = self.index[awards[0].executor]  # bidding closed on one executor: its trusted bidder
+        job.awards_sent += len(awards)
         for a in actions:
             if isinstance(a, SendAward):
                 self.crypto["signs"] += 1
@@ -533,6 +571,7 @@ class Simulation:
         self.crypto["certificate_checks_by_nodes"] += sum(self.online) - 1
         self.views.publish(checked, len(raw))  # every online node holds it now
         job.certificate = raw
+        job.checked = checked
 
     def _finished(self, job: SimJob, status: str, reason: str, correct: bool = False) -> None:
         job.status, job.reason, job.correct = status, reason, correct
@@ -601,6 +640,10 @@ class Simulation:
         if award.job_id in execs:
             return  # a repeated award changes nothing
         ex = execs[award.job_id] = Execution(job)
+        if self.liar[e] == STRATEGIC and job.alone == e and job.trust.get(e, 0) >= job.spec.trust_threshold:
+            # Trusted and awarded alone (a cheater knows when it is: the worst case): cheat with cheat_prob.
+            ex.cheat = self.rng.random() < self.cfg.cheat_prob
+            self.cheats[e] += ex.cheat
         self._start_run(e, ex)
 
     def _start_run(self, e: int, ex: Execution) -> None:
@@ -612,10 +655,13 @@ class Simulation:
         else:
             self.queued.setdefault(e, deque()).append(ex)
 
-    def _stdout(self, command: tuple[str, ...], v: int) -> bytes:
-        """The modelled run's output: honest, a liar's own wrong line, or the colluders' shared one."""
+    def _stdout(self, command: tuple[str, ...], v: int, cheat: bool = False) -> bytes:
+        """The modelled run's output: honest, a liar's own wrong line, or the colluders' shared one;
+        a strategic cheater's own wrong line when it cheats."""
         text = "\0".join(command)
-        if v >= 0 and self.liar[v]:
+        if v >= 0 and self.liar[v] == STRATEGIC:
+            text += f"\0cheat {v}" if cheat else ""
+        elif v >= 0 and self.liar[v]:
             text += "\0collude" if self.cfg.collude else f"\0lie {v}"
         return sha256(text.encode()).hex().encode() + b"  -\n"
 
@@ -630,7 +676,9 @@ class Simulation:
             self.active[e] += 1
             self._at(self.now + math.exp(self.rng.gauss(self.run_mu, 0.5)), self._run_done, e, nxt, epoch)
         job = ex.job
-        ex.reveal = make_reveal(self._id(e), job.job_id, 0, False, self._stdout(job.spec.command, e), sandbox=SANDBOX)
+        job.runs += 1
+        ex.reveal = make_reveal(self._id(e), job.job_id, 0, False, self._stdout(job.spec.command, e, ex.cheat),
+                                sandbox=SANDBOX)
         rh = verify(ex.reveal, Reveal).msg.result_hash  # as Executing.make_commit reads it back
         commit = make_commit(self._id(e), job.job_id, rh)
         self.crypto["signs"] += 2
@@ -765,9 +813,88 @@ class Simulation:
 
     # --- the report -------------------------------------------------------------------------------
 
-    def report(self) -> dict:
+    def _verification(self, done: list[SimJob]) -> dict:
+        """How the finished jobs were verified, from their certificates as every node checks them
+        (`CheckedCertificate.mode`), and what they cost in runs and credits (`ledger.effect_of`:
+        the ledger pays each agreeing executor, so a single run costs one price, a check two)."""
         cfg = self.cfg
-        jobs = self.jobs
+        certified = [j for j in done if j.checked is not None]
+        n = max(1, len(done))
+        modes = Counter(j.checked.mode for j in certified)
+        verified = [j for j in certified if j.status == "verified"]
+        credits = [sum(t.amount for t in effect_of(j.checked, 0).transfers) for j in verified]
+        by_mode = {}
+        for mode in sorted(modes):
+            js = [j for j in certified if j.checked.mode == mode]
+            ms = [j.verdict_ms for j in js]
+            by_mode[mode] = {"jobs": len(js), "runs_per_job": round(sum(j.runs for j in js) / len(js), 3),
+                             "executors_in_certificate_mean": round(sum(len(j.checked.reveals) for j in js) / len(js), 3),
+                             "verified_wrong": sum(1 for j in js if j.status == "verified" and not j.correct),
+                             "time_to_verdict_ms": {"p50": _p(ms, 50), "p95": _p(ms, 95)}}
+        out = {
+            "share_single": round(modes["single"] / n, 4),
+            "share_spot_checked": round(modes["spot_checked"] / n, 4),
+            "share_replicated": round(modes["replicated"] / n, 4),
+            "escalated": sum(1 for j in certified if j.checked.trusted is not None and j.checked.mode == "replicated"),
+            "wrong_verdict_rate": round(sum(1 for j in verified if not j.correct) / n, 5),
+            "executors_in_certificate_mean": round(sum(len(j.checked.reveals) for j in certified) / max(1, len(certified)), 3),
+            "credits_per_verified_job": round(sum(credits) / len(credits), 3) if credits else None,
+            "by_mode": by_mode,
+        }
+        view = self.views.ledger_of((1 << self.views.count) - 1)  # every certificate
+        if hasattr(view, "trust"):  # CV at the end, in the one runtime class every simulated job has
+            cls = runtime_class(JobSpec(submitter=b"\0" * 32, nonce=b"\0" * 16, created_ms=0, name="x", image=IMAGE,
+                                        command=("true",)), NO_PLATFORM)
+            cvs = [view.trust(self.pks[v], cls) for v in self.awards_to]
+            out["trusted_executors_at_end"] = sum(1 for c in cvs if c >= cfg.trust_threshold)
+            out["cv_max_at_end"] = max(cvs, default=0)
+        return out
+
+    def _strategic(self) -> dict | None:
+        """Strategic cheaters: per cheater, in certificate-key order (the fold's), the wrong verdicts
+        certified with its result before it is caught, i.e. before the first verified certificate in
+        which it dissents on a job where it cheated (its CV resets to 0 there). Warm-up included: a
+        cheater cheats only on adaptive jobs, so there it is honest."""
+        cfg = self.cfg
+        cheaters = [v for v in range(self.n) if self.liar[v] == STRATEGIC]
+        if not cheaters:
+            return None
+        certs = sorted((j.checked.certificate.created_ms, j.job_id, j) for j in self.jobs
+                       if j.checked is not None and j.status == "verified")
+        wrong: Counter[int] = Counter()
+        caught: dict[int, int] = {}
+        for _, _, j in certs:
+            tally = j.checked.tally
+            for who in tally.agreeing:
+                c = self.index[who]
+                if self.liar[c] == STRATEGIC and not j.correct and c not in caught:
+                    wrong[c] += 1
+            for who in tally.dissenting:
+                c = self.index[who]
+                if self.liar[c] == STRATEGIC and c not in caught and j.alone == c:
+                    caught[c] = wrong[c]
+        cheated = [c for c in cheaters if self.cheats[c]]
+        alone = {j.alone for j in self.jobs if j.alone is not None}
+        at_large = [wrong[c] for c in cheated if c not in caught]
+        return {
+            "cheaters": len(cheaters), "cheat_prob": cfg.cheat_prob,
+            "ran_alone": sum(1 for c in cheaters if c in alone),
+            "cheated": len(cheated), "wrong_results": sum(self.cheats.values()),
+            "wrong_verdicts": sum(wrong.values()),
+            "caught": len(caught),
+            "wrong_verdicts_before_caught_mean": round(sum(caught.values()) / len(caught), 3) if caught else None,
+            "wrong_verdicts_before_caught": dict(sorted(Counter(caught.values()).items())),
+            "not_caught_yet": len(at_large),
+            "wrong_verdicts_not_caught_yet_mean": round(sum(at_large) / len(at_large), 3) if at_large else None,
+            "expected_wrong_before_caught": round(expected_wrong_before_caught(
+                cfg.trust_threshold, round(cfg.spot_check_floor * PPM), cfg.cheat_prob), 3),
+        }
+
+    def report(self) -> dict:
+        """What happened to the measured jobs (after the `warmup` ones; message, crypto, ledger and
+        churn counters cover the whole run, warm-up included)."""
+        cfg = self.cfg
+        jobs = self.jobs[cfg.warmup:]
         n_jobs = len(jobs) or 1
         done = [j for j in jobs if j.status]
         statuses = Counter(j.status for j in done)
@@ -804,7 +931,8 @@ class Simulation:
             "parameters": {k: getattr(cfg, k) for k in (
                 "nodes", "jobs", "liars", "collude", "churn_per_min", "downtime_s", "latency_ms", "latency_sigma",
                 "hop_ms", "dial_rtts", "job_rate_per_s", "run_ms", "replicas", "quorum", "bid_probability",
-                "sign_bids", "sample_factor", "size_estimate", "reconcile", "reconcile_s", "seed")}
+                "sign_bids", "sample_factor", "size_estimate", "reconcile", "reconcile_s", "verification",
+                "trust_threshold", "spot_check_floor", "strategic", "cheat_prob", "warmup", "seed")}
             | {"bid_window_ms": cfg.timing.bid_window_ms, "sampled_bid_window_ms": cfg.timing.sampled_bid_window_ms,
                "mesh_degree": MESH_DEGREE},
             "sampling": {
@@ -822,6 +950,9 @@ class Simulation:
                      "failed": statuses["failed"], "failed_reasons": dict(failed_reasons),
                      "nondeterministic": statuses["nondeterministic"]},
             "share_correct": round(sum(1 for j in done if j.correct) / n_jobs, 4),
+            "runs_per_job": round(sum(j.runs for j in done) / max(1, len(done)), 3),
+            "verification": self._verification(done),
+            "strategic": self._strategic(),
             "time_to_verdict_ms": {"p50": rnd(percentile(verdicts, 50)), "p95": rnd(percentile(verdicts, 95)),
                                    "p99": rnd(percentile(verdicts, 99)), "max": rnd(max(verdicts, default=None))},
             "messages_per_job": {
@@ -847,6 +978,32 @@ class Simulation:
             "ledgers": ledgers,
             "virtual_time_s": round((self.now - EPOCH_MS) / 1000, 3),
         }
+
+
+def _p(values: list[float], p: float) -> float | None:
+    v = percentile(values, p)
+    return None if v is None else round(v, 1)
+
+
+def expected_wrong_before_caught(cv: int, floor_ppm: int, cheat_prob: float, horizon: int = 100_000) -> float:
+    """The expected wrong verdicts a strategic cheater gets certified before a spot check catches it,
+    starting trusted at `cv`, if every job it runs is a single-run adaptive job: it cheats with
+    `cheat_prob` (caught with the check's probability p(cv) = adaptive.check_probability, else one
+    wrong verdict) and otherwise runs honestly (a check then raises its CV by one, lowering p to the
+    floor). W(c) = q(1 - p)/p + (1 - q) W(c + 1), and W = (1 - p)/p once p is the floor; with no
+    floor the sum is cut at `horizon`."""
+    q = cheat_prob
+    if q <= 0:
+        return 0.0
+    top = cv
+    while check_probability(top, floor_ppm) > floor_ppm / PPM and top < cv + horizon:
+        top += 1
+    p = check_probability(top, floor_ppm)
+    w = (1 - p) / p if p > 0 else math.inf
+    for c in range(top - 1, cv - 1, -1):
+        p = check_probability(c, floor_ppm)
+        w = q * (1 - p) / p + (1 - q) * w
+    return w
 
 
 def simulate(cfg: SimConfig) -> dict:
