@@ -70,16 +70,19 @@ from .declines import failure_reason
 from .errors import RemoteProtocolError
 from .ledger import REPUTATION_START
 from .messages import (
-    CERT_BIDS_MAX, CERT_DECLINES_MAX, Award, Bid, Certificate, Commit, Decline, JobSpec, Reveal, RevealRequest,
-    Signed, Withdraw, job_id_of, sign, verify,
+    CERT_DECLINES_MAX, Award, Bid, Certificate, Commit, Decline, JobSpec, Reveal, RevealRequest,
+    Signed, Withdraw, job_id_of, sign,
 )
 from .sampling import SHARE_ALL, widen
 from .submitter_actions import (  # noqa: F401  (re-exported: the machine's actions and timing import from here)
     LIVE, TERMINAL, Action, Finished, Penalize, PublishCertificate, RequestReveal, SendAward, Timing, WidenBids,
     reannounce_after_ms,
 )
-from .submitter_inputs import INPUT_TYPES, apply_input, decode_input  # noqa: F401  (re-exported)
-from .submitter_rules import check_eligible, check_reveal, rank_key, strangers_ahead  # noqa: F401  (re-exported)
+from . import submitter_adaptive as adaptive
+from .submitter_inputs import INPUT_TYPES, apply_input, decode_input, replay  # noqa: F401  (re-exported)
+from .submitter_rules import (  # noqa: F401  (re-exported)
+    bids_to_show, check_eligible, check_reveal, homogeneous, rank_key, strangers_ahead,
+)
 from .tally import Tally
 from .verdict import job_tally, nondeterministic, top_agreement
 
@@ -115,6 +118,14 @@ class SubmitterJob:
     history: list[tuple[int, str, bytes, str]] = field(default_factory=list)
     result: Tally | None = None
     certificate: bytes | None = None
+    # Adaptive verification (submitter_adaptive.py): each bidder's CV as the adapter passed it,
+    # the mode, the trusted executor, the CV it was trusted at, and the draw over its seal.
+    trust: dict[bytes, int] = field(default_factory=dict)
+    mode: str | None = None
+    trusted: bytes | None = None
+    trust_cv: int = 0
+    draw: bytes | None = None
+    drawn: bool | None = None
 
     def __post_init__(self) -> None:
         self.job_id = job_id_of(self.signed_spec)
@@ -149,13 +160,14 @@ class SubmitterJob:
 
     def receive_bid(self, bid: Signed, now_ms: int, reputation: int = 0,
                     unbid_best: int | None = None, subnet: str | None = None,
-                    outside_best: int | None = None) -> list[Action]:
+                    outside_best: int | None = None, trust: int = 0) -> list[Action]:
         """`reputation` is the bidder's reputation in this node's view when the bid arrived;
         `unbid_best`, if given, the best reputation any peer that has not bid could have (see
         the module docstring); None keeps the window open for its whole length. `subnet` is the
         address range of the connection the bid came on (`subnet.subnet_of`), None if unknown.
         A bidder not eligible at the job's share is refused (`not_eligible`). `outside_best`: the
-        best reputation of a connected peer outside the sample (`strangers_ahead`)."""
+        best reputation of a connected peer outside the sample (`strangers_ahead`). `trust`: the
+        bidder's CV in the job's runtime class in this node's view (adaptive jobs)."""
         b: Bid = bid.msg
         self._check_job(b.job_id, "bid")
         if self.done:
@@ -166,6 +178,7 @@ class SubmitterJob:
         self.bids[b.bidder] = bid
         self.rank[b.bidder] = rank_key(self.job_id, b, self.spec, reputation)
         self.subnet[b.bidder] = subnet
+        self.trust[b.bidder] = trust
         if self.state == "bidding":
             if (unbid_best is None or not self._bids_settled(unbid_best, short_ok=self.awaiting_reputation)
                     or not (self.awaiting_reputation or self._locality_settled())
@@ -230,6 +243,7 @@ class SubmitterJob:
             raise RemoteProtocolError("late_commit", "the executor's commit deadline has passed")
         self.commits[c.executor] = commit
         self._set(c.executor, "committed", now_ms, "commit")
+        adaptive.on_commit(self, c.executor, c.seal, now_ms)
         return self._advance(now_ms)
 
     def receive_withdraw(self, withdraw: Signed, now_ms: int) -> list[Action]:
@@ -334,6 +348,8 @@ class SubmitterJob:
     def _advance(self, now_ms: int) -> list[Action]:
         if self.done or self.state == "bidding":
             return []
+        adaptive.decide(self, now_ms)
+        n, k = adaptive.policy(self)
         self.widen_pending = False
         if self.errors > self.spec.max_error_results:
             return self._finish("failed", "too_many_errors", now_ms)
@@ -350,7 +366,7 @@ class SubmitterJob:
             actions += self._widen(now_ms)
         pending = [e for e in self.awards if self.slot[e] == "awarded"]
         committed = [e for e in self.awards if self.slot[e] in ("committed", "revealed")]
-        if not self.commit_closed and (len(committed) >= self.spec.quorum or (committed and not pending)):
+        if not self.commit_closed and (len(committed) >= k or (committed and not pending)):
             self.commit_closed = True
             self.history.append((now_ms, "commits_closed", b"", f"{len(committed)} commits"))
         if self.commit_closed:
@@ -360,9 +376,11 @@ class SubmitterJob:
                     actions.append(RequestReveal(e, sign(self.identity, RevealRequest(self.job_id, e))))
         reveals = {e: s.msg for e, s in self.reveals.items()}
         outstanding = len(pending) + sum(1 for e in committed if self.slot[e] == "committed")
-        self.result = job_tally(self.spec, reveals, outstanding)
+        self.result = job_tally(self.spec, reveals, outstanding, k)
         if self.result.outcome == "verified":
             return actions + self._finish("verified", "", now_ms)
+        if adaptive.escalate(self, self.result.outcome, outstanding, now_ms):
+            return actions + self._advance(now_ms)
         if outstanding:
             return actions
         # Nothing outstanding and no verdict.
@@ -377,8 +395,8 @@ class SubmitterJob:
             return actions + self._finish("nondeterministic", "no two results agree", now_ms)
         top = top_agreement(self.spec, reveals)
         live = sum(1 for e in self.awards if self.slot[e] in LIVE)
-        if live >= self.spec.replicas + self.extra:
-            self.extra += max(1, self.spec.quorum - top)  # ask for as many more as could still reach k
+        if live >= n + self.extra:
+            self.extra += max(1, k - top)  # ask for as many more as could still reach k
             more = self._fill(now_ms)
             if self.starved_since_ms is not None:
                 more += self._widen(now_ms)
@@ -403,7 +421,7 @@ class SubmitterJob:
         reveals = {e: s.msg for e, s in self.reveals.items()}
         unrevealed = sum(1 for e in self.awards if self.slot[e] in ("awarded", "committed"))
         more = min(len(self._candidates()) + self.undecided, self.spec.max_total_results - len(self.awards))
-        return top_agreement(self.spec, reveals) + unrevealed + max(0, more) < self.spec.quorum
+        return top_agreement(self.spec, reveals) + unrevealed + max(0, more) < adaptive.policy(self)[1]
 
     def _failure_reason(self, what: str) -> str:
         """Why the job ends for want of executors, the declines counted by kind (consensus/declines.py)."""
@@ -414,7 +432,7 @@ class SubmitterJob:
         """Award the best remaining bidders until n (plus any extra) slots are live, each from an
         address range no live slot has while such a bidder is left (the module docstring)."""
         actions: list[Action] = []
-        target = self.spec.replicas + self.extra
+        target = adaptive.policy(self)[0] + self.extra
         while (sum(1 for e in self.awards if self.slot[e] in LIVE) < target
                and len(self.awards) < self.spec.max_total_results):
             candidates = self._candidates()
@@ -433,8 +451,8 @@ class SubmitterJob:
         return actions
 
     def _candidates(self) -> list[bytes]:
-        """Bidders not yet awarded a slot."""
-        return [e for e in self.bids if e not in self.awards]
+        """Bidders not yet awarded a slot (for a homogeneous job, of the first award's platform)."""
+        return homogeneous([e for e in self.bids if e not in self.awards], self)
 
     def _award(self, executor: bytes, now_ms: int) -> SendAward:
         deadline = now_ms + self.spec.result_deadline_s * 1000
@@ -452,6 +470,7 @@ class SubmitterJob:
     def _error(self, executor: bytes, reason: str, now_ms: int, detail: str = "") -> None:
         self.errors += 1
         self._set(executor, reason, now_ms, "error", f"{reason} {detail}".strip())
+        adaptive.on_error(self, executor, now_ms)
 
     def _check_job(self, job_id: bytes, what: str) -> None:
         if job_id != self.job_id:
@@ -461,7 +480,7 @@ class SubmitterJob:
         self.state = status
         self.reason = reason
         self.starved_since_ms = None
-        self.result = job_tally(self.spec, {e: s.msg for e, s in self.reveals.items()})
+        self.result = job_tally(self.spec, {e: s.msg for e, s in self.reveals.items()}, quorum=adaptive.final_quorum(self))
         cert = Certificate(
             job_id=self.job_id,
             status=status,
@@ -471,30 +490,10 @@ class SubmitterJob:
             reveals=tuple(self.reveals[e].raw for e in sorted(self.reveals)),
             created_ms=now_ms,
             reason="" if status == "verified" else reason,
-            bids=tuple(self.bids[e].raw for e in self._bids_to_show()),
+            bids=tuple(self.bids[e].raw for e in bids_to_show(self)),
             declines=tuple(d.raw for d in list(self.declines.values())[:CERT_DECLINES_MAX]),
+            evidence=adaptive.evidence(self),
         )
         self.certificate = sign(self.identity, cert)
         self.history.append((now_ms, status, b"", reason))
         return [PublishCertificate(self.certificate), Finished(status, reason, self.result)]
-
-    def _bids_to_show(self) -> list[bytes]:
-        """The bidders whose bids the certificate carries: the awarded ones in slot order, then
-        the best ranked others, CERT_BIDS_MAX in all. (A bid without its signed bytes, as the
-        simulator's unsigned bids are, is not carried.)"""
-        others = sorted((e for e in self.bids if e not in self.awards), key=lambda e: self.rank[e])
-        return [e for e in (*(e for e in self.awards if e in self.bids), *others) if self.bids[e].raw][:CERT_BIDS_MAX]
-
-
-def replay(identity: Identity, timing: Timing, inputs: list[tuple[str, bytes, dict, int]]) -> SubmitterJob | None:
-    """A job rebuilt from its stored inputs (`Store.inputs`: kind, raw, meta, time), in order,
-    through `apply_input`: the same job, awards and all, as the one that took them live. None if
-    the inputs hold no start."""
-    job: SubmitterJob | None = None
-    for kind, raw, meta, at in inputs:
-        if kind == "start":  # meta["share"]: the announcement's (a widening is re-derived from the ticks)
-            job = SubmitterJob(identity, raw, verify(raw, JobSpec).msg, started_ms=at, timing=timing,
-                               share=meta.get("share", SHARE_ALL))
-        elif job is not None:
-            apply_input(job, kind, decode_input(kind, raw), meta, at)
-    return job

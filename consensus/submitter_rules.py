@@ -15,7 +15,8 @@ from typing import TYPE_CHECKING, Callable, Iterable
 
 from .codec import sha256
 from .errors import RemoteProtocolError
-from .messages import Bid, JobSpec, Reveal
+from .adaptive import platform_class
+from .messages import CERT_BIDS_MAX, Bid, JobSpec, Reveal
 from .results import seal as compute_seal
 from .ledger import REPUTATION_START
 from .sampling import SHARE_ALL, eligible
@@ -91,3 +92,22 @@ def unbid_best(job: "SubmitterJob", peers: Iterable[bytes | None], reputation_of
                 and eligible(job.job_id, key, job.share) != outside):
             best = max(best, reputation_of(key))
     return best
+
+
+def bids_to_show(job) -> list[bytes]:
+    """The bidders whose bids a job's certificate carries: the awarded ones in slot order, then
+    the best ranked others, CERT_BIDS_MAX in all. (A bid without its signed bytes, as the
+    simulator's unsigned bids are, is not carried.)"""
+    others = sorted((e for e in job.bids if e not in job.awards), key=lambda e: job.rank[e])
+    return [e for e in (*(e for e in job.awards if e in job.bids), *others) if job.bids[e].raw][:CERT_BIDS_MAX]
+
+
+def homogeneous(candidates: list[bytes], job) -> list[bytes]:
+    """For a job with `homogeneous` platform classes, the candidates whose bid advertises the
+    first award's values for them (the first award is free: the ranking decides it)."""
+    if not job.spec.homogeneous or not job.awards:
+        return candidates
+    classes = job.spec.homogeneous
+    first = next(iter(job.awards))
+    want = platform_class(job.bids[first].msg.platform, classes) if first in job.bids else None
+    return [e for e in candidates if platform_class(job.bids[e].msg.platform, classes) == want]

@@ -95,7 +95,7 @@ def a_quorum_short_by_a_withdrawal() -> tuple[SubmitterJob, list, list, int]:
         assert apply_input(job, "bid", bid(p, job), {"undecided": 0}, NOW) == []
     window = job.timing.sampled_bid_window_ms
     actions = apply_input(job, "tick", b"", {"undecided": 0}, NOW + window)
-    assert [a.executor for a in actions if isinstance(a, SendAward)] == [p.public_key for p in inside[:2]]
+    assert sorted(a.executor for a in actions if isinstance(a, SendAward)) == sorted(p.public_key for p in inside[:2])
     quitter = inside[0]
     withdraw = verify(sign(quitter, Withdraw(job.job_id, quitter.public_key, "sandbox failed")), Withdraw)
     now = NOW + window + 10
