@@ -11,8 +11,11 @@ import sys
 
 import random
 
+import pytest
+
+from distributeai.consensus.adaptive import NO_PLATFORM, runtime_class
 from distributeai.consensus.certificate import verify_certificate
-from distributeai.consensus.ledger import Ledger
+from distributeai.consensus.ledger import Ledger, effect_of
 from distributeai.consensus.messages import JobSpec, job_id_of, verify
 from distributeai.consensus.sampling import eligible
 from distributeai.consensus.submitter import Timing
@@ -258,3 +261,85 @@ def test_cli_prints_one_json_object():
     assert {"gossip", "direct"} <= set(r["messages_per_job"])
     assert {"p50", "p95", "p99"} <= set(r["time_to_verdict_ms"])
     assert r["wall"]["wall_time_s"] >= 0 and r["wall"]["measured_us"]["bid_verify_us"] > 0
+
+
+# --- adaptive verification (issue 18) ------------------------------------------------------------
+
+ADAPTIVE = dict(nodes=60, jobs=40, warmup=40, liars=0.0, sample_factor=0, trust_threshold=3, seed=11)
+
+
+def _cls():
+    return runtime_class(JobSpec(submitter=b"\0" * 32, nonce=b"\0" * 16, created_ms=0, name="x",
+                                 image=simulation.IMAGE, command=("true",)), NO_PLATFORM)
+
+
+def test_adaptive_runs_fewer_executors_per_job_than_replicate_and_pays_for_what_ran():
+    """After a warm-up of replicate jobs makes executors trusted (at a threshold the spec signs),
+    adaptive jobs mostly run once: fewer runs and credits per job than 2-of-3, no wrong verdict.
+    A single run pays one price, a spot-checked job two (the ledger pays each agreeing executor)."""
+    sim, a = run(**ADAPTIVE, verification="adaptive")
+    _, r = run(**ADAPTIVE, verification="replicate")
+    assert a["jobs"]["unfinished"] == r["jobs"]["unfinished"] == 0
+    assert a["jobs"]["verified_wrong"] == r["jobs"]["verified_wrong"] == 0
+    v = a["verification"]
+    assert v["share_single"] > 0.5 and r["verification"]["share_replicated"] == 1.0
+    assert a["runs_per_job"] < r["runs_per_job"] - 1
+    assert v["credits_per_verified_job"] < r["verification"]["credits_per_verified_job"]
+    for job in sim.jobs[ADAPTIVE["warmup"]:]:
+        checked = verify_certificate(job.certificate)  # every node re-derives the mode and the draw
+        assert checked.mode == job.checked.mode
+        paid = sum(t.amount for t in effect_of(checked, 0).transfers)
+        self_run = checked.spec.submitter in checked.reveals
+        if checked.mode == "single":
+            assert len(checked.reveals) == 1 and job.runs == 1 and paid == (0 if self_run else 1)
+        elif checked.mode == "spot_checked":
+            assert len(checked.reveals) == 2 and paid == (1 if self_run else 2)
+    # The bids carried the CV of the submitter's view: every trusted executor was at the threshold.
+    trusted = [verify_certificate(j.certificate) for j in sim.jobs if j.checked.trusted is not None]
+    assert trusted and all(c.certificate.evidence.cv >= 3 for c in trusted)
+
+
+def test_a_strategic_cheater_is_caught_by_the_first_spot_check_with_floor_one():
+    """Floor 1.0: every single run is checked, so a cheater's wrong result meets an honest one,
+    the job escalates to 2-of-3, it dissents and its CV resets to 0; no wrong verdict is certified."""
+    sim, r = run(**(ADAPTIVE | dict(strategic=0.2, cheat_prob=1.0, spot_check_floor=1.0, jobs=60)),
+                 verification="adaptive")
+    st = r["strategic"]
+    assert r["jobs"]["verified_wrong"] == 0 and st["wrong_verdicts"] == 0
+    assert st["cheated"] > 0 and st["caught"] > 0 and st["wrong_verdicts_before_caught"] == {0: st["caught"]}
+    assert r["verification"]["share_single"] == 0 and r["verification"]["escalated"] > 0
+    everything = sim.views.ledger_of((1 << sim.views.count) - 1)
+    for job in sim.jobs:
+        if job.alone is not None and sim.liar[job.alone] == simulation.STRATEGIC and job.checked.mode == "replicated":
+            cheater = sim.pks[job.alone]
+            assert cheater in job.checked.tally.dissenting
+            after = (job.checked.certificate.created_ms, job.job_id + b"\0")
+            assert everything.trust(cheater, _cls(), before=after) == 0  # caught: its CV reset
+
+
+def test_strategic_cheaters_get_wrong_verdicts_through_a_low_floor():
+    sim, r = run(**(ADAPTIVE | dict(strategic=0.2, cheat_prob=1.0, spot_check_floor=0.05, jobs=60)),
+                 verification="adaptive")
+    st = r["strategic"]
+    assert st["wrong_verdicts"] > 0 and r["jobs"]["verified_wrong"] == st["wrong_verdicts"]
+    assert st["expected_wrong_before_caught"] == round((1 - 1 / 3) / (1 / 3), 3)  # p = max(1/CV, floor)
+
+
+def test_expected_wrong_verdicts_before_a_cheater_is_caught():
+    assert simulation.expected_wrong_before_caught(10, 50_000, 1.0) == pytest.approx(9)
+    assert simulation.expected_wrong_before_caught(10, 200_000, 1.0) == pytest.approx(4)
+    assert simulation.expected_wrong_before_caught(10, 1_000_000, 0.5) == 0
+    # Cheating half the time: honest runs that get checked raise its CV, so checks get rarer.
+    assert simulation.expected_wrong_before_caught(10, 50_000, 0.5) > 9
+    assert simulation.expected_wrong_before_caught(10, 200_000, 0.5) == pytest.approx(4)
+
+
+def test_the_report_has_the_verification_fields():
+    r = run(nodes=30, jobs=5, liars=0.0, verification="adaptive", strategic=0.1, seed=2)[1]
+    assert r["parameters"]["verification"] == "adaptive" and r["runs_per_job"] >= 1
+    assert {"verified_wrong", "verified_correct"} <= set(r["jobs"])
+    assert {"share_single", "share_spot_checked", "share_replicated", "escalated", "wrong_verdict_rate",
+            "credits_per_verified_job", "by_mode"} <= set(r["verification"])
+    assert {"cheaters", "caught", "wrong_verdicts", "wrong_verdicts_before_caught_mean",
+            "expected_wrong_before_caught"} <= set(r["strategic"])
+    assert run(nodes=30, jobs=3, liars=0.0, seed=2)[1]["strategic"] is None

@@ -202,7 +202,6 @@ class SimJob:
     certificate: bytes | None = None
     trust: dict = field(default_factory=dict)  # bidder -> the CV passed with its bid (adaptive jobs)
     alone: int | None = None  # the executor awarded alone (an adaptive job's trusted bidder)
-    awards_sent: int = 0
     runs: int = 0  # executor runs that completed (committed), whether revealed or not
     checked: Any = None  # the certificate as verify_certificate checked it
 
@@ -536,10 +535,8 @@ class Simulation:
 
     def _act(self, job: SimJob, actions: list) -> None:
         s = job.submitter
-        awards = [a for a in actions if isinstance(a, SendAward)]
-        if awards and not job.awards_sent and len(awards) == 1 and job.spec.verification == "adaptive":
-            job.alone = self.index[awards[0].executor]  # bidding closed on one executor: its trusted bidder
-        job.awards_sent += len(awards)
+        if job.machine is not None and job.machine.trusted is not None:
+            job.alone = self.index[job.machine.trusted]  # the trusted bidder, awarded alone
         for a in actions:
             if isinstance(a, SendAward):
                 self.crypto["signs"] += 1
@@ -822,14 +819,17 @@ class Simulation:
         n = max(1, len(done))
         modes = Counter(j.checked.mode for j in certified)
         verified = [j for j in certified if j.status == "verified"]
-        credits = [sum(t.amount for t in effect_of(j.checked, 0).transfers) for j in verified]
+        paid = {j.job_id: sum(t.amount for t in effect_of(j.checked, 0).transfers) for j in verified}
+        credits = list(paid.values())
         by_mode = {}
         for mode in sorted(modes):
             js = [j for j in certified if j.checked.mode == mode]
             ms = [j.verdict_ms for j in js]
+            mode_paid = [paid[j.job_id] for j in js if j.job_id in paid]
             by_mode[mode] = {"jobs": len(js), "runs_per_job": round(sum(j.runs for j in js) / len(js), 3),
                              "executors_in_certificate_mean": round(sum(len(j.checked.reveals) for j in js) / len(js), 3),
                              "verified_wrong": sum(1 for j in js if j.status == "verified" and not j.correct),
+                             "credits_per_verified_job": round(sum(mode_paid) / len(mode_paid), 3) if mode_paid else None,
                              "time_to_verdict_ms": {"p50": _p(ms, 50), "p95": _p(ms, 95)}}
         out = {
             "share_single": round(modes["single"] / n, 4),

@@ -34,6 +34,7 @@ class Mesh:
         self.n, self.rng, self.latency, self.hop = n, rng, link_latency, hop_ms
         self.degree, self.low, self.high = min(degree, n - 1), min(low, n - 1), high
         self.adj: list[dict[int, float]] = [{} for _ in range(n)]
+        self._sends: int | None = None  # `sends`, until a node leaves or joins
         stubs = [v for v in range(n) for _ in range(self.degree)]
         rng.shuffle(stubs)
         for a, b in zip(stubs[::2], stubs[1::2]):
@@ -57,6 +58,7 @@ class Mesh:
                 self._link(v, w)
 
     def leave(self, v: int, online: bytearray) -> None:
+        self._sends = None
         peers = list(self.adj[v])
         for w in peers:
             del self.adj[w][v]
@@ -66,15 +68,20 @@ class Mesh:
                 self._graft(w, online)
 
     def join(self, v: int, online: bytearray) -> None:
+        self._sends = None
         self._graft(v, online)
 
     def sends(self, online: bytearray) -> int:
         """Transmissions of one flood over the online mesh: each node that gets the message forwards
         it to its mesh peers but the one it came from (an upper bound by at most the origin's
-        degree: `spread` also skips the origin). Every online node is taken to be reached."""
+        degree: `spread` also skips the origin). Every online node is taken to be reached. Kept
+        until a node leaves or joins (`online` must change only with them)."""
+        if self._sends is not None:
+            return self._sends
         adj = self.adj
         reached = [len(adj[v]) for v in range(self.n) if online[v]]
-        return max(0, sum(reached) - (len(reached) - 1))
+        self._sends = max(0, sum(reached) - (len(reached) - 1))
+        return self._sends
 
     def arrivals(self, source: int, targets: Iterable[int], t0: float) -> dict[int, float]:
         """When a flood from `source` at t0 reaches each target (absent: unreachable): the shortest
