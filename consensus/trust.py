@@ -11,7 +11,8 @@ Rules:
   (`CheckedCertificate.compared`) is an event: each agreeing executor +1, each dissenting executor
   back to 0. A single run (`mode == "single"`: its result was compared with nothing), a failed or a
   nondeterministic certificate is no event. (An awarded executor with no reveal in the certificate
-  is no event either: the certificate cannot tell a missed deadline from an honest withdrawal.)
+  is no event either: the certificate cannot tell a missed deadline from an honest withdrawal,
+  or from a reveal its submitter left out.)
 - Events are folded in the ledger's order, the certificate key (created_ms, job_id), never the
   order they arrived in, so any two nodes holding the same certificates count the same CVs. Each
   (executor, class) keeps its events in that order with its CV after each (`CvTrack`); a late
