@@ -22,7 +22,7 @@ import trio
 from distributeai.consensus.certificate import CheckedCertificate
 from distributeai.consensus.errors import RemoteProtocolError
 from distributeai.consensus.gossip import check_gossip
-from distributeai.consensus.ledger import REPUTATION_START, Ledger
+from distributeai.consensus.ledger import REPUTATION_START, UNTRUSTED, Ledger
 from distributeai.consensus.names import JOBS_TOPIC
 from distributeai.consensus.pow import DEFAULT_DIFFICULTY
 from distributeai.consensus.sampling import SHARE_ALL
@@ -179,6 +179,8 @@ class Stats:
         # The ledger remembers every certificate it folded in, also those of jobs that have left
         # the recent list, so no certificate is counted twice.
         self.ledger.apply_certificate(checked, now_ms)
+        if self.ledger.untrusted(checked) is not None:  # counted as a node counts it, in the set all the same
+            self.rejected[UNTRUSTED] += 1
         cert = checked.certificate
         self.certified[cert.status] += 1
         self._tick(self.certify_times)

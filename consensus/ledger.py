@@ -1,7 +1,7 @@
-"""Reputation and credits as a fold over verified certificates (and, for reputation, this node's
-own observations). Pure: no I/O, no clock; times are arguments.
+"""Reputation, credits and trust as a fold over verified certificates (and, for reputation, this
+node's own observations). Pure: no I/O, no clock; times are arguments.
 
-Two layers:
+Three parts:
 
 1. The certificate view, which every node shares. It is the fold of the certificate SET in one
    order, the certificate's `created_ms`, then its job id (`certificate_key`), with clamping applied
@@ -17,11 +17,17 @@ Two layers:
    certificate view as `clamp(certificate_reputation + local_penalty)`. `reputation_of` (what
    bidding and ranking read) and `reputation` include both layers; `certificate_reputation` and
    `view_digest` only the first.
+3. Trust (consensus/trust.py): each executor's consecutive-valid count per runtime class, folded
+   from the same certificate set in the same order (`trust`, `trust_of`), part of `view_digest`;
+   and `untrusted`, whether a certificate's claimed count holds in this node's view.
 
 Reputation (per identity):
 - starts at REPUTATION_START (0): a new identity is neither trusted nor suspect;
 - +5 for each verified certificate in which it agreed, -10 for each in which it dissented
-  (the seed's figures); failed and nondeterministic certificates change nobody's reputation;
+  (the seed's figures); failed and nondeterministic certificates change nobody's reputation, nor
+  does a single run (an adaptive job's `mode == "single"`: its result was compared with nothing).
+  A spot check ("spot_checked") is an ordinary verified certificate: two agreeing executors, +5
+  each;
 - clamped to [REPUTATION_MIN, REPUTATION_MAX] = [-100, 100] after every certificate (in the fold's
   order), so an identity cannot bank unlimited goodwill to spend on lies later, nor sink beyond
   redemption;
@@ -32,7 +38,8 @@ Credits (per identity, certificate view only):
 - a genesis grant (configurable, default 100) for every identity;
 - at a verified certificate the submitter pays each agreeing executor `price`, plus, for a wasm
   job priced per fuel, `price_per_mfuel` per million fuel units the agreed result used (paying
-  itself is a no-op). Credits are sums, never clamped, so they do not depend on order at all.
+  itself is a no-op): a single run pays its one executor once, a spot check both executors.
+  Credits are sums, never clamped, so they do not depend on order at all.
   Balances may go below zero only if views diverge; nodes do not bid for a submitter whose
   balance cannot cover the most the job can cost (`max_cost`).
 """
@@ -47,6 +54,7 @@ from .certificate import CheckedCertificate
 from .codec import encode
 from .messages import JobSpec, Reveal
 from .results import fuel_cost
+from .trust import UNTRUSTED, Trust, TrustEvent, trust_events  # noqa: F401  (UNTRUSTED: re-exported for node/)
 
 REPUTATION_START = 0
 REPUTATION_MIN = -100
@@ -55,7 +63,7 @@ AGREE_REWARD = 5
 DISSENT_PENALTY = -10
 OFFENCE_PENALTY = -10
 GENESIS_CREDITS = 100
-VIEW_DOMAIN = b"distributeai/ledger-view/v1\x00"
+VIEW_DOMAIN = b"distributeai/ledger-view/v2\x00"  # v2: trust joined the view
 
 
 @dataclass(frozen=True)
@@ -69,11 +77,13 @@ class Transfer:
 
 @dataclass(frozen=True)
 class Effect:
-    """What one certificate does to the view: reputation deltas (in the order applied) and the
-    transfers it pays. Kept instead of the certificate, so a refold needs no re-verification."""
+    """What one certificate does to the view: reputation deltas (in the order applied), the
+    transfers it pays and its trust events. Kept instead of the certificate, so a refold needs no
+    re-verification."""
     key: tuple[int, bytes]  # (created_ms, job_id)
     deltas: tuple[tuple[bytes, int], ...]
     transfers: tuple[Transfer, ...]
+    trust: tuple[TrustEvent, ...] = ()
 
 
 def certificate_key(cert: CheckedCertificate) -> tuple[int, bytes]:
@@ -86,13 +96,14 @@ def effect_of(cert: CheckedCertificate, at_ms: int) -> Effect:
     key = certificate_key(cert)
     if cert.certificate.status != "verified":
         return Effect(key, (), ())
-    deltas = tuple((who, AGREE_REWARD) for who in cert.tally.agreeing) + \
+    deltas = () if cert.mode == "single" else \
+        tuple((who, AGREE_REWARD) for who in cert.tally.agreeing) + \
         tuple((who, DISSENT_PENALTY) for who in cert.tally.dissenting)
     payer = cert.spec.submitter
     price = job_price(cert.spec, cert.reveals[cert.tally.agreeing[0]]) if cert.tally.agreeing else 0
     transfers = tuple(Transfer(key[1], payer, payee, price, at_ms) for payee in cert.tally.agreeing
                       if payee != payer and price != 0)
-    return Effect(key, deltas, transfers)
+    return Effect(key, deltas, transfers, trust_events(cert))
 
 
 def _clamp(value: int) -> int:
@@ -140,13 +151,14 @@ class Ledger:
     _transfers: list[Transfer] | None = None  # flattened on read, dropped on change
     _digest: bytes | None = None  # view_digest, dropped on change
     _arrivals: list[tuple[int, bytes]] = field(default_factory=list)  # keys in arrival order
+    _trust: Trust = field(default_factory=Trust)  # consecutive-valid counts (consensus/trust.py)
 
     def __deepcopy__(self, memo: dict) -> "Ledger":
         """A copy sharing the immutable parts (effects, keys): what a copy-on-write holder of
         many views (tools/simworld.py) pays is list and dict copies."""
         return Ledger(self.genesis, dict(self.spent), set(self.applied), dict(self.offences), list(self._effects),
                       list(self._keys), {w: t.copy() for w, t in self._tracks.items()}, None, self._digest,
-                      list(self._arrivals))
+                      list(self._arrivals), self._trust.copy())
 
     # --- folding ------------------------------------------------------------------------------
 
@@ -168,6 +180,7 @@ class Ledger:
             if track is None:
                 track = self._tracks[who] = Track()
             track.insert(effect.key, delta)
+        self._trust.add(effect.key, effect.trust)
         for t in effect.transfers:  # sums: their order does not matter
             self.spent[t.payer] = self.spent.get(t.payer, 0) - t.amount
             self.spent[t.payee] = self.spent.get(t.payee, 0) + t.amount
@@ -219,16 +232,34 @@ class Ledger:
         holder of a copy of the key set (node/reconcile.py) adds to catch up, without a scan."""
         return self._arrivals[since:]
 
+    def trust(self, who: bytes, cls: bytes, before: tuple[int, bytes] | None = None) -> int:
+        """`who`'s consecutive-valid count in runtime class `cls` (adaptive.runtime_class), over
+        the certificates with key < `before` (all of them for None): a submitter passes
+        `(now_ms, b"")`, a certificate check the certificate's key."""
+        return self._trust.cv(who, cls, before)
+
+    def trust_of(self, who: bytes) -> dict[bytes, int]:
+        """`who`'s consecutive-valid count in every class it has a compared result in, by class."""
+        return self._trust.of(who)
+
+    def untrusted(self, checked: CheckedCertificate) -> str | None:
+        """For a certificate carrying a spot-check draw: why its claimed CV is unfounded (it exceeds
+        this view's count of the trusted executor in the job's class, before the certificate's
+        key), else None. Whether or not it is, the certificate is in the set like any other; nodes
+        and the bootstrap count it under `UNTRUSTED` and show its verdict as rejected."""
+        return self._trust.untrusted(checked, certificate_key(checked))
+
     def view(self) -> list[list]:
         """The certificate view: [identity, reputation, credits] per identity it names, sorted."""
         who_all = sorted(set(self._tracks) | set(self.spent))
         return [[who, self.certificate_reputation(who), self.balance(who)] for who in who_all]
 
     def view_digest(self) -> bytes:
-        """SHA-256 over the canonical encoding of `view()` (local offences never count): equal
-        on any two nodes holding the same certificates with the same genesis grant."""
+        """SHA-256 over the canonical encoding of `view()` and the trust counts (local offences
+        never count): equal on any two nodes holding the same certificates with the same genesis
+        grant."""
         if self._digest is None:
-            self._digest = hashlib.sha256(VIEW_DOMAIN + encode([self.genesis, self.view()])).digest()
+            self._digest = hashlib.sha256(VIEW_DOMAIN + encode([self.genesis, self.view(), self._trust.view()])).digest()
         return self._digest
 
 

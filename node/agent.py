@@ -41,7 +41,7 @@ from distributeai.consensus.cid import verify_block
 from distributeai.consensus.codec import Identity
 from distributeai.consensus.errors import LocalProtocolError, RemoteProtocolError
 from distributeai.consensus.gossip import check_gossip
-from distributeai.consensus.ledger import Ledger
+from distributeai.consensus.ledger import UNTRUSTED, Ledger
 from distributeai.consensus.messages import JobSpec, verify
 from distributeai.consensus.names import (
     AWARD_PROTOCOL, BID_PROTOCOL, COMMIT_PROTOCOL, DECLINE_PROTOCOL, JOBS_TOPIC, REVEAL_PROTOCOL,
@@ -333,6 +333,8 @@ class Agent:
                                                    signed_spec=cert.signed_spec):
             return False
         self.ledger.apply_certificate(checked, now)
+        if (why := self.ledger.untrusted(checked)) is not None:  # in the set all the same: consensus/trust.py
+            self.reject(UNTRUSTED, why)
         self.count("certificates")
         self.notify()
         # A run of it here stops; a cancel says so in the certificate's reason.

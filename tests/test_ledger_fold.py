@@ -28,8 +28,10 @@ def fake(created_ms: int, job: int, agreeing=(), dissenting=(), status="verified
     return SimpleNamespace(
         certificate=SimpleNamespace(job_id=job.to_bytes(32, "big"), created_ms=created_ms, status=status),
         tally=SimpleNamespace(agreeing=agreeing, dissenting=tuple(PEOPLE[i] for i in dissenting)),
-        spec=SimpleNamespace(submitter=PEOPLE[payer], price=price, tasks=(), is_batch=False, price_per_mfuel=0),
-        reveals={a: reveal for a in agreeing})
+        spec=SimpleNamespace(submitter=PEOPLE[payer], price=price, tasks=(), is_batch=False, price_per_mfuel=0,
+                             sandbox="docker", image="alpine:latest"),
+        reveals={a: reveal for a in agreeing}, mode="replicated", bids={},
+        compared=len(agreeing) + len(dissenting) >= 2)
 
 
 def many(n: int, seed: int) -> list:
