@@ -306,7 +306,7 @@ def test_a_strategic_cheater_is_caught_by_the_first_spot_check_with_floor_one():
                  verification="adaptive")
     st = r["strategic"]
     assert r["jobs"]["verified_wrong"] == 0 and st["wrong_verdicts"] == 0
-    assert st["cheated"] > 0 and st["caught"] > 0 and st["wrong_verdicts_before_caught"] == {0: st["caught"]}
+    assert st["cheated"] > 0 and st["caught"] > 0 and st["wrong_verdicts_before_caught"] == {0: st["catches"]}
     assert r["verification"]["share_single"] == 0 and r["verification"]["escalated"] > 0
     everything = sim.views.ledger_of((1 << sim.views.count) - 1)
     for job in sim.jobs:

@@ -851,39 +851,43 @@ class Simulation:
         return out
 
     def _strategic(self) -> dict | None:
-        """Strategic cheaters: per cheater, in certificate-key order (the fold's), the wrong verdicts
-        certified with its result before it is caught, i.e. before the first verified certificate in
-        which it dissents on a job where it cheated (its CV resets to 0 there). Warm-up included: a
-        cheater cheats only on adaptive jobs, so there it is honest."""
+        """Strategic cheaters, in certificate-key order (the fold's): the wrong verdicts certified
+        with a cheater's result before it is caught, i.e. before a verified certificate in which it
+        dissents on a job it ran alone (its CV resets to 0 there). A caught cheater that earns trust
+        again starts a new count: one figure per catch. Warm-up included (a cheater cheats only on
+        adaptive jobs, so there it is honest)."""
         cfg = self.cfg
         cheaters = [v for v in range(self.n) if self.liar[v] == STRATEGIC]
         if not cheaters:
             return None
         certs = sorted((j.checked.certificate.created_ms, j.job_id, j) for j in self.jobs
                        if j.checked is not None and j.status == "verified")
-        wrong: Counter[int] = Counter()
-        caught: dict[int, int] = {}
+        since: Counter[int] = Counter()  # wrong verdicts since the cheater was last caught
+        catches: list[int] = []  # per catch, the wrong verdicts before it
+        wrong = 0
         for _, _, j in certs:
             tally = j.checked.tally
             for who in tally.agreeing:
                 c = self.index[who]
-                if self.liar[c] == STRATEGIC and not j.correct and c not in caught:
-                    wrong[c] += 1
+                if self.liar[c] == STRATEGIC and not j.correct:
+                    since[c] += 1
+                    wrong += 1
             for who in tally.dissenting:
                 c = self.index[who]
-                if self.liar[c] == STRATEGIC and c not in caught and j.alone == c:
-                    caught[c] = wrong[c]
-        cheated = [c for c in cheaters if self.cheats[c]]
+                if self.liar[c] == STRATEGIC and j.alone == c:
+                    catches.append(since.pop(c, 0))
+        caught = {self.index[w] for j in self.jobs if j.checked is not None and j.alone is not None
+                  for w in j.checked.tally.dissenting if w == self.pks[j.alone] and self.liar[j.alone] == STRATEGIC}
         alone = {j.alone for j in self.jobs if j.alone is not None}
-        at_large = [wrong[c] for c in cheated if c not in caught]
+        at_large = [n for n in since.values() if n]
         return {
             "cheaters": len(cheaters), "cheat_prob": cfg.cheat_prob,
             "ran_alone": sum(1 for c in cheaters if c in alone),
-            "cheated": len(cheated), "wrong_results": sum(self.cheats.values()),
-            "wrong_verdicts": sum(wrong.values()),
-            "caught": len(caught),
-            "wrong_verdicts_before_caught_mean": round(sum(caught.values()) / len(caught), 3) if caught else None,
-            "wrong_verdicts_before_caught": dict(sorted(Counter(caught.values()).items())),
+            "cheated": sum(1 for c in cheaters if self.cheats[c]), "wrong_results": sum(self.cheats.values()),
+            "wrong_verdicts": wrong,
+            "caught": len(caught), "catches": len(catches),
+            "wrong_verdicts_before_caught_mean": round(sum(catches) / len(catches), 3) if catches else None,
+            "wrong_verdicts_before_caught": dict(sorted(Counter(catches).items())),
             "not_caught_yet": len(at_large),
             "wrong_verdicts_not_caught_yet_mean": round(sum(at_large) / len(at_large), 3) if at_large else None,
             "expected_wrong_before_caught": round(expected_wrong_before_caught(

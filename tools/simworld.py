@@ -298,10 +298,8 @@ class CertificateSets:
 
 
 def _copy(ledger: Ledger) -> Ledger:
-    """A Ledger to fold more into, sharing no container with `ledger` (its fields hold immutable
-    items: keys, counts, transfers), whatever fields consensus/ledger.py gives it."""
-    new = copy.copy(ledger)
-    for name, value in vars(ledger).items():
-        if isinstance(value, (dict, list, set)):
-            setattr(new, name, type(value)(value))
-    return new
+    """A Ledger to fold more into, sharing nothing that folding changes with `ledger`:
+    `Ledger.__deepcopy__` copies its containers and per-identity tracks (reputation and trust),
+    and shares only the immutable effects. (A copy of the containers alone shared the tracks,
+    so folding into the copy changed the view it was copied from.)"""
+    return copy.deepcopy(ledger)
