@@ -34,12 +34,20 @@ Real (the functions the daemon calls, on real signed bytes):
   `unbid_best` nor `undecided` is passed: the bid window never closes early and never waits for
   a better-reputed peer (`bids_wait`), it closes at its end;
 - the submitter's CPU per job is measured (`time.process_time`) around the real `SubmitterJob`
-  calls and the checks of what it receives.
+  calls and the checks of what it receives;
+- adaptive verification (`verification="adaptive"`, after `warmup` replicate jobs): each bid carries
+  the bidder's CV as the node passes it (meta "trust": `Ledger.trust` in the submitter's view, in
+  `runtime_class(spec, bid.platform)`, before now); `SubmitterJob` awards a trusted best bidder
+  alone, signs the spot-check draw over its seal, awards a check, escalates; every certificate is
+  checked as nodes check it, so the reported mode is `CheckedCertificate.mode`, the credits the
+  ledger's (`effect_of`) and the CVs `Ledger.trust`'s.
 
 Modelled:
 - the sandbox: a run takes a lognormal time (mean `run_ms`); an honest run prints the SHA-256 of
   the job's command; a liar prints another line (its own, or with `collude` one shared by all
-  liars), committed and revealed consistently, so only the tally can catch it;
+  liars), committed and revealed consistently, so only the tally can catch it; a strategic cheater
+  (`strategic`) runs honestly except on a job it runs alone as its trusted executor (it is told:
+  the worst case), where it prints its own wrong line with `cheat_prob`;
 - the network: one-way latency is lognormal with mean `latency_ms` (sigma `latency_sigma`), drawn
   per direct message and once per gossip mesh link; a message to a node that is not a mesh
   neighbour first pays a connection set-up of `dial_rtts` round trips (TCP + Noise), charged to the
@@ -448,7 +456,7 @@ class Simulation:
         view = self.views.of(job.submitter)
         meta = {"reputation": view.reputation_of(self.pks[v])} | self._outside(job, view)
         if job.spec.verification == "adaptive":
-            meta["trust"] = job.trust[v] = self._timed(job, self._trust, view, job.spec, v)
+            meta["trust"] = job.trust[v] = self._timed(job, self._trust, view, job.spec, bid)
         try:
             actions = self._timed(job, apply_input, m, "bid", signed, meta, int(self.now))
         except RemoteProtocolError as exc:
@@ -506,14 +514,11 @@ class Simulation:
         else:
             self._schedule_tick(job)
 
-    def _trust(self, view, spec: JobSpec, v: int) -> int:
-        """Bidder v's CV as node/submitting.py passes it with a bid (meta "trust"): `Ledger.trust` in
-        the submitter's view, in the job's runtime class (every simulated bid advertises no
-        platform), over the certificates before now. 0 while consensus/ledger.py has no `trust`."""
-        trust = getattr(view, "trust", None)
-        if trust is None:
-            return 0
-        return trust(self.pks[v], runtime_class(spec, NO_PLATFORM), before=(int(self.now), b""))
+    def _trust(self, view, spec: JobSpec, bid: Bid) -> int:
+        """The bidder's CV as the node passes it with a bid of an adaptive job (meta "trust"):
+        `Ledger.trust` in the submitter's view, in the runtime class of the job and the bid's
+        platform (every simulated bid advertises none: one class), over the certificates before now."""
+        return view.trust(bid.bidder, runtime_class(spec, bid.platform), before=(int(self.now), b""))
 
     def _outside(self, job: SimJob, view) -> dict:
         """The meta node/submitting.py adds to a bid or tick of a sampled job in bidding:
@@ -841,10 +846,8 @@ class Simulation:
             "credits_per_verified_job": round(sum(credits) / len(credits), 3) if credits else None,
             "by_mode": by_mode,
         }
-        view = self.views.ledger_of((1 << self.views.count) - 1)  # every certificate
-        if hasattr(view, "trust"):  # CV at the end, in the one runtime class every simulated job has
-            cls = runtime_class(JobSpec(submitter=b"\0" * 32, nonce=b"\0" * 16, created_ms=0, name="x", image=IMAGE,
-                                        command=("true",)), NO_PLATFORM)
+        if self.jobs:  # CVs over every certificate, in the one runtime class of every simulated job
+            view, cls = self.views.ledger_of((1 << self.views.count) - 1), runtime_class(self.jobs[0].spec, NO_PLATFORM)
             cvs = [view.trust(self.pks[v], cls) for v in self.awards_to]
             out["trusted_executors_at_end"] = sum(1 for c in cvs if c >= cfg.trust_threshold)
             out["cv_max_at_end"] = max(cvs, default=0)
