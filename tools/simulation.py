@@ -882,6 +882,9 @@ class Simulation:
         caught = {self.index[w] for j in self.jobs if j.checked is not None and j.alone is not None
                   for w in j.checked.tally.dissenting if w == self.pks[j.alone] and self.liar[j.alone] == STRATEGIC}
         alone = {j.alone for j in self.jobs if j.alone is not None}
+        cvs = [j.trust.get(j.alone, 0) for j in self.jobs if j.alone is not None and self.liar[j.alone] == STRATEGIC]
+        cv_mean = round(sum(cvs) / len(cvs), 1) if cvs else None
+        floor_ppm = round(cfg.spot_check_floor * PPM)
         at_large = [n for n in since.values() if n]
         return {
             "cheaters": len(cheaters), "cheat_prob": cfg.cheat_prob,
@@ -891,10 +894,18 @@ class Simulation:
             "caught": len(caught), "catches": len(catches),
             "wrong_verdicts_before_caught_mean": round(sum(catches) / len(catches), 3) if catches else None,
             "wrong_verdicts_before_caught": dict(sorted(Counter(catches).items())),
+            # Every wrong verdict over every catch: the same expectation without the bias of the
+            # finite run (a cheater still at large has its count cut short, and is not in the mean).
+            "wrong_verdicts_per_catch": round(wrong / len(catches), 3) if catches else None,
             "not_caught_yet": len(at_large),
             "wrong_verdicts_not_caught_yet_mean": round(sum(at_large) / len(at_large), 3) if at_large else None,
             "expected_wrong_before_caught": round(expected_wrong_before_caught(
-                cfg.trust_threshold, round(cfg.spot_check_floor * PPM), cfg.cheat_prob), 3),
+                cfg.trust_threshold, floor_ppm, cfg.cheat_prob), 3),
+            # The CV cheaters ran alone at (warm-up replication raises it past the threshold), and
+            # the expectation from there.
+            "cv_alone_mean": cv_mean,
+            "expected_wrong_before_caught_at_cv_alone_mean": None if cv_mean is None else round(
+                expected_wrong_before_caught(round(cv_mean), floor_ppm, cfg.cheat_prob), 3),
         }
 
     def report(self) -> dict:
