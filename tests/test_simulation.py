@@ -343,3 +343,19 @@ def test_the_report_has_the_verification_fields():
     assert {"cheaters", "caught", "wrong_verdicts", "wrong_verdicts_before_caught_mean",
             "expected_wrong_before_caught"} <= set(r["strategic"])
     assert run(nodes=30, jobs=3, liars=0.0, seed=2)[1]["strategic"] is None
+
+
+def test_cli_takes_the_verification_flags_and_refuses_bad_ones():
+    base = [sys.executable, "-m", "distributeai.cli.main", "simulate", "--nodes", "30", "--jobs", "4", "--churn", "0"]
+    out = subprocess.run(base + ["--verification", "adaptive", "--strategic", "0.1", "--warmup", "3",
+                                 "--trust-threshold", "2", "--spot-check-floor", "0.2", "--cheat-prob", "1", "--json"],
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    r = json.loads(out.stdout)
+    assert r["parameters"].items() >= {"verification": "adaptive", "strategic": 0.1, "warmup": 3, "trust_threshold": 2,
+                                       "spot_check_floor": 0.2, "cheat_prob": 1.0}.items()
+    assert r["jobs"]["submitted"] == 4 and "runs_per_job" in r and r["strategic"]["cheaters"] == 3
+    for bad in (["--verification", "sometimes"], ["--strategic", "0.95"], ["--spot-check-floor", "2"],
+                ["--trust-threshold", "0"], ["--warmup", "-1"]):
+        out = subprocess.run(base + bad, capture_output=True, text=True, timeout=60)
+        assert out.returncode != 0 and "Traceback" not in out.stderr and out.stderr.strip(), bad
