@@ -24,7 +24,8 @@ line, answered with a JSON object on one line. Requests are capped at MAX_REQUES
     {"op": "wait", "job_id": HEX, "timeout": SECS}   -> job view once verified/failed (or at timeout)
     {"op": "list"}                                   -> {"jobs": [job view, ...]}
     {"op": "credits"}                                -> {"balance", "genesis", "transfers": [...]}
-    {"op": "reputation"}                             -> {"reputation": {peer id: value}}
+    {"op": "reputation"}                             -> {"reputation": {peer id: value}, "trust": {peer id:
+                                                        {runtime class hex: consecutive valid results}}}
     {"op": "peers"}                                  -> {"peers": [{peer_id, addrs, connected, reputation}]}
     {"op": "cancel", "job_id": HEX}                  -> job view (failed, "cancelled"); only the submitter's node
     {"op": "result", "job_id": HEX[, "out": DIR]}    -> verified stdout, stderr, exit code, limits hit,
@@ -163,10 +164,10 @@ async def _dispatch(agent: Agent, request: dict) -> dict:
     if op in ("blob_add", "blob_get", "blob_ls"):
         return await _blob_op(agent, req)
     if op in ("credits", "reputation"):
-        from .ledger_views import credits_view, reputation_view  # loads libp2p: not at the CLI's import
+        from .ledger_views import credits_view, reputation_view, trust_view  # loads libp2p: not at the CLI's import
         if op == "credits":
             return credits_view(agent.ledger, agent.me)
-        return {"reputation": reputation_view(agent.ledger)}
+        return {"reputation": reputation_view(agent.ledger), "trust": trust_view(agent.ledger)}
     assert op == "list", op  # check_request admits only the ops above
     rows = await agent.recent_jobs(req["limit"])
     return {"jobs": [await agent.job_status(r["job_id"]) for r in rows]}
