@@ -105,6 +105,12 @@ def submit(
     env: list[str] = typer.Option([], "--env", help="NAME=VALUE for the job's environment; repeatable."),
     inputs: list[str] = typer.Option([], "--input", metavar="PATH[:NAME]", help="A file or directory the job reads at "
                                      "/in/NAME (read-only; NAME defaults to the path's last part); repeatable."),
+    verification: Optional[str] = typer.Option(None, "--verification", help="replicate (k-of-n on every job, the "
+                                               "default) or adaptive (a trusted executor runs it alone, spot-checked)."),
+    trust_threshold: Optional[int] = typer.Option(None, "--trust-threshold", help="Adaptive: the consecutive valid "
+                                                  "results an executor needs to run a job alone. Default 10."),
+    spot_check_floor: Optional[float] = typer.Option(None, "--spot-check-floor", help="Adaptive: the least chance "
+                                                     "(0..1) that a single run is checked. Default 0.05."),
     cpu: Optional[float] = typer.Option(None, "--cpu", help="Cores the job needs. Default 1."),
     memory: Optional[int] = typer.Option(None, "--memory", help="MiB the job may use. Default 256."),
     no_wait: bool = typer.Option(False, "--no-wait", help="Print the job id and return at once."),
@@ -155,7 +161,9 @@ def submit(
                            ("result_deadline", result_deadline), ("fuel", fuel), ("price_per_mfuel", price_per_mfuel),
                            ("stdin", stdin if stdin_file is None else read_bytes(stdin_file, "--stdin-file")),
                            ("gpu", gpu or None), ("cpu", cpu), ("memory_mb", memory),
-                           ("out_max_bytes", out_max), ("out_max_files", out_max_files)):
+                           ("out_max_bytes", out_max), ("out_max_files", out_max_files),
+                           ("verification", verification), ("trust_threshold", trust_threshold),
+                           ("spot_check_floor", spot_check_floor)):
             if value is not None:
                 doc[key] = value
     if tasks_file is not None and isinstance(doc, dict):

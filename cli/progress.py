@@ -62,7 +62,8 @@ def render(view: dict, elapsed: float, quorum: int, replicas: int) -> Group:
         line.add_column()
     line.add_row(f"bids {c['bids']}", f"awarded {c['awarded']}/{replicas}", f"commits {c['commits']}",
                  f"reveals {c['reveals']}", f"verdict {status if done else '—'}"
-                 + (f" ({c['agreeing']} agree, {quorum} needed)" if status == "verified" else ""),
+                 + (f" ({view['verification_note']})" if status == "verified" and view.get("verification_note")
+                    else f" ({c['agreeing']} agree, {quorum} needed)" if status == "verified" else ""),
                  f"elapsed {elapsed:.1f} s")
     if not done:
         spinning = Table.grid(padding=(0, 1))
