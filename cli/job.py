@@ -16,7 +16,7 @@ from .cmdline import JOB_ARGV, SubmitCommand  # noqa: F401 (SubmitCommand: for m
 from .common import (
     DataDirOption, JsonOption, check_job_id, control, fail, job_error_code, node_dir, print_json, safe,
 )
-from .jobview import job_exit_code, print_job, result_report, task_note  # noqa: F401  (print_job: cli/tools.py uses it)
+from .jobview import job_exit_code, print_job, result_report, task_note, verification_line  # noqa: F401  (print_job: cli/tools.py uses it)
 from .transfer_bar import run_with_bar
 
 job_app = typer.Typer(no_args_is_help=True, help="Look at jobs.")
@@ -323,6 +323,8 @@ def job_result(
         return
     sys.stdout.write(answer.get("stdout") or "")
     sys.stdout.flush()
+    if answer.get("rejected") or answer.get("verification") in ("single", "spot_checked"):
+        typer.echo(verification_line(answer), err=True)  # a single run says it is one
     for line in result_report(answer):  # limits, exit code, a cut stdout, files, stderr
         typer.echo(line, err=True, nl=not line.endswith("\n"))
     for f in answer.get("written") or []:

@@ -157,6 +157,11 @@ def openapi_document() -> dict[str, Any]:
                                               "(bytes) and cid (its CIDv1 as ipfs add --cid-version 1 gives it)",
                                               "properties": {"path": {"type": "string"}, "size": {"type": "integer"},
                                                              "cid": {"type": "string"}}}},
+                                          "verification": {"type": "string", "nullable": True,
+                                                           "description": "single, spot_checked or replicated"},
+                                          "executors_run": {"type": "integer", "nullable": True},
+                                          "rejected": {"type": "string", "nullable": True},
+                                          "verification_note": {"type": "string"},
                                           "outputs": {"type": "object", "description": "status (ok or "
                                                       "out_quota_exceeded), files, listed, manifest_truncated, "
                                                       "skipped, skipped_entries [{name, reason}], quota"}}},
