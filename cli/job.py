@@ -213,7 +213,9 @@ def submit(
         return
     if not as_json:
         what = f" ({len(spec.tasks)} tasks, each)" if spec.is_batch else ""
-        typer.echo(f"submitted {job_hex}; waiting for {spec.quorum} of {spec.replicas} executors to agree{what}", err=True)
+        alone = "; a trusted executor may run it alone" if spec.verification == "adaptive" else ""
+        typer.echo(f"submitted {job_hex}; waiting for {spec.quorum} of {spec.replicas} executors to agree{what}{alone}",
+                   err=True)
     deadline = time.monotonic() + spec.timeout_s + 120
     view = wait_for_verdict(data_dir, {"job_id": job_hex, "status": "announced"}, spec.quorum, spec.replicas,
                             deadline, show=not as_json)

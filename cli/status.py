@@ -121,8 +121,11 @@ def agreeing_cell(j: dict) -> str:
     """Agreeing executors of the awarded and k; a single run or a spot check says which it was."""
     if j.get("rejected"):
         return f"rejected: {j['rejected']}"
-    return {"single": "single run (not checked)", "spot_checked": "2/2 (spot-checked)"}.get(
-        j.get("verification") or "", f"{j['agreeing']}/{j['awarded']} (k={j['quorum']})")
+    if j.get("verification") == "single":
+        return "single run (not checked)"
+    if j.get("verification") == "spot_checked":
+        return "2/2 (spot-checked)"
+    return f"{j['agreeing']}/{j['awarded']} (k={j['quorum']})"
 
 
 def _table(title: str, *columns: str | tuple[str, int]) -> Table:

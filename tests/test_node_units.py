@@ -198,6 +198,10 @@ def test_a_single_run_says_so_in_the_view_the_cli_and_the_page(capsys):
     assert view["stdout"] == "42\n" and view["verification_policy"] == "adaptive" and view["trust_threshold"] == 3
     print_job(view, as_json=False)
     assert "verdict  verified, single run (trusted executor, not spot-checked)" in capsys.readouterr().out
+    from distributeai.cli.progress import verdict_cell
+    from distributeai.cli.status import agreeing_cell
+    assert verdict_cell(view, "verified", 1, 2) == "verdict verified, single run (trusted executor, not spot-checked)"
+    assert agreeing_cell(view) == "single run (not checked)"
     summary, _ = certificate_view(verify_certificate(cert))
     assert (summary["verification"], summary["executors_run"]) == ("single", 1)
     assert "single run" in summary["verification_note"]
