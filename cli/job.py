@@ -409,7 +409,8 @@ def job_list(
     for j in jobs:
         agreeing = sum(1 for e in j.get("executors") or [] if e.get("agreed"))
         execution = f"  ran here: {j['execution']['status']}" if j.get("execution") else ""
-        agree = f"{agreeing}/{len(j.get('executors') or [])} agree"
+        agree = "rejected" if j.get("rejected") else {"single": "single run", "spot_checked": "2/2 checked"}.get(
+            j.get("verification") or "") or f"{agreeing}/{len(j.get('executors') or [])} agree"
         typer.echo(f"{j['job_id']}  {j['role']:9}  {j['status']:16}  {agree:11}  "
                    f"{elapsed_s(j, now_ms):>8} s  {label(j)}{safe(execution)}")
 
