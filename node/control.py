@@ -143,7 +143,8 @@ async def _dispatch(agent: Agent, request: dict) -> dict:
         answer = {k: view.get(k) for k in ("job_id", "status", "exit_code", "stdout", "result_hash", "files",
                                            "outputs", "timed_out", "timeout_s", "oom_killed", "memory_mb",
                                            "stdout_truncated", "stdout_size", "stderr", "stderr_part",
-                                           "stderr_truncated", "sandbox")}
+                                           "stderr_truncated", "sandbox", "verification", "executors_run",
+                                           "rejected", "verification_note")}
         if "out" in req:
             try:
                 answer["written"], answer["not_fetched"] = await agent.outputs.fetch_outputs(job_hex, Path(req["out"]))
