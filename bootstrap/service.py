@@ -178,11 +178,11 @@ class Stats:
     def _certified(self, checked: CheckedCertificate, now: float, now_ms: int) -> None:
         # The ledger remembers every certificate it folded in, also those of jobs that have left
         # the recent list, so no certificate is counted twice.
-        # A single-run claim the fold does not support is shown as rejected (its effects are credits only).
-        untrusted = getattr(self.ledger, "untrusted", None)  # Ledger.untrusted (issue 18's trust fold)
-        rejected = untrusted(checked) if untrusted is not None and checked.certificate.evidence is not None else None
+        # A claimed trust the fold does not support is counted as a node counts it and shown as
+        # rejected; the certificate joins the set all the same (its effects are credits only).
         self.ledger.apply_certificate(checked, now_ms)
-        if self.ledger.untrusted(checked) is not None:  # counted as a node counts it, in the set all the same
+        rejected = self.ledger.untrusted(checked)
+        if rejected is not None:
             self.rejected[UNTRUSTED] += 1
         cert = checked.certificate
         self.certified[cert.status] += 1

@@ -112,7 +112,7 @@ class Executing:
         if bid:
             msg = sign(self.identity, Bid(job_id, self.me, s.price, s.capacity.cpu_millis, s.capacity.memory_mb,
                                           (self.sandboxes.backends[spec.sandbox].name,), self.ports.now_ms(), s.pow_nonce,
-                                          held))
+                                          held, s.platform))
             log.info("job %s bidding here", job_id.hex()[:12])
             self.ports.runtime.spawn(self._send_bid, spec.submitter, msg, addrs, BID_PROTOCOL)
             return

@@ -75,6 +75,7 @@ def job_view(row: dict, machine: SubmitterJob | None, execution: dict | None,
     awards: dict[bytes, Award] = {}
     slots: dict[bytes, str] = {}
     winner: bytes | None = None
+    agreed: tuple[bytes, ...] = ()  # the executors whose results make the verdict (within the comparator)
     declines: dict = {}
     if machine is not None:
         reveals = {e: s.msg for e, s in machine.reveals.items()}
@@ -86,8 +87,9 @@ def job_view(row: dict, machine: SubmitterJob | None, execution: dict | None,
         view.update(bids=len(machine.bids), commits=len(machine.commits), errors=machine.errors,
                     history=[{"at_ms": t, "event": ev, "peer_id": peer_id_of(e) if e else None, "detail": d}
                              for t, ev, e, d in machine.history])
-        t = job_tally(spec, reveals)
+        t = machine.result if machine.state == "verified" and machine.result is not None else job_tally(spec, reveals)
         winner = t.result_hash if machine.state == "verified" else None
+        agreed = t.agreeing if winner is not None else ()
     checked = verify_certificate(row["certificate"]) if row.get("certificate") else None
     view.update(verification_view(spec, checked, untrusted, row["status"]))
     if checked is not None and (machine is None or machine.state == "verified"):
@@ -95,6 +97,9 @@ def job_view(row: dict, machine: SubmitterJob | None, execution: dict | None,
         if machine is None:
             reveals, awards, declines = checked.reveals, checked.awards, checked.declines
         winner = checked.tally.result_hash if checked.certificate.status == "verified" else None
+        agreed = checked.tally.agreeing if winner is not None else ()
+    if checked is not None and checked.trusted is not None:
+        view["trusted"] = peer_id_of(checked.trusted)  # an adaptive job's trusted executor
     if winner is not None:
         agreeing = next(r for r in reveals.values() if r.result_hash == winner)
         view.update(result_hash=winner.hex(), exit_code=agreeing.exit_code, stdout=_text(agreeing.stdout),
@@ -114,9 +119,9 @@ def job_view(row: dict, machine: SubmitterJob | None, execution: dict | None,
             "result_hash": reveals[e].result_hash.hex() if e in reveals else None,
             "exit_code": reveals[e].exit_code if e in reveals else None,
             "sandbox": reveals[e].sandbox if e in reveals else None,
-            "agreed": winner is not None and e in reveals and reveals[e].result_hash == winner,
-            # Dissent is a different result from the verified one, nothing else.
-            "dissented": winner is not None and e in reveals and reveals[e].result_hash != winner,
+            "agreed": e in agreed,
+            # Dissent is a result the verdict's comparator does not match with the verified one.
+            "dissented": winner is not None and e in reveals and e not in agreed,
         }
         for e, a in sorted(awards.items(), key=lambda kv: kv[1].slot)
     ]
