@@ -5,6 +5,25 @@
   (|a - b| <= abs + rel * max(|a|, |b|)), over stdout and over the output files the spec names
   (`files`); see `agree`. Tolerances travel as decimal strings ("1e-6"): the wire has no floats,
   and every node parses a string to the same double.
+
+Numeric agreement, in full (`agree`): results equal by hash always agree. Otherwise both have the
+same exit code, timeout flag and outputs summary (`Reveal.outputs`); the same manifest entries
+(path, size, CID) for every output file the spec does not name (the certificate certifies the
+leader's files: one nobody compared must be equal); stdout with the same tokens but numbers; and
+for each named file: absent from both manifests, or equal CIDs, or both reveals carry its bytes
+(`Reveal.compared`) and those have the same tokens but numbers. A named file a reveal does not
+carry (over `file_cap`, or not kept by its executor) is compared exactly, by CID. Stderr, fuel,
+stdout's size and whether it was cut are not compared (a cut stdout is compared as far as it goes).
+
+Tokens (`tokens`): the JSON punctuation characters []{},:" each one token, the runs of other
+non-whitespace bytes the others; whitespace only separates (column padding may differ). A token
+is a number when it fully matches `NUMBER` (JSON's and Python's float literals: 1, -0.5, .5, 1.,
+1e-3, 2E+05, nan, inf, Infinity, any case, a sign allowed); two numbers agree (`close`) when
+equal (-0.0 equals 0.0; an infinity only the same-signed one), both NaN, or both finite and
+within tolerance. Everything else must be byte-equal. A literal beyond a double's range reads as
+an infinity. Cost: linear in the bytes compared (stdout at most STDOUT_CAP, files at most
+COMPARED_CAP in all); `groups` parses each distinct result once and compares distinct results
+pairwise (at most MAX_TOTAL_RESULTS of them).
 """
 
 from __future__ import annotations
@@ -13,11 +32,14 @@ import math
 import re
 from dataclasses import dataclass
 
-from .fields import _fail, _list, _str
+from collections.abc import Mapping
+from typing import Any, Iterable
+
+from .fields import COMPARE_FILES_MAX, COMPARED_CAP, _fail, _list, _str
 from .outputs import relative_path_problem
+from .unixfs import file_cid
 
 COMPARE_KINDS = ("exact", "numeric")
-COMPARE_FILES_MAX = 8
 TOLERANCE_MAX_CHARS = 32
 _DECIMAL = re.compile(r"[0-9]+(\.[0-9]*)?([eE][+-]?[0-9]+)?|\.[0-9]+([eE][+-]?[0-9]+)?")
 
@@ -73,3 +95,162 @@ EXACT = Compare()
 def tolerance_ok(text: str) -> bool:
     """A tolerance as the wire carries it: a plain decimal ("0.001", "1e-6"), finite, >= 0."""
     return bool(_DECIMAL.fullmatch(text)) and math.isfinite(float(text))
+
+
+# --- numeric agreement ---------------------------------------------------------------------------
+
+_TOKEN = re.compile(rb'[\[\]{},:"]|[^\s\[\]{},:"]+')
+NUMBER = re.compile(rb"[+-]?(?:(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:[eE][+-]?[0-9]+)?|inf|infinity|nan)", re.IGNORECASE)
+
+
+@dataclass(frozen=True)
+class Parsed:
+    """A text as numeric comparison sees it: its tokens with each number replaced by None (the
+    skeleton, compared exactly) and its numbers in order."""
+
+    skeleton: tuple[bytes | None, ...]
+    numbers: tuple[float, ...]
+
+
+def tokens(text: bytes) -> list[bytes]:
+    """The tokens of `text`: each JSON punctuation character, and each run of other non-whitespace."""
+    return _TOKEN.findall(text)
+
+
+def parse(text: bytes) -> Parsed:
+    skeleton: list[bytes | None] = []
+    numbers: list[float] = []
+    for tok in tokens(text):
+        if NUMBER.fullmatch(tok):
+            skeleton.append(None)
+            numbers.append(float(tok))
+        else:
+            skeleton.append(tok)
+    return Parsed(tuple(skeleton), tuple(numbers))
+
+
+def close(a: float, b: float, rel: float, abs_: float) -> bool:
+    """Two numbers within tolerance: equal, both NaN, or both finite and |a - b| <= abs + rel *
+    max(|a|, |b|)."""
+    if a == b:
+        return True
+    if math.isnan(a) or math.isnan(b):
+        return math.isnan(a) and math.isnan(b)
+    if math.isinf(a) or math.isinf(b):
+        return False
+    return abs(a - b) <= abs_ + rel * max(abs(a), abs(b))
+
+
+def parsed_agree(a: Parsed, b: Parsed, rel: float, abs_: float) -> bool:
+    """Same tokens but numbers, and every pair of numbers `close`."""
+    if a.skeleton != b.skeleton:
+        return False
+    return all(x == y or close(x, y, rel, abs_) for x, y in zip(a.numbers, b.numbers))
+
+
+def text_agree(compare: Compare, a: bytes, b: bytes) -> bool:
+    """Two texts (stdout, or a named file's bytes) agree under a numeric `compare`."""
+    return a == b or parsed_agree(parse(a), parse(b), compare.rel_value, compare.abs_value)
+
+
+def file_cap(compare: Compare) -> int:
+    """The largest named file a reveal carries: COMPARED_CAP shared equally among the files named,
+    so whether one is carried depends on its own size alone (the same choice at every honest
+    executor that wrote it the same size)."""
+    return COMPARED_CAP // max(1, len(compare.files))
+
+
+def carried_files(compare: Compare, manifest: Iterable[tuple[str, int, bytes]],
+                  contents: Mapping[str, bytes]) -> tuple[tuple[str, bytes], ...]:
+    """What a reveal carries (`Reveal.compared`, sorted by path): each file the spec names whose
+    bytes the executor read (`contents`: path -> bytes, from its run's /out) that is in the
+    manifest, at most `file_cap`, and whose UnixFS CID is the manifest's (so a file read after it
+    changed is left out, never misreported). Nothing for an exact comparison."""
+    if compare.kind != "numeric":
+        return ()
+    cap = file_cap(compare)
+    listed = {path: cid for path, _, cid in manifest}
+    out = []
+    for path in compare.files:
+        data = contents.get(path)
+        if data is not None and path in listed and len(data) <= cap and file_cid(data) == listed[path]:
+            out.append((path, data))
+    return tuple(out)
+
+
+def carried_problem(compare: Compare, manifest: Iterable[tuple[str, int, bytes]],
+                    compared: Iterable[tuple[str, bytes]]) -> str | None:
+    """Why a reveal's carried files are not what `carried_files` allows (None: they are): each
+    named by the spec, at most `file_cap`, and the UnixFS file of its manifest entry's CID."""
+    listed = {path: cid for path, _, cid in manifest}
+    cap = file_cap(compare)
+    for path, data in compared:
+        if compare.kind != "numeric" or path not in compare.files:
+            return f"carries {path!r}, a file the spec's comparison does not name"
+        if len(data) > cap:
+            return f"carries {path!r} over the {cap}-byte cap"
+        if path not in listed or file_cid(data) != listed[path]:
+            return f"carries {path!r}, which is not the file its manifest names"
+    return None
+
+
+@dataclass(frozen=True)
+class Shape:
+    """One result as numeric comparison sees it (`shape`)."""
+
+    head: tuple  # exit code, timed out, outputs summary, the unnamed files' manifest entries
+    stdout: Parsed
+    files: tuple[tuple[bytes | None, Parsed | None], ...]  # per named file: (its CID or None, carried)
+
+
+def shape(compare: Compare, r: Any) -> Shape:
+    """A reveal (`consensus.messages.Reveal`) parsed once for `shapes_agree`."""
+    named = set(compare.files)
+    cids = {path: cid for path, _, cid in r.manifest}
+    carried = dict(r.compared)
+    head = (r.exit_code, r.timed_out, r.outputs, tuple(m for m in r.manifest if m[0] not in named))
+    files = tuple((cids.get(p), parse(carried[p]) if p in carried and p in cids else None) for p in compare.files)
+    return Shape(head, parse(r.stdout), files)
+
+
+def shapes_agree(compare: Compare, a: Shape, b: Shape) -> bool:
+    rel, abs_ = compare.rel_value, compare.abs_value
+    if a.head != b.head or not parsed_agree(a.stdout, b.stdout, rel, abs_):
+        return False
+    for (cid_a, text_a), (cid_b, text_b) in zip(a.files, b.files):
+        if cid_a == cid_b:
+            continue  # both absent, or the same file
+        if cid_a is None or cid_b is None or text_a is None or text_b is None:
+            return False  # present in one only, or not carried: compared exactly
+        if not parsed_agree(text_a, text_b, rel, abs_):
+            return False
+    return True
+
+
+def agree(compare: Compare, a: Any, b: Any) -> bool:
+    """Whether two reveals agree under `compare` (equal result hashes always do)."""
+    if a.result_hash == b.result_hash:
+        return True
+    if compare.kind != "numeric":
+        return False
+    return shapes_agree(compare, shape(compare, a), shape(compare, b))
+
+
+def groups(compare: Compare, reveals: Mapping[bytes, Any]) -> dict[bytes, tuple[bytes, ...]]:
+    """Per executor, the executors whose results agree with its result (itself included), sorted.
+    Agreement within tolerance is not transitive, so two groups may overlap. Each distinct
+    result is parsed once; distinct results are compared pairwise."""
+    by_hash: dict[bytes, list[bytes]] = {}
+    for e in sorted(reveals):
+        by_hash.setdefault(reveals[e].result_hash, []).append(e)
+    hashes = sorted(by_hash)
+    numeric = compare.kind == "numeric" and len(hashes) > 1
+    shapes = {h: shape(compare, reveals[by_hash[h][0]]) for h in hashes} if numeric else {}
+    friends: dict[bytes, list[bytes]] = {h: [h] for h in hashes}
+    if numeric:
+        for i, h in enumerate(hashes):
+            for g in hashes[i + 1:]:
+                if shapes_agree(compare, shapes[h], shapes[g]):
+                    friends[h].append(g)
+                    friends[g].append(h)
+    return {e: tuple(sorted(x for f in friends[reveals[e].result_hash] for x in by_hash[f])) for e in reveals}

@@ -65,6 +65,7 @@ def job_view(row: dict, machine: SubmitterJob | None, execution: dict | None,
     awards: dict[bytes, Award] = {}
     slots: dict[bytes, str] = {}
     winner: bytes | None = None
+    agreed: set[bytes] = set()
     declines: dict = {}
     if machine is not None:
         reveals = {e: s.msg for e, s in machine.reveals.items()}
@@ -78,10 +79,12 @@ def job_view(row: dict, machine: SubmitterJob | None, execution: dict | None,
                              for t, ev, e, d in machine.history])
         t = job_tally(spec, reveals)
         winner = t.result_hash if machine.state == "verified" else None
+        agreed = set(t.agreeing)
     elif row.get("certificate"):
         checked = verify_certificate(row["certificate"])
         reveals, awards, declines = checked.reveals, checked.awards, checked.declines
         winner = checked.tally.result_hash if checked.certificate.status == "verified" else None
+        agreed = set(checked.tally.agreeing)
     if winner is not None:
         agreeing = next(r for r in reveals.values() if r.result_hash == winner)
         view.update(result_hash=winner.hex(), exit_code=agreeing.exit_code, stdout=_text(agreeing.stdout),
@@ -101,9 +104,10 @@ def job_view(row: dict, machine: SubmitterJob | None, execution: dict | None,
             "result_hash": reveals[e].result_hash.hex() if e in reveals else None,
             "exit_code": reveals[e].exit_code if e in reveals else None,
             "sandbox": reveals[e].sandbox if e in reveals else None,
-            "agreed": winner is not None and e in reveals and reveals[e].result_hash == winner,
-            # Dissent is a different result from the verified one, nothing else.
-            "dissented": winner is not None and e in reveals and reveals[e].result_hash != winner,
+            # The verdict's own groups: under a numeric comparison agreeing results may differ.
+            "agreed": winner is not None and e in agreed,
+            # Dissent is a result that does not agree with the verified one, nothing else.
+            "dissented": winner is not None and e in reveals and e not in agreed,
         }
         for e, a in sorted(awards.items(), key=lambda kv: kv[1].slot)
     ]
