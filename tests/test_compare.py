@@ -300,3 +300,12 @@ def test_a_job_comparing_files_allows_few_enough_awards_for_its_certificate():
     with pytest.raises(RemoteProtocolError, match="max_total_results"):
         parsed(compare=NUMERIC, replicas=3, max_total_results=COMPARED_MAX_TOTAL_RESULTS + 1)
     assert parsed(compare=LOOSE, max_total_results=16).compare == LOOSE  # no files: nothing carried
+
+
+def test_a_nondeterministic_jobs_differences_are_shown():
+    from distributeai.node.views import differences
+
+    reveals = {VOTERS[i].public_key: rev(out, {"out.json": out}, who=i) for i, out in enumerate([b"1", b"2"])}
+    shown = differences(reveals, lambda e: e.hex()[:8])
+    assert set(shown["differing"]) == {"stdout_sha256"}  # the outputs summaries (lists) are equal
+    assert "outputs" not in shown["differing"] and [m["path"] for m in shown["manifest"]] == ["out.json"]
