@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 
 from distributeai.consensus.certificate import verify_certificate
 from distributeai.consensus.compare import (
-    EXACT, NUMBER, Compare, agree, carried_files, close, file_cap, groups, text_agree, tokens,
+    EXACT, NUMBER, Compare, agree, carried_files, close, file_cap, groups, parse, text_agree, tokens,
 )
 from distributeai.consensus.errors import RemoteProtocolError
 from distributeai.consensus.executor import make_commit, make_reveal
@@ -101,6 +101,23 @@ def test_text_agreement_differs_only_in_numbers_within_tolerance():
 def test_a_text_agrees_with_its_numbers_written_another_way(values):
     c = Compare("numeric", "0", "0", ())
     assert text_agree(c, " ".join(repr(v) for v in values).encode(), "\n  ".join(f"{v:.17g}" for v in values).encode())
+
+
+@given(st.binary(max_size=60) | st.lists(st.sampled_from(
+    [b"1", b"-2.5e3", b".5", b"1.", b"nan", b"-Inf", b"e5", b"1e", b"x", b" ", b"\n", b",", b"[", b'"', b":", b"\x00",
+     b"\x01", b"+", b"."]), max_size=20).map(b"".join))
+def test_parse_is_the_tokens_with_each_whole_number_token_taken_out(text):
+    escaped = text.replace(b"\x00", b"\x00\x01")  # so that no token of the text is a hole
+    got = parse(text)
+    assert tokens(got.skeleton) == [b"\x00" if NUMBER.fullmatch(t) else t for t in tokens(escaped)]
+    assert repr(list(got.numbers)) == repr([float(t) for t in tokens(escaped) if NUMBER.fullmatch(t)])  # nan too
+    assert repr(parse(b"\n ".join(tokens(text)))) == repr(got)  # whitespace only separates
+
+
+def test_a_long_token_costs_linear_time():
+    for text in (b"1" * 32768 + b"x", b"1" * 32768 + b".5e", b"x" + b"1." * 16384):
+        parse(text)  # quadratic backtracking would take minutes here; the suite's timeout catches it
+    assert parse(b"1" * 400 + b"x").numbers == ()
 
 
 # --- results and the files they carry -------------------------------------------------------------
@@ -235,6 +252,11 @@ def test_a_numeric_job_verifies_and_every_node_agrees_while_exact_is_nondetermin
     hashes = {r.result_hash for r in checked.reveals.values()}
     assert checked.certificate.status == "verified" and len(hashes) == 3
     assert checked.certificate.result_hash == min(hashes) and len(checked.tally.agreeing) == 3
+    from distributeai.bootstrap.jobview import certificate_view
+
+    summary, detail = certificate_view(checked)  # the bootstrap's page: three agree, none dissents
+    assert summary["agreeing"] == 3 and summary["dissenting"] == 0
+    assert {e["verdict"] for e in detail["executors"]} == {"agreed"}
     exact, _ = run_job(FLOATS, compare=EXACT, max_total_results=3)
     assert verify_certificate(exact.certificate).certificate.status == "nondeterministic"
 
