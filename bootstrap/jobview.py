@@ -109,6 +109,8 @@ def certificate_view(checked: CheckedCertificate, rejected: str | None = None) -
     awards = sorted(checked.awards.values(), key=lambda a: a.slot)
     revealed = {ex: r.result_hash for ex, r in checked.reveals.items()}
     verdicts = executor_verdicts(cert.status, cert.result_hash, [a.executor for a in awards], revealed)
+    if cert.status == "verified":  # the verdict's own group: under a numeric comparison agreeing hashes differ
+        verdicts.update({e: "agreed" if e in checked.tally.agreeing else "dissented" for e in checked.reveals})
     counts = Counter(verdicts.values())
     reason = cert.reason or fallback_reason(cert.status, spec.quorum, verdicts, len(bids))
     executors = []

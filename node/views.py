@@ -203,7 +203,7 @@ def differences(reveals: dict[bytes, Reveal], peer_id_of: Callable[[bytes], str]
         "stderr_sha256": {peer_id_of(e): sha256(r.stderr + r.stderr_part.encode()).hex() for e, r in reveals.items()},
         "outputs": {peer_id_of(e): r.outputs.to_body() for e, r in reveals.items()},
     }
-    differing = {k: v for k, v in parts.items() if len(set(v.values())) > 1}
+    differing = {k: v for k, v in parts.items() if len({repr(x) for x in v.values()}) > 1}  # outputs: lists
     manifests = {peer_id_of(e): {p: (n, cid_text(d)) for p, n, d in r.manifest} for e, r in reveals.items()}
     paths = sorted({p for m in manifests.values() for p in m})
     manifest = [{"path": p, "entries": {who: m.get(p) for who, m in manifests.items()}}
