@@ -112,7 +112,10 @@ def seed_messages(submitter: Identity | None = None, executor: Identity | None =
     big = make_reveal(e, job, 0, False, bytes(range(256)) * 200, fuel_used=12345, oom_killed=True, sandbox="wasm")
     runs = [(0, False, b"a\n", False, None), (0, False, b"b c\n", False, None), (2, True, b"", True, 7)]
     batch_reveals = {x.public_key: make_batch_reveal(x, batch_job, 3, runs) for x in executors}
-    m["reveal"] = [reveals[e.public_key], big, batch_reveals[e.public_key]]
+    numbers = b'{"loss": 0.25, "w": [1e-3, -2.5]}'
+    carrying = make_reveal(e, job_id_of(adaptive), 0, False, b"1.0\n", manifest=(("out.json", len(numbers), file_cid(numbers)),),
+                           compare=verify(adaptive, JobSpec).msg.compare, contents={"out.json": numbers})
+    m["reveal"] = [reveals[e.public_key], big, batch_reveals[e.public_key], carrying]
     m["commit"] = [make_commit(e, job, verify(reveals[e.public_key], Reveal).msg.result_hash),
                    sign(e, Commit(job_id=batch_job, executor=e.public_key, seal=bytes(32)))]
     m["withdraw"] = [sign(e, Withdraw(job_id=job, executor=e.public_key, reason="image missing"))]
