@@ -19,7 +19,9 @@ from typing import Any, Mapping
 
 from distributeai.consensus.certificate import CheckedCertificate
 from distributeai.consensus.cid import cid_text
+from distributeai.consensus.fields import PPM
 from distributeai.consensus.messages import JobSpec
+from distributeai.consensus.verdict_words import verification_words
 from distributeai.p2p.identity import peer_id_from_public_key
 
 TEXT_MAX = 200  # a stranger's string (name, image, one argument) as shown: at most this many characters
@@ -46,6 +48,9 @@ def spec_summary(spec: JobSpec) -> dict[str, Any]:
         "replicas": spec.replicas, "quorum": spec.quorum, "timeout_s": spec.timeout_s, "price": spec.price,
         "cpu_millis": spec.cpu_millis, "memory_mb": spec.memory_mb, "gpu": spec.gpu,
         "submitter": peer_id_from_public_key(spec.submitter), "created_at": spec.created_ms / 1000,
+        "verification": spec.verification, "trust_threshold": spec.trust_threshold,
+        "spot_check_floor": spec.spot_check_floor_ppm / PPM, "compare": spec.compare.kind,
+        "homogeneous": list(spec.homogeneous),
     }
 
 
@@ -93,14 +98,19 @@ def fallback_reason(status: str, quorum: int, verdicts: Mapping[bytes, str], bid
     return f"no result reached the quorum of {quorum}"
 
 
-def certificate_view(checked: CheckedCertificate) -> tuple[dict[str, Any], dict[str, Any]]:
-    """A certified job's summary (for the jobs table) and detail (for the job view)."""
+def certificate_view(checked: CheckedCertificate, rejected: str | None = None) -> tuple[dict[str, Any], dict[str, Any]]:
+    """A certified job's summary (for the jobs table) and detail (for the job view). `rejected`:
+    the reason the ledger refuses its single-run claim (`Ledger.untrusted`), or None. The summary
+    says how the verdict was reached: `verification` (`CheckedCertificate.mode`), `executors_run`
+    and `verification_note` (consensus/verdict_words.py), so a single run is shown as one."""
     cert, spec = checked.certificate, checked.spec
     bids = checked.bids
     declines = checked.declines
     awards = sorted(checked.awards.values(), key=lambda a: a.slot)
     revealed = {ex: r.result_hash for ex, r in checked.reveals.items()}
     verdicts = executor_verdicts(cert.status, cert.result_hash, [a.executor for a in awards], revealed)
+    if cert.status == "verified":  # the verdict's own group: under a numeric comparison agreeing hashes differ
+        verdicts.update({e: "agreed" if e in checked.tally.agreeing else "dissented" for e in checked.reveals})
     counts = Counter(verdicts.values())
     reason = cert.reason or fallback_reason(cert.status, spec.quorum, verdicts, len(bids))
     executors = []
@@ -124,6 +134,8 @@ def certificate_view(checked: CheckedCertificate) -> tuple[dict[str, Any], dict[
         "agreeing": counts["agreed"], "dissenting": counts["dissented"], "no_result": counts["no_result"],
         "split": counts["split"], "result_hash": cert.result_hash.hex(), "reason": reason,
         "bids": len(bids), "declines": len(declines), "certified_ms": cert.created_ms,
+        "verification": checked.mode, "executors_run": len(checked.reveals), "rejected": rejected,
+        "verification_note": verification_words(cert.status, checked.mode, len(checked.reveals), rejected),
     }
     detail = {"executors": executors, "bids": offers, "declines": refusals,
               "timeline": timeline(spec, cert.status, reason, cert.created_ms, awards, bids, declines)}

@@ -89,7 +89,10 @@ function outcome(j) {
   } else if (status === "nondeterministic") {
     cell.append(el("span", plural(j.revealed, "result") + ", no two alike", "nondet"));
   } else {
-    if (status === "verified") cell.append(el("span", num(j.agreeing) + " of " + num(j.executors) + " agree", "agree"));
+    if (j.rejected) cell.append(el("span", "rejected: " + clean(j.rejected), "fail"));
+    else if (status === "verified" && (j.verification === "single" || j.verification === "spot_checked"))
+      cell.append(el("span", clean(j.verification_note), "agree"));
+    else if (status === "verified") cell.append(el("span", num(j.agreeing) + " of " + num(j.executors) + " agree", "agree"));
     else cell.append(el("span", clean(j.reason) || "failed", "fail"));
     if (num(j.dissenting)) cell.append(el("span", " \u00b7 "), el("span", plural(j.dissenting, "different result"), "dissent"));
   }

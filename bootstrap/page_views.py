@@ -144,6 +144,9 @@ function renderJob(j) {
     r.append(el("span", clean(j.reason) || "no reason given"));
     body.append(r);
   }
+  if (j.verification_note && (j.rejected || j.verification === "single" || j.verification === "spot_checked")) {
+    body.append(el("div", clean(j.verification_note), "jv-reason " + (j.rejected ? "failed" : "nondeterministic")));
+  }
   const dl = el("dl", null, "spec");
   const add = (k, v, cls) => { dl.append(el("dt", k), el("dd", v, cls)); };
   add("runs", clean(spec.runs) || clean(j.image) || "\u2014", "mono");
@@ -151,7 +154,10 @@ function renderJob(j) {
     plural(spec.command_more, "argument") + ")" : "") || "\u2014", "mono");
   if (num(spec.tasks)) add("tasks", plural(spec.tasks, "task") + ", each tallied on its own");
   add("verification", plural(spec.replicas ?? j.replicas, "replica") + ", quorum " + num(spec.quorum ?? j.quorum) +
-    " (" + num(spec.quorum ?? j.quorum) + " matching results verify it)");
+    " (" + num(spec.quorum ?? j.quorum) + " matching results verify it)" + (spec.verification === "adaptive" ?
+    "; adaptive: a bidder with " + num(spec.trust_threshold) + " consecutive valid results runs it alone, spot-checked " +
+    "with probability at least " + num(spec.spot_check_floor) : "") +
+    (spec.compare && spec.compare !== "exact" ? "; results compared as " + clean(spec.compare) : ""));
   add("resources", cpus(spec.cpu_millis) + ", " + num(spec.memory_mb) + " MiB" + (spec.gpu ? ", a GPU" : "") +
     ", " + str(spec.sandbox) + " sandbox");
   add("timeout", num(spec.timeout_s) + " s");

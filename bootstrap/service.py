@@ -178,8 +178,11 @@ class Stats:
     def _certified(self, checked: CheckedCertificate, now: float, now_ms: int) -> None:
         # The ledger remembers every certificate it folded in, also those of jobs that have left
         # the recent list, so no certificate is counted twice.
+        # A claimed trust the fold does not support is counted as a node counts it and shown as
+        # rejected; the certificate joins the set all the same (its effects are credits only).
         self.ledger.apply_certificate(checked, now_ms)
-        if self.ledger.untrusted(checked) is not None:  # counted as a node counts it, in the set all the same
+        rejected = self.ledger.untrusted(checked)
+        if rejected is not None:
             self.rejected[UNTRUSTED] += 1
         cert = checked.certificate
         self.certified[cert.status] += 1
@@ -192,7 +195,7 @@ class Stats:
         verdict_s = round(now - seen_at, 3) if isinstance(seen_at, (int, float)) else None
         self.series.certified(cert.status, now, verdict_s)
         spec = spec_summary(checked.spec)
-        summary, detail = certificate_view(checked)
+        summary, detail = certificate_view(checked, rejected)
         job.update(summary, name=spec["name"], image=spec["runs"], submitter=spec["submitter"],
                    replicas=checked.spec.replicas, quorum=checked.spec.quorum, certified_at=now,
                    verdict_s=verdict_s, updated_at=now)

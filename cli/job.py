@@ -16,7 +16,7 @@ from .cmdline import JOB_ARGV, SubmitCommand  # noqa: F401 (SubmitCommand: for m
 from .common import (
     DataDirOption, JsonOption, check_job_id, control, fail, job_error_code, node_dir, print_json, safe,
 )
-from .jobview import job_exit_code, print_job, result_report, task_note  # noqa: F401  (print_job: cli/tools.py uses it)
+from .jobview import job_exit_code, print_job, result_report, task_note, verification_line  # noqa: F401  (print_job: cli/tools.py uses it)
 from .transfer_bar import run_with_bar
 
 job_app = typer.Typer(no_args_is_help=True, help="Look at jobs.")
@@ -105,6 +105,12 @@ def submit(
     env: list[str] = typer.Option([], "--env", help="NAME=VALUE for the job's environment; repeatable."),
     inputs: list[str] = typer.Option([], "--input", metavar="PATH[:NAME]", help="A file or directory the job reads at "
                                      "/in/NAME (read-only; NAME defaults to the path's last part); repeatable."),
+    verification: Optional[str] = typer.Option(None, "--verification", help="replicate (k-of-n on every job, the "
+                                               "default) or adaptive (a trusted executor runs it alone, spot-checked)."),
+    trust_threshold: Optional[int] = typer.Option(None, "--trust-threshold", help="Adaptive: the consecutive valid "
+                                                  "results an executor needs to run a job alone. Default 10."),
+    spot_check_floor: Optional[float] = typer.Option(None, "--spot-check-floor", help="Adaptive: the least chance "
+                                                     "(0..1) that a single run is checked. Default 0.05."),
     cpu: Optional[float] = typer.Option(None, "--cpu", help="Cores the job needs. Default 1."),
     memory: Optional[int] = typer.Option(None, "--memory", help="MiB the job may use. Default 256."),
     no_wait: bool = typer.Option(False, "--no-wait", help="Print the job id and return at once."),
@@ -155,7 +161,9 @@ def submit(
                            ("result_deadline", result_deadline), ("fuel", fuel), ("price_per_mfuel", price_per_mfuel),
                            ("stdin", stdin if stdin_file is None else read_bytes(stdin_file, "--stdin-file")),
                            ("gpu", gpu or None), ("cpu", cpu), ("memory_mb", memory),
-                           ("out_max_bytes", out_max), ("out_max_files", out_max_files)):
+                           ("out_max_bytes", out_max), ("out_max_files", out_max_files),
+                           ("verification", verification), ("trust_threshold", trust_threshold),
+                           ("spot_check_floor", spot_check_floor)):
             if value is not None:
                 doc[key] = value
     if tasks_file is not None and isinstance(doc, dict):
@@ -205,7 +213,9 @@ def submit(
         return
     if not as_json:
         what = f" ({len(spec.tasks)} tasks, each)" if spec.is_batch else ""
-        typer.echo(f"submitted {job_hex}; waiting for {spec.quorum} of {spec.replicas} executors to agree{what}", err=True)
+        alone = "; a trusted executor may run it alone" if spec.verification == "adaptive" else ""
+        typer.echo(f"submitted {job_hex}; waiting for {spec.quorum} of {spec.replicas} executors to agree{what}{alone}",
+                   err=True)
     deadline = time.monotonic() + spec.timeout_s + 120
     view = wait_for_verdict(data_dir, {"job_id": job_hex, "status": "announced"}, spec.quorum, spec.replicas,
                             deadline, show=not as_json)
@@ -315,6 +325,8 @@ def job_result(
         return
     sys.stdout.write(answer.get("stdout") or "")
     sys.stdout.flush()
+    if answer.get("rejected") or answer.get("verification") in ("single", "spot_checked"):
+        typer.echo(verification_line(answer), err=True)  # a single run says it is one
     for line in result_report(answer):  # limits, exit code, a cut stdout, files, stderr
         typer.echo(line, err=True, nl=not line.endswith("\n"))
     for f in answer.get("written") or []:
@@ -397,7 +409,8 @@ def job_list(
     for j in jobs:
         agreeing = sum(1 for e in j.get("executors") or [] if e.get("agreed"))
         execution = f"  ran here: {j['execution']['status']}" if j.get("execution") else ""
-        agree = f"{agreeing}/{len(j.get('executors') or [])} agree"
+        agree = "rejected" if j.get("rejected") else {"single": "single run", "spot_checked": "2/2 checked"}.get(
+            j.get("verification") or "") or f"{agreeing}/{len(j.get('executors') or [])} agree"
         typer.echo(f"{j['job_id']}  {j['role']:9}  {j['status']:16}  {agree:11}  "
                    f"{elapsed_s(j, now_ms):>8} s  {label(j)}{safe(execution)}")
 

@@ -82,6 +82,14 @@ def status_line(view: dict) -> str:
     return typer.style(f"{line}: the executors agree that the job failed ({failure})", fg="yellow")
 
 
+def verification_line(view: dict) -> str:
+    """`verdict  ...`: how the verdict was reached (consensus/verdict_words.py), e.g. a single
+    run by a trusted executor, or a single-run claim this node's ledger rejects."""
+    note = view.get("verification_note") or ""
+    colour = "red" if view.get("rejected") else "yellow" if view.get("verification") == "single" else None
+    return typer.style(f"verdict  {safe(note)}", fg=colour) if colour else f"verdict  {safe(note)}"
+
+
 def limit_lines(view: dict) -> list[str]:
     """The limits the job ran into and its exit code, one line each (timeout, memory, exit code)."""
     code = view.get("exit_code")
@@ -197,6 +205,8 @@ def print_job(view: dict, as_json: bool) -> None:
         return
     typer.echo(f"job      {view['job_id']}")
     typer.echo(status_line(view))
+    if view.get("verification_note"):
+        typer.echo(verification_line(view))
     typer.echo(f"elapsed  {view.get('elapsed_s')} s")
     if view.get("share") is not None:
         typer.echo(bidding_line(view))

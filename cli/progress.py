@@ -47,6 +47,15 @@ def counts(view: dict) -> dict:
     }
 
 
+def verdict_cell(view: dict, status: str, agreeing: int, quorum: int) -> str:
+    """`verdict ...`: a verified job's agreement, or how its certificate reached it when that was not
+    k-of-n (a single run, a spot check) or this node's ledger rejects it (`verification_note`)."""
+    note = view.get("verification_note") or ""
+    if view.get("rejected") or (note and view.get("verification") != "replicated"):
+        return f"verdict {note}"
+    return f"verdict {status}" + (f" ({agreeing} agree, {quorum} needed)" if status == "verified" else "")
+
+
 def render(view: dict, elapsed: float, quorum: int, replicas: int) -> Group:
     c = counts(view)
     status = view.get("status", "submitted")
@@ -61,8 +70,7 @@ def render(view: dict, elapsed: float, quorum: int, replicas: int) -> Group:
     for _ in range(6):
         line.add_column()
     line.add_row(f"bids {c['bids']}", f"awarded {c['awarded']}/{replicas}", f"commits {c['commits']}",
-                 f"reveals {c['reveals']}", f"verdict {status if done else '—'}"
-                 + (f" ({c['agreeing']} agree, {quorum} needed)" if status == "verified" else ""),
+                 f"reveals {c['reveals']}", verdict_cell(view, status if done else "—", c["agreeing"], quorum),
                  f"elapsed {elapsed:.1f} s")
     if not done:
         spinning = Table.grid(padding=(0, 1))

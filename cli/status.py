@@ -98,6 +98,7 @@ def gather(data_dir: Path, bootstrap_http: str | None) -> dict:
             "job_id": j["job_id"], "name": label(j), "status": j["status"], "reason": j.get("reason"),
             "awarded": len(j.get("executors") or []),
             "agreeing": sum(1 for e in j.get("executors") or [] if e.get("agreed")),
+            "verification": j.get("verification"), "rejected": j.get("rejected"),
             "quorum": j["quorum"], "elapsed_s": elapsed_s(j, at_ms),  # ticks until the verdict
         } for j in jobs if j["role"] == "submitter"],
         "running": [{
@@ -114,6 +115,17 @@ STATUS_STYLE = {"verified": "green", "failed": "red", "nondeterministic": "yello
 
 def _status(value: str | None, reason: str | None = None) -> Text:
     return Text(safe(f"{value}{f' ({reason})' if reason else ''}"), style=STATUS_STYLE.get(value or "", ""))
+
+
+def agreeing_cell(j: dict) -> str:
+    """Agreeing executors of the awarded and k; a single run or a spot check says which it was."""
+    if j.get("rejected"):
+        return f"rejected: {j['rejected']}"
+    if j.get("verification") == "single":
+        return "single run (not checked)"
+    if j.get("verification") == "spot_checked":
+        return "2/2 (spot-checked)"
+    return f"{j['agreeing']}/{j['awarded']} (k={j['quorum']})"
 
 
 def _table(title: str, *columns: str | tuple[str, int]) -> Table:
@@ -162,7 +174,7 @@ def render(snap: dict, *, error: str | None = None, live: bool = False) -> Rende
                   ("agreeing", 9), "elapsed")
     for j in _more(snap["submitted"], mine):
         mine.add_row(j["job_id"][:16], j["name"], _status(j["status"], j["reason"]),
-                     f"{j['agreeing']}/{j['awarded']} (k={j['quorum']})", f"{j['elapsed_s']} s")
+                     agreeing_cell(j), f"{j['elapsed_s']} s")
     parts.append(mine)
 
     runs = _table(f"Jobs run here ({len(snap['running'])})", ("job", 16), "name", ("submitter", 12),

@@ -15,6 +15,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from .adaptive import check_evidence, mode_of, mode_quorum, platform_class
+from .compare import carried_problem
 from .errors import RemoteProtocolError
 from .messages import Award, Bid, Certificate, Commit, Decline, JobSpec, Reveal, Signed, job_id_of, verify
 from .results import seal
@@ -71,6 +72,7 @@ def verify_certificate(raw: bytes) -> CheckedCertificate:
             raise RemoteProtocolError("bad_reveal", "reveal's hash does not match its output")
         if len(r.tasks) != len(spec.tasks):
             raise RemoteProtocolError("bad_reveal", "reveal does not carry one result per task")
+        check_carried(spec, r)
         reveals[r.executor] = r
     bids = _signed_by_bidders(cert.bids, Bid, cert.job_id)
     declines = _signed_by_bidders(cert.declines, Decline, cert.job_id)
@@ -106,6 +108,14 @@ def _check_draw(cert: Certificate, spec: JobSpec, awards: dict[bytes, Award]) ->
     if first is None or first.executor != commit.executor:
         raise RemoteProtocolError("bad_evidence", "the draw's executor does not hold the job's first slot")
     return commit.executor, check_evidence(cert.evidence, spec, spec.submitter, cert.job_id, commit)
+
+
+def check_carried(spec: JobSpec, r: Reveal) -> None:
+    """`bad_reveal` unless the files a reveal carries (for a numeric comparison) are ones the spec
+    names, each the UnixFS file its manifest entry's CID names (compare.carried_problem)."""
+    problem = carried_problem(spec.compare, r.manifest, r.compared)
+    if problem is not None:
+        raise RemoteProtocolError("bad_reveal", f"reveal {problem}")
 
 
 def check_homogeneous(spec: JobSpec, awards: dict, bids: dict[bytes, Bid]) -> None:

@@ -7,11 +7,12 @@ a modelled run, so both sign exactly the same messages.
 
 from __future__ import annotations
 
-from typing import Iterable
+from typing import Iterable, Mapping
 
 import dataclasses
 
 from .codec import Identity
+from .compare import EXACT, Compare, carried_files
 from .messages import (
     MANIFEST_MAX_ENTRIES, STDERR_CAP, STDOUT_CAP, STDOUT_SEEN_MAX, Commit, Reveal, sign, task_stdout_cap,
 )
@@ -45,14 +46,17 @@ def stdout_size(stdout: bytes, sandbox_truncated: bool, timed_out: bool) -> int:
 def make_reveal(identity: Identity, job_id: bytes, exit_code: int, timed_out: bool, stdout: bytes,
                 stdout_truncated: bool = False, manifest: Iterable[ManifestEntry] = (), fuel_used: int | None = None,
                 oom_killed: bool = False, sandbox: str = "", outputs: Outputs | None = None, *,
-                stderr: bytes = b"", stderr_truncated: bool = False) -> bytes:
+                stderr: bytes = b"", stderr_truncated: bool = False, compare: Compare = EXACT,
+                contents: Mapping[str, bytes] | None = None) -> bytes:
     """The signed reveal of a run's output, from what the sandbox kept (`stdout_truncated`,
     `stderr_truncated`: it kept only the first bytes). Stdout is cut to STDOUT_CAP (and marked
     truncated) and its size stated (`stdout_size`); stderr is cut by `certified_stderr`;
     `manifest` and `outputs` are as `outputs.describe_outputs` made them (None: `manifest` is a
     plain list of files with good names, summarised here); a result over the output quota is
     only that (exit code -1, no stdout, stderr or files), so every honest executor signs the same
-    thing; `fuel_used` None (not a wasm job) is -1 on the wire."""
+    thing; `fuel_used` None (not a wasm job) is -1 on the wire. Under a numeric `compare` the
+    reveal carries the named files' bytes (`contents`: path -> bytes as read from the run's /out)
+    that `compare.carried_files` allows."""
     if outputs is None:
         listed = tuple(sorted(manifest))
         kept, outputs = listed[:MANIFEST_MAX_ENTRIES], Outputs(files=len(listed))
@@ -68,8 +72,9 @@ def make_reveal(identity: Identity, job_id: bytes, exit_code: int, timed_out: bo
     fuel = fuel_used if fuel_used is not None else -1
     rh = result_hash(exit_code, timed_out, out, truncated, kept, fuel, outputs,
                      stderr=err, stderr_part=part, stdout_size=size)
+    carried = carried_files(compare, kept, contents or {})
     return sign(identity, Reveal(job_id, identity.public_key, rh, exit_code, out, truncated, timed_out, kept,
-                                 fuel, oom_killed, sandbox, (), outputs, err, part, size))
+                                 fuel, oom_killed, sandbox, (), outputs, err, part, size, carried))
 
 
 def make_batch_reveal(identity: Identity, job_id: bytes, n_tasks: int,

@@ -69,6 +69,16 @@ MAX_TASK_ARGS = 16
 BATCH_REVEAL_CAP = 192 * 1024
 BATCH_MAX_TOTAL_RESULTS = 4
 CERTIFICATE_CAP = 1_000_000  # under the overlay's 1 MiB message cap
+# A numeric comparison (consensus/compare.py) names up to COMPARE_FILES_MAX output files; a reveal
+# carries their bytes (Reveal.compared, checked against the manifest's CIDs) so every node can
+# compare them without fetching: each file of at most COMPARED_CAP // (files named) bytes, so at
+# most COMPARED_CAP in all. Such a job allows at most COMPARED_MAX_TOTAL_RESULTS awards, so that
+# its certificate (that many reveals, each with its files) still fits one gossip message.
+COMPARE_FILES_MAX = 8
+COMPARED_CAP = 16 * 1024
+COMPARED_ENTRY_MAX = MANIFEST_PATH_MAX + 12  # [path, bytes] headers beside the path and the bytes
+COMPARED_BYTES_MAX = COMPARED_CAP + COMPARE_FILES_MAX * COMPARED_ENTRY_MAX
+COMPARED_MAX_TOTAL_RESULTS = 12
 # Why a node will not bid (messages.Decline.code); consensus/declines.py says each for people.
 DECLINE_CODES = ("image_missing", "not_enough_memory", "not_enough_cpu", "busy", "no_gpu", "no_sandbox",
                  "disk_low", "output_too_large", "submitter_cannot_pay", "inputs_too_large")
@@ -97,8 +107,8 @@ MAX_SIZE = {
     "commit": 1024,
     "withdraw": 1024,
     "reveal_request": 1024,
-    "reveal": max(STDOUT_CAP + STDERR_CAP + MANIFEST_MAX_ENTRIES * MANIFEST_ENTRY_MAX + OUT_NOTE_BYTES,
-                  BATCH_REVEAL_CAP) + 1024,
+    "reveal": max(STDOUT_CAP + STDERR_CAP + MANIFEST_MAX_ENTRIES * MANIFEST_ENTRY_MAX + OUT_NOTE_BYTES
+                  + COMPARED_BYTES_MAX, BATCH_REVEAL_CAP) + 1024,
     "certificate": CERTIFICATE_CAP,
 }
 # A single job's certificate (16 plain reveals) and a batch's (4 batch reveals) both fit, with
@@ -108,6 +118,10 @@ CERTIFICATE_RESERVE = (CERT_REASON_MAX + CERT_BIDS_MAX * MAX_SIZE["bid"] + CERT_
                        + MAX_SIZE["commit"] + 1024)
 assert MAX_SIZE["spec"] + MAX_TOTAL_RESULTS * (STDOUT_CAP + STDERR_CAP + MANIFEST_MAX_ENTRIES * MANIFEST_ENTRY_MAX
                                               + OUT_NOTE_BYTES + 1024 + MAX_SIZE["award"]) + CERTIFICATE_RESERVE <= CERTIFICATE_CAP
+# A numeric job naming files: fewer reveals, each with up to COMPARED_BYTES_MAX of them.
+assert MAX_SIZE["spec"] + COMPARED_MAX_TOTAL_RESULTS * (STDOUT_CAP + STDERR_CAP + MANIFEST_MAX_ENTRIES * MANIFEST_ENTRY_MAX
+                                                       + OUT_NOTE_BYTES + COMPARED_BYTES_MAX + 1024
+                                                       + MAX_SIZE["award"]) + CERTIFICATE_RESERVE <= CERTIFICATE_CAP
 assert MAX_SIZE["spec"] + BATCH_MAX_TOTAL_RESULTS * (MAX_SIZE["reveal"] + MAX_SIZE["award"]) + CERTIFICATE_RESERVE <= CERTIFICATE_CAP
 
 

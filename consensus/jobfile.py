@@ -17,6 +17,9 @@ store, and each executor fetches the blocks into its own, where they stay as cac
 inline in the spec would travel in every gossip copy of every announcement and certificate: about
 1 MB per job for hashverify's 17 KB on five nodes, measured by `distributeai bench`). A module
 is at most WASM_MODULE_MAX bytes, the most a node loads.
+Verification (consensus/adaptive.py, consensus/compare.py): `verification` ("replicate", k-of-n,
+the default, or "adaptive"), `trust_threshold`, `spot_check_floor` (0..1), `compare` and
+`homogeneous`; `parse_verification`.
 Inputs: `inputs`, a list of `{"cid": "bafy...", "path": "data"}` (a file or directory already on
 the network, mounted read-only at /in/data; `parse_inputs`); a job file does not state sizes: the
 fields carry 0 and the submitting node fills each input's size in before it signs the spec.
@@ -45,7 +48,9 @@ from .messages import (
     OUT_MAX_BYTES_LIMIT, OUT_MAX_FILES, OUT_MAX_FILES_LIMIT, STDIN_CAP, INPUTS_MAX_BYTES, MAX_INPUTS,
     WASM_MODULE_MAX, JobSpec,
 )
-from .spec import check_inputs, input_path_problem
+from .compare import EXACT, Compare
+from .fields import PPM, TRUST_THRESHOLD_MAX
+from .spec import check_inputs, check_verification, input_path_problem
 from .unixfs import file_cid
 
 DEFAULTS = {"replicas": 3, "quorum": 2, "timeout": 60, "price": 1, "cpu": 1.0, "memory_mb": 256,
@@ -58,6 +63,7 @@ KNOWN = {
     "memory_mb", "timeout", "replicas", "quorum", "price", "env", "max_error_results",
     "max_total_results", "result_deadline", "stdin", "gpu", "wasm_module", "fuel", "price_per_mfuel", "tasks",
     "out_max_bytes", "out_max_files", "inputs", *ALIASES,
+    "verification", "trust_threshold", "spot_check_floor", "compare", "homogeneous",
 }
 
 
@@ -262,11 +268,76 @@ def parse_job(doc: Any) -> dict:
         "out_max_files": out_max_files,
         "inputs": tuple((cid, path, 0) for cid, path in inputs),
     }
+    fields.update(parse_verification(doc))
+    check_verification_fields(fields)
     size = signed_spec_size_bound(fields)
     if size > MAX_SIZE["spec"]:
         raise JobFileError("job", f"is too large: its signed spec would take up to {size} bytes, "
                                   f"at most {MAX_SIZE['spec']} are allowed")
     return fields
+
+
+def parse_verification(doc: dict) -> dict:
+    """A job document's verification fields as JobSpec carries them: `verification` (a string;
+    "replicate" by default), `trust_threshold` (an integer, default 10), `spot_check_floor` (a
+    number from 0 to 1, default 0.05, carried in millionths, rounded to the nearest), `compare`
+    (`{"kind": "exact"}` or `{"kind": "numeric", "rel": 1e-6, "abs": 1e-9, "files": [...]}`; the
+    tolerances as JSON numbers or decimal strings, the files in any order) and `homogeneous` (a
+    list of platform class names, in any order). Which values are allowed is the spec's to say
+    (`Compare.from_body`, `check_verification`): this only turns the user's forms into the wire's."""
+    verification = doc.get("verification", "replicate")
+    if not isinstance(verification, str):
+        raise JobFileError("verification", "must be \"replicate\" or \"adaptive\"")
+    threshold = doc.get("trust_threshold", 10)
+    if isinstance(threshold, bool) or not isinstance(threshold, int) or not 1 <= threshold <= TRUST_THRESHOLD_MAX:
+        raise JobFileError("trust_threshold", f"must be an integer between 1 and {TRUST_THRESHOLD_MAX}")
+    floor = doc.get("spot_check_floor", 0.05)
+    if isinstance(floor, bool) or not isinstance(floor, (int, float)) or not 0 <= floor <= 1:
+        raise JobFileError("spot_check_floor", "must be a number between 0 and 1 (a probability)")
+    homogeneous = doc.get("homogeneous", [])
+    if not isinstance(homogeneous, list) or not all(isinstance(c, str) for c in homogeneous):
+        raise JobFileError("homogeneous", "must be a list of platform class names (arch, cpu, gpu)")
+    if len(set(homogeneous)) != len(homogeneous):
+        raise JobFileError("homogeneous", "names a platform class twice")
+    return {"verification": verification, "trust_threshold": threshold,
+            "spot_check_floor_ppm": round(floor * PPM), "compare": parse_compare(doc.get("compare", {"kind": "exact"})),
+            "homogeneous": tuple(sorted(homogeneous))}
+
+
+def parse_compare(value: Any) -> Compare:
+    """A job document's `compare` object as the spec's Compare; JobFileError("compare") with the
+    spec's own reason when `Compare.from_body` refuses it."""
+    if not isinstance(value, dict) or not isinstance(value.get("kind"), str) or \
+            not set(value) <= {"kind", "rel", "abs", "files"}:
+        raise JobFileError("compare", "must be {\"kind\": \"exact\"} or {\"kind\": \"numeric\", \"rel\": 1e-6, "
+                                      "\"abs\": 1e-9, \"files\": [\"out.json\"]}")
+    if value == {"kind": "exact"}:
+        return EXACT
+    tolerances = []
+    for key in ("rel", "abs"):
+        v = value.get(key, "" if value["kind"] == "exact" else 0)
+        if isinstance(v, bool) or not isinstance(v, (int, float, str)):
+            raise JobFileError("compare", f"{key} must be a number or a decimal string like \"1e-6\"")
+        tolerances.append(v if isinstance(v, str) else str(v) if isinstance(v, int) else repr(v))  # 1e-06, 0
+    files = value.get("files", [])
+    if not isinstance(files, list) or not all(isinstance(f, str) for f in files):
+        raise JobFileError("compare", "files must be a list of output paths")
+    try:
+        return Compare.from_body([value["kind"], *tolerances, sorted(files)])
+    except RemoteProtocolError as exc:
+        raise JobFileError("compare", (exc.detail or exc.reason).removeprefix("compare").strip()) from None
+
+
+def check_verification_fields(fields: dict) -> None:
+    """JobFileError naming the field when the spec's `check_verification` refuses the fields
+    together (a batch that is not replicated exactly, a homogeneous job with too many results)."""
+    spec = JobSpec(submitter=bytes(PUBKEY_LEN), nonce=bytes(16), created_ms=0, **fields)
+    try:
+        check_verification(spec)
+    except RemoteProtocolError as exc:
+        detail = exc.detail or exc.reason
+        field = detail.split(" ", 1)[0].removesuffix("[]")
+        raise JobFileError(field, detail.removeprefix(field).strip()) from None
 
 
 def parse_inputs(value: Any) -> list[tuple[bytes, str]]:

@@ -242,6 +242,10 @@ class Ledger:
         """`who`'s consecutive-valid count in every class it has a compared result in, by class."""
         return self._trust.of(who)
 
+    def trust_view(self) -> list[list]:
+        """[executor, class, CV] for every (executor, class) with an event, sorted."""
+        return self._trust.view()
+
     def untrusted(self, checked: CheckedCertificate) -> str | None:
         """For a certificate carrying a spot-check draw: why its claimed CV is unfounded (it exceeds
         this view's count of the trusted executor in the job's class, before the certificate's

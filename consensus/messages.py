@@ -40,7 +40,7 @@ from .fields import (  # noqa: F401  (the caps are re-exported: callers import t
 )
 from .outputs import NONE as NO_OUTPUTS, OUT_QUOTA_EXCEEDED, Outputs, is_printable_ascii, name_problem
 from .pow import NONCE_MAX as POW_NONCE_MAX
-from .reveal_fields import _outputs, _stderr
+from .reveal_fields import _compared, _outputs, _stderr
 from .sampling import SHARE_ALL
 from .spec import JobSpec, job_id_of  # noqa: F401  (re-exported: the spec is a message too)
 @dataclass(frozen=True)
@@ -270,7 +270,11 @@ class Reveal:
     For a batch, `tasks` holds one TaskResult (exit_code, timed_out, stdout, stdout_truncated,
     fuel_used) per task of the spec, in order (no stderr: it would not fit); the top-level exit
     code, stdout, stderr and manifest are then empty (stdout_size -1) and the result hash is
-    `results.batch_hash` of the task hashes."""
+    `results.batch_hash` of the task hashes.
+
+    `compared` (not under the hash, but each checked against its manifest CID, which is) carries
+    the bytes of the output files a numeric comparison names (consensus/compare.py,
+    `carried_files`), sorted by path, so every node compares them without fetching."""
 
     kind: ClassVar[str] = "reveal"
     author: ClassVar[str | None] = "executor"
@@ -290,12 +294,13 @@ class Reveal:
     stderr: bytes = b""
     stderr_part: str = "all"
     stdout_size: int = -1
+    compared: tuple[tuple[str, bytes], ...] = ()
 
     def to_body(self) -> list:
         return [self.job_id, self.executor, self.result_hash, self.exit_code, self.stdout,
                 self.stdout_truncated, self.timed_out, [list(m) for m in self.manifest], self.fuel_used,
                 self.oom_killed, self.sandbox, [list(t) for t in self.tasks], self.outputs.to_body(),
-                self.stderr, self.stderr_part, self.stdout_size]
+                self.stderr, self.stderr_part, self.stdout_size, [list(c) for c in self.compared]]
 
     def task_hashes(self) -> list[bytes]:
         from .results import result_hash
@@ -313,7 +318,7 @@ class Reveal:
 
     @classmethod
     def from_body(cls, body: list) -> "Reveal":
-        _arity(body, 16, "reveal")
+        _arity(body, 17, "reveal")
         tasks = []
         for t in _list(body[11], "tasks", MAX_TASKS):
             t = _list(t, "tasks[]", 5)
@@ -362,6 +367,7 @@ class Reveal:
             stderr=stderr,
             stderr_part=part,
             stdout_size=size,
+            compared=_compared(body[16], manifest, bool(tasks)),
         )
 
 

@@ -1,12 +1,12 @@
-"""The parsers of a Reveal's composite fields (its outputs summary and its part of stderr), kept
-apart from messages.py so that module stays a list of message types."""
+"""The parsers of a Reveal's composite fields (its outputs summary, its part of stderr and the
+output files it carries for a numeric comparison), kept apart from messages.py so that module stays a list of message types."""
 
 from __future__ import annotations
 
 from typing import Any
 
 from .fields import (
-    MANIFEST_MAX_ENTRIES, OUT_MAX_FILES_LIMIT, OUT_NOTE_NAME_MAX, OUT_NOTES_MAX, STDERR_CAP, STDERR_PARTS, _bytes,
+    COMPARE_FILES_MAX, COMPARED_CAP, MANIFEST_PATH_MAX, MANIFEST_MAX_ENTRIES, OUT_MAX_FILES_LIMIT, OUT_NOTE_NAME_MAX, OUT_NOTES_MAX, STDERR_CAP, STDERR_PARTS, _bytes,
     _fail, _int, _list, _str,
 )
 from .outputs import OUT_STATUSES, SKIP_REASONS, Outputs, is_printable_ascii
@@ -49,3 +49,22 @@ def _stderr(data: Any, part: Any) -> tuple[bytes, str]:
     if part != "all" and len(data) != STDERR_CAP:
         raise _fail("stderr", "a cut stderr keeps STDERR_CAP bytes")
     return data, part
+
+
+def _compared(body: Any, manifest: list, batch: bool) -> tuple[tuple[str, bytes], ...]:
+    """Reveal.compared: [path, bytes] pairs, sorted by path, each a file of the manifest, at most
+    COMPARED_CAP bytes in all; none in a batch's reveal. Whether each is the manifest's file (its
+    CID) and one the spec names is `compare.carried_problem`'s to say, given the spec."""
+    out = []
+    for entry in _list(body, "compared", COMPARE_FILES_MAX):
+        entry = _list(entry, "compared[]", 2)
+        if len(entry) != 2:
+            raise _fail("compared[]", "must be [path, bytes]")
+        out.append((_str(entry[0], "compared path", MANIFEST_PATH_MAX), _bytes(entry[1], "compared bytes",
+                                                                           max_len=COMPARED_CAP)))
+    paths = [p for p, _ in out]
+    if paths != sorted(set(paths)) or not set(paths) <= {m[0] for m in manifest}:
+        raise _fail("compared", "must be files of the manifest, sorted by path without duplicates")
+    if sum(len(d) for _, d in out) > COMPARED_CAP or (batch and out):
+        raise _fail("compared", f"carries at most {COMPARED_CAP} bytes in all, and nothing in a batch")
+    return tuple(out)

@@ -14,7 +14,7 @@ from .cid import BadCid, check_cid
 from .codec import sha256
 from .compare import EXACT, Compare
 from .fields import (
-    BATCH_MAX_TOTAL_RESULTS, CERT_BIDS_MAX, PLATFORM_CLASSES, PPM, TRUST_THRESHOLD_MAX, VERIFICATION_MODES, INPUT_PATH_MAX, INPUTS_MAX_BYTES, MAX_INPUTS, MAX_REPLICAS, OUT_MAX_BYTES, OUT_MAX_BYTES_LIMIT, OUT_MAX_FILES,
+    BATCH_MAX_TOTAL_RESULTS, CERT_BIDS_MAX, COMPARED_MAX_TOTAL_RESULTS, PLATFORM_CLASSES, PPM, TRUST_THRESHOLD_MAX, VERIFICATION_MODES, INPUT_PATH_MAX, INPUTS_MAX_BYTES, MAX_INPUTS, MAX_REPLICAS, OUT_MAX_BYTES, OUT_MAX_BYTES_LIMIT, OUT_MAX_FILES,
     OUT_MAX_FILES_LIMIT, MAX_TASK_ARGS, MAX_TASKS, MAX_TOTAL_RESULTS, SANDBOX_KINDS, STDIN_CAP,
     WASM_INLINE_CAP, _arity, _bool, _bytes, _fail, _int, _list, _str,
 )
@@ -180,7 +180,8 @@ def check_verification(spec: JobSpec) -> None:
     """The verification fields together: a known mode, platform classes sorted and known, and
     what a batch cannot do yet (run once, or compare numbers: each task is tallied exactly), and a
     homogeneous job's awards few enough that every executor's signed bid (its platform) fits the
-    certificate."""
+    certificate, and a numeric job naming files few enough that every reveal's carried files fit
+    it (fields.COMPARED_MAX_TOTAL_RESULTS)."""
     if spec.verification not in VERIFICATION_MODES:
         raise _fail("verification", f"must be one of {', '.join(VERIFICATION_MODES)}")
     if spec.homogeneous != tuple(sorted(set(spec.homogeneous))) or not set(spec.homogeneous) <= set(PLATFORM_CLASSES):
@@ -189,6 +190,8 @@ def check_verification(spec: JobSpec) -> None:
         raise _fail("verification", "a batch is replicated and compared exactly")
     if spec.homogeneous and spec.max_total_results > CERT_BIDS_MAX:
         raise _fail("max_total_results", f"a homogeneous job allows at most {CERT_BIDS_MAX}")
+    if spec.compare.files and spec.max_total_results > COMPARED_MAX_TOTAL_RESULTS:
+        raise _fail("max_total_results", f"a job comparing output files allows at most {COMPARED_MAX_TOTAL_RESULTS}")
 
 
 def check_wasm_cid(value) -> bytes:

@@ -14,6 +14,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Callable, Iterable
 
 from .codec import sha256
+from .compare import EXACT, carried_problem
 from .errors import RemoteProtocolError
 from .adaptive import platform_class
 from .messages import CERT_BIDS_MAX, Bid, JobSpec, Reveal
@@ -43,13 +44,17 @@ def rank_key(job_id: bytes, bid: Bid, spec: JobSpec, reputation: int) -> tuple:
 
 def check_reveal(r: Reveal, committed_seal: bytes, spec: JobSpec | None = None) -> None:
     """A reveal must hash to its own claimed result and match the executor's earlier seal; for a
-    batch it must carry one result per task, and nothing else."""
+    batch it must carry one result per task, and nothing else; the output files it carries for a
+    numeric comparison must be the manifest's (`bad_reveal`, as in certificate.check_carried)."""
     if spec is not None and (len(r.tasks) != len(spec.tasks) or (spec.is_batch and (r.stdout or r.manifest))):
         raise RemoteProtocolError("bad_result_hash", "reveal does not carry one result per task of the batch")
     if r.result_hash != r.expected_hash():
         raise RemoteProtocolError("bad_result_hash", "result hash does not match the revealed output")
     if compute_seal(r.executor, r.job_id, r.result_hash) != committed_seal:
         raise RemoteProtocolError("seal_mismatch", "reveal does not match the executor's seal")
+    problem = carried_problem(spec.compare if spec is not None else EXACT, r.manifest, r.compared)
+    if problem is not None:
+        raise RemoteProtocolError("bad_reveal", f"reveal {problem}")
 
 
 def check_eligible(job_id: bytes, peer: bytes, share: int, what: str = "bid") -> None:

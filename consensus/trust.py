@@ -155,3 +155,13 @@ class Trust:
 
     def copy(self) -> "Trust":
         return Trust({k: t.copy() for k, t in self.tracks.items()}, {w: list(c) for w, c in self.classes.items()})
+
+
+def bidder_trust(ledger, spec, bid, now_ms: int) -> int:
+    """A bidder's CV in the job's runtime class as a submitting node counts it when the bid comes
+    (`ledger.trust` before now), or 0 when that node saw the bidder offend itself (the ledger's
+    local layer: an award it never committed to, a broken seal, a reveal it never sent): offences
+    a certificate cannot prove still keep that node from trusting the bidder alone."""
+    if ledger.offences.get(bid.bidder):
+        return 0
+    return ledger.trust(bid.bidder, runtime_class(spec, bid.platform), before=(now_ms, b""))

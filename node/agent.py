@@ -400,7 +400,7 @@ class Agent:
         except ValueError:
             return None
         execution = await self.store.get_execution(job_hex)
-        return job_view(row, machine, execution, peer_id_from_public_key)
+        return job_view(row, machine, execution, peer_id_from_public_key, self.ledger.untrusted)
 
     async def wait_job(self, job_hex: str, timeout_s: float) -> dict | None:
         """The job's view once it has a verdict, or as it stands when `timeout_s` passes."""

@@ -82,7 +82,7 @@ KEEP_ALIVE_S = 2.0  # how often a GET that fetches first looks whether its fetch
 # certified stderr and its output files.
 RESULT_KEYS = ("id", "job_id", "status", "exit_code", "timed_out", "oom_killed", "timeout_s", "memory_mb", "stdout",
                "stdout_truncated", "stdout_size", "stderr", "stderr_part", "stderr_truncated", "result_hash", "files",
-               "outputs")
+               "outputs", "verification", "executors_run", "rejected", "verification_note")
 
 
 class ApiError(Exception):

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from distributeai.consensus.fields import PLATFORM_CLASSES, TRUST_THRESHOLD_MAX, VERIFICATION_MODES
 from distributeai.consensus.messages import MAX_REPLICAS, MAX_TOTAL_RESULTS
 
 JOB_ID = {"type": "string", "pattern": "^[0-9a-fA-F]{64}$", "description": "SHA-256 of the signed job spec"}
@@ -76,6 +77,24 @@ def openapi_document() -> dict[str, Any]:
                                                 "path": {"type": "string", "description": "where the job sees it, under /in"}}},
                        "description": "files or directories already on the network, by CID, mounted read-only at "
                                       "/in/PATH; the node fetches each whole and states its size in the spec"},
+            "verification": {"type": "string", "enum": list(VERIFICATION_MODES),
+                             "description": "replicate (k-of-n on every job, the default) or adaptive (a trusted "
+                                            "executor runs it alone, spot-checked)"},
+            "trust_threshold": {"type": "integer", "minimum": 1, "maximum": TRUST_THRESHOLD_MAX,
+                                "description": "adaptive: consecutive valid results an executor needs to run a job "
+                                               "alone (default 10)"},
+            "spot_check_floor": {"type": "number", "minimum": 0, "maximum": 1,
+                                 "description": "adaptive: the least chance that a single run is checked (default 0.05)"},
+            "compare": {"type": "object", "required": ["kind"], "additionalProperties": False,
+                        "properties": {"kind": {"type": "string", "enum": ["exact", "numeric"]},
+                                       "rel": {"oneOf": [{"type": "number", "minimum": 0}, {"type": "string"}]},
+                                       "abs": {"oneOf": [{"type": "number", "minimum": 0}, {"type": "string"}]},
+                                       "files": {"type": "array", "items": {"type": "string"}}},
+                        "description": "how results are compared: exact (the default) or numeric, numbers in stdout "
+                                       "and the named output files within |a-b| <= abs + rel*max(|a|,|b|)"},
+            "homogeneous": {"type": "array", "items": {"type": "string", "enum": list(PLATFORM_CLASSES)},
+                            "description": "platform classes all executors share (their signed bids' arch, cpu "
+                                           "vendor, gpu model)"},
         },
         "additionalProperties": False,
     }
@@ -92,6 +111,14 @@ def openapi_document() -> dict[str, Any]:
             "exit_code": {"type": "integer", "nullable": True},
             "result_hash": {"type": "string", "nullable": True},
             "executors": {"type": "array", "items": {"type": "object"}},
+            "verification": {"type": "string", "nullable": True,
+                             "description": "how the certificate reached its verdict: single, spot_checked or "
+                                            "replicated; null before it exists"},
+            "executors_run": {"type": "integer", "nullable": True,
+                              "description": "executors whose results the certificate carries"},
+            "rejected": {"type": "string", "nullable": True,
+                         "description": "why this node refuses a single-run claim (its executor was not trusted)"},
+            "verification_note": {"type": "string", "description": "the verdict in words, e.g. a single run"},
         },
     }
     return {
@@ -130,6 +157,11 @@ def openapi_document() -> dict[str, Any]:
                                               "(bytes) and cid (its CIDv1 as ipfs add --cid-version 1 gives it)",
                                               "properties": {"path": {"type": "string"}, "size": {"type": "integer"},
                                                              "cid": {"type": "string"}}}},
+                                          "verification": {"type": "string", "nullable": True,
+                                                           "description": "single, spot_checked or replicated"},
+                                          "executors_run": {"type": "integer", "nullable": True},
+                                          "rejected": {"type": "string", "nullable": True},
+                                          "verification_note": {"type": "string"},
                                           "outputs": {"type": "object", "description": "status (ok or "
                                                       "out_quota_exceeded), files, listed, manifest_truncated, "
                                                       "skipped, skipped_entries [{name, reason}], quota"}}},

@@ -24,7 +24,8 @@ line, answered with a JSON object on one line. Requests are capped at MAX_REQUES
     {"op": "wait", "job_id": HEX, "timeout": SECS}   -> job view once verified/failed (or at timeout)
     {"op": "list"}                                   -> {"jobs": [job view, ...]}
     {"op": "credits"}                                -> {"balance", "genesis", "transfers": [...]}
-    {"op": "reputation"}                             -> {"reputation": {peer id: value}}
+    {"op": "reputation"}                             -> {"reputation": {peer id: value}, "trust": {peer id:
+                                                        {runtime class hex: consecutive valid results}}}
     {"op": "peers"}                                  -> {"peers": [{peer_id, addrs, connected, reputation}]}
     {"op": "cancel", "job_id": HEX}                  -> job view (failed, "cancelled"); only the submitter's node
     {"op": "result", "job_id": HEX[, "out": DIR]}    -> verified stdout, stderr, exit code, limits hit,
@@ -142,7 +143,8 @@ async def _dispatch(agent: Agent, request: dict) -> dict:
         answer = {k: view.get(k) for k in ("job_id", "status", "exit_code", "stdout", "result_hash", "files",
                                            "outputs", "timed_out", "timeout_s", "oom_killed", "memory_mb",
                                            "stdout_truncated", "stdout_size", "stderr", "stderr_part",
-                                           "stderr_truncated", "sandbox")}
+                                           "stderr_truncated", "sandbox", "verification", "executors_run",
+                                           "rejected", "verification_note")}
         if "out" in req:
             try:
                 answer["written"], answer["not_fetched"] = await agent.outputs.fetch_outputs(job_hex, Path(req["out"]))
@@ -163,10 +165,10 @@ async def _dispatch(agent: Agent, request: dict) -> dict:
     if op in ("blob_add", "blob_get", "blob_ls"):
         return await _blob_op(agent, req)
     if op in ("credits", "reputation"):
-        from .ledger_views import credits_view, reputation_view  # loads libp2p: not at the CLI's import
+        from .ledger_views import credits_view, reputation_view, trust_view  # loads libp2p: not at the CLI's import
         if op == "credits":
             return credits_view(agent.ledger, agent.me)
-        return {"reputation": reputation_view(agent.ledger)}
+        return {"reputation": reputation_view(agent.ledger), "trust": trust_view(agent.ledger)}
     assert op == "list", op  # check_request admits only the ops above
     rows = await agent.recent_jobs(req["limit"])
     return {"jobs": [await agent.job_status(r["job_id"]) for r in rows]}

@@ -59,6 +59,7 @@ from .blockstore import DEFAULT_MAX_BYTES, BlockStore
 from .clock import now_ms
 from .control import serve_control
 from .disk import DEFAULT_KEEP_OUTPUTS_S, DEFAULT_MAX_OUTPUT, DEFAULT_RESERVE
+from .hostplatform import detect_platform
 from .paths import control_path, key_path, last_start_path, pow_path
 from .proof import load_or_solve
 from .startcheck import check_key_present, mismatch, store_path
@@ -211,6 +212,8 @@ async def run_node(config: NodeConfig, *, task_status=trio.TASK_STATUS_IGNORED) 
                 raise mismatch(data_dir, recorded, peer_id)
             sandboxes = open_sandboxes(config, log)  # before the work: Docker named but down stops the start
             pow_nonce = await load_or_solve(pow_path(data_dir), identity.public_key, config.pow_difficulty)
+            host_platform = await trio.to_thread.run_sync(detect_platform)  # Bid.platform, once (nvidia-smi)
+            log.info("platform advertised in bids: %s", "/".join(v or "-" for v in host_platform))
             # A run cut short by a kill left its /out tmpfs mounted: free it now, not at the next run.
             await trio.to_thread.run_sync(remove_stale_stages, data_dir / "outputs", log)
             # Known peers from earlier runs come after the configured bootstrap, so a restarted node
@@ -226,7 +229,8 @@ async def run_node(config: NodeConfig, *, task_status=trio.TASK_STATUS_IGNORED) 
                                         bid_sample_factor=config.bid_sample_factor,
                                         bootstrap_peers=frozenset(a.rsplit("/p2p/", 1)[1] for a in config.bootstrap
                                                                   if "/p2p/" in a),
-                                        reconcile_interval_s=config.reconcile_interval_s)
+                                        reconcile_interval_s=config.reconcile_interval_s,
+                                        platform=host_platform)
                 agent = AGENT_CLASS(identity, store, overlay, sandboxes, settings, outputs_dir=data_dir / "outputs",
                                     blocks=blocks)
                 async with trio.open_nursery() as nursery:

@@ -29,6 +29,7 @@ import trio
 
 from distributeai.consensus.errors import RemoteProtocolError
 from distributeai.consensus.codec import Identity
+from distributeai.consensus.compare import file_cap
 from distributeai.consensus.executor import make_batch_reveal, make_reveal
 from distributeai.consensus.outputs import describe_outputs, escape_name
 from distributeai.consensus.executor_job import (
@@ -49,7 +50,7 @@ from .inbound import decode_award
 from .job_inputs import InputsUnavailable, input_providers, job_inputs
 from .job_module import fetch_module
 from .joblog import executor_events
-from .outputs_serving import FileCid, import_outputs
+from .outputs_serving import FileCid, import_outputs, read_compared
 from .ports import NodeSettings, Ports, Sandboxes
 from .store import StoreFull
 
@@ -112,7 +113,7 @@ class Executing:
         if bid:
             msg = sign(self.identity, Bid(job_id, self.me, s.price, s.capacity.cpu_millis, s.capacity.memory_mb,
                                           (self.sandboxes.backends[spec.sandbox].name,), self.ports.now_ms(), s.pow_nonce,
-                                          held))
+                                          held, s.platform))
             log.info("job %s bidding here", job_id.hex()[:12])
             self.ports.runtime.spawn(self._send_bid, spec.submitter, msg, addrs, BID_PROTOCOL)
             return
@@ -307,7 +308,11 @@ class Executing:
             return self._batch_reveal(award, spec, results)
         result = results[0]
         self.ports.events.sandbox_run(result.sandbox, result.duration_s)
-        reveal = self.make_reveal(award, spec, result)
+        contents = {}
+        if spec.compare.files and request.out_dir is not None:  # the named files a reveal carries
+            contents = await trio.to_thread.run_sync(read_compared, request.out_dir, spec.compare.files,
+                                                     file_cap(spec.compare))
+        reveal = self.make_reveal(award, spec, result, contents)
         r: Reveal = verify(reveal, Reveal).msg
         kept = kept_names(result)
         summary = {"exit_code": result.exit_code, "timed_out": result.timed_out, "oom_killed": result.oom_killed,
@@ -379,16 +384,19 @@ class Executing:
         return input_providers(peer_id_from_public_key(spec.submitter), peer_id_from_public_key(self.me),
                                self.ports.transport.connected_peers())
 
-    def make_reveal(self, award: Award, spec: JobSpec, result: RunResult) -> bytes:
+    def make_reveal(self, award: Award, spec: JobSpec, result: RunResult,
+                    contents: dict[str, bytes] | None = None) -> bytes:
         """The signed reveal of a result (consensus.executor.make_reveal: stdout, its size and the
         part of stderr it certifies), its outputs described by the one rule every executor applies
-        (consensus.outputs.describe_outputs)."""
+        (consensus.outputs.describe_outputs), carrying the output files its numeric comparison
+        names (`contents`, from `read_compared`; consensus.compare.carried_files)."""
         manifest, outputs = describe_outputs(
             [(e.name, e.kind, e.size, e.digest) for e in result.out_entries],
             spec.out_max_bytes, spec.out_max_files)
         return make_reveal(self.identity, award.job_id, result.exit_code, result.timed_out, result.stdout,
                            result.stdout_truncated, manifest, result.fuel_used, result.oom_killed, result.sandbox,
-                           outputs, stderr=result.stderr, stderr_truncated=result.stderr_truncated)
+                           outputs, stderr=result.stderr, stderr_truncated=result.stderr_truncated,
+                           compare=spec.compare, contents=contents)
 
     def commit_to_send(self, job: ExecutorJob, commit: bytes) -> bytes:
         """The commit as sent: the job's own (a cheating executor's may differ)."""

@@ -1,4 +1,5 @@
-"""What the control socket shows of this node's ledger: its credits and the reputations it holds.
+"""What the control socket shows of this node's ledger: its credits, the reputations and the
+consecutive-valid counts (trust, consensus/trust.py) it holds.
 Reads the pure ledger (consensus/ledger.py) only."""
 
 from __future__ import annotations
@@ -26,3 +27,12 @@ def credits_view(ledger: Ledger, me: bytes, limit: int = 20) -> dict[str, Any]:
 def reputation_view(ledger: Ledger) -> dict[str, int]:
     """Every identity this node has a reputation for, by peer id."""
     return {peer_id_from_public_key(k): v for k, v in sorted(ledger.reputation.items())}
+
+
+def trust_view(ledger: Ledger) -> dict[str, dict[str, int]]:
+    """Every executor this node counts consecutive valid results for: peer id -> {runtime class
+    (hex, consensus.adaptive.runtime_class): count}."""
+    out: dict[str, dict[str, int]] = {}
+    for who, cls, cv in ledger.trust_view():
+        out.setdefault(peer_id_from_public_key(who), {})[cls.hex()] = cv
+    return out

@@ -12,6 +12,8 @@ Contract:
   store is its source). The emptied `outputs/JOB_ID/` stays as retention's record of the job
   (node/retention.py unpins the blocks and removes it `--keep-outputs` after the job ended). A
   file that cannot be imported (the store's cap, a full disk) is not served; it is logged.
+- `read_compared(out_dir, files, cap)`, after a run and before the reveal: the bytes of the staged
+  files a numeric comparison names, for the reveal to carry (consensus.compare.carried_files).
 - `OutputsServing.fetch_outputs(job_hex, out_dir)` / `fetch_output(job_hex, path, target)` /
   `open_output(job_hex, path)`: a verified job's output files, each by its certified CID:
   `fetch_dag` (node/transfer.py: the blocks the store lacks, from the agreeing executors at once,
@@ -26,6 +28,8 @@ Contract:
 from __future__ import annotations
 
 import logging
+import os
+import stat
 from pathlib import Path
 from typing import AsyncIterator, Awaitable, Callable
 
@@ -234,3 +238,27 @@ class OutputsServing:
         if self.blocks is not None:
             await self.blocks.unpin(fetch_owner(job_hex))
         return written, failed
+
+
+def read_compared(out_dir: str, files: tuple[str, ...], cap: int) -> dict[str, bytes]:
+    """On a worker thread: the bytes of each of `files` (relative paths, checked by the spec) the
+    sandbox kept in the run's output directory, if a regular file of at most `cap` bytes (a file
+    over it is compared by CID alone); missing or unreadable ones are left out. Never follows a
+    symlink at the file itself; make_reveal keeps only files whose CID the manifest names."""
+    out = {}
+    for path in files:
+        try:
+            fd = os.open(os.path.join(out_dir, path), os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        except OSError:
+            continue
+        try:
+            st = os.fstat(fd)
+            if stat.S_ISREG(st.st_mode) and st.st_size <= cap:
+                data = os.read(fd, cap + 1)
+                if len(data) <= cap:
+                    out[path] = data
+        except OSError:
+            pass
+        finally:
+            os.close(fd)
+    return out

@@ -77,6 +77,9 @@ class NodeSettings:
     # Sampled bidding (consensus/sampling.py): a job is announced to about this many times its
     # replicas of the estimated network (c); 0: every node may bid, as before sampling.
     bid_sample_factor: int = DEFAULT_FACTOR
+    # What this node advertises in its bids (Bid.platform: arch, CPU vendor, GPU model; "" unknown),
+    # detected once at start (node/hostplatform.py).
+    platform: tuple[str, ...] = ("", "", "")
 
 
 @dataclass(frozen=True)

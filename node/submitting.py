@@ -38,6 +38,7 @@ from distributeai.consensus.submitter import (
     apply_input, reannounce_after_ms, replay,
 )
 from distributeai.consensus.submitter_rules import unbid_best
+from distributeai.consensus.trust import bidder_trust
 from distributeai.consensus.validate import check_spec_time
 from distributeai.p2p.identity import peer_id_from_public_key, public_key_from_peer_id
 from distributeai.p2p.discovery import TARGET_PEERS
@@ -283,6 +284,8 @@ class Submitting:
             # before this one are already in the job) and stored with it, so a replay sees it too.
             if kind in ("bid", "decline"):
                 meta["unbid_best"] = self._unbid_best(job, payload.signer)
+            if kind == "bid" and job.spec.verification == "adaptive":
+                meta["trust"] = bidder_trust(self.ports.ledger, job.spec, payload.msg, now)
             elif kind == "tick" and job.state == "bidding":
                 meta["unbid_best"] = self._unbid_best(job, b"")
             if kind in ("bid", "tick") and job.state == "bidding" and job.share < SHARE_ALL:

@@ -10,19 +10,27 @@ status, files left, skipped entries), executors (each awarded peer: its slot, st
 whether it agreed), on the submitter `share` (the fraction of the network that may bid, 1.0 for
 every node: consensus/sampling.py) and `widenings` (how often it was widened), history (awards, replacements, commits, reveals, errors with reasons), and for
 a nondeterministic job `differences` (what differs between the executors' results).
+Verification: the spec's policy (`verification_policy`, `trust_threshold`, `spot_check_floor`,
+`compare`, `homogeneous`) and, once a certificate exists (else null), how the verdict was reached:
+`verification` ("single", "spot_checked" or "replicated": `CheckedCertificate.mode`),
+`executors_run` (the reveals it carries), `rejected` (the reason the node's ledger refuses a
+single-run claim, `untrusted`, else null) and `verification_note`
+(consensus/verdict_words.py: what people read).
 """
 
 from __future__ import annotations
 
 from typing import Callable
 
-from distributeai.consensus.certificate import verify_certificate
+from distributeai.consensus.certificate import CheckedCertificate, verify_certificate
 from distributeai.consensus.codec import sha256
 from distributeai.consensus.messages import Award, JobSpec, Reveal, verify
 from distributeai.consensus.cid import cid_text
 from distributeai.consensus.outputs import manifest_truncated
 from distributeai.consensus.sampling import SHARE_ALL
+from distributeai.consensus.fields import PPM
 from distributeai.consensus.submitter import SubmitterJob
+from distributeai.consensus.verdict_words import verification_words
 from distributeai.consensus.verdict import job_tally, task_tallies
 
 
@@ -31,7 +39,9 @@ def _text(b: bytes) -> str:
 
 
 def job_view(row: dict, machine: SubmitterJob | None, execution: dict | None,
-             peer_id_of: Callable[[bytes], str]) -> dict:
+             peer_id_of: Callable[[bytes], str],
+             untrusted: Callable[[CheckedCertificate], str | None] | None = None) -> dict:
+    """`untrusted`: the node's `Ledger.untrusted` (a reason a single-run claim is refused, or None)."""
     spec: JobSpec = verify(row["signed_spec"], JobSpec).msg
     view: dict = {
         "job_id": row["job_id"],
@@ -65,6 +75,7 @@ def job_view(row: dict, machine: SubmitterJob | None, execution: dict | None,
     awards: dict[bytes, Award] = {}
     slots: dict[bytes, str] = {}
     winner: bytes | None = None
+    agreed: tuple[bytes, ...] = ()  # the executors whose results make the verdict (within the comparator)
     declines: dict = {}
     if machine is not None:
         reveals = {e: s.msg for e, s in machine.reveals.items()}
@@ -76,12 +87,19 @@ def job_view(row: dict, machine: SubmitterJob | None, execution: dict | None,
         view.update(bids=len(machine.bids), commits=len(machine.commits), errors=machine.errors,
                     history=[{"at_ms": t, "event": ev, "peer_id": peer_id_of(e) if e else None, "detail": d}
                              for t, ev, e, d in machine.history])
-        t = job_tally(spec, reveals)
+        t = machine.result if machine.state == "verified" and machine.result is not None else job_tally(spec, reveals)
         winner = t.result_hash if machine.state == "verified" else None
-    elif row.get("certificate"):
-        checked = verify_certificate(row["certificate"])
-        reveals, awards, declines = checked.reveals, checked.awards, checked.declines
+        agreed = t.agreeing if winner is not None else ()
+    checked = verify_certificate(row["certificate"]) if row.get("certificate") else None
+    view.update(verification_view(spec, checked, untrusted, row["status"]))
+    if checked is not None and (machine is None or machine.state == "verified"):
+        # The certificate's tally counts with the quorum of its mode (one result for a single run).
+        if machine is None:
+            reveals, awards, declines = checked.reveals, checked.awards, checked.declines
         winner = checked.tally.result_hash if checked.certificate.status == "verified" else None
+        agreed = checked.tally.agreeing if winner is not None else ()
+    if checked is not None and checked.trusted is not None:
+        view["trusted"] = peer_id_of(checked.trusted)  # an adaptive job's trusted executor
     if winner is not None:
         agreeing = next(r for r in reveals.values() if r.result_hash == winner)
         view.update(result_hash=winner.hex(), exit_code=agreeing.exit_code, stdout=_text(agreeing.stdout),
@@ -101,9 +119,9 @@ def job_view(row: dict, machine: SubmitterJob | None, execution: dict | None,
             "result_hash": reveals[e].result_hash.hex() if e in reveals else None,
             "exit_code": reveals[e].exit_code if e in reveals else None,
             "sandbox": reveals[e].sandbox if e in reveals else None,
-            "agreed": winner is not None and e in reveals and reveals[e].result_hash == winner,
-            # Dissent is a different result from the verified one, nothing else.
-            "dissented": winner is not None and e in reveals and reveals[e].result_hash != winner,
+            "agreed": e in agreed,
+            # Dissent is a result the verdict's comparator does not match with the verified one.
+            "dissented": winner is not None and e in reveals and e not in agreed,
         }
         for e, a in sorted(awards.items(), key=lambda kv: kv[1].slot)
     ]
@@ -121,6 +139,25 @@ def job_view(row: dict, machine: SubmitterJob | None, execution: dict | None,
         view["execution"] = {"status": execution["status"], "reason": execution["reason"],
                              "result": execution["result"]}
     return view
+
+
+def verification_view(spec: JobSpec, checked: CheckedCertificate | None,
+                      untrusted: Callable[[CheckedCertificate], str | None] | None, status: str) -> dict:
+    """The spec's verification policy, and how the certificate (if any) reached its verdict."""
+    mode = checked.mode if checked is not None else None
+    run = len(checked.reveals) if checked is not None else None
+    rejected = untrusted(checked) if untrusted is not None and checked is not None \
+        and checked.certificate.evidence is not None else None
+    return {"verification_policy": spec.verification, "trust_threshold": spec.trust_threshold,
+            "spot_check_floor": spec.spot_check_floor_ppm / PPM, "compare": compare_view(spec),
+            "homogeneous": list(spec.homogeneous), "verification": mode, "executors_run": run,
+            "rejected": rejected, "verification_note": verification_words(status, mode, run, rejected)}
+
+
+def compare_view(spec: JobSpec) -> dict:
+    """The spec's comparator as a job file writes it (tolerances as the spec's decimal strings)."""
+    c = spec.compare
+    return {"kind": c.kind} if c.kind == "exact" else {"kind": c.kind, "rel": c.rel, "abs": c.abs, "files": list(c.files)}
 
 
 def outputs_view(spec: JobSpec, r: Reveal) -> dict:
@@ -166,7 +203,7 @@ def differences(reveals: dict[bytes, Reveal], peer_id_of: Callable[[bytes], str]
         "stderr_sha256": {peer_id_of(e): sha256(r.stderr + r.stderr_part.encode()).hex() for e, r in reveals.items()},
         "outputs": {peer_id_of(e): r.outputs.to_body() for e, r in reveals.items()},
     }
-    differing = {k: v for k, v in parts.items() if len(set(v.values())) > 1}
+    differing = {k: v for k, v in parts.items() if len({repr(x) for x in v.values()}) > 1}  # outputs: lists
     manifests = {peer_id_of(e): {p: (n, cid_text(d)) for p, n, d in r.manifest} for e, r in reveals.items()}
     paths = sorted({p for m in manifests.values() for p in m})
     manifest = [{"path": p, "entries": {who: m.get(p) for who, m in manifests.items()}}

@@ -276,6 +276,12 @@ def test_bad_requests_get_a_4xx_naming_the_field_and_reach_nothing(tmp_path):
             (json.dumps({**seed, "sandbox": "vm"}).encode(), 400, "sandbox"),
             (json.dumps({**seed, "sandbox": "wasm"}).encode(), 400, "wasm_module"),
             (json.dumps({**seed, "wasm_module": "not base64!"}).encode(), 400, "wasm_module"),
+            (json.dumps({**seed, "verification": "sometimes"}).encode(), 400, "verification"),
+            (json.dumps({**seed, "trust_threshold": 0}).encode(), 400, "trust_threshold"),
+            (json.dumps({**seed, "spot_check_floor": 2}).encode(), 400, "spot_check_floor"),
+            (json.dumps({**seed, "compare": {"kind": "fuzzy"}}).encode(), 400, "compare"),
+            (json.dumps({**seed, "compare": {"kind": "numeric", "rel": -1}}).encode(), 400, "compare"),
+            (json.dumps({**seed, "homogeneous": ["os"]}).encode(), 400, "homogeneous"),
             (json.dumps({**seed, "price": 10_000}).encode(), 409, "price"),  # more than this node can pay
             (json.dumps({**seed, "inputs": [{"cid": "bafyNOT", "path": "x"}]}).encode(), 400, "inputs"),
             (json.dumps({**seed, "inputs": [{"cid": UNKNOWN_CID, "path": "../x"}]}).encode(), 400, "inputs"),
@@ -322,8 +328,21 @@ def test_bad_requests_get_a_4xx_naming_the_field_and_reach_nothing(tmp_path):
             **seed, "replicas": 1, "quorum": 1, "command": ["sh", "-c", "cat \"$IN_DIR/data/in.txt\""],
             "inputs": [{"cid": added["cid"], "path": "data/in.txt"}]}).encode())
         assert status == 201, body
+        assert {"verification", "executors_run"} <= set(json.loads(body))  # null until the certificate
         done = poll_until_done(api, json.loads(body)["id"], 120)
         assert done["status"] == "verified" and done["stdout"] == "by cid\n", done
+        # How it was verified: k-of-n (replicate, the default) by its one executor.
+        assert (done["verification"], done["executors_run"], done["rejected"]) == ("replicated", 1, None), done
+        # An adaptive job with no trusted executor yet is replicated as the spec's k-of-n; its view
+        # keeps the policy the user asked for.
+        status, _, body = http("POST", f"{api}/api/v1/jobs", json.dumps({
+            **seed, "replicas": 1, "quorum": 1, "verification": "adaptive", "trust_threshold": 5,
+            "spot_check_floor": 0.25, "compare": {"kind": "numeric", "rel": 1e-6, "abs": "1e-9"}}).encode())
+        assert status == 201, body
+        done = poll_until_done(api, json.loads(body)["id"], 120)
+        assert done["status"] == "verified" and done["verification"] == "replicated", done
+        assert (done["verification_policy"], done["trust_threshold"], done["spot_check_floor"]) == ("adaptive", 5, 0.25)
+        assert done["compare"] == {"kind": "numeric", "rel": "1e-06", "abs": "1e-9", "files": []}
         # A wasm module too large for the spec (over 4 KiB): sent base64, named in the signed spec by
         # its CID, and read by the executor from the block store.
         module = (WORKLOADS / "hashverify.wasm").read_bytes()

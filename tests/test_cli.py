@@ -22,6 +22,9 @@ def write(tmp_path, doc) -> str:
     ({"docker_image": "alpine:latest", "command": ["echo"], "required_memory": "lots"}, "required_memory"),
     ({"docker_image": "alpine:latest", "command": ["echo"], "required_cpu": -1}, "required_cpu"),
     ({"docker_image": "alpine:latest", "command": ["echo"], "replicas": 2, "quorum": 3}, "quorum"),
+    ({"docker_image": "alpine:latest", "command": ["echo"], "verification": "sometimes"}, "verification"),
+    ({"docker_image": "alpine:latest", "command": ["echo"], "compare": {"kind": "numeric", "rel": "x"}}, "compare"),
+    ({"docker_image": "alpine:latest", "command": ["echo"], "homogeneous": ["os"]}, "homogeneous"),
 ])
 def test_invalid_job_file_is_one_line_naming_the_field_and_exit_2(tmp_path, doc, field):
     out = cli("submit", "--data-dir", str(tmp_path / "node"), "-f", write(tmp_path, doc))
@@ -29,6 +32,22 @@ def test_invalid_job_file_is_one_line_naming_the_field_and_exit_2(tmp_path, doc,
     lines = out.stderr.strip().splitlines()
     assert len(lines) == 1, out.stderr
     assert field in lines[0]
+    assert out.stdout == ""
+
+
+@pytest.mark.parametrize("args,field", [
+    (["--verification", "sometimes"], "verification"),
+    (["--trust-threshold", "0"], "trust_threshold"),
+    (["--spot-check-floor", "1.5"], "spot_check_floor"),
+    (["--verification", "adaptive", "--tasks", "TASKS"], "verification"),  # a batch is replicated
+])
+def test_bad_verification_flags_are_one_line_and_exit_2(tmp_path, args, field):
+    (tmp_path / "tasks").write_text("a\nb\n")
+    args = [str(tmp_path / "tasks") if a == "TASKS" else a for a in args]
+    out = cli("submit", "--data-dir", str(tmp_path / "node"), "--image", "alpine", *args, "--cmd", "echo")
+    assert out.returncode == 2, out.stderr
+    lines = out.stderr.strip().splitlines()
+    assert len(lines) == 1 and field in lines[0], out.stderr
     assert out.stdout == ""
 
 

@@ -266,6 +266,53 @@ def test_bad_job_files_name_the_field(doc, field):
     assert e.value.field == field
 
 
+def test_job_file_verification_fields_become_the_specs():
+    fields = parse_job({"image": "a", "command": ["x"], "verification": "adaptive", "trust_threshold": 4,
+                        "spot_check_floor": 0.1234567, "homogeneous": ["gpu", "arch"],
+                        "compare": {"kind": "numeric", "rel": 1e-6, "abs": "1e-9", "files": ["z.json", "out.json"]}})
+    assert fields["verification"] == "adaptive" and fields["trust_threshold"] == 4
+    assert fields["spot_check_floor_ppm"] == 123457  # millionths, the nearest
+    assert fields["homogeneous"] == ("arch", "gpu")
+    assert fields["compare"].to_body() == ["numeric", "1e-06", "1e-9", ["out.json", "z.json"]]
+    spec = JobSpec(submitter=SUBMITTER.public_key, nonce=bytes(16), created_ms=NOW, **fields)
+    assert verify(sign(SUBMITTER, spec), JobSpec).msg == spec  # every node accepts what parse_job accepts
+    plain = parse_job({"image": "a", "command": ["x"]})
+    assert (plain["verification"], plain["trust_threshold"], plain["spot_check_floor_ppm"]) == ("replicate", 10, 50_000)
+    assert plain["compare"].kind == "exact" and plain["homogeneous"] == ()
+    assert parse_job({"image": "a", "command": ["x"], "compare": {"kind": "numeric"}})["compare"].rel == "0"
+
+
+@pytest.mark.parametrize("extra,field", [
+    ({"verification": "sometimes"}, "verification"),
+    ({"verification": 1}, "verification"),
+    ({"trust_threshold": 0}, "trust_threshold"),
+    ({"trust_threshold": 2.5}, "trust_threshold"),
+    ({"trust_threshold": True}, "trust_threshold"),
+    ({"spot_check_floor": 1.5}, "spot_check_floor"),
+    ({"spot_check_floor": -0.1}, "spot_check_floor"),
+    ({"spot_check_floor": "0.1"}, "spot_check_floor"),
+    ({"compare": "numeric"}, "compare"),
+    ({"compare": {"kind": "fuzzy"}}, "compare"),
+    ({"compare": {"kind": "exact", "rel": 1e-6}}, "compare"),
+    ({"compare": {"kind": "numeric", "rel": -1e-6}}, "compare"),
+    ({"compare": {"kind": "numeric", "rel": "1e999"}}, "compare"),
+    ({"compare": {"kind": "numeric", "abs": "lots"}}, "compare"),
+    ({"compare": {"kind": "numeric", "files": ["../etc/passwd"]}}, "compare"),
+    ({"compare": {"kind": "numeric", "files": ["a", "a"]}}, "compare"),
+    ({"compare": {"kind": "numeric", "tolerance": 1}}, "compare"),
+    ({"homogeneous": ["os"]}, "homogeneous"),
+    ({"homogeneous": "arch"}, "homogeneous"),
+    ({"homogeneous": ["arch", "arch"]}, "homogeneous"),
+    ({"homogeneous": ["arch"], "max_total_results": 9, "replicas": 3}, "max_total_results"),
+    ({"tasks": [["a"]], "verification": "adaptive"}, "verification"),
+    ({"tasks": [["a"]], "compare": {"kind": "numeric"}}, "verification"),
+])
+def test_bad_verification_fields_name_the_field(extra, field):
+    with pytest.raises(JobFileError) as e:
+        parse_job({"image": "a", "command": ["x"], **extra})
+    assert e.value.field == field, e.value
+
+
 def test_a_remembered_signature_check_never_admits_other_bytes():
     from distributeai.consensus import codec
 

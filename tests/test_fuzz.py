@@ -103,6 +103,9 @@ REGRESSIONS = [
     ("job_file", json.dumps({"image": "a", "command": ["x"], "env": {"N" * 300: "v"}}).encode(), "job_file_env"),
     ("job_file", json.dumps({"image": "a", "command": ["x"],
                              "env": {f"K{i}": "v" for i in range(129)}}).encode(), "job_file_env"),
+    # A numeric comparator's tolerance as a JSON integer too large for a float.
+    ("job_file", json.dumps({"image": "a", "command": ["x"], "compare": {"kind": "numeric",
+                                                                        "abs": 10**400}}).encode(), "job_file_compare"),
     # A tasks file: shlex is quadratic in a token's length (1 MB on one line: 40 s of CPU).
     ("tasks_file", b"a" * 1_000_000, "job_file_tasks"),
     ("tasks_file", b"'" + b"b" * 9000 + b"'\n", "job_file_tasks"),
@@ -118,6 +121,32 @@ def test_each_finding_is_now_a_counted_rejection(decoders, name, data, reason):
 def test_a_job_file_parse_job_accepts_makes_a_spec_every_node_accepts(decoders):
     # The largest command that fits: accepted, and (the decoder checks it) its spec verifies.
     assert _outcome(decoders, "job_file", json.dumps({"image": "a", "command": ["x" * 4000] * 15}).encode()) == []
+
+
+def test_the_seeds_carry_the_verification_fields_and_each_is_accepted(decoders):
+    """Issue 18's fields join the fuzz: adaptive, numeric and homogeneous specs, a bid with its
+    platform, certificates with evidence (a single run and a spot check), a job file with every
+    new field; each seed is accepted by its decoder, so mutations start from valid ones."""
+    from distributeai.consensus.adaptive import NO_PLATFORM
+    from distributeai.consensus.certificate import verify_certificate
+    from distributeai.consensus.messages import Bid, JobSpec
+    from distributeai.tools.fuzz.corpus import job_file_seeds
+
+    c = seed_messages()
+    specs = [verify(raw, JobSpec).msg for raw in c.of("spec")]
+    assert {s.verification for s in specs} == {"replicate", "adaptive"}
+    assert any(s.compare.kind == "numeric" for s in specs) and any(s.homogeneous for s in specs)
+    assert any(verify(raw, Bid).msg.platform != NO_PLATFORM for raw in c.of("bid"))
+    modes = [verify_certificate(raw).mode for raw in c.of("certificate")]
+    assert {"single", "spot_checked", "replicated"} <= set(modes)
+    for raw in c.of("certificate"):
+        assert _outcome(decoders, "gossip", raw) == []
+    for raw in c.of("bid"):
+        assert _outcome(decoders, "bid", raw) == []
+    new = [seed for seed in job_file_seeds() if b"verification" in seed]
+    assert new and all(_outcome(decoders, "job_file", seed) == [] for seed in new)
+    bad = json.dumps({"image": "a", "command": ["x"], "spot_check_floor": 7}).encode()
+    assert _outcome(decoders, "job_file", bad) == ["job_file_spot_check_floor"]
 
 
 def test_session_framing_refusals_keep_or_reset_the_session(decoders):

@@ -54,7 +54,7 @@ def test_inputs_travel_in_the_signed_spec_and_the_job_id_covers_them():
 ])
 def test_every_node_refuses_inputs_it_cannot_lay_out(inputs, why):
     body = make_spec().to_body()
-    body[-1] = inputs
+    body[26] = inputs  # JobSpec.inputs
     with pytest.raises(RemoteProtocolError) as e:
         verify(SUBMITTER.sign("spec", body), JobSpec)
     assert e.value.reason == "malformed"

@@ -153,3 +153,83 @@ async def test_a_cancelled_node_task_cancels_its_sandbox_run_and_the_rest_never_
     with pytest.raises(SandboxError) as err:
         run.run_all()  # once cancelled, nothing more starts
     assert err.value.reason == "cancelled" and box.runs == [run.requests[0].run_id]
+
+
+# --- verification in the job view, and the platform a bid advertises (issue 18) -------------------
+
+def adaptive_certificate(floor_ppm: int, executors: int) -> tuple[bytes, bytes]:
+    """A signed spec and a certificate of an adaptive job whose trusted executor (the first) is
+    drawn for no check (floor 0, a huge CV: one run) or for a check (floor 1: two runs agree)."""
+    from distributeai.consensus.adaptive import Evidence, sign_draw
+    from distributeai.consensus.messages import Award, Certificate, Commit, job_id_of, sign, verify
+    from tests.protocol_fixtures import EXECUTORS, NOW, SUBMITTER, make_spec, run_executor
+
+    raw = sign(SUBMITTER, make_spec(verification="adaptive", trust_threshold=3, spot_check_floor_ppm=floor_ppm))
+    job = job_id_of(raw)
+    who = EXECUTORS[:executors]
+    awards = tuple(sign(SUBMITTER, Award(job, x.public_key, i, NOW + 90_000)) for i, x in enumerate(who))
+    runs = [run_executor(x, job, b"42\n") for x in who]
+    commit = runs[0][0]
+    draw = sign_draw(SUBMITTER, job, verify(commit, Commit).msg.seal)
+    from distributeai.consensus.messages import Reveal
+    result = verify(runs[0][1], Reveal).msg.result_hash
+    cert = sign(SUBMITTER, Certificate(job, "verified", result, raw, awards, tuple(r for _, r in runs), NOW + 5000,
+                                       evidence=Evidence(2**32 if executors == 1 else 3, draw, commit)))
+    return raw, cert
+
+
+def view_of(raw: bytes, cert: bytes | None, **kw) -> dict:
+    from distributeai.node.views import job_view
+    from distributeai.p2p.identity import peer_id_from_public_key
+    row = {"job_id": "ab" * 32, "name": "demo", "role": "submitter", "status": "verified" if cert else "bidding",
+           "reason": "", "signed_spec": raw, "created_ms": 0, "updated_ms": 5000, "certificate": cert}
+    return job_view(row, None, None, peer_id_from_public_key, **kw)
+
+
+def test_a_single_run_says_so_in_the_view_the_cli_and_the_page(capsys):
+    from distributeai.bootstrap.jobview import certificate_view
+    from distributeai.cli.jobview import print_job
+    from distributeai.consensus.certificate import verify_certificate
+
+    raw, cert = adaptive_certificate(0, 1)
+    view = view_of(raw, cert)
+    assert (view["verification"], view["executors_run"], view["rejected"]) == ("single", 1, None)
+    assert view["verification_note"] == "verified, single run (trusted executor, not spot-checked)"
+    assert view["stdout"] == "42\n" and view["verification_policy"] == "adaptive" and view["trust_threshold"] == 3
+    print_job(view, as_json=False)
+    assert "verdict  verified, single run (trusted executor, not spot-checked)" in capsys.readouterr().out
+    from distributeai.cli.progress import verdict_cell
+    from distributeai.cli.status import agreeing_cell
+    assert verdict_cell(view, "verified", 1, 2) == "verdict verified, single run (trusted executor, not spot-checked)"
+    assert agreeing_cell(view) == "single run (not checked)"
+    summary, _ = certificate_view(verify_certificate(cert))
+    assert (summary["verification"], summary["executors_run"]) == ("single", 1)
+    assert "single run" in summary["verification_note"]
+    # The node's ledger refusing the claim (Ledger.untrusted) shows as rejected, with its reason.
+    rejected = view_of(raw, cert, untrusted=lambda checked: "untrusted_executor")
+    assert rejected["rejected"] == "untrusted_executor"
+    assert rejected["verification_note"] == "rejected: untrusted_executor"
+
+
+def test_a_spot_check_and_a_job_without_certificate_in_the_view():
+    raw, cert = adaptive_certificate(1_000_000, 2)
+    view = view_of(raw, cert, untrusted=lambda checked: None)
+    assert (view["verification"], view["executors_run"]) == ("spot_checked", 2)
+    assert view["verification_note"] == "verified, spot-checked by a second executor"
+    pending = view_of(raw, None)
+    assert pending["verification"] is None and pending["executors_run"] is None and pending["verification_note"] == ""
+    assert pending["spot_check_floor"] == 1.0 and pending["compare"] == {"kind": "exact"}
+
+
+def test_the_platform_a_node_advertises(tmp_path):
+    from distributeai.consensus.adaptive import check_platform
+    from distributeai.node.hostplatform import PLATFORM_ENV, cpu_vendor, detect_platform
+
+    cpuinfo = tmp_path / "cpuinfo"
+    cpuinfo.write_text("processor\t: 0\nvendor_id\t: AuthenticAMD\nmodel name\t: x\n")
+    assert cpu_vendor(cpuinfo) == "AuthenticAMD"
+    assert cpu_vendor(tmp_path / "absent") == ""
+    assert detect_platform({PLATFORM_ENV: "aarch64,,NVIDIA A100\x07"}) == ("aarch64", "", "NVIDIA A100")
+    assert detect_platform({PLATFORM_ENV: "riscv64"}) == ("riscv64", "", "")
+    found = detect_platform({})
+    assert check_platform(list(found)) == found and found[0]  # a bid every peer accepts; the arch is known

@@ -12,7 +12,9 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 
+from distributeai.consensus.adaptive import Evidence, sign_draw, spot_check
 from distributeai.consensus.cid import raw_cid
+from distributeai.consensus.compare import Compare
 from distributeai.consensus.codec import Identity, sha256
 from distributeai.consensus.dagpb import T_FILE, encode_node, encode_unixfs
 from distributeai.consensus.executor import make_batch_reveal, make_commit, make_reveal
@@ -76,7 +78,14 @@ def seed_messages(submitter: Identity | None = None, executor: Identity | None =
                        wasm_cid=file_cid(b"\0asm\1\0\0\0" + bytes(8192)))
     batch = spec(4, name="batch", image="alpine:latest", command=("echo",), tasks=(("a",), ("b", "c"), ()),
                  max_total_results=4)
-    m["spec"] = [container, wasm_inline, wasm_by_cid, batch]
+    # Issue 18's verification fields: adaptive jobs (one run alone unless drawn, one always checked),
+    # a numeric comparator, homogeneous platform classes.
+    numeric = Compare("numeric", "1e-06", "1e-09", ("out.json", "sub/b.txt"))
+    adaptive = spec(5, name="adaptive", image="alpine:latest", command=("echo", "1.0"), verification="adaptive",
+                    trust_threshold=3, spot_check_floor_ppm=0, compare=numeric)
+    checked = spec(6, name="checked", image="alpine:latest", command=("echo", "1.0"), verification="adaptive",
+                   trust_threshold=1, spot_check_floor_ppm=1_000_000, homogeneous=("arch", "gpu"))
+    m["spec"] = [container, wasm_inline, wasm_by_cid, batch, adaptive, checked]
     m["announce"] = [sign(s, Announce(signed_spec=raw, submitter_addrs=("/ip4/127.0.0.1/tcp/4001/p2p/x",)))
                      for raw in m["spec"]] + [sign(s, Announce(signed_spec=container, submitter_addrs=())),
                                               sign(s, Announce(signed_spec=batch, submitter_addrs=(), share=1 << 20))]
@@ -87,7 +96,10 @@ def seed_messages(submitter: Identity | None = None, executor: Identity | None =
     m["bid"] = [sign(e, Bid(job_id=job, bidder=e.public_key, price=1, cpu_millis=1000, memory_mb=256,
                             sandboxes=("container", "wasm"), created_ms=now_ms)),
                 sign(e, Bid(job_id=batch_job, bidder=e.public_key, price=2**53, cpu_millis=256_000,
-                            memory_mb=1 << 24, sandboxes=(), created_ms=0))]
+                            memory_mb=1 << 24, sandboxes=(), created_ms=0)),
+                sign(e, Bid(job_id=job_id_of(checked), bidder=e.public_key, price=1, cpu_millis=1000, memory_mb=256,
+                            sandboxes=("container",), created_ms=now_ms, platform=("x86_64", "GenuineIntel",
+                                                                                   "NVIDIA A100-SXM4-40GB")))]
     awards = {x.public_key: sign(s, Award(job_id=job, executor=x.public_key, slot=i, deadline_ms=now_ms + 90_000))
               for i, x in enumerate(executors)}
     batch_awards = {x.public_key: sign(s, Award(job_id=batch_job, executor=x.public_key, slot=i,
@@ -100,7 +112,10 @@ def seed_messages(submitter: Identity | None = None, executor: Identity | None =
     big = make_reveal(e, job, 0, False, bytes(range(256)) * 200, fuel_used=12345, oom_killed=True, sandbox="wasm")
     runs = [(0, False, b"a\n", False, None), (0, False, b"b c\n", False, None), (2, True, b"", True, 7)]
     batch_reveals = {x.public_key: make_batch_reveal(x, batch_job, 3, runs) for x in executors}
-    m["reveal"] = [reveals[e.public_key], big, batch_reveals[e.public_key]]
+    numbers = b'{"loss": 0.25, "w": [1e-3, -2.5]}'
+    carrying = make_reveal(e, job_id_of(adaptive), 0, False, b"1.0\n", manifest=(("out.json", len(numbers), file_cid(numbers)),),
+                           compare=verify(adaptive, JobSpec).msg.compare, contents={"out.json": numbers})
+    m["reveal"] = [reveals[e.public_key], big, batch_reveals[e.public_key], carrying]
     m["commit"] = [make_commit(e, job, verify(reveals[e.public_key], Reveal).msg.result_hash),
                    sign(e, Commit(job_id=batch_job, executor=e.public_key, seal=bytes(32)))]
     m["withdraw"] = [sign(e, Withdraw(job_id=job, executor=e.public_key, reason="image missing"))]
@@ -129,7 +144,33 @@ def seed_messages(submitter: Identity | None = None, executor: Identity | None =
         certificate("verified", verify(batch_reveals[e.public_key], Reveal).msg.result_hash, batch,
                     list(batch_awards.values()), list(batch_reveals.values())),
     ]
+    m["certificate"] += adaptive_certificates(c, adaptive, checked)
     return c
+
+
+def adaptive_certificates(c: Corpus, single_spec: bytes, checked_spec: bytes) -> list[bytes]:
+    """Certificates with `evidence`: a single run (a CV so high and a floor of 0 that the draw
+    calls no check) and a spot check (a floor of 1: always checked; two executors agree, their
+    platforms the same for the homogeneous classes)."""
+    s, e = c.submitter, c.executor
+    other = identity("executor-2")
+    out = []
+    for raw, who, cv in ((single_spec, [e], 2**32), (checked_spec, [e, other], 1)):
+        job = job_id_of(raw)
+        awards = [sign(s, Award(job_id=job, executor=x.public_key, slot=i, deadline_ms=c.now_ms + 90_000))
+                  for i, x in enumerate(who)]
+        reveals = [make_reveal(x, job, 0, False, b"1.0\n") for x in who]
+        result = verify(reveals[0], Reveal).msg.result_hash
+        commit = make_commit(e, job, result)
+        draw = sign_draw(s, job, verify(commit, Commit).msg.seal)
+        assert spot_check(draw, cv, verify(raw, JobSpec).msg.spot_check_floor_ppm) == (len(who) == 2)
+        bids = tuple(sign(x, Bid(job_id=job, bidder=x.public_key, price=1, cpu_millis=1000, memory_mb=256,
+                                 sandboxes=("container",), created_ms=c.now_ms, platform=("x86_64", vendor, "")))
+                     for x, vendor in zip(who, ("GenuineIntel", "AuthenticAMD"))) if len(who) == 2 else ()
+        out.append(sign(s, Certificate(job_id=job, status="verified", result_hash=result, signed_spec=raw,
+                                       awards=tuple(awards), reveals=tuple(reveals), created_ms=c.now_ms, bids=bids,
+                                       evidence=Evidence(cv=cv, draw=draw, commit=commit))))
+    return out
 
 
 def answer_seeds(c: Corpus) -> list[bytes]:
@@ -181,6 +222,11 @@ def job_file_seeds() -> list[bytes]:
          "required_memory": "256Mi"},
         {"image": "alpine", "command": ["echo"], "tasks": [["a"], ["b", "c"], []], "replicas": 2},
         {"wasm_file": "hashverify.wasm", "command": ["hashverify"], "fuel": 1000000, "price_per_mfuel": 1},
+        {"image": "python:3.12-slim", "command": ["python", "-c", "print(1.0)"], "verification": "adaptive",
+         "trust_threshold": 5, "spot_check_floor": 0.1, "homogeneous": ["gpu", "arch"], "max_total_results": 6,
+         "compare": {"kind": "numeric", "rel": 1e-6, "abs": "1e-9", "files": ["z.json", "out.json"]}},
+        {"image": "alpine", "command": ["true"], "verification": "replicate", "compare": {"kind": "exact"},
+         "spot_check_floor": 0, "homogeneous": []},
     ]
     return [json.dumps(d).encode() for d in docs]
 
