@@ -238,6 +238,7 @@ def test_copied_constants_still_match_the_node():
     assert (simworld.MESH_DEGREE, simworld.MESH_DEGREE_LOW, simworld.MESH_DEGREE_HIGH) == (
         workarounds.GOSSIP_DEGREE, workarounds.GOSSIP_DEGREE_LOW, workarounds.GOSSIP_DEGREE_HIGH)
     assert simulation.reannounce_after_ms is submitting.reannounce_after_ms  # one schedule for both
+    assert simulation.bidder_trust is submitting.bidder_trust  # one count of a bidder's CV for both
     assert simulation.OFFENCES == submitting.OFFENCES
     settings = agent.NodeSettings(sandbox_name="docker")
     assert simulation.PRICE == settings.price

@@ -36,8 +36,9 @@ Real (the functions the daemon calls, on real signed bytes):
 - the submitter's CPU per job is measured (`time.process_time`) around the real `SubmitterJob`
   calls and the checks of what it receives;
 - adaptive verification (`verification="adaptive"`, after `warmup` replicate jobs): each bid carries
-  the bidder's CV as the node passes it (meta "trust": `Ledger.trust` in the submitter's view, in
-  `runtime_class(spec, bid.platform)`, before now); `SubmitterJob` awards a trusted best bidder
+  the bidder's CV as node/submitting.py passes it (meta "trust": `trust.bidder_trust` over the
+  submitter's view: `Ledger.trust` in `runtime_class(spec, bid.platform)` before now, 0 for a
+  bidder with a local offence; every simulated bid advertises no platform, so one class); `SubmitterJob` awards a trusted best bidder
   alone, signs the spot-check draw over its seal, awards a check, escalates; every certificate is
   checked as nodes check it, so the reported mode is `CheckedCertificate.mode`, the credits the
   ledger's (`effect_of`) and the CVs `Ledger.trust`'s.
@@ -117,6 +118,7 @@ from distributeai.consensus.submitter import (
     apply_input, reannounce_after_ms,
 )
 from distributeai.consensus.submitter_rules import unbid_best
+from distributeai.consensus.trust import bidder_trust
 from distributeai.consensus.validate import widened_share
 
 from distributeai.node.bidding import BidContext, Capacity, Decision, decide
@@ -456,7 +458,7 @@ class Simulation:
         view = self.views.of(job.submitter)
         meta = {"reputation": view.reputation_of(self.pks[v])} | self._outside(job, view)
         if job.spec.verification == "adaptive":
-            meta["trust"] = job.trust[v] = self._timed(job, self._trust, view, job.spec, bid)
+            meta["trust"] = job.trust[v] = self._timed(job, bidder_trust, view, job.spec, bid, int(self.now))
         try:
             actions = self._timed(job, apply_input, m, "bid", signed, meta, int(self.now))
         except RemoteProtocolError as exc:
@@ -513,12 +515,6 @@ class Simulation:
             self._act(job, self._timed(job, apply_input, job.machine, "tick", b"", meta, int(self.now)))
         else:
             self._schedule_tick(job)
-
-    def _trust(self, view, spec: JobSpec, bid: Bid) -> int:
-        """The bidder's CV as the node passes it with a bid of an adaptive job (meta "trust"):
-        `Ledger.trust` in the submitter's view, in the runtime class of the job and the bid's
-        platform (every simulated bid advertises none: one class), over the certificates before now."""
-        return view.trust(bid.bidder, runtime_class(spec, bid.platform), before=(int(self.now), b""))
 
     def _outside(self, job: SimJob, view) -> dict:
         """The meta node/submitting.py adds to a bid or tick of a sampled job in bidding:
