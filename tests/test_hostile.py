@@ -68,27 +68,36 @@ def state_of(net: Devnet, i: int) -> dict:
             "credits": call(sock, {"op": "credits"})["balance"]}
 
 
+async def meshed_attacker(net: Devnet, tmp_path) -> tuple[PeerProcess, Identity]:
+    """A real attacker process joined to `net`'s gossip, and its identity, once every node is in
+    its mesh: bad gossip is dropped, never relayed, so each node counts it only if the attacker
+    sends it straight there. The caller stops the process."""
+    attacker = PeerProcess("attacker", tmp_path / "attacker.key", tmp_path,
+                           "--bootstrap", net.bootstrap_addr, "--topic", JOBS_TOPIC)
+    try:
+        attacker.wait_sync(_ready, 60)
+        node_ids = {n["peer_id"] for n in net.node_info}
+
+        def meshed_with_every_node(ev: list) -> bool:
+            meshes = [e for e in ev if e["event"] == "mesh" and e["topic"] == JOBS_TOPIC]
+            return bool(meshes) and node_ids <= set(meshes[-1]["peers"])
+
+        await attacker.wait(meshed_with_every_node, 120)
+    except BaseException:
+        attacker.stop()
+        raise
+    return attacker, Identity.from_seed(load_or_create_key(tmp_path / "attacker.key"))
+
+
 @pytest.mark.slow
 async def test_hostile_peer_is_rejected_counted_and_harmless(tmp_path):
     with Devnet(tmp_path / "net", nodes=3, sandbox="process") as net:
         net.start()
         net.wait_connected()
-        attacker = PeerProcess("attacker", tmp_path / "attacker.key", tmp_path,
-                               "--bootstrap", net.bootstrap_addr, "--topic", JOBS_TOPIC)
+        attacker, me = await meshed_attacker(net, tmp_path)
         try:
-            attacker.wait_sync(_ready, 60)
-            me = Identity.from_seed(load_or_create_key(tmp_path / "attacker.key"))
             victim = Identity.from_seed(load_or_create_key(net.node_dirs[0] / "node.key"))
             victim_peer = net.node_info[0]["peer_id"]
-            # Bad gossip is dropped, never relayed: each node counts it only if the attacker sends
-            # it straight there, so wait until every node is in the attacker's mesh (the latest one).
-            node_ids = {n["peer_id"] for n in net.node_info}
-
-            def meshed_with_every_node(ev: list) -> bool:
-                meshes = [e for e in ev if e["event"] == "mesh" and e["topic"] == JOBS_TOPIC]
-                return bool(meshes) and node_ids <= set(meshes[-1]["peers"])
-
-            await attacker.wait(meshed_with_every_node, 120)
             # One valid announcement of the attacker's: every node stores it (and may bid; the
             # attacker never answers). Its replay below must then change nothing.
             now = int(time.time() * 1000)

@@ -20,12 +20,10 @@ from distributeai.consensus.compare import Compare
 from distributeai.consensus.executor import make_commit, make_reveal
 from distributeai.consensus.messages import Award, Bid, Certificate, Commit, JobSpec, Reveal, job_id_of, sign, verify
 from distributeai.consensus.names import JOBS_TOPIC
-from distributeai.p2p.identity import load_or_create_key
 from distributeai.tools.devnet import Devnet
 
 from .netfixtures import wait_for
-from .test_hostile import state_of
-from .test_p2p import PeerProcess, _ready
+from .test_hostile import meshed_attacker, state_of
 
 TRUSTED = 1 << 32  # a claimed count whose 1/CV is about 2^-32: with floor 0 the draw says "no check"
 
@@ -78,18 +76,8 @@ async def test_forged_adaptive_certificates_are_rejected_and_counted_by_every_no
     with Devnet(tmp_path / "net", nodes=3, sandbox="process") as net:
         net.start()
         net.wait_connected()
-        attacker = PeerProcess("attacker", tmp_path / "attacker.key", tmp_path,
-                               "--bootstrap", net.bootstrap_addr, "--topic", JOBS_TOPIC)
+        attacker, me = await meshed_attacker(net, tmp_path)
         try:
-            attacker.wait_sync(_ready, 60)
-            me = Identity.from_seed(load_or_create_key(tmp_path / "attacker.key"))
-            node_ids = {n["peer_id"] for n in net.node_info}
-
-            def meshed_with_every_node(ev: list) -> bool:
-                meshes = [e for e in ev if e["event"] == "mesh" and e["topic"] == JOBS_TOPIC]
-                return bool(meshes) and node_ids <= set(meshes[-1]["peers"])
-
-            await attacker.wait(meshed_with_every_node, 120)
             before = [state_of(net, i) for i in range(3)]
             f = Forger(me)
             numeric = Compare("numeric", "1e-9", "0", ())
