@@ -157,7 +157,9 @@ class SimConfig:
     timing: Timing = field(default_factory=Timing)
     capacity: Capacity = field(default_factory=Capacity)
     genesis_credits: int = GENESIS_CREDITS
-    max_virtual_s: float = 3600.0  # stop here even if jobs are unfinished (they are reported)
+    # Stop this long after the last job is due (warm-up included), even if jobs are unfinished
+    # (they are reported): a fixed horizon cut a long warm-up short before any measured job.
+    max_virtual_s: float = 3600.0
     sample_factor: int = 4         # c: about c * replicas eligible nodes per job; 0: every node bids
     size_estimate: str = "dht"     # the N of initial_share: "dht" (estimate_network_size) or "true"
     reconcile: bool = True         # reconcile certificate sets on return (and every reconcile_s)
@@ -312,7 +314,7 @@ class Simulation:
             self._at(self.now, self._churn)
         if cfg.reconcile and cfg.reconcile_s > 0:
             self._at(self.now + cfg.reconcile_s * 1000, self._reconcile_round)
-        horizon = EPOCH_MS + cfg.max_virtual_s * 1000
+        horizon = EPOCH_MS + ((cfg.warmup + cfg.jobs) / cfg.job_rate_per_s + cfg.max_virtual_s) * 1000
         while self.heap and self.finished < cfg.warmup + cfg.jobs:
             t, _, fn, args = heapq.heappop(self.heap)
             if t > horizon:
