@@ -34,7 +34,7 @@ def test_trusted_executors_run_alone_and_a_planted_cheater_is_caught(tmp_path):
         assert sum(v["executors_run"] for v in views) <= 2 * len(views) + 2
 
         an.settle(THRESHOLD + len(views))
-        caught = plant_cheater(an, THRESHOLD)
+        caught = plant_cheater(an, THRESHOLD, THRESHOLD + len(views))
         view = caught["view"]
         # Checked at every single run (floor 1.0): the honest checker disagreed, the job escalated
         # to k-of-n, and the verdict is the honest result with the cheater dissenting.

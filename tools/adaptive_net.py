@@ -9,11 +9,11 @@ bootstrap and N node processes on 127.0.0.1 (`Devnet`, process sandbox), then:
 2. `jobs` adaptive jobs (`verification: adaptive`, `trust_threshold: threshold` in the signed spec:
    the only way a threshold is lowered), `concurrency` in flight, submitted round-robin; reports
    how many verified and how many executors each certificate's verdict rested on, by mode;
-3. unless `--no-cheater`: the best-reputed node is killed and
-   started again on its own data directory as a cheat (tests/byzantine_node.py `wrong`: it reveals a
-   wrong result for every job), keeping its identity and so its trust; then adaptive jobs with
-   `spot_check_floor: 1.0` (every single run checked) are submitted until one was awarded to the
-   cheater alone (submitted from another node): the spot check must catch it (escalation, the
+3. unless `--no-cheater`: a node made the one best-reputed live node (`plant_cheater`) is killed
+   and started again on its own data directory as a cheat (tests/byzantine_node.py `wrong`: it
+   reveals a wrong result for every job), keeping its identity and so its trust; then adaptive
+   jobs with `spot_check_floor: 1.0` (every single run checked) are submitted from another node
+   until one was awarded to the cheater alone: the spot check must catch it (escalation, the
    cheater dissenting, its count 0).
 
 Everything is read from the nodes' own answers (`wait`, `info`, `reputation`); nothing is stubbed.
@@ -96,28 +96,59 @@ def adaptive_jobs(an: AdaptiveNet, jobs: int, threshold: int, concurrency: int, 
         return list(pool.map(one, range(jobs)))
 
 
-def plant_cheater(an: AdaptiveNet, threshold: int, attempts: int = 6) -> dict:
-    """Restart the best-reputed node as a cheat, keeping its identity (and so its trust); submit
-    adaptive jobs from another node, each single run checked, until one is awarded to the cheat
-    alone. Bidders rank by reputation first and the cheat bids price 0, so it wins any tie. The
-    view of that job, the cheater's index and peer id, and its trust before and after."""
+def plant_cheater(an: AdaptiveNet, threshold: int, certificates: int, attempts: int = 3) -> dict:
+    """Plant a cheat where the protocol must award it a job alone, and let a spot check catch it.
+
+    Bidders rank by reputation first, and a tie is settled among the bids in hand (the faster
+    peer wins), so the cheat is made the one best-reputed live node: a spot-checked job (floor
+    1.0) raises its trusted executor's and its checker's reputation above every other node's;
+    the trusted one becomes the cheat (killed and started again on its own data directory as
+    tests/byzantine_node.py `wrong`, keeping its identity and trust), and the checker, if it
+    now ties with it, is stopped. Then adaptive jobs checked at every single run are submitted
+    from another node until one was awarded to the cheat alone. `certificates`: how many every
+    node holds now. The view of that job, the cheat's index and peer id, its trust before and
+    after."""
     net = an.net
+    n = len(an.identities)
+    peers = {net.node_info[i]["peer_id"]: i for i in range(n)}
+    gap = an.submit(0, verification="adaptive", trust_threshold=threshold, spot_check_floor_ppm=1_000_000)
+    if gap.get("verification") != "spot_checked":
+        raise RuntimeError(f"the spot-checked job ended {gap.get('status')} {gap.get('verification')}")
+    an.settle(certificates + 1)
+    cheater = gap["trusted"]
+    checker = next(e["peer_id"] for e in gap["executors"] if e["peer_id"] != cheater)
     reputation = net.call(0, {"op": "reputation"})["reputation"]
-    peers = {net.node_info[i]["peer_id"]: i for i in range(len(an.identities))}
-    cheater = max(peers, key=lambda p: (reputation.get(p, 0), p))
     index = peers[cheater]
-    submitter = (index + 1) % len(an.identities)
+    gone = [peers[checker]] if reputation.get(checker) == reputation.get(cheater) else []
+    submitter = next(i for i in range(n) if i != index and i not in gone)
     before = an.trust(submitter, index)
+    for i in gone:
+        net.kill_node(i)
     net.kill_node(index)
     net.programs[index] = [sys.executable, str(BYZANTINE), "wrong"]
     net.restart_node(index)
-    net.wait_connected(timeout=60)
+    wait_live(net, [i for i in range(n) if i not in gone])
     for _ in range(attempts):
         view = an.submit(submitter, verification="adaptive", trust_threshold=threshold, spot_check_floor_ppm=1_000_000)
         if view.get("trusted") == cheater:
             return {"view": view, "cheater": index, "peer_id": cheater, "trust_before": before,
                     "trust_after": an.trust(submitter, index)}
     raise RuntimeError(f"the cheater {cheater} was never awarded a job alone in {attempts} jobs")
+
+
+def wait_live(net: Devnet, live: list[int], timeout: float = 60) -> None:
+    """Until each node in `live` is connected to every other one and has a gossip mesh (as
+    `Devnet.wait_connected`, for a network some of whose nodes were stopped)."""
+    ids = {net.node_info[i]["peer_id"] for i in live}
+    deadline = time.monotonic() + timeout
+    while True:
+        infos = {i: net.info(i) for i in live}
+        if all(ids - {net.node_info[i]["peer_id"]} <= set(x["peers"]) and len(x["mesh_peers"]) >= min(len(live), 4)
+               for i, x in infos.items()):
+            return
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"the live nodes {live} did not reconnect within {timeout} s")
+        time.sleep(0.1)  # polling the nodes' own view; each round is a fresh observation
 
 
 def summarize(views: list[dict]) -> dict:
@@ -144,7 +175,7 @@ def run(nodes: int = 5, jobs: int = 50, threshold: int = 3, concurrency: int = 4
         out = {"nodes": nodes, "threshold": threshold, "warm_up": summarize(warm), "adaptive": summarize(views)}
         if cheater:
             an.settle(len(warm) + len(views))
-            caught = plant_cheater(an, threshold)
+            caught = plant_cheater(an, threshold, len(warm) + len(views))
             v = caught["view"]
             out["cheater"] = {"status": v.get("status"), "verification": v.get("verification"),
                               "executors_run": v.get("executors_run"), "history": [h.get("event") for h in v.get("history", [])],
