@@ -76,10 +76,7 @@ def verify_certificate(raw: bytes) -> CheckedCertificate:
         reveals[r.executor] = r
     bids = _signed_by_bidders(cert.bids, Bid, cert.job_id)
     declines = _signed_by_bidders(cert.declines, Decline, cert.job_id)
-    trusted, drawn = _check_draw(cert, spec, awards)
-    if trusted is not None and trusted in reveals and \
-            seal(trusted, cert.job_id, reveals[trusted].result_hash) != verify(cert.evidence.commit, Commit).msg.seal:
-        raise RemoteProtocolError("bad_evidence", "the trusted executor's reveal breaks the seal the draw signed")
+    trusted, drawn = _check_draw(cert, spec, awards, reveals)
     check_homogeneous(spec, awards, bids)
     mode = mode_of(drawn, trusted, set(reveals))
     result = job_tally(spec, reveals, quorum=mode_quorum(mode, spec))
@@ -97,16 +94,21 @@ def verify_certificate(raw: bytes) -> CheckedCertificate:
     return CheckedCertificate(cert, spec, awards, reveals, result, raw, bids, declines, mode, trusted)
 
 
-def _check_draw(cert: Certificate, spec: JobSpec, awards: dict[bytes, Award]) -> tuple[bytes | None, bool | None]:
+def _check_draw(cert: Certificate, spec: JobSpec, awards: dict[bytes, Award],
+                reveals: dict[bytes, Reveal]) -> tuple[bytes | None, bool | None]:
     """An adaptive job's trusted executor and whether the draw called a check (None, None: the
     certificate carries no draw). The commit is the executor's own, for an executor awarded
-    first; the draw is checked by `adaptive.check_evidence`."""
+    first, and its reveal (if carried) keeps that commit's seal; the draw is checked by
+    `adaptive.check_evidence`."""
     if cert.evidence is None:
         return None, None
     commit = verify(cert.evidence.commit, Commit).msg
     first = min(awards.values(), key=lambda a: a.slot, default=None)
     if first is None or first.executor != commit.executor:
         raise RemoteProtocolError("bad_evidence", "the draw's executor does not hold the job's first slot")
+    revealed = reveals.get(commit.executor)
+    if revealed is not None and seal(commit.executor, cert.job_id, revealed.result_hash) != commit.seal:
+        raise RemoteProtocolError("bad_evidence", "the trusted executor's reveal breaks the seal the draw signed")
     return commit.executor, check_evidence(cert.evidence, spec, spec.submitter, cert.job_id, commit)
 
 
